@@ -1,0 +1,108 @@
+//! Protobuf messages and gRPC services of swarm (package `swarm.v1`).
+//!
+//! The cluster objects (`Node`, `Service`, `Task`, `Network`, `Cluster`) are the one object
+//! model of the project: stored in Raft, returned by the Control API, printed by the CLI.
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("swarm.v1");
+}
+
+pub use v1::*;
+
+impl TaskState {
+    /// Docker's lower-case state name, as `service ps` prints it.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            TaskState::New => "new",
+            TaskState::Pending => "pending",
+            TaskState::Assigned => "assigned",
+            TaskState::Accepted => "accepted",
+            TaskState::Preparing => "preparing",
+            TaskState::Ready => "ready",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Complete => "complete",
+            TaskState::Shutdown => "shutdown",
+            TaskState::Failed => "failed",
+            TaskState::Rejected => "rejected",
+            TaskState::Remove => "remove",
+            TaskState::Orphaned => "orphaned",
+        }
+    }
+
+    /// States after RUNNING: the task will not run (again).
+    pub fn is_terminal(self) -> bool {
+        self > TaskState::Running
+    }
+}
+
+impl Task {
+    pub fn state(&self) -> TaskState {
+        self.status
+            .as_ref()
+            .and_then(|s| TaskState::try_from(s.state).ok())
+            .unwrap_or(TaskState::New)
+    }
+
+    pub fn desired(&self) -> TaskState {
+        TaskState::try_from(self.desired_state).unwrap_or(TaskState::New)
+    }
+
+    pub fn version(&self) -> u64 {
+        self.meta.as_ref().map_or(0, |m| m.version)
+    }
+}
+
+impl Node {
+    pub fn hostname(&self) -> &str {
+        self.description.as_ref().map_or("", |d| d.hostname.as_str())
+    }
+
+    pub fn state(&self) -> NodeState {
+        self.status
+            .as_ref()
+            .and_then(|s| NodeState::try_from(s.state).ok())
+            .unwrap_or(NodeState::Unknown)
+    }
+
+    pub fn availability(&self) -> NodeAvailability {
+        self.spec
+            .as_ref()
+            .and_then(|s| NodeAvailability::try_from(s.availability).ok())
+            .unwrap_or(NodeAvailability::Active)
+    }
+
+    pub fn role_enum(&self) -> NodeRole {
+        NodeRole::try_from(self.role).unwrap_or(NodeRole::Worker)
+    }
+
+    pub fn desired_role(&self) -> NodeRole {
+        self.spec
+            .as_ref()
+            .and_then(|s| NodeRole::try_from(s.desired_role).ok())
+            .unwrap_or(NodeRole::Worker)
+    }
+}
+
+impl Service {
+    pub fn name(&self) -> &str {
+        self.spec.as_ref().map_or("", |s| s.name.as_str())
+    }
+
+    pub fn is_global(&self) -> bool {
+        matches!(
+            self.spec.as_ref().and_then(|s| s.mode.as_ref()),
+            Some(service_spec::Mode::Global(_))
+        )
+    }
+
+    /// Desired replicas of a replicated service (None for global services).
+    pub fn replicas(&self) -> Option<u64> {
+        match self.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+            Some(service_spec::Mode::Replicated(r)) => Some(r.replicas),
+            Some(service_spec::Mode::Global(_)) => None,
+            None => Some(1),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The swarm manager: Raft store, CA, allocator, orchestrators, scheduler, dispatcher
+//! and the Control API. See ARCHITECTURE.md for the map.
+
+pub mod allocator;
+pub mod ca;
+pub mod control;
+pub mod metrics;
+pub mod orchestrator;
+pub mod raft;
+pub mod reaper;
+pub mod scheduler;
+pub mod store;
+pub mod tls;

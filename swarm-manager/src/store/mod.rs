@@ -1,0 +1,161 @@
+//! The cluster store: an in-memory [`State`] that every manager holds, changed only by
+//! applying committed Raft entries ([`Request`]s). Components read it under a lock and
+//! write by proposing requests; `watch()` wakes them after each applied entry.
+
+mod object;
+mod ops;
+mod state;
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use tokio::sync::watch;
+
+pub use object::{new_id, Kind, Object};
+pub use ops::{now_ms, Op, OpOutcome, Request, Response, StoreError};
+pub use state::State;
+
+use crate::raft::{Raft, RaftError};
+
+/// The state and its applied index, shared by the Raft state machine and the store handle.
+pub struct Shared {
+    state: RwLock<State>,
+    applied: watch::Sender<u64>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            state: RwLock::new(State::default()),
+            applied: watch::channel(0).0,
+        }
+    }
+}
+
+impl Shared {
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies one committed entry and wakes the watchers.
+    pub fn apply(&self, index: u64, req: &Request) -> Response {
+        let resp = {
+            let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+            st.apply(index, req)
+        };
+        self.applied.send_replace(index);
+        resp
+    }
+
+    /// Marks an entry with no request (membership, blank) as applied.
+    pub fn mark_applied(&self, index: u64) {
+        self.applied.send_replace(index);
+    }
+
+    /// Replaces the whole state (snapshot install or load at start).
+    pub fn replace(&self, state: State, index: u64) {
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+        self.applied.send_replace(index);
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this manager is not the leader")]
+    NotLeader { leader: Option<u64> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+#[derive(Clone)]
+enum Backend {
+    /// Applies proposals at once, in process: benchmarks and unit tests.
+    Memory(Arc<tokio::sync::Mutex<u64>>),
+    Raft(Raft),
+}
+
+/// Handle to the store: read the state, propose changes.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    backend: Backend,
+}
+
+impl Store {
+    pub fn memory() -> Store {
+        Store {
+            shared: Arc::new(Shared::default()),
+            backend: Backend::Memory(Arc::new(tokio::sync::Mutex::new(0))),
+        }
+    }
+
+    pub fn with_raft(shared: Arc<Shared>, raft: Raft) -> Store {
+        Store {
+            shared,
+            backend: Backend::Raft(raft),
+        }
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.shared.read()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.shared.watch()
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Proposes a request; returns once it is committed (fsynced on a quorum) and applied.
+    pub async fn propose(&self, req: Request) -> Result<Response, ProposeError> {
+        match &self.backend {
+            Backend::Memory(index) => {
+                let mut ix = index.lock().await;
+                *ix += 1;
+                Ok(self.shared.apply(*ix, &req))
+            }
+            Backend::Raft(raft) => match raft.client_write(req).await {
+                Ok(resp) => Ok(resp.data),
+                Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                    Err(ProposeError::NotLeader {
+                        leader: f.leader_id,
+                    })
+                }
+                Err(e) => Err(ProposeError::Raft(e.to_string())),
+            },
+        }
+    }
+
+    /// Proposes an atomic batch and returns the stored objects, one per op.
+    pub async fn write(&self, ops: Vec<Op>) -> Result<Vec<Option<Object>>, ProposeError> {
+        Ok(self.propose(Request::atomic(ops)).await?.into_objects()?)
+    }
+
+    /// Waits until this manager's state reflects everything committed before the call
+    /// (a linearizable read point). Only the leader can answer.
+    pub async fn linearize(&self) -> Result<(), ProposeError> {
+        match &self.backend {
+            Backend::Memory(_) => Ok(()),
+            Backend::Raft(raft) => match raft.ensure_linearizable().await {
+                Ok(_) => Ok(()),
+                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                    f,
+                ))) => Err(ProposeError::NotLeader {
+                    leader: f.leader_id,
+                }),
+                Err(e) => Err(ProposeError::Raft(e.to_string())),
+            },
+        }
+    }
+}

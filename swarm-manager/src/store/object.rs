@@ -1,0 +1,111 @@
+//! The stored object kinds and a sum type over them.
+
+use proto::{Cluster, Meta, Network, Node, Service, Task};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    Cluster,
+    Node,
+    Service,
+    Task,
+    Network,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Cluster => "cluster",
+            Kind::Node => "node",
+            Kind::Service => "service",
+            Kind::Task => "task",
+            Kind::Network => "network",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Object {
+    Cluster(Cluster),
+    Node(Node),
+    Service(Service),
+    Task(Task),
+    Network(Network),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Cluster(_) => Kind::Cluster,
+            Object::Node(_) => Kind::Node,
+            Object::Service(_) => Kind::Service,
+            Object::Task(_) => Kind::Task,
+            Object::Network(_) => Kind::Network,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Object::Cluster(o) => &o.id,
+            Object::Node(o) => &o.id,
+            Object::Service(o) => &o.id,
+            Object::Task(o) => &o.id,
+            Object::Network(o) => &o.id,
+        }
+    }
+
+    /// The unique name of services and networks; other kinds have none.
+    pub fn unique_name(&self) -> Option<&str> {
+        match self {
+            Object::Service(s) => s.spec.as_ref().map(|s| s.name.as_str()),
+            Object::Network(n) => n.spec.as_ref().map(|s| s.name.as_str()),
+            _ => None,
+        }
+    }
+
+    pub fn meta(&self) -> Option<&Meta> {
+        match self {
+            Object::Cluster(o) => o.meta.as_ref(),
+            Object::Node(o) => o.meta.as_ref(),
+            Object::Service(o) => o.meta.as_ref(),
+            Object::Task(o) => o.meta.as_ref(),
+            Object::Network(o) => o.meta.as_ref(),
+        }
+    }
+
+    pub fn meta_mut(&mut self) -> &mut Meta {
+        let m = match self {
+            Object::Cluster(o) => &mut o.meta,
+            Object::Node(o) => &mut o.meta,
+            Object::Service(o) => &mut o.meta,
+            Object::Task(o) => &mut o.meta,
+            Object::Network(o) => &mut o.meta,
+        };
+        m.get_or_insert_with(Meta::default)
+    }
+
+    pub fn version(&self) -> u64 {
+        self.meta().map_or(0, |m| m.version)
+    }
+}
+
+macro_rules! object_from {
+    ($($t:ident),*) => {$(
+        impl From<$t> for Object {
+            fn from(o: $t) -> Self {
+                Object::$t(o)
+            }
+        }
+    )*};
+}
+object_from!(Cluster, Node, Service, Task, Network);
+
+/// A new random object id: 25 lower-case base-36 characters, like SwarmKit's.
+pub fn new_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    (0..25)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}

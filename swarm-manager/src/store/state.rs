@@ -1,0 +1,620 @@
+//! The in-memory cluster state every manager holds, and the deterministic `apply` that
+//! turns a committed Raft entry into changes of it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use proto::{Cluster, Meta, Network, Node, Service, Task, TaskState};
+use serde::{Deserialize, Serialize};
+
+use super::object::{Kind, Object};
+use super::ops::{Op, OpOutcome, Request, Response, StoreError};
+
+/// Every object, with the secondary indexes the components query.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    clusters: BTreeMap<String, Cluster>,
+    nodes: BTreeMap<String, Node>,
+    services: BTreeMap<String, Service>,
+    tasks: HashMap<String, Task>,
+    networks: BTreeMap<String, Network>,
+    #[serde(skip)]
+    index: Indexes,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Indexes {
+    service_names: HashMap<String, String>,
+    network_names: HashMap<String, String>,
+    tasks_by_service: HashMap<String, BTreeSet<String>>,
+    tasks_by_node: HashMap<String, BTreeSet<String>>,
+    /// Tasks by observed state, for the allocator (NEW) and scheduler (PENDING).
+    tasks_by_state: HashMap<i32, BTreeSet<String>>,
+}
+
+impl State {
+    // ------------------------------------------------------------ reads
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.clusters.values().next()
+    }
+    pub fn clusters(&self) -> impl Iterator<Item = &Cluster> {
+        self.clusters.values()
+    }
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.get(id)
+    }
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+    pub fn service(&self, id: &str) -> Option<&Service> {
+        self.services.get(id)
+    }
+    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
+        self.index
+            .service_names
+            .get(name)
+            .and_then(|id| self.services.get(id))
+    }
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+    pub fn tasks_of_service<'a>(&'a self, service_id: &str) -> impl Iterator<Item = &'a Task> {
+        self.index
+            .tasks_by_service
+            .get(service_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+    pub fn tasks_on_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Task> {
+        self.index
+            .tasks_by_node
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+    pub fn tasks_in_state(&self, state: TaskState) -> impl Iterator<Item = &Task> {
+        self.index
+            .tasks_by_state
+            .get(&(state as i32))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+    pub fn count_in_state(&self, state: TaskState) -> usize {
+        self.index
+            .tasks_by_state
+            .get(&(state as i32))
+            .map_or(0, |s| s.len())
+    }
+    pub fn network(&self, id: &str) -> Option<&Network> {
+        self.networks.get(id)
+    }
+    pub fn network_by_name(&self, name: &str) -> Option<&Network> {
+        self.index
+            .network_names
+            .get(name)
+            .and_then(|id| self.networks.get(id))
+    }
+    pub fn networks(&self) -> impl Iterator<Item = &Network> {
+        self.networks.values()
+    }
+
+    pub fn get(&self, kind: Kind, id: &str) -> Option<Object> {
+        match kind {
+            Kind::Cluster => self.clusters.get(id).cloned().map(Object::Cluster),
+            Kind::Node => self.nodes.get(id).cloned().map(Object::Node),
+            Kind::Service => self.services.get(id).cloned().map(Object::Service),
+            Kind::Task => self.tasks.get(id).cloned().map(Object::Task),
+            Kind::Network => self.networks.get(id).cloned().map(Object::Network),
+        }
+    }
+
+    // ------------------------------------------------------------ snapshots
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("state serializes")
+    }
+
+    /// Restores a state from `to_bytes` output, rebuilding the indexes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<State, bincode::Error> {
+        let mut s: State = bincode::deserialize(bytes)?;
+        s.rebuild_indexes();
+        Ok(s)
+    }
+
+    fn rebuild_indexes(&mut self) {
+        self.index = Indexes::default();
+        for s in self.services.values() {
+            if let Some(spec) = &s.spec {
+                self.index
+                    .service_names
+                    .insert(spec.name.clone(), s.id.clone());
+            }
+        }
+        for n in self.networks.values() {
+            if let Some(spec) = &n.spec {
+                self.index
+                    .network_names
+                    .insert(spec.name.clone(), n.id.clone());
+            }
+        }
+        let tasks: Vec<Task> = self.tasks.values().cloned().collect();
+        for t in &tasks {
+            self.index_task(t);
+        }
+    }
+
+    // ------------------------------------------------------------ writes
+
+    /// Applies a committed request at log index `index`. Deterministic: the same state and
+    /// request give the same result on every manager.
+    pub fn apply(&mut self, index: u64, req: &Request) -> Response {
+        if req.atomic {
+            let mut undo: Vec<(Kind, String, Option<Object>)> = Vec::new();
+            let mut out = Vec::with_capacity(req.ops.len());
+            for op in &req.ops {
+                match self.apply_op(index, req.now_ms, op, &mut undo) {
+                    Ok(o) => out.push(OpOutcome::Applied(o)),
+                    Err(e) => {
+                        for (kind, id, prev) in undo.into_iter().rev() {
+                            self.restore(kind, &id, prev);
+                        }
+                        return Response {
+                            result: Some(Err(e)),
+                        };
+                    }
+                }
+            }
+            Response {
+                result: Some(Ok(out)),
+            }
+        } else {
+            let mut undo = Vec::new();
+            let out = req
+                .ops
+                .iter()
+                .map(|op| {
+                    undo.clear();
+                    match self.apply_op(index, req.now_ms, op, &mut undo) {
+                        Ok(o) => OpOutcome::Applied(o),
+                        Err(e) => OpOutcome::Skipped(e),
+                    }
+                })
+                .collect();
+            Response {
+                result: Some(Ok(out)),
+            }
+        }
+    }
+
+    fn apply_op(
+        &mut self,
+        index: u64,
+        now: i64,
+        op: &Op,
+        undo: &mut Vec<(Kind, String, Option<Object>)>,
+    ) -> Result<Option<Object>, StoreError> {
+        match op {
+            Op::Create(obj) => {
+                let kind = obj.kind();
+                let id = obj.id().to_string();
+                if id.is_empty() {
+                    return Err(StoreError::Invalid(format!("{kind} without an id")));
+                }
+                if self.get(kind, &id).is_some() {
+                    return Err(StoreError::Exists { kind, id });
+                }
+                self.check_name(obj, None)?;
+                let mut obj = obj.clone();
+                let meta = obj.meta_mut();
+                meta.version = index;
+                meta.created_at = now;
+                meta.updated_at = now;
+                undo.push((kind, id, None));
+                self.put(obj.clone());
+                Ok(Some(obj))
+            }
+            Op::Update {
+                object,
+                check_version,
+            } => {
+                let kind = object.kind();
+                let id = object.id().to_string();
+                let Some(prev) = self.get(kind, &id) else {
+                    return Err(StoreError::NotFound { kind, id });
+                };
+                if *check_version && prev.version() != object.version() {
+                    return Err(StoreError::VersionMismatch {
+                        kind,
+                        id,
+                        expected: object.version(),
+                        actual: prev.version(),
+                    });
+                }
+                self.check_name(object, Some(&id))?;
+                let mut obj = object.clone();
+                let created = prev.meta().map_or(now, |m| m.created_at);
+                *obj.meta_mut() = Meta {
+                    version: index,
+                    created_at: created,
+                    updated_at: now,
+                };
+                undo.push((kind, id, Some(prev)));
+                self.put(obj.clone());
+                Ok(Some(obj))
+            }
+            Op::Delete { kind, id } => {
+                let Some(prev) = self.get(*kind, id) else {
+                    return Err(StoreError::NotFound {
+                        kind: *kind,
+                        id: id.clone(),
+                    });
+                };
+                undo.push((*kind, id.clone(), Some(prev)));
+                self.remove(*kind, id);
+                Ok(None)
+            }
+            Op::SetTaskStatus { task_id, status } => {
+                let mut t = self.task_for_change(task_id)?;
+                let new_state = status.state;
+                if new_state < t.state() as i32 {
+                    // Observed state never moves backwards: a late report is dropped.
+                    return Ok(None);
+                }
+                let mut status = status.clone();
+                if status.timestamp == 0 {
+                    status.timestamp = now;
+                }
+                t.status = Some(status);
+                Ok(Some(self.commit_task(index, now, t, undo)))
+            }
+            Op::AssignTask { task_id, node_id } => {
+                let mut t = self.task_for_change(task_id)?;
+                if t.state() != TaskState::Pending || !t.node_id.is_empty() {
+                    return Err(StoreError::Invalid(format!(
+                        "task {task_id} is {} and cannot be assigned",
+                        t.state().display_name()
+                    )));
+                }
+                if !self.nodes.contains_key(node_id) {
+                    return Err(StoreError::NotFound {
+                        kind: Kind::Node,
+                        id: node_id.clone(),
+                    });
+                }
+                t.node_id = node_id.clone();
+                let st = t.status.get_or_insert_with(Default::default);
+                st.state = TaskState::Assigned as i32;
+                st.timestamp = now;
+                st.message = "scheduler assigned task to node".into();
+                st.err.clear();
+                Ok(Some(self.commit_task(index, now, t, undo)))
+            }
+            Op::SetTaskSchedulingError { task_id, err } => {
+                let mut t = self.task_for_change(task_id)?;
+                if t.state() != TaskState::Pending {
+                    return Ok(None);
+                }
+                let st = t.status.get_or_insert_with(Default::default);
+                if st.err == *err {
+                    return Ok(None);
+                }
+                st.err = err.clone();
+                Ok(Some(self.commit_task(index, now, t, undo)))
+            }
+            Op::SetTaskDesiredState { task_id, desired } => {
+                let mut t = self.task_for_change(task_id)?;
+                if (*desired as i32) <= t.desired_state {
+                    return Ok(None);
+                }
+                t.desired_state = *desired as i32;
+                Ok(Some(self.commit_task(index, now, t, undo)))
+            }
+            Op::SetNodeStatus { node_id, status } => {
+                let Some(prev) = self.nodes.get(node_id).cloned() else {
+                    return Err(StoreError::NotFound {
+                        kind: Kind::Node,
+                        id: node_id.clone(),
+                    });
+                };
+                let mut n = prev.clone();
+                n.status = Some(status.clone());
+                let m = n.meta.get_or_insert_with(Meta::default);
+                m.version = index;
+                m.updated_at = now;
+                undo.push((Kind::Node, node_id.clone(), Some(Object::Node(prev))));
+                self.nodes.insert(node_id.clone(), n.clone());
+                Ok(Some(Object::Node(n)))
+            }
+        }
+    }
+
+    fn task_for_change(&self, id: &str) -> Result<Task, StoreError> {
+        self.tasks.get(id).cloned().ok_or_else(|| StoreError::NotFound {
+            kind: Kind::Task,
+            id: id.to_string(),
+        })
+    }
+
+    fn commit_task(
+        &mut self,
+        index: u64,
+        now: i64,
+        mut t: Task,
+        undo: &mut Vec<(Kind, String, Option<Object>)>,
+    ) -> Object {
+        let m = t.meta.get_or_insert_with(Meta::default);
+        m.version = index;
+        m.updated_at = now;
+        let prev = self.tasks.get(&t.id).cloned().map(Object::Task);
+        undo.push((Kind::Task, t.id.clone(), prev));
+        self.put_task(t.clone());
+        Object::Task(t)
+    }
+
+    fn check_name(&self, obj: &Object, self_id: Option<&str>) -> Result<(), StoreError> {
+        let Some(name) = obj.unique_name() else {
+            return Ok(());
+        };
+        let index = match obj.kind() {
+            Kind::Service => &self.index.service_names,
+            Kind::Network => &self.index.network_names,
+            _ => return Ok(()),
+        };
+        match index.get(name) {
+            Some(id) if Some(id.as_str()) != self_id => Err(StoreError::NameConflict {
+                kind: obj.kind(),
+                name: name.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn restore(&mut self, kind: Kind, id: &str, prev: Option<Object>) {
+        match prev {
+            Some(o) => self.put(o),
+            None => self.remove(kind, id),
+        }
+    }
+
+    fn put(&mut self, obj: Object) {
+        match obj {
+            Object::Cluster(c) => {
+                self.clusters.insert(c.id.clone(), c);
+            }
+            Object::Node(n) => {
+                self.nodes.insert(n.id.clone(), n);
+            }
+            Object::Service(s) => {
+                if let Some(old) = self.services.get(&s.id) {
+                    let old_name = old.name().to_string();
+                    self.index.service_names.remove(&old_name);
+                }
+                self.index
+                    .service_names
+                    .insert(s.name().to_string(), s.id.clone());
+                self.services.insert(s.id.clone(), s);
+            }
+            Object::Task(t) => self.put_task(t),
+            Object::Network(n) => {
+                if let Some(old) = self.networks.get(&n.id) {
+                    if let Some(spec) = &old.spec {
+                        let old_name = spec.name.clone();
+                        self.index.network_names.remove(&old_name);
+                    }
+                }
+                if let Some(spec) = &n.spec {
+                    self.index
+                        .network_names
+                        .insert(spec.name.clone(), n.id.clone());
+                }
+                self.networks.insert(n.id.clone(), n);
+            }
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, id: &str) {
+        match kind {
+            Kind::Cluster => {
+                self.clusters.remove(id);
+            }
+            Kind::Node => {
+                self.nodes.remove(id);
+            }
+            Kind::Service => {
+                if let Some(s) = self.services.remove(id) {
+                    self.index.service_names.remove(s.name());
+                }
+            }
+            Kind::Task => {
+                if let Some(t) = self.tasks.remove(id) {
+                    self.unindex_task(&t);
+                }
+            }
+            Kind::Network => {
+                if let Some(n) = self.networks.remove(id) {
+                    if let Some(spec) = n.spec {
+                        self.index.network_names.remove(&spec.name);
+                    }
+                }
+            }
+        }
+    }
+
+    fn put_task(&mut self, t: Task) {
+        if let Some(old) = self.tasks.remove(&t.id) {
+            self.unindex_task(&old);
+        }
+        self.index_task(&t);
+        self.tasks.insert(t.id.clone(), t);
+    }
+
+    fn index_task(&mut self, t: &Task) {
+        let ix = &mut self.index;
+        ix.tasks_by_service
+            .entry(t.service_id.clone())
+            .or_default()
+            .insert(t.id.clone());
+        if !t.node_id.is_empty() {
+            ix.tasks_by_node
+                .entry(t.node_id.clone())
+                .or_default()
+                .insert(t.id.clone());
+        }
+        ix.tasks_by_state
+            .entry(t.state() as i32)
+            .or_default()
+            .insert(t.id.clone());
+    }
+
+    fn unindex_task(&mut self, t: &Task) {
+        fn drop_from(map: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+            if let Some(set) = map.get_mut(key) {
+                set.remove(id);
+                if set.is_empty() {
+                    map.remove(key);
+                }
+            }
+        }
+        let ix = &mut self.index;
+        drop_from(&mut ix.tasks_by_service, &t.service_id, &t.id);
+        if !t.node_id.is_empty() {
+            drop_from(&mut ix.tasks_by_node, &t.node_id, &t.id);
+        }
+        if let Some(set) = ix.tasks_by_state.get_mut(&(t.state() as i32)) {
+            set.remove(&t.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{ServiceSpec, TaskStatus};
+
+    fn service(id: &str, name: &str) -> Object {
+        Object::Service(Service {
+            id: id.into(),
+            spec: Some(ServiceSpec {
+                name: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn task(id: &str, svc: &str, state: TaskState) -> Object {
+        Object::Task(Task {
+            id: id.into(),
+            service_id: svc.into(),
+            status: Some(TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn atomic_batch_rolls_back_on_conflict() {
+        let mut s = State::default();
+        s.apply(1, &Request::atomic(vec![Op::Create(service("a", "web"))]));
+        let r = s.apply(
+            2,
+            &Request::atomic(vec![
+                Op::Create(task("t1", "a", TaskState::New)),
+                Op::Create(service("b", "web")),
+            ]),
+        );
+        assert!(matches!(
+            r.result,
+            Some(Err(StoreError::NameConflict { .. }))
+        ));
+        assert!(s.task("t1").is_none(), "the first op was rolled back");
+        assert_eq!(s.tasks_of_service("a").count(), 0);
+        assert_eq!(s.count_in_state(TaskState::New), 0);
+    }
+
+    #[test]
+    fn versions_are_checked_and_state_never_goes_back() {
+        let mut s = State::default();
+        s.apply(1, &Request::atomic(vec![Op::Create(service("a", "web"))]));
+        s.apply(2, &Request::atomic(vec![Op::Create(task("t1", "a", TaskState::Pending))]));
+        let stale = s.get(Kind::Service, "a").unwrap();
+        let ok = s.apply(
+            3,
+            &Request::atomic(vec![Op::Update {
+                object: stale.clone(),
+                check_version: true,
+            }]),
+        );
+        assert!(matches!(ok.result, Some(Ok(_))));
+        let again = s.apply(
+            4,
+            &Request::atomic(vec![Op::Update {
+                object: stale,
+                check_version: true,
+            }]),
+        );
+        assert!(matches!(
+            again.result,
+            Some(Err(StoreError::VersionMismatch { .. }))
+        ));
+
+        s.apply(
+            5,
+            &Request::atomic(vec![Op::AssignTask {
+                task_id: "t1".into(),
+                node_id: "n1".into(),
+            }]),
+        );
+        assert_eq!(s.task("t1").unwrap().state(), TaskState::Pending, "unknown node");
+
+        let running = TaskStatus {
+            state: TaskState::Running as i32,
+            ..Default::default()
+        };
+        let late = TaskStatus {
+            state: TaskState::Starting as i32,
+            ..Default::default()
+        };
+        s.apply(
+            6,
+            &Request::best_effort(vec![
+                Op::SetTaskStatus {
+                    task_id: "t1".into(),
+                    status: running,
+                },
+                Op::SetTaskStatus {
+                    task_id: "t1".into(),
+                    status: late,
+                },
+            ]),
+        );
+        assert_eq!(s.task("t1").unwrap().state(), TaskState::Running);
+        assert_eq!(s.count_in_state(TaskState::Pending), 0);
+        assert_eq!(s.tasks_in_state(TaskState::Running).count(), 1);
+    }
+
+    #[test]
+    fn snapshot_round_trip_rebuilds_indexes() {
+        let mut s = State::default();
+        s.apply(1, &Request::atomic(vec![Op::Create(service("a", "web"))]));
+        s.apply(2, &Request::atomic(vec![Op::Create(task("t1", "a", TaskState::New))]));
+        let back = State::from_bytes(&s.to_bytes()).unwrap();
+        assert_eq!(back.service_by_name("web").unwrap().id, "a");
+        assert_eq!(back.tasks_of_service("a").count(), 1);
+        assert_eq!(back.count_in_state(TaskState::New), 1);
+    }
+}
