@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod orchestrator;
 pub mod raft;
 pub mod reaper;
+pub mod router;
 pub mod scheduler;
 pub mod store;
 pub mod tls;

@@ -21,7 +21,7 @@ pub enum Op {
     /// would move the observed state backwards.
     SetTaskStatus { task_id: String, status: TaskStatus },
     /// Scheduler decision: a PENDING task goes to `node_id` in state ASSIGNED. Skipped with
-    /// an error if the task is no longer PENDING.
+    /// an error if the task is no longer PENDING or was pre-assigned to another node.
     AssignTask { task_id: String, node_id: String },
     /// Why a PENDING task could not be placed; the state does not change.
     SetTaskSchedulingError { task_id: String, err: String },

@@ -281,7 +281,10 @@ impl State {
             }
             Op::AssignTask { task_id, node_id } => {
                 let mut t = self.task_for_change(task_id)?;
-                if t.state() != TaskState::Pending || !t.node_id.is_empty() {
+                // Global tasks come with their node already chosen by the orchestrator.
+                if t.state() != TaskState::Pending
+                    || !(t.node_id.is_empty() || t.node_id == *node_id)
+                {
                     return Err(StoreError::Invalid(format!(
                         "task {task_id} is {} and cannot be assigned",
                         t.state().display_name()
