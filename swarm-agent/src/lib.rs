@@ -1,1 +1,71 @@
+//! `swarm-agent`, the node daemon: the agent session with the managers, the task
+//! executor, the local CLI socket, `/metrics`, and the manager in-process when the
+//! node's role is manager.
 
+pub mod executor;
+pub mod local;
+pub mod metrics_http;
+pub mod node;
+pub mod state;
+pub mod worker;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+pub use executor::{Executor, ExecutorDescription, TaskReporter, UnsupportedExecutor};
+pub use node::{Agent, AgentConfig};
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub async fn run(cfg: AgentConfig, executor: Arc<dyn Executor>) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    std::fs::create_dir_all(&cfg.data_root)
+        .with_context(|| format!("creating the data root {}", cfg.data_root.display()))?;
+    let agent = Agent::new(cfg.clone(), executor);
+    agent.resume().await.context("resuming the swarm membership from the data root")?;
+
+    if let Some(addr) = cfg.metrics_addr {
+        tokio::spawn(async move {
+            if let Err(e) = metrics_http::serve(addr).await {
+                tracing::warn!("metrics endpoint on {addr}: {e:#}");
+            }
+        });
+    }
+
+    if let Some(dir) = cfg.socket.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    let listener = tokio::net::UnixListener::bind(&cfg.socket)
+        .with_context(|| format!("binding the control socket {}", cfg.socket.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o660))?;
+    }
+    tracing::info!(socket = %cfg.socket.display(), "swarm-agent ready");
+    let api = local::LocalApi::new(agent.clone());
+    let server = tonic::transport::Server::builder()
+        .add_service(proto::local_node_server::LocalNodeServer::new(api.clone()))
+        .add_service(proto::control_server::ControlServer::new(api))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown_signal(),
+        );
+    server.await.context("serving the control socket")?;
+    let _ = std::fs::remove_file(&cfg.socket);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,1 +1,352 @@
-fn main() {}
+//! `swarm`: Docker's swarm, node and service verbs against the local swarm-agent socket.
+//!
+//! Exit codes follow the Docker CLI: 0 on success, 1 for errors (daemon errors, wrong
+//! number of arguments, invalid values checked after parsing), 125 when the flags
+//! themselves cannot be parsed (unknown flag, a value of the wrong type).
+
+mod client;
+mod error;
+mod format;
+mod json;
+mod node_cmd;
+mod opts;
+mod progress;
+mod ps;
+mod service_cmd;
+mod swarm_cmd;
+mod table;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::{Client, DEFAULT_HOST};
+use crate::error::{CliError, Result};
+use crate::node_cmd::NodeCmd;
+use crate::service_cmd::ServiceCmd;
+
+/// Exit status of a flag parse error (Docker's `FlagErrorFunc`).
+const FLAG_ERROR_EXIT: i32 = 125;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "swarm",
+    version,
+    about = "Manage a swarm: Docker's swarm, node and service commands, served by swarm-agent"
+)]
+struct Cli {
+    /// Agent socket to connect to
+    #[arg(
+        short = 'H',
+        long = "host",
+        env = "SWARM_HOST",
+        default_value = DEFAULT_HOST,
+        global = true
+    )]
+    host: String,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+enum Command {
+    /// Initialize a swarm
+    Init(swarm_cmd::InitArgs),
+    /// Join a swarm as a node and/or manager
+    Join(swarm_cmd::JoinArgs),
+    /// Manage join tokens
+    JoinToken(swarm_cmd::JoinTokenArgs),
+    /// Leave the swarm
+    Leave(swarm_cmd::LeaveArgs),
+    /// Show the swarm state of this node
+    Info(swarm_cmd::InfoArgs),
+    /// Manage swarm nodes
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Manage swarm services
+    #[command(subcommand)]
+    Service(ServiceCmd),
+}
+
+/// How many positional arguments a command takes.
+#[derive(Debug, Clone, Copy)]
+enum Arity {
+    Exactly(usize),
+    AtLeast(usize),
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        "argument"
+    } else {
+        "arguments"
+    }
+}
+
+/// Docker's argument-count error (cli/required.go), exit status 1.
+fn check_args(path: &str, usage: &str, arity: Arity, got: usize) -> Result<()> {
+    let (ok, text) = match arity {
+        Arity::Exactly(n) => (
+            got == n,
+            format!(
+                "swarm: '{path}' requires {n} {}\n\nUsage:  {usage}\n\nRun '{path} --help' for more information",
+                plural(n)
+            ),
+        ),
+        Arity::AtLeast(n) => (
+            got >= n,
+            format!(
+                "swarm: '{path}' requires at least {n} {}\n\nUsage:  {usage}\n\nSee '{path} --help' for more information",
+                plural(n)
+            ),
+        ),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(CliError::raw(text))
+    }
+}
+
+pub(crate) fn unsupported_format(f: &str) -> CliError {
+    CliError::msg(format!(
+        "unsupported format {f:?}: only \"table\" and \"json\" are supported"
+    ))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    use Arity::*;
+    // Argument checks come before connecting, as in Docker.
+    match &cli.cmd {
+        Command::Join(a) => check_args(
+            "swarm join",
+            "swarm join [OPTIONS] HOST:PORT",
+            Exactly(1),
+            a.remote.len(),
+        )?,
+        Command::JoinToken(a) => check_args(
+            "swarm join-token",
+            "swarm join-token [OPTIONS] (worker|manager)",
+            Exactly(1),
+            a.role.len(),
+        )?,
+        Command::Node(n) => match n {
+            NodeCmd::Inspect(a) => check_args(
+                "swarm node inspect",
+                "swarm node inspect [OPTIONS] self|NODE [NODE...]",
+                AtLeast(1),
+                a.nodes.len(),
+            )?,
+            NodeCmd::Update(a) => check_args(
+                "swarm node update",
+                "swarm node update [OPTIONS] NODE",
+                Exactly(1),
+                a.node.len(),
+            )?,
+            NodeCmd::Promote(a) => check_args(
+                "swarm node promote",
+                "swarm node promote NODE [NODE...]",
+                AtLeast(1),
+                a.nodes.len(),
+            )?,
+            NodeCmd::Demote(a) => check_args(
+                "swarm node demote",
+                "swarm node demote NODE [NODE...]",
+                AtLeast(1),
+                a.nodes.len(),
+            )?,
+            NodeCmd::Rm(a) => check_args(
+                "swarm node rm",
+                "swarm node rm [OPTIONS] NODE [NODE...]",
+                AtLeast(1),
+                a.nodes.len(),
+            )?,
+            NodeCmd::Ls(_) | NodeCmd::Ps(_) => {}
+        },
+        Command::Service(s) => match s {
+            ServiceCmd::Create(a) => check_args(
+                "swarm service create",
+                "swarm service create [OPTIONS] IMAGE [COMMAND] [ARG...]",
+                AtLeast(1),
+                a.image_and_args.len(),
+            )?,
+            ServiceCmd::Inspect(a) => check_args(
+                "swarm service inspect",
+                "swarm service inspect [OPTIONS] SERVICE [SERVICE...]",
+                AtLeast(1),
+                a.services.len(),
+            )?,
+            ServiceCmd::Ps(a) => check_args(
+                "swarm service ps",
+                "swarm service ps [OPTIONS] SERVICE [SERVICE...]",
+                AtLeast(1),
+                a.services.len(),
+            )?,
+            ServiceCmd::Rm(a) => check_args(
+                "swarm service rm",
+                "swarm service rm SERVICE [SERVICE...]",
+                AtLeast(1),
+                a.services.len(),
+            )?,
+            ServiceCmd::Scale(a) => {
+                let usage = "swarm service scale SERVICE=REPLICAS [SERVICE=REPLICAS...]";
+                check_args("swarm service scale", usage, AtLeast(1), a.specs.len())?;
+                if let Err(bad) = service_cmd::parse_scale_args(&a.specs) {
+                    return Err(CliError::raw(format!(
+                        "invalid scale specifier '{bad}'.\nSee 'swarm service scale --help'.\n\nUsage:  {usage}\n\nScale one or multiple replicated services"
+                    )));
+                }
+            }
+            ServiceCmd::Update(a) => check_args(
+                "swarm service update",
+                "swarm service update [OPTIONS] SERVICE",
+                Exactly(1),
+                a.service.len(),
+            )?,
+            ServiceCmd::Rollback(a) => check_args(
+                "swarm service rollback",
+                "swarm service rollback [OPTIONS] SERVICE",
+                Exactly(1),
+                a.service.len(),
+            )?,
+            ServiceCmd::Ls(_) => {}
+        },
+        Command::Init(_) | Command::Leave(_) | Command::Info(_) => {}
+    }
+
+    let c = Client::connect(&cli.host).await?;
+    match cli.cmd {
+        Command::Init(a) => swarm_cmd::init(&c, a).await,
+        Command::Join(mut a) => {
+            let remote = a.remote.remove(0);
+            swarm_cmd::join(&c, a, remote).await
+        }
+        Command::JoinToken(mut a) => {
+            let role = a.role.remove(0);
+            swarm_cmd::join_token(&c, a, role).await
+        }
+        Command::Leave(a) => swarm_cmd::leave(&c, a).await,
+        Command::Info(a) => swarm_cmd::info(&c, a).await,
+        Command::Node(n) => match n {
+            NodeCmd::Ls(a) => node_cmd::ls(&c, a).await,
+            NodeCmd::Inspect(a) => node_cmd::inspect(&c, a).await,
+            NodeCmd::Update(mut a) => {
+                let node = a.node.remove(0);
+                node_cmd::update(&c, a, node).await
+            }
+            NodeCmd::Promote(a) => node_cmd::set_role(&c, a.nodes, proto::NodeRole::Manager).await,
+            NodeCmd::Demote(a) => node_cmd::set_role(&c, a.nodes, proto::NodeRole::Worker).await,
+            NodeCmd::Rm(a) => node_cmd::rm(&c, a).await,
+            NodeCmd::Ps(a) => node_cmd::node_ps(&c, a).await,
+        },
+        Command::Service(s) => match s {
+            ServiceCmd::Create(a) => service_cmd::create(&c, a).await,
+            ServiceCmd::Inspect(a) => service_cmd::inspect(&c, a).await,
+            ServiceCmd::Ls(a) => service_cmd::ls(&c, a).await,
+            ServiceCmd::Ps(a) => service_cmd::service_ps(&c, a).await,
+            ServiceCmd::Rm(a) => service_cmd::rm(&c, a).await,
+            ServiceCmd::Scale(a) => {
+                let specs = service_cmd::parse_scale_args(&a.specs)
+                    .map_err(|b| CliError::msg(format!("invalid scale specifier '{b}'")))?;
+                service_cmd::scale(&c, a, specs).await
+            }
+            ServiceCmd::Update(mut a) => {
+                let name = a.service.remove(0);
+                service_cmd::update(&c, *a, name).await
+            }
+            ServiceCmd::Rollback(mut a) => {
+                let name = a.service.remove(0);
+                service_cmd::rollback(&c, a, name).await
+            }
+        },
+    }
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    // `swarm` alone prints the help and fails, as `docker` does.
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        1
+                    } else {
+                        0
+                    }
+                }
+                _ => {
+                    let _ = e.print();
+                    FLAG_ERROR_EXIT
+                }
+            };
+            std::process::exit(code);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn argument_count_errors_read_like_docker() {
+        let e = check_args(
+            "swarm service create",
+            "swarm service create [OPTIONS] IMAGE [COMMAND] [ARG...]",
+            Arity::AtLeast(1),
+            0,
+        )
+        .err()
+        .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some(
+                "swarm: 'swarm service create' requires at least 1 argument\n\nUsage:  swarm service create [OPTIONS] IMAGE [COMMAND] [ARG...]\n\nSee 'swarm service create --help' for more information"
+            )
+        );
+        assert!(check_args("swarm join", "u", Arity::Exactly(1), 1).is_ok());
+        assert!(check_args("swarm join", "u", Arity::Exactly(1), 2).is_err());
+    }
+
+    #[test]
+    fn host_flag_and_subcommands_parse() {
+        let cli = Cli::try_parse_from(["swarm", "-H", "unix:///tmp/a.sock", "service", "ls", "-q"]);
+        let cli = cli.ok();
+        assert_eq!(
+            cli.as_ref().map(|c| c.host.as_str()),
+            Some("unix:///tmp/a.sock")
+        );
+        assert!(Cli::try_parse_from(["swarm", "node", "ls", "-H", "unix:///x"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["swarm", "service", "create", "--replicas", "-1", "nginx"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["swarm", "join-token", "-q", "worker"]).is_ok());
+        assert!(Cli::try_parse_from(["swarm", "node", "list"]).is_ok());
+        assert!(Cli::try_parse_from(["swarm", "service", "remove", "x"]).is_ok());
+    }
+}

@@ -4,6 +4,9 @@
 pub mod allocator;
 pub mod ca;
 pub mod control;
+pub mod dispatcher;
+pub mod manager;
+pub mod membership;
 pub mod metrics;
 pub mod orchestrator;
 pub mod raft;

@@ -1,1 +1,452 @@
-//! (being written)
+//! mTLS for every swarm port: rustls configs rooted in the cluster CA, a reloadable
+//! server certificate, a TLS accept stream for tonic servers, TLS channels for tonic
+//! clients, and the caller identity handlers authorize with.
+//!
+//! TLS only authenticates: client certificates are optional at the TLS layer (a joining
+//! node has none yet) but always verified against the root when presented. Each gRPC
+//! handler authorizes with [`caller_identity`].
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::ca::{self, NodeIdentity};
+
+/// The server name every manager certificate carries and every client checks.
+pub const SERVER_NAME: &str = ca::MANAGER_OU;
+
+const ALPN_H2: &[u8] = b"h2";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+const FWD_NODE_ID: &str = "x-swarm-fwd-node-id";
+const FWD_ROLE: &str = "x-swarm-fwd-role";
+const FWD_CLUSTER: &str = "x-swarm-fwd-cluster";
+const FWD_NOT_BEFORE: &str = "x-swarm-fwd-not-before";
+const FWD_NOT_AFTER: &str = "x-swarm-fwd-not-after";
+/// Set by a forwarding manager when the original caller presented no certificate.
+const FWD_ANONYMOUS: &str = "x-swarm-fwd-anonymous";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("invalid PEM in the {what}: {why}")]
+    Pem { what: &'static str, why: String },
+    #[error("no certificate found in the {0}; pass a PEM with at least one CERTIFICATE block")]
+    NoCertificate(&'static str),
+    #[error(
+        "unusable private key: {0}; pass the PEM (PKCS#8, SEC1 or PKCS#1) key of the certificate"
+    )]
+    Key(String),
+    #[error("the private key does not belong to the certificate; pass the key generated with the certificate's CSR")]
+    KeyMismatch,
+    #[error("invalid root CA certificate: {0}")]
+    Root(String),
+    #[error("TLS configuration failed: {0}")]
+    Config(String),
+}
+
+/// The ring provider, also installed as the process default (idempotent).
+fn provider() -> Arc<CryptoProvider> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn parse_certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            what,
+            why: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(what));
+    }
+    Ok(certs)
+}
+
+fn parse_key(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Key(e.to_string()))
+}
+
+fn root_store(root_ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in parse_certs(root_ca_pem, "root CA certificate")? {
+        roots.add(cert).map_err(|e| TlsError::Root(e.to_string()))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, TlsError> {
+    let certs = parse_certs(cert_pem, "node certificate")?;
+    let key = parse_key(key_pem)?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| TlsError::Key(e.to_string()))?;
+    let ck = CertifiedKey::new(certs, signer);
+    match ck.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            return Err(TlsError::KeyMismatch)
+        }
+        Err(e) => return Err(TlsError::Key(e.to_string())),
+    }
+    Ok(Arc::new(ck))
+}
+
+/// Server certificate that can be swapped at run time (renewal, promotion) without restarting the listener.
+pub struct ReloadableCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for ReloadableCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadableCert").finish_non_exhaustive()
+    }
+}
+
+impl ReloadableCert {
+    pub fn new(cert_pem: &str, key_pem: &str) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(ReloadableCert {
+            current: RwLock::new(certified_key(cert_pem, key_pem)?),
+        }))
+    }
+
+    /// Serves `cert_pem`/`key_pem` from the next handshake on; the old pair stays on error.
+    pub fn update(&self, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+        let ck = certified_key(cert_pem, key_pem)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = ck;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// mTLS server config: client certificates OPTIONAL at the TLS layer (joining nodes have none) but, when presented, verified against root_ca_pem; each handler authorizes. ALPN "h2".
+pub fn server_config(
+    root_ca_pem: &str,
+    cert: Arc<ReloadableCert>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(root_store(root_ca_pem)?, provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert);
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Client config trusting only the cluster root; presents the node certificate when given. Server name checked: "swarm-manager". ALPN "h2".
+pub fn client_config(
+    root_ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(root_store(root_ca_pem)?);
+    let mut cfg = match identity {
+        Some((cert_pem, key_pem)) => {
+            // Checks that the key belongs to the certificate before rustls takes them.
+            certified_key(cert_pem, key_pem)?;
+            builder
+                .with_client_auth_cert(
+                    parse_certs(cert_pem, "node certificate")?,
+                    parse_key(key_pem)?,
+                )
+                .map_err(|e| TlsError::Key(e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// For a joining node that does not know the root CA yet: accepts any server certificate. The caller MUST check the fetched root CA against the join token's digest.
+pub fn insecure_client_config() -> Arc<ClientConfig> {
+    let provider = provider();
+    let verifier = Arc::new(AcceptAnyServerCert {
+        provider: provider.clone(),
+    });
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports rustls' default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Arc::new(cfg)
+}
+
+/// Skips the certificate chain check but still checks the handshake signatures.
+#[derive(Debug)]
+struct AcceptAnyServerCert {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Stream of accepted TLS connections for tonic's `Server::serve_with_incoming`. Handshakes run concurrently (a slow or failing client never blocks others); failed handshakes are logged with tracing at debug and skipped, never ending the stream.
+///
+/// Must be called inside a Tokio runtime. The accept task stops when the stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    cfg: Arc<ServerConfig>,
+) -> impl futures::Stream<Item = Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>>
+       + Send
+       + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(accept_loop(listener, TlsAcceptor::from(cfg), tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+type Accepted = Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>;
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: tokio::sync::mpsc::Sender<Accepted>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = tx.closed() => return,
+            r = listener.accept() => r,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // Per-connection errors (reset before accept) and fd exhaustion: keep going.
+                tracing::warn!(error = %e, "accepting a TCP connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let _ = tx.send(Ok(tls)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Lazy tonic channel to "host:port" over TLS with this config (custom connector with tokio-rustls + hyper_util::rt::TokioIo; URI scheme http so tonic does no TLS of its own; SNI "swarm-manager"); connect timeout 3 s, HTTP/2 keepalive every 5 s with 5 s timeout, keepalive while idle.
+pub fn channel(addr: &str, cfg: Arc<ClientConfig>) -> Channel {
+    // The URI only names the :authority; the connector dials `addr` itself, so an
+    // address the URI parser rejects still fails at connect time with a clear error.
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap_or_else(|_| Endpoint::from_static("http://swarm-manager"))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    let connector = TlsConnector::from(cfg);
+    let addr: Arc<str> = Arc::from(addr);
+    endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+        let connector = connector.clone();
+        let addr = addr.clone();
+        async move {
+            let connect = async {
+                let tcp = TcpStream::connect(&*addr).await?;
+                let _ = tcp.set_nodelay(true);
+                let name = ServerName::try_from(SERVER_NAME)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+                Ok(r) => r.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("connecting to manager {addr}: {e}"))
+                }),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to manager {addr}: timed out after {CONNECT_TIMEOUT:?}"),
+                )),
+            }
+        }
+    }))
+}
+
+/// The identity of the caller: its verified client certificate (via request.peer_certs()). If the direct peer is a MANAGER and the request carries forwarded-identity metadata (set by with_forwarded_identity on a follower that forwards to the leader), the forwarded identity is returned instead.
+///
+/// A manager that forwards a call from a caller without a certificate marks it anonymous
+/// ([`forwarded_request`]); such a call has no identity.
+pub fn caller_identity<T>(req: &tonic::Request<T>) -> Option<NodeIdentity> {
+    let certs = req.peer_certs()?;
+    let direct = ca::parse_node_cert_der(certs.first()?).ok()?;
+    if direct.is_manager() {
+        if let Some(forwarded) = forwarded_identity(req.metadata(), &direct) {
+            return forwarded;
+        }
+    }
+    Some(direct)
+}
+
+/// None: no forwarding metadata. Some(None): forwarded for an anonymous caller, or the
+/// metadata is malformed. Some(Some(id)): the original caller.
+fn forwarded_identity(md: &MetadataMap, direct: &NodeIdentity) -> Option<Option<NodeIdentity>> {
+    let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
+    if md.contains_key(FWD_ANONYMOUS) {
+        return Some(None);
+    }
+    let node_id = get(FWD_NODE_ID);
+    let role = get(FWD_ROLE);
+    let cluster = get(FWD_CLUSTER);
+    if node_id.is_none() && role.is_none() && cluster.is_none() {
+        return None;
+    }
+    let parsed = (|| {
+        let node_id = node_id.filter(|s| !s.is_empty())?;
+        let role = match role? {
+            ca::MANAGER_OU => proto::NodeRole::Manager,
+            ca::WORKER_OU => proto::NodeRole::Worker,
+            _ => return None,
+        };
+        // A manager only vouches for callers of its own cluster.
+        let cluster_id = cluster.filter(|c| *c == direct.cluster_id)?;
+        let time = |k: &str, default: SystemTime| {
+            get(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(default, |s| UNIX_EPOCH + Duration::from_secs(s))
+        };
+        Some(NodeIdentity {
+            node_id: node_id.to_string(),
+            role,
+            cluster_id: cluster_id.to_string(),
+            not_before: time(FWD_NOT_BEFORE, direct.not_before),
+            not_after: time(FWD_NOT_AFTER, direct.not_after),
+        })
+    })();
+    Some(parsed)
+}
+
+/// Copies the caller identity into metadata of a request about to be forwarded (keys "x-swarm-fwd-node-id", "x-swarm-fwd-role", "x-swarm-fwd-cluster").
+pub fn with_forwarded_identity<T>(req: &mut tonic::Request<T>, id: &NodeIdentity) {
+    let md = req.metadata_mut();
+    md.remove(FWD_ANONYMOUS);
+    let secs = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            .to_string()
+    };
+    for (key, value) in [
+        (FWD_NODE_ID, id.node_id.clone()),
+        (FWD_ROLE, ca::role_ou(id.role).to_string()),
+        (FWD_CLUSTER, id.cluster_id.clone()),
+        (FWD_NOT_BEFORE, secs(id.not_before)),
+        (FWD_NOT_AFTER, secs(id.not_after)),
+    ] {
+        match MetadataValue::try_from(value.as_str()) {
+            Ok(v) => {
+                md.insert(key, v);
+            }
+            // An incomplete identity reads as none on the receiving side.
+            Err(_) => {
+                md.remove(key);
+            }
+        }
+    }
+}
+
+/// A clean copy of `req` to forward to the leader: the message, its deadline, and the
+/// caller identity ([`with_forwarded_identity`]) or the anonymous mark when the caller
+/// has none. Other metadata (including forged `x-swarm-fwd-*` keys) is dropped.
+pub fn forwarded_request<T>(req: tonic::Request<T>) -> tonic::Request<T> {
+    let id = caller_identity(&req);
+    let timeout = req.metadata().get("grpc-timeout").cloned();
+    let mut out = tonic::Request::new(req.into_inner());
+    if let Some(t) = timeout {
+        out.metadata_mut().insert("grpc-timeout", t);
+    }
+    match id {
+        Some(id) => with_forwarded_identity(&mut out, &id),
+        None => {
+            out.metadata_mut()
+                .insert(FWD_ANONYMOUS, MetadataValue::from_static("1"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

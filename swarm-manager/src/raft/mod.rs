@@ -3,6 +3,11 @@
 
 use std::io::Cursor;
 
+pub mod config;
+pub mod network;
+pub mod service;
+pub mod storage;
+
 use crate::store::{Request, Response};
 
 openraft::declare_raft_types!(

@@ -1,0 +1,181 @@
+//! The agent's unix socket: `LocalNode` (init, join, leave, info) and the Control API,
+//! relayed to the in-process manager. The socket is protected by file permissions, so
+//! relayed calls are marked as local callers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::control_server::Control;
+use proto::local_node_server::LocalNode;
+use proto::*;
+use swarm_manager::control::{ControlApi, LocalCaller};
+use tonic::{Request, Response, Status};
+
+use crate::node::{role_name, Agent, InitOptions, JoinOptions};
+
+const NOT_A_MANAGER: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
+const NOT_IN_SWARM: &str = "This node is not a swarm manager. Use \"swarm init\" or \"swarm join\" to connect this node to swarm and try again.";
+
+#[derive(Clone)]
+pub struct LocalApi {
+    agent: Arc<Agent>,
+}
+
+impl LocalApi {
+    pub fn new(agent: Arc<Agent>) -> Self {
+        LocalApi { agent }
+    }
+
+    fn control(&self) -> Result<ControlApi, Status> {
+        if let Some(c) = self.agent.control() {
+            return Ok(c);
+        }
+        match self.agent.snapshot().state {
+            None => Err(Status::failed_precondition(NOT_IN_SWARM)),
+            Some(_) => Err(Status::failed_precondition(NOT_A_MANAGER)),
+        }
+    }
+}
+
+fn ms(v: i64, default: Duration) -> Duration {
+    if v > 0 {
+        Duration::from_millis(v as u64)
+    } else {
+        default
+    }
+}
+
+fn err(e: anyhow::Error) -> Status {
+    Status::failed_precondition(format!("{e:#}"))
+}
+
+#[tonic::async_trait]
+impl LocalNode for LocalApi {
+    async fn init(&self, req: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
+        let r = req.into_inner();
+        if r.task_history_limit < 0 {
+            return Err(Status::invalid_argument(
+                "--task-history-limit must be 0 or more",
+            ));
+        }
+        let (node_id, worker_token, addr) = self
+            .agent
+            .init(InitOptions {
+                advertise_addr: r.advertise_addr,
+                listen_addr: r.listen_addr,
+                task_history_limit: if r.task_history_limit == 0 { 5 } else { r.task_history_limit },
+                dispatcher_heartbeat: ms(r.dispatcher_heartbeat_ms, Duration::from_secs(5)),
+                cert_expiry: ms(r.cert_expiry_ms, crate::node::DEFAULT_CERT_EXPIRY),
+                availability: NodeAvailability::try_from(r.availability)
+                    .unwrap_or(NodeAvailability::Active),
+            })
+            .await
+            .map_err(err)?;
+        Ok(Response::new(InitResponse {
+            node_id,
+            worker_token,
+            manager_addr: addr,
+        }))
+    }
+
+    async fn join(
+        &self,
+        req: Request<JoinSwarmRequest>,
+    ) -> Result<Response<JoinSwarmResponse>, Status> {
+        let r = req.into_inner();
+        if r.remote_addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "join needs the address of a manager (HOST:PORT)",
+            ));
+        }
+        let (node_id, role) = self
+            .agent
+            .join(JoinOptions {
+                remote: r.remote_addr,
+                token: r.token,
+                advertise_addr: r.advertise_addr,
+                listen_addr: r.listen_addr,
+                availability: NodeAvailability::try_from(r.availability)
+                    .unwrap_or(NodeAvailability::Active),
+            })
+            .await
+            .map_err(err)?;
+        Ok(Response::new(JoinSwarmResponse {
+            node_id,
+            role: role as i32,
+        }))
+    }
+
+    async fn leave(
+        &self,
+        req: Request<LeaveSwarmRequest>,
+    ) -> Result<Response<LeaveSwarmResponse>, Status> {
+        self.agent
+            .leave(req.into_inner().force)
+            .await
+            .map_err(err)?;
+        Ok(Response::new(LeaveSwarmResponse {}))
+    }
+
+    async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let snap = self.agent.snapshot();
+        let control = self.agent.control().is_some();
+        Ok(Response::new(match snap.state {
+            None => InfoResponse {
+                local_node_state: "inactive".into(),
+                error: snap.error,
+                ..Default::default()
+            },
+            Some(s) => InfoResponse {
+                local_node_state: "active".into(),
+                node_id: s.node_id,
+                cluster_id: s.cluster_id,
+                role: if s.role == role_name(NodeRole::Manager) {
+                    NodeRole::Manager as i32
+                } else {
+                    NodeRole::Worker as i32
+                },
+                control_available: control,
+                managers: s.managers,
+                error: snap.error,
+                node_addr: s.advertise_addr,
+            },
+        }))
+    }
+}
+
+/// One relayed Control method.
+macro_rules! relay {
+    ($($name:ident($req:ty) -> $resp:ty;)*) => {
+        #[tonic::async_trait]
+        impl Control for LocalApi {
+            $(
+                async fn $name(&self, mut req: Request<$req>) -> Result<Response<$resp>, Status> {
+                    let api = self.control()?;
+                    req.extensions_mut().insert(LocalCaller);
+                    api.$name(req).await
+                }
+            )*
+        }
+    };
+}
+
+relay! {
+    get_node(GetNodeRequest) -> Node;
+    list_nodes(ListNodesRequest) -> ListNodesResponse;
+    update_node(UpdateNodeRequest) -> Node;
+    remove_node(RemoveNodeRequest) -> RemoveNodeResponse;
+    create_service(CreateServiceRequest) -> Service;
+    get_service(GetServiceRequest) -> Service;
+    list_services(ListServicesRequest) -> ListServicesResponse;
+    update_service(UpdateServiceRequest) -> Service;
+    remove_service(RemoveServiceRequest) -> RemoveServiceResponse;
+    get_task(GetTaskRequest) -> Task;
+    list_tasks(ListTasksRequest) -> ListTasksResponse;
+    create_network(CreateNetworkRequest) -> Network;
+    get_network(GetNetworkRequest) -> Network;
+    list_networks(ListNetworksRequest) -> ListNetworksResponse;
+    remove_network(RemoveNetworkRequest) -> RemoveNetworkResponse;
+    get_cluster(GetClusterRequest) -> Cluster;
+    update_cluster(UpdateClusterRequest) -> Cluster;
+}

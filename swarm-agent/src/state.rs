@@ -1,0 +1,123 @@
+//! What an agent keeps on disk under its data root: its swarm membership and certificates.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use swarm_manager::manager::Credentials;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeState {
+    pub node_id: String,
+    pub cluster_id: String,
+    /// "manager" or "worker": the role of the current certificate.
+    pub role: String,
+    /// Raft id while this node is a manager.
+    pub raft_id: u64,
+    pub listen_addr: String,
+    /// host:port other nodes reach this node's manager at.
+    pub advertise_addr: String,
+    /// Known manager addresses (host:port), refreshed from sessions.
+    pub managers: Vec<String>,
+}
+
+impl NodeState {
+    pub fn is_manager(&self) -> bool {
+        self.role == "manager"
+    }
+}
+
+pub struct Paths {
+    root: PathBuf,
+}
+
+impl Paths {
+    pub fn new(root: &Path) -> Self {
+        Paths {
+            root: root.to_path_buf(),
+        }
+    }
+    pub fn state(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+    pub fn certs(&self) -> PathBuf {
+        self.root.join("certificates")
+    }
+    pub fn raft(&self) -> PathBuf {
+        self.root.join("raft")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.certs().join("swarm-node.crt")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.certs().join("swarm-node.key")
+    }
+    pub fn root_ca(&self) -> PathBuf {
+        self.certs().join("swarm-root-ca.crt")
+    }
+
+    pub fn load(&self) -> anyhow::Result<Option<(NodeState, Credentials)>> {
+        let p = self.state();
+        if !p.exists() {
+            return Ok(None);
+        }
+        let state: NodeState = serde_json::from_slice(
+            &std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("{} is corrupt; remove the data root to start over", p.display()))?;
+        let read = |p: PathBuf| {
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+        };
+        let creds = Credentials {
+            cert_pem: read(self.cert())?,
+            key_pem: read(self.key())?,
+            root_ca_pem: read(self.root_ca())?,
+        };
+        Ok(Some((state, creds)))
+    }
+
+    pub fn save_state(&self, state: &NodeState) -> anyhow::Result<()> {
+        write_atomic(&self.state(), &serde_json::to_vec_pretty(state)?, 0o600)
+    }
+
+    pub fn save_credentials(&self, creds: &Credentials) -> anyhow::Result<()> {
+        std::fs::create_dir_all(self.certs())?;
+        write_atomic(&self.root_ca(), creds.root_ca_pem.as_bytes(), 0o644)?;
+        write_atomic(&self.key(), creds.key_pem.as_bytes(), 0o600)?;
+        write_atomic(&self.cert(), creds.cert_pem.as_bytes(), 0o644)
+    }
+
+    /// Forgets the swarm: state, certificates and raft data.
+    pub fn wipe(&self) -> anyhow::Result<()> {
+        for p in [self.state(), self.certs(), self.raft()] {
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p)?;
+            } else if p.exists() {
+                std::fs::remove_file(&p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes through a temporary file, fsyncs it and renames it over the target.
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().context("path without parent")?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

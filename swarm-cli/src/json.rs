@@ -1,0 +1,156 @@
+//! JSON output of the proto objects (`--format json`, `inspect`): the serde form of the
+//! message with enum numbers replaced by their proto names (`"TASK_STATE_RUNNING"`).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::Result;
+
+/// Which object is being printed: `state` means a node state in a node and a task state
+/// in a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Node,
+    Service,
+    Task,
+    Other,
+}
+
+fn enum_name(key: &str, n: i32, kind: Kind) -> Option<&'static str> {
+    use proto::*;
+    match key {
+        "role" | "desired_role" => NodeRole::try_from(n).ok().map(|e| e.as_str_name()),
+        "availability" => NodeAvailability::try_from(n).ok().map(|e| e.as_str_name()),
+        "reachability" => Reachability::try_from(n).ok().map(|e| e.as_str_name()),
+        "state" if kind == Kind::Node => NodeState::try_from(n).ok().map(|e| e.as_str_name()),
+        "state" if kind == Kind::Task => TaskState::try_from(n).ok().map(|e| e.as_str_name()),
+        "desired_state" | "desired_states" => TaskState::try_from(n).ok().map(|e| e.as_str_name()),
+        "condition" => RestartCondition::try_from(n).ok().map(|e| e.as_str_name()),
+        "protocol" => PortProtocol::try_from(n).ok().map(|e| e.as_str_name()),
+        "publish_mode" => PublishMode::try_from(n).ok().map(|e| e.as_str_name()),
+        // ServiceSpec.mode is the replicated/global oneof (an object); EndpointSpec.mode is
+        // the endpoint mode enum (a number).
+        "mode" => EndpointMode::try_from(n).ok().map(|e| e.as_str_name()),
+        _ => None,
+    }
+}
+
+fn rename(v: &mut Value, kind: Kind) {
+    match v {
+        Value::Object(map) => {
+            for (key, val) in map.iter_mut() {
+                if let Some(n) = val.as_i64() {
+                    if let Some(name) = i32::try_from(n).ok().and_then(|n| enum_name(key, n, kind))
+                    {
+                        *val = Value::String(name.to_string());
+                    }
+                } else {
+                    rename(val, kind);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                rename(item, kind);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The JSON value of a proto object, enums named.
+pub fn value<T: Serialize>(obj: &T, kind: Kind) -> Result<Value> {
+    let mut v = serde_json::to_value(obj)?;
+    rename(&mut v, kind);
+    Ok(v)
+}
+
+/// One object on one line (the `ls --format json` form).
+pub fn line<T: Serialize>(obj: &T, kind: Kind) -> Result<String> {
+    Ok(serde_json::to_string(&value(obj, kind)?)?)
+}
+
+/// A JSON array indented by four spaces, as `docker inspect` prints it.
+pub fn inspect_array(values: &[Value]) -> Result<String> {
+    let mut buf = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+    values.serialize(&mut ser)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::*;
+
+    #[test]
+    fn task_enums_are_named() {
+        let t = Task {
+            id: "t1".into(),
+            desired_state: TaskState::Running as i32,
+            status: Some(TaskStatus {
+                state: TaskState::Pending as i32,
+                port_status: vec![PortConfig {
+                    protocol: PortProtocol::Udp as i32,
+                    publish_mode: PublishMode::Host as i32,
+                    target_port: 53,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = value(&t, Kind::Task).unwrap();
+        assert_eq!(v["desired_state"], "TASK_STATE_RUNNING");
+        assert_eq!(v["status"]["state"], "TASK_STATE_PENDING");
+        assert_eq!(
+            v["status"]["port_status"][0]["protocol"],
+            "PORT_PROTOCOL_UDP"
+        );
+        assert_eq!(
+            v["status"]["port_status"][0]["publish_mode"],
+            "PUBLISH_MODE_HOST"
+        );
+        assert_eq!(v["status"]["port_status"][0]["target_port"], 53);
+    }
+
+    #[test]
+    fn node_and_service_enums_are_named() {
+        let n = Node {
+            status: Some(NodeStatus {
+                state: NodeState::Ready as i32,
+                ..Default::default()
+            }),
+            spec: Some(NodeSpec {
+                availability: NodeAvailability::Drain as i32,
+                ..Default::default()
+            }),
+            role: NodeRole::Manager as i32,
+            ..Default::default()
+        };
+        let v = value(&n, Kind::Node).unwrap();
+        assert_eq!(v["status"]["state"], "NODE_STATE_READY");
+        assert_eq!(v["spec"]["availability"], "NODE_AVAILABILITY_DRAIN");
+        assert_eq!(v["role"], "NODE_ROLE_MANAGER");
+
+        let s = Service {
+            spec: Some(ServiceSpec {
+                mode: Some(service_spec::Mode::Replicated(ReplicatedService {
+                    replicas: 3,
+                })),
+                endpoint: Some(EndpointSpec {
+                    mode: EndpointMode::Dnsrr as i32,
+                    ports: vec![],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = value(&s, Kind::Service).unwrap();
+        assert_eq!(v["spec"]["endpoint"]["mode"], "ENDPOINT_MODE_DNSRR");
+        assert!(v["spec"]["mode"].is_object());
+        let text = inspect_array(&[v]).unwrap();
+        assert!(text.starts_with("[\n    {"));
+    }
+}

@@ -1,0 +1,515 @@
+//! Parsers for flag values, with Docker's syntax and error texts: Go durations, memory
+//! sizes, CPU counts, published ports, `KEY=VALUE` lists.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proto::{NodeAvailability, PortConfig, PortProtocol, PublishMode};
+
+/// Parses a Go `time.ParseDuration` string: "5s", "1m30s", "2160h0m0s", "1.5h", "300ms", "0".
+///
+/// Hand-written rather than `humantime::parse_duration`: humantime 2.4 does accept
+/// "2160h0m0s", "1.5h" and "0", but it also accepts units and spaces Go does not know
+/// ("1d", "5 min", weeks, months) — `--restart-delay 1d` must fail as it does in Docker,
+/// with Go's error text.
+/// Negative durations are rejected: no flag of ours takes one.
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let invalid = || format!("time: invalid duration {s:?}");
+    if s.is_empty() {
+        return Err(invalid());
+    }
+    let mut rest = s;
+    if let Some(r) = rest.strip_prefix('+') {
+        rest = r;
+    } else if rest.starts_with('-') {
+        return Err(format!("negative duration {s:?} is not allowed"));
+    }
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    let mut total: f64 = 0.0; // nanoseconds
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let num = &rest[..num_len];
+        if num.is_empty() || num == "." || num.matches('.').count() > 1 {
+            return Err(invalid());
+        }
+        let value: f64 = num.parse().map_err(|_| invalid())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let scale: f64 = match unit {
+            "" => return Err(format!("time: missing unit in duration {s:?}")),
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            other => return Err(format!("time: unknown unit {other:?} in duration {s:?}")),
+        };
+        total += value * scale;
+    }
+    if total > u64::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok(Duration::from_nanos(total.round() as u64))
+}
+
+/// Milliseconds of a Go duration string (what the protos carry).
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    let d = parse_go_duration(s)?;
+    i64::try_from(d.as_millis()).map_err(|_| format!("duration {s:?} is too large"))
+}
+
+/// go-units `RAMInBytes`: "64M", "64MiB", "1.5G", "512k", "100" (bytes), "100b".
+/// Units are binary and case-insensitive.
+pub fn parse_memory(s: &str) -> Result<i64, String> {
+    let invalid = || format!("invalid size: '{s}'");
+    let num_len = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let num = &s[..num_len];
+    if num.is_empty() || !num.starts_with(|c: char| c.is_ascii_digit()) || num.ends_with('.') {
+        return Err(invalid());
+    }
+    let value: f64 = num.parse().map_err(|_| invalid())?;
+    let mut rest = s[num_len..].to_ascii_lowercase();
+    if let Some(r) = rest.strip_prefix(' ') {
+        rest = r.to_string();
+    }
+    let mut chars = rest.as_str();
+    let mut mul: f64 = 1.0;
+    if let Some(c) = chars.chars().next() {
+        let m = match c {
+            'k' => Some(1024f64),
+            'm' => Some(1024f64.powi(2)),
+            'g' => Some(1024f64.powi(3)),
+            't' => Some(1024f64.powi(4)),
+            'p' => Some(1024f64.powi(5)),
+            _ => None,
+        };
+        if let Some(m) = m {
+            mul = m;
+            chars = &chars[1..];
+        }
+    }
+    let chars = chars.strip_prefix('i').unwrap_or(chars);
+    let chars = chars.strip_prefix('b').unwrap_or(chars);
+    if !chars.is_empty() {
+        return Err(invalid());
+    }
+    let bytes = value * mul;
+    if bytes > i64::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok(bytes as i64)
+}
+
+/// A CPU count ("0.5", "2") as nano CPUs, at most nine decimals (Docker's `NanoCPUs`).
+pub fn parse_cpus(s: &str) -> Result<i64, String> {
+    let bad = || format!("failed to parse {s} as a rational number");
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (s, ""),
+    };
+    if (int.is_empty() && frac.is_empty())
+        || !int.chars().all(|c| c.is_ascii_digit())
+        || !frac.chars().all(|c| c.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    if frac.len() > 9 {
+        return Err("value is too precise".into());
+    }
+    let int: i64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad())?
+    };
+    let frac_nanos: i64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().map_err(|_| bad())?
+    };
+    int.checked_mul(1_000_000_000)
+        .and_then(|v| v.checked_add(frac_nanos))
+        .ok_or_else(bad)
+}
+
+fn parse_protocol(p: &str) -> Result<PortProtocol, String> {
+    match p {
+        "tcp" => Ok(PortProtocol::Tcp),
+        "udp" => Ok(PortProtocol::Udp),
+        "sctp" => Ok(PortProtocol::Sctp),
+        other => Err(format!("invalid protocol value {other}")),
+    }
+}
+
+fn parse_port(p: &str, what: &str) -> Result<u32, String> {
+    p.parse::<u16>()
+        .map(u32::from)
+        .map_err(|_| format!("invalid {what} port {p:?}: expected a number between 0 and 65535"))
+}
+
+/// "80" or "8080-8081" as an inclusive range.
+fn parse_range(p: &str, what: &str) -> Result<(u32, u32), String> {
+    match p.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (parse_port(a, what)?, parse_port(b, what)?);
+            if b < a {
+                return Err(format!("invalid {what} port range {p:?}"));
+            }
+            Ok((a, b))
+        }
+        None => {
+            let v = parse_port(p, what)?;
+            Ok((v, v))
+        }
+    }
+}
+
+/// A `--publish` value, in the short syntax (`8080:80`, `8080:80/udp`, `80`,
+/// `8080-8081:80-81`) or the long one (`mode=host,published=8080,target=80,protocol=udp`).
+/// A published port of 0 asks the daemon to pick one.
+pub fn parse_publish(v: &str) -> Result<Vec<PortConfig>, String> {
+    if v.contains('=') {
+        let mut pc = PortConfig::default();
+        let mut target = None;
+        for field in v.split(',') {
+            let (key, val) = match field.split_once('=') {
+                Some((k, val)) if !k.is_empty() => (k.trim(), val.trim()),
+                _ => return Err(format!("invalid field {field}")),
+            };
+            match key {
+                "protocol" => pc.protocol = parse_protocol(val)? as i32,
+                "mode" => {
+                    pc.publish_mode = match val {
+                        "ingress" => PublishMode::Ingress,
+                        "host" => PublishMode::Host,
+                        other => return Err(format!("invalid publish mode value {other}")),
+                    } as i32
+                }
+                "target" => target = Some(parse_port(val, "target")?),
+                "published" => pc.published_port = parse_port(val, "published")?,
+                other => return Err(format!("invalid field key {other}")),
+            }
+        }
+        match target {
+            Some(t) if t > 0 => pc.target_port = t,
+            _ => return Err("missing mandatory field \"target\"".into()),
+        }
+        return Ok(vec![pc]);
+    }
+    let (ports, proto) = match v.split_once('/') {
+        Some((p, proto)) => (p, parse_protocol(proto)?),
+        None => (v, PortProtocol::Tcp),
+    };
+    let parts: Vec<&str> = ports.split(':').collect();
+    let (published, target) = match parts.as_slice() {
+        [t] => (None, parse_range(t, "target")?),
+        [p, t] => (
+            if p.is_empty() {
+                None
+            } else {
+                Some(parse_range(p, "published")?)
+            },
+            parse_range(t, "target")?,
+        ),
+        [_, _, _] => return Err("hostip is not supported".into()),
+        _ => return Err(format!("invalid port format {v:?}")),
+    };
+    if target.0 == 0 {
+        return Err(format!(
+            "invalid port format {v:?}: the target port cannot be 0"
+        ));
+    }
+    let count = target.1 - target.0 + 1;
+    if let Some(p) = published {
+        if p.1 - p.0 + 1 != count {
+            return Err(format!(
+                "invalid ranges specified for container and host Ports: {} and {}",
+                ports.rsplit(':').next().unwrap_or(""),
+                ports.split(':').next().unwrap_or("")
+            ));
+        }
+    }
+    Ok((0..count)
+        .map(|i| PortConfig {
+            protocol: proto as i32,
+            target_port: target.0 + i,
+            published_port: match published {
+                None => 0,
+                Some(p) => p.0 + i,
+            },
+            publish_mode: PublishMode::Ingress as i32,
+            ..Default::default()
+        })
+        .collect())
+}
+
+/// An `--env` entry: `K=V` as is; a bare `K` takes the value of the CLI's own environment
+/// when it is set (Docker's `ValidateEnv`).
+pub fn parse_env(v: &str) -> Result<String, String> {
+    if v.is_empty() || v.starts_with('=') {
+        return Err(format!("invalid environment variable: {v}"));
+    }
+    if v.contains('=') {
+        return Ok(v.to_string());
+    }
+    Ok(match std::env::var(v) {
+        Ok(val) => format!("{v}={val}"),
+        Err(_) => v.to_string(),
+    })
+}
+
+/// The variable name of an env entry.
+pub fn env_key(entry: &str) -> &str {
+    entry.split_once('=').map_or(entry, |(k, _)| k)
+}
+
+/// `k=v` or `k` (empty value) labels into a map.
+pub fn parse_labels(list: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for l in list {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            return Err(format!("invalid label {l:?}: the key cannot be empty"));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// `spread=node.labels.zone` → the spread descriptor.
+pub fn parse_placement_pref(v: &str) -> Result<String, String> {
+    match v.split_once('=') {
+        Some(("spread", d)) if !d.is_empty() => Ok(d.to_string()),
+        Some((strategy, _)) if strategy != "spread" => Err(format!(
+            "unsupported placement preference {strategy} (only spread is supported)"
+        )),
+        _ => Err("placement preference must be of the format \"<strategy>=<arg>\"".into()),
+    }
+}
+
+pub fn parse_availability(v: &str) -> Result<NodeAvailability, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "active" => Ok(NodeAvailability::Active),
+        "pause" => Ok(NodeAvailability::Pause),
+        "drain" => Ok(NodeAvailability::Drain),
+        _ => Err(format!(
+            "invalid availability {v:?}, only active, pause and drain are supported"
+        )),
+    }
+}
+
+pub fn parse_restart_condition(v: &str) -> Result<proto::RestartCondition, String> {
+    match v {
+        "any" => Ok(proto::RestartCondition::Any),
+        "on-failure" => Ok(proto::RestartCondition::OnFailure),
+        "none" => Ok(proto::RestartCondition::None),
+        other => Err(format!(
+            "invalid restart condition {other:?}, only any, on-failure and none are supported"
+        )),
+    }
+}
+
+pub fn parse_endpoint_mode(v: &str) -> Result<proto::EndpointMode, String> {
+    match v {
+        "vip" => Ok(proto::EndpointMode::Vip),
+        "dnsrr" => Ok(proto::EndpointMode::Dnsrr),
+        other => Err(format!(
+            "invalid endpoint mode {other:?}, only vip and dnsrr are supported"
+        )),
+    }
+}
+
+/// `service scale` argument `NAME=REPLICAS`.
+pub fn parse_scale(v: &str) -> Option<(String, u64)> {
+    let (name, n) = v.split_once('=')?;
+    if name.is_empty() {
+        return None;
+    }
+    Some((name.to_string(), n.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        let s = Duration::from_secs;
+        assert_eq!(parse_go_duration("5s"), Ok(s(5)));
+        assert_eq!(parse_go_duration("1m30s"), Ok(s(90)));
+        assert_eq!(parse_go_duration("2160h0m0s"), Ok(s(2160 * 3600)));
+        assert_eq!(parse_go_duration("2160h"), Ok(s(2160 * 3600)));
+        assert_eq!(parse_go_duration("1.5h"), Ok(s(5400)));
+        assert_eq!(parse_go_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_go_duration("10us"), Ok(Duration::from_micros(10)));
+        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_go_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_go_duration("5"),
+            Err("time: missing unit in duration \"5\"".into())
+        );
+        assert_eq!(
+            parse_go_duration("1d"),
+            Err("time: unknown unit \"d\" in duration \"1d\"".into())
+        );
+        assert!(parse_go_duration("").is_err());
+        assert!(parse_go_duration("abc").is_err());
+        assert!(parse_go_duration("1..5s").is_err());
+        assert!(parse_go_duration("-5s").is_err());
+        assert_eq!(parse_duration_ms("1m"), Ok(60_000));
+    }
+
+    #[test]
+    fn humantime_is_not_go_syntax() {
+        // Why parse_go_duration exists: humantime disagrees with Go on these.
+        assert!(humantime::parse_duration("2160h0m0s").is_ok());
+        assert!(humantime::parse_duration("1d").is_ok());
+        assert!(humantime::parse_duration("5 min").is_ok());
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("64M"), Ok(64 * 1024 * 1024));
+        assert_eq!(parse_memory("64MiB"), Ok(64 * 1024 * 1024));
+        assert_eq!(parse_memory("64mb"), Ok(64 * 1024 * 1024));
+        assert_eq!(parse_memory("1.5G"), Ok(1536 * 1024 * 1024));
+        assert_eq!(parse_memory("512k"), Ok(512 * 1024));
+        assert_eq!(parse_memory("100"), Ok(100));
+        assert_eq!(parse_memory("100b"), Ok(100));
+        assert_eq!(parse_memory("10 m"), Ok(10 * 1024 * 1024));
+        assert_eq!(parse_memory("64X"), Err("invalid size: '64X'".into()));
+        assert!(parse_memory("").is_err());
+        assert!(parse_memory("M").is_err());
+        assert!(parse_memory("-1M").is_err());
+        assert!(parse_memory("1.2.3M").is_err());
+    }
+
+    #[test]
+    fn cpus() {
+        assert_eq!(parse_cpus("0.5"), Ok(500_000_000));
+        assert_eq!(parse_cpus("2"), Ok(2_000_000_000));
+        assert_eq!(parse_cpus(".25"), Ok(250_000_000));
+        assert_eq!(parse_cpus("0.000000001"), Ok(1));
+        assert_eq!(
+            parse_cpus("0.0000000001"),
+            Err("value is too precise".into())
+        );
+        assert!(parse_cpus("abc").is_err());
+        assert!(parse_cpus("-1").is_err());
+        assert!(parse_cpus("").is_err());
+    }
+
+    fn pc(published: u32, target: u32, proto: PortProtocol, mode: PublishMode) -> PortConfig {
+        PortConfig {
+            published_port: published,
+            target_port: target,
+            protocol: proto as i32,
+            publish_mode: mode as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn publish_short_syntax() {
+        use PortProtocol::*;
+        use PublishMode::*;
+        assert_eq!(
+            parse_publish("8080:80"),
+            Ok(vec![pc(8080, 80, Tcp, Ingress)])
+        );
+        assert_eq!(
+            parse_publish("53:53/udp"),
+            Ok(vec![pc(53, 53, Udp, Ingress)])
+        );
+        assert_eq!(parse_publish("80"), Ok(vec![pc(0, 80, Tcp, Ingress)]));
+        assert_eq!(
+            parse_publish("8080-8081:80-81"),
+            Ok(vec![pc(8080, 80, Tcp, Ingress), pc(8081, 81, Tcp, Ingress)])
+        );
+        assert!(parse_publish("8080-8082:80-81").is_err());
+        assert!(parse_publish("8080:80-81").is_err());
+        assert_eq!(
+            parse_publish("80-81"),
+            Ok(vec![pc(0, 80, Tcp, Ingress), pc(0, 81, Tcp, Ingress)])
+        );
+        assert_eq!(
+            parse_publish("127.0.0.1:8080:80"),
+            Err("hostip is not supported".into())
+        );
+        assert!(parse_publish("8080:80/icmp").is_err());
+        assert!(parse_publish("x:80").is_err());
+        assert!(parse_publish("70000:80").is_err());
+        assert!(parse_publish("8080:0").is_err());
+    }
+
+    #[test]
+    fn publish_long_syntax() {
+        use PortProtocol::*;
+        use PublishMode::*;
+        assert_eq!(
+            parse_publish("published=8080,target=80"),
+            Ok(vec![pc(8080, 80, Tcp, Ingress)])
+        );
+        assert_eq!(
+            parse_publish("mode=host,published=8080,target=80,protocol=udp"),
+            Ok(vec![pc(8080, 80, Udp, Host)])
+        );
+        assert_eq!(
+            parse_publish("target=80"),
+            Ok(vec![pc(0, 80, Tcp, Ingress)])
+        );
+        assert_eq!(
+            parse_publish("published=8080"),
+            Err("missing mandatory field \"target\"".into())
+        );
+        assert_eq!(
+            parse_publish("mode=bridge,target=80"),
+            Err("invalid publish mode value bridge".into())
+        );
+        assert_eq!(
+            parse_publish("target=80,color=red"),
+            Err("invalid field key color".into())
+        );
+        assert!(parse_publish("target=80,oops").is_err());
+    }
+
+    #[test]
+    fn env_labels_prefs_scale() {
+        assert_eq!(parse_env("A=1"), Ok("A=1".into()));
+        assert_eq!(
+            parse_env("SWARM_CLI_TEST_SURELY_UNSET"),
+            Ok("SWARM_CLI_TEST_SURELY_UNSET".into())
+        );
+        assert!(parse_env("=x").is_err());
+        assert_eq!(env_key("A=1=2"), "A");
+        assert_eq!(env_key("B"), "B");
+        let l = parse_labels(&["a=1".into(), "b".into()]).unwrap();
+        assert_eq!(l.get("a").map(String::as_str), Some("1"));
+        assert_eq!(l.get("b").map(String::as_str), Some(""));
+        assert!(parse_labels(&["=x".into()]).is_err());
+        assert_eq!(
+            parse_placement_pref("spread=node.labels.zone"),
+            Ok("node.labels.zone".into())
+        );
+        assert!(parse_placement_pref("binpack=x").is_err());
+        assert!(parse_placement_pref("spread").is_err());
+        assert_eq!(parse_scale("web=3"), Some(("web".into(), 3)));
+        assert_eq!(parse_scale("web"), None);
+        assert_eq!(parse_scale("web=-1"), None);
+        assert_eq!(parse_availability("Drain"), Ok(NodeAvailability::Drain));
+        assert!(parse_availability("off").is_err());
+    }
+}

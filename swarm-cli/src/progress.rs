@@ -1,0 +1,686 @@
+//! Convergence progress of `service create/update/scale` without `-d`, as Docker shows it:
+//!
+//! ```text
+//! overall progress: 2 out of 2 tasks
+//! 1/2: running   [==================================================>]
+//! 2/2: running   [==================================================>]
+//! verify: Service converged
+//! ```
+//!
+//! On a terminal the block is redrawn in place; otherwise a line is printed only when its
+//! text changed. The counting rules follow the Docker CLI's progress updaters.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use proto::{ListTasksRequest, NodeState, Service, Task, TaskState};
+
+use crate::client::Client;
+use crate::error::Result;
+use crate::format::truncate_id;
+
+/// Progress position of a state (Docker's `numberedStates`); 0 = not shown.
+fn numbered(state: TaskState) -> u32 {
+    match state {
+        TaskState::New => 1,
+        TaskState::Pending => 3,
+        TaskState::Assigned => 4,
+        TaskState::Accepted => 5,
+        TaskState::Preparing => 6,
+        TaskState::Ready => 7,
+        TaskState::Starting => 8,
+        TaskState::Running => 9,
+        TaskState::Complete => 10,
+        TaskState::Shutdown => 11,
+        TaskState::Failed => 12,
+        TaskState::Rejected => 13,
+        TaskState::Remove | TaskState::Orphaned => 0,
+    }
+}
+
+const MAX_PROGRESS: u32 = 9;
+const MAX_PROGRESS_BARS: u64 = 20;
+/// Width state names are padded to ("preparing", "allocated").
+const LONGEST_STATE: usize = 9;
+/// How long tasks must stay running before the service counts as converged (Docker's
+/// default update monitor period). `SWARM_CONVERGE_MONITOR` (Go duration) overrides it.
+pub const DEFAULT_MONITOR: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(300);
+
+fn terminal(state: TaskState) -> bool {
+    numbered(state) > numbered(TaskState::Running)
+}
+
+/// One progress message: `<id>: <action> [bar]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub id: String,
+    pub action: String,
+    /// Progress out of 9 (task lines only).
+    pub progress: Option<u32>,
+}
+
+impl Line {
+    fn text(id: impl Into<String>, action: impl Into<String>) -> Line {
+        Line {
+            id: id.into(),
+            action: action.into(),
+            progress: None,
+        }
+    }
+
+    /// The rendered line. On a terminal wider than 110 columns task lines get Docker's bar.
+    pub fn render(&self, tty: bool, width: usize) -> String {
+        if !tty {
+            return format!("{}: {}", self.id, self.action)
+                .trim_end()
+                .to_string();
+        }
+        let bar = match self.progress {
+            Some(cur) if width > 110 => {
+                let pct = ((cur as f64 / MAX_PROGRESS as f64 * 100.0) as usize / 2).min(50);
+                format!("[{}>{}] ", "=".repeat(pct), " ".repeat(50 - pct))
+            }
+            _ => String::new(),
+        };
+        format!("{}: {} {}", self.id, self.action, bar)
+    }
+}
+
+fn truncate_error(err: &str) -> String {
+    let e = err.replace('\n', " ");
+    if e.chars().count() > 75 {
+        let mut s: String = e.chars().take(74).collect();
+        s.push('…');
+        s
+    } else {
+        e
+    }
+}
+
+fn task_line(id: String, task: &Task) -> Option<Line> {
+    let err = task.status.as_ref().map_or("", |s| s.err.as_str());
+    if !err.is_empty() {
+        return Some(Line::text(id, truncate_error(err)));
+    }
+    let state = task.state();
+    if !terminal(task.desired()) && !terminal(state) {
+        return Some(Line {
+            id,
+            action: format!("{:<LONGEST_STATE$}", state.display_name()),
+            progress: Some(numbered(state)),
+        });
+    }
+    None
+}
+
+fn overall(running: u64, total: u64) -> Line {
+    Line::text(
+        "overall progress",
+        format!("{running} out of {total} tasks"),
+    )
+}
+
+/// Keeps, per key, the task with the lowest desired state, then the lowest observed state
+/// (restarts and start-first updates leave several tasks per slot).
+fn pick<'a, K: Ord>(map: &mut BTreeMap<K, &'a Task>, key: K, t: &'a Task) {
+    if let Some(existing) = map.get(&key) {
+        let (ed, td) = (numbered(existing.desired()), numbered(t.desired()));
+        if ed < td || (ed == td && numbered(existing.state()) <= numbered(t.state())) {
+            return;
+        }
+    }
+    map.insert(key, t);
+}
+
+/// The counting state kept between polls.
+#[derive(Debug, Default)]
+pub struct Updater {
+    global: bool,
+    initialized: bool,
+    done: bool,
+    slot_map: HashMap<u64, u64>,
+}
+
+impl Updater {
+    pub fn new(service: &Service) -> Updater {
+        Updater {
+            global: service.is_global(),
+            ..Default::default()
+        }
+    }
+
+    /// One poll: the lines to (re)draw and whether every task is running.
+    pub fn update(
+        &mut self,
+        service: &Service,
+        tasks: &[Task],
+        active_nodes: &HashSet<String>,
+        out: &mut Vec<Line>,
+    ) -> bool {
+        if self.global {
+            self.update_global(tasks, active_nodes, out)
+        } else {
+            self.update_replicated(service.replicas().unwrap_or(1), tasks, active_nodes, out)
+        }
+    }
+
+    fn update_replicated(
+        &mut self,
+        replicas: u64,
+        tasks: &[Task],
+        active_nodes: &HashSet<String>,
+        out: &mut Vec<Line>,
+    ) -> bool {
+        if !self.initialized {
+            out.push(overall(0, replicas));
+            if replicas <= MAX_PROGRESS_BARS {
+                for i in 1..=replicas {
+                    out.push(Line::text(format!("{i}/{replicas}"), " "));
+                }
+            }
+            self.initialized = true;
+        }
+        let mut by_slot = BTreeMap::new();
+        for t in tasks {
+            if numbered(t.desired()) == 0 || numbered(t.state()) == 0 {
+                continue;
+            }
+            if !t.node_id.is_empty() && !active_nodes.contains(&t.node_id) {
+                continue;
+            }
+            pick(&mut by_slot, t.slot, t);
+        }
+        if self.done && by_slot.values().any(|t| t.state() != TaskState::Running) {
+            self.done = false;
+        }
+        let mut running = 0;
+        for (slot, t) in &by_slot {
+            let next = self.slot_map.len() as u64 + 1;
+            let mapped = *self.slot_map.entry(*slot).or_insert(next);
+            if !terminal(t.desired()) && t.state() == TaskState::Running {
+                running += 1;
+            }
+            if !self.done && replicas <= MAX_PROGRESS_BARS && mapped <= replicas {
+                if let Some(l) = task_line(format!("{mapped}/{replicas}"), t) {
+                    out.push(l);
+                }
+            }
+        }
+        if !self.done {
+            out.push(overall(running, replicas));
+            if running == replicas {
+                self.done = true;
+            }
+        }
+        running == replicas
+    }
+
+    fn update_global(
+        &mut self,
+        tasks: &[Task],
+        active_nodes: &HashSet<String>,
+        out: &mut Vec<Line>,
+    ) -> bool {
+        let mut by_node = BTreeMap::new();
+        for t in tasks {
+            if numbered(t.desired()) == 0 || numbered(t.state()) == 0 {
+                continue;
+            }
+            pick(&mut by_node, t.node_id.as_str(), t);
+        }
+        let node_count = by_node.len() as u64;
+        if !self.initialized {
+            if node_count == 0 {
+                out.push(Line::text("overall progress", "waiting for new tasks"));
+                return false;
+            }
+            out.push(overall(0, node_count));
+            self.initialized = true;
+        }
+        if self.done && by_node.values().any(|t| t.state() != TaskState::Running) {
+            self.done = false;
+        }
+        let mut running = 0;
+        for t in by_node.values() {
+            if !active_nodes.contains(&t.node_id) {
+                continue;
+            }
+            if !terminal(t.desired()) && t.state() == TaskState::Running {
+                running += 1;
+            }
+            if !self.done && node_count <= MAX_PROGRESS_BARS {
+                if let Some(l) = task_line(truncate_id(&t.node_id).to_string(), t) {
+                    out.push(l);
+                }
+            }
+        }
+        if !self.done {
+            out.push(overall(running, node_count));
+            if running == node_count {
+                self.done = true;
+            }
+        }
+        running == node_count
+    }
+}
+
+/// Tasks made from the service's current spec (Docker's `_up-to-date` filter): the same
+/// task spec, or created from the current spec version.
+pub fn up_to_date(service: &Service, t: &Task) -> bool {
+    if t.service_id != service.id && !t.service_id.is_empty() {
+        return false;
+    }
+    let same_spec = match (&t.spec, service.spec.as_ref().and_then(|s| s.task.as_ref())) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => true,
+        _ => false,
+    };
+    same_spec || (service.spec_version != 0 && t.spec_version == service.spec_version)
+}
+
+/// Draws progress lines: in place on a terminal, changed lines only otherwise.
+pub struct Renderer<W: Write> {
+    out: W,
+    tty: bool,
+    width: usize,
+    order: Vec<String>,
+    current: HashMap<String, Line>,
+    printed: HashMap<String, String>,
+    drawn_lines: usize,
+    dirty: bool,
+}
+
+impl<W: Write> Renderer<W> {
+    pub fn new(out: W, tty: bool, width: usize) -> Self {
+        Renderer {
+            out,
+            tty,
+            width,
+            order: Vec::new(),
+            current: HashMap::new(),
+            printed: HashMap::new(),
+            drawn_lines: 0,
+            dirty: false,
+        }
+    }
+
+    pub fn write(&mut self, line: Line) {
+        if !self.current.contains_key(&line.id) {
+            self.order.push(line.id.clone());
+        }
+        if self.current.get(&line.id) != Some(&line) {
+            self.dirty = true;
+        }
+        self.current.insert(line.id.clone(), line);
+    }
+
+    /// Prints what changed since the last flush.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.dirty = false;
+        if self.tty {
+            let mut buf = String::new();
+            if self.drawn_lines > 0 {
+                buf.push_str(&format!("\x1b[{}A", self.drawn_lines));
+            }
+            for id in &self.order {
+                if let Some(l) = self.current.get(id) {
+                    buf.push_str("\x1b[2K");
+                    buf.push_str(&l.render(true, self.width));
+                    buf.push('\n');
+                }
+            }
+            self.drawn_lines = self.order.len();
+            self.out.write_all(buf.as_bytes())?;
+        } else {
+            for id in &self.order {
+                let Some(l) = self.current.get(id) else {
+                    continue;
+                };
+                let text = l.render(false, self.width);
+                // A slot that has no task yet has nothing to say.
+                if l.action.trim().is_empty() || self.printed.get(id) == Some(&text) {
+                    continue;
+                }
+                writeln!(self.out, "{text}")?;
+                self.printed.insert(id.clone(), text);
+            }
+        }
+        self.out.flush()
+    }
+
+    /// A message outside the redrawn block (printed below it).
+    pub fn message(&mut self, text: &str) -> std::io::Result<()> {
+        writeln!(self.out, "{text}")?;
+        if self.tty {
+            // The block is no longer the last thing on screen: stop redrawing over it.
+            self.drawn_lines = 0;
+            self.order.clear();
+            self.current.clear();
+        }
+        self.out.flush()
+    }
+}
+
+/// Terminal width of stdout, or 200 (Docker's assumption) when unknown.
+fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills a winsize struct we own; fd 1 may not be a tty, then the
+    // call fails and we fall back.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0 {
+            return ws.ws_col as usize;
+        }
+    }
+    200
+}
+
+fn monitor_period() -> Duration {
+    std::env::var("SWARM_CONVERGE_MONITOR")
+        .ok()
+        .and_then(|v| crate::opts::parse_go_duration(&v).ok())
+        .unwrap_or(DEFAULT_MONITOR)
+}
+
+/// Polls until the service converges (every task of its current spec running for the
+/// monitor period), drawing progress unless `quiet`. Like Docker it waits indefinitely;
+/// Ctrl-C leaves the operation running in the background.
+pub async fn wait_converged(client: &Client, service_id: &str, quiet: bool) -> Result<()> {
+    let stdout = std::io::stdout();
+    let tty = stdout.is_terminal();
+    let width = if tty { terminal_width() } else { 200 };
+    let sink: Box<dyn Write> = if quiet {
+        Box::new(std::io::sink())
+    } else {
+        Box::new(stdout)
+    };
+    let mut r = Renderer::new(sink, tty, width);
+    let monitor = monitor_period();
+    let mut updater: Option<Updater> = None;
+    let mut converged = false;
+    let mut converged_at: Option<Instant> = None;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let service = client.service(service_id).await?;
+        let up = updater.get_or_insert_with(|| Updater::new(&service));
+        if converged && converged_at.is_some_and(|at| at.elapsed() >= monitor) {
+            r.write(Line::text("verify", "Service converged"));
+            r.flush()?;
+            return Ok(());
+        }
+        let tasks: Vec<Task> = client
+            .tasks(ListTasksRequest {
+                service_ids: vec![service.id.clone()],
+                ..Default::default()
+            })
+            .await?
+            .into_iter()
+            .filter(|t| up_to_date(&service, t))
+            .collect();
+        let active: HashSet<String> = client
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.state() != NodeState::Down)
+            .map(|n| n.id)
+            .collect();
+        let mut lines = Vec::new();
+        converged = up.update(&service, &tasks, &active, &mut lines);
+        for l in lines {
+            r.write(l);
+        }
+        if converged {
+            let at = *converged_at.get_or_insert_with(Instant::now);
+            if let Some(wait) = monitor.checked_sub(at.elapsed()) {
+                r.write(Line::text(
+                    "verify",
+                    format!(
+                        "Waiting {} seconds to verify that tasks are stable...",
+                        wait.as_secs() + 1
+                    ),
+                ));
+            }
+        } else {
+            if converged_at.is_some() {
+                r.write(Line::text("verify", "Detected task failure"));
+            }
+            converged_at = None;
+        }
+        r.flush()?;
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = &mut ctrl_c => {
+                if !converged {
+                    r.message("Operation continuing in background.")?;
+                    r.message(&format!(
+                        "Use `swarm service ps {service_id}` to check progress."
+                    ))?;
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::*;
+
+    fn task(slot: u64, node: &str, state: TaskState, desired: TaskState) -> Task {
+        Task {
+            id: format!("t{slot}{node}{}", state as i32),
+            service_id: "s1".into(),
+            slot,
+            node_id: node.into(),
+            desired_state: desired as i32,
+            status: Some(TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn replicated(n: u64) -> Service {
+        Service {
+            id: "s1".into(),
+            spec: Some(ServiceSpec {
+                name: "web".into(),
+                mode: Some(service_spec::Mode::Replicated(ReplicatedService {
+                    replicas: n,
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn nodes(ids: &[&str]) -> HashSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn replicated_progress_counts_running_slots() {
+        use TaskState::*;
+        let svc = replicated(2);
+        let mut u = Updater::new(&svc);
+        let mut out = Vec::new();
+        let tasks = vec![
+            task(1, "n1", Running, Running),
+            task(2, "n1", Preparing, Running),
+        ];
+        assert!(!u.update(&svc, &tasks, &nodes(&["n1"]), &mut out));
+        let texts: Vec<String> = out.iter().map(|l| l.render(false, 200)).collect();
+        assert_eq!(
+            texts,
+            [
+                "overall progress: 0 out of 2 tasks",
+                "1/2:",
+                "2/2:",
+                "1/2: running",
+                "2/2: preparing",
+                "overall progress: 1 out of 2 tasks"
+            ]
+        );
+        out.clear();
+        let tasks = vec![
+            task(1, "n1", Running, Running),
+            task(2, "n1", Running, Running),
+        ];
+        assert!(u.update(&svc, &tasks, &nodes(&["n1"]), &mut out));
+        assert_eq!(
+            out.last().map(|l| l.render(false, 200)).as_deref(),
+            Some("overall progress: 2 out of 2 tasks")
+        );
+        // Converged: no more task lines while it stays so.
+        out.clear();
+        assert!(u.update(&svc, &tasks, &nodes(&["n1"]), &mut out));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn restarted_slot_prefers_the_live_task_and_errors_are_shown() {
+        use TaskState::*;
+        let svc = replicated(1);
+        let mut u = Updater::new(&svc);
+        let mut out = Vec::new();
+        let mut pending = task(1, "", Pending, Running);
+        pending.status.as_mut().unwrap().err =
+            "no suitable node (scheduling constraints not satisfied on 1 node)".into();
+        let tasks = vec![task(1, "n1", Failed, Shutdown), pending];
+        assert!(!u.update(&svc, &tasks, &nodes(&["n1"]), &mut out));
+        assert!(out.iter().any(|l| l.render(false, 200)
+            == "1/1: no suitable node (scheduling constraints not satisfied on 1 node)"));
+    }
+
+    #[test]
+    fn tasks_on_down_nodes_do_not_count() {
+        use TaskState::*;
+        let svc = replicated(1);
+        let mut u = Updater::new(&svc);
+        let mut out = Vec::new();
+        assert!(!u.update(
+            &svc,
+            &[task(1, "gone", Running, Running)],
+            &nodes(&["n1"]),
+            &mut out
+        ));
+    }
+
+    #[test]
+    fn global_progress_counts_nodes_with_a_task() {
+        use TaskState::*;
+        let mut svc = replicated(0);
+        svc.spec.as_mut().unwrap().mode = Some(service_spec::Mode::Global(GlobalService {}));
+        let mut u = Updater::new(&svc);
+        let mut out = Vec::new();
+        assert!(!u.update(&svc, &[], &nodes(&["n1"]), &mut out));
+        assert_eq!(
+            out[0].render(false, 200),
+            "overall progress: waiting for new tasks"
+        );
+        out.clear();
+        let tasks = vec![
+            task(0, "aaaaaaaaaaaaaaaa1", Running, Running),
+            task(0, "bbbbbbbbbbbbbbbb2", Starting, Running),
+        ];
+        let active = nodes(&["aaaaaaaaaaaaaaaa1", "bbbbbbbbbbbbbbbb2"]);
+        assert!(!u.update(&svc, &tasks, &active, &mut out));
+        let texts: Vec<String> = out.iter().map(|l| l.render(false, 200)).collect();
+        assert!(texts.contains(&"aaaaaaaaaaaa: running".to_string()));
+        assert!(texts.contains(&"bbbbbbbbbbbb: starting".to_string()));
+        assert_eq!(
+            texts.last().map(String::as_str),
+            Some("overall progress: 1 out of 2 tasks")
+        );
+    }
+
+    #[test]
+    fn bars_render_like_docker() {
+        let l = Line {
+            id: "1/2".into(),
+            action: format!("{:<9}", "running"),
+            progress: Some(9),
+        };
+        assert_eq!(
+            l.render(true, 200),
+            "1/2: running   [==================================================>] "
+        );
+        let p = Line {
+            id: "1/2".into(),
+            action: format!("{:<9}", "pending"),
+            progress: Some(3),
+        };
+        assert_eq!(
+            p.render(true, 200),
+            format!("1/2: pending   [{}>{}] ", "=".repeat(16), " ".repeat(34))
+        );
+        // Narrow terminal: no bar.
+        assert_eq!(l.render(true, 80), "1/2: running   ");
+        assert_eq!(l.render(false, 200), "1/2: running");
+    }
+
+    #[test]
+    fn non_tty_prints_changed_lines_only() {
+        let mut buf = Vec::new();
+        {
+            let mut r = Renderer::new(&mut buf, false, 200);
+            r.write(overall(0, 1));
+            r.write(Line::text("1/1", " "));
+            r.flush().unwrap();
+            r.write(overall(0, 1));
+            r.flush().unwrap();
+            r.write(overall(1, 1));
+            r.write(Line::text("verify", "Service converged"));
+            r.flush().unwrap();
+        }
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "overall progress: 0 out of 1 tasks\noverall progress: 1 out of 1 tasks\nverify: Service converged\n"
+        );
+    }
+
+    #[test]
+    fn tty_redraws_the_block_in_place() {
+        let mut buf = Vec::new();
+        {
+            let mut r = Renderer::new(&mut buf, true, 80);
+            r.write(overall(0, 1));
+            r.flush().unwrap();
+            r.write(overall(1, 1));
+            r.flush().unwrap();
+        }
+        let s = String::from_utf8(buf).unwrap();
+        assert_eq!(
+            s,
+            "\x1b[2Koverall progress: 0 out of 1 tasks \n\x1b[1A\x1b[2Koverall progress: 1 out of 1 tasks \n"
+        );
+    }
+
+    #[test]
+    fn up_to_date_uses_spec_or_version() {
+        let mut svc = replicated(1);
+        svc.spec_version = 3;
+        svc.spec.as_mut().unwrap().task = Some(TaskSpec {
+            container: Some(ContainerSpec {
+                image: "nginx:2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut t = task(1, "n1", TaskState::Running, TaskState::Running);
+        t.spec = svc.spec.as_ref().unwrap().task.clone();
+        t.spec_version = 1;
+        assert!(up_to_date(&svc, &t), "same spec after a scale");
+        t.spec = Some(TaskSpec::default());
+        assert!(!up_to_date(&svc, &t), "old image");
+        t.spec_version = 3;
+        assert!(up_to_date(&svc, &t), "created from the current version");
+    }
+}

@@ -1,0 +1,212 @@
+//! The `CA` and `NodeCA` gRPC services: root certificate for anyone, node certificates
+//! for holders of a join token (new nodes) or of a valid node certificate (renewals).
+
+use std::time::Duration;
+
+use proto::{
+    GetRootCaCertificateRequest, GetRootCaCertificateResponse, IssueNodeCertificateRequest,
+    IssueNodeCertificateResponse, NodeRole,
+};
+use tonic::{Request, Response, Status};
+
+use super::{parse_join_token, tokens_equal, RootCa, DEFAULT_NODE_CERT_VALIDITY};
+use crate::router::{no_leader, Route, Router};
+use crate::store::{new_id, Object, Op, ProposeError, Store, StoreError};
+use crate::tls;
+
+#[derive(Clone)]
+pub struct CaService {
+    store: Store,
+    router: Router,
+}
+
+impl CaService {
+    pub fn new(store: Store, router: Router) -> Self {
+        CaService { store, router }
+    }
+
+    /// The cluster's root CA, the id and the node certificate validity.
+    fn cluster_ca(&self) -> Result<(String, proto::RootCa, Duration), Status> {
+        let state = self.store.read();
+        let cluster = state.cluster().ok_or_else(no_cluster)?;
+        let root = cluster.root_ca.clone().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "cluster {} has no root CA in the store; re-initialize the swarm",
+                cluster.id
+            ))
+        })?;
+        let expiry_ms = cluster
+            .spec
+            .as_ref()
+            .and_then(|s| s.ca_config.as_ref())
+            .map_or(0, |c| c.node_cert_expiry_ms);
+        let validity = if expiry_ms > 0 {
+            Duration::from_millis(expiry_ms as u64)
+        } else {
+            DEFAULT_NODE_CERT_VALIDITY
+        };
+        Ok((cluster.id.clone(), root, validity))
+    }
+
+    async fn issue_local(
+        &self,
+        req: Request<IssueNodeCertificateRequest>,
+    ) -> Result<IssueNodeCertificateResponse, Status> {
+        let (cluster_id, root, validity) = self.cluster_ca()?;
+        let signer = RootCa::from_pem(&root.ca_cert, &root.ca_key)
+            .map_err(|e| Status::internal(format!("the cluster root CA is unusable: {e}")))?;
+        let caller = tls::caller_identity(&req);
+        let msg = req.into_inner();
+
+        if !msg.token.is_empty() {
+            return self.join(msg, &cluster_id, &root, &signer, validity).await;
+        }
+
+        // Renewal: the caller's own certificate authenticates it.
+        let id = caller
+            .filter(|id| id.cluster_id == cluster_id)
+            .ok_or_else(|| {
+                Status::unauthenticated("a join token or a valid node certificate is required")
+            })?;
+        let role = {
+            let state = self.store.read();
+            let node = state.node(&id.node_id).ok_or_else(|| {
+                Status::permission_denied(format!("node {} was removed from the swarm", id.node_id))
+            })?;
+            node.role_enum()
+        };
+        let certificate = signer
+            .sign_node_cert(&msg.csr, &id.node_id, role, &cluster_id, validity)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!(node = %id.node_id, role = ?role, "renewed node certificate");
+        Ok(IssueNodeCertificateResponse {
+            node_id: id.node_id,
+            role: role as i32,
+            certificate,
+            root_ca: root.ca_cert,
+            cluster_id,
+        })
+    }
+
+    async fn join(
+        &self,
+        msg: IssueNodeCertificateRequest,
+        cluster_id: &str,
+        root: &proto::RootCa,
+        signer: &RootCa,
+        validity: Duration,
+    ) -> Result<IssueNodeCertificateResponse, Status> {
+        parse_join_token(&msg.token).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let tokens = root.join_tokens.clone().unwrap_or_default();
+        // Both comparisons always run, so timing does not tell which one matched.
+        let is_worker = !tokens.worker.is_empty() && tokens_equal(&msg.token, &tokens.worker);
+        let is_manager = !tokens.manager.is_empty() && tokens_equal(&msg.token, &tokens.manager);
+        let role = match (is_worker, is_manager) {
+            (_, true) => NodeRole::Manager,
+            (true, false) => NodeRole::Worker,
+            (false, false) => return Err(Status::unauthenticated("invalid join token")),
+        };
+        let node_id = new_id();
+        // Sign first: a bad CSR must not leave a node object behind.
+        let certificate = signer
+            .sign_node_cert(&msg.csr, &node_id, role, cluster_id, validity)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let node = proto::Node {
+            id: node_id.clone(),
+            meta: None,
+            spec: Some(proto::NodeSpec {
+                labels: Default::default(),
+                desired_role: role as i32,
+                availability: proto::NodeAvailability::Active as i32,
+            }),
+            description: msg.description,
+            status: Some(proto::NodeStatus {
+                state: proto::NodeState::Unknown as i32,
+                ..Default::default()
+            }),
+            manager_status: (role == NodeRole::Manager).then(|| proto::ManagerStatus {
+                addr: msg.advertise_addr.clone(),
+                raft_id: 0,
+                ..Default::default()
+            }),
+            role: role as i32,
+        };
+        self.store
+            .write(vec![Op::Create(Object::Node(node))])
+            .await
+            .map_err(propose_status)?;
+        tracing::info!(node = %node_id, role = ?role, "node joined the swarm");
+        Ok(IssueNodeCertificateResponse {
+            node_id,
+            role: role as i32,
+            certificate,
+            root_ca: root.ca_cert.clone(),
+            cluster_id: cluster_id.to_string(),
+        })
+    }
+}
+
+fn no_cluster() -> Status {
+    Status::unavailable(
+        "this manager has no cluster yet (the swarm is not initialized or the store is still loading); retry in a moment",
+    )
+}
+
+fn propose_status(e: ProposeError) -> Status {
+    match e {
+        ProposeError::NotLeader { .. } => no_leader(),
+        ProposeError::Store(StoreError::Exists { .. } | StoreError::NameConflict { .. }) => {
+            Status::already_exists(e.to_string())
+        }
+        ProposeError::Store(StoreError::NotFound { .. }) => Status::not_found(e.to_string()),
+        ProposeError::Store(StoreError::VersionMismatch { .. }) => Status::aborted(e.to_string()),
+        ProposeError::Store(StoreError::Invalid(_)) => Status::invalid_argument(e.to_string()),
+        ProposeError::Raft(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl proto::ca_server::Ca for CaService {
+    async fn get_root_ca_certificate(
+        &self,
+        _req: Request<GetRootCaCertificateRequest>,
+    ) -> Result<Response<GetRootCaCertificateResponse>, Status> {
+        let state = self.store.read();
+        let cluster = state.cluster().ok_or_else(no_cluster)?;
+        let certificate = cluster
+            .root_ca
+            .as_ref()
+            .map(|r| r.ca_cert.clone())
+            .filter(|c| !c.is_empty())
+            .ok_or_else(no_cluster)?;
+        Ok(Response::new(GetRootCaCertificateResponse { certificate }))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::node_ca_server::NodeCa for CaService {
+    async fn issue_node_certificate(
+        &self,
+        req: Request<IssueNodeCertificateRequest>,
+    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        match self.router.route() {
+            Route::Local => self.issue_local(req).await.map(Response::new),
+            Route::NoLeader => Err(no_leader()),
+            Route::Leader(ch) => {
+                // A renewal without a certificate cannot succeed anywhere: refuse it here
+                // rather than forward an anonymous call.
+                if req.get_ref().token.is_empty() && tls::caller_identity(&req).is_none() {
+                    return Err(Status::unauthenticated(
+                        "a join token or a valid node certificate is required",
+                    ));
+                }
+                proto::node_ca_client::NodeCaClient::new(ch)
+                    .issue_node_certificate(tls::forwarded_request(req))
+                    .await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

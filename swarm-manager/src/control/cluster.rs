@@ -1,0 +1,123 @@
+//! GetCluster and UpdateCluster (spec, join-token rotation). The CA key never leaves.
+
+use proto::{Cluster, GetClusterRequest, UpdateClusterRequest};
+use tonic::Status;
+
+use super::services::UNCONDITIONAL_RETRIES;
+use super::validate::validate_cluster_spec;
+use super::{linearize, propose_status, store_status};
+use crate::store::{Kind, Object, Op, ProposeError, State, Store, StoreError};
+
+/// The cluster as callers may see it: without the root CA key.
+pub(super) fn redacted(mut c: Cluster) -> Cluster {
+    if let Some(ca) = c.root_ca.as_mut() {
+        ca.ca_key.clear();
+    }
+    c
+}
+
+fn current(st: &State) -> Result<&Cluster, Status> {
+    st.cluster().ok_or_else(|| {
+        Status::not_found(
+            "cluster not found: this manager holds no cluster object yet (run swarm init, or wait until it has caught up with the leader)",
+        )
+    })
+}
+
+pub(super) async fn get(store: &Store, _req: GetClusterRequest) -> Result<Cluster, Status> {
+    linearize(store).await?;
+    let st = store.read();
+    current(&st).cloned().map(redacted)
+}
+
+fn updated_cluster(st: &State, req: &UpdateClusterRequest) -> Result<Cluster, Status> {
+    let cur = current(st)?;
+    let version = cur.meta.as_ref().map_or(0, |m| m.version);
+    if req.cluster_version != 0 && version != req.cluster_version {
+        return Err(store_status(StoreError::VersionMismatch {
+            kind: Kind::Cluster,
+            id: cur.id.clone(),
+            expected: req.cluster_version,
+            actual: version,
+        }));
+    }
+    let mut next = cur.clone();
+    if let Some(spec) = &req.spec {
+        let mut spec = spec.clone();
+        if spec.name.is_empty() {
+            spec.name = cur
+                .spec
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+        }
+        next.spec = Some(spec);
+    }
+    if req.rotate_worker_token || req.rotate_manager_token {
+        let root = next.root_ca.get_or_insert_with(Default::default);
+        if root.ca_cert.is_empty() {
+            return Err(Status::failed_precondition(
+                "the cluster has no root CA certificate; join tokens cannot be generated",
+            ));
+        }
+        let token = |which: &str| {
+            crate::ca::generate_join_token(&root.ca_cert)
+                .map_err(|e| Status::internal(format!("generating a new {which} join token: {e}")))
+        };
+        let worker = req
+            .rotate_worker_token
+            .then(|| token("worker"))
+            .transpose()?;
+        let manager = req
+            .rotate_manager_token
+            .then(|| token("manager"))
+            .transpose()?;
+        let tokens = root.join_tokens.get_or_insert_with(Default::default);
+        if let Some(w) = worker {
+            tokens.worker = w;
+        }
+        if let Some(m) = manager {
+            tokens.manager = m;
+        }
+    }
+    Ok(next)
+}
+
+pub(super) async fn update(store: &Store, req: UpdateClusterRequest) -> Result<Cluster, Status> {
+    if let Some(spec) = &req.spec {
+        validate_cluster_spec(spec)?;
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let next = {
+            let st = store.read();
+            updated_cluster(&st, &req)?
+        };
+        tracing::info!(
+            cluster = %next.id,
+            rotate_worker_token = req.rotate_worker_token,
+            rotate_manager_token = req.rotate_manager_token,
+            "updating cluster"
+        );
+        match store
+            .write(vec![Op::Update {
+                object: Object::Cluster(next),
+                check_version: true,
+            }])
+            .await
+        {
+            Ok(objs) => {
+                return match objs.into_iter().next().flatten() {
+                    Some(Object::Cluster(c)) => Ok(redacted(c)),
+                    _ => Err(Status::internal(
+                        "the store did not return the written cluster",
+                    )),
+                }
+            }
+            Err(ProposeError::Store(StoreError::VersionMismatch { .. }))
+                if req.cluster_version == 0 && attempt < UNCONDITIONAL_RETRIES => {}
+            Err(e) => return Err(propose_status(e)),
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! CreateService, GetService, ListServices, UpdateService, RemoveService.
+
+use proto::service_spec::Mode;
+use proto::{
+    CreateServiceRequest, GetServiceRequest, ListServicesRequest, ListServicesResponse, PortConfig,
+    PublishMode, RemoveServiceRequest, RemoveServiceResponse, Service, ServiceSpec, TaskState,
+    UpdateServiceRequest,
+};
+use tonic::Status;
+
+use super::lookup::{find_network, find_service};
+use super::validate::{apply_service_defaults, generated_name, validate_service_spec};
+use super::{linearize, propose_status};
+use crate::store::{new_id, Kind, Object, Op, ProposeError, State, Store, StoreError};
+
+/// Unconditional updates (version 0) re-read and retry this often when another writer
+/// changed the object in between.
+pub(super) const UNCONDITIONAL_RETRIES: usize = 8;
+
+fn stored_service(objs: Vec<Option<Object>>) -> Result<Service, Status> {
+    match objs.into_iter().next().flatten() {
+        Some(Object::Service(s)) => Ok(s),
+        _ => Err(Status::internal(
+            "the store did not return the written service",
+        )),
+    }
+}
+
+/// Replaces network names and id prefixes in the task's attachments with network ids, and
+/// refuses attachments to unknown networks or to the ingress network.
+fn resolve_networks(st: &State, spec: &mut ServiceSpec) -> Result<(), Status> {
+    let Some(task) = spec.task.as_mut() else {
+        return Ok(());
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for att in &mut task.networks {
+        let net = find_network(st, &att.target)?;
+        if net.spec.as_ref().is_some_and(|s| s.ingress) {
+            return Err(Status::invalid_argument(format!(
+                "Service cannot be explicitly attached to the ingress network {:?}; publish ports instead",
+                net.spec.as_ref().map_or("", |s| s.name.as_str())
+            )));
+        }
+        if !seen.insert(net.id.clone()) {
+            return Err(Status::invalid_argument(format!(
+                "TaskSpec: service cannot be attached to network {} more than once",
+                att.target
+            )));
+        }
+        att.target = net.id.clone();
+    }
+    Ok(())
+}
+
+fn ingress_ports(s: &Service) -> impl Iterator<Item = &PortConfig> {
+    let spec_ports = s
+        .spec
+        .as_ref()
+        .and_then(|sp| sp.endpoint.as_ref())
+        .map(|e| e.ports.as_slice())
+        .unwrap_or_default();
+    let allocated = s
+        .endpoint
+        .as_ref()
+        .map(|e| e.ports.as_slice())
+        .unwrap_or_default();
+    spec_ports
+        .iter()
+        .chain(allocated)
+        .filter(|p| p.publish_mode == PublishMode::Ingress as i32 && p.published_port != 0)
+}
+
+/// SwarmKit's rule: a port another service publishes through the ingress routing mesh
+/// cannot be published again, in either mode.
+fn check_port_conflicts(
+    st: &State,
+    spec: &ServiceSpec,
+    self_id: Option<&str>,
+) -> Result<(), Status> {
+    let wanted: Vec<&PortConfig> = spec
+        .endpoint
+        .as_ref()
+        .map(|e| e.ports.iter().filter(|p| p.published_port != 0).collect())
+        .unwrap_or_default();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    for other in st.services() {
+        if Some(other.id.as_str()) == self_id {
+            continue;
+        }
+        for used in ingress_ports(other) {
+            if wanted
+                .iter()
+                .any(|w| w.published_port == used.published_port && w.protocol == used.protocol)
+            {
+                return Err(Status::invalid_argument(format!(
+                    "port '{}' is already in use by service '{}' ({}) as an ingress port; choose another published port",
+                    used.published_port,
+                    other.name(),
+                    other.id
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<Service, Status> {
+    let mut spec = req.spec.ok_or_else(|| {
+        Status::invalid_argument("CreateService needs a service spec (name, image, mode ...)")
+    })?;
+    if spec.name.is_empty() {
+        spec.name = generated_name();
+    }
+    apply_service_defaults(&mut spec);
+    validate_service_spec(&spec)?;
+    let service = {
+        let st = store.read();
+        if let Some(existing) = st.service_by_name(&spec.name) {
+            return Err(Status::already_exists(format!(
+                "service with name {} already exists ({}); choose another name or update the existing service",
+                spec.name, existing.id
+            )));
+        }
+        resolve_networks(&st, &mut spec)?;
+        check_port_conflicts(&st, &spec, None)?;
+        Service {
+            id: new_id(),
+            meta: None,
+            spec: Some(spec),
+            previous_spec: None,
+            endpoint: None,
+            spec_version: 1,
+        }
+    };
+    tracing::info!(service = %service.id, name = %service.name(), "creating service");
+    let objs = store
+        .write(vec![Op::Create(Object::Service(service))])
+        .await
+        .map_err(propose_status)?;
+    stored_service(objs)
+}
+
+pub(super) async fn get(store: &Store, req: GetServiceRequest) -> Result<Service, Status> {
+    linearize(store).await?;
+    let st = store.read();
+    find_service(&st, &req.service_id).cloned()
+}
+
+pub(super) async fn list(
+    store: &Store,
+    _req: ListServicesRequest,
+) -> Result<ListServicesResponse, Status> {
+    linearize(store).await?;
+    let st = store.read();
+    Ok(ListServicesResponse {
+        services: st.services().cloned().collect(),
+    })
+}
+
+fn version_mismatch(kind: Kind, id: &str, expected: u64, actual: u64) -> Status {
+    super::store_status(StoreError::VersionMismatch {
+        kind,
+        id: id.to_string(),
+        expected,
+        actual,
+    })
+}
+
+/// The service after applying the update, or None when nothing changes.
+fn updated_service(
+    st: &State,
+    reference: &str,
+    version: u64,
+    mut spec: ServiceSpec,
+) -> Result<(Service, Option<Service>), Status> {
+    let current = find_service(st, reference)?;
+    if version != 0 && current.meta.as_ref().map_or(0, |m| m.version) != version {
+        return Err(version_mismatch(
+            Kind::Service,
+            &current.id,
+            version,
+            current.meta.as_ref().map_or(0, |m| m.version),
+        ));
+    }
+    let old = current.spec.clone().unwrap_or_default();
+    if spec.name.is_empty() {
+        spec.name = old.name.clone();
+    }
+    if spec.name != old.name {
+        return Err(Status::unimplemented(format!(
+            "renaming services is not supported (service {} is named {}); create a new service instead",
+            current.id, old.name
+        )));
+    }
+    apply_service_defaults(&mut spec);
+    validate_service_spec(&spec)?;
+    let old_global = matches!(old.mode, Some(Mode::Global(_)));
+    let new_global = matches!(spec.mode, Some(Mode::Global(_)));
+    if old_global != new_global {
+        return Err(Status::invalid_argument(
+            "service mode change is not allowed; remove the service and create it again in the other mode",
+        ));
+    }
+    resolve_networks(st, &mut spec)?;
+    check_port_conflicts(st, &spec, Some(&current.id))?;
+    if spec == old {
+        return Ok((current.clone(), None));
+    }
+    let mut next = current.clone();
+    // Tasks are replaced only when what they run (or how they are reached) changes:
+    // scaling or relabelling the service keeps them.
+    if spec.task != old.task || spec.endpoint != old.endpoint {
+        next.spec_version = current.spec_version + 1;
+    }
+    next.previous_spec = Some(old);
+    next.spec = Some(spec);
+    Ok((current.clone(), Some(next)))
+}
+
+pub(super) async fn update(store: &Store, req: UpdateServiceRequest) -> Result<Service, Status> {
+    let spec = req.spec.ok_or_else(|| {
+        Status::invalid_argument(
+            "UpdateService needs the full new service spec (read the service, change it, send it back)",
+        )
+    })?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (current, next) = {
+            let st = store.read();
+            updated_service(&st, &req.service_id, req.service_version, spec.clone())?
+        };
+        let Some(next) = next else {
+            return Ok(current);
+        };
+        tracing::info!(
+            service = %next.id,
+            spec_version = next.spec_version,
+            "updating service"
+        );
+        match store
+            .write(vec![Op::Update {
+                object: Object::Service(next),
+                check_version: true,
+            }])
+            .await
+        {
+            Ok(objs) => return stored_service(objs),
+            Err(ProposeError::Store(StoreError::VersionMismatch { .. }))
+                if req.service_version == 0 && attempt < UNCONDITIONAL_RETRIES => {}
+            Err(e) => return Err(propose_status(e)),
+        }
+    }
+}
+
+pub(super) async fn remove(
+    store: &Store,
+    req: RemoveServiceRequest,
+) -> Result<RemoveServiceResponse, Status> {
+    let ops = {
+        let st = store.read();
+        let svc = find_service(&st, &req.service_id)?;
+        let mut ops = vec![Op::Delete {
+            kind: Kind::Service,
+            id: svc.id.clone(),
+        }];
+        ops.extend(
+            st.tasks_of_service(&svc.id)
+                .filter(|t| t.desired() < TaskState::Shutdown)
+                .map(|t| Op::SetTaskDesiredState {
+                    task_id: t.id.clone(),
+                    desired: TaskState::Shutdown,
+                }),
+        );
+        tracing::info!(service = %svc.id, name = %svc.name(), tasks = ops.len() - 1, "removing service");
+        ops
+    };
+    store.write(ops).await.map_err(propose_status)?;
+    Ok(RemoveServiceResponse {})
+}

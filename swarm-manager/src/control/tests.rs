@@ -1,0 +1,1050 @@
+//! Control API behaviour over an in-memory store, called as the local socket would.
+
+use proto::control_server::Control;
+use proto::service_spec::Mode;
+use proto::*;
+use tonic::{Code, Request, Status};
+
+use super::{ControlApi, LocalCaller, WORKER_DENIED};
+use crate::router::Router;
+use crate::store::{Object, Op, Store};
+
+fn api() -> (ControlApi, Store) {
+    let store = Store::memory();
+    (ControlApi::new(store.clone(), Router::local()), store)
+}
+
+fn local<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.extensions_mut().insert(LocalCaller);
+    r
+}
+
+fn spec(name: &str, image: &str) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        task: Some(TaskSpec {
+            container: Some(ContainerSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn create(api: &ControlApi, s: ServiceSpec) -> Result<Service, Status> {
+    api.create_service(local(CreateServiceRequest { spec: Some(s) }))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn get(api: &ControlApi, r: &str) -> Result<Service, Status> {
+    api.get_service(local(GetServiceRequest {
+        service_id: r.into(),
+    }))
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn update(
+    api: &ControlApi,
+    id: &str,
+    version: u64,
+    s: ServiceSpec,
+) -> Result<Service, Status> {
+    api.update_service(local(UpdateServiceRequest {
+        service_id: id.into(),
+        service_version: version,
+        spec: Some(s),
+    }))
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn services(api: &ControlApi) -> Vec<Service> {
+    api.list_services(local(ListServicesRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .services
+}
+
+fn version(s: &Service) -> u64 {
+    s.meta.as_ref().map_or(0, |m| m.version)
+}
+
+fn node(id: &str, hostname: &str, role: NodeRole, state: NodeState) -> Node {
+    Node {
+        id: id.into(),
+        spec: Some(NodeSpec {
+            desired_role: role as i32,
+            ..Default::default()
+        }),
+        description: Some(NodeDescription {
+            hostname: hostname.into(),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            state: state as i32,
+            ..Default::default()
+        }),
+        role: role as i32,
+        ..Default::default()
+    }
+}
+
+fn task(id: &str, service: &Service, node_id: &str, slot: u64) -> Task {
+    Task {
+        id: id.into(),
+        service_id: service.id.clone(),
+        service_name: service.name().into(),
+        node_id: node_id.into(),
+        slot,
+        spec: service.spec.as_ref().and_then(|s| s.task.clone()),
+        spec_version: service.spec_version,
+        desired_state: TaskState::Running as i32,
+        status: Some(TaskStatus {
+            state: TaskState::Running as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn put(store: &Store, objs: Vec<Object>) {
+    store
+        .write(objs.into_iter().map(Op::Create).collect())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn create_fills_defaults_and_lookups_use_id_name_and_prefix() {
+    let (api, _) = api();
+    let s = create(&api, spec("web", "nginx:1.25")).await.unwrap();
+    assert_eq!(s.spec_version, 1);
+    assert!(version(&s) > 0);
+    let sp = s.spec.as_ref().unwrap();
+    assert_eq!(s.replicas(), Some(1));
+    assert!(matches!(
+        sp.mode,
+        Some(Mode::Replicated(ReplicatedService { replicas: 1 }))
+    ));
+    let task = sp.task.as_ref().unwrap();
+    let restart = task.restart.as_ref().unwrap();
+    assert_eq!(restart.condition, RestartCondition::Any as i32);
+    assert_eq!(restart.delay_ms, 5_000);
+    assert_eq!(
+        task.container.as_ref().unwrap().stop_grace_period_ms,
+        10_000
+    );
+    assert_eq!(sp.endpoint.as_ref().unwrap().mode, EndpointMode::Vip as i32);
+
+    assert_eq!(get(&api, &s.id).await.unwrap().id, s.id);
+    assert_eq!(get(&api, "web").await.unwrap().id, s.id);
+    assert_eq!(get(&api, &s.id[..6]).await.unwrap().id, s.id);
+    assert_eq!(services(&api).await.len(), 1);
+
+    let e = get(&api, "nope").await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(e.message(), "service nope not found");
+    assert_eq!(
+        get(&api, "").await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+
+    // An empty name gets a generated one.
+    let anon = create(&api, spec("", "busybox")).await.unwrap();
+    assert!(!anon.name().is_empty());
+}
+
+#[tokio::test]
+async fn ambiguous_prefix_is_invalid_argument() {
+    let (api, store) = api();
+    let mut a = Service {
+        id: "abc111".into(),
+        spec: Some(spec("one", "nginx")),
+        spec_version: 1,
+        ..Default::default()
+    };
+    put(&store, vec![Object::Service(a.clone())]).await;
+    a.id = "abc222".into();
+    a.spec = Some(spec("two", "nginx"));
+    put(&store, vec![Object::Service(a)]).await;
+    let e = get(&api, "abc").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message()
+            .contains("multiple IDs found with provided prefix"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(get(&api, "abc2").await.unwrap().name(), "two");
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_and_change_nothing() {
+    let (api, _) = api();
+    let neg = |f: fn(&mut ServiceSpec)| {
+        let mut s = spec("web", "nginx");
+        f(&mut s);
+        s
+    };
+    let cases: Vec<(ServiceSpec, &str)> = vec![
+        (spec("-web", "nginx"), "DNS name"),
+        (spec("web_", "nginx"), "DNS name"),
+        (spec(&"a".repeat(64), "nginx"), "DNS name"),
+        (spec("web", ""), "image reference must be provided"),
+        (spec("web", "Nginx"), "lowercase"),
+        (
+            neg(|s| {
+                s.task.as_mut().unwrap().restart = Some(RestartPolicy {
+                    delay_ms: -1,
+                    ..Default::default()
+                })
+            }),
+            "restart-delay cannot be negative",
+        ),
+        (
+            neg(|s| {
+                s.task.as_mut().unwrap().restart = Some(RestartPolicy {
+                    window_ms: -5,
+                    ..Default::default()
+                })
+            }),
+            "restart-window cannot be negative",
+        ),
+        (
+            neg(|s| {
+                s.task
+                    .as_mut()
+                    .unwrap()
+                    .container
+                    .as_mut()
+                    .unwrap()
+                    .stop_grace_period_ms = -1
+            }),
+            "stop-grace-period cannot be negative",
+        ),
+        (
+            neg(|s| {
+                s.task.as_mut().unwrap().resources = Some(ResourceRequirements {
+                    reservations: Some(Resources {
+                        nano_cpus: -1,
+                        memory_bytes: 0,
+                    }),
+                    limits: None,
+                })
+            }),
+            "cannot be negative",
+        ),
+        (
+            neg(|s| {
+                s.task.as_mut().unwrap().placement = Some(Placement {
+                    constraints: vec!["node.role = manager".into()],
+                    ..Default::default()
+                })
+            }),
+            "invalid constraint",
+        ),
+        (
+            neg(|s| {
+                s.endpoint = Some(EndpointSpec {
+                    mode: EndpointMode::Vip as i32,
+                    ports: vec![PortConfig {
+                        target_port: 0,
+                        published_port: 80,
+                        ..Default::default()
+                    }],
+                })
+            }),
+            "target port",
+        ),
+        (
+            neg(|s| {
+                s.endpoint = Some(EndpointSpec {
+                    mode: EndpointMode::Vip as i32,
+                    ports: vec![PortConfig {
+                        target_port: 80,
+                        published_port: 70000,
+                        ..Default::default()
+                    }],
+                })
+            }),
+            "published port",
+        ),
+        (
+            neg(|s| {
+                let p = PortConfig {
+                    target_port: 80,
+                    published_port: 8080,
+                    ..Default::default()
+                };
+                s.endpoint = Some(EndpointSpec {
+                    mode: EndpointMode::Vip as i32,
+                    ports: vec![
+                        p.clone(),
+                        PortConfig {
+                            target_port: 81,
+                            ..p
+                        },
+                    ],
+                })
+            }),
+            "duplicate published ports",
+        ),
+        (
+            neg(|s| {
+                s.endpoint = Some(EndpointSpec {
+                    mode: EndpointMode::Dnsrr as i32,
+                    ports: vec![PortConfig {
+                        target_port: 80,
+                        published_port: 8080,
+                        ..Default::default()
+                    }],
+                })
+            }),
+            "port published with ingress mode can't be used with dnsrr mode",
+        ),
+    ];
+    for (s, want) in cases {
+        let e = create(&api, s).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{want}: {}", e.message());
+        assert!(
+            e.message().contains(want),
+            "want {want:?} in {:?}",
+            e.message()
+        );
+    }
+    assert!(services(&api).await.is_empty());
+
+    // Same port twice over UDP and TCP is fine; dnsrr with host-mode ports is fine.
+    let mut ok = spec("udp-tcp", "nginx");
+    ok.endpoint = Some(EndpointSpec {
+        mode: EndpointMode::Dnsrr as i32,
+        ports: vec![
+            PortConfig {
+                target_port: 53,
+                published_port: 53,
+                publish_mode: PublishMode::Host as i32,
+                protocol: PortProtocol::Udp as i32,
+                ..Default::default()
+            },
+            PortConfig {
+                target_port: 53,
+                published_port: 53,
+                publish_mode: PublishMode::Host as i32,
+                protocol: PortProtocol::Tcp as i32,
+                ..Default::default()
+            },
+        ],
+    });
+    create(&api, ok).await.unwrap();
+
+    // Invalid update leaves the service as it was.
+    let s = create(&api, spec("web", "nginx")).await.unwrap();
+    let mut bad = s.spec.clone().unwrap();
+    bad.task
+        .as_mut()
+        .unwrap()
+        .restart
+        .as_mut()
+        .unwrap()
+        .delay_ms = -3;
+    let e = update(&api, &s.id, version(&s), bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(get(&api, "web").await.unwrap(), s);
+}
+
+#[tokio::test]
+async fn duplicate_names_and_port_conflicts() {
+    let (api, _) = api();
+    let mut a = spec("web", "nginx");
+    a.endpoint = Some(EndpointSpec {
+        mode: EndpointMode::Vip as i32,
+        ports: vec![PortConfig {
+            target_port: 80,
+            published_port: 8080,
+            ..Default::default()
+        }],
+    });
+    create(&api, a.clone()).await.unwrap();
+    let e = create(&api, spec("web", "redis")).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    assert!(e.message().contains("service with name web already exists"));
+
+    a.name = "web2".into();
+    let e = create(&api, a.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message()
+            .contains("port '8080' is already in use by service 'web'"),
+        "{}",
+        e.message()
+    );
+    // Host mode on the same port also conflicts with an ingress port.
+    a.endpoint.as_mut().unwrap().ports[0].publish_mode = PublishMode::Host as i32;
+    assert_eq!(
+        create(&api, a.clone()).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    // Another port is fine.
+    a.endpoint.as_mut().unwrap().ports[0].published_port = 8081;
+    create(&api, a).await.unwrap();
+    assert_eq!(services(&api).await.len(), 2);
+}
+
+#[tokio::test]
+async fn scaling_keeps_spec_version_image_change_bumps_it() {
+    let (api, _) = api();
+    let s = create(&api, spec("web", "nginx:1")).await.unwrap();
+    let mut scaled = s.spec.clone().unwrap();
+    scaled.mode = Some(Mode::Replicated(ReplicatedService { replicas: 5 }));
+    let s2 = update(&api, "web", version(&s), scaled.clone())
+        .await
+        .unwrap();
+    assert_eq!(s2.replicas(), Some(5));
+    assert_eq!(s2.spec_version, 1, "scaling must not restart tasks");
+    assert_eq!(s2.previous_spec, s.spec);
+
+    // A stale version is refused.
+    let e = update(&api, "web", version(&s), scaled.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("update out of sequence"));
+
+    let mut new_image = scaled.clone();
+    new_image
+        .task
+        .as_mut()
+        .unwrap()
+        .container
+        .as_mut()
+        .unwrap()
+        .image = "nginx:2".into();
+    let s3 = update(&api, &s.id, 0, new_image).await.unwrap();
+    assert_eq!(s3.spec_version, 2);
+    assert_eq!(s3.replicas(), Some(5));
+
+    // Mode changes and renames are refused.
+    let mut global = s3.spec.clone().unwrap();
+    global.mode = Some(Mode::Global(GlobalService {}));
+    assert_eq!(
+        update(&api, "web", 0, global).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut renamed = s3.spec.clone().unwrap();
+    renamed.name = "other".into();
+    assert_eq!(
+        update(&api, "web", 0, renamed).await.unwrap_err().code(),
+        Code::Unimplemented
+    );
+    assert_eq!(
+        update(&api, "missing", 0, s3.spec.clone().unwrap())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    // An identical spec changes nothing.
+    let same = update(&api, "web", 0, s3.spec.clone().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(version(&same), version(&s3));
+}
+
+#[tokio::test]
+async fn remove_service_marks_its_tasks_for_shutdown() {
+    let (api, store) = api();
+    let s = create(&api, spec("web", "nginx")).await.unwrap();
+    let other = create(&api, spec("db", "redis")).await.unwrap();
+    put(
+        &store,
+        vec![
+            Object::Task(task("t1", &s, "n1", 1)),
+            Object::Task(task("t2", &s, "n1", 2)),
+            Object::Task(task("t3", &other, "n1", 1)),
+        ],
+    )
+    .await;
+    api.remove_service(local(RemoveServiceRequest {
+        service_id: "web".into(),
+    }))
+    .await
+    .unwrap();
+    {
+        let st = store.read();
+        assert!(st.service(&s.id).is_none());
+        assert_eq!(st.task("t1").unwrap().desired(), TaskState::Shutdown);
+        assert_eq!(st.task("t2").unwrap().desired(), TaskState::Shutdown);
+        assert_eq!(st.task("t3").unwrap().desired(), TaskState::Running);
+    }
+    let e = api
+        .remove_service(local(RemoveServiceRequest {
+            service_id: "web".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn list_tasks_filters() {
+    let (api, store) = api();
+    let web = create(&api, spec("web", "nginx")).await.unwrap();
+    let db = create(&api, spec("db", "redis")).await.unwrap();
+    put(
+        &store,
+        vec![
+            Object::Node(node("node1aaa", "h1", NodeRole::Manager, NodeState::Ready)),
+            Object::Node(node("node2bbb", "h2", NodeRole::Worker, NodeState::Ready)),
+            Object::Task(task("t1", &web, "node1aaa", 1)),
+            Object::Task(task("t2", &web, "node2bbb", 2)),
+            Object::Task(task("t3", &db, "node2bbb", 1)),
+        ],
+    )
+    .await;
+    let list = |services: Vec<&str>, nodes: Vec<&str>, desired: Vec<TaskState>| {
+        let api = api.clone();
+        let req = ListTasksRequest {
+            service_ids: services.into_iter().map(String::from).collect(),
+            node_ids: nodes.into_iter().map(String::from).collect(),
+            desired_states: desired.into_iter().map(|d| d as i32).collect(),
+        };
+        async move {
+            api.list_tasks(local(req)).await.map(|r| {
+                r.into_inner()
+                    .tasks
+                    .into_iter()
+                    .map(|t| t.id)
+                    .collect::<Vec<_>>()
+            })
+        }
+    };
+    assert_eq!(list(vec![], vec![], vec![]).await.unwrap().len(), 3);
+    assert_eq!(
+        list(vec!["web"], vec![], vec![]).await.unwrap(),
+        vec!["t1", "t2"]
+    );
+    assert_eq!(
+        list(vec![&db.id[..5]], vec![], vec![]).await.unwrap(),
+        vec!["t3"]
+    );
+    assert_eq!(
+        list(vec![], vec!["h2"], vec![]).await.unwrap(),
+        vec!["t3", "t2"]
+    );
+    assert_eq!(
+        list(vec!["web"], vec!["node2"], vec![]).await.unwrap(),
+        vec!["t2"]
+    );
+    assert!(list(vec![], vec![], vec![TaskState::Shutdown])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        list(vec!["nope"], vec![], vec![]).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        list(vec![], vec!["node"], vec![]).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let t = api
+        .get_task(local(GetTaskRequest {
+            task_id: "web.1.t1".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.id, "t1");
+    let e = api
+        .get_task(local(GetTaskRequest {
+            task_id: "zz".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::NotFound, "task zz not found")
+    );
+}
+
+#[tokio::test]
+async fn demoting_the_last_manager_is_refused() {
+    let (api, store) = api();
+    put(
+        &store,
+        vec![
+            Object::Node(node("m1", "mgr1", NodeRole::Manager, NodeState::Ready)),
+            Object::Node(node("w1", "wrk1", NodeRole::Worker, NodeState::Ready)),
+        ],
+    )
+    .await;
+    let demote = |id: &str, version: u64| UpdateNodeRequest {
+        node_id: id.into(),
+        node_version: version,
+        spec: Some(NodeSpec {
+            desired_role: NodeRole::Worker as i32,
+            ..Default::default()
+        }),
+    };
+    let e = api.update_node(local(demote("mgr1", 0))).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e
+        .message()
+        .contains("attempting to demote the last manager of the swarm"));
+
+    // Promote the worker (desired role), then label and drain it.
+    let w = api
+        .update_node(local(UpdateNodeRequest {
+            node_id: "wrk1".into(),
+            node_version: 0,
+            spec: Some(NodeSpec {
+                desired_role: NodeRole::Manager as i32,
+                availability: NodeAvailability::Drain as i32,
+                labels: [("zone".to_string(), "a".to_string())].into(),
+            }),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(w.desired_role(), NodeRole::Manager);
+    assert_eq!(w.availability(), NodeAvailability::Drain);
+    // Its certificate still says worker: m1 stays the only manager.
+    assert_eq!(
+        api.update_node(local(demote("m1", 0)))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::FailedPrecondition
+    );
+    // Once w1 is a manager, m1 can go.
+    let mut w1 = store.read().node("w1").cloned().unwrap();
+    w1.role = NodeRole::Manager as i32;
+    store
+        .write(vec![Op::Update {
+            object: Object::Node(w1),
+            check_version: false,
+        }])
+        .await
+        .unwrap();
+    let stale = demote("m1", 12345);
+    assert_eq!(
+        api.update_node(local(stale)).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    let m1 = api
+        .update_node(local(demote("m1", 0)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m1.desired_role(), NodeRole::Worker);
+
+    let bad = UpdateNodeRequest {
+        node_id: "w1".into(),
+        node_version: 0,
+        spec: Some(NodeSpec {
+            availability: 9,
+            ..Default::default()
+        }),
+    };
+    assert_eq!(
+        api.update_node(local(bad)).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+}
+
+#[tokio::test]
+async fn remove_node_rules() {
+    let (api, store) = api();
+    let s = create(&api, spec("web", "nginx")).await.unwrap();
+    put(
+        &store,
+        vec![
+            Object::Node(node("m1", "mgr", NodeRole::Manager, NodeState::Down)),
+            Object::Node(node("w1", "up", NodeRole::Worker, NodeState::Ready)),
+            Object::Node(node("w2", "down", NodeRole::Worker, NodeState::Down)),
+            Object::Task(task("t1", &s, "w1", 1)),
+            Object::Task(task("t2", &s, "w2", 2)),
+        ],
+    )
+    .await;
+    let rm = |id: &str, force: bool| {
+        local(RemoveNodeRequest {
+            node_id: id.into(),
+            force,
+        })
+    };
+    let e = api.remove_node(rm("mgr", true)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e
+        .message()
+        .contains("is a cluster manager and is a member of the raft cluster"));
+
+    let e = api.remove_node(rm("up", false)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e
+        .message()
+        .contains("node w1 is not down and can't be removed"));
+    assert!(store.read().node("w1").is_some());
+
+    api.remove_node(rm("down", false)).await.unwrap();
+    api.remove_node(rm("up", true)).await.unwrap();
+    {
+        let st = store.read();
+        assert!(st.node("w1").is_none() && st.node("w2").is_none());
+        assert_eq!(st.task("t1").unwrap().desired(), TaskState::Shutdown);
+        assert_eq!(st.task("t2").unwrap().desired(), TaskState::Shutdown);
+    }
+    assert_eq!(
+        api.remove_node(rm("w2", true)).await.unwrap_err().code(),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn networks() {
+    let (api, _) = api();
+    let mk = |name: &str, driver: &str| {
+        local(CreateNetworkRequest {
+            spec: Some(NetworkSpec {
+                name: name.into(),
+                driver: driver.into(),
+                ..Default::default()
+            }),
+        })
+    };
+    let n = api
+        .create_network(mk("backend", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(n.spec.as_ref().unwrap().driver, "overlay");
+    let e = api
+        .create_network(mk("backend", "overlay"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    assert!(e
+        .message()
+        .contains("network with name backend already exists"));
+    assert_eq!(
+        api.create_network(mk("bad name", "overlay"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        api.create_network(mk("br", "bridge"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+
+    // A service attached by name stores the network id; the network is then in use.
+    let mut s = spec("web", "nginx");
+    s.task.as_mut().unwrap().networks = vec![NetworkAttachmentConfig {
+        target: "backend".into(),
+        aliases: vec![],
+    }];
+    let svc = create(&api, s).await.unwrap();
+    assert_eq!(
+        svc.spec.as_ref().unwrap().task.as_ref().unwrap().networks[0].target,
+        n.id
+    );
+    let mut unknown = spec("web2", "nginx");
+    unknown.task.as_mut().unwrap().networks = vec![NetworkAttachmentConfig {
+        target: "nonet".into(),
+        aliases: vec![],
+    }];
+    assert_eq!(
+        create(&api, unknown).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    let rm = |r: &str| {
+        local(RemoveNetworkRequest {
+            network_id: r.into(),
+        })
+    };
+    let e = api.remove_network(rm("backend")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message()
+            .contains("network backend is in use by service web"),
+        "{}",
+        e.message()
+    );
+
+    api.remove_service(local(RemoveServiceRequest {
+        service_id: "web".into(),
+    }))
+    .await
+    .unwrap();
+    let got = api
+        .get_network(local(GetNetworkRequest {
+            network_id: n.id[..4].into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.id, n.id);
+    api.remove_network(rm(&n.id)).await.unwrap();
+    assert!(api
+        .list_networks(local(ListNetworksRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .networks
+        .is_empty());
+    let e = api.remove_network(rm("backend")).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::NotFound, "network backend not found")
+    );
+}
+
+fn cluster_object() -> Cluster {
+    Cluster {
+        id: "c1".into(),
+        spec: Some(ClusterSpec {
+            name: "default".into(),
+            ..Default::default()
+        }),
+        root_ca: Some(RootCa {
+            ca_key: "-----BEGIN PRIVATE KEY-----secret".into(),
+            ca_cert: String::new(),
+            ca_cert_hash: "abc".into(),
+            join_tokens: Some(JoinTokens {
+                worker: "SWMTKN-1-w".into(),
+                manager: "SWMTKN-1-m".into(),
+            }),
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn cluster_key_never_leaves_and_spec_is_validated() {
+    let (api, store) = api();
+    assert_eq!(
+        api.get_cluster(local(GetClusterRequest {}))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    put(&store, vec![Object::Cluster(cluster_object())]).await;
+    let c = api
+        .get_cluster(local(GetClusterRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(c.root_ca.as_ref().unwrap().ca_key.is_empty());
+    assert_eq!(c.root_ca.as_ref().unwrap().ca_cert_hash, "abc");
+
+    let mut spec = c.spec.clone().unwrap();
+    spec.orchestration = Some(OrchestrationConfig {
+        task_history_retention_limit: -1,
+    });
+    let bad = UpdateClusterRequest {
+        cluster_version: version_of(&c),
+        spec: Some(spec.clone()),
+        ..Default::default()
+    };
+    assert_eq!(
+        api.update_cluster(local(bad)).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+
+    spec.orchestration = Some(OrchestrationConfig {
+        task_history_retention_limit: 10,
+    });
+    let updated = api
+        .update_cluster(local(UpdateClusterRequest {
+            cluster_version: version_of(&c),
+            spec: Some(spec.clone()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(updated.root_ca.as_ref().unwrap().ca_key.is_empty());
+    // The stored cluster keeps its key.
+    let stored = store.read().cluster().cloned().unwrap();
+    assert!(!stored.root_ca.as_ref().unwrap().ca_key.is_empty());
+    assert_eq!(
+        stored
+            .spec
+            .unwrap()
+            .orchestration
+            .unwrap()
+            .task_history_retention_limit,
+        10
+    );
+    // Stale version.
+    let stale = UpdateClusterRequest {
+        cluster_version: version_of(&c),
+        spec: Some(spec),
+        ..Default::default()
+    };
+    assert_eq!(
+        api.update_cluster(local(stale)).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+}
+
+fn version_of(c: &Cluster) -> u64 {
+    c.meta.as_ref().map_or(0, |m| m.version)
+}
+
+#[tokio::test]
+async fn callers_need_the_local_socket_or_a_certificate() {
+    let (api, _) = api();
+    let e = api
+        .list_services(Request::new(ListServicesRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let e = api
+        .create_service(Request::new(CreateServiceRequest {
+            spec: Some(spec("web", "nginx")),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(services(&api).await.is_empty());
+    assert!(WORKER_DENIED.starts_with("This node is not a swarm manager."));
+}
+
+#[tokio::test]
+async fn calls_are_counted() {
+    let (api, _) = api();
+    let _ = get(&api, "missing-for-metrics").await;
+    let text = crate::metrics::encode();
+    assert!(
+        text.contains("method=\"GetService\"") && text.contains("code=\"NotFound\""),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn rotating_a_token_changes_only_that_token() {
+    let (api, store) = api();
+    let mut c = cluster_object();
+    c.root_ca = Some(crate::ca::new_cluster_root_ca().unwrap());
+    let before = c
+        .root_ca
+        .as_ref()
+        .unwrap()
+        .join_tokens
+        .clone()
+        .unwrap_or_default();
+    put(&store, vec![Object::Cluster(c)]).await;
+    let rotate = |worker: bool, manager: bool| {
+        local(UpdateClusterRequest {
+            cluster_version: 0,
+            spec: None,
+            rotate_worker_token: worker,
+            rotate_manager_token: manager,
+        })
+    };
+    let after = api
+        .update_cluster(rotate(true, false))
+        .await
+        .unwrap()
+        .into_inner();
+    let root = after.root_ca.clone().unwrap();
+    assert!(root.ca_key.is_empty());
+    let tokens = root.join_tokens.unwrap();
+    assert_ne!(tokens.worker, before.worker);
+    assert!(tokens.worker.starts_with("SWMTKN-1-"));
+    let parsed = crate::ca::parse_join_token(&tokens.worker).unwrap();
+    assert!(crate::ca::token_matches_ca(&parsed, &root.ca_cert));
+    assert_eq!(tokens.manager, before.manager);
+    assert_eq!(
+        after.spec.as_ref().unwrap().name,
+        "default",
+        "spec kept when none is sent"
+    );
+
+    let after2 = api
+        .update_cluster(rotate(false, true))
+        .await
+        .unwrap()
+        .into_inner();
+    let t2 = after2.root_ca.unwrap().join_tokens.unwrap();
+    assert_eq!(t2.worker, tokens.worker);
+    assert_ne!(t2.manager, before.manager);
+}
+
+/// Over real mTLS: a worker certificate gets Docker's refusal, a manager certificate is
+/// served, no certificate is unauthenticated.
+#[tokio::test]
+async fn certificates_decide_over_tls() {
+    use crate::ca::{new_key_and_csr, RootCa};
+    use crate::tls;
+    use std::time::Duration;
+
+    let root = RootCa::generate().unwrap();
+    let issue = |id: &str, role: NodeRole| {
+        let (key, csr) = new_key_and_csr().unwrap();
+        let cert = root
+            .sign_node_cert(&csr, id, role, "cluster1", Duration::from_secs(3600))
+            .unwrap();
+        (cert, key)
+    };
+    let (server_cert, server_key) = issue("server1", NodeRole::Manager);
+    let cfg = tls::server_config(
+        &root.cert_pem,
+        tls::ReloadableCert::new(&server_cert, &server_key).unwrap(),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (api, _) = api();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::control_server::ControlServer::new(api))
+            .serve_with_incoming(tls::incoming(listener, cfg)),
+    );
+
+    let client = |identity: Option<(String, String)>| {
+        let cfg = tls::client_config(
+            &root.cert_pem,
+            identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+        )
+        .unwrap();
+        proto::control_client::ControlClient::new(tls::channel(&addr, cfg))
+    };
+    let (wc, wk) = issue("worker1", NodeRole::Worker);
+    let e = client(Some((wc, wk)))
+        .list_services(ListServicesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(e.message(), WORKER_DENIED);
+
+    let (mc, mk) = issue("manager2", NodeRole::Manager);
+    let mut manager = client(Some((mc, mk)));
+    let created = manager
+        .create_service(CreateServiceRequest {
+            spec: Some(spec("web", "nginx")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.name(), "web");
+
+    let e = client(None)
+        .list_services(ListServicesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+}

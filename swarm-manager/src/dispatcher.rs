@@ -1,0 +1,474 @@
+//! The dispatcher: agents' sessions with the leader. It marks nodes READY when their session
+//! opens and DOWN after three missed heartbeat periods, streams each node its task
+//! assignments (complete, then incremental), and records the task status agents report.
+//!
+//! Only the leader serves sessions. A follower answers `Unavailable` with the leader's
+//! address in the `x-swarm-leader` metadata key so that the agent reconnects there.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use proto::dispatcher_server::Dispatcher as DispatcherRpc;
+use proto::{
+    assignment_change, assignments_message, AssignmentChange, AssignmentsMessage,
+    AssignmentsRequest, HeartbeatRequest, HeartbeatResponse, Node, NodeState, NodeStatus,
+    SessionMessage, SessionRequest, Task, TaskState, UpdateTaskStatusRequest,
+    UpdateTaskStatusResponse, WeightedPeer,
+};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::router::{Route, Router};
+use crate::store::{new_id, Object, Op, ProposeError, Request as StoreRequest, Store};
+
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// A node is DOWN after this many heartbeat periods without a heartbeat.
+pub const MISSED_HEARTBEATS: u32 = 3;
+pub const LEADER_METADATA: &str = "x-swarm-leader";
+
+struct Session {
+    id: String,
+    expires: Instant,
+}
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    store: Store,
+    router: Router,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl Dispatcher {
+    pub fn new(store: Store, router: Router) -> Self {
+        Dispatcher {
+            store,
+            router,
+            sessions: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn period(&self) -> Duration {
+        heartbeat_period(&self.store)
+    }
+
+    fn leader_only(&self) -> Result<(), Status> {
+        match self.router.route() {
+            Route::Local => Ok(()),
+            Route::Leader(_) => {
+                let mut st = Status::unavailable("this manager is not the leader; reconnect to the leader");
+                if let Some(addr) = self.router.leader_addr() {
+                    if let Ok(v) = addr.parse() {
+                        st.metadata_mut().insert(LEADER_METADATA, v);
+                    }
+                }
+                Err(st)
+            }
+            Route::NoLeader => Err(crate::router::no_leader()),
+        }
+    }
+
+    fn node_of<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let id = crate::tls::caller_identity(req).ok_or_else(|| {
+            Status::unauthenticated("a node certificate issued by the swarm CA is required")
+        })?;
+        Ok(id.node_id)
+    }
+
+    fn check_session(&self, node_id: &str, session_id: &str) -> Result<(), Status> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match sessions.get(node_id) {
+            Some(s) if s.id == session_id => Ok(()),
+            _ => Err(Status::not_found(
+                "session invalid: open a new session with the dispatcher",
+            )),
+        }
+    }
+
+    fn session_alive(&self, node_id: &str, session_id: &str) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .get(node_id)
+            .is_some_and(|s| s.id == session_id && s.expires > Instant::now())
+    }
+
+    /// Marks the node READY with the description the agent sent, retrying on conflicts.
+    async fn mark_ready(
+        &self,
+        node_id: &str,
+        desc: Option<proto::NodeDescription>,
+        addr: String,
+    ) -> Result<Node, Status> {
+        for _ in 0..10 {
+            let node = self.store.read().node(node_id).cloned().ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "node {node_id} is not a member of the swarm (it was removed); join again"
+                ))
+            })?;
+            let mut n = node.clone();
+            if desc.is_some() {
+                n.description = desc.clone();
+            }
+            n.status = Some(NodeStatus {
+                state: NodeState::Ready as i32,
+                message: String::new(),
+                addr: addr.clone(),
+            });
+            match self
+                .store
+                .write(vec![Op::Update {
+                    object: Object::Node(n),
+                    check_version: true,
+                }])
+                .await
+            {
+                Ok(mut objs) => {
+                    if let Some(Some(Object::Node(n))) = objs.pop() {
+                        return Ok(n);
+                    }
+                    return Err(Status::internal("node update returned no node"));
+                }
+                Err(ProposeError::Store(crate::store::StoreError::VersionMismatch { .. })) => {
+                    continue
+                }
+                Err(e) => return Err(propose_status(e)),
+            }
+        }
+        Err(Status::aborted("node kept changing; retry"))
+    }
+
+    /// Leader-only loop: nodes whose session expired (or that never opened one within the
+    /// grace after this leader took over) become DOWN.
+    pub async fn run_monitor(self) {
+        let started = Instant::now();
+        loop {
+            let period = self.period();
+            tokio::time::sleep(period / 2).await;
+            let grace = period * MISSED_HEARTBEATS;
+            let now = Instant::now();
+            let ops: Vec<Op> = {
+                let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                let st = self.store.read();
+                st.nodes()
+                    .filter(|n| n.state() != NodeState::Down)
+                    .filter(|n| match sessions.get(&n.id) {
+                        Some(s) => s.expires <= now,
+                        None => now.duration_since(started) >= grace,
+                    })
+                    .map(|n| Op::SetNodeStatus {
+                        node_id: n.id.clone(),
+                        status: NodeStatus {
+                            state: NodeState::Down as i32,
+                            message: "heartbeat failure".into(),
+                            addr: n.status.as_ref().map(|s| s.addr.clone()).unwrap_or_default(),
+                        },
+                    })
+                    .collect()
+            };
+            if ops.is_empty() {
+                continue;
+            }
+            tracing::info!(nodes = ops.len(), "nodes missed their heartbeats: marking them down");
+            if let Err(e) = self.store.propose(StoreRequest::best_effort(ops)).await {
+                tracing::warn!("marking nodes down: {e}");
+            }
+        }
+    }
+}
+
+/// The heartbeat period configured in the cluster object (default 5 s).
+pub fn heartbeat_period(store: &Store) -> Duration {
+    let ms = store
+        .read()
+        .cluster()
+        .and_then(|c| c.spec.as_ref())
+        .and_then(|s| s.dispatcher.as_ref())
+        .map_or(0, |d| d.heartbeat_period_ms);
+    if ms > 0 {
+        Duration::from_millis(ms as u64)
+    } else {
+        DEFAULT_HEARTBEAT
+    }
+}
+
+pub fn propose_status(e: ProposeError) -> Status {
+    match e {
+        ProposeError::NotLeader { .. } => crate::router::no_leader(),
+        ProposeError::Store(e) => Status::failed_precondition(e.to_string()),
+        ProposeError::Raft(e) => Status::unavailable(format!("raft: {e}")),
+    }
+}
+
+fn managers(store: &Store) -> Vec<WeightedPeer> {
+    store
+        .read()
+        .nodes()
+        .filter_map(|n| {
+            let ms = n.manager_status.as_ref()?;
+            (!ms.addr.is_empty()).then(|| WeightedPeer {
+                node_id: n.id.clone(),
+                addr: ms.addr.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Tasks the node is told about: assigned to it and past scheduling.
+fn node_tasks(store: &Store, node_id: &str) -> HashMap<String, Task> {
+    store
+        .read()
+        .tasks_on_node(node_id)
+        .filter(|t| t.state() >= TaskState::Assigned)
+        .map(|t| (t.id.clone(), t.clone()))
+        .collect()
+}
+
+#[tonic::async_trait]
+impl DispatcherRpc for Dispatcher {
+    type SessionStream = BoxStream<SessionMessage>;
+    type AssignmentsStream = BoxStream<AssignmentsMessage>;
+
+    async fn session(
+        &self,
+        req: Request<SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        self.leader_only()?;
+        let node_id = self.node_of(&req)?;
+        let addr = req
+            .remote_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let desc = req.into_inner().description;
+        let session_id = new_id();
+        let period = self.period();
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            node_id.clone(),
+            Session {
+                id: session_id.clone(),
+                expires: Instant::now() + period * MISSED_HEARTBEATS,
+            },
+        );
+        let node = self.mark_ready(&node_id, desc, addr).await?;
+        tracing::info!(node = %node_id, "session opened");
+
+        let (tx, rx) = mpsc::channel(8);
+        let this = self.clone();
+        let root_ca = |s: &Store| {
+            s.read()
+                .cluster()
+                .and_then(|c| c.root_ca.as_ref())
+                .map(|r| r.ca_cert.clone())
+                .unwrap_or_default()
+        };
+        tokio::spawn(async move {
+            let mut watch = this.store.watch();
+            let mut last: Option<SessionMessage> = None;
+            let mut node = Some(node);
+            loop {
+                let current = node
+                    .take()
+                    .or_else(|| this.store.read().node(&node_id).cloned());
+                let Some(current) = current else {
+                    let _ = tx
+                        .send(Err(Status::permission_denied(format!(
+                            "node {node_id} was removed from the swarm"
+                        ))))
+                        .await;
+                    return;
+                };
+                let msg = SessionMessage {
+                    session_id: session_id.clone(),
+                    node: Some(current),
+                    managers: managers(&this.store),
+                    root_ca: root_ca(&this.store),
+                };
+                let changed = last.as_ref().is_none_or(|l| {
+                    l.managers != msg.managers
+                        || l.root_ca != msg.root_ca
+                        || l.node.as_ref().map(|n| (&n.spec, n.role))
+                            != msg.node.as_ref().map(|n| (&n.spec, n.role))
+                });
+                if changed {
+                    if tx.send(Ok(msg.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(msg);
+                }
+                tokio::select! {
+                    r = watch.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tx.closed() => return,
+                }
+                if !matches!(this.router.route(), Route::Local) {
+                    let _ = tx
+                        .send(Err(Status::unavailable("leadership changed; reconnect")))
+                        .await;
+                    return;
+                }
+                if !this.session_alive(&node_id, &session_id) {
+                    let _ = tx
+                        .send(Err(Status::not_found("session expired; open a new session")))
+                        .await;
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.leader_only()?;
+        let node_id = self.node_of(&req)?;
+        let session_id = req.into_inner().session_id;
+        let period = self.period();
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            match sessions.get_mut(&node_id) {
+                Some(s) if s.id == session_id => {
+                    s.expires = Instant::now() + period * MISSED_HEARTBEATS;
+                }
+                _ => {
+                    return Err(Status::not_found(
+                        "session invalid: open a new session with the dispatcher",
+                    ))
+                }
+            }
+        }
+        // The node may have been marked down while the leader changed: bring it back.
+        let down = self
+            .store
+            .read()
+            .node(&node_id)
+            .is_some_and(|n| n.state() != NodeState::Ready);
+        if down {
+            let addr = self
+                .store
+                .read()
+                .node(&node_id)
+                .and_then(|n| n.status.as_ref().map(|s| s.addr.clone()))
+                .unwrap_or_default();
+            self.mark_ready(&node_id, None, addr).await?;
+        }
+        // ±10 % jitter so that heartbeats of many nodes spread out.
+        let jitter = rand::rng().random_range(0.9..1.1);
+        Ok(Response::new(HeartbeatResponse {
+            period_ms: (period.as_millis() as f64 * jitter) as i64,
+        }))
+    }
+
+    async fn assignments(
+        &self,
+        req: Request<AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        self.leader_only()?;
+        let node_id = self.node_of(&req)?;
+        let session_id = req.into_inner().session_id;
+        self.check_session(&node_id, &session_id)?;
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut watch = this.store.watch();
+            // What the node was last told: task id -> (desired state, spec version).
+            let mut sent: HashMap<String, (i32, u64)> = HashMap::new();
+            let mut first = true;
+            loop {
+                let tasks = node_tasks(&this.store, &node_id);
+                let mut changes = Vec::new();
+                for (id, t) in &tasks {
+                    let key = (t.desired_state, t.spec_version);
+                    if sent.get(id) != Some(&key) {
+                        changes.push(AssignmentChange {
+                            action: assignment_change::Action::Update as i32,
+                            task: Some(t.clone()),
+                        });
+                        sent.insert(id.clone(), key);
+                    }
+                }
+                let gone: Vec<String> = sent
+                    .keys()
+                    .filter(|id| !tasks.contains_key(*id))
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    sent.remove(&id);
+                    changes.push(AssignmentChange {
+                        action: assignment_change::Action::Remove as i32,
+                        task: Some(Task {
+                            id,
+                            ..Default::default()
+                        }),
+                    });
+                }
+                if first || !changes.is_empty() {
+                    let kind = if first {
+                        assignments_message::Type::Complete
+                    } else {
+                        assignments_message::Type::Incremental
+                    };
+                    first = false;
+                    let msg = AssignmentsMessage {
+                        r#type: kind as i32,
+                        changes,
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    r = watch.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tx.closed() => return,
+                }
+                if !matches!(this.router.route(), Route::Local)
+                    || !this.session_alive(&node_id, &session_id)
+                {
+                    let _ = tx
+                        .send(Err(Status::unavailable("session ended; reconnect")))
+                        .await;
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn update_task_status(
+        &self,
+        req: Request<UpdateTaskStatusRequest>,
+    ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        self.leader_only()?;
+        let node_id = self.node_of(&req)?;
+        let r = req.into_inner();
+        self.check_session(&node_id, &r.session_id)?;
+        let ops: Vec<Op> = {
+            let st = self.store.read();
+            r.updates
+                .into_iter()
+                .filter_map(|u| {
+                    // A node may only report on its own tasks.
+                    let t = st.task(&u.task_id)?;
+                    (t.node_id == node_id).then_some(Op::SetTaskStatus {
+                        task_id: u.task_id,
+                        status: u.status?,
+                    })
+                })
+                .collect()
+        };
+        if !ops.is_empty() {
+            self.store
+                .propose(StoreRequest::best_effort(ops))
+                .await
+                .map_err(propose_status)?;
+        }
+        Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+}

@@ -1,0 +1,421 @@
+//! One manager: its Raft node, its mTLS listener with every manager service, and the
+//! leader-only components, started when this manager becomes leader and aborted when it
+//! stops being leader.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use openraft::{BasicNode, ServerState};
+use proto::raft_membership_client::RaftMembershipClient;
+use proto::{Cluster, JoinRequest, LeaveRequest, Node};
+use tokio::task::JoinSet;
+
+use crate::control::ControlApi;
+use crate::dispatcher::Dispatcher;
+use crate::membership::{Membership, RoleManager};
+use crate::metrics::METRICS;
+use crate::raft::network::{Network, PeerHealth};
+use crate::raft::Raft;
+use crate::router::{Connector, Router};
+use crate::store::{Object, Op, Shared, Store};
+use crate::tls::ReloadableCert;
+
+/// PEM material of a node: its certificate and key, and the cluster's root CA.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub root_ca_pem: String,
+}
+
+pub struct ManagerConfig {
+    /// Directory of the Raft database.
+    pub raft_dir: PathBuf,
+    pub raft_id: u64,
+    pub node_id: String,
+    pub listen_addr: SocketAddr,
+    /// host:port the other managers and the agents reach this manager at.
+    pub advertise_addr: String,
+    pub credentials: Credentials,
+}
+
+pub enum Bootstrap {
+    /// `swarm init`: a one-manager cluster with these first objects.
+    NewCluster { cluster: Box<Cluster>, node: Box<Node> },
+    /// A manager that just got its certificate: ask the cluster (any manager at
+    /// `remote`) to add it as a voter.
+    Join { remote: String },
+    /// Restart with the state on disk.
+    Restart,
+}
+
+pub struct Manager {
+    pub store: Store,
+    pub raft: Raft,
+    pub router: Router,
+    pub control: ControlApi,
+    raft_id: u64,
+    cert: Arc<ReloadableCert>,
+    client_cfg: Arc<RwLock<Arc<rustls::ClientConfig>>>,
+    tasks: JoinSet<()>,
+}
+
+fn connector(cfg: Arc<RwLock<Arc<rustls::ClientConfig>>>) -> Connector {
+    Arc::new(move |addr: &str| {
+        let c = cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
+        crate::tls::channel(addr, c)
+    })
+}
+
+impl Manager {
+    pub async fn start(cfg: ManagerConfig, bootstrap: Bootstrap) -> anyhow::Result<Manager> {
+        let creds = &cfg.credentials;
+        let cert = ReloadableCert::new(&creds.cert_pem, &creds.key_pem)
+            .context("loading the manager certificate")?;
+        let server_cfg = crate::tls::server_config(&creds.root_ca_pem, cert.clone())
+            .context("building the manager TLS configuration")?;
+        let client_cfg = Arc::new(RwLock::new(
+            crate::tls::client_config(
+                &creds.root_ca_pem,
+                Some((&creds.cert_pem, &creds.key_pem)),
+            )
+            .context("building the manager's client TLS configuration")?,
+        ));
+        let connect = connector(client_cfg.clone());
+
+        std::fs::create_dir_all(&cfg.raft_dir)
+            .with_context(|| format!("creating {}", cfg.raft_dir.display()))?;
+        let shared = Arc::new(Shared::default());
+        let (log_store, state_machine) =
+            crate::raft::storage::open(&cfg.raft_dir, shared.clone())
+                .with_context(|| format!("opening the raft store in {}", cfg.raft_dir.display()))?;
+        let health = PeerHealth::default();
+        let network = Network::new(connect.clone(), health.clone());
+        let raft = Raft::new(
+            cfg.raft_id,
+            crate::raft::config::raft_config(),
+            network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .context("starting raft")?;
+        let store = Store::with_raft(shared, raft.clone());
+        let router = Router::raft(raft.clone(), cfg.raft_id, connect.clone());
+        let control = ControlApi::new(store.clone(), router.clone());
+        let dispatcher = Dispatcher::new(store.clone(), router.clone());
+        let membership = Membership::new(raft.clone(), store.clone(), router.clone());
+        let ca = crate::ca::CaService::new(store.clone(), router.clone());
+
+        let listener = tokio::net::TcpListener::bind(cfg.listen_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "listening on {} (is another swarm-agent using this port? choose another with --listen-addr)",
+                    cfg.listen_addr
+                )
+            })?;
+        let incoming = crate::tls::incoming(listener, server_cfg);
+        let mut tasks = JoinSet::new();
+        {
+            let raft_svc = crate::raft::service::RaftService::new(raft.clone());
+            let server = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(5)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+                .add_service(raft_svc.into_server())
+                .add_service(proto::raft_membership_server::RaftMembershipServer::new(
+                    membership.clone(),
+                ))
+                .add_service(proto::control_server::ControlServer::new(control.clone()))
+                .add_service(proto::dispatcher_server::DispatcherServer::new(
+                    dispatcher.clone(),
+                ))
+                .add_service(proto::ca_server::CaServer::new(ca.clone()))
+                .add_service(proto::node_ca_server::NodeCaServer::new(ca))
+                .add_service(proto::health_server::HealthServer::new(HealthService));
+            tasks.spawn(async move {
+                if let Err(e) = server.serve_with_incoming(incoming).await {
+                    tracing::error!("manager gRPC server stopped: {e}");
+                }
+            });
+        }
+
+        match bootstrap {
+            Bootstrap::NewCluster { cluster, node } => {
+                let mut members = BTreeMap::new();
+                members.insert(
+                    cfg.raft_id,
+                    BasicNode {
+                        addr: cfg.advertise_addr.clone(),
+                    },
+                );
+                raft.initialize(members)
+                    .await
+                    .context("initializing the raft cluster")?;
+                raft.wait(Some(Duration::from_secs(10)))
+                    .state(ServerState::Leader, "this manager leads the new cluster")
+                    .await
+                    .context("waiting to become leader of the new cluster")?;
+                store
+                    .write(vec![
+                        Op::Create(Object::Cluster(*cluster)),
+                        Op::Create(Object::Node(*node)),
+                    ])
+                    .await
+                    .context("writing the first cluster objects")?;
+            }
+            Bootstrap::Join { remote } => {
+                let ch = connect(&remote);
+                let mut last_err = None;
+                for _ in 0..20 {
+                    let req = JoinRequest {
+                        addr: cfg.advertise_addr.clone(),
+                        raft_id: cfg.raft_id,
+                    };
+                    match RaftMembershipClient::new(ch.clone()).join(req).await {
+                        Ok(_) => {
+                            last_err = None;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!("joining the raft cluster through {remote}: {}", e.message());
+                            last_err = Some(e);
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                }
+                if let Some(e) = last_err {
+                    bail!("could not join the raft cluster through {remote}: {}", e.message());
+                }
+            }
+            Bootstrap::Restart => {}
+        }
+
+        tasks.spawn(leadership_loop(
+            raft.clone(),
+            cfg.raft_id,
+            store.clone(),
+            dispatcher,
+            membership,
+            health,
+        ));
+        tasks.spawn(raft_metrics_loop(raft.clone()));
+
+        Ok(Manager {
+            store,
+            raft,
+            router,
+            control,
+            raft_id: cfg.raft_id,
+            cert,
+            client_cfg,
+            tasks,
+        })
+    }
+
+    pub fn raft_id(&self) -> u64 {
+        self.raft_id
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(self.raft_id)
+    }
+
+    /// Swaps in renewed credentials without restarting the listener.
+    pub fn update_credentials(&self, creds: &Credentials) -> anyhow::Result<()> {
+        self.cert.update(&creds.cert_pem, &creds.key_pem)?;
+        let cfg = crate::tls::client_config(
+            &creds.root_ca_pem,
+            Some((&creds.cert_pem, &creds.key_pem)),
+        )?;
+        *self.client_cfg.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+        Ok(())
+    }
+
+    /// Asks the cluster to remove this manager from the raft membership.
+    pub async fn leave_raft(&self) -> anyhow::Result<()> {
+        let Some(addr) = self.router.leader_addr().or_else(|| {
+            // We lead: remove ourselves through our own listener's logic.
+            None
+        }) else {
+            let m = Membership::new(self.raft.clone(), self.store.clone(), self.router.clone());
+            m.remove_voter(self.raft_id)
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            return Ok(());
+        };
+        let connect = connector(self.client_cfg.clone());
+        RaftMembershipClient::new(connect(&addr))
+            .leave(LeaveRequest {
+                node_id: String::new(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        Ok(())
+    }
+
+    pub async fn shutdown(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+/// Starts the leader-only components when this manager becomes leader and aborts them
+/// when it stops being leader.
+async fn leadership_loop(
+    raft: Raft,
+    raft_id: u64,
+    store: Store,
+    dispatcher: Dispatcher,
+    membership: Membership,
+    health: PeerHealth,
+) {
+    let mut metrics = raft.metrics();
+    let mut running: Option<JoinSet<()>> = None;
+    loop {
+        let leading = {
+            let m = metrics.borrow_and_update();
+            m.state == ServerState::Leader && m.current_leader == Some(raft_id)
+        };
+        match (leading, running.is_some()) {
+            (true, false) => {
+                tracing::info!("became leader: starting allocator, orchestrators, scheduler, dispatcher monitor, reaper");
+                let mut set = JoinSet::new();
+                spawn_leader_components(
+                    &mut set,
+                    &store,
+                    &dispatcher,
+                    &membership,
+                    &health,
+                    raft_id,
+                );
+                running = Some(set);
+            }
+            (false, true) => {
+                tracing::info!("lost leadership: stopping leader-only components");
+                if let Some(mut set) = running.take() {
+                    set.abort_all();
+                }
+            }
+            _ => {}
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn spawn_leader_components(
+    set: &mut JoinSet<()>,
+    store: &Store,
+    dispatcher: &Dispatcher,
+    membership: &Membership,
+    health: &PeerHealth,
+    raft_id: u64,
+) {
+    set.spawn(crate::allocator::Allocator::new(store.clone()).run());
+    set.spawn(crate::orchestrator::replicated::ReplicatedOrchestrator::new(store.clone()).run());
+    set.spawn(crate::orchestrator::global::GlobalOrchestrator::new(store.clone()).run());
+    set.spawn(crate::orchestrator::restart::RestartSupervisor::new(store.clone()).run());
+    set.spawn(crate::scheduler::Scheduler::new(store.clone()).run());
+    set.spawn(crate::reaper::TaskReaper::new(store.clone()).run());
+    set.spawn(dispatcher.clone().run_monitor());
+    set.spawn(RoleManager::new(membership.clone(), health.clone(), raft_id).run());
+    set.spawn(object_gauges_loop(store.clone()));
+}
+
+/// Raft gauges on every manager.
+async fn raft_metrics_loop(raft: Raft) {
+    let mut metrics = raft.metrics();
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            METRICS.raft_term.set(m.current_term as i64);
+            METRICS
+                .raft_is_leader
+                .set(i64::from(m.state == ServerState::Leader));
+            METRICS
+                .raft_leader_id
+                .set(m.current_leader.unwrap_or(0) as i64);
+            if let Some(c) = m.last_applied {
+                METRICS.raft_applied_index.set(c.index as i64);
+            }
+            // openraft 0.9 reports the committed index through the log state; the last
+            // log index known quorum-acked is the best public approximation.
+            if let Some(l) = m.last_log_index {
+                METRICS.raft_commit_index.set(l as i64);
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Tasks by state and nodes by status/availability, refreshed on the leader.
+async fn object_gauges_loop(store: Store) {
+    use crate::metrics::{NodeLabels, StateLabel};
+    loop {
+        {
+            let st = store.read();
+            let mut tasks: BTreeMap<&'static str, i64> = BTreeMap::new();
+            for t in st.tasks() {
+                *tasks.entry(t.state().display_name()).or_default() += 1;
+            }
+            METRICS.tasks.clear();
+            for (state, n) in tasks {
+                METRICS
+                    .tasks
+                    .get_or_create(&StateLabel {
+                        state: state.to_string(),
+                    })
+                    .set(n);
+            }
+            let mut nodes: BTreeMap<(String, String), i64> = BTreeMap::new();
+            for n in st.nodes() {
+                let key = (
+                    n.state().as_str_name().trim_start_matches("NODE_STATE_").to_lowercase(),
+                    n.availability()
+                        .as_str_name()
+                        .trim_start_matches("NODE_AVAILABILITY_")
+                        .to_lowercase(),
+                );
+                *nodes.entry(key).or_default() += 1;
+            }
+            METRICS.nodes.clear();
+            for ((status, availability), n) in nodes {
+                METRICS
+                    .nodes
+                    .get_or_create(&NodeLabels {
+                        status,
+                        availability,
+                    })
+                    .set(n);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct HealthService;
+
+#[tonic::async_trait]
+impl proto::health_server::Health for HealthService {
+    async fn check(
+        &self,
+        _req: tonic::Request<proto::HealthCheckRequest>,
+    ) -> Result<tonic::Response<proto::HealthCheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(proto::HealthCheckResponse {
+            status: proto::health_check_response::ServingStatus::Serving as i32,
+        }))
+    }
+}

@@ -1,0 +1,306 @@
+//! Raft membership follows the managers: joining managers are added as voters, leaving and
+//! demoted managers are removed, and every node object shows its manager status
+//! (Leader / Reachable / Unreachable) as the leader sees it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::BasicNode;
+use proto::raft_membership_client::RaftMembershipClient;
+use proto::raft_membership_server::RaftMembership;
+use proto::{
+    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, ManagerStatus, NodeRole,
+    Reachability,
+};
+use tonic::{Request, Response, Status};
+
+use crate::dispatcher::propose_status;
+use crate::raft::network::PeerHealth;
+use crate::raft::Raft;
+use crate::router::{Route, Router};
+use crate::store::{Object, Op, Store};
+
+/// A peer that answered the leader within this time is Reachable.
+const REACHABLE_WITHIN: Duration = Duration::from_secs(3);
+
+/// Serializes membership changes: openraft accepts one at a time.
+#[derive(Clone)]
+pub struct Membership {
+    raft: Raft,
+    store: Store,
+    router: Router,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Membership {
+    pub fn new(raft: Raft, store: Store, router: Router) -> Self {
+        Membership {
+            raft,
+            store,
+            router,
+            lock: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    fn voters(&self) -> BTreeSet<u64> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    /// Adds a manager as a voter once it has caught up as a learner.
+    pub async fn add_voter(&self, raft_id: u64, addr: &str) -> Result<(), Status> {
+        let _g = self.lock.lock().await;
+        if self.voters().contains(&raft_id) {
+            return Ok(());
+        }
+        self.raft
+            .add_learner(
+                raft_id,
+                BasicNode {
+                    addr: addr.to_string(),
+                },
+                true,
+            )
+            .await
+            .map_err(|e| Status::unavailable(format!("adding manager {addr} as learner: {e}")))?;
+        let mut voters = self.voters();
+        voters.insert(raft_id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| Status::unavailable(format!("adding manager {addr} as voter: {e}")))?;
+        Ok(())
+    }
+
+    /// Removes a manager from the voters. Refuses to remove the last one.
+    pub async fn remove_voter(&self, raft_id: u64) -> Result<(), Status> {
+        let _g = self.lock.lock().await;
+        let mut voters = self.voters();
+        if !voters.contains(&raft_id) {
+            return Ok(());
+        }
+        if voters.len() == 1 {
+            return Err(Status::failed_precondition(
+                "this is the last manager of the swarm: it cannot leave the raft cluster",
+            ));
+        }
+        voters.remove(&raft_id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| Status::unavailable(format!("removing raft member {raft_id}: {e}")))?;
+        Ok(())
+    }
+
+    fn require_manager<T>(req: &Request<T>) -> Result<crate::ca::NodeIdentity, Status> {
+        let id = crate::tls::caller_identity(req).ok_or_else(|| {
+            Status::unauthenticated("a manager certificate issued by the swarm CA is required")
+        })?;
+        if id.role != NodeRole::Manager {
+            return Err(Status::permission_denied(
+                "only managers may change the raft membership",
+            ));
+        }
+        Ok(id)
+    }
+
+    /// Sets the node's manager status (raft id and address), retrying on conflicts.
+    async fn set_manager_status(
+        &self,
+        node_id: &str,
+        status: Option<ManagerStatus>,
+    ) -> Result<(), Status> {
+        for _ in 0..10 {
+            let Some(mut n) = self.store.read().node(node_id).cloned() else {
+                return Err(Status::not_found(format!("node {node_id} not found")));
+            };
+            n.manager_status = status.clone();
+            match self
+                .store
+                .write(vec![Op::Update {
+                    object: Object::Node(n),
+                    check_version: true,
+                }])
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(crate::store::ProposeError::Store(
+                    crate::store::StoreError::VersionMismatch { .. },
+                )) => continue,
+                Err(e) => return Err(propose_status(e)),
+            }
+        }
+        Err(Status::aborted("node kept changing; retry"))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftMembership for Membership {
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let id = Self::require_manager(&req)?;
+        match self.router.route() {
+            Route::Local => {}
+            Route::Leader(ch) => {
+                let mut fwd = Request::new(req.into_inner());
+                crate::tls::with_forwarded_identity(&mut fwd, &id);
+                return RaftMembershipClient::new(ch).join(fwd).await;
+            }
+            Route::NoLeader => return Err(crate::router::no_leader()),
+        }
+        let r = req.into_inner();
+        let node = self
+            .store
+            .read()
+            .node(&id.node_id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("node {} not found", id.node_id)))?;
+        if node.role_enum() != NodeRole::Manager {
+            return Err(Status::permission_denied(format!(
+                "node {} is not a manager",
+                id.node_id
+            )));
+        }
+        if r.raft_id == 0 || r.addr.is_empty() {
+            return Err(Status::invalid_argument("join needs a raft id and an address"));
+        }
+        tracing::info!(node = %id.node_id, raft_id = r.raft_id, addr = %r.addr, "manager joining raft");
+        self.set_manager_status(
+            &id.node_id,
+            Some(ManagerStatus {
+                raft_id: r.raft_id,
+                addr: r.addr.clone(),
+                leader: false,
+                reachability: Reachability::Reachable as i32,
+            }),
+        )
+        .await?;
+        self.add_voter(r.raft_id, &r.addr).await?;
+        Ok(Response::new(JoinResponse {}))
+    }
+
+    async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
+        let id = Self::require_manager(&req)?;
+        match self.router.route() {
+            Route::Local => {}
+            Route::Leader(ch) => {
+                let mut fwd = Request::new(req.into_inner());
+                crate::tls::with_forwarded_identity(&mut fwd, &id);
+                return RaftMembershipClient::new(ch).leave(fwd).await;
+            }
+            Route::NoLeader => return Err(crate::router::no_leader()),
+        }
+        let node_id = {
+            let r = req.into_inner();
+            if r.node_id.is_empty() {
+                id.node_id
+            } else {
+                r.node_id
+            }
+        };
+        let raft_id = self
+            .store
+            .read()
+            .node(&node_id)
+            .and_then(|n| n.manager_status.as_ref().map(|m| m.raft_id))
+            .unwrap_or(0);
+        if raft_id != 0 {
+            self.remove_voter(raft_id).await?;
+        }
+        self.set_manager_status(&node_id, None).await?;
+        Ok(Response::new(LeaveResponse {}))
+    }
+}
+
+/// Leader-only: carries out promotions and demotions, and keeps each manager's
+/// leader flag and reachability up to date in its node object.
+pub struct RoleManager {
+    membership: Membership,
+    health: PeerHealth,
+    self_raft_id: u64,
+}
+
+impl RoleManager {
+    pub fn new(membership: Membership, health: PeerHealth, self_raft_id: u64) -> Self {
+        RoleManager {
+            membership,
+            health,
+            self_raft_id,
+        }
+    }
+
+    pub async fn run(self) {
+        let store = self.membership.store.clone();
+        let mut watch = store.watch();
+        let became_leader = Instant::now();
+        loop {
+            if let Err(e) = self.reconcile(became_leader).await {
+                tracing::warn!("role manager: {e}");
+            }
+            tokio::select! {
+                _ = watch.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn reconcile(&self, became_leader: Instant) -> Result<(), Status> {
+        let store = &self.membership.store;
+        let nodes: Vec<proto::Node> = store.read().nodes().cloned().collect();
+        let mut ops = Vec::new();
+        for n in nodes {
+            let mut changed = n.clone();
+            match (n.desired_role(), n.role_enum()) {
+                (NodeRole::Manager, NodeRole::Worker) => {
+                    tracing::info!(node = %n.id, "promoting node to manager");
+                    changed.role = NodeRole::Manager as i32;
+                }
+                (NodeRole::Worker, NodeRole::Manager) => {
+                    let raft_id = n.manager_status.as_ref().map_or(0, |m| m.raft_id);
+                    if raft_id != 0 {
+                        tracing::info!(node = %n.id, raft_id, "demoting manager: leaving raft");
+                        self.membership.remove_voter(raft_id).await?;
+                    }
+                    changed.role = NodeRole::Worker as i32;
+                    changed.manager_status = None;
+                }
+                _ => {}
+            }
+            if let Some(ms) = changed.manager_status.as_mut() {
+                let leader = ms.raft_id == self.self_raft_id;
+                let reachable = leader
+                    || self
+                        .health
+                        .last_contact(ms.raft_id)
+                        .is_some_and(|t| t.elapsed() < REACHABLE_WITHIN)
+                    // A fresh leader has not heard from everyone yet.
+                    || (became_leader.elapsed() < REACHABLE_WITHIN
+                        && ms.reachability == Reachability::Reachable as i32);
+                ms.leader = leader;
+                ms.reachability = if reachable {
+                    Reachability::Reachable
+                } else {
+                    Reachability::Unreachable
+                } as i32;
+            }
+            if changed != n {
+                ops.push(Op::Update {
+                    object: Object::Node(changed),
+                    check_version: true,
+                });
+            }
+        }
+        if !ops.is_empty() {
+            store
+                .propose(crate::store::Request::best_effort(ops))
+                .await
+                .map_err(propose_status)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,261 @@
+//! Client side of the Raft transport: openraft's RPCs as bincode payloads over the
+//! `swarm.v1.Raft` gRPC service of the other managers.
+//!
+//! Error mapping (it decides how openraft retries):
+//! - the peer cannot be reached or refuses us (`Unavailable`, `PermissionDenied`,
+//!   `Unauthenticated`, `Unimplemented`, `InvalidArgument`, an undecodable answer):
+//!   [`Unreachable`], so openraft backs off before trying again;
+//! - no answer within the RPC's hard TTL, or `DeadlineExceeded`: [`Timeout`];
+//! - a message too large for the transport while sending several entries:
+//!   [`PayloadTooLarge`] with a hint, so openraft sends fewer entries at once;
+//! - any other transport failure: [`NetworkError`] (retried without backoff);
+//! - the peer answered with an openraft error: [`RemoteError`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, BasicNode, RPCTypes};
+use proto::raft_client::RaftClient;
+use proto::RaftPayload;
+use serde::{de::DeserializeOwned, Serialize};
+use tonic::transport::Channel;
+use tonic::Code;
+
+use super::config::MAX_MESSAGE_BYTES;
+use super::TypeConfig;
+use crate::router::Connector;
+
+/// When each peer last answered a Raft RPC (any answer, including an openraft error).
+/// The leader sends heartbeats every 150 ms, so on the leader a recent contact means the
+/// peer is reachable.
+#[derive(Clone, Default)]
+pub struct PeerHealth {
+    inner: Arc<Mutex<HashMap<u64, Instant>>>,
+}
+
+impl PeerHealth {
+    /// The last time the manager with Raft id `id` answered an RPC of this manager.
+    pub fn last_contact(&self, id: u64) -> Option<Instant> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .copied()
+    }
+
+    fn record(&self, id: u64) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Instant::now());
+    }
+}
+
+/// openraft's network factory: one [`Connection`] per peer and purpose, over a channel
+/// per address that is shared by all connections to that address.
+pub struct Network {
+    connect: Connector,
+    health: PeerHealth,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Network {
+    /// `connect` opens a lazy (m)TLS channel to a manager's address; `health` is updated on
+    /// every answered RPC.
+    pub fn new(connect: Connector, health: PeerHealth) -> Network {
+        Network {
+            connect,
+            health,
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Channel {
+        let mut ch = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        ch.entry(addr.to_string())
+            .or_insert_with(|| (self.connect)(addr))
+            .clone()
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Connection {
+        let client = RaftClient::new(self.channel(&node.addr))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Connection {
+            target,
+            node: node.clone(),
+            client,
+            health: self.health.clone(),
+        }
+    }
+}
+
+/// A client of one peer's Raft service.
+pub struct Connection {
+    target: u64,
+    node: BasicNode,
+    client: RaftClient<Channel>,
+    health: PeerHealth,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+fn any_error(msg: String) -> AnyError {
+    AnyError::new(&TransportError(msg))
+}
+
+impl Connection {
+    /// Sends one RPC. `from` is this manager's Raft id (the sender of the request's vote),
+    /// `entries` the number of log entries it carries.
+    async fn call<Req, Resp, E>(
+        &mut self,
+        kind: RPCTypes,
+        req: &Req,
+        option: &RPCOption,
+        from: u64,
+        entries: usize,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let data = bincode::serialize(req).map_err(|e| {
+            RPCError::Network(NetworkError::from(any_error(format!(
+                "encoding the {kind} request for manager {}: {e}",
+                self.target
+            ))))
+        })?;
+        let ttl = option.hard_ttl();
+        let mut request = tonic::Request::new(RaftPayload { data });
+        request.set_timeout(ttl);
+        let client = &mut self.client;
+        let call = async move {
+            match kind {
+                RPCTypes::Vote => client.vote(request).await,
+                RPCTypes::AppendEntries => client.append_entries(request).await,
+                RPCTypes::InstallSnapshot => client.install_snapshot(request).await,
+            }
+        };
+        let timeout = || {
+            RPCError::Timeout(Timeout {
+                action: kind,
+                id: from,
+                target: self.target,
+                timeout: ttl,
+            })
+        };
+        let resp = match tokio::time::timeout(ttl, call).await {
+            Err(_) => return Err(timeout()),
+            Ok(Err(status)) if status.code() == Code::DeadlineExceeded => return Err(timeout()),
+            Ok(Err(status)) => return Err(self.status_error(kind, status, entries)),
+            Ok(Ok(resp)) => resp.into_inner(),
+        };
+        self.health.record(self.target);
+        let res: Result<Resp, RaftError<u64, E>> =
+            bincode::deserialize(&resp.data).map_err(|e| {
+                RPCError::Unreachable(Unreachable::from(any_error(format!(
+                    "manager {} at {} sent an undecodable {kind} response ({e}); are both managers the same version?",
+                    self.target, self.node.addr
+                ))))
+            })?;
+        res.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
+    }
+
+    fn status_error<E: std::error::Error>(
+        &self,
+        kind: RPCTypes,
+        status: tonic::Status,
+        entries: usize,
+    ) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
+        let msg = format!(
+            "{kind} to manager {} at {}: {:?}: {}",
+            self.target,
+            self.node.addr,
+            status.code(),
+            status.message()
+        );
+        match status.code() {
+            Code::Unavailable
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::Unimplemented
+            | Code::InvalidArgument => RPCError::Unreachable(Unreachable::from(any_error(msg))),
+            Code::OutOfRange | Code::ResourceExhausted
+                if kind == RPCTypes::AppendEntries && entries > 1 =>
+            {
+                RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint((entries / 2) as u64)
+                        .with_source_error(&TransportError(msg)),
+                )
+            }
+            _ => RPCError::Network(NetworkError::from(any_error(msg))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>> {
+        let from = rpc.vote.leader_id().voted_for().unwrap_or_default();
+        let n = rpc.entries.len();
+        self.call(RPCTypes::AppendEntries, &rpc, &option, from, n)
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
+        let from = rpc.vote.leader_id().voted_for().unwrap_or_default();
+        self.call(RPCTypes::InstallSnapshot, &rpc, &option, from, 0)
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>> {
+        let from = rpc.vote.leader_id().voted_for().unwrap_or_default();
+        self.call(RPCTypes::Vote, &rpc, &option, from, 0).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        // An unreachable peer is probed every 500 ms at first, then at most every 2 s.
+        openraft::network::Backoff::new(
+            (0..)
+                .map(|i: u32| Duration::from_millis(500u64.saturating_mul(1u64 << i.min(2))))
+                .map(|d| d.min(Duration::from_secs(2))),
+        )
+    }
+}

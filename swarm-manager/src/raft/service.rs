@@ -1,0 +1,538 @@
+//! Server side of the Raft transport: the `swarm.v1.Raft` gRPC service. Requests and
+//! answers are bincode of openraft's types; an openraft error travels inside the answer
+//! (`Result<Response, RaftError>`), gRPC errors are for undecodable or unauthorized calls.
+
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use proto::raft_server::RaftServer;
+use proto::RaftPayload;
+use serde::{de::DeserializeOwned, Serialize};
+use tonic::{Request, Response, Status};
+
+use super::config::MAX_MESSAGE_BYTES;
+use super::{Raft, TypeConfig};
+
+/// Serves openraft's RPCs of this manager to the other managers.
+#[derive(Clone)]
+pub struct RaftService {
+    raft: Raft,
+    /// Whether callers must present a manager certificate (always, except in tests).
+    check_caller: bool,
+}
+
+impl RaftService {
+    /// The service for production: only callers with a manager certificate of the
+    /// cluster (verified by mTLS) are served; others get `PermissionDenied`.
+    pub fn new(raft: Raft) -> Self {
+        RaftService {
+            raft,
+            check_caller: true,
+        }
+    }
+
+    /// FOR TESTS over plaintext channels only: serves every caller, without looking at
+    /// client certificates. Never use it on a listener reachable by other hosts.
+    pub fn new_unauthenticated(raft: Raft) -> Self {
+        RaftService {
+            raft,
+            check_caller: false,
+        }
+    }
+
+    /// The tonic server of this service, with message limits large enough for snapshot
+    /// chunks and batches of entries.
+    pub fn into_server(self) -> RaftServer<RaftService> {
+        RaftServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if !self.check_caller {
+            return Ok(());
+        }
+        match crate::tls::caller_identity(req) {
+            Some(id) if id.role == proto::NodeRole::Manager => Ok(()),
+            Some(id) => Err(Status::permission_denied(format!(
+                "node {} is not a manager: only managers take part in Raft",
+                id.node_id
+            ))),
+            None => Err(Status::permission_denied(
+                "Raft calls need a manager certificate of this cluster (mutual TLS)",
+            )),
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(req: Request<RaftPayload>, what: &str) -> Result<T, Status> {
+    bincode::deserialize(&req.into_inner().data).map_err(|e| {
+        Status::invalid_argument(format!(
+            "undecodable Raft {what} request ({e}); do all managers run the same version?"
+        ))
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
+    let data = bincode::serialize(v)
+        .map_err(|e| Status::internal(format!("encoding the Raft response: {e}")))?;
+    Ok(Response::new(RaftPayload { data }))
+}
+
+#[tonic::async_trait]
+impl proto::raft_server::Raft for RaftService {
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.authorize(&req)?;
+        let rpc: VoteRequest<u64> = decode(req, "vote")?;
+        encode(&self.raft.vote(rpc).await)
+    }
+
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        self.authorize(&req)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req, "append-entries")?;
+        encode(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        self.authorize(&req)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req, "install-snapshot")?;
+        encode(&self.raft.install_snapshot(rpc).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Managers in one process, talking Raft over real gRPC on 127.0.0.1 (plaintext).
+
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+    use proto::{Service, ServiceSpec};
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+    use tokio::task::{JoinHandle, JoinSet};
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::transport::{Endpoint, Server};
+
+    use super::*;
+    use crate::raft::config::raft_config;
+    use crate::raft::network::{Network, PeerHealth};
+    use crate::raft::storage;
+    use crate::router::Connector;
+    use crate::store::{Object, Op, Shared, Store};
+
+    fn plaintext_connector() -> Connector {
+        Arc::new(|addr: &str| {
+            Endpoint::from_shared(format!("http://{addr}"))
+                .expect("test address")
+                .connect_timeout(Duration::from_millis(500))
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(1))
+                .keep_alive_while_idle(true)
+                .connect_lazy()
+        })
+    }
+
+    fn service(name: &str) -> Object {
+        Object::Service(Service {
+            id: format!("id-{name}"),
+            spec: Some(ServiceSpec {
+                name: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    struct Node {
+        id: u64,
+        addr: String,
+        dir: PathBuf,
+        raft: Raft,
+        store: Store,
+        health: PeerHealth,
+        stop: Option<oneshot::Sender<()>>,
+        server: JoinHandle<Result<(), tonic::transport::Error>>,
+    }
+
+    async fn bind(addr: Option<&str>) -> TcpListener {
+        let Some(addr) = addr else {
+            return TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind a test port");
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => return l,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(%e, "rebinding {addr}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot bind {addr} again: {e}"),
+            }
+        }
+    }
+
+    /// Opens the storage, waiting for the previous instance on `dir` to close its database.
+    async fn open_storage(
+        dir: &Path,
+        shared: Arc<Shared>,
+    ) -> (storage::LogStore, storage::StateMachine) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match storage::open(dir, shared.clone()) {
+                Ok(s) => return s,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(%e, "waiting for the previous database to close");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    impl Node {
+        async fn start(id: u64, dir: &Path, addr: Option<&str>, config: Arc<Config>) -> Node {
+            let listener = bind(addr).await;
+            let addr = listener.local_addr().unwrap().to_string();
+            let shared = Arc::new(Shared::default());
+            let (log, sm) = open_storage(dir, shared.clone()).await;
+            let health = PeerHealth::default();
+            let network = Network::new(plaintext_connector(), health.clone());
+            let raft = Raft::new(id, config, network, log, sm)
+                .await
+                .expect("start raft");
+            let (tx, rx) = oneshot::channel::<()>();
+            let svc = RaftService::new_unauthenticated(raft.clone()).into_server();
+            let server = tokio::spawn(
+                Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                        let _ = rx.await;
+                    }),
+            );
+            Node {
+                id,
+                addr,
+                dir: dir.to_path_buf(),
+                store: Store::with_raft(shared, raft.clone()),
+                raft,
+                health,
+                stop: Some(tx),
+                server,
+            }
+        }
+
+        async fn stop(mut self) {
+            if let Some(tx) = self.stop.take() {
+                let _ = tx.send(());
+            }
+            if tokio::time::timeout(Duration::from_secs(3), &mut self.server)
+                .await
+                .is_err()
+            {
+                self.server.abort();
+            }
+            self.raft.shutdown().await.expect("raft shutdown");
+        }
+
+        fn services(&self) -> usize {
+            self.store.read().services().count()
+        }
+
+        fn is_leader(&self) -> bool {
+            let m = self.raft.metrics().borrow().clone();
+            m.state == ServerState::Leader && m.current_leader == Some(self.id)
+        }
+    }
+
+    async fn start_cluster(dirs: &[tempfile::TempDir], config: Arc<Config>) -> Vec<Node> {
+        let mut nodes = Vec::new();
+        for (i, d) in dirs.iter().enumerate() {
+            nodes.push(Node::start(i as u64 + 1, d.path(), None, config.clone()).await);
+        }
+        let members: BTreeMap<u64, BasicNode> = nodes
+            .iter()
+            .map(|n| (n.id, BasicNode::new(n.addr.clone())))
+            .collect();
+        nodes[0].raft.initialize(members).await.expect("initialize");
+        nodes
+    }
+
+    async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Index in `nodes` of the leader all of them agree on.
+    async fn wait_leader(nodes: &[Node], timeout: Duration) -> usize {
+        let mut found = None;
+        wait_until("a leader", timeout, || {
+            found = nodes.iter().position(|n| n.is_leader()).filter(|&i| {
+                nodes
+                    .iter()
+                    .all(|n| n.raft.metrics().borrow().current_leader == Some(nodes[i].id))
+            });
+            found.is_some()
+        })
+        .await;
+        found.unwrap_or_default()
+    }
+
+    /// Writes through whichever node leads, retrying while leadership changes.
+    async fn write(nodes: &[Node], name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(n) = nodes.iter().find(|n| n.is_leader()) {
+                match n.store.write(vec![Op::Create(service(name))]).await {
+                    Ok(_) => return,
+                    Err(e) => assert!(Instant::now() < deadline, "writing {name}: {e}"),
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader to write {name}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn three_managers_replicate_and_fail_over() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut nodes = start_cluster(&dirs, raft_config()).await;
+        let li = wait_leader(&nodes, Duration::from_secs(10)).await;
+
+        // 100 concurrent writes through the leader.
+        let t0 = Instant::now();
+        let mut writes = JoinSet::new();
+        for i in 0..100 {
+            let store = nodes[li].store.clone();
+            writes.spawn(async move {
+                store
+                    .write(vec![Op::Create(service(&format!("svc-{i}")))])
+                    .await
+            });
+        }
+        while let Some(r) = writes.join_next().await {
+            r.unwrap().expect("write through the leader");
+        }
+        eprintln!("100 concurrent writes committed in {:?}", t0.elapsed());
+        for n in &nodes {
+            wait_until(
+                "replication to every manager",
+                Duration::from_secs(10),
+                || n.services() == 100,
+            )
+            .await;
+        }
+        let reference = nodes[li].store.read().clone();
+        for n in &nodes {
+            let st = n.store.read();
+            for s in reference.services() {
+                assert_eq!(st.service(&s.id), Some(s), "manager {} diverged", n.id);
+            }
+        }
+        // The leader saw every follower answer recently.
+        for n in nodes.iter().filter(|n| n.id != nodes[li].id) {
+            let seen = nodes[li].health.last_contact(n.id).expect("contact");
+            assert!(seen.elapsed() < Duration::from_secs(1));
+        }
+
+        // Stop the leader: the two others elect a new one and accept writes.
+        let old = nodes.remove(li);
+        let old_id = old.id;
+        let t0 = Instant::now();
+        old.stop().await;
+        let li = wait_leader(&nodes, Duration::from_secs(10)).await;
+        let failover = t0.elapsed();
+        eprintln!(
+            "new leader {} elected {failover:?} after the old one stopped",
+            nodes[li].id
+        );
+        assert_ne!(nodes[li].id, old_id);
+        // Budget 2 s (see config.rs); margin for a loaded test machine.
+        assert!(
+            failover < Duration::from_secs(3),
+            "failover took {failover:?}"
+        );
+        for i in 100..110 {
+            write(&nodes, &format!("svc-{i}")).await;
+        }
+        for n in &nodes {
+            wait_until("writes after failover", Duration::from_secs(10), || {
+                n.services() == 110
+            })
+            .await;
+            let st = n.store.read();
+            assert!((0..110).all(|i| st.service_by_name(&format!("svc-{i}")).is_some()));
+        }
+        let other = nodes.iter().find(|n| n.id != nodes[li].id).unwrap();
+        let seen = nodes[li].health.last_contact(other.id).expect("contact");
+        assert!(seen.elapsed() < Duration::from_secs(1));
+        assert!(nodes[li]
+            .health
+            .last_contact(old_id)
+            .is_none_or(|t| t.elapsed() > Duration::from_millis(500)));
+        for n in nodes {
+            n.stop().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_without_a_manager_certificate_are_refused_as_unreachable() {
+        use openraft::error::RPCError;
+        use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+        use openraft::raft::VoteRequest;
+        use openraft::Vote;
+
+        let dir = tempfile::tempdir().unwrap();
+        let listener = bind(None).await;
+        let addr = listener.local_addr().unwrap().to_string();
+        let (log, sm) = open_storage(dir.path(), Arc::new(Shared::default())).await;
+        let health = PeerHealth::default();
+        let network = Network::new(plaintext_connector(), health.clone());
+        let raft = Raft::new(1, raft_config(), network, log, sm).await.unwrap();
+        // The production service over plaintext: no client certificate at all.
+        let server = tokio::spawn(
+            Server::builder()
+                .add_service(RaftService::new(raft.clone()).into_server())
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+
+        let mut net = Network::new(plaintext_connector(), health.clone());
+        let mut client = net.new_client(1, &BasicNode::new(addr)).await;
+        let opt = RPCOption::new(Duration::from_secs(2));
+        let err = client
+            .vote(VoteRequest::new(Vote::new(1, 2), None), opt.clone())
+            .await
+            .expect_err("no certificate, no vote");
+        assert!(matches!(err, RPCError::Unreachable(_)), "{err:?}");
+        assert!(err.to_string().contains("PermissionDenied"), "{err}");
+        assert!(health.last_contact(1).is_none());
+
+        // Nobody listening: unreachable too, so openraft backs off.
+        let closed = bind(None).await;
+        let closed_addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let mut client = net.new_client(9, &BasicNode::new(closed_addr)).await;
+        let err = client
+            .vote(VoteRequest::new(Vote::new(1, 2), None), opt)
+            .await
+            .expect_err("nobody listens");
+        assert!(matches!(err, RPCError::Unreachable(_)), "{err:?}");
+
+        server.abort();
+        raft.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn restarted_managers_reapply_committed_state() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let nodes = start_cluster(&dirs, raft_config()).await;
+        wait_leader(&nodes, Duration::from_secs(10)).await;
+        for i in 0..20 {
+            write(&nodes, &format!("svc-{i}")).await;
+        }
+        for n in &nodes {
+            wait_until("replication", Duration::from_secs(10), || {
+                n.services() == 20
+            })
+            .await;
+        }
+        let addrs: Vec<(u64, PathBuf, String)> = nodes
+            .iter()
+            .map(|n| (n.id, n.dir.clone(), n.addr.clone()))
+            .collect();
+        for n in nodes {
+            n.stop().await;
+        }
+
+        // One manager alone (no quorum, no leader) re-applies what was committed.
+        let (id, dir, addr) = &addrs[0];
+        let first = Node::start(*id, dir, Some(addr), raft_config()).await;
+        assert_eq!(
+            first.services(),
+            20,
+            "committed entries re-applied at start"
+        );
+        assert!(first.store.read().service_by_name("svc-19").is_some());
+
+        let mut nodes = vec![first];
+        for (id, dir, addr) in &addrs[1..] {
+            nodes.push(Node::start(*id, dir, Some(addr), raft_config()).await);
+            assert_eq!(nodes.last().unwrap().services(), 20);
+        }
+        wait_leader(&nodes, Duration::from_secs(10)).await;
+        write(&nodes, "after-restart").await;
+        for n in &nodes {
+            wait_until("write after restart", Duration::from_secs(10), || {
+                n.services() == 21
+            })
+            .await;
+        }
+        for n in nodes {
+            n.stop().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn lagging_manager_catches_up_from_a_snapshot() {
+        let mut config = (*raft_config()).clone();
+        config.snapshot_policy = SnapshotPolicy::LogsSinceLast(20);
+        config.max_in_snapshot_log_to_keep = 0;
+        config.purge_batch_size = 1;
+        let config = Arc::new(config.validate().unwrap());
+
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut nodes = start_cluster(&dirs, config.clone()).await;
+        let li = wait_leader(&nodes, Duration::from_secs(10)).await;
+        let fi = (li + 1) % 3;
+        let lagging = nodes.remove(fi);
+        let (id, dir, addr) = (lagging.id, lagging.dir.clone(), lagging.addr.clone());
+        lagging.stop().await;
+
+        for i in 0..60 {
+            write(&nodes, &format!("svc-{i}")).await;
+        }
+        // The leader snapshotted and purged the log the stopped manager lacks.
+        let li = wait_leader(&nodes, Duration::from_secs(10)).await;
+        let leader = nodes[li].raft.clone();
+        wait_until(
+            "a snapshot and a purge on the leader",
+            Duration::from_secs(10),
+            || {
+                let m = leader.metrics().borrow().clone();
+                m.snapshot.is_some_and(|s| s.index >= 40) && m.purged.is_some_and(|p| p.index >= 20)
+            },
+        )
+        .await;
+
+        nodes.push(Node::start(id, &dir, Some(&addr), config.clone()).await);
+        let back = nodes.last().unwrap();
+        wait_until("catch-up by snapshot", Duration::from_secs(15), || {
+            back.services() == 60
+        })
+        .await;
+        assert!(
+            back.raft.metrics().borrow().snapshot.is_some(),
+            "installed a snapshot"
+        );
+        for n in nodes {
+            n.stop().await;
+        }
+
+        // Alone after a restart, it starts from its snapshot plus the committed log.
+        let alone = Node::start(id, &dir, Some(&addr), config).await;
+        assert_eq!(alone.services(), 60);
+        alone.stop().await;
+    }
+}

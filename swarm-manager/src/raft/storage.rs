@@ -1,0 +1,824 @@
+//! Raft log and state machine storage on one redb database (`<dir>/raft.redb`).
+//!
+//! - The log (`raft_log`: index → bincode of `Entry`) and the vote are written with redb's
+//!   immediate durability: a commit returns after fsync, and only then is an append
+//!   acknowledged to openraft.
+//! - The committed log id is written without an fsync of its own: the next durable commit
+//!   (the next append, vote, truncate or purge) or the close of the store persists it. After
+//!   a crash it may lag a little; it is an optimization that lets a restarted manager
+//!   re-apply the committed entries at once, so an older value is always safe.
+//! - The state machine is the in-memory [`Shared`] state. It is not persisted on apply; the
+//!   latest snapshot is (`raft_snapshot`), and on start the state is loaded from it, then
+//!   openraft re-applies the log from the snapshot's last log id up to the committed id.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::TypeConfig;
+use crate::metrics::METRICS;
+use crate::store::{Response, Shared, State};
+
+/// openraft's storage error, as the storage traits return it.
+type RaftStorageError = openraft::StorageError<u64>;
+type Membership = StoredMembership<u64, openraft::BasicNode>;
+type Meta = SnapshotMeta<u64, openraft::BasicNode>;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_LAST_PURGED: &str = "last_purged";
+const KEY_SNAPSHOT_META: &str = "meta";
+const KEY_SNAPSHOT_DATA: &str = "data";
+
+/// File name of the Raft database inside the manager's state directory.
+pub const DB_FILE: &str = "raft.redb";
+
+/// Why the Raft storage could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot create the Raft state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the Raft database {path}: {source} (is another manager process using this state directory?)")]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error("the Raft database {path} is unreadable: {source}; restore the state directory from a backup, or remove it and join the cluster again")]
+    Corrupt { path: PathBuf, source: DbError },
+}
+
+/// A failure of one storage operation (redb or decoding).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("redb: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("bincode: {0}")]
+    Codec(#[from] bincode::Error),
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+trait DbResult<T> {
+    fn db(self) -> Result<T, DbError>;
+}
+
+impl<T, E: Into<redb::Error>> DbResult<T> for Result<T, E> {
+    fn db(self) -> Result<T, DbError> {
+        self.map_err(|e| DbError::Redb(e.into()))
+    }
+}
+
+fn raft_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: DbError) -> RaftStorageError {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, DbError> {
+    Ok(bincode::serialize(v)?)
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, DbError> {
+    Ok(bincode::deserialize(b)?)
+}
+
+/// Runs blocking redb I/O off the async runtime's worker threads.
+async fn blocking<T, F>(f: F) -> Result<T, DbError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, DbError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+}
+
+fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, DbError> {
+    let txn = db.begin_read().db()?;
+    let table = txn.open_table(META).db()?;
+    match table.get(key).db()? {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn write_meta<T: Serialize>(
+    db: &Database,
+    key: &str,
+    value: &T,
+    durability: Durability,
+) -> Result<(), DbError> {
+    let bytes = encode(value)?;
+    let mut txn = db.begin_write().db()?;
+    txn.set_durability(durability).db()?;
+    {
+        let mut table = txn.open_table(META).db()?;
+        table.insert(key, bytes.as_slice()).db()?;
+    }
+    txn.commit().db()?;
+    Ok(())
+}
+
+fn read_snapshot(db: &Database) -> Result<Option<(Meta, Vec<u8>)>, DbError> {
+    let txn = db.begin_read().db()?;
+    let table = txn.open_table(SNAPSHOT).db()?;
+    let Some(meta) = table.get(KEY_SNAPSHOT_META).db()? else {
+        return Ok(None);
+    };
+    let meta: Meta = decode(meta.value())?;
+    let data = match table.get(KEY_SNAPSHOT_DATA).db()? {
+        Some(d) => d.value().to_vec(),
+        None => Vec::new(),
+    };
+    Ok(Some((meta, data)))
+}
+
+fn write_snapshot(db: &Database, meta: &Meta, data: &[u8]) -> Result<(), DbError> {
+    let meta = encode(meta)?;
+    let txn = db.begin_write().db()?;
+    {
+        let mut table = txn.open_table(SNAPSHOT).db()?;
+        table.insert(KEY_SNAPSHOT_META, meta.as_slice()).db()?;
+        table.insert(KEY_SNAPSHOT_DATA, data).db()?;
+    }
+    txn.commit().db()?;
+    Ok(())
+}
+
+/// Opens (or creates) the Raft storage in `dir` and loads the latest snapshot, if any, into
+/// `shared`. Blocking: call it at start, before the async runtime serves requests, or
+/// from `spawn_blocking`.
+pub fn open(dir: &Path, shared: Arc<Shared>) -> Result<(LogStore, StateMachine), StorageError> {
+    std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join(DB_FILE);
+    let db = Database::create(&path).map_err(|source| StorageError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    let corrupt = |source: DbError| StorageError::Corrupt {
+        path: path.clone(),
+        source,
+    };
+    // Create the tables so that read transactions can open them.
+    (|| -> Result<(), DbError> {
+        let txn = db.begin_write().db()?;
+        txn.open_table(LOG).db()?;
+        txn.open_table(META).db()?;
+        txn.open_table(SNAPSHOT).db()?;
+        txn.commit().db()?;
+        Ok(())
+    })()
+    .map_err(corrupt)?;
+
+    let mut sm = StateMachine {
+        db: Arc::new(db),
+        shared,
+        last_applied: None,
+        last_membership: Membership::default(),
+    };
+    if let Some((meta, data)) = read_snapshot(&sm.db).map_err(corrupt)? {
+        let state = State::from_bytes(&data).map_err(|e| corrupt(e.into()))?;
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        sm.shared.replace(state, index);
+        sm.last_applied = meta.last_log_id;
+        sm.last_membership = meta.last_membership;
+        METRICS.raft_applied_index.set(index as i64);
+        tracing::info!(snapshot = %meta.snapshot_id, index, "loaded the Raft snapshot");
+    }
+    let log = LogStore {
+        inner: Arc::new(LogInner {
+            db: sm.db.clone(),
+            unflushed_committed: Mutex::new(None),
+        }),
+    };
+    Ok((log, sm))
+}
+
+// ------------------------------------------------------------------ log
+
+/// The Raft log and vote. Cloning gives another handle (openraft's log readers).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<LogInner>,
+}
+
+struct LogInner {
+    db: Arc<Database>,
+    /// A committed log id written without fsync, to persist when the store closes.
+    unflushed_committed: Mutex<Option<Option<LogId<u64>>>>,
+}
+
+impl Drop for LogInner {
+    fn drop(&mut self) {
+        let pending = self
+            .unflushed_committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(committed) = pending {
+            if let Err(e) = write_meta(&self.db, KEY_COMMITTED, &committed, Durability::Immediate) {
+                tracing::warn!(error = %e, "cannot persist the committed Raft log id at close");
+            }
+        }
+    }
+}
+
+impl LogStore {
+    fn db(&self) -> Arc<Database> {
+        self.inner.db.clone()
+    }
+}
+
+fn last_log_id(db: &Database) -> Result<Option<LogId<u64>>, DbError> {
+    let txn = db.begin_read().db()?;
+    let table = txn.open_table(LOG).db()?;
+    let last = match table.last().db()? {
+        Some((_, v)) => Some(decode::<Entry<TypeConfig>>(v.value())?.log_id),
+        None => None,
+    };
+    Ok(last)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, RaftStorageError> {
+        let bounds: (Bound<u64>, Bound<u64>) =
+            (range.start_bound().cloned(), range.end_bound().cloned());
+        let db = self.db();
+        blocking(move || {
+            let txn = db.begin_read().db()?;
+            let table = txn.open_table(LOG).db()?;
+            let mut out = Vec::new();
+            for item in table.range::<u64>(bounds).db()? {
+                let (_, v) = item.db()?;
+                out.push(decode::<Entry<TypeConfig>>(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| raft_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
+        let db = self.db();
+        blocking(move || {
+            let last_purged: Option<LogId<u64>> =
+                read_meta::<Option<LogId<u64>>>(&db, KEY_LAST_PURGED)?.flatten();
+            let last = last_log_id(&db)?.or(last_purged);
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id: last,
+            })
+        })
+        .await
+        .map_err(|e| raft_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), RaftStorageError> {
+        let db = self.db();
+        let vote = *vote;
+        blocking(move || write_meta(&db, KEY_VOTE, &vote, Durability::Immediate))
+            .await
+            .map_err(|e| raft_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, RaftStorageError> {
+        let db = self.db();
+        blocking(move || read_meta::<Vote<u64>>(&db, KEY_VOTE))
+            .await
+            .map_err(|e| raft_err(ErrorSubject::Vote, ErrorVerb::Read, e))
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), RaftStorageError> {
+        let db = self.db();
+        blocking(move || write_meta(&db, KEY_COMMITTED, &committed, Durability::None))
+            .await
+            .map_err(|e| raft_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        *self
+            .inner
+            .unflushed_committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(committed);
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, RaftStorageError> {
+        let db = self.db();
+        blocking(move || Ok(read_meta::<Option<LogId<u64>>>(&db, KEY_COMMITTED)?.flatten()))
+            .await
+            .map_err(|e| raft_err(ErrorSubject::Store, ErrorVerb::Read, e))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let db = self.db();
+        let res = blocking(move || {
+            let txn = db.begin_write().db()?;
+            {
+                let mut table = txn.open_table(LOG).db()?;
+                for e in &entries {
+                    let bytes = encode(e)?;
+                    table.insert(e.log_id.index, bytes.as_slice()).db()?;
+                }
+            }
+            // Immediate durability: returns after fsync.
+            txn.commit().db()?;
+            Ok(())
+        })
+        .await;
+        match res {
+            Ok(()) => {
+                // Any earlier unflushed committed id is durable now too.
+                self.inner
+                    .unflushed_committed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(raft_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), RaftStorageError> {
+        let db = self.db();
+        blocking(move || {
+            let txn = db.begin_write().db()?;
+            {
+                let mut table = txn.open_table(LOG).db()?;
+                table.retain_in(log_id.index.., |_, _| false).db()?;
+            }
+            txn.commit().db()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| raft_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), RaftStorageError> {
+        let db = self.db();
+        blocking(move || {
+            let purged = encode(&Some(log_id))?;
+            let txn = db.begin_write().db()?;
+            {
+                let mut meta = txn.open_table(META).db()?;
+                meta.insert(KEY_LAST_PURGED, purged.as_slice()).db()?;
+                let mut table = txn.open_table(LOG).db()?;
+                table.retain_in(..=log_id.index, |_, _| false).db()?;
+            }
+            txn.commit().db()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| raft_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))
+    }
+}
+
+// ---------------------------------------------------------- state machine
+
+/// The state machine: applies committed entries to [`Shared`], builds and installs
+/// snapshots.
+pub struct StateMachine {
+    db: Arc<Database>,
+    shared: Arc<Shared>,
+    last_applied: Option<LogId<u64>>,
+    last_membership: Membership,
+}
+
+impl StateMachine {
+    /// The shared state this state machine applies to.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+/// A consistent view of the state taken when openraft asks for a snapshot builder.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    last_applied: Option<LogId<u64>>,
+    last_membership: Membership,
+    data: Result<Vec<u8>, String>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let data = match &self.data {
+            Ok(d) => d.clone(),
+            Err(e) => {
+                return Err(raft_err(
+                    ErrorSubject::StateMachine,
+                    ErrorVerb::Read,
+                    DbError::Task(e.clone()),
+                ))
+            }
+        };
+        let snapshot_id = match self.last_applied {
+            Some(l) => format!(
+                "{}-{}-{}",
+                l.leader_id.term,
+                l.index,
+                crate::store::now_ms()
+            ),
+            None => format!("0-0-{}", crate::store::now_ms()),
+        };
+        let meta = Meta {
+            last_log_id: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            snapshot_id,
+        };
+        let db = self.db.clone();
+        let (m, d) = (meta.clone(), data.clone());
+        blocking(move || write_snapshot(&db, &m, &d))
+            .await
+            .map_err(|e| {
+                raft_err(
+                    ErrorSubject::Snapshot(Some(meta.signature())),
+                    ErrorVerb::Write,
+                    e,
+                )
+            })?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built a Raft snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, Membership), RaftStorageError> {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            self.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Normal(req) => out.push(self.shared.apply(index, &req)),
+                EntryPayload::Blank => {
+                    self.shared.mark_applied(index);
+                    out.push(Response::default());
+                }
+                EntryPayload::Membership(m) => {
+                    self.last_membership = Membership::new(Some(entry.log_id), m);
+                    self.shared.mark_applied(index);
+                    out.push(Response::default());
+                }
+            }
+        }
+        if let Some(l) = self.last_applied {
+            METRICS.raft_applied_index.set(l.index as i64);
+        }
+        METRICS
+            .raft_apply_seconds
+            .observe(start.elapsed().as_secs_f64());
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Serialized here, not in `build_snapshot`: openraft runs the builder in another
+        // task, concurrently with later applies; this call is serialized with them.
+        let shared = self.shared.clone();
+        let data = tokio::task::spawn_blocking(move || shared.read().to_bytes())
+            .await
+            .map_err(|e| format!("serializing the state for a snapshot: {e}"));
+        SnapshotBuilder {
+            db: self.db.clone(),
+            last_applied: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            data,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), RaftStorageError> {
+        let data = snapshot.into_inner();
+        let db = self.db.clone();
+        let m = meta.clone();
+        let state = blocking(move || {
+            let state = State::from_bytes(&data)?;
+            write_snapshot(&db, &m, &data)?;
+            Ok(state)
+        })
+        .await
+        .map_err(|e| {
+            raft_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        })?;
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        self.shared.replace(state, index);
+        self.last_applied = meta.last_log_id;
+        self.last_membership = meta.last_membership.clone();
+        METRICS.raft_applied_index.set(index as i64);
+        tracing::info!(snapshot = %meta.snapshot_id, index, "installed a Raft snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+        let db = self.db.clone();
+        let snap = blocking(move || read_snapshot(&db))
+            .await
+            .map_err(|e| raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(snap.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::testing::{log_id, StoreBuilder, Suite};
+    use openraft::{CommittedLeaderId, Membership as RaftMembership};
+    use proto::{Service, ServiceSpec};
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::store::{Object, Op, Request};
+
+    fn service(name: &str) -> Object {
+        Object::Service(Service {
+            id: format!("id-{name}"),
+            spec: Some(ServiceSpec {
+                name: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn create(term: u64, index: u64, name: &str) -> Entry<TypeConfig> {
+        Entry {
+            log_id: log_id(term, 1, index),
+            payload: EntryPayload::Normal(Request::atomic(vec![Op::Create(service(name))])),
+        }
+    }
+
+    fn membership(term: u64, index: u64) -> Entry<TypeConfig> {
+        let voters: BTreeSet<u64> = [1, 2, 3].into_iter().collect();
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Membership(RaftMembership::new(vec![voters], None)),
+        }
+    }
+
+    fn open_new(dir: &Path) -> (LogStore, StateMachine) {
+        open(dir, Arc::new(Shared::default())).expect("open the raft storage")
+    }
+
+    async fn indexes(
+        log: &mut LogStore,
+        range: impl RangeBounds<u64> + Clone + Debug + Send,
+    ) -> Vec<u64> {
+        log.try_get_log_entries(range)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect()
+    }
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+        async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), RaftStorageError> {
+            let dir = tempfile::tempdir().map_err(|e| {
+                RaftStorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Write, e)
+            })?;
+            let (log, sm) = open(dir.path(), Arc::new(Shared::default())).map_err(|e| {
+                raft_err(
+                    ErrorSubject::Store,
+                    ErrorVerb::Read,
+                    DbError::Task(e.to_string()),
+                )
+            })?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[test]
+    fn passes_openraft_storage_suite() {
+        Suite::test_all(Builder).expect("openraft storage suite");
+    }
+
+    #[tokio::test]
+    async fn log_append_read_truncate_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm) = open_new(dir.path());
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_log_id, None);
+        assert_eq!(st.last_purged_log_id, None);
+
+        let mut entries = vec![membership(1, 1)];
+        entries.extend((2..=10).map(|i| create(1, i, &format!("s{i}"))));
+        log.blocking_append(entries).await.unwrap();
+        assert_eq!(indexes(&mut log, 3..6).await, vec![3, 4, 5]);
+        assert_eq!(indexes(&mut log, 9..).await, vec![9, 10]);
+        assert_eq!(indexes(&mut log, ..=2).await, vec![1, 2]);
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_log_id, Some(log_id(1, 1, 10)));
+
+        // A conflicting leader overwrote the tail: entries from 8 on are deleted.
+        log.truncate(log_id(1, 1, 8)).await.unwrap();
+        assert_eq!(indexes(&mut log, 0..100).await, (1..=7).collect::<Vec<_>>());
+        log.blocking_append([create(2, 8, "new8")]).await.unwrap();
+        let e = log.try_get_log_entries(8..9).await.unwrap();
+        assert_eq!(e[0].log_id, log_id(2, 1, 8));
+
+        log.purge(log_id(1, 1, 3)).await.unwrap();
+        assert_eq!(indexes(&mut log, 0..100).await, vec![4, 5, 6, 7, 8]);
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(1, 1, 3)));
+        assert_eq!(st.last_log_id, Some(log_id(2, 1, 8)));
+
+        // Everything purged: the last log id is the last purged one.
+        log.purge(log_id(2, 1, 8)).await.unwrap();
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_log_id, Some(log_id(2, 1, 8)));
+        assert!(log.try_get_log_entries(0..100).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn apply_answers_and_snapshot_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) = open_new(dir.path());
+        let out = sm
+            .apply([membership(1, 1), create(1, 2, "web"), create(1, 3, "web")])
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 3);
+        assert!(
+            out[0].result.is_none(),
+            "membership entries answer a default response"
+        );
+        assert!(matches!(out[1].result, Some(Ok(_))));
+        assert!(
+            matches!(out[2].result, Some(Err(_))),
+            "duplicate name is refused"
+        );
+        let (applied, mem) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1, 1, 3)));
+        assert_eq!(mem.log_id(), &Some(log_id(1, 1, 1)));
+        assert_eq!(sm.shared().applied_index(), 3);
+
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(snap.meta.last_log_id, Some(log_id(1, 1, 3)));
+        let cur = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a current snapshot");
+        assert_eq!(cur.meta, snap.meta);
+
+        // Install on another state machine.
+        let dir2 = tempfile::tempdir().unwrap();
+        let (_log2, mut sm2) = open_new(dir2.path());
+        let mut data = sm2.begin_receiving_snapshot().await.unwrap();
+        *data = *cur.snapshot;
+        sm2.install_snapshot(&cur.meta, data).await.unwrap();
+        assert_eq!(sm2.applied_state().await.unwrap(), (applied, mem));
+        assert!(sm2.shared().read().service_by_name("web").is_some());
+        assert_eq!(sm2.shared().applied_index(), 3);
+        let cur2 = sm2
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("installed snapshot");
+        assert_eq!(cur2.meta, snap.meta);
+    }
+
+    #[tokio::test]
+    async fn reopen_finds_log_vote_committed_and_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap_meta = {
+            let (mut log, mut sm) = open_new(dir.path());
+            let mut entries = vec![membership(1, 1)];
+            entries.extend((2..=6).map(|i| create(1, i, &format!("s{i}"))));
+            log.blocking_append(entries.clone()).await.unwrap();
+            log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+            log.save_committed(Some(log_id(1, 1, 5))).await.unwrap();
+            sm.apply(entries.into_iter().take(4)).await.unwrap();
+            let snap = sm
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            log.purge(log_id(1, 1, 2)).await.unwrap();
+            snap.meta
+        };
+
+        let shared = Arc::new(Shared::default());
+        let (mut log, mut sm) = open(dir.path(), shared.clone()).unwrap();
+        assert_eq!(
+            log.read_vote().await.unwrap(),
+            Some(Vote::new_committed(3, 2))
+        );
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 1, 5)));
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(1, 1, 2)));
+        assert_eq!(st.last_log_id, Some(log_id(1, 1, 6)));
+        assert_eq!(indexes(&mut log, 0..).await, vec![3, 4, 5, 6]);
+
+        // The state machine starts from the snapshot (entries up to 4).
+        let cur = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("snapshot kept");
+        assert_eq!(cur.meta, snap_meta);
+        let (applied, mem) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1, 1, 4)));
+        assert_eq!(mem.log_id(), &Some(log_id(1, 1, 1)));
+        assert_eq!(shared.applied_index(), 4);
+        let st = shared.read();
+        assert!(st.service_by_name("s3").is_some() && st.service_by_name("s4").is_some());
+        assert!(st.service_by_name("s5").is_none());
+    }
+
+    #[test]
+    fn second_open_of_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = open_new(dir.path());
+        let err = match open(dir.path(), Arc::new(Shared::default())) {
+            Err(e) => e,
+            Ok(_) => panic!("a second open must fail"),
+        };
+        assert!(err.to_string().contains("another manager"), "{err}");
+    }
+}

@@ -1,0 +1,48 @@
+//! `swarm-agent` with the simulated executor, for end-to-end tests and the lab.
+//! Same flags as `swarm-agent`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+use swarm_agent::AgentConfig;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "/var/lib/swarm")]
+    data_root: PathBuf,
+    #[arg(long, default_value = "/run/swarm/swarm.sock")]
+    socket: PathBuf,
+    #[arg(long, default_value = "sim-node")]
+    hostname: String,
+    #[arg(long, default_value = "")]
+    metrics_addr: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn,h2=warn,tower=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let a = Args::parse();
+    let metrics_addr: Option<SocketAddr> = if a.metrics_addr.is_empty() {
+        None
+    } else {
+        Some(a.metrics_addr.parse()?)
+    };
+    swarm_agent::run(
+        AgentConfig {
+            data_root: a.data_root,
+            socket: a.socket,
+            hostname: a.hostname,
+            metrics_addr,
+        },
+        Arc::new(tests::sim_executor::SimExecutor),
+    )
+    .await
+}
