@@ -56,7 +56,9 @@ impl Task {
 
 impl Node {
     pub fn hostname(&self) -> &str {
-        self.description.as_ref().map_or("", |d| d.hostname.as_str())
+        self.description
+            .as_ref()
+            .map_or("", |d| d.hostname.as_str())
     }
 
     pub fn state(&self) -> NodeState {

@@ -22,7 +22,10 @@ pub async fn run(cfg: AgentConfig, executor: Arc<dyn Executor>) -> anyhow::Resul
     std::fs::create_dir_all(&cfg.data_root)
         .with_context(|| format!("creating the data root {}", cfg.data_root.display()))?;
     let agent = Agent::new(cfg.clone(), executor);
-    agent.resume().await.context("resuming the swarm membership from the data root")?;
+    agent
+        .resume()
+        .await
+        .context("resuming the swarm membership from the data root")?;
 
     if let Some(addr) = cfg.metrics_addr {
         tokio::spawn(async move {
@@ -33,8 +36,7 @@ pub async fn run(cfg: AgentConfig, executor: Arc<dyn Executor>) -> anyhow::Resul
     }
 
     if let Some(dir) = cfg.socket.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let _ = std::fs::remove_file(&cfg.socket);
     let listener = tokio::net::UnixListener::bind(&cfg.socket)

@@ -63,7 +63,11 @@ impl LocalNode for LocalApi {
             .init(InitOptions {
                 advertise_addr: r.advertise_addr,
                 listen_addr: r.listen_addr,
-                task_history_limit: if r.task_history_limit == 0 { 5 } else { r.task_history_limit },
+                task_history_limit: if r.task_history_limit == 0 {
+                    5
+                } else {
+                    r.task_history_limit
+                },
                 dispatcher_heartbeat: ms(r.dispatcher_heartbeat_ms, Duration::from_secs(5)),
                 cert_expiry: ms(r.cert_expiry_ms, crate::node::DEFAULT_CERT_EXPIRY),
                 availability: NodeAvailability::try_from(r.availability)

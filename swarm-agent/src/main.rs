@@ -40,13 +40,14 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let metrics_addr = if args.metrics_addr.is_empty() {
-        None
-    } else {
-        Some(args.metrics_addr.parse::<SocketAddr>().map_err(|e| {
-            anyhow::anyhow!("invalid --metrics-addr {:?}: {e}", args.metrics_addr)
-        })?)
-    };
+    let metrics_addr =
+        if args.metrics_addr.is_empty() {
+            None
+        } else {
+            Some(args.metrics_addr.parse::<SocketAddr>().map_err(|e| {
+                anyhow::anyhow!("invalid --metrics-addr {:?}: {e}", args.metrics_addr)
+            })?)
+        };
     swarm_agent::run(
         AgentConfig {
             data_root: args.data_root,

@@ -11,11 +11,11 @@ use proto::ca_client::CaClient;
 use proto::dispatcher_client::DispatcherClient;
 use proto::node_ca_client::NodeCaClient;
 use proto::{
-    AssignmentsRequest, CaConfig, Cluster, ClusterSpec, DispatcherConfig, GetRootCaCertificateRequest,
-    HeartbeatRequest, IssueNodeCertificateRequest, JoinTokens, ManagerStatus, Node,
-    NodeAvailability, NodeDescription, NodeRole, NodeSpec, NodeStatus, OrchestrationConfig,
-    Platform, Reachability, RootCa as RootCaObj, SessionMessage, SessionRequest,
-    UpdateTaskStatusRequest,
+    AssignmentsRequest, CaConfig, Cluster, ClusterSpec, DispatcherConfig,
+    GetRootCaCertificateRequest, HeartbeatRequest, IssueNodeCertificateRequest, JoinTokens,
+    ManagerStatus, Node, NodeAvailability, NodeDescription, NodeRole, NodeSpec, NodeStatus,
+    OrchestrationConfig, Platform, Reachability, RootCa as RootCaObj, SessionMessage,
+    SessionRequest, UpdateTaskStatusRequest,
 };
 use rand::Rng;
 use swarm_manager::ca::{self, RootCa};
@@ -104,11 +104,17 @@ impl Agent {
     }
 
     pub fn control(&self) -> Option<ControlApi> {
-        self.control.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.control
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn publish(&self, inner: &Inner) {
@@ -187,7 +193,10 @@ impl Agent {
         inner.renewal = Some(tokio::spawn(renewal_loop(self.clone())));
     }
 
-    pub async fn init(self: &Arc<Self>, opts: InitOptions) -> anyhow::Result<(String, String, String)> {
+    pub async fn init(
+        self: &Arc<Self>,
+        opts: InitOptions,
+    ) -> anyhow::Result<(String, String, String)> {
         let mut inner = self.inner.lock().await;
         if inner.state.is_some() {
             bail!(already_in_swarm());
@@ -199,7 +208,13 @@ impl Agent {
         let raft_id = random_raft_id();
         let root = RootCa::generate()?;
         let (key, csr) = ca::new_key_and_csr()?;
-        let cert = root.sign_node_cert(&csr, &node_id, NodeRole::Manager, &cluster_id, opts.cert_expiry)?;
+        let cert = root.sign_node_cert(
+            &csr,
+            &node_id,
+            NodeRole::Manager,
+            &cluster_id,
+            opts.cert_expiry,
+        )?;
         let worker_token = ca::generate_join_token(&root.cert_pem)?;
         let manager_token = ca::generate_join_token(&root.cert_pem)?;
         let cluster = Cluster {
@@ -348,7 +363,9 @@ impl Agent {
             self.paths.save_state(&state)?;
         }
         if opts.availability != NodeAvailability::Active {
-            tracing::warn!("--availability on join is applied by `swarm node update` once the node is up");
+            tracing::warn!(
+                "--availability on join is applied by `swarm node update` once the node is up"
+            );
         }
         inner.state = Some(state);
         inner.creds = Some(creds);
@@ -681,17 +698,15 @@ async fn session_loop(agent: Arc<Agent>) {
                 state.managers[next % state.managers.len()].clone()
             }
         };
-        let cfg = match tls::client_config(
-            &creds.root_ca_pem,
-            Some((&creds.cert_pem, &creds.key_pem)),
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!("node credentials unusable: {e}");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                continue;
-            }
-        };
+        let cfg =
+            match tls::client_config(&creds.root_ca_pem, Some((&creds.cert_pem, &creds.key_pem))) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("node credentials unusable: {e}");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
         match run_session(&agent, tls::channel(&addr, cfg)).await {
             SessionEnd::Redirect(leader) => {
                 tracing::debug!(%addr, %leader, "redirected to the leader");
@@ -752,10 +767,7 @@ async fn run_session(agent: &Arc<Agent>, ch: tonic::transport::Channel) -> Sessi
         let sid = session_id.clone();
         let worker = agent.worker.clone();
         async move {
-            let mut s = match c
-                .assignments(AssignmentsRequest { session_id: sid })
-                .await
-            {
+            let mut s = match c.assignments(AssignmentsRequest { session_id: sid }).await {
                 Ok(s) => s.into_inner(),
                 Err(s) => return SessionEnd::from(s),
             };

@@ -64,7 +64,12 @@ impl Paths {
         let state: NodeState = serde_json::from_slice(
             &std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
         )
-        .with_context(|| format!("{} is corrupt; remove the data root to start over", p.display()))?;
+        .with_context(|| {
+            format!(
+                "{} is corrupt; remove the data root to start over",
+                p.display()
+            )
+        })?;
         let read = |p: PathBuf| {
             std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
         };

@@ -5,7 +5,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use proto::{assignment_change, assignments_message, AssignmentsMessage, Task, TaskState, TaskStatus, TaskStatusUpdate};
+use proto::{
+    assignment_change, assignments_message, AssignmentsMessage, Task, TaskState, TaskStatus,
+    TaskStatusUpdate,
+};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::executor::{Executor, TaskReporter};

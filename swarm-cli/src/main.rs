@@ -13,6 +13,7 @@ mod opts;
 mod progress;
 mod ps;
 mod service_cmd;
+mod service_spec;
 mod swarm_cmd;
 mod table;
 
@@ -270,13 +271,9 @@ fn main() {
                 ErrorKind::DisplayHelp
                 | ErrorKind::DisplayVersion
                 | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    // `swarm` or `swarm node` alone print the help, as `docker` does.
                     let _ = e.print();
-                    // `swarm` alone prints the help and fails, as `docker` does.
-                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                        1
-                    } else {
-                        0
-                    }
+                    0
                 }
                 _ => {
                     let _ = e.print();

@@ -62,7 +62,8 @@ impl Dispatcher {
         match self.router.route() {
             Route::Local => Ok(()),
             Route::Leader(_) => {
-                let mut st = Status::unavailable("this manager is not the leader; reconnect to the leader");
+                let mut st =
+                    Status::unavailable("this manager is not the leader; reconnect to the leader");
                 if let Some(addr) = self.router.leader_addr() {
                     if let Ok(v) = addr.parse() {
                         st.metadata_mut().insert(LEADER_METADATA, v);
@@ -166,7 +167,11 @@ impl Dispatcher {
                         status: NodeStatus {
                             state: NodeState::Down as i32,
                             message: "heartbeat failure".into(),
-                            addr: n.status.as_ref().map(|s| s.addr.clone()).unwrap_or_default(),
+                            addr: n
+                                .status
+                                .as_ref()
+                                .map(|s| s.addr.clone())
+                                .unwrap_or_default(),
                         },
                     })
                     .collect()
@@ -174,7 +179,10 @@ impl Dispatcher {
             if ops.is_empty() {
                 continue;
             }
-            tracing::info!(nodes = ops.len(), "nodes missed their heartbeats: marking them down");
+            tracing::info!(
+                nodes = ops.len(),
+                "nodes missed their heartbeats: marking them down"
+            );
             if let Err(e) = self.store.propose(StoreRequest::best_effort(ops)).await {
                 tracing::warn!("marking nodes down: {e}");
             }
@@ -247,13 +255,16 @@ impl DispatcherRpc for Dispatcher {
         let desc = req.into_inner().description;
         let session_id = new_id();
         let period = self.period();
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            node_id.clone(),
-            Session {
-                id: session_id.clone(),
-                expires: Instant::now() + period * MISSED_HEARTBEATS,
-            },
-        );
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                node_id.clone(),
+                Session {
+                    id: session_id.clone(),
+                    expires: Instant::now() + period * MISSED_HEARTBEATS,
+                },
+            );
         let node = self.mark_ready(&node_id, desc, addr).await?;
         tracing::info!(node = %node_id, "session opened");
 
@@ -313,7 +324,9 @@ impl DispatcherRpc for Dispatcher {
                 }
                 if !this.session_alive(&node_id, &session_id) {
                     let _ = tx
-                        .send(Err(Status::not_found("session expired; open a new session")))
+                        .send(Err(Status::not_found(
+                            "session expired; open a new session",
+                        )))
                         .await;
                     return;
                 }

@@ -45,7 +45,10 @@ pub struct ManagerConfig {
 
 pub enum Bootstrap {
     /// `swarm init`: a one-manager cluster with these first objects.
-    NewCluster { cluster: Box<Cluster>, node: Box<Node> },
+    NewCluster {
+        cluster: Box<Cluster>,
+        node: Box<Node>,
+    },
     /// A manager that just got its certificate: ask the cluster (any manager at
     /// `remote`) to add it as a voter.
     Join { remote: String },
@@ -79,20 +82,16 @@ impl Manager {
         let server_cfg = crate::tls::server_config(&creds.root_ca_pem, cert.clone())
             .context("building the manager TLS configuration")?;
         let client_cfg = Arc::new(RwLock::new(
-            crate::tls::client_config(
-                &creds.root_ca_pem,
-                Some((&creds.cert_pem, &creds.key_pem)),
-            )
-            .context("building the manager's client TLS configuration")?,
+            crate::tls::client_config(&creds.root_ca_pem, Some((&creds.cert_pem, &creds.key_pem)))
+                .context("building the manager's client TLS configuration")?,
         ));
         let connect = connector(client_cfg.clone());
 
         std::fs::create_dir_all(&cfg.raft_dir)
             .with_context(|| format!("creating {}", cfg.raft_dir.display()))?;
         let shared = Arc::new(Shared::default());
-        let (log_store, state_machine) =
-            crate::raft::storage::open(&cfg.raft_dir, shared.clone())
-                .with_context(|| format!("opening the raft store in {}", cfg.raft_dir.display()))?;
+        let (log_store, state_machine) = crate::raft::storage::open(&cfg.raft_dir, shared.clone())
+            .with_context(|| format!("opening the raft store in {}", cfg.raft_dir.display()))?;
         let health = PeerHealth::default();
         let network = Network::new(connect.clone(), health.clone());
         let raft = Raft::new(
@@ -182,14 +181,20 @@ impl Manager {
                             break;
                         }
                         Err(e) => {
-                            tracing::warn!("joining the raft cluster through {remote}: {}", e.message());
+                            tracing::warn!(
+                                "joining the raft cluster through {remote}: {}",
+                                e.message()
+                            );
                             last_err = Some(e);
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }
                     }
                 }
                 if let Some(e) = last_err {
-                    bail!("could not join the raft cluster through {remote}: {}", e.message());
+                    bail!(
+                        "could not join the raft cluster through {remote}: {}",
+                        e.message()
+                    );
                 }
             }
             Bootstrap::Restart => {}
@@ -229,10 +234,8 @@ impl Manager {
     /// Swaps in renewed credentials without restarting the listener.
     pub fn update_credentials(&self, creds: &Credentials) -> anyhow::Result<()> {
         self.cert.update(&creds.cert_pem, &creds.key_pem)?;
-        let cfg = crate::tls::client_config(
-            &creds.root_ca_pem,
-            Some((&creds.cert_pem, &creds.key_pem)),
-        )?;
+        let cfg =
+            crate::tls::client_config(&creds.root_ca_pem, Some((&creds.cert_pem, &creds.key_pem)))?;
         *self.client_cfg.write().unwrap_or_else(|e| e.into_inner()) = cfg;
         Ok(())
     }
@@ -382,7 +385,10 @@ async fn object_gauges_loop(store: Store) {
             let mut nodes: BTreeMap<(String, String), i64> = BTreeMap::new();
             for n in st.nodes() {
                 let key = (
-                    n.state().as_str_name().trim_start_matches("NODE_STATE_").to_lowercase(),
+                    n.state()
+                        .as_str_name()
+                        .trim_start_matches("NODE_STATE_")
+                        .to_lowercase(),
                     n.availability()
                         .as_str_name()
                         .trim_start_matches("NODE_AVAILABILITY_")

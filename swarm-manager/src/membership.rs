@@ -10,8 +10,7 @@ use openraft::BasicNode;
 use proto::raft_membership_client::RaftMembershipClient;
 use proto::raft_membership_server::RaftMembership;
 use proto::{
-    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, ManagerStatus, NodeRole,
-    Reachability,
+    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, ManagerStatus, NodeRole, Reachability,
 };
 use tonic::{Request, Response, Status};
 
@@ -167,7 +166,9 @@ impl RaftMembership for Membership {
             )));
         }
         if r.raft_id == 0 || r.addr.is_empty() {
-            return Err(Status::invalid_argument("join needs a raft id and an address"));
+            return Err(Status::invalid_argument(
+                "join needs a raft id and an address",
+            ));
         }
         tracing::info!(node = %id.node_id, raft_id = r.raft_id, addr = %r.addr, "manager joining raft");
         self.set_manager_status(

@@ -81,23 +81,72 @@ impl Metrics {
         {
             let mut r = m.registry.lock().unwrap();
             r.register("raft_term", "Current Raft term", m.raft_term.clone());
-            r.register("raft_is_leader", "1 if this manager is the Raft leader", m.raft_is_leader.clone());
-            r.register("raft_leader_id", "Raft id of the current leader (0: none known)", m.raft_leader_id.clone());
-            r.register("raft_commit_index", "Index of the last committed Raft entry", m.raft_commit_index.clone());
-            r.register("raft_applied_index", "Index of the last Raft entry applied to the store", m.raft_applied_index.clone());
-            r.register("raft_apply_seconds", "Time to apply one batch of committed entries", m.raft_apply_seconds.clone());
-            r.register("api_requests", "Control API requests by method and gRPC code", m.api_requests.clone());
-            r.register("api_request_seconds", "Control API latency by method", m.api_seconds.clone());
-            r.register("scheduler_decisions", "Scheduler decisions by result", m.scheduler_decisions.clone());
-            r.register("scheduler_pass_seconds", "Time of one scheduling pass", m.scheduler_pass_seconds.clone());
-            r.register("tasks", "Tasks by observed state (leader only)", m.tasks.clone());
-            r.register("nodes", "Nodes by status and availability (leader only)", m.nodes.clone());
+            r.register(
+                "raft_is_leader",
+                "1 if this manager is the Raft leader",
+                m.raft_is_leader.clone(),
+            );
+            r.register(
+                "raft_leader_id",
+                "Raft id of the current leader (0: none known)",
+                m.raft_leader_id.clone(),
+            );
+            r.register(
+                "raft_commit_index",
+                "Index of the last committed Raft entry",
+                m.raft_commit_index.clone(),
+            );
+            r.register(
+                "raft_applied_index",
+                "Index of the last Raft entry applied to the store",
+                m.raft_applied_index.clone(),
+            );
+            r.register(
+                "raft_apply_seconds",
+                "Time to apply one batch of committed entries",
+                m.raft_apply_seconds.clone(),
+            );
+            r.register(
+                "api_requests",
+                "Control API requests by method and gRPC code",
+                m.api_requests.clone(),
+            );
+            r.register(
+                "api_request_seconds",
+                "Control API latency by method",
+                m.api_seconds.clone(),
+            );
+            r.register(
+                "scheduler_decisions",
+                "Scheduler decisions by result",
+                m.scheduler_decisions.clone(),
+            );
+            r.register(
+                "scheduler_pass_seconds",
+                "Time of one scheduling pass",
+                m.scheduler_pass_seconds.clone(),
+            );
+            r.register(
+                "tasks",
+                "Tasks by observed state (leader only)",
+                m.tasks.clone(),
+            );
+            r.register(
+                "nodes",
+                "Nodes by status and availability (leader only)",
+                m.nodes.clone(),
+            );
         }
         m
     }
 
     /// Registers a metric of another component (the agent's) in the same registry.
-    pub fn register<M: prometheus_client::registry::Metric>(&self, name: &str, help: &str, metric: M) {
+    pub fn register<M: prometheus_client::registry::Metric>(
+        &self,
+        name: &str,
+        help: &str,
+        metric: M,
+    ) {
         self.registry.lock().unwrap().register(name, help, metric);
     }
 }

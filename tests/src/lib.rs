@@ -78,15 +78,23 @@ impl AgentProc {
             .arg(&self.name)
             .arg("--metrics-addr")
             .arg(format!("{}:{}", self.ip, self.port + 1000))
-            .env("RUST_LOG", "info,openraft=warn,h2=warn,tower=warn,hyper=warn")
+            .env(
+                "RUST_LOG",
+                "info,openraft=warn,h2=warn,tower=warn,hyper=warn",
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", self.agent_bin.display()))?;
         self.child = Some(child);
-        wait_for(Duration::from_secs(20), || self.socket.exists())
-            .with_context(|| format!("{} did not open its socket; log:\n{}", self.name, self.log_tail()))?;
+        wait_for(Duration::from_secs(20), || self.socket.exists()).with_context(|| {
+            format!(
+                "{} did not open its socket; log:\n{}",
+                self.name,
+                self.log_tail()
+            )
+        })?;
         Ok(())
     }
 
@@ -434,7 +442,10 @@ impl AgentProc {
 
     pub fn nodes(&self) -> anyhow::Result<Vec<proto::Node>> {
         self.control(async move |mut c| {
-            Ok(c.list_nodes(proto::ListNodesRequest {}).await?.into_inner().nodes)
+            Ok(c.list_nodes(proto::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes)
         })
     }
 

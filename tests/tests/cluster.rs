@@ -26,12 +26,25 @@ fn five_processes_form_a_swarm_with_one_leader_and_two_reachable_managers() {
     .unwrap_or_else(|e| panic!("{e}: {}", c.node(0).swarm(&["node", "ls"]).stdout));
     let out = c.node(0).swarm_ok(&["node", "ls"]);
     let header = out.lines().next().unwrap();
-    for col in ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"] {
+    for col in [
+        "ID",
+        "HOSTNAME",
+        "STATUS",
+        "AVAILABILITY",
+        "MANAGER STATUS",
+        "ENGINE VERSION",
+    ] {
         assert!(header.contains(col), "node ls header lacks {col}: {header}");
     }
     let rows = table(&out);
     assert_eq!(rows.len(), 5, "{out}");
-    assert_eq!(out.lines().filter(|l| l.contains(" * ") || l.contains("* ")).count(), 1, "one row marks the current node: {out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains(" * ") || l.contains("* "))
+            .count(),
+        1,
+        "one row marks the current node: {out}"
+    );
     for i in 0..5 {
         assert!(out.contains(&format!("node{}", i + 1)), "{out}");
     }
@@ -67,32 +80,69 @@ fn replicated_services_spread_scale_and_global_services_follow_nodes() {
     let m = c.node(0);
 
     // Without -d the CLI shows progress until the service converged.
-    let out = m.swarm_ok(&["service", "create", "--name", "web", "--replicas", "6", "sim/app"]);
+    let out = m.swarm_ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "sim/app",
+    ]);
     assert!(out.contains("verify: Service converged"), "{out}");
     let tasks = m.tasks("web").unwrap();
     let spread = per_node(&tasks);
     assert_eq!(running(&tasks).len(), 6);
-    assert_eq!(spread.len(), 5, "6 tasks over 5 nodes use every node: {spread:?}");
-    assert!(spread.values().max().unwrap() - spread.values().min().unwrap() <= 1, "{spread:?}");
+    assert_eq!(
+        spread.len(),
+        5,
+        "6 tasks over 5 nodes use every node: {spread:?}"
+    );
+    assert!(
+        spread.values().max().unwrap() - spread.values().min().unwrap() <= 1,
+        "{spread:?}"
+    );
 
     let out = m.swarm_ok(&["service", "scale", "web=10", "-d"]);
     assert!(out.contains("web scaled to 10"), "{out}");
-    wait_for(Duration::from_secs(60), || running(&m.tasks("web").unwrap()).len() == 10).unwrap();
+    wait_for(Duration::from_secs(60), || {
+        running(&m.tasks("web").unwrap()).len() == 10
+    })
+    .unwrap();
     let spread = per_node(&m.tasks("web").unwrap());
-    assert_eq!(spread.values().copied().collect::<Vec<_>>(), vec![2; 5], "{spread:?}");
+    assert_eq!(
+        spread.values().copied().collect::<Vec<_>>(),
+        vec![2; 5],
+        "{spread:?}"
+    );
 
     m.swarm_ok(&["service", "scale", "web=3", "-d"]);
     wait_for(Duration::from_secs(60), || {
         let t = m.tasks("web").unwrap();
         running(&t).len() == 3
-            && t.iter().filter(|t| t.desired() == proto::TaskState::Running).count() == 3
+            && t.iter()
+                .filter(|t| t.desired() == proto::TaskState::Running)
+                .count()
+                == 3
     })
     .unwrap();
     let ls = m.swarm_ok(&["service", "ls"]);
     assert!(ls.contains("3/3"), "{ls}");
 
-    m.swarm_ok(&["service", "create", "-d", "--name", "mon", "--mode", "global", "sim/agent"]);
-    wait_for(Duration::from_secs(60), || running(&m.tasks("mon").unwrap()).len() == 5).unwrap();
+    m.swarm_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "mon",
+        "--mode",
+        "global",
+        "sim/agent",
+    ]);
+    wait_for(Duration::from_secs(60), || {
+        running(&m.tasks("mon").unwrap()).len() == 5
+    })
+    .unwrap();
     let spread = per_node(&m.tasks("mon").unwrap());
     assert_eq!(spread.len(), 5);
     assert!(spread.values().all(|n| *n == 1), "{spread:?}");
@@ -101,8 +151,10 @@ fn replicated_services_spread_scale_and_global_services_follow_nodes() {
     let i = c.add_node().unwrap();
     c.join(i, 0, "worker").unwrap();
     let m = c.node(0);
-    wait_for(Duration::from_secs(60), || running(&m.tasks("mon").unwrap()).len() == 6)
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    wait_for(Duration::from_secs(60), || {
+        running(&m.tasks("mon").unwrap()).len() == 6
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     let ids = node_ids(&c);
     let spread = per_node(&m.tasks("mon").unwrap());
     assert_eq!(spread.get(&ids["node6"]), Some(&1), "{spread:?}");
@@ -126,7 +178,8 @@ fn killing_leaders_loses_no_acknowledged_write_and_a_full_restart_keeps_state() 
 
     // A client that keeps writing services through whichever manager is up.
     let writer = {
-        let (alive, acked, stop, sockets) = (alive.clone(), acked.clone(), stop.clone(), sockets.clone());
+        let (alive, acked, stop, sockets) =
+            (alive.clone(), acked.clone(), stop.clone(), sockets.clone());
         std::thread::spawn(move || {
             let swarm = tests::swarm_bin();
             let mut i = 0usize;
@@ -140,7 +193,16 @@ fn killing_leaders_loses_no_acknowledged_write_and_a_full_restart_keeps_state() 
                 let Some(t) = target else { continue };
                 let name = format!("w{i}");
                 let out = std::process::Command::new(&swarm)
-                    .args(["-H", &sockets[t], "service", "create", "-d", "--name", &name, "sim/app"])
+                    .args([
+                        "-H",
+                        &sockets[t],
+                        "service",
+                        "create",
+                        "-d",
+                        "--name",
+                        &name,
+                        "sim/app",
+                    ])
                     .output()
                     .unwrap();
                 if out.status.success() {
@@ -179,28 +241,44 @@ fn killing_leaders_loses_no_acknowledged_write_and_a_full_restart_keeps_state() 
     for round in 0..3 {
         std::thread::sleep(Duration::from_secs(2));
         let a = alive.lock().unwrap().clone();
-        let l = leader_index(&c, &a).unwrap_or_else(|| panic!("no leader before round {round}\n{}", c.logs()));
+        let l = leader_index(&c, &a)
+            .unwrap_or_else(|| panic!("no leader before round {round}\n{}", c.logs()));
         alive.lock().unwrap()[l] = false;
         c.nodes[l].kill();
         let a = alive.lock().unwrap().clone();
         // A new leader among the survivors, and every survivor answers the API.
-        wait_for(Duration::from_secs(30), || leader_index(&c, &a).is_some_and(|n| n != l))
-            .unwrap_or_else(|e| panic!("round {round}: no new leader: {e}\n{}", c.logs()));
+        wait_for(Duration::from_secs(30), || {
+            leader_index(&c, &a).is_some_and(|n| n != l)
+        })
+        .unwrap_or_else(|e| panic!("round {round}: no new leader: {e}\n{}", c.logs()));
         for (j, up) in a.iter().enumerate() {
             if *up {
-                wait_for(Duration::from_secs(20), || c.node(j).swarm(&["service", "ls"]).ok())
-                    .unwrap_or_else(|e| panic!("round {round}: node{} does not answer: {e}", j + 1));
+                wait_for(Duration::from_secs(20), || {
+                    c.node(j).swarm(&["service", "ls"]).ok()
+                })
+                .unwrap_or_else(|e| panic!("round {round}: node{} does not answer: {e}", j + 1));
             }
         }
         c.nodes[l].start().unwrap();
         alive.lock().unwrap()[l] = true;
-        wait_for(Duration::from_secs(30), || c.node(l).swarm(&["service", "ls"]).ok())
-            .unwrap_or_else(|e| panic!("round {round}: restarted node{} does not answer: {e}\n{}", l + 1, c.logs()));
+        wait_for(Duration::from_secs(30), || {
+            c.node(l).swarm(&["service", "ls"]).ok()
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "round {round}: restarted node{} does not answer: {e}\n{}",
+                l + 1,
+                c.logs()
+            )
+        });
     }
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 5, "the writer got few writes through: {acked:?}");
+    assert!(
+        acked.len() >= 5,
+        "the writer got few writes through: {acked:?}"
+    );
 
     let names = |c: &Cluster, j: usize| -> BTreeSet<String> {
         c.node(j)
@@ -213,7 +291,11 @@ fn killing_leaders_loses_no_acknowledged_write_and_a_full_restart_keeps_state() 
     for j in 0..3 {
         let have = names(&c, j);
         for a in &acked {
-            assert!(have.contains(a), "acknowledged write {a} missing through node{}", j + 1);
+            assert!(
+                have.contains(a),
+                "acknowledged write {a} missing through node{}",
+                j + 1
+            );
         }
     }
 
@@ -225,8 +307,10 @@ fn killing_leaders_loses_no_acknowledged_write_and_a_full_restart_keeps_state() 
     for n in c.nodes.iter_mut() {
         n.start().unwrap();
     }
-    wait_for(Duration::from_secs(60), || c.node(0).swarm(&["service", "ls"]).ok())
-        .unwrap_or_else(|e| panic!("no leader after a full restart: {e}\n{}", c.logs()));
+    wait_for(Duration::from_secs(60), || {
+        c.node(0).swarm(&["service", "ls"]).ok()
+    })
+    .unwrap_or_else(|e| panic!("no leader after a full restart: {e}\n{}", c.logs()));
     assert_eq!(names(&c, 0), before);
     assert_eq!(names(&c, 2), before);
 }
@@ -236,8 +320,20 @@ fn a_dead_worker_goes_down_and_its_tasks_move_drain_moves_pause_holds() {
     let mut c = Cluster::new(5, 24401).unwrap();
     c.form(3).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     let ids = node_ids(&c);
-    c.node(0).swarm_ok(&["service", "create", "-d", "--name", "web", "--replicas", "10", "sim/app"]);
-    wait_for(Duration::from_secs(60), || running(&c.node(0).tasks("web").unwrap()).len() == 10).unwrap();
+    c.node(0).swarm_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--replicas",
+        "10",
+        "sim/app",
+    ]);
+    wait_for(Duration::from_secs(60), || {
+        running(&c.node(0).tasks("web").unwrap()).len() == 10
+    })
+    .unwrap();
     let on5 = per_node(&c.node(0).tasks("web").unwrap())[&ids["node5"]];
     assert!(on5 > 0);
 
@@ -249,32 +345,51 @@ fn a_dead_worker_goes_down_and_its_tasks_move_drain_moves_pause_holds() {
             .lines()
             .any(|l| l.contains("node5") && l.contains("Down"))
     })
-    .unwrap_or_else(|e| panic!("node5 never went Down: {e}\n{}", c.node(0).swarm(&["node", "ls"]).stdout));
+    .unwrap_or_else(|e| {
+        panic!(
+            "node5 never went Down: {e}\n{}",
+            c.node(0).swarm(&["node", "ls"]).stdout
+        )
+    });
     wait_for(Duration::from_secs(60), || {
         let t = c.node(0).tasks("web").unwrap();
         let p = per_node(&t);
         running(&t).len() == 10 && !p.contains_key(&ids["node5"])
     })
-    .unwrap_or_else(|e| panic!("tasks of node5 not rescheduled: {e}\n{}", c.node(0).swarm(&["service", "ps", "web"]).stdout));
+    .unwrap_or_else(|e| {
+        panic!(
+            "tasks of node5 not rescheduled: {e}\n{}",
+            c.node(0).swarm(&["service", "ps", "web"]).stdout
+        )
+    });
 
     // drain: tasks leave node4.
-    c.node(0).swarm_ok(&["node", "update", "--availability", "drain", "node4"]);
+    c.node(0)
+        .swarm_ok(&["node", "update", "--availability", "drain", "node4"]);
     wait_for(Duration::from_secs(60), || {
         let t = c.node(0).tasks("web").unwrap();
         running(&t).len() == 10 && !per_node(&t).contains_key(&ids["node4"])
     })
     .unwrap();
     let out = c.node(0).swarm_ok(&["node", "ls"]);
-    assert!(out.lines().any(|l| l.contains("node4") && l.contains("Drain")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("node4") && l.contains("Drain")),
+        "{out}"
+    );
 
     // pause: node3 keeps its tasks and takes no new ones.
-    c.node(0).swarm_ok(&["node", "update", "--availability", "pause", "node3"]);
+    c.node(0)
+        .swarm_ok(&["node", "update", "--availability", "pause", "node3"]);
     let before = per_node(&c.node(0).tasks("web").unwrap())
         .get(&ids["node3"])
         .copied()
         .unwrap_or(0);
     c.node(0).swarm_ok(&["service", "scale", "-d", "web=16"]);
-    wait_for(Duration::from_secs(60), || running(&c.node(0).tasks("web").unwrap()).len() == 16).unwrap();
+    wait_for(Duration::from_secs(60), || {
+        running(&c.node(0).tasks("web").unwrap()).len() == 16
+    })
+    .unwrap();
     let after = per_node(&c.node(0).tasks("web").unwrap())
         .get(&ids["node3"])
         .copied()
@@ -288,20 +403,37 @@ fn an_unsatisfiable_constraint_leaves_the_task_pending_with_the_reason() {
     c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     let m = c.node(0);
     m.swarm_ok(&[
-        "service", "create", "-d", "--name", "picky", "--constraint", "node.labels.zone==nowhere", "sim/app",
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "picky",
+        "--constraint",
+        "node.labels.zone==nowhere",
+        "sim/app",
     ]);
     let want = "no suitable node (scheduling constraints not satisfied on 3 nodes)";
     wait_for(Duration::from_secs(30), || {
-        m.swarm(&["service", "ps", "--no-trunc", "picky"]).stdout.contains(want)
+        m.swarm(&["service", "ps", "--no-trunc", "picky"])
+            .stdout
+            .contains(want)
     })
-    .unwrap_or_else(|e| panic!("{e}: {}", m.swarm(&["service", "ps", "--no-trunc", "picky"]).stdout));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}",
+            m.swarm(&["service", "ps", "--no-trunc", "picky"]).stdout
+        )
+    });
     let t = m.tasks("picky").unwrap();
     assert_eq!(t.len(), 1);
     assert_eq!(t[0].state(), proto::TaskState::Pending);
     assert!(t[0].node_id.is_empty());
     // Labelling a node satisfies it.
     m.swarm_ok(&["node", "update", "--label-add", "zone=nowhere", "node2"]);
-    wait_for(Duration::from_secs(30), || running(&m.tasks("picky").unwrap()).len() == 1).unwrap();
+    wait_for(Duration::from_secs(30), || {
+        running(&m.tasks("picky").unwrap()).len() == 1
+    })
+    .unwrap();
 }
 
 #[test]
@@ -316,14 +448,35 @@ fn tokens_certificates_and_roles_are_enforced() {
     let digest_len = "SWMTKN-1-".len() + 50;
     let wrong_ca = format!("SWMTKN-1-{}{}", "0".repeat(50), &good[digest_len..]);
     for bad in [wrong_ca.as_str(), "SWMTKN-1-nonsense", "hello"] {
-        let o = c.node(2).swarm(&["join", "--token", bad, "--advertise-addr", &c.node(2).addr(), "--listen-addr", &c.node(2).addr(), &m.addr()]);
+        let o = c.node(2).swarm(&[
+            "join",
+            "--token",
+            bad,
+            "--advertise-addr",
+            &c.node(2).addr(),
+            "--listen-addr",
+            &c.node(2).addr(),
+            &m.addr(),
+        ]);
         assert!(!o.ok(), "join with token {bad:?} succeeded");
         assert!(!o.stderr.trim().is_empty());
     }
     // A rotated-out token is refused, the new one works.
     let out = m.swarm_ok(&["join-token", "--rotate", "worker"]);
-    assert!(out.contains("Successfully rotated worker join token."), "{out}");
-    let o = c.node(2).swarm(&["join", "--token", &good, "--advertise-addr", &c.node(2).addr(), "--listen-addr", &c.node(2).addr(), &m.addr()]);
+    assert!(
+        out.contains("Successfully rotated worker join token."),
+        "{out}"
+    );
+    let o = c.node(2).swarm(&[
+        "join",
+        "--token",
+        &good,
+        "--advertise-addr",
+        &c.node(2).addr(),
+        "--listen-addr",
+        &c.node(2).addr(),
+        &m.addr(),
+    ]);
     assert!(!o.ok(), "the rotated-out token still works");
     assert!(o.stderr.contains("invalid join token"), "{}", o.stderr);
     c.join(2, 0, "worker").unwrap();
@@ -360,10 +513,17 @@ fn tokens_certificates_and_roles_are_enforced() {
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     let other = swarm_manager::ca::RootCa::generate().unwrap();
     let stranger = swarm_manager::tls::client_config(&other.cert_pem, None).unwrap();
-    assert!(call(stranger).is_err(), "a client trusting another CA got through");
+    assert!(
+        call(stranger).is_err(),
+        "a client trusting another CA got through"
+    );
     // And the manager's own certificate works.
     let (mc, mk, mr) = m.cert_paths();
-    let manager = swarm_manager::tls::client_config(&tests::read(&mr), Some((&tests::read(&mc), &tests::read(&mk)))).unwrap();
+    let manager = swarm_manager::tls::client_config(
+        &tests::read(&mr),
+        Some((&tests::read(&mc), &tests::read(&mk))),
+    )
+    .unwrap();
     call(manager).expect("a manager certificate is accepted");
 }
 
@@ -372,28 +532,95 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     let c = Cluster::new(2, 24701).unwrap();
     c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     let m = c.node(0);
-    m.swarm_ok(&["service", "create", "-d", "--name", "ok", "--replicas", "2", "sim/app"]);
-    m.swarm_ok(&["service", "create", "-d", "--name", "glob", "--mode", "global", "sim/app"]);
+    m.swarm_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "ok",
+        "--replicas",
+        "2",
+        "sim/app",
+    ]);
+    m.swarm_ok(&[
+        "service", "create", "-d", "--name", "glob", "--mode", "global", "sim/app",
+    ]);
     let snapshot = || {
         let mut s: Vec<(String, Option<u64>, u64)> = m
             .services()
             .unwrap()
             .into_iter()
-            .map(|s| (s.name().to_string(), s.replicas(), s.meta.map_or(0, |m| m.version)))
+            .map(|s| {
+                (
+                    s.name().to_string(),
+                    s.replicas(),
+                    s.meta.map_or(0, |m| m.version),
+                )
+            })
             .collect();
         s.sort();
         s
     };
-    let nodes_before = m.nodes().unwrap().into_iter().map(|n| (n.id, n.spec)).collect::<Vec<_>>();
+    let nodes_before = m
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.id, n.spec))
+        .collect::<Vec<_>>();
     let before = snapshot();
     let cases: &[&[&str]] = &[
         &["service", "create", "-d", "--name", "bad name!", "sim/app"],
-        &["service", "create", "-d", "--name", "-leading-dash", "sim/app"],
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "-leading-dash",
+            "sim/app",
+        ],
         &["service", "create", "-d", "--name", "ok", "sim/app"],
-        &["service", "create", "-d", "--mode", "global", "--replicas", "2", "--name", "g2", "sim/app"],
-        &["service", "create", "-d", "--replicas", "-1", "--name", "neg", "sim/app"],
-        &["service", "create", "-d", "--restart-delay", "-5s", "--name", "neg2", "sim/app"],
-        &["service", "create", "-d", "--constraint", "node.role=manager", "--name", "badc", "sim/app"],
+        &[
+            "service",
+            "create",
+            "-d",
+            "--mode",
+            "global",
+            "--replicas",
+            "2",
+            "--name",
+            "g2",
+            "sim/app",
+        ],
+        &[
+            "service",
+            "create",
+            "-d",
+            "--replicas",
+            "-1",
+            "--name",
+            "neg",
+            "sim/app",
+        ],
+        &[
+            "service",
+            "create",
+            "-d",
+            "--restart-delay",
+            "-5s",
+            "--name",
+            "neg2",
+            "sim/app",
+        ],
+        &[
+            "service",
+            "create",
+            "-d",
+            "--constraint",
+            "node.role=manager",
+            "--name",
+            "badc",
+            "sim/app",
+        ],
         &["service", "create", "-d", "--name", "noimage"],
         &["service", "scale", "-d", "nosuch=2"],
         &["service", "scale", "-d", "glob=3"],
@@ -409,7 +636,13 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     ];
     for args in cases {
         let o = m.swarm(args);
-        assert_ne!(o.code, 0, "`swarm {}` succeeded: {}", args.join(" "), o.stdout);
+        assert_ne!(
+            o.code,
+            0,
+            "`swarm {}` succeeded: {}",
+            args.join(" "),
+            o.stdout
+        );
         assert!(
             !o.stderr.trim().is_empty(),
             "`swarm {}` failed without saying why",
@@ -418,6 +651,11 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
     }
     assert_eq!(snapshot(), before, "a refused command changed services");
-    let nodes_after = m.nodes().unwrap().into_iter().map(|n| (n.id, n.spec)).collect::<Vec<_>>();
+    let nodes_after = m
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.id, n.spec))
+        .collect::<Vec<_>>();
     assert_eq!(nodes_after, nodes_before, "a refused command changed nodes");
 }

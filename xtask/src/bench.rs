@@ -115,7 +115,7 @@ fn run_child(nodes: usize, tasks: usize) -> anyhow::Result<RunResult> {
 }
 
 fn human(n: usize) -> String {
-    if n >= 1_000 && n % 1_000 == 0 {
+    if n >= 1_000 && n.is_multiple_of(1_000) {
         format!("{}k", n / 1_000)
     } else {
         n.to_string()
@@ -160,8 +160,8 @@ pub fn scheduler(runs: usize, only: Option<&str>) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:>7} {:>7} {:>10} {:>12} {:>13} {:>7}  {}",
-        "NODES", "TASKS", "MEDIAN s", "TASKS/s", "PEAK RSS MiB", "PASSES", "VS SWARMKIT"
+        "{:>7} {:>7} {:>10} {:>12} {:>13} {:>7}  VS SWARMKIT",
+        "NODES", "TASKS", "MEDIAN s", "TASKS/s", "PEAK RSS MiB", "PASSES"
     );
     for (nodes, tasks, median, rss, passes) in rows {
         let vs = if (nodes, tasks) == (1_000, 100_000) {

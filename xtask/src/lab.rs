@@ -19,10 +19,26 @@ pub fn run(exit: bool, port: u16) -> anyhow::Result<()> {
     let m = c.node(0);
     println!("\n$ swarm node ls\n{}", m.swarm_ok(&["node", "ls"]));
     println!("$ swarm service create --name demo --replicas 6 sim/whoami");
-    print!("{}", m.swarm_ok(&["service", "create", "--name", "demo", "--replicas", "6", "sim/whoami"]));
-    wait_for(Duration::from_secs(30), || running(&m.tasks("demo").unwrap_or_default()).len() == 6)?;
+    print!(
+        "{}",
+        m.swarm_ok(&[
+            "service",
+            "create",
+            "--name",
+            "demo",
+            "--replicas",
+            "6",
+            "sim/whoami"
+        ])
+    );
+    wait_for(Duration::from_secs(30), || {
+        running(&m.tasks("demo").unwrap_or_default()).len() == 6
+    })?;
     println!("\n$ swarm service ls\n{}", m.swarm_ok(&["service", "ls"]));
-    println!("$ swarm service ps demo\n{}", m.swarm_ok(&["service", "ps", "demo"]));
+    println!(
+        "$ swarm service ps demo\n{}",
+        m.swarm_ok(&["service", "ps", "demo"])
+    );
     println!("NOTE: tasks run on the simulated executor (no containers yet).");
     if exit {
         return Ok(());

@@ -610,13 +610,11 @@ async fn run_loop_places_tasks_created_later() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let st = store.read();
-        let t = st.task("big").unwrap();
+        let t = store.read().task("big").cloned().unwrap();
         if t.state() == TaskState::Assigned {
             assert_eq!(t.node_id, "n1");
             break;
         }
-        drop(st);
         assert!(
             Instant::now() < deadline,
             "task not placed after resources were freed"

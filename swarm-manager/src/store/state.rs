@@ -21,6 +21,9 @@ pub struct State {
     index: Indexes,
 }
 
+/// What an atomic batch restores on failure: (kind, id, previous object or None).
+type Undo = Vec<(Kind, String, Option<Object>)>;
+
 #[derive(Clone, Debug, Default)]
 struct Indexes {
     service_names: HashMap<String, String>,
@@ -161,10 +164,10 @@ impl State {
     /// request give the same result on every manager.
     pub fn apply(&mut self, index: u64, req: &Request) -> Response {
         if req.atomic {
-            let mut undo: Vec<(Kind, String, Option<Object>)> = Vec::new();
+            let mut undo: Undo = Vec::new();
             let mut out = Vec::with_capacity(req.ops.len());
             for op in &req.ops {
-                match self.apply_op(index, req.now_ms, op, &mut undo) {
+                match self.apply_op(index, req.now_ms, op, Some(&mut undo)) {
                     Ok(o) => out.push(OpOutcome::Applied(o)),
                     Err(e) => {
                         for (kind, id, prev) in undo.into_iter().rev() {
@@ -180,16 +183,13 @@ impl State {
                 result: Some(Ok(out)),
             }
         } else {
-            let mut undo = Vec::new();
+            // Each op stands alone: nothing to roll back, so nothing is copied for it.
             let out = req
                 .ops
                 .iter()
-                .map(|op| {
-                    undo.clear();
-                    match self.apply_op(index, req.now_ms, op, &mut undo) {
-                        Ok(o) => OpOutcome::Applied(o),
-                        Err(e) => OpOutcome::Skipped(e),
-                    }
+                .map(|op| match self.apply_op(index, req.now_ms, op, None) {
+                    Ok(o) => OpOutcome::Applied(o),
+                    Err(e) => OpOutcome::Skipped(e),
                 })
                 .collect();
             Response {
@@ -203,7 +203,7 @@ impl State {
         index: u64,
         now: i64,
         op: &Op,
-        undo: &mut Vec<(Kind, String, Option<Object>)>,
+        mut undo: Option<&mut Undo>,
     ) -> Result<Option<Object>, StoreError> {
         match op {
             Op::Create(obj) => {
@@ -221,7 +221,9 @@ impl State {
                 meta.version = index;
                 meta.created_at = now;
                 meta.updated_at = now;
-                undo.push((kind, id, None));
+                if let Some(u) = undo.as_deref_mut() {
+                    u.push((kind, id, None));
+                }
                 self.put(obj.clone());
                 Ok(Some(obj))
             }
@@ -250,7 +252,9 @@ impl State {
                     created_at: created,
                     updated_at: now,
                 };
-                undo.push((kind, id, Some(prev)));
+                if let Some(u) = undo.as_deref_mut() {
+                    u.push((kind, id, Some(prev)));
+                }
                 self.put(obj.clone());
                 Ok(Some(obj))
             }
@@ -261,68 +265,73 @@ impl State {
                         id: id.clone(),
                     });
                 };
-                undo.push((*kind, id.clone(), Some(prev)));
+                if let Some(u) = undo.as_deref_mut() {
+                    u.push((*kind, id.clone(), Some(prev)));
+                }
                 self.remove(*kind, id);
                 Ok(None)
             }
             Op::SetTaskStatus { task_id, status } => {
-                let mut t = self.task_for_change(task_id)?;
-                let new_state = status.state;
-                if new_state < t.state() as i32 {
-                    // Observed state never moves backwards: a late report is dropped.
-                    return Ok(None);
-                }
-                let mut status = status.clone();
-                if status.timestamp == 0 {
-                    status.timestamp = now;
-                }
-                t.status = Some(status);
-                Ok(Some(self.commit_task(index, now, t, undo)))
+                self.change_task(index, now, task_id, undo, |t| {
+                    if status.state < t.state() as i32 {
+                        // Observed state never moves backwards: a late report is dropped.
+                        return Ok(false);
+                    }
+                    let mut status = status.clone();
+                    if status.timestamp == 0 {
+                        status.timestamp = now;
+                    }
+                    t.status = Some(status);
+                    Ok(true)
+                })
             }
             Op::AssignTask { task_id, node_id } => {
-                let mut t = self.task_for_change(task_id)?;
-                // Global tasks come with their node already chosen by the orchestrator.
-                if t.state() != TaskState::Pending
-                    || !(t.node_id.is_empty() || t.node_id == *node_id)
-                {
-                    return Err(StoreError::Invalid(format!(
-                        "task {task_id} is {} and cannot be assigned",
-                        t.state().display_name()
-                    )));
-                }
                 if !self.nodes.contains_key(node_id) {
                     return Err(StoreError::NotFound {
                         kind: Kind::Node,
                         id: node_id.clone(),
                     });
                 }
-                t.node_id = node_id.clone();
-                let st = t.status.get_or_insert_with(Default::default);
-                st.state = TaskState::Assigned as i32;
-                st.timestamp = now;
-                st.message = "scheduler assigned task to node".into();
-                st.err.clear();
-                Ok(Some(self.commit_task(index, now, t, undo)))
+                self.change_task(index, now, task_id, undo, |t| {
+                    // Global tasks come with their node already chosen by the orchestrator.
+                    if t.state() != TaskState::Pending
+                        || !(t.node_id.is_empty() || t.node_id == *node_id)
+                    {
+                        return Err(StoreError::Invalid(format!(
+                            "task {task_id} is {} and cannot be assigned",
+                            t.state().display_name()
+                        )));
+                    }
+                    t.node_id.clone_from(node_id);
+                    let st = t.status.get_or_insert_with(Default::default);
+                    st.state = TaskState::Assigned as i32;
+                    st.timestamp = now;
+                    st.message = "scheduler assigned task to node".into();
+                    st.err.clear();
+                    Ok(true)
+                })
             }
             Op::SetTaskSchedulingError { task_id, err } => {
-                let mut t = self.task_for_change(task_id)?;
-                if t.state() != TaskState::Pending {
-                    return Ok(None);
-                }
-                let st = t.status.get_or_insert_with(Default::default);
-                if st.err == *err {
-                    return Ok(None);
-                }
-                st.err = err.clone();
-                Ok(Some(self.commit_task(index, now, t, undo)))
+                self.change_task(index, now, task_id, undo, |t| {
+                    if t.state() != TaskState::Pending {
+                        return Ok(false);
+                    }
+                    let st = t.status.get_or_insert_with(Default::default);
+                    if st.err == *err {
+                        return Ok(false);
+                    }
+                    st.err.clone_from(err);
+                    Ok(true)
+                })
             }
             Op::SetTaskDesiredState { task_id, desired } => {
-                let mut t = self.task_for_change(task_id)?;
-                if (*desired as i32) <= t.desired_state {
-                    return Ok(None);
-                }
-                t.desired_state = *desired as i32;
-                Ok(Some(self.commit_task(index, now, t, undo)))
+                self.change_task(index, now, task_id, undo, |t| {
+                    if (*desired as i32) <= t.desired_state {
+                        return Ok(false);
+                    }
+                    t.desired_state = *desired as i32;
+                    Ok(true)
+                })
             }
             Op::SetNodeStatus { node_id, status } => {
                 let Some(prev) = self.nodes.get(node_id).cloned() else {
@@ -336,34 +345,74 @@ impl State {
                 let m = n.meta.get_or_insert_with(Meta::default);
                 m.version = index;
                 m.updated_at = now;
-                undo.push((Kind::Node, node_id.clone(), Some(Object::Node(prev))));
+                if let Some(u) = undo.as_deref_mut() {
+                    u.push((Kind::Node, node_id.clone(), Some(Object::Node(prev))));
+                }
                 self.nodes.insert(node_id.clone(), n.clone());
                 Ok(Some(Object::Node(n)))
             }
         }
     }
 
-    fn task_for_change(&self, id: &str) -> Result<Task, StoreError> {
-        self.tasks.get(id).cloned().ok_or_else(|| StoreError::NotFound {
-            kind: Kind::Task,
-            id: id.to_string(),
-        })
-    }
-
-    fn commit_task(
+    /// Changes a task in place: `f` validates (without changing anything on error) and
+    /// returns whether it changed the task. Small ops return no object; only atomic
+    /// batches keep a copy of the previous task for rollback. Indexes move only when the
+    /// state or the node changed.
+    fn change_task(
         &mut self,
         index: u64,
         now: i64,
-        mut t: Task,
-        undo: &mut Vec<(Kind, String, Option<Object>)>,
-    ) -> Object {
+        id: &str,
+        undo: Option<&mut Undo>,
+        f: impl FnOnce(&mut Task) -> Result<bool, StoreError>,
+    ) -> Result<Option<Object>, StoreError> {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return Err(StoreError::NotFound {
+                kind: Kind::Task,
+                id: id.to_string(),
+            });
+        };
+        let before = undo.is_some().then(|| t.clone());
+        let old_state = t.state() as i32;
+        let old_node = t.node_id.clone();
+        if !f(t)? {
+            return Ok(None);
+        }
         let m = t.meta.get_or_insert_with(Meta::default);
         m.version = index;
         m.updated_at = now;
-        let prev = self.tasks.get(&t.id).cloned().map(Object::Task);
-        undo.push((Kind::Task, t.id.clone(), prev));
-        self.put_task(t.clone());
-        Object::Task(t)
+        let new_state = t.state() as i32;
+        let node_moved = t.node_id != old_node;
+        let new_node = if node_moved {
+            t.node_id.clone()
+        } else {
+            String::new()
+        };
+        if let (Some(u), Some(prev)) = (undo, before) {
+            u.push((Kind::Task, id.to_string(), Some(Object::Task(prev))));
+        }
+        let ix = &mut self.index;
+        if new_state != old_state {
+            if let Some(set) = ix.tasks_by_state.get_mut(&old_state) {
+                set.remove(id);
+            }
+            ix.tasks_by_state
+                .entry(new_state)
+                .or_default()
+                .insert(id.to_string());
+        }
+        if node_moved {
+            if let Some(set) = ix.tasks_by_node.get_mut(&old_node) {
+                set.remove(id);
+            }
+            if !new_node.is_empty() {
+                ix.tasks_by_node
+                    .entry(new_node)
+                    .or_default()
+                    .insert(id.to_string());
+            }
+        }
+        Ok(None)
     }
 
     fn check_name(&self, obj: &Object, self_id: Option<&str>) -> Result<(), StoreError> {
@@ -553,7 +602,10 @@ mod tests {
     fn versions_are_checked_and_state_never_goes_back() {
         let mut s = State::default();
         s.apply(1, &Request::atomic(vec![Op::Create(service("a", "web"))]));
-        s.apply(2, &Request::atomic(vec![Op::Create(task("t1", "a", TaskState::Pending))]));
+        s.apply(
+            2,
+            &Request::atomic(vec![Op::Create(task("t1", "a", TaskState::Pending))]),
+        );
         let stale = s.get(Kind::Service, "a").unwrap();
         let ok = s.apply(
             3,
@@ -582,7 +634,11 @@ mod tests {
                 node_id: "n1".into(),
             }]),
         );
-        assert_eq!(s.task("t1").unwrap().state(), TaskState::Pending, "unknown node");
+        assert_eq!(
+            s.task("t1").unwrap().state(),
+            TaskState::Pending,
+            "unknown node"
+        );
 
         let running = TaskStatus {
             state: TaskState::Running as i32,
@@ -614,7 +670,10 @@ mod tests {
     fn snapshot_round_trip_rebuilds_indexes() {
         let mut s = State::default();
         s.apply(1, &Request::atomic(vec![Op::Create(service("a", "web"))]));
-        s.apply(2, &Request::atomic(vec![Op::Create(task("t1", "a", TaskState::New))]));
+        s.apply(
+            2,
+            &Request::atomic(vec![Op::Create(task("t1", "a", TaskState::New))]),
+        );
         let back = State::from_bytes(&s.to_bytes()).unwrap();
         assert_eq!(back.service_by_name("web").unwrap().id, "a");
         assert_eq!(back.tasks_of_service("a").count(), 1);
