@@ -136,16 +136,8 @@ pub fn ls_table(nodes: &[Node], self_id: &str) -> String {
     t.render()
 }
 
-fn json_format(f: &Option<String>) -> Result<bool> {
-    match f.as_deref() {
-        None | Some("") | Some("table") => Ok(false),
-        Some("json") => Ok(true),
-        Some(other) => Err(crate::unsupported_format(other)),
-    }
-}
-
 pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
-    let json_out = json_format(&a.format)?;
+    let json_out = crate::wants_json(&a.format)?;
     let mut nodes = c.nodes().await?;
     sort_nodes(&mut nodes);
     if a.quiet {
@@ -245,7 +237,7 @@ pub fn pretty(n: &Node) -> String {
 
 pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
     if !a.pretty {
-        json_format(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
+        crate::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
     }
     let mut values = Vec::new();
     let mut texts = Vec::new();
@@ -420,7 +412,7 @@ pub fn print_tasks(
 }
 
 pub async fn node_ps(c: &Client, a: PsArgs) -> Result<()> {
-    let json_out = json_format(&a.format)?;
+    let json_out = crate::wants_json(&a.format)?;
     let filter = ps::Filter::parse(&a.filter).map_err(CliError::msg)?;
     let refs = if a.nodes.is_empty() {
         vec!["self".to_string()]

@@ -189,16 +189,8 @@ pub fn ls_table(services: &[Service], tasks: &[Task], active_nodes: &HashSet<Str
     t.render()
 }
 
-fn json_format(f: &Option<String>) -> Result<bool> {
-    match f.as_deref() {
-        None | Some("") | Some("table") => Ok(false),
-        Some("json") => Ok(true),
-        Some(other) => Err(crate::unsupported_format(other)),
-    }
-}
-
 pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
-    let json_out = json_format(&a.format)?;
+    let json_out = crate::wants_json(&a.format)?;
     let mut services = c.services().await?;
     sort_services(&mut services);
     if a.quiet {
@@ -375,7 +367,7 @@ pub fn pretty(s: &Service) -> String {
 
 pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
     if !a.pretty {
-        json_format(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
+        crate::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
     }
     let mut values = Vec::new();
     let mut texts = Vec::new();
@@ -401,7 +393,7 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
 // ---------------------------------------------------------------- ps
 
 pub async fn service_ps(c: &Client, a: PsArgs) -> Result<()> {
-    let json_out = json_format(&a.format)?;
+    let json_out = crate::wants_json(&a.format)?;
     let filter = ps::Filter::parse(&a.filter).map_err(bad)?;
     let mut found = Vec::new();
     let mut errors = Vec::new();

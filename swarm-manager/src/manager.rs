@@ -61,6 +61,7 @@ pub struct Manager {
     pub raft: Raft,
     pub router: Router,
     pub control: ControlApi,
+    membership: Membership,
     raft_id: u64,
     cert: Arc<ReloadableCert>,
     client_cfg: Arc<RwLock<Arc<rustls::ClientConfig>>>,
@@ -205,7 +206,7 @@ impl Manager {
             cfg.raft_id,
             store.clone(),
             dispatcher,
-            membership,
+            membership.clone(),
             health,
         ));
         tasks.spawn(raft_metrics_loop(raft.clone()));
@@ -215,6 +216,7 @@ impl Manager {
             raft,
             router,
             control,
+            membership,
             raft_id: cfg.raft_id,
             cert,
             client_cfg,
@@ -240,26 +242,19 @@ impl Manager {
         Ok(())
     }
 
-    /// Asks the cluster to remove this manager from the raft membership.
+    /// Asks the leader to remove this manager from the raft membership (directly when this
+    /// manager leads).
     pub async fn leave_raft(&self) -> anyhow::Result<()> {
-        let Some(addr) = self.router.leader_addr().or_else(|| {
-            // We lead: remove ourselves through our own listener's logic.
-            None
-        }) else {
-            let m = Membership::new(self.raft.clone(), self.store.clone(), self.router.clone());
-            m.remove_voter(self.raft_id)
+        let result = match self.router.leader_addr() {
+            Some(addr) => RaftMembershipClient::new(connector(self.client_cfg.clone())(&addr))
+                .leave(LeaveRequest {
+                    node_id: String::new(),
+                })
                 .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-            return Ok(());
+                .map(|_| ()),
+            None => self.membership.remove_voter(self.raft_id).await,
         };
-        let connect = connector(self.client_cfg.clone());
-        RaftMembershipClient::new(connect(&addr))
-            .leave(LeaveRequest {
-                node_id: String::new(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-        Ok(())
+        result.map_err(|s| anyhow::anyhow!("{}", s.message()))
     }
 
     pub async fn shutdown(mut self) {
@@ -350,11 +345,6 @@ async fn raft_metrics_loop(raft: Raft) {
                 .set(m.current_leader.unwrap_or(0) as i64);
             if let Some(c) = m.last_applied {
                 METRICS.raft_applied_index.set(c.index as i64);
-            }
-            // openraft 0.9 reports the committed index through the log state; the last
-            // log index known quorum-acked is the best public approximation.
-            if let Some(l) = m.last_log_index {
-                METRICS.raft_commit_index.set(l as i64);
             }
         }
         if metrics.changed().await.is_err() {

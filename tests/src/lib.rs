@@ -187,33 +187,47 @@ pub struct Cluster {
     /// Removed when the cluster is dropped (None: kept, as the lab does).
     _tmp: Option<tempfile::TempDir>,
     pub root: PathBuf,
+    agent_bin: PathBuf,
     pub nodes: Vec<AgentProc>,
     pub port: u16,
 }
 
 impl Cluster {
-    /// A cluster in a temporary directory, removed at the end.
+    /// A cluster of `test-agent` processes in a temporary directory, removed at the end.
     pub fn new(count: usize, port: u16) -> anyhow::Result<Cluster> {
+        Self::of(&bin_dir().join("test-agent"), count, port)
+    }
+
+    /// A cluster of processes of the daemon binary `agent_bin` (the shipped `swarm-agent`
+    /// or `test-agent`) in a temporary directory.
+    pub fn of(agent_bin: &Path, count: usize, port: u16) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("swarm-e2e-").tempdir()?;
         let root = dir.path().to_path_buf();
-        Self::build(Some(dir), root, count, port)
+        Self::build(Some(dir), root, agent_bin.to_path_buf(), count, port)
     }
 
     /// A cluster whose data roots, sockets and logs stay in `root`.
     pub fn new_in(root: PathBuf, count: usize, port: u16) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(&root)?;
-        Self::build(None, root, count, port)
+        Self::build(None, root, bin_dir().join("test-agent"), count, port)
     }
 
     fn build(
         tmp: Option<tempfile::TempDir>,
         root: PathBuf,
+        agent_bin: PathBuf,
         count: usize,
         port: u16,
     ) -> anyhow::Result<Cluster> {
+        assert!(
+            agent_bin.exists(),
+            "{} is missing: build it first (`cargo build --workspace --bins`, or run the tests with `cargo xtask test`)",
+            agent_bin.display()
+        );
         let mut c = Cluster {
             _tmp: tmp,
             root,
+            agent_bin,
             nodes: Vec::new(),
             port,
         };
@@ -234,7 +248,7 @@ impl Cluster {
             data_root: root.join(format!("node{i}")),
             socket: root.join(format!("node{i}.sock")),
             log: root.join(format!("node{i}.log")),
-            agent_bin: PathBuf::from(env_agent_bin()),
+            agent_bin: self.agent_bin.clone(),
             child: None,
         };
         n.start()?;
@@ -331,11 +345,6 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join("\n")
     }
-}
-
-fn env_agent_bin() -> String {
-    std::env::var("SWARM_TEST_AGENT")
-        .unwrap_or_else(|_| bin_dir().join("test-agent").display().to_string())
 }
 
 /// Polls `f` every 200 ms until it holds or `timeout` passes.

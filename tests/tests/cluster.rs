@@ -659,3 +659,133 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         .collect::<Vec<_>>();
     assert_eq!(nodes_after, nodes_before, "a refused command changed nodes");
 }
+
+#[test]
+fn raft_membership_follows_promote_demote_and_leave() {
+    let mut c = Cluster::new(4, 24801).unwrap();
+    c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let row = |c: &Cluster, via: usize, host: &str| -> String {
+        c.node(via)
+            .swarm(&["node", "ls"])
+            .stdout
+            .lines()
+            .find(|l| l.contains(host))
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // Workers promoted to managers become Raft voters: the swarm survives losing the first.
+    let out = c.node(0).swarm_ok(&["node", "promote", "node2", "node3"]);
+    assert!(
+        out.contains("Node node2 promoted to a manager in the swarm."),
+        "{out}"
+    );
+    wait_for(Duration::from_secs(60), || {
+        row(&c, 0, "node2").contains("Reachable")
+            && row(&c, 0, "node3").contains("Reachable")
+            && c.node(1).swarm(&["service", "ls"]).ok()
+    })
+    .unwrap_or_else(|e| panic!("promotion did not complete: {e}\n{}", c.logs()));
+    c.node(1)
+        .swarm_ok(&["service", "create", "-d", "--name", "before", "sim/app"]);
+    c.nodes[0].kill();
+    wait_for(Duration::from_secs(30), || {
+        c.node(1)
+            .swarm(&["service", "create", "-d", "--name", "after", "sim/app"])
+            .ok()
+            || c.node(1).swarm(&["service", "inspect", "after"]).ok()
+    })
+    .unwrap_or_else(|e| panic!("no quorum without node1: {e}\n{}", c.logs()));
+    let names: BTreeSet<String> = c
+        .node(2)
+        .services()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name().to_string())
+        .collect();
+    assert!(
+        names.contains("before") && names.contains("after"),
+        "{names:?}"
+    );
+    c.nodes[0].start().unwrap();
+    wait_for(Duration::from_secs(30), || {
+        c.node(0).swarm(&["service", "ls"]).ok()
+    })
+    .unwrap();
+
+    // A demoted manager leaves Raft and loses the Control API.
+    let out = c.node(1).swarm_ok(&["node", "demote", "node3"]);
+    assert!(out.contains("Manager node3 demoted in the swarm."), "{out}");
+    wait_for(Duration::from_secs(60), || {
+        let r = row(&c, 1, "node3");
+        !r.is_empty()
+            && !r.contains("Reachable")
+            && !r.contains("Leader")
+            && c.node(2)
+                .swarm(&["service", "ls"])
+                .stderr
+                .contains("not a swarm manager")
+    })
+    .unwrap_or_else(|e| panic!("demotion did not complete: {e}\n{}", c.logs()));
+    // The remaining two managers still have a quorum.
+    c.node(0)
+        .swarm_ok(&["service", "create", "-d", "--name", "later", "sim/app"]);
+
+    // A manager may not leave without --force; a worker leaves, goes Down and can be removed.
+    let o = c.node(1).swarm(&["leave"]);
+    assert!(!o.ok() && o.stderr.contains("--force"), "{o:?}");
+    let out = c.node(3).swarm_ok(&["leave"]);
+    assert!(out.contains("Node left the swarm."), "{out}");
+    assert!(c
+        .node(3)
+        .swarm(&["node", "ls"])
+        .stderr
+        .contains("not a swarm manager"));
+    wait_for(Duration::from_secs(30), || {
+        row(&c, 0, "node4").contains("Down")
+    })
+    .unwrap();
+    c.node(0).swarm_ok(&["node", "rm", "node4"]);
+    let out = c.node(0).swarm_ok(&["node", "ls"]);
+    assert!(!out.contains("node4"), "{out}");
+    assert_eq!(table(&out).len(), 3, "{out}");
+}
+
+#[test]
+fn the_shipped_daemon_rejects_tasks_it_cannot_run_and_says_why() {
+    let c = Cluster::of(&tests::bin_dir().join("swarm-agent"), 1, 24901).unwrap();
+    c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let m = c.node(0);
+    m.swarm_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--restart-condition",
+        "none",
+        "busybox",
+    ]);
+    wait_for(Duration::from_secs(30), || {
+        m.tasks("web")
+            .unwrap()
+            .iter()
+            .any(|t| t.state() == proto::TaskState::Rejected)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}",
+            m.swarm(&["service", "ps", "--no-trunc", "web"]).stdout
+        )
+    });
+    let t = m.tasks("web").unwrap();
+    assert!(
+        t.iter().all(|t| t.state() != proto::TaskState::Running),
+        "nothing may pretend to run"
+    );
+    let err = &t[0].status.as_ref().unwrap().err;
+    assert!(err.contains("cannot run tasks"), "{err}");
+    let ps = m.swarm_ok(&["service", "ps", "--no-trunc", "web"]);
+    assert!(ps.contains("Rejected") || ps.contains("rejected"), "{ps}");
+    assert!(ps.contains("cannot run tasks"), "{ps}");
+}

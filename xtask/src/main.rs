@@ -8,6 +8,8 @@
 
 mod bench;
 #[cfg(feature = "lab")]
+mod failover;
+#[cfg(feature = "lab")]
 mod lab;
 mod test;
 
@@ -70,6 +72,14 @@ enum BenchCmd {
         #[arg(long)]
         allow_debug: bool,
     },
+    /// Leader failover: time from killing the leader process until a write is accepted.
+    Failover {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Manager port of the three local managers.
+        #[arg(long, default_value_t = 24990)]
+        port: u16,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,6 +120,9 @@ fn main() -> anyhow::Result<()> {
             }
             bench::scheduler(runs, only.as_deref())
         }
+        Cmd::Bench {
+            what: BenchCmd::Failover { rounds, port },
+        } => failover(rounds.max(1), port),
         Cmd::BenchChild { nodes, tasks } => bench::child(nodes, tasks),
     }
 }
@@ -117,6 +130,16 @@ fn main() -> anyhow::Result<()> {
 #[cfg(feature = "lab")]
 fn lab(exit: bool, port: u16) -> anyhow::Result<()> {
     lab::run(exit, port)
+}
+
+#[cfg(feature = "lab")]
+fn failover(rounds: usize, port: u16) -> anyhow::Result<()> {
+    failover::run(rounds, port)
+}
+
+#[cfg(not(feature = "lab"))]
+fn failover(_rounds: usize, _port: u16) -> anyhow::Result<()> {
+    bail!("this xtask was built without the `lab` feature; run `cargo xtask bench failover`")
 }
 
 #[cfg(not(feature = "lab"))]

@@ -331,6 +331,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .unflushed_committed
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(committed);
+        if let Some(c) = committed {
+            crate::metrics::METRICS
+                .raft_commit_index
+                .set(c.index as i64);
+        }
         Ok(())
     }
 
