@@ -228,10 +228,8 @@ fn killing_leaders_loses_no_acknowledged_write_and_a_full_restart_keeps_state() 
                 continue;
             }
             for l in out.stdout.lines().filter(|l| l.contains("Leader")) {
-                for k in 0..3 {
-                    if l.contains(&format!("node{}", k + 1)) && a[k] {
-                        return Some(k);
-                    }
+                if let Some(k) = (0..3).find(|k| a[*k] && l.contains(&format!("node{}", k + 1))) {
+                    return Some(k);
                 }
             }
         }

@@ -80,6 +80,7 @@ pub enum StoreError {
 
 /// What applying one op produced: the object as stored after the op (None for deletes
 /// and no-op changes), or why it was skipped (best-effort batches only).
+#[allow(clippy::large_enum_variant)] // see Object
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum OpOutcome {
     Applied(Option<Object>),

@@ -345,7 +345,7 @@ impl State {
                 let m = n.meta.get_or_insert_with(Meta::default);
                 m.version = index;
                 m.updated_at = now;
-                if let Some(u) = undo.as_deref_mut() {
+                if let Some(u) = undo {
                     u.push((Kind::Node, node_id.clone(), Some(Object::Node(prev))));
                 }
                 self.nodes.insert(node_id.clone(), n.clone());
