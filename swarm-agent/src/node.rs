@@ -64,6 +64,8 @@ pub struct Agent {
     control: RwLock<Option<ControlApi>>,
     snapshot: RwLock<Snapshot>,
     role_change: tokio::sync::Mutex<()>,
+    /// The role the managers last said this node has.
+    wanted_role: std::sync::Mutex<Option<NodeRole>>,
 }
 
 pub struct InitOptions {
@@ -100,6 +102,7 @@ impl Agent {
             control: RwLock::new(None),
             snapshot: RwLock::new(Snapshot::default()),
             role_change: tokio::sync::Mutex::new(()),
+            wanted_role: std::sync::Mutex::new(None),
         })
     }
 
@@ -423,18 +426,34 @@ impl Agent {
         }
         if let Some(node) = &msg.node {
             let want = node.role_enum();
+            let previous = self
+                .wanted_role
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace(want);
             let have = self
                 .snapshot()
                 .state
                 .map(|s| s.is_manager())
                 .unwrap_or(false);
-            if (want == NodeRole::Manager) != have {
-                let this = self.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = this.change_role(want).await {
-                        tracing::warn!("changing role to {}: {e:#}", role_name(want));
-                    }
-                });
+            if (want == NodeRole::Manager) != have && previous != Some(want) {
+                tokio::spawn(self.clone().follow_role(want));
+            }
+        }
+    }
+
+    /// Changes the node's role to `want`, retrying until it is done or the managers want
+    /// another role (a failed attempt is not followed by a new session message).
+    async fn follow_role(self: Arc<Self>, want: NodeRole) {
+        loop {
+            match self.clone().change_role(want).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!("changing role to {}: {e:#}; retrying", role_name(want)),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let still = *self.wanted_role.lock().unwrap_or_else(|e| e.into_inner()) == Some(want);
+            if !still {
+                return;
             }
         }
     }
@@ -593,7 +612,10 @@ async fn renew_certificate(
     let cfg = tls::client_config(&creds.root_ca_pem, Some((&creds.cert_pem, &creds.key_pem)))?;
     let (key, csr) = ca::new_key_and_csr()?;
     let mut last = anyhow!("no manager known");
-    for addr in &state.managers {
+    // Our own manager last: while our role changes it may not know the leader.
+    let mut managers = state.managers.clone();
+    managers.sort_by_key(|a| *a == state.advertise_addr);
+    for addr in &managers {
         let ch = tls::channel(addr, cfg.clone());
         match NodeCaClient::new(ch)
             .issue_node_certificate(IssueNodeCertificateRequest {

@@ -23,8 +23,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::control::propose_status;
 use crate::router::{Route, Router};
-use crate::store::{new_id, Object, Op, ProposeError, Request as StoreRequest, Store};
+use crate::store::{new_id, Op, ProposeError, Request as StoreRequest, Store};
 
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// A node is DOWN after this many heartbeat periods without a heartbeat.
@@ -99,49 +100,33 @@ impl Dispatcher {
             .is_some_and(|s| s.id == session_id && s.expires > Instant::now())
     }
 
-    /// Marks the node READY with the description the agent sent, retrying on conflicts.
+    /// Marks the node READY with the description the agent sent.
     async fn mark_ready(
         &self,
         node_id: &str,
         desc: Option<proto::NodeDescription>,
         addr: String,
     ) -> Result<Node, Status> {
-        for _ in 0..10 {
-            let node = self.store.read().node(node_id).cloned().ok_or_else(|| {
-                Status::permission_denied(format!(
-                    "node {node_id} is not a member of the swarm (it was removed); join again"
-                ))
-            })?;
-            let mut n = node.clone();
-            if desc.is_some() {
-                n.description = desc.clone();
-            }
-            n.status = Some(NodeStatus {
-                state: NodeState::Ready as i32,
-                message: String::new(),
-                addr: addr.clone(),
-            });
-            match self
-                .store
-                .write(vec![Op::Update {
-                    object: Object::Node(n),
-                    check_version: true,
-                }])
-                .await
-            {
-                Ok(mut objs) => {
-                    if let Some(Some(Object::Node(n))) = objs.pop() {
-                        return Ok(n);
-                    }
-                    return Err(Status::internal("node update returned no node"));
+        self.store
+            .update_node(node_id, |n| {
+                if desc.is_some() {
+                    n.description = desc.clone();
                 }
-                Err(ProposeError::Store(crate::store::StoreError::VersionMismatch { .. })) => {
-                    continue
+                n.status = Some(NodeStatus {
+                    state: NodeState::Ready as i32,
+                    message: String::new(),
+                    addr: addr.clone(),
+                });
+            })
+            .await
+            .map_err(|e| match e {
+                ProposeError::Store(crate::store::StoreError::NotFound { .. }) => {
+                    Status::permission_denied(format!(
+                        "node {node_id} is not a member of the swarm (it was removed); join again"
+                    ))
                 }
-                Err(e) => return Err(propose_status(e)),
-            }
-        }
-        Err(Status::aborted("node kept changing; retry"))
+                e => propose_status(e),
+            })
     }
 
     /// Leader-only loop: nodes whose session expired (or that never opened one within the
@@ -202,14 +187,6 @@ pub fn heartbeat_period(store: &Store) -> Duration {
         Duration::from_millis(ms as u64)
     } else {
         DEFAULT_HEARTBEAT
-    }
-}
-
-pub fn propose_status(e: ProposeError) -> Status {
-    match e {
-        ProposeError::NotLeader { .. } => crate::router::no_leader(),
-        ProposeError::Store(e) => Status::failed_precondition(e.to_string()),
-        ProposeError::Raft(e) => Status::unavailable(format!("raft: {e}")),
     }
 }
 

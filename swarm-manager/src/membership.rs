@@ -14,7 +14,7 @@ use proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::dispatcher::propose_status;
+use crate::control::propose_status;
 use crate::raft::network::PeerHealth;
 use crate::raft::Raft;
 use crate::router::{Route, Router};
@@ -109,33 +109,17 @@ impl Membership {
         Ok(id)
     }
 
-    /// Sets the node's manager status (raft id and address), retrying on conflicts.
+    /// Sets the node's manager status (raft id and address).
     async fn set_manager_status(
         &self,
         node_id: &str,
         status: Option<ManagerStatus>,
     ) -> Result<(), Status> {
-        for _ in 0..10 {
-            let Some(mut n) = self.store.read().node(node_id).cloned() else {
-                return Err(Status::not_found(format!("node {node_id} not found")));
-            };
-            n.manager_status = status.clone();
-            match self
-                .store
-                .write(vec![Op::Update {
-                    object: Object::Node(n),
-                    check_version: true,
-                }])
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(crate::store::ProposeError::Store(
-                    crate::store::StoreError::VersionMismatch { .. },
-                )) => continue,
-                Err(e) => return Err(propose_status(e)),
-            }
-        }
-        Err(Status::aborted("node kept changing; retry"))
+        self.store
+            .update_node(node_id, |n| n.manager_status = status.clone())
+            .await
+            .map(|_| ())
+            .map_err(propose_status)
     }
 }
 

@@ -142,6 +142,44 @@ impl Store {
         Ok(self.propose(Request::atomic(ops)).await?.into_objects()?)
     }
 
+    /// Read-modify-write of a node, retried while other writers change it meanwhile.
+    pub async fn update_node(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut proto::Node),
+    ) -> Result<proto::Node, ProposeError> {
+        const ATTEMPTS: usize = 10;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut node = self
+                .read()
+                .node(id)
+                .cloned()
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: Kind::Node,
+                    id: id.to_string(),
+                })?;
+            change(&mut node);
+            let op = Op::Update {
+                object: Object::Node(node),
+                check_version: true,
+            };
+            match self.write(vec![op]).await {
+                Ok(mut objs) => match objs.pop().flatten() {
+                    Some(Object::Node(n)) => return Ok(n),
+                    _ => return Err(ProposeError::Raft("node update stored no node".into())),
+                },
+                Err(ProposeError::Store(StoreError::VersionMismatch { .. }))
+                    if attempt < ATTEMPTS =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Waits until this manager's state reflects everything committed before the call
     /// (a linearizable read point). Only the leader can answer.
     pub async fn linearize(&self) -> Result<(), ProposeError> {
