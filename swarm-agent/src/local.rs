@@ -58,6 +58,16 @@ impl LocalNode for LocalApi {
                 "--task-history-limit must be 0 or more",
             ));
         }
+        if r.cert_expiry_ms != 0 && r.cert_expiry_ms < 3_600_000 {
+            return Err(Status::invalid_argument(
+                "--cert-expiry must be at least 1 hour (node certificates are renewed at 50-80 % of their life)",
+            ));
+        }
+        if r.dispatcher_heartbeat_ms < 0 {
+            return Err(Status::invalid_argument(
+                "--dispatcher-heartbeat must be positive",
+            ));
+        }
         let (node_id, worker_token, addr) = self
             .agent
             .init(InitOptions {

@@ -272,6 +272,12 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() {
+    // Like other Unix tools, die quietly when the reader of our output goes away
+    // (`swarm service ps web | head`) instead of panicking on a write error.
+    // SAFETY: setting a signal disposition before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -787,3 +787,81 @@ fn the_shipped_daemon_rejects_tasks_it_cannot_run_and_says_why() {
     assert!(ps.contains("Rejected") || ps.contains("rejected"), "{ps}");
     assert!(ps.contains("cannot run tasks"), "{ps}");
 }
+
+#[test]
+fn restart_policy_replaces_failed_tasks_up_to_max_attempts_and_ps_shows_history() {
+    let c = Cluster::new(2, 25001).unwrap();
+    c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let m = c.node(0);
+    // sim/fail runs for 300 ms, then fails with exit code 1.
+    m.swarm_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "crash",
+        "--restart-condition",
+        "on-failure",
+        "--restart-delay",
+        "200ms",
+        "--restart-max-attempts",
+        "2",
+        "sim/fail",
+    ]);
+    // The first task and two restarts fail; then the slot is left alone.
+    wait_for(Duration::from_secs(60), || {
+        let t = m.tasks("crash").unwrap();
+        t.len() == 3 && t.iter().all(|t| t.state() == proto::TaskState::Failed)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}",
+            m.swarm(&["service", "ps", "--no-trunc", "crash"]).stdout
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let t = m.tasks("crash").unwrap();
+    assert_eq!(t.len(), 3, "no restart beyond max attempts");
+    assert!(t.iter().all(|t| t.slot == 1), "restarts stay in the slot");
+    let exit = t[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .container_status
+        .as_ref()
+        .map(|c| c.exit_code);
+    assert_eq!(exit, Some(1));
+    let ps = m.swarm_ok(&["service", "ps", "--no-trunc", "crash"]);
+    assert_eq!(
+        ps.lines().filter(|l| l.contains(r" \_ crash.1")).count(),
+        2,
+        "{ps}"
+    );
+    assert!(ps.contains("non-zero exit (1)"), "{ps}");
+    let ls = m.swarm_ok(&["service", "ls"]);
+    assert!(
+        ls.lines().any(|l| l.contains("crash") && l.contains("0/1")),
+        "{ls}"
+    );
+
+    // Condition none: a task that completes is not replaced.
+    m.swarm_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "once",
+        "--restart-condition",
+        "none",
+        "sim/complete",
+    ]);
+    wait_for(Duration::from_secs(30), || {
+        m.tasks("once")
+            .unwrap()
+            .iter()
+            .any(|t| t.state() == proto::TaskState::Complete)
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(m.tasks("once").unwrap().len(), 1);
+}
