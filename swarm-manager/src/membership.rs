@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::control::propose_status;
 use crate::raft::network::PeerHealth;
 use crate::raft::Raft;
-use crate::router::{Route, Router};
+use crate::router::Router;
 use crate::store::{Object, Op, Store};
 
 /// A peer that answered the leader within this time is Reachable.
@@ -127,14 +127,10 @@ impl Membership {
 impl RaftMembership for Membership {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let id = Self::require_manager(&req)?;
-        match self.router.route() {
-            Route::Local => {}
-            Route::Leader(ch) => {
-                let mut fwd = Request::new(req.into_inner());
-                crate::tls::with_forwarded_identity(&mut fwd, &id);
-                return RaftMembershipClient::new(ch).join(fwd).await;
-            }
-            Route::NoLeader => return Err(crate::router::no_leader()),
+        if let Some(ch) = self.router.leader_channel()? {
+            let mut fwd = Request::new(req.into_inner());
+            crate::tls::with_forwarded_identity(&mut fwd, &id);
+            return RaftMembershipClient::new(ch).join(fwd).await;
         }
         let r = req.into_inner();
         let node = self
@@ -171,14 +167,10 @@ impl RaftMembership for Membership {
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
         let id = Self::require_manager(&req)?;
-        match self.router.route() {
-            Route::Local => {}
-            Route::Leader(ch) => {
-                let mut fwd = Request::new(req.into_inner());
-                crate::tls::with_forwarded_identity(&mut fwd, &id);
-                return RaftMembershipClient::new(ch).leave(fwd).await;
-            }
-            Route::NoLeader => return Err(crate::router::no_leader()),
+        if let Some(ch) = self.router.leader_channel()? {
+            let mut fwd = Request::new(req.into_inner());
+            crate::tls::with_forwarded_identity(&mut fwd, &id);
+            return RaftMembershipClient::new(ch).leave(fwd).await;
         }
         let node_id = {
             let r = req.into_inner();

@@ -83,6 +83,16 @@ impl Router {
         }
     }
 
+    /// `Ok(None)` when this manager serves the call, the leader's channel when it must
+    /// forward it, an `Unavailable` status while no leader is known.
+    pub fn leader_channel(&self) -> Result<Option<Channel>, tonic::Status> {
+        match self.route() {
+            Route::Local => Ok(None),
+            Route::Leader(ch) => Ok(Some(ch)),
+            Route::NoLeader => Err(no_leader()),
+        }
+    }
+
     /// The leader's address, if known and not this manager.
     pub fn leader_addr(&self) -> Option<String> {
         match &*self.inner {
