@@ -125,6 +125,17 @@ impl AgentProc {
         }
     }
 
+    /// SIGSTOP / SIGCONT: freeze the process (a hung or partitioned node) and resume it.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(c) = &self.child {
+            let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: sending a signal to our own child process.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

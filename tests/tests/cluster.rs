@@ -865,3 +865,65 @@ fn restart_policy_replaces_failed_tasks_up_to_max_attempts_and_ps_shows_history(
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(m.tasks("once").unwrap().len(), 1);
 }
+
+#[test]
+fn a_frozen_leader_is_replaced_and_steps_down_without_duplicating_work() {
+    let c = Cluster::new(4, 25101).unwrap();
+    c.form(3).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    c.node(0).swarm_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "sim/app",
+    ]);
+    wait_for(Duration::from_secs(60), || {
+        running(&c.node(0).tasks("web").unwrap()).len() == 4
+    })
+    .unwrap();
+
+    // node1 leads (it initialized the swarm). Freeze it: the others elect a new leader,
+    // and the swarm keeps working through them.
+    c.node(0).freeze(true);
+    wait_for(Duration::from_secs(30), || {
+        c.node(1).swarm(&["service", "scale", "-d", "web=6"]).ok()
+    })
+    .unwrap_or_else(|e| panic!("no new leader while node1 is frozen: {e}\n{}", c.logs()));
+    wait_for(Duration::from_secs(60), || {
+        running(&c.node(1).tasks("web").unwrap()).len() == 6
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+
+    // Resumed, the old leader learns the new term, steps down and stops its orchestrators:
+    // the service keeps exactly its 6 wanted tasks, one per slot.
+    c.node(0).freeze(false);
+    wait_for(Duration::from_secs(30), || {
+        c.node(0).swarm(&["service", "ls"]).ok()
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let tasks = c.node(0).tasks("web").unwrap();
+    let wanted: Vec<_> = tasks
+        .iter()
+        .filter(|t| t.desired() == proto::TaskState::Running)
+        .collect();
+    assert_eq!(
+        wanted.len(),
+        6,
+        "{:#?}",
+        c.node(0).swarm(&["service", "ps", "web"]).stdout
+    );
+    let slots: BTreeSet<u64> = wanted.iter().map(|t| t.slot).collect();
+    assert_eq!(slots, (1..=6).collect::<BTreeSet<u64>>());
+    assert_eq!(running(&tasks).len(), 6);
+    let out = c.node(0).swarm_ok(&["node", "ls"]);
+    assert_eq!(out.matches("Leader").count(), 1, "{out}");
+    let leader_row = out.lines().find(|l| l.contains("Leader")).unwrap();
+    assert!(
+        !leader_row.contains("node1"),
+        "the frozen manager cannot still lead: {out}"
+    );
+}
