@@ -60,6 +60,11 @@ impl AgentProc {
         format!("{}:{}", self.ip, self.port)
     }
 
+    /// The daemon's /metrics address: the manager port + 1 (tests space their ports by 100).
+    pub fn metrics_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port + 1)
+    }
+
     pub fn start(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {
             return Ok(());
@@ -77,7 +82,7 @@ impl AgentProc {
             .arg("--hostname")
             .arg(&self.name)
             .arg("--metrics-addr")
-            .arg(format!("{}:{}", self.ip, self.port + 1000))
+            .arg(self.metrics_addr())
             .env(
                 "RUST_LOG",
                 "info,openraft=warn,h2=warn,tower=warn,hyper=warn",

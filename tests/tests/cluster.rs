@@ -55,7 +55,7 @@ fn five_processes_form_a_swarm_with_one_leader_and_two_reachable_managers() {
     }
     // Every daemon serves Prometheus metrics; managers report Raft, the leader its objects.
     for (i, n) in c.nodes.iter().enumerate() {
-        let body = tests::http_get(&format!("{}:{}", n.ip, n.port + 1000), "/metrics")
+        let body = tests::http_get(&n.metrics_addr(), "/metrics")
             .unwrap_or_else(|e| panic!("metrics of {}: {e}", n.name));
         assert!(body.contains("swarm_api_requests") || i >= 3, "{body}");
         if i < 3 {
@@ -66,7 +66,7 @@ fn five_processes_form_a_swarm_with_one_leader_and_two_reachable_managers() {
     wait_for(Duration::from_secs(10), || {
         (0..3).any(|i| {
             let n = c.node(i);
-            tests::http_get(&format!("{}:{}", n.ip, n.port + 1000), "/metrics")
+            tests::http_get(&n.metrics_addr(), "/metrics")
                 .is_ok_and(|b| b.contains("swarm_raft_is_leader 1") && b.contains("swarm_nodes{"))
         })
     })

@@ -10,6 +10,8 @@ mod bench;
 #[cfg(feature = "lab")]
 mod failover;
 #[cfg(feature = "lab")]
+mod images;
+#[cfg(feature = "lab")]
 mod lab;
 mod test;
 
@@ -43,6 +45,11 @@ enum Cmd {
         #[arg(long, default_value_t = 2377)]
         port: u16,
     },
+    /// Test images built from source (whoami for musl, Debian's busybox-static).
+    Images {
+        #[command(subcommand)]
+        what: ImagesCmd,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -55,6 +62,16 @@ enum Cmd {
         nodes: usize,
         #[arg(long)]
         tasks: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCmd {
+    /// Build the test images and push them as REGISTRY/whoami:latest and REGISTRY/busybox:latest.
+    Push {
+        /// host:port of the registry (plain HTTP).
+        #[arg(long)]
+        registry: String,
     },
 }
 
@@ -124,12 +141,25 @@ fn main() -> anyhow::Result<()> {
             what: BenchCmd::Failover { rounds, port },
         } => failover(rounds.max(1), port),
         Cmd::BenchChild { nodes, tasks } => bench::child(nodes, tasks),
+        Cmd::Images {
+            what: ImagesCmd::Push { registry },
+        } => images_push(&registry),
     }
 }
 
 #[cfg(feature = "lab")]
 fn lab(exit: bool, port: u16) -> anyhow::Result<()> {
     lab::run(exit, port)
+}
+
+#[cfg(feature = "lab")]
+fn images_push(registry: &str) -> anyhow::Result<()> {
+    images::push(registry)
+}
+
+#[cfg(not(feature = "lab"))]
+fn images_push(_registry: &str) -> anyhow::Result<()> {
+    bail!("this xtask was built without the `lab` feature; run `cargo xtask images push`")
 }
 
 #[cfg(feature = "lab")]
@@ -148,7 +178,7 @@ fn lab(_exit: bool, _port: u16) -> anyhow::Result<()> {
 }
 
 /// The workspace root (xtask's parent directory).
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
