@@ -2,6 +2,7 @@
 //! executor, the local CLI socket, `/metrics`, and the manager in-process when the
 //! node's role is manager.
 
+pub mod containerd;
 pub mod executor;
 pub mod local;
 pub mod metrics_http;

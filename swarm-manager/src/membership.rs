@@ -230,7 +230,7 @@ impl RoleManager {
         let store = &self.membership.store;
         let nodes: Vec<proto::Node> = store.read().nodes().cloned().collect();
         let mut ops = Vec::new();
-        for n in nodes {
+        for n in &nodes {
             let mut changed = n.clone();
             match (n.desired_role(), n.role_enum()) {
                 (NodeRole::Manager, NodeRole::Worker) => {
@@ -238,11 +238,9 @@ impl RoleManager {
                     changed.role = NodeRole::Manager as i32;
                 }
                 (NodeRole::Worker, NodeRole::Manager) => {
-                    let raft_id = n.manager_status.as_ref().map_or(0, |m| m.raft_id);
-                    if raft_id != 0 {
-                        tracing::info!(node = %n.id, raft_id, "demoting manager: leaving raft");
-                        self.membership.remove_voter(raft_id).await?;
-                    }
+                    // The role changes first; the voter goes in `remove_stale_voters`. This
+                    // way a leader demoting itself records the demotion before it steps down.
+                    tracing::info!(node = %n.id, "demoting manager");
                     changed.role = NodeRole::Worker as i32;
                     changed.manager_status = None;
                 }
@@ -265,7 +263,7 @@ impl RoleManager {
                     Reachability::Unreachable
                 } as i32;
             }
-            if changed != n {
+            if changed != *n {
                 ops.push(Op::Update {
                     object: Object::Node(changed),
                     check_version: true,
@@ -277,6 +275,37 @@ impl RoleManager {
                 .propose(crate::store::Request::best_effort(ops))
                 .await
                 .map_err(propose_status)?;
+        }
+        self.remove_stale_voters().await
+    }
+
+    /// Raft voters follow the manager nodes: a voter that is no manager's raft id (demoted,
+    /// or left while a leader changed) is removed. This leader removes itself last, after
+    /// every other change, since doing so ends its leadership.
+    async fn remove_stale_voters(&self) -> Result<(), Status> {
+        // Voters first: a joining manager's raft id is in the store before it becomes a
+        // voter, so reading in this order never takes a fresh voter for a stale one.
+        let voters = self.membership.voters();
+        let managers: std::collections::BTreeSet<u64> = self
+            .membership
+            .store
+            .read()
+            .nodes()
+            .filter(|n| n.role_enum() == NodeRole::Manager)
+            .filter_map(|n| n.manager_status.as_ref().map(|m| m.raft_id))
+            .filter(|id| *id != 0)
+            .collect();
+        let mut stale: Vec<u64> = voters
+            .into_iter()
+            .filter(|v| !managers.contains(v))
+            .collect();
+        stale.sort_by_key(|v| *v == self.self_raft_id);
+        for v in stale {
+            tracing::info!(
+                raft_id = v,
+                "removing a raft voter that is no longer a manager"
+            );
+            self.membership.remove_voter(v).await?;
         }
         Ok(())
     }

@@ -10,6 +10,8 @@ use anyhow::{bail, Context};
 const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/docker-registry", "docker-registry"),
     ("/usr/bin/busybox", "busybox-static"),
+    ("/usr/bin/containerd", "containerd"),
+    ("/usr/sbin/runc", "runc"),
 ];
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {

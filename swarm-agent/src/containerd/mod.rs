@@ -1,0 +1,18 @@
+//! Runs swarm tasks as containerd containers (containerd 1.6 API through `containerd-client`).
+//!
+//! - [`client`]: the gRPC connection and the namespace/lease request headers;
+//! - [`image`]: pull through the swarm-oci registry client into the content store, create the
+//!   image record and unpack the layers with Snapshots + Diff (1.6 has no Transfer service);
+//! - [`spec`]: the OCI runtime spec of a task;
+//! - [`run`]: [`ContainerdExecutor`], the container and task lifecycle.
+
+pub mod client;
+pub mod image;
+pub mod run;
+pub mod spec;
+
+#[cfg(test)]
+mod tests;
+
+pub use client::{Containerd, ContainerdError};
+pub use run::ContainerdExecutor;

@@ -1,0 +1,396 @@
+//! [`ContainerdExecutor`]: one containerd container + task per swarm task.
+//!
+//! ACCEPTED → PREPARING (pull, unpack, spec, container, rootfs snapshot) → READY → STARTING
+//! (Tasks.Create + Start) → RUNNING → COMPLETE / FAILED (Tasks.Wait), or SHUTDOWN when stopped
+//! (SIGTERM, stop grace period, SIGKILL). Errors before STARTING are REJECTED, after FAILED.
+//! Task, container and rootfs snapshot are deleted when the task ends; the logs stay in
+//! `<state_dir>/<task id>/{stdout,stderr}`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, KillRequest, StartRequest, WaitRequest,
+};
+use containerd_client::types::Mount;
+use futures::future::BoxFuture;
+use proto::{Task, TaskState};
+use tokio::sync::watch;
+
+use super::client::{Containerd, ContainerdError};
+use super::image;
+use super::spec::{self, SpecOptions};
+use crate::executor::{host_resources, Executor, ExecutorDescription, TaskReporter};
+
+/// Default stop grace period (Docker's 10 s).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+/// The runtime of every container.
+pub const RUNTIME: &str = "io.containerd.runc.v2";
+
+/// Runs tasks as containerd containers.
+#[derive(Clone)]
+pub struct ContainerdExecutor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    socket: PathBuf,
+    namespace: String,
+    cgroup_parent: String,
+    snapshotter: String,
+    state_dir: PathBuf,
+    client: std::sync::Mutex<Option<Containerd>>,
+}
+
+impl ContainerdExecutor {
+    /// `socket`: containerd's gRPC socket; `namespace`: the containerd namespace of all objects
+    /// (e.g. "swarm"); `cgroup_parent`: containers get the cgroup `/<cgroup_parent>/<task id>`.
+    /// Snapshotter "overlayfs", task logs under `/var/lib/swarm-agent/tasks`.
+    pub fn new(socket: PathBuf, namespace: String, cgroup_parent: String) -> Self {
+        ContainerdExecutor {
+            inner: Arc::new(Inner {
+                socket,
+                namespace,
+                cgroup_parent,
+                snapshotter: "overlayfs".into(),
+                state_dir: PathBuf::from("/var/lib/swarm-agent/tasks"),
+                client: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Where the per-task directories with the `stdout`/`stderr` logs go.
+    pub fn with_state_dir(self, dir: PathBuf) -> Self {
+        self.rebuild(|i| i.state_dir = dir)
+    }
+
+    /// The containerd snapshotter ("overlayfs", "native" ...).
+    pub fn with_snapshotter(self, snapshotter: &str) -> Self {
+        self.rebuild(|i| i.snapshotter = snapshotter.to_string())
+    }
+
+    fn rebuild(self, f: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Inner {
+            socket: self.inner.socket.clone(),
+            namespace: self.inner.namespace.clone(),
+            cgroup_parent: self.inner.cgroup_parent.clone(),
+            snapshotter: self.inner.snapshotter.clone(),
+            state_dir: self.inner.state_dir.clone(),
+            client: std::sync::Mutex::new(None),
+        };
+        f(&mut inner);
+        ContainerdExecutor {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The log directory of a task.
+    pub fn task_dir(&self, task_id: &str) -> PathBuf {
+        self.inner.state_dir.join(task_id)
+    }
+
+    /// The shared (lazily connected) client.
+    pub fn client(&self) -> Result<Containerd, ContainerdError> {
+        let mut guard = self.inner.client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Containerd::lazy(&self.inner.socket, &self.inner.namespace)?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+}
+
+impl Executor for ContainerdExecutor {
+    fn describe(&self) -> ExecutorDescription {
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("containerd.namespace".into(), self.inner.namespace.clone());
+        ExecutorDescription {
+            resources: host_resources(),
+            engine_version: format!("swarm-agent {} (containerd)", env!("CARGO_PKG_VERSION")),
+            engine_labels: labels,
+        }
+    }
+
+    fn run(
+        &self,
+        task: Task,
+        reporter: TaskReporter,
+        stop: watch::Receiver<bool>,
+    ) -> BoxFuture<'static, ()> {
+        let this = self.clone();
+        Box::pin(async move { this.run_task(task, reporter, stop).await })
+    }
+}
+
+/// How a started task ended.
+enum Ended {
+    Exited(u32),
+    Stopped,
+}
+
+impl ContainerdExecutor {
+    async fn run_task(&self, task: Task, reporter: TaskReporter, mut stop: watch::Receiver<bool>) {
+        reporter.report(TaskState::Accepted, "accepted");
+        let cd = match self.client() {
+            Ok(c) => c,
+            Err(e) => return reporter.fail(TaskState::Rejected, &e.to_string(), 0),
+        };
+        if let Err(e) = cd.check().await {
+            return reporter.fail(TaskState::Rejected, &e.to_string(), 0);
+        }
+        reporter.report(TaskState::Preparing, "preparing");
+        let id = task.id.clone();
+        let prepared = tokio::select! {
+            r = self.prepare(&cd, &task) => r,
+            _ = wait_stop(&mut stop) => {
+                self.cleanup(&cd, &id).await;
+                return reporter.report(TaskState::Shutdown, "shutdown");
+            }
+        };
+        let mounts = match prepared {
+            Ok(m) => m,
+            Err(e) => {
+                self.cleanup(&cd, &id).await;
+                return reporter.fail(TaskState::Rejected, &e.to_string(), 0);
+            }
+        };
+        reporter.report(TaskState::Ready, "ready");
+        if *stop.borrow() {
+            self.cleanup(&cd, &id).await;
+            return reporter.report(TaskState::Shutdown, "shutdown");
+        }
+        reporter.report(TaskState::Starting, "starting");
+        let grace = task
+            .spec
+            .as_ref()
+            .and_then(|s| s.container.as_ref())
+            .map(|c| c.stop_grace_period_ms)
+            .filter(|ms| *ms > 0)
+            .map_or(DEFAULT_STOP_GRACE, |ms| Duration::from_millis(ms as u64));
+        let ended = self
+            .start_and_wait(&cd, &id, mounts, &reporter, &mut stop, grace)
+            .await;
+        self.cleanup(&cd, &id).await;
+        match ended {
+            Ok(Ended::Exited(0)) => reporter.report(TaskState::Complete, "finished"),
+            Ok(Ended::Exited(code)) => reporter.fail(
+                TaskState::Failed,
+                &format!("task: non-zero exit ({code})"),
+                code as i32,
+            ),
+            Ok(Ended::Stopped) => reporter.report(TaskState::Shutdown, "shutdown"),
+            Err(e) => reporter.fail(TaskState::Failed, &e.to_string(), 0),
+        }
+    }
+
+    /// Pull, spec, Containers.Create, Snapshots.Prepare → the rootfs mounts.
+    async fn prepare(&self, cd: &Containerd, task: &Task) -> Result<Vec<Mount>, ContainerdError> {
+        let image_name = task
+            .spec
+            .as_ref()
+            .and_then(|s| s.container.as_ref())
+            .map(|c| c.image.clone())
+            .unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(ContainerdError::Invalid(format!(
+                "task {} has no container image",
+                task.id
+            )));
+        }
+        let pulled = image::pull(cd, &image_name, &self.inner.snapshotter).await?;
+        let opts = SpecOptions {
+            container_id: task.id.clone(),
+            cgroup_parent: self.inner.cgroup_parent.clone(),
+            // The agent's network code will pass the path of the namespace it prepared.
+            netns_path: None,
+        };
+        let spec = spec::runtime_spec(task, &pulled.config, &opts)?;
+        let spec_bytes = serde_json::to_vec(&spec)
+            .map_err(|e| ContainerdError::Invalid(format!("encoding the runtime spec: {e}")))?;
+        let dir = self.task_dir(&task.id);
+        std::fs::create_dir_all(&dir).map_err(|e| ContainerdError::Io {
+            what: format!("creating the task directory {}", dir.display()),
+            source: e,
+        })?;
+        let container = Container {
+            id: task.id.clone(),
+            labels: spec::container_labels(task),
+            image: image_name.clone(),
+            runtime: Some(Runtime {
+                name: RUNTIME.into(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: spec::SPEC_TYPE_URL.into(),
+                value: spec_bytes,
+            }),
+            snapshotter: self.inner.snapshotter.clone(),
+            snapshot_key: task.id.clone(),
+            ..Default::default()
+        };
+        cd.containers()
+            .create(cd.req(CreateContainerRequest {
+                container: Some(container),
+            }))
+            .await
+            .map_err(|s| ContainerdError::rpc(format!("Containers.Create {}", task.id), s))?;
+        let mounts = cd
+            .snapshots()
+            .prepare(cd.req(PrepareSnapshotRequest {
+                snapshotter: self.inner.snapshotter.clone(),
+                key: task.id.clone(),
+                parent: pulled.top_snapshot(),
+                labels: HashMap::new(),
+            }))
+            .await
+            .map_err(|s| ContainerdError::rpc(format!("Snapshots.Prepare {}", task.id), s))?
+            .into_inner()
+            .mounts;
+        Ok(mounts)
+    }
+
+    async fn start_and_wait(
+        &self,
+        cd: &Containerd,
+        id: &str,
+        mounts: Vec<Mount>,
+        reporter: &TaskReporter,
+        stop: &mut watch::Receiver<bool>,
+        grace: Duration,
+    ) -> Result<Ended, ContainerdError> {
+        let dir = self.task_dir(id);
+        let stdio = |name: &str| format!("file://{}", dir.join(name).display());
+        cd.tasks()
+            .create(cd.req(CreateTaskRequest {
+                container_id: id.to_string(),
+                rootfs: mounts,
+                stdin: String::new(),
+                stdout: stdio("stdout"),
+                stderr: stdio("stderr"),
+                terminal: false,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|s| ContainerdError::rpc(format!("Tasks.Create {id}"), s))?;
+        cd.tasks()
+            .start(cd.req(StartRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(|s| ContainerdError::rpc(format!("Tasks.Start {id}"), s))?;
+        reporter.report(TaskState::Running, "started");
+
+        let wait = wait_exit(cd, id);
+        tokio::pin!(wait);
+        tokio::select! {
+            r = &mut wait => return r.map(Ended::Exited),
+            _ = wait_stop(stop) => {}
+        }
+        self.kill(cd, id, libc::SIGTERM as u32).await;
+        if tokio::time::timeout(grace, &mut wait).await.is_err() {
+            tracing::info!(task = id, "no exit within the stop grace period: SIGKILL");
+            self.kill(cd, id, libc::SIGKILL as u32).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), &mut wait).await;
+        }
+        Ok(Ended::Stopped)
+    }
+
+    async fn kill(&self, cd: &Containerd, id: &str, signal: u32) {
+        if let Err(s) = cd
+            .tasks()
+            .kill(cd.req(KillRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                signal,
+                all: false,
+            }))
+            .await
+        {
+            tracing::warn!(task = id, signal, "containerd Tasks.Kill: {}", s.message());
+        }
+    }
+
+    /// Deletes the task, the container and its rootfs snapshot; missing ones are fine.
+    pub async fn cleanup(&self, cd: &Containerd, id: &str) {
+        let ok = |r: Result<(), tonic::Status>, what: &str| {
+            if let Err(s) = r {
+                if s.code() != tonic::Code::NotFound {
+                    tracing::warn!(
+                        task = id,
+                        "containerd {what}: {:?}: {}",
+                        s.code(),
+                        s.message()
+                    );
+                }
+            }
+        };
+        ok(
+            cd.tasks()
+                .delete(cd.req(DeleteTaskRequest {
+                    container_id: id.to_string(),
+                }))
+                .await
+                .map(|_| ()),
+            "Tasks.Delete",
+        );
+        ok(
+            cd.containers()
+                .delete(cd.req(DeleteContainerRequest { id: id.to_string() }))
+                .await
+                .map(|_| ()),
+            "Containers.Delete",
+        );
+        ok(
+            cd.snapshots()
+                .remove(cd.req(RemoveSnapshotRequest {
+                    snapshotter: self.inner.snapshotter.clone(),
+                    key: id.to_string(),
+                }))
+                .await
+                .map(|_| ()),
+            "Snapshots.Remove",
+        );
+    }
+
+    /// The snapshotter in use.
+    pub fn snapshotter(&self) -> &str {
+        &self.inner.snapshotter
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state_dir
+    }
+}
+
+/// Tasks.Wait → exit status.
+async fn wait_exit(cd: &Containerd, id: &str) -> Result<u32, ContainerdError> {
+    let r = cd
+        .tasks()
+        .wait(cd.req(WaitRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+        }))
+        .await
+        .map_err(|s| ContainerdError::rpc(format!("Tasks.Wait {id}"), s))?;
+    Ok(r.into_inner().exit_status)
+}
+
+/// Resolves when `stop` is (or turns) true; never when the sender is gone.
+async fn wait_stop(stop: &mut watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! Tests against a private containerd (its own root, state and socket; CRI disabled) and a
+//! private `docker-registry` holding a busybox image built from /usr/bin/busybox. They need
+//! root, containerd, runc, docker-registry and busybox-static, and fail (never skip) without.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proto::{ContainerSpec, Task, TaskSpec, TaskState, TaskStatus};
+use swarm_oci::{BuiltImage, ImageBuilder, LocalRegistry};
+use tokio::sync::{mpsc, watch};
+
+use super::client::Containerd;
+use super::image;
+use super::run::ContainerdExecutor;
+use crate::executor::{Executor, TaskReporter};
+
+const BUSYBOX: &str = "/usr/bin/busybox";
+const NS: &str = "swarm-test";
+
+fn require(path: &str, package: &str) {
+    assert!(
+        Path::new(path).exists(),
+        "{path} is missing: install Debian's {package} package (apt-get install -y {package})"
+    );
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "these tests run containers and must run as root");
+}
+
+/// A private containerd, killed on drop.
+struct PrivateContainerd {
+    child: Child,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl PrivateContainerd {
+    async fn start(dir: &Path) -> PrivateContainerd {
+        require_root();
+        require("/usr/bin/containerd", "containerd");
+        require("/usr/sbin/runc", "runc");
+        let socket = dir.join("containerd.sock");
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [debug]\n  address = \"{dbg}\"\n",
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            sock = socket.display(),
+            dbg = dir.join("debug.sock").display(),
+        );
+        let cfg = dir.join("config.toml");
+        std::fs::write(&cfg, config).expect("writing containerd config.toml");
+        let log = std::fs::File::create(dir.join("containerd.log")).expect("containerd log file");
+        let child = Command::new("/usr/bin/containerd")
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--state")
+            .arg(dir.join("state"))
+            .arg("--address")
+            .arg(&socket)
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting /usr/bin/containerd");
+        let mut me = PrivateContainerd {
+            child,
+            socket,
+            dir: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if me.socket.exists() {
+                if let Ok(c) = Containerd::connect(&me.socket, NS).await {
+                    if c.check().await.is_ok() {
+                        break;
+                    }
+                }
+            }
+            if let Ok(Some(st)) = me.child.try_wait() {
+                panic!("containerd exited with {st}: {}", me.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer on {} within 20 s: {}",
+                me.socket.display(),
+                me.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        me
+    }
+
+    fn log(&self) -> String {
+        let s = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+        let n = s.len().saturating_sub(4000);
+        s[n..].to_string()
+    }
+}
+
+impl Drop for PrivateContainerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Leftover shims of this containerd (if a test failed mid-way) would keep mounts busy.
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.join("state"))
+            .status();
+    }
+}
+
+fn busybox_image() -> BuiltImage {
+    require(BUSYBOX, "busybox-static");
+    let mut b = ImageBuilder::new()
+        .dir("/bin", 0o755)
+        .file("/bin/busybox", PathBuf::from(BUSYBOX), 0o755)
+        .dir("/tmp", 0o1777)
+        .env("PATH", "/bin")
+        .cmd(["sh"]);
+    for applet in [
+        "sh", "echo", "sleep", "cat", "true", "false", "id", "hostname",
+    ] {
+        b = b.symlink(&format!("/bin/{applet}"), "busybox");
+    }
+    b.build().expect("building the busybox image")
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    containerd: PrivateContainerd,
+    registry: LocalRegistry,
+    image: BuiltImage,
+    exec: ContainerdExecutor,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let tmp = tempfile::Builder::new()
+            .prefix("cd")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let containerd = PrivateContainerd::start(tmp.path()).await;
+        require("/usr/bin/docker-registry", "docker-registry");
+        let regdir = tmp.path().join("registry");
+        std::fs::create_dir_all(&regdir).expect("registry dir");
+        let registry = LocalRegistry::start(&regdir)
+            .await
+            .expect("starting docker-registry");
+        let image = busybox_image();
+        registry
+            .client()
+            .expect("registry client")
+            .push(&image, "busybox", "latest")
+            .await
+            .expect("pushing busybox");
+        let exec = ContainerdExecutor::new(
+            containerd.socket.clone(),
+            NS.to_string(),
+            "swarm-test".to_string(),
+        )
+        .with_state_dir(tmp.path().join("tasks"));
+        Env {
+            _tmp: tmp,
+            containerd,
+            registry,
+            image,
+            exec,
+        }
+    }
+
+    fn image_ref(&self, tag: &str) -> String {
+        format!("{}/busybox:{tag}", self.registry.host())
+    }
+
+    fn task(&self, id: &str, tag: &str, command: &[&str], grace_ms: i64) -> Task {
+        Task {
+            id: id.to_string(),
+            service_id: "svc1".into(),
+            service_name: "web".into(),
+            node_id: "node1".into(),
+            slot: 1,
+            spec: Some(TaskSpec {
+                container: Some(ContainerSpec {
+                    image: self.image_ref(tag),
+                    command: command.iter().map(|s| s.to_string()).collect(),
+                    stop_grace_period_ms: grace_ms,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Runs a task; returns the status receiver, the stop sender and the run handle.
+fn spawn(
+    exec: &ContainerdExecutor,
+    task: Task,
+) -> (
+    mpsc::UnboundedReceiver<(String, TaskStatus)>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reporter = TaskReporter::new(task.id.clone(), tx);
+    let h = tokio::spawn(exec.run(task, reporter, stop_rx));
+    (rx, stop_tx, h)
+}
+
+async fn next_status(rx: &mut mpsc::UnboundedReceiver<(String, TaskStatus)>) -> TaskStatus {
+    match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+        Ok(Some((_, s))) => s,
+        Ok(None) => panic!("the executor ended without a final status"),
+        Err(_) => panic!("no status within 60 s"),
+    }
+}
+
+async fn collect(mut rx: mpsc::UnboundedReceiver<(String, TaskStatus)>) -> Vec<TaskStatus> {
+    let mut out = Vec::new();
+    while let Some((_, s)) = rx.recv().await {
+        out.push(s);
+    }
+    out
+}
+
+fn states(v: &[TaskStatus]) -> Vec<TaskState> {
+    v.iter().map(|s| s.state()).collect()
+}
+
+async fn gone(cd: &Containerd, id: &str, snapshotter: &str) -> Vec<&'static str> {
+    use containerd_client::services::v1::{GetContainerRequest, GetRequest};
+    let mut left = Vec::new();
+    if cd
+        .tasks()
+        .get(cd.req(GetRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+        }))
+        .await
+        .is_ok()
+    {
+        left.push("task");
+    }
+    if cd
+        .containers()
+        .get(cd.req(GetContainerRequest { id: id.into() }))
+        .await
+        .is_ok()
+    {
+        left.push("container");
+    }
+    if image::snapshot_exists(cd, snapshotter, id)
+        .await
+        .unwrap_or(true)
+    {
+        left.push("snapshot");
+    }
+    left
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_executor_end_to_end() {
+    let env = Env::start().await;
+    let cd = Containerd::connect(&env.containerd.socket, NS)
+        .await
+        .expect("connect");
+
+    // (4) pulling twice fetches the blobs only once.
+    let name = env.image_ref("latest");
+    let first = image::pull(&cd, &name, env.exec.snapshotter())
+        .await
+        .unwrap_or_else(|e| panic!("pull: {e}\n{}", env.containerd.log()));
+    assert_eq!(first.fetched.len(), 2, "layer + config fetched: {first:?}");
+    assert_eq!(first.unpacked.len(), 1);
+    assert_eq!(first.manifest_digest, env.image.manifest_digest);
+    for d in [
+        &env.image.config_digest,
+        &env.image.manifest_digest,
+        &env.image.layers[0].0.digest,
+    ] {
+        assert!(
+            image::content_exists(&cd, d).await.unwrap(),
+            "{d} in the content store"
+        );
+    }
+    let second = image::pull(&cd, &name, env.exec.snapshotter())
+        .await
+        .expect("second pull");
+    assert!(
+        second.fetched.is_empty(),
+        "second pull fetched {:?}",
+        second.fetched
+    );
+    assert!(
+        second.unpacked.is_empty(),
+        "second pull unpacked {:?}",
+        second.unpacked
+    );
+
+    // (1) non-zero exit → FAILED with the exit code, output in the log file.
+    let task = env.task(
+        "exit3task0000000000000001",
+        "latest",
+        &["sh", "-c", "echo hello; exit 3"],
+        0,
+    );
+    let (rx, _stop, h) = spawn(&env.exec, task.clone());
+    h.await.expect("run");
+    let st = collect(rx).await;
+    let last = st.last().expect("statuses").clone();
+    assert_eq!(
+        states(&st),
+        [
+            TaskState::Accepted,
+            TaskState::Preparing,
+            TaskState::Ready,
+            TaskState::Starting,
+            TaskState::Running,
+            TaskState::Failed
+        ],
+        "statuses {st:?}\n{}",
+        env.containerd.log()
+    );
+    assert_eq!(last.err, "task: non-zero exit (3)");
+    assert_eq!(last.container_status.as_ref().map(|c| c.exit_code), Some(3));
+    let out =
+        std::fs::read_to_string(env.exec.task_dir(&task.id).join("stdout")).expect("stdout log");
+    assert_eq!(out, "hello\n");
+    assert!(gone(&cd, &task.id, env.exec.snapshotter()).await.is_empty());
+
+    // (2) stop → SIGTERM; sh ignores nothing, but `sleep` as pid 1 has no SIGTERM handler and
+    // pid 1 ignores unhandled signals, so this also checks the SIGKILL after the grace period.
+    let task = env.task(
+        "sleeptask000000000000001",
+        "latest",
+        &["sleep", "1000"],
+        2000,
+    );
+    let (mut rx, stop, h) = spawn(&env.exec, task.clone());
+    loop {
+        let s = next_status(&mut rx).await;
+        assert!(
+            !matches!(s.state(), TaskState::Rejected | TaskState::Failed),
+            "{s:?}\n{}",
+            env.containerd.log()
+        );
+        if s.state() == TaskState::Running {
+            break;
+        }
+    }
+    let t0 = Instant::now();
+    stop.send(true).expect("stop");
+    tokio::time::timeout(Duration::from_secs(30), h)
+        .await
+        .expect("stopped within 30 s")
+        .expect("run");
+    let took = t0.elapsed();
+    let st = collect(rx).await;
+    assert_eq!(states(&st), [TaskState::Shutdown], "{st:?}");
+    assert!(
+        took < Duration::from_secs(2) + Duration::from_secs(5),
+        "stop took {took:?} with a 2 s grace period"
+    );
+    let left = gone(&cd, &task.id, env.exec.snapshotter()).await;
+    assert!(left.is_empty(), "left in containerd after stop: {left:?}");
+
+    // (3) a missing tag → REJECTED with the registry's reason.
+    let task = env.task("missingtag00000000000001", "nope", &["true"], 0);
+    let (rx, _stop, h) = spawn(&env.exec, task);
+    h.await.expect("run");
+    let st = collect(rx).await;
+    let last = st.last().expect("statuses");
+    assert_eq!(last.state(), TaskState::Rejected, "{st:?}");
+    assert!(last.err.contains("MANIFEST_UNKNOWN"), "{}", last.err);
+
+    // (5) limits reach the cgroup (cgroup v1 hierarchies on this host), hostname = task ID
+    // prefix, and the task's cgroup is gone afterwards.
+    let mut task = env.task(
+        "limitstask00000000000001",
+        "latest",
+        &[
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us; hostname",
+        ],
+        0,
+    );
+    task.spec.as_mut().expect("spec").resources = Some(proto::ResourceRequirements {
+        limits: Some(proto::Resources {
+            nano_cpus: 500_000_000,
+            memory_bytes: 64 << 20,
+        }),
+        reservations: None,
+    });
+    let (rx, _stop, h) = spawn(&env.exec, task.clone());
+    h.await.expect("run");
+    let st = collect(rx).await;
+    assert_eq!(
+        st.last().map(|s| s.state()),
+        Some(TaskState::Complete),
+        "{st:?}"
+    );
+    let out =
+        std::fs::read_to_string(env.exec.task_dir(&task.id).join("stdout")).expect("stdout log");
+    assert_eq!(out, "67108864\n50000\nlimitstask00\n");
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory/swarm-test")
+            .join(&task.id)
+            .exists(),
+        "the task's memory cgroup was not removed"
+    );
+
+    // (6) content writes are verified: a failing source or wrong bytes leave nothing behind.
+    let data = bytes::Bytes::from_static(b"some blob content");
+    let desc = swarm_oci::Descriptor::of("application/octet-stream", &data);
+    let failing = futures::stream::iter([
+        Ok(data.slice(..4)),
+        Err(super::ContainerdError::Invalid("source broke".into())),
+    ]);
+    let e = image::write_content(&cd, "", &desc, Default::default(), failing)
+        .await
+        .expect_err("a failing source must fail the write");
+    assert!(e.to_string().contains("source broke"), "{e}");
+    assert!(!image::content_exists(&cd, &desc.digest).await.unwrap());
+    let wrong = futures::stream::iter([Ok(bytes::Bytes::from_static(b"other blob content"))]);
+    let e = image::write_content(&cd, "", &desc, Default::default(), wrong)
+        .await
+        .expect_err("wrong bytes must be refused at commit");
+    assert!(
+        !image::content_exists(&cd, &desc.digest).await.unwrap(),
+        "{e}"
+    );
+    let good = futures::stream::iter([Ok(data.clone())]);
+    image::write_content(&cd, "", &desc, Default::default(), good)
+        .await
+        .expect("a correct write");
+    assert!(image::content_exists(&cd, &desc.digest).await.unwrap());
+
+    // (7) a task that handles SIGTERM stops at once, long before its 10 s grace period.
+    let task = env.task(
+        "trapterm0000000000000001",
+        "latest",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; echo ready; while true; do sleep 0.1; done",
+        ],
+        10_000,
+    );
+    let (mut rx, stop, h) = spawn(&env.exec, task.clone());
+    loop {
+        let s = next_status(&mut rx).await;
+        assert!(
+            !matches!(s.state(), TaskState::Rejected | TaskState::Failed),
+            "{s:?}"
+        );
+        if s.state() == TaskState::Running {
+            break;
+        }
+    }
+    // The shell says `ready` once its trap is installed (before that, sh as PID 1 would
+    // ignore SIGTERM and only the grace-period SIGKILL would stop it).
+    let log = env.exec.task_dir(&task.id).join("stdout");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log).is_ok_and(|s| s.contains("ready")) {
+        assert!(
+            Instant::now() < deadline,
+            "the shell never installed its trap"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t0 = Instant::now();
+    stop.send(true).expect("stop");
+    tokio::time::timeout(Duration::from_secs(30), h)
+        .await
+        .expect("stopped within 30 s")
+        .expect("run");
+    let took = t0.elapsed();
+    assert_eq!(states(&collect(rx).await), [TaskState::Shutdown]);
+    // Stopped by SIGTERM, not by the SIGKILL that ends the 10 s grace period.
+    assert!(took < Duration::from_secs(8), "SIGTERM stop took {took:?}");
+    assert!(gone(&cd, &task.id, env.exec.snapshotter()).await.is_empty());
+}
