@@ -1,6 +1,6 @@
-//! Task execution goes through the [`Executor`] trait. The containerd executor is the next
-//! step; until it exists the shipped daemon uses [`UnsupportedExecutor`], which rejects
-//! every task with an error that says why, so that nothing pretends to run.
+//! Task execution goes through the [`Executor`] trait. The daemon runs the containerd
+//! executor (`crate::containerd`); [`UnsupportedExecutor`] (`--executor none`) rejects every
+//! task with an error that says why, so that nothing pretends to run.
 
 use std::collections::BTreeMap;
 
@@ -75,12 +75,47 @@ pub trait Executor: Send + Sync + 'static {
         reporter: TaskReporter,
         stop: watch::Receiver<bool>,
     ) -> BoxFuture<'static, ()>;
+
+    /// Takes over a task this node started before the agent restarted (its observed state is
+    /// past ASSIGNED): supervise it if it still runs, report how it ended if it ended, or
+    /// report it FAILED if nothing of it is left. Same contract as [`Executor::run`] after that.
+    fn adopt(
+        &self,
+        _task: Task,
+        reporter: TaskReporter,
+        _stop: watch::Receiver<bool>,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            reporter.fail(
+                TaskState::Failed,
+                "the agent restarted and lost track of this task",
+                -1,
+            );
+        })
+    }
+
+    /// Stops and removes the containers of tasks that are not in `keep` (tasks that may run
+    /// here), left behind by an agent that died; also deletes the files of tasks that are not
+    /// in `known` (every task the managers still have for this node).
+    fn remove_orphans(
+        &self,
+        _keep: std::collections::HashSet<String>,
+        _known: std::collections::HashSet<String>,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+
+    /// Deletes what is left of an ended task (its logs and files) once the managers
+    /// removed it.
+    fn remove(&self, _task_id: String) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
-/// The executor of this build: it cannot run containers and says so.
+/// The executor of a node started with `--executor none`: it runs nothing and says so.
 pub struct UnsupportedExecutor;
 
-pub const UNSUPPORTED: &str = "this swarm-agent cannot run tasks yet: no container executor is built in (the containerd executor is not implemented)";
+pub const UNSUPPORTED: &str = "this node runs no tasks: its swarm-agent was started with --executor none (drain it, or restart it with --executor containerd)";
 
 impl Executor for UnsupportedExecutor {
     fn describe(&self) -> ExecutorDescription {

@@ -6,6 +6,7 @@ pub mod containerd;
 pub mod executor;
 pub mod local;
 pub mod metrics_http;
+pub mod netns;
 pub mod node;
 pub mod state;
 pub mod worker;

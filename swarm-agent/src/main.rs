@@ -1,11 +1,22 @@
-//! `swarm-agent [--data-root DIR] [--socket PATH] [--hostname NAME] [--metrics-addr ADDR]`
+//! `swarm-agent [--data-root DIR] [--socket PATH] [--hostname NAME] [--metrics-addr ADDR]
+//! [--executor containerd|none] [--containerd-socket PATH] [--containerd-namespace NS]
+//! [--cgroup-parent NAME] [--exec-root DIR]`
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
-use swarm_agent::{AgentConfig, UnsupportedExecutor};
+use swarm_agent::containerd::ContainerdExecutor;
+use swarm_agent::{AgentConfig, Executor, UnsupportedExecutor};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExecutorKind {
+    /// Tasks are containerd containers.
+    Containerd,
+    /// No executor: every task is rejected (a node that only manages).
+    None,
+}
 
 #[derive(Parser)]
 #[command(name = "swarm-agent", version, about = "The swarm node daemon")]
@@ -22,6 +33,21 @@ struct Args {
     /// Address of the Prometheus /metrics endpoint ("" to disable).
     #[arg(long, default_value = "127.0.0.1:9323")]
     metrics_addr: String,
+    /// What runs the tasks.
+    #[arg(long, value_enum, default_value = "containerd")]
+    executor: ExecutorKind,
+    /// containerd's gRPC socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
+    /// The containerd namespace of the node's containers, images and snapshots.
+    #[arg(long, default_value = "swarm")]
+    containerd_namespace: String,
+    /// Parent cgroup of the containers: a task's cgroup is /<NAME>/<task id>.
+    #[arg(long, default_value = "swarm")]
+    cgroup_parent: String,
+    /// Run-time state: the tasks' network namespaces are mounted under <DIR>/netns.
+    #[arg(long, default_value = "/run/swarm")]
+    exec_root: PathBuf,
 }
 
 fn host_name() -> String {
@@ -41,6 +67,24 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if args.cgroup_parent.trim_matches('/').is_empty() || args.cgroup_parent.contains("..") {
+        anyhow::bail!(
+            "invalid --cgroup-parent {:?}: give a cgroup name such as \"swarm\"",
+            args.cgroup_parent
+        );
+    }
+    let executor: Arc<dyn Executor> = match args.executor {
+        ExecutorKind::None => Arc::new(UnsupportedExecutor),
+        ExecutorKind::Containerd => Arc::new(
+            ContainerdExecutor::new(
+                args.containerd_socket.clone(),
+                args.containerd_namespace.clone(),
+                args.cgroup_parent.clone(),
+            )
+            .with_state_dir(args.data_root.join("tasks"))
+            .with_netns_dir(args.exec_root.join("netns")),
+        ),
+    };
     let metrics_addr =
         if args.metrics_addr.is_empty() {
             None
@@ -56,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
             hostname: args.hostname.unwrap_or_else(host_name),
             metrics_addr,
         },
-        Arc::new(UnsupportedExecutor),
+        executor,
     )
     .await
 }

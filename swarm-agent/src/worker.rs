@@ -19,7 +19,7 @@ struct Running {
 
 pub struct Worker {
     executor: Arc<dyn Executor>,
-    running: Mutex<HashMap<String, Running>>,
+    running: Arc<Mutex<HashMap<String, Running>>>,
     /// Latest unsent status per task.
     pending: Mutex<HashMap<String, TaskStatus>>,
     /// Last state reported per task, so that assignments do not restart finished tasks.
@@ -33,7 +33,7 @@ impl Worker {
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, TaskStatus)>();
         let w = Arc::new(Worker {
             executor,
-            running: Mutex::new(HashMap::new()),
+            running: Arc::new(Mutex::new(HashMap::new())),
             pending: Mutex::new(HashMap::new()),
             finished: Mutex::new(HashSet::new()),
             notify: Notify::new(),
@@ -83,14 +83,19 @@ impl Worker {
     pub fn apply(&self, msg: AssignmentsMessage) {
         let complete = msg.r#type == assignments_message::Type::Complete as i32;
         let mut seen = HashSet::new();
+        let mut may_run = HashSet::new();
         for change in msg.changes {
             let Some(task) = change.task else { continue };
             if change.action == assignment_change::Action::Remove as i32 {
                 self.stop(&task.id);
                 lock(&self.finished).remove(&task.id);
+                self.remove_later(task.id.clone());
                 continue;
             }
             seen.insert(task.id.clone());
+            if task.desired() <= TaskState::Running {
+                may_run.insert(task.id.clone());
+            }
             self.update(task);
         }
         if complete {
@@ -103,7 +108,29 @@ impl Worker {
             for id in stale {
                 self.stop(&id);
             }
+            // Containers of an earlier life of this agent that no assignment covers.
+            let mut keep = may_run;
+            keep.extend(lock(&self.running).keys().cloned());
+            let mut known = seen;
+            known.extend(keep.iter().cloned());
+            tokio::spawn(self.executor.remove_orphans(keep, known));
         }
+    }
+
+    /// Deletes a removed task's files once it no longer runs here.
+    fn remove_later(&self, id: String) {
+        let executor = self.executor.clone();
+        let running = self.running.clone();
+        tokio::spawn(async move {
+            // The stop above makes it end within its grace period (plus the kill).
+            for _ in 0..600 {
+                if !lock(&running).contains_key(&id) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            executor.remove(id).await;
+        });
     }
 
     fn update(&self, task: Task) {
@@ -124,21 +151,18 @@ impl Worker {
         if desired != TaskState::Running || known || finished || observed.is_terminal() {
             return;
         }
-        if observed > TaskState::Assigned {
-            // The managers think it runs here, but this agent has no record of it (the agent
-            // restarted): report it failed so that the restart policy replaces it.
-            TaskReporter::new(task.id.clone(), self.tx.clone()).fail(
-                TaskState::Failed,
-                "the agent restarted and lost track of this task",
-                -1,
-            );
-            return;
-        }
         let (stop_tx, stop_rx) = watch::channel(false);
         lock(&self.running).insert(task.id.clone(), Running { stop: stop_tx });
         let reporter = TaskReporter::new(task.id.clone(), self.tx.clone());
-        tracing::info!(task = %task.id, service = %task.service_name, "starting task");
-        let fut = self.executor.run(task, reporter, stop_rx);
+        let fut = if observed > TaskState::Assigned {
+            // The managers think it runs here but this agent has no record of it: the agent
+            // restarted. The executor takes the task over, or reports what became of it.
+            tracing::info!(task = %task.id, service = %task.service_name, "adopting task");
+            self.executor.adopt(task, reporter, stop_rx)
+        } else {
+            tracing::info!(task = %task.id, service = %task.service_name, "starting task");
+            self.executor.run(task, reporter, stop_rx)
+        };
         tokio::spawn(fut);
     }
 

@@ -3,10 +3,12 @@
 //! ACCEPTED → PREPARING (pull, unpack, spec, container, rootfs snapshot) → READY → STARTING
 //! (Tasks.Create + Start) → RUNNING → COMPLETE / FAILED (Tasks.Wait), or SHUTDOWN when stopped
 //! (SIGTERM, stop grace period, SIGKILL). Errors before STARTING are REJECTED, after FAILED.
-//! Task, container and rootfs snapshot are deleted when the task ends; the logs stay in
-//! `<state_dir>/<task id>/{stdout,stderr}`.
+//! Task, container, rootfs snapshot and network namespace are deleted when the task ends; the
+//! task directory `<state_dir>/<task id>/` (logs, /etc files) stays until the managers remove
+//! the task. After an agent restart, [`Executor::adopt`] takes running containers over and
+//! [`Executor::remove_orphans`] removes the ones no assignment covers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +17,9 @@ use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, KillRequest, StartRequest, WaitRequest,
+    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
 };
+use containerd_client::types::v1::Status as ProcStatus;
 use containerd_client::types::Mount;
 use futures::future::BoxFuture;
 use proto::{Task, TaskState};
@@ -44,13 +47,15 @@ struct Inner {
     cgroup_parent: String,
     snapshotter: String,
     state_dir: PathBuf,
+    netns_dir: PathBuf,
     client: std::sync::Mutex<Option<Containerd>>,
 }
 
 impl ContainerdExecutor {
     /// `socket`: containerd's gRPC socket; `namespace`: the containerd namespace of all objects
     /// (e.g. "swarm"); `cgroup_parent`: containers get the cgroup `/<cgroup_parent>/<task id>`.
-    /// Snapshotter "overlayfs", task logs under `/var/lib/swarm-agent/tasks`.
+    /// Snapshotter "overlayfs", task directories under `/var/lib/swarm/tasks`, network
+    /// namespaces under `/run/swarm/netns`.
     pub fn new(socket: PathBuf, namespace: String, cgroup_parent: String) -> Self {
         ContainerdExecutor {
             inner: Arc::new(Inner {
@@ -58,10 +63,16 @@ impl ContainerdExecutor {
                 namespace,
                 cgroup_parent,
                 snapshotter: "overlayfs".into(),
-                state_dir: PathBuf::from("/var/lib/swarm-agent/tasks"),
+                state_dir: PathBuf::from("/var/lib/swarm/tasks"),
+                netns_dir: PathBuf::from("/run/swarm/netns"),
                 client: std::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// Where the tasks' network namespaces are bind-mounted (`<dir>/<task id>`).
+    pub fn with_netns_dir(self, dir: PathBuf) -> Self {
+        self.rebuild(|i| i.netns_dir = dir)
     }
 
     /// Where the per-task directories with the `stdout`/`stderr` logs go.
@@ -81,6 +92,7 @@ impl ContainerdExecutor {
             cgroup_parent: self.inner.cgroup_parent.clone(),
             snapshotter: self.inner.snapshotter.clone(),
             state_dir: self.inner.state_dir.clone(),
+            netns_dir: self.inner.netns_dir.clone(),
             client: std::sync::Mutex::new(None),
         };
         f(&mut inner);
@@ -126,6 +138,40 @@ impl Executor for ContainerdExecutor {
         let this = self.clone();
         Box::pin(async move { this.run_task(task, reporter, stop).await })
     }
+
+    fn adopt(
+        &self,
+        task: Task,
+        reporter: TaskReporter,
+        stop: watch::Receiver<bool>,
+    ) -> BoxFuture<'static, ()> {
+        let this = self.clone();
+        Box::pin(async move { this.adopt_task(task, reporter, stop).await })
+    }
+
+    fn remove_orphans(
+        &self,
+        keep: HashSet<String>,
+        known: HashSet<String>,
+    ) -> BoxFuture<'static, ()> {
+        let this = self.clone();
+        Box::pin(async move { this.remove_orphans_now(keep, known).await })
+    }
+
+    fn remove(&self, task_id: String) -> BoxFuture<'static, ()> {
+        let this = self.clone();
+        Box::pin(async move {
+            if let Ok(cd) = this.client() {
+                this.cleanup(&cd, &task_id).await;
+            }
+            let dir = this.task_dir(&task_id);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(task = %task_id, "removing {}: {e}", dir.display());
+                }
+            }
+        })
+    }
 }
 
 /// How a started task ended.
@@ -166,29 +212,156 @@ impl ContainerdExecutor {
             return reporter.report(TaskState::Shutdown, "shutdown");
         }
         reporter.report(TaskState::Starting, "starting");
-        let grace = task
-            .spec
-            .as_ref()
-            .and_then(|s| s.container.as_ref())
-            .map(|c| c.stop_grace_period_ms)
-            .filter(|ms| *ms > 0)
-            .map_or(DEFAULT_STOP_GRACE, |ms| Duration::from_millis(ms as u64));
-        let ended = self
-            .start_and_wait(&cd, &id, mounts, &reporter, &mut stop, grace)
-            .await;
+        let grace = stop_grace(&task);
+        let ended = match self.start(&cd, &id, mounts).await {
+            Ok(()) => {
+                reporter.report(TaskState::Running, "started");
+                self.supervise(&cd, &id, &mut stop, grace).await
+            }
+            Err(e) => Err(e),
+        };
         self.cleanup(&cd, &id).await;
-        match ended {
-            Ok(Ended::Exited(0)) => reporter.report(TaskState::Complete, "finished"),
-            Ok(Ended::Exited(code)) => reporter.fail(
-                TaskState::Failed,
-                &format!("task: non-zero exit ({code})"),
-                code as i32,
-            ),
-            Ok(Ended::Stopped) => reporter.report(TaskState::Shutdown, "shutdown"),
-            Err(e) => reporter.fail(TaskState::Failed, &e.to_string(), 0),
-        }
+        report_end(&reporter, ended);
     }
 
+    /// Takes over a container started by an earlier life of the agent.
+    async fn adopt_task(
+        &self,
+        task: Task,
+        reporter: TaskReporter,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let id = task.id.clone();
+        let lost = |why: &str| {
+            reporter.fail(
+                TaskState::Failed,
+                &format!("the agent restarted and {why}"),
+                -1,
+            )
+        };
+        let cd = match self.client() {
+            Ok(c) => c,
+            Err(e) => return lost(&format!("cannot reach containerd: {e}")),
+        };
+        // containerd may be coming back at the same time as the agent.
+        let mut reachable = cd.check().await;
+        for _ in 0..60 {
+            if reachable.is_ok() || *stop.borrow() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            reachable = cd.check().await;
+        }
+        if let Err(e) = reachable {
+            return lost(&format!("cannot reach containerd: {e}"));
+        }
+        let status = match cd
+            .tasks()
+            .get(cd.req(GetRequest {
+                container_id: id.clone(),
+                exec_id: String::new(),
+            }))
+            .await
+        {
+            Ok(r) => r.into_inner().process,
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => {
+                self.cleanup(&cd, &id).await;
+                return lost(&format!("containerd Tasks.Get failed: {}", s.message()));
+            }
+        };
+        let Some(process) = status else {
+            self.cleanup(&cd, &id).await;
+            return lost("its container is gone");
+        };
+        let grace = stop_grace(&task);
+        let ended = match ProcStatus::try_from(process.status) {
+            Ok(ProcStatus::Running) | Ok(ProcStatus::Paused) | Ok(ProcStatus::Pausing) => {
+                tracing::info!(task = %id, pid = process.pid, "adopted a running container");
+                if task.state() < TaskState::Running {
+                    reporter.report(TaskState::Running, "started");
+                }
+                self.supervise(&cd, &id, &mut stop, grace).await
+            }
+            Ok(ProcStatus::Stopped) => Ok(Ended::Exited(process.exit_status)),
+            _ => {
+                self.cleanup(&cd, &id).await;
+                return lost("found its container not started");
+            }
+        };
+        self.cleanup(&cd, &id).await;
+        report_end(&reporter, ended);
+    }
+
+    /// Stops and deletes containers (and namespaces) of tasks not in `keep`; deletes the
+    /// directories of tasks not in `known`.
+    async fn remove_orphans_now(&self, keep: HashSet<String>, known: HashSet<String>) {
+        let Ok(cd) = self.client() else { return };
+        let containers = match cd
+            .containers()
+            .list(cd.req(ListContainersRequest { filters: vec![] }))
+            .await
+        {
+            Ok(r) => r.into_inner().containers,
+            Err(s) => {
+                tracing::warn!("listing containers to remove orphans: {}", s.message());
+                return;
+            }
+        };
+        let mut ids: HashSet<String> = containers.into_iter().map(|c| c.id).collect();
+        ids.extend(crate::netns::list(&self.inner.netns_dir));
+        let orphans: Vec<String> = ids.into_iter().filter(|id| !keep.contains(id)).collect();
+        let stops = orphans.iter().map(|id| {
+            let cd = cd.clone();
+            async move {
+                tracing::info!(task = %id, "removing a container no assignment covers");
+                self.kill(&cd, id, libc::SIGTERM as u32).await;
+                let wait = wait_exit(&cd, id);
+                if tokio::time::timeout(DEFAULT_STOP_GRACE, wait)
+                    .await
+                    .is_err()
+                {
+                    self.kill(&cd, id, libc::SIGKILL as u32).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), wait_exit(&cd, id)).await;
+                }
+                self.cleanup(&cd, id).await;
+            }
+        });
+        futures::future::join_all(stops).await;
+        if let Ok(rd) = std::fs::read_dir(&self.inner.state_dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if !known.contains(&name) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+}
+
+fn stop_grace(task: &Task) -> Duration {
+    task.spec
+        .as_ref()
+        .and_then(|s| s.container.as_ref())
+        .map(|c| c.stop_grace_period_ms)
+        .filter(|ms| *ms > 0)
+        .map_or(DEFAULT_STOP_GRACE, |ms| Duration::from_millis(ms as u64))
+}
+
+fn report_end(reporter: &TaskReporter, ended: Result<Ended, ContainerdError>) {
+    match ended {
+        Ok(Ended::Exited(0)) => reporter.report(TaskState::Complete, "finished"),
+        Ok(Ended::Exited(code)) => reporter.fail(
+            TaskState::Failed,
+            &format!("task: non-zero exit ({code})"),
+            code as i32,
+        ),
+        Ok(Ended::Stopped) => reporter.report(TaskState::Shutdown, "shutdown"),
+        Err(e) => reporter.fail(TaskState::Failed, &e.to_string(), 0),
+    }
+}
+
+impl ContainerdExecutor {
     /// Pull, spec, Containers.Create, Snapshots.Prepare → the rootfs mounts.
     async fn prepare(&self, cd: &Containerd, task: &Task) -> Result<Vec<Mount>, ContainerdError> {
         let image_name = task
@@ -204,11 +377,12 @@ impl ContainerdExecutor {
             )));
         }
         let pulled = image::pull(cd, &image_name, &self.inner.snapshotter).await?;
+        let netns = crate::netns::create(&self.inner.netns_dir, &task.id)
+            .map_err(|e| ContainerdError::Invalid(e.to_string()))?;
         let opts = SpecOptions {
             container_id: task.id.clone(),
             cgroup_parent: self.inner.cgroup_parent.clone(),
-            // The agent's network code will pass the path of the namespace it prepared.
-            netns_path: None,
+            netns_path: Some(netns.display().to_string()),
         };
         let spec = spec::runtime_spec(task, &pulled.config, &opts)?;
         let spec_bytes = serde_json::to_vec(&spec)
@@ -255,15 +429,13 @@ impl ContainerdExecutor {
         Ok(mounts)
     }
 
-    async fn start_and_wait(
+    /// Tasks.Create + Start.
+    async fn start(
         &self,
         cd: &Containerd,
         id: &str,
         mounts: Vec<Mount>,
-        reporter: &TaskReporter,
-        stop: &mut watch::Receiver<bool>,
-        grace: Duration,
-    ) -> Result<Ended, ContainerdError> {
+    ) -> Result<(), ContainerdError> {
         let dir = self.task_dir(id);
         let stdio = |name: &str| format!("file://{}", dir.join(name).display());
         cd.tasks()
@@ -285,8 +457,18 @@ impl ContainerdExecutor {
             }))
             .await
             .map_err(|s| ContainerdError::rpc(format!("Tasks.Start {id}"), s))?;
-        reporter.report(TaskState::Running, "started");
+        Ok(())
+    }
 
+    /// Waits for the container to exit, or stops it (stop signal, grace period, SIGKILL)
+    /// when `stop` turns true.
+    async fn supervise(
+        &self,
+        cd: &Containerd,
+        id: &str,
+        stop: &mut watch::Receiver<bool>,
+        grace: Duration,
+    ) -> Result<Ended, ContainerdError> {
         let wait = wait_exit(cd, id);
         tokio::pin!(wait);
         tokio::select! {
@@ -357,6 +539,10 @@ impl ContainerdExecutor {
                 .map(|_| ()),
             "Snapshots.Remove",
         );
+        let ns = crate::netns::path(&self.inner.netns_dir, id);
+        if let Err(e) = crate::netns::remove(&ns) {
+            tracing::warn!(task = id, "{e}");
+        }
     }
 
     /// The snapshotter in use.

@@ -114,6 +114,7 @@ impl Drop for PrivateContainerd {
         let _ = Command::new("umount")
             .arg("-R")
             .arg(self.dir.join("state"))
+            .stderr(Stdio::null())
             .status();
     }
 }
@@ -167,7 +168,8 @@ impl Env {
             NS.to_string(),
             "swarm-test".to_string(),
         )
-        .with_state_dir(tmp.path().join("tasks"));
+        .with_state_dir(tmp.path().join("tasks"))
+        .with_netns_dir(tmp.path().join("netns"));
         Env {
             _tmp: tmp,
             containerd,
@@ -175,6 +177,15 @@ impl Env {
             image,
             exec,
         }
+    }
+
+    /// What the task wrote on stdout so far.
+    fn output(&self, id: &str) -> String {
+        std::fs::read_to_string(self.exec.task_dir(id).join("stdout")).unwrap_or_default()
+    }
+
+    fn netns_dir(&self) -> PathBuf {
+        self._tmp.path().join("netns")
     }
 
     fn image_ref(&self, tag: &str) -> String {
@@ -334,9 +345,7 @@ async fn containerd_executor_end_to_end() {
     );
     assert_eq!(last.err, "task: non-zero exit (3)");
     assert_eq!(last.container_status.as_ref().map(|c| c.exit_code), Some(3));
-    let out =
-        std::fs::read_to_string(env.exec.task_dir(&task.id).join("stdout")).expect("stdout log");
-    assert_eq!(out, "hello\n");
+    assert_eq!(env.output(&task.id), "hello\n");
     assert!(gone(&cd, &task.id, env.exec.snapshotter()).await.is_empty());
 
     // (2) stop → SIGTERM; sh ignores nothing, but `sleep` as pid 1 has no SIGTERM handler and
@@ -411,9 +420,7 @@ async fn containerd_executor_end_to_end() {
         Some(TaskState::Complete),
         "{st:?}"
     );
-    let out =
-        std::fs::read_to_string(env.exec.task_dir(&task.id).join("stdout")).expect("stdout log");
-    assert_eq!(out, "67108864\n50000\nlimitstask00\n");
+    assert_eq!(env.output(&task.id), "67108864\n50000\nlimitstask00\n");
     assert!(
         !Path::new("/sys/fs/cgroup/memory/swarm-test")
             .join(&task.id)
@@ -471,9 +478,8 @@ async fn containerd_executor_end_to_end() {
     }
     // The shell says `ready` once its trap is installed (before that, sh as PID 1 would
     // ignore SIGTERM and only the grace-period SIGKILL would stop it).
-    let log = env.exec.task_dir(&task.id).join("stdout");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log).is_ok_and(|s| s.contains("ready")) {
+    while !env.output(&task.id).contains("ready") {
         assert!(
             Instant::now() < deadline,
             "the shell never installed its trap"
@@ -491,4 +497,192 @@ async fn containerd_executor_end_to_end() {
     // Stopped by SIGTERM, not by the SIGKILL that ends the 10 s grace period.
     assert!(took < Duration::from_secs(8), "SIGTERM stop took {took:?}");
     assert!(gone(&cd, &task.id, env.exec.snapshotter()).await.is_empty());
+}
+
+/// Waits for RUNNING (panics on REJECTED/FAILED).
+async fn until_running(rx: &mut mpsc::UnboundedReceiver<(String, TaskStatus)>, env: &Env) {
+    loop {
+        let s = next_status(rx).await;
+        assert!(
+            !matches!(s.state(), TaskState::Rejected | TaskState::Failed),
+            "{s:?}\n{}",
+            env.containerd.log()
+        );
+        if s.state() == TaskState::Running {
+            return;
+        }
+    }
+}
+
+/// Adopts `task` (observed RUNNING) with a fresh executor, as a restarted agent does.
+fn spawn_adopt(
+    exec: &ContainerdExecutor,
+    mut task: Task,
+) -> (
+    mpsc::UnboundedReceiver<(String, TaskStatus)>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    task.status = Some(TaskStatus {
+        state: TaskState::Running as i32,
+        ..Default::default()
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reporter = TaskReporter::new(task.id.clone(), tx);
+    let h = tokio::spawn(exec.adopt(task, reporter, stop_rx));
+    (rx, stop_tx, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_get_their_own_network_namespace() {
+    let env = Env::start().await;
+    let cd = Containerd::connect(&env.containerd.socket, NS)
+        .await
+        .expect("connect");
+    let task = env.task(
+        "netnstask000000000000001",
+        "latest",
+        &["sh", "-c", "cat /proc/net/dev; sleep 1"],
+        0,
+    );
+    let (mut rx, _stop, h) = spawn(&env.exec, task.clone());
+    until_running(&mut rx, &env).await;
+    let ns = env.netns_dir().join(&task.id);
+    assert!(
+        crate::netns::is_mounted(&ns),
+        "the agent mounts the task's namespace at {}",
+        ns.display()
+    );
+    h.await.expect("run");
+    let st = collect(rx).await;
+    assert_eq!(
+        st.last().map(|s| s.state()),
+        Some(TaskState::Complete),
+        "{st:?}"
+    );
+    // Only loopback inside: the namespace is the agent's, not the host's.
+    let out = env.output(&task.id);
+    let ifaces: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(ifaces, ["lo"], "{out}");
+    assert!(!ns.exists(), "the namespace file is removed with the task");
+    assert!(gone(&cd, &task.id, env.exec.snapshotter()).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_adopts_its_containers_and_removes_orphans() {
+    let env = Env::start().await;
+    let cd = Containerd::connect(&env.containerd.socket, NS)
+        .await
+        .expect("connect");
+
+    // (a) a running container is taken over by a new executor and stopped through it.
+    let running = env.task(
+        "adoptrun0000000000000001",
+        "latest",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; echo ready; while true; do sleep 0.1; done",
+        ],
+        10_000,
+    );
+    // (b) one that exits (code 4) while no agent watches it.
+    let exits = env.task(
+        "adoptexit000000000000001",
+        "latest",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; echo ready; sleep 1; exit 4",
+        ],
+        10_000,
+    );
+    // (c) one that no assignment covers any more: an orphan.
+    let orphan = env.task(
+        "orphan000000000000000001",
+        "latest",
+        &["sleep", "1000"],
+        1000,
+    );
+    for t in [&running, &exits, &orphan] {
+        let (mut rx, _stop, h) = spawn(&env.exec, t.clone());
+        until_running(&mut rx, &env).await;
+        // The agent dies: its supervising future is gone, the container is not.
+        h.abort();
+        let _ = h.await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.output(&running.id).contains("ready") {
+        assert!(
+            Instant::now() < deadline,
+            "the shell never installed its trap"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let restarted = ContainerdExecutor::new(
+        env.containerd.socket.clone(),
+        NS.to_string(),
+        "swarm-test".to_string(),
+    )
+    .with_state_dir(env._tmp.path().join("tasks"))
+    .with_netns_dir(env.netns_dir());
+
+    let (mut rx, stop, h) = spawn_adopt(&restarted, running.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "an adopted running task reports nothing new"
+    );
+    assert!(!h.is_finished(), "the adopted task is supervised");
+    stop.send(true).expect("stop");
+    tokio::time::timeout(Duration::from_secs(30), h)
+        .await
+        .expect("stopped within 30 s")
+        .expect("adopt");
+    assert_eq!(states(&collect(rx).await), [TaskState::Shutdown]);
+    assert!(gone(&cd, &running.id, env.exec.snapshotter())
+        .await
+        .is_empty());
+
+    let (rx, _stop, h) = spawn_adopt(&restarted, exits.clone());
+    h.await.expect("adopt");
+    let st = collect(rx).await;
+    assert_eq!(states(&st), [TaskState::Failed], "{st:?}");
+    assert_eq!(
+        st[0].container_status.as_ref().map(|c| c.exit_code),
+        Some(4)
+    );
+    assert!(gone(&cd, &exits.id, env.exec.snapshotter())
+        .await
+        .is_empty());
+
+    let never = env.task("neverstarted000000000001", "latest", &["true"], 0);
+    let (rx, _stop, h) = spawn_adopt(&restarted, never.clone());
+    h.await.expect("adopt");
+    let st = collect(rx).await;
+    assert_eq!(states(&st), [TaskState::Failed], "{st:?}");
+    assert!(st[0].err.contains("container is gone"), "{}", st[0].err);
+
+    // The orphan's files are known (kept), its container is not (removed).
+    let known = std::collections::HashSet::from([orphan.id.clone()]);
+    restarted.remove_orphans(Default::default(), known).await;
+    let left = gone(&cd, &orphan.id, env.exec.snapshotter()).await;
+    assert!(left.is_empty(), "orphan left in containerd: {left:?}");
+    assert!(!env.netns_dir().join(&orphan.id).exists());
+    assert!(env.exec.task_dir(&orphan.id).exists());
+    restarted
+        .remove_orphans(Default::default(), Default::default())
+        .await;
+    assert!(
+        !env.exec.task_dir(&orphan.id).exists(),
+        "files of tasks the managers forgot are removed"
+    );
 }
