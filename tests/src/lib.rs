@@ -52,6 +52,8 @@ pub struct AgentProc {
     pub socket: PathBuf,
     pub log: PathBuf,
     agent_bin: PathBuf,
+    /// More daemon flags (e.g. `--containerd-socket`).
+    pub extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -83,6 +85,7 @@ impl AgentProc {
             .arg(&self.name)
             .arg("--metrics-addr")
             .arg(self.metrics_addr())
+            .args(&self.extra_args)
             .env(
                 "RUST_LOG",
                 "info,openraft=warn,h2=warn,tower=warn,hyper=warn",
@@ -206,6 +209,7 @@ pub struct Cluster {
     agent_bin: PathBuf,
     pub nodes: Vec<AgentProc>,
     pub port: u16,
+    agent_args: Vec<String>,
 }
 
 impl Cluster {
@@ -217,15 +221,33 @@ impl Cluster {
     /// A cluster of processes of the daemon binary `agent_bin` (the shipped `swarm-agent`
     /// or `test-agent`) in a temporary directory.
     pub fn of(agent_bin: &Path, count: usize, port: u16) -> anyhow::Result<Cluster> {
+        Self::of_with_args(agent_bin, count, port, &[])
+    }
+
+    /// Like [`Cluster::of`], every daemon started with `args` too.
+    pub fn of_with_args(
+        agent_bin: &Path,
+        count: usize,
+        port: u16,
+        args: &[&str],
+    ) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("swarm-e2e-").tempdir()?;
         let root = dir.path().to_path_buf();
-        Self::build(Some(dir), root, agent_bin.to_path_buf(), count, port)
+        let args = args.iter().map(|s| s.to_string()).collect();
+        Self::build(Some(dir), root, agent_bin.to_path_buf(), count, port, args)
     }
 
     /// A cluster whose data roots, sockets and logs stay in `root`.
     pub fn new_in(root: PathBuf, count: usize, port: u16) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(&root)?;
-        Self::build(None, root, bin_dir().join("test-agent"), count, port)
+        Self::build(
+            None,
+            root,
+            bin_dir().join("test-agent"),
+            count,
+            port,
+            Vec::new(),
+        )
     }
 
     fn build(
@@ -234,6 +256,7 @@ impl Cluster {
         agent_bin: PathBuf,
         count: usize,
         port: u16,
+        agent_args: Vec<String>,
     ) -> anyhow::Result<Cluster> {
         assert!(
             agent_bin.exists(),
@@ -246,6 +269,7 @@ impl Cluster {
             agent_bin,
             nodes: Vec::new(),
             port,
+            agent_args,
         };
         for _ in 0..count {
             c.add_node()?;
@@ -265,6 +289,7 @@ impl Cluster {
             socket: root.join(format!("node{i}.sock")),
             log: root.join(format!("node{i}.log")),
             agent_bin: self.agent_bin.clone(),
+            extra_args: self.agent_args.clone(),
             child: None,
         };
         n.start()?;

@@ -769,8 +769,14 @@ fn raft_membership_follows_promote_demote_and_leave() {
 }
 
 #[test]
-fn the_shipped_daemon_rejects_tasks_it_cannot_run_and_says_why() {
-    let c = Cluster::of(&tests::bin_dir().join("swarm-agent"), 1, 24901).unwrap();
+fn the_shipped_daemon_without_containerd_rejects_tasks_and_says_why() {
+    let c = Cluster::of_with_args(
+        &tests::bin_dir().join("swarm-agent"),
+        1,
+        24901,
+        &["--containerd-socket", "/nonexistent/containerd.sock"],
+    )
+    .unwrap();
     c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     let m = c.node(0);
     m.swarm_ok(&[
@@ -801,10 +807,13 @@ fn the_shipped_daemon_rejects_tasks_it_cannot_run_and_says_why() {
         "nothing may pretend to run"
     );
     let err = &t[0].status.as_ref().unwrap().err;
-    assert!(err.contains("cannot run tasks"), "{err}");
+    assert!(
+        err.contains("/nonexistent/containerd.sock") && err.contains("is containerd running"),
+        "{err}"
+    );
     let ps = m.swarm_ok(&["service", "ps", "--no-trunc", "web"]);
     assert!(ps.contains("Rejected") || ps.contains("rejected"), "{ps}");
-    assert!(ps.contains("cannot run tasks"), "{ps}");
+    assert!(ps.contains("is containerd running"), "{ps}");
 }
 
 #[test]
