@@ -73,6 +73,13 @@ pub async fn pull(
 ) -> Result<PulledImage, ContainerdError> {
     let perr = pull_err(image);
     let reference = Reference::parse(image).map_err(&perr)?;
+    if let Some(digest) = reference.digest() {
+        // Pinned to a digest (what `service create` records): when everything is here
+        // already, the registry is not asked at all, so tasks start while it is down.
+        if let Some(local) = local_image(cd, image, digest, snapshotter).await? {
+            return Ok(local);
+        }
+    }
     let registry = Registry::for_reference(&reference).map_err(&perr)?;
     let resolved = registry.resolve(&reference).await.map_err(&perr)?;
     let repo = reference.repository().to_string();
@@ -97,6 +104,55 @@ pub async fn pull(
         tracing::warn!("containerd Leases.Delete {lease}: {}", s.message());
     }
     result
+}
+
+/// The image pinned to `digest` when its manifest, config and every unpacked layer are in
+/// containerd already (the image record is written if missing).
+async fn local_image(
+    cd: &Containerd,
+    image: &str,
+    digest: &Digest,
+    snapshotter: &str,
+) -> Result<Option<PulledImage>, ContainerdError> {
+    if !content_exists(cd, digest).await? {
+        return Ok(None);
+    }
+    let manifest_bytes = read_content(cd, digest).await?;
+    let Ok(manifest) = serde_json::from_slice::<swarm_oci::ImageManifest>(&manifest_bytes) else {
+        // An index, or something else: let the full pull sort it out.
+        return Ok(None);
+    };
+    if !content_exists(cd, &manifest.config.digest).await? {
+        return Ok(None);
+    }
+    let config_bytes = read_content(cd, &manifest.config.digest).await?;
+    let Ok(config) = serde_json::from_slice::<ImageConfig>(&config_bytes) else {
+        return Ok(None);
+    };
+    let chain_ids = config.chain_ids();
+    if chain_ids.len() != manifest.layers.len() {
+        return Ok(None);
+    }
+    for chain in &chain_ids {
+        if !snapshot_exists(cd, snapshotter, &chain.to_string()).await? {
+            return Ok(None);
+        }
+    }
+    let media_type = manifest
+        .media_type
+        .clone()
+        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_string());
+    let mut mdesc = Descriptor::of(&media_type, &manifest_bytes);
+    mdesc.digest = digest.clone();
+    put_image(cd, image, &mdesc).await?;
+    Ok(Some(PulledImage {
+        name: image.to_string(),
+        manifest_digest: digest.clone(),
+        config,
+        chain_ids,
+        fetched: Vec::new(),
+        unpacked: Vec::new(),
+    }))
 }
 
 #[allow(clippy::too_many_arguments)]

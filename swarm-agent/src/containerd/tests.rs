@@ -686,3 +686,27 @@ async fn a_restarted_agent_adopts_its_containers_and_removes_orphans() {
         "files of tasks the managers forgot are removed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_pinned_to_a_digest_starts_without_the_registry_once_present() {
+    let mut env = Env::start().await;
+    let cd = Containerd::connect(&env.containerd.socket, NS)
+        .await
+        .expect("connect");
+    let pinned = format!("{}@{}", env.image_ref("latest"), env.image.manifest_digest);
+    let first = image::pull(&cd, &pinned, env.exec.snapshotter())
+        .await
+        .expect("first pull of the pinned reference");
+    assert_eq!(first.manifest_digest, env.image.manifest_digest);
+    env.registry.stop();
+    let again = image::pull(&cd, &pinned, env.exec.snapshotter())
+        .await
+        .expect("a pinned image that is present needs no registry");
+    assert!(again.fetched.is_empty() && again.unpacked.is_empty());
+    assert_eq!(again.top_snapshot(), first.top_snapshot());
+    // A tag must be resolved, so without the registry it fails, saying why.
+    let e = image::pull(&cd, &env.image_ref("latest"), env.exec.snapshotter())
+        .await
+        .expect_err("a tag needs the registry");
+    assert!(e.to_string().contains("unreachable"), "{e}");
+}
