@@ -12,6 +12,7 @@ mod node_cmd;
 mod opts;
 mod progress;
 mod ps;
+mod resolve;
 mod service_cmd;
 mod service_spec;
 mod swarm_cmd;

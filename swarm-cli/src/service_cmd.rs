@@ -441,8 +441,33 @@ pub async fn service_ps(c: &Client, a: PsArgs) -> Result<()> {
 
 // ---------------------------------------------------------------- create/update/scale/rm
 
+/// Pins the spec's image to its digest (Docker's `--no-resolve-image` skips this); prints
+/// Docker's warning when the registry cannot be asked.
+/// `refresh`: a tagged image already pinned is resolved again (`update --force`).
+async fn pin_image(spec: &mut ServiceSpec, refresh: bool) {
+    let Some(c) = spec.task.as_mut().and_then(|t| t.container.as_mut()) else {
+        return;
+    };
+    if refresh {
+        if let Some((name_tag, _)) = c.image.split_once('@') {
+            let tagged = name_tag
+                .rsplit_once('/')
+                .map_or(name_tag, |(_, last)| last)
+                .contains(':');
+            if tagged {
+                c.image = name_tag.to_string();
+            }
+        }
+    }
+    match crate::resolve::pin(&c.image).await {
+        Ok(pinned) => c.image = pinned,
+        Err(warning) => eprintln!("{warning}"),
+    }
+}
+
 pub async fn create(c: &Client, a: Box<CreateArgs>) -> Result<()> {
-    let spec = create_spec(&a)?;
+    let mut spec = create_spec(&a)?;
+    pin_image(&mut spec, false).await;
     let svc = c
         .control
         .clone()
@@ -474,6 +499,9 @@ pub async fn update(c: &Client, a: UpdateArgs, name: String) -> Result<()> {
     let svc = c.service(&name).await?;
     let mut spec = svc.spec.clone().unwrap_or_default();
     update_spec(&mut spec, &a)?;
+    if a.image.is_some() || a.force {
+        pin_image(&mut spec, false).await;
+    }
     write_spec(c, &svc, spec).await?;
     println!("{name}");
     if !a.common.detach {
