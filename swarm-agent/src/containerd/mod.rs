@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod image;
+pub mod metrics;
 pub mod run;
 pub mod spec;
 

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 use super::client::{Containerd, ContainerdError};
 use super::image;
+use super::metrics;
 use super::spec::{self, SpecOptions};
 use crate::executor::{host_resources, Executor, ExecutorDescription, TaskReporter};
 
@@ -57,6 +58,7 @@ impl ContainerdExecutor {
     /// Snapshotter "overlayfs", task directories under `/var/lib/swarm/tasks`, network
     /// namespaces under `/run/swarm/netns`.
     pub fn new(socket: PathBuf, namespace: String, cgroup_parent: String) -> Self {
+        std::sync::LazyLock::force(&metrics::METRICS);
         ContainerdExecutor {
             inner: Arc::new(Inner {
                 socket,
@@ -213,8 +215,10 @@ impl ContainerdExecutor {
         }
         reporter.report(TaskState::Starting, "starting");
         let grace = stop_grace(&task);
+        let t0 = std::time::Instant::now();
         let ended = match self.start(&cd, &id, mounts).await {
             Ok(()) => {
+                metrics::observe("start", t0.elapsed());
                 reporter.report(TaskState::Running, "started");
                 self.supervise(&cd, &id, &mut stop, grace).await
             }
@@ -376,7 +380,23 @@ impl ContainerdExecutor {
                 task.id
             )));
         }
-        let pulled = image::pull(cd, &image_name, &self.inner.snapshotter).await?;
+        let t0 = std::time::Instant::now();
+        let pulled = match image::pull(cd, &image_name, &self.inner.snapshotter).await {
+            Ok(p) => {
+                metrics::pulled(if p.fetched.is_empty() {
+                    "present"
+                } else {
+                    "fetched"
+                });
+                metrics::observe("pull", t0.elapsed());
+                p
+            }
+            Err(e) => {
+                metrics::pulled("error");
+                return Err(e);
+            }
+        };
+        let t0 = std::time::Instant::now();
         let netns = crate::netns::create(&self.inner.netns_dir, &task.id)
             .map_err(|e| ContainerdError::Invalid(e.to_string()))?;
         let opts = SpecOptions {
@@ -426,6 +446,7 @@ impl ContainerdExecutor {
             .map_err(|s| ContainerdError::rpc(format!("Snapshots.Prepare {}", task.id), s))?
             .into_inner()
             .mounts;
+        metrics::observe("create", t0.elapsed());
         Ok(mounts)
     }
 
@@ -475,12 +496,14 @@ impl ContainerdExecutor {
             r = &mut wait => return r.map(Ended::Exited),
             _ = wait_stop(stop) => {}
         }
+        let t0 = std::time::Instant::now();
         self.kill(cd, id, libc::SIGTERM as u32).await;
         if tokio::time::timeout(grace, &mut wait).await.is_err() {
             tracing::info!(task = id, "no exit within the stop grace period: SIGKILL");
             self.kill(cd, id, libc::SIGKILL as u32).await;
             let _ = tokio::time::timeout(Duration::from_secs(10), &mut wait).await;
         }
+        metrics::observe("stop", t0.elapsed());
         Ok(Ended::Stopped)
     }
 
