@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/swarm/v1/raft.proto",
         "proto/swarm/v1/health.proto",
         "proto/swarm/v1/local.proto",
+        "proto/swarm/v1/logbroker.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -5,6 +5,7 @@
 pub mod containerd;
 pub mod executor;
 pub mod local;
+pub mod logs;
 pub mod metrics_http;
 pub mod netns;
 pub mod node;
@@ -51,6 +52,7 @@ pub async fn run(cfg: AgentConfig, executor: Arc<dyn Executor>) -> anyhow::Resul
     let api = local::LocalApi::new(agent.clone());
     let server = tonic::transport::Server::builder()
         .add_service(proto::local_node_server::LocalNodeServer::new(api.clone()))
+        .add_service(proto::logs_server::LogsServer::new(api.clone()))
         .add_service(proto::control_server::ControlServer::new(api))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),

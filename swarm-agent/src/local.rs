@@ -158,6 +158,28 @@ impl LocalNode for LocalApi {
     }
 }
 
+/// `swarm service logs`: relayed to the in-process manager's log broker (which forwards
+/// to the leader when this manager follows).
+#[tonic::async_trait]
+impl proto::logs_server::Logs for LocalApi {
+    type SubscribeLogsStream =
+        <swarm_manager::logbroker::LogBroker as proto::logs_server::Logs>::SubscribeLogsStream;
+
+    async fn subscribe_logs(
+        &self,
+        mut req: Request<SubscribeLogsRequest>,
+    ) -> Result<Response<Self::SubscribeLogsStream>, Status> {
+        self.control()?;
+        let broker = self
+            .agent
+            .log_broker()
+            .await
+            .ok_or_else(|| Status::failed_precondition(NOT_A_MANAGER))?;
+        req.extensions_mut().insert(LocalCaller);
+        proto::logs_server::Logs::subscribe_logs(&broker, req).await
+    }
+}
+
 /// One relayed Control method.
 macro_rules! relay {
     ($($name:ident($req:ty) -> $resp:ty;)*) => {

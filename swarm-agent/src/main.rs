@@ -56,8 +56,23 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // containerd's shim starts `swarm-agent log-driver DIR` for every task's stdout and
+    // stderr (binary:// logging): no tokio runtime there, and it must start before one exists.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "log-driver") {
+        let Some(dir) = argv.get(2) else {
+            anyhow::bail!("usage: swarm-agent log-driver TASK_DIR (started by containerd's shim)");
+        };
+        return swarm_agent::logs::driver::run(std::path::Path::new(dir));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(daemon())
+}
+
+async fn daemon() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

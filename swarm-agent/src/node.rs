@@ -113,6 +113,12 @@ impl Agent {
             .clone()
     }
 
+    /// The in-process manager's log broker (None unless this node is a manager).
+    pub async fn log_broker(&self) -> Option<swarm_manager::logbroker::LogBroker> {
+        let inner = self.inner.lock().await;
+        inner.manager.as_ref().map(|m| m.logs.clone())
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         self.snapshot
             .read()
@@ -745,7 +751,7 @@ async fn session_loop(agent: Arc<Agent>) {
 }
 
 async fn run_session(agent: &Arc<Agent>, ch: tonic::transport::Channel) -> SessionEnd {
-    let mut client = DispatcherClient::new(ch);
+    let mut client = DispatcherClient::new(ch.clone());
     let mut stream = match client
         .session(SessionRequest {
             description: Some(agent.description()),
@@ -826,6 +832,9 @@ async fn run_session(agent: &Arc<Agent>, ch: tonic::transport::Channel) -> Sessi
             }
         }
     };
+    // `swarm service logs`: the leader's log subscriptions, on the session's channel and
+    // certificate; it never ends by itself and stops with the session.
+    let logs = crate::logs::publisher::serve(agent.cfg.data_root.join("tasks"), ch);
     let messages = {
         let agent = agent.clone();
         async move {
@@ -843,5 +852,6 @@ async fn run_session(agent: &Arc<Agent>, ch: tonic::transport::Channel) -> Sessi
         e = assignments => e,
         e = status => e,
         e = messages => e,
+        never = logs => match never {},
     }
 }

@@ -8,6 +8,7 @@ mod client;
 mod error;
 mod format;
 mod json;
+mod logs_cmd;
 mod node_cmd;
 mod opts;
 mod progress;
@@ -66,7 +67,18 @@ enum Command {
     Node(NodeCmd),
     /// Manage swarm services
     #[command(subcommand)]
-    Service(ServiceCmd),
+    Service(ServiceCommand),
+}
+
+/// `swarm service ...`: the verbs of [`ServiceCmd`] and `logs`.
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+enum ServiceCommand {
+    #[command(flatten)]
+    Cmd(ServiceCmd),
+    /// Fetch the logs of a service or task
+    #[command(override_usage = "swarm service logs [OPTIONS] SERVICE|TASK")]
+    Logs(logs_cmd::LogsArgs),
 }
 
 /// How many positional arguments a command takes.
@@ -173,7 +185,13 @@ async fn run(cli: Cli) -> Result<()> {
             )?,
             NodeCmd::Ls(_) | NodeCmd::Ps(_) => {}
         },
-        Command::Service(s) => match s {
+        Command::Service(ServiceCommand::Logs(a)) => check_args(
+            "swarm service logs",
+            "swarm service logs [OPTIONS] SERVICE|TASK",
+            Exactly(1),
+            a.target.len(),
+        )?,
+        Command::Service(ServiceCommand::Cmd(s)) => match s {
             ServiceCmd::Create(a) => check_args(
                 "swarm service create",
                 "swarm service create [OPTIONS] IMAGE [COMMAND] [ARG...]",
@@ -249,7 +267,11 @@ async fn run(cli: Cli) -> Result<()> {
             NodeCmd::Rm(a) => node_cmd::rm(&c, a).await,
             NodeCmd::Ps(a) => node_cmd::node_ps(&c, a).await,
         },
-        Command::Service(s) => match s {
+        Command::Service(ServiceCommand::Logs(mut a)) => {
+            let target = a.target.remove(0);
+            logs_cmd::logs(&c, a, target).await
+        }
+        Command::Service(ServiceCommand::Cmd(s)) => match s {
             ServiceCmd::Create(a) => service_cmd::create(&c, a).await,
             ServiceCmd::Inspect(a) => service_cmd::inspect(&c, a).await,
             ServiceCmd::Ls(a) => service_cmd::ls(&c, a).await,
@@ -361,5 +383,27 @@ mod tests {
         assert!(Cli::try_parse_from(["swarm", "join-token", "-q", "worker"]).is_ok());
         assert!(Cli::try_parse_from(["swarm", "node", "list"]).is_ok());
         assert!(Cli::try_parse_from(["swarm", "service", "remove", "x"]).is_ok());
+        let logs = Cli::try_parse_from([
+            "swarm",
+            "service",
+            "logs",
+            "-f",
+            "-t",
+            "--tail",
+            "5",
+            "--no-task-ids",
+            "web",
+        ]);
+        match logs.map(|c| c.cmd) {
+            Ok(Command::Service(ServiceCommand::Logs(a))) => {
+                assert!(a.follow && a.timestamps && a.no_task_ids);
+                assert_eq!(
+                    (a.tail.as_str(), a.target.as_slice()),
+                    ("5", &["web".to_string()][..])
+                );
+            }
+            other => panic!("service logs did not parse: {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["swarm", "service", "logs", "-n", "all", "web"]).is_ok());
     }
 }

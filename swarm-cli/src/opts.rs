@@ -341,6 +341,178 @@ pub fn parse_scale(v: &str) -> Option<(String, u64)> {
     Some((name.to_string(), n.parse().ok()?))
 }
 
+/// Go's `strconv.ParseBool`.
+fn parse_go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Splits a CSV record the way Go's `encoding/csv` does for one line: commas separate
+/// fields, a field that starts with `"` is quoted (`""` is a literal quote).
+fn split_csv(v: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut chars = v.chars().peekable();
+    loop {
+        let mut field = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        field.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                    None => return Err(format!("invalid mount value {v:?}: unterminated quote")),
+                }
+            }
+            match chars.next() {
+                None => {
+                    out.push(field);
+                    return Ok(out);
+                }
+                Some(',') => out.push(field),
+                Some(_) => {
+                    return Err(format!(
+                        "invalid mount value {v:?}: extraneous characters after a quoted field"
+                    ))
+                }
+            }
+        } else {
+            loop {
+                match chars.next() {
+                    None => {
+                        out.push(field);
+                        return Ok(out);
+                    }
+                    Some(',') => break,
+                    Some(c) => field.push(c),
+                }
+            }
+            out.push(field);
+        }
+    }
+}
+
+/// A `--mount` value with Docker's syntax and error texts (`type=bind,source=/x,target=/y
+/// [,readonly][,bind-propagation=rslave]`, `type=tmpfs,target=/t[,tmpfs-size=64m]
+/// [,tmpfs-mode=1770]`). As in Docker the type defaults to `volume`; volumes (and the
+/// other types Docker knows) are refused here as not supported yet.
+pub fn parse_mount(v: &str) -> Result<proto::Mount, String> {
+    let mut m = proto::Mount::default();
+    let mut kind = String::from("volume");
+    let (mut bind_opts, mut volume_opts, mut tmpfs_opts) = (false, false, false);
+    for field in split_csv(v)? {
+        let (key, val) = match field.split_once('=') {
+            Some((k, val)) => (k.to_ascii_lowercase(), val),
+            None => {
+                match field.to_ascii_lowercase().as_str() {
+                    "readonly" | "ro" => m.read_only = true,
+                    "volume-nocopy" => volume_opts = true,
+                    "bind-nonrecursive" => {
+                        return Err("bind-nonrecursive is not supported yet".into())
+                    }
+                    _ => return Err(format!("invalid field '{field}' must be a key=value pair")),
+                }
+                continue;
+            }
+        };
+        let invalid = || format!("invalid value for {key}: {val}");
+        match key.as_str() {
+            "type" => kind = val.to_ascii_lowercase(),
+            "source" | "src" => {
+                m.source = val.to_string();
+                if val == "." || val.starts_with("./") {
+                    if let Ok(abs) = std::path::absolute(val) {
+                        m.source = abs.to_string_lossy().into_owned();
+                    }
+                }
+            }
+            "target" | "dst" | "destination" => m.target = val.to_string(),
+            "readonly" | "ro" => m.read_only = parse_go_bool(val).ok_or_else(invalid)?,
+            // Docker accepts it and ignores it on Linux.
+            "consistency" => {}
+            "bind-propagation" => {
+                bind_opts = true;
+                let p = val.to_ascii_lowercase();
+                if ![
+                    "rprivate", "private", "rshared", "shared", "rslave", "slave",
+                ]
+                .contains(&p.as_str())
+                {
+                    return Err(format!("invalid propagation mode: {val}"));
+                }
+                m.bind_propagation = p;
+            }
+            "volume-nocopy" | "volume-label" | "volume-driver" | "volume-opt" => volume_opts = true,
+            "tmpfs-size" => {
+                tmpfs_opts = true;
+                m.tmpfs_size_bytes = parse_memory(val).map_err(|_| invalid())?;
+            }
+            "tmpfs-mode" => {
+                tmpfs_opts = true;
+                m.tmpfs_mode = u32::from_str_radix(val, 8).map_err(|_| invalid())?;
+            }
+            _ => return Err(format!("unexpected key '{key}' in '{field}'")),
+        }
+    }
+    if kind.is_empty() {
+        return Err("type is required".into());
+    }
+    if m.target.is_empty() {
+        return Err("target is required".into());
+    }
+    if volume_opts && kind != "volume" {
+        return Err(format!(
+            "cannot mix 'volume-*' options with mount type '{kind}'"
+        ));
+    }
+    if bind_opts && kind != "bind" {
+        return Err(format!(
+            "cannot mix 'bind-*' options with mount type '{kind}'"
+        ));
+    }
+    if tmpfs_opts && kind != "tmpfs" {
+        return Err(format!(
+            "cannot mix 'tmpfs-*' options with mount type '{kind}'"
+        ));
+    }
+    m.r#type = match kind.as_str() {
+        "bind" => {
+            if m.source.is_empty() {
+                return Err(
+                    "invalid mount config for type \"bind\": field Source must not be empty".into(),
+                );
+            }
+            proto::MountType::Bind
+        }
+        "tmpfs" => {
+            if !m.source.is_empty() {
+                return Err(
+                    "invalid mount config for type \"tmpfs\": field Source must not be specified"
+                        .into(),
+                );
+            }
+            proto::MountType::Tmpfs
+        }
+        "volume" | "npipe" | "cluster" | "image" => {
+            return Err(format!(
+                "mount type {kind:?} is not supported yet: use type=bind or type=tmpfs"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "invalid mount type {other:?}: use type=bind or type=tmpfs"
+            ))
+        }
+    } as i32;
+    Ok(m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,5 +683,69 @@ mod tests {
         assert_eq!(parse_scale("web=-1"), None);
         assert_eq!(parse_availability("Drain"), Ok(NodeAvailability::Drain));
         assert!(parse_availability("off").is_err());
+    }
+
+    #[test]
+    fn mounts() {
+        let m = parse_mount("type=bind,source=/x,target=/y,readonly").unwrap();
+        assert_eq!(m.r#type, proto::MountType::Bind as i32);
+        assert_eq!(
+            (m.source.as_str(), m.target.as_str(), m.read_only),
+            ("/x", "/y", true)
+        );
+        let m = parse_mount("type=bind,src=/x,dst=/y,ro=false,bind-propagation=RSlave").unwrap();
+        assert!(!m.read_only);
+        assert_eq!(m.bind_propagation, "rslave");
+        let m = parse_mount("type=tmpfs,target=/t,tmpfs-size=64m,tmpfs-mode=0700").unwrap();
+        assert_eq!(m.r#type, proto::MountType::Tmpfs as i32);
+        assert_eq!(m.tmpfs_size_bytes, 64 << 20);
+        assert_eq!(m.tmpfs_mode, 0o700);
+        let m = parse_mount("\"type=bind\",\"source=/a,b\",target=/c").unwrap();
+        assert_eq!(m.source, "/a,b");
+        let rel = parse_mount("type=bind,source=./data,target=/d").unwrap();
+        assert!(
+            rel.source.starts_with('/') && rel.source.ends_with("/data"),
+            "{}",
+            rel.source
+        );
+
+        let e = |v: &str| parse_mount(v).unwrap_err();
+        assert_eq!(e("type=bind,source=/x"), "target is required");
+        assert_eq!(
+            e("type=bind,source=/x,target=/y,color=red"),
+            "unexpected key 'color' in 'color=red'"
+        );
+        assert_eq!(
+            e("type=bind,source=/x,target=/y,oops"),
+            "invalid field 'oops' must be a key=value pair"
+        );
+        assert_eq!(
+            e("type=bind,source=/x,target=/y,readonly=maybe"),
+            "invalid value for readonly: maybe"
+        );
+        assert_eq!(
+            e("type=tmpfs,target=/t,tmpfs-mode=9"),
+            "invalid value for tmpfs-mode: 9"
+        );
+        assert_eq!(
+            e("type=tmpfs,target=/t,tmpfs-size=x"),
+            "invalid value for tmpfs-size: x"
+        );
+        assert_eq!(
+            e("type=bind,source=/x,target=/y,tmpfs-size=1m"),
+            "cannot mix 'tmpfs-*' options with mount type 'bind'"
+        );
+        assert_eq!(
+            e("type=tmpfs,target=/y,bind-propagation=shared"),
+            "cannot mix 'bind-*' options with mount type 'tmpfs'"
+        );
+        assert_eq!(
+            e("type=tmpfs,source=/x,target=/y"),
+            "invalid mount config for type \"tmpfs\": field Source must not be specified"
+        );
+        // The default type is volume, as in Docker: not supported yet.
+        assert!(e("source=v,target=/y").contains("\"volume\" is not supported yet"));
+        assert!(e("type=volume,source=v,target=/y").contains("not supported yet"));
+        assert!(e("type=floppy,target=/y").contains("invalid mount type"));
     }
 }

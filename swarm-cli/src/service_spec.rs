@@ -30,6 +30,156 @@ fn env_arg(s: &str) -> std::result::Result<String, String> {
 fn pref_arg(s: &str) -> std::result::Result<String, String> {
     opts::parse_placement_pref(s)
 }
+fn mount_arg(s: &str) -> std::result::Result<Mount, String> {
+    opts::parse_mount(s)
+}
+fn duration_arg(s: &str) -> std::result::Result<std::time::Duration, String> {
+    // Docker's PositiveDurationOpt.
+    opts::parse_go_duration(s).map_err(|e| {
+        if s.starts_with('-') {
+            "duration cannot be negative".to_string()
+        } else {
+            e
+        }
+    })
+}
+
+/// The health check flags (Docker's names; `service update` takes the same ones).
+#[derive(Debug, Args, Default)]
+pub struct HealthArgs {
+    /// Command to run to check health
+    #[arg(long, value_name = "string")]
+    pub health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h)
+    #[arg(long, value_parser = duration_arg, value_name = "duration")]
+    pub health_interval: Option<std::time::Duration>,
+    /// Maximum time to allow one check to run (ms|s|m|h)
+    #[arg(long, value_parser = duration_arg, value_name = "duration")]
+    pub health_timeout: Option<std::time::Duration>,
+    /// Consecutive failures needed to report unhealthy
+    #[arg(long, value_name = "int", allow_negative_numbers = true)]
+    pub health_retries: Option<i32>,
+    /// Start period for the container to initialize before counting retries towards unstable (ms|s|m|h)
+    #[arg(long, value_parser = duration_arg, value_name = "duration")]
+    pub health_start_period: Option<std::time::Duration>,
+    /// Time between running the check during the start period (ms|s|m|h)
+    #[arg(long, value_parser = duration_arg, value_name = "duration")]
+    pub health_start_interval: Option<std::time::Duration>,
+    /// Disable any container-specified HEALTHCHECK
+    #[arg(long)]
+    pub no_healthcheck: bool,
+}
+
+/// swarmkit's smallest non-zero health check duration.
+const MIN_HEALTH_DURATION: std::time::Duration = std::time::Duration::from_millis(1);
+
+fn health_ms(d: std::time::Duration, field: &str) -> Result<i64> {
+    if !d.is_zero() && d < MIN_HEALTH_DURATION {
+        return Err(bad(format!(
+            "ContainerSpec: {field} in HealthConfig cannot be less than 1ms"
+        )));
+    }
+    i64::try_from(d.as_millis()).map_err(|_| {
+        bad(format!(
+            "ContainerSpec: {field} in HealthConfig is too large"
+        ))
+    })
+}
+
+impl HealthArgs {
+    fn any_setting(&self) -> bool {
+        self.health_cmd.is_some()
+            || self.health_interval.is_some()
+            || self.health_timeout.is_some()
+            || self.health_retries.is_some()
+            || self.health_start_period.is_some()
+            || self.health_start_interval.is_some()
+    }
+
+    /// Writes the given durations and retries into `h` (validated like swarmkit does).
+    fn apply_settings(&self, h: &mut HealthConfig) -> Result<()> {
+        if let Some(d) = self.health_interval {
+            h.interval_ms = health_ms(d, "Interval")?;
+        }
+        if let Some(d) = self.health_timeout {
+            h.timeout_ms = health_ms(d, "Timeout")?;
+        }
+        if let Some(d) = self.health_start_period {
+            h.start_period_ms = health_ms(d, "StartPeriod")?;
+        }
+        if let Some(d) = self.health_start_interval {
+            h.start_interval_ms = health_ms(d, "StartInterval")?;
+        }
+        if let Some(r) = self.health_retries {
+            if r < 0 {
+                return Err(bad(
+                    "ContainerSpec: Retries in HealthConfig cannot be negative",
+                ));
+            }
+            h.retries = r;
+        }
+        Ok(())
+    }
+
+    /// `service create`: Docker's `toHealthConfig` (`--health-cmd` alone gives
+    /// `["CMD-SHELL", cmd]` with zero durations, i.e. the defaults).
+    pub fn to_config(&self) -> Result<Option<HealthConfig>> {
+        let have = self.health_cmd.as_deref().is_some_and(|c| !c.is_empty())
+            || self.health_interval.is_some()
+            || self.health_timeout.is_some()
+            || self.health_start_period.is_some()
+            || self.health_start_interval.is_some()
+            || self.health_retries.is_some_and(|r| r != 0);
+        if self.no_healthcheck {
+            if have {
+                return Err(bad("--no-healthcheck conflicts with --health-* options"));
+            }
+            return Ok(Some(HealthConfig {
+                test: vec!["NONE".into()],
+                ..Default::default()
+            }));
+        }
+        if !have {
+            return Ok(None);
+        }
+        let mut h = HealthConfig::default();
+        if let Some(cmd) = self.health_cmd.as_deref().filter(|c| !c.is_empty()) {
+            h.test = vec!["CMD-SHELL".into(), cmd.to_string()];
+        }
+        self.apply_settings(&mut h)?;
+        Ok(Some(h))
+    }
+
+    /// `service update`: Docker's `updateHealthcheck`.
+    pub fn update(&self, c: &mut ContainerSpec) -> Result<()> {
+        if !self.no_healthcheck && !self.any_setting() {
+            return Ok(());
+        }
+        if self.no_healthcheck {
+            if self.any_setting() {
+                return Err(bad("--no-healthcheck conflicts with --health-* options"));
+            }
+            c.healthcheck = Some(HealthConfig {
+                test: vec!["NONE".into()],
+                ..Default::default()
+            });
+            return Ok(());
+        }
+        let h = c.healthcheck.get_or_insert_with(Default::default);
+        if h.test.first().map(String::as_str) == Some("NONE") {
+            h.test.clear();
+        }
+        self.apply_settings(h)?;
+        if let Some(cmd) = &self.health_cmd {
+            h.test = if cmd.is_empty() {
+                Vec::new()
+            } else {
+                vec!["CMD-SHELL".into(), cmd.clone()]
+            };
+        }
+        Ok(())
+    }
+}
 
 /// Flags `service create` and `service update` share (same names as Docker's).
 #[derive(Debug, Args, Default)]
@@ -82,6 +232,14 @@ pub struct CommonArgs {
     /// Overwrite the default ENTRYPOINT of the image
     #[arg(long)]
     pub entrypoint: Option<String>,
+    /// Signal to stop the container
+    #[arg(long, value_name = "string")]
+    pub stop_signal: Option<String>,
+    /// Mount the container's root filesystem as read only
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "bool")]
+    pub read_only: Option<bool>,
+    #[command(flatten)]
+    pub health: HealthArgs,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,
@@ -119,6 +277,12 @@ pub struct CreateArgs {
     /// Container labels
     #[arg(long = "container-label")]
     pub container_label: Vec<String>,
+    /// Attach a filesystem mount to the service
+    #[arg(long, value_parser = mount_arg, value_name = "mount")]
+    pub mount: Vec<Mount>,
+    /// Set one or more supplementary user groups for the container
+    #[arg(long, value_name = "list")]
+    pub group: Vec<String>,
     #[command(flatten)]
     pub common: CommonArgs,
     /// IMAGE [COMMAND] [ARG...]
@@ -180,6 +344,18 @@ pub struct UpdateArgs {
     /// Remove a container label by its key
     #[arg(long = "container-label-rm")]
     pub container_label_rm: Vec<String>,
+    /// Add or update a mount on a service
+    #[arg(long = "mount-add", value_parser = mount_arg, value_name = "mount")]
+    pub mount_add: Vec<Mount>,
+    /// Remove a mount by its target path
+    #[arg(long = "mount-rm", value_name = "list")]
+    pub mount_rm: Vec<String>,
+    /// Add an additional supplementary user group to the container
+    #[arg(long = "group-add", value_name = "list")]
+    pub group_add: Vec<String>,
+    /// Remove a previously added supplementary user group from the container
+    #[arg(long = "group-rm", value_name = "list")]
+    pub group_rm: Vec<String>,
     /// Force update even if no changes require it
     #[arg(long)]
     pub force: bool,
@@ -296,6 +472,12 @@ fn apply_common(spec: &mut ServiceSpec, a: &CommonArgs) -> Result<()> {
     if let Some(e) = &a.entrypoint {
         container(spec).command = e.split_whitespace().map(String::from).collect();
     }
+    if let Some(s) = &a.stop_signal {
+        container(spec).stop_signal = s.clone();
+    }
+    if let Some(r) = a.read_only {
+        container(spec).read_only = r;
+    }
     Ok(())
 }
 
@@ -325,6 +507,16 @@ pub fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
         c.args = args.to_vec();
         c.env = a.env.clone();
         c.labels = opts::parse_labels(&a.container_label).map_err(bad)?;
+        let mut targets = std::collections::BTreeSet::new();
+        for m in &a.mount {
+            if !targets.insert(m.target.as_str()) {
+                // swarmkit's validateMounts.
+                return Err(bad(format!("invalid duplicate mount point: {}", m.target)));
+            }
+        }
+        c.mounts = a.mount.clone();
+        c.groups = a.group.clone();
+        c.healthcheck = a.common.health.to_config()?;
     }
     if !a.constraint.is_empty() {
         placement(&mut spec).constraints = a.constraint.clone();
@@ -373,6 +565,43 @@ fn publish_rm_matches(v: &str, p: &PortConfig) -> bool {
         && proto.is_none_or(|pr| pr == format::protocol_name(p.protocol))
 }
 
+/// Docker's `updateMounts`: added mounts replace those with the same target, `--mount-rm`
+/// removes by target; the result is sorted by source then target.
+fn update_mounts(mounts: &mut Vec<Mount>, add: &[Mount], rm: &[String]) -> Result<()> {
+    if add.is_empty() && rm.is_empty() {
+        return Ok(());
+    }
+    let mut by_target: std::collections::BTreeMap<String, Mount> = Default::default();
+    for m in add {
+        if by_target.insert(m.target.clone(), m.clone()).is_some() {
+            return Err(bad("duplicate mount target"));
+        }
+    }
+    for m in mounts.iter() {
+        by_target
+            .entry(m.target.clone())
+            .or_insert_with(|| m.clone());
+    }
+    let mut out: Vec<Mount> = by_target
+        .into_values()
+        .filter(|m| !rm.contains(&m.target))
+        .collect();
+    out.sort_by(|a, b| (&a.source, &a.target).cmp(&(&b.source, &b.target)));
+    *mounts = out;
+    Ok(())
+}
+
+/// Docker's `updateGroups`: add, remove, sort (duplicates dropped).
+fn update_groups(groups: &mut Vec<String>, add: &[String], rm: &[String]) {
+    if add.is_empty() && rm.is_empty() {
+        return;
+    }
+    groups.extend(add.iter().cloned());
+    groups.retain(|g| !rm.contains(g));
+    groups.sort();
+    groups.dedup();
+}
+
 /// Applies `service update` flags to the current spec.
 pub fn update_spec(spec: &mut ServiceSpec, a: &UpdateArgs) -> Result<()> {
     if let Some(img) = &a.image {
@@ -396,6 +625,9 @@ pub fn update_spec(spec: &mut ServiceSpec, a: &UpdateArgs) -> Result<()> {
         }
         c.labels
             .extend(opts::parse_labels(&a.container_label_add).map_err(bad)?);
+        update_mounts(&mut c.mounts, &a.mount_add, &a.mount_rm)?;
+        update_groups(&mut c.groups, &a.group_add, &a.group_rm);
+        a.common.health.update(c)?;
     }
     for k in &a.label_rm {
         spec.labels.remove(k);
@@ -630,5 +862,242 @@ pub(crate) mod tests {
             }))
         ));
         assert_eq!(u.service, ["web"]);
+    }
+
+    fn update(args: &[&str]) -> std::result::Result<UpdateArgs, clap::Error> {
+        UpdateCli::try_parse_from(
+            std::iter::once("update")
+                .chain(args.iter().copied())
+                .chain(["web"]),
+        )
+        .map(|c| c.a)
+    }
+
+    fn cspec(spec: &ServiceSpec) -> ContainerSpec {
+        spec.task.clone().unwrap().container.unwrap()
+    }
+
+    #[test]
+    fn create_health_flags() {
+        let spec = create_spec(&create(&["--health-cmd", "curl -f localhost", "busybox"]).unwrap())
+            .unwrap();
+        assert_eq!(
+            cspec(&spec).healthcheck,
+            Some(HealthConfig {
+                test: vec!["CMD-SHELL".into(), "curl -f localhost".into()],
+                ..Default::default()
+            })
+        );
+        let spec = create_spec(
+            &create(&[
+                "--health-cmd",
+                "true",
+                "--health-interval",
+                "5s",
+                "--health-timeout",
+                "2s",
+                "--health-retries",
+                "4",
+                "--health-start-period",
+                "1m",
+                "--health-start-interval",
+                "500ms",
+                "busybox",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        let h = cspec(&spec).healthcheck.unwrap();
+        assert_eq!(
+            (
+                h.interval_ms,
+                h.timeout_ms,
+                h.retries,
+                h.start_period_ms,
+                h.start_interval_ms
+            ),
+            (5000, 2000, 4, 60_000, 500)
+        );
+        // Only an interval: the test stays empty (the image's test is used).
+        let spec = create_spec(&create(&["--health-interval", "10s", "busybox"]).unwrap()).unwrap();
+        let h = cspec(&spec).healthcheck.unwrap();
+        assert!(h.test.is_empty());
+        assert_eq!(h.interval_ms, 10_000);
+        // No flag: no health config.
+        let spec = create_spec(&create(&["busybox"]).unwrap()).unwrap();
+        assert_eq!(cspec(&spec).healthcheck, None);
+        let spec = create_spec(&create(&["--no-healthcheck", "busybox"]).unwrap()).unwrap();
+        assert_eq!(cspec(&spec).healthcheck.unwrap().test, ["NONE"]);
+
+        let err = |args: &[&str]| create_spec(&create(args).unwrap()).unwrap_err().to_string();
+        assert_eq!(
+            err(&["--no-healthcheck", "--health-cmd", "true", "busybox"]),
+            "Error: --no-healthcheck conflicts with --health-* options"
+        );
+        assert_eq!(
+            err(&["--health-retries", "-1", "busybox"]),
+            "Error: ContainerSpec: Retries in HealthConfig cannot be negative"
+        );
+        assert_eq!(
+            err(&["--health-interval", "500us", "busybox"]),
+            "Error: ContainerSpec: Interval in HealthConfig cannot be less than 1ms"
+        );
+        let e = create(&["--health-interval", "-1s", "busybox"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("duration cannot be negative"), "{e}");
+        assert!(create(&["--health-timeout", "5", "busybox"]).is_err());
+        assert!(create(&["--health-retries", "x", "busybox"]).is_err());
+    }
+
+    #[test]
+    fn create_mounts_groups_signal_read_only() {
+        let spec = create_spec(
+            &create(&[
+                "--mount",
+                "type=bind,source=/x,target=/y,readonly",
+                "--mount",
+                "type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=0700",
+                "--group",
+                "wheel",
+                "--group",
+                "1001",
+                "--stop-signal",
+                "SIGUSR1",
+                "--read-only",
+                "busybox",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        let c = cspec(&spec);
+        assert_eq!(c.mounts.len(), 2);
+        assert_eq!(c.mounts[0].r#type, MountType::Bind as i32);
+        assert!(c.mounts[0].read_only);
+        assert_eq!(c.mounts[1].r#type, MountType::Tmpfs as i32);
+        assert_eq!(c.mounts[1].tmpfs_size_bytes, 1 << 20);
+        assert_eq!(c.mounts[1].tmpfs_mode, 0o700);
+        assert_eq!(c.groups, ["wheel", "1001"]);
+        assert_eq!(c.stop_signal, "SIGUSR1");
+        assert!(c.read_only);
+        // `--read-only` does not eat the image argument.
+        let a = create(&["--read-only", "busybox", "sh"]).unwrap();
+        assert_eq!(a.image_and_args, ["busybox", "sh"]);
+        assert_eq!(a.common.read_only, Some(true));
+        let a = create(&["--read-only=false", "busybox"]).unwrap();
+        assert_eq!(a.common.read_only, Some(false));
+
+        let e = create(&["--mount", "type=volume,source=v,target=/d", "busybox"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not supported yet"), "{e}");
+        let dup = create(&[
+            "--mount",
+            "type=tmpfs,target=/d",
+            "--mount",
+            "type=bind,source=/x,target=/d",
+            "busybox",
+        ])
+        .unwrap();
+        assert_eq!(
+            create_spec(&dup).unwrap_err().to_string(),
+            "Error: invalid duplicate mount point: /d"
+        );
+    }
+
+    #[test]
+    fn update_health_mounts_groups() {
+        let mut spec = create_spec(
+            &create(&[
+                "--health-cmd",
+                "true",
+                "--health-retries",
+                "5",
+                "--mount",
+                "type=bind,source=/b,target=/y",
+                "--mount",
+                "type=tmpfs,target=/t",
+                "--group",
+                "b",
+                "busybox",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        // Nothing health-related: unchanged.
+        update_spec(&mut spec, &update(&["--image", "busybox:2"]).unwrap()).unwrap();
+        assert_eq!(cspec(&spec).healthcheck.unwrap().retries, 5);
+        assert_eq!(cspec(&spec).mounts[0].target, "/y");
+
+        update_spec(&mut spec, &update(&["--health-interval", "7s"]).unwrap()).unwrap();
+        let h = cspec(&spec).healthcheck.unwrap();
+        assert_eq!((h.test.len(), h.interval_ms, h.retries), (2, 7000, 5));
+
+        update_spec(&mut spec, &update(&["--no-healthcheck"]).unwrap()).unwrap();
+        assert_eq!(
+            cspec(&spec).healthcheck,
+            Some(HealthConfig {
+                test: vec!["NONE".into()],
+                ..Default::default()
+            })
+        );
+        update_spec(&mut spec, &update(&["--health-timeout", "3s"]).unwrap()).unwrap();
+        let h = cspec(&spec).healthcheck.unwrap();
+        assert!(h.test.is_empty(), "NONE is dropped by a --health-* update");
+        assert_eq!(h.timeout_ms, 3000);
+        update_spec(&mut spec, &update(&["--health-cmd", "exit 0"]).unwrap()).unwrap();
+        assert_eq!(
+            cspec(&spec).healthcheck.unwrap().test,
+            ["CMD-SHELL", "exit 0"]
+        );
+        assert!(update_spec(
+            &mut spec,
+            &update(&["--no-healthcheck", "--health-retries", "1"]).unwrap()
+        )
+        .is_err());
+
+        update_spec(
+            &mut spec,
+            &update(&[
+                "--mount-add",
+                "type=bind,source=/a,target=/y,readonly",
+                "--mount-add",
+                "type=tmpfs,target=/z",
+                "--mount-rm",
+                "/t",
+                "--group-add",
+                "a",
+                "--group-rm",
+                "b",
+                "--stop-signal",
+                "USR2",
+                "--read-only",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        let c = cspec(&spec);
+        let mounts: Vec<(&str, &str, bool)> = c
+            .mounts
+            .iter()
+            .map(|m| (m.source.as_str(), m.target.as_str(), m.read_only))
+            .collect();
+        assert_eq!(mounts, [("", "/z", false), ("/a", "/y", true)]);
+        assert_eq!(c.groups, ["a"]);
+        assert_eq!(c.stop_signal, "USR2");
+        assert!(c.read_only);
+        update_spec(&mut spec, &update(&["--read-only=false"]).unwrap()).unwrap();
+        assert!(!cspec(&spec).read_only);
+        let dup = update(&[
+            "--mount-add",
+            "type=tmpfs,target=/q",
+            "--mount-add",
+            "type=tmpfs,target=/q",
+        ])
+        .unwrap();
+        assert_eq!(
+            update_spec(&mut spec, &dup).unwrap_err().to_string(),
+            "Error: duplicate mount target"
+        );
     }
 }

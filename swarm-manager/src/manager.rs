@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::control::ControlApi;
 use crate::dispatcher::Dispatcher;
+use crate::logbroker::LogBroker;
 use crate::membership::{Membership, RoleManager};
 use crate::metrics::METRICS;
 use crate::raft::network::{Network, PeerHealth};
@@ -61,6 +62,8 @@ pub struct Manager {
     pub raft: Raft,
     pub router: Router,
     pub control: ControlApi,
+    /// `swarm service logs`: the broker the agent's local socket relays to.
+    pub logs: LogBroker,
     membership: Membership,
     raft_id: u64,
     cert: Arc<ReloadableCert>,
@@ -110,6 +113,7 @@ impl Manager {
         let dispatcher = Dispatcher::new(store.clone(), router.clone());
         let membership = Membership::new(raft.clone(), store.clone(), router.clone());
         let ca = crate::ca::CaService::new(store.clone(), router.clone());
+        let logs = LogBroker::new(store.clone(), router.clone());
 
         let listener = tokio::net::TcpListener::bind(cfg.listen_addr)
             .await
@@ -136,6 +140,8 @@ impl Manager {
                 ))
                 .add_service(proto::ca_server::CaServer::new(ca.clone()))
                 .add_service(proto::node_ca_server::NodeCaServer::new(ca))
+                .add_service(proto::logs_server::LogsServer::new(logs.clone()))
+                .add_service(proto::log_broker_server::LogBrokerServer::new(logs.clone()))
                 .add_service(proto::health_server::HealthServer::new(HealthService));
             tasks.spawn(async move {
                 if let Err(e) = server.serve_with_incoming(incoming).await {
@@ -216,6 +222,7 @@ impl Manager {
             raft,
             router,
             control,
+            logs,
             membership,
             raft_id: cfg.raft_id,
             cert,

@@ -1,6 +1,8 @@
 //! Harness for end-to-end tests: real `test-agent` processes (the daemon with the simulated
 //! executor) on loopback addresses 127.0.0.N, driven through the real `swarm` CLI.
 
+pub mod images;
+pub mod lab;
 pub mod sim_executor;
 
 use std::path::{Path, PathBuf};

@@ -7,9 +7,14 @@
 //! - `sim/complete`: runs for 300 ms, then COMPLETE with exit code 0;
 //! - `sim/reject`: REJECTED before starting ("image not found");
 //! - anything else: RUNNING until told to stop, then SHUTDOWN.
+//!
+//! Logs: when the task's env has `SIM_LOG=<text>` (stdout) or `SIM_LOG_ERR=<text>`
+//! (stderr), the task writes that line to `<data root>/tasks/<task id>/container.log` in
+//! the log driver's format once RUNNING (the data root is the process's `--data-root`).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use proto::{Task, TaskState};
@@ -18,6 +23,65 @@ use swarm_agent::{Executor, TaskReporter};
 use tokio::sync::watch;
 
 pub struct SimExecutor;
+
+/// `--data-root` of this process (the test agent's flag), or its default.
+fn data_root() -> PathBuf {
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    for (i, a) in args.iter().enumerate() {
+        if let Some(v) = a.strip_prefix("--data-root=") {
+            return PathBuf::from(v);
+        }
+        if a == "--data-root" {
+            if let Some(v) = args.get(i + 1) {
+                return PathBuf::from(v);
+            }
+        }
+    }
+    PathBuf::from("/var/lib/swarm")
+}
+
+/// Writes the task's `SIM_LOG`/`SIM_LOG_ERR` lines as the log driver would.
+fn write_sim_logs(task: &Task) {
+    let env = task
+        .spec
+        .as_ref()
+        .and_then(|s| s.container.as_ref())
+        .map(|c| c.env.clone())
+        .unwrap_or_default();
+    let mut out = String::new();
+    for e in &env {
+        let (stream, text) = match e.split_once('=') {
+            Some(("SIM_LOG", t)) => ("stdout", t),
+            Some(("SIM_LOG_ERR", t)) => ("stderr", t),
+            _ => continue,
+        };
+        let entry = serde_json::json!({
+            "log": format!("{text}\n"),
+            "stream": stream,
+            "time": swarm_agent::logs::format_rfc3339_nano(SystemTime::now()),
+        });
+        out.push_str(&format!("{entry}\n"));
+    }
+    if out.is_empty() {
+        return;
+    }
+    let dir = data_root().join("tasks").join(&task.id);
+    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(swarm_agent::logs::LOG_FILE))?
+            .write_all(out.as_bytes())
+    });
+    if let Err(e) = written {
+        eprintln!("sim executor: writing the logs of task {}: {e}", task.id);
+    }
+}
 
 async fn step(reporter: &TaskReporter, state: TaskState, msg: &str) {
     reporter.report(state, msg);
@@ -55,6 +119,7 @@ impl Executor for SimExecutor {
             step(&reporter, TaskState::Ready, "prepared").await;
             step(&reporter, TaskState::Starting, "starting").await;
             reporter.report(TaskState::Running, "started");
+            write_sim_logs(&task);
             let ends = if image.starts_with("sim/fail") {
                 Some((TaskState::Failed, 1))
             } else if image.starts_with("sim/complete") {

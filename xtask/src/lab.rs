@@ -1,53 +1,179 @@
-//! `cargo xtask lab`: a local five-node swarm (3 managers, 2 workers) on 127.0.0.1–5 with a
-//! demo service. Tasks run on the simulated executor until the containerd executor exists.
+//! `cargo xtask lab …`: the multi-node lab on this machine (one network namespace, containerd
+//! and swarm-agent per node, a registry with the test images); see `tests::lab`.
+//!
+//! - `lab` (no verb): `lab up --managers 3 --workers 2`, a demo service, then exit leaving it up;
+//! - `lab up [--managers N] [--workers M] [--port P]`;
+//! - `lab exec NODE -- CMD…`: CMD in the node's namespace (`swarm` talks to that node);
+//! - `lab registry`: the registry's `host:port`;
+//! - `lab status`;
+//! - `lab down`: removes everything, also after a crash of `lab up`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
-use tests::{running, wait_for, Cluster};
+use anyhow::{bail, Context};
+use tests::lab::{Lab, LabConfig};
+use tests::{images, running, wait_for};
 
-pub fn run(exit: bool, port: u16) -> anyhow::Result<()> {
-    crate::cargo(&["build", "-p", "swarm-cli", "-p", "tests", "--bins"])?;
-    let root = PathBuf::from("target/lab");
-    if root.exists() {
-        std::fs::remove_dir_all(&root).context("cleaning target/lab")?;
-    }
-    println!("starting 5 agents on 127.0.0.1-5:{port} (data, sockets and logs in target/lab)");
-    let c = Cluster::new_in(std::fs::canonicalize(".")?.join(&root), 5, port)?;
-    c.form(3).with_context(|| c.logs())?;
-    let m = c.node(0);
-    println!("\n$ swarm node ls\n{}", m.swarm_ok(&["node", "ls"]));
-    println!("$ swarm service create --name demo --replicas 6 sim/whoami");
-    print!(
-        "{}",
-        m.swarm_ok(&[
-            "service",
-            "create",
-            "--name",
-            "demo",
-            "--replicas",
-            "6",
-            "sim/whoami"
-        ])
+/// The lab's short name: namespaces `swl-ul`, `swl-node<i>`, cgroups `swl-node<i>`.
+pub const NAME: &str = "swl";
+
+const DEMO_REPLICAS: usize = 4;
+
+/// The directory of the binaries this xtask was built with (target/debug).
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the xtask executable")?;
+    exe.parent()
+        .map(Path::to_path_buf)
+        .context("the xtask executable has no directory")
+}
+
+fn config(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow::Result<LabConfig> {
+    let bin = bin_dir()?;
+    let mut cfg = LabConfig::new(NAME, managers, workers, root, &bin);
+    cfg.port = port;
+    cfg.whoami = images::whoami_path(
+        bin.parent()
+            .context("the binary directory has no parent (target)")?,
     );
-    wait_for(Duration::from_secs(30), || {
-        running(&m.tasks("demo").unwrap_or_default()).len() == 6
+    Ok(cfg)
+}
+
+/// Builds the daemon, the CLI and the whoami binary, removes a previous lab, and starts one.
+pub fn up(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow::Result<Lab> {
+    crate::cargo(&["build", "-p", "swarm-agent", "-p", "swarm-cli"])?;
+    images::build_whoami()?;
+    let cfg = config(root, managers, workers, port)?;
+    let previous = name_at(root);
+    let c = Lab::cleanup(&previous, root)?;
+    if !c.is_empty() {
+        println!("removed the previous lab {previous}: {c}");
+    }
+    Lab::up(cfg)
+}
+
+/// The name of the lab at `root` (from its lab.json), else the default.
+fn name_at(root: &Path) -> String {
+    Lab::attach(root)
+        .map(|l| l.name().to_string())
+        .unwrap_or_else(|_| NAME.to_string())
+}
+
+fn attach(root: &Path) -> anyhow::Result<Lab> {
+    Lab::attach(root).with_context(|| format!("no lab at {}", root.display()))
+}
+
+pub fn cmd_up(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow::Result<()> {
+    let lab = up(root, managers, workers, port)?;
+    println!(
+        "\n$ swarm node ls\n{}",
+        lab.node(1).try_swarm(&["node", "ls"])?
+    );
+    hints(&lab);
+    lab.detach();
+    Ok(())
+}
+
+/// `cargo xtask lab`: a five-node lab with the demo service, left running.
+pub fn demo(root: &Path) -> anyhow::Result<()> {
+    let lab = up(root, 3, 2, 2377)?;
+    let m = lab.node(1);
+    let image = format!("{}/whoami:latest", lab.registry());
+    let replicas = DEMO_REPLICAS.to_string();
+    let create = [
+        "service",
+        "create",
+        "--name",
+        "demo",
+        "--replicas",
+        replicas.as_str(),
+        image.as_str(),
+    ];
+    println!("\n$ swarm {}", create.join(" "));
+    print!("{}", m.try_swarm(&create)?);
+    println!("waiting until {DEMO_REPLICAS} tasks run (pulls from the lab registry)…");
+    wait_for(Duration::from_secs(180), || {
+        m.tasks("demo")
+            .map(|t| running(&t).len() == DEMO_REPLICAS)
+            .unwrap_or(false)
+    })
+    .with_context(|| {
+        format!(
+            "the demo service did not reach {DEMO_REPLICAS} running tasks:\n{}\n{}",
+            m.swarm(&["service", "ps", "demo"]).stdout,
+            lab.logs()
+        )
     })?;
-    println!("\n$ swarm service ls\n{}", m.swarm_ok(&["service", "ls"]));
+    println!("\n$ swarm node ls\n{}", m.try_swarm(&["node", "ls"])?);
     println!(
         "$ swarm service ps demo\n{}",
-        m.swarm_ok(&["service", "ps", "demo"])
+        m.try_swarm(&["service", "ps", "demo"])?
     );
-    println!("NOTE: tasks run on the simulated executor (no containers yet).");
-    if exit {
-        return Ok(());
-    }
+    hints(&lab);
+    lab.detach();
+    Ok(())
+}
+
+fn hints(lab: &Lab) {
+    let reg = lab.registry();
+    let last = lab.nodes().len();
     println!(
-        "The swarm is up. Try: ./target/debug/swarm -H unix://{}/node1.sock node ls\nCtrl-C stops it.",
-        c.root.display()
+        "The lab is up (files, sockets and logs in {root}). Try:\n\
+         \x20 cargo xtask lab exec node1 -- swarm node ls\n\
+         \x20 cargo xtask lab exec node1 -- swarm service ls\n\
+         \x20 cargo xtask lab exec node1 -- swarm service create --name web --replicas 3 {reg}/whoami:latest\n\
+         \x20 cargo xtask lab exec node1 -- swarm service ps web\n\
+         \x20 cargo xtask lab exec node1 -- swarm service scale web=6\n\
+         \x20 cargo xtask lab exec node{last} -- ctr containers ls   (ctr talks to that node's containerd)\n\
+         \x20 cargo xtask lab exec node2 -- ip addr\n\
+         \x20 cargo xtask lab status\n\
+         \x20 cargo xtask lab down",
+        root = lab.root().display(),
     );
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
+}
+
+/// Runs `cmd` in the node's namespace with the terminal; exits with its status.
+pub fn exec(root: &Path, node: &str, cmd: &[String]) -> anyhow::Result<()> {
+    let lab = attach(root)?;
+    let Some((prog, args)) = cmd.split_first() else {
+        bail!("nothing to run: cargo xtask lab exec {node} -- COMMAND [ARGS…]");
+    };
+    let mut c = if node == "ul" || node == "underlay" {
+        lab.underlay_command(prog)?
+    } else {
+        let Some(n) = lab.node_named(node) else {
+            bail!(
+                "no node {node} in the lab {} (nodes: node1..node{}, or `underlay`)",
+                lab.name(),
+                lab.nodes().len()
+            );
+        };
+        n.command(prog)?
+    };
+    let status = c
+        .args(args)
+        .status()
+        .with_context(|| format!("running {prog} in {node}"))?;
+    std::process::exit(status.code().unwrap_or(128 + 9));
+}
+
+pub fn registry(root: &Path) -> anyhow::Result<()> {
+    println!("{}", attach(root)?.registry());
+    Ok(())
+}
+
+pub fn status(root: &Path) -> anyhow::Result<()> {
+    print!("{}", attach(root)?.status());
+    Ok(())
+}
+
+pub fn down(root: &Path) -> anyhow::Result<()> {
+    let name = name_at(root);
+    let c = Lab::cleanup(&name, root)?;
+    if c.is_empty() {
+        println!("no lab {name} at {}: nothing to remove", root.display());
+    } else {
+        println!("lab {name} removed: {c}");
     }
+    Ok(())
 }

@@ -2,15 +2,19 @@
 //! `cargo run --package xtask -- …`.
 //!
 //! - `cargo xtask test [-- ARGS]`: what CI runs (every binary built, every test run).
-//! - `cargo xtask lab [--exit] [--port 2377]`: a local five-node cluster.
+//! - `cargo xtask lab [up|exec|registry|status|down]`: the multi-node lab (a network namespace,
+//!   containerd and swarm-agent per node; see xtask/src/lab.rs).
 //! - `cargo xtask bench scheduler [--runs 3] [--only NODESxTASKS]`: the scheduler benchmark
 //!   (re-runs itself as a release build).
+//! - `cargo xtask bench failover [--rounds 5]`: leader failover time.
+//! - `cargo xtask bench create [--replicas 20] [--rounds 3]`: `service create` to all tasks
+//!   running in a 3-node lab, and where the time goes.
 
 mod bench;
 #[cfg(feature = "lab")]
-mod failover;
+mod create_bench;
 #[cfg(feature = "lab")]
-mod images;
+mod failover;
 #[cfg(feature = "lab")]
 mod lab;
 mod test;
@@ -36,14 +40,15 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         extra: Vec<String>,
     },
-    /// Start a local five-node swarm (3 managers, 2 workers) on 127.0.0.1-5 with a demo service.
+    /// The multi-node lab: one network namespace, containerd and swarm-agent per node, and a
+    /// registry with the test images. Without a verb: `up --managers 3 --workers 2`, a demo
+    /// service, then exit leaving the lab running.
     Lab {
-        /// Stop once the cluster is up and the demo service runs.
-        #[arg(long)]
-        exit: bool,
-        /// Manager port every node listens on (each node has its own loopback address).
-        #[arg(long, default_value_t = 2377)]
-        port: u16,
+        /// Where the lab keeps its files, sockets and logs.
+        #[arg(long, global = true, default_value = "/run/swarm-lab")]
+        root: PathBuf,
+        #[command(subcommand)]
+        verb: Option<LabCmd>,
     },
     /// Test images built from source (whoami for musl, Debian's busybox-static).
     Images {
@@ -63,6 +68,34 @@ enum Cmd {
         #[arg(long)]
         tasks: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Create the namespaces, registry, containerds and agents; init node1, join the rest.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Manager port on every node.
+        #[arg(long, default_value_t = 2377)]
+        port: u16,
+    },
+    /// Run a command in a node's network namespace (`swarm` talks to that node's daemon).
+    Exec {
+        /// node1, node2 … (or `underlay`: the bridge and registry namespace).
+        node: String,
+        /// The command and its arguments (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Print the registry's host:port.
+    Registry,
+    /// Nodes, their processes, and `swarm node ls` from node1.
+    Status,
+    /// Remove every namespace, mount, process, cgroup and file of the lab (also after a crash).
+    Down,
 }
 
 #[derive(Subcommand)]
@@ -97,13 +130,21 @@ enum BenchCmd {
         #[arg(long, default_value_t = 24990)]
         port: u16,
     },
+    /// `service create --replicas N` until all run, in a 3-node lab (needs root).
+    Create {
+        #[arg(long, default_value_t = 20)]
+        replicas: usize,
+        /// Rounds (the first is cold: the image is fetched; the others find it present).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Test { extra } => test::run(&extra),
-        Cmd::Lab { exit, port } => lab(exit, port),
+        Cmd::Lab { root, verb } => lab(&root, verb),
         Cmd::Bench {
             what:
                 BenchCmd::Scheduler {
@@ -140,6 +181,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench {
             what: BenchCmd::Failover { rounds, port },
         } => failover(rounds.max(1), port),
+        Cmd::Bench {
+            what: BenchCmd::Create { replicas, rounds },
+        } => create_bench(replicas, rounds),
         Cmd::BenchChild { nodes, tasks } => bench::child(nodes, tasks),
         Cmd::Images {
             what: ImagesCmd::Push { registry },
@@ -148,13 +192,24 @@ fn main() -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "lab")]
-fn lab(exit: bool, port: u16) -> anyhow::Result<()> {
-    lab::run(exit, port)
+fn lab(root: &std::path::Path, verb: Option<LabCmd>) -> anyhow::Result<()> {
+    match verb {
+        None => lab::demo(root),
+        Some(LabCmd::Up {
+            managers,
+            workers,
+            port,
+        }) => lab::cmd_up(root, managers, workers, port),
+        Some(LabCmd::Exec { node, cmd }) => lab::exec(root, &node, &cmd),
+        Some(LabCmd::Registry) => lab::registry(root),
+        Some(LabCmd::Status) => lab::status(root),
+        Some(LabCmd::Down) => lab::down(root),
+    }
 }
 
 #[cfg(feature = "lab")]
 fn images_push(registry: &str) -> anyhow::Result<()> {
-    images::push(registry)
+    tests::images::push(registry)
 }
 
 #[cfg(not(feature = "lab"))]
@@ -167,13 +222,23 @@ fn failover(rounds: usize, port: u16) -> anyhow::Result<()> {
     failover::run(rounds, port)
 }
 
+#[cfg(feature = "lab")]
+fn create_bench(replicas: usize, rounds: usize) -> anyhow::Result<()> {
+    create_bench::run(replicas, rounds)
+}
+
+#[cfg(not(feature = "lab"))]
+fn create_bench(_replicas: usize, _rounds: usize) -> anyhow::Result<()> {
+    bail!("this xtask was built without the `lab` feature; run `cargo xtask bench create`")
+}
+
 #[cfg(not(feature = "lab"))]
 fn failover(_rounds: usize, _port: u16) -> anyhow::Result<()> {
     bail!("this xtask was built without the `lab` feature; run `cargo xtask bench failover`")
 }
 
 #[cfg(not(feature = "lab"))]
-fn lab(_exit: bool, _port: u16) -> anyhow::Result<()> {
+fn lab(_root: &std::path::Path, _verb: Option<LabCmd>) -> anyhow::Result<()> {
     bail!("this xtask was built without the `lab` feature; run `cargo xtask lab`")
 }
 

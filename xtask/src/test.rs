@@ -1,5 +1,6 @@
 //! `cargo xtask test`: what CI runs. Installs the system packages the tests use when they
-//! are missing, builds every binary the end-to-end tests start, then runs the whole suite.
+//! are missing, builds every binary the end-to-end tests start (and the static whoami binary of
+//! the lab's test image), then runs the whole suite.
 
 use std::path::Path;
 use std::process::Command;
@@ -17,6 +18,10 @@ const PACKAGES: &[(&str, &str)] = &[
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     ensure_packages()?;
     crate::cargo(&["build", "--workspace", "--bins"])?;
+    // The lab tests make their `whoami` image from the static musl binary; a test must not run
+    // cargo itself (the test run holds the build lock), so it is built here.
+    #[cfg(feature = "lab")]
+    tests::images::build_whoami()?;
     let mut args = vec!["test", "--workspace", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     crate::cargo(&args)

@@ -597,3 +597,484 @@ async fn apply_and_commit(
         Err(s) => Err(ContainerdError::rpc(format!("Snapshots.Commit {chain}"), s)),
     }
 }
+
+/// Largest file [`read_image_file`] returns (image files read this way are small: passwd,
+/// group ...).
+pub const MAX_IMAGE_FILE: usize = 16 << 20;
+
+/// How long the lease protecting a read-only view lives if this process dies before removing
+/// it (containerd's garbage collector then removes the view).
+const VIEW_LEASE_TTL_SECS: i64 = 600;
+
+/// Reads one file of an unpacked image: `path` (absolute, symlinks resolved inside the image)
+/// in the snapshot `parent_snapshot_key` (the image's top snapshot,
+/// [`PulledImage::top_snapshot`]). `Ok(None)` when the image has no such file (or no layers).
+pub async fn read_image_file(
+    cd: &Containerd,
+    snapshotter: &str,
+    parent_snapshot_key: &str,
+    path: &str,
+) -> Result<Option<Vec<u8>>, ContainerdError> {
+    let mut files = read_image_files(cd, snapshotter, parent_snapshot_key, &[path]).await?;
+    Ok(files.pop().flatten())
+}
+
+/// [`read_image_file`] for several files with one view and one mount.
+///
+/// Snapshots.View of the parent under a lease that expires on its own, the view's mounts
+/// mounted read-only on a private temporary directory by a dedicated thread, the files read
+/// with symlinks confined to that root, then unmount, Snapshots.Remove and Leases.Delete — also
+/// on errors.
+pub async fn read_image_files(
+    cd: &Containerd,
+    snapshotter: &str,
+    parent_snapshot_key: &str,
+    paths: &[&str],
+) -> Result<Vec<Option<Vec<u8>>>, ContainerdError> {
+    use containerd_client::services::v1::snapshots::ViewSnapshotRequest;
+    for p in paths {
+        if !p.starts_with('/') {
+            return Err(ContainerdError::Invalid(format!(
+                "image file path {p:?} must be absolute"
+            )));
+        }
+    }
+    if parent_snapshot_key.is_empty() {
+        return Ok(vec![None; paths.len()]);
+    }
+    let tag = format!("{:016x}", rand::random::<u64>());
+    let lease = format!("swarm-view-{tag}");
+    let key = format!("swarm-view-{tag}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let expire = prost_types::Timestamp {
+        seconds: now + VIEW_LEASE_TTL_SECS,
+        nanos: 0,
+    };
+    let mut labels = HashMap::new();
+    labels.insert("containerd.io/gc.expire".to_string(), expire.to_string());
+    cd.leases()
+        .create(cd.req(CreateLeaseRequest {
+            id: lease.clone(),
+            labels,
+        }))
+        .await
+        .map_err(|s| ContainerdError::rpc(format!("Leases.Create {lease}"), s))?;
+    let view = cd
+        .snapshots()
+        .view(cd.leased(
+            ViewSnapshotRequest {
+                snapshotter: snapshotter.to_string(),
+                key: key.clone(),
+                parent: parent_snapshot_key.to_string(),
+                labels: HashMap::new(),
+            },
+            &lease,
+        ))
+        .await
+        .map_err(|s| {
+            ContainerdError::rpc(format!("Snapshots.View {key} of {parent_snapshot_key}"), s)
+        });
+    let result = match view {
+        Ok(resp) => {
+            let mounts = resp.into_inner().mounts;
+            let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new()
+                .name("swarm-image-read".into())
+                .spawn(move || {
+                    let _ = tx.send(rootfs::read_files(&mounts, &paths));
+                });
+            let r = match spawned {
+                Ok(_) => rx.await.unwrap_or_else(|_| {
+                    Err(ContainerdError::Invalid(
+                        "the image file reader thread ended without an answer".into(),
+                    ))
+                }),
+                Err(e) => Err(ContainerdError::Io {
+                    what: "starting the image file reader thread".into(),
+                    source: e,
+                }),
+            };
+            if let Err(s) = cd
+                .snapshots()
+                .remove(cd.req(RemoveSnapshotRequest {
+                    snapshotter: snapshotter.to_string(),
+                    key: key.clone(),
+                }))
+                .await
+            {
+                tracing::warn!("containerd Snapshots.Remove {key}: {}", s.message());
+            }
+            r
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(s) = cd
+        .leases()
+        .delete(cd.req(DeleteRequest {
+            id: lease.clone(),
+            sync: false,
+        }))
+        .await
+    {
+        tracing::warn!("containerd Leases.Delete {lease}: {}", s.message());
+    }
+    result
+}
+
+/// Mounting snapshot mounts and reading files inside them (blocking; run on a dedicated
+/// thread: it calls `unshare(CLONE_FS)` to own its working directory).
+mod rootfs {
+    use std::collections::VecDeque;
+    use std::ffi::CString;
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::DirBuilderExt;
+    use std::path::{Path, PathBuf};
+
+    use containerd_client::types::Mount;
+
+    use super::{ContainerdError, MAX_IMAGE_FILE};
+
+    fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ContainerdError {
+        let what = what.into();
+        move |source| ContainerdError::Io { what, source }
+    }
+
+    fn cstr(s: &[u8], what: &str) -> Result<CString, ContainerdError> {
+        CString::new(s).map_err(|_| ContainerdError::Invalid(format!("{what} contains a NUL byte")))
+    }
+
+    /// containerd's mount option table: (name, clear, flag).
+    const FLAGS: &[(&str, bool, libc::c_ulong)] = &[
+        ("async", true, libc::MS_SYNCHRONOUS),
+        ("atime", true, libc::MS_NOATIME),
+        ("bind", false, libc::MS_BIND),
+        ("defaults", false, 0),
+        ("dev", true, libc::MS_NODEV),
+        ("diratime", true, libc::MS_NODIRATIME),
+        ("dirsync", false, libc::MS_DIRSYNC),
+        ("exec", true, libc::MS_NOEXEC),
+        ("mand", false, libc::MS_MANDLOCK),
+        ("noatime", false, libc::MS_NOATIME),
+        ("nodev", false, libc::MS_NODEV),
+        ("nodiratime", false, libc::MS_NODIRATIME),
+        ("noexec", false, libc::MS_NOEXEC),
+        ("nomand", true, libc::MS_MANDLOCK),
+        ("norelatime", true, libc::MS_RELATIME),
+        ("nostrictatime", true, libc::MS_STRICTATIME),
+        ("nosuid", false, libc::MS_NOSUID),
+        ("rbind", false, libc::MS_BIND | libc::MS_REC),
+        ("relatime", false, libc::MS_RELATIME),
+        ("remount", false, libc::MS_REMOUNT),
+        ("ro", false, libc::MS_RDONLY),
+        ("rw", true, libc::MS_RDONLY),
+        ("strictatime", false, libc::MS_STRICTATIME),
+        ("suid", true, libc::MS_NOSUID),
+        ("sync", false, libc::MS_SYNCHRONOUS),
+    ];
+
+    /// Mount flags and the data string of containerd mount options.
+    pub(super) fn parse_options(options: &[String]) -> (libc::c_ulong, Vec<String>) {
+        let mut flags: libc::c_ulong = 0;
+        let mut data = Vec::new();
+        for o in options {
+            match FLAGS.iter().find(|(n, _, _)| n == o) {
+                Some((_, true, f)) => flags &= !f,
+                Some((_, false, f)) => flags |= f,
+                None => data.push(o.clone()),
+            }
+        }
+        (flags, data)
+    }
+
+    /// When an overlay `lowerdir=` list is too long for one page, the common parent of the
+    /// layers and the option with paths relative to it (containerd's compaction).
+    pub(super) fn compact_lowerdir(data: &[String]) -> Option<(PathBuf, Vec<String>)> {
+        let idx = data.iter().position(|d| d.starts_with("lowerdir="))?;
+        let dirs: Vec<&str> = data[idx]["lowerdir=".len()..].split(':').collect();
+        if dirs.len() < 2 {
+            return None;
+        }
+        let first: Vec<&str> = dirs[0].split('/').collect();
+        let mut common = first.len().saturating_sub(1);
+        for d in &dirs[1..] {
+            let parts: Vec<&str> = d.split('/').collect();
+            let n = first
+                .iter()
+                .zip(parts.iter())
+                .take_while(|(a, b)| a == b)
+                .count();
+            common = common.min(n).min(parts.len().saturating_sub(1));
+        }
+        if common <= 1 {
+            return None;
+        }
+        let prefix = first[..common].join("/");
+        let rel: Vec<String> = dirs
+            .iter()
+            .map(|d| d[prefix.len() + 1..].to_string())
+            .collect();
+        let mut out = data.to_vec();
+        out[idx] = format!("lowerdir={}", rel.join(":"));
+        Some((PathBuf::from(prefix), out))
+    }
+
+    fn page_size() -> usize {
+        // SAFETY: sysconf has no preconditions.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if n > 0 {
+            n as usize
+        } else {
+            4096
+        }
+    }
+
+    fn mount_one(m: &Mount, target: &Path) -> Result<(), ContainerdError> {
+        let (flags, mut data) = parse_options(&m.options);
+        let what = format!(
+            "mounting {} ({}) on {} for reading image files",
+            m.source,
+            m.r#type,
+            target.display()
+        );
+        if m.r#type == "overlay" && data.join(",").len() >= page_size() - 512 {
+            if let Some((dir, compacted)) = compact_lowerdir(&data) {
+                std::env::set_current_dir(&dir)
+                    .map_err(io_err(format!("{what}: changing to {}", dir.display())))?;
+                data = compacted;
+            }
+        }
+        let src = cstr(m.source.as_bytes(), "mount source")?;
+        let tgt = cstr(target.as_os_str().as_bytes(), "mount target")?;
+        let fstype = cstr(m.r#type.as_bytes(), "mount type")?;
+        let data = cstr(data.join(",").as_bytes(), "mount options")?;
+        let bind = flags & libc::MS_BIND != 0;
+        // A bind mount ignores MS_RDONLY on the first call: bind, then remount read-only.
+        let first_flags = if bind {
+            flags & !libc::MS_RDONLY
+        } else {
+            flags
+        };
+        // SAFETY: all pointers are valid NUL-terminated strings for the call's duration.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                tgt.as_ptr(),
+                fstype.as_ptr(),
+                first_flags,
+                data.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            return Err(io_err(what)(std::io::Error::last_os_error()));
+        }
+        if bind {
+            let ro = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
+            // SAFETY: as above; a null source/type is allowed for a remount.
+            let rc = unsafe {
+                libc::mount(
+                    std::ptr::null(),
+                    tgt.as_ptr(),
+                    std::ptr::null(),
+                    ro,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                tracing::debug!(
+                    "read-only remount of {}: {}",
+                    target.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmounts everything on `target` (lazily, like containerd's UnmountAll).
+    fn unmount_all(target: &Path) -> bool {
+        let Ok(tgt) = cstr(target.as_os_str().as_bytes(), "mount target") else {
+            return false;
+        };
+        for _ in 0..64 {
+            // SAFETY: tgt is a valid NUL-terminated path.
+            let rc = unsafe { libc::umount2(tgt.as_ptr(), libc::MNT_DETACH) };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                // EINVAL: not a mount point any more.
+                return e.raw_os_error() == Some(libc::EINVAL);
+            }
+        }
+        false
+    }
+
+    /// Mounts `mounts` on a fresh private directory, reads `paths`, unmounts and removes it.
+    pub(super) fn read_files(
+        mounts: &[Mount],
+        paths: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, ContainerdError> {
+        // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd/umask/root from the
+        // other threads', so that chdir below cannot affect them.
+        if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+            return Err(io_err("unshare(CLONE_FS) for the image file reader")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let dir =
+            std::env::temp_dir().join(format!("swarm-image-view-{:016x}", rand::random::<u64>()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err(format!("creating {}", dir.display())))?;
+        let mut result = Ok(Vec::new());
+        for m in mounts {
+            if let Err(e) = mount_one(m, &dir) {
+                result = Err(e);
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = paths
+                .iter()
+                .map(|p| read_in_root(&dir, p))
+                .collect::<Result<Vec<_>, _>>();
+        }
+        if unmount_all(&dir) {
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                tracing::warn!("removing {}: {e}", dir.display());
+            }
+        } else {
+            tracing::warn!(
+                "could not unmount {}; leaving the directory in place",
+                dir.display()
+            );
+        }
+        result
+    }
+
+    /// Reads `path` inside `root`, resolving symlinks (absolute ones too) and `..` within
+    /// `root` so that nothing outside it is read. `Ok(None)` when it does not exist.
+    pub(super) fn read_in_root(
+        root: &Path,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, ContainerdError> {
+        let what = || format!("reading {path} in the image");
+        let mut queue: VecDeque<String> = path.split('/').map(str::to_string).collect();
+        let mut current: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(c) = queue.pop_front() {
+            match c.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    current.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let mut candidate = root.to_path_buf();
+            candidate.extend(current.iter());
+            candidate.push(&c);
+            let meta = match std::fs::symlink_metadata(&candidate) {
+                Ok(m) => m,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(io_err(what())(e)),
+            };
+            if meta.file_type().is_symlink() {
+                hops += 1;
+                if hops > 40 {
+                    return Err(ContainerdError::Invalid(format!(
+                        "{}: too many levels of symbolic links",
+                        what()
+                    )));
+                }
+                let target = std::fs::read_link(&candidate).map_err(io_err(what()))?;
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    current.clear();
+                }
+                for part in target.split('/').rev() {
+                    queue.push_front(part.to_string());
+                }
+            } else {
+                current.push(c);
+            }
+        }
+        let mut full = root.to_path_buf();
+        full.extend(current.iter());
+        let meta = std::fs::metadata(&full).map_err(io_err(what()))?;
+        if !meta.is_file() {
+            return Err(ContainerdError::Invalid(format!(
+                "{path} in the image is not a regular file"
+            )));
+        }
+        let f = std::fs::File::open(&full).map_err(io_err(what()))?;
+        let mut buf = Vec::new();
+        f.take(MAX_IMAGE_FILE as u64 + 1)
+            .read_to_end(&mut buf)
+            .map_err(io_err(what()))?;
+        if buf.len() > MAX_IMAGE_FILE {
+            return Err(ContainerdError::Invalid(format!(
+                "{path} in the image is larger than {MAX_IMAGE_FILE} bytes"
+            )));
+        }
+        Ok(Some(buf))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn options_and_compaction() {
+            let (flags, data) =
+                parse_options(&["ro".into(), "rbind".into(), "index=off".into(), "rw".into()]);
+            assert_eq!(flags, libc::MS_BIND | libc::MS_REC);
+            assert_eq!(data, ["index=off"]);
+            let data = vec![
+                "index=off".to_string(),
+                "lowerdir=/var/lib/c/snapshots/12/fs:/var/lib/c/snapshots/3/fs".to_string(),
+            ];
+            let (dir, out) = compact_lowerdir(&data).unwrap();
+            assert_eq!(dir, PathBuf::from("/var/lib/c/snapshots"));
+            assert_eq!(out[1], "lowerdir=12/fs:3/fs");
+            assert_eq!(compact_lowerdir(&data[..1]), None);
+        }
+
+        #[test]
+        fn reads_stay_inside_the_root() {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path().join("root");
+            std::fs::create_dir_all(root.join("etc")).unwrap();
+            std::fs::create_dir_all(root.join("real")).unwrap();
+            std::fs::write(root.join("real/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+            // An absolute symlink is resolved inside the root, not on the host.
+            std::os::unix::fs::symlink("/real/passwd", root.join("etc/passwd")).unwrap();
+            std::os::unix::fs::symlink("../../../../../real", root.join("etc/up")).unwrap();
+            std::os::unix::fs::symlink("/etc/loop", root.join("etc/loop")).unwrap();
+            std::fs::write(tmp.path().join("secret"), "host file").unwrap();
+            std::os::unix::fs::symlink("/../secret", root.join("etc/escape")).unwrap();
+            assert_eq!(
+                read_in_root(&root, "/etc/passwd").unwrap().unwrap(),
+                b"root:x:0:0::/:/bin/sh\n"
+            );
+            assert_eq!(
+                read_in_root(&root, "/etc/up/passwd").unwrap().unwrap(),
+                b"root:x:0:0::/:/bin/sh\n"
+            );
+            assert_eq!(read_in_root(&root, "/etc/group").unwrap(), None);
+            assert_eq!(read_in_root(&root, "/etc/passwd/x").unwrap(), None);
+            assert_eq!(read_in_root(&root, "/etc/escape").unwrap(), None);
+            assert!(read_in_root(&root, "/etc/loop").is_err());
+            assert!(read_in_root(&root, "/etc").is_err());
+        }
+    }
+}

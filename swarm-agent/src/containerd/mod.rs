@@ -7,6 +7,7 @@
 //! - [`run`]: [`ContainerdExecutor`], the container and task lifecycle.
 
 pub mod client;
+pub mod health;
 pub mod image;
 pub mod metrics;
 pub mod run;

@@ -2,7 +2,9 @@
 //!
 //! ACCEPTED → PREPARING (pull, unpack, spec, container, rootfs snapshot) → READY → STARTING
 //! (Tasks.Create + Start) → RUNNING → COMPLETE / FAILED (Tasks.Wait), or SHUTDOWN when stopped
-//! (SIGTERM, stop grace period, SIGKILL). Errors before STARTING are REJECTED, after FAILED.
+//! (stop signal, stop grace period, SIGKILL). Errors before STARTING are REJECTED, after FAILED.
+//! With a health check the task stays STARTING until the check passes, and a task whose check
+//! fails `retries` times in a row is stopped and FAILED ("unhealthy container").
 //! Task, container, rootfs snapshot and network namespace are deleted when the task ends; the
 //! task directory `<state_dir>/<task id>/` (logs, /etc files) stays until the managers remove
 //! the task. After an agent restart, [`Executor::adopt`] takes running containers over and
@@ -26,9 +28,10 @@ use proto::{Task, TaskState};
 use tokio::sync::watch;
 
 use super::client::{Containerd, ContainerdError};
+use super::health::{self, HealthCheck, HealthState};
 use super::image;
 use super::metrics;
-use super::spec::{self, SpecOptions};
+use super::spec::{self, SpecFiles, SpecOptions};
 use crate::executor::{host_resources, Executor, ExecutorDescription, TaskReporter};
 
 /// Default stop grace period (Docker's 10 s).
@@ -49,6 +52,8 @@ struct Inner {
     snapshotter: String,
     state_dir: PathBuf,
     netns_dir: PathBuf,
+    /// This executable: containerd's shim runs `<agent_exe> log-driver <task dir>`.
+    agent_exe: PathBuf,
     client: std::sync::Mutex<Option<Containerd>>,
 }
 
@@ -67,9 +72,17 @@ impl ContainerdExecutor {
                 snapshotter: "overlayfs".into(),
                 state_dir: PathBuf::from("/var/lib/swarm/tasks"),
                 netns_dir: PathBuf::from("/run/swarm/netns"),
+                agent_exe: std::env::current_exe()
+                    .unwrap_or_else(|_| PathBuf::from("/usr/bin/swarm-agent")),
                 client: std::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// The executable containerd's shim runs as the log driver (`<exe> log-driver <dir>`);
+    /// default: this process's own executable.
+    pub fn with_log_driver(self, exe: PathBuf) -> Self {
+        self.rebuild(|i| i.agent_exe = exe)
     }
 
     /// Where the tasks' network namespaces are bind-mounted (`<dir>/<task id>`).
@@ -95,6 +108,7 @@ impl ContainerdExecutor {
             snapshotter: self.inner.snapshotter.clone(),
             state_dir: self.inner.state_dir.clone(),
             netns_dir: self.inner.netns_dir.clone(),
+            agent_exe: self.inner.agent_exe.clone(),
             client: std::sync::Mutex::new(None),
         };
         f(&mut inner);
@@ -180,7 +194,19 @@ impl Executor for ContainerdExecutor {
 enum Ended {
     Exited(u32),
     Stopped,
+    /// Its health check failed `retries` times in a row; it was stopped.
+    Unhealthy(String),
 }
+
+/// What `prepare` made ready to start.
+struct Prepared {
+    mounts: Vec<Mount>,
+    stop_signal: u32,
+    health: Option<HealthCheck>,
+}
+
+/// Container label keeping the stop signal, for a restarted agent that adopts the container.
+const STOP_SIGNAL_LABEL: &str = "io.swarm.stop-signal";
 
 impl ContainerdExecutor {
     async fn run_task(&self, task: Task, reporter: TaskReporter, mut stop: watch::Receiver<bool>) {
@@ -201,8 +227,8 @@ impl ContainerdExecutor {
                 return reporter.report(TaskState::Shutdown, "shutdown");
             }
         };
-        let mounts = match prepared {
-            Ok(m) => m,
+        let prepared = match prepared {
+            Ok(p) => p,
             Err(e) => {
                 self.cleanup(&cd, &id).await;
                 return reporter.fail(TaskState::Rejected, &e.to_string(), 0);
@@ -216,11 +242,16 @@ impl ContainerdExecutor {
         reporter.report(TaskState::Starting, "starting");
         let grace = stop_grace(&task);
         let t0 = std::time::Instant::now();
-        let ended = match self.start(&cd, &id, mounts).await {
+        let ended = match self.start(&cd, &id, prepared.mounts).await {
             Ok(()) => {
                 metrics::observe("start", t0.elapsed());
-                reporter.report(TaskState::Running, "started");
-                self.supervise(&cd, &id, &mut stop, grace).await
+                let how = Supervision {
+                    grace,
+                    signal: prepared.stop_signal,
+                    health: prepared.health,
+                    running_reported: false,
+                };
+                self.supervise(&cd, &id, &mut stop, how, &reporter).await
             }
             Err(e) => Err(e),
         };
@@ -278,14 +309,16 @@ impl ContainerdExecutor {
             self.cleanup(&cd, &id).await;
             return lost("its container is gone");
         };
-        let grace = stop_grace(&task);
         let ended = match ProcStatus::try_from(process.status) {
             Ok(ProcStatus::Running) | Ok(ProcStatus::Paused) | Ok(ProcStatus::Pausing) => {
                 tracing::info!(task = %id, pid = process.pid, "adopted a running container");
-                if task.state() < TaskState::Running {
-                    reporter.report(TaskState::Running, "started");
-                }
-                self.supervise(&cd, &id, &mut stop, grace).await
+                let how = Supervision {
+                    grace: stop_grace(&task),
+                    signal: self.adopted_stop_signal(&cd, &id).await,
+                    health: HealthCheck::from_task(&task, &Default::default()),
+                    running_reported: task.state() >= TaskState::Running,
+                };
+                self.supervise(&cd, &id, &mut stop, how, &reporter).await
             }
             Ok(ProcStatus::Stopped) => Ok(Ended::Exited(process.exit_status)),
             _ => {
@@ -319,7 +352,8 @@ impl ContainerdExecutor {
             let cd = cd.clone();
             async move {
                 tracing::info!(task = %id, "removing a container no assignment covers");
-                self.kill(&cd, id, libc::SIGTERM as u32).await;
+                let signal = self.adopted_stop_signal(&cd, id).await;
+                self.kill(&cd, id, signal).await;
                 let wait = wait_exit(&cd, id);
                 if tokio::time::timeout(DEFAULT_STOP_GRACE, wait)
                     .await
@@ -361,13 +395,22 @@ fn report_end(reporter: &TaskReporter, ended: Result<Ended, ContainerdError>) {
             code as i32,
         ),
         Ok(Ended::Stopped) => reporter.report(TaskState::Shutdown, "shutdown"),
+        Ok(Ended::Unhealthy(output)) => {
+            let output = output.trim();
+            let err = if output.is_empty() {
+                "unhealthy container".to_string()
+            } else {
+                format!("unhealthy container: {output}")
+            };
+            reporter.fail(TaskState::Failed, &err, 137)
+        }
         Err(e) => reporter.fail(TaskState::Failed, &e.to_string(), 0),
     }
 }
 
 impl ContainerdExecutor {
-    /// Pull, spec, Containers.Create, Snapshots.Prepare → the rootfs mounts.
-    async fn prepare(&self, cd: &Containerd, task: &Task) -> Result<Vec<Mount>, ContainerdError> {
+    /// Pull, /etc files, spec, Containers.Create, Snapshots.Prepare → the rootfs mounts.
+    async fn prepare(&self, cd: &Containerd, task: &Task) -> Result<Prepared, ContainerdError> {
         let image_name = task
             .spec
             .as_ref()
@@ -404,17 +447,41 @@ impl ContainerdExecutor {
             cgroup_parent: self.inner.cgroup_parent.clone(),
             netns_path: Some(netns.display().to_string()),
         };
-        let spec = spec::runtime_spec(task, &pulled.config, &opts)?;
-        let spec_bytes = serde_json::to_vec(&spec)
-            .map_err(|e| ContainerdError::Invalid(format!("encoding the runtime spec: {e}")))?;
         let dir = self.task_dir(&task.id);
         std::fs::create_dir_all(&dir).map_err(|e| ContainerdError::Io {
             what: format!("creating the task directory {}", dir.display()),
             source: e,
         })?;
+        // The image's users and groups (for names, primary and supplementary groups).
+        let etc = image::read_image_files(
+            cd,
+            &self.inner.snapshotter,
+            &pulled.top_snapshot(),
+            &["/etc/passwd", "/etc/group"],
+        )
+        .await?;
+        let text = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8_lossy(b).to_string());
+        let etc_dir = dir.join("etc");
+        spec::write_etc_files(&etc_dir, task, &spec::hostname(task)).map_err(|e| {
+            ContainerdError::Io {
+                what: format!("writing /etc files in {}", etc_dir.display()),
+                source: e,
+            }
+        })?;
+        let files = SpecFiles {
+            passwd: etc.first().and_then(text),
+            group: etc.get(1).and_then(text),
+            etc_dir: Some(etc_dir),
+        };
+        let spec = spec::runtime_spec_with(task, &pulled.config, &opts, &files)?;
+        let spec_bytes = serde_json::to_vec(&spec)
+            .map_err(|e| ContainerdError::Invalid(format!("encoding the runtime spec: {e}")))?;
+        let stop_signal = spec::stop_signal(task, &pulled.config)? as u32;
+        let mut labels = spec::container_labels(task);
+        labels.insert(STOP_SIGNAL_LABEL.into(), stop_signal.to_string());
         let container = Container {
             id: task.id.clone(),
-            labels: spec::container_labels(task),
+            labels,
             image: image_name.clone(),
             runtime: Some(Runtime {
                 name: RUNTIME.into(),
@@ -447,7 +514,11 @@ impl ContainerdExecutor {
             .into_inner()
             .mounts;
         metrics::observe("create", t0.elapsed());
-        Ok(mounts)
+        Ok(Prepared {
+            mounts,
+            stop_signal,
+            health: HealthCheck::from_task(task, &pulled.config),
+        })
     }
 
     /// Tasks.Create + Start.
@@ -458,14 +529,14 @@ impl ContainerdExecutor {
         mounts: Vec<Mount>,
     ) -> Result<(), ContainerdError> {
         let dir = self.task_dir(id);
-        let stdio = |name: &str| format!("file://{}", dir.join(name).display());
+        let log_uri = crate::logs::driver::stdio_uri(&self.inner.agent_exe, &dir);
         cd.tasks()
             .create(cd.req(CreateTaskRequest {
                 container_id: id.to_string(),
                 rootfs: mounts,
                 stdin: String::new(),
-                stdout: stdio("stdout"),
-                stderr: stdio("stderr"),
+                stdout: log_uri.clone(),
+                stderr: log_uri,
                 terminal: false,
                 ..Default::default()
             }))
@@ -481,30 +552,80 @@ impl ContainerdExecutor {
         Ok(())
     }
 
-    /// Waits for the container to exit, or stops it (stop signal, grace period, SIGKILL)
-    /// when `stop` turns true.
+    /// Reports RUNNING (at once, or once its health check passed), then waits for the
+    /// container to exit; stops it (stop signal, grace period, SIGKILL) when `stop` turns true
+    /// or its health check fails.
     async fn supervise(
         &self,
         cd: &Containerd,
         id: &str,
         stop: &mut watch::Receiver<bool>,
-        grace: Duration,
+        how: Supervision,
+        reporter: &TaskReporter,
     ) -> Result<Ended, ContainerdError> {
         let wait = wait_exit(cd, id);
         tokio::pin!(wait);
-        tokio::select! {
-            r = &mut wait => return r.map(Ended::Exited),
-            _ = wait_stop(stop) => {}
+        let mut health = how.health.map(|check| {
+            let (tx, rx) = watch::channel(HealthState::Starting);
+            // Ends when `rx` is dropped (when this function returns).
+            tokio::spawn(health::monitor(
+                cd.clone(),
+                id.to_string(),
+                check,
+                self.task_dir(id),
+                tx,
+            ));
+            rx
+        });
+        let mut running_reported = how.running_reported;
+        if health.is_none() && !running_reported {
+            reporter.report(TaskState::Running, "started");
+            running_reported = true;
         }
+        let mut unhealthy = None;
+        loop {
+            tokio::select! {
+                r = &mut wait => return r.map(Ended::Exited),
+                _ = wait_stop(stop) => break,
+                Some(state) = next_health(&mut health) => match state {
+                    HealthState::Healthy if !running_reported => {
+                        reporter.report(TaskState::Running, "started (healthy)");
+                        running_reported = true;
+                    }
+                    HealthState::Unhealthy { output } => {
+                        tracing::info!(task = id, "health check failed: stopping the container");
+                        unhealthy = Some(output);
+                        break;
+                    }
+                    _ => {}
+                },
+            }
+        }
+        drop(health);
         let t0 = std::time::Instant::now();
-        self.kill(cd, id, libc::SIGTERM as u32).await;
-        if tokio::time::timeout(grace, &mut wait).await.is_err() {
+        self.kill(cd, id, how.signal).await;
+        if tokio::time::timeout(how.grace, &mut wait).await.is_err() {
             tracing::info!(task = id, "no exit within the stop grace period: SIGKILL");
             self.kill(cd, id, libc::SIGKILL as u32).await;
             let _ = tokio::time::timeout(Duration::from_secs(10), &mut wait).await;
         }
         metrics::observe("stop", t0.elapsed());
-        Ok(Ended::Stopped)
+        Ok(match unhealthy {
+            Some(output) => Ended::Unhealthy(output),
+            None => Ended::Stopped,
+        })
+    }
+
+    /// The stop signal recorded on an adopted container (SIGTERM when missing).
+    async fn adopted_stop_signal(&self, cd: &Containerd, id: &str) -> u32 {
+        use containerd_client::services::v1::GetContainerRequest;
+        cd.containers()
+            .get(cd.req(GetContainerRequest { id: id.to_string() }))
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().container)
+            .and_then(|c| c.labels.get(STOP_SIGNAL_LABEL).and_then(|v| v.parse().ok()))
+            .unwrap_or(libc::SIGTERM as u32)
     }
 
     async fn kill(&self, cd: &Containerd, id: &str, signal: u32) {
@@ -590,6 +711,27 @@ async fn wait_exit(cd: &Containerd, id: &str) -> Result<u32, ContainerdError> {
         .await
         .map_err(|s| ContainerdError::rpc(format!("Tasks.Wait {id}"), s))?;
     Ok(r.into_inner().exit_status)
+}
+
+/// How `supervise` runs a started container.
+struct Supervision {
+    grace: Duration,
+    signal: u32,
+    health: Option<HealthCheck>,
+    /// RUNNING was reported already (an adopted task).
+    running_reported: bool,
+}
+
+/// The next health state change; never resolves without a health check (or once the
+/// monitor is gone).
+async fn next_health(rx: &mut Option<watch::Receiver<HealthState>>) -> Option<HealthState> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when `stop` is (or turns) true; never when the sender is gone.

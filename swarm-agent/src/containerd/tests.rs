@@ -119,6 +119,24 @@ impl Drop for PrivateContainerd {
     }
 }
 
+/// The swarm-agent binary of this build, which containerd's shim runs as the log driver.
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test binary>
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("swarm-agent"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: these tests need the agent binary as containerd's log driver \
+         (`cargo build -p swarm-agent`, or run the tests with `cargo xtask test`)",
+        bin.display()
+    );
+    bin
+}
+
 fn busybox_image() -> BuiltImage {
     require(BUSYBOX, "busybox-static");
     let mut b = ImageBuilder::new()
@@ -169,7 +187,8 @@ impl Env {
             "swarm-test".to_string(),
         )
         .with_state_dir(tmp.path().join("tasks"))
-        .with_netns_dir(tmp.path().join("netns"));
+        .with_netns_dir(tmp.path().join("netns"))
+        .with_log_driver(agent_binary());
         Env {
             _tmp: tmp,
             containerd,
@@ -179,9 +198,29 @@ impl Env {
         }
     }
 
-    /// What the task wrote on stdout so far.
+    /// What the task wrote on stdout so far (through the log driver).
     fn output(&self, id: &str) -> String {
-        std::fs::read_to_string(self.exec.task_dir(id).join("stdout")).unwrap_or_default()
+        crate::logs::reader::read_logs(&self.exec.task_dir(id), None, None)
+            .into_iter()
+            .filter(|l| l.stream == crate::logs::Stream::Stdout)
+            .map(|l| String::from_utf8_lossy(&l.data).to_string())
+            .collect()
+    }
+
+    /// The task's stdout once it equals `want` (the log driver writes asynchronously).
+    async fn output_is(&self, id: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.output(id);
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stdout of {id}: {got:?}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn netns_dir(&self) -> PathBuf {
@@ -345,7 +384,7 @@ async fn containerd_executor_end_to_end() {
     );
     assert_eq!(last.err, "task: non-zero exit (3)");
     assert_eq!(last.container_status.as_ref().map(|c| c.exit_code), Some(3));
-    assert_eq!(env.output(&task.id), "hello\n");
+    env.output_is(&task.id, "hello\n").await;
     assert!(gone(&cd, &task.id, env.exec.snapshotter()).await.is_empty());
 
     // (2) stop → SIGTERM; sh ignores nothing, but `sleep` as pid 1 has no SIGTERM handler and
@@ -420,7 +459,8 @@ async fn containerd_executor_end_to_end() {
         Some(TaskState::Complete),
         "{st:?}"
     );
-    assert_eq!(env.output(&task.id), "67108864\n50000\nlimitstask00\n");
+    env.output_is(&task.id, "67108864\n50000\nlimitstask00\n")
+        .await;
     assert!(
         !Path::new("/sys/fs/cgroup/memory/swarm-test")
             .join(&task.id)
@@ -633,7 +673,8 @@ async fn a_restarted_agent_adopts_its_containers_and_removes_orphans() {
         "swarm-test".to_string(),
     )
     .with_state_dir(env._tmp.path().join("tasks"))
-    .with_netns_dir(env.netns_dir());
+    .with_netns_dir(env.netns_dir())
+    .with_log_driver(agent_binary());
 
     let (mut rx, stop, h) = spawn_adopt(&restarted, running.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -709,4 +750,75 @@ async fn an_image_pinned_to_a_digest_starts_without_the_registry_once_present() 
         .await
         .expect_err("a tag needs the registry");
     assert!(e.to_string().contains("unreachable"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_only_once_healthy_and_fails_when_unhealthy() {
+    let env = Env::start().await;
+    let cd = Containerd::connect(&env.containerd.socket, NS)
+        .await
+        .expect("connect");
+    // Healthy from about 2 s on, unhealthy from about 5 s on.
+    let mut task = env.task(
+        "healthtask00000000000001",
+        "latest",
+        &[
+            "sh",
+            "-c",
+            "sleep 2; echo > /tmp/ok; sleep 3; rm /tmp/ok; sleep 1000",
+        ],
+        1000,
+    );
+    task.spec
+        .as_mut()
+        .and_then(|s| s.container.as_mut())
+        .expect("container")
+        .healthcheck = Some(proto::HealthConfig {
+        test: vec![
+            "CMD-SHELL".into(),
+            "test -f /tmp/ok || (echo missing; exit 1)".into(),
+        ],
+        interval_ms: 500,
+        timeout_ms: 2000,
+        retries: 2,
+        // Failures while it starts up do not count (without this, two failed probes in the
+        // first second would make it unhealthy before it ever was healthy).
+        start_period_ms: 4000,
+        start_interval_ms: 300,
+    });
+    let t0 = Instant::now();
+    let (mut rx, _stop, h) = spawn(&env.exec, task.clone());
+    let mut starting_at = None;
+    let running_at = loop {
+        let s = next_status(&mut rx).await;
+        assert!(
+            !matches!(s.state(), TaskState::Rejected | TaskState::Failed),
+            "{s:?}"
+        );
+        if s.state() == TaskState::Starting {
+            starting_at = Some(t0.elapsed());
+        }
+        if s.state() == TaskState::Running {
+            break t0.elapsed();
+        }
+    };
+    let starting_at = starting_at.expect("STARTING before RUNNING");
+    assert!(
+        running_at >= starting_at + Duration::from_millis(1500),
+        "RUNNING only once the check passed: starting at {starting_at:?}, running at {running_at:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(60), h)
+        .await
+        .expect("the unhealthy task ends")
+        .expect("run");
+    let st = collect(rx).await;
+    let last = st.last().expect("final status");
+    assert_eq!(last.state(), TaskState::Failed, "{st:?}");
+    assert!(last.err.starts_with("unhealthy container"), "{}", last.err);
+    assert!(
+        last.err.contains("missing"),
+        "the probe's output: {}",
+        last.err
+    );
+    assert!(gone(&cd, &task.id, env.exec.snapshotter()).await.is_empty());
 }
