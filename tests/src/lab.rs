@@ -784,6 +784,13 @@ impl LabNode {
     }
 }
 
+/// An HTTP GET from inside any network namespace file (a task's, under the agent's
+/// `<exec-root>/netns/<task id>`).
+pub fn http_get_in(netns: &Path, addr: &str, path: &str) -> anyhow::Result<String> {
+    let (addr, path) = (addr.to_string(), path.to_string());
+    sys::on_netns_thread(netns, move || crate::http_get(&addr, &path))
+}
+
 fn lines(s: &str) -> Vec<String> {
     s.lines()
         .map(str::trim)

@@ -5,7 +5,6 @@
 //! and builds them. Labs are heavy on two cores, so the tests of this file run one at a time.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -100,18 +99,16 @@ fn wait_running_in_containerd(lab: &Lab, service: &str, n: usize) -> Vec<proto::
 /// GET `path` from inside the task's own network namespace (where only the task lives).
 fn get_in_task(node: &LabNode, task_id: &str, path: &str) -> String {
     let ns = node.exec_root().join("netns").join(task_id);
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .args(["busybox", "wget", "-q", "-T", "5", "-O", "-"])
-        .arg(format!("http://127.0.0.1{path}"))
-        .output()
-        .expect("running nsenter");
-    assert!(
-        out.status.success(),
-        "GET {path} in task {task_id}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
+    let mut last = None;
+    // RUNNING is reported when the process started; give the server a moment to listen.
+    for _ in 0..50 {
+        match tests::lab::http_get_in(&ns, "127.0.0.1:80", path) {
+            Ok(body) => return body,
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("GET {path} in task {task_id}: {last:?}");
 }
 
 #[test]
@@ -132,7 +129,7 @@ fn replicas_run_in_containerd_scale_drain_and_leave_nothing_when_removed() {
     let tasks = wait_running_in_containerd(&lab, "web", 4);
 
     // The image was pinned to its digest by the CLI.
-    let svc = m.swarm_ok(&["service", "inspect", "web", "--format", "{{json .}}"]);
+    let svc = m.swarm_ok(&["service", "inspect", "web"]);
     assert!(svc.contains(&format!("{image}@sha256:")), "{svc}");
     // Each container really serves, in a namespace of its own, with the task's hostname.
     for t in &tasks {
@@ -160,6 +157,13 @@ fn replicas_run_in_containerd_scale_drain_and_leave_nothing_when_removed() {
     m.swarm_ok(&["node", "update", "--availability", "active", &drained]);
 
     // Removing the service leaves no container, task, snapshot or namespace behind.
+    let id = m
+        .services()
+        .expect("services")
+        .into_iter()
+        .find(|s| s.spec.as_ref().is_some_and(|sp| sp.name == "web"))
+        .expect("web")
+        .id;
     m.swarm_ok(&["service", "rm", "web"]);
     let mut left = String::new();
     wait_for(LONG, || {
@@ -189,7 +193,11 @@ fn replicas_run_in_containerd_scale_drain_and_leave_nothing_when_removed() {
                 );
             }
         }
-        left.is_empty() && m.tasks("web").is_ok_and(|t| t.is_empty())
+        let tasks = m.tasks(&id).unwrap_or_default();
+        if !tasks.is_empty() {
+            left += &format!("tasks in the store: {tasks:?}\n");
+        }
+        left.is_empty()
     })
     .unwrap_or_else(|e| panic!("{e}: left behind:\n{left}"));
     assert_eq!(containerd_total(&lab), 0);
@@ -211,6 +219,7 @@ fn agents_adopt_their_containers_and_a_dead_node_comes_back_clean() {
         &image,
     ]);
     let before = wait_running_in_containerd(&lab, "web", 6);
+    let all_before = m.tasks("web").expect("tasks").len();
     let w = lab.node(2);
     let on_w: Vec<String> = before
         .iter()
@@ -237,8 +246,9 @@ fn agents_adopt_their_containers_and_a_dead_node_comes_back_clean() {
     );
     assert_eq!(
         m.tasks("web").expect("tasks").len(),
-        6,
-        "no task was replaced"
+        all_before,
+        "no task was replaced: {}",
+        m.swarm(&["service", "ps", "--no-trunc", "web"]).stdout
     );
     for id in &on_w {
         assert!(
@@ -355,4 +365,222 @@ fn bad_images_are_rejected_with_the_registrys_reason_and_leave_nothing() {
         "service", "create", "-d", "--name", "back", &image, "sleep", "100",
     ]);
     wait_running_in_containerd(&lab, "back", 1);
+}
+
+#[test]
+fn exits_follow_the_restart_policy_and_unhealthy_tasks_are_replaced() {
+    let (_g, lab) = lab(1, 1);
+    let m = lab.node(1);
+    let image = format!("{}/busybox:latest", lab.registry());
+    let failed_with = |service: &str, err: &str| {
+        m.tasks(service)
+            .unwrap_or_default()
+            .iter()
+            .filter(|t| {
+                t.state() == TaskState::Failed
+                    && t.status.as_ref().is_some_and(|s| s.err.contains(err))
+            })
+            .count()
+    };
+    // Non-zero exit, default policy (any): restarted again and again.
+    m.swarm_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "crash",
+        "--restart-delay",
+        "500ms",
+        &image,
+        "sh",
+        "-c",
+        "echo boom; exit 3",
+    ]);
+    // Non-zero exit with restart condition none: stays FAILED, never restarted.
+    m.swarm_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "once",
+        "--restart-condition",
+        "none",
+        &image,
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    wait_for(LONG, || {
+        failed_with("crash", "task: non-zero exit (3)") >= 3
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", m.swarm(&["service", "ps", "crash"]).stdout));
+    assert_eq!(failed_with("once", "task: non-zero exit (3)"), 1);
+    std::thread::sleep(Duration::from_secs(3));
+    let once = m.tasks("once").expect("tasks");
+    assert_eq!(once.len(), 1, "restart condition none: {once:?}");
+    assert_eq!(once[0].state(), TaskState::Failed);
+
+    // Healthy after ~3 s (RUNNING only then), unhealthy ~6 s later: the task fails and a
+    // new one replaces it.
+    m.swarm_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "hc",
+        "--health-cmd",
+        "test -f /tmp/ok || (echo not ok; exit 1)",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "2",
+        "--health-start-period",
+        "10s",
+        "--health-start-interval",
+        "500ms",
+        &image,
+        "sh",
+        "-c",
+        "sleep 3; echo > /tmp/ok; sleep 6; rm /tmp/ok; sleep 1000",
+    ]);
+    let t0 = Instant::now();
+    let mut starting_seen = None;
+    let running_seen = loop {
+        let tasks = m.tasks("hc").unwrap_or_default();
+        if let Some(t) = tasks.first() {
+            match t.state() {
+                TaskState::Starting if starting_seen.is_none() => {
+                    starting_seen = Some(t0.elapsed())
+                }
+                TaskState::Running => break t0.elapsed(),
+                TaskState::Failed | TaskState::Rejected => {
+                    panic!("hc failed before it was healthy: {:?}", t.status)
+                }
+                _ => {}
+            }
+        }
+        assert!(t0.elapsed() < LONG, "hc never ran: {tasks:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        starting_seen.is_some() && running_seen >= Duration::from_secs(2),
+        "RUNNING only once healthy: STARTING seen at {starting_seen:?}, RUNNING at {running_seen:?}"
+    );
+    wait_for(LONG, || {
+        let tasks = m.tasks("hc").unwrap_or_default();
+        failed_with("hc", "unhealthy container") >= 1 && running(&tasks).len() == 1
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}",
+            m.swarm(&["service", "ps", "--no-trunc", "hc"]).stdout
+        )
+    });
+    let ps = m.swarm_ok(&["service", "ps", "--no-trunc", "hc"]);
+    assert!(ps.contains("unhealthy container: not ok"), "{ps}");
+}
+
+#[test]
+fn service_logs_show_every_replica_with_its_prefix_and_follow() {
+    let (_g, lab) = lab(1, 1);
+    let m = lab.node(1);
+    let image = format!("{}/busybox:latest", lab.registry());
+    m.swarm_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "talk",
+        "--replicas",
+        "2",
+        &image,
+        "sh",
+        "-c",
+        "echo hello from $(hostname); echo oops >&2; i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done",
+    ]);
+    let tasks = wait_running_in_containerd(&lab, "talk", 2);
+    let nodes = m.nodes().expect("nodes");
+    let host_of = |id: &str| {
+        nodes
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.description.as_ref())
+            .map(|d| d.hostname.clone())
+            .unwrap_or_default()
+    };
+    let mut out = String::new();
+    wait_for(Duration::from_secs(30), || {
+        let o = m.swarm(&["service", "logs", "talk"]);
+        out = format!("{}{}", o.stdout, o.stderr);
+        tasks
+            .iter()
+            .all(|t| out.contains(&format!("hello from {}", &t.id[..12])))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {out}"));
+    let o = m.swarm(&["service", "logs", "talk"]);
+    assert!(o.ok(), "{o:?}");
+    for t in &tasks {
+        let prefix = format!("talk.{}.{}@{}", t.slot, &t.id[..12], host_of(&t.node_id));
+        let line = o
+            .stdout
+            .lines()
+            .find(|l| l.contains(&format!("hello from {}", &t.id[..12])))
+            .unwrap_or_else(|| panic!("no hello line of {}: {}", t.id, o.stdout));
+        assert!(line.starts_with(&prefix), "prefix {prefix:?} in {line:?}");
+        assert!(line.contains("| hello from"), "{line:?}");
+        // stderr lines go to the CLI's stderr.
+        assert!(
+            o.stderr
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.ends_with("| oops")),
+            "stderr of {}: {}",
+            t.id,
+            o.stderr
+        );
+    }
+    // --tail 1 gives one line per replica (stdout and stderr together).
+    let tail = m.swarm(&["service", "logs", "--tail", "1", "talk"]);
+    let n = tail.stdout.lines().count() + tail.stderr.lines().count();
+    assert_eq!(n, 2, "{tail:?}");
+    // -t adds a timestamp.
+    let ts = m.swarm_ok(&["service", "logs", "-t", "--tail", "1", "talk"]);
+    assert!(
+        ts.lines().all(|l| l.starts_with("20") && l.contains('T')),
+        "{ts}"
+    );
+
+    // -f follows: new ticks arrive while it runs.
+    let mut child = m
+        .command(lab.config().bin_dir.join("swarm"))
+        .expect("command")
+        .args(["service", "logs", "-f", "--tail", "0", "talk"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("swarm service logs -f");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut ticks = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ticks.len() < 4 && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+            if l.contains("| tick ") {
+                ticks.push(l);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ticks.len() >= 4, "followed lines: {ticks:?}");
 }

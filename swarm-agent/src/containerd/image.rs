@@ -331,7 +331,12 @@ where
     S: Stream<Item = Result<Bytes, ContainerdError>>,
 {
     let ingest = format!("swarm-{}-{:08x}", desc.digest, rand::random::<u32>());
-    let result = write_ingest(cd, lease, desc, labels, source, &ingest).await;
+    let result = match write_ingest(cd, lease, desc, labels, source, &ingest).await {
+        // Another pull wrote the same blob meanwhile (containerd checks the expected digest
+        // when the write opens): it is there, verified, which is all this write wanted.
+        Err(e) if e.is_already_exists() => Ok(()),
+        r => r,
+    };
     if result.is_err() {
         // Drop the partial ingest; it may already be gone (nothing written, or committed).
         let _ = cd

@@ -55,7 +55,12 @@ struct Inner {
     /// This executable: containerd's shim runs `<agent_exe> log-driver <task dir>`.
     agent_exe: PathBuf,
     client: std::sync::Mutex<Option<Containerd>>,
+    /// One pull at a time per image reference: tasks of one service that start together on
+    /// a node fetch the image once, the others wait and find it present.
+    pulls: PullLocks,
 }
+
+type PullLocks = std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
 
 impl ContainerdExecutor {
     /// `socket`: containerd's gRPC socket; `namespace`: the containerd namespace of all objects
@@ -75,6 +80,7 @@ impl ContainerdExecutor {
                 agent_exe: std::env::current_exe()
                     .unwrap_or_else(|_| PathBuf::from("/usr/bin/swarm-agent")),
                 client: std::sync::Mutex::new(None),
+                pulls: Default::default(),
             }),
         }
     }
@@ -110,6 +116,7 @@ impl ContainerdExecutor {
             netns_dir: self.inner.netns_dir.clone(),
             agent_exe: self.inner.agent_exe.clone(),
             client: std::sync::Mutex::new(None),
+            pulls: Default::default(),
         };
         f(&mut inner);
         ContainerdExecutor {
@@ -423,6 +430,12 @@ impl ContainerdExecutor {
                 task.id
             )));
         }
+        let lock = {
+            let mut locks = self.inner.pulls.lock().unwrap_or_else(|p| p.into_inner());
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(image_name.clone()).or_default().clone()
+        };
+        let guard = lock.lock().await;
         let t0 = std::time::Instant::now();
         let pulled = match image::pull(cd, &image_name, &self.inner.snapshotter).await {
             Ok(p) => {
@@ -439,6 +452,7 @@ impl ContainerdExecutor {
                 return Err(e);
             }
         };
+        drop(guard);
         let t0 = std::time::Instant::now();
         let netns = crate::netns::create(&self.inner.netns_dir, &task.id)
             .map_err(|e| ContainerdError::Invalid(e.to_string()))?;
