@@ -39,8 +39,11 @@ fn config(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow::Re
     Ok(cfg)
 }
 
-/// Builds the daemon, the CLI and the whoami binary, removes a previous lab, and starts one.
+/// Installs the missing packages, builds the daemon, the CLI and the whoami binary, removes a
+/// previous lab, and starts one.
 pub fn up(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow::Result<Lab> {
+    // containerd, runc, docker-registry, busybox-static: installed when missing (as root).
+    crate::test::ensure_packages()?;
     crate::cargo(&["build", "-p", "swarm-agent", "-p", "swarm-cli"])?;
     images::build_whoami()?;
     let cfg = config(root, managers, workers, port)?;

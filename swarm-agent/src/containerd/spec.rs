@@ -711,6 +711,20 @@ pub fn runtime_spec_with(
             resources["cpu"] = json!({"quota": quota.max(1000), "period": period});
         }
     }
+    // `--reserve-memory` is also the container's soft limit, as in Docker; a CPU reservation
+    // only places the task (SwarmKit does not turn it into CPU shares either).
+    if let Some(reserved) = task
+        .spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.reservations.as_ref())
+        .filter(|r| r.memory_bytes > 0)
+    {
+        if !resources["memory"].is_object() {
+            resources["memory"] = json!({});
+        }
+        resources["memory"]["reservation"] = json!(reserved.memory_bytes);
+    }
     let cgroups_path = format!(
         "/{}/{}",
         opts.cgroup_parent.trim_matches('/'),
@@ -1182,7 +1196,10 @@ mod tests {
                 nano_cpus: 500_000_000,
                 memory_bytes: 64 << 20,
             }),
-            reservations: None,
+            reservations: Some(Resources {
+                nano_cpus: 0,
+                memory_bytes: 32 << 20,
+            }),
         });
         let opts = SpecOptions {
             container_id: t.id.clone(),
@@ -1200,6 +1217,7 @@ mod tests {
             "/swarm/abcdefghijklmnopqrstuvwxy"
         );
         assert_eq!(s["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(s["linux"]["resources"]["memory"]["reservation"], 32 << 20);
         assert_eq!(s["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(s["process"]["args"], json!(["sleep", "1"]));
         let ns: Vec<&str> = s["linux"]["namespaces"]
