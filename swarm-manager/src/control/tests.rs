@@ -230,6 +230,41 @@ async fn invalid_specs_are_refused_and_change_nothing() {
         ),
         (
             neg(|s| {
+                let c = s.task.as_mut().unwrap().container.as_mut().unwrap();
+                let m = proto::Mount {
+                    r#type: proto::MountType::Tmpfs as i32,
+                    target: "/data".into(),
+                    ..Default::default()
+                };
+                c.mounts = vec![m.clone(), m];
+            }),
+            "invalid duplicate mount point: /data",
+        ),
+        (
+            neg(|s| {
+                let c = s.task.as_mut().unwrap().container.as_mut().unwrap();
+                c.mounts = vec![proto::Mount {
+                    r#type: proto::MountType::Bind as i32,
+                    source: "relative".into(),
+                    target: "/data".into(),
+                    ..Default::default()
+                }];
+            }),
+            "bind mount source, must be an absolute path",
+        ),
+        (
+            neg(|s| {
+                let c = s.task.as_mut().unwrap().container.as_mut().unwrap();
+                c.healthcheck = Some(proto::HealthConfig {
+                    test: vec!["CMD".into(), "true".into()],
+                    retries: -1,
+                    ..Default::default()
+                });
+            }),
+            "Retries cannot be negative",
+        ),
+        (
+            neg(|s| {
                 s.task.as_mut().unwrap().resources = Some(ResourceRequirements {
                     reservations: Some(Resources {
                         nano_cpus: -1,

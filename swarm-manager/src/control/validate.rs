@@ -181,6 +181,10 @@ pub(super) fn validate_service_spec(spec: &ServiceSpec) -> Result<(), Status> {
             "ContainerSpec: stop-grace-period cannot be negative",
         ));
     }
+    validate_mounts(&container.mounts)?;
+    if let Some(h) = &container.healthcheck {
+        validate_healthcheck(h)?;
+    }
     let task = task.cloned().unwrap_or_default();
     if let Some(r) = &task.restart {
         if RestartCondition::try_from(r.condition).is_err() {
@@ -231,6 +235,82 @@ pub(super) fn validate_service_spec(spec: &ServiceSpec) -> Result<(), Status> {
         }
     }
     validate_endpoint(spec)
+}
+
+/// SwarmKit's checks: absolute targets, one mount per target, bind sources absolute, volumes
+/// not supported here yet.
+fn validate_mounts(mounts: &[proto::Mount]) -> Result<(), Status> {
+    let mut targets = BTreeSet::new();
+    for m in mounts {
+        if !m.target.starts_with('/') {
+            return Err(invalid(format!(
+                "ContainerSpec: invalid mount target, must be an absolute path: {}",
+                m.target
+            )));
+        }
+        if !targets.insert(m.target.trim_end_matches('/')) {
+            return Err(invalid(format!(
+                "ContainerSpec: invalid duplicate mount point: {}",
+                m.target
+            )));
+        }
+        match proto::MountType::try_from(m.r#type) {
+            Ok(proto::MountType::Bind) => {
+                if !m.source.starts_with('/') {
+                    return Err(invalid(format!(
+                        "ContainerSpec: invalid bind mount source, must be an absolute path: {}",
+                        m.source
+                    )));
+                }
+            }
+            Ok(proto::MountType::Tmpfs) => {
+                if !m.source.is_empty() {
+                    return Err(invalid(
+                        "ContainerSpec: invalid tmpfs source, source must be empty",
+                    ));
+                }
+                if m.tmpfs_size_bytes < 0 {
+                    return Err(invalid(
+                        "ContainerSpec: invalid tmpfs size, size cannot be negative",
+                    ));
+                }
+            }
+            Ok(proto::MountType::Volume) => {
+                return Err(invalid(
+                    "ContainerSpec: mount type \"volume\" is not supported yet: use type=bind or type=tmpfs",
+                ))
+            }
+            Err(_) => {
+                return Err(invalid(format!(
+                    "ContainerSpec: unknown mount type {}",
+                    m.r#type
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// SwarmKit's checks: durations zero (the default) or at least 1 ms, retries not negative.
+fn validate_healthcheck(h: &proto::HealthConfig) -> Result<(), Status> {
+    for (name, ms) in [
+        ("Interval", h.interval_ms),
+        ("Timeout", h.timeout_ms),
+        ("StartPeriod", h.start_period_ms),
+        ("StartInterval", h.start_interval_ms),
+    ] {
+        if ms < 0 {
+            return Err(invalid(format!(
+                "ContainerSpec: healthcheck {name} cannot be negative"
+            )));
+        }
+    }
+    if h.retries < 0 {
+        return Err(invalid(
+            "ContainerSpec: healthcheck Retries cannot be negative",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_endpoint(spec: &ServiceSpec) -> Result<(), Status> {
