@@ -68,6 +68,13 @@ impl LocalNode for LocalApi {
                 "--dispatcher-heartbeat must be positive",
             ));
         }
+        swarm_manager::ipam::validate_pools(&r.default_addr_pool, r.default_addr_pool_mask_length)
+            .map_err(|e| Status::invalid_argument(format!("--default-addr-pool: {e}")))?;
+        if r.data_path_port != 0 && !(1024..=49151).contains(&r.data_path_port) {
+            return Err(Status::invalid_argument(
+                "--data-path-port must be between 1024 and 49151 (default 4789)",
+            ));
+        }
         let (node_id, worker_token, addr) = self
             .agent
             .init(InitOptions {
@@ -82,6 +89,9 @@ impl LocalNode for LocalApi {
                 cert_expiry: ms(r.cert_expiry_ms, crate::node::DEFAULT_CERT_EXPIRY),
                 availability: NodeAvailability::try_from(r.availability)
                     .unwrap_or(NodeAvailability::Active),
+                default_addr_pool: r.default_addr_pool,
+                subnet_size: r.default_addr_pool_mask_length,
+                vxlan_udp_port: r.data_path_port,
             })
             .await
             .map_err(err)?;

@@ -75,6 +75,12 @@ pub struct InitOptions {
     pub dispatcher_heartbeat: Duration,
     pub cert_expiry: Duration,
     pub availability: NodeAvailability,
+    /// Pools network subnets are carved from; empty = 10.0.0.0/8.
+    pub default_addr_pool: Vec<String>,
+    /// Prefix length of carved subnets; 0 = 24.
+    pub subnet_size: u32,
+    /// VXLAN UDP port; 0 = 4789.
+    pub vxlan_udp_port: u32,
 }
 
 pub struct JoinOptions {
@@ -250,6 +256,9 @@ impl Agent {
                     manager: manager_token,
                 }),
             }),
+            default_addr_pool: opts.default_addr_pool.clone(),
+            subnet_size: opts.subnet_size,
+            vxlan_udp_port: opts.vxlan_udp_port,
         };
         let node = Node {
             id: node_id.clone(),

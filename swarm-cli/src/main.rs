@@ -9,6 +9,7 @@ mod error;
 mod format;
 mod json;
 mod logs_cmd;
+mod network_cmd;
 mod node_cmd;
 mod opts;
 mod progress;
@@ -23,6 +24,7 @@ use clap::{Parser, Subcommand};
 
 use crate::client::{Client, DEFAULT_HOST};
 use crate::error::{CliError, Result};
+use crate::network_cmd::NetworkCmd;
 use crate::node_cmd::NodeCmd;
 use crate::service_cmd::ServiceCmd;
 
@@ -68,6 +70,9 @@ enum Command {
     /// Manage swarm services
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Manage swarm networks
+    #[command(subcommand)]
+    Network(NetworkCmd),
 }
 
 /// `swarm service ...`: the verbs of [`ServiceCmd`] and `logs`.
@@ -239,6 +244,27 @@ async fn run(cli: Cli) -> Result<()> {
             )?,
             ServiceCmd::Ls(_) => {}
         },
+        Command::Network(n) => match n {
+            NetworkCmd::Create(a) => check_args(
+                "swarm network create",
+                "swarm network create [OPTIONS] NETWORK",
+                Exactly(1),
+                a.name.len(),
+            )?,
+            NetworkCmd::Inspect(a) => check_args(
+                "swarm network inspect",
+                "swarm network inspect [OPTIONS] NETWORK [NETWORK...]",
+                AtLeast(1),
+                a.networks.len(),
+            )?,
+            NetworkCmd::Rm(a) => check_args(
+                "swarm network rm",
+                "swarm network rm NETWORK [NETWORK...]",
+                AtLeast(1),
+                a.networks.len(),
+            )?,
+            NetworkCmd::Ls(_) => {}
+        },
         Command::Init(_) | Command::Leave(_) | Command::Info(_) => {}
     }
 
@@ -267,6 +293,12 @@ async fn run(cli: Cli) -> Result<()> {
             NodeCmd::Rm(a) => node_cmd::rm(&c, a).await,
             NodeCmd::Ps(a) => node_cmd::node_ps(&c, a).await,
         },
+        Command::Network(n) => match n {
+            NetworkCmd::Create(a) => network_cmd::create(&c, a).await,
+            NetworkCmd::Ls(a) => network_cmd::ls(&c, a).await,
+            NetworkCmd::Inspect(a) => network_cmd::inspect(&c, a).await,
+            NetworkCmd::Rm(a) => network_cmd::rm(&c, a).await,
+        },
         Command::Service(ServiceCommand::Logs(mut a)) => {
             let target = a.target.remove(0);
             logs_cmd::logs(&c, a, target).await
@@ -284,6 +316,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             ServiceCmd::Update(mut a) => {
                 let name = a.service.remove(0);
+                // The spec stores network ids: names are resolved first.
+                a.network_add = network_cmd::ids_for_add(&c, &a.network_add).await?;
+                a.network_rm = network_cmd::ids_for_rm(&c, &a.network_rm).await?;
                 service_cmd::update(&c, *a, name).await
             }
             ServiceCmd::Rollback(mut a) => {
@@ -405,5 +440,32 @@ mod tests {
             other => panic!("service logs did not parse: {other:?}"),
         }
         assert!(Cli::try_parse_from(["swarm", "service", "logs", "-n", "all", "web"]).is_ok());
+        assert!(Cli::try_parse_from([
+            "swarm",
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.1.0.0/24",
+            "net"
+        ])
+        .is_ok());
+        assert!(Cli::try_parse_from(["swarm", "network", "ls", "-q"]).is_ok());
+        assert!(Cli::try_parse_from(["swarm", "network", "rm", "a", "b"]).is_ok());
+        assert!(Cli::try_parse_from([
+            "swarm",
+            "init",
+            "--default-addr-pool",
+            "10.20.0.0/16",
+            "--default-addr-pool",
+            "10.30.0.0/16",
+            "--default-addr-pool-mask-length",
+            "26",
+            "--data-path-port",
+            "7777"
+        ])
+        .is_ok());
+        assert!(Cli::try_parse_from(["swarm", "init", "--data-path-port", "80"]).is_err());
     }
 }

@@ -482,6 +482,38 @@ fn apply_common(spec: &mut ServiceSpec, a: &CommonArgs) -> Result<()> {
 }
 
 /// The spec `service create` sends.
+/// A `--network` value: a network name or id, or Docker's long syntax
+/// `name=NET[,alias=A]...` (`target=` is accepted for `name=`).
+pub fn network_attachment(v: &str) -> Result<NetworkAttachmentConfig> {
+    if !v.contains('=') {
+        if v.is_empty() {
+            return Err(bad("invalid --network value \"\": name a network"));
+        }
+        return Ok(NetworkAttachmentConfig {
+            target: v.to_string(),
+            aliases: vec![],
+        });
+    }
+    let mut att = NetworkAttachmentConfig::default();
+    for part in v.split(',') {
+        match part.split_once('=') {
+            Some(("name" | "target", n)) => att.target = n.to_string(),
+            Some(("alias", a)) if !a.is_empty() => att.aliases.push(a.to_string()),
+            _ => {
+                return Err(bad(format!(
+                "invalid --network field {part:?} in {v:?}: expected name=NETWORK[,alias=ALIAS...]"
+            )))
+            }
+        }
+    }
+    if att.target.is_empty() {
+        return Err(bad(format!(
+            "invalid --network value {v:?}: name=NETWORK is required"
+        )));
+    }
+    Ok(att)
+}
+
 pub fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
     let (image, args) = a
         .image_and_args
@@ -537,11 +569,8 @@ pub fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
     task_spec(&mut spec).networks = a
         .network
         .iter()
-        .map(|n| NetworkAttachmentConfig {
-            target: n.clone(),
-            aliases: vec![],
-        })
-        .collect();
+        .map(|n| network_attachment(n))
+        .collect::<Result<_>>()?;
     apply_common(&mut spec, &a.common)?;
     Ok(spec)
 }
@@ -665,11 +694,15 @@ pub fn update_spec(spec: &mut ServiceSpec, a: &UpdateArgs) -> Result<()> {
         let t = task_spec(spec);
         t.networks.retain(|n| !a.network_rm.contains(&n.target));
         for n in &a.network_add {
-            if !t.networks.iter().any(|x| &x.target == n) {
-                t.networks.push(NetworkAttachmentConfig {
-                    target: n.clone(),
-                    aliases: vec![],
-                });
+            let att = network_attachment(n)?;
+            match t.networks.iter_mut().find(|x| x.target == att.target) {
+                // Already attached: new aliases replace the old ones.
+                Some(x) => {
+                    if !att.aliases.is_empty() {
+                        x.aliases = att.aliases;
+                    }
+                }
+                None => t.networks.push(att),
             }
         }
         if a.force {
@@ -1099,5 +1132,17 @@ pub(crate) mod tests {
             update_spec(&mut spec, &dup).unwrap_err().to_string(),
             "Error: duplicate mount target"
         );
+    }
+
+    #[test]
+    fn network_values() {
+        let a = network_attachment("front").unwrap();
+        assert_eq!((a.target.as_str(), a.aliases.len()), ("front", 0));
+        let a = network_attachment("name=front,alias=web,alias=www").unwrap();
+        assert_eq!(a.target, "front");
+        assert_eq!(a.aliases, ["web", "www"]);
+        for bad in ["", "alias=web", "name=front,driver-opt=x"] {
+            assert!(network_attachment(bad).is_err(), "{bad}");
+        }
     }
 }

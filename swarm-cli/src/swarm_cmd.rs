@@ -34,6 +34,15 @@ pub struct InitArgs {
     /// Force create a new cluster from current state
     #[arg(long)]
     pub force_new_cluster: bool,
+    /// Default address pool in CIDR format (repeatable)
+    #[arg(long, value_name = "CIDR")]
+    pub default_addr_pool: Vec<String>,
+    /// Default address pool subnet mask length
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub default_addr_pool_mask_length: u32,
+    /// Port number to use for data path traffic (1024 - 49151)
+    #[arg(long, default_value_t = 4789, value_parser = clap::value_parser!(u32).range(1024..=49151))]
+    pub data_path_port: u32,
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +123,9 @@ pub async fn init(c: &Client, a: InitArgs) -> Result<()> {
             cert_expiry_ms: a.cert_expiry,
             availability: availability(&a.availability)?,
             force_new_cluster: a.force_new_cluster,
+            default_addr_pool: a.default_addr_pool,
+            default_addr_pool_mask_length: a.default_addr_pool_mask_length,
+            data_path_port: a.data_path_port,
         })
         .await
         .map_err(|s| c.err(s))?

@@ -130,6 +130,7 @@ impl State {
                     }),
                     desired_state: TaskState::Running as i32,
                     endpoint: None,
+                    networks: Vec::new(),
                 });
             }
         }
@@ -427,6 +428,7 @@ impl Agent {
                     }),
                     ..Default::default()
                 }),
+                ..Default::default()
             };
         }
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -15,16 +15,30 @@
 //! Tasks: observed NEW and desired ≤ RUNNING → PENDING ("pending task scheduling"), with the
 //! service's current endpoint copied into the task, once that endpoint is allocated.
 //!
-//! Networks, VIPs, task IP addresses and VNIs are allocated here too in a later issue: a task
-//! will then stay NEW until its network attachments have addresses.
+//! Networks: a network without `allocation` gets a VNI, its `--subnet` (else the lowest free
+//! subnet of the cluster's address pools) and its `--gateway` (else the subnet's first host)
+//! from [`crate::ipam`]; the ingress network first, then by creation time. If that fails
+//! (pool exhausted, overlapping subnet) the network stays unallocated and a warning is logged.
+//!
+//! Task addresses: a NEW task attached to networks (its spec's networks, plus the ingress
+//! network when its service publishes ports in ingress mode) gets one address per network
+//! (`Task.networks`) in the same write that moves it to PENDING. If a network has no free
+//! address left the task stays NEW with `status.err` "no available IP addresses on network
+//! NAME: …", shown by `service ps`. An address is free again as soon as the task holding it
+//! reaches a terminal state or is deleted: the IPAM state is derived from the store on every
+//! round that needs it (no hidden state, nothing to release explicitly).
+//!
+//! Service VIPs are not allocated yet.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use proto::{
-    Endpoint, EndpointSpec, PortConfig, PortProtocol, PublishMode, Service, TaskState, TaskStatus,
+    Endpoint, EndpointSpec, Network, NetworkAttachment, PortConfig, PortProtocol, PublishMode,
+    Service, Task, TaskState, TaskStatus,
 };
 
+use crate::ipam::Ipam;
 use crate::orchestrator::{run_reconciler, Plan};
 use crate::store::{Object, Op, State, Store};
 
@@ -53,8 +67,8 @@ impl Allocator {
             move |state, now| {
                 let (plan, problems) = reconcile(state, now);
                 for p in problems {
-                    if warned.insert((p.service_id.clone(), p.service_version)) {
-                        tracing::warn!(service = %p.service_name, "endpoint not allocated: {}", p.message);
+                    if warned.insert((p.object_id.clone(), p.version)) {
+                        tracing::warn!("{} {} not allocated: {}", p.kind, p.name, p.message);
                     }
                 }
                 if warned.len() > 10_000 {
@@ -67,12 +81,15 @@ impl Allocator {
     }
 }
 
-/// Why a service's endpoint could not be allocated.
+/// Why a service's endpoint or a network could not be allocated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    pub service_id: String,
-    pub service_name: String,
-    pub service_version: u64,
+    /// "service" (its endpoint) or "network".
+    pub kind: &'static str,
+    pub object_id: String,
+    pub name: String,
+    /// The object's version when the problem was seen.
+    pub version: u64,
     pub message: String,
 }
 
@@ -154,16 +171,17 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
                 });
             }
             Err(message) => problems.push(Problem {
-                service_id: svc.id.clone(),
-                service_name: svc.name().to_string(),
-                service_version: svc.meta.as_ref().map_or(0, |m| m.version),
+                kind: "service",
+                object_id: svc.id.clone(),
+                name: svc.name().to_string(),
+                version: svc.meta.as_ref().map_or(0, |m| m.version),
                 message,
             }),
         }
     }
 
-    // Networks and IP addresses: allocated here in a later issue (tasks stay NEW until then).
-
+    // Tasks to move on, with the networks they attach to.
+    let mut candidates: Vec<(&Task, &Service, Vec<String>)> = Vec::new();
     for t in state.tasks_in_state(TaskState::New) {
         if t.desired_state > TaskState::Running as i32 {
             continue; // never to run: the task reaper removes it
@@ -174,21 +192,99 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
         if !endpoint_ready(svc) {
             continue;
         }
+        candidates.push((t, svc, wanted_networks(state, t, svc)));
+    }
+
+    // Networks and task addresses. The IPAM view is rebuilt only when there is work for it.
+    let unallocated: Vec<&Network> = {
+        let mut v: Vec<&Network> = state
+            .networks()
+            .filter(|n| n.allocation.is_none())
+            .collect();
+        v.sort_by_key(|n| {
+            (
+                !n.spec.as_ref().is_some_and(|s| s.ingress),
+                n.meta.as_ref().map_or(0, |m| m.created_at),
+                n.id.clone(),
+            )
+        });
+        v
+    };
+    let needs_ipam =
+        !unallocated.is_empty() || candidates.iter().any(|(_, _, nets)| !nets.is_empty());
+    let mut ipam = needs_ipam.then(|| Ipam::from_state(state));
+    // Networks allocated (empty) or not allocatable (why) in this round, by id.
+    let mut network_errors: HashMap<String, String> = HashMap::new();
+    if let Some(ipam) = ipam.as_mut() {
+        for n in unallocated {
+            match ipam.allocate_network(n) {
+                Ok(a) => {
+                    // Its tasks wait until the allocation is in the store.
+                    network_errors.insert(n.id.clone(), String::new());
+                    let mut n = n.clone();
+                    n.allocation = Some(a);
+                    plan.ops.push(Op::Update {
+                        object: Object::Network(n),
+                        check_version: true,
+                    });
+                }
+                Err(e) => {
+                    network_errors.insert(n.id.clone(), e.to_string());
+                    problems.push(Problem {
+                        kind: "network",
+                        object_id: n.id.clone(),
+                        name: n.spec.as_ref().map_or("", |s| s.name.as_str()).to_string(),
+                        version: n.meta.as_ref().map_or(0, |m| m.version),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    for (t, svc, nets) in candidates {
+        let attachments = if nets.is_empty() {
+            Vec::new()
+        } else {
+            let Some(ipam) = ipam.as_mut() else { continue };
+            match attach(state, ipam, t, &nets, &network_errors) {
+                Attach::Ready(a) => a,
+                Attach::Wait => continue,
+                Attach::Failed(err) => {
+                    let cur = t.status.as_ref().map_or("", |s| s.err.as_str());
+                    if cur != err {
+                        plan.ops.push(Op::SetTaskStatus {
+                            task_id: t.id.clone(),
+                            status: TaskStatus {
+                                timestamp: now_ms,
+                                state: TaskState::New as i32,
+                                message: "allocating network addresses".into(),
+                                err,
+                                ..Default::default()
+                            },
+                        });
+                    }
+                    continue;
+                }
+            }
+        };
         let status = TaskStatus {
             timestamp: now_ms,
             state: TaskState::Pending as i32,
             message: PENDING_MESSAGE.into(),
             ..Default::default()
         };
-        if t.endpoint == svc.endpoint {
+        if t.endpoint == svc.endpoint && t.networks == attachments {
             plan.ops.push(Op::SetTaskStatus {
                 task_id: t.id.clone(),
                 status,
             });
         } else {
-            // Created before the endpoint was (re)allocated: give it the current one.
+            // Created before the endpoint was (re)allocated: give it the current one, and
+            // its network addresses.
             let mut t = t.clone();
             t.endpoint = svc.endpoint.clone();
+            t.networks = attachments;
             t.status = Some(status);
             plan.ops.push(Op::Update {
                 object: Object::Task(t),
@@ -197,6 +293,116 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
         }
     }
     (plan, problems)
+}
+
+/// The ids of the networks a task attaches to: its spec's (ids or names), then the ingress
+/// network if its service publishes ports in ingress mode. Unknown targets are kept as they
+/// are (reported when attaching).
+fn wanted_networks(state: &State, t: &Task, svc: &Service) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in t.spec.iter().flat_map(|s| s.networks.iter()) {
+        let id = state
+            .network(&a.target)
+            .or_else(|| state.network_by_name(&a.target))
+            .map_or_else(|| a.target.clone(), |n| n.id.clone());
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    let publishes_ingress = svc
+        .endpoint
+        .iter()
+        .flat_map(|e| e.ports.iter())
+        .any(is_ingress);
+    if publishes_ingress {
+        if let Some(ingress) = state
+            .networks()
+            .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
+        {
+            if !out.contains(&ingress.id) {
+                out.push(ingress.id.clone());
+            }
+        }
+    }
+    out
+}
+
+enum Attach {
+    Ready(Vec<NetworkAttachment>),
+    /// A network is not allocated in the store yet (it will be in a later round).
+    Wait,
+    Failed(String),
+}
+
+/// Addresses for a task on `nets`: the ones it already holds when they are still valid, else
+/// new ones. All or nothing: on failure what this call took is given back.
+fn attach(
+    state: &State,
+    ipam: &mut Ipam,
+    t: &Task,
+    nets: &[String],
+    network_errors: &HashMap<String, String>,
+) -> Attach {
+    let mut out: Vec<NetworkAttachment> = Vec::new();
+    let mut taken: Vec<(String, String)> = Vec::new();
+    let give_back = |ipam: &mut Ipam, taken: &[(String, String)]| {
+        for (net, addr) in taken {
+            ipam.release_address(net, addr);
+        }
+    };
+    for id in nets {
+        let Some(n) = state.network(id) else {
+            give_back(ipam, &taken);
+            return Attach::Failed(format!(
+                "network {id} not found: create it with `swarm network create -d overlay {id}` or detach the service from it"
+            ));
+        };
+        let name = n.spec.as_ref().map_or("", |s| s.name.as_str()).to_string();
+        let allocated_now = network_errors.get(id);
+        if !ipam.is_allocated(id) || allocated_now.is_some() {
+            give_back(ipam, &taken);
+            return match allocated_now.filter(|e| !e.is_empty()) {
+                Some(e) => Attach::Failed(format!("network {name} is not allocated: {e}")),
+                None => Attach::Wait,
+            };
+        }
+        let aliases = t
+            .spec
+            .iter()
+            .flat_map(|s| s.networks.iter())
+            .find(|a| a.target == *id || a.target == name)
+            .map(|a| a.aliases.clone())
+            .unwrap_or_default();
+        // Addresses the task already holds on this network (an earlier write that did not
+        // move it on) are kept: from_state counted them as used.
+        let held: Vec<String> = t
+            .networks
+            .iter()
+            .filter(|a| a.network_id == *id)
+            .flat_map(|a| a.addresses.iter().cloned())
+            .collect();
+        let addresses = if held.is_empty() {
+            match ipam.allocate_address(id) {
+                Ok(a) => {
+                    taken.push((id.clone(), a.clone()));
+                    vec![a]
+                }
+                Err(e) => {
+                    give_back(ipam, &taken);
+                    return Attach::Failed(e.to_string());
+                }
+            }
+        } else {
+            held
+        };
+        out.push(NetworkAttachment {
+            network_id: id.clone(),
+            network_name: name,
+            addresses,
+            aliases,
+        });
+    }
+    Attach::Ready(out)
 }
 
 /// The allocated ports of `want`, in spec order.
@@ -475,7 +681,8 @@ mod tests {
         .await;
         let problems = round(&store).await;
         assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].service_id, "b");
+        assert_eq!(problems[0].object_id, "b");
+        assert_eq!(problems[0].kind, "service");
         assert!(
             problems[0].message.contains("8080/tcp"),
             "{}",
@@ -508,5 +715,231 @@ mod tests {
             .collect();
         let err = allocate_ports(&svc, &wanted_spec(&svc), &used, &HashMap::new()).unwrap_err();
         assert!(err.contains("30000-32767/tcp"), "{err}");
+    }
+
+    fn network(id: &str, name: &str, subnet: &str) -> proto::Network {
+        proto::Network {
+            id: id.into(),
+            spec: Some(proto::NetworkSpec {
+                name: name.into(),
+                driver: "overlay".into(),
+                ipam: if subnet.is_empty() {
+                    vec![]
+                } else {
+                    vec![proto::IpamConfig {
+                        subnet: subnet.into(),
+                        gateway: String::new(),
+                    }]
+                },
+                ingress: name == "ingress",
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn on_network(mut t: proto::Task, target: &str) -> proto::Task {
+        t.spec
+            .get_or_insert_with(Default::default)
+            .networks
+            .push(proto::NetworkAttachmentConfig {
+                target: target.into(),
+                aliases: vec!["web".into()],
+            });
+        t
+    }
+
+    fn addresses(store: &Store, id: &str) -> Vec<String> {
+        store
+            .read()
+            .task(id)
+            .unwrap()
+            .networks
+            .iter()
+            .flat_map(|a| a.addresses.iter().cloned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn networks_get_vni_subnet_and_tasks_get_addresses() {
+        let store = Store::memory();
+        use TaskState::*;
+        put(
+            &store,
+            vec![
+                network("ing", "ingress", "").into(),
+                network("n1", "front", "").into(),
+                network("n2", "back", "192.168.5.0/24").into(),
+                replicated("s", 3).into(),
+                on_network(task("t1", "s", 1, "", New, Running), "front").into(),
+                on_network(task("t2", "s", 2, "", New, Running), "n1").into(),
+                on_network(on_network(task("t3", "s", 3, "", New, Running), "n1"), "n2").into(),
+            ],
+        )
+        .await;
+        // Round 1 allocates the networks; the tasks wait for them.
+        assert!(round(&store).await.is_empty());
+        {
+            let st = store.read();
+            let a = |id: &str| st.network(id).unwrap().allocation.clone().unwrap();
+            assert_eq!(
+                a("ing").subnet,
+                "10.0.0.0/24",
+                "ingress gets the first subnet"
+            );
+            assert_eq!(a("ing").vni, crate::ipam::VNI_START);
+            assert_eq!(a("n1").subnet, "10.0.1.0/24");
+            assert_eq!(a("n1").gateway, "10.0.1.1");
+            assert_eq!(a("n2").subnet, "192.168.5.0/24");
+            assert_eq!(a("n2").gateway, "192.168.5.1");
+            let vnis: HashSet<u32> = ["ing", "n1", "n2"].iter().map(|n| a(n).vni).collect();
+            assert_eq!(vnis.len(), 3);
+            assert_eq!(st.task("t1").unwrap().state(), New);
+        }
+        round(&store).await;
+        let mut all = HashSet::new();
+        for id in ["t1", "t2", "t3"] {
+            let t = store.read().task(id).unwrap().clone();
+            assert_eq!(t.state(), Pending, "{id}");
+            assert_eq!(t.networks[0].network_id, "n1");
+            assert_eq!(t.networks[0].network_name, "front");
+            assert_eq!(t.networks[0].aliases, vec!["web".to_string()]);
+            let addr = &t.networks[0].addresses[0];
+            assert!(
+                addr.starts_with("10.0.1.") && addr.ends_with("/24"),
+                "{addr}"
+            );
+            assert_ne!(addr, "10.0.1.1/24", "not the gateway");
+            assert!(all.insert(addr.clone()), "distinct: {addr}");
+        }
+        assert_eq!(addresses(&store, "t3")[1], "192.168.5.2/24");
+        assert!(reconcile(&store.read(), 2_000).0.is_empty(), "converged");
+    }
+
+    #[tokio::test]
+    async fn exhaustion_shows_on_the_task_and_ended_tasks_free_addresses() {
+        let store = Store::memory();
+        use TaskState::*;
+        // A /30 has two hosts: the gateway and one task address.
+        put(
+            &store,
+            vec![
+                network("n", "tiny", "10.50.0.0/30").into(),
+                replicated("s", 2).into(),
+                on_network(task("t1", "s", 1, "", New, Running), "n").into(),
+            ],
+        )
+        .await;
+        round(&store).await;
+        round(&store).await;
+        assert_eq!(addresses(&store, "t1"), vec!["10.50.0.2/30".to_string()]);
+        put(
+            &store,
+            vec![on_network(task("t2", "s", 2, "", New, Running), "n").into()],
+        )
+        .await;
+        round(&store).await;
+        {
+            let st = store.read();
+            let t2 = st.task("t2").unwrap();
+            assert_eq!(t2.state(), New, "not silently pending");
+            let err = &t2.status.as_ref().unwrap().err;
+            assert!(
+                err.starts_with("no available IP addresses on network tiny:"),
+                "{err}"
+            );
+        }
+        assert!(
+            reconcile(&store.read(), 2_000).0.is_empty(),
+            "the error is written once"
+        );
+        // t1 ends: its address goes to t2.
+        store
+            .write(vec![Op::SetTaskStatus {
+                task_id: "t1".into(),
+                status: TaskStatus {
+                    state: Shutdown as i32,
+                    ..Default::default()
+                },
+            }])
+            .await
+            .unwrap();
+        round(&store).await;
+        let st = store.read();
+        let t2 = st.task("t2").unwrap();
+        assert_eq!(t2.state(), Pending);
+        assert!(t2.status.as_ref().unwrap().err.is_empty());
+        assert_eq!(t2.networks[0].addresses, vec!["10.50.0.2/30".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn ingress_publishers_join_the_ingress_network_and_missing_networks_are_reported() {
+        let store = Store::memory();
+        use TaskState::*;
+        put(
+            &store,
+            vec![
+                network("ing", "ingress", "").into(),
+                with_ports(replicated("a", 1), vec![port(80, 0, PublishMode::Ingress)]).into(),
+                task("ta", "a", 1, "", New, Running).into(),
+                replicated("b", 1).into(),
+                on_network(task("tb", "b", 1, "", New, Running), "nope").into(),
+            ],
+        )
+        .await;
+        for _ in 0..3 {
+            round(&store).await;
+        }
+        let st = store.read();
+        let ta = st.task("ta").unwrap();
+        assert_eq!(ta.state(), Pending);
+        assert_eq!(ta.networks.len(), 1);
+        assert_eq!(ta.networks[0].network_name, "ingress");
+        assert_eq!(ta.networks[0].addresses, vec!["10.0.0.2/24".to_string()]);
+        let tb = st.task("tb").unwrap();
+        assert_eq!(tb.state(), New);
+        let err = &tb.status.as_ref().unwrap().err;
+        assert!(err.contains("network nope not found"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn pool_exhaustion_is_a_network_problem_and_shows_on_its_tasks() {
+        let store = Store::memory();
+        use TaskState::*;
+        put(
+            &store,
+            vec![
+                proto::Cluster {
+                    id: "c".into(),
+                    default_addr_pool: vec!["10.9.0.0/24".into()],
+                    subnet_size: 24,
+                    ..Default::default()
+                }
+                .into(),
+                network("n1", "one", "").into(),
+                replicated("s", 1).into(),
+            ],
+        )
+        .await;
+        round(&store).await;
+        put(
+            &store,
+            vec![
+                network("n2", "two", "").into(),
+                on_network(task("t", "s", 1, "", New, Running), "two").into(),
+            ],
+        )
+        .await;
+        let problems = round(&store).await;
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].kind, "network");
+        assert_eq!(problems[0].name, "two");
+        let st = store.read();
+        assert!(st.network("n2").unwrap().allocation.is_none());
+        let err = &st.task("t").unwrap().status.as_ref().unwrap().err;
+        assert!(
+            err.contains("network two is not allocated") && err.contains("10.9.0.0/24"),
+            "{err}"
+        );
     }
 }

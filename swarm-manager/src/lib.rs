@@ -5,6 +5,7 @@ pub mod allocator;
 pub mod ca;
 pub mod control;
 pub mod dispatcher;
+pub mod ipam;
 pub mod logbroker;
 pub mod manager;
 pub mod membership;

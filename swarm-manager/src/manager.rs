@@ -170,6 +170,9 @@ impl Manager {
                     .write(vec![
                         Op::Create(Object::Cluster(*cluster)),
                         Op::Create(Object::Node(*node)),
+                        // Docker's `ingress` overlay (routing mesh); the allocator gives it
+                        // the first subnet of the address pool.
+                        Op::Create(Object::Network(crate::ipam::ingress_network())),
                     ])
                     .await
                     .context("writing the first cluster objects")?;

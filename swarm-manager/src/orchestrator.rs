@@ -105,6 +105,7 @@ pub fn new_task(
         }),
         desired_state: desired as i32,
         endpoint: service.endpoint.clone(),
+        networks: Vec::new(),
     }
 }
 
@@ -407,6 +408,7 @@ pub(crate) mod testutil {
             }),
             desired_state: desired as i32,
             endpoint: None,
+            networks: Vec::new(),
         }
     }
 

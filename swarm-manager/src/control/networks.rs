@@ -2,13 +2,14 @@
 
 use proto::{
     CreateNetworkRequest, GetNetworkRequest, ListNetworksRequest, ListNetworksResponse, Network,
-    PublishMode, RemoveNetworkRequest, RemoveNetworkResponse, Task, TaskState,
+    NetworkSpec, PublishMode, RemoveNetworkRequest, RemoveNetworkResponse, Task, TaskState,
 };
 use tonic::Status;
 
 use super::lookup::{find_network, task_name};
 use super::validate::{validate_network_spec, DEFAULT_NETWORK_DRIVER};
 use super::{linearize, propose_status};
+use crate::ipam::Subnet;
 use crate::store::{new_id, Kind, Object, Op, State, Store};
 
 pub(super) async fn create(store: &Store, req: CreateNetworkRequest) -> Result<Network, Status> {
@@ -21,6 +22,7 @@ pub(super) async fn create(store: &Store, req: CreateNetworkRequest) -> Result<N
     validate_network_spec(&spec)?;
     {
         let st = store.read();
+        check_subnets(&st, &spec)?;
         if let Some(existing) = st.network_by_name(&spec.name) {
             return Err(Status::already_exists(format!(
                 "network with name {} already exists ({}); choose another name",
@@ -44,6 +46,7 @@ pub(super) async fn create(store: &Store, req: CreateNetworkRequest) -> Result<N
         id: new_id(),
         meta: None,
         spec: Some(spec),
+        allocation: None,
     };
     tracing::info!(network = %network.id, "creating network");
     let objs = store
@@ -56,6 +59,58 @@ pub(super) async fn create(store: &Store, req: CreateNetworkRequest) -> Result<N
             "the store did not return the written network",
         )),
     }
+}
+
+/// Explicit subnets must be IPv4 (the overlay IPAM is IPv4 only), leave room for addresses
+/// and overlap no other network's subnet (allocated, or asked for by a network not allocated
+/// yet). Refused here so that the user sees it, rather than a network that never allocates.
+fn check_subnets(st: &State, spec: &NetworkSpec) -> Result<(), Status> {
+    if spec.ipam.len() > 1 {
+        return Err(Status::invalid_argument(
+            "only one --subnet per network is supported",
+        ));
+    }
+    for cfg in spec.ipam.iter().filter(|c| !c.subnet.is_empty()) {
+        let subnet: Subnet = cfg
+            .subnet
+            .parse()
+            .map_err(|e: crate::ipam::IpamError| Status::invalid_argument(e.to_string()))?;
+        if subnet.prefix_len() > 30 {
+            return Err(Status::invalid_argument(format!(
+                "subnet {} is too small for an overlay network: use a prefix length of 30 or less",
+                cfg.subnet
+            )));
+        }
+        if !cfg.gateway.is_empty() {
+            let gw_ok = cfg.gateway.parse().is_ok_and(|gw| subnet.is_host(gw));
+            if !gw_ok {
+                return Err(Status::invalid_argument(format!(
+                    "gateway {} is not a host address of subnet {subnet} (not the network or broadcast address)",
+                    cfg.gateway
+                )));
+            }
+        }
+        for other in st.networks() {
+            let taken = other.allocation.iter().map(|a| a.subnet.as_str()).chain(
+                other
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.ipam.iter())
+                    .map(|c| c.subnet.as_str()),
+            );
+            for o in taken {
+                if let Ok(o) = o.parse::<Subnet>() {
+                    if o.overlaps(&subnet) {
+                        return Err(Status::invalid_argument(format!(
+                            "subnet {subnet} overlaps subnet {o} of network {}: choose another --subnet",
+                            other.spec.as_ref().map_or(other.id.as_str(), |s| s.name.as_str())
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn get(store: &Store, req: GetNetworkRequest) -> Result<Network, Status> {
@@ -143,4 +198,84 @@ pub(super) async fn remove(
         .await
         .map_err(propose_status)?;
     Ok(RemoveNetworkResponse {})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::IpamConfig;
+
+    fn req(name: &str, subnet: &str, gateway: &str) -> CreateNetworkRequest {
+        CreateNetworkRequest {
+            spec: Some(NetworkSpec {
+                name: name.into(),
+                driver: "overlay".into(),
+                ipam: if subnet.is_empty() {
+                    vec![]
+                } else {
+                    vec![IpamConfig {
+                        subnet: subnet.into(),
+                        gateway: gateway.into(),
+                    }]
+                },
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn subnets_are_checked_against_other_networks() {
+        let store = Store::memory();
+        create(&store, req("a", "10.20.0.0/16", "")).await.unwrap();
+        let e = create(&store, req("b", "10.20.5.0/24", ""))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message()
+                .contains("overlaps subnet 10.20.0.0/16 of network a"),
+            "{}",
+            e.message()
+        );
+        let e = create(&store, req("c", "fd00::/64", "")).await.unwrap_err();
+        assert!(e.message().contains("IPv4"), "{}", e.message());
+        let e = create(&store, req("d", "10.30.0.0/24", "10.30.0.255"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.message().contains("not a host address"),
+            "{}",
+            e.message()
+        );
+        let e = create(&store, req("e", "10.31.0.0/31", ""))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("too small"), "{}", e.message());
+        let n = create(&store, req("f", "10.30.0.0/24", "10.30.0.254"))
+            .await
+            .unwrap();
+        assert!(n.allocation.is_none(), "the allocator allocates it");
+    }
+
+    #[tokio::test]
+    async fn allocated_subnets_count_too() {
+        let store = Store::memory();
+        let mut n = create(&store, req("a", "", "")).await.unwrap();
+        n.allocation = Some(proto::NetworkAllocation {
+            vni: 4096,
+            subnet: "10.0.0.0/24".into(),
+            gateway: "10.0.0.1".into(),
+        });
+        store
+            .write(vec![Op::Update {
+                object: Object::Network(n),
+                check_version: true,
+            }])
+            .await
+            .unwrap();
+        let e = create(&store, req("b", "10.0.0.128/25", ""))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("network a"), "{}", e.message());
+    }
 }

@@ -25,6 +25,7 @@ fn new_cluster(expiry_ms: i64) -> proto::Cluster {
             ..Default::default()
         }),
         root_ca: Some(new_cluster_root_ca().unwrap()),
+        ..Default::default()
     }
 }
 

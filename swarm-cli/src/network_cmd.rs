@@ -1,0 +1,445 @@
+//! `swarm network create|ls|inspect|rm` (swarm-scoped overlay networks).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+
+use clap::{Args, Subcommand};
+use proto::*;
+use tonic::Code;
+
+use crate::client::Client;
+use crate::error::{CliError, Result};
+use crate::format::{natural_cmp, truncate_id};
+use crate::json::{self, Kind};
+use crate::table::Table;
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// Create a network
+    Create(CreateArgs),
+    /// List networks
+    #[command(visible_alias = "list")]
+    Ls(LsArgs),
+    /// Display detailed information on one or more networks
+    Inspect(InspectArgs),
+    /// Remove one or more networks
+    #[command(visible_alias = "remove")]
+    Rm(RmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Driver to manage the Network
+    #[arg(short, long, default_value = "overlay")]
+    pub driver: String,
+    /// Subnet in CIDR format that represents a network segment
+    #[arg(long)]
+    pub subnet: Vec<String>,
+    /// IPv4 Gateway for the master subnet
+    #[arg(long)]
+    pub gateway: Vec<String>,
+    /// Enable manual container attachment
+    #[arg(long)]
+    pub attachable: bool,
+    /// Restrict external access to the network
+    #[arg(long)]
+    pub internal: bool,
+    /// Create swarm routing-mesh network
+    #[arg(long)]
+    pub ingress: bool,
+    /// Set driver specific options
+    #[arg(short = 'o', long = "opt", value_name = "key=value")]
+    pub opt: Vec<String>,
+    /// Set metadata on a network
+    #[arg(long, value_name = "key=value")]
+    pub label: Vec<String>,
+    #[arg(value_name = "NETWORK")]
+    pub name: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only display network IDs
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Do not truncate the output
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Output format: "table" (default) or "json" (one network per line)
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Output format: "json" (default)
+    #[arg(short, long)]
+    pub format: Option<String>,
+    #[arg(value_name = "NETWORK")]
+    pub networks: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Do not error if the network does not exist (and do not ask before removing ingress)
+    #[arg(short, long)]
+    pub force: bool,
+    #[arg(value_name = "NETWORK")]
+    pub networks: Vec<String>,
+}
+
+fn key_values(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for kv in items {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        if k.is_empty() {
+            return Err(CliError::msg(format!(
+                "invalid argument {kv:?} for \"{flag}\" flag: expected key=value"
+            )));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// The spec `network create` sends.
+pub fn create_spec(a: &CreateArgs, name: &str) -> Result<NetworkSpec> {
+    if a.gateway.len() > a.subnet.len() {
+        return Err(CliError::msg(
+            "every ip-range or gateway must have a corresponding subnet",
+        ));
+    }
+    let ipam = a
+        .subnet
+        .iter()
+        .enumerate()
+        .map(|(i, s)| IpamConfig {
+            subnet: s.clone(),
+            gateway: a.gateway.get(i).cloned().unwrap_or_default(),
+        })
+        .collect();
+    Ok(NetworkSpec {
+        name: name.to_string(),
+        labels: key_values("--label", &a.label)?,
+        driver: a.driver.clone(),
+        driver_options: key_values("--opt", &a.opt)?,
+        ipam,
+        attachable: a.attachable,
+        internal: a.internal,
+        ingress: a.ingress,
+    })
+}
+
+pub async fn create(c: &Client, a: CreateArgs) -> Result<()> {
+    let name = a.name.first().cloned().unwrap_or_default();
+    let spec = create_spec(&a, &name)?;
+    let n = c
+        .control
+        .clone()
+        .create_network(CreateNetworkRequest { spec: Some(spec) })
+        .await
+        .map_err(|s| c.err(s))?
+        .into_inner();
+    println!("{}", n.id);
+    Ok(())
+}
+
+fn name_of(n: &Network) -> &str {
+    n.spec.as_ref().map_or("", |s| s.name.as_str())
+}
+
+/// Docker's `network ls` table: `NETWORK ID   NAME   DRIVER   SCOPE`, sorted by name.
+pub fn ls_table(nets: &[Network], no_trunc: bool) -> String {
+    let mut t = Table::new(["NETWORK ID", "NAME", "DRIVER", "SCOPE"]);
+    for n in nets {
+        t.row([
+            if no_trunc {
+                n.id.clone()
+            } else {
+                truncate_id(&n.id).to_string()
+            },
+            name_of(n).to_string(),
+            n.spec
+                .as_ref()
+                .map_or("overlay", |s| s.driver.as_str())
+                .to_string(),
+            "swarm".to_string(),
+        ]);
+    }
+    t.render()
+}
+
+async fn list(c: &Client) -> Result<Vec<Network>> {
+    let mut nets = c
+        .control
+        .clone()
+        .list_networks(ListNetworksRequest {})
+        .await
+        .map_err(|s| c.err(s))?
+        .into_inner()
+        .networks;
+    nets.sort_by(|a, b| natural_cmp(name_of(a), name_of(b)));
+    Ok(nets)
+}
+
+pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
+    let json_out = crate::wants_json(&a.format)?;
+    let nets = list(c).await?;
+    if a.quiet {
+        for n in &nets {
+            println!(
+                "{}",
+                if a.no_trunc {
+                    n.id.as_str()
+                } else {
+                    truncate_id(&n.id)
+                }
+            );
+        }
+    } else if json_out {
+        for n in &nets {
+            println!("{}", json::line(n, Kind::Other)?);
+        }
+    } else {
+        print!("{}", ls_table(&nets, a.no_trunc));
+    }
+    Ok(())
+}
+
+async fn get(c: &Client, reference: &str) -> Result<Network> {
+    c.control
+        .clone()
+        .get_network(GetNetworkRequest {
+            network_id: reference.to_string(),
+        })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| {
+            if s.code() == Code::NotFound {
+                CliError::msg(format!("No such network: {reference}"))
+            } else {
+                c.err(s)
+            }
+        })
+}
+
+pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
+    crate::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
+    let mut values = Vec::new();
+    let mut errors = Vec::new();
+    for r in &a.networks {
+        match get(c, r).await {
+            Ok(n) => values.push(json::value(&n, Kind::Other)?),
+            Err(e) => errors.push(e),
+        }
+    }
+    println!("{}", json::inspect_array(&values)?);
+    match CliError::join(errors) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Network references of `service update --network-add` as network ids (the service spec
+/// stores ids); an unknown network is an error. A `name=X,alias=Y` value keeps its options.
+pub async fn ids_for_add(c: &Client, refs: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for r in refs {
+        let (name, rest) = split_network_value(r);
+        let id = get(c, name).await?.id;
+        out.push(match rest {
+            Some(rest) => format!("name={id},{rest}"),
+            None => id,
+        });
+    }
+    Ok(out)
+}
+
+/// Network references of `service update --network-rm`: each as given, plus its id when the
+/// network exists (so that a name matches the id the spec stores).
+pub async fn ids_for_rm(c: &Client, refs: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for r in refs {
+        out.push(r.clone());
+        if let Ok(n) = get(c, r).await {
+            out.push(n.id);
+        }
+    }
+    Ok(out)
+}
+
+/// "front" → ("front", None); "name=front,alias=web" → ("front", Some("alias=web")).
+fn split_network_value(v: &str) -> (&str, Option<&str>) {
+    if !v.contains('=') {
+        return (v, None);
+    }
+    let mut name = v;
+    let mut rest: Vec<&str> = Vec::new();
+    for part in v.split(',') {
+        match part.split_once('=') {
+            Some(("name" | "target", n)) => name = n,
+            _ => rest.push(part),
+        }
+    }
+    if rest.is_empty() {
+        (name, None)
+    } else {
+        // The options follow the name in the value: keep the tail as written.
+        let tail_start = v.find(rest[0]).unwrap_or(v.len());
+        (name, Some(&v[tail_start..]))
+    }
+}
+
+/// Docker's warning before removing the routing-mesh network.
+pub const INGRESS_WARNING: &str = "WARNING! Before removing the routing-mesh network, make sure all the nodes in your swarm run the same swarm-agent version. Otherwise, removal may not be effective and functionality of newly created ingress networks will be impaired.\nAre you sure you want to continue? [y/N] ";
+
+fn confirmed(answer: &str) -> bool {
+    matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES")
+}
+
+fn confirm_ingress_removal() -> bool {
+    print!("{INGRESS_WARNING}");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    match std::io::stdin().lock().read_line(&mut line) {
+        Ok(_) => confirmed(&line),
+        Err(_) => false,
+    }
+}
+
+pub async fn rm(c: &Client, a: RmArgs) -> Result<()> {
+    let mut errors = Vec::new();
+    for r in &a.networks {
+        let n = match get(c, r).await {
+            Ok(n) => n,
+            Err(_) if a.force => continue,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        if n.spec.as_ref().is_some_and(|s| s.ingress) && !a.force && !confirm_ingress_removal() {
+            errors.push(CliError::msg(format!(
+                "network {r} not removed: removing the ingress network needs confirmation (answer y, or use --force)"
+            )));
+            continue;
+        }
+        match c
+            .control
+            .clone()
+            .remove_network(RemoveNetworkRequest {
+                network_id: n.id.clone(),
+            })
+            .await
+        {
+            Ok(_) => println!("{r}"),
+            Err(s) if a.force && s.code() == Code::NotFound => {}
+            Err(s) => errors.push(c.err(s)),
+        }
+    }
+    match CliError::join(errors) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> CreateArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct W {
+            #[command(flatten)]
+            a: CreateArgs,
+        }
+        let mut argv = vec!["network-create"];
+        argv.extend_from_slice(extra);
+        W::try_parse_from(argv).expect("parses").a
+    }
+
+    #[test]
+    fn create_flags_make_the_spec() {
+        let a = args(&[
+            "--subnet",
+            "10.9.0.0/24",
+            "--gateway",
+            "10.9.0.254",
+            "--attachable",
+            "--internal",
+            "-o",
+            "com.docker.network.driver.mtu=1400",
+            "--label",
+            "team=web",
+            "front",
+        ]);
+        let s = create_spec(&a, "front").unwrap();
+        assert_eq!(s.driver, "overlay", "the default driver");
+        assert_eq!(s.name, "front");
+        assert_eq!(
+            s.ipam,
+            vec![IpamConfig {
+                subnet: "10.9.0.0/24".into(),
+                gateway: "10.9.0.254".into()
+            }]
+        );
+        assert!(s.attachable && s.internal && !s.ingress);
+        assert_eq!(s.driver_options["com.docker.network.driver.mtu"], "1400");
+        assert_eq!(s.labels["team"], "web");
+
+        let a = args(&["--gateway", "10.9.0.1", "x"]);
+        let e = create_spec(&a, "x").unwrap_err().to_string();
+        assert!(e.contains("corresponding subnet"), "{e}");
+        let a = args(&["-o", "=1", "x"]);
+        assert!(create_spec(&a, "x").is_err());
+        let a = args(&["-d", "bridge", "x"]);
+        assert_eq!(
+            create_spec(&a, "x").unwrap().driver,
+            "bridge",
+            "refused by the manager"
+        );
+    }
+
+    #[test]
+    fn ls_table_is_dockers() {
+        let n = |id: &str, name: &str| Network {
+            id: id.into(),
+            spec: Some(NetworkSpec {
+                name: name.into(),
+                driver: "overlay".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let out = ls_table(
+            &[
+                n("abcdefghijklmnopqrstuvwxy", "ingress"),
+                n("zyxwvutsrqponmlkjihgfedcb", "front"),
+            ],
+            false,
+        );
+        assert_eq!(
+            out,
+            "NETWORK ID     NAME      DRIVER    SCOPE\n\
+             abcdefghijkl   ingress   overlay   swarm\n\
+             zyxwvutsrqpo   front     overlay   swarm\n"
+        );
+    }
+
+    #[test]
+    fn network_values_split() {
+        assert_eq!(split_network_value("front"), ("front", None));
+        assert_eq!(
+            split_network_value("name=front,alias=web"),
+            ("front", Some("alias=web"))
+        );
+        assert_eq!(split_network_value("name=front"), ("front", None));
+    }
+
+    #[test]
+    fn only_yes_confirms() {
+        assert!(confirmed("y\n") && confirmed("yes"));
+        assert!(!confirmed("") && !confirmed("n") && !confirmed("nope"));
+    }
+}
