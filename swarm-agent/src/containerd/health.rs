@@ -215,19 +215,81 @@ async fn exec_process(
     Ok(process)
 }
 
-/// Reads the first [`MAX_OUTPUT`] bytes of the probe's output file.
-fn read_output(path: &Path) -> String {
-    use std::io::Read;
-    let mut buf = Vec::new();
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.take(MAX_OUTPUT as u64).read_to_end(&mut buf);
-    }
-    String::from_utf8_lossy(&buf).into_owned()
+/// The probe's combined stdout and stderr, read from a FIFO both streams write to.
+///
+/// A FIFO, not a file: for `file://` URIs containerd 1.6's shim writes both streams to the
+/// stdout file through one shared writer that the stdout copy closes when it ends; when the
+/// probe exits before the shim has set up the stderr copy, that copy finds the file closed
+/// and the probe's stderr is lost ("error copying stderr"). With a FIFO each stream gets its
+/// own writer. The FIFO is opened read-write, so it never reports end-of-file and the shim can
+/// open its writers whenever it likes; the output is complete once DeleteProcess returned
+/// (it waits for the copies).
+struct ProbeOutput {
+    path: PathBuf,
+    rx: tokio::net::unix::pipe::Receiver,
+    buf: Vec<u8>,
 }
 
-/// Runs one probe in the running container `container_id`; `dir` holds the output file while
-/// the probe runs (created if needed; the file is removed afterwards). Never fails: problems
-/// are a failed probe whose output says what went wrong.
+impl ProbeOutput {
+    fn create(path: PathBuf) -> std::io::Result<ProbeOutput> {
+        let _ = std::fs::remove_file(&path);
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let rx = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(&path)
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&path);
+            })?;
+        Ok(ProbeOutput {
+            path,
+            rx,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Takes what is in the FIFO now; keeps the first [`MAX_OUTPUT`] bytes, drops the rest
+    /// (so that a chatty probe never blocks on a full pipe).
+    fn take_available(&mut self) {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.rx.try_read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let room = MAX_OUTPUT.saturating_sub(self.buf.len());
+                    self.buf.extend_from_slice(&chunk[..n.min(room)]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads until cancelled.
+    async fn keep_reading(&mut self) {
+        loop {
+            if self.rx.readable().await.is_err() {
+                // Nothing more to read here; finish() takes what is left.
+                return std::future::pending().await;
+            }
+            self.take_available();
+        }
+    }
+
+    fn finish(mut self) -> String {
+        self.take_available();
+        let _ = std::fs::remove_file(&self.path);
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
+}
+
+/// Runs one probe in the running container `container_id`; `dir` holds the probe's output
+/// FIFO while it runs (created if needed; removed afterwards). Never fails: problems are a
+/// failed probe whose output says what went wrong.
 pub async fn run_probe(
     cd: &Containerd,
     container_id: &str,
@@ -251,55 +313,66 @@ pub async fn run_probe(
         return ProbeResult::error(format!("creating {}: {e}", dir.display()));
     }
     let exec_id = format!("health-{:016x}", rand::random::<u64>());
-    let out = dir.join(format!("{exec_id}.out"));
-    let uri = format!("file://{}", out.display());
-    let exec = cd
-        .tasks()
-        .exec(cd.req(ExecProcessRequest {
-            container_id: container_id.to_string(),
-            stdin: String::new(),
-            stdout: uri.clone(),
-            stderr: uri,
-            terminal: false,
-            spec: Some(prost_types::Any {
-                type_url: PROCESS_TYPE_URL.into(),
-                value,
-            }),
-            exec_id: exec_id.clone(),
-        }))
-        .await;
-    let result = match exec {
-        Err(s) => ProbeResult::error(
-            ContainerdError::rpc(format!("Tasks.Exec {container_id}/{exec_id}"), s).to_string(),
-        ),
-        Ok(_) => {
-            let mut r = start_and_wait(cd, container_id, &exec_id, timeout).await;
-            if let Err(s) = cd
-                .tasks()
-                .delete_process(cd.req(DeleteProcessRequest {
-                    container_id: container_id.to_string(),
-                    exec_id: exec_id.clone(),
-                }))
-                .await
-            {
-                if s.code() != tonic::Code::NotFound {
-                    tracing::warn!(
-                        container = container_id,
-                        exec_id,
-                        "containerd Tasks.DeleteProcess: {}",
-                        s.message()
-                    );
-                }
-            }
-            // Read only now: Wait returns at the exit, but the shim may still be copying the
-            // output; DeleteProcess waits for that copy (up to 2 s) before it returns.
-            if r.exit_code.is_some() {
-                r.output = read_output(&out);
-            }
-            r
+    let fifo = dir.join(format!("{exec_id}.out"));
+    let mut output = match ProbeOutput::create(fifo.clone()) {
+        Ok(o) => o,
+        Err(e) => {
+            return ProbeResult::error(format!(
+                "creating the probe output FIFO {}: {e}",
+                fifo.display()
+            ))
         }
     };
-    let _ = std::fs::remove_file(&out);
+    let run = async {
+        let exec = cd
+            .tasks()
+            .exec(cd.req(ExecProcessRequest {
+                container_id: container_id.to_string(),
+                stdin: String::new(),
+                stdout: fifo.display().to_string(),
+                stderr: fifo.display().to_string(),
+                terminal: false,
+                spec: Some(prost_types::Any {
+                    type_url: PROCESS_TYPE_URL.into(),
+                    value,
+                }),
+                exec_id: exec_id.clone(),
+            }))
+            .await;
+        if let Err(s) = exec {
+            return ProbeResult::error(
+                ContainerdError::rpc(format!("Tasks.Exec {container_id}/{exec_id}"), s).to_string(),
+            );
+        }
+        let r = start_and_wait(cd, container_id, &exec_id, timeout).await;
+        // DeleteProcess waits for the shim's output copies (up to 2 s) before it returns.
+        if let Err(s) = cd
+            .tasks()
+            .delete_process(cd.req(DeleteProcessRequest {
+                container_id: container_id.to_string(),
+                exec_id: exec_id.clone(),
+            }))
+            .await
+        {
+            if s.code() != tonic::Code::NotFound {
+                tracing::warn!(
+                    container = container_id,
+                    exec_id,
+                    "containerd Tasks.DeleteProcess: {}",
+                    s.message()
+                );
+            }
+        }
+        r
+    };
+    let mut result = tokio::select! {
+        r = run => r,
+        () = output.keep_reading() => ProbeResult::error("the probe output reader stopped".into()),
+    };
+    let text = output.finish();
+    if result.exit_code.is_some() {
+        result.output = text;
+    }
     result
 }
 
