@@ -8,6 +8,7 @@ pub mod local;
 pub mod logs;
 pub mod metrics_http;
 pub mod netns;
+pub mod network;
 pub mod node;
 pub mod state;
 pub mod worker;

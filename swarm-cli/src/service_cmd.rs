@@ -620,6 +620,7 @@ mod tests {
                     published_port: 30000,
                     ..Default::default()
                 }],
+                ..Default::default()
             }),
             ..Default::default()
         }

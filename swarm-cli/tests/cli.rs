@@ -269,7 +269,11 @@ impl Control for Fake {
             meta: meta(1, now_ms()),
             spec: Some(spec),
             previous_spec: None,
-            endpoint: Some(Endpoint { spec: None, ports }),
+            endpoint: Some(Endpoint {
+                spec: None,
+                ports,
+                ..Default::default()
+            }),
             spec_version: 1,
         };
         s.services.push(svc.clone());

@@ -164,6 +164,7 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
                 s.endpoint = Some(Endpoint {
                     spec: Some(want),
                     ports,
+                    virtual_ips: Vec::new(),
                 });
                 plan.ops.push(Op::Update {
                     object: Object::Service(s),

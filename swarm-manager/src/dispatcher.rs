@@ -218,6 +218,7 @@ fn node_tasks(store: &Store, node_id: &str) -> HashMap<String, Task> {
 impl DispatcherRpc for Dispatcher {
     type SessionStream = BoxStream<SessionMessage>;
     type AssignmentsStream = BoxStream<AssignmentsMessage>;
+    type NetworkStateStream = BoxStream<proto::NetworkStateMessage>;
 
     async fn session(
         &self,
@@ -429,6 +430,15 @@ impl DispatcherRpc for Dispatcher {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn network_state(
+        &self,
+        _req: Request<proto::NetworkStateRequest>,
+    ) -> Result<Response<Self::NetworkStateStream>, Status> {
+        Err(Status::unimplemented(
+            "network state streaming is not implemented yet",
+        ))
     }
 
     async fn update_task_status(

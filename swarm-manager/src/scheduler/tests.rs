@@ -77,6 +77,7 @@ fn with_host_port(mut t: Task, port: u32) -> Task {
             ..Default::default()
         }),
         ports: vec![pc],
+        ..Default::default()
     });
     t
 }
