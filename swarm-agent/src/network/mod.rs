@@ -1,4 +1,436 @@
-//! Networking of the node: the managers' view of the networks it has tasks on, and (later
-//! modules) the data plane that implements it.
+//! Networking of the node: the managers' view of the networks it has tasks on ([`view`]),
+//! the eBPF data plane that implements it ([`dataplane`]), the interfaces of tasks and the
+//! VXLAN device ([`plumbing`]), and [`Networking`], which ties them together:
+//!
+//! - `start`: once the node knows its data-path address, the VXLAN device (metadata mode)
+//!   carries `from_overlay` and the underlay interface carries `from_uplink`;
+//! - `attach`/`detach` (called by the executor): a veth per network attachment of a task,
+//!   its `IFACES` entry and its `from_container` link;
+//! - `run`: every view the managers send is written into the maps (`ENDPOINTS`, `SUBNETS`,
+//!   `NET_STATS`): local endpoints come from `IFACES` (which outlives the agent, pinned),
+//!   remote ones from the view. Until the first complete view after a start the maps are left
+//!   as they are, so forwarding goes on across an agent restart.
 
+pub mod dataplane;
+pub mod plumbing;
 pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::{NetworkInfo, Task};
+use swarm_ebpf_common::{programs, Endpoint, EndpointKey, Iface, NodeConfig, IFACE_INTERNAL};
+use tokio::sync::watch;
+
+use dataplane::{Dataplane, DataplaneError};
+use plumbing::{AttachmentSpec, PlumbingError};
+use view::{NetworkView, ViewHandle};
+
+/// Default MTU inside containers (underlay 1500 − VXLAN 50).
+pub const DEFAULT_MTU: u32 = 1450;
+/// Docker's VXLAN port.
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// Source ports of masqueraded egress: above Linux's default ephemeral range (32768–60999),
+/// so they never collide with the node's own connections.
+pub const SNAT_PORTS: (u16, u16) = (61000, 65535);
+/// How long a starting task waits for the managers to tell this node about its networks.
+const VIEW_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Plumbing(#[from] PlumbingError),
+    #[error("the data plane is not running on this node: {0}")]
+    Unavailable(String),
+    #[error(
+        "network {0} is not known to this node yet (the managers did not send it within 30 s)"
+    )]
+    UnknownNetwork(String),
+    #[error("invalid address {addr:?} of task {task} on network {network}")]
+    BadAddress {
+        task: String,
+        network: String,
+        addr: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct NetworkingConfig {
+    /// bpffs directory for the pinned maps and links.
+    pub bpf_dir: PathBuf,
+}
+
+/// The node's identity on the data path, known once it joined.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NodeIdentity {
+    id: String,
+    addr: Ipv4Addr,
+}
+
+/// One attachment this agent made for a task.
+#[derive(Clone, Debug)]
+struct LocalAttachment {
+    host_name: String,
+    ifindex: u32,
+}
+
+struct State {
+    node: Option<NodeIdentity>,
+    tasks: HashMap<String, Vec<LocalAttachment>>,
+}
+
+pub struct Networking {
+    cfg: NetworkingConfig,
+    dataplane: Result<Arc<Dataplane>, String>,
+    view: ViewHandle,
+    state: Mutex<State>,
+    /// Poked after local changes so that `run` writes the maps again.
+    changed: tokio::sync::Notify,
+}
+
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    let len: u8 = l.parse().ok()?;
+    (len <= 32).then_some(())?;
+    Some((a.parse().ok()?, len))
+}
+
+fn be(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+/// What ENDPOINTS should hold: a local endpoint for every task interface of this node
+/// (`IFACES`), and every endpoint of the view that lives on another node.
+pub fn desired_endpoints(
+    view: &NetworkView,
+    self_id: &str,
+    self_addr: Ipv4Addr,
+    ifaces: &BTreeMap<u32, Iface>,
+) -> BTreeMap<EndpointKey, Endpoint> {
+    let mut out = BTreeMap::new();
+    for e in view.endpoints.values() {
+        if e.node_id == self_id {
+            continue;
+        }
+        let Some(net) = view.networks.get(&e.network_id) else {
+            continue;
+        };
+        let (Ok(addr), Ok(node)) = (
+            e.address.parse::<Ipv4Addr>(),
+            e.node_addr.parse::<Ipv4Addr>(),
+        ) else {
+            continue;
+        };
+        if node == self_addr || node.is_unspecified() {
+            continue;
+        }
+        out.insert(
+            EndpointKey {
+                vni: net.vni,
+                addr: be(addr),
+            },
+            Endpoint {
+                node_addr: be(node),
+                ..Default::default()
+            },
+        );
+    }
+    for (&ifindex, i) in ifaces {
+        out.insert(
+            EndpointKey {
+                vni: i.vni,
+                addr: i.addr,
+            },
+            Endpoint {
+                node_addr: 0,
+                ifindex,
+                mac: i.mac,
+                host_mac: i.host_mac,
+            },
+        );
+    }
+    out
+}
+
+/// What SUBNETS should hold: every network's subnet → its VNI.
+pub fn desired_subnets(view: &NetworkView) -> BTreeMap<([u8; 4], u8), u32> {
+    view.networks
+        .values()
+        .filter_map(|n| {
+            let (a, len) = parse_cidr(&n.subnet)?;
+            Some(((a.octets(), len), n.vni))
+        })
+        .collect()
+}
+
+/// The interfaces a task gets, in the order of its attachments.
+pub fn attachment_specs(
+    task: &Task,
+    networks: &BTreeMap<String, NetworkInfo>,
+) -> Result<Vec<(AttachmentSpec, NetworkInfo)>, NetworkError> {
+    // The default route goes through the first network that is neither internal nor the
+    // ingress network, else through the first one that is not internal.
+    let nets: Vec<&NetworkInfo> = task
+        .networks
+        .iter()
+        .map(|a| {
+            networks
+                .get(&a.network_id)
+                .ok_or_else(|| NetworkError::UnknownNetwork(a.network_name.clone()))
+        })
+        .collect::<Result<_, _>>()?;
+    let gw_index = nets
+        .iter()
+        .position(|n| !n.internal && !n.ingress)
+        .or_else(|| nets.iter().position(|n| !n.internal));
+    let mut out = Vec::new();
+    for (i, (a, n)) in task.networks.iter().zip(nets).enumerate() {
+        let bad = |addr: &str| NetworkError::BadAddress {
+            task: task.id.clone(),
+            network: a.network_name.clone(),
+            addr: addr.to_string(),
+        };
+        let first = a.addresses.first().ok_or_else(|| bad(""))?;
+        let (addr, prefix_len) = parse_cidr(first).ok_or_else(|| bad(first))?;
+        let gateway = if Some(i) == gw_index {
+            Some(n.gateway.parse::<Ipv4Addr>().map_err(|_| bad(&n.gateway))?)
+        } else {
+            None
+        };
+        out.push((
+            AttachmentSpec {
+                host_name: plumbing::host_name(&task.id, i),
+                task_name: format!("eth{i}"),
+                addr,
+                prefix_len,
+                mtu: if n.mtu == 0 { DEFAULT_MTU } else { n.mtu },
+                gateway,
+            },
+            n.clone(),
+        ));
+    }
+    Ok(out)
+}
+
+impl Networking {
+    /// Loads the data plane (a failure is kept and reported to every task that needs a
+    /// network; tasks without networks still run).
+    pub fn new(cfg: NetworkingConfig, view: ViewHandle) -> Arc<Networking> {
+        let dataplane = Dataplane::load(&cfg.bpf_dir)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        if let Err(e) = &dataplane {
+            tracing::error!("the eBPF data plane did not load: {e}");
+        }
+        Arc::new(Networking {
+            cfg,
+            dataplane,
+            view,
+            state: Mutex::new(State {
+                node: None,
+                tasks: HashMap::new(),
+            }),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn config(&self) -> &NetworkingConfig {
+        &self.cfg
+    }
+
+    pub fn dataplane(&self) -> Result<&Arc<Dataplane>, NetworkError> {
+        self.dataplane
+            .as_ref()
+            .map_err(|e| NetworkError::Unavailable(e.clone()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node's data path: VXLAN device with `from_overlay`, the underlay interface (the
+    /// one with `addr`) with `from_uplink`, and the node's entry in `NODE`. Idempotent.
+    pub async fn start(
+        &self,
+        node_id: &str,
+        addr: Ipv4Addr,
+        vxlan_port: u16,
+    ) -> Result<(), NetworkError> {
+        let dp = self.dataplane()?.clone();
+        let h = plumbing::handle()?;
+        let (uplink, uplink_ifindex, mtu) = plumbing::interface_with(&h, addr).await?;
+        let vxlan = plumbing::ensure_vxlan(&h, vxlan_port, mtu).await?;
+        dp.attach_ingress(programs::FROM_OVERLAY, plumbing::VXLAN_DEVICE)?;
+        dp.attach_ingress(programs::FROM_UPLINK, &uplink)?;
+        dp.set_node(NodeConfig {
+            addr: be(addr),
+            vxlan_ifindex: vxlan,
+            uplink_ifindex,
+            snat_port_min: SNAT_PORTS.0,
+            snat_port_max: SNAT_PORTS.1,
+            ready: 1,
+            _pad: 0,
+        })?;
+        // Interfaces of tasks that are gone (their namespace was deleted while the agent was
+        // away): their entries and pins go.
+        for (ifindex, _) in dp.ifaces() {
+            let mut links = h.link().get().match_index(ifindex).execute();
+            if !matches!(
+                futures::TryStreamExt::try_next(&mut links).await,
+                Ok(Some(_))
+            ) {
+                dp.remove_iface(ifindex);
+            }
+        }
+        for name in dp.pinned_links() {
+            if plumbing::link_by_name(&h, &name).await?.is_none() {
+                dp.detach_ingress(&name);
+            }
+        }
+        self.lock().node = Some(NodeIdentity {
+            id: node_id.to_string(),
+            addr,
+        });
+        tracing::info!(%addr, uplink, vxlan_port, "data plane started");
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Gives the task its interfaces in `netns` (made, or found again after an agent
+    /// restart). Waits for the managers' view to contain the task's networks.
+    pub async fn attach(&self, task: &Task, netns: &Path) -> Result<(), NetworkError> {
+        if task.networks.is_empty() {
+            return Ok(());
+        }
+        let dp = self.dataplane()?.clone();
+        let networks = self.wait_for_networks(task).await?;
+        let specs = attachment_specs(task, &networks)?;
+        let h = plumbing::handle()?;
+        let mut made = Vec::new();
+        let result: Result<(), NetworkError> = async {
+            for (spec, net) in &specs {
+                let host = plumbing::attach(&h, netns, spec).await?;
+                made.push(LocalAttachment {
+                    host_name: spec.host_name.clone(),
+                    ifindex: host.ifindex,
+                });
+                dp.set_iface(
+                    host.ifindex,
+                    Iface {
+                        vni: net.vni,
+                        addr: be(spec.addr),
+                        flags: if net.internal { IFACE_INTERNAL } else { 0 },
+                        mac: plumbing::task_mac(spec.addr),
+                        host_mac: host.mac,
+                    },
+                )?;
+                dp.attach_ingress(programs::FROM_CONTAINER, &spec.host_name)?;
+            }
+            Ok(())
+        }
+        .await;
+        self.lock().tasks.insert(task.id.clone(), made);
+        if let Err(e) = result {
+            self.detach(&task.id).await;
+            return Err(e);
+        }
+        self.reconcile();
+        Ok(())
+    }
+
+    async fn wait_for_networks(
+        &self,
+        task: &Task,
+    ) -> Result<BTreeMap<String, NetworkInfo>, NetworkError> {
+        let mut rx = self.view.subscribe();
+        let deadline = tokio::time::Instant::now() + VIEW_WAIT;
+        loop {
+            let missing = {
+                let v = rx.borrow_and_update();
+                let missing = task
+                    .networks
+                    .iter()
+                    .find(|a| !v.networks.contains_key(&a.network_id))
+                    .map(|a| a.network_name.clone());
+                if missing.is_none() {
+                    return Ok(v.networks.clone());
+                }
+                missing
+            };
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(NetworkError::UnknownNetwork(missing.unwrap_or_default())),
+            }
+        }
+    }
+
+    /// Takes the task's interfaces away: its endpoints leave the maps at once; the veths are
+    /// deleted (they go with the namespace too).
+    pub async fn detach(&self, task_id: &str) {
+        let Some(made) = self.lock().tasks.remove(task_id) else {
+            return;
+        };
+        if let Ok(dp) = self.dataplane() {
+            for a in &made {
+                dp.remove_iface(a.ifindex);
+                dp.detach_ingress(&a.host_name);
+            }
+        }
+        self.reconcile();
+        if let Ok(h) = plumbing::handle() {
+            for a in &made {
+                if let Err(e) = plumbing::detach(&h, &a.host_name).await {
+                    tracing::warn!(task = task_id, "{e}");
+                }
+            }
+        }
+    }
+
+    /// Writes the maps from the current view and the local interfaces.
+    fn reconcile(&self) {
+        let Ok(dp) = self.dataplane() else { return };
+        let Some(node) = self.lock().node.clone() else {
+            return;
+        };
+        let view = self.view.current();
+        if !view.complete {
+            return;
+        }
+        let ifaces = dp.ifaces();
+        let want = desired_endpoints(&view, &node.id, node.addr, &ifaces);
+        match dp.sync_endpoints(&want) {
+            Ok((w, r)) if w + r > 0 => {
+                tracing::debug!(written = w, removed = r, "endpoints updated")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("updating the endpoint map: {e}"),
+        }
+        if let Err(e) = dp.sync_subnets(&desired_subnets(&view)) {
+            tracing::warn!("updating the subnet map: {e}");
+        }
+        let vnis: BTreeSet<u32> = view.networks.values().map(|n| n.vni).collect();
+        if let Err(e) = dp.sync_stats(&vnis) {
+            tracing::warn!("updating the network counters: {e}");
+        }
+    }
+
+    /// Keeps the maps in line with the managers' view until the agent stops.
+    pub async fn run(self: Arc<Self>) {
+        let mut rx: watch::Receiver<Arc<NetworkView>> = self.view.subscribe();
+        loop {
+            self.reconcile();
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = self.changed.notified() => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,433 @@
+//! The node's eBPF data plane, userspace side: loads the programs of `swarm-ebpf`, owns their
+//! maps and attaches the programs to interfaces.
+//!
+//! Everything that must outlive the agent is pinned under one bpffs directory (`--bpf-root`):
+//! the maps under `maps/` (the loader reuses them by name) and the TCX links under `links/`.
+//! A restarted agent finds both: packets keep flowing while it is away, and on start it
+//! atomically swaps its freshly loaded programs into the pinned links (`bpf_link_update`).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuHashMap, PerCpuValues};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use swarm_ebpf_common::{maps, programs, stat, Endpoint, EndpointKey, Iface, NetStats, NodeConfig};
+
+/// The programs, built by build.rs (empty when built with AYA_BUILD_SKIP=1).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/swarm"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("this swarm-agent was built without its eBPF programs (AYA_BUILD_SKIP): rebuild it without AYA_BUILD_SKIP to run tasks on networks")]
+    NoPrograms,
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("loading the eBPF programs (pinned maps under {dir}): {source}; if the maps were pinned by an incompatible agent version, remove {dir} (tasks lose connectivity until their agent re-adds them)")]
+    Load {
+        dir: PathBuf,
+        source: Box<aya::EbpfError>,
+    },
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error(
+        "eBPF object has no {0}: the agent and its programs do not match; rebuild swarm-agent"
+    )]
+    Missing(&'static str),
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("attaching {program} to {iface}: {reason}")]
+    Attach {
+        program: &'static str,
+        iface: String,
+        reason: String,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DataplaneError + 'a {
+    move |source| DataplaneError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+struct Maps {
+    node: Array<MapData, NodeConfig>,
+    ifaces: BpfHashMap<MapData, u32, Iface>,
+    endpoints: BpfHashMap<MapData, EndpointKey, Endpoint>,
+    subnets: LpmTrie<MapData, [u8; 4], u32>,
+    stats: PerCpuHashMap<MapData, u32, NetStats>,
+}
+
+struct Inner {
+    ebpf: Ebpf,
+    maps: Maps,
+}
+
+/// The loaded data plane. Cheap calls, all synchronous (map updates are system calls).
+pub struct Dataplane {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+/// Whether `path` is on a bpffs.
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs with a valid NUL-terminated path and a zeroed out-struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Makes sure `dir` is on a bpffs: mounts one at /sys/fs/bpf when nothing is mounted there
+/// (as Cilium does), then creates `dir`.
+fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+    let root = Path::new("/sys/fs/bpf");
+    if dir.starts_with(root) && !is_bpffs(root) {
+        std::fs::create_dir_all(root).map_err(io_err("creating", root))?;
+        // SAFETY: valid NUL-terminated strings.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(DataplaneError::Io {
+                what: "mounting bpffs at",
+                path: root.to_path_buf(),
+                source: io::Error::last_os_error(),
+            });
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    if !is_bpffs(dir) {
+        return Err(DataplaneError::Io {
+            what: "not on a bpffs (mount one with `mount -t bpf bpf /sys/fs/bpf`, or pick a --bpf-root under it):",
+            path: dir.to_path_buf(),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        });
+    }
+    Ok(())
+}
+
+impl Dataplane {
+    /// Loads the programs, reusing the maps pinned under `dir/maps` (creating them the first
+    /// time).
+    pub fn load(dir: &Path) -> Result<Dataplane, DataplaneError> {
+        if OBJECT.is_empty() {
+            return Err(DataplaneError::NoPrograms);
+        }
+        let maps_dir = dir.join("maps");
+        let links_dir = dir.join("links");
+        ensure_bpffs(dir)?;
+        std::fs::create_dir_all(&maps_dir).map_err(io_err("creating", &maps_dir))?;
+        std::fs::create_dir_all(&links_dir).map_err(io_err("creating", &links_dir))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(OBJECT)
+            .map_err(|source| DataplaneError::Load {
+                dir: maps_dir.clone(),
+                source: Box::new(source),
+            })?;
+        for name in [
+            programs::FROM_CONTAINER,
+            programs::FROM_OVERLAY,
+            programs::FROM_UPLINK,
+        ] {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Missing(name))?
+                .try_into()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+            p.load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
+        let node = take(maps::NODE)?;
+        let ifaces = take(maps::IFACES)?;
+        let endpoints = take(maps::ENDPOINTS)?;
+        let subnets = take(maps::SUBNETS)?;
+        let stats = take(maps::NET_STATS)?;
+        let maps = Maps {
+            node: Array::try_from(node).map_err(map_err(maps::NODE))?,
+            ifaces: BpfHashMap::try_from(ifaces).map_err(map_err(maps::IFACES))?,
+            endpoints: BpfHashMap::try_from(endpoints).map_err(map_err(maps::ENDPOINTS))?,
+            subnets: LpmTrie::try_from(subnets).map_err(map_err(maps::SUBNETS))?,
+            stats: PerCpuHashMap::try_from(stats).map_err(map_err(maps::NET_STATS))?,
+        };
+        Ok(Dataplane {
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner { ebpf, maps }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The bpffs directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn link_pin(&self, iface: &str) -> PathBuf {
+        self.dir.join("links").join(format!("tc-ingress-{iface}"))
+    }
+
+    /// Attaches `program` to the tc ingress of `iface` (in the agent's network namespace)
+    /// through a pinned TCX link. A link pinned by an earlier agent is taken over and its
+    /// program swapped atomically: no packet goes unhandled.
+    pub fn attach_ingress(&self, program: &'static str, iface: &str) -> Result<(), DataplaneError> {
+        let attach_err = |reason: String| DataplaneError::Attach {
+            program,
+            iface: iface.to_string(),
+            reason,
+        };
+        let pin = self.link_pin(iface);
+        let mut inner = self.lock();
+        let prog: &mut SchedClassifier = inner
+            .ebpf
+            .program_mut(program)
+            .ok_or(DataplaneError::Missing(program))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                name: program,
+                source,
+            })?;
+        let old = match PinnedLink::from_pin(&pin) {
+            Ok(p) => p.unpin().ok(),
+            Err(_) => None,
+        };
+        let id = match old {
+            Some(fd) => {
+                let link = SchedClassifierLink::try_from(fd)
+                    .map_err(|e| attach_err(format!("the pinned link is not a tc link: {e}")))?;
+                match prog.attach_to_link(link) {
+                    Ok(id) => id,
+                    // The interface the old link was on is gone (same name, new device).
+                    Err(_) => prog
+                        .attach_with_options(
+                            iface,
+                            TcAttachType::Ingress,
+                            TcAttachOptions::TcxOrder(LinkOrder::first()),
+                        )
+                        .map_err(|e| attach_err(e.to_string()))?,
+                }
+            }
+            None => prog
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
+                )
+                .map_err(|e| attach_err(e.to_string()))?,
+        };
+        let link = prog.take_link(id).map_err(|e| attach_err(e.to_string()))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
+        let _ = std::fs::remove_file(&pin);
+        fd.pin(&pin)
+            .map_err(|e| attach_err(format!("pinning the link at {}: {e}", pin.display())))?;
+        Ok(())
+    }
+
+    /// Detaches whatever this agent attached to `iface` (removing the pin releases the link).
+    pub fn detach_ingress(&self, iface: &str) {
+        let pin = self.link_pin(iface);
+        if let Ok(p) = PinnedLink::from_pin(&pin) {
+            let _ = p.unpin();
+        }
+        let _ = std::fs::remove_file(&pin);
+    }
+
+    /// Names of the interfaces with a pinned link.
+    pub fn pinned_links(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.dir.join("links"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("tc-ingress-"))
+                    .map(str::to_string)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub fn node(&self) -> NodeConfig {
+        self.lock().maps.node.get(&0, 0).unwrap_or_default()
+    }
+
+    pub fn set_node(&self, cfg: NodeConfig) -> Result<(), DataplaneError> {
+        self.lock()
+            .maps
+            .node
+            .set(0, cfg, 0)
+            .map_err(map_err(maps::NODE))
+    }
+
+    pub fn ifaces(&self) -> BTreeMap<u32, Iface> {
+        let inner = self.lock();
+        inner.maps.ifaces.iter().flatten().collect()
+    }
+
+    pub fn set_iface(&self, ifindex: u32, iface: Iface) -> Result<(), DataplaneError> {
+        self.lock()
+            .maps
+            .ifaces
+            .insert(ifindex, iface, 0)
+            .map_err(map_err(maps::IFACES))
+    }
+
+    pub fn remove_iface(&self, ifindex: u32) {
+        let _ = self.lock().maps.ifaces.remove(&ifindex);
+    }
+
+    pub fn endpoints(&self) -> BTreeMap<EndpointKey, Endpoint> {
+        let inner = self.lock();
+        inner.maps.endpoints.iter().flatten().collect()
+    }
+
+    /// Brings ENDPOINTS to `want`: inserts what is missing or different, removes the rest.
+    /// Returns (written, removed).
+    pub fn sync_endpoints(
+        &self,
+        want: &BTreeMap<EndpointKey, Endpoint>,
+    ) -> Result<(usize, usize), DataplaneError> {
+        let mut inner = self.lock();
+        let have: BTreeMap<EndpointKey, Endpoint> = inner.maps.endpoints.iter().flatten().collect();
+        let mut written = 0;
+        for (k, v) in want {
+            if have.get(k) != Some(v) {
+                inner
+                    .maps
+                    .endpoints
+                    .insert(k, v, 0)
+                    .map_err(map_err(maps::ENDPOINTS))?;
+                written += 1;
+            }
+        }
+        let mut removed = 0;
+        for k in have.keys().filter(|k| !want.contains_key(k)) {
+            let _ = inner.maps.endpoints.remove(k);
+            removed += 1;
+        }
+        Ok((written, removed))
+    }
+
+    /// Brings SUBNETS to `want` (subnet address, prefix length → VNI).
+    pub fn sync_subnets(&self, want: &BTreeMap<([u8; 4], u8), u32>) -> Result<(), DataplaneError> {
+        let mut inner = self.lock();
+        let have: BTreeMap<([u8; 4], u8), u32> = inner
+            .maps
+            .subnets
+            .iter()
+            .flatten()
+            .map(|(k, v)| ((k.data(), k.prefix_len() as u8), v))
+            .collect();
+        for (&(addr, len), vni) in want {
+            if have.get(&(addr, len)) != Some(vni) {
+                inner
+                    .maps
+                    .subnets
+                    .insert(&LpmKey::new(len as u32, addr), vni, 0)
+                    .map_err(map_err(maps::SUBNETS))?;
+            }
+        }
+        for &(addr, len) in have.keys().filter(|k| !want.contains_key(k)) {
+            let _ = inner.maps.subnets.remove(&LpmKey::new(len as u32, addr));
+        }
+        Ok(())
+    }
+
+    /// Brings the set of counted networks to `vnis` (new ones start at zero).
+    pub fn sync_stats(&self, vnis: &std::collections::BTreeSet<u32>) -> Result<(), DataplaneError> {
+        let mut inner = self.lock();
+        let have: Vec<u32> = inner.maps.stats.keys().flatten().collect();
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| DataplaneError::Io {
+            what: "counting CPUs:",
+            path: PathBuf::from(what),
+            source: e,
+        })?;
+        for vni in vnis.iter().filter(|v| !have.contains(v)) {
+            let zero = PerCpuValues::try_from(vec![NetStats::default(); cpus]).map_err(|e| {
+                DataplaneError::Io {
+                    what: "per-CPU values for",
+                    path: PathBuf::from(maps::NET_STATS),
+                    source: e,
+                }
+            })?;
+            inner
+                .maps
+                .stats
+                .insert(vni, zero, 0)
+                .map_err(map_err(maps::NET_STATS))?;
+        }
+        for vni in have.iter().filter(|v| !vnis.contains(v)) {
+            let _ = inner.maps.stats.remove(vni);
+        }
+        Ok(())
+    }
+
+    /// The counters of every counted network, summed over the CPUs.
+    pub fn stats(&self) -> BTreeMap<u32, [u64; stat::COUNT]> {
+        let inner = self.lock();
+        inner
+            .maps
+            .stats
+            .iter()
+            .flatten()
+            .map(|(vni, per_cpu)| {
+                let mut sum = [0u64; stat::COUNT];
+                for s in per_cpu.iter() {
+                    for (i, v) in s.c.iter().enumerate() {
+                        sum[i] += v;
+                    }
+                }
+                (vni, sum)
+            })
+            .collect()
+    }
+}
+
+/// Removes everything an agent pinned under `dir` (links first: unpinning them detaches the
+/// programs). Used by `lab down` and tests; a running agent must not be using `dir`.
+pub fn remove_pins(dir: &Path) -> io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    std::fs::remove_dir_all(dir)
+}

@@ -1,0 +1,617 @@
+//! The data plane against real packets: two "nodes" (network namespaces joined by a bridge in
+//! a third), tasks in namespaces of their own made the way the executor makes them, the real
+//! programs loaded into the kernel with their maps pinned on bpffs. Needs root (CI runs it).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::{
+    network_state_change::Change, network_state_message, EndpointInfo, NetworkAttachment,
+    NetworkInfo, NetworkStateChange, NetworkStateMessage, Task,
+};
+use swarm_ebpf_common::stat;
+
+use super::view::ViewHandle;
+use super::*;
+
+// ---- pure parts
+
+fn net(id: &str, vni: u32, subnet: &str, internal: bool) -> NetworkInfo {
+    let gw = subnet
+        .split('/')
+        .next()
+        .unwrap()
+        .rsplit_once('.')
+        .unwrap()
+        .0
+        .to_string()
+        + ".1";
+    NetworkInfo {
+        id: id.into(),
+        name: format!("net-{id}"),
+        vni,
+        subnet: subnet.into(),
+        gateway: gw,
+        internal,
+        ..Default::default()
+    }
+}
+
+fn ep(task: &str, net: &str, addr: &str, node: &str, node_addr: &str) -> EndpointInfo {
+    EndpointInfo {
+        task_id: task.into(),
+        network_id: net.into(),
+        address: addr.into(),
+        node_id: node.into(),
+        node_addr: node_addr.into(),
+        serving: true,
+        ..Default::default()
+    }
+}
+
+fn complete(nets: Vec<NetworkInfo>, eps: Vec<EndpointInfo>) -> NetworkStateMessage {
+    let mut changes: Vec<NetworkStateChange> = nets
+        .into_iter()
+        .map(|n| NetworkStateChange {
+            change: Some(Change::Network(n)),
+        })
+        .collect();
+    changes.extend(eps.into_iter().map(|e| NetworkStateChange {
+        change: Some(Change::Endpoint(e)),
+    }));
+    NetworkStateMessage {
+        r#type: network_state_message::Type::Complete as i32,
+        changes,
+    }
+}
+
+fn task(id: &str, attachments: &[(&str, &str)]) -> Task {
+    Task {
+        id: id.into(),
+        networks: attachments
+            .iter()
+            .map(|(n, a)| NetworkAttachment {
+                network_id: n.to_string(),
+                network_name: format!("net-{n}"),
+                addresses: vec![a.to_string()],
+                aliases: vec![],
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn endpoints_are_local_from_ifaces_and_remote_from_the_view() {
+    let mut v = NetworkView::default();
+    v.apply(complete(
+        vec![net("n1", 4096, "10.0.1.0/24", false)],
+        vec![
+            ep("a", "n1", "10.0.1.2", "me", "10.99.0.1"),
+            ep("b", "n1", "10.0.1.3", "other", "10.99.0.2"),
+            // Unknown network, bad address: ignored.
+            ep("c", "nope", "10.0.9.3", "other", "10.99.0.2"),
+            ep("d", "n1", "bogus", "other", "10.99.0.2"),
+        ],
+    ));
+    let mut ifaces = BTreeMap::new();
+    ifaces.insert(
+        7,
+        Iface {
+            vni: 4096,
+            addr: be("10.0.1.2".parse().unwrap()),
+            flags: 0,
+            mac: [2, 0x42, 10, 0, 1, 2],
+            host_mac: [1; 6],
+        },
+    );
+    let want = desired_endpoints(&v, "me", "10.99.0.1".parse().unwrap(), &ifaces);
+    assert_eq!(want.len(), 2, "{want:?}");
+    let local = want[&EndpointKey {
+        vni: 4096,
+        addr: be("10.0.1.2".parse().unwrap()),
+    }];
+    assert_eq!((local.node_addr, local.ifindex), (0, 7));
+    let remote = want[&EndpointKey {
+        vni: 4096,
+        addr: be("10.0.1.3".parse().unwrap()),
+    }];
+    assert_eq!(remote.node_addr, be("10.99.0.2".parse().unwrap()));
+    assert_eq!(
+        desired_subnets(&v),
+        BTreeMap::from([(([10, 0, 1, 0], 24), 4096)])
+    );
+}
+
+#[test]
+fn the_default_route_takes_the_first_external_network() {
+    let mut nets = BTreeMap::new();
+    nets.insert("i".to_string(), net("i", 4097, "10.0.2.0/24", true));
+    nets.insert("e".to_string(), net("e", 4096, "10.0.1.0/24", false));
+    let t = task(
+        "abcdefghijklmnop",
+        &[("i", "10.0.2.5/24"), ("e", "10.0.1.5/24")],
+    );
+    let specs = attachment_specs(&t, &nets).unwrap();
+    assert_eq!(specs.len(), 2);
+    assert_eq!(specs[0].0.task_name, "eth0");
+    assert_eq!(specs[0].0.gateway, None);
+    assert_eq!(specs[1].0.gateway, Some("10.0.1.1".parse().unwrap()));
+    assert_eq!(specs[1].0.host_name, "swabcdefghij1");
+    assert!(specs[1].0.host_name.len() <= 15);
+    assert_eq!(specs[0].0.mtu, DEFAULT_MTU);
+    let missing = task("x", &[("zz", "10.0.3.5/24")]);
+    assert!(matches!(
+        attachment_specs(&missing, &nets),
+        Err(NetworkError::UnknownNetwork(_))
+    ));
+    let bad = task("x", &[("e", "10.0.1.5")]);
+    assert!(matches!(
+        attachment_specs(&bad, &nets),
+        Err(NetworkError::BadAddress { .. })
+    ));
+}
+
+// ---- the real thing
+
+fn sh(args: &[&str]) -> String {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two node namespaces on a bridge (10.99.x.1 and .2, the bridge namespace is .254), removed
+/// with everything pinned on drop.
+struct Topology {
+    prefix: String,
+    subnet: u8,
+    dir: tempfile::TempDir,
+    pins: Vec<PathBuf>,
+}
+
+impl Topology {
+    fn new() -> Topology {
+        let r: u32 = rand::random();
+        let prefix = format!("swt{:06x}", r & 0xff_ffff);
+        let subnet = 100 + (r >> 24) as u8 % 100;
+        let t = Topology {
+            prefix,
+            subnet,
+            dir: tempfile::tempdir().unwrap(),
+            pins: Vec::new(),
+        };
+        let ul = t.ns("ul");
+        sh(&["ip", "netns", "add", &ul]);
+        sh(&["ip", "-n", &ul, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ul,
+            "addr",
+            "add",
+            &t.underlay_addr(254, 24),
+            "dev",
+            "br0",
+        ]);
+        sh(&["ip", "-n", &ul, "link", "set", "br0", "up"]);
+        for i in [1u8, 2] {
+            let ns = t.ns(&format!("n{i}"));
+            sh(&["ip", "netns", "add", &ns]);
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            let v = format!("v{i}");
+            sh(&[
+                "ip", "-n", &ul, "link", "add", &v, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ]);
+            sh(&["ip", "-n", &ul, "link", "set", &v, "master", "br0", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &t.underlay_addr(i, 24),
+                "dev",
+                "eth0",
+            ]);
+            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        }
+        t
+    }
+
+    fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    fn ns_path(&self, name: &str) -> PathBuf {
+        PathBuf::from("/run/netns").join(self.ns(name))
+    }
+
+    fn underlay_ip(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 99, self.subnet, host)
+    }
+
+    fn underlay_addr(&self, host: u8, len: u8) -> String {
+        format!("{}/{len}", self.underlay_ip(host))
+    }
+
+    fn bpf_dir(&mut self, node: &str) -> PathBuf {
+        let d = PathBuf::from("/sys/fs/bpf").join(format!("{}-{node}", self.prefix));
+        self.pins.push(d.clone());
+        d
+    }
+
+    fn netns_dir(&self) -> PathBuf {
+        self.dir.path().join("netns")
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for t in crate::netns::list(&self.netns_dir()) {
+            let _ = crate::netns::remove(&self.netns_dir().join(t));
+        }
+        for n in ["n1", "n2", "ul"] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.ns(n)])
+                .status();
+        }
+        for p in &self.pins {
+            let _ = dataplane::remove_pins(p);
+        }
+    }
+}
+
+/// Runs `f` on a thread inside the namespace at `ns`, with a runtime of its own there.
+fn in_ns<T: Send + 'static, F, Fut>(ns: &Path, f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let ns = std::fs::File::open(ns).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread only.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+    .join()
+    .unwrap()
+}
+
+/// A TCP echo server in `ns` on `addr`; returns once it listens. Serves `n` connections.
+fn echo_server(ns: &Path, addr: SocketAddr, n: usize) -> std::thread::JoinHandle<Vec<SocketAddr>> {
+    let ns = std::fs::File::open(ns).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        // SAFETY: setns on this thread only.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let l = TcpListener::bind(addr).unwrap();
+        tx.send(()).unwrap();
+        let mut peers = Vec::new();
+        for _ in 0..n {
+            let (mut s, peer) = l.accept().unwrap();
+            peers.push(peer);
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => {
+                        if s.write_all(&buf[..k]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        peers
+    });
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    h
+}
+
+/// Connects from `ns` to `to`, sends `len` bytes and reads them back; the result says what
+/// went wrong.
+fn echo_through(ns: &Path, to: SocketAddr, len: usize) -> Result<(), String> {
+    let ns = std::fs::File::open(ns).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread only.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+            .map_err(|e| format!("connect {to}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let writer = {
+            let mut w = s.try_clone().unwrap();
+            let data = data.clone();
+            std::thread::spawn(move || {
+                let _ = w.write_all(&data);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            })
+        };
+        let mut back = Vec::with_capacity(len);
+        s.read_to_end(&mut back).map_err(|e| format!("read: {e}"))?;
+        writer.join().unwrap();
+        if back != data {
+            return Err(format!(
+                "got {} bytes back of {len}, or different ones",
+                back.len()
+            ));
+        }
+        Ok(())
+    })
+    .join()
+    .unwrap()
+}
+
+fn ping(ns: &Path, to: &str, size: usize) -> bool {
+    std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args([
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            &size.to_string(),
+            to,
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn overlay_delivers_locally_and_across_nodes_isolates_networks_and_masquerades() {
+    let mut topo = Topology::new();
+    let a_dir = topo.bpf_dir("a");
+    let b_dir = topo.bpf_dir("b");
+    let (a_ip, b_ip) = (topo.underlay_ip(1), topo.underlay_ip(2));
+    let world = topo.underlay_ip(254);
+    let netns_dir = topo.netns_dir();
+
+    let red = net("red", 4096, "10.0.1.0/24", false);
+    let blue = net("blue", 4097, "10.0.2.0/24", true);
+    let eps = vec![
+        ep("a1", "red", "10.0.1.2", "A", &a_ip.to_string()),
+        ep("a2", "red", "10.0.1.3", "A", &a_ip.to_string()),
+        ep("b1", "red", "10.0.1.4", "B", &b_ip.to_string()),
+        ep("b1", "blue", "10.0.2.4", "B", &b_ip.to_string()),
+        ep("a3", "blue", "10.0.2.3", "A", &a_ip.to_string()),
+    ];
+    let msg = complete(vec![red.clone(), blue.clone()], eps);
+    let a_view = ViewHandle::default();
+    a_view.apply(msg.clone());
+    let b_view = ViewHandle::default();
+    b_view.apply(msg);
+
+    let tasks_a = vec![
+        task("a1", &[("red", "10.0.1.2/24")]),
+        task("a2", &[("red", "10.0.1.3/24")]),
+        task("a3", &[("blue", "10.0.2.3/24")]),
+    ];
+    let tasks_b = vec![task(
+        "b1",
+        &[("red", "10.0.1.4/24"), ("blue", "10.0.2.4/24")],
+    )];
+    let mut task_ns: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for t in tasks_a.iter().chain(&tasks_b) {
+        task_ns.insert(
+            t.id.clone(),
+            crate::netns::create(&netns_dir, &t.id).unwrap(),
+        );
+    }
+
+    let start = |node: &'static str,
+                 ns: PathBuf,
+                 dir: PathBuf,
+                 addr: Ipv4Addr,
+                 view: ViewHandle,
+                 tasks: Vec<Task>,
+                 task_ns: BTreeMap<String, PathBuf>| {
+        in_ns(&ns, move || async move {
+            let n = Networking::new(NetworkingConfig { bpf_dir: dir }, view);
+            n.start(node, addr, DEFAULT_VXLAN_PORT)
+                .await
+                .expect("start");
+            for t in &tasks {
+                n.attach(t, &task_ns[&t.id]).await.expect("attach");
+            }
+            n
+        })
+    };
+    let a: Arc<Networking> = start(
+        "A",
+        topo.ns_path("n1"),
+        a_dir.clone(),
+        a_ip,
+        a_view.clone(),
+        tasks_a.clone(),
+        task_ns.clone(),
+    );
+    let b: Arc<Networking> = start(
+        "B",
+        topo.ns_path("n2"),
+        b_dir.clone(),
+        b_ip,
+        b_view.clone(),
+        tasks_b.clone(),
+        task_ns.clone(),
+    );
+
+    // Same node, same network: TCP and ICMP.
+    let srv = echo_server(&task_ns["a2"], "10.0.1.3:7000".parse().unwrap(), 1);
+    echo_through(&task_ns["a1"], "10.0.1.3:7000".parse().unwrap(), 100_000).expect("local TCP");
+    srv.join().unwrap();
+    assert!(ping(&task_ns["a1"], "10.0.1.3", 56), "local ping");
+
+    // Across nodes: a 16 MiB transfer, and full-size packets (1450 bytes, DF set) both ways.
+    let srv = echo_server(&task_ns["b1"], "10.0.1.4:7001".parse().unwrap(), 1);
+    echo_through(&task_ns["a1"], "10.0.1.4:7001".parse().unwrap(), 16 << 20).expect("remote TCP");
+    let peers = srv.join().unwrap();
+    assert_eq!(
+        peers[0].ip().to_string(),
+        "10.0.1.2",
+        "the peer sees the task's own address"
+    );
+    assert!(
+        ping(&task_ns["a1"], "10.0.1.4", 1450 - 28),
+        "full-size ping across nodes"
+    );
+    assert!(
+        !ping(&task_ns["a1"], "10.0.1.4", 1451 - 28),
+        "oversized DF ping must not pass"
+    );
+
+    // Networks are apart: a1 (red only) cannot reach blue's tasks, local or remote; b1 is on
+    // both and reaches a3 on blue.
+    assert!(
+        !ping(&task_ns["a1"], "10.0.2.3", 56),
+        "red reached blue (local)"
+    );
+    assert!(
+        !ping(&task_ns["a1"], "10.0.2.4", 56),
+        "red reached blue (remote)"
+    );
+    assert!(
+        ping(&task_ns["b1"], "10.0.2.3", 56),
+        "a task on both networks reaches blue"
+    );
+    assert!(ping(&task_ns["b1"], "10.0.1.2", 56), "and red");
+
+    // Leaving the cluster: red is not internal, the world sees node A's address.
+    let ul = topo.ns_path("ul");
+    let srv = echo_server(&ul, SocketAddr::new(world.into(), 7002), 1);
+    echo_through(&task_ns["a1"], SocketAddr::new(world.into(), 7002), 1000).expect("egress TCP");
+    let peers = srv.join().unwrap();
+    assert_eq!(
+        peers[0].ip(),
+        std::net::IpAddr::V4(a_ip),
+        "masqueraded to the node's address"
+    );
+    assert!(ping(&task_ns["a1"], &world.to_string(), 56), "egress ping");
+    // blue is internal: a3 has no default route, and one it adds itself does not help.
+    assert!(
+        !ping(&task_ns["a3"], &world.to_string(), 56),
+        "an internal network reached the world"
+    );
+    sh(&[
+        "nsenter",
+        &format!("--net={}", task_ns["a3"].display()),
+        "ip",
+        "route",
+        "add",
+        "default",
+        "dev",
+        "eth0",
+    ]);
+    assert!(
+        !ping(&task_ns["a3"], &world.to_string(), 56),
+        "an internal network reached the world"
+    );
+
+    // A task that goes away stops answering at once, and its peers notice nothing else.
+    in_ns(&topo.ns_path("n1"), {
+        let a = a.clone();
+        move || async move { a.detach("a2").await }
+    });
+    assert!(
+        !ping(&task_ns["a1"], "10.0.1.3", 56),
+        "a detached task still answers"
+    );
+    assert!(ping(&task_ns["a1"], "10.0.1.4", 56));
+
+    // Counters moved.
+    let stats = a.dataplane().unwrap().stats();
+    let red_a = stats[&4096];
+    assert!(red_a[stat::LOCAL_PACKETS] > 0, "{red_a:?}");
+    assert!(red_a[stat::TX_TUNNEL_PACKETS] > 0, "{red_a:?}");
+    assert!(red_a[stat::EGRESS_PACKETS] > 0, "{red_a:?}");
+    assert!(red_a[stat::DROP_NO_ENDPOINT] > 0, "{red_a:?}");
+    let blue_a = stats[&4097];
+    assert!(blue_a[stat::DROP_INTERNAL] > 0, "{blue_a:?}");
+    let red_b = b.dataplane().unwrap().stats()[&4096];
+    assert!(red_b[stat::RX_TUNNEL_PACKETS] > 0, "{red_b:?}");
+    drop((a, b));
+}
+
+#[test]
+fn a_spoofed_source_is_dropped() {
+    let mut topo = Topology::new();
+    let dir = topo.bpf_dir("a");
+    let a_ip = topo.underlay_ip(1);
+    let red = net("red", 4096, "10.0.1.0/24", false);
+    let view = ViewHandle::default();
+    view.apply(complete(
+        vec![red],
+        vec![
+            ep("s1", "red", "10.0.1.2", "A", &a_ip.to_string()),
+            ep("s2", "red", "10.0.1.3", "A", &a_ip.to_string()),
+        ],
+    ));
+    let netns_dir = topo.netns_dir();
+    let t1 = task("s1", &[("red", "10.0.1.2/24")]);
+    let t2 = task("s2", &[("red", "10.0.1.3/24")]);
+    let ns1 = crate::netns::create(&netns_dir, "s1").unwrap();
+    let ns2 = crate::netns::create(&netns_dir, "s2").unwrap();
+    let n = in_ns(&topo.ns_path("n1"), {
+        let (ns1, ns2) = (ns1.clone(), ns2.clone());
+        move || async move {
+            let n = Networking::new(NetworkingConfig { bpf_dir: dir }, view);
+            n.start("A", a_ip, DEFAULT_VXLAN_PORT).await.expect("start");
+            n.attach(&t1, &ns1).await.expect("attach");
+            n.attach(&t2, &ns2).await.expect("attach");
+            n
+        }
+    });
+    assert!(ping(&ns1, "10.0.1.3", 56));
+    // A second address on s1's interface that is not the task's: its packets are dropped.
+    sh(&[
+        "nsenter",
+        &format!("--net={}", ns1.display()),
+        "ip",
+        "addr",
+        "add",
+        "10.0.1.99/24",
+        "dev",
+        "eth0",
+    ]);
+    let ok = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns1.display()))
+        .args(["ping", "-c", "1", "-W", "1", "-I", "10.0.1.99", "10.0.1.3"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(!ok, "a spoofed source got through");
+    let s = n.dataplane().unwrap().stats()[&4096];
+    assert!(s[stat::DROP_SPOOFED] > 0, "{s:?}");
+}

@@ -1,0 +1,201 @@
+//! Keys and values of the maps the node's eBPF programs (`swarm-ebpf`) share with the agent.
+//!
+//! Conventions: every address and port is kept as the packet carries it (network byte order),
+//! in a native integer: `u32::from_ne_bytes(ip.octets())`, `u16::from_ne_bytes(port.to_be_bytes())`.
+//! Layouts are `#[repr(C)]` with explicit padding, so that both sides agree byte for byte.
+#![no_std]
+
+/// Map names (pinned under the agent's bpffs directory, so they survive an agent restart).
+pub mod maps {
+    pub const NODE: &str = "SWARM_NODE";
+    pub const IFACES: &str = "SWARM_IFACES";
+    pub const ENDPOINTS: &str = "SWARM_ENDPOINTS";
+    pub const SUBNETS: &str = "SWARM_SUBNETS";
+    pub const NET_STATS: &str = "SWARM_NET_STATS";
+    pub const SNAT_OUT: &str = "SWARM_SNAT_OUT";
+    pub const SNAT_IN: &str = "SWARM_SNAT_IN";
+}
+
+/// Program names in the object file.
+pub mod programs {
+    /// tc ingress of a task's host-side veth: everything the task sends.
+    pub const FROM_CONTAINER: &str = "from_container";
+    /// tc ingress of the node's VXLAN device: everything other nodes send to local tasks.
+    pub const FROM_OVERLAY: &str = "from_overlay";
+    /// tc ingress of the node's underlay interface: replies to masqueraded egress traffic.
+    pub const FROM_UPLINK: &str = "from_uplink";
+}
+
+/// Entries of the maps.
+pub mod limits {
+    pub const IFACES: u32 = 4096;
+    pub const ENDPOINTS: u32 = 262_144;
+    pub const SUBNETS: u32 = 4096;
+    pub const NET_STATS: u32 = 4096;
+    pub const SNAT: u32 = 131_072;
+}
+
+/// The node, in `NODE[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The node's data-path address: VXLAN source, and the address egress traffic is
+    /// translated to.
+    pub addr: u32,
+    /// The node's VXLAN device (metadata mode).
+    pub vxlan_ifindex: u32,
+    /// The interface with `addr`: masqueraded traffic leaves through it.
+    pub uplink_ifindex: u32,
+    /// Source ports for masqueraded egress (network order not needed: host order here).
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// 1 once the agent has filled the maps in.
+    pub ready: u32,
+    pub _pad: u32,
+}
+
+/// `IFACES[host-side veth ifindex]`: one task's attachment to one network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Iface {
+    pub vni: u32,
+    /// The task's address on the network.
+    pub addr: u32,
+    /// `IFACE_*` flags.
+    pub flags: u32,
+    /// MAC of the task's side (`ethN` in the task).
+    pub mac: [u8; 6],
+    /// MAC of the host side (what the ARP responder answers with).
+    pub host_mac: [u8; 6],
+}
+
+/// The network is `--internal`: no traffic leaves the cluster.
+pub const IFACE_INTERNAL: u32 = 1;
+
+/// `ENDPOINTS[(vni, addr)]`: where a task address lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    pub vni: u32,
+    pub addr: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Data-path address of the node the task runs on; 0 = this node.
+    pub node_addr: u32,
+    /// Local tasks: the host-side veth.
+    pub ifindex: u32,
+    /// Local tasks: MAC of the task's side.
+    pub mac: [u8; 6],
+    /// Local tasks: MAC of the host side.
+    pub host_mac: [u8; 6],
+}
+
+/// `SUBNETS` (LPM trie, key = prefix length + address): every overlay subnet the node
+/// knows, to the VNI. Traffic into a subnet of another network is dropped, never sent out.
+pub type SubnetValue = u32;
+
+/// `NET_STATS[vni]` (per CPU): packet and byte counters of one network on this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    pub c: [u64; stat::COUNT],
+}
+
+/// Indexes into [`NetStats::c`].
+pub mod stat {
+    /// Delivered from a local task to a local task.
+    pub const LOCAL_PACKETS: usize = 0;
+    pub const LOCAL_BYTES: usize = 1;
+    /// Sent through the tunnel to another node.
+    pub const TX_TUNNEL_PACKETS: usize = 2;
+    pub const TX_TUNNEL_BYTES: usize = 3;
+    /// Received through the tunnel and delivered to a local task.
+    pub const RX_TUNNEL_PACKETS: usize = 4;
+    pub const RX_TUNNEL_BYTES: usize = 5;
+    /// Sent outside the cluster (masqueraded).
+    pub const EGRESS_PACKETS: usize = 6;
+    pub const EGRESS_BYTES: usize = 7;
+    /// Replies from outside delivered back to a task.
+    pub const INGRESS_PACKETS: usize = 8;
+    pub const INGRESS_BYTES: usize = 9;
+    /// Dropped: source address not the task's own.
+    pub const DROP_SPOOFED: usize = 10;
+    /// Dropped: no such endpoint on the network (or another network's subnet).
+    pub const DROP_NO_ENDPOINT: usize = 11;
+    /// Dropped: from the tunnel with a source the sending node does not host.
+    pub const DROP_BAD_SOURCE: usize = 12;
+    /// Dropped: an internal network's task tried to leave the cluster.
+    pub const DROP_INTERNAL: usize = 13;
+    /// Dropped: could not be masqueraded (no free port, fragment, no route).
+    pub const DROP_EGRESS: usize = 14;
+    pub const COUNT: usize = 15;
+    /// Names for metrics, in index order.
+    pub const NAMES: [&str; COUNT] = [
+        "local_packets",
+        "local_bytes",
+        "tx_tunnel_packets",
+        "tx_tunnel_bytes",
+        "rx_tunnel_packets",
+        "rx_tunnel_bytes",
+        "egress_packets",
+        "egress_bytes",
+        "ingress_packets",
+        "ingress_bytes",
+        "drop_spoofed",
+        "drop_no_endpoint",
+        "drop_bad_source",
+        "drop_internal",
+        "drop_egress",
+    ];
+}
+
+/// A flow: addresses and ports as the packet carries them, plus the IP protocol. ICMP echo
+/// uses the identifier as both ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `SNAT_OUT[task → world flow]`: the port the node translated it to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatOut {
+    /// Network order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+
+/// `SNAT_IN[world → node flow]`: the task the reply goes back to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatIn {
+    pub addr: u32,
+    /// Network order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+    /// The task's host-side veth.
+    pub ifindex: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain `#[repr(C)]` integers and byte arrays without implicit padding.
+    unsafe impl aya::Pod for NodeConfig {}
+    unsafe impl aya::Pod for Iface {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for NetStats {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for SnatOut {}
+    unsafe impl aya::Pod for SnatIn {}
+}

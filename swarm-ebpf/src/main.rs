@@ -1,0 +1,42 @@
+//! The node's eBPF data plane. One object, several programs sharing the maps of [`maps`]:
+//!
+//! - `from_container` (tc ingress of each task's host-side veth): ARP answers, source check,
+//!   delivery to a local task (redirect into its namespace), to a remote task (tunnel key +
+//!   redirect to the VXLAN device), or out of the cluster (masquerade to the node's address);
+//! - `from_overlay` (tc ingress of the VXLAN device): VNI + destination → a local task;
+//!   anything else is dropped;
+//! - `from_uplink` (tc ingress of the underlay interface): replies to masqueraded traffic
+//!   back to their task; everything else goes on to the kernel.
+//!
+//! Helpers are split by concern, as in Cilium's bpf/lib: [`pkt`] (bounded header access),
+//! [`arp`], [`overlay`] (endpoints, delivery, tunnel), [`nat`] (masquerade), [`stats`].
+//! Built only for the bpf target; on the host this crate is an empty program.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod arp;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod nat;
+#[cfg(target_arch = "bpf")]
+mod overlay;
+#[cfg(target_arch = "bpf")]
+mod pkt;
+#[cfg(target_arch = "bpf")]
+mod programs;
+#[cfg(target_arch = "bpf")]
+mod stats;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here; there is nothing to unwind to.
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    // The programs exist for bpfel-unknown-none only (swarm-agent's build script builds them).
+}
