@@ -14,6 +14,15 @@ pub mod maps {
     pub const NET_STATS: &str = "SWARM_NET_STATS";
     pub const SNAT_OUT: &str = "SWARM_SNAT_OUT";
     pub const SNAT_IN: &str = "SWARM_SNAT_IN";
+    pub const SERVICES: &str = "SWARM_SERVICES";
+    pub const BACKENDS: &str = "SWARM_BACKENDS";
+    pub const RR: &str = "SWARM_RR";
+    pub const NETNS_NETS: &str = "SWARM_NETNS_NETS";
+    pub const DNS_PORTS: &str = "SWARM_DNS_PORTS";
+    pub const SOCK_LB: &str = "SWARM_SOCK_LB";
+    pub const CT: &str = "SWARM_CT";
+    pub const CT_REV: &str = "SWARM_CT_REV";
+    pub const LB_STATS: &str = "SWARM_LB_STATS";
 }
 
 /// Program names in the object file.
@@ -24,6 +33,27 @@ pub mod programs {
     pub const FROM_OVERLAY: &str = "from_overlay";
     /// tc ingress of the node's underlay interface: replies to masqueraded egress traffic.
     pub const FROM_UPLINK: &str = "from_uplink";
+    /// cgroup/connect4 on the node's container cgroup: TCP to a VIP goes to a backend,
+    /// 127.0.0.11:53 to the task's resolver port.
+    pub const CONNECT4: &str = "sock_connect4";
+    /// cgroup/sendmsg4: unconnected UDP to 127.0.0.11:53.
+    pub const SENDMSG4: &str = "sock_sendmsg4";
+    /// cgroup/recvmsg4: the resolver's answers appear to come from port 53.
+    pub const RECVMSG4: &str = "sock_recvmsg4";
+    /// cgroup/getpeername4: a load-balanced socket's peer is the VIP.
+    pub const GETPEERNAME4: &str = "sock_getpeername4";
+    /// cgroup_skb/egress and ingress: packet and byte counters of load-balanced sockets.
+    pub const SKB_EGRESS: &str = "skb_egress";
+    pub const SKB_INGRESS: &str = "skb_ingress";
+    /// The cgroup programs with their attach points, in attach order.
+    pub const CGROUP: [&str; 6] = [
+        CONNECT4,
+        SENDMSG4,
+        RECVMSG4,
+        GETPEERNAME4,
+        SKB_EGRESS,
+        SKB_INGRESS,
+    ];
 }
 
 /// Entries of the maps.
@@ -33,7 +63,19 @@ pub mod limits {
     pub const SUBNETS: u32 = 4096;
     pub const NET_STATS: u32 = 4096;
     pub const SNAT: u32 = 131_072;
+    pub const SERVICES: u32 = 65_536;
+    pub const BACKENDS: u32 = 524_288;
+    pub const NETNS_NETS: u32 = 16_384;
+    pub const DNS_PORTS: u32 = 4096;
+    pub const SOCK_LB: u32 = 131_072;
+    pub const CT: u32 = 131_072;
+    pub const LB_STATS: u32 = 262_144;
 }
+
+/// 127.0.0.11, where tasks find their resolver.
+pub const DNS_ADDR: u32 = u32::from_ne_bytes([127, 0, 0, 11]);
+/// Port 53 as a packet carries it.
+pub const DNS_PORT: u16 = 53u16.to_be();
 
 /// The node, in `NODE[0]`.
 #[repr(C)]
@@ -67,6 +109,9 @@ pub struct Iface {
     pub mac: [u8; 6],
     /// MAC of the host side (what the ARP responder answers with).
     pub host_mac: [u8; 6],
+    /// Cookie of the task's network namespace (`SO_NETNS_COOKIE`): the socket hooks know a
+    /// task by it.
+    pub netns_cookie: u64,
 }
 
 /// The network is `--internal`: no traffic leaves the cluster.
@@ -186,6 +231,92 @@ pub struct SnatIn {
     pub ifindex: u32,
 }
 
+/// `SERVICES[vip]`: one service on one network (endpoint mode vip).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Index of this (service, network) in BACKENDS, RR and LB_STATS, chosen by the agent
+    /// (below `limits::SERVICES`).
+    pub id: u32,
+    /// The network the VIP is on: only its tasks may use it.
+    pub vni: u32,
+    /// Backends to choose from: BACKENDS[(id, 0..count)]. Stopping tasks are not among them
+    /// (weight 0); 0 = none.
+    pub count: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub id: u32,
+    pub slot: u32,
+}
+
+/// `NETNS_NETS[(netns cookie, vni)]` = the task's address there: which networks a task's
+/// sockets may reach VIPs on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetnsNet {
+    pub cookie: u64,
+    pub vni: u32,
+    pub _pad: u32,
+}
+
+/// `DNS_PORTS[netns cookie]`: where the agent's resolver listens inside the task (on
+/// 127.0.0.11), per transport, in network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsPorts {
+    pub udp: u16,
+    pub tcp: u16,
+}
+
+/// `SOCK_LB[socket cookie]`: a TCP socket connect4 sent to a backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockLb {
+    pub vip: u32,
+    pub backend: u32,
+    pub id: u32,
+    /// Network order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// `CT[task → VIP flow]`: the backend the tc program chose for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub backend: u32,
+    pub id: u32,
+}
+
+/// `CT_REV[backend → task flow]`: the VIP the replies must appear to come from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtRev {
+    pub vip: u32,
+    pub id: u32,
+}
+
+/// `LB_STATS[(id, backend address)]` per CPU, and `LB_STATS[(id, 0)]` for the whole service:
+/// connections (TCP connects, new UDP/tc flows), packets and bytes both ways.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LbStatsKey {
+    pub id: u32,
+    pub backend: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbStats {
+    pub connections: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -198,4 +329,13 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for SnatOut {}
     unsafe impl aya::Pod for SnatIn {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for NetnsNet {}
+    unsafe impl aya::Pod for DnsPorts {}
+    unsafe impl aya::Pod for SockLb {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for CtRev {}
+    unsafe impl aya::Pod for LbStatsKey {}
+    unsafe impl aya::Pod for LbStats {}
 }

@@ -6,16 +6,21 @@
 //! - `from_overlay` (tc ingress of the VXLAN device): VNI + destination → a local task;
 //!   anything else is dropped;
 //! - `from_uplink` (tc ingress of the underlay interface): replies to masqueraded traffic
-//!   back to their task; everything else goes on to the kernel.
+//!   back to their task; everything else goes on to the kernel;
+//! - socket hooks on the node's container cgroup ([`sock`]): VIP → backend at connect time,
+//!   127.0.0.11:53 → the task's resolver port, and load-balancing counters.
 //!
 //! Helpers are split by concern, as in Cilium's bpf/lib: [`pkt`] (bounded header access),
-//! [`arp`], [`overlay`] (endpoints, delivery, tunnel), [`nat`] (masquerade), [`stats`].
+//! [`arp`], [`overlay`] (endpoints, delivery, tunnel), [`nat`] (masquerade), [`lb`] (service
+//! load balancing and its connection tracking), [`stats`].
 //! Built only for the bpf target; on the host this crate is an empty program.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod arp;
+#[cfg(target_arch = "bpf")]
+mod lb;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
@@ -26,6 +31,8 @@ mod overlay;
 mod pkt;
 #[cfg(target_arch = "bpf")]
 mod programs;
+#[cfg(target_arch = "bpf")]
+mod sock;
 #[cfg(target_arch = "bpf")]
 mod stats;
 

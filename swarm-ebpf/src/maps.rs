@@ -3,10 +3,10 @@
 
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::lpm_trie::LpmTrie;
-use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuHashMap};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap};
 use swarm_ebpf_common::{
-    limits, Endpoint, EndpointKey, FlowKey, Iface, NetStats, NodeConfig, SnatIn, SnatOut,
-    SubnetValue,
+    limits, BackendKey, CtEntry, CtRev, DnsPorts, Endpoint, EndpointKey, FlowKey, Iface, LbStats,
+    LbStatsKey, NetStats, NetnsNet, NodeConfig, Service, SnatIn, SnatOut, SockLb, SubnetValue,
 };
 
 #[map(name = "SWARM_NODE")]
@@ -29,6 +29,36 @@ pub static SNAT_OUT: LruHashMap<FlowKey, SnatOut> = LruHashMap::pinned(limits::S
 
 #[map(name = "SWARM_SNAT_IN")]
 pub static SNAT_IN: LruHashMap<FlowKey, SnatIn> = LruHashMap::pinned(limits::SNAT, 0);
+
+#[map(name = "SWARM_SERVICES")]
+pub static SERVICES: HashMap<u32, Service> = HashMap::pinned(limits::SERVICES, 0);
+
+/// Round-robin position of each service id, per CPU.
+#[map(name = "SWARM_RR")]
+pub static RR: PerCpuArray<u32> = PerCpuArray::pinned(limits::SERVICES, 0);
+
+#[map(name = "SWARM_BACKENDS")]
+pub static BACKENDS: HashMap<BackendKey, u32> = HashMap::pinned(limits::BACKENDS, 0);
+
+#[map(name = "SWARM_NETNS_NETS")]
+pub static NETNS_NETS: HashMap<NetnsNet, u32> = HashMap::pinned(limits::NETNS_NETS, 0);
+
+#[map(name = "SWARM_DNS_PORTS")]
+pub static DNS_PORTS: HashMap<u64, DnsPorts> = HashMap::pinned(limits::DNS_PORTS, 0);
+
+#[map(name = "SWARM_SOCK_LB")]
+pub static SOCK_LB: LruHashMap<u64, SockLb> = LruHashMap::pinned(limits::SOCK_LB, 0);
+
+#[map(name = "SWARM_CT")]
+pub static CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(limits::CT, 0);
+
+#[map(name = "SWARM_CT_REV")]
+pub static CT_REV: LruHashMap<FlowKey, CtRev> = LruHashMap::pinned(limits::CT, 0);
+
+/// Per CPU and LRU: counters of backends long gone age out on their own.
+#[map(name = "SWARM_LB_STATS")]
+pub static LB_STATS: LruPerCpuHashMap<LbStatsKey, LbStats> =
+    LruPerCpuHashMap::pinned(limits::LB_STATS, 0);
 
 /// The node's configuration (zeroed until the agent wrote it).
 #[inline(always)]

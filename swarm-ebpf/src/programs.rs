@@ -9,7 +9,7 @@ use swarm_ebpf_common::{stat, IFACE_INTERNAL};
 
 use crate::maps::{node, IFACES, SUBNETS};
 use crate::pkt::{eth, ipv4, ETH_P_ARP, ETH_P_IP};
-use crate::{arp, nat, overlay, stats};
+use crate::{arp, lb, nat, overlay, stats};
 
 /// Everything a task sends, at the tc ingress of its host-side veth.
 #[classifier]
@@ -45,9 +45,20 @@ pub fn from_container(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT as i32;
     }
     let len = ctx.len();
+    // A VIP the socket hooks did not translate (UDP, mostly): to a backend now.
+    let mut ip = ip;
+    match lb::dnat(&ctx, &ip, iface.vni) {
+        lb::Dnat::NotVip => {}
+        lb::Dnat::To(backend) => ip.daddr = backend,
+        lb::Dnat::Drop => {
+            stats::drop(iface.vni, stat::DROP_NO_ENDPOINT);
+            return TC_ACT_SHOT as i32;
+        }
+    }
     if let Some(ep) = overlay::endpoint(iface.vni, ip.daddr) {
         if ep.node_addr == 0 {
             stats::count(iface.vni, stat::LOCAL_PACKETS, len);
+            lb::reverse(&ctx, &ip);
             return overlay::deliver_local(&ctx, ep);
         }
         return overlay::tunnel(&ctx, node, iface.vni, ep, len);
@@ -113,7 +124,9 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
         }
     }
     stats::count(vni, stat::RX_TUNNEL_PACKETS, ctx.len());
-    overlay::deliver_local(&ctx, dst)
+    let dst = *dst;
+    lb::reverse(&ctx, &ip);
+    overlay::deliver_local(&ctx, &dst)
 }
 
 /// The underlay interface's ingress: replies to masqueraded traffic.

@@ -13,11 +13,15 @@ use std::sync::Mutex;
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuHashMap, PerCpuValues};
+use aya::programs::cgroup_skb::CgroupSkbAttachType;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
+use aya::programs::{CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use swarm_ebpf_common::{maps, programs, stat, Endpoint, EndpointKey, Iface, NetStats, NodeConfig};
+use swarm_ebpf_common::{
+    maps, programs, stat, BackendKey, DnsPorts, Endpoint, EndpointKey, Iface, LbStats, LbStatsKey,
+    NetStats, NetnsNet, NodeConfig, Service,
+};
 
 /// The programs, built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/swarm"));
@@ -34,12 +38,12 @@ pub enum DataplaneError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("loading the eBPF programs (pinned maps under {dir}): {source}; if the maps were pinned by an incompatible agent version, remove {dir} (tasks lose connectivity until their agent re-adds them)")]
+    #[error("loading the eBPF programs (pinned maps under {dir}): {}; if the maps were pinned by an incompatible agent version, remove {dir} (tasks lose connectivity until their agent re-adds them)", chain(.source.as_ref()))]
     Load {
         dir: PathBuf,
         source: Box<aya::EbpfError>,
     },
-    #[error("eBPF program {name}: {source}")]
+    #[error("eBPF program {name}: {}", chain(.source))]
     Program {
         name: &'static str,
         source: ProgramError,
@@ -48,7 +52,7 @@ pub enum DataplaneError {
         "eBPF object has no {0}: the agent and its programs do not match; rebuild swarm-agent"
     )]
     Missing(&'static str),
-    #[error("eBPF map {name}: {source}")]
+    #[error("eBPF map {name}: {}", chain(.source))]
     Map {
         name: &'static str,
         source: MapError,
@@ -69,6 +73,18 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> D
     }
 }
 
+/// An error with its sources, for messages.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
@@ -79,11 +95,30 @@ struct Maps {
     endpoints: BpfHashMap<MapData, EndpointKey, Endpoint>,
     subnets: LpmTrie<MapData, [u8; 4], u32>,
     stats: PerCpuHashMap<MapData, u32, NetStats>,
+    services: BpfHashMap<MapData, u32, Service>,
+    backends: BpfHashMap<MapData, BackendKey, u32>,
+    netns_nets: BpfHashMap<MapData, NetnsNet, u32>,
+    dns_ports: BpfHashMap<MapData, u64, DnsPorts>,
+    lb_stats: PerCpuHashMap<MapData, LbStatsKey, LbStats>,
 }
+
+/// What this agent last wrote into the maps it alone writes, so that updates are diffs
+/// against memory instead of walks over the maps. Read from the maps once at load.
+#[derive(Default)]
+struct Shadow {
+    endpoints: BTreeMap<EndpointKey, Endpoint>,
+    /// vip → (service, its backends in slot order)
+    services: BTreeMap<u32, (Service, Vec<u32>)>,
+    netns_nets: BTreeMap<NetnsNet, u32>,
+}
+
+/// One load-balanced VIP as the agent wants it.
+pub type ServiceEntry = (Service, Vec<u32>);
 
 struct Inner {
     ebpf: Ebpf,
     maps: Maps,
+    shadow: Shadow,
 }
 
 /// The loaded data plane. Cheap calls, all synchronous (map updates are system calls).
@@ -170,6 +205,17 @@ impl Dataplane {
             p.load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
+        for name in programs::CGROUP {
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Missing(name))?;
+            let loaded = match prog {
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
+                aya::programs::Program::CgroupSkb(p) => p.load(),
+                _ => return Err(DataplaneError::Missing(name)),
+            };
+            loaded.map_err(|source| DataplaneError::Program { name, source })?;
+        }
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
         let node = take(maps::NODE)?;
@@ -177,16 +223,45 @@ impl Dataplane {
         let endpoints = take(maps::ENDPOINTS)?;
         let subnets = take(maps::SUBNETS)?;
         let stats = take(maps::NET_STATS)?;
+        let services = take(maps::SERVICES)?;
+        let backends = take(maps::BACKENDS)?;
+        let netns_nets = take(maps::NETNS_NETS)?;
+        let dns_ports = take(maps::DNS_PORTS)?;
+        let lb_stats = take(maps::LB_STATS)?;
         let maps = Maps {
             node: Array::try_from(node).map_err(map_err(maps::NODE))?,
             ifaces: BpfHashMap::try_from(ifaces).map_err(map_err(maps::IFACES))?,
             endpoints: BpfHashMap::try_from(endpoints).map_err(map_err(maps::ENDPOINTS))?,
             subnets: LpmTrie::try_from(subnets).map_err(map_err(maps::SUBNETS))?,
             stats: PerCpuHashMap::try_from(stats).map_err(map_err(maps::NET_STATS))?,
+            services: BpfHashMap::try_from(services).map_err(map_err(maps::SERVICES))?,
+            backends: BpfHashMap::try_from(backends).map_err(map_err(maps::BACKENDS))?,
+            netns_nets: BpfHashMap::try_from(netns_nets).map_err(map_err(maps::NETNS_NETS))?,
+            dns_ports: BpfHashMap::try_from(dns_ports).map_err(map_err(maps::DNS_PORTS))?,
+            lb_stats: PerCpuHashMap::try_from(lb_stats).map_err(map_err(maps::LB_STATS))?,
+        };
+        // What an earlier agent left in the maps.
+        let backends_now: BTreeMap<BackendKey, u32> = maps.backends.iter().flatten().collect();
+        let shadow = Shadow {
+            endpoints: maps.endpoints.iter().flatten().collect(),
+            services: maps
+                .services
+                .iter()
+                .flatten()
+                .map(|(vip, svc)| {
+                    let list = (0..svc.count)
+                        .filter_map(|slot| {
+                            backends_now.get(&BackendKey { id: svc.id, slot }).copied()
+                        })
+                        .collect();
+                    (vip, (svc, list))
+                })
+                .collect(),
+            netns_nets: maps.netns_nets.iter().flatten().collect(),
         };
         Ok(Dataplane {
             dir: dir.to_path_buf(),
-            inner: Mutex::new(Inner { ebpf, maps }),
+            inner: Mutex::new(Inner { ebpf, maps, shadow }),
         })
     }
 
@@ -240,7 +315,7 @@ impl Dataplane {
                             TcAttachType::Ingress,
                             TcAttachOptions::TcxOrder(LinkOrder::first()),
                         )
-                        .map_err(|e| attach_err(e.to_string()))?,
+                        .map_err(|e| attach_err(chain(&e)))?,
                 }
             }
             None => prog
@@ -249,12 +324,12 @@ impl Dataplane {
                     TcAttachType::Ingress,
                     TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
-                .map_err(|e| attach_err(e.to_string()))?,
+                .map_err(|e| attach_err(chain(&e)))?,
         };
-        let link = prog.take_link(id).map_err(|e| attach_err(e.to_string()))?;
+        let link = prog.take_link(id).map_err(|e| attach_err(chain(&e)))?;
         let fd: FdLink = link
             .try_into()
-            .map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
+            .map_err(|e: aya::programs::links::LinkError| attach_err(chain(&e)))?;
         let _ = std::fs::remove_file(&pin);
         fd.pin(&pin)
             .map_err(|e| attach_err(format!("pinning the link at {}: {e}", pin.display())))?;
@@ -316,36 +391,225 @@ impl Dataplane {
         let _ = self.lock().maps.ifaces.remove(&ifindex);
     }
 
+    /// What ENDPOINTS holds (as this agent wrote it).
     pub fn endpoints(&self) -> BTreeMap<EndpointKey, Endpoint> {
-        let inner = self.lock();
-        inner.maps.endpoints.iter().flatten().collect()
+        self.lock().shadow.endpoints.clone()
     }
 
     /// Brings ENDPOINTS to `want`: inserts what is missing or different, removes the rest.
-    /// Returns (written, removed).
+    /// Returns the keys removed.
     pub fn sync_endpoints(
         &self,
         want: &BTreeMap<EndpointKey, Endpoint>,
-    ) -> Result<(usize, usize), DataplaneError> {
-        let mut inner = self.lock();
-        let have: BTreeMap<EndpointKey, Endpoint> = inner.maps.endpoints.iter().flatten().collect();
-        let mut written = 0;
+    ) -> Result<Vec<EndpointKey>, DataplaneError> {
+        let inner = &mut *self.lock();
         for (k, v) in want {
-            if have.get(k) != Some(v) {
+            if inner.shadow.endpoints.get(k) != Some(v) {
                 inner
                     .maps
                     .endpoints
                     .insert(k, v, 0)
                     .map_err(map_err(maps::ENDPOINTS))?;
-                written += 1;
+                inner.shadow.endpoints.insert(*k, *v);
             }
         }
-        let mut removed = 0;
-        for k in have.keys().filter(|k| !want.contains_key(k)) {
+        let gone: Vec<EndpointKey> = inner
+            .shadow
+            .endpoints
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for k in &gone {
             let _ = inner.maps.endpoints.remove(k);
-            removed += 1;
+            inner.shadow.endpoints.remove(k);
         }
-        Ok((written, removed))
+        Ok(gone)
+    }
+
+    /// The load-balanced VIPs as this agent last wrote them (vip → service, backends).
+    pub fn services(&self) -> BTreeMap<u32, ServiceEntry> {
+        self.lock().shadow.services.clone()
+    }
+
+    /// Brings SERVICES and BACKENDS to `want`. For each VIP the new backends are written
+    /// before the count that makes them selectable, and slots past the new count are removed
+    /// only after it shrank, so a connect in between always finds a valid backend.
+    pub fn sync_services(&self, want: &BTreeMap<u32, ServiceEntry>) -> Result<(), DataplaneError> {
+        let inner = &mut *self.lock();
+        for (vip, (svc, list)) in want {
+            let old = inner.shadow.services.get(vip).cloned();
+            if old.as_ref() == Some(&(*svc, list.clone())) {
+                continue;
+            }
+            for (slot, addr) in list.iter().enumerate() {
+                let key = BackendKey {
+                    id: svc.id,
+                    slot: slot as u32,
+                };
+                let unchanged = old
+                    .as_ref()
+                    .is_some_and(|(o, l)| o.id == svc.id && l.get(slot) == Some(addr));
+                if !unchanged {
+                    inner
+                        .maps
+                        .backends
+                        .insert(key, addr, 0)
+                        .map_err(map_err(maps::BACKENDS))?;
+                }
+            }
+            let mut entry = *svc;
+            entry.count = list.len() as u32;
+            inner
+                .maps
+                .services
+                .insert(vip, entry, 0)
+                .map_err(map_err(maps::SERVICES))?;
+            if let Some((o, l)) = &old {
+                let from = if o.id == svc.id { list.len() } else { 0 };
+                for slot in from..l.len() {
+                    let _ = inner.maps.backends.remove(&BackendKey {
+                        id: o.id,
+                        slot: slot as u32,
+                    });
+                }
+            }
+            inner.shadow.services.insert(*vip, (entry, list.clone()));
+        }
+        let gone: Vec<u32> = inner
+            .shadow
+            .services
+            .keys()
+            .filter(|v| !want.contains_key(v))
+            .copied()
+            .collect();
+        for vip in gone {
+            let _ = inner.maps.services.remove(&vip);
+            if let Some((o, l)) = inner.shadow.services.remove(&vip) {
+                for slot in 0..l.len() {
+                    let _ = inner.maps.backends.remove(&BackendKey {
+                        id: o.id,
+                        slot: slot as u32,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings NETNS_NETS (which networks each local task's namespace may reach VIPs on) to
+    /// `want`.
+    pub fn sync_netns_nets(&self, want: &BTreeMap<NetnsNet, u32>) -> Result<(), DataplaneError> {
+        let inner = &mut *self.lock();
+        for (k, v) in want {
+            if inner.shadow.netns_nets.get(k) != Some(v) {
+                inner
+                    .maps
+                    .netns_nets
+                    .insert(k, v, 0)
+                    .map_err(map_err(maps::NETNS_NETS))?;
+                inner.shadow.netns_nets.insert(*k, *v);
+            }
+        }
+        let gone: Vec<NetnsNet> = inner
+            .shadow
+            .netns_nets
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            let _ = inner.maps.netns_nets.remove(&k);
+            inner.shadow.netns_nets.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Where the resolver of the task with namespace `cookie` listens.
+    pub fn set_dns_ports(&self, cookie: u64, ports: DnsPorts) -> Result<(), DataplaneError> {
+        self.lock()
+            .maps
+            .dns_ports
+            .insert(cookie, ports, 0)
+            .map_err(map_err(maps::DNS_PORTS))
+    }
+
+    pub fn remove_dns_ports(&self, cookie: u64) {
+        let _ = self.lock().maps.dns_ports.remove(&cookie);
+    }
+
+    /// The load-balancing counters, summed over the CPUs.
+    pub fn lb_stats(&self) -> BTreeMap<LbStatsKey, LbStats> {
+        let inner = self.lock();
+        inner
+            .maps
+            .lb_stats
+            .iter()
+            .flatten()
+            .map(|(k, per_cpu)| {
+                let mut sum = LbStats::default();
+                for s in per_cpu.iter() {
+                    sum.connections += s.connections;
+                    sum.packets += s.packets;
+                    sum.bytes += s.bytes;
+                }
+                (k, sum)
+            })
+            .collect()
+    }
+
+    /// Attaches the socket hooks and counters to the cgroup directory `cgroup` (cgroup v2;
+    /// every task's cgroup is below it) through pinned links (link attachments always allow
+    /// several programs; the mode flag must be 0 for them, hence `Single`). Links of an earlier agent are
+    /// replaced only after the new ones are in place, so no connect goes untranslated.
+    pub fn attach_cgroup(&self, cgroup: &Path) -> Result<(), DataplaneError> {
+        let dir = std::fs::File::open(cgroup).map_err(io_err("opening the cgroup", cgroup))?;
+        let inner = &mut *self.lock();
+        for name in programs::CGROUP {
+            let pin = self.dir.join("links").join(format!("cgroup-{name}"));
+            let old: Option<FdLink> = PinnedLink::from_pin(&pin).ok().and_then(|p| p.unpin().ok());
+            let attach_err = |reason: String| DataplaneError::Attach {
+                program: name,
+                iface: cgroup.display().to_string(),
+                reason,
+            };
+            let prog = inner
+                .ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Missing(name))?;
+            let link: FdLink = match prog {
+                aya::programs::Program::CgroupSockAddr(p) => {
+                    let id = p
+                        .attach(&dir, CgroupAttachMode::Single)
+                        .map_err(|e| attach_err(chain(&e)))?;
+                    p.take_link(id)
+                        .map_err(|e| attach_err(chain(&e)))?
+                        .try_into()
+                        .map_err(|e: aya::programs::links::LinkError| attach_err(chain(&e)))?
+                }
+                aya::programs::Program::CgroupSkb(p) => {
+                    let kind = if name == programs::SKB_EGRESS {
+                        CgroupSkbAttachType::Egress
+                    } else {
+                        CgroupSkbAttachType::Ingress
+                    };
+                    let id = p
+                        .attach(&dir, kind, CgroupAttachMode::Single)
+                        .map_err(|e| attach_err(chain(&e)))?;
+                    p.take_link(id)
+                        .map_err(|e| attach_err(chain(&e)))?
+                        .try_into()
+                        .map_err(|e: aya::programs::links::LinkError| attach_err(chain(&e)))?
+                }
+                _ => return Err(DataplaneError::Missing(name)),
+            };
+            let _ = std::fs::remove_file(&pin);
+            link.pin(&pin)
+                .map_err(|e| attach_err(format!("pinning the link at {}: {e}", pin.display())))?;
+            // Dropping the old link detaches the old program, now that the new one runs.
+            drop(old);
+        }
+        Ok(())
     }
 
     /// Brings SUBNETS to `want` (subnet address, prefix length → VNI).

@@ -22,10 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::{NetworkInfo, Task};
-use swarm_ebpf_common::{programs, Endpoint, EndpointKey, Iface, NodeConfig, IFACE_INTERNAL};
+use swarm_ebpf_common::{
+    programs, Endpoint, EndpointKey, Iface, NetnsNet, NodeConfig, Service, IFACE_INTERNAL,
+};
 use tokio::sync::watch;
 
-use dataplane::{Dataplane, DataplaneError};
+use dataplane::{Dataplane, DataplaneError, ServiceEntry};
 use plumbing::{AttachmentSpec, PlumbingError};
 use view::{NetworkView, ViewHandle};
 
@@ -63,6 +65,29 @@ pub enum NetworkError {
 pub struct NetworkingConfig {
     /// bpffs directory for the pinned maps and links.
     pub bpf_dir: PathBuf,
+    /// The cgroup v2 directory every task's cgroup is below: the socket hooks (service load
+    /// balancing, DNS interception) attach there. None: no socket hooks (tc still translates
+    /// VIP traffic, and tasks have no resolver at 127.0.0.11).
+    pub cgroup_dir: Option<PathBuf>,
+}
+
+/// The cgroup v2 directory of the parent cgroup `parent` (created if needed): under the
+/// unified hierarchy's mount point, wherever it is (`/sys/fs/cgroup` on a pure v2 host,
+/// `/sys/fs/cgroup/unified` on a hybrid one).
+pub fn cgroup2_dir(parent: &str) -> std::io::Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mount = info
+        .lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            post.starts_with("cgroup2 ")
+                .then(|| pre.split(' ').nth(4).map(PathBuf::from))
+                .flatten()
+        })
+        .ok_or_else(|| std::io::Error::other("no cgroup2 hierarchy is mounted"))?;
+    let dir = mount.join(parent.trim_matches('/'));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// The node's identity on the data path, known once it joined.
@@ -82,6 +107,9 @@ struct LocalAttachment {
 struct State {
     node: Option<NodeIdentity>,
     tasks: HashMap<String, Vec<LocalAttachment>>,
+    lb_ids: LbIds,
+    /// The ids of the pinned SERVICES map were taken over.
+    lb_adopted: bool,
 }
 
 pub struct Networking {
@@ -168,6 +196,118 @@ pub fn desired_subnets(view: &NetworkView) -> BTreeMap<([u8; 4], u8), u32> {
         .collect()
 }
 
+/// What NETNS_NETS should hold: for every local task interface, its namespace may reach the
+/// VIPs of that interface's network.
+pub fn desired_netns_nets(ifaces: &BTreeMap<u32, Iface>) -> BTreeMap<NetnsNet, u32> {
+    ifaces
+        .values()
+        .filter(|i| i.netns_cookie != 0)
+        .map(|i| {
+            (
+                NetnsNet {
+                    cookie: i.netns_cookie,
+                    vni: i.vni,
+                    _pad: 0,
+                },
+                i.addr,
+            )
+        })
+        .collect()
+}
+
+/// Ids of the load-balanced (service, network) pairs: indexes into BACKENDS, RR and LB_STATS.
+/// Stable for as long as the pair exists, across agent restarts too (taken over from the
+/// pinned SERVICES map on the first complete view).
+#[derive(Debug, Default)]
+pub struct LbIds {
+    by_key: BTreeMap<(String, String), u32>,
+}
+
+impl LbIds {
+    /// Takes over the ids an earlier agent gave the VIPs still in SERVICES.
+    pub fn adopt(&mut self, view: &NetworkView, services: &BTreeMap<u32, ServiceEntry>) {
+        for s in view.services.values() {
+            for v in &s.virtual_ips {
+                let Some((addr, _)) = parse_cidr(&v.addr) else {
+                    continue;
+                };
+                if let Some((svc, _)) = services.get(&be(addr)) {
+                    let key = (s.id.clone(), v.network_id.clone());
+                    if !self.by_key.values().any(|id| *id == svc.id) {
+                        self.by_key.entry(key).or_insert(svc.id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn get(&mut self, key: (String, String)) -> Option<u32> {
+        if let Some(id) = self.by_key.get(&key) {
+            return Some(*id);
+        }
+        let used: BTreeSet<u32> = self.by_key.values().copied().collect();
+        let id = (1..swarm_ebpf_common::limits::SERVICES).find(|i| !used.contains(i))?;
+        self.by_key.insert(key, id);
+        Some(id)
+    }
+
+    fn retain(&mut self, live: &BTreeSet<(String, String)>) {
+        self.by_key.retain(|k, _| live.contains(k));
+    }
+}
+
+/// What SERVICES/BACKENDS should hold: each VIP of a vip-mode service the node sees, with the
+/// addresses of the service's serving tasks on that VIP's network (in task id order).
+pub fn desired_services(view: &NetworkView, ids: &mut LbIds) -> BTreeMap<u32, ServiceEntry> {
+    let mut backends: BTreeMap<(&str, &str), Vec<(&str, u32)>> = BTreeMap::new();
+    for e in view.endpoints.values().filter(|e| e.serving) {
+        if let Ok(a) = e.address.parse::<Ipv4Addr>() {
+            backends
+                .entry((e.service_id.as_str(), e.network_id.as_str()))
+                .or_default()
+                .push((e.task_id.as_str(), be(a)));
+        }
+    }
+    let mut out = BTreeMap::new();
+    let mut live = BTreeSet::new();
+    for s in view.services.values() {
+        if s.endpoint_mode != proto::EndpointMode::Vip as i32 {
+            continue;
+        }
+        for v in &s.virtual_ips {
+            let (Some(net), Some((addr, _))) =
+                (view.networks.get(&v.network_id), parse_cidr(&v.addr))
+            else {
+                continue;
+            };
+            let key = (s.id.clone(), v.network_id.clone());
+            live.insert(key.clone());
+            let Some(id) = ids.get(key) else {
+                continue;
+            };
+            let mut list = backends
+                .get(&(s.id.as_str(), v.network_id.as_str()))
+                .cloned()
+                .unwrap_or_default();
+            list.sort();
+            out.insert(
+                be(addr),
+                (
+                    Service {
+                        id,
+                        vni: net.vni,
+                        count: list.len() as u32,
+                        _pad: 0,
+                    },
+                    list.into_iter().map(|(_, a)| a).collect(),
+                ),
+            );
+        }
+    }
+    ids.retain(&live);
+    out
+}
+
 /// The interfaces a task gets, in the order of its attachments.
 pub fn attachment_specs(
     task: &Task,
@@ -234,6 +374,8 @@ impl Networking {
             state: Mutex::new(State {
                 node: None,
                 tasks: HashMap::new(),
+                lb_ids: LbIds::default(),
+                lb_adopted: false,
             }),
             changed: tokio::sync::Notify::new(),
         })
@@ -267,6 +409,9 @@ impl Networking {
         let vxlan = plumbing::ensure_vxlan(&h, vxlan_port, mtu).await?;
         dp.attach_ingress(programs::FROM_OVERLAY, plumbing::VXLAN_DEVICE)?;
         dp.attach_ingress(programs::FROM_UPLINK, &uplink)?;
+        if let Some(cg) = &self.cfg.cgroup_dir {
+            dp.attach_cgroup(cg)?;
+        }
         dp.set_node(NodeConfig {
             addr: be(addr),
             vxlan_ifindex: vxlan,
@@ -311,6 +456,7 @@ impl Networking {
         let networks = self.wait_for_networks(task).await?;
         let specs = attachment_specs(task, &networks)?;
         let h = plumbing::handle()?;
+        let cookie = plumbing::netns_cookie(netns).await?;
         let mut made = Vec::new();
         let result: Result<(), NetworkError> = async {
             for (spec, net) in &specs {
@@ -327,6 +473,7 @@ impl Networking {
                         flags: if net.internal { IFACE_INTERNAL } else { 0 },
                         mac: plumbing::task_mac(spec.addr),
                         host_mac: host.mac,
+                        netns_cookie: cookie,
                     },
                 )?;
                 dp.attach_ingress(programs::FROM_CONTAINER, &spec.host_name)?;
@@ -404,8 +551,8 @@ impl Networking {
         let ifaces = dp.ifaces();
         let want = desired_endpoints(&view, &node.id, node.addr, &ifaces);
         match dp.sync_endpoints(&want) {
-            Ok((w, r)) if w + r > 0 => {
-                tracing::debug!(written = w, removed = r, "endpoints updated")
+            Ok(gone) if !gone.is_empty() => {
+                tracing::debug!(removed = gone.len(), "endpoints removed")
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("updating the endpoint map: {e}"),
@@ -416,6 +563,20 @@ impl Networking {
         let vnis: BTreeSet<u32> = view.networks.values().map(|n| n.vni).collect();
         if let Err(e) = dp.sync_stats(&vnis) {
             tracing::warn!("updating the network counters: {e}");
+        }
+        if let Err(e) = dp.sync_netns_nets(&desired_netns_nets(&ifaces)) {
+            tracing::warn!("updating the namespace scopes: {e}");
+        }
+        let services = {
+            let mut st = self.lock();
+            if !st.lb_adopted {
+                st.lb_ids.adopt(&view, &dp.services());
+                st.lb_adopted = true;
+            }
+            desired_services(&view, &mut st.lb_ids)
+        };
+        if let Err(e) = dp.sync_services(&services) {
+            tracing::warn!("updating the service map: {e}");
         }
     }
 

@@ -360,6 +360,45 @@ pub async fn interface_with(
     Ok((name, index, mtu_of(&l).unwrap_or(1500)))
 }
 
+/// The cookie of the network namespace at `netns` (what eBPF programs see as
+/// `bpf_get_netns_cookie`).
+pub async fn netns_cookie(netns: &Path) -> Result<u64, PlumbingError> {
+    in_netns(netns, |_h| async move { current_netns_cookie() }).await
+}
+
+/// The cookie of the calling thread's network namespace.
+pub fn current_netns_cookie() -> Result<u64, PlumbingError> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a plain socket whose fd we close; getsockopt into a u64 with its size.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(PlumbingError::Io {
+                what: "opening a socket to read the namespace cookie".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            &mut cookie as *mut u64 as *mut libc::c_void,
+            &mut len,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(PlumbingError::Io {
+                what: "reading SO_NETNS_COOKIE".into(),
+                source: err,
+            });
+        }
+        Ok(cookie)
+    }
+}
+
 /// Runs `f` with an rtnetlink handle inside the network namespace at `netns`, on a thread of
 /// its own (with a current-thread runtime), without blocking the caller's runtime.
 pub async fn in_netns<F, Fut, T>(netns: &Path, f: F) -> Result<T, PlumbingError>

@@ -108,6 +108,7 @@ fn endpoints_are_local_from_ifaces_and_remote_from_the_view() {
             flags: 0,
             mac: [2, 0x42, 10, 0, 1, 2],
             host_mac: [1; 6],
+            netns_cookie: 0,
         },
     );
     let want = desired_endpoints(&v, "me", "10.99.0.1".parse().unwrap(), &ifaces);
@@ -438,7 +439,13 @@ fn overlay_delivers_locally_and_across_nodes_isolates_networks_and_masquerades()
                  tasks: Vec<Task>,
                  task_ns: BTreeMap<String, PathBuf>| {
         in_ns(&ns, move || async move {
-            let n = Networking::new(NetworkingConfig { bpf_dir: dir }, view);
+            let n = Networking::new(
+                NetworkingConfig {
+                    bpf_dir: dir,
+                    cgroup_dir: None,
+                },
+                view,
+            );
             n.start(node, addr, DEFAULT_VXLAN_PORT)
                 .await
                 .expect("start");
@@ -585,7 +592,13 @@ fn a_spoofed_source_is_dropped() {
     let n = in_ns(&topo.ns_path("n1"), {
         let (ns1, ns2) = (ns1.clone(), ns2.clone());
         move || async move {
-            let n = Networking::new(NetworkingConfig { bpf_dir: dir }, view);
+            let n = Networking::new(
+                NetworkingConfig {
+                    bpf_dir: dir,
+                    cgroup_dir: None,
+                },
+                view,
+            );
             n.start("A", a_ip, DEFAULT_VXLAN_PORT).await.expect("start");
             n.attach(&t1, &ns1).await.expect("attach");
             n.attach(&t2, &ns2).await.expect("attach");
@@ -614,4 +627,382 @@ fn a_spoofed_source_is_dropped() {
     assert!(!ok, "a spoofed source got through");
     let s = n.dataplane().unwrap().stats()[&4096];
     assert!(s[stat::DROP_SPOOFED] > 0, "{s:?}");
+}
+
+/// A cgroup v2 directory for the test's client processes, removed on drop.
+struct TestCgroup(PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Ok(rd) = std::fs::read_dir(&self.0) {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Starts `python3 -c script` inside the network namespace `ns` and the cgroup `cg`, the way
+/// a task's process runs: its sockets meet the socket hooks.
+fn task_process(ns: &Path, cg: &Path, script: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let ns = std::fs::File::open(ns).unwrap();
+    let procs =
+        std::ffi::CString::new(cg.join("cgroup.procs").as_os_str().as_encoded_bytes()).unwrap();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-u", "-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only async-signal-safe calls (open, write, close, setns) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("python3")
+}
+
+fn output_of(child: std::process::Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "task process failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A server in `ns` answering every TCP connection on `port` with `name` (then closing) and
+/// every UDP datagram on `port` with `name:<datagram>`; runs until the namespace goes.
+fn name_server(ns: &Path, port: u16, name: &'static str) {
+    let ns = std::fs::File::open(ns).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread only.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let tcp = TcpListener::bind(("0.0.0.0", port)).unwrap();
+        let udp = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
+        tx.send(()).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let mut reply = format!("{name}:").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = udp.send_to(&reply, from);
+            }
+        });
+        for s in tcp.incoming() {
+            match s {
+                Ok(mut s) => {
+                    let _ = s.write_all(name.as_bytes());
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn vips_balance_tcp_round_robin_follow_udp_to_live_backends_scope_and_intercept_dns() {
+    let mut topo = Topology::new();
+    let a_dir = topo.bpf_dir("a");
+    let b_dir = topo.bpf_dir("b");
+    let (a_ip, b_ip) = (topo.underlay_ip(1), topo.underlay_ip(2));
+    let cg = TestCgroup(cgroup2_dir(&format!("{}-a", topo.prefix)).unwrap());
+    let client_cg = cg.0.join("c");
+    std::fs::create_dir_all(&client_cg).unwrap();
+    let netns_dir = topo.netns_dir();
+
+    let red = net("red", 4096, "10.0.1.0/24", false);
+    let blue = net("blue", 4097, "10.0.2.0/24", false);
+    let backend = |t: &str, a: &str, node: &str, addr: &Ipv4Addr| EndpointInfo {
+        service_id: "svc-web".into(),
+        service_name: "web".into(),
+        ..ep(t, "red", a, node, &addr.to_string())
+    };
+    let eps = vec![
+        ep("c", "red", "10.0.1.10", "A", &a_ip.to_string()),
+        backend("w1", "10.0.1.11", "A", &a_ip),
+        backend("w2", "10.0.1.12", "B", &b_ip),
+        ep("x", "blue", "10.0.2.10", "A", &a_ip.to_string()),
+    ];
+    let web = proto::ServiceInfo {
+        id: "svc-web".into(),
+        name: "web".into(),
+        endpoint_mode: proto::EndpointMode::Vip as i32,
+        virtual_ips: vec![proto::VirtualIp {
+            network_id: "red".into(),
+            addr: "10.0.1.100/24".into(),
+        }],
+        network_ids: vec!["red".into()],
+        ports: vec![],
+    };
+    let mut msg = complete(vec![red, blue], eps.clone());
+    msg.changes.push(NetworkStateChange {
+        change: Some(Change::Service(web)),
+    });
+    let a_view = ViewHandle::default();
+    a_view.apply(msg.clone());
+    let b_view = ViewHandle::default();
+    b_view.apply(msg);
+
+    let tasks_a = vec![
+        task("c", &[("red", "10.0.1.10/24")]),
+        task("w1", &[("red", "10.0.1.11/24")]),
+        task("x", &[("blue", "10.0.2.10/24")]),
+    ];
+    let tasks_b = vec![task("w2", &[("red", "10.0.1.12/24")])];
+    let mut task_ns: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for t in tasks_a.iter().chain(&tasks_b) {
+        task_ns.insert(
+            t.id.clone(),
+            crate::netns::create(&netns_dir, &t.id).unwrap(),
+        );
+    }
+    let a: Arc<Networking> = in_ns(&topo.ns_path("n1"), {
+        let (view, task_ns, cgdir) = (a_view.clone(), task_ns.clone(), cg.0.clone());
+        move || async move {
+            let n = Networking::new(
+                NetworkingConfig {
+                    bpf_dir: a_dir,
+                    cgroup_dir: Some(cgdir),
+                },
+                view,
+            );
+            n.start("A", a_ip, DEFAULT_VXLAN_PORT)
+                .await
+                .expect("start A");
+            for t in &tasks_a {
+                n.attach(t, &task_ns[&t.id]).await.expect("attach");
+            }
+            n
+        }
+    });
+    let b: Arc<Networking> = in_ns(&topo.ns_path("n2"), {
+        let (view, task_ns) = (b_view.clone(), task_ns.clone());
+        move || async move {
+            let n = Networking::new(
+                NetworkingConfig {
+                    bpf_dir: b_dir,
+                    cgroup_dir: None,
+                },
+                view,
+            );
+            n.start("B", b_ip, DEFAULT_VXLAN_PORT)
+                .await
+                .expect("start B");
+            for t in &tasks_b {
+                n.attach(t, &task_ns[&t.id]).await.expect("attach");
+            }
+            n
+        }
+    });
+    name_server(&task_ns["w1"], 7100, "w1");
+    name_server(&task_ns["w2"], 7100, "w2");
+
+    // TCP through the VIP: connect4 picks the backends in turn; the socket's peer reads as
+    // the VIP.
+    let tcp = r#"
+import socket
+out = []
+for i in range(10):
+    s = socket.create_connection(("10.0.1.100", 7100), timeout=3)
+    peer = s.getpeername()[0]
+    data = b""
+    while True:
+        d = s.recv(100)
+        if not d:
+            break
+        data += d
+    out.append(data.decode() + "@" + peer)
+    s.close()
+print(" ".join(out))
+"#;
+    let got = output_of(task_process(&task_ns["c"], &client_cg, tcp));
+    let answers: Vec<&str> = got.split(' ').collect();
+    assert_eq!(answers.len(), 10, "{got}");
+    assert_eq!(
+        answers.iter().filter(|a| a.starts_with("w1@")).count(),
+        5,
+        "{got}"
+    );
+    assert_eq!(
+        answers.iter().filter(|a| a.starts_with("w2@")).count(),
+        5,
+        "{got}"
+    );
+    assert!(answers.iter().all(|a| a.ends_with("@10.0.1.100")), "{got}");
+
+    // A task on another network: no translation, and its packets to the VIP are dropped.
+    let denied = r#"
+import socket
+try:
+    socket.create_connection(("10.0.1.100", 7100), timeout=2)
+    print("connected")
+except OSError as e:
+    print("refused", e)
+"#;
+    let got = output_of(task_process(&task_ns["x"], &client_cg, denied));
+    assert!(got.starts_with("refused"), "{got}");
+
+    // Connected UDP to the VIP follows a live backend when its backend goes away.
+    let udp = r#"
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(1)
+u.connect(("10.0.1.100", 7100))
+u.send(b"one")
+print(u.recv(100).decode())
+sys.stdin.readline()
+for i in range(10):
+    u.send(b"two")
+    try:
+        print(u.recv(100).decode())
+        break
+    except socket.timeout:
+        pass
+"#;
+    let mut child = task_process(&task_ns["c"], &client_cg, udp);
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    let first = first.trim().to_string();
+    assert!(first == "w1:one" || first == "w2:one", "{first}");
+    let (gone, other) = if first.starts_with("w1") {
+        ("w1", "w2")
+    } else {
+        ("w2", "w1")
+    };
+    // The managers say the backend's task ended: it leaves the view everywhere, and its
+    // node takes its interface away.
+    let remove = NetworkStateMessage {
+        r#type: network_state_message::Type::Incremental as i32,
+        changes: vec![NetworkStateChange {
+            change: Some(Change::EndpointRemoved(proto::EndpointKey {
+                task_id: gone.into(),
+                network_id: "red".into(),
+            })),
+        }],
+    };
+    a_view.apply(remove.clone());
+    b_view.apply(remove);
+    let (owner, owner_ns) = if gone == "w1" {
+        (a.clone(), "n1")
+    } else {
+        (b.clone(), "n2")
+    };
+    in_ns(&topo.ns_path(owner_ns), move || async move {
+        owner.detach(gone).await
+    });
+    // The other node learns of it through its view.
+    let other_node = if gone == "w1" { b.clone() } else { a.clone() };
+    other_node.reconcile();
+    a.reconcile();
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let mut second = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut second).unwrap();
+    assert_eq!(
+        second.trim(),
+        format!("{other}:two"),
+        "the UDP socket was not re-pointed"
+    );
+    child.wait().unwrap();
+
+    // DNS interception: 127.0.0.11:53 reaches the resolver port of this task (a fake resolver
+    // here) over UDP and TCP, and the answers come from port 53.
+    let cookie = a
+        .dataplane()
+        .unwrap()
+        .ifaces()
+        .values()
+        .find(|i| i.addr == be("10.0.1.10".parse().unwrap()))
+        .map(|i| i.netns_cookie)
+        .unwrap();
+    assert_ne!(cookie, 0);
+    let resolver = {
+        let ns = std::fs::File::open(&task_ns["c"]).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            // SAFETY: setns on this thread only.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let u = std::net::UdpSocket::bind("127.0.0.11:0").unwrap();
+            let t = TcpListener::bind("127.0.0.11:0").unwrap();
+            tx.send((
+                u.local_addr().unwrap().port(),
+                t.local_addr().unwrap().port(),
+            ))
+            .unwrap();
+            let mut buf = [0u8; 512];
+            let (n, from) = u.recv_from(&mut buf).unwrap();
+            u.send_to(&[b"answer:", &buf[..n]].concat(), from).unwrap();
+            let (mut s, _) = t.accept().unwrap();
+            s.write_all(b"tcp-answer").unwrap();
+        });
+        let ports = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        (h, ports)
+    };
+    let (resolver, (udp_port, tcp_port)) = resolver;
+    a.dataplane()
+        .unwrap()
+        .set_dns_ports(
+            cookie,
+            swarm_ebpf_common::DnsPorts {
+                udp: udp_port.to_be(),
+                tcp: tcp_port.to_be(),
+            },
+        )
+        .unwrap();
+    let dns = r#"
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(3)
+u.sendto(b"q", ("127.0.0.11", 53))
+data, src = u.recvfrom(100)
+t = socket.create_connection(("127.0.0.11", 53), timeout=3)
+print(data.decode(), src[0], src[1], t.getpeername()[1], t.recv(100).decode())
+# A process of the task may still bind port 53 itself.
+own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+own.bind(("0.0.0.0", 53))
+print("bound")
+"#;
+    let got = output_of(task_process(&task_ns["c"], &client_cg, dns));
+    assert_eq!(got, "answer:q 127.0.0.11 53 53 tcp-answer\nbound", "{got}");
+    resolver.join().unwrap();
+
+    // Counters: the service and each backend saw connections, packets and bytes.
+    let stats = a.dataplane().unwrap().lb_stats();
+    let total: u64 = stats
+        .iter()
+        .filter(|(k, _)| k.backend == 0)
+        .map(|(_, s)| s.connections)
+        .sum();
+    assert!(total >= 11, "{stats:?}");
+    let w1 = be("10.0.1.11".parse().unwrap());
+    assert!(
+        stats
+            .iter()
+            .any(|(k, s)| k.backend == w1 && s.connections >= 5 && s.bytes > 0),
+        "{stats:?}"
+    );
+    drop(cg);
 }
