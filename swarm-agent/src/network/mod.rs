@@ -13,6 +13,7 @@
 
 pub mod dataplane;
 pub mod plumbing;
+pub mod sockets;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -104,9 +105,17 @@ struct LocalAttachment {
     ifindex: u32,
 }
 
+/// A local task's interfaces and namespace.
+#[derive(Clone, Debug)]
+struct TaskRecord {
+    attachments: Vec<LocalAttachment>,
+    netns: PathBuf,
+    vnis: Vec<u32>,
+}
+
 struct State {
     node: Option<NodeIdentity>,
-    tasks: HashMap<String, Vec<LocalAttachment>>,
+    tasks: HashMap<String, TaskRecord>,
     lb_ids: LbIds,
     /// The ids of the pinned SERVICES map were taken over.
     lb_adopted: bool,
@@ -481,7 +490,14 @@ impl Networking {
             Ok(())
         }
         .await;
-        self.lock().tasks.insert(task.id.clone(), made);
+        self.lock().tasks.insert(
+            task.id.clone(),
+            TaskRecord {
+                attachments: made,
+                netns: netns.to_path_buf(),
+                vnis: specs.iter().map(|(_, n)| n.vni).collect(),
+            },
+        );
         if let Err(e) = result {
             self.detach(&task.id).await;
             return Err(e);
@@ -519,16 +535,18 @@ impl Networking {
     /// Takes the task's interfaces away: its endpoints leave the maps at once; the veths are
     /// deleted (they go with the namespace too).
     pub async fn detach(&self, task_id: &str) {
-        let Some(made) = self.lock().tasks.remove(task_id) else {
+        let Some(rec) = self.lock().tasks.remove(task_id) else {
             return;
         };
+        let made = rec.attachments;
         if let Ok(dp) = self.dataplane() {
             for a in &made {
                 dp.remove_iface(a.ifindex);
                 dp.detach_ingress(&a.host_name);
             }
         }
-        self.reconcile();
+        let gone = self.reconcile();
+        self.reset_flows(gone).await;
         if let Ok(h) = plumbing::handle() {
             for a in &made {
                 if let Err(e) = plumbing::detach(&h, &a.host_name).await {
@@ -538,25 +556,28 @@ impl Networking {
         }
     }
 
-    /// Writes the maps from the current view and the local interfaces.
-    fn reconcile(&self) {
-        let Ok(dp) = self.dataplane() else { return };
+    /// Writes the maps from the current view and the local interfaces; returns the endpoints
+    /// that left them.
+    fn reconcile(&self) -> Vec<EndpointKey> {
+        let Ok(dp) = self.dataplane() else {
+            return Vec::new();
+        };
         let Some(node) = self.lock().node.clone() else {
-            return;
+            return Vec::new();
         };
         let view = self.view.current();
         if !view.complete {
-            return;
+            return Vec::new();
         }
         let ifaces = dp.ifaces();
         let want = desired_endpoints(&view, &node.id, node.addr, &ifaces);
-        match dp.sync_endpoints(&want) {
-            Ok(gone) if !gone.is_empty() => {
-                tracing::debug!(removed = gone.len(), "endpoints removed")
+        let gone = match dp.sync_endpoints(&want) {
+            Ok(gone) => gone,
+            Err(e) => {
+                tracing::warn!("updating the endpoint map: {e}");
+                Vec::new()
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("updating the endpoint map: {e}"),
-        }
+        };
         if let Err(e) = dp.sync_subnets(&desired_subnets(&view)) {
             tracing::warn!("updating the subnet map: {e}");
         }
@@ -578,13 +599,48 @@ impl Networking {
         if let Err(e) = dp.sync_services(&services) {
             tracing::warn!("updating the service map: {e}");
         }
+        gone
+    }
+
+    /// Resets the TCP connections local tasks still have to endpoints that are gone (see
+    /// [`sockets`]).
+    async fn reset_flows(&self, gone: Vec<EndpointKey>) {
+        if gone.is_empty() {
+            return;
+        }
+        let tasks: Vec<TaskRecord> = self.lock().tasks.values().cloned().collect();
+        for t in tasks {
+            let peers: BTreeSet<Ipv4Addr> = gone
+                .iter()
+                .filter(|k| t.vnis.contains(&k.vni))
+                .map(|k| Ipv4Addr::from(k.addr.to_ne_bytes()))
+                .collect();
+            if peers.is_empty() {
+                continue;
+            }
+            let r = plumbing::in_netns(&t.netns, move |_h| async move {
+                sockets::reset_tcp_to(&peers).map_err(|e| PlumbingError::Io {
+                    what: "resetting connections to ended tasks".into(),
+                    source: e,
+                })
+            })
+            .await;
+            match r {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(netns = %t.netns.display(), n, "reset connections to ended tasks")
+                }
+                Err(e) => tracing::warn!(netns = %t.netns.display(), "{e}"),
+            }
+        }
     }
 
     /// Keeps the maps in line with the managers' view until the agent stops.
     pub async fn run(self: Arc<Self>) {
         let mut rx: watch::Receiver<Arc<NetworkView>> = self.view.subscribe();
         loop {
-            self.reconcile();
+            let gone = self.reconcile();
+            self.reset_flows(gone).await;
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return },
                 _ = self.changed.notified() => {}

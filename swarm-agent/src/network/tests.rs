@@ -719,6 +719,26 @@ fn name_server(ns: &Path, port: u16, name: &'static str) {
     rx.recv_timeout(Duration::from_secs(5)).unwrap();
 }
 
+/// A TCP server in `ns` that accepts connections on `port` and keeps them open.
+fn hold_server(ns: &Path, port: u16) {
+    let ns = std::fs::File::open(ns).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread only.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let tcp = TcpListener::bind(("0.0.0.0", port)).unwrap();
+        tx.send(()).unwrap();
+        let mut open = Vec::new();
+        for s in tcp.incoming().flatten() {
+            open.push(s);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
 #[test]
 fn vips_balance_tcp_round_robin_follow_udp_to_live_backends_scope_and_intercept_dns() {
     let mut topo = Topology::new();
@@ -816,6 +836,8 @@ fn vips_balance_tcp_round_robin_follow_udp_to_live_backends_scope_and_intercept_
     });
     name_server(&task_ns["w1"], 7100, "w1");
     name_server(&task_ns["w2"], 7100, "w2");
+    hold_server(&task_ns["w1"], 7300);
+    hold_server(&task_ns["w2"], 7300);
 
     // TCP through the VIP: connect4 picks the backends in turn; the socket's peer reads as
     // the VIP.
@@ -861,6 +883,33 @@ except OSError as e:
 "#;
     let got = output_of(task_process(&task_ns["x"], &client_cg, denied));
     assert!(got.starts_with("refused"), "{got}");
+
+    // Long-lived TCP connections to both backends, to see what happens to them when one goes.
+    let hold = r#"
+import socket, sys
+a = socket.create_connection(("10.0.1.11", 7300), timeout=3)
+b = socket.create_connection(("10.0.1.12", 7300), timeout=3)
+print("connected")
+sys.stdin.readline()
+res = []
+for s in (a, b):
+    s.settimeout(2)
+    try:
+        d = s.recv(10)
+        res.append("eof" if d == b"" else "data")
+    except socket.timeout:
+        res.append("open")
+    except OSError as e:
+        res.append("reset:" + str(e.errno))
+print(" ".join(res))
+"#;
+    // Waited for below (a failing assertion before that kills the whole test process).
+    #[allow(clippy::zombie_processes)]
+    let mut holder = task_process(&task_ns["c"], &client_cg, hold);
+    let mut hold_out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut hold_out, &mut line).unwrap();
+    assert_eq!(line.trim(), "connected");
 
     // Connected UDP to the VIP follows a live backend when its backend goes away.
     let udp = r#"
@@ -911,10 +960,15 @@ for i in range(10):
     in_ns(&topo.ns_path(owner_ns), move || async move {
         owner.detach(gone).await
     });
-    // The other node learns of it through its view.
+    // The other node learns of it through its view; the client's node resets what its tasks
+    // still had open to the gone task.
     let other_node = if gone == "w1" { b.clone() } else { a.clone() };
     other_node.reconcile();
-    a.reconcile();
+    let gone_keys = a.reconcile();
+    in_ns(&topo.ns_path("n1"), {
+        let a = a.clone();
+        move || async move { a.reset_flows(gone_keys).await }
+    });
     child.stdin.take().unwrap().write_all(b"\n").unwrap();
     let mut second = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut second).unwrap();
