@@ -157,7 +157,7 @@ fn exhausted_networks_show_an_error_and_updates_add_networks() {
     let c = Cluster::new(1, 26711).unwrap();
     c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     let m = c.node(0);
-    // A /29: .1 is the gateway, .2-.6 are for tasks (5 addresses).
+    // A /29: .1 is the gateway, .2-.6 are for the service's VIP and its tasks (5 addresses).
     m.swarm_ok(&[
         "network",
         "create",
@@ -175,7 +175,7 @@ fn exhausted_networks_show_an_error_and_updates_add_networks() {
         "--name",
         "big",
         "--replicas",
-        "6",
+        "5",
         "--network",
         "tiny",
         "sim/app",
@@ -183,7 +183,7 @@ fn exhausted_networks_show_an_error_and_updates_add_networks() {
     wait_for(Duration::from_secs(30), || {
         let out = m.swarm_ok(&["service", "ps", "--no-trunc", "big"]);
         out.contains("no available IP addresses on network tiny")
-            && tests::running(&m.tasks("big").unwrap()).len() == 5
+            && tests::running(&m.tasks("big").unwrap()).len() == 4
     })
     .unwrap_or_else(|e| {
         panic!(
@@ -191,6 +191,14 @@ fn exhausted_networks_show_an_error_and_updates_add_networks() {
             m.swarm_ok(&["service", "ps", "--no-trunc", "big"])
         )
     });
+    // The VIP came first (before any task left NEW): the first host after the gateway.
+    let inspect = json(&m.swarm_ok(&["service", "inspect", "big"]));
+    let tiny_id = json(&m.swarm_ok(&["network", "inspect", "tiny"]))[0]["id"].clone();
+    assert_eq!(
+        inspect[0]["endpoint"]["virtual_ips"],
+        serde_json::json!([{"network_id": tiny_id, "addr": "10.99.0.2/29"}]),
+        "{inspect}"
+    );
     let ps = m.swarm_ok(&["service", "ps", "--format", "json", "big"]);
     let stuck: Vec<serde_json::Value> = ps
         .lines()
@@ -199,10 +207,10 @@ fn exhausted_networks_show_an_error_and_updates_add_networks() {
         .collect();
     assert_eq!(stuck.len(), 1, "{ps}");
     // Scaling down frees an address: the stuck task (or its replacement) gets it.
-    m.swarm_ok(&["service", "scale", "-d", "big=5"]);
+    m.swarm_ok(&["service", "scale", "-d", "big=4"]);
     wait_for(Duration::from_secs(30), || {
         let tasks = m.tasks("big").unwrap();
-        tests::running(&tasks).len() == 5
+        tests::running(&tasks).len() == 4
             && !tasks.iter().any(|t| {
                 t.desired_state == proto::TaskState::Running as i32
                     && t.state() == proto::TaskState::New
