@@ -1,6 +1,7 @@
 //! The dispatcher: agents' sessions with the leader. It marks nodes READY when their session
 //! opens and DOWN after three missed heartbeat periods, streams each node its task
-//! assignments (complete, then incremental), and records the task status agents report.
+//! assignments (complete, then incremental) and the state of the networks it has tasks on
+//! ([`crate::netstate`]), and records the task status agents report.
 //!
 //! Only the leader serves sessions. A follower answers `Unavailable` with the leader's
 //! address in the `x-swarm-leader` metadata key so that the agent reconnects there.
@@ -13,10 +14,10 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use proto::dispatcher_server::Dispatcher as DispatcherRpc;
 use proto::{
-    assignment_change, assignments_message, AssignmentChange, AssignmentsMessage,
-    AssignmentsRequest, HeartbeatRequest, HeartbeatResponse, Node, NodeState, NodeStatus,
-    SessionMessage, SessionRequest, Task, TaskState, UpdateTaskStatusRequest,
-    UpdateTaskStatusResponse, WeightedPeer,
+    assignment_change, assignments_message, network_state_message, AssignmentChange,
+    AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, HeartbeatResponse,
+    NetworkStateMessage, Node, NodeState, NodeStatus, SessionMessage, SessionRequest, Task,
+    TaskState, UpdateTaskStatusRequest, UpdateTaskStatusResponse, WeightedPeer,
 };
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -24,6 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::control::propose_status;
+use crate::netstate::{self, NodeNetworkView};
 use crate::router::{Route, Router};
 use crate::store::{new_id, Op, ProposeError, Request as StoreRequest, Store};
 
@@ -218,7 +220,7 @@ fn node_tasks(store: &Store, node_id: &str) -> HashMap<String, Task> {
 impl DispatcherRpc for Dispatcher {
     type SessionStream = BoxStream<SessionMessage>;
     type AssignmentsStream = BoxStream<AssignmentsMessage>;
-    type NetworkStateStream = BoxStream<proto::NetworkStateMessage>;
+    type NetworkStateStream = BoxStream<NetworkStateMessage>;
 
     async fn session(
         &self,
@@ -432,13 +434,62 @@ impl DispatcherRpc for Dispatcher {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// The node's network state (see [`crate::netstate`]): COMPLETE first, then INCREMENTAL
+    /// messages with what changed, recomputed when the store's applied index moves. Ends with
+    /// `Unavailable` when this manager stops leading or the session ends; the agent then
+    /// reconnects and gets a new COMPLETE, so nothing is lost across leader changes.
     async fn network_state(
         &self,
-        _req: Request<proto::NetworkStateRequest>,
+        req: Request<proto::NetworkStateRequest>,
     ) -> Result<Response<Self::NetworkStateStream>, Status> {
-        Err(Status::unimplemented(
-            "network state streaming is not implemented yet",
-        ))
+        self.leader_only()?;
+        let node_id = self.node_of(&req)?;
+        let session_id = req.into_inner().session_id;
+        self.check_session(&node_id, &session_id)?;
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut watch = this.store.watch();
+            // What the node was last told.
+            let mut sent: Option<NodeNetworkView> = None;
+            loop {
+                watch.borrow_and_update();
+                let view = netstate::node_view(&this.store.read(), &node_id);
+                let msg = match &sent {
+                    None => Some(NetworkStateMessage {
+                        r#type: network_state_message::Type::Complete as i32,
+                        changes: netstate::full(&view),
+                    }),
+                    Some(old) => {
+                        let changes = netstate::diff(old, &view);
+                        (!changes.is_empty()).then_some(NetworkStateMessage {
+                            r#type: network_state_message::Type::Incremental as i32,
+                            changes,
+                        })
+                    }
+                };
+                if let Some(msg) = msg {
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                    sent = Some(view);
+                }
+                tokio::select! {
+                    r = watch.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tx.closed() => return,
+                }
+                if !matches!(this.router.route(), Route::Local)
+                    || !this.session_alive(&node_id, &session_id)
+                {
+                    let _ = tx
+                        .send(Err(Status::unavailable("session ended; reconnect")))
+                        .await;
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn update_task_status(
