@@ -192,6 +192,17 @@ pub fn heartbeat_period(store: &Store) -> Duration {
     }
 }
 
+/// The address recorded as the node's `status.addr`: the data-path address it reports when
+/// that is a specific IP address (on loopback test clusters and behind NAT the address a
+/// session comes from is not where other nodes reach it), else the address its session
+/// comes from.
+fn data_path_addr(reported: &str, seen: Option<std::net::IpAddr>) -> String {
+    match reported.trim().parse::<std::net::IpAddr>() {
+        Ok(ip) if !ip.is_unspecified() => ip.to_string(),
+        _ => seen.map(|ip| ip.to_string()).unwrap_or_default(),
+    }
+}
+
 fn managers(store: &Store) -> Vec<WeightedPeer> {
     store
         .read()
@@ -228,11 +239,10 @@ impl DispatcherRpc for Dispatcher {
     ) -> Result<Response<Self::SessionStream>, Status> {
         self.leader_only()?;
         let node_id = self.node_of(&req)?;
-        let addr = req
-            .remote_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
-        let desc = req.into_inner().description;
+        let seen = req.remote_addr().map(|a| a.ip());
+        let r = req.into_inner();
+        let addr = data_path_addr(&r.data_path_addr, seen);
+        let desc = r.description;
         let session_id = new_id();
         let period = self.period();
         self.sessions
@@ -521,5 +531,20 @@ impl DispatcherRpc for Dispatcher {
                 .map_err(propose_status)?;
         }
         Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reported_data_path_address_wins_when_it_is_an_address() {
+        let seen = Some("127.0.0.1".parse().unwrap());
+        assert_eq!(data_path_addr("127.0.0.4", seen), "127.0.0.4");
+        assert_eq!(data_path_addr("", seen), "127.0.0.1");
+        assert_eq!(data_path_addr("0.0.0.0", seen), "127.0.0.1");
+        assert_eq!(data_path_addr("eth0", seen), "127.0.0.1");
+        assert_eq!(data_path_addr("", None), "");
     }
 }
