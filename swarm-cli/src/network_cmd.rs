@@ -371,9 +371,14 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
                 if view.is_none() {
                     view = Some(local_view(c).await?);
                 }
-                match view.as_ref().and_then(|v| find_local(v, r)) {
-                    Some(info) => network_from_view(info),
-                    None => {
+                match view.as_ref().map(|v| (v.complete, find_local(v, r))) {
+                    Some((_, Some(info))) => network_from_view(info),
+                    // In a swarm, without a task on it: what Docker says on a worker.
+                    Some((true, None)) => {
+                        errors.push(CliError::msg(format!("No such network: {r}")));
+                        continue;
+                    }
+                    _ => {
                         errors.push(c.err(s));
                         continue;
                     }
