@@ -1,6 +1,6 @@
-//! The agent's unix socket: `LocalNode` (init, join, leave, info) and the Control API,
-//! relayed to the in-process manager. The socket is protected by file permissions, so
-//! relayed calls are marked as local callers.
+//! The agent's unix socket: `LocalNode` (init, join, leave, info, the node's network view)
+//! and the Control API, relayed to the in-process manager. The socket is protected by file
+//! permissions, so relayed calls are marked as local callers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,6 +164,21 @@ impl LocalNode for LocalApi {
                 error: snap.error,
                 node_addr: s.advertise_addr,
             },
+        }))
+    }
+
+    async fn network_view(
+        &self,
+        _req: Request<NetworkViewRequest>,
+    ) -> Result<Response<NetworkViewResponse>, Status> {
+        // Answered on workers too: it is this node's own view, not cluster state.
+        let v = self.agent.network_view().current();
+        Ok(Response::new(NetworkViewResponse {
+            complete: v.complete,
+            generation: v.generation,
+            networks: v.networks.values().cloned().collect(),
+            endpoints: v.endpoints.values().cloned().collect(),
+            services: v.services.values().cloned().collect(),
         }))
     }
 }

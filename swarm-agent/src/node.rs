@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -11,11 +12,11 @@ use proto::ca_client::CaClient;
 use proto::dispatcher_client::DispatcherClient;
 use proto::node_ca_client::NodeCaClient;
 use proto::{
-    AssignmentsRequest, CaConfig, Cluster, ClusterSpec, DispatcherConfig,
+    network_state_message, AssignmentsRequest, CaConfig, Cluster, ClusterSpec, DispatcherConfig,
     GetRootCaCertificateRequest, HeartbeatRequest, IssueNodeCertificateRequest, JoinTokens,
-    ManagerStatus, Node, NodeAvailability, NodeDescription, NodeRole, NodeSpec, NodeStatus,
-    OrchestrationConfig, Platform, Reachability, RootCa as RootCaObj, SessionMessage,
-    SessionRequest, UpdateTaskStatusRequest,
+    ManagerStatus, NetworkStateMessage, Node, NodeAvailability, NodeDescription, NodeRole,
+    NodeSpec, NodeStatus, OrchestrationConfig, Platform, Reachability, RootCa as RootCaObj,
+    SessionMessage, SessionRequest, UpdateTaskStatusRequest,
 };
 use rand::Rng;
 use swarm_manager::ca::{self, RootCa};
@@ -27,6 +28,8 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 
 use crate::executor::Executor;
+use crate::network::stream::StreamEnd;
+use crate::network::view::ViewHandle;
 use crate::state::{NodeState, Paths};
 use crate::worker::Worker;
 
@@ -66,6 +69,10 @@ pub struct Agent {
     role_change: tokio::sync::Mutex<()>,
     /// The role the managers last said this node has.
     wanted_role: std::sync::Mutex<Option<NodeRole>>,
+    /// The managers' view of the networks this node has tasks on (`Dispatcher.NetworkState`).
+    network: ViewHandle,
+    /// A manager without `NetworkState` was met (logged once).
+    network_state_unsupported: AtomicBool,
 }
 
 pub struct InitOptions {
@@ -109,7 +116,15 @@ impl Agent {
             snapshot: RwLock::new(Snapshot::default()),
             role_change: tokio::sync::Mutex::new(()),
             wanted_role: std::sync::Mutex::new(None),
+            network: ViewHandle::default(),
+            network_state_unsupported: AtomicBool::new(false),
         })
+    }
+
+    /// The network state this node's agent received from the managers: what the data plane
+    /// and `network inspect --verbose` read.
+    pub fn network_view(&self) -> ViewHandle {
+        self.network.clone()
     }
 
     pub fn control(&self) -> Option<ControlApi> {
@@ -420,6 +435,11 @@ impl Agent {
         self.paths.wipe()?;
         inner.state = None;
         inner.creds = None;
+        // Out of the swarm: no network state is the managers' any more.
+        self.network.apply(NetworkStateMessage {
+            r#type: network_state_message::Type::Complete as i32,
+            changes: Vec::new(),
+        });
         self.publish(&inner);
         Ok(())
     }
@@ -744,7 +764,8 @@ async fn session_loop(agent: Arc<Agent>) {
                     continue;
                 }
             };
-        match run_session(&agent, tls::channel(&addr, cfg)).await {
+        let data_path = host_of(&state.advertise_addr);
+        match run_session(&agent, tls::channel(&addr, cfg), data_path).await {
             SessionEnd::Redirect(leader) => {
                 tracing::debug!(%addr, %leader, "redirected to the leader");
                 hint = Some(leader);
@@ -759,11 +780,16 @@ async fn session_loop(agent: Arc<Agent>) {
     }
 }
 
-async fn run_session(agent: &Arc<Agent>, ch: tonic::transport::Channel) -> SessionEnd {
+async fn run_session(
+    agent: &Arc<Agent>,
+    ch: tonic::transport::Channel,
+    data_path_addr: String,
+) -> SessionEnd {
     let mut client = DispatcherClient::new(ch.clone());
     let mut stream = match client
         .session(SessionRequest {
             description: Some(agent.description()),
+            data_path_addr,
         })
         .await
     {
@@ -817,6 +843,31 @@ async fn run_session(agent: &Arc<Agent>, ch: tonic::transport::Channel) -> Sessi
             }
         }
     };
+    // The node's network view; an older leader without it leaves the session as it is.
+    let network = {
+        let c = client.clone();
+        let sid = session_id.clone();
+        let agent = agent.clone();
+        async move {
+            match crate::network::stream::follow(c, sid, &agent.network).await {
+                StreamEnd::Ended(Some(st)) => SessionEnd::from(st),
+                StreamEnd::Ended(None) => SessionEnd::Failed("network state stream closed".into()),
+                StreamEnd::Unsupported(why) => {
+                    if !agent
+                        .network_state_unsupported
+                        .swap(true, Ordering::Relaxed)
+                    {
+                        tracing::warn!(
+                            "the leader does not serve network state ({why}); this node's network view stays as it is until a manager that does leads"
+                        );
+                    } else {
+                        tracing::debug!("the leader does not serve network state ({why})");
+                    }
+                    std::future::pending().await
+                }
+            }
+        }
+    };
     let status = {
         let mut c = client.clone();
         let sid = session_id.clone();
@@ -859,6 +910,7 @@ async fn run_session(agent: &Arc<Agent>, ch: tonic::transport::Channel) -> Sessi
     tokio::select! {
         e = heartbeat => e,
         e = assignments => e,
+        e = network => e,
         e = status => e,
         e = messages => e,
         never = logs => match never {},

@@ -75,6 +75,9 @@ pub struct InspectArgs {
     /// Output format: "json" (default)
     #[arg(short, long)]
     pub format: Option<String>,
+    /// Verbose output for diagnostics
+    #[arg(short, long)]
+    pub verbose: bool,
     #[arg(value_name = "NETWORK")]
     pub networks: Vec<String>,
 }
@@ -207,6 +210,20 @@ pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
 }
 
 async fn get(c: &Client, reference: &str) -> Result<Network> {
+    get_status(c, reference)
+        .await
+        .map_err(|s| not_found(c, reference, s))
+}
+
+fn not_found(c: &Client, reference: &str, s: tonic::Status) -> CliError {
+    if s.code() == Code::NotFound {
+        CliError::msg(format!("No such network: {reference}"))
+    } else {
+        c.err(s)
+    }
+}
+
+async fn get_status(c: &Client, reference: &str) -> std::result::Result<Network, tonic::Status> {
     c.control
         .clone()
         .get_network(GetNetworkRequest {
@@ -214,24 +231,174 @@ async fn get(c: &Client, reference: &str) -> Result<Network> {
         })
         .await
         .map(|r| r.into_inner())
-        .map_err(|s| {
-            if s.code() == Code::NotFound {
-                CliError::msg(format!("No such network: {reference}"))
-            } else {
-                c.err(s)
-            }
-        })
+}
+
+/// What this node's agent received from the managers about its networks.
+async fn local_view(c: &Client) -> Result<NetworkViewResponse> {
+    Ok(c.local
+        .clone()
+        .network_view(NetworkViewRequest {})
+        .await
+        .map_err(|s| c.err(s))?
+        .into_inner())
+}
+
+/// The network of the local view that `reference` names: its id, a unique id prefix, or
+/// its name.
+fn find_local<'a>(view: &'a NetworkViewResponse, reference: &str) -> Option<&'a NetworkInfo> {
+    if let Some(n) = view
+        .networks
+        .iter()
+        .find(|n| n.id == reference || n.name == reference)
+    {
+        return Some(n);
+    }
+    let mut prefixed = view.networks.iter().filter(|n| n.id.starts_with(reference));
+    match (prefixed.next(), prefixed.next()) {
+        (Some(n), None) if !reference.is_empty() => Some(n),
+        _ => None,
+    }
+}
+
+/// A network object built from the local view, for nodes that cannot ask the managers
+/// (workers): what Docker shows on a worker for the networks it has tasks on.
+pub fn network_from_view(n: &NetworkInfo) -> Network {
+    let mut driver_options = BTreeMap::new();
+    if n.mtu != 0 {
+        driver_options.insert(
+            "com.docker.network.driver.mtu".to_string(),
+            n.mtu.to_string(),
+        );
+    }
+    Network {
+        id: n.id.clone(),
+        meta: None,
+        spec: Some(NetworkSpec {
+            name: n.name.clone(),
+            driver: "overlay".into(),
+            driver_options,
+            attachable: n.attachable,
+            internal: n.internal,
+            ingress: n.ingress,
+            ..Default::default()
+        }),
+        allocation: Some(NetworkAllocation {
+            vni: n.vni,
+            subnet: n.subnet.clone(),
+            gateway: n.gateway.clone(),
+        }),
+    }
+}
+
+fn without_prefix(cidr: &str) -> &str {
+    cidr.split('/').next().unwrap_or(cidr)
+}
+
+/// Docker's `Services` section of `network inspect --verbose` for one network, from this
+/// node's view: per service name its `VIP` (no prefix length; empty in dnsrr mode), `Ports`
+/// (ingress-published, `Target: 80, Publish: 30000`) and `Tasks` (`Name`, `EndpointIP`,
+/// `Info: {"Host IP": <node address>}`), plus `Serving` per task (the load balancer may
+/// choose it). Services are keyed by name, tasks sorted by name.
+pub fn services_section(view: &NetworkViewResponse, network_id: &str) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    let blank = || {
+        let mut m = Map::new();
+        m.insert("VIP".into(), json!(""));
+        m.insert("Ports".into(), json!([]));
+        m.insert("Tasks".into(), json!([]));
+        m
+    };
+    let mut out: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for s in view
+        .services
+        .iter()
+        .filter(|s| s.network_ids.iter().any(|n| n == network_id))
+    {
+        let m = out.entry(s.name.clone()).or_insert_with(blank);
+        let vip = s
+            .virtual_ips
+            .iter()
+            .find(|v| v.network_id == network_id)
+            .map_or("", |v| without_prefix(&v.addr));
+        m.insert("VIP".into(), json!(vip));
+        let ports: Vec<String> = s
+            .ports
+            .iter()
+            .filter(|p| p.publish_mode == PublishMode::Ingress as i32)
+            .map(|p| format!("Target: {}, Publish: {}", p.target_port, p.published_port))
+            .collect();
+        m.insert("Ports".into(), json!(ports));
+    }
+    let mut tasks: BTreeMap<String, Vec<&EndpointInfo>> = BTreeMap::new();
+    for e in view.endpoints.iter().filter(|e| e.network_id == network_id) {
+        tasks.entry(e.service_name.clone()).or_default().push(e);
+    }
+    for (service, mut eps) in tasks {
+        eps.sort_by(|a, b| natural_cmp(&a.task_name, &b.task_name));
+        let list: Vec<Value> = eps
+            .iter()
+            .map(|e| {
+                json!({
+                    "Name": e.task_name,
+                    "EndpointIP": e.address,
+                    "Info": {"Host IP": e.node_addr},
+                    "Serving": e.serving,
+                })
+            })
+            .collect();
+        out.entry(service)
+            .or_insert_with(blank)
+            .insert("Tasks".into(), Value::Array(list));
+    }
+    Value::Object(
+        out.into_iter()
+            .map(|(k, v)| (k, Value::Object(v)))
+            .collect(),
+    )
 }
 
 pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
     crate::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
+    // The node's own view: `--verbose`, and the networks of a worker (it cannot ask the
+    // managers).
+    let mut view: Option<NetworkViewResponse> = None;
     let mut values = Vec::new();
     let mut errors = Vec::new();
     for r in &a.networks {
-        match get(c, r).await {
-            Ok(n) => values.push(json::value(&n, Kind::Other)?),
-            Err(e) => errors.push(e),
+        let n = match get_status(c, r).await {
+            Ok(n) => n,
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                if view.is_none() {
+                    view = Some(local_view(c).await?);
+                }
+                match view.as_ref().map(|v| (v.complete, find_local(v, r))) {
+                    Some((_, Some(info))) => network_from_view(info),
+                    // In a swarm, without a task on it: what Docker says on a worker.
+                    Some((true, None)) => {
+                        errors.push(CliError::msg(format!("No such network: {r}")));
+                        continue;
+                    }
+                    _ => {
+                        errors.push(c.err(s));
+                        continue;
+                    }
+                }
+            }
+            Err(s) => {
+                errors.push(not_found(c, r, s));
+                continue;
+            }
+        };
+        let mut v = json::value(&n, Kind::Other)?;
+        if a.verbose {
+            if view.is_none() {
+                view = Some(local_view(c).await?);
+            }
+            if let (Some(obj), Some(view)) = (v.as_object_mut(), view.as_ref()) {
+                obj.insert("Services".into(), services_section(view, &n.id));
+            }
         }
+        values.push(v);
     }
     println!("{}", json::inspect_array(&values)?);
     match CliError::join(errors) {
@@ -441,5 +608,132 @@ mod tests {
     fn only_yes_confirms() {
         assert!(confirmed("y\n") && confirmed("yes"));
         assert!(!confirmed("") && !confirmed("n") && !confirmed("nope"));
+    }
+
+    fn view() -> NetworkViewResponse {
+        let ep = |task: &str, svc: &str, net: &str, addr: &str, host: &str, serving: bool| {
+            EndpointInfo {
+                task_id: task.into(),
+                network_id: net.into(),
+                address: addr.into(),
+                node_addr: host.into(),
+                service_name: svc.into(),
+                task_name: format!("{svc}.{task}"),
+                serving,
+                ..Default::default()
+            }
+        };
+        NetworkViewResponse {
+            complete: true,
+            generation: 1,
+            networks: vec![NetworkInfo {
+                id: "n1aaaaaaaaaa".into(),
+                name: "front".into(),
+                vni: 4097,
+                subnet: "10.0.1.0/24".into(),
+                gateway: "10.0.1.1".into(),
+                mtu: 1400,
+                ..Default::default()
+            }],
+            endpoints: vec![
+                ep(
+                    "10.t2",
+                    "web",
+                    "n1aaaaaaaaaa",
+                    "10.0.1.4",
+                    "127.0.0.2",
+                    false,
+                ),
+                ep("2.t1", "web", "n1aaaaaaaaaa", "10.0.1.3", "127.0.0.1", true),
+                ep("1.t3", "db", "n1aaaaaaaaaa", "10.0.1.9", "127.0.0.1", true),
+                ep("1.t4", "web", "other", "10.0.2.3", "127.0.0.1", true),
+            ],
+            services: vec![
+                ServiceInfo {
+                    id: "s1".into(),
+                    name: "web".into(),
+                    virtual_ips: vec![
+                        VirtualIp {
+                            network_id: "other".into(),
+                            addr: "10.0.2.2/24".into(),
+                        },
+                        VirtualIp {
+                            network_id: "n1aaaaaaaaaa".into(),
+                            addr: "10.0.1.2/24".into(),
+                        },
+                    ],
+                    network_ids: vec!["other".into(), "n1aaaaaaaaaa".into()],
+                    ports: vec![
+                        PortConfig {
+                            target_port: 80,
+                            published_port: 30000,
+                            ..Default::default()
+                        },
+                        PortConfig {
+                            target_port: 81,
+                            published_port: 8081,
+                            publish_mode: PublishMode::Host as i32,
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                },
+                ServiceInfo {
+                    id: "s2".into(),
+                    name: "idle".into(),
+                    endpoint_mode: EndpointMode::Dnsrr as i32,
+                    network_ids: vec!["n1aaaaaaaaaa".into()],
+                    ..Default::default()
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn verbose_services_section_is_dockers_for_one_network() {
+        let v = services_section(&view(), "n1aaaaaaaaaa");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "db": {"VIP": "", "Ports": [], "Tasks": [
+                    {"Name": "db.1.t3", "EndpointIP": "10.0.1.9",
+                     "Info": {"Host IP": "127.0.0.1"}, "Serving": true},
+                ]},
+                "idle": {"VIP": "", "Ports": [], "Tasks": []},
+                "web": {"VIP": "10.0.1.2", "Ports": ["Target: 80, Publish: 30000"], "Tasks": [
+                    {"Name": "web.2.t1", "EndpointIP": "10.0.1.3",
+                     "Info": {"Host IP": "127.0.0.1"}, "Serving": true},
+                    {"Name": "web.10.t2", "EndpointIP": "10.0.1.4",
+                     "Info": {"Host IP": "127.0.0.2"}, "Serving": false},
+                ]},
+            })
+        );
+        assert_eq!(services_section(&view(), "unknown"), serde_json::json!({}));
+    }
+
+    #[test]
+    fn workers_find_networks_in_their_view() {
+        let v = view();
+        for r in ["front", "n1aaaaaaaaaa", "n1a"] {
+            assert_eq!(
+                find_local(&v, r).map(|n| n.name.as_str()),
+                Some("front"),
+                "{r}"
+            );
+        }
+        assert!(find_local(&v, "back").is_none());
+        assert!(find_local(&v, "").is_none());
+        let n = network_from_view(&v.networks[0]);
+        let spec = n.spec.as_ref().unwrap();
+        assert_eq!(
+            (spec.name.as_str(), spec.driver.as_str()),
+            ("front", "overlay")
+        );
+        assert_eq!(spec.driver_options["com.docker.network.driver.mtu"], "1400");
+        let a = n.allocation.unwrap();
+        assert_eq!(
+            (a.vni, a.subnet.as_str(), a.gateway.as_str()),
+            (4097, "10.0.1.0/24", "10.0.1.1")
+        );
     }
 }

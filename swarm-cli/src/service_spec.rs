@@ -1145,4 +1145,42 @@ pub(crate) mod tests {
             assert!(network_attachment(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn endpoint_mode_flag() {
+        let a = create(&[
+            "--endpoint-mode",
+            "dnsrr",
+            "--network",
+            "name=front,alias=db",
+            "x",
+        ])
+        .unwrap();
+        let mut spec = create_spec(&a).unwrap();
+        assert_eq!(
+            spec.endpoint.as_ref().unwrap().mode,
+            EndpointMode::Dnsrr as i32
+        );
+        let t = spec.task.as_ref().unwrap();
+        assert_eq!(t.networks[0].target, "front");
+        assert_eq!(t.networks[0].aliases, ["db"]);
+        let a = create(&["x"]).unwrap();
+        assert_eq!(
+            create_spec(&a).unwrap().endpoint.map_or(0, |e| e.mode),
+            EndpointMode::Vip as i32,
+            "vip by default"
+        );
+        update_spec(
+            &mut spec,
+            &update(&["--endpoint-mode", "vip", "svc"]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            spec.endpoint.as_ref().unwrap().mode,
+            EndpointMode::Vip as i32
+        );
+        let bad = create(&["--endpoint-mode", "rr", "x"]).unwrap();
+        let e = create_spec(&bad).unwrap_err().to_string();
+        assert!(e.contains("only vip and dnsrr"), "{e}");
+    }
 }

@@ -189,6 +189,12 @@ impl LocalNode for Fake {
             node_addr: "10.0.0.1:2377".into(),
         }))
     }
+    async fn network_view(
+        &self,
+        _r: Request<NetworkViewRequest>,
+    ) -> Result<Response<NetworkViewResponse>, Status> {
+        Ok(Response::new(NetworkViewResponse::default()))
+    }
 }
 
 #[tonic::async_trait]

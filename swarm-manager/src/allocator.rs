@@ -1,19 +1,32 @@
 //! The allocator (leader only): gives services their endpoint (published ports) and moves new
 //! tasks from NEW to PENDING once everything they need is allocated.
 //!
-//! Endpoints: a service whose `endpoint` is missing while its spec publishes ports, or whose
-//! allocated `endpoint.spec` differs from `spec.endpoint`, gets `Service.endpoint =
-//! Endpoint { spec, ports }` written back with a version check:
+//! Endpoints: a service whose `endpoint` is missing while its spec publishes ports or needs
+//! virtual IPs, whose allocated `endpoint.spec` differs from `spec.endpoint`, or whose VIPs
+//! are not those it needs, gets `Service.endpoint = Endpoint { spec, ports, virtual_ips }`
+//! written back with a version check:
 //! - ingress ports with `published_port` 0 get a free port from 30000–32767 (free: not
 //!   published in ingress mode by another service, for the same protocol); a port allocated
 //!   before for the same target and protocol is kept across updates;
 //! - explicit ingress ports must not be published by another service (same protocol), nor
 //!   twice in the same spec; if they are, the endpoint stays unallocated and a warning is
 //!   logged (the Control API is expected to reject such specs up front);
-//! - host-mode ports are copied as they are (the node picks dynamic host ports).
+//! - host-mode ports are copied as they are (the node picks dynamic host ports);
+//! - in endpoint mode vip (the default), one virtual IP per network the service is attached
+//!   to (its spec's networks, in spec order, then the ingress network when it publishes ports
+//!   in ingress mode), from that network's subnet, once the network is allocated. A VIP the
+//!   service already holds on a network it stays on is kept (updates that do not change the
+//!   networks keep every address). In dnsrr mode there are none. VIPs are derived state like
+//!   task addresses: a service switched to dnsrr, detached from a network or removed simply
+//!   no longer holds them, and [`Ipam::from_state`] counts only what services hold.
+//!
+//! A service whose endpoint cannot be allocated (no free VIP on a network, a published port
+//! taken) keeps its tasks NEW with the reason in `status.err` ("virtual IP of service web:
+//! no available IP addresses on network front: …"), shown by `service ps`.
 //!
 //! Tasks: observed NEW and desired ≤ RUNNING → PENDING ("pending task scheduling"), with the
-//! service's current endpoint copied into the task, once that endpoint is allocated.
+//! service's current endpoint (ports and VIPs) copied into the task, once that endpoint is
+//! allocated: a task never leaves NEW before its service's VIPs exist.
 //!
 //! Networks: a network without `allocation` gets a VNI, its `--subnet` (else the lowest free
 //! subnet of the cluster's address pools) and its `--gateway` (else the subnet's first host)
@@ -27,15 +40,13 @@
 //! NAME: …", shown by `service ps`. An address is free again as soon as the task holding it
 //! reaches a terminal state or is deleted: the IPAM state is derived from the store on every
 //! round that needs it (no hidden state, nothing to release explicitly).
-//!
-//! Service VIPs are not allocated yet.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use proto::{
-    Endpoint, EndpointSpec, Network, NetworkAttachment, PortConfig, PortProtocol, PublishMode,
-    Service, Task, TaskState, TaskStatus,
+    Endpoint, EndpointMode, EndpointSpec, Network, NetworkAttachment, PortConfig, PortProtocol,
+    PublishMode, Service, Task, TaskState, TaskStatus, VirtualIp,
 };
 
 use crate::ipam::Ipam;
@@ -101,13 +112,99 @@ fn wanted_spec(svc: &Service) -> EndpointSpec {
         .unwrap_or_default()
 }
 
-/// The service's endpoint matches its spec (nothing to allocate).
-pub fn endpoint_ready(svc: &Service) -> bool {
-    let want = wanted_spec(svc);
-    match &svc.endpoint {
-        None => want.ports.is_empty(),
-        Some(e) => e.spec.clone().unwrap_or_default() == want,
+/// The ingress network (`swarm init` makes it), if there is one.
+fn ingress_network(state: &State) -> Option<&Network> {
+    state
+        .networks()
+        .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
+}
+
+/// The allocated networks a service needs a VIP on, by id: none in dnsrr mode; else its
+/// spec's networks (ids or names, spec order), then the ingress network when `want`
+/// publishes ports in ingress mode. Networks not allocated yet are left out (the service
+/// gets its VIP there once they are, before its tasks, which wait for the network too);
+/// unknown networks are left out too (their tasks report them).
+fn vip_networks(state: &State, svc: &Service, want: &EndpointSpec) -> Vec<String> {
+    if want.mode == EndpointMode::Dnsrr as i32 {
+        return Vec::new();
     }
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |n: &Network| {
+        if n.allocation.is_some() && !out.contains(&n.id) {
+            out.push(n.id.clone());
+        }
+    };
+    for a in svc
+        .spec
+        .iter()
+        .filter_map(|s| s.task.as_ref())
+        .flat_map(|t| t.networks.iter())
+    {
+        if let Some(n) = state
+            .network(&a.target)
+            .or_else(|| state.network_by_name(&a.target))
+        {
+            add(n);
+        }
+    }
+    if want.ports.iter().any(is_ingress) {
+        if let Some(n) = ingress_network(state) {
+            add(n);
+        }
+    }
+    out
+}
+
+/// The service's endpoint matches its spec and holds the VIPs it needs (nothing to
+/// allocate).
+pub fn endpoint_ready(state: &State, svc: &Service) -> bool {
+    let want = wanted_spec(svc);
+    let vips = vip_networks(state, svc, &want);
+    match &svc.endpoint {
+        None => want.ports.is_empty() && vips.is_empty(),
+        Some(e) => {
+            e.spec.clone().unwrap_or_default() == want
+                && e.virtual_ips.iter().map(|v| &v.network_id).eq(vips.iter())
+        }
+    }
+}
+
+/// One VIP per network of `nets`: the one the service holds there when it has one, else a
+/// new address. All or nothing: on failure what this call took is given back.
+fn allocate_vips(
+    svc: &Service,
+    nets: &[String],
+    ipam: &mut Ipam,
+) -> Result<Vec<VirtualIp>, String> {
+    let held = svc
+        .endpoint
+        .iter()
+        .flat_map(|e| e.virtual_ips.iter())
+        .filter(|v| !v.addr.is_empty());
+    let mut out = Vec::new();
+    let mut taken: Vec<(String, String)> = Vec::new();
+    for id in nets {
+        if let Some(v) = held.clone().find(|v| v.network_id == *id) {
+            out.push(v.clone());
+            continue;
+        }
+        match ipam.allocate_address(id) {
+            Ok(addr) => {
+                taken.push((id.clone(), addr.clone()));
+                out.push(VirtualIp {
+                    network_id: id.clone(),
+                    addr,
+                });
+            }
+            Err(e) => {
+                for (net, addr) in &taken {
+                    ipam.release_address(net, addr);
+                }
+                return Err(format!("virtual IP of service {}: {e}", svc.name()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn is_ingress(p: &PortConfig) -> bool {
@@ -149,13 +246,27 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
         }
     }
 
+    // The IPAM view is rebuilt from the store only when a round needs it.
+    let mut ipam: Option<Ipam> = None;
+    // Why a service's endpoint could not be allocated, by service id: shown on its tasks.
+    let mut endpoint_errors: HashMap<String, String> = HashMap::new();
     for svc in state.services() {
-        if endpoint_ready(svc) {
+        if endpoint_ready(state, svc) {
             continue;
         }
         let want = wanted_spec(svc);
-        match allocate_ports(svc, &want, &used, &requested) {
-            Ok(ports) => {
+        let nets = vip_networks(state, svc, &want);
+        let allocated = allocate_ports(svc, &want, &used, &requested).and_then(|ports| {
+            let vips = if nets.is_empty() {
+                Vec::new()
+            } else {
+                let ipam = ipam.get_or_insert_with(|| Ipam::from_state(state));
+                allocate_vips(svc, &nets, ipam)?
+            };
+            Ok((ports, vips))
+        });
+        match allocated {
+            Ok((ports, virtual_ips)) => {
                 used.retain(|_, owner| *owner != svc.id);
                 for p in ports.iter().filter(|p| is_ingress(p)) {
                     used.insert((p.protocol, p.published_port), svc.id.clone());
@@ -164,20 +275,23 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
                 s.endpoint = Some(Endpoint {
                     spec: Some(want),
                     ports,
-                    virtual_ips: Vec::new(),
+                    virtual_ips,
                 });
                 plan.ops.push(Op::Update {
                     object: Object::Service(s),
                     check_version: true,
                 });
             }
-            Err(message) => problems.push(Problem {
-                kind: "service",
-                object_id: svc.id.clone(),
-                name: svc.name().to_string(),
-                version: svc.meta.as_ref().map_or(0, |m| m.version),
-                message,
-            }),
+            Err(message) => {
+                endpoint_errors.insert(svc.id.clone(), message.clone());
+                problems.push(Problem {
+                    kind: "service",
+                    object_id: svc.id.clone(),
+                    name: svc.name().to_string(),
+                    version: svc.meta.as_ref().map_or(0, |m| m.version),
+                    message,
+                })
+            }
         }
     }
 
@@ -190,8 +304,15 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
         let Some(svc) = state.service(&t.service_id) else {
             continue; // service deleted: the task reaper removes it
         };
-        if !endpoint_ready(svc) {
+        if let Some(err) = endpoint_errors.get(&svc.id) {
+            // Not a silent stall: the task says why it does not move on.
+            if let Some(op) = new_task_error(t, err, "allocating the service endpoint", now_ms) {
+                plan.ops.push(op);
+            }
             continue;
+        }
+        if !endpoint_ready(state, svc) {
+            continue; // allocated in this round: the task moves on in the next one
         }
         candidates.push((t, svc, wanted_networks(state, t, svc)));
     }
@@ -213,7 +334,9 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
     };
     let needs_ipam =
         !unallocated.is_empty() || candidates.iter().any(|(_, _, nets)| !nets.is_empty());
-    let mut ipam = needs_ipam.then(|| Ipam::from_state(state));
+    if needs_ipam && ipam.is_none() {
+        ipam = Some(Ipam::from_state(state));
+    }
     // Networks allocated (empty) or not allocatable (why) in this round, by id.
     let mut network_errors: HashMap<String, String> = HashMap::new();
     if let Some(ipam) = ipam.as_mut() {
@@ -252,18 +375,10 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
                 Attach::Ready(a) => a,
                 Attach::Wait => continue,
                 Attach::Failed(err) => {
-                    let cur = t.status.as_ref().map_or("", |s| s.err.as_str());
-                    if cur != err {
-                        plan.ops.push(Op::SetTaskStatus {
-                            task_id: t.id.clone(),
-                            status: TaskStatus {
-                                timestamp: now_ms,
-                                state: TaskState::New as i32,
-                                message: "allocating network addresses".into(),
-                                err,
-                                ..Default::default()
-                            },
-                        });
+                    if let Some(op) =
+                        new_task_error(t, &err, "allocating network addresses", now_ms)
+                    {
+                        plan.ops.push(op);
                     }
                     continue;
                 }
@@ -296,6 +411,21 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
     (plan, problems)
 }
 
+/// The op that records why a NEW task does not move on, unless it already says so.
+fn new_task_error(t: &Task, err: &str, message: &str, now_ms: i64) -> Option<Op> {
+    let cur = t.status.as_ref().map_or("", |s| s.err.as_str());
+    (cur != err).then(|| Op::SetTaskStatus {
+        task_id: t.id.clone(),
+        status: TaskStatus {
+            timestamp: now_ms,
+            state: TaskState::New as i32,
+            message: message.into(),
+            err: err.to_string(),
+            ..Default::default()
+        },
+    })
+}
+
 /// The ids of the networks a task attaches to: its spec's (ids or names), then the ingress
 /// network if its service publishes ports in ingress mode. Unknown targets are kept as they
 /// are (reported when attaching).
@@ -316,10 +446,7 @@ fn wanted_networks(state: &State, t: &Task, svc: &Service) -> Vec<String> {
         .flat_map(|e| e.ports.iter())
         .any(is_ingress);
     if publishes_ingress {
-        if let Some(ingress) = state
-            .networks()
-            .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
-        {
+        if let Some(ingress) = ingress_network(state) {
             if !out.contains(&ingress.id) {
                 out.push(ingress.id.clone());
             }
@@ -690,7 +817,13 @@ mod tests {
             problems[0].message
         );
         assert!(store.read().service("b").unwrap().endpoint.is_none());
-        assert_eq!(store.read().task("tb").unwrap().state(), New);
+        {
+            let st = store.read();
+            let tb = st.task("tb").unwrap();
+            assert_eq!(tb.state(), New);
+            let err = &tb.status.as_ref().unwrap().err;
+            assert!(err.contains("8080/tcp is already in use"), "shown: {err}");
+        }
 
         // The same port over UDP does not clash.
         let mut b = store.read().service("b").unwrap().clone();
@@ -896,7 +1029,22 @@ mod tests {
         assert_eq!(ta.state(), Pending);
         assert_eq!(ta.networks.len(), 1);
         assert_eq!(ta.networks[0].network_name, "ingress");
-        assert_eq!(ta.networks[0].addresses, vec!["10.0.0.2/24".to_string()]);
+        // The service's VIP on ingress came first.
+        let vips = &st
+            .service("a")
+            .unwrap()
+            .endpoint
+            .as_ref()
+            .unwrap()
+            .virtual_ips;
+        assert_eq!(
+            vips,
+            &vec![VirtualIp {
+                network_id: "ing".into(),
+                addr: "10.0.0.2/24".into()
+            }]
+        );
+        assert_eq!(ta.networks[0].addresses, vec!["10.0.0.3/24".to_string()]);
         let tb = st.task("tb").unwrap();
         assert_eq!(tb.state(), New);
         let err = &tb.status.as_ref().unwrap().err;
@@ -941,6 +1089,246 @@ mod tests {
         assert!(
             err.contains("network two is not allocated") && err.contains("10.9.0.0/24"),
             "{err}"
+        );
+    }
+
+    /// The service attached to networks through its spec (as the Control API stores it).
+    fn service_on(mut s: Service, targets: &[&str]) -> Service {
+        s.spec.as_mut().unwrap().task.as_mut().unwrap().networks = targets
+            .iter()
+            .map(|t| proto::NetworkAttachmentConfig {
+                target: t.to_string(),
+                aliases: vec![],
+            })
+            .collect();
+        s
+    }
+
+    /// A task created from the service's spec (it carries the spec's networks).
+    fn task_of(svc: &Service, id: &str, slot: u64) -> Task {
+        let mut t = task(id, &svc.id, slot, "", TaskState::New, TaskState::Running);
+        t.spec = svc.spec.as_ref().and_then(|s| s.task.clone());
+        t
+    }
+
+    fn vips(store: &Store, id: &str) -> Vec<(String, String)> {
+        store
+            .read()
+            .service(id)
+            .unwrap()
+            .endpoint
+            .iter()
+            .flat_map(|e| e.virtual_ips.iter())
+            .map(|v| (v.network_id.clone(), v.addr.clone()))
+            .collect()
+    }
+
+    async fn update_service(store: &Store, id: &str, f: impl FnOnce(&mut Service)) {
+        let mut s = store.read().service(id).unwrap().clone();
+        f(&mut s);
+        store
+            .write(vec![Op::Update {
+                object: s.into(),
+                check_version: true,
+            }])
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn vip_services_get_one_vip_per_network_before_their_tasks_move_on() {
+        let store = Store::memory();
+        use TaskState::*;
+        let mut net_a = network("a", "front", "10.20.0.0/24");
+        net_a.allocation = Some(proto::NetworkAllocation {
+            vni: 4097,
+            subnet: "10.20.0.0/24".into(),
+            gateway: "10.20.0.1".into(),
+        });
+        let svc = service_on(replicated("s", 2), &["front"]);
+        put(
+            &store,
+            vec![
+                net_a.into(),
+                network("b", "back", "10.30.0.0/24").into(),
+                svc.clone().into(),
+                task_of(&svc, "t1", 1).into(),
+                task_of(&svc, "t2", 2).into(),
+            ],
+        )
+        .await;
+        // Round 1: the VIP on front (allocated); back is allocated; tasks wait for the VIP.
+        let (plan, _) = reconcile(&store.read(), 1_000);
+        assert!(!plan
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::SetTaskStatus { .. })));
+        apply(&store, plan).await;
+        assert_eq!(vips(&store, "s"), [("a".into(), "10.20.0.2/24".into())]);
+        assert_eq!(store.read().task("t1").unwrap().state(), New);
+        round(&store).await;
+        {
+            let st = store.read();
+            let t1 = st.task("t1").unwrap();
+            assert_eq!(t1.state(), Pending);
+            assert_eq!(
+                t1.endpoint.as_ref().unwrap().virtual_ips[0].addr,
+                "10.20.0.2/24",
+                "the endpoint copied into the task carries the VIP"
+            );
+            let mut addrs = addresses(&store, "t1");
+            addrs.extend(addresses(&store, "t2"));
+            assert_eq!(addrs, ["10.20.0.3/24", "10.20.0.4/24"], "not the VIP");
+        }
+        assert!(reconcile(&store.read(), 2_000).0.is_empty(), "converged");
+
+        // An update that does not change networks keeps the VIP.
+        update_service(&store, "s", |s| {
+            s.spec_version += 1;
+            s.spec.as_mut().unwrap().endpoint = Some(EndpointSpec {
+                ports: vec![port(80, 0, PublishMode::Host)],
+                ..Default::default()
+            });
+        })
+        .await;
+        round(&store).await;
+        assert_eq!(vips(&store, "s"), [("a".into(), "10.20.0.2/24".into())]);
+
+        // Adding a network keeps the first VIP and adds one on the new network.
+        update_service(&store, "s", |s| {
+            s.spec
+                .as_mut()
+                .unwrap()
+                .task
+                .as_mut()
+                .unwrap()
+                .networks
+                .push(proto::NetworkAttachmentConfig {
+                    target: "b".into(),
+                    aliases: vec![],
+                })
+        })
+        .await;
+        round(&store).await;
+        assert_eq!(
+            vips(&store, "s"),
+            [
+                ("a".into(), "10.20.0.2/24".into()),
+                ("b".into(), "10.30.0.2/24".into())
+            ]
+        );
+
+        // dnsrr: no VIPs, and their addresses are free again.
+        update_service(&store, "s", |s| {
+            s.spec.as_mut().unwrap().endpoint.as_mut().unwrap().mode = EndpointMode::Dnsrr as i32;
+        })
+        .await;
+        round(&store).await;
+        assert!(vips(&store, "s").is_empty());
+        assert!(reconcile(&store.read(), 3_000).0.is_empty(), "converged");
+        let mut ipam = Ipam::from_state(&store.read());
+        assert_eq!(ipam.used_count("b"), 1, "only the gateway");
+        assert_eq!(ipam.allocate_address("b").unwrap(), "10.30.0.2/24");
+    }
+
+    #[tokio::test]
+    async fn detached_or_removed_services_give_their_vips_back() {
+        let store = Store::memory();
+        let svc = service_on(replicated("s", 1), &["a", "b"]);
+        put(
+            &store,
+            vec![
+                network("a", "front", "10.20.0.0/24").into(),
+                network("b", "back", "10.30.0.0/24").into(),
+                svc.into(),
+            ],
+        )
+        .await;
+        round(&store).await;
+        round(&store).await;
+        assert_eq!(vips(&store, "s").len(), 2);
+        update_service(&store, "s", |s| {
+            s.spec
+                .as_mut()
+                .unwrap()
+                .task
+                .as_mut()
+                .unwrap()
+                .networks
+                .remove(0);
+        })
+        .await;
+        round(&store).await;
+        assert_eq!(vips(&store, "s"), [("b".into(), "10.30.0.2/24".into())]);
+        assert_eq!(Ipam::from_state(&store.read()).used_count("a"), 1);
+        store
+            .write(vec![Op::Delete {
+                kind: crate::store::Kind::Service,
+                id: "s".into(),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(Ipam::from_state(&store.read()).used_count("b"), 1);
+    }
+
+    #[tokio::test]
+    async fn vip_exhaustion_shows_on_the_tasks() {
+        let store = Store::memory();
+        use TaskState::*;
+        // A /30: the gateway and one address, taken by a dnsrr service's task.
+        let mut dnsrr = service_on(replicated("d", 1), &["tiny"]);
+        dnsrr.spec.as_mut().unwrap().endpoint = Some(EndpointSpec {
+            mode: EndpointMode::Dnsrr as i32,
+            ..Default::default()
+        });
+        put(
+            &store,
+            vec![
+                network("n", "tiny", "10.50.0.0/30").into(),
+                dnsrr.clone().into(),
+                task_of(&dnsrr, "d1", 1).into(),
+            ],
+        )
+        .await;
+        round(&store).await;
+        round(&store).await;
+        assert_eq!(addresses(&store, "d1"), ["10.50.0.2/30"]);
+        assert!(vips(&store, "d").is_empty(), "dnsrr");
+
+        let v = service_on(replicated("v", 1), &["tiny"]);
+        put(&store, vec![v.clone().into(), task_of(&v, "v1", 1).into()]).await;
+        let problems = round(&store).await;
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].kind, "service");
+        {
+            let st = store.read();
+            let t = st.task("v1").unwrap();
+            assert_eq!(t.state(), New, "not silently pending");
+            let err = &t.status.as_ref().unwrap().err;
+            assert!(
+                err.starts_with(
+                    "virtual IP of service svc-v: no available IP addresses on network tiny:"
+                ),
+                "{err}"
+            );
+        }
+        assert!(
+            reconcile(&store.read(), 2_000).0.is_empty(),
+            "the error is written once"
+        );
+        // The dnsrr task ends: the VIP takes its address; the task waits for another one.
+        store
+            .write(vec![set_status("d1", Shutdown, 3_000)])
+            .await
+            .unwrap();
+        round(&store).await;
+        assert_eq!(vips(&store, "v"), [("n".into(), "10.50.0.2/30".into())]);
+        round(&store).await;
+        let st = store.read();
+        let err = &st.task("v1").unwrap().status.as_ref().unwrap().err;
+        assert!(
+            err.starts_with("no available IP addresses on network tiny:"),
+            "now the task's own address: {err}"
         );
     }
 }

@@ -22,6 +22,9 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+/// `<service>.<slot>.<task id>` (global tasks: `<service>.<node id>.<task id>`).
+pub(crate) use lookup::task_name;
+
 use std::future::Future;
 use std::time::Instant;
 

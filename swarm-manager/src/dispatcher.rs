@@ -1,6 +1,7 @@
 //! The dispatcher: agents' sessions with the leader. It marks nodes READY when their session
 //! opens and DOWN after three missed heartbeat periods, streams each node its task
-//! assignments (complete, then incremental), and records the task status agents report.
+//! assignments (complete, then incremental) and the state of the networks it has tasks on
+//! ([`crate::netstate`]), and records the task status agents report.
 //!
 //! Only the leader serves sessions. A follower answers `Unavailable` with the leader's
 //! address in the `x-swarm-leader` metadata key so that the agent reconnects there.
@@ -13,10 +14,10 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use proto::dispatcher_server::Dispatcher as DispatcherRpc;
 use proto::{
-    assignment_change, assignments_message, AssignmentChange, AssignmentsMessage,
-    AssignmentsRequest, HeartbeatRequest, HeartbeatResponse, Node, NodeState, NodeStatus,
-    SessionMessage, SessionRequest, Task, TaskState, UpdateTaskStatusRequest,
-    UpdateTaskStatusResponse, WeightedPeer,
+    assignment_change, assignments_message, network_state_message, AssignmentChange,
+    AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, HeartbeatResponse,
+    NetworkStateMessage, Node, NodeState, NodeStatus, SessionMessage, SessionRequest, Task,
+    TaskState, UpdateTaskStatusRequest, UpdateTaskStatusResponse, WeightedPeer,
 };
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -24,6 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::control::propose_status;
+use crate::netstate::{self, NodeNetworkView};
 use crate::router::{Route, Router};
 use crate::store::{new_id, Op, ProposeError, Request as StoreRequest, Store};
 
@@ -190,6 +192,17 @@ pub fn heartbeat_period(store: &Store) -> Duration {
     }
 }
 
+/// The address recorded as the node's `status.addr`: the data-path address it reports when
+/// that is a specific IP address (on loopback test clusters and behind NAT the address a
+/// session comes from is not where other nodes reach it), else the address its session
+/// comes from.
+fn data_path_addr(reported: &str, seen: Option<std::net::IpAddr>) -> String {
+    match reported.trim().parse::<std::net::IpAddr>() {
+        Ok(ip) if !ip.is_unspecified() => ip.to_string(),
+        _ => seen.map(|ip| ip.to_string()).unwrap_or_default(),
+    }
+}
+
 fn managers(store: &Store) -> Vec<WeightedPeer> {
     store
         .read()
@@ -218,7 +231,7 @@ fn node_tasks(store: &Store, node_id: &str) -> HashMap<String, Task> {
 impl DispatcherRpc for Dispatcher {
     type SessionStream = BoxStream<SessionMessage>;
     type AssignmentsStream = BoxStream<AssignmentsMessage>;
-    type NetworkStateStream = BoxStream<proto::NetworkStateMessage>;
+    type NetworkStateStream = BoxStream<NetworkStateMessage>;
 
     async fn session(
         &self,
@@ -226,11 +239,10 @@ impl DispatcherRpc for Dispatcher {
     ) -> Result<Response<Self::SessionStream>, Status> {
         self.leader_only()?;
         let node_id = self.node_of(&req)?;
-        let addr = req
-            .remote_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
-        let desc = req.into_inner().description;
+        let seen = req.remote_addr().map(|a| a.ip());
+        let r = req.into_inner();
+        let addr = data_path_addr(&r.data_path_addr, seen);
+        let desc = r.description;
         let session_id = new_id();
         let period = self.period();
         self.sessions
@@ -432,13 +444,62 @@ impl DispatcherRpc for Dispatcher {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// The node's network state (see [`crate::netstate`]): COMPLETE first, then INCREMENTAL
+    /// messages with what changed, recomputed when the store's applied index moves. Ends with
+    /// `Unavailable` when this manager stops leading or the session ends; the agent then
+    /// reconnects and gets a new COMPLETE, so nothing is lost across leader changes.
     async fn network_state(
         &self,
-        _req: Request<proto::NetworkStateRequest>,
+        req: Request<proto::NetworkStateRequest>,
     ) -> Result<Response<Self::NetworkStateStream>, Status> {
-        Err(Status::unimplemented(
-            "network state streaming is not implemented yet",
-        ))
+        self.leader_only()?;
+        let node_id = self.node_of(&req)?;
+        let session_id = req.into_inner().session_id;
+        self.check_session(&node_id, &session_id)?;
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut watch = this.store.watch();
+            // What the node was last told.
+            let mut sent: Option<NodeNetworkView> = None;
+            loop {
+                watch.borrow_and_update();
+                let view = netstate::node_view(&this.store.read(), &node_id);
+                let msg = match &sent {
+                    None => Some(NetworkStateMessage {
+                        r#type: network_state_message::Type::Complete as i32,
+                        changes: netstate::full(&view),
+                    }),
+                    Some(old) => {
+                        let changes = netstate::diff(old, &view);
+                        (!changes.is_empty()).then_some(NetworkStateMessage {
+                            r#type: network_state_message::Type::Incremental as i32,
+                            changes,
+                        })
+                    }
+                };
+                if let Some(msg) = msg {
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                    sent = Some(view);
+                }
+                tokio::select! {
+                    r = watch.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tx.closed() => return,
+                }
+                if !matches!(this.router.route(), Route::Local)
+                    || !this.session_alive(&node_id, &session_id)
+                {
+                    let _ = tx
+                        .send(Err(Status::unavailable("session ended; reconnect")))
+                        .await;
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn update_task_status(
@@ -470,5 +531,20 @@ impl DispatcherRpc for Dispatcher {
                 .map_err(propose_status)?;
         }
         Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reported_data_path_address_wins_when_it_is_an_address() {
+        let seen = Some("127.0.0.1".parse().unwrap());
+        assert_eq!(data_path_addr("127.0.0.4", seen), "127.0.0.4");
+        assert_eq!(data_path_addr("", seen), "127.0.0.1");
+        assert_eq!(data_path_addr("0.0.0.0", seen), "127.0.0.1");
+        assert_eq!(data_path_addr("eth0", seen), "127.0.0.1");
+        assert_eq!(data_path_addr("", None), "");
     }
 }

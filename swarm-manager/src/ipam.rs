@@ -9,8 +9,8 @@
 //! - VNIs come from 4096 … 2^24−1, lowest free first.
 //!
 //! There is no hidden state: [`Ipam::from_state`] rebuilds everything from the store's
-//! objects (allocated networks, and the addresses of tasks that have not ended), so a new
-//! leader allocates exactly what the old one would have.
+//! objects (allocated networks, the addresses of tasks that have not ended, the services'
+//! virtual IPs), so a new leader allocates exactly what the old one would have.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -267,8 +267,8 @@ impl Ipam {
     }
 
     /// Everything allocated in `state`: the cluster's pools, allocated networks (and the
-    /// subnets unallocated networks ask for), and the addresses of tasks that have not
-    /// ended. Bad cluster pool settings fall back to the defaults (they are validated at
+    /// subnets unallocated networks ask for), the addresses of tasks that have not ended,
+    /// and the virtual IPs services hold (`Service.endpoint.virtual_ips`). Bad cluster pool settings fall back to the defaults (they are validated at
     /// `init`).
     pub fn from_state(state: &State) -> Ipam {
         let (pools, size) = state
@@ -300,6 +300,11 @@ impl Ipam {
                 for addr in &a.addresses {
                     ipam.reserve_address(&a.network_id, addr);
                 }
+            }
+        }
+        for s in state.services() {
+            for v in s.endpoint.iter().flat_map(|e| e.virtual_ips.iter()) {
+                ipam.reserve_address(&v.network_id, &v.addr);
             }
         }
         ipam
@@ -722,18 +727,35 @@ mod tests {
                 b.into(),
                 task("t1", "172.20.0.2/24", TaskState::Running).into(),
                 task("t2", "172.20.0.3/24", TaskState::Shutdown).into(),
+                proto::Service {
+                    id: "s".into(),
+                    endpoint: Some(proto::Endpoint {
+                        virtual_ips: vec![proto::VirtualIp {
+                            network_id: "a".into(),
+                            addr: "172.20.0.4/24".into(),
+                        }],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+                .into(),
             ],
         )
         .await;
         let mut ipam = Ipam::from_state(&store.read());
         assert!(ipam.is_allocated("a"));
         assert!(!ipam.is_allocated("b"));
-        assert_eq!(ipam.used_count("a"), 2, "gateway + running task");
-        // t2 ended: its address is free again (t1's is not).
+        assert_eq!(
+            ipam.used_count("a"),
+            3,
+            "gateway + running task + service VIP"
+        );
+        // t2 ended: its address is free again (t1's and the VIP are not).
         let next: Vec<String> = (0..2)
             .map(|_| ipam.allocate_address("a").unwrap())
             .collect();
         assert!(!next.contains(&"172.20.0.2/24".to_string()), "{next:?}");
+        assert!(!next.contains(&"172.20.0.4/24".to_string()), "{next:?}");
         assert!(next.contains(&"172.20.0.3/24".to_string()), "{next:?}");
         // A new network skips a's subnet and b's requested one; VNI after a's.
         let c = ipam.allocate_network(&net("c", "", "")).unwrap();

@@ -10,6 +10,7 @@ pub mod logbroker;
 pub mod manager;
 pub mod membership;
 pub mod metrics;
+pub mod netstate;
 pub mod orchestrator;
 pub mod raft;
 pub mod reaper;

@@ -14,6 +14,7 @@
 pub mod dataplane;
 pub mod plumbing;
 pub mod sockets;
+pub mod stream;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

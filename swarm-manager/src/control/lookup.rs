@@ -107,7 +107,7 @@ fn network_names<'a>(st: &'a State, reference: &str) -> Names<'a, Network> {
 }
 
 /// `<service>.<slot>.<id>` for replicated tasks, `<service>.<node>.<id>` for global ones.
-pub(super) fn task_name(t: &Task) -> String {
+pub(crate) fn task_name(t: &Task) -> String {
     if t.slot > 0 {
         format!("{}.{}.{}", t.service_name, t.slot, t.id)
     } else {

@@ -32,6 +32,28 @@ struct Indexes {
     tasks_by_node: HashMap<String, BTreeSet<String>>,
     /// Tasks by observed state, for the allocator (NEW) and scheduler (PENDING).
     tasks_by_state: HashMap<i32, BTreeSet<String>>,
+    /// Tasks by the network ids of their attachments (`Task.networks`), for the network
+    /// state the dispatcher streams.
+    tasks_by_network: HashMap<String, BTreeSet<String>>,
+    /// Services by the networks they name (`spec.task.networks` targets, ids or names as
+    /// written) and the network ids of their virtual IPs.
+    services_by_network: HashMap<String, BTreeSet<String>>,
+}
+
+/// The keys a service is indexed under in `services_by_network`.
+fn service_network_keys(s: &Service) -> BTreeSet<String> {
+    let mut keys: BTreeSet<String> = s
+        .spec
+        .iter()
+        .filter_map(|sp| sp.task.as_ref())
+        .flat_map(|t| t.networks.iter().map(|a| a.target.clone()))
+        .collect();
+    keys.extend(
+        s.endpoint
+            .iter()
+            .flat_map(|e| e.virtual_ips.iter().map(|v| v.network_id.clone())),
+    );
+    keys
 }
 
 impl State {
@@ -85,6 +107,29 @@ impl State {
             .into_iter()
             .flatten()
             .filter_map(|id| self.tasks.get(id))
+    }
+    /// Tasks with an attachment to the network (`Task.networks`), whatever their state.
+    pub fn tasks_on_network<'a>(&'a self, network_id: &str) -> impl Iterator<Item = &'a Task> {
+        self.index
+            .tasks_by_network
+            .get(network_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+    /// Services attached to the network: named in `spec.task.networks` by id or by name,
+    /// or holding a virtual IP on it. Each service once.
+    pub fn services_on_network(&self, network: &Network) -> Vec<&Service> {
+        let name = network.spec.as_ref().map(|s| s.name.as_str());
+        let mut ids: BTreeSet<&String> = BTreeSet::new();
+        for key in std::iter::once(network.id.as_str()).chain(name) {
+            if let Some(set) = self.index.services_by_network.get(key) {
+                ids.extend(set.iter());
+            }
+        }
+        ids.into_iter()
+            .filter_map(|id| self.services.get(id))
+            .collect()
     }
     pub fn tasks_in_state(&self, state: TaskState) -> impl Iterator<Item = &Task> {
         self.index
@@ -143,6 +188,13 @@ impl State {
                 self.index
                     .service_names
                     .insert(spec.name.clone(), s.id.clone());
+            }
+            for key in service_network_keys(s) {
+                self.index
+                    .services_by_network
+                    .entry(key)
+                    .or_default()
+                    .insert(s.id.clone());
             }
         }
         for n in self.networks.values() {
@@ -449,13 +501,19 @@ impl State {
                 self.nodes.insert(n.id.clone(), n);
             }
             Object::Service(s) => {
-                if let Some(old) = self.services.get(&s.id) {
-                    let old_name = old.name().to_string();
-                    self.index.service_names.remove(&old_name);
+                if let Some(old) = self.services.remove(&s.id) {
+                    self.unindex_service(&old);
                 }
                 self.index
                     .service_names
                     .insert(s.name().to_string(), s.id.clone());
+                for key in service_network_keys(&s) {
+                    self.index
+                        .services_by_network
+                        .entry(key)
+                        .or_default()
+                        .insert(s.id.clone());
+                }
                 self.services.insert(s.id.clone(), s);
             }
             Object::Task(t) => self.put_task(t),
@@ -486,7 +544,7 @@ impl State {
             }
             Kind::Service => {
                 if let Some(s) = self.services.remove(id) {
-                    self.index.service_names.remove(s.name());
+                    self.unindex_service(&s);
                 }
             }
             Kind::Task => {
@@ -501,6 +559,17 @@ impl State {
                     }
                 }
             }
+        }
+    }
+
+    fn unindex_service(&mut self, s: &Service) {
+        let ix = &mut self.index;
+        // Only the name's own entry: a rename of another service may have taken it over.
+        if ix.service_names.get(s.name()) == Some(&s.id) {
+            ix.service_names.remove(s.name());
+        }
+        for key in service_network_keys(s) {
+            drop_from(&mut ix.services_by_network, &key, &s.id);
         }
     }
 
@@ -528,24 +597,34 @@ impl State {
             .entry(t.state() as i32)
             .or_default()
             .insert(t.id.clone());
+        for a in &t.networks {
+            ix.tasks_by_network
+                .entry(a.network_id.clone())
+                .or_default()
+                .insert(t.id.clone());
+        }
     }
 
     fn unindex_task(&mut self, t: &Task) {
-        fn drop_from(map: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
-            if let Some(set) = map.get_mut(key) {
-                set.remove(id);
-                if set.is_empty() {
-                    map.remove(key);
-                }
-            }
-        }
         let ix = &mut self.index;
         drop_from(&mut ix.tasks_by_service, &t.service_id, &t.id);
         if !t.node_id.is_empty() {
             drop_from(&mut ix.tasks_by_node, &t.node_id, &t.id);
         }
+        for a in &t.networks {
+            drop_from(&mut ix.tasks_by_network, &a.network_id, &t.id);
+        }
         if let Some(set) = ix.tasks_by_state.get_mut(&(t.state() as i32)) {
             set.remove(&t.id);
+        }
+    }
+}
+
+fn drop_from(map: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(id);
+        if set.is_empty() {
+            map.remove(key);
         }
     }
 }
@@ -678,5 +757,106 @@ mod tests {
         assert_eq!(back.service_by_name("web").unwrap().id, "a");
         assert_eq!(back.tasks_of_service("a").count(), 1);
         assert_eq!(back.count_in_state(TaskState::New), 1);
+    }
+
+    #[test]
+    fn network_indexes_follow_tasks_and_services() {
+        use proto::{
+            Endpoint, NetworkAttachment, NetworkAttachmentConfig, NetworkSpec, TaskSpec, VirtualIp,
+        };
+        let net = Network {
+            id: "n1".into(),
+            spec: Some(NetworkSpec {
+                name: "front".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let by_name = Object::Service(Service {
+            id: "a".into(),
+            spec: Some(ServiceSpec {
+                name: "web".into(),
+                task: Some(TaskSpec {
+                    networks: vec![NetworkAttachmentConfig {
+                        target: "front".into(),
+                        aliases: vec![],
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut with_vip = Service {
+            id: "b".into(),
+            spec: Some(ServiceSpec {
+                name: "db".into(),
+                ..Default::default()
+            }),
+            endpoint: Some(Endpoint {
+                virtual_ips: vec![VirtualIp {
+                    network_id: "n1".into(),
+                    addr: "10.0.1.2/24".into(),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut t = match task("t1", "a", TaskState::Running) {
+            Object::Task(t) => t,
+            _ => unreachable!(),
+        };
+        t.networks = vec![NetworkAttachment {
+            network_id: "n1".into(),
+            ..Default::default()
+        }];
+        let mut s = State::default();
+        s.apply(
+            1,
+            &Request::atomic(vec![
+                Op::Create(Object::Network(net.clone())),
+                Op::Create(by_name),
+                Op::Create(Object::Service(with_vip.clone())),
+                Op::Create(Object::Task(t)),
+            ]),
+        );
+        let ids = |s: &State| -> Vec<String> {
+            s.services_on_network(&net)
+                .iter()
+                .map(|s| s.id.clone())
+                .collect()
+        };
+        assert_eq!(ids(&s), ["a", "b"], "by name and by VIP");
+        assert_eq!(s.tasks_on_network("n1").count(), 1);
+        let back = State::from_bytes(&s.to_bytes()).unwrap();
+        assert_eq!(ids(&back), ["a", "b"]);
+        assert_eq!(back.tasks_on_network("n1").count(), 1);
+
+        // The VIP goes (dnsrr): b leaves the index; the task is deleted: gone too.
+        with_vip.endpoint = None;
+        s.apply(
+            2,
+            &Request::atomic(vec![
+                Op::Update {
+                    object: Object::Service(with_vip),
+                    check_version: false,
+                },
+                Op::Delete {
+                    kind: Kind::Task,
+                    id: "t1".into(),
+                },
+            ]),
+        );
+        assert_eq!(ids(&s), ["a"]);
+        assert_eq!(s.tasks_on_network("n1").count(), 0);
+        s.apply(
+            3,
+            &Request::atomic(vec![Op::Delete {
+                kind: Kind::Service,
+                id: "a".into(),
+            }]),
+        );
+        assert!(ids(&s).is_empty());
+        assert!(s.service_by_name("web").is_none());
     }
 }

@@ -1,0 +1,649 @@
+//! The network state one node's data plane needs (pure: store state in, view out), and the
+//! changes between two such views. The dispatcher's `NetworkState` stream sends the first
+//! view in full (COMPLETE) and then [`diff`]s (INCREMENTAL).
+//!
+//! What a node sees ([`node_view`]):
+//! - **networks**: every allocated network that a task assigned to the node is attached to
+//!   (`Task.networks`), for tasks that have not ended (observed ≤ RUNNING) or are still meant
+//!   to run (desired ≤ RUNNING);
+//! - **endpoints**: on those networks, every task of any node that has an address there, is
+//!   assigned to a node that exists and is not DOWN, and whose observed state is ASSIGNED …
+//!   RUNNING; `serving` when it is RUNNING, meant to run (desired RUNNING) and its node is
+//!   READY;
+//! - **services**: the services attached to those networks (`spec.task.networks`, by id or
+//!   name, or a virtual IP there), with their VIPs and network ids restricted to the
+//!   networks the node sees.
+//!
+//! Cost of one view: O(T_node + Σ over the node's networks of (T_net + S_net)) index
+//! lookups, where T_node is the number of tasks on the node, T_net the number of tasks ever
+//! attached to a network that the store still holds (history included) and S_net the
+//! services attached to it; nothing is proportional to the cluster's total number of tasks,
+//! nodes or services. The indexes are the store's `tasks_by_node`, `tasks_by_network` and
+//! `services_by_network`. [`diff`] is linear in the size of the two views.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proto::{
+    network_state_change::Change, EndpointInfo, EndpointKey, EndpointMode, Network,
+    NetworkAllocation, NetworkInfo, NetworkStateChange, NodeState, Service, ServiceInfo, Task,
+    TaskState,
+};
+
+use crate::ipam::address_of;
+use crate::store::State;
+
+/// The network driver option that sets the MTU inside containers.
+pub const MTU_OPTION: &str = "com.docker.network.driver.mtu";
+
+/// (task id, network id)
+pub type EndpointId = (String, String);
+
+/// What one node is told about the networks it has tasks on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeNetworkView {
+    pub networks: BTreeMap<String, NetworkInfo>,
+    pub endpoints: BTreeMap<EndpointId, EndpointInfo>,
+    pub services: BTreeMap<String, ServiceInfo>,
+}
+
+/// The network is still needed by the node for this task: it has not ended, or it is still
+/// meant to run.
+fn keeps_network(t: &Task) -> bool {
+    t.state() <= TaskState::Running || t.desired() <= TaskState::Running
+}
+
+/// The view of node `node_id` (see the module documentation for the rules and the cost).
+pub fn node_view(st: &State, node_id: &str) -> NodeNetworkView {
+    let mut view = NodeNetworkView::default();
+    let mut ids: BTreeSet<&str> = BTreeSet::new();
+    for t in st.tasks_on_node(node_id).filter(|t| keeps_network(t)) {
+        ids.extend(t.networks.iter().map(|a| a.network_id.as_str()));
+    }
+    let mut nets: Vec<&Network> = Vec::new();
+    for id in ids {
+        let Some(n) = st.network(id) else { continue };
+        let Some(alloc) = &n.allocation else { continue };
+        view.networks.insert(n.id.clone(), network_info(n, alloc));
+        nets.push(n);
+    }
+    for n in &nets {
+        for t in st.tasks_on_network(&n.id) {
+            if let Some(e) = endpoint_info(st, t, &n.id) {
+                view.endpoints
+                    .insert((e.task_id.clone(), e.network_id.clone()), e);
+            }
+        }
+        for s in st.services_on_network(n) {
+            if !view.services.contains_key(&s.id) {
+                let info = service_info(st, s, &view.networks);
+                view.services.insert(s.id.clone(), info);
+            }
+        }
+    }
+    view
+}
+
+/// A network as the data plane needs it; `mtu` is 0 when the driver option is unset (or
+/// not a number).
+pub fn network_info(n: &Network, alloc: &NetworkAllocation) -> NetworkInfo {
+    let spec = n.spec.clone().unwrap_or_default();
+    NetworkInfo {
+        id: n.id.clone(),
+        name: spec.name,
+        vni: alloc.vni,
+        subnet: alloc.subnet.clone(),
+        gateway: alloc.gateway.clone(),
+        internal: spec.internal,
+        ingress: spec.ingress,
+        attachable: spec.attachable,
+        mtu: spec
+            .driver_options
+            .get(MTU_OPTION)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0),
+    }
+}
+
+/// The endpoint of task `t` on network `network_id`, if the task is one (see the module
+/// documentation).
+pub fn endpoint_info(st: &State, t: &Task, network_id: &str) -> Option<EndpointInfo> {
+    let state = t.state();
+    if t.node_id.is_empty() || state < TaskState::Assigned || state > TaskState::Running {
+        return None;
+    }
+    let node = st.node(&t.node_id)?;
+    if node.state() == NodeState::Down {
+        return None;
+    }
+    let att = t
+        .networks
+        .iter()
+        .find(|a| a.network_id == network_id && !a.addresses.is_empty())?;
+    let first = &att.addresses[0];
+    let address = address_of(first).map_or_else(
+        || first.split('/').next().unwrap_or_default().to_string(),
+        |ip| ip.to_string(),
+    );
+    Some(EndpointInfo {
+        task_id: t.id.clone(),
+        network_id: network_id.to_string(),
+        address,
+        node_id: t.node_id.clone(),
+        node_addr: node
+            .status
+            .as_ref()
+            .map(|s| s.addr.clone())
+            .unwrap_or_default(),
+        service_id: t.service_id.clone(),
+        service_name: t.service_name.clone(),
+        task_name: crate::control::task_name(t),
+        aliases: att.aliases.clone(),
+        serving: state == TaskState::Running
+            && t.desired() == TaskState::Running
+            && node.state() == NodeState::Ready,
+    })
+}
+
+/// The endpoint mode a service's VIPs follow: the allocated endpoint's, else the spec's.
+fn endpoint_mode(s: &Service) -> i32 {
+    s.endpoint
+        .as_ref()
+        .and_then(|e| e.spec.as_ref())
+        .or_else(|| s.spec.as_ref().and_then(|sp| sp.endpoint.as_ref()))
+        .map_or(EndpointMode::Vip as i32, |e| e.mode)
+}
+
+/// A service with its VIPs and networks restricted to `visible`.
+pub fn service_info(
+    st: &State,
+    s: &Service,
+    visible: &BTreeMap<String, NetworkInfo>,
+) -> ServiceInfo {
+    let mut network_ids: Vec<String> = Vec::new();
+    let mut add = |id: &str| {
+        if visible.contains_key(id) && !network_ids.iter().any(|x| x == id) {
+            network_ids.push(id.to_string());
+        }
+    };
+    for a in s
+        .spec
+        .iter()
+        .filter_map(|sp| sp.task.as_ref())
+        .flat_map(|t| t.networks.iter())
+    {
+        if let Some(n) = st
+            .network(&a.target)
+            .or_else(|| st.network_by_name(&a.target))
+        {
+            add(&n.id);
+        }
+    }
+    let endpoint = s.endpoint.clone().unwrap_or_default();
+    for v in &endpoint.virtual_ips {
+        add(&v.network_id);
+    }
+    ServiceInfo {
+        id: s.id.clone(),
+        name: s.name().to_string(),
+        endpoint_mode: endpoint_mode(s),
+        virtual_ips: endpoint
+            .virtual_ips
+            .into_iter()
+            .filter(|v| visible.contains_key(&v.network_id))
+            .collect(),
+        network_ids,
+        ports: endpoint.ports,
+    }
+}
+
+fn change(c: Change) -> NetworkStateChange {
+    NetworkStateChange { change: Some(c) }
+}
+
+/// Every object of the view as upserts (networks, then services, then endpoints): the
+/// changes of a COMPLETE message.
+pub fn full(view: &NodeNetworkView) -> Vec<NetworkStateChange> {
+    diff(&NodeNetworkView::default(), view)
+}
+
+/// What turns `old` into `new`: removals first (endpoints, services, networks), then
+/// upserts of what is new or changed (networks, services, endpoints). Applied in order,
+/// an address given up and taken again in the same step is never held twice, and an
+/// endpoint never arrives before its network.
+pub fn diff(old: &NodeNetworkView, new: &NodeNetworkView) -> Vec<NetworkStateChange> {
+    let mut out = Vec::new();
+    for (task_id, network_id) in old.endpoints.keys() {
+        if !new
+            .endpoints
+            .contains_key(&(task_id.clone(), network_id.clone()))
+        {
+            out.push(change(Change::EndpointRemoved(EndpointKey {
+                task_id: task_id.clone(),
+                network_id: network_id.clone(),
+            })));
+        }
+    }
+    for id in old
+        .services
+        .keys()
+        .filter(|id| !new.services.contains_key(*id))
+    {
+        out.push(change(Change::ServiceRemoved(id.clone())));
+    }
+    for id in old
+        .networks
+        .keys()
+        .filter(|id| !new.networks.contains_key(*id))
+    {
+        out.push(change(Change::NetworkRemoved(id.clone())));
+    }
+    for (id, n) in &new.networks {
+        if old.networks.get(id) != Some(n) {
+            out.push(change(Change::Network(n.clone())));
+        }
+    }
+    for (id, s) in &new.services {
+        if old.services.get(id) != Some(s) {
+            out.push(change(Change::Service(s.clone())));
+        }
+    }
+    for (key, e) in &new.endpoints {
+        if old.endpoints.get(key) != Some(e) {
+            out.push(change(Change::Endpoint(e.clone())));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::orchestrator::testutil::{global, node, put, replicated, task};
+    use crate::store::{Object, Op, Store};
+    use proto::{
+        EndpointSpec, NetworkAttachment, NetworkAttachmentConfig, NetworkSpec, NodeStatus,
+        PortConfig, VirtualIp,
+    };
+
+    fn network(id: &str, name: &str, subnet: &str, vni: u32) -> Network {
+        let mut opts = BTreeMap::new();
+        if name == "front" {
+            opts.insert(MTU_OPTION.to_string(), "1400".to_string());
+        }
+        Network {
+            id: id.into(),
+            spec: Some(NetworkSpec {
+                name: name.into(),
+                driver: "overlay".into(),
+                driver_options: opts,
+                attachable: name == "front",
+                internal: name == "back",
+                ..Default::default()
+            }),
+            allocation: (!subnet.is_empty()).then(|| NetworkAllocation {
+                vni,
+                subnet: subnet.into(),
+                gateway: subnet.replace(".0/24", ".1"),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn ready(id: &str, addr: &str) -> proto::Node {
+        let mut n = node(id, NodeState::Ready);
+        n.status = Some(NodeStatus {
+            state: NodeState::Ready as i32,
+            addr: addr.into(),
+            ..Default::default()
+        });
+        n
+    }
+
+    /// A task of service `svc` on `node` with one address per (network id, address).
+    fn attached(
+        id: &str,
+        svc: &str,
+        slot: u64,
+        node: &str,
+        state: TaskState,
+        desired: TaskState,
+        nets: &[(&str, &str)],
+    ) -> Task {
+        let mut t = task(id, svc, slot, node, state, desired);
+        t.networks = nets
+            .iter()
+            .map(|(n, a)| NetworkAttachment {
+                network_id: n.to_string(),
+                network_name: n.to_string(),
+                addresses: vec![a.to_string()],
+                aliases: vec![format!("{svc}-alias")],
+            })
+            .collect();
+        t
+    }
+
+    fn on_networks(mut s: Service, targets: &[&str], vips: &[(&str, &str)]) -> Service {
+        s.spec.as_mut().unwrap().task.as_mut().unwrap().networks = targets
+            .iter()
+            .map(|t| NetworkAttachmentConfig {
+                target: t.to_string(),
+                aliases: vec![],
+            })
+            .collect();
+        s.endpoint = Some(proto::Endpoint {
+            spec: Some(EndpointSpec::default()),
+            ports: vec![PortConfig {
+                target_port: 80,
+                published_port: 30000,
+                ..Default::default()
+            }],
+            virtual_ips: vips
+                .iter()
+                .map(|(n, a)| VirtualIp {
+                    network_id: n.to_string(),
+                    addr: a.to_string(),
+                })
+                .collect(),
+        });
+        s
+    }
+
+    /// Two nodes; "front" (a) and "back" (b) networks; service s on front (tasks on both
+    /// nodes), service x on back (task on node 2 only), service g (global) on front by name.
+    async fn cluster() -> Store {
+        use TaskState::*;
+        let store = Store::memory();
+        put(
+            &store,
+            vec![
+                ready("n1", "192.168.0.1").into(),
+                ready("n2", "192.168.0.2").into(),
+                network("a", "front", "10.0.1.0/24", 4097).into(),
+                network("b", "back", "10.0.2.0/24", 4098).into(),
+                network("u", "unallocated", "", 0).into(),
+                on_networks(replicated("s", 2), &["a"], &[("a", "10.0.1.2/24")]).into(),
+                on_networks(replicated("x", 1), &["b"], &[("b", "10.0.2.2/24")]).into(),
+                on_networks(global("g"), &["front"], &[]).into(),
+                attached(
+                    "s1",
+                    "s",
+                    1,
+                    "n1",
+                    Running,
+                    Running,
+                    &[("a", "10.0.1.3/24")],
+                )
+                .into(),
+                attached(
+                    "s2",
+                    "s",
+                    2,
+                    "n2",
+                    Starting,
+                    Running,
+                    &[("a", "10.0.1.4/24")],
+                )
+                .into(),
+                attached(
+                    "x1",
+                    "x",
+                    1,
+                    "n2",
+                    Running,
+                    Running,
+                    &[("b", "10.0.2.3/24")],
+                )
+                .into(),
+                attached(
+                    "g1",
+                    "g",
+                    0,
+                    "n2",
+                    Running,
+                    Running,
+                    &[("a", "10.0.1.5/24")],
+                )
+                .into(),
+                // Ended long ago: keeps no network and is no endpoint.
+                attached(
+                    "old",
+                    "s",
+                    1,
+                    "n1",
+                    Shutdown,
+                    Shutdown,
+                    &[("a", "10.0.1.9/24")],
+                )
+                .into(),
+                // Not scheduled yet: no endpoint.
+                attached("p", "s", 3, "", Pending, Running, &[("a", "10.0.1.8/24")]).into(),
+                // On a network that is not allocated: not seen.
+                attached(
+                    "u1",
+                    "x",
+                    2,
+                    "n1",
+                    Running,
+                    Running,
+                    &[("u", "10.9.9.9/24")],
+                )
+                .into(),
+            ],
+        )
+        .await;
+        store
+    }
+
+    #[tokio::test]
+    async fn a_node_sees_the_networks_of_its_tasks_and_every_endpoint_on_them() {
+        let store = cluster().await;
+        let v = node_view(&store.read(), "n1");
+        assert_eq!(v.networks.keys().collect::<Vec<_>>(), ["a"]);
+        let a = &v.networks["a"];
+        assert_eq!(
+            (
+                a.name.as_str(),
+                a.vni,
+                a.subnet.as_str(),
+                a.gateway.as_str()
+            ),
+            ("front", 4097, "10.0.1.0/24", "10.0.1.1")
+        );
+        assert!(a.attachable && !a.internal && !a.ingress);
+        assert_eq!(a.mtu, 1400);
+
+        let keys: Vec<&str> = v.endpoints.keys().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(keys, ["g1", "s1", "s2"], "both nodes, not ended, scheduled");
+        let s1 = &v.endpoints[&("s1".to_string(), "a".to_string())];
+        assert_eq!(s1.address, "10.0.1.3", "no prefix length");
+        assert_eq!(s1.node_id, "n1");
+        assert_eq!(s1.node_addr, "192.168.0.1");
+        assert_eq!(s1.service_id, "s");
+        assert_eq!(s1.service_name, "svc-s");
+        assert_eq!(s1.task_name, "svc-s.1.s1");
+        assert_eq!(s1.aliases, ["s-alias"]);
+        assert!(s1.serving);
+        let s2 = &v.endpoints[&("s2".to_string(), "a".to_string())];
+        assert!(!s2.serving, "starting");
+        assert_eq!(s2.node_addr, "192.168.0.2");
+        let g1 = &v.endpoints[&("g1".to_string(), "a".to_string())];
+        assert_eq!(
+            g1.task_name, "svc-g.n2.g1",
+            "global tasks are named by node"
+        );
+
+        assert_eq!(v.services.keys().collect::<Vec<_>>(), ["g", "s"]);
+        let s = &v.services["s"];
+        assert_eq!(s.name, "svc-s");
+        assert_eq!(s.endpoint_mode, EndpointMode::Vip as i32);
+        assert_eq!(s.network_ids, ["a"]);
+        assert_eq!(s.virtual_ips.len(), 1);
+        assert_eq!(s.virtual_ips[0].addr, "10.0.1.2/24");
+        assert_eq!(s.ports[0].published_port, 30000);
+        assert_eq!(
+            v.services["g"].network_ids,
+            ["a"],
+            "attached by network name"
+        );
+
+        // Node 2 also sees back, its endpoint and service x.
+        let v2 = node_view(&store.read(), "n2");
+        assert_eq!(v2.networks.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(v2.networks["b"].internal);
+        assert_eq!(v2.networks["b"].mtu, 0, "unset");
+        assert!(v2
+            .endpoints
+            .contains_key(&("x1".to_string(), "b".to_string())));
+        assert_eq!(v2.services.keys().collect::<Vec<_>>(), ["g", "s", "x"]);
+        // Node 1 does not.
+        assert!(!v.services.contains_key("x"));
+        assert!(!v.endpoints.keys().any(|(_, n)| n == "b"));
+        // A node without tasks sees nothing.
+        assert_eq!(node_view(&store.read(), "n3"), NodeNetworkView::default());
+    }
+
+    #[tokio::test]
+    async fn down_nodes_and_stopping_tasks_change_endpoints() {
+        let store = cluster().await;
+        // n2 goes down: its endpoints disappear for n1.
+        store
+            .write(vec![Op::SetNodeStatus {
+                node_id: "n2".into(),
+                status: NodeStatus {
+                    state: NodeState::Down as i32,
+                    addr: "192.168.0.2".into(),
+                    ..Default::default()
+                },
+            }])
+            .await
+            .unwrap();
+        let v = node_view(&store.read(), "n1");
+        let keys: Vec<&str> = v.endpoints.keys().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(keys, ["s1"]);
+
+        // s1 is told to stop: still an endpoint, not serving; once it ended, gone, and n1
+        // (no task left there) no longer sees the network.
+        store
+            .write(vec![Op::SetTaskDesiredState {
+                task_id: "s1".into(),
+                desired: TaskState::Shutdown,
+            }])
+            .await
+            .unwrap();
+        let before = node_view(&store.read(), "n1");
+        let e = &before.endpoints[&("s1".to_string(), "a".to_string())];
+        assert!(!e.serving);
+        assert!(before.networks.contains_key("a"), "the task has not ended");
+        store
+            .write(vec![Op::SetTaskStatus {
+                task_id: "s1".into(),
+                status: proto::TaskStatus {
+                    state: TaskState::Shutdown as i32,
+                    ..Default::default()
+                },
+            }])
+            .await
+            .unwrap();
+        let after = node_view(&store.read(), "n1");
+        assert_eq!(after, NodeNetworkView::default());
+    }
+
+    #[tokio::test]
+    async fn diff_carries_only_changes_and_replays_to_the_new_view() {
+        let store = cluster().await;
+        let old = node_view(&store.read(), "n1");
+        assert!(diff(&old, &old).is_empty());
+
+        // One more task of s on n2, s2 becomes RUNNING, the VIP of s moves to dnsrr.
+        let mut s = store.read().service("s").unwrap().clone();
+        let ep = s.endpoint.as_mut().unwrap();
+        ep.spec.as_mut().unwrap().mode = EndpointMode::Dnsrr as i32;
+        ep.virtual_ips.clear();
+        store
+            .write(vec![
+                Op::Create(Object::Task(attached(
+                    "s3",
+                    "s",
+                    3,
+                    "n2",
+                    TaskState::Assigned,
+                    TaskState::Running,
+                    &[("a", "10.0.1.6/24")],
+                ))),
+                Op::SetTaskStatus {
+                    task_id: "s2".into(),
+                    status: proto::TaskStatus {
+                        state: TaskState::Running as i32,
+                        ..Default::default()
+                    },
+                },
+                Op::Update {
+                    object: Object::Service(s),
+                    check_version: false,
+                },
+                Op::Delete {
+                    kind: crate::store::Kind::Task,
+                    id: "g1".into(),
+                },
+            ])
+            .await
+            .unwrap();
+        let new = node_view(&store.read(), "n1");
+        let changes = diff(&old, &new);
+        let kinds: Vec<String> = changes
+            .iter()
+            .map(|c| match c.change.as_ref().unwrap() {
+                Change::Network(n) => format!("net {}", n.id),
+                Change::NetworkRemoved(id) => format!("-net {id}"),
+                Change::Endpoint(e) => format!("ep {}", e.task_id),
+                Change::EndpointRemoved(k) => format!("-ep {}", k.task_id),
+                Change::Service(s) => format!("svc {}", s.id),
+                Change::ServiceRemoved(id) => format!("-svc {id}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["-ep g1", "svc s", "ep s2", "ep s3"]);
+        let Some(Change::Service(si)) = &changes[1].change else {
+            unreachable!()
+        };
+        assert_eq!(si.endpoint_mode, EndpointMode::Dnsrr as i32);
+        assert!(si.virtual_ips.is_empty());
+        assert_eq!(si.network_ids, ["a"], "dnsrr services still resolve there");
+
+        // Replaying COMPLETE(old) + diff gives the new view, as the agent's NetworkView does.
+        let mut replay = NodeNetworkView::default();
+        for c in full(&old).into_iter().chain(changes) {
+            match c.change.unwrap() {
+                Change::Network(n) => {
+                    replay.networks.insert(n.id.clone(), n);
+                }
+                Change::NetworkRemoved(id) => {
+                    replay.networks.remove(&id);
+                }
+                Change::Endpoint(e) => {
+                    replay
+                        .endpoints
+                        .insert((e.task_id.clone(), e.network_id.clone()), e);
+                }
+                Change::EndpointRemoved(k) => {
+                    replay.endpoints.remove(&(k.task_id, k.network_id));
+                }
+                Change::Service(s) => {
+                    replay.services.insert(s.id.clone(), s);
+                }
+                Change::ServiceRemoved(id) => {
+                    replay.services.remove(&id);
+                }
+            }
+        }
+        assert_eq!(replay, new);
+
+        // Removing everything: removals in order endpoints, services, networks.
+        let gone = diff(&new, &NodeNetworkView::default());
+        let last = gone.last().unwrap().change.as_ref().unwrap();
+        assert!(matches!(last, Change::NetworkRemoved(id) if id == "a"));
+        assert!(matches!(
+            gone[0].change.as_ref().unwrap(),
+            Change::EndpointRemoved(_)
+        ));
+    }
+}
