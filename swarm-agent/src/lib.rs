@@ -22,10 +22,19 @@ pub use node::{Agent, AgentConfig};
 
 /// Runs the daemon until SIGINT/SIGTERM.
 pub async fn run(cfg: AgentConfig, executor: Arc<dyn Executor>) -> anyhow::Result<()> {
+    run_with_networking(cfg, executor, None).await
+}
+
+/// Runs the daemon with `networking` as the node's data plane.
+pub async fn run_with_networking(
+    cfg: AgentConfig,
+    executor: Arc<dyn Executor>,
+    networking: Option<Arc<network::Networking>>,
+) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&cfg.data_root)
         .with_context(|| format!("creating the data root {}", cfg.data_root.display()))?;
-    let agent = Agent::new(cfg.clone(), executor);
+    let agent = Agent::with_networking(cfg.clone(), executor, networking);
     agent
         .resume()
         .await

@@ -1,6 +1,6 @@
 //! `swarm-agent [--data-root DIR] [--socket PATH] [--hostname NAME] [--metrics-addr ADDR]
 //! [--executor containerd|none] [--containerd-socket PATH] [--containerd-namespace NS]
-//! [--cgroup-parent NAME] [--exec-root DIR]`
+//! [--cgroup-parent NAME] [--exec-root DIR] [--bpf-root DIR] [--data-plane ebpf|none]`
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use swarm_agent::containerd::ContainerdExecutor;
+use swarm_agent::network::view::ViewHandle;
+use swarm_agent::network::{Networking, NetworkingConfig};
 use swarm_agent::{AgentConfig, Executor, UnsupportedExecutor};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -15,6 +17,14 @@ enum ExecutorKind {
     /// Tasks are containerd containers.
     Containerd,
     /// No executor: every task is rejected (a node that only manages).
+    None,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DataPlaneKind {
+    /// The eBPF data plane: overlay networks, service VIPs, DNS at 127.0.0.11.
+    Ebpf,
+    /// None: tasks attached to networks are rejected (for hosts that must not be touched).
     None,
 }
 
@@ -48,6 +58,26 @@ struct Args {
     /// Run-time state: the tasks' network namespaces are mounted under <DIR>/netns.
     #[arg(long, default_value = "/run/swarm")]
     exec_root: PathBuf,
+    /// bpffs directory of the data plane's pinned maps and links (they outlive the agent, so
+    /// traffic keeps flowing across a restart). Mounted at /sys/fs/bpf when missing.
+    #[arg(long, default_value = "/sys/fs/bpf/swarm")]
+    bpf_root: PathBuf,
+    /// The network data plane.
+    #[arg(long, value_enum, default_value = "ebpf")]
+    data_plane: DataPlaneKind,
+}
+
+/// The cgroup v2 directory the socket hooks attach to (None, and said, when there is none).
+fn cgroup_dir(parent: &str) -> Option<PathBuf> {
+    match swarm_agent::network::cgroup2_dir(parent) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::error!(
+                "no cgroup v2 directory for --cgroup-parent {parent}: {e}; tasks get no service load balancing at connect time and no resolver at 127.0.0.11"
+            );
+            None
+        }
+    }
 }
 
 fn host_name() -> String {
@@ -88,17 +118,31 @@ async fn daemon() -> anyhow::Result<()> {
             args.cgroup_parent
         );
     }
-    let executor: Arc<dyn Executor> = match args.executor {
-        ExecutorKind::None => Arc::new(UnsupportedExecutor),
-        ExecutorKind::Containerd => Arc::new(
-            ContainerdExecutor::new(
+    let (executor, networking): (Arc<dyn Executor>, _) = match args.executor {
+        ExecutorKind::None => (Arc::new(UnsupportedExecutor), None),
+        ExecutorKind::Containerd => {
+            let executor = ContainerdExecutor::new(
                 args.containerd_socket.clone(),
                 args.containerd_namespace.clone(),
                 args.cgroup_parent.clone(),
             )
             .with_state_dir(args.data_root.join("tasks"))
-            .with_netns_dir(args.exec_root.join("netns")),
-        ),
+            .with_netns_dir(args.exec_root.join("netns"));
+            match args.data_plane {
+                DataPlaneKind::None => (Arc::new(executor) as Arc<dyn Executor>, None),
+                DataPlaneKind::Ebpf => {
+                    let networking = Networking::new(
+                        NetworkingConfig {
+                            bpf_dir: args.bpf_root.clone(),
+                            cgroup_dir: cgroup_dir(&args.cgroup_parent),
+                        },
+                        ViewHandle::default(),
+                    );
+                    let executor = executor.with_network(networking.clone());
+                    (Arc::new(executor) as Arc<dyn Executor>, Some(networking))
+                }
+            }
+        }
     };
     let metrics_addr =
         if args.metrics_addr.is_empty() {
@@ -108,7 +152,7 @@ async fn daemon() -> anyhow::Result<()> {
                 anyhow::anyhow!("invalid --metrics-addr {:?}: {e}", args.metrics_addr)
             })?)
         };
-    swarm_agent::run(
+    swarm_agent::run_with_networking(
         AgentConfig {
             data_root: args.data_root,
             socket: args.socket,
@@ -116,6 +160,7 @@ async fn daemon() -> anyhow::Result<()> {
             metrics_addr,
         },
         executor,
+        networking,
     )
     .await
 }

@@ -30,6 +30,7 @@ use tonic::Status;
 use crate::executor::Executor;
 use crate::network::stream::StreamEnd;
 use crate::network::view::ViewHandle;
+use crate::network::Networking;
 use crate::state::{NodeState, Paths};
 use crate::worker::Worker;
 
@@ -73,6 +74,8 @@ pub struct Agent {
     network: ViewHandle,
     /// A manager without `NetworkState` was met (logged once).
     network_state_unsupported: AtomicBool,
+    /// The node's data plane (None: control-plane-only agents, e.g. the test harness).
+    networking: Option<Arc<Networking>>,
 }
 
 pub struct InitOptions {
@@ -100,7 +103,17 @@ pub struct JoinOptions {
 
 impl Agent {
     pub fn new(cfg: AgentConfig, executor: Arc<dyn Executor>) -> Arc<Agent> {
+        Agent::with_networking(cfg, executor, None)
+    }
+
+    /// An agent whose data plane is `networking` (its view is the one the managers send).
+    pub fn with_networking(
+        cfg: AgentConfig,
+        executor: Arc<dyn Executor>,
+        networking: Option<Arc<Networking>>,
+    ) -> Arc<Agent> {
         let paths = Paths::new(&cfg.data_root);
+        let network = networking.as_ref().map(|n| n.view()).unwrap_or_default();
         Arc::new(Agent {
             cfg,
             paths,
@@ -116,8 +129,9 @@ impl Agent {
             snapshot: RwLock::new(Snapshot::default()),
             role_change: tokio::sync::Mutex::new(()),
             wanted_role: std::sync::Mutex::new(None),
-            network: ViewHandle::default(),
+            network,
             network_state_unsupported: AtomicBool::new(false),
+            networking,
         })
     }
 
@@ -439,6 +453,7 @@ impl Agent {
         self.network.apply(NetworkStateMessage {
             r#type: network_state_message::Type::Complete as i32,
             changes: Vec::new(),
+            ..Default::default()
         });
         self.publish(&inner);
         Ok(())
@@ -765,6 +780,9 @@ async fn session_loop(agent: Arc<Agent>) {
                 }
             };
         let data_path = host_of(&state.advertise_addr);
+        if let (Some(n), Ok(ip)) = (&agent.networking, data_path.parse::<std::net::Ipv4Addr>()) {
+            n.bring_up(&state.node_id, ip);
+        }
         match run_session(&agent, tls::channel(&addr, cfg), data_path).await {
             SessionEnd::Redirect(leader) => {
                 tracing::debug!(%addr, %leader, "redirected to the leader");

@@ -464,17 +464,27 @@ impl DispatcherRpc for Dispatcher {
             let mut sent: Option<NodeNetworkView> = None;
             loop {
                 watch.borrow_and_update();
-                let view = netstate::node_view(&this.store.read(), &node_id);
+                let (view, vxlan_port) = {
+                    let st = this.store.read();
+                    let port = st
+                        .cluster()
+                        .map(|c| c.vxlan_udp_port)
+                        .filter(|p| *p != 0)
+                        .unwrap_or(crate::ipam::DEFAULT_VXLAN_PORT);
+                    (netstate::node_view(&st, &node_id), port)
+                };
                 let msg = match &sent {
                     None => Some(NetworkStateMessage {
                         r#type: network_state_message::Type::Complete as i32,
                         changes: netstate::full(&view),
+                        vxlan_port,
                     }),
                     Some(old) => {
                         let changes = netstate::diff(old, &view);
                         (!changes.is_empty()).then_some(NetworkStateMessage {
                             r#type: network_state_message::Type::Incremental as i32,
                             changes,
+                            vxlan_port,
                         })
                     }
                 };

@@ -422,6 +422,10 @@ impl LabNode {
     pub fn cgroup_parent(&self) -> String {
         self.netns()
     }
+    /// The agent's `--bpf-root`: its data plane's pinned maps and links.
+    pub fn bpf_root(&self) -> PathBuf {
+        Path::new(sys::BPF_ROOT).join(self.netns())
+    }
     pub fn agent_log(&self) -> PathBuf {
         self.dir.join("agent.log")
     }
@@ -539,6 +543,8 @@ impl LabNode {
             .arg(CONTAINERD_NAMESPACE)
             .arg("--cgroup-parent")
             .arg(self.cgroup_parent())
+            .arg("--bpf-root")
+            .arg(self.bpf_root())
             .arg("--exec-root")
             .arg(self.exec_root())
             .arg("--metrics-addr")
@@ -861,6 +867,9 @@ pub struct Cleanup {
     pub namespaces: usize,
     /// Shim sockets and runc state left in /run/containerd by killed shims.
     pub runtime_files: usize,
+    /// The agents' bpffs directories (pinned maps and links: removing them detaches and
+    /// unloads the programs).
+    pub bpf_dirs: usize,
     pub root_removed: bool,
 }
 
@@ -875,12 +884,13 @@ impl fmt::Display for Cleanup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "killed {} processes; removed {} cgroups, {} mounts, {} namespaces, {} runtime files{}",
+            "killed {} processes; removed {} cgroups, {} mounts, {} namespaces, {} runtime files, {} bpffs directories{}",
             self.processes,
             self.cgroups,
             self.mounts,
             self.namespaces,
             self.runtime_files,
+            self.bpf_dirs,
             if self.root_removed {
                 " and the lab directory"
             } else {
@@ -1558,6 +1568,14 @@ impl Lab {
         for s in &shim_sockets {
             if std::fs::remove_file(s).is_ok() {
                 c.runtime_files += 1;
+            }
+        }
+        // After the agents are dead: the pins are what keeps their programs attached.
+        for d in sys::lab_bpf_dirs(name) {
+            match std::fs::remove_dir_all(&d) {
+                Ok(()) => c.bpf_dirs += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("removing {}: {e}", d.display())),
             }
         }
         for id in &container_ids {

@@ -774,7 +774,13 @@ fn the_shipped_daemon_without_containerd_rejects_tasks_and_says_why() {
         &tests::bin_dir().join("swarm-agent"),
         1,
         24901,
-        &["--containerd-socket", "/nonexistent/containerd.sock"],
+        // This cluster runs in the host's own network namespace: no data plane there.
+        &[
+            "--containerd-socket",
+            "/nonexistent/containerd.sock",
+            "--data-plane",
+            "none",
+        ],
     )
     .unwrap();
     c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));

@@ -33,6 +33,7 @@ use super::image;
 use super::metrics;
 use super::spec::{self, SpecFiles, SpecOptions};
 use crate::executor::{host_resources, Executor, ExecutorDescription, TaskReporter};
+use crate::network::Networking;
 
 /// Default stop grace period (Docker's 10 s).
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -58,6 +59,8 @@ struct Inner {
     /// One pull at a time per image reference: tasks of one service that start together on
     /// a node fetch the image once, the others wait and find it present.
     pulls: PullLocks,
+    /// The node's data plane: gives tasks on networks their interfaces.
+    network: Option<Arc<Networking>>,
 }
 
 type PullLocks = std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
@@ -81,8 +84,15 @@ impl ContainerdExecutor {
                     .unwrap_or_else(|_| PathBuf::from("/usr/bin/swarm-agent")),
                 client: std::sync::Mutex::new(None),
                 pulls: Default::default(),
+                network: None,
             }),
         }
+    }
+
+    /// Tasks attached to networks get their interfaces from `network`; without it such tasks
+    /// are rejected.
+    pub fn with_network(self, network: Arc<Networking>) -> Self {
+        self.rebuild(|i| i.network = Some(network))
     }
 
     /// The executable containerd's shim runs as the log driver (`<exe> log-driver <dir>`);
@@ -117,6 +127,7 @@ impl ContainerdExecutor {
             agent_exe: self.inner.agent_exe.clone(),
             client: std::sync::Mutex::new(None),
             pulls: Default::default(),
+            network: self.inner.network.clone(),
         };
         f(&mut inner);
         ContainerdExecutor {
@@ -319,6 +330,13 @@ impl ContainerdExecutor {
         let ended = match ProcStatus::try_from(process.status) {
             Ok(ProcStatus::Running) | Ok(ProcStatus::Paused) | Ok(ProcStatus::Pausing) => {
                 tracing::info!(task = %id, pid = process.pid, "adopted a running container");
+                // Its interfaces are still there (and still forwarding): take them over.
+                if let (Some(net), false) = (&self.inner.network, task.networks.is_empty()) {
+                    let ns = crate::netns::path(&self.inner.netns_dir, &id);
+                    if let Err(e) = net.attach(&task, &ns).await {
+                        tracing::warn!(task = %id, "taking over the task's interfaces: {e}");
+                    }
+                }
                 let how = Supervision {
                     grace: stop_grace(&task),
                     signal: self.adopted_stop_signal(&cd, &id).await,
@@ -456,6 +474,16 @@ impl ContainerdExecutor {
         let t0 = std::time::Instant::now();
         let netns = crate::netns::create(&self.inner.netns_dir, &task.id)
             .map_err(|e| ContainerdError::Invalid(e.to_string()))?;
+        if !task.networks.is_empty() {
+            let Some(net) = &self.inner.network else {
+                return Err(ContainerdError::Invalid(
+                    "this node has no data plane for overlay networks (its swarm-agent runs without one): drain it, or constrain the service to other nodes".into(),
+                ));
+            };
+            net.attach(task, &netns)
+                .await
+                .map_err(|e| ContainerdError::Invalid(format!("network attachment: {e}")))?;
+        }
         let opts = SpecOptions {
             container_id: task.id.clone(),
             cgroup_parent: self.inner.cgroup_parent.clone(),
@@ -697,6 +725,10 @@ impl ContainerdExecutor {
                 .map(|_| ()),
             "Snapshots.Remove",
         );
+        // Its endpoints leave the data plane before the managers hear it ended.
+        if let Some(net) = &self.inner.network {
+            net.detach(id).await;
+        }
         let ns = crate::netns::path(&self.inner.netns_dir, id);
         if let Err(e) = crate::netns::remove(&ns) {
             tracing::warn!(task = id, "{e}");

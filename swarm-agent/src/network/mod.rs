@@ -124,6 +124,8 @@ struct State {
 
 pub struct Networking {
     cfg: NetworkingConfig,
+    /// Set once the run loop and the start loop are going (see [`Networking::bring_up`]).
+    up: Mutex<Option<NodeIdentity>>,
     dataplane: Result<Arc<Dataplane>, String>,
     view: ViewHandle,
     state: Mutex<State>,
@@ -379,6 +381,7 @@ impl Networking {
         }
         Arc::new(Networking {
             cfg,
+            up: Mutex::new(None),
             dataplane,
             view,
             state: Mutex::new(State {
@@ -393,6 +396,62 @@ impl Networking {
 
     pub fn config(&self) -> &NetworkingConfig {
         &self.cfg
+    }
+
+    /// The view the managers send, which this data plane implements.
+    pub fn view(&self) -> ViewHandle {
+        self.view.clone()
+    }
+
+    /// Called by the agent whenever its session is up: the first time (or when the node's
+    /// identity changed) it starts the data path as soon as the managers' view arrived
+    /// (retrying until it works), and the loop that keeps the maps in line with the view.
+    pub fn bring_up(self: &Arc<Self>, node_id: &str, addr: Ipv4Addr) {
+        let me = NodeIdentity {
+            id: node_id.to_string(),
+            addr,
+        };
+        {
+            let mut up = self.up.lock().unwrap_or_else(|p| p.into_inner());
+            if up.as_ref() == Some(&me) {
+                return;
+            }
+            let first = up.is_none();
+            *up = Some(me.clone());
+            if first {
+                tokio::spawn(self.clone().run());
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut rx = this.view.subscribe();
+            loop {
+                if this.up.lock().unwrap_or_else(|p| p.into_inner()).as_ref() != Some(&me) {
+                    return;
+                }
+                let port = {
+                    let v = rx.borrow_and_update();
+                    v.complete.then_some(v.vxlan_port)
+                };
+                if let Some(port) = port {
+                    let port = u16::try_from(port)
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .unwrap_or(DEFAULT_VXLAN_PORT);
+                    match this.start(&me.id, me.addr, port).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::error!("starting the data plane: {e}; retrying in 5 s");
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            continue;
+                        }
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     pub fn dataplane(&self) -> Result<&Arc<Dataplane>, NetworkError> {
@@ -536,10 +595,16 @@ impl Networking {
     /// Takes the task's interfaces away: its endpoints leave the maps at once; the veths are
     /// deleted (they go with the namespace too).
     pub async fn detach(&self, task_id: &str) {
-        let Some(rec) = self.lock().tasks.remove(task_id) else {
-            return;
+        let rec = self.lock().tasks.remove(task_id);
+        let made = match rec {
+            Some(rec) => rec.attachments,
+            // Not attached by this agent (an earlier one did, and the task ended while it was
+            // away): find its interfaces by name.
+            None => self.find_attachments(task_id).await,
         };
-        let made = rec.attachments;
+        if made.is_empty() {
+            return;
+        }
         if let Ok(dp) = self.dataplane() {
             for a in &made {
                 dp.remove_iface(a.ifindex);
@@ -555,6 +620,24 @@ impl Networking {
                 }
             }
         }
+    }
+
+    /// The host-side interfaces of `task_id` that exist (by their names).
+    async fn find_attachments(&self, task_id: &str) -> Vec<LocalAttachment> {
+        let Ok(h) = plumbing::handle() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for n in 0..16 {
+            let name = plumbing::host_name(task_id, n);
+            if let Ok(Some(l)) = plumbing::link_by_name(&h, &name).await {
+                out.push(LocalAttachment {
+                    host_name: name,
+                    ifindex: l.header.index,
+                });
+            }
+        }
+        out
     }
 
     /// Writes the maps from the current view and the local interfaces; returns the endpoints

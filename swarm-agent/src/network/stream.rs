@@ -130,6 +130,7 @@ mod tests {
                 .into_iter()
                 .map(|c| NetworkStateChange { change: Some(c) })
                 .collect(),
+            ..Default::default()
         }
     }
 

@@ -67,6 +67,7 @@ fn complete(nets: Vec<NetworkInfo>, eps: Vec<EndpointInfo>) -> NetworkStateMessa
     NetworkStateMessage {
         r#type: network_state_message::Type::Complete as i32,
         changes,
+        ..Default::default()
     }
 }
 
@@ -949,6 +950,7 @@ for i in range(10):
                 network_id: "red".into(),
             })),
         }],
+        ..Default::default()
     };
     a_view.apply(remove.clone());
     b_view.apply(remove);

@@ -28,6 +28,8 @@ pub struct NetworkView {
     pub complete: bool,
     /// Number of messages applied.
     pub generation: u64,
+    /// The cluster's VXLAN UDP port (0 until a message said).
+    pub vxlan_port: u32,
 }
 
 impl NetworkView {
@@ -38,6 +40,9 @@ impl NetworkView {
             self.endpoints.clear();
             self.services.clear();
             self.complete = true;
+        }
+        if msg.vxlan_port != 0 {
+            self.vxlan_port = msg.vxlan_port;
         }
         for c in msg.changes.into_iter().filter_map(|c| c.change) {
             match c {

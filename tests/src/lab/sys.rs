@@ -226,6 +226,26 @@ pub fn lab_cgroups(lab: &str) -> Vec<PathBuf> {
     out
 }
 
+/// Where the agents' `--bpf-root` directories are (a bpffs).
+pub const BPF_ROOT: &str = "/sys/fs/bpf";
+
+/// The lab's agents' bpffs directories (`/sys/fs/bpf/<lab>-node<N>`).
+pub fn lab_bpf_dirs(lab: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(BPF_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| is_lab_cgroup(lab, n))
+        })
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
+
 /// `dir` and every cgroup below it, deepest first.
 pub fn cgroup_tree(dir: &Path) -> Vec<PathBuf> {
     let mut all = Vec::new();
