@@ -140,6 +140,12 @@ impl Metrics {
         m
     }
 
+    /// Registers a collector (metrics read at scrape time, e.g. from eBPF maps) of another
+    /// component in the same registry.
+    pub fn register_collector(&self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry.lock().unwrap().register_collector(collector);
+    }
+
     /// Registers a metric of another component (the agent's) in the same registry.
     pub fn register<M: prometheus_client::registry::Metric>(
         &self,

@@ -19,7 +19,7 @@
 //! `<name>-ul`/`<name>-node<i>`, cgroups `<name>-node<i>` in every hierarchy, mounts under
 //! root), so it works after a crash, from another process, and on a half-built lab.
 
-mod sys;
+pub mod sys;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -697,6 +697,30 @@ impl LabNode {
         .with_context(|| format!("asking the containerd of {}", self.name))
     }
 
+    /// The network namespace of a task running on this node.
+    pub fn task_netns(&self, task_id: &str) -> PathBuf {
+        self.exec_root().join("netns").join(task_id)
+    }
+
+    /// Runs `cmd` inside a task's container (its namespaces, cgroup and root filesystem, as
+    /// `docker exec` does) through the node's containerd; its stdout, or an error with its
+    /// stderr when it fails.
+    pub fn task_exec(&self, task_id: &str, cmd: &[&str]) -> anyhow::Result<String> {
+        let exec_id = format!("t{:08x}", rand_u32());
+        let mut args = vec!["task", "exec", "--exec-id", &exec_id, task_id];
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
+    /// Runs a host program (ping, python3 …) in a task's network namespace only.
+    pub fn in_task_netns(&self, task_id: &str, program: &str, args: &[&str]) -> CliOutput {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.task_netns(task_id).display()))
+            .arg(program)
+            .args(args);
+        output(cmd.output(), program)
+    }
+
     /// Ids of the containers in containerd namespace "swarm".
     pub fn containerd_containers(&self) -> anyhow::Result<Vec<String>> {
         Ok(lines(&self.ctr(&["containers", "ls", "-q"])?))
@@ -795,6 +819,14 @@ impl LabNode {
 pub fn http_get_in(netns: &Path, addr: &str, path: &str) -> anyhow::Result<String> {
     let (addr, path) = (addr.to_string(), path.to_string());
     sys::on_netns_thread(netns, move || crate::http_get(&addr, &path))
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    u32::from_ne_bytes(b) ^ std::process::id()
 }
 
 fn lines(s: &str) -> Vec<String> {

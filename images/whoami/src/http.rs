@@ -192,11 +192,22 @@ pub struct Ctx<'a> {
     pub interfaces: &'a dyn Fn() -> Vec<IpAddr>,
 }
 
-/// A plain-text response.
+/// Largest `/data?size=` served: 1 GiB.
+pub const MAX_DATA: u64 = 1 << 30;
+
+/// Byte `i` of a `/data` body: a fixed pattern (not all zeros, not periodic in 2^k), so a
+/// client can check what arrived with a checksum it computes on its own.
+pub fn data_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// A plain-text response, or a `/data` body of `data` pattern bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
     pub body: String,
+    /// When non-zero: the body is this many bytes of [`data_byte`] (the writer streams them).
+    pub data: u64,
 }
 
 impl Response {
@@ -204,6 +215,15 @@ impl Response {
         Response {
             status,
             body: body.into(),
+            data: 0,
+        }
+    }
+
+    pub fn data(size: u64) -> Self {
+        Response {
+            status: 200,
+            body: String::new(),
+            data: size,
         }
     }
 
@@ -220,13 +240,18 @@ impl Response {
         )
     }
 
-    /// Wire form; `head_only` (HEAD requests) leaves the body out but keeps its length.
+    /// Wire form; `head_only` (HEAD requests) leaves the body out but keeps its length. A
+    /// `/data` body is not included: the writer streams it after this.
     pub fn encode(&self, head_only: bool) -> Vec<u8> {
+        let (kind, len) = if self.data > 0 {
+            ("application/octet-stream", self.data)
+        } else {
+            ("text/plain; charset=utf-8", self.body.len() as u64)
+        };
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {kind}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
             self.status,
             reason(self.status),
-            self.body.len()
         )
         .into_bytes();
         if !head_only {
@@ -268,8 +293,26 @@ pub fn handle(req: &Request, peer: SocketAddr, ctx: &Ctx<'_>) -> Response {
             Response::text(200, "healthy now\n")
         }
         "/hostname" => Response::text(200, format!("{}\n", ctx.hostname)),
+        "/data" => match query_value(&req.target, "size").map(str::parse::<u64>) {
+            Some(Ok(n)) if (1..=MAX_DATA).contains(&n) => Response::data(n),
+            _ => Response::text(
+                400,
+                format!("400 Bad Request: /data wants ?size=N with 1 <= N <= {MAX_DATA}\n"),
+            ),
+        },
         _ => Response::text(200, whoami_page(req, peer, ctx)),
     }
+}
+
+/// The value of `key` in the target's query string.
+fn query_value<'a>(target: &'a str, key: &str) -> Option<&'a str> {
+    let query = target.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or(query);
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
 }
 
 fn whoami_page(req: &Request, peer: SocketAddr, ctx: &Ctx<'_>) -> String {
@@ -466,6 +509,15 @@ mod tests {
         assert_eq!(call("/health/ok"), Response::text(200, "healthy now\n"));
         assert_eq!(call("/health"), Response::text(200, "ok\n"));
         assert_eq!(call("/hostname"), Response::text(200, "box1\n"));
+        assert_eq!(call("/data?size=1000"), Response::data(1000));
+        assert_eq!(call("/data?x=1&size=7#f"), Response::data(7));
+        assert_eq!(call("/data").status, 400);
+        assert_eq!(call("/data?size=0").status, 400);
+        assert_eq!(call(&format!("/data?size={}", MAX_DATA + 1)).status, 400);
+        let head = String::from_utf8(Response::data(1000).encode(false)).unwrap();
+        assert!(head.contains("Content-Length: 1000\r\n"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+        assert_eq!((data_byte(0), data_byte(250), data_byte(251)), (0, 250, 0));
     }
 
     #[test]

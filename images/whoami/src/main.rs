@@ -4,8 +4,11 @@
 //! prefixed with the hostname), on `0.0.0.0` and, where available, `[::]`.
 //! HTTP routes: `/health`, `/health/fail`, `/health/ok`, `/hostname`, anything else prints
 //! hostname, interface addresses, the peer address and the request head.
+//! `/data?size=N` streams N bytes of a fixed pattern (for transfer checks).
 //! SIGTERM/SIGINT exit with status 0. One log line per request on stdout.
+//! `whoami get|udp|lookup …` are client modes for tests (see `client.rs`).
 
+mod client;
 mod http;
 mod sys;
 
@@ -23,7 +26,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// not turn the close into a reset that could destroy the response in flight.
 const LINGER: Duration = Duration::from_secs(2);
 const MAX_CONNECTIONS: usize = 512;
-const USAGE: &str = "usage: whoami [--port N]   (default 80, or env WHOAMI_PORT)\n";
+const USAGE: &str = "usage: whoami [--port N]   (default 80, or env WHOAMI_PORT)\n       whoami get URL [--count N] [--interval-ms MS] [--check-data]\n       whoami udp HOST:PORT TEXT [--count N] [--interval-ms MS]\n       whoami lookup NAME\n";
 
 static HEALTHY: AtomicBool = AtomicBool::new(true);
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
@@ -91,6 +94,19 @@ impl ConnSlot {
     }
 }
 
+/// Streams `size` bytes of the `/data` pattern.
+fn write_data(stream: &mut TcpStream, size: u64) -> io::Result<()> {
+    // 251 × 261 bytes: a whole number of pattern periods, so every chunk is the same.
+    let chunk: Vec<u8> = (0..251 * 261).map(http::data_byte).collect();
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        stream.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    stream.flush()
+}
+
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         ACTIVE.fetch_sub(1, Ordering::SeqCst);
@@ -101,6 +117,9 @@ fn finish(mut stream: TcpStream, resp: &http::Response, head_only: bool) {
     let _ = stream
         .write_all(&resp.encode(head_only))
         .and_then(|_| stream.flush());
+    if resp.data > 0 && !head_only && write_data(&mut stream, resp.data).is_err() {
+        return;
+    }
     let _ = stream.shutdown(Shutdown::Write);
     // Drain what the client may still send until it closes, within LINGER.
     let _ = stream.set_read_timeout(Some(LINGER));
@@ -241,7 +260,11 @@ fn udp_loop(socket: UdpSocket, hostname: &'static str) {
 }
 
 fn main() -> ExitCode {
-    let cmd = parse_args(std::env::args().skip(1), std::env::var("WHOAMI_PORT").ok());
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) = client::run(&argv) {
+        return code;
+    }
+    let cmd = parse_args(argv, std::env::var("WHOAMI_PORT").ok());
     let port = match cmd {
         Ok(Command::Run { port }) => port,
         Ok(Command::Help) => {

@@ -12,6 +12,7 @@
 //!   as they are, so forwarding goes on across an agent restart.
 
 pub mod dataplane;
+pub mod metrics;
 pub mod plumbing;
 pub mod sockets;
 pub mod stream;
@@ -61,6 +62,13 @@ pub enum NetworkError {
         network: String,
         addr: String,
     },
+}
+
+/// See [`Networking::metric_names`].
+#[derive(Debug, Default)]
+pub struct MetricNames {
+    pub networks: BTreeMap<u32, String>,
+    pub lb: BTreeMap<u32, (String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -379,7 +387,7 @@ impl Networking {
         if let Err(e) = &dataplane {
             tracing::error!("the eBPF data plane did not load: {e}");
         }
-        Arc::new(Networking {
+        let net = Arc::new(Networking {
             cfg,
             up: Mutex::new(None),
             dataplane,
@@ -391,11 +399,43 @@ impl Networking {
                 lb_adopted: false,
             }),
             changed: tokio::sync::Notify::new(),
-        })
+        });
+        swarm_manager::metrics::METRICS.register_collector(Box::new(metrics::DataplaneCollector {
+            net: Arc::downgrade(&net),
+        }));
+        net
     }
 
     pub fn config(&self) -> &NetworkingConfig {
         &self.cfg
+    }
+
+    /// Names for the metrics: VNI → network name, LB id → (service, network) names.
+    pub fn metric_names(&self) -> MetricNames {
+        let view = self.view.current();
+        let networks: BTreeMap<u32, String> = view
+            .networks
+            .values()
+            .map(|n| (n.vni, n.name.clone()))
+            .collect();
+        let st = self.lock();
+        let lb = st
+            .lb_ids
+            .by_key
+            .iter()
+            .map(|((svc, net), id)| {
+                let s = view
+                    .services
+                    .get(svc)
+                    .map_or(svc.clone(), |s| s.name.clone());
+                let n = view
+                    .networks
+                    .get(net)
+                    .map_or(net.clone(), |n| n.name.clone());
+                (*id, (s, n))
+            })
+            .collect();
+        MetricNames { networks, lb }
     }
 
     /// The view the managers send, which this data plane implements.
