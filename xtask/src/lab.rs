@@ -42,8 +42,8 @@ fn config(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow::Re
 /// Installs the missing packages, builds the daemon, the CLI and the whoami binary, removes a
 /// previous lab, and starts one.
 pub fn up(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow::Result<Lab> {
-    // containerd, runc, docker-registry, busybox-static: installed when missing (as root).
-    crate::test::ensure_packages()?;
+    // containerd, runc, docker-registry, busybox-static …: installed when missing (as root).
+    crate::setup::ensure()?;
     crate::cargo(&["build", "-p", "swarm-agent", "-p", "swarm-cli"])?;
     images::build_whoami()?;
     let cfg = config(root, managers, workers, port)?;

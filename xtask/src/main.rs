@@ -1,5 +1,7 @@
 //! Developer tasks. `cargo xtask …` is an alias (in .cargo/config.toml) for
-//! `cargo run --package xtask -- …`.
+//! `cargo run --package xtask -- …`. That first build is the light xtask (no `lab` feature:
+//! stable Rust only), so it works on a fresh machine: it installs what the project needs
+//! ([`setup`]) and re-runs the command as the full xtask where one is needed.
 //!
 //! - `cargo xtask test [-- ARGS]`: what CI runs (every binary built, every test run).
 //! - `cargo xtask lab [up|exec|registry|status|down]`: the multi-node lab (a network namespace,
@@ -10,6 +12,7 @@
 //! - `cargo xtask bench create [--replicas 20] [--rounds 3]`: `service create` to all tasks
 //!   running in a 3-node lab, and where the time goes.
 
+#[cfg(feature = "scheduler")]
 mod bench;
 #[cfg(feature = "lab")]
 mod create_bench;
@@ -17,6 +20,7 @@ mod create_bench;
 mod failover;
 #[cfg(feature = "lab")]
 mod lab;
+mod setup;
 mod test;
 
 use std::path::PathBuf;
@@ -100,6 +104,8 @@ enum LabCmd {
 
 #[derive(Subcommand)]
 enum ImagesCmd {
+    /// Build the static (musl) whoami binary the whoami image is made of.
+    Build,
     /// Build the test images and push them as REGISTRY/whoami:latest and REGISTRY/busybox:latest.
     Push {
         /// host:port of the registry (plain HTTP).
@@ -152,43 +158,64 @@ fn main() -> anyhow::Result<()> {
                     only,
                     allow_debug,
                 },
-        } => {
-            if cfg!(debug_assertions) && !allow_debug {
-                // Numbers from a debug build mean nothing: run the release build instead.
-                let mut args = vec![
-                    "run",
-                    "--release",
-                    "--package",
-                    "xtask",
-                    "--no-default-features",
-                    "--",
-                    "bench",
-                    "scheduler",
-                ];
-                let runs = runs.to_string();
-                args.extend(["--runs", runs.as_str()]);
-                if let Some(o) = &only {
-                    args.extend(["--only", o.as_str()]);
-                }
-                eprintln!("re-running as a release build: cargo {}", args.join(" "));
-                return cargo(&args);
-            }
-            if cfg!(debug_assertions) {
-                eprintln!("WARNING: debug build: these numbers are not representative");
-            }
-            bench::scheduler(runs, only.as_deref())
-        }
+        } => scheduler_bench(runs, only, allow_debug),
         Cmd::Bench {
             what: BenchCmd::Failover { rounds, port },
         } => failover(rounds.max(1), port),
         Cmd::Bench {
             what: BenchCmd::Create { replicas, rounds },
         } => create_bench(replicas, rounds),
-        Cmd::BenchChild { nodes, tasks } => bench::child(nodes, tasks),
+        Cmd::BenchChild { nodes, tasks } => bench_child(nodes, tasks),
         Cmd::Images {
             what: ImagesCmd::Push { registry },
         } => images_push(&registry),
+        Cmd::Images {
+            what: ImagesCmd::Build,
+        } => images_build(),
     }
+}
+
+/// The scheduler benchmark, always measured as a release build with only what it needs.
+fn scheduler_bench(runs: usize, only: Option<String>, allow_debug: bool) -> anyhow::Result<()> {
+    #[cfg(feature = "scheduler")]
+    if !cfg!(debug_assertions) || allow_debug {
+        if cfg!(debug_assertions) {
+            eprintln!("WARNING: debug build: these numbers are not representative");
+        }
+        return bench::scheduler(runs, only.as_deref());
+    }
+    // Numbers from a debug build mean nothing: run the release build instead.
+    let mut args = vec![
+        "run",
+        "--release",
+        "--package",
+        "xtask",
+        "--features",
+        "scheduler",
+        "--",
+        "bench",
+        "scheduler",
+    ];
+    let runs = runs.to_string();
+    args.extend(["--runs", runs.as_str()]);
+    if let Some(o) = &only {
+        args.extend(["--only", o.as_str()]);
+    }
+    if allow_debug {
+        args.push("--allow-debug");
+    }
+    eprintln!("re-running as a release build: cargo {}", args.join(" "));
+    cargo(&args)
+}
+
+#[cfg(feature = "scheduler")]
+fn bench_child(nodes: usize, tasks: usize) -> anyhow::Result<()> {
+    bench::child(nodes, tasks)
+}
+
+#[cfg(not(feature = "scheduler"))]
+fn bench_child(_nodes: usize, _tasks: usize) -> anyhow::Result<()> {
+    bail!("bench-child runs inside `cargo xtask bench scheduler` (built with --features scheduler)")
 }
 
 #[cfg(feature = "lab")]
@@ -212,9 +239,21 @@ fn images_push(registry: &str) -> anyhow::Result<()> {
     tests::images::push(registry)
 }
 
+#[cfg(feature = "lab")]
+fn images_build() -> anyhow::Result<()> {
+    let path = tests::images::build_whoami()?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+#[cfg(not(feature = "lab"))]
+fn images_build() -> anyhow::Result<()> {
+    rerun_with_lab()
+}
+
 #[cfg(not(feature = "lab"))]
 fn images_push(_registry: &str) -> anyhow::Result<()> {
-    bail!("this xtask was built without the `lab` feature; run `cargo xtask images push`")
+    rerun_with_lab()
 }
 
 #[cfg(feature = "lab")]
@@ -229,17 +268,41 @@ fn create_bench(replicas: usize, rounds: usize) -> anyhow::Result<()> {
 
 #[cfg(not(feature = "lab"))]
 fn create_bench(_replicas: usize, _rounds: usize) -> anyhow::Result<()> {
-    bail!("this xtask was built without the `lab` feature; run `cargo xtask bench create`")
+    rerun_with_lab()
 }
 
 #[cfg(not(feature = "lab"))]
 fn failover(_rounds: usize, _port: u16) -> anyhow::Result<()> {
-    bail!("this xtask was built without the `lab` feature; run `cargo xtask bench failover`")
+    rerun_with_lab()
 }
 
 #[cfg(not(feature = "lab"))]
 fn lab(_root: &std::path::Path, _verb: Option<LabCmd>) -> anyhow::Result<()> {
-    bail!("this xtask was built without the `lab` feature; run `cargo xtask lab`")
+    rerun_with_lab()
+}
+
+/// Runs this same command again as the full xtask (`--features lab`: the lab, the images and
+/// the benchmarks that need the daemon), after making sure everything that build needs is on
+/// the machine. The light xtask that gets here compiles with stable Rust alone.
+#[cfg(not(feature = "lab"))]
+fn rerun_with_lab() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "bench") {
+        setup::ensure_for_bench()?;
+    } else {
+        setup::ensure()?;
+    }
+    let mut cmd = vec![
+        "run",
+        "--quiet",
+        "--package",
+        "xtask",
+        "--features",
+        "lab",
+        "--",
+    ];
+    cmd.extend(args.iter().map(String::as_str));
+    cargo(&cmd)
 }
 
 /// The workspace root (xtask's parent directory).

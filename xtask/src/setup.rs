@@ -1,0 +1,161 @@
+//! What a fresh machine needs before anything of the project builds or runs, installed when
+//! missing (as root): Debian packages, the nightly toolchain with rust-src, bpf-linker, the
+//! musl target. This module is part of the light xtask (built without the `lab` feature), so
+//! that it compiles with nothing but stable Rust: the commands that need the rest re-run
+//! xtask with `--features lab` once this is done.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// (file that shows it is there, Debian package)
+const PACKAGES: &[(&str, &str)] = &[
+    // containerd-client's build script runs protoc.
+    ("/usr/bin/protoc", "protobuf-compiler"),
+    ("/usr/bin/docker-registry", "docker-registry"),
+    ("/usr/bin/busybox", "busybox-static"),
+    ("/usr/bin/containerd", "containerd"),
+    ("/usr/sbin/runc", "runc"),
+    ("/usr/sbin/ip", "iproute2"),
+    ("/usr/bin/ping", "iputils-ping"),
+    ("/usr/bin/nsenter", "util-linux"),
+    ("/usr/bin/python3", "python3"),
+    // The DNS tests forward to a dnsmasq upstream; the DNS benchmark compares with it.
+    ("/usr/sbin/dnsmasq", "dnsmasq-base"),
+];
+
+/// Only the benchmarks use these (installed by the light xtask before it re-runs a `bench`).
+#[cfg_attr(feature = "lab", allow(dead_code))]
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("/usr/bin/iperf3", "iperf3"),
+    ("/usr/bin/sockperf", "sockperf"),
+    ("/usr/bin/dnsperf", "dnsperf"),
+    ("/usr/sbin/iptables", "iptables"),
+];
+
+/// The bpf-linker that matches the nightly's LLVM (see ../shared/toolchain.md).
+const BPF_LINKER_VERSION: &str = "0.10.3";
+pub const MUSL: &str = "x86_64-unknown-linux-musl";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Installs the missing Debian packages of `list` with apt-get (as root), or says what to
+/// install.
+fn ensure_packages(list: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = list
+        .iter()
+        .filter(|(path, _)| !Path::new(path).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "these Debian packages are needed: {}; install them (`sudo apt-get install -y {}`) or run as root",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    println!("installing {}", missing.join(", "));
+    let apt = |args: &[&str]| {
+        run(
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            &format!("apt-get {}", args.join(" ")),
+        )
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    apt(&args)
+}
+
+/// The nightly toolchain with rust-src (the eBPF programs are built with it, `-Z
+/// build-std=core`), bpf-linker, and the musl target of the stable toolchain (whoami).
+fn ensure_toolchains() -> anyhow::Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]));
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        println!("installing the nightly toolchain (for the eBPF programs)");
+        run(
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]),
+            "rustup toolchain install nightly",
+        )?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]));
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        println!("adding rust-src to the nightly toolchain");
+        run(
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+            "rustup component add rust-src",
+        )?;
+    }
+    let linker = output(Command::new("bpf-linker").arg("--version"));
+    if !linker.contains(BPF_LINKER_VERSION) {
+        println!("installing bpf-linker {BPF_LINKER_VERSION} (2–3 minutes)");
+        run(
+            Command::new("cargo").args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ]),
+            "cargo +nightly install bpf-linker",
+        )?;
+    }
+    let targets = output(Command::new("rustup").args(["target", "list", "--installed"]));
+    if !targets.lines().any(|l| l.trim() == MUSL) {
+        println!("adding the {MUSL} target (for the test images)");
+        run(
+            Command::new("rustup").args(["target", "add", MUSL]),
+            "rustup target add",
+        )?;
+    }
+    Ok(())
+}
+
+/// Everything the build and the tests need.
+pub fn ensure() -> anyhow::Result<()> {
+    ensure_packages(PACKAGES)?;
+    ensure_toolchains()
+}
+
+/// Everything the benchmarks need too.
+#[cfg_attr(feature = "lab", allow(dead_code))]
+pub fn ensure_for_bench() -> anyhow::Result<()> {
+    ensure()?;
+    ensure_packages(BENCH_PACKAGES)
+}
