@@ -39,6 +39,11 @@ use crate::network::Networking;
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 /// The runtime of every container.
 pub const RUNTIME: &str = "io.containerd.runc.v2";
+/// How long a task on a network keeps running after it was told to stop and before it gets
+/// its stop signal: the managers mark it not serving at that moment, every node's load
+/// balancer stops giving it new connections, and this is the time for that to reach them.
+/// Docker has no such pause: connections that race with the stop fail there.
+pub const LB_DRAIN: Duration = Duration::from_secs(1);
 
 /// Runs tasks as containerd containers.
 #[derive(Clone)]
@@ -265,6 +270,7 @@ impl ContainerdExecutor {
                 metrics::observe("start", t0.elapsed());
                 let how = Supervision {
                     grace,
+                    drain: self.drain(&task),
                     signal: prepared.stop_signal,
                     health: prepared.health,
                     running_reported: false,
@@ -339,6 +345,7 @@ impl ContainerdExecutor {
                 }
                 let how = Supervision {
                     grace: stop_grace(&task),
+                    drain: self.drain(&task),
                     signal: self.adopted_stop_signal(&cd, &id).await,
                     health: HealthCheck::from_task(&task, &Default::default()),
                     running_reported: task.state() >= TaskState::Running,
@@ -398,6 +405,18 @@ impl ContainerdExecutor {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
+        }
+    }
+}
+
+impl ContainerdExecutor {
+    /// [`LB_DRAIN`] for tasks on networks (their addresses may be load-balancing backends),
+    /// nothing for the others.
+    fn drain(&self, task: &Task) -> Duration {
+        if self.inner.network.is_some() && !task.networks.is_empty() {
+            LB_DRAIN
+        } else {
+            Duration::ZERO
         }
     }
 }
@@ -644,6 +663,14 @@ impl ContainerdExecutor {
             }
         }
         drop(health);
+        if unhealthy.is_none() && !how.drain.is_zero() {
+            // Every node stops sending it new connections now (the managers said it is no
+            // longer serving); give that a moment to arrive before the process hears of it.
+            tokio::select! {
+                r = &mut wait => return r.map(|_| Ended::Stopped),
+                _ = tokio::time::sleep(how.drain) => {}
+            }
+        }
         let t0 = std::time::Instant::now();
         self.kill(cd, id, how.signal).await;
         if tokio::time::timeout(how.grace, &mut wait).await.is_err() {
@@ -762,6 +789,8 @@ async fn wait_exit(cd: &Containerd, id: &str) -> Result<u32, ContainerdError> {
 /// How `supervise` runs a started container.
 struct Supervision {
     grace: Duration,
+    /// Time between the order to stop and the stop signal (see [`LB_DRAIN`]).
+    drain: Duration,
     signal: u32,
     health: Option<HealthCheck>,
     /// RUNNING was reported already (an adopted task).
