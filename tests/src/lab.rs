@@ -50,6 +50,11 @@ pub const KEEP_ON_FAILURE_ENV: &str = "SWARM_LAB_KEEP_ON_FAILURE";
 const CONTAINERD: &str = "/usr/bin/containerd";
 const CTR: &str = "/usr/bin/ctr";
 const DOCKER_REGISTRY: &str = "/usr/bin/docker-registry";
+const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+/// The zone the lab's upstream resolver (dnsmasq in the underlay) answers: every name under
+/// it is this address. The agents forward what they do not know there.
+pub const UPSTREAM_TEST_ZONE: &str = "example.test";
+pub const UPSTREAM_TEST_ADDR: &str = "192.0.2.7";
 const DAEMON_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const PROXY_VARS: &[&str] = &[
     "http_proxy",
@@ -821,6 +826,16 @@ pub fn http_get_in(netns: &Path, addr: &str, path: &str) -> anyhow::Result<Strin
     sys::on_netns_thread(netns, move || crate::http_get(&addr, &path))
 }
 
+/// The task's address on the network named `network` (without prefix length).
+pub fn task_addr(task: &proto::Task, network: &str) -> Option<String> {
+    task.networks
+        .iter()
+        .find(|a| a.network_name == network)
+        .and_then(|a| a.addresses.first())
+        .and_then(|a| a.split('/').next())
+        .map(str::to_string)
+}
+
 fn rand_u32() -> u32 {
     let mut b = [0u8; 4];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
@@ -887,6 +902,7 @@ pub struct Lab {
     cfg: LabConfig,
     nodes: Vec<LabNode>,
     registry: Daemon,
+    upstream_dns: Daemon,
     down_on_drop: bool,
 }
 
@@ -945,6 +961,11 @@ impl Lab {
                 "registry".into(),
                 PathBuf::from(DOCKER_REGISTRY),
                 reg_dir.join("registry.pid"),
+            ),
+            upstream_dns: Daemon::new(
+                "upstream dns".into(),
+                PathBuf::from(DNSMASQ),
+                cfg.root.join("dns").join("dnsmasq.pid"),
             ),
             nodes,
             cfg,
@@ -1102,6 +1123,11 @@ impl Lab {
             &format!("starting the registry on {}", registry_addr()),
         );
         self.start_registry()?;
+        progress(
+            name,
+            &format!("starting the upstream resolver on {UNDERLAY_IP}:53 (zone {UPSTREAM_TEST_ZONE})"),
+        );
+        self.start_upstream_dns()?;
         progress(name, "pushing the whoami and busybox images");
         for r in self.push_images()? {
             progress(name, &format!("  {r}"));
@@ -1260,6 +1286,52 @@ impl Lab {
         &self.nodes
     }
 
+    /// The lab node a task runs on.
+    pub fn node_of(&self, task: &proto::Task) -> anyhow::Result<&LabNode> {
+        let nodes = self.node(1).nodes()?;
+        let host = nodes
+            .iter()
+            .find(|n| n.id == task.node_id)
+            .and_then(|n| n.description.as_ref())
+            .map(|d| d.hostname.clone())
+            .with_context(|| format!("task {} is on an unknown node {}", task.id, task.node_id))?;
+        self.node_named(&host)
+            .with_context(|| format!("no lab node named {host}"))
+    }
+
+    /// The running tasks of `service` once there are exactly `n` of them (within `timeout`).
+    pub fn running_tasks(
+        &self,
+        service: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<proto::Task>> {
+        let m = self.node(1);
+        let mut last = String::new();
+        wait_for(timeout, || {
+            let tasks = m.tasks(service).unwrap_or_default();
+            let ok = crate::running(&tasks).len() == n;
+            if !ok {
+                last = m.swarm(&["service", "ps", service]).stdout;
+            }
+            ok
+        })
+        .with_context(|| format!("{service} never had {n} running tasks:\n{last}"))?;
+        Ok(crate::running(&m.tasks(service)?).into_iter().cloned().collect())
+    }
+
+    /// Runs `cmd` inside the task's container, on its node.
+    pub fn task_exec(&self, task: &proto::Task, cmd: &[&str]) -> anyhow::Result<String> {
+        self.node_of(task)?.task_exec(&task.id, cmd)
+    }
+
+    /// An HTTP GET from inside the task's container (whoami's client mode: a process of the
+    /// container like any other, resolving names through the container's resolv.conf);
+    /// the first line of the body.
+    pub fn task_get(&self, task: &proto::Task, url: &str) -> anyhow::Result<String> {
+        Ok(self.task_exec(task, &["/whoami", "get", url])?.trim().to_string())
+    }
+
     /// The registry's `host:port` (reachable from every node; images are `<it>/whoami:latest`
     /// and `<it>/busybox:latest`).
     pub fn registry(&self) -> String {
@@ -1297,6 +1369,53 @@ impl Lab {
     }
 
     /// Starts the registry (when not running) and waits until `GET /v2/` answers.
+    /// The node's resolvers as the agents see them (`--resolv-conf`): the lab's upstream.
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.cfg.root.join("dns").join("resolv.conf")
+    }
+
+    /// dnsmasq in the underlay on port 53, answering the zone [`UPSTREAM_TEST_ZONE`] with
+    /// [`UPSTREAM_TEST_ADDR`] and nothing else (NXDOMAIN): what the agents forward to.
+    pub fn start_upstream_dns(&self) -> anyhow::Result<()> {
+        if self.upstream_dns.pid().is_some() {
+            return Ok(());
+        }
+        let dir = self.cfg.root.join("dns");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(self.resolv_conf(), format!("nameserver {UNDERLAY_IP}\n"))?;
+        let log = dir.join("dnsmasq.log");
+        let (out, err) = log_file(&log)?;
+        let mut cmd = Command::new(DNSMASQ);
+        cmd.args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            &format!("--listen-address={UNDERLAY_IP}"),
+            "--port=53",
+            &format!("--address=/{UPSTREAM_TEST_ZONE}/{UPSTREAM_TEST_ADDR}"),
+            "--user=root",
+            "--pid-file=",
+            "--log-facility=-",
+        ])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+        sys::in_netns(&mut cmd, &sys::netns_path(&self.underlay_netns()), true)?;
+        self.upstream_dns.spawn(cmd)?;
+        wait_for_quick(Duration::from_secs(10), || {
+            let addr = format!("{UNDERLAY_IP}:53");
+            sys::on_netns_thread(&sys::netns_path(&self.underlay_netns()), move || {
+                Ok(std::net::TcpStream::connect_timeout(
+                    &addr.parse()?,
+                    Duration::from_millis(200),
+                )?)
+            })
+            .is_ok()
+        })
+        .with_context(|| format!("dnsmasq did not listen on {UNDERLAY_IP}:53; log:\n{}", tail(&log, 20)))
+    }
+
     pub fn start_registry(&self) -> anyhow::Result<()> {
         if self.registry_running() {
             return Ok(());

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tests::lab::{Lab, LabConfig, LabNode};
+use tests::lab::{task_addr, Lab, LabConfig, LabNode};
 use tests::{running, wait_for};
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -21,52 +21,18 @@ fn lab(managers: usize, workers: usize) -> (std::sync::MutexGuard<'static, ()>, 
 
 const LONG: Duration = Duration::from_secs(90);
 
-/// The lab node a task runs on.
 fn node_of<'a>(lab: &'a Lab, task: &proto::Task) -> &'a LabNode {
-    let nodes = lab.node(1).nodes().expect("node ls");
-    let host = nodes
-        .iter()
-        .find(|n| n.id == task.node_id)
-        .and_then(|n| n.description.as_ref())
-        .map(|d| d.hostname.clone())
-        .unwrap_or_else(|| panic!("task {} is on an unknown node {}", task.id, task.node_id));
-    lab.node_named(&host)
-        .unwrap_or_else(|| panic!("no lab node named {host}"))
+    lab.node_of(task).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// The running tasks of `service` once there are `n` of them.
 fn running_tasks(lab: &Lab, service: &str, n: usize) -> Vec<proto::Task> {
-    let m = lab.node(1);
-    let mut last = String::new();
-    wait_for(LONG, || {
-        let tasks = m.tasks(service).unwrap_or_default();
-        let ok = running(&tasks).len() == n;
-        if !ok {
-            last = m.swarm(&["service", "ps", service]).stdout;
-        }
-        ok
-    })
-    .unwrap_or_else(|e| panic!("{service}: {e}\n{last}\n{}", lab.logs()));
-    running(&m.tasks(service).unwrap())
-        .into_iter()
-        .cloned()
-        .collect()
+    lab.running_tasks(service, n, LONG)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()))
 }
 
-/// The task's address on the network named `network` (without prefix length).
 fn addr_on(task: &proto::Task, network: &str) -> String {
-    task.networks
-        .iter()
-        .find(|a| a.network_name == network)
-        .and_then(|a| a.addresses.first())
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_else(|| {
-            panic!(
-                "task {} has no address on {network}: {:?}",
-                task.id, task.networks
-            )
-        })
-        .to_string()
+    task_addr(task, network)
+        .unwrap_or_else(|| panic!("task {} has no address on {network}: {:?}", task.id, task.networks))
 }
 
 /// `ping` from the task's namespace: whether an answer came back.
@@ -90,11 +56,8 @@ fn ping(lab: &Lab, from: &proto::Task, to: &str, size: usize) -> bool {
         .ok()
 }
 
-/// An HTTP GET from inside the task's container (whoami's client mode, a process of the
-/// container like any other); the first line of the body.
 fn get(lab: &Lab, from: &proto::Task, url: &str) -> anyhow::Result<String> {
-    let out = node_of(lab, from).task_exec(&from.id, &["/whoami", "get", url])?;
-    Ok(out.trim().to_string())
+    lab.task_get(from, url)
 }
 
 /// A UDP datagram from inside the task's container to `to`:80; the answer.

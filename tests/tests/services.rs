@@ -1,0 +1,286 @@
+//! Service discovery and load balancing for real, in the lab: names resolved by the agent's
+//! DNS at 127.0.0.11 (reached through the socket hooks), connections to VIPs balanced by the
+//! eBPF programs, from processes inside containers (whoami's client modes). Needs what
+//! `cargo xtask test` installs (containerd, runc, docker-registry, dnsmasq …). One lab at a
+//! time.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use tests::lab::{task_addr, Lab, LabConfig};
+use tests::wait_for;
+
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn lab(managers: usize, workers: usize) -> (std::sync::MutexGuard<'static, ()>, Lab) {
+    let guard = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up(LabConfig::for_tests(managers, workers)).unwrap_or_else(|e| panic!("{e:#}"));
+    (guard, lab)
+}
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn running(lab: &Lab, service: &str, n: usize) -> Vec<proto::Task> {
+    lab.running_tasks(service, n, LONG)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()))
+}
+
+fn create(lab: &Lab, args: &[&str]) {
+    let mut a = vec!["service", "create", "-d"];
+    a.extend_from_slice(args);
+    lab.node(1).swarm_ok(&a);
+}
+
+/// `whoami lookup NAME` inside the task: the addresses, sorted (empty when it fails).
+fn lookup(lab: &Lab, from: &proto::Task, name: &str) -> Vec<String> {
+    lab.task_exec(from, &["/whoami", "lookup", name])
+        .map(|out| out.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+fn addrs(tasks: &[proto::Task], network: &str) -> Vec<String> {
+    let mut v: Vec<String> = tasks.iter().filter_map(|t| task_addr(t, network)).collect();
+    v.sort();
+    v
+}
+
+/// The service's VIP on `network_id`, without prefix length.
+fn vip(lab: &Lab, service: &str) -> String {
+    let svc = lab
+        .node(1)
+        .services()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.spec.as_ref().is_some_and(|sp| sp.name == service))
+        .unwrap();
+    svc.endpoint
+        .and_then(|e| e.virtual_ips.first().cloned())
+        .map(|v| v.addr.split('/').next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("{service} has no VIP"))
+}
+
+fn hostname(t: &proto::Task) -> String {
+    t.id[..12].to_string()
+}
+
+#[test]
+fn names_resolve_and_requests_spread_over_every_replica_from_a_node_without_one() {
+    let (_g, lab) = lab(1, 2);
+    let whoami = format!("{}/whoami:latest", lab.registry());
+    let m = lab.node(1);
+    m.swarm_ok(&["network", "create", "-d", "overlay", "appnet"]);
+    m.swarm_ok(&["network", "create", "-d", "overlay", "othernet"]);
+    create(&lab, &[
+        "--name", "web", "--replicas", "3", "--network", "appnet",
+        "--constraint", "node.hostname!=node3", &whoami,
+    ]);
+    create(&lab, &[
+        "--name", "rr", "--replicas", "2", "--endpoint-mode", "dnsrr", "--network", "appnet",
+        &whoami,
+    ]);
+    create(&lab, &["--name", "hidden", "--network", "othernet", &whoami]);
+    create(&lab, &[
+        "--name", "client", "--network", "name=appnet,alias=front-door",
+        "--constraint", "node.hostname==node3", &whoami,
+    ]);
+    let web = running(&lab, "web", 3);
+    let rr = running(&lab, "rr", 2);
+    let hidden = running(&lab, "hidden", 1);
+    let client = running(&lab, "client", 1).remove(0);
+    assert_eq!(lab.node_of(&client).unwrap().name(), "node3");
+
+    // `web` is its VIP, `tasks.web` every task address; dnsrr names are the task addresses.
+    let web_vip = vip(&lab, "web");
+    assert_eq!(lookup(&lab, &client, "web"), vec![web_vip.clone()], "{}", lab.logs());
+    assert_eq!(lookup(&lab, &client, "tasks.web"), addrs(&web, "appnet"));
+    assert_eq!(lookup(&lab, &client, "rr"), addrs(&rr, "appnet"));
+    // A task's own alias, and a task name.
+    assert_eq!(lookup(&lab, &client, "front-door"), vec![vip(&lab, "client")]);
+    let name = format!("web.{}.{}", web[0].slot, web[0].id);
+    assert_eq!(lookup(&lab, &client, &name), vec![task_addr(&web[0], "appnet").unwrap()]);
+    // A service on a network the client is not on neither resolves nor answers on its VIP.
+    assert!(lookup(&lab, &client, "hidden").is_empty(), "hidden resolved");
+    let hidden_vip = vip(&lab, "hidden");
+    assert!(lab.task_get(&client, &format!("http://{hidden_vip}/")).is_err(), "hidden's VIP answered");
+    let _ = hidden;
+
+    // 300 requests to http://web/ from node3 (no replica there): every replica gets between
+    // half and twice its share.
+    let out = lab
+        .task_exec(&client, &["/whoami", "get", "http://web/hostname", "--count", "300"])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for l in out.lines() {
+        *per.entry(l.trim().to_string()).or_default() += 1;
+    }
+    assert_eq!(per.values().sum::<usize>(), 300, "{per:?}");
+    for t in &web {
+        let n = per.get(&hostname(t)).copied().unwrap_or(0);
+        assert!((50..=200).contains(&n), "{} got {n} of 300: {per:?}", hostname(t));
+    }
+    // The per-service and per-backend counters on node3's /metrics saw them.
+    let metrics = lab.node(3).metrics().unwrap();
+    let conns: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("swarm_service_connections_total") && l.contains("service=\"web\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(conns >= 300.0, "{metrics}");
+    assert!(
+        metrics.lines().filter(|l| l.starts_with("swarm_service_backend_connections_total") && l.contains("service=\"web\"")).count() == 3,
+        "{metrics}"
+    );
+
+    // dnsrr: requests by name reach both tasks too.
+    let out = lab
+        .task_exec(&client, &["/whoami", "get", "http://rr/hostname", "--count", "20"])
+        .unwrap();
+    let seen: std::collections::BTreeSet<&str> = out.lines().collect();
+    assert_eq!(seen.len(), 2, "{out}");
+}
+
+/// Request log lines of a task (whoami logs one per request) with their times.
+fn request_times(lab: &Lab, task: &proto::Task) -> Vec<SystemTime> {
+    let node = lab.node_of(task).unwrap();
+    let log = node.data_root().join("tasks").join(&task.id).join("container.log");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("GET /hostname"))
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            humantime::parse_rfc3339(v.get("time")?.as_str()?).ok()
+        })
+        .collect()
+}
+
+#[test]
+fn scaling_down_and_up_under_load_fails_no_request_and_stopping_tasks_get_no_new_ones() {
+    let (_g, lab) = lab(1, 2);
+    let whoami = format!("{}/whoami:latest", lab.registry());
+    let m = lab.node(1);
+    m.swarm_ok(&["network", "create", "-d", "overlay", "appnet"]);
+    create(&lab, &["--name", "web", "--replicas", "3", "--network", "appnet", &whoami]);
+    create(&lab, &[
+        "--name", "client", "--network", "appnet", "--constraint", "node.hostname==node3",
+        &whoami,
+    ]);
+    running(&lab, "web", 3);
+    let client = running(&lab, "client", 1).remove(0);
+    assert!(lab.task_get(&client, "http://web/hostname").is_ok());
+
+    // A bounded loop of requests (~12 s) while the service goes 3 → 1 → 3.
+    let lab_ref = &lab;
+    let (out, stopped_at) = std::thread::scope(|s| {
+        let load = s.spawn(move || {
+            lab_ref.task_exec(
+                &client,
+                &["/whoami", "get", "http://web/hostname", "--count", "400", "--interval-ms", "25"],
+            )
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let before: Vec<String> = running(lab_ref, "web", 3).iter().map(|t| t.id.clone()).collect();
+        m.swarm_ok(&["service", "scale", "web=1"]);
+        let stopped_at = SystemTime::now();
+        let one = running(lab_ref, "web", 1);
+        let removed: Vec<String> = before.into_iter().filter(|id| *id != one[0].id).collect();
+        std::thread::sleep(Duration::from_secs(2));
+        m.swarm_ok(&["service", "scale", "web=3"]);
+        running(lab_ref, "web", 3);
+        (load.join().unwrap(), (stopped_at, removed))
+    });
+    let out = out.unwrap_or_else(|e| panic!("a request failed while scaling: {e:#}"));
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error")).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(out.lines().count(), 400);
+
+    // The removed tasks stopped getting connections once they were told to stop (the load
+    // balancer on node3 needs well under half a second to hear of it).
+    let (t_stop, removed) = stopped_at;
+    let tasks = m.tasks("web").unwrap();
+    for id in removed {
+        let t = tasks.iter().find(|t| t.id == id).unwrap();
+        let late: Vec<SystemTime> = request_times(&lab, t)
+            .into_iter()
+            .filter(|at| *at > t_stop + Duration::from_millis(500))
+            .collect();
+        assert!(late.is_empty(), "{} served {} requests after it was stopped", t.id, late.len());
+    }
+}
+
+#[test]
+fn udp_through_a_vip_follows_a_live_backend_and_a_task_may_bind_port_53() {
+    let (_g, lab) = lab(1, 2);
+    let whoami = format!("{}/whoami:latest", lab.registry());
+    let m = lab.node(1);
+    m.swarm_ok(&["network", "create", "-d", "overlay", "appnet"]);
+    create(&lab, &[
+        "--name", "echo", "--replicas", "2", "--network", "appnet",
+        "--constraint", "node.hostname!=node3", &whoami,
+    ]);
+    create(&lab, &[
+        "--name", "client", "--network", "appnet", "--constraint", "node.hostname==node3",
+        &whoami,
+    ]);
+    // A task that binds port 53 itself (TCP and UDP) starts, serves, and resolves names.
+    create(&lab, &["--name", "dns53", "--network", "appnet", &whoami, "--port", "53"]);
+    let echo = running(&lab, "echo", 2);
+    let client = running(&lab, "client", 1).remove(0);
+    let dns53 = running(&lab, "dns53", 1).remove(0);
+    assert_eq!(
+        lab.task_get(&client, "http://dns53:53/hostname").unwrap(),
+        hostname(&dns53)
+    );
+    assert_eq!(lookup(&lab, &dns53, "echo"), vec![vip(&lab, "echo")]);
+
+    // One connected UDP socket to echo's VIP, a datagram every 200 ms for ~12 s; the backend
+    // that answers first is killed on its node.
+    let lab_ref = &lab;
+    let answers = std::thread::scope(|s| {
+        let load = s.spawn(move || {
+            lab_ref.task_exec(
+                &client,
+                &["/whoami", "udp", "echo:80", "hi", "--count", "60", "--interval-ms", "200"],
+            )
+        });
+        // Find who answers now, then kill it.
+        let first = lab_ref
+            .task_exec(&client, &["/whoami", "udp", "echo:80", "probe"])
+            .unwrap();
+        let victim = echo
+            .iter()
+            .find(|t| first.contains(&hostname(t)))
+            .unwrap_or_else(|| panic!("no echo task answered: {first}"));
+        std::thread::sleep(Duration::from_secs(2));
+        let node = lab_ref.node_of(victim).unwrap();
+        node.ctr(&["task", "kill", "-s", "SIGKILL", &victim.id]).unwrap();
+        (load.join().unwrap().unwrap(), victim.clone())
+    });
+    let (out, victim) = answers;
+    let lines: Vec<&str> = out.lines().collect();
+    let survivor = echo.iter().find(|t| t.id != victim.id).unwrap();
+    let last: Vec<&&str> = lines.iter().rev().take(10).collect();
+    assert!(
+        last.iter().all(|l| l.contains(&hostname(survivor))),
+        "the connected socket did not end up on the live backend: {lines:?}"
+    );
+    let timeouts = lines.iter().filter(|l| **l == "timeout").count();
+    assert!(timeouts <= 10, "{timeouts} datagrams lost: {lines:?}");
+    let _ = Instant::now();
+}
+
+#[test]
+fn unknown_names_are_forwarded_to_the_nodes_resolvers() {
+    let (_g, lab) = lab(1, 1);
+    let whoami = format!("{}/whoami:latest", lab.registry());
+    let m = lab.node(1);
+    m.swarm_ok(&["network", "create", "-d", "overlay", "appnet"]);
+    create(&lab, &["--name", "client", "--network", "appnet", &whoami]);
+    let client = running(&lab, "client", 1).remove(0);
+    // The lab's upstream (dnsmasq in the underlay) holds the zone example.test.
+    wait_for(Duration::from_secs(20), || {
+        lookup(&lab, &client, "www.example.test") == vec![tests::lab::UPSTREAM_TEST_ADDR.to_string()]
+    })
+    .unwrap_or_else(|_| panic!("not forwarded: {:?}\n{}", lookup(&lab, &client, "www.example.test"), lab.logs()));
+    assert!(lookup(&lab, &client, "nothing.invalid").is_empty());
+}
