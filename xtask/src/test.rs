@@ -13,6 +13,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/busybox", "busybox-static"),
     ("/usr/bin/containerd", "containerd"),
     ("/usr/sbin/runc", "runc"),
+    // The embedded DNS server's end-to-end tests use dnsmasq as the node's resolver (the
+    // binary only: `dnsmasq` would also install and start a system service on port 53).
+    ("/usr/sbin/dnsmasq", "dnsmasq-base"),
 ];
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {

@@ -12,8 +12,8 @@
 //! only nameservers skipped are those the node could not use either: unspecified addresses
 //! (`0.0.0.0`, `::`) and link-local IPv6 with a `%zone`.
 //!
-//! Per question: at most 1024 forwards in flight (beyond that SERVFAIL at once, rather than
-//! Docker's wait for a slot), each upstream in order with a 4 s timeout, the next one on a
+//! Per question: at most 1024 forwards in flight on the node (beyond that SERVFAIL at once;
+//! Docker counts per container and waits up to 4 s for a slot, then answers REFUSED), each upstream in order with a 4 s timeout, the next one on a
 //! timeout, a network error, SERVFAIL or REFUSED (as Docker does). Every forward uses a new
 //! socket (a random source port) and a random message id, restored to the client's before the
 //! answer is relayed; an answer must come from the upstream, carry that id and echo the
@@ -39,6 +39,8 @@ use super::wire::{message_id, set_message_id, HEADER_LEN};
 pub const MAX_UPSTREAMS: usize = 3;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(4);
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Largest UDP answer read from an upstream.
+const UDP_ANSWER_MAX: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub struct ForwardConfig {
@@ -297,8 +299,9 @@ impl Forwarder {
         let sock = UdpSocket::bind(bind).await.map_err(Miss::Io)?;
         sock.connect(up).await.map_err(Miss::Io)?;
         sock.send(q).await.map_err(Miss::Io)?;
-        // Servers that ignore EDNS may still send more than 512 bytes: take what comes.
-        let mut buf = vec![0u8; 65535];
+        // Servers that ignore EDNS may send more than 512 bytes: take up to 4 KiB, and ask
+        // over TCP when that is not enough.
+        let mut buf = vec![0u8; UDP_ANSWER_MAX];
         let answer = loop {
             let n = match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
                 Err(_) => return Err(Miss::Timeout),
@@ -312,6 +315,10 @@ impl Forwarder {
             // Not our answer (late, spoofed, garbage): keep waiting until the deadline.
         };
         check_code(&answer)?;
+        if answer.len() == UDP_ANSWER_MAX {
+            // Perhaps cut by our buffer: only the TCP answer is certainly whole.
+            return self.exchange_tcp(up, q, id).await;
+        }
         if answer[2] & 0x02 == 0 {
             return Ok(answer);
         }

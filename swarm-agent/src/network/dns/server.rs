@@ -40,6 +40,8 @@ pub const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// TCP connections per task at a time; more are closed at once.
 const MAX_TCP_CONNECTIONS: usize = 64;
+/// Receive buffer of a task's UDP socket (the kernel doubles it for its bookkeeping).
+const UDP_RCVBUF: libc::c_int = 1 << 20;
 /// Largest UDP query read (bigger datagrams are cut, then rejected as malformed).
 const UDP_BUF: usize = 4096;
 
@@ -324,11 +326,37 @@ fn bind_on_this_thread(p: &Path) -> BindResult {
         std::net::UdpSocket::bind((DNS_ADDR, 0)).map_err(|e| ("binding UDP 127.0.0.11:0", e))?;
     udp.set_nonblocking(true)
         .map_err(|e| ("making the UDP socket non-blocking", e))?;
+    grow_receive_buffer(&udp);
     let tcp =
         std::net::TcpListener::bind((DNS_ADDR, 0)).map_err(|e| ("binding TCP 127.0.0.11:0", e))?;
     tcp.set_nonblocking(true)
         .map_err(|e| ("making the TCP listener non-blocking", e))?;
     Ok((udp, tcp))
+}
+
+/// Makes room for bursts of questions (an application resolving many names at once): with
+/// the default buffer (~200 KiB, a few hundred small datagrams) the kernel drops the rest and
+/// the client waits its timeout (5 s for glibc) before asking again. The memory is only used
+/// while datagrams wait. Root may exceed `net.core.rmem_max` (SO_RCVBUFFORCE); otherwise the
+/// kernel caps the value, which is fine too.
+fn grow_receive_buffer(sock: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = UDP_RCVBUF;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt on a valid socket with a pointer to a c_int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
 }
 
 /// A serving loop's snapshot of the index and of its task's scope.
