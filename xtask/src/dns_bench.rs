@@ -385,27 +385,24 @@ fn run_in(
     let netns = swarm_agent::netns::create(&dir.join("netns"), "bench")
         .context("creating the benchmark's network namespace")?;
 
-    // The agent's server, on a runtime like the agent's (one worker per core).
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // The runtime only drives serve_task: the server answers on its own `swarm-dns` thread.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     let view = ViewHandle::default();
     let t0 = Instant::now();
     view.apply(names.view);
-    let server = {
-        let _g = rt.enter();
-        DnsServer::new(
-            DnsConfig {
-                forward: ForwardConfig {
-                    resolv_conf: dir.join("resolv.conf"),
-                    ..Default::default()
-                },
+    let server = DnsServer::new(
+        DnsConfig {
+            forward: ForwardConfig {
+                resolv_conf: dir.join("resolv.conf"),
                 ..Default::default()
             },
-            &view,
-        )?
-    };
+            ..Default::default()
+        },
+        &view,
+    )?;
     let built = t0.elapsed();
     let task = rt.block_on(server.serve_task("bench", &netns, vec![NET_ID.to_string()]))?;
     let agent_port = task.udp_port;
