@@ -238,24 +238,28 @@ struct Run {
     avg_us: f64,
 }
 
+/// Runs dnsperf in the namespace. Its output goes to a file, read afterwards: a pipe would
+/// have this process (which also serves the agent's answers) read every verbose line during
+/// the run.
 fn dnsperf(netns: &Path, port: u16, file: &Path, args: &[String]) -> anyhow::Result<String> {
-    let out = Command::new("nsenter")
+    let out_path = file.with_extension("out");
+    let out_file = std::fs::File::create(&out_path)
+        .with_context(|| format!("creating {}", out_path.display()))?;
+    let status = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
         .args(["dnsperf", "-s", "127.0.0.11", "-p", &port.to_string()])
         .arg("-d")
         .arg(file)
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(out_file)
+        .stderr(Stdio::inherit())
+        .status()
         .context("running dnsperf")?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "dnsperf failed ({}): {}{}",
-            out.status,
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let stdout = std::fs::read_to_string(&out_path)
+        .with_context(|| format!("reading {}", out_path.display()))?;
+    if !status.success() {
+        bail!("dnsperf failed ({status}): {stdout}");
     }
     Ok(stdout)
 }
