@@ -25,7 +25,7 @@
 //! Docker reads a dotted name: the full name on every network first, then a shorter prefix on
 //! the network named by the rest.
 //!
-//! Decisions (see also ../dns/mod.rs):
+//! Decisions (the answer codes are summed up in [`super`]):
 //! - `<service>.<slot>` is not a name: Docker does not resolve it (only the full task name, the
 //!   container's short ID and its hostname); a hostname template such as
 //!   `{{.Service.Name}}-{{.Task.Slot}}` is Docker's way to get per-slot names.
