@@ -11,7 +11,7 @@
 //! Every listener of the node is served by one thread of its own (`swarm-dns`, a
 //! current-thread tokio runtime), not by the agent's multi-threaded runtime: measured with
 //! `cargo xtask bench dns` on 2 cores, the agent's runtime (2 workers) gave 182k q/s and a p99
-//! of 700 µs at 50k q/s, one dedicated thread 241k q/s and 321 µs (dnsmasq, single-threaded
+//! of 700 µs at 50k q/s, a single worker 241k q/s and 321 µs (dnsmasq, single-threaded
 //! too: 171k q/s, 1 ms): the second worker's wake-ups and task migrations cost more than they
 //! bring to a loop that is one socket. It also keeps answers independent of what else the
 //! agent's runtime is busy with. Forwards run on that thread too (they only wait on sockets);
