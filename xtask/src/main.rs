@@ -8,6 +8,8 @@
 //!   containerd and swarm-agent per node; see xtask/src/lab.rs).
 //! - `cargo xtask bench scheduler [--runs 3] [--only NODESxTASKS]`: the scheduler benchmark
 //!   (re-runs itself as a release build).
+//! - `cargo xtask bench dns [--services 1000] [--tasks 10] [--rounds 3] [--seconds 5]`: the
+//!   embedded DNS server against dnsmasq with dnsperf (root; re-runs itself as a release build).
 //! - `cargo xtask bench failover [--rounds 5]`: leader failover time.
 //! - `cargo xtask bench create [--replicas 20] [--rounds 3]`: `service create` to all tasks
 //!   running in a 3-node lab, and where the time goes.
@@ -16,6 +18,8 @@
 mod bench;
 #[cfg(feature = "lab")]
 mod create_bench;
+#[cfg(feature = "dns-bench")]
+mod dns_bench;
 #[cfg(feature = "lab")]
 mod failover;
 #[cfg(feature = "lab")]
@@ -128,6 +132,27 @@ enum BenchCmd {
         #[arg(long)]
         allow_debug: bool,
     },
+    /// The embedded DNS server against dnsmasq serving the same names, with dnsperf (needs
+    /// root, dnsmasq, dnsperf).
+    Dns {
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Serving tasks per service.
+        #[arg(long, default_value_t = 10)]
+        tasks: usize,
+        /// Rounds (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Length of each dnsperf run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Query rate of the latency runs (default: half the lower throughput of round 1).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Measure this (debug) build instead of re-running as a release build.
+        #[arg(long)]
+        allow_debug: bool,
+    },
     /// Leader failover: time from killing the leader process until a write is accepted.
     Failover {
         #[arg(long, default_value_t = 5)]
@@ -159,6 +184,57 @@ fn main() -> anyhow::Result<()> {
                     allow_debug,
                 },
         } => scheduler_bench(runs, only, allow_debug),
+        Cmd::Bench {
+            what:
+                BenchCmd::Dns {
+                    services,
+                    tasks,
+                    rounds,
+                    seconds,
+                    rate,
+                    allow_debug,
+                },
+        } => {
+            if cfg!(debug_assertions) && !allow_debug {
+                // Its release build needs the eBPF toolchain (swarm-agent), dnsmasq, dnsperf.
+                setup::ensure_for_bench()?;
+                let (s, t, r, secs) = (
+                    services.to_string(),
+                    tasks.to_string(),
+                    rounds.to_string(),
+                    seconds.to_string(),
+                );
+                let rate = rate.map(|r| r.to_string());
+                let mut args = vec![
+                    "run",
+                    "--release",
+                    "--package",
+                    "xtask",
+                    "--features",
+                    "dns-bench",
+                    "--",
+                    "bench",
+                    "dns",
+                    "--services",
+                    s.as_str(),
+                    "--tasks",
+                    t.as_str(),
+                    "--rounds",
+                    r.as_str(),
+                    "--seconds",
+                    secs.as_str(),
+                ];
+                if let Some(rate) = &rate {
+                    args.extend(["--rate", rate.as_str()]);
+                }
+                eprintln!("re-running as a release build: cargo {}", args.join(" "));
+                return cargo(&args);
+            }
+            if cfg!(debug_assertions) {
+                eprintln!("WARNING: debug build: these numbers are not representative");
+            }
+            dns_bench(services, tasks, rounds, seconds.max(1), rate)
+        }
         Cmd::Bench {
             what: BenchCmd::Failover { rounds, port },
         } => failover(rounds.max(1), port),
@@ -254,6 +330,34 @@ fn images_build() -> anyhow::Result<()> {
 #[cfg(not(feature = "lab"))]
 fn images_push(_registry: &str) -> anyhow::Result<()> {
     rerun_with_lab()
+}
+
+#[cfg(feature = "dns-bench")]
+fn dns_bench(
+    services: usize,
+    tasks: usize,
+    rounds: usize,
+    seconds: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<()> {
+    dns_bench::run(dns_bench::Options {
+        services,
+        tasks,
+        rounds,
+        seconds,
+        rate,
+    })
+}
+
+#[cfg(not(feature = "dns-bench"))]
+fn dns_bench(
+    _services: usize,
+    _tasks: usize,
+    _rounds: usize,
+    _seconds: u64,
+    _rate: Option<u64>,
+) -> anyhow::Result<()> {
+    bail!("this xtask was built without the `dns-bench` feature; run `cargo xtask bench dns`")
 }
 
 #[cfg(feature = "lab")]

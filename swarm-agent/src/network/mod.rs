@@ -12,6 +12,7 @@
 //!   as they are, so forwarding goes on across an agent restart.
 
 pub mod dataplane;
+pub mod dns;
 pub mod metrics;
 pub mod plumbing;
 pub mod sockets;
