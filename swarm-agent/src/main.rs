@@ -1,6 +1,7 @@
 //! `swarm-agent [--data-root DIR] [--socket PATH] [--hostname NAME] [--metrics-addr ADDR]
 //! [--executor containerd|none] [--containerd-socket PATH] [--containerd-namespace NS]
-//! [--cgroup-parent NAME] [--exec-root DIR] [--bpf-root DIR] [--data-plane ebpf|none]`
+//! [--cgroup-parent NAME] [--exec-root DIR] [--bpf-root DIR] [--data-plane ebpf|none]
+//! [--resolv-conf PATH]`
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +66,10 @@ struct Args {
     /// The network data plane.
     #[arg(long, value_enum, default_value = "ebpf")]
     data_plane: DataPlaneKind,
+    /// The node's resolvers: where the embedded DNS server (127.0.0.11 in tasks) forwards
+    /// names it does not know. Re-read when it changes.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
 }
 
 /// The cgroup v2 directory the socket hooks attach to (None, and said, when there is none).
@@ -135,6 +140,7 @@ async fn daemon() -> anyhow::Result<()> {
                         NetworkingConfig {
                             bpf_dir: args.bpf_root.clone(),
                             cgroup_dir: cgroup_dir(&args.cgroup_parent),
+                            resolv_conf: args.resolv_conf.clone(),
                         },
                         ViewHandle::default(),
                     );

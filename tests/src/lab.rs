@@ -51,9 +51,10 @@ const CONTAINERD: &str = "/usr/bin/containerd";
 const CTR: &str = "/usr/bin/ctr";
 const DOCKER_REGISTRY: &str = "/usr/bin/docker-registry";
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
-/// The zone the lab's upstream resolver (dnsmasq in the underlay) answers: every name under
-/// it is this address. The agents forward what they do not know there.
+/// The zone the lab's upstream resolver (dnsmasq in the underlay) serves, with one name in
+/// it and its address. The agents forward what they do not know there.
 pub const UPSTREAM_TEST_ZONE: &str = "example.test";
+pub const UPSTREAM_TEST_NAME: &str = "www.example.test";
 pub const UPSTREAM_TEST_ADDR: &str = "192.0.2.7";
 const DAEMON_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const PROXY_VARS: &[&str] = &[
@@ -427,6 +428,14 @@ impl LabNode {
     pub fn cgroup_parent(&self) -> String {
         self.netns()
     }
+    /// The agent's `--resolv-conf`: the lab's upstream resolver (dnsmasq in the underlay).
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.dir.parent().map_or_else(
+            || PathBuf::from("/etc/resolv.conf"),
+            |root| root.join("dns").join("resolv.conf"),
+        )
+    }
+
     /// The agent's `--bpf-root`: its data plane's pinned maps and links.
     pub fn bpf_root(&self) -> PathBuf {
         Path::new(sys::BPF_ROOT).join(self.netns())
@@ -550,6 +559,8 @@ impl LabNode {
             .arg(self.cgroup_parent())
             .arg("--bpf-root")
             .arg(self.bpf_root())
+            .arg("--resolv-conf")
+            .arg(self.resolv_conf())
             .arg("--exec-root")
             .arg(self.exec_root())
             .arg("--metrics-addr")
@@ -1125,7 +1136,9 @@ impl Lab {
         self.start_registry()?;
         progress(
             name,
-            &format!("starting the upstream resolver on {UNDERLAY_IP}:53 (zone {UPSTREAM_TEST_ZONE})"),
+            &format!(
+                "starting the upstream resolver on {UNDERLAY_IP}:53 (zone {UPSTREAM_TEST_ZONE})"
+            ),
         );
         self.start_upstream_dns()?;
         progress(name, "pushing the whoami and busybox images");
@@ -1317,7 +1330,10 @@ impl Lab {
             ok
         })
         .with_context(|| format!("{service} never had {n} running tasks:\n{last}"))?;
-        Ok(crate::running(&m.tasks(service)?).into_iter().cloned().collect())
+        Ok(crate::running(&m.tasks(service)?)
+            .into_iter()
+            .cloned()
+            .collect())
     }
 
     /// Runs `cmd` inside the task's container, on its node.
@@ -1329,7 +1345,10 @@ impl Lab {
     /// container like any other, resolving names through the container's resolv.conf);
     /// the first line of the body.
     pub fn task_get(&self, task: &proto::Task, url: &str) -> anyhow::Result<String> {
-        Ok(self.task_exec(task, &["/whoami", "get", url])?.trim().to_string())
+        Ok(self
+            .task_exec(task, &["/whoami", "get", url])?
+            .trim()
+            .to_string())
     }
 
     /// The registry's `host:port` (reachable from every node; images are `<it>/whoami:latest`
@@ -1374,8 +1393,8 @@ impl Lab {
         self.cfg.root.join("dns").join("resolv.conf")
     }
 
-    /// dnsmasq in the underlay on port 53, answering the zone [`UPSTREAM_TEST_ZONE`] with
-    /// [`UPSTREAM_TEST_ADDR`] and nothing else (NXDOMAIN): what the agents forward to.
+    /// dnsmasq in the underlay on port 53, serving the zone [`UPSTREAM_TEST_ZONE`]
+    /// ([`UPSTREAM_TEST_NAME`] → [`UPSTREAM_TEST_ADDR`]): what the agents forward to.
     pub fn start_upstream_dns(&self) -> anyhow::Result<()> {
         if self.upstream_dns.pid().is_some() {
             return Ok(());
@@ -1393,7 +1412,10 @@ impl Lab {
             "--bind-interfaces",
             &format!("--listen-address={UNDERLAY_IP}"),
             "--port=53",
-            &format!("--address=/{UPSTREAM_TEST_ZONE}/{UPSTREAM_TEST_ADDR}"),
+            // The zone is local: its name has an A record (AAAA questions get NODATA, other
+            // names NXDOMAIN); anything outside it is refused (no upstream of its own).
+            &format!("--local=/{UPSTREAM_TEST_ZONE}/"),
+            &format!("--host-record={UPSTREAM_TEST_NAME},{UPSTREAM_TEST_ADDR}"),
             "--user=root",
             "--pid-file=",
             "--log-facility=-",
@@ -1413,7 +1435,12 @@ impl Lab {
             })
             .is_ok()
         })
-        .with_context(|| format!("dnsmasq did not listen on {UNDERLAY_IP}:53; log:\n{}", tail(&log, 20)))
+        .with_context(|| {
+            format!(
+                "dnsmasq did not listen on {UNDERLAY_IP}:53; log:\n{}",
+                tail(&log, 20)
+            )
+        })
     }
 
     pub fn start_registry(&self) -> anyhow::Result<()> {

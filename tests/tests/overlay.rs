@@ -31,8 +31,12 @@ fn running_tasks(lab: &Lab, service: &str, n: usize) -> Vec<proto::Task> {
 }
 
 fn addr_on(task: &proto::Task, network: &str) -> String {
-    task_addr(task, network)
-        .unwrap_or_else(|| panic!("task {} has no address on {network}: {:?}", task.id, task.networks))
+    task_addr(task, network).unwrap_or_else(|| {
+        panic!(
+            "task {} has no address on {network}: {:?}",
+            task.id, task.networks
+        )
+    })
 }
 
 /// `ping` from the task's namespace: whether an answer came back.

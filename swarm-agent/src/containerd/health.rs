@@ -1228,7 +1228,7 @@ mod containerd_tests {
             ..Default::default()
         };
         let etc = tmp.path().join("etc-files");
-        spec::write_etc_files(&etc, &task, &spec::hostname(&task)).expect("etc files");
+        spec::write_etc_files(&etc, &task, &spec::hostname(&task), false).expect("etc files");
         let files = SpecFiles {
             passwd: Some(PASSWD.into()),
             group: Some(GROUP.into()),

@@ -523,12 +523,13 @@ impl ContainerdExecutor {
         .await?;
         let text = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8_lossy(b).to_string());
         let etc_dir = dir.join("etc");
-        spec::write_etc_files(&etc_dir, task, &spec::hostname(task)).map_err(|e| {
-            ContainerdError::Io {
+        let embedded_dns = self.inner.network.as_ref().is_some_and(|n| n.has_dns());
+        spec::write_etc_files(&etc_dir, task, &spec::hostname(task), embedded_dns).map_err(
+            |e| ContainerdError::Io {
                 what: format!("writing /etc files in {}", etc_dir.display()),
                 source: e,
-            }
-        })?;
+            },
+        )?;
         let files = SpecFiles {
             passwd: etc.first().and_then(text),
             group: etc.get(1).and_then(text),

@@ -458,18 +458,28 @@ fn host_resolv_conf() -> io::Result<String> {
 
 /// Writes `hostname`, `hosts` and `resolv.conf` for the container into `dir` (created if
 /// needed); [`SpecFiles::etc_dir`] bind-mounts them into the container.
-pub fn write_etc_files(dir: &Path, task: &Task, hostname: &str) -> io::Result<()> {
-    // The task will carry DNS options and extra hosts; nothing of it exists yet.
-    let _ = task;
+pub fn write_etc_files(
+    dir: &Path,
+    task: &Task,
+    hostname: &str,
+    embedded_dns: bool,
+) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
     std::fs::write(dir.join("hosts"), hosts_file(hostname))?;
-    // The DNS issue replaces this with the embedded resolver's address.
-    std::fs::write(
-        dir.join("resolv.conf"),
-        filter_resolv_conf(&host_resolv_conf()?),
-    )?;
+    std::fs::write(dir.join("resolv.conf"), resolv_conf(task, embedded_dns)?)?;
     Ok(())
+}
+
+/// A task's resolv.conf. On networks, with the node's embedded resolver, Docker's:
+/// `nameserver 127.0.0.11` and `options ndots:0` (service names are single labels; the
+/// resolver forwards everything else to the node's resolvers). Otherwise the node's own
+/// resolvers, filtered as Docker does.
+pub fn resolv_conf(task: &Task, embedded_dns: bool) -> io::Result<String> {
+    if embedded_dns && !task.networks.is_empty() {
+        return Ok("nameserver 127.0.0.11\noptions ndots:0\n".to_string());
+    }
+    Ok(filter_resolv_conf(&host_resolv_conf()?))
 }
 
 fn invalid_mount(kind: &str, why: impl std::fmt::Display) -> ContainerdError {
@@ -1163,7 +1173,7 @@ mod tests {
     fn etc_files_like_docker() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("etc");
-        write_etc_files(&dir, &task(&[], &[], &[]), "web-1").unwrap();
+        write_etc_files(&dir, &task(&[], &[], &[]), "web-1", false).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.join("hostname")).unwrap(),
             "web-1\n"
@@ -1175,6 +1185,21 @@ mod tests {
         let resolv = std::fs::read_to_string(dir.join("resolv.conf")).unwrap();
         assert!(resolv.contains("nameserver "), "{resolv}");
         assert!(!resolv.contains("nameserver 127."), "{resolv}");
+        // On a network, with the embedded resolver: Docker's 127.0.0.11 and ndots:0; without
+        // networks the node's resolvers even then.
+        let mut on_net = task(&[], &[], &[]);
+        on_net.networks.push(proto::NetworkAttachment {
+            network_id: "n".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            resolv_conf(&on_net, true).unwrap(),
+            "nameserver 127.0.0.11\noptions ndots:0\n"
+        );
+        assert!(!resolv_conf(&on_net, false).unwrap().contains("127.0.0.11"));
+        assert!(!resolv_conf(&task(&[], &[], &[]), true)
+            .unwrap()
+            .contains("127.0.0.11"));
 
         let host = "# generated\nsearch example.com\nnameserver 127.0.0.53\nnameserver ::1\n\
                     nameserver 10.0.0.2\nnameserver 2001:db8::1\noptions edns0\n";

@@ -57,6 +57,8 @@ pub enum NetworkError {
         "network {0} is not known to this node yet (the managers did not send it within 30 s)"
     )]
     UnknownNetwork(String),
+    #[error(transparent)]
+    Dns(#[from] dns::DnsError),
     #[error("invalid address {addr:?} of task {task} on network {network}")]
     BadAddress {
         task: String,
@@ -80,6 +82,8 @@ pub struct NetworkingConfig {
     /// balancing, DNS interception) attach there. None: no socket hooks (tc still translates
     /// VIP traffic, and tasks have no resolver at 127.0.0.11).
     pub cgroup_dir: Option<PathBuf>,
+    /// Where the node's own resolvers are listed (what the embedded DNS forwards to).
+    pub resolv_conf: PathBuf,
 }
 
 /// The cgroup v2 directory of the parent cgroup `parent` (created if needed): under the
@@ -121,6 +125,9 @@ struct TaskRecord {
     attachments: Vec<LocalAttachment>,
     netns: PathBuf,
     vnis: Vec<u32>,
+    netns_cookie: u64,
+    /// The task's resolver listeners (dropped: they close).
+    dns: Option<Arc<dns::TaskDns>>,
 }
 
 struct State {
@@ -133,6 +140,8 @@ struct State {
 
 pub struct Networking {
     cfg: NetworkingConfig,
+    /// The embedded resolver tasks reach at 127.0.0.11 (None without socket hooks).
+    dns: Option<dns::DnsServer>,
     /// Set once the run loop and the start loop are going (see [`Networking::bring_up`]).
     up: Mutex<Option<NodeIdentity>>,
     dataplane: Result<Arc<Dataplane>, String>,
@@ -388,10 +397,26 @@ impl Networking {
         if let Err(e) = &dataplane {
             tracing::error!("the eBPF data plane did not load: {e}");
         }
+        // The resolver at 127.0.0.11 needs the socket hooks that lead tasks to it.
+        let dns = match (&dataplane, &cfg.cgroup_dir) {
+            (Ok(_), Some(_)) => {
+                let mut dc = dns::DnsConfig::default();
+                dc.forward.resolv_conf = cfg.resolv_conf.clone();
+                match dns::DnsServer::new(dc, &view) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        tracing::error!("the embedded DNS server did not start: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let net = Arc::new(Networking {
             cfg,
             up: Mutex::new(None),
             dataplane,
+            dns,
             view,
             state: Mutex::new(State {
                 node: None,
@@ -409,6 +434,11 @@ impl Networking {
 
     pub fn config(&self) -> &NetworkingConfig {
         &self.cfg
+    }
+
+    /// Whether tasks get the embedded resolver at 127.0.0.11 (their resolv.conf names it).
+    pub fn has_dns(&self) -> bool {
+        self.dns.is_some()
     }
 
     /// Names for the metrics: VNI → network name, LB id → (service, network) names.
@@ -591,12 +621,37 @@ impl Networking {
             Ok(())
         }
         .await;
+        let result = match (result, &self.dns) {
+            (Ok(()), Some(d)) => {
+                let nets: Vec<String> =
+                    task.networks.iter().map(|a| a.network_id.clone()).collect();
+                match d.serve_task(&task.id, netns, nets).await {
+                    Ok(t) => {
+                        let ports = swarm_ebpf_common::DnsPorts {
+                            udp: t.udp_port.to_be(),
+                            tcp: t.tcp_port.to_be(),
+                        };
+                        dp.set_dns_ports(cookie, ports)
+                            .map(|()| Some(Arc::new(t)))
+                            .map_err(NetworkError::from)
+                    }
+                    Err(e) => Err(NetworkError::Dns(e)),
+                }
+            }
+            (r, _) => r.map(|()| None),
+        };
+        let (result, task_dns) = match result {
+            Ok(d) => (Ok(()), d),
+            Err(e) => (Err(e), None),
+        };
         self.lock().tasks.insert(
             task.id.clone(),
             TaskRecord {
                 attachments: made,
                 netns: netns.to_path_buf(),
                 vnis: specs.iter().map(|(_, n)| n.vni).collect(),
+                netns_cookie: cookie,
+                dns: task_dns,
             },
         );
         if let Err(e) = result {
@@ -637,6 +692,11 @@ impl Networking {
     /// deleted (they go with the namespace too).
     pub async fn detach(&self, task_id: &str) {
         let rec = self.lock().tasks.remove(task_id);
+        if let (Some(r), Ok(dp)) = (&rec, self.dataplane()) {
+            if r.dns.is_some() {
+                dp.remove_dns_ports(r.netns_cookie);
+            }
+        }
         let made = match rec {
             Some(rec) => rec.attachments,
             // Not attached by this agent (an earlier one did, and the task ended while it was

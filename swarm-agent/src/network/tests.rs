@@ -444,6 +444,7 @@ fn overlay_delivers_locally_and_across_nodes_isolates_networks_and_masquerades()
                 NetworkingConfig {
                     bpf_dir: dir,
                     cgroup_dir: None,
+                    resolv_conf: "/etc/resolv.conf".into(),
                 },
                 view,
             );
@@ -597,6 +598,7 @@ fn a_spoofed_source_is_dropped() {
                 NetworkingConfig {
                     bpf_dir: dir,
                     cgroup_dir: None,
+                    resolv_conf: "/etc/resolv.conf".into(),
                 },
                 view,
             );
@@ -804,6 +806,7 @@ fn vips_balance_tcp_round_robin_follow_udp_to_live_backends_scope_and_intercept_
                 NetworkingConfig {
                     bpf_dir: a_dir,
                     cgroup_dir: Some(cgdir),
+                    resolv_conf: "/etc/resolv.conf".into(),
                 },
                 view,
             );
@@ -823,6 +826,7 @@ fn vips_balance_tcp_round_robin_follow_udp_to_live_backends_scope_and_intercept_
                 NetworkingConfig {
                     bpf_dir: b_dir,
                     cgroup_dir: None,
+                    resolv_conf: "/etc/resolv.conf".into(),
                 },
                 view,
             );
