@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tests::lab::{Lab, LabConfig};
-use tests::{images, running, wait_for};
+use tests::images;
 
 /// The lab's short name: namespaces `swl-ul`, `swl-node<i>`, cgroups `swl-node<i>`.
 pub const NAME: &str = "swl";
 
 const DEMO_REPLICAS: usize = 4;
+const DEMO_NETWORK: &str = "demo-net";
 
 /// The directory of the binaries this xtask was built with (target/debug).
 fn bin_dir() -> anyhow::Result<PathBuf> {
@@ -77,42 +78,54 @@ pub fn cmd_up(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow
     Ok(())
 }
 
-/// `cargo xtask lab`: a five-node lab with the demo service, left running.
+/// `cargo xtask lab`: a five-node lab with the demo service on an overlay network and a
+/// client task next to it, left running.
 pub fn demo(root: &Path) -> anyhow::Result<()> {
     let lab = up(root, 3, 2, 2377)?;
     let m = lab.node(1);
     let image = format!("{}/whoami:latest", lab.registry());
     let replicas = DEMO_REPLICAS.to_string();
-    let create = [
-        "service",
-        "create",
-        "--name",
-        "demo",
-        "--replicas",
-        replicas.as_str(),
-        image.as_str(),
+    let steps: [&[&str]; 3] = [
+        &["network", "create", "-d", "overlay", DEMO_NETWORK],
+        &[
+            "service", "create", "--name", "demo", "--replicas", replicas.as_str(), "--network",
+            DEMO_NETWORK, image.as_str(),
+        ],
+        &["service", "create", "--name", "client", "--network", DEMO_NETWORK, image.as_str()],
     ];
-    println!("\n$ swarm {}", create.join(" "));
-    print!("{}", m.try_swarm(&create)?);
-    println!("waiting until {DEMO_REPLICAS} tasks run (pulls from the lab registry)…");
-    wait_for(Duration::from_secs(180), || {
-        m.tasks("demo")
-            .map(|t| running(&t).len() == DEMO_REPLICAS)
-            .unwrap_or(false)
-    })
-    .with_context(|| {
-        format!(
-            "the demo service did not reach {DEMO_REPLICAS} running tasks:\n{}\n{}",
-            m.swarm(&["service", "ps", "demo"]).stdout,
-            lab.logs()
-        )
-    })?;
+    for step in steps {
+        println!("\n$ swarm {}", step.join(" "));
+        print!("{}", m.try_swarm(step)?);
+    }
+    let client = lab
+        .running_tasks("client", 1, Duration::from_secs(180))
+        .and_then(|t| lab.running_tasks("demo", DEMO_REPLICAS, Duration::from_secs(180)).map(|_| t))
+        .with_context(|| {
+            format!(
+                "the demo services did not start:\n{}\n{}",
+                m.swarm(&["service", "ps", "demo"]).stdout,
+                lab.logs()
+            )
+        })?
+        .remove(0);
     println!("\n$ swarm node ls\n{}", m.try_swarm(&["node", "ls"])?);
     println!(
         "$ swarm service ps demo\n{}",
         m.try_swarm(&["service", "ps", "demo"])?
     );
+    // What the client sees: the name, and requests spread over the replicas by the VIP.
+    let get = ["/whoami", "get", "http://demo/hostname", "--count", "8"];
+    println!(
+        "from the client task (on {}): whoami get http://demo/hostname --count 8\n{}",
+        lab.node_of(&client)?.name(),
+        lab.task_exec(&client, &get)?
+    );
     hints(&lab);
+    let node = lab.node_of(&client)?.name().to_string();
+    let id = &client.id;
+    println!("  cargo xtask lab exec {node} -- ctr task exec --exec-id try {id} /whoami get http://demo/");
+    println!("  cargo xtask lab exec {node} -- ctr task exec --exec-id try {id} /whoami lookup tasks.demo");
+    println!("  cargo xtask lab exec node1 -- swarm network inspect --verbose {DEMO_NETWORK}");
     lab.detach();
     Ok(())
 }
