@@ -11,7 +11,8 @@ use swarm_ebpf_common::{
 
 use crate::maps::{BACKENDS, CT, CT_REV, ENDPOINTS, LB_STATS, RR, SERVICES};
 use crate::pkt::{
-    l4_check_off, ports, Ip4, IPPROTO_TCP, IPPROTO_UDP, IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF,
+    flow, l4_check_off, ports, Ip4, IPPROTO_TCP, IPPROTO_UDP, IP_CHECK_OFF, IP_DADDR_OFF,
+    IP_SADDR_OFF,
 };
 
 #[inline(always)]
@@ -122,14 +123,7 @@ pub fn dnat(ctx: &TcContext, ip: &Ip4, vni: u32) -> Dnat {
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return Dnat::Drop;
     }
-    let key = FlowKey {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        sport,
-        dport,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let key = flow(ip, sport, dport);
     let mut new_flow = false;
     let backend = match CT.get_ptr(&key) {
         // SAFETY: value pointer from a lookup.
@@ -148,14 +142,7 @@ pub fn dnat(ctx: &TcContext, ip: &Ip4, vni: u32) -> Dnat {
             b
         }
     };
-    let rev = FlowKey {
-        saddr: backend,
-        daddr: ip.saddr,
-        sport: dport,
-        dport: sport,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let rev = FlowKey::new(backend, ip.saddr, dport, sport, ip.proto);
     if new_flow || CT_REV.get_ptr(&rev).is_none() {
         let _ = CT_REV.insert(&rev, &CtRev { vip: ip.daddr, id }, 0);
     }
@@ -185,14 +172,7 @@ pub fn reverse(ctx: &TcContext, ip: &Ip4) {
     let Some((sport, dport)) = ports(ctx, ip) else {
         return;
     };
-    let key = FlowKey {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        sport,
-        dport,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let key = flow(ip, sport, dport);
     let Some(r) = CT_REV.get_ptr(&key) else {
         return;
     };

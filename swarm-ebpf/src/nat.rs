@@ -16,7 +16,7 @@ use swarm_ebpf_common::{stat, FlowKey, Iface, NodeConfig, SnatIn, SnatOut};
 
 use crate::maps::{IFACES, SNAT_IN, SNAT_OUT};
 use crate::pkt::{
-    ipv4, l4_check_off, ports, set_macs, Ip4, IPPROTO_ICMP, IP_CHECK_OFF, IP_DADDR_OFF,
+    flow, ipv4, l4_check_off, ports, set_macs, Ip4, IPPROTO_ICMP, IP_CHECK_OFF, IP_DADDR_OFF,
     IP_SADDR_OFF,
 };
 use crate::stats;
@@ -84,14 +84,13 @@ fn mix(k: &FlowKey) -> u32 {
 #[inline(always)]
 fn reply_key(out: &FlowKey, node: &NodeConfig, port: u16) -> FlowKey {
     let icmp = out.proto == IPPROTO_ICMP;
-    FlowKey {
-        saddr: out.daddr,
-        daddr: node.addr,
-        sport: if icmp { port } else { out.dport },
-        dport: port,
-        proto: out.proto,
-        _pad: [0; 3],
-    }
+    FlowKey::new(
+        out.daddr,
+        node.addr,
+        if icmp { port } else { out.dport },
+        port,
+        out.proto,
+    )
 }
 
 /// The port of the flow `out`: the one it has, or a free one of the range.
@@ -145,14 +144,7 @@ pub fn masquerade(
         stats::drop(iface.vni, stat::DROP_EGRESS);
         return TC_ACT_SHOT as i32;
     };
-    let out = FlowKey {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        sport,
-        dport,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let out = flow(ip, sport, dport);
     let Some(port) = port_for(&out, node, ifindex) else {
         stats::drop(iface.vni, stat::DROP_EGRESS);
         return TC_ACT_SHOT as i32;
@@ -196,14 +188,7 @@ pub fn unmasquerade(ctx: &TcContext, node: &NodeConfig) -> i32 {
     if p < node.snat_port_min || p > node.snat_port_max {
         return TC_ACT_OK as i32;
     }
-    let rk = FlowKey {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        sport,
-        dport,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let rk = flow(&ip, sport, dport);
     let Some(back) = SNAT_IN.get_ptr(&rk) else {
         return TC_ACT_OK as i32;
     };

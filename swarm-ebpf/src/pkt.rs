@@ -97,6 +97,12 @@ pub fn ports(ctx: &TcContext, ip: &Ip4) -> Option<(u16, u16)> {
     }
 }
 
+/// The flow of a packet with these ports.
+#[inline(always)]
+pub fn flow(ip: &Ip4, sport: u16, dport: u16) -> swarm_ebpf_common::FlowKey {
+    swarm_ebpf_common::FlowKey::new(ip.saddr, ip.daddr, sport, dport, ip.proto)
+}
+
 /// Offset of the L4 checksum field, and whether it is a UDP one (0 = no checksum).
 #[inline(always)]
 pub fn l4_check_off(ip: &Ip4) -> Option<(usize, bool)> {

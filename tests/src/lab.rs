@@ -963,6 +963,17 @@ fn progress(name: &str, msg: &str) {
     println!("lab {name}: {msg}");
 }
 
+/// Labs are heavy on two cores: the tests of one binary take theirs one at a time.
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A test lab of `managers` + `workers` nodes, once no other test of this binary holds one;
+/// keep the guard as long as the lab.
+pub fn test_lab(managers: usize, workers: usize) -> (std::sync::MutexGuard<'static, ()>, Lab) {
+    let guard = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up(LabConfig::for_tests(managers, workers)).unwrap_or_else(|e| panic!("{e:#}"));
+    (guard, lab)
+}
+
 impl Lab {
     fn new(cfg: LabConfig, down_on_drop: bool) -> Lab {
         let nodes = (1..=cfg.nodes()).map(|i| LabNode::new(&cfg, i)).collect();

@@ -5,20 +5,13 @@
 //! and builds them. Labs are heavy on two cores, so the tests of this file run one at a time.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use proto::TaskState;
-use tests::lab::{Lab, LabConfig, LabNode};
+use tests::lab::{Lab, LabNode};
 use tests::{running, wait_for};
 
-static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn lab(managers: usize, workers: usize) -> (std::sync::MutexGuard<'static, ()>, Lab) {
-    let guard = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::up(LabConfig::for_tests(managers, workers)).unwrap_or_else(|e| panic!("{e:#}"));
-    (guard, lab)
-}
+use tests::lab::test_lab as lab;
 
 const LONG: Duration = Duration::from_secs(90);
 

@@ -5,19 +5,12 @@
 //! time.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use tests::lab::{task_addr, Lab, LabConfig};
+use tests::lab::{task_addr, Lab};
 use tests::wait_for;
 
-static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn lab(managers: usize, workers: usize) -> (std::sync::MutexGuard<'static, ()>, Lab) {
-    let guard = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::up(LabConfig::for_tests(managers, workers)).unwrap_or_else(|e| panic!("{e:#}"));
-    (guard, lab)
-}
+use tests::lab::test_lab as lab;
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -197,7 +190,10 @@ fn names_resolve_and_requests_spread_over_every_replica_from_a_node_without_one(
 
     // A task reaches its own service (itself among the backends).
     let own = lab
-        .task_exec(&web[0], &["/whoami", "get", "http://web/hostname", "--count", "6"])
+        .task_exec(
+            &web[0],
+            &["/whoami", "get", "http://web/hostname", "--count", "6"],
+        )
         .unwrap_or_else(|e| panic!("a task could not reach its own service: {e:#}"));
     assert_eq!(own.lines().count(), 6, "{own}");
 

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tests::lab::{Lab, LabConfig};
 use tests::images;
+use tests::lab::{Lab, LabConfig};
 
 /// The lab's short name: namespaces `swl-ul`, `swl-node<i>`, cgroups `swl-node<i>`.
 pub const NAME: &str = "swl";
@@ -88,10 +88,25 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
     let steps: [&[&str]; 3] = [
         &["network", "create", "-d", "overlay", DEMO_NETWORK],
         &[
-            "service", "create", "--name", "demo", "--replicas", replicas.as_str(), "--network",
-            DEMO_NETWORK, image.as_str(),
+            "service",
+            "create",
+            "--name",
+            "demo",
+            "--replicas",
+            replicas.as_str(),
+            "--network",
+            DEMO_NETWORK,
+            image.as_str(),
         ],
-        &["service", "create", "--name", "client", "--network", DEMO_NETWORK, image.as_str()],
+        &[
+            "service",
+            "create",
+            "--name",
+            "client",
+            "--network",
+            DEMO_NETWORK,
+            image.as_str(),
+        ],
     ];
     for step in steps {
         println!("\n$ swarm {}", step.join(" "));
@@ -99,7 +114,10 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
     }
     let client = lab
         .running_tasks("client", 1, Duration::from_secs(180))
-        .and_then(|t| lab.running_tasks("demo", DEMO_REPLICAS, Duration::from_secs(180)).map(|_| t))
+        .and_then(|t| {
+            lab.running_tasks("demo", DEMO_REPLICAS, Duration::from_secs(180))
+                .map(|_| t)
+        })
         .with_context(|| {
             format!(
                 "the demo services did not start:\n{}\n{}",

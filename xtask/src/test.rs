@@ -19,7 +19,13 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         "build",
     ])?;
     // xtask's own tests (the benchmarks' pure parts) need its full feature set.
-    let mut args = vec!["test", "--workspace", "--no-fail-fast", "--features", "xtask/lab"];
+    let mut args = vec![
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+        "--features",
+        "xtask/lab",
+    ];
     args.extend(extra.iter().map(String::as_str));
     crate::cargo(&args)
 }
