@@ -16,6 +16,8 @@ pub mod metrics;
 pub mod plumbing;
 pub mod sockets;
 pub mod stream;
+#[cfg(any(test, feature = "testbed"))]
+pub mod testbed;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
