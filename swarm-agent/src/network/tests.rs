@@ -689,7 +689,6 @@ for s in (a, b):
 print(" ".join(res))
 "#;
     // Waited for below (a failing assertion before that kills the whole test process).
-    #[allow(clippy::zombie_processes)]
     let mut holder = task_process(&task_ns["c"], &client_cg, hold);
     let mut hold_out = std::io::BufReader::new(holder.stdout.take().unwrap());
     let mut line = String::new();
@@ -765,6 +764,20 @@ for i in range(10):
     );
     child.wait().unwrap();
 
+    // Of the long-lived connections, the one to the gone backend was reset, the other one is
+    // still open.
+    holder.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let mut held = String::new();
+    std::io::BufRead::read_line(&mut hold_out, &mut held).unwrap();
+    holder.wait().unwrap();
+    let (to_w1, to_w2) = held.trim().split_once(' ').unwrap_or_default();
+    let (to_gone, to_other) = if gone == "w1" {
+        (to_w1, to_w2)
+    } else {
+        (to_w2, to_w1)
+    };
+    assert!(to_gone.starts_with("reset:"), "{held}");
+    assert_eq!(to_other, "open", "{held}");
 
     // DNS interception: 127.0.0.11:53 reaches the resolver port of this task (a fake resolver
     // here) over UDP and TCP, and the answers come from port 53.
