@@ -25,8 +25,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/dnsmasq", "dnsmasq-base"),
 ];
 
-/// Only the benchmarks use these (installed by the light xtask before it re-runs a `bench`).
-#[cfg_attr(feature = "lab", allow(dead_code))]
+/// Only the benchmarks use these (installed before a `bench` re-runs as the build it needs).
 const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/iperf3", "iperf3"),
     ("/usr/bin/sockperf", "sockperf"),
@@ -154,7 +153,6 @@ pub fn ensure() -> anyhow::Result<()> {
 }
 
 /// Everything the benchmarks need too.
-#[cfg_attr(feature = "lab", allow(dead_code))]
 pub fn ensure_for_bench() -> anyhow::Result<()> {
     ensure()?;
     ensure_packages(BENCH_PACKAGES)
