@@ -2,7 +2,7 @@
 //! a third), tasks in namespaces of their own made the way the executor makes them, the real
 //! programs loaded into the kernel with their maps pinned on bpffs. Needs root (CI runs it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -98,6 +98,56 @@ fn the_default_route_takes_the_first_external_network() {
         attachment_specs(&bad, &nets),
         Err(NetworkError::BadAddress { .. })
     ));
+}
+
+#[test]
+fn lb_ids_are_the_lowest_free_ones_and_stay_with_their_pair() {
+    let key = |i: usize| (format!("svc-{i}"), "net".to_string());
+    let mut ids = LbIds::default();
+    for i in 0..20_000 {
+        assert_eq!(ids.get(key(i)), Some(i as u32 + 1));
+    }
+    assert_eq!(ids.get(key(7)), Some(8), "a pair keeps its id");
+    // Pairs that went free their ids; new pairs get the lowest free ones first.
+    let live: BTreeSet<(String, String)> = (0..20_000)
+        .filter(|i| ![3, 10, 500].contains(i))
+        .map(key)
+        .collect();
+    ids.retain(&live);
+    assert_eq!(ids.get(key(100_000)), Some(4));
+    assert_eq!(ids.get(key(100_001)), Some(11));
+    assert_eq!(ids.get(key(100_002)), Some(501));
+    assert_eq!(ids.get(key(100_003)), Some(20_001));
+    assert_eq!(ids.get(key(9)), Some(10), "kept pairs kept their ids");
+    // Ids taken over from the maps are never given to another pair.
+    let mut v = NetworkView::default();
+    v.apply(complete_with(
+        vec![net("net", 4096, "10.0.0.0/16", false)],
+        vec![],
+        vec![super::testbed::vip_service(
+            "old",
+            "old",
+            "net",
+            "10.0.9.9/16",
+        )],
+    ));
+    let mut adopted = LbIds::default();
+    let services = BTreeMap::from([(
+        be("10.0.9.9".parse().unwrap()),
+        (
+            Service {
+                id: 2,
+                vni: 4096,
+                count: 0,
+                _pad: 0,
+            },
+            vec![],
+        ),
+    )]);
+    adopted.adopt(&v, &services);
+    assert_eq!(adopted.get(("old".into(), "net".into())), Some(2));
+    assert_eq!(adopted.get(key(0)), Some(1));
+    assert_eq!(adopted.get(key(1)), Some(3));
 }
 
 // ---- the real thing
