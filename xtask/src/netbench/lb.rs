@@ -273,14 +273,14 @@ fn wait_services(bed: &Bed, n: usize, limit: Duration) -> anyhow::Result<()> {
     let dp = bed.net.dataplane()?;
     let deadline = Instant::now() + limit;
     loop {
-        let have = dp.services().len();
+        let have = dp.service_count();
         if have == n {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!("the data plane holds {have} services after {limit:?}, expected {n}");
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -507,20 +507,13 @@ const DIRECT: usize = 1;
 const IPTABLES: usize = 2;
 
 fn report(results: &[Scale]) {
+    // NaN for a mode that was not measured: its ratios show as "-".
+    let med = |v: Vec<f64>| if v.is_empty() { f64::NAN } else { median(&v) };
     let rate = |s: &Scale, i: usize| -> f64 {
-        median(
-            &s.samples[i]
-                .iter()
-                .map(|r| r.conns_per_sec)
-                .collect::<Vec<_>>(),
-        )
+        med(s.samples[i].iter().map(|r| r.conns_per_sec).collect())
     };
-    let p50 = |s: &Scale, i: usize| -> f64 {
-        median(&s.samples[i].iter().map(|r| r.p50_us).collect::<Vec<_>>())
-    };
-    let p99 = |s: &Scale, i: usize| -> f64 {
-        median(&s.samples[i].iter().map(|r| r.p99_us).collect::<Vec<_>>())
-    };
+    let p50 = |s: &Scale, i: usize| -> f64 { med(s.samples[i].iter().map(|r| r.p50_us).collect()) };
+    let p99 = |s: &Scale, i: usize| -> f64 { med(s.samples[i].iter().map(|r| r.p99_us).collect()) };
     let measured = |s: &Scale, i: usize| !s.samples[i].is_empty();
     println!();
     println!(
