@@ -13,6 +13,11 @@
 //! - `cargo xtask bench failover [--rounds 5]`: leader failover time.
 //! - `cargo xtask bench create [--replicas 20] [--rounds 3]`: `service create` to all tasks
 //!   running in a 3-node lab, and where the time goes.
+//! - `cargo xtask bench overlay [--rounds 5] [--secs 5]`: task-to-task across two nodes, ours
+//!   against Docker's bridge + kernel VXLAN layout (iperf3, sockperf; release build, root).
+//! - `cargo xtask bench lb [--rounds 3] [--secs 3] [--services 1,1000,10000]`: connections to
+//!   a service through our VIP, straight to a task, and through kube-proxy-style iptables DNAT
+//!   (release build, root).
 
 #[cfg(feature = "scheduler")]
 mod bench;
@@ -24,6 +29,8 @@ mod dns_bench;
 mod failover;
 #[cfg(feature = "lab")]
 mod lab;
+#[cfg(feature = "netbench")]
+mod netbench;
 mod setup;
 mod test;
 
@@ -75,6 +82,14 @@ enum Cmd {
         nodes: usize,
         #[arg(long)]
         tasks: usize,
+    },
+    /// The load generator of `bench lb` (targets `ip:port` on stdin, one per line).
+    #[command(hide = true)]
+    BenchLbClient {
+        #[arg(long)]
+        secs: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -169,6 +184,69 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Task-to-task across two nodes: our eBPF overlay against Docker's layout (Linux bridge
+    /// + kernel VXLAN), iperf3 throughput and sockperf TCP round trips (needs root).
+    Overlay {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// The CPU the clients and servers are pinned to (default: the last one).
+        #[arg(long, conflicts_with = "no_pin")]
+        cpu: Option<usize>,
+        /// Leave the placement of clients and servers to the scheduler.
+        #[arg(long)]
+        no_pin: bool,
+        /// Measure this (debug) build instead of re-running as a release build.
+        #[arg(long)]
+        allow_debug: bool,
+    },
+    /// Connections to a service at several service counts: our VIP, straight to the task,
+    /// kube-proxy-style iptables DNAT (needs root).
+    Lb {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// Service counts, comma-separated.
+        #[arg(long, default_value = "1,1000,10000", value_delimiter = ',')]
+        services: Vec<usize>,
+        /// The iptables of the kube-proxy peer.
+        #[arg(long, value_enum, default_value_t = IptablesVariant::Nft)]
+        iptables: IptablesVariant,
+        /// Which of vip, direct, iptables to measure, comma-separated.
+        #[arg(long, default_value = "vip,direct,iptables", value_delimiter = ',')]
+        modes: Vec<String>,
+        /// The CPU the load generator and the servers are pinned to (default: the last one).
+        #[arg(long, conflicts_with = "no_pin")]
+        cpu: Option<usize>,
+        /// Leave the placement of the load generator and the servers to the scheduler.
+        #[arg(long)]
+        no_pin: bool,
+        /// Measure this (debug) build instead of re-running as a release build.
+        #[arg(long)]
+        allow_debug: bool,
+    },
+}
+
+/// Which iptables the kube-proxy peer of `bench lb` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IptablesVariant {
+    /// iptables-nft (the nf_tables backend; Debian's default `iptables`).
+    Nft,
+    /// iptables-legacy (x_tables).
+    Legacy,
+}
+
+impl IptablesVariant {
+    pub fn restore(self) -> &'static str {
+        match self {
+            IptablesVariant::Nft => "iptables-nft-restore",
+            IptablesVariant::Legacy => "iptables-legacy-restore",
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -241,7 +319,39 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench {
             what: BenchCmd::Create { replicas, rounds },
         } => create_bench(replicas, rounds),
+        Cmd::Bench {
+            what:
+                BenchCmd::Overlay {
+                    rounds,
+                    secs,
+                    cpu,
+                    no_pin,
+                    allow_debug,
+                },
+        } => overlay_bench(rounds, secs, Pin { cpu, no_pin }, allow_debug),
+        Cmd::Bench {
+            what:
+                BenchCmd::Lb {
+                    rounds,
+                    secs,
+                    services,
+                    iptables,
+                    modes,
+                    cpu,
+                    no_pin,
+                    allow_debug,
+                },
+        } => lb_bench(
+            rounds,
+            secs,
+            &services,
+            iptables,
+            &modes,
+            Pin { cpu, no_pin },
+            allow_debug,
+        ),
         Cmd::BenchChild { nodes, tasks } => bench_child(nodes, tasks),
+        Cmd::BenchLbClient { secs, seed } => lb_client(secs, seed),
         Cmd::Images {
             what: ImagesCmd::Push { registry },
         } => images_push(&registry),
@@ -282,6 +392,91 @@ fn scheduler_bench(runs: usize, only: Option<String>, allow_debug: bool) -> anyh
     }
     eprintln!("re-running as a release build: cargo {}", args.join(" "));
     cargo(&args)
+}
+
+/// `--cpu N` / `--no-pin` of the data-plane benchmarks (read by the `netbench` build only).
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(feature = "netbench"), allow(dead_code))]
+struct Pin {
+    cpu: Option<usize>,
+    no_pin: bool,
+}
+
+#[cfg(feature = "netbench")]
+impl Pin {
+    fn cpu(self) -> netbench::Cpu {
+        if self.no_pin {
+            None
+        } else {
+            Some(self.cpu.unwrap_or_else(netbench::default_cpu))
+        }
+    }
+}
+
+/// `bench overlay`, always measured as a release build with the `netbench` feature.
+fn overlay_bench(rounds: usize, secs: u64, pin: Pin, allow_debug: bool) -> anyhow::Result<()> {
+    #[cfg(feature = "netbench")]
+    if !cfg!(debug_assertions) || allow_debug {
+        warn_if_debug();
+        return netbench::overlay::run(rounds, secs, pin.cpu());
+    }
+    let _ = (rounds, secs, pin, allow_debug);
+    rerun_netbench_release()
+}
+
+/// `bench lb`, always measured as a release build with the `netbench` feature.
+fn lb_bench(
+    rounds: usize,
+    secs: f64,
+    services: &[usize],
+    iptables: IptablesVariant,
+    modes: &[String],
+    pin: Pin,
+    allow_debug: bool,
+) -> anyhow::Result<()> {
+    #[cfg(feature = "netbench")]
+    if !cfg!(debug_assertions) || allow_debug {
+        warn_if_debug();
+        return netbench::lb::run(rounds, secs, services, iptables, pin.cpu(), modes);
+    }
+    let _ = (rounds, secs, services, iptables, modes, pin, allow_debug);
+    rerun_netbench_release()
+}
+
+#[cfg(feature = "netbench")]
+fn warn_if_debug() {
+    if cfg!(debug_assertions) {
+        eprintln!("WARNING: debug build: these numbers are not representative");
+    }
+}
+
+/// Numbers from a debug build mean nothing: the same command line again as a release build
+/// with the data-plane benchmarks (after installing what they need on a fresh machine).
+fn rerun_netbench_release() -> anyhow::Result<()> {
+    setup::ensure_for_bench()?;
+    let rest: Vec<String> = std::env::args().skip(1).collect();
+    let mut args = vec![
+        "run",
+        "--release",
+        "--package",
+        "xtask",
+        "--features",
+        "netbench",
+        "--",
+    ];
+    args.extend(rest.iter().map(String::as_str));
+    eprintln!("re-running as a release build: cargo {}", args.join(" "));
+    cargo(&args)
+}
+
+#[cfg(feature = "netbench")]
+fn lb_client(secs: f64, seed: u64) -> anyhow::Result<()> {
+    netbench::client::run(secs, seed)
+}
+
+#[cfg(not(feature = "netbench"))]
+fn lb_client(_secs: f64, _seed: u64) -> anyhow::Result<()> {
+    bail!("bench-lb-client runs inside `cargo xtask bench lb` (built with --features netbench)")
 }
 
 #[cfg(feature = "scheduler")]

@@ -25,7 +25,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/dnsmasq", "dnsmasq-base"),
 ];
 
-/// Only the benchmarks use these (installed before a benchmark is re-run as the full xtask).
+/// Only the benchmarks use these (installed before a `bench` re-runs as the build it needs).
 const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/iperf3", "iperf3"),
     ("/usr/bin/sockperf", "sockperf"),

@@ -432,6 +432,11 @@ impl Dataplane {
         self.lock().shadow.services.clone()
     }
 
+    /// How many load-balanced VIPs the maps hold (as this agent wrote them).
+    pub fn service_count(&self) -> usize {
+        self.lock().shadow.services.len()
+    }
+
     /// Brings SERVICES and BACKENDS to `want`. For each VIP the new backends are written
     /// before the count that makes them selectable, and slots past the new count are removed
     /// only after it shrank, so a connect in between always finds a valid backend.

@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod plumbing;
 pub mod sockets;
 pub mod stream;
+#[cfg(any(test, feature = "testbed"))]
+pub mod testbed;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -251,6 +253,11 @@ pub fn desired_netns_nets(ifaces: &BTreeMap<u32, Iface>) -> BTreeMap<NetnsNet, u
 #[derive(Debug, Default)]
 pub struct LbIds {
     by_key: BTreeMap<(String, String), u32>,
+    /// The ids of `by_key`.
+    used: BTreeSet<u32>,
+    /// Every id below this one is used: the search for a free id starts here, so that
+    /// giving ids to N new pairs costs O(N log N), not O(N²).
+    free_from: u32,
 }
 
 impl LbIds {
@@ -263,26 +270,41 @@ impl LbIds {
                 };
                 if let Some((svc, _)) = services.get(&be(addr)) {
                     let key = (s.id.clone(), v.network_id.clone());
-                    if !self.by_key.values().any(|id| *id == svc.id) {
-                        self.by_key.entry(key).or_insert(svc.id);
+                    if self.used.contains(&svc.id) {
+                        continue;
+                    }
+                    if let std::collections::btree_map::Entry::Vacant(e) = self.by_key.entry(key) {
+                        e.insert(svc.id);
+                        self.used.insert(svc.id);
                     }
                 }
             }
         }
     }
 
+    /// The id of `key`: the one it has, else the lowest free one.
     fn get(&mut self, key: (String, String)) -> Option<u32> {
         if let Some(id) = self.by_key.get(&key) {
             return Some(*id);
         }
-        let used: BTreeSet<u32> = self.by_key.values().copied().collect();
-        let id = (1..swarm_ebpf_common::limits::SERVICES).find(|i| !used.contains(i))?;
+        let id = (self.free_from.max(1)..swarm_ebpf_common::limits::SERVICES)
+            .find(|i| !self.used.contains(i))?;
         self.by_key.insert(key, id);
+        self.used.insert(id);
+        self.free_from = id + 1;
         Some(id)
     }
 
     fn retain(&mut self, live: &BTreeSet<(String, String)>) {
-        self.by_key.retain(|k, _| live.contains(k));
+        let (used, free_from) = (&mut self.used, &mut self.free_from);
+        self.by_key.retain(|k, id| {
+            let keep = live.contains(k);
+            if !keep {
+                used.remove(id);
+                *free_from = (*free_from).min(*id);
+            }
+            keep
+        });
     }
 }
 

@@ -2,7 +2,7 @@
 //! a third), tasks in namespaces of their own made the way the executor makes them, the real
 //! programs loaded into the kernel with their maps pinned on bpffs. Needs root (CI runs it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -11,80 +11,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::{
-    network_state_change::Change, network_state_message, EndpointInfo, NetworkAttachment,
-    NetworkInfo, NetworkStateChange, NetworkStateMessage, Task,
+    network_state_change::Change, network_state_message, EndpointInfo, NetworkInfo,
+    NetworkStateChange, NetworkStateMessage, Task,
 };
 use swarm_ebpf_common::stat;
 
+use super::testbed::{
+    complete as complete_with, endpoint_info as ep, network_info as net, task, Cgroup, Topology,
+};
 use super::view::ViewHandle;
 use super::*;
 
 // ---- pure parts
 
-fn net(id: &str, vni: u32, subnet: &str, internal: bool) -> NetworkInfo {
-    let gw = subnet
-        .split('/')
-        .next()
-        .unwrap()
-        .rsplit_once('.')
-        .unwrap()
-        .0
-        .to_string()
-        + ".1";
-    NetworkInfo {
-        id: id.into(),
-        name: format!("net-{id}"),
-        vni,
-        subnet: subnet.into(),
-        gateway: gw,
-        internal,
-        ..Default::default()
-    }
-}
-
-fn ep(task: &str, net: &str, addr: &str, node: &str, node_addr: &str) -> EndpointInfo {
-    EndpointInfo {
-        task_id: task.into(),
-        network_id: net.into(),
-        address: addr.into(),
-        node_id: node.into(),
-        node_addr: node_addr.into(),
-        serving: true,
-        ..Default::default()
-    }
-}
-
 fn complete(nets: Vec<NetworkInfo>, eps: Vec<EndpointInfo>) -> NetworkStateMessage {
-    let mut changes: Vec<NetworkStateChange> = nets
-        .into_iter()
-        .map(|n| NetworkStateChange {
-            change: Some(Change::Network(n)),
-        })
-        .collect();
-    changes.extend(eps.into_iter().map(|e| NetworkStateChange {
-        change: Some(Change::Endpoint(e)),
-    }));
-    NetworkStateMessage {
-        r#type: network_state_message::Type::Complete as i32,
-        changes,
-        ..Default::default()
-    }
-}
-
-fn task(id: &str, attachments: &[(&str, &str)]) -> Task {
-    Task {
-        id: id.into(),
-        networks: attachments
-            .iter()
-            .map(|(n, a)| NetworkAttachment {
-                network_id: n.to_string(),
-                network_name: format!("net-{n}"),
-                addresses: vec![a.to_string()],
-                aliases: vec![],
-            })
-            .collect(),
-        ..Default::default()
-    }
+    complete_with(nets, eps, vec![])
 }
 
 #[test]
@@ -159,122 +100,64 @@ fn the_default_route_takes_the_first_external_network() {
     ));
 }
 
+#[test]
+fn lb_ids_are_the_lowest_free_ones_and_stay_with_their_pair() {
+    let key = |i: usize| (format!("svc-{i}"), "net".to_string());
+    let mut ids = LbIds::default();
+    for i in 0..20_000 {
+        assert_eq!(ids.get(key(i)), Some(i as u32 + 1));
+    }
+    assert_eq!(ids.get(key(7)), Some(8), "a pair keeps its id");
+    // Pairs that went free their ids; new pairs get the lowest free ones first.
+    let live: BTreeSet<(String, String)> = (0..20_000)
+        .filter(|i| ![3, 10, 500].contains(i))
+        .map(key)
+        .collect();
+    ids.retain(&live);
+    assert_eq!(ids.get(key(100_000)), Some(4));
+    assert_eq!(ids.get(key(100_001)), Some(11));
+    assert_eq!(ids.get(key(100_002)), Some(501));
+    assert_eq!(ids.get(key(100_003)), Some(20_001));
+    assert_eq!(ids.get(key(9)), Some(10), "kept pairs kept their ids");
+    // Ids taken over from the maps are never given to another pair.
+    let mut v = NetworkView::default();
+    v.apply(complete_with(
+        vec![net("net", 4096, "10.0.0.0/16", false)],
+        vec![],
+        vec![super::testbed::vip_service(
+            "old",
+            "old",
+            "net",
+            "10.0.9.9/16",
+        )],
+    ));
+    let mut adopted = LbIds::default();
+    let services = BTreeMap::from([(
+        be("10.0.9.9".parse().unwrap()),
+        (
+            Service {
+                id: 2,
+                vni: 4096,
+                count: 0,
+                _pad: 0,
+            },
+            vec![],
+        ),
+    )]);
+    adopted.adopt(&v, &services);
+    assert_eq!(adopted.get(("old".into(), "net".into())), Some(2));
+    assert_eq!(adopted.get(key(0)), Some(1));
+    assert_eq!(adopted.get(key(1)), Some(3));
+}
+
 // ---- the real thing
 
 fn sh(args: &[&str]) -> String {
-    let out = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    super::testbed::run(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Two node namespaces on a bridge (10.99.x.1 and .2, the bridge namespace is .254), removed
-/// with everything pinned on drop.
-struct Topology {
-    prefix: String,
-    subnet: u8,
-    dir: tempfile::TempDir,
-    pins: Vec<PathBuf>,
-}
-
-impl Topology {
-    fn new() -> Topology {
-        let r: u32 = rand::random();
-        let prefix = format!("swt{:06x}", r & 0xff_ffff);
-        let subnet = 100 + (r >> 24) as u8 % 100;
-        let t = Topology {
-            prefix,
-            subnet,
-            dir: tempfile::tempdir().unwrap(),
-            pins: Vec::new(),
-        };
-        let ul = t.ns("ul");
-        sh(&["ip", "netns", "add", &ul]);
-        sh(&["ip", "-n", &ul, "link", "set", "lo", "up"]);
-        sh(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"]);
-        sh(&[
-            "ip",
-            "-n",
-            &ul,
-            "addr",
-            "add",
-            &t.underlay_addr(254, 24),
-            "dev",
-            "br0",
-        ]);
-        sh(&["ip", "-n", &ul, "link", "set", "br0", "up"]);
-        for i in [1u8, 2] {
-            let ns = t.ns(&format!("n{i}"));
-            sh(&["ip", "netns", "add", &ns]);
-            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-            let v = format!("v{i}");
-            sh(&[
-                "ip", "-n", &ul, "link", "add", &v, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns,
-            ]);
-            sh(&["ip", "-n", &ul, "link", "set", &v, "master", "br0", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &t.underlay_addr(i, 24),
-                "dev",
-                "eth0",
-            ]);
-            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-        }
-        t
-    }
-
-    fn ns(&self, name: &str) -> String {
-        format!("{}-{name}", self.prefix)
-    }
-
-    fn ns_path(&self, name: &str) -> PathBuf {
-        PathBuf::from("/run/netns").join(self.ns(name))
-    }
-
-    fn underlay_ip(&self, host: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 99, self.subnet, host)
-    }
-
-    fn underlay_addr(&self, host: u8, len: u8) -> String {
-        format!("{}/{len}", self.underlay_ip(host))
-    }
-
-    fn bpf_dir(&mut self, node: &str) -> PathBuf {
-        let d = PathBuf::from("/sys/fs/bpf").join(format!("{}-{node}", self.prefix));
-        self.pins.push(d.clone());
-        d
-    }
-
-    fn netns_dir(&self) -> PathBuf {
-        self.dir.path().join("netns")
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for t in crate::netns::list(&self.netns_dir()) {
-            let _ = crate::netns::remove(&self.netns_dir().join(t));
-        }
-        for n in ["n1", "n2", "ul"] {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.ns(n)])
-                .status();
-        }
-        for p in &self.pins {
-            let _ = dataplane::remove_pins(p);
-        }
-    }
+fn new_topology() -> Topology {
+    Topology::new("swt").unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs `f` on a thread inside the namespace at `ns`, with a runtime of its own there.
@@ -283,21 +166,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = T>,
 {
-    let ns = std::fs::File::open(ns).unwrap();
-    std::thread::spawn(move || {
-        // SAFETY: setns on this thread only.
-        assert_eq!(
-            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f())
-    })
-    .join()
-    .unwrap()
+    super::testbed::in_ns(ns, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A TCP echo server in `ns` on `addr`; returns once it listens. Serves `n` connections.
@@ -393,7 +262,7 @@ fn ping(ns: &Path, to: &str, size: usize) -> bool {
 
 #[test]
 fn overlay_delivers_locally_and_across_nodes_isolates_networks_and_masquerades() {
-    let mut topo = Topology::new();
+    let mut topo = new_topology();
     let a_dir = topo.bpf_dir("a");
     let b_dir = topo.bpf_dir("b");
     let (a_ip, b_ip) = (topo.underlay_ip(1), topo.underlay_ip(2));
@@ -574,7 +443,7 @@ fn overlay_delivers_locally_and_across_nodes_isolates_networks_and_masquerades()
 
 #[test]
 fn a_spoofed_source_is_dropped() {
-    let mut topo = Topology::new();
+    let mut topo = new_topology();
     let dir = topo.bpf_dir("a");
     let a_ip = topo.underlay_ip(1);
     let red = net("red", 4096, "10.0.1.0/24", false);
@@ -632,49 +501,15 @@ fn a_spoofed_source_is_dropped() {
     assert!(s[stat::DROP_SPOOFED] > 0, "{s:?}");
 }
 
-/// A cgroup v2 directory for the test's client processes, removed on drop.
-struct TestCgroup(PathBuf);
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        if let Ok(rd) = std::fs::read_dir(&self.0) {
-            for e in rd.flatten() {
-                if e.path().is_dir() {
-                    let _ = std::fs::remove_dir(e.path());
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// Starts `python3 -c script` inside the network namespace `ns` and the cgroup `cg`, the way
 /// a task's process runs: its sockets meet the socket hooks.
 fn task_process(ns: &Path, cg: &Path, script: &str) -> std::process::Child {
-    use std::os::unix::process::CommandExt;
-    let ns = std::fs::File::open(ns).unwrap();
-    let procs =
-        std::ffi::CString::new(cg.join("cgroup.procs").as_os_str().as_encoded_bytes()).unwrap();
     let mut cmd = std::process::Command::new("python3");
     cmd.args(["-u", "-c", script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    // SAFETY: only async-signal-safe calls (open, write, close, setns) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::close(fd);
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().expect("python3")
+    super::testbed::spawn_in(&mut cmd, ns, Some(cg)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn output_of(child: std::process::Child) -> String {
@@ -744,13 +579,12 @@ fn hold_server(ns: &Path, port: u16) {
 
 #[test]
 fn vips_balance_tcp_round_robin_follow_udp_to_live_backends_scope_and_intercept_dns() {
-    let mut topo = Topology::new();
+    let mut topo = new_topology();
     let a_dir = topo.bpf_dir("a");
     let b_dir = topo.bpf_dir("b");
     let (a_ip, b_ip) = (topo.underlay_ip(1), topo.underlay_ip(2));
-    let cg = TestCgroup(cgroup2_dir(&format!("{}-a", topo.prefix)).unwrap());
-    let client_cg = cg.0.join("c");
-    std::fs::create_dir_all(&client_cg).unwrap();
+    let cg = Cgroup::new(&format!("{}-a", topo.prefix())).unwrap();
+    let client_cg = cg.child("c").unwrap();
     let netns_dir = topo.netns_dir();
 
     let red = net("red", 4096, "10.0.1.0/24", false);
@@ -800,7 +634,7 @@ fn vips_balance_tcp_round_robin_follow_udp_to_live_backends_scope_and_intercept_
         );
     }
     let a: Arc<Networking> = in_ns(&topo.ns_path("n1"), {
-        let (view, task_ns, cgdir) = (a_view.clone(), task_ns.clone(), cg.0.clone());
+        let (view, task_ns, cgdir) = (a_view.clone(), task_ns.clone(), cg.path().to_path_buf());
         move || async move {
             let n = Networking::new(
                 NetworkingConfig {
@@ -909,7 +743,6 @@ for s in (a, b):
 print(" ".join(res))
 "#;
     // Waited for below (a failing assertion before that kills the whole test process).
-    #[allow(clippy::zombie_processes)]
     let mut holder = task_process(&task_ns["c"], &client_cg, hold);
     let mut hold_out = std::io::BufReader::new(holder.stdout.take().unwrap());
     let mut line = String::new();
@@ -984,6 +817,21 @@ for i in range(10):
         "the UDP socket was not re-pointed"
     );
     child.wait().unwrap();
+
+    // Of the long-lived connections, the one to the gone backend was reset, the other one is
+    // still open.
+    holder.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let mut held = String::new();
+    std::io::BufRead::read_line(&mut hold_out, &mut held).unwrap();
+    holder.wait().unwrap();
+    let (to_w1, to_w2) = held.trim().split_once(' ').unwrap_or_default();
+    let (to_gone, to_other) = if gone == "w1" {
+        (to_w1, to_w2)
+    } else {
+        (to_w2, to_w1)
+    };
+    assert!(to_gone.starts_with("reset:"), "{held}");
+    assert_eq!(to_other, "open", "{held}");
 
     // DNS interception: 127.0.0.11:53 reaches the resolver port of this task (a fake resolver
     // here) over UDP and TCP, and the answers come from port 53.
