@@ -45,14 +45,17 @@ pub mod programs {
     /// cgroup_skb/egress and ingress: packet and byte counters of load-balanced sockets.
     pub const SKB_EGRESS: &str = "skb_egress";
     pub const SKB_INGRESS: &str = "skb_ingress";
+    /// cgroup/sock_release: drops a closed socket's SOCK_LB entry.
+    pub const SOCK_RELEASE: &str = "sock_release";
     /// The cgroup programs with their attach points, in attach order.
-    pub const CGROUP: [&str; 6] = [
+    pub const CGROUP: [&str; 7] = [
         CONNECT4,
         SENDMSG4,
         RECVMSG4,
         GETPEERNAME4,
         SKB_EGRESS,
         SKB_INGRESS,
+        SOCK_RELEASE,
     ];
 }
 

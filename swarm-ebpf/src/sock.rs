@@ -8,14 +8,16 @@
 //! - recvmsg4 / getpeername4: the resolver answers from port 53; a load-balanced socket's
 //!   peer reads as the VIP.
 //! - cgroup_skb egress/ingress: packet and byte counters of load-balanced sockets.
+//! - sock_release: a closed socket's `SOCK_LB` entry goes with it, so the map holds only
+//!   sockets that are open (never evicting under connection churn).
 //!
 //! A task whose networks do not include the VIP's network is not translated, and its packets
 //! to the VIP are dropped by `from_container`.
 
 use aya_ebpf::bindings::bpf_sock_addr;
 use aya_ebpf::helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie};
-use aya_ebpf::macros::{cgroup_skb, cgroup_sock_addr};
-use aya_ebpf::programs::{SkBuffContext, SockAddrContext};
+use aya_ebpf::macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr};
+use aya_ebpf::programs::{SkBuffContext, SockAddrContext, SockContext};
 use swarm_ebpf_common::{NetnsNet, SockLb, DNS_ADDR, DNS_PORT};
 
 use crate::lb;
@@ -181,5 +183,14 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb(ingress)]
 pub fn skb_ingress(ctx: SkBuffContext) -> i32 {
     count_skb(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: plain helper call on the program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut _) };
+    // Most sockets were never load-balanced: nothing to remove then.
+    let _ = SOCK_LB.remove(&cookie);
     ALLOW
 }

@@ -100,6 +100,7 @@ struct Maps {
     netns_nets: BpfHashMap<MapData, NetnsNet, u32>,
     dns_ports: BpfHashMap<MapData, u64, DnsPorts>,
     lb_stats: PerCpuHashMap<MapData, LbStatsKey, LbStats>,
+    sock_lb: BpfHashMap<MapData, u64, swarm_ebpf_common::SockLb>,
 }
 
 /// What this agent last wrote into the maps it alone writes, so that updates are diffs
@@ -212,6 +213,7 @@ impl Dataplane {
             let loaded = match prog {
                 aya::programs::Program::CgroupSockAddr(p) => p.load(),
                 aya::programs::Program::CgroupSkb(p) => p.load(),
+                aya::programs::Program::CgroupSock(p) => p.load(),
                 _ => return Err(DataplaneError::Missing(name)),
             };
             loaded.map_err(|source| DataplaneError::Program { name, source })?;
@@ -228,6 +230,7 @@ impl Dataplane {
         let netns_nets = take(maps::NETNS_NETS)?;
         let dns_ports = take(maps::DNS_PORTS)?;
         let lb_stats = take(maps::LB_STATS)?;
+        let sock_lb = take(maps::SOCK_LB)?;
         let maps = Maps {
             node: Array::try_from(node).map_err(map_err(maps::NODE))?,
             ifaces: BpfHashMap::try_from(ifaces).map_err(map_err(maps::IFACES))?,
@@ -239,6 +242,7 @@ impl Dataplane {
             netns_nets: BpfHashMap::try_from(netns_nets).map_err(map_err(maps::NETNS_NETS))?,
             dns_ports: BpfHashMap::try_from(dns_ports).map_err(map_err(maps::DNS_PORTS))?,
             lb_stats: PerCpuHashMap::try_from(lb_stats).map_err(map_err(maps::LB_STATS))?,
+            sock_lb: BpfHashMap::try_from(sock_lb).map_err(map_err(maps::SOCK_LB))?,
         };
         // What an earlier agent left in the maps.
         let backends_now: BTreeMap<BackendKey, u32> = maps.backends.iter().flatten().collect();
@@ -433,6 +437,11 @@ impl Dataplane {
     }
 
     /// How many load-balanced VIPs the maps hold (as this agent wrote them).
+    /// Open load-balanced sockets the programs know of (`SOCK_LB`).
+    pub fn lb_socket_count(&self) -> usize {
+        self.lock().maps.sock_lb.keys().flatten().count()
+    }
+
     pub fn service_count(&self) -> usize {
         self.lock().shadow.services.len()
     }
@@ -600,6 +609,15 @@ impl Dataplane {
                     };
                     let id = p
                         .attach(&dir, kind, CgroupAttachMode::Single)
+                        .map_err(|e| attach_err(chain(&e)))?;
+                    p.take_link(id)
+                        .map_err(|e| attach_err(chain(&e)))?
+                        .try_into()
+                        .map_err(|e: aya::programs::links::LinkError| attach_err(chain(&e)))?
+                }
+                aya::programs::Program::CgroupSock(p) => {
+                    let id = p
+                        .attach(&dir, CgroupAttachMode::Single)
                         .map_err(|e| attach_err(chain(&e)))?;
                     p.take_link(id)
                         .map_err(|e| attach_err(chain(&e)))?

@@ -710,6 +710,8 @@ print(" ".join(out))
         "{got}"
     );
     assert!(answers.iter().all(|a| a.ends_with("@10.0.1.100")), "{got}");
+    // Those sockets are closed: their per-socket entries went with them.
+    assert_eq!(a.dataplane().unwrap().lb_socket_count(), 0);
 
     // A task on another network: no translation, and its packets to the VIP are dropped.
     let denied = r#"
