@@ -23,6 +23,7 @@ pub mod maps {
     pub const CT: &str = "SWARM_CT";
     pub const CT_REV: &str = "SWARM_CT_REV";
     pub const LB_STATS: &str = "SWARM_LB_STATS";
+    pub const SVC_STATS: &str = "SWARM_SVC_STATS";
 }
 
 /// Program names in the object file.
@@ -316,7 +317,7 @@ pub struct CtRev {
     pub id: u32,
 }
 
-/// `LB_STATS[(id, backend address)]` per CPU, and `LB_STATS[(id, 0)]` for the whole service:
+/// `LB_STATS[(id, backend address)]` per CPU, and `SVC_STATS[id]` for the whole service:
 /// connections (TCP connects, new UDP/tc flows), packets and bytes both ways.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

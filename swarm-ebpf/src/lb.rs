@@ -9,7 +9,7 @@ use swarm_ebpf_common::{
     BackendKey, CtEntry, CtRev, EndpointKey, FlowKey, LbStats, LbStatsKey, Service,
 };
 
-use crate::maps::{BACKENDS, CT, CT_REV, ENDPOINTS, LB_STATS, RR, SERVICES};
+use crate::maps::{BACKENDS, CT, CT_REV, ENDPOINTS, LB_STATS, RR, SERVICES, SVC_STATS};
 use crate::pkt::{
     flow, l4_check_off, ports, Ip4, IPPROTO_TCP, IPPROTO_UDP, IP_CHECK_OFF, IP_DADDR_OFF,
     IP_SADDR_OFF,
@@ -51,20 +51,26 @@ pub fn pick(svc: *mut Service, avoid: u32) -> Option<u32> {
 /// Adds to the counters of the service `id` and of its backend.
 #[inline(always)]
 pub fn count(id: u32, backend: u32, connections: u64, bytes: u32) {
-    for key in [LbStatsKey { id, backend }, LbStatsKey { id, backend: 0 }] {
-        let mut p = LB_STATS.get_ptr_mut(&key);
-        if p.is_none() {
-            let _ = LB_STATS.insert(&key, &LbStats::default(), BPF_NOEXIST as u64);
-            p = LB_STATS.get_ptr_mut(&key);
+    let add = |s: *mut LbStats| {
+        // SAFETY: this CPU's value.
+        unsafe {
+            (*s).connections += connections;
+            (*s).packets += 1;
+            (*s).bytes += bytes as u64;
         }
-        if let Some(s) = p {
-            // SAFETY: this CPU's value.
-            unsafe {
-                (*s).connections += connections;
-                (*s).packets += 1;
-                (*s).bytes += bytes as u64;
-            }
-        }
+    };
+    // The service's total: an array slot (never evicted, cheap to find).
+    if let Some(s) = SVC_STATS.get_ptr_mut(id) {
+        add(s);
+    }
+    let key = LbStatsKey { id, backend };
+    let mut p = LB_STATS.get_ptr_mut(&key);
+    if p.is_none() {
+        let _ = LB_STATS.insert(&key, &LbStats::default(), BPF_NOEXIST as u64);
+        p = LB_STATS.get_ptr_mut(&key);
+    }
+    if let Some(s) = p {
+        add(s);
     }
 }
 

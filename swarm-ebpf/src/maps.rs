@@ -55,6 +55,11 @@ pub static CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(limits::CT, 0);
 #[map(name = "SWARM_CT_REV")]
 pub static CT_REV: LruHashMap<FlowKey, CtRev> = LruHashMap::pinned(limits::CT, 0);
 
+/// Per CPU, by service id: each load-balanced (service, network)'s totals. The agent zeroes
+/// a slot when it gives its id to a new pair.
+#[map(name = "SWARM_SVC_STATS")]
+pub static SVC_STATS: PerCpuArray<LbStats> = PerCpuArray::pinned(limits::SERVICES, 0);
+
 /// Per CPU and LRU: counters of backends long gone age out on their own.
 #[map(name = "SWARM_LB_STATS")]
 pub static LB_STATS: LruPerCpuHashMap<LbStatsKey, LbStats> =

@@ -101,6 +101,7 @@ struct Maps {
     dns_ports: BpfHashMap<MapData, u64, DnsPorts>,
     lb_stats: PerCpuHashMap<MapData, LbStatsKey, LbStats>,
     sock_lb: BpfHashMap<MapData, u64, swarm_ebpf_common::SockLb>,
+    svc_stats: aya::maps::PerCpuArray<MapData, LbStats>,
 }
 
 /// What this agent last wrote into the maps it alone writes, so that updates are diffs
@@ -231,6 +232,7 @@ impl Dataplane {
         let dns_ports = take(maps::DNS_PORTS)?;
         let lb_stats = take(maps::LB_STATS)?;
         let sock_lb = take(maps::SOCK_LB)?;
+        let svc_stats = take(maps::SVC_STATS)?;
         let maps = Maps {
             node: Array::try_from(node).map_err(map_err(maps::NODE))?,
             ifaces: BpfHashMap::try_from(ifaces).map_err(map_err(maps::IFACES))?,
@@ -243,6 +245,8 @@ impl Dataplane {
             dns_ports: BpfHashMap::try_from(dns_ports).map_err(map_err(maps::DNS_PORTS))?,
             lb_stats: PerCpuHashMap::try_from(lb_stats).map_err(map_err(maps::LB_STATS))?,
             sock_lb: BpfHashMap::try_from(sock_lb).map_err(map_err(maps::SOCK_LB))?,
+            svc_stats: aya::maps::PerCpuArray::try_from(svc_stats)
+                .map_err(map_err(maps::SVC_STATS))?,
         };
         // What an earlier agent left in the maps.
         let backends_now: BTreeMap<BackendKey, u32> = maps.backends.iter().flatten().collect();
@@ -451,10 +455,17 @@ impl Dataplane {
     /// only after it shrank, so a connect in between always finds a valid backend.
     pub fn sync_services(&self, want: &BTreeMap<u32, ServiceEntry>) -> Result<(), DataplaneError> {
         let inner = &mut *self.lock();
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
         for (vip, (svc, list)) in want {
             let old = inner.shadow.services.get(vip).cloned();
             if old.as_ref() == Some(&(*svc, list.clone())) {
                 continue;
+            }
+            if old.as_ref().is_none_or(|(o, _)| o.id != svc.id) {
+                // A new owner of this id: its totals start at zero.
+                if let Ok(zero) = PerCpuValues::try_from(vec![LbStats::default(); cpus]) {
+                    let _ = inner.maps.svc_stats.set(svc.id, zero, 0);
+                }
             }
             for (slot, addr) in list.iter().enumerate() {
                 let key = BackendKey {
@@ -553,23 +564,31 @@ impl Dataplane {
     }
 
     /// The load-balancing counters, summed over the CPUs.
+    /// Per backend `(id, backend address)`, and per service `(id, 0)` for the ids in use.
     pub fn lb_stats(&self) -> BTreeMap<LbStatsKey, LbStats> {
         let inner = self.lock();
-        inner
+        let sum = |per_cpu: &PerCpuValues<LbStats>| {
+            let mut sum = LbStats::default();
+            for s in per_cpu.iter() {
+                sum.connections += s.connections;
+                sum.packets += s.packets;
+                sum.bytes += s.bytes;
+            }
+            sum
+        };
+        let mut out: BTreeMap<LbStatsKey, LbStats> = inner
             .maps
             .lb_stats
             .iter()
             .flatten()
-            .map(|(k, per_cpu)| {
-                let mut sum = LbStats::default();
-                for s in per_cpu.iter() {
-                    sum.connections += s.connections;
-                    sum.packets += s.packets;
-                    sum.bytes += s.bytes;
-                }
-                (k, sum)
-            })
-            .collect()
+            .map(|(k, per_cpu)| (k, sum(&per_cpu)))
+            .collect();
+        for (svc, _) in inner.shadow.services.values() {
+            if let Ok(v) = inner.maps.svc_stats.get(&svc.id, 0) {
+                out.insert(LbStatsKey { id: svc.id, backend: 0 }, sum(&v));
+            }
+        }
+        out
     }
 
     /// Attaches the socket hooks and counters to the cgroup directory `cgroup` (cgroup v2;
