@@ -585,7 +585,13 @@ impl Dataplane {
             .collect();
         for (svc, _) in inner.shadow.services.values() {
             if let Ok(v) = inner.maps.svc_stats.get(&svc.id, 0) {
-                out.insert(LbStatsKey { id: svc.id, backend: 0 }, sum(&v));
+                out.insert(
+                    LbStatsKey {
+                        id: svc.id,
+                        backend: 0,
+                    },
+                    sum(&v),
+                );
             }
         }
         out
@@ -593,8 +599,9 @@ impl Dataplane {
 
     /// Attaches the socket hooks and counters to the cgroup directory `cgroup` (cgroup v2;
     /// every task's cgroup is below it) through pinned links (link attachments always allow
-    /// several programs; the mode flag must be 0 for them, hence `Single`). Links of an earlier agent are
-    /// replaced only after the new ones are in place, so no connect goes untranslated.
+    /// several programs; the mode flag must be 0 for them, hence `Single`). Links of an
+    /// earlier agent are replaced only after the new ones are in place, so no connect goes
+    /// untranslated.
     pub fn attach_cgroup(&self, cgroup: &Path) -> Result<(), DataplaneError> {
         let dir = std::fs::File::open(cgroup).map_err(io_err("opening the cgroup", cgroup))?;
         let inner = &mut *self.lock();
@@ -610,15 +617,20 @@ impl Dataplane {
                 .ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::Missing(name))?;
-            let link: FdLink = match prog {
-                aya::programs::Program::CgroupSockAddr(p) => {
-                    let id = p
-                        .attach(&dir, CgroupAttachMode::Single)
-                        .map_err(|e| attach_err(chain(&e)))?;
-                    p.take_link(id)
+            // Attach, then take the link out of the program to pin it (the same three steps
+            // for every cgroup program type; only the attach call differs).
+            macro_rules! linked {
+                ($p:expr, $attach:expr) => {{
+                    let id = $attach.map_err(|e| attach_err(chain(&e)))?;
+                    $p.take_link(id)
                         .map_err(|e| attach_err(chain(&e)))?
                         .try_into()
                         .map_err(|e: aya::programs::links::LinkError| attach_err(chain(&e)))?
+                }};
+            }
+            let link: FdLink = match prog {
+                aya::programs::Program::CgroupSockAddr(p) => {
+                    linked!(p, p.attach(&dir, CgroupAttachMode::Single))
                 }
                 aya::programs::Program::CgroupSkb(p) => {
                     let kind = if name == programs::SKB_EGRESS {
@@ -626,22 +638,10 @@ impl Dataplane {
                     } else {
                         CgroupSkbAttachType::Ingress
                     };
-                    let id = p
-                        .attach(&dir, kind, CgroupAttachMode::Single)
-                        .map_err(|e| attach_err(chain(&e)))?;
-                    p.take_link(id)
-                        .map_err(|e| attach_err(chain(&e)))?
-                        .try_into()
-                        .map_err(|e: aya::programs::links::LinkError| attach_err(chain(&e)))?
+                    linked!(p, p.attach(&dir, kind, CgroupAttachMode::Single))
                 }
                 aya::programs::Program::CgroupSock(p) => {
-                    let id = p
-                        .attach(&dir, CgroupAttachMode::Single)
-                        .map_err(|e| attach_err(chain(&e)))?;
-                    p.take_link(id)
-                        .map_err(|e| attach_err(chain(&e)))?
-                        .try_into()
-                        .map_err(|e: aya::programs::links::LinkError| attach_err(chain(&e)))?
+                    linked!(p, p.attach(&dir, CgroupAttachMode::Single))
                 }
                 _ => return Err(DataplaneError::Missing(name)),
             };
