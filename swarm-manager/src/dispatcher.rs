@@ -95,6 +95,31 @@ impl Dispatcher {
         }
     }
 
+    /// Waits for the store to move (or a second to pass) before a stream's next round;
+    /// false when the stream must end: its receiver is gone, or this manager stopped leading
+    /// or the session died (then the agent is told to reconnect).
+    async fn next_round<T>(
+        &self,
+        watch: &mut tokio::sync::watch::Receiver<u64>,
+        tx: &mpsc::Sender<Result<T, Status>>,
+        node_id: &str,
+        session_id: &str,
+    ) -> bool {
+        tokio::select! {
+            r = watch.changed() => if r.is_err() { return false },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tx.closed() => return false,
+        }
+        if !matches!(self.router.route(), Route::Local) || !self.session_alive(node_id, session_id)
+        {
+            let _ = tx
+                .send(Err(Status::unavailable("session ended; reconnect")))
+                .await;
+            return false;
+        }
+        true
+    }
+
     fn session_alive(&self, node_id: &str, session_id: &str) -> bool {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions
@@ -426,17 +451,7 @@ impl DispatcherRpc for Dispatcher {
                         return;
                     }
                 }
-                tokio::select! {
-                    r = watch.changed() => if r.is_err() { return },
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = tx.closed() => return,
-                }
-                if !matches!(this.router.route(), Route::Local)
-                    || !this.session_alive(&node_id, &session_id)
-                {
-                    let _ = tx
-                        .send(Err(Status::unavailable("session ended; reconnect")))
-                        .await;
+                if !this.next_round(&mut watch, &tx, &node_id, &session_id).await {
                     return;
                 }
             }
@@ -494,17 +509,7 @@ impl DispatcherRpc for Dispatcher {
                     }
                     sent = Some(view);
                 }
-                tokio::select! {
-                    r = watch.changed() => if r.is_err() { return },
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = tx.closed() => return,
-                }
-                if !matches!(this.router.route(), Route::Local)
-                    || !this.session_alive(&node_id, &session_id)
-                {
-                    let _ = tx
-                        .send(Err(Status::unavailable("session ended; reconnect")))
-                        .await;
+                if !this.next_round(&mut watch, &tx, &node_id, &session_id).await {
                     return;
                 }
             }
