@@ -451,7 +451,10 @@ impl DispatcherRpc for Dispatcher {
                         return;
                     }
                 }
-                if !this.next_round(&mut watch, &tx, &node_id, &session_id).await {
+                if !this
+                    .next_round(&mut watch, &tx, &node_id, &session_id)
+                    .await
+                {
                     return;
                 }
             }
@@ -509,7 +512,10 @@ impl DispatcherRpc for Dispatcher {
                     }
                     sent = Some(view);
                 }
-                if !this.next_round(&mut watch, &tx, &node_id, &session_id).await {
+                if !this
+                    .next_round(&mut watch, &tx, &node_id, &session_id)
+                    .await
+                {
                     return;
                 }
             }

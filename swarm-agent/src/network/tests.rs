@@ -260,6 +260,36 @@ fn ping(ns: &Path, to: &str, size: usize) -> bool {
         .unwrap_or(false)
 }
 
+/// A node's data plane as the agent runs it: loaded and started inside the node namespace
+/// `node_ns` (id `id`, data-path address `addr`), with `tasks` attached in their namespaces.
+fn start_node(
+    node_ns: &Path,
+    id: &'static str,
+    addr: Ipv4Addr,
+    bpf_dir: PathBuf,
+    cgroup_dir: Option<PathBuf>,
+    view: ViewHandle,
+    tasks: Vec<(Task, PathBuf)>,
+) -> Arc<Networking> {
+    in_ns(node_ns, move || async move {
+        let n = Networking::new(
+            NetworkingConfig {
+                bpf_dir,
+                cgroup_dir,
+                resolv_conf: "/etc/resolv.conf".into(),
+            },
+            view,
+        );
+        n.start(id, addr, DEFAULT_VXLAN_PORT)
+            .await
+            .unwrap_or_else(|e| panic!("start {id}: {e}"));
+        for (t, ns) in &tasks {
+            n.attach(t, ns).await.expect("attach");
+        }
+        n
+    })
+}
+
 #[test]
 fn overlay_delivers_locally_and_across_nodes_isolates_networks_and_masquerades() {
     let mut topo = new_topology();
@@ -301,48 +331,29 @@ fn overlay_delivers_locally_and_across_nodes_isolates_networks_and_masquerades()
         );
     }
 
-    let start = |node: &'static str,
-                 ns: PathBuf,
-                 dir: PathBuf,
-                 addr: Ipv4Addr,
-                 view: ViewHandle,
-                 tasks: Vec<Task>,
-                 task_ns: BTreeMap<String, PathBuf>| {
-        in_ns(&ns, move || async move {
-            let n = Networking::new(
-                NetworkingConfig {
-                    bpf_dir: dir,
-                    cgroup_dir: None,
-                    resolv_conf: "/etc/resolv.conf".into(),
-                },
-                view,
-            );
-            n.start(node, addr, DEFAULT_VXLAN_PORT)
-                .await
-                .expect("start");
-            for t in &tasks {
-                n.attach(t, &task_ns[&t.id]).await.expect("attach");
-            }
-            n
-        })
+    let with_ns = |tasks: &[Task]| -> Vec<(Task, PathBuf)> {
+        tasks
+            .iter()
+            .map(|t| (t.clone(), task_ns[&t.id].clone()))
+            .collect()
     };
-    let a: Arc<Networking> = start(
+    let a = start_node(
+        &topo.ns_path("n1"),
         "A",
-        topo.ns_path("n1"),
-        a_dir.clone(),
         a_ip,
+        a_dir.clone(),
+        None,
         a_view.clone(),
-        tasks_a.clone(),
-        task_ns.clone(),
+        with_ns(&tasks_a),
     );
-    let b: Arc<Networking> = start(
+    let b = start_node(
+        &topo.ns_path("n2"),
         "B",
-        topo.ns_path("n2"),
-        b_dir.clone(),
         b_ip,
+        b_dir.clone(),
+        None,
         b_view.clone(),
-        tasks_b.clone(),
-        task_ns.clone(),
+        with_ns(&tasks_b),
     );
 
     // Same node, same network: TCP and ICMP.
@@ -460,23 +471,15 @@ fn a_spoofed_source_is_dropped() {
     let t2 = task("s2", &[("red", "10.0.1.3/24")]);
     let ns1 = crate::netns::create(&netns_dir, "s1").unwrap();
     let ns2 = crate::netns::create(&netns_dir, "s2").unwrap();
-    let n = in_ns(&topo.ns_path("n1"), {
-        let (ns1, ns2) = (ns1.clone(), ns2.clone());
-        move || async move {
-            let n = Networking::new(
-                NetworkingConfig {
-                    bpf_dir: dir,
-                    cgroup_dir: None,
-                    resolv_conf: "/etc/resolv.conf".into(),
-                },
-                view,
-            );
-            n.start("A", a_ip, DEFAULT_VXLAN_PORT).await.expect("start");
-            n.attach(&t1, &ns1).await.expect("attach");
-            n.attach(&t2, &ns2).await.expect("attach");
-            n
-        }
-    });
+    let n = start_node(
+        &topo.ns_path("n1"),
+        "A",
+        a_ip,
+        dir,
+        None,
+        view,
+        vec![(t1, ns1.clone()), (t2, ns2.clone())],
+    );
     assert!(ping(&ns1, "10.0.1.3", 56));
     // A second address on s1's interface that is not the task's: its packets are dropped.
     sh(&[
@@ -633,46 +636,30 @@ fn vips_balance_tcp_round_robin_follow_udp_to_live_backends_scope_and_intercept_
             crate::netns::create(&netns_dir, &t.id).unwrap(),
         );
     }
-    let a: Arc<Networking> = in_ns(&topo.ns_path("n1"), {
-        let (view, task_ns, cgdir) = (a_view.clone(), task_ns.clone(), cg.path().to_path_buf());
-        move || async move {
-            let n = Networking::new(
-                NetworkingConfig {
-                    bpf_dir: a_dir,
-                    cgroup_dir: Some(cgdir),
-                    resolv_conf: "/etc/resolv.conf".into(),
-                },
-                view,
-            );
-            n.start("A", a_ip, DEFAULT_VXLAN_PORT)
-                .await
-                .expect("start A");
-            for t in &tasks_a {
-                n.attach(t, &task_ns[&t.id]).await.expect("attach");
-            }
-            n
-        }
-    });
-    let b: Arc<Networking> = in_ns(&topo.ns_path("n2"), {
-        let (view, task_ns) = (b_view.clone(), task_ns.clone());
-        move || async move {
-            let n = Networking::new(
-                NetworkingConfig {
-                    bpf_dir: b_dir,
-                    cgroup_dir: None,
-                    resolv_conf: "/etc/resolv.conf".into(),
-                },
-                view,
-            );
-            n.start("B", b_ip, DEFAULT_VXLAN_PORT)
-                .await
-                .expect("start B");
-            for t in &tasks_b {
-                n.attach(t, &task_ns[&t.id]).await.expect("attach");
-            }
-            n
-        }
-    });
+    let with_ns = |tasks: &[Task]| -> Vec<(Task, PathBuf)> {
+        tasks
+            .iter()
+            .map(|t| (t.clone(), task_ns[&t.id].clone()))
+            .collect()
+    };
+    let a = start_node(
+        &topo.ns_path("n1"),
+        "A",
+        a_ip,
+        a_dir,
+        Some(cg.path().to_path_buf()),
+        a_view.clone(),
+        with_ns(&tasks_a),
+    );
+    let b = start_node(
+        &topo.ns_path("n2"),
+        "B",
+        b_ip,
+        b_dir,
+        None,
+        b_view.clone(),
+        with_ns(&tasks_b),
+    );
     name_server(&task_ns["w1"], 7100, "w1");
     name_server(&task_ns["w2"], 7100, "w2");
     hold_server(&task_ns["w1"], 7300);
