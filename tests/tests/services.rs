@@ -53,6 +53,23 @@ fn vip(lab: &Lab, service: &str) -> String {
         .unwrap_or_else(|| panic!("{service} has no VIP"))
 }
 
+/// The service `client`: one whoami task on appnet on node3 to act from (wait for it with
+/// `running`).
+fn create_client_on_node3(lab: &Lab, whoami: &str) {
+    create(
+        lab,
+        &[
+            "--name",
+            "client",
+            "--network",
+            "appnet",
+            "--constraint",
+            "node.hostname==node3",
+            whoami,
+        ],
+    );
+}
+
 fn hostname(t: &proto::Task) -> String {
     t.id[..12].to_string()
 }
@@ -246,18 +263,7 @@ fn scaling_down_and_up_under_load_fails_no_request_and_stopping_tasks_get_no_new
             &whoami,
         ],
     );
-    create(
-        &lab,
-        &[
-            "--name",
-            "client",
-            "--network",
-            "appnet",
-            "--constraint",
-            "node.hostname==node3",
-            &whoami,
-        ],
-    );
+    create_client_on_node3(&lab, &whoami);
     running(&lab, "web", 3);
     let client = running(&lab, "client", 1).remove(0);
     assert!(lab.task_get(&client, "http://web/hostname").is_ok());
@@ -338,18 +344,7 @@ fn udp_through_a_vip_follows_a_live_backend_and_a_task_may_bind_port_53() {
             &whoami,
         ],
     );
-    create(
-        &lab,
-        &[
-            "--name",
-            "client",
-            "--network",
-            "appnet",
-            "--constraint",
-            "node.hostname==node3",
-            &whoami,
-        ],
-    );
+    create_client_on_node3(&lab, &whoami);
     // A task that binds port 53 itself (TCP and UDP) starts, serves, and resolves names.
     create(
         &lab,
