@@ -249,6 +249,9 @@ fn dnsperf(netns: &Path, port: u16, file: &Path, args: &[String]) -> anyhow::Res
     let status = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
         .args(["dnsperf", "-s", "127.0.0.11", "-p", &port.to_string()])
+        // One thread, one client socket, up to 100 questions outstanding: the same load
+        // shape for both servers in every mode.
+        .args(["-T", "1", "-c", "1", "-q", "100"])
         .arg("-d")
         .arg(file)
         .args(args)
@@ -274,21 +277,7 @@ fn field(out: &str, key: &str) -> Option<f64> {
 
 /// Saturation throughput.
 fn throughput(netns: &Path, port: u16, file: &Path, seconds: u64) -> anyhow::Result<Run> {
-    let out = dnsperf(
-        netns,
-        port,
-        file,
-        &[
-            "-T".into(),
-            "1".into(),
-            "-c".into(),
-            "1".into(),
-            "-q".into(),
-            "100".into(),
-            "-l".into(),
-            seconds.to_string(),
-        ],
-    )?;
+    let out = dnsperf(netns, port, file, &["-l".into(), seconds.to_string()])?;
     let qps = field(&out, "Queries per second:").context("no queries/s in dnsperf's output")?;
     let lost = field(&out, "Queries lost:").unwrap_or(0.0) as u64;
     let avg = field(&out, "Average Latency (s):").unwrap_or(0.0);
@@ -307,12 +296,6 @@ fn latency(netns: &Path, port: u16, file: &Path, seconds: u64, rate: u64) -> any
         port,
         file,
         &[
-            "-T".into(),
-            "1".into(),
-            "-c".into(),
-            "1".into(),
-            "-q".into(),
-            "100".into(),
             "-Q".into(),
             rate.to_string(),
             "-l".into(),
