@@ -482,27 +482,52 @@ pub async fn create(c: &Client, a: Box<CreateArgs>) -> Result<()> {
     Ok(())
 }
 
-async fn write_spec(c: &Client, svc: &Service, spec: ServiceSpec) -> Result<Service> {
-    Ok(c.control
-        .clone()
-        .update_service(UpdateServiceRequest {
-            service_id: svc.id.clone(),
-            service_version: svc.meta.as_ref().map_or(0, |m| m.version),
-            spec: Some(spec),
-        })
-        .await
-        .map_err(|s| c.err(s))?
-        .into_inner())
+/// Attempts of [`change_spec`] before the conflict is reported.
+const SPEC_WRITE_ATTEMPTS: usize = 5;
+
+/// Reads the service `name`, makes its new spec from the current one with `make` (and pins its
+/// image when `pin`), and writes it with the version it read. When that version moved
+/// meanwhile (the allocator writes a new service's endpoint and VIPs right after it was
+/// created; another client), the change is made again on a fresh read: the same flags, applied
+/// to what is there now. Returns the service as it was read.
+async fn change_spec(
+    c: &Client,
+    name: &str,
+    pin: bool,
+    make: impl Fn(&Service) -> Result<ServiceSpec>,
+) -> Result<Service> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let svc = c.service(name).await?;
+        let mut spec = make(&svc)?;
+        if pin {
+            pin_image(&mut spec, false).await;
+        }
+        let written = c
+            .control
+            .clone()
+            .update_service(UpdateServiceRequest {
+                service_id: svc.id.clone(),
+                service_version: svc.meta.as_ref().map_or(0, |m| m.version),
+                spec: Some(spec),
+            })
+            .await;
+        match written {
+            Ok(_) => return Ok(svc),
+            Err(s) if s.code() == tonic::Code::Aborted && attempt < SPEC_WRITE_ATTEMPTS => {}
+            Err(s) => return Err(c.err(s)),
+        }
+    }
 }
 
 pub async fn update(c: &Client, a: UpdateArgs, name: String) -> Result<()> {
-    let svc = c.service(&name).await?;
-    let mut spec = svc.spec.clone().unwrap_or_default();
-    update_spec(&mut spec, &a)?;
-    if a.image.is_some() || a.force {
-        pin_image(&mut spec, false).await;
-    }
-    write_spec(c, &svc, spec).await?;
+    let svc = change_spec(c, &name, a.image.is_some() || a.force, |svc| {
+        let mut spec = svc.spec.clone().unwrap_or_default();
+        update_spec(&mut spec, &a)?;
+        Ok(spec)
+    })
+    .await?;
     println!("{name}");
     if !a.common.detach {
         progress::wait_converged(c, &svc.id, a.common.quiet).await?;
@@ -511,13 +536,14 @@ pub async fn update(c: &Client, a: UpdateArgs, name: String) -> Result<()> {
 }
 
 pub async fn rollback(c: &Client, a: RollbackArgs, name: String) -> Result<()> {
-    let svc = c.service(&name).await?;
-    let Some(prev) = svc.previous_spec.clone() else {
-        return Err(bad(format!(
-            "service {name} does not have a previous spec to roll back to"
-        )));
-    };
-    write_spec(c, &svc, prev).await?;
+    let svc = change_spec(c, &name, false, |svc| {
+        svc.previous_spec.clone().ok_or_else(|| {
+            bad(format!(
+                "service {name} does not have a previous spec to roll back to"
+            ))
+        })
+    })
+    .await?;
     println!("{name}");
     if !a.detach {
         progress::wait_converged(c, &svc.id, a.quiet).await?;
@@ -538,17 +564,19 @@ pub async fn scale(c: &Client, a: ScaleArgs, specs: Vec<(String, u64)>) -> Resul
     let mut scaled = Vec::new();
     for (name, n) in specs {
         let result = async {
-            let svc = c.service(&name).await?;
-            if svc.is_global() {
-                return Err(CliError::raw("scale can only be used with replicated mode"));
-            }
-            let mut spec = svc.spec.clone().unwrap_or_default();
-            spec.mode = Some(service_spec::Mode::Replicated(ReplicatedService {
-                replicas: n,
-            }));
-            write_spec(c, &svc, spec).await?;
+            let svc = change_spec(c, &name, false, |svc| {
+                if svc.is_global() {
+                    return Err(CliError::raw("scale can only be used with replicated mode"));
+                }
+                let mut spec = svc.spec.clone().unwrap_or_default();
+                spec.mode = Some(service_spec::Mode::Replicated(ReplicatedService {
+                    replicas: n,
+                }));
+                Ok(spec)
+            })
+            .await?;
             println!("{name} scaled to {n}");
-            Ok(svc.id)
+            Ok::<String, CliError>(svc.id)
         }
         .await;
         match result {

@@ -21,6 +21,9 @@ struct State {
     cluster: Cluster,
     next: u64,
     in_swarm: bool,
+    /// Service updates that will find the service written by someone else first (the way the
+    /// allocator writes a new service's endpoint), one version bump each.
+    concurrent_writes: usize,
 }
 
 #[derive(Clone, Default)]
@@ -310,6 +313,10 @@ impl Control for Fake {
         let r = r.into_inner();
         let mut s = self.0.lock().unwrap();
         let i = s.find_service(&r.service_id)?;
+        if s.concurrent_writes > 0 {
+            s.concurrent_writes -= 1;
+            s.services[i].meta.as_mut().unwrap().version += 1;
+        }
         let svc = &mut s.services[i];
         if svc.meta.as_ref().map_or(0, |m| m.version) != r.service_version {
             return Err(Status::aborted("update out of sequence"));
@@ -697,6 +704,25 @@ fn service_commands() {
     );
     let o = a.run(&["service", "scale", "-d", "web=1"]);
     assert_eq!(stdout(&o), "web scaled to 1\n");
+    // Someone writes the service between the CLI's read and write: the change is made again
+    // on a fresh read; a service that keeps moving is reported.
+    a.fake.0.lock().unwrap().concurrent_writes = 2;
+    let o = a.run(&["service", "scale", "-d", "web=2"]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "web scaled to 2\n"),
+        "{}",
+        stderr(&o)
+    );
+    a.fake.0.lock().unwrap().concurrent_writes = 100;
+    let o = a.run(&["service", "scale", "-d", "web=3"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("update out of sequence"),
+        "{}",
+        stderr(&o)
+    );
+    a.fake.0.lock().unwrap().concurrent_writes = 0;
 
     let o = a.run(&["service", "inspect", "nope"]);
     assert_eq!(o.status.code(), Some(1));
