@@ -310,6 +310,7 @@ impl Agent {
                 reachability: Reachability::Reachable as i32,
             }),
             role: NodeRole::Manager as i32,
+            attachments: vec![],
         };
         let creds = Credentials {
             cert_pem: cert,

@@ -24,6 +24,13 @@ pub mod maps {
     pub const CT_REV: &str = "SWARM_CT_REV";
     pub const LB_STATS: &str = "SWARM_LB_STATS";
     pub const SVC_STATS: &str = "SWARM_SVC_STATS";
+    pub const PUBLISHED: &str = "SWARM_PUBLISHED";
+    pub const PORT_STATS: &str = "SWARM_PORT_STATS";
+    pub const HOST_ADDRS: &str = "SWARM_HOST_ADDRS";
+    pub const PEERS: &str = "SWARM_PEERS";
+    pub const ING_CT: &str = "SWARM_ING_CT";
+    pub const ING_REV: &str = "SWARM_ING_REV";
+    pub const ING_RET: &str = "SWARM_ING_RET";
 }
 
 /// Program names in the object file.
@@ -32,8 +39,13 @@ pub mod programs {
     pub const FROM_CONTAINER: &str = "from_container";
     /// tc ingress of the node's VXLAN device: everything other nodes send to local tasks.
     pub const FROM_OVERLAY: &str = "from_overlay";
-    /// tc ingress of the node's underlay interface: replies to masqueraded egress traffic.
+    /// tc ingress of the node's underlay interface: published ports (the routing mesh) and
+    /// replies to masqueraded egress traffic.
     pub const FROM_UPLINK: &str = "from_uplink";
+    /// tc ingress of the node's loopback device: published ports reached by the node's own
+    /// processes (its addresses and 127.0.0.1) and by its tasks, and the replies of those
+    /// connections.
+    pub const FROM_HOST: &str = "from_host";
     /// cgroup/connect4 on the node's container cgroup: TCP to a VIP goes to a backend,
     /// 127.0.0.11:53 to the task's resolver port.
     pub const CONNECT4: &str = "sock_connect4";
@@ -74,6 +86,10 @@ pub mod limits {
     pub const SOCK_LB: u32 = 131_072;
     pub const CT: u32 = 131_072;
     pub const LB_STATS: u32 = 262_144;
+    pub const PUBLISHED: u32 = 16_384;
+    pub const HOST_ADDRS: u32 = 256;
+    pub const PEERS: u32 = 16_384;
+    pub const ING_CT: u32 = 262_144;
 }
 
 /// 127.0.0.11, where tasks find their resolver.
@@ -97,7 +113,13 @@ pub struct NodeConfig {
     pub snat_port_max: u16,
     /// 1 once the agent has filled the maps in.
     pub ready: u32,
-    pub _pad: u32,
+    /// The ingress network's VNI (0: the node sees no ingress network, no routing mesh).
+    pub ingress_vni: u32,
+    /// This node's own address on the ingress network (Docker's `ingress-sbox`): the source
+    /// of mesh connections that do not preserve the client's address (0: none allocated).
+    pub ingress_addr: u32,
+    /// The loopback device (the node's own processes reach published ports through it).
+    pub lo_ifindex: u32,
 }
 
 /// `IFACES[host-side veth ifindex]`: one task's attachment to one network.
@@ -140,7 +162,13 @@ pub struct Endpoint {
     pub mac: [u8; 6],
     /// Local tasks: MAC of the host side.
     pub host_mac: [u8; 6],
+    /// `ENDPOINT_*` flags.
+    pub flags: u32,
 }
+
+/// The endpoint is this node's own address on the ingress network: replies of routing-mesh
+/// connections, to be translated back and sent to their client.
+pub const ENDPOINT_NODE_INGRESS: u32 = 1;
 
 /// `SUBNETS` (LPM trie, key = prefix length + address): every overlay subnet the node
 /// knows, to the VNI. Traffic into a subnet of another network is dropped, never sent out.
@@ -334,6 +362,110 @@ pub struct LbStats {
     pub bytes: u64,
 }
 
+/// `PUBLISHED[(port, protocol)]`: a port every node (ingress mode) or this node (host mode)
+/// answers on, on every one of its addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublishedKey {
+    /// Network order.
+    pub port: u16,
+    /// IP protocol (6 TCP, 17 UDP).
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Ingress mode: the service's VIP on the ingress network (its `SERVICES` entry picks the
+    /// backend). Host mode: 0.
+    pub vip: u32,
+    /// Host mode: the local task's address on the ingress network. Ingress mode: 0.
+    pub backend: u32,
+    /// The port the task listens on, network order.
+    pub target_port: u16,
+    /// `PUBLISHED_*` flags.
+    pub flags: u16,
+}
+
+/// The task sees the client's own address (`source-ip=preserve`; host mode always).
+pub const PUBLISHED_PRESERVE: u16 = 1;
+/// Host mode: straight to the local task of `backend`.
+pub const PUBLISHED_HOST: u16 = 2;
+
+/// `PORT_STATS[(port, protocol)]` per CPU: counters of one published port on this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    pub c: [u64; port_stat::COUNT],
+}
+
+/// Indexes into [`PortStats::c`].
+pub mod port_stat {
+    /// New connections (TCP SYNs, new UDP flows) sent to a task.
+    pub const CONNECTIONS: usize = 0;
+    /// Client → task.
+    pub const PACKETS_IN: usize = 1;
+    pub const BYTES_IN: usize = 2;
+    /// Task → client.
+    pub const PACKETS_OUT: usize = 3;
+    pub const BYTES_OUT: usize = 4;
+    /// Dropped: no running, healthy task serves the port.
+    pub const DROP_NO_BACKEND: usize = 5;
+    /// Dropped: the flow's task is gone and the packet cannot start a new connection.
+    pub const DROP_STALE: usize = 6;
+    /// Dropped: no free translation port, no ingress address, or the packet could not be
+    /// rewritten.
+    pub const DROP_NAT: usize = 7;
+    pub const COUNT: usize = 8;
+    /// The drop reasons: (index, metric label).
+    pub const DROPS: [(usize, &str); 3] = [
+        (DROP_NO_BACKEND, "no_backend"),
+        (DROP_STALE, "stale_flow"),
+        (DROP_NAT, "nat"),
+    ];
+}
+
+/// `ING_CT[client → node:published flow]`: where the ingress node sends it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngressCt {
+    /// The task's address on the ingress network.
+    pub backend: u32,
+    /// The source the task sees: the node's ingress address, or the client's own.
+    pub nat_addr: u32,
+    /// Network order: the source port the task sees, and the task's port.
+    pub nat_port: u16,
+    pub target_port: u16,
+}
+
+/// `ING_REV[task → nat_addr:nat_port flow]` on the ingress node: how a reply goes back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngressRev {
+    pub client: u32,
+    /// The node address the client connected to (the reply's source).
+    pub node_addr: u32,
+    /// Network order.
+    pub client_port: u16,
+    pub published_port: u16,
+    /// Where the client came in: the uplink (replies leave there, next hop resolved by the
+    /// kernel), or the loopback device (replies are handed back to the node's stack).
+    pub ifindex: u32,
+    /// `ORIGIN_*`.
+    pub origin: u32,
+}
+
+/// The client reached the node through its uplink.
+pub const ORIGIN_UPLINK: u32 = 0;
+/// The client is a process of the node (or a task, masqueraded): through the loopback.
+pub const ORIGIN_LOCAL: u32 = 1;
+
+/// `ING_RET[task → client flow]` on the task's node, for connections that keep the client's
+/// address and came through another node: that node's data-path address (the reply goes
+/// back through the tunnel to the node the client knows).
+pub type IngressRet = u32;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -355,4 +487,9 @@ mod pod {
     unsafe impl aya::Pod for CtRev {}
     unsafe impl aya::Pod for LbStatsKey {}
     unsafe impl aya::Pod for LbStats {}
+    unsafe impl aya::Pod for PublishedKey {}
+    unsafe impl aya::Pod for Published {}
+    unsafe impl aya::Pod for PortStats {}
+    unsafe impl aya::Pod for IngressCt {}
+    unsafe impl aya::Pod for IngressRev {}
 }

@@ -160,7 +160,7 @@ pub fn dnat(ctx: &TcContext, ip: &Ip4, vni: u32) -> Dnat {
 }
 
 #[inline(always)]
-fn is_syn(ctx: &TcContext, ip: &Ip4) -> bool {
+pub fn is_syn(ctx: &TcContext, ip: &Ip4) -> bool {
     match crate::pkt::ptr_at::<[u8; 14]>(ctx, ip.l4) {
         // SAFETY: bounds checked by ptr_at; byte 13 holds the flags.
         Some(h) => unsafe { (*h)[13] & 0x12 == 0x02 },

@@ -5,20 +5,26 @@
 //!   redirect to the VXLAN device), or out of the cluster (masquerade to the node's address);
 //! - `from_overlay` (tc ingress of the VXLAN device): VNI + destination → a local task;
 //!   anything else is dropped;
-//! - `from_uplink` (tc ingress of the underlay interface): replies to masqueraded traffic
-//!   back to their task; everything else goes on to the kernel;
+//! - `from_uplink` (tc ingress of the underlay interface): published ports (the routing
+//!   mesh, [`ingress`]) and replies to masqueraded traffic back to their task; everything
+//!   else goes on to the kernel;
+//! - `from_host` (tc ingress of the loopback device): published ports reached by the node's
+//!   own processes and tasks, the replies of those connections, and replies of the node's
+//!   own sockets to tasks that reached one of its addresses;
 //! - socket hooks on the node's container cgroup ([`sock`]): VIP → backend at connect time,
 //!   127.0.0.11:53 → the task's resolver port, and load-balancing counters.
 //!
 //! Helpers are split by concern, as in Cilium's bpf/lib: [`pkt`] (bounded header access),
 //! [`arp`], [`overlay`] (endpoints, delivery, tunnel), [`nat`] (masquerade), [`lb`] (service
-//! load balancing and its connection tracking), [`stats`].
+//! load balancing and its connection tracking), [`ingress`] (the routing mesh), [`stats`].
 //! Built only for the bpf target; on the host this crate is an empty program.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod arp;
+#[cfg(target_arch = "bpf")]
+mod ingress;
 #[cfg(target_arch = "bpf")]
 mod lb;
 #[cfg(target_arch = "bpf")]

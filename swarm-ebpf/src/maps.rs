@@ -5,8 +5,9 @@ use aya_ebpf::macros::map;
 use aya_ebpf::maps::lpm_trie::LpmTrie;
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap};
 use swarm_ebpf_common::{
-    limits, BackendKey, CtEntry, CtRev, DnsPorts, Endpoint, EndpointKey, FlowKey, Iface, LbStats,
-    LbStatsKey, NetStats, NetnsNet, NodeConfig, Service, SnatIn, SnatOut, SockLb, SubnetValue,
+    limits, BackendKey, CtEntry, CtRev, DnsPorts, Endpoint, EndpointKey, FlowKey, Iface, IngressCt,
+    IngressRet, IngressRev, LbStats, LbStatsKey, NetStats, NetnsNet, NodeConfig, PortStats,
+    Published, PublishedKey, Service, SnatIn, SnatOut, SockLb, SubnetValue,
 };
 
 #[map(name = "SWARM_NODE")]
@@ -64,6 +65,33 @@ pub static SVC_STATS: PerCpuArray<LbStats> = PerCpuArray::pinned(limits::SERVICE
 #[map(name = "SWARM_LB_STATS")]
 pub static LB_STATS: LruPerCpuHashMap<LbStatsKey, LbStats> =
     LruPerCpuHashMap::pinned(limits::LB_STATS, 0);
+
+/// The routing mesh: the ports this node answers on.
+#[map(name = "SWARM_PUBLISHED")]
+pub static PUBLISHED: HashMap<PublishedKey, Published> = HashMap::pinned(limits::PUBLISHED, 0);
+
+/// Per CPU, per published port (entries made by the agent with the port).
+#[map(name = "SWARM_PORT_STATS")]
+pub static PORT_STATS: PerCpuHashMap<PublishedKey, PortStats> =
+    PerCpuHashMap::pinned(limits::PUBLISHED, 0);
+
+/// The node's own IPv4 addresses: published ports answer on each of them.
+#[map(name = "SWARM_HOST_ADDRS")]
+pub static HOST_ADDRS: HashMap<u32, u32> = HashMap::pinned(limits::HOST_ADDRS, 0);
+
+/// Data-path addresses of the other nodes: who may hand this node a mesh connection that
+/// keeps its client's address.
+#[map(name = "SWARM_PEERS")]
+pub static PEERS: HashMap<u32, u32> = HashMap::pinned(limits::PEERS, 0);
+
+#[map(name = "SWARM_ING_CT")]
+pub static ING_CT: LruHashMap<FlowKey, IngressCt> = LruHashMap::pinned(limits::ING_CT, 0);
+
+#[map(name = "SWARM_ING_REV")]
+pub static ING_REV: LruHashMap<FlowKey, IngressRev> = LruHashMap::pinned(limits::ING_CT, 0);
+
+#[map(name = "SWARM_ING_RET")]
+pub static ING_RET: LruHashMap<FlowKey, IngressRet> = LruHashMap::pinned(limits::ING_CT, 0);
 
 /// The node's configuration (zeroed until the agent wrote it).
 #[inline(always)]

@@ -8,9 +8,9 @@
 //! fragment towards it).
 
 use aya_ebpf::bindings::{
-    BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
+    BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
 };
-use aya_ebpf::helpers::{bpf_redirect_neigh, bpf_redirect_peer};
+use aya_ebpf::helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer};
 use aya_ebpf::programs::TcContext;
 use swarm_ebpf_common::{stat, FlowKey, Iface, NodeConfig, SnatIn, SnatOut};
 
@@ -27,7 +27,7 @@ const PORT_TRIES: u32 = 16;
 /// Offset of the port to translate: TCP/UDP source (`dst` false) or destination port, the
 /// ICMP echo identifier.
 #[inline(always)]
-fn port_off(ip: &Ip4, dst: bool) -> usize {
+pub fn port_off(ip: &Ip4, dst: bool) -> usize {
     if ip.proto == IPPROTO_ICMP {
         ip.l4 + 4
     } else if dst {
@@ -41,7 +41,7 @@ fn port_off(ip: &Ip4, dst: bool) -> usize {
 /// checksums. Works for packets whose L4 checksum is still to be computed (CHECKSUM_PARTIAL,
 /// what a local TCP stack hands a veth) and for complete ones.
 #[inline(always)]
-fn rewrite(
+pub fn rewrite(
     ctx: &TcContext,
     ip: &Ip4,
     addr_off: usize,
@@ -165,6 +165,17 @@ pub fn masquerade(
         return TC_ACT_SHOT as i32;
     }
     stats::count(iface.vni, stat::EGRESS_PACKETS, ctx.len());
+    if crate::ingress::is_local(node, ip.daddr, false) {
+        // One of the node's own addresses (a published port, or a service of the node): into
+        // the node's stack as if over the loopback, whose address is all zeros; `from_host`
+        // sees it there, and the replies.
+        if set_macs(ctx, &[0; 6], &[0; 6]).is_none() {
+            stats::drop(iface.vni, stat::DROP_EGRESS);
+            return TC_ACT_SHOT as i32;
+        }
+        // SAFETY: plain helper call.
+        return unsafe { bpf_redirect(node.lo_ifindex, BPF_F_INGRESS as u64) as i32 };
+    }
     // Out of the node's data-path interface; without parameters the helper looks the route
     // up (restricted to that interface) and resolves the next hop's MAC itself.
     // SAFETY: plain helper call.

@@ -45,8 +45,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use proto::{
-    Endpoint, EndpointMode, EndpointSpec, Network, NetworkAttachment, PortConfig, PortProtocol,
-    PublishMode, Service, Task, TaskState, TaskStatus, VirtualIp,
+    Endpoint, EndpointMode, EndpointSpec, Network, NetworkAttachment, Node, PortConfig,
+    PortProtocol, PublishMode, Service, Task, TaskState, TaskStatus, VirtualIp,
 };
 
 use crate::ipam::Ipam;
@@ -366,6 +366,54 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
         }
     }
 
+    // Every node's own address on the ingress network (Docker's `ingress-sbox`): the source
+    // of routing-mesh connections that do not keep their client's address.
+    let ingress = ingress_network(state)
+        .filter(|n| n.allocation.is_some() && !network_errors.contains_key(&n.id));
+    let nodes: Vec<(&Node, Option<&NetworkAttachment>)> = state
+        .nodes()
+        .filter_map(|n| {
+            let held = ingress.and_then(|i| node_ingress_attachment(n, &i.id));
+            let keep = usize::from(held.is_some());
+            (n.attachments.len() != keep || (ingress.is_some() && held.is_none()))
+                .then_some((n, held))
+        })
+        .collect();
+    if !nodes.is_empty() && ingress.is_some() && ipam.is_none() {
+        ipam = Some(Ipam::from_state(state));
+    }
+    for (n, held) in nodes {
+        let attachments = match (ingress, held) {
+            (None, _) => Vec::new(),
+            (Some(_), Some(a)) => vec![a.clone()],
+            (Some(i), None) => {
+                let Some(ipam) = ipam.as_mut() else { break };
+                match ipam.allocate_address(&i.id) {
+                    Ok(addr) => vec![NetworkAttachment {
+                        network_id: i.id.clone(),
+                        network_name: i.spec.as_ref().map_or("", |s| s.name.as_str()).into(),
+                        addresses: vec![addr],
+                        aliases: Vec::new(),
+                    }],
+                    Err(e) => {
+                        problems.push(Problem {
+                            kind: "node",
+                            object_id: n.id.clone(),
+                            name: n.id.clone(),
+                            version: n.meta.as_ref().map_or(0, |m| m.version),
+                            message: format!("ingress address: {e}"),
+                        });
+                        continue;
+                    }
+                }
+            }
+        };
+        plan.ops.push(Op::SetNodeAttachments {
+            node_id: n.id.clone(),
+            attachments,
+        });
+    }
+
     for (t, svc, nets) in candidates {
         let attachments = if nets.is_empty() {
             Vec::new()
@@ -426,9 +474,17 @@ fn new_task_error(t: &Task, err: &str, message: &str, now_ms: i64) -> Option<Op>
     })
 }
 
+/// The node's address on the ingress network `ingress_id`, when it holds one.
+fn node_ingress_attachment<'a>(n: &'a Node, ingress_id: &str) -> Option<&'a NetworkAttachment> {
+    n.attachments
+        .iter()
+        .find(|a| a.network_id == ingress_id && !a.addresses.is_empty())
+}
+
 /// The ids of the networks a task attaches to: its spec's (ids or names), then the ingress
-/// network if its service publishes ports in ingress mode. Unknown targets are kept as they
-/// are (reported when attaching).
+/// network if its service publishes ports (in ingress mode, the mesh reaches the task there;
+/// in host mode the node's published port leads to the task's address there). Unknown
+/// targets are kept as they are (reported when attaching).
 fn wanted_networks(state: &State, t: &Task, svc: &Service) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for a in t.spec.iter().flat_map(|s| s.networks.iter()) {
@@ -440,12 +496,12 @@ fn wanted_networks(state: &State, t: &Task, svc: &Service) -> Vec<String> {
             out.push(id);
         }
     }
-    let publishes_ingress = svc
+    let publishes = svc
         .endpoint
         .iter()
         .flat_map(|e| e.ports.iter())
-        .any(is_ingress);
-    if publishes_ingress {
+        .any(|p| p.published_port != 0 || is_ingress(p));
+    if publishes {
         if let Some(ingress) = ingress_network(state) {
             if !out.contains(&ingress.id) {
                 out.push(ingress.id.clone());

@@ -307,6 +307,13 @@ impl Ipam {
                 ipam.reserve_address(&v.network_id, &v.addr);
             }
         }
+        for n in state.nodes() {
+            for a in &n.attachments {
+                for addr in &a.addresses {
+                    ipam.reserve_address(&a.network_id, addr);
+                }
+            }
+        }
         ipam
     }
 

@@ -12,7 +12,10 @@
 //!   READY;
 //! - **services**: the services attached to those networks (`spec.task.networks`, by id or
 //!   name, or a virtual IP there), with their VIPs and network ids restricted to the
-//!   networks the node sees.
+//!   networks the node sees;
+//! - **the routing mesh**: every node sees the ingress network (tasks there or not), with the
+//!   services whose tasks are on it and every node's own ingress endpoint (`node_ingress`,
+//!   keyed by the node id, for nodes that hold an ingress address and are not DOWN).
 //!
 //! Cost of one view: O(T_node + Σ over the node's networks of (T_net + S_net)) index
 //! lookups, where T_node is the number of tasks on the node, T_net the number of tasks ever
@@ -25,8 +28,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proto::{
     network_state_change::Change, EndpointInfo, EndpointKey, EndpointMode, Network,
-    NetworkAllocation, NetworkInfo, NetworkStateChange, NodeState, Service, ServiceInfo, Task,
-    TaskState,
+    NetworkAllocation, NetworkInfo, NetworkStateChange, Node, NodeState, Service, ServiceInfo,
+    Task, TaskState,
 };
 
 use crate::ipam::address_of;
@@ -59,6 +62,14 @@ pub fn node_view(st: &State, node_id: &str) -> NodeNetworkView {
     for t in st.tasks_on_node(node_id).filter(|t| keeps_network(t)) {
         ids.extend(t.networks.iter().map(|a| a.network_id.as_str()));
     }
+    // Every node serves the routing mesh: it sees the ingress network whether or not it
+    // runs a task there.
+    let ingress = st
+        .networks()
+        .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress));
+    if let Some(n) = ingress {
+        ids.insert(n.id.as_str());
+    }
     let mut nets: Vec<&Network> = Vec::new();
     for id in ids {
         let Some(n) = st.network(id) else { continue };
@@ -79,8 +90,58 @@ pub fn node_view(st: &State, node_id: &str) -> NodeNetworkView {
                 view.services.insert(s.id.clone(), info);
             }
         }
+        if !n.spec.as_ref().is_some_and(|s| s.ingress) {
+            continue;
+        }
+        // The ingress network: the services whose tasks are on it (host-mode publishers have
+        // no VIP there), and every node's own endpoint.
+        let publishers: BTreeSet<&str> = view
+            .endpoints
+            .values()
+            .filter(|e| e.network_id == n.id)
+            .map(|e| e.service_id.as_str())
+            .collect();
+        for id in publishers {
+            if let (false, Some(s)) = (view.services.contains_key(id), st.service(id)) {
+                let info = service_info(st, s, &view.networks);
+                view.services.insert(s.id.clone(), info);
+            }
+        }
+        for node in st.nodes() {
+            if let Some(e) = node_ingress_endpoint(node, &n.id) {
+                view.endpoints
+                    .insert((e.task_id.clone(), e.network_id.clone()), e);
+            }
+        }
     }
     view
+}
+
+/// A node's own endpoint on the ingress network `network_id` (Docker's `ingress-sbox`), if
+/// it holds an address there and is not DOWN. Keyed by the node id in place of a task id.
+pub fn node_ingress_endpoint(node: &Node, network_id: &str) -> Option<EndpointInfo> {
+    if node.state() == NodeState::Down {
+        return None;
+    }
+    let att = node
+        .attachments
+        .iter()
+        .find(|a| a.network_id == network_id && !a.addresses.is_empty())?;
+    let address = address_of(&att.addresses[0])?.to_string();
+    Some(EndpointInfo {
+        task_id: node.id.clone(),
+        network_id: network_id.to_string(),
+        address,
+        node_id: node.id.clone(),
+        node_addr: node
+            .status
+            .as_ref()
+            .map(|s| s.addr.clone())
+            .unwrap_or_default(),
+        task_name: "ingress-endpoint".into(),
+        node_ingress: true,
+        ..Default::default()
+    })
 }
 
 /// A network as the data plane needs it; `mtu` is 0 when the driver option is unset (or
@@ -141,6 +202,7 @@ pub fn endpoint_info(st: &State, t: &Task, network_id: &str) -> Option<EndpointI
         serving: state == TaskState::Running
             && t.desired() == TaskState::Running
             && node.state() == NodeState::Ready,
+        node_ingress: false,
     })
 }
 

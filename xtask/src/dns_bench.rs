@@ -111,6 +111,7 @@ fn names(services: usize, tasks: usize) -> anyhow::Result<Names> {
                 task_name: task_name.clone(),
                 aliases: vec![],
                 serving: true,
+                node_ingress: false,
             }));
             hosts.push_str(&format!("{ip} tasks.{name} {task_name}\n"));
         }

@@ -19,8 +19,8 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use swarm_ebpf_common::{
-    maps, programs, stat, BackendKey, DnsPorts, Endpoint, EndpointKey, Iface, LbStats, LbStatsKey,
-    NetStats, NetnsNet, NodeConfig, Service,
+    maps, port_stat, programs, stat, BackendKey, DnsPorts, Endpoint, EndpointKey, Iface, LbStats,
+    LbStatsKey, NetStats, NetnsNet, NodeConfig, PortStats, Published, PublishedKey, Service,
 };
 
 /// The programs, built by build.rs (empty when built with AYA_BUILD_SKIP=1).
@@ -102,6 +102,10 @@ struct Maps {
     lb_stats: PerCpuHashMap<MapData, LbStatsKey, LbStats>,
     sock_lb: BpfHashMap<MapData, u64, swarm_ebpf_common::SockLb>,
     svc_stats: aya::maps::PerCpuArray<MapData, LbStats>,
+    published: BpfHashMap<MapData, PublishedKey, Published>,
+    port_stats: PerCpuHashMap<MapData, PublishedKey, PortStats>,
+    host_addrs: BpfHashMap<MapData, u32, u32>,
+    peers: BpfHashMap<MapData, u32, u32>,
 }
 
 /// What this agent last wrote into the maps it alone writes, so that updates are diffs
@@ -112,6 +116,7 @@ struct Shadow {
     /// vip → (service, its backends in slot order)
     services: BTreeMap<u32, (Service, Vec<u32>)>,
     netns_nets: BTreeMap<NetnsNet, u32>,
+    published: BTreeMap<PublishedKey, Published>,
 }
 
 /// One load-balanced VIP as the agent wants it.
@@ -198,6 +203,7 @@ impl Dataplane {
             programs::FROM_CONTAINER,
             programs::FROM_OVERLAY,
             programs::FROM_UPLINK,
+            programs::FROM_HOST,
         ] {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -233,6 +239,10 @@ impl Dataplane {
         let lb_stats = take(maps::LB_STATS)?;
         let sock_lb = take(maps::SOCK_LB)?;
         let svc_stats = take(maps::SVC_STATS)?;
+        let published = take(maps::PUBLISHED)?;
+        let port_stats = take(maps::PORT_STATS)?;
+        let host_addrs = take(maps::HOST_ADDRS)?;
+        let peers = take(maps::PEERS)?;
         let maps = Maps {
             node: Array::try_from(node).map_err(map_err(maps::NODE))?,
             ifaces: BpfHashMap::try_from(ifaces).map_err(map_err(maps::IFACES))?,
@@ -247,6 +257,10 @@ impl Dataplane {
             sock_lb: BpfHashMap::try_from(sock_lb).map_err(map_err(maps::SOCK_LB))?,
             svc_stats: aya::maps::PerCpuArray::try_from(svc_stats)
                 .map_err(map_err(maps::SVC_STATS))?,
+            published: BpfHashMap::try_from(published).map_err(map_err(maps::PUBLISHED))?,
+            port_stats: PerCpuHashMap::try_from(port_stats).map_err(map_err(maps::PORT_STATS))?,
+            host_addrs: BpfHashMap::try_from(host_addrs).map_err(map_err(maps::HOST_ADDRS))?,
+            peers: BpfHashMap::try_from(peers).map_err(map_err(maps::PEERS))?,
         };
         // What an earlier agent left in the maps.
         let backends_now: BTreeMap<BackendKey, u32> = maps.backends.iter().flatten().collect();
@@ -266,6 +280,7 @@ impl Dataplane {
                 })
                 .collect(),
             netns_nets: maps.netns_nets.iter().flatten().collect(),
+            published: maps.published.iter().flatten().collect(),
         };
         Ok(Dataplane {
             dir: dir.to_path_buf(),
@@ -652,6 +667,100 @@ impl Dataplane {
             drop(old);
         }
         Ok(())
+    }
+
+    /// The published ports as this agent last wrote them.
+    pub fn published(&self) -> BTreeMap<PublishedKey, Published> {
+        self.lock().shadow.published.clone()
+    }
+
+    /// Brings PUBLISHED to `want`; a port that appears gets its counters (from zero), one
+    /// that goes loses them, so a port freed on the managers is closed here at once.
+    pub fn sync_published(
+        &self,
+        want: &BTreeMap<PublishedKey, Published>,
+    ) -> Result<(), DataplaneError> {
+        let inner = &mut *self.lock();
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        for (k, v) in want {
+            let old = inner.shadow.published.get(k).copied();
+            if old == Some(*v) {
+                continue;
+            }
+            if old.is_none() {
+                if let Ok(zero) = PerCpuValues::try_from(vec![PortStats::default(); cpus]) {
+                    let _ = inner.maps.port_stats.insert(k, zero, 0);
+                }
+            }
+            inner
+                .maps
+                .published
+                .insert(k, v, 0)
+                .map_err(map_err(maps::PUBLISHED))?;
+            inner.shadow.published.insert(*k, *v);
+        }
+        let gone: Vec<PublishedKey> = inner
+            .shadow
+            .published
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            let _ = inner.maps.published.remove(&k);
+            let _ = inner.maps.port_stats.remove(&k);
+            inner.shadow.published.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// The counters of every published port, summed over the CPUs.
+    pub fn port_stats(&self) -> BTreeMap<PublishedKey, [u64; port_stat::COUNT]> {
+        let inner = self.lock();
+        inner
+            .maps
+            .port_stats
+            .iter()
+            .flatten()
+            .map(|(k, per_cpu)| {
+                let mut sum = [0u64; port_stat::COUNT];
+                for s in per_cpu.iter() {
+                    for (i, v) in s.c.iter().enumerate() {
+                        sum[i] += v;
+                    }
+                }
+                (k, sum)
+            })
+            .collect()
+    }
+
+    /// Brings a set-like map (address → 1) to `want`.
+    fn sync_set(
+        map: &mut BpfHashMap<MapData, u32, u32>,
+        name: &'static str,
+        want: &std::collections::BTreeSet<u32>,
+    ) -> Result<(), DataplaneError> {
+        let have: Vec<u32> = map.keys().flatten().collect();
+        for a in want.iter().filter(|a| !have.contains(a)) {
+            map.insert(a, 1, 0).map_err(map_err(name))?;
+        }
+        for a in have.iter().filter(|a| !want.contains(a)) {
+            let _ = map.remove(a);
+        }
+        Ok(())
+    }
+
+    /// Brings HOST_ADDRS (the node's own addresses, where published ports answer) to `want`.
+    pub fn sync_host_addrs(
+        &self,
+        want: &std::collections::BTreeSet<u32>,
+    ) -> Result<(), DataplaneError> {
+        Self::sync_set(&mut self.lock().maps.host_addrs, maps::HOST_ADDRS, want)
+    }
+
+    /// Brings PEERS (the other nodes' data-path addresses) to `want`.
+    pub fn sync_peers(&self, want: &std::collections::BTreeSet<u32>) -> Result<(), DataplaneError> {
+        Self::sync_set(&mut self.lock().maps.peers, maps::PEERS, want)
     }
 
     /// Brings SUBNETS to `want` (subnet address, prefix length → VNI).

@@ -10,7 +10,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
-use swarm_ebpf_common::stat;
+use swarm_ebpf_common::{port_stat, stat};
 
 use super::Networking;
 
@@ -177,6 +177,82 @@ impl Collector for DataplaneCollector {
             "Bytes of load-balanced connections to one backend",
             &b,
         )?;
+
+        // The routing mesh, per published port.
+        let mut port_rows: [Vec<(Labels, u64)>; 4] = Default::default();
+        for (k, c) in dp.port_stats() {
+            let port = u16::from_be(k.port).to_string();
+            let protocol = if k.proto == 17 { "udp" } else { "tcp" }.to_string();
+            let service = names.ports.get(&k).cloned().unwrap_or_default();
+            let base = [("port", port), ("protocol", protocol), ("service", service)];
+            port_rows[0].push((l(&base), c[port_stat::CONNECTIONS]));
+            for (dir, p, b) in [
+                ("in", port_stat::PACKETS_IN, port_stat::BYTES_IN),
+                ("out", port_stat::PACKETS_OUT, port_stat::BYTES_OUT),
+            ] {
+                let mut labels = base.to_vec();
+                labels.push(("direction", dir.to_string()));
+                port_rows[1].push((l(&labels), c[p]));
+                port_rows[2].push((l(&labels), c[b]));
+            }
+            for (i, reason) in port_stat::DROPS {
+                let mut labels = base.to_vec();
+                labels.push(("reason", reason.to_string()));
+                port_rows[3].push((l(&labels), c[i]));
+            }
+        }
+        let [c, p, b, d] = port_rows;
+        counter(
+            &mut enc,
+            "ingress_connections",
+            "Connections (TCP, new UDP flows) the routing mesh sent to a task, per published port, from this node",
+            &c,
+        )?;
+        counter(
+            &mut enc,
+            "ingress_packets",
+            "Packets of routing-mesh connections through this node, per published port and direction",
+            &p,
+        )?;
+        counter(
+            &mut enc,
+            "ingress_bytes",
+            "Bytes of routing-mesh connections through this node, per published port and direction",
+            &b,
+        )?;
+        counter(
+            &mut enc,
+            "ingress_drops",
+            "Packets to a published port this node dropped, by reason",
+            &d,
+        )?;
+        let shadowed: Vec<(Labels, u64)> = names
+            .shadowed
+            .iter()
+            .map(|k| {
+                let protocol = if k.proto == 17 { "udp" } else { "tcp" };
+                (
+                    l(&[
+                        ("port", u16::from_be(k.port).to_string()),
+                        ("protocol", protocol.to_string()),
+                        ("service", names.ports.get(k).cloned().unwrap_or_default()),
+                    ]),
+                    1,
+                )
+            })
+            .collect();
+        if !shadowed.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "ingress_port_shadowed",
+                "1 for a published port a process of this node also listens on: the routing mesh answers it, the process gets none of its connections",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (labels, v) in &shadowed {
+                let fam = m.encode_family(labels)?;
+                ConstGauge::new(*v as i64).encode(fam)?;
+            }
+        }
 
         let gauge = |enc: &mut DescriptorEncoder,
                      name: &str,

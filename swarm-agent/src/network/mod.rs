@@ -29,7 +29,8 @@ use std::time::Duration;
 
 use proto::{NetworkInfo, Task};
 use swarm_ebpf_common::{
-    programs, Endpoint, EndpointKey, Iface, NetnsNet, NodeConfig, Service, IFACE_INTERNAL,
+    programs, Endpoint, EndpointKey, Iface, NetnsNet, NodeConfig, Published, PublishedKey, Service,
+    ENDPOINT_NODE_INGRESS, IFACE_INTERNAL, PUBLISHED_HOST, PUBLISHED_PRESERVE,
 };
 use tokio::sync::watch;
 
@@ -74,6 +75,10 @@ pub enum NetworkError {
 pub struct MetricNames {
     pub networks: BTreeMap<u32, String>,
     pub lb: BTreeMap<u32, (String, String)>,
+    /// Published port → the service publishing it.
+    pub ports: BTreeMap<PublishedKey, String>,
+    /// Published ports a process of the node listens on too (the mesh takes their packets).
+    pub shadowed: BTreeSet<PublishedKey>,
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +143,8 @@ struct State {
     lb_ids: LbIds,
     /// The ids of the pinned SERVICES map were taken over.
     lb_adopted: bool,
+    /// Published ports a process of the node listens on too (already logged).
+    shadowed: BTreeSet<PublishedKey>,
 }
 
 pub struct Networking {
@@ -151,6 +158,10 @@ pub struct Networking {
     state: Mutex<State>,
     /// Poked after local changes so that `run` writes the maps again.
     changed: tokio::sync::Notify,
+}
+
+fn node_id_of(st: &State) -> Option<String> {
+    st.node.as_ref().map(|n| n.id.clone())
 }
 
 fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
@@ -175,6 +186,23 @@ pub fn desired_endpoints(
     let mut out = BTreeMap::new();
     for e in view.endpoints.values() {
         if e.node_id == self_id {
+            // The node's own ingress address: replies of the routing mesh come to it.
+            if let (true, Some(net), Ok(addr)) = (
+                e.node_ingress,
+                view.networks.get(&e.network_id),
+                e.address.parse::<Ipv4Addr>(),
+            ) {
+                out.insert(
+                    EndpointKey {
+                        vni: net.vni,
+                        addr: be(addr),
+                    },
+                    Endpoint {
+                        flags: ENDPOINT_NODE_INGRESS,
+                        ..Default::default()
+                    },
+                );
+            }
             continue;
         }
         let Some(net) = view.networks.get(&e.network_id) else {
@@ -211,10 +239,173 @@ pub fn desired_endpoints(
                 ifindex,
                 mac: i.mac,
                 host_mac: i.host_mac,
+                flags: 0,
             },
         );
     }
     out
+}
+
+/// The ingress network, when the node sees one.
+pub fn ingress_network(view: &NetworkView) -> Option<&NetworkInfo> {
+    view.networks.values().find(|n| n.ingress)
+}
+
+/// This node's own address on the ingress network (its `node_ingress` endpoint).
+pub fn ingress_addr(view: &NetworkView, self_id: &str) -> Option<Ipv4Addr> {
+    let net = ingress_network(view)?;
+    view.endpoints
+        .values()
+        .find(|e| e.node_ingress && e.node_id == self_id && e.network_id == net.id)
+        .and_then(|e| e.address.parse().ok())
+}
+
+/// The IP protocol number of a published port's protocol (the data plane carries TCP and
+/// UDP).
+fn ip_proto(p: i32) -> Option<u8> {
+    match proto::PortProtocol::try_from(p) {
+        Ok(proto::PortProtocol::Tcp) => Some(6),
+        Ok(proto::PortProtocol::Udp) => Some(17),
+        _ => None,
+    }
+}
+
+/// The key of a published port.
+pub fn published_key(port: u16, ip_proto: u8) -> PublishedKey {
+    PublishedKey {
+        port: port.to_be(),
+        proto: ip_proto,
+        _pad: 0,
+    }
+}
+
+/// What PUBLISHED should hold, with the service publishing each port:
+/// - every ingress-mode port of every service the node sees, through the service's VIP on
+///   the ingress network (its serving tasks anywhere are the backends);
+/// - every host-mode port of a service with a serving task on this node, straight to that
+///   task's ingress address (the scheduler keeps two such tasks off one node; should two
+///   ever meet, the first by task id wins). An ingress-mode port wins over a host-mode one.
+pub fn desired_published(
+    view: &NetworkView,
+    self_id: &str,
+) -> BTreeMap<PublishedKey, (Published, String)> {
+    let mut out = BTreeMap::new();
+    let Some(ingress) = ingress_network(view) else {
+        return out;
+    };
+    let ingress_mode = proto::PublishMode::Ingress as i32;
+    for s in view.services.values() {
+        let vip = s
+            .virtual_ips
+            .iter()
+            .find(|v| v.network_id == ingress.id)
+            .and_then(|v| parse_cidr(&v.addr));
+        for p in s.ports.iter().filter(|p| p.publish_mode == ingress_mode) {
+            let (Some(proto), Ok(port), Ok(target), Some((vip, _))) = (
+                ip_proto(p.protocol),
+                u16::try_from(p.published_port),
+                u16::try_from(p.target_port),
+                vip,
+            ) else {
+                continue;
+            };
+            if port == 0 {
+                continue;
+            }
+            out.insert(
+                published_key(port, proto),
+                (
+                    Published {
+                        vip: be(vip),
+                        backend: 0,
+                        target_port: target.to_be(),
+                        flags: if p.preserve_source_ip {
+                            PUBLISHED_PRESERVE
+                        } else {
+                            0
+                        },
+                    },
+                    s.name.clone(),
+                ),
+            );
+        }
+    }
+    for e in view.endpoints.values() {
+        if e.node_id != self_id || !e.serving || e.network_id != ingress.id || e.node_ingress {
+            continue;
+        }
+        let (Some(s), Ok(addr)) = (view.services.get(&e.service_id), e.address.parse()) else {
+            continue;
+        };
+        for p in s.ports.iter().filter(|p| p.publish_mode != ingress_mode) {
+            let (Some(proto), Ok(port), Ok(target)) = (
+                ip_proto(p.protocol),
+                u16::try_from(p.published_port),
+                u16::try_from(p.target_port),
+            ) else {
+                continue;
+            };
+            if port == 0 {
+                continue;
+            }
+            out.entry(published_key(port, proto)).or_insert((
+                Published {
+                    vip: 0,
+                    backend: be(addr),
+                    target_port: target.to_be(),
+                    flags: PUBLISHED_HOST | PUBLISHED_PRESERVE,
+                },
+                s.name.clone(),
+            ));
+        }
+    }
+    out
+}
+
+/// What PEERS should hold: the data-path addresses of the other nodes the view names.
+pub fn desired_peers(view: &NetworkView, self_addr: Ipv4Addr) -> BTreeSet<u32> {
+    view.endpoints
+        .values()
+        .filter_map(|e| e.node_addr.parse::<Ipv4Addr>().ok())
+        .filter(|a| *a != self_addr && !a.is_unspecified())
+        .map(be)
+        .collect()
+}
+
+/// The ports processes of this namespace listen on (TCP) or are bound to (UDP), from
+/// `/proc/net/{tcp,tcp6,udp,udp6}`.
+pub fn host_listeners() -> BTreeSet<PublishedKey> {
+    let mut out = BTreeSet::new();
+    for (file, proto, listen) in [
+        ("/proc/net/tcp", 6u8, Some("0A")),
+        ("/proc/net/tcp6", 6, Some("0A")),
+        ("/proc/net/udp", 17, None),
+        ("/proc/net/udp6", 17, None),
+    ] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        out.extend(parse_proc_net(&text, proto, listen));
+    }
+    out
+}
+
+/// The local ports of the sockets of one `/proc/net/*` table (with state `listen` when
+/// given).
+pub fn parse_proc_net(text: &str, proto: u8, listen: Option<&str>) -> Vec<PublishedKey> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let local = f.nth(1)?;
+            let state = f.nth(1)?;
+            if listen.is_some_and(|s| s != state) {
+                return None;
+            }
+            let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            Some(published_key(port, proto))
+        })
+        .collect()
 }
 
 /// What SUBNETS should hold: every network's subnet → its VNI.
@@ -445,6 +636,7 @@ impl Networking {
                 tasks: HashMap::new(),
                 lb_ids: LbIds::default(),
                 lb_adopted: false,
+                shadowed: BTreeSet::new(),
             }),
             changed: tokio::sync::Notify::new(),
         });
@@ -488,7 +680,20 @@ impl Networking {
                 (*id, (s, n))
             })
             .collect();
-        MetricNames { networks, lb }
+        let ports = node_id_of(&st)
+            .map(|id| {
+                desired_published(&view, &id)
+                    .into_iter()
+                    .map(|(k, (_, name))| (k, name))
+                    .collect()
+            })
+            .unwrap_or_default();
+        MetricNames {
+            networks,
+            lb,
+            ports,
+            shadowed: st.shadowed.clone(),
+        }
     }
 
     /// The view the managers send, which this data plane implements.
@@ -571,9 +776,22 @@ impl Networking {
         let vxlan = plumbing::ensure_vxlan(&h, vxlan_port, mtu).await?;
         dp.attach_ingress(programs::FROM_OVERLAY, plumbing::VXLAN_DEVICE)?;
         dp.attach_ingress(programs::FROM_UPLINK, &uplink)?;
+        let lo = plumbing::loopback_index(&h).await?;
+        plumbing::accept_reinjected_on_loopback()?;
+        dp.attach_ingress(programs::FROM_HOST, "lo")?;
         if let Some(cg) = &self.cfg.cgroup_dir {
             dp.attach_cgroup(cg)?;
         }
+        // Published ports answer on every address of the node.
+        let host_addrs: BTreeSet<u32> = plumbing::local_ipv4_addrs(&h)
+            .await?
+            .into_iter()
+            .map(be)
+            .collect();
+        dp.sync_host_addrs(&host_addrs)?;
+        // What the routing mesh knows of the ingress network stays until the view says
+        // otherwise (a restarted agent keeps serving published ports).
+        let old = dp.node();
         dp.set_node(NodeConfig {
             addr: be(addr),
             vxlan_ifindex: vxlan,
@@ -581,7 +799,9 @@ impl Networking {
             snat_port_min: SNAT_PORTS.0,
             snat_port_max: SNAT_PORTS.1,
             ready: 1,
-            _pad: 0,
+            ingress_vni: old.ingress_vni,
+            ingress_addr: old.ingress_addr,
+            lo_ifindex: lo,
         })?;
         // Interfaces of tasks that are gone (their namespace was deleted while the agent was
         // away): their entries and pins go.
@@ -806,7 +1026,51 @@ impl Networking {
         if let Err(e) = dp.sync_services(&services) {
             tracing::warn!("updating the service map: {e}");
         }
+        self.reconcile_mesh(dp, &view, &node);
         gone
+    }
+
+    /// The routing mesh's part of the maps: the other nodes, the ingress network and this
+    /// node's address on it, the published ports (written last: every map they lead to is
+    /// in place by then). Warns once about published ports a process of the node listens
+    /// on too: the mesh takes their packets.
+    fn reconcile_mesh(&self, dp: &Dataplane, view: &NetworkView, node: &NodeIdentity) {
+        if let Err(e) = dp.sync_peers(&desired_peers(view, node.addr)) {
+            tracing::warn!("updating the peer map: {e}");
+        }
+        let mut cfg = dp.node();
+        let vni = ingress_network(view).map_or(0, |n| n.vni);
+        let addr = ingress_addr(view, &node.id).map_or(0, be);
+        if cfg.ready != 0 && (cfg.ingress_vni != vni || cfg.ingress_addr != addr) {
+            cfg.ingress_vni = vni;
+            cfg.ingress_addr = addr;
+            if let Err(e) = dp.set_node(cfg) {
+                tracing::warn!("updating the node's ingress address: {e}");
+            }
+        }
+        let published = desired_published(view, &node.id);
+        let want: BTreeMap<PublishedKey, Published> =
+            published.iter().map(|(k, (p, _))| (*k, *p)).collect();
+        if let Err(e) = dp.sync_published(&want) {
+            tracing::warn!("updating the published ports: {e}");
+        }
+        let listeners = host_listeners();
+        let shadowed: BTreeSet<PublishedKey> = want
+            .keys()
+            .filter(|k| listeners.contains(k))
+            .copied()
+            .collect();
+        let mut st = self.lock();
+        for k in shadowed.difference(&st.shadowed) {
+            let service = published.get(k).map_or("", |(_, n)| n.as_str());
+            tracing::warn!(
+                port = u16::from_be(k.port),
+                protocol = if k.proto == 6 { "tcp" } else { "udp" },
+                service,
+                "a process of this node listens on a port the routing mesh publishes: the mesh answers it, the process gets none of its connections"
+            );
+        }
+        st.shadowed = shadowed;
     }
 
     /// Resets the TCP connections local tasks still have to endpoints that are gone (see

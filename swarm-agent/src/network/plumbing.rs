@@ -321,6 +321,50 @@ fn vxlan_port(l: &LinkMessage) -> Option<u16> {
     })
 }
 
+/// Every IPv4 address of the calling thread's namespace but the loopback ones.
+pub async fn local_ipv4_addrs(h: &Handle) -> Result<Vec<Ipv4Addr>, PlumbingError> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let mut out = Vec::new();
+    let mut addrs = h.address().get().execute();
+    while let Some(a) = addrs.try_next().await.map_err(nl("listing addresses"))? {
+        for x in &a.attributes {
+            if let AddressAttribute::Local(IpAddr::V4(v))
+            | AddressAttribute::Address(IpAddr::V4(v)) = x
+            {
+                if !v.is_loopback() && !out.contains(v) {
+                    out.push(*v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Lets the loopback device of the calling thread's namespace take packets the data plane
+/// hands it (replies of published ports to the node's own processes, tasks reaching the
+/// node's addresses): such packets carry no route, so the kernel checks their addresses as
+/// if they came from another host, and rejects a source that is one of the node's addresses
+/// (`accept_local`) or in 127.0.0.0/8 (`route_localnet`). Only packets arriving on `lo`
+/// without a route are concerned: the node's own loopback traffic always carries one.
+pub fn accept_reinjected_on_loopback() -> Result<(), PlumbingError> {
+    for key in ["accept_local", "route_localnet"] {
+        let path = format!("/proc/sys/net/ipv4/conf/lo/{key}");
+        std::fs::write(&path, "1").map_err(|e| PlumbingError::Io {
+            what: format!("setting {path} to 1"),
+            source: e,
+        })?;
+    }
+    Ok(())
+}
+
+/// The index of the loopback device of the calling thread's namespace.
+pub async fn loopback_index(h: &Handle) -> Result<u32, PlumbingError> {
+    link_by_name(h, "lo")
+        .await?
+        .map(|l| l.header.index)
+        .ok_or_else(|| PlumbingError::Other("this namespace has no loopback device".into()))
+}
+
 /// The interface that holds `addr` in the calling thread's namespace: (name, ifindex, MTU).
 pub async fn interface_with(
     h: &Handle,

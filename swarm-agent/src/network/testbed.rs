@@ -1,15 +1,18 @@
 //! Namespace testbeds for the data plane, without a cluster: what the network tests and the
-//! data-plane benchmarks (`cargo xtask bench overlay|lb`) build on.
+//! data-plane benchmarks (`cargo xtask bench overlay|lb|ingress`) build on.
 //!
 //! - [`Topology`]: two "node" namespaces (`n1`, `n2`, underlay addresses 10.99.x.1 and .2)
-//!   joined by a bridge in a third (`ul`, .254), a directory for task namespaces, and the bpffs
-//!   directories handed out by [`Topology::bpf_dir`]; all removed on drop.
+//!   joined by a bridge in a third (`ul`, .254), more hosts on that bridge when asked for
+//!   ([`Topology::add_host`]: a client outside the nodes, a peer's node), a directory for task
+//!   namespaces, and the bpffs directories handed out by [`Topology::bpf_dir`]; all removed on
+//!   drop.
 //! - [`Cgroup`]: a cgroup v2 directory (the socket hooks attach there; processes of a child
 //!   directory meet them), removed on drop.
 //! - [`in_ns`]: work on a thread inside a namespace, with a runtime of its own there;
 //!   [`spawn_in`]: a process inside a namespace (and a cgroup), the way a task's process runs.
 //! - Hand-made network state: [`network_info`], [`endpoint_info`], [`vip_service`],
-//!   [`complete`], and [`task`] for the tasks to attach.
+//!   [`complete`], and [`task`] for the tasks to attach; for the routing mesh,
+//!   [`ingress_network`], [`node_ingress_endpoint`] and [`published_service`].
 //!
 //! Needs root. Every constructor that fails half-way leaves nothing behind.
 
@@ -73,12 +76,14 @@ pub fn run(args: &[&str]) -> Result<String, TestbedError> {
 }
 
 /// Two node namespaces on a bridge (10.99.x.1 and .2, the bridge namespace is .254), removed
-/// with everything pinned and every task namespace on drop.
+/// with everything pinned, every added host and every task namespace on drop.
 pub struct Topology {
     prefix: String,
     subnet: u8,
     dir: PathBuf,
     pins: Vec<PathBuf>,
+    /// Hosts added by [`Topology::add_host`]: (name, host byte).
+    hosts: Vec<(String, u8)>,
 }
 
 impl Topology {
@@ -97,6 +102,7 @@ impl Topology {
             subnet,
             dir,
             pins: Vec::new(),
+            hosts: Vec::new(),
         };
         std::fs::create_dir_all(t.netns_dir())
             .map_err(io_err(format!("creating {}", t.netns_dir().display())))?;
@@ -140,12 +146,48 @@ impl Topology {
         Ok(t)
     }
 
+    /// Another host on the underlay bridge: the namespace `<prefix>-<name>` (loopback up) with
+    /// `eth0` at [`Topology::underlay_ip`]`(host)`/24, joined to the bridge by the veth
+    /// `v<host>` in `ul`; removed with the topology. Its path.
+    pub fn add_host(&mut self, name: &str, host: u8) -> Result<PathBuf, TestbedError> {
+        if matches!(name, "ul" | "n1" | "n2")
+            || matches!(host, 0 | 1 | 2 | 254 | 255)
+            || self.hosts.iter().any(|(n, h)| n == name || *h == host)
+        {
+            return Err(TestbedError::Other(format!(
+                "host {name} (.{host}): the name or the address is taken"
+            )));
+        }
+        let (ul, ns, v) = (self.ns("ul"), self.ns(name), format!("v{host}"));
+        run(&["ip", "netns", "add", &ns])?;
+        // Recorded once it exists, so that whatever fails below is undone by Drop.
+        self.hosts.push((name.to_string(), host));
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        run(&[
+            "ip", "-n", &ul, "link", "add", &v, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ])?;
+        run(&["ip", "-n", &ul, "link", "set", &v, "master", "br0", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &self.underlay_addr(host, 24),
+            "dev",
+            "eth0",
+        ])?;
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+        Ok(self.ns_path(name))
+    }
+
     /// What every name of this topology starts with.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    /// The `ip netns` name of `ul`, `n1` or `n2`.
+    /// The `ip netns` name of `ul`, `n1`, `n2` or an added host.
     pub fn ns(&self, name: &str) -> String {
         format!("{}-{name}", self.prefix)
     }
@@ -154,7 +196,8 @@ impl Topology {
         PathBuf::from("/run/netns").join(self.ns(name))
     }
 
-    /// Underlay address of host `host` (1, 2: the nodes; 254: the bridge namespace).
+    /// Underlay address of host `host` (1, 2: the nodes; 254: the bridge namespace; others:
+    /// added hosts).
     pub fn underlay_ip(&self, host: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 99, self.subnet, host)
     }
@@ -187,7 +230,8 @@ impl Drop for Topology {
         for t in crate::netns::list(&self.netns_dir()) {
             let _ = crate::netns::remove(&self.netns_dir().join(t));
         }
-        for n in ["n1", "n2", "ul"] {
+        let hosts = self.hosts.iter().map(|(n, _)| n.as_str());
+        for n in hosts.chain(["n1", "n2", "ul"]) {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.ns(n)])
                 .stderr(std::process::Stdio::null())
@@ -354,6 +398,50 @@ pub fn vip_service(id: &str, name: &str, net: &str, vip: &str) -> ServiceInfo {
         }],
         network_ids: vec![net.into()],
         ports: vec![],
+    }
+}
+
+/// The ingress network (the routing mesh's): [`network_info`] with `ingress` set.
+pub fn ingress_network(id: &str, vni: u32, subnet: &str) -> NetworkInfo {
+    NetworkInfo {
+        ingress: true,
+        ..network_info(id, vni, subnet, false)
+    }
+}
+
+/// Node `node`'s own endpoint on the ingress network `net` (Docker's `ingress-sbox`): its
+/// address there is `addr`, its underlay address `node_addr`; the task id is the node id, and
+/// it never serves.
+pub fn node_ingress_endpoint(node: &str, net: &str, addr: &str, node_addr: &str) -> EndpointInfo {
+    EndpointInfo {
+        node_ingress: true,
+        serving: false,
+        ..endpoint_info(node, net, addr, node, node_addr)
+    }
+}
+
+/// [`vip_service`] with TCP ports published in ingress mode (the routing mesh), each
+/// `(target port, published port)`, the client address not preserved.
+pub fn published_service(
+    id: &str,
+    name: &str,
+    net: &str,
+    vip: &str,
+    ports: &[(u32, u32)],
+) -> ServiceInfo {
+    ServiceInfo {
+        ports: ports
+            .iter()
+            .map(|&(target, published)| proto::PortConfig {
+                name: String::new(),
+                protocol: proto::PortProtocol::Tcp as i32,
+                target_port: target,
+                published_port: published,
+                publish_mode: proto::PublishMode::Ingress as i32,
+                preserve_source_ip: false,
+            })
+            .collect(),
+        ..vip_service(id, name, net, vip)
     }
 }
 

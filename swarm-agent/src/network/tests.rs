@@ -903,3 +903,347 @@ print("bound")
     );
     drop(cg);
 }
+
+// ---- the routing mesh
+
+#[test]
+fn published_ports_are_desired_from_the_view() {
+    use super::testbed::{ingress_network, node_ingress_endpoint, published_service};
+    let mut v = NetworkView::default();
+    let mut keep = published_service("keep", "keep", "ing", "10.255.0.5/16", &[(80, 30081)]);
+    keep.ports[0].preserve_source_ip = true;
+    let mut host = published_service("h", "hostly", "ing", "10.255.0.6/16", &[(80, 8000)]);
+    host.ports[0].publish_mode = proto::PublishMode::Host as i32;
+    host.virtual_ips.clear();
+    let mut udp = published_service("u", "udp", "ing", "10.255.0.7/16", &[(53, 5353)]);
+    udp.ports[0].protocol = proto::PortProtocol::Udp as i32;
+    v.apply(complete_with(
+        vec![ingress_network("ing", 4300, "10.255.0.0/16")],
+        vec![
+            node_ingress_endpoint("me", "ing", "10.255.0.2", "10.99.0.1"),
+            node_ingress_endpoint("other", "ing", "10.255.0.3", "10.99.0.2"),
+            EndpointInfo {
+                service_id: "h".into(),
+                ..ep("t1", "ing", "10.255.0.20", "me", "10.99.0.1")
+            },
+            EndpointInfo {
+                service_id: "h".into(),
+                ..ep("t2", "ing", "10.255.0.21", "other", "10.99.0.2")
+            },
+        ],
+        vec![
+            published_service("web", "web", "ing", "10.255.0.4/16", &[(80, 30080)]),
+            keep,
+            host,
+            udp,
+        ],
+    ));
+    assert_eq!(ingress_addr(&v, "me"), Some("10.255.0.2".parse().unwrap()));
+    let want = desired_published(&v, "me");
+    let get = |port: u16, proto: u8| want.get(&published_key(port, proto)).map(|(p, _)| *p);
+    let web = get(30080, 6).expect("web's port");
+    assert_eq!(
+        (
+            web.vip,
+            web.backend,
+            u16::from_be(web.target_port),
+            web.flags
+        ),
+        (be("10.255.0.4".parse().unwrap()), 0, 80, 0)
+    );
+    assert_eq!(get(30081, 6).unwrap().flags, PUBLISHED_PRESERVE);
+    assert!(get(30081, 17).is_none(), "TCP only");
+    assert_eq!(
+        get(5353, 17).unwrap().vip,
+        be("10.255.0.7".parse().unwrap())
+    );
+    // Host mode: the local task only.
+    let h = get(8000, 6).expect("host-mode port of the local task");
+    assert_eq!(
+        (h.vip, h.backend, h.flags),
+        (
+            0,
+            be("10.255.0.20".parse().unwrap()),
+            PUBLISHED_HOST | PUBLISHED_PRESERVE
+        )
+    );
+    assert!(
+        !desired_published(&v, "other").contains_key(&published_key(8000, 6))
+            || desired_published(&v, "other")[&published_key(8000, 6)]
+                .0
+                .backend
+                == be("10.255.0.21".parse().unwrap()),
+        "the other node's host port leads to its own task"
+    );
+    assert!(
+        !desired_published(&v, "third").contains_key(&published_key(8000, 6)),
+        "a node without a task of the service does not open its host port"
+    );
+    // This node's ingress address is a local endpoint flagged as such; the other's is remote.
+    let eps = desired_endpoints(&v, "me", "10.99.0.1".parse().unwrap(), &BTreeMap::new());
+    let mine = eps[&EndpointKey {
+        vni: 4300,
+        addr: be("10.255.0.2".parse().unwrap()),
+    }];
+    assert_eq!((mine.node_addr, mine.flags), (0, ENDPOINT_NODE_INGRESS));
+    let theirs = eps[&EndpointKey {
+        vni: 4300,
+        addr: be("10.255.0.3".parse().unwrap()),
+    }];
+    assert_eq!(theirs.node_addr, be("10.99.0.2".parse().unwrap()));
+    assert_eq!(
+        desired_peers(&v, "10.99.0.1".parse().unwrap()),
+        BTreeSet::from([be("10.99.0.2".parse().unwrap())])
+    );
+}
+
+#[test]
+fn proc_net_tables_give_listening_ports() {
+    let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 100 0 0 10 0\n";
+    assert_eq!(
+        parse_proc_net(tcp, 6, Some("0A")),
+        vec![published_key(8080, 6)]
+    );
+    assert_eq!(parse_proc_net(tcp, 17, None).len(), 2);
+}
+
+/// A UDP echo server in `ns` on `addr` answering `n` datagrams with the sender's address.
+fn udp_echo(ns: &Path, addr: SocketAddr, n: usize) -> std::thread::JoinHandle<()> {
+    let ns = std::fs::File::open(ns).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        // SAFETY: setns on this thread only.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let s = std::net::UdpSocket::bind(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 1500];
+        for _ in 0..n {
+            let Ok((_, peer)) = s.recv_from(&mut buf) else {
+                return;
+            };
+            let _ = s.send_to(peer.to_string().as_bytes(), peer);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    h
+}
+
+/// Sends one datagram from `ns` to `to`; the answer (the address the server saw), if any.
+fn udp_ask(ns: &Path, to: SocketAddr) -> Option<String> {
+    let ns = std::fs::File::open(ns).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread only.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.send_to(b"hi", to).ok()?;
+        let mut buf = [0u8; 256];
+        let (k, _) = s.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..k]).into_owned())
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn published_ports_answer_on_every_node_snat_or_keep_the_client_and_reach_local_processes() {
+    use super::testbed::{ingress_network, node_ingress_endpoint, published_service};
+    let mut topo = new_topology();
+    let client_ns = topo.add_host("c", 10).unwrap_or_else(|e| panic!("{e}"));
+    let client_ip = topo.underlay_ip(10);
+    let a_dir = topo.bpf_dir("a");
+    let b_dir = topo.bpf_dir("b");
+    let (a_ip, b_ip) = (topo.underlay_ip(1), topo.underlay_ip(2));
+    let (sa, sb) = (a_ip.to_string(), b_ip.to_string());
+    let netns_dir = topo.netns_dir();
+
+    let ing = ingress_network("ing", 4300, "10.255.0.0/16");
+    let svc_ep = |t: &str, svc: &str, addr: &str, node: &str, node_addr: &str| EndpointInfo {
+        service_id: svc.into(),
+        ..ep(t, "ing", addr, node, node_addr)
+    };
+    let mut keep = published_service("keep", "keep", "ing", "10.255.0.5/16", &[(7000, 30081)]);
+    keep.ports[0].preserve_source_ip = true;
+    let mut udp = published_service("u", "udp", "ing", "10.255.0.7/16", &[(7000, 30083)]);
+    udp.ports[0].protocol = proto::PortProtocol::Udp as i32;
+    let red = net("red", 4096, "10.0.1.0/24", false);
+    let msg = complete_with(
+        vec![ing, red],
+        vec![
+            ep("x", "red", "10.0.1.2", "A", &sa),
+            node_ingress_endpoint("A", "ing", "10.255.0.2", &sa),
+            node_ingress_endpoint("B", "ing", "10.255.0.3", &sb),
+            // web on B only, keep on B only, loc on A only, udp on B.
+            svc_ep("w", "web", "10.255.0.10", "B", &sb),
+            svc_ep("k", "keep", "10.255.0.11", "B", &sb),
+            svc_ep("l", "loc", "10.255.0.12", "A", &sa),
+            svc_ep("u", "u", "10.255.0.13", "B", &sb),
+        ],
+        vec![
+            published_service("web", "web", "ing", "10.255.0.4/16", &[(7000, 30080)]),
+            keep,
+            published_service("loc", "loc", "ing", "10.255.0.6/16", &[(7000, 30082)]),
+            udp,
+        ],
+    );
+    let a_view = ViewHandle::default();
+    a_view.apply(msg.clone());
+    let b_view = ViewHandle::default();
+    b_view.apply(msg);
+    let tasks_a = vec![
+        task("l", &[("ing", "10.255.0.12/16")]),
+        task("x", &[("red", "10.0.1.2/24")]),
+    ];
+    let tasks_b = vec![
+        task("w", &[("ing", "10.255.0.10/16")]),
+        task("k", &[("ing", "10.255.0.11/16")]),
+        task("u", &[("ing", "10.255.0.13/16")]),
+    ];
+    let mut task_ns: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for t in tasks_a.iter().chain(&tasks_b) {
+        task_ns.insert(
+            t.id.clone(),
+            crate::netns::create(&netns_dir, &t.id).unwrap(),
+        );
+    }
+    let with_ns = |tasks: &[Task]| -> Vec<(Task, PathBuf)> {
+        tasks
+            .iter()
+            .map(|t| (t.clone(), task_ns[&t.id].clone()))
+            .collect()
+    };
+    let a = start_node(
+        &topo.ns_path("n1"),
+        "A",
+        a_ip,
+        a_dir,
+        None,
+        a_view,
+        with_ns(&tasks_a),
+    );
+    let b = start_node(
+        &topo.ns_path("n2"),
+        "B",
+        b_ip,
+        b_dir,
+        None,
+        b_view,
+        with_ns(&tasks_b),
+    );
+    // The run loops write the maps.
+    let (ra, rb) = (a.clone(), b.clone());
+    in_ns(&topo.ns_path("n1"), move || async move { ra.reconcile() });
+    in_ns(&topo.ns_path("n2"), move || async move { rb.reconcile() });
+
+    let to = |ip: Ipv4Addr, port: u16| SocketAddr::new(ip.into(), port);
+    // SNAT: through A (the task is on B, across the tunnel) and through B (local task).
+    let srv = echo_server(&task_ns["w"], "0.0.0.0:7000".parse().unwrap(), 2);
+    echo_through(&client_ns, to(a_ip, 30080), 1 << 20).expect("client → A:30080 → task on B");
+    echo_through(&client_ns, to(b_ip, 30080), 1 << 20).expect("client → B:30080 → task on B");
+    let peers = srv.join().unwrap();
+    assert_eq!(
+        peers[0].ip().to_string(),
+        "10.255.0.2",
+        "SNAT to A's ingress address"
+    );
+    assert_eq!(
+        peers[1].ip().to_string(),
+        "10.255.0.3",
+        "SNAT to B's ingress address"
+    );
+
+    // A task on the ingress node itself.
+    let srv = echo_server(&task_ns["l"], "0.0.0.0:7000".parse().unwrap(), 2);
+    echo_through(&client_ns, to(a_ip, 30082), 100_000).expect("client → A:30082 → task on A");
+    echo_through(&client_ns, to(b_ip, 30082), 100_000).expect("client → B:30082 → task on A");
+    let peers = srv.join().unwrap();
+    assert_eq!(peers[0].ip().to_string(), "10.255.0.2");
+    assert_eq!(peers[1].ip().to_string(), "10.255.0.3");
+
+    // The client's address kept, through the task's node and through another one.
+    let srv = echo_server(&task_ns["k"], "0.0.0.0:7000".parse().unwrap(), 2);
+    echo_through(&client_ns, to(b_ip, 30081), 100_000).expect("preserve, local task");
+    echo_through(&client_ns, to(a_ip, 30081), 100_000).expect("preserve, task on another node");
+    let peers = srv.join().unwrap();
+    assert_eq!(peers[0].ip(), std::net::IpAddr::from(client_ip));
+    assert_eq!(peers[1].ip(), std::net::IpAddr::from(client_ip));
+
+    // The node's own processes: its address and 127.0.0.1 (SNAT, even when preserving).
+    let srv = echo_server(&task_ns["w"], "0.0.0.0:7000".parse().unwrap(), 2);
+    let n1 = topo.ns_path("n1");
+    echo_through(&n1, to(a_ip, 30080), 100_000).expect("A's process → A's address");
+    echo_through(&n1, to(Ipv4Addr::LOCALHOST, 30080), 100_000).expect("A's process → 127.0.0.1");
+    let peers = srv.join().unwrap();
+    assert!(
+        peers.iter().all(|p| p.ip().to_string() == "10.255.0.2"),
+        "{peers:?}"
+    );
+
+    // A task of another network: to its own node's address (masqueraded into the node's
+    // stack, then the mesh) and to the other node's (masqueraded out of the uplink).
+    let srv = echo_server(&task_ns["w"], "0.0.0.0:7000".parse().unwrap(), 2);
+    echo_through(&task_ns["x"], to(a_ip, 30080), 100_000).expect("task on A → A:30080");
+    echo_through(&task_ns["x"], to(b_ip, 30080), 100_000).expect("task on A → B:30080");
+    let peers = srv.join().unwrap();
+    assert_eq!(peers[0].ip().to_string(), "10.255.0.2");
+    assert_eq!(peers[1].ip().to_string(), "10.255.0.3");
+
+    // UDP through both nodes.
+    let srv = udp_echo(&task_ns["u"], "0.0.0.0:7000".parse().unwrap(), 2);
+    let seen_a = udp_ask(&client_ns, to(a_ip, 30083)).expect("UDP through A");
+    let seen_b = udp_ask(&client_ns, to(b_ip, 30083)).expect("UDP through B");
+    srv.join().unwrap();
+    assert!(seen_a.starts_with("10.255.0.2:"), "{seen_a}");
+    assert!(seen_b.starts_with("10.255.0.3:"), "{seen_b}");
+
+    // A port nobody publishes: the node's stack refuses it.
+    let err = echo_through(&client_ns, to(a_ip, 30099), 10).unwrap_err();
+    assert!(err.contains("refused"), "{err}");
+
+    // Counters per published port.
+    let stats = a.dataplane().unwrap().port_stats();
+    let web = stats[&published_key(30080, 6)];
+    assert!(
+        web[swarm_ebpf_common::port_stat::CONNECTIONS] >= 3,
+        "{web:?}"
+    );
+    assert!(
+        web[swarm_ebpf_common::port_stat::PACKETS_OUT] > 0,
+        "{web:?}"
+    );
+
+    // The task leaves: new connections through either node find no backend.
+    b.view().apply(NetworkStateMessage {
+        r#type: network_state_message::Type::Incremental as i32,
+        changes: vec![NetworkStateChange {
+            change: Some(Change::EndpointRemoved(proto::EndpointKey {
+                task_id: "w".into(),
+                network_id: "ing".into(),
+            })),
+        }],
+        vxlan_port: 0,
+    });
+    a.view().apply(NetworkStateMessage {
+        r#type: network_state_message::Type::Incremental as i32,
+        changes: vec![NetworkStateChange {
+            change: Some(Change::EndpointRemoved(proto::EndpointKey {
+                task_id: "w".into(),
+                network_id: "ing".into(),
+            })),
+        }],
+        vxlan_port: 0,
+    });
+    let (ra, rb) = (a.clone(), b.clone());
+    in_ns(&topo.ns_path("n1"), move || async move { ra.reconcile() });
+    in_ns(&topo.ns_path("n2"), move || async move { rb.reconcile() });
+    assert!(echo_through(&client_ns, to(a_ip, 30080), 10).is_err());
+    let stats = a.dataplane().unwrap().port_stats();
+    assert!(stats[&published_key(30080, 6)][swarm_ebpf_common::port_stat::DROP_NO_BACKEND] > 0);
+}

@@ -130,6 +130,7 @@ impl CaService {
                 ..Default::default()
             }),
             role: role as i32,
+            attachments: vec![],
         };
         self.store
             .write(vec![Op::Create(Object::Node(node))])

@@ -1,6 +1,6 @@
 //! Writes to the store: what a Raft log entry carries and what applying it returns.
 
-use proto::{NodeStatus, TaskState, TaskStatus};
+use proto::{NetworkAttachment, NodeStatus, TaskState, TaskStatus};
 use serde::{Deserialize, Serialize};
 
 use super::object::{Kind, Object};
@@ -29,6 +29,11 @@ pub enum Op {
     SetTaskDesiredState { task_id: String, desired: TaskState },
     /// Node status from the dispatcher (READY on session, DOWN on missed heartbeats).
     SetNodeStatus { node_id: String, status: NodeStatus },
+    /// The node's own network endpoints from the allocator (its ingress address).
+    SetNodeAttachments {
+        node_id: String,
+        attachments: Vec<NetworkAttachment>,
+    },
 }
 
 /// A batch of ops proposed together. `atomic` batches apply all or nothing; other

@@ -403,6 +403,27 @@ impl State {
                 self.nodes.insert(node_id.clone(), n.clone());
                 Ok(Some(Object::Node(n)))
             }
+            Op::SetNodeAttachments {
+                node_id,
+                attachments,
+            } => {
+                let Some(prev) = self.nodes.get(node_id).cloned() else {
+                    return Err(StoreError::NotFound {
+                        kind: Kind::Node,
+                        id: node_id.clone(),
+                    });
+                };
+                let mut n = prev.clone();
+                n.attachments = attachments.clone();
+                let m = n.meta.get_or_insert_with(Meta::default);
+                m.version = index;
+                m.updated_at = now;
+                if let Some(u) = undo {
+                    u.push((Kind::Node, node_id.clone(), Some(Object::Node(prev))));
+                }
+                self.nodes.insert(node_id.clone(), n.clone());
+                Ok(Some(Object::Node(n)))
+            }
         }
     }
 

@@ -85,6 +85,7 @@ pub fn endpoint(
         task_name: task_name.into(),
         aliases: vec![],
         serving,
+        node_ingress: false,
     }
 }
 
