@@ -951,6 +951,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_node_gets_an_ingress_address_kept_freed_and_moved_with_the_network() {
+        let store = Store::memory();
+        put(
+            &store,
+            vec![
+                network("ing", "ingress", "").into(),
+                node("a", NodeState::Ready).into(),
+                node("b", NodeState::Down).into(),
+            ],
+        )
+        .await;
+        round(&store).await; // the network
+        round(&store).await; // the nodes
+        let held = |id: &str| -> Vec<String> {
+            store
+                .read()
+                .node(id)
+                .unwrap()
+                .attachments
+                .iter()
+                .filter(|a| a.network_id == "ing")
+                .flat_map(|a| a.addresses.clone())
+                .collect()
+        };
+        let (a, b) = (held("a"), held("b"));
+        assert_eq!((a.len(), b.len()), (1, 1), "{a:?} {b:?}");
+        assert_ne!(a, b);
+        assert!(
+            a[0].starts_with("10.0.0.") && a[0].ends_with("/24"),
+            "{a:?}"
+        );
+        assert_eq!(
+            store.read().node("a").unwrap().attachments[0].network_name,
+            "ingress"
+        );
+        // Kept across rounds; a task's address never lands on a node's.
+        put(
+            &store,
+            vec![
+                with_ports(
+                    replicated("s", 1),
+                    vec![port(80, 8080, PublishMode::Ingress)],
+                )
+                .into(),
+                task("t1", "s", 1, "", TaskState::New, TaskState::Running).into(),
+            ],
+        )
+        .await;
+        for _ in 0..3 {
+            round(&store).await;
+        }
+        assert_eq!(held("a"), a);
+        let t = addresses(&store, "t1");
+        assert_eq!(t.len(), 1);
+        assert!(!a.contains(&t[0]) && !b.contains(&t[0]), "{t:?}");
+        // Without an ingress network, nodes hold no ingress address.
+        store
+            .write(vec![Op::Delete {
+                kind: crate::store::Kind::Network,
+                id: "ing".into(),
+            }])
+            .await
+            .unwrap();
+        round(&store).await;
+        assert!(store.read().node("a").unwrap().attachments.is_empty());
+    }
+
+    #[tokio::test]
     async fn networks_get_vni_subnet_and_tasks_get_addresses() {
         let store = Store::memory();
         use TaskState::*;

@@ -497,6 +497,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_node_sees_the_ingress_network_its_publishers_and_every_node_endpoint() {
+        let store = Store::memory();
+        let mut ing = network("ing", "ingress", "10.0.0.0/24", 4096);
+        ing.spec.as_mut().unwrap().ingress = true;
+        let with_ingress = |mut n: proto::Node, addr: &str| {
+            n.attachments = vec![NetworkAttachment {
+                network_id: "ing".into(),
+                network_name: "ingress".into(),
+                addresses: vec![addr.into()],
+                aliases: vec![],
+            }];
+            n
+        };
+        let mut down = with_ingress(ready("n3", "192.168.0.3"), "10.0.0.4/24");
+        down.status.as_mut().unwrap().state = NodeState::Down as i32;
+        put(
+            &store,
+            vec![
+                ing.into(),
+                with_ingress(ready("n1", "192.168.0.1"), "10.0.0.2/24").into(),
+                with_ingress(ready("n2", "192.168.0.2"), "10.0.0.3/24").into(),
+                down.into(),
+                on_networks(replicated("web", 1), &[], &[("ing", "10.0.0.9/24")]).into(),
+                attached(
+                    "t1",
+                    "web",
+                    1,
+                    "n2",
+                    TaskState::Running,
+                    TaskState::Running,
+                    &[("ing", "10.0.0.10/24")],
+                )
+                .into(),
+            ],
+        )
+        .await;
+        // n1 runs nothing, and still serves the mesh.
+        let v = node_view(&store.read(), "n1");
+        assert!(v.networks["ing"].ingress);
+        assert!(v.services.contains_key("web"), "{:?}", v.services.keys());
+        assert!(v.endpoints.contains_key(&("t1".into(), "ing".into())));
+        let mine = &v.endpoints[&("n1".to_string(), "ing".to_string())];
+        assert!(mine.node_ingress && !mine.serving);
+        assert_eq!(
+            (mine.address.as_str(), mine.node_addr.as_str()),
+            ("10.0.0.2", "192.168.0.1")
+        );
+        assert!(v.endpoints.contains_key(&("n2".into(), "ing".into())));
+        assert!(
+            !v.endpoints.contains_key(&("n3".into(), "ing".into())),
+            "a DOWN node's ingress endpoint is left out"
+        );
+    }
+
+    #[tokio::test]
     async fn a_node_sees_the_networks_of_its_tasks_and_every_endpoint_on_them() {
         let store = cluster().await;
         let v = node_view(&store.read(), "n1");
