@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
-use proto::{ContainerStatus, Resources, Task, TaskState, TaskStatus};
+use proto::{ContainerStatus, PortConfig, PublishMode, Resources, Task, TaskState, TaskStatus};
 use tokio::sync::{mpsc, watch};
 
 /// What the executor tells the managers about the node.
@@ -21,11 +21,37 @@ pub struct ExecutorDescription {
 pub struct TaskReporter {
     task_id: String,
     tx: mpsc::UnboundedSender<(String, TaskStatus)>,
+    /// The task's host-mode ports: its `port_status` while it runs.
+    host_ports: Vec<PortConfig>,
+}
+
+/// The ports a task publishes in host mode (its allocated endpoint's), which it holds on
+/// this node while it runs: what `service ps` shows in PORTS (`*:8080->80/tcp`).
+pub fn host_ports(task: &Task) -> Vec<PortConfig> {
+    task.endpoint
+        .iter()
+        .flat_map(|e| e.ports.iter())
+        .filter(|p| p.publish_mode == PublishMode::Host as i32 && p.published_port != 0)
+        .cloned()
+        .collect()
 }
 
 impl TaskReporter {
     pub fn new(task_id: String, tx: mpsc::UnboundedSender<(String, TaskStatus)>) -> Self {
-        TaskReporter { task_id, tx }
+        TaskReporter {
+            task_id,
+            tx,
+            host_ports: Vec::new(),
+        }
+    }
+
+    /// A reporter for `task` whose RUNNING statuses carry the task's host-mode ports
+    /// (Docker reports them as the task's `PortStatus` while its container runs).
+    pub fn for_task(task: &Task, tx: mpsc::UnboundedSender<(String, TaskStatus)>) -> Self {
+        TaskReporter {
+            host_ports: host_ports(task),
+            ..TaskReporter::new(task.id.clone(), tx)
+        }
     }
 
     pub fn task_id(&self) -> &str {
@@ -56,6 +82,9 @@ impl TaskReporter {
     pub fn report_status(&self, mut status: TaskStatus) {
         if status.timestamp == 0 {
             status.timestamp = swarm_manager::store::now_ms();
+        }
+        if status.state == TaskState::Running as i32 && status.port_status.is_empty() {
+            status.port_status = self.host_ports.clone();
         }
         // The receiver lives as long as the agent; a send error means it is shutting down.
         let _ = self.tx.send((self.task_id.clone(), status));
@@ -153,5 +182,64 @@ pub fn host_resources() -> Resources {
     Resources {
         nano_cpus: cpus * 1_000_000_000,
         memory_bytes: mem,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{Endpoint, PortProtocol};
+
+    fn port(published: u32, target: u32, mode: PublishMode) -> PortConfig {
+        PortConfig {
+            published_port: published,
+            target_port: target,
+            protocol: PortProtocol::Tcp as i32,
+            publish_mode: mode as i32,
+            ..Default::default()
+        }
+    }
+
+    fn task() -> Task {
+        Task {
+            id: "t1".into(),
+            endpoint: Some(Endpoint {
+                ports: vec![
+                    port(30000, 80, PublishMode::Ingress),
+                    port(8080, 8080, PublishMode::Host),
+                    port(0, 81, PublishMode::Host),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn host_ports_are_the_endpoints_host_mode_ports() {
+        assert_eq!(
+            host_ports(&task()),
+            vec![port(8080, 8080, PublishMode::Host)]
+        );
+        assert!(host_ports(&Task::default()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn running_statuses_carry_the_host_ports() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let r = TaskReporter::for_task(&task(), tx);
+        r.report(TaskState::Starting, "starting");
+        r.report(TaskState::Running, "started");
+        r.report(TaskState::Shutdown, "shutdown");
+        let (id, starting) = rx.recv().await.unwrap();
+        assert_eq!(id, "t1");
+        assert!(starting.port_status.is_empty());
+        let (_, running) = rx.recv().await.unwrap();
+        assert_eq!(
+            running.port_status,
+            vec![port(8080, 8080, PublishMode::Host)]
+        );
+        let (_, shutdown) = rx.recv().await.unwrap();
+        assert!(shutdown.port_status.is_empty(), "released once it stops");
     }
 }

@@ -53,28 +53,7 @@ fn err(e: anyhow::Error) -> Status {
 impl LocalNode for LocalApi {
     async fn init(&self, req: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
         let r = req.into_inner();
-        if r.task_history_limit < 0 {
-            return Err(Status::invalid_argument(
-                "--task-history-limit must be 0 or more",
-            ));
-        }
-        if r.cert_expiry_ms != 0 && r.cert_expiry_ms < 3_600_000 {
-            return Err(Status::invalid_argument(
-                "--cert-expiry must be at least 1 hour (node certificates are renewed at 50-80 % of their life)",
-            ));
-        }
-        if r.dispatcher_heartbeat_ms < 0 {
-            return Err(Status::invalid_argument(
-                "--dispatcher-heartbeat must be positive",
-            ));
-        }
-        swarm_manager::ipam::validate_pools(&r.default_addr_pool, r.default_addr_pool_mask_length)
-            .map_err(|e| Status::invalid_argument(format!("--default-addr-pool: {e}")))?;
-        if r.data_path_port != 0 && !(1024..=49151).contains(&r.data_path_port) {
-            return Err(Status::invalid_argument(
-                "--data-path-port must be between 1024 and 49151 (default 4789)",
-            ));
-        }
+        swarm_manager::control::validate_init_request(&r)?;
         let (node_id, worker_token, addr) = self
             .agent
             .init(InitOptions {

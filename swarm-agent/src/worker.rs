@@ -153,7 +153,7 @@ impl Worker {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         lock(&self.running).insert(task.id.clone(), Running { stop: stop_tx });
-        let reporter = TaskReporter::new(task.id.clone(), self.tx.clone());
+        let reporter = TaskReporter::for_task(&task, self.tx.clone());
         let fut = if observed > TaskState::Assigned {
             // The managers think it runs here but this agent has no record of it: the agent
             // restarted. The executor takes the task over, or reports what became of it.

@@ -58,10 +58,29 @@ fn rename(v: &mut Value, kind: Kind) {
     }
 }
 
+/// A published port's `preserve_source_ip` (`--publish ...,source-ip=preserve`) shows as
+/// `"source_ip": "preserve"`, and only when set: the default (the routing mesh translates
+/// the source) adds nothing to every port.
+fn source_ip(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if let Some(set) = map.remove("preserve_source_ip") {
+                if set.as_bool() == Some(true) {
+                    map.insert("source_ip".into(), Value::String("preserve".into()));
+                }
+            }
+            map.values_mut().for_each(source_ip);
+        }
+        Value::Array(items) => items.iter_mut().for_each(source_ip),
+        _ => {}
+    }
+}
+
 /// The JSON value of a proto object, enums named.
 pub fn value<T: Serialize>(obj: &T, kind: Kind) -> Result<Value> {
     let mut v = serde_json::to_value(obj)?;
     rename(&mut v, kind);
+    source_ip(&mut v);
     Ok(v)
 }
 
@@ -113,6 +132,38 @@ mod tests {
             "PUBLISH_MODE_HOST"
         );
         assert_eq!(v["status"]["port_status"][0]["target_port"], 53);
+    }
+
+    #[test]
+    fn source_ip_shows_only_when_preserved() {
+        let port = |preserve: bool| PortConfig {
+            target_port: 80,
+            published_port: 8080,
+            preserve_source_ip: preserve,
+            ..Default::default()
+        };
+        let s = Service {
+            spec: Some(ServiceSpec {
+                endpoint: Some(EndpointSpec {
+                    mode: EndpointMode::Vip as i32,
+                    ports: vec![port(true), port(false)],
+                }),
+                ..Default::default()
+            }),
+            endpoint: Some(Endpoint {
+                ports: vec![port(true)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = value(&s, Kind::Service).unwrap();
+        let ports = &v["spec"]["endpoint"]["ports"];
+        assert_eq!(ports[0]["source_ip"], "preserve");
+        assert!(ports[0].get("preserve_source_ip").is_none());
+        assert!(ports[1].get("source_ip").is_none());
+        assert!(ports[1].get("preserve_source_ip").is_none());
+        assert_eq!(ports[1]["publish_mode"], "PUBLISH_MODE_INGRESS");
+        assert_eq!(v["endpoint"]["ports"][0]["source_ip"], "preserve");
     }
 
     #[test]

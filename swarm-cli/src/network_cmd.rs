@@ -330,7 +330,11 @@ pub fn services_section(view: &NetworkViewResponse, network_id: &str) -> serde_j
         m.insert("Ports".into(), json!(ports));
     }
     let mut tasks: BTreeMap<String, Vec<&EndpointInfo>> = BTreeMap::new();
-    for e in view.endpoints.iter().filter(|e| e.network_id == network_id) {
+    for e in view
+        .endpoints
+        .iter()
+        .filter(|e| e.network_id == network_id && !e.node_ingress)
+    {
         tasks.entry(e.service_name.clone()).or_default().push(e);
     }
     for (service, mut eps) in tasks {
@@ -357,11 +361,126 @@ pub fn services_section(view: &NetworkViewResponse, network_id: &str) -> serde_j
     )
 }
 
+/// Docker's MAC for an overlay address: 02:42 and the four bytes of the address (what the
+/// agent gives a task's interface).
+fn docker_mac(addr: &str) -> String {
+    match addr.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) => {
+            let o = ip.octets();
+            format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+        }
+        Err(_) => String::new(),
+    }
+}
+
+/// Docker's key of the node's own endpoint on the ingress network in `Containers`.
+pub const INGRESS_SBOX: &str = "ingress-sbox";
+
+/// Where a network's endpoints are, from this node's view, as Docker's `network inspect`
+/// shows it:
+/// - `Containers`: the endpoints of this node's tasks, keyed by task id (`Name` the task
+///   name, `EndpointID`, Docker's `MacAddress`, `IPv4Address` with the subnet's prefix
+///   length), and on the ingress network every node's own endpoint (Docker's
+///   `ingress-sbox`, `Name` `ingress-endpoint`): this node's under `ingress-sbox` as Docker
+///   shows it, another node's under `ingress-sbox-<node id>` (Docker only knows its own), each
+///   with its `Node` (hostname, or id when unknown);
+/// - `Peers`: every node with an endpoint on the network (`Name` its hostname, or its id
+///   when unknown; `IP` its data-path address), sorted by name; None when this node's view
+///   does not hold the network (Docker shows no peers where the network is not set up).
+pub fn endpoint_sections(
+    view: &NetworkViewResponse,
+    network_id: &str,
+    local_node: &str,
+    hostnames: &BTreeMap<String, String>,
+) -> (serde_json::Value, Option<serde_json::Value>) {
+    use serde_json::{json, Map, Value};
+    let info = view.networks.iter().find(|n| n.id == network_id);
+    let prefix = info.and_then(|n| n.subnet.split_once('/').map(|(_, len)| len));
+    let with_prefix = |addr: &str| match prefix {
+        Some(len) if !addr.is_empty() => format!("{addr}/{len}"),
+        _ => addr.to_string(),
+    };
+    let host = |node: &str| {
+        hostnames
+            .get(node)
+            .filter(|h| !h.is_empty())
+            .cloned()
+            .unwrap_or_else(|| node.to_string())
+    };
+    let mut containers = Map::new();
+    let mut peers: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for e in view.endpoints.iter().filter(|e| e.network_id == network_id) {
+        peers
+            .entry(e.node_id.clone())
+            .or_insert_with(|| (host(&e.node_id), e.node_addr.clone()));
+        let mut entry = json!({
+            "Name": if e.node_ingress { "ingress-endpoint" } else { e.task_name.as_str() },
+            "EndpointID": e.task_id,
+            "MacAddress": docker_mac(&e.address),
+            "IPv4Address": with_prefix(&e.address),
+            "IPv6Address": "",
+        });
+        let key = if e.node_ingress {
+            entry["Node"] = Value::String(host(&e.node_id));
+            if e.node_id == local_node {
+                INGRESS_SBOX.to_string()
+            } else {
+                format!("{INGRESS_SBOX}-{}", e.node_id)
+            }
+        } else if e.node_id == local_node {
+            e.task_id.clone()
+        } else {
+            continue;
+        };
+        containers.insert(key, entry);
+    }
+    let mut peers: Vec<(String, String)> = peers.into_values().collect();
+    peers.sort_by(|a, b| natural_cmp(&a.0, &b.0).then_with(|| a.1.cmp(&b.1)));
+    let peers = info.map(|_| {
+        Value::Array(
+            peers
+                .into_iter()
+                .map(|(name, ip)| json!({"Name": name, "IP": ip}))
+                .collect(),
+        )
+    });
+    (Value::Object(containers), peers)
+}
+
+/// This node's id and the hostnames of the nodes (the managers' list; a worker cannot ask
+/// for it and shows node ids instead).
+async fn local_node_and_hostnames(c: &Client) -> Result<(String, BTreeMap<String, String>)> {
+    let me = c
+        .local
+        .clone()
+        .info(InfoRequest {})
+        .await
+        .map_err(|s| c.err(s))?
+        .into_inner()
+        .node_id;
+    let hostnames = c
+        .nodes()
+        .await
+        .map(|nodes| {
+            nodes
+                .into_iter()
+                .map(|n| {
+                    let h = n.hostname().to_string();
+                    (n.id, h)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((me, hostnames))
+}
+
 pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
     crate::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
-    // The node's own view: `--verbose`, and the networks of a worker (it cannot ask the
-    // managers).
+    // The node's own view: `Containers` and `Peers`, `--verbose`'s `Services`, and the
+    // networks of a worker (it cannot ask the managers).
     let mut view: Option<NetworkViewResponse> = None;
+    // This node's id and the nodes' hostnames.
+    let mut who: Option<(String, BTreeMap<String, String>)> = None;
     let mut values = Vec::new();
     let mut errors = Vec::new();
     for r in &a.networks {
@@ -390,11 +509,21 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
             }
         };
         let mut v = json::value(&n, Kind::Other)?;
-        if a.verbose {
-            if view.is_none() {
-                view = Some(local_view(c).await?);
+        if view.is_none() {
+            view = Some(local_view(c).await?);
+        }
+        if who.is_none() {
+            who = Some(local_node_and_hostnames(c).await?);
+        }
+        if let (Some(obj), Some(view), Some((me, hostnames))) =
+            (v.as_object_mut(), view.as_ref(), who.as_ref())
+        {
+            let (containers, peers) = endpoint_sections(view, &n.id, me, hostnames);
+            obj.insert("Containers".into(), containers);
+            if let Some(peers) = peers {
+                obj.insert("Peers".into(), peers);
             }
-            if let (Some(obj), Some(view)) = (v.as_object_mut(), view.as_ref()) {
+            if a.verbose {
                 obj.insert("Services".into(), services_section(view, &n.id));
             }
         }
@@ -709,6 +838,154 @@ mod tests {
             })
         );
         assert_eq!(services_section(&view(), "unknown"), serde_json::json!({}));
+    }
+
+    fn ingress_view() -> NetworkViewResponse {
+        let sbox = |node: &str, addr: &str, node_addr: &str| EndpointInfo {
+            task_id: node.into(),
+            network_id: "ing".into(),
+            address: addr.into(),
+            node_id: node.into(),
+            node_addr: node_addr.into(),
+            node_ingress: true,
+            ..Default::default()
+        };
+        let task = |id: &str, name: &str, addr: &str, node: &str, node_addr: &str| EndpointInfo {
+            task_id: id.into(),
+            network_id: "ing".into(),
+            address: addr.into(),
+            node_id: node.into(),
+            node_addr: node_addr.into(),
+            service_id: "s1".into(),
+            service_name: "web".into(),
+            task_name: name.into(),
+            serving: true,
+            ..Default::default()
+        };
+        NetworkViewResponse {
+            complete: true,
+            generation: 3,
+            networks: vec![NetworkInfo {
+                id: "ing".into(),
+                name: "ingress".into(),
+                vni: 4096,
+                subnet: "10.0.0.0/24".into(),
+                gateway: "10.0.0.1".into(),
+                ingress: true,
+                ..Default::default()
+            }],
+            endpoints: vec![
+                sbox("node1", "10.0.0.2", "192.168.1.1"),
+                sbox("node2", "10.0.0.3", "192.168.1.2"),
+                sbox("node3", "10.0.0.4", "192.168.1.3"),
+                task("t1", "web.1.t1", "10.0.0.5", "node1", "192.168.1.1"),
+                task("t2", "web.2.t2", "10.0.0.6", "node2", "192.168.1.2"),
+                // Another network: not this one's.
+                EndpointInfo {
+                    network_id: "front".into(),
+                    ..task("t1", "web.1.t1", "10.0.1.5", "node1", "192.168.1.1")
+                },
+            ],
+            services: vec![ServiceInfo {
+                id: "s1".into(),
+                name: "web".into(),
+                virtual_ips: vec![VirtualIp {
+                    network_id: "ing".into(),
+                    addr: "10.0.0.7/24".into(),
+                }],
+                network_ids: vec!["ing".into()],
+                ports: vec![PortConfig {
+                    target_port: 80,
+                    published_port: 8080,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn ingress_inspect_shows_every_nodes_ingress_endpoint_and_peer() {
+        let hostnames: BTreeMap<String, String> = [
+            ("node1".to_string(), "node-1".to_string()),
+            ("node2".to_string(), "node-2".to_string()),
+        ]
+        .into();
+        let (containers, peers) = endpoint_sections(&ingress_view(), "ing", "node1", &hostnames);
+        assert_eq!(
+            containers,
+            serde_json::json!({
+                "ingress-sbox": {
+                    "Name": "ingress-endpoint",
+                    "EndpointID": "node1",
+                    "MacAddress": "02:42:0a:00:00:02",
+                    "IPv4Address": "10.0.0.2/24",
+                    "IPv6Address": "",
+                    "Node": "node-1",
+                },
+                "ingress-sbox-node2": {
+                    "Name": "ingress-endpoint",
+                    "EndpointID": "node2",
+                    "MacAddress": "02:42:0a:00:00:03",
+                    "IPv4Address": "10.0.0.3/24",
+                    "IPv6Address": "",
+                    "Node": "node-2",
+                },
+                "ingress-sbox-node3": {
+                    "Name": "ingress-endpoint",
+                    "EndpointID": "node3",
+                    "MacAddress": "02:42:0a:00:00:04",
+                    "IPv4Address": "10.0.0.4/24",
+                    "IPv6Address": "",
+                    "Node": "node3",
+                },
+                // This node's task only, as Docker shows local containers.
+                "t1": {
+                    "Name": "web.1.t1",
+                    "EndpointID": "t1",
+                    "MacAddress": "02:42:0a:00:00:05",
+                    "IPv4Address": "10.0.0.5/24",
+                    "IPv6Address": "",
+                },
+            })
+        );
+        assert_eq!(
+            peers,
+            // In natural order (`node3` before `node-1`, as `node ls` would sort them).
+            Some(serde_json::json!([
+                {"Name": "node3", "IP": "192.168.1.3"},
+                {"Name": "node-1", "IP": "192.168.1.1"},
+                {"Name": "node-2", "IP": "192.168.1.2"},
+            ]))
+        );
+        // Seen from node2: its own endpoint is the `ingress-sbox`.
+        let (containers, _) = endpoint_sections(&ingress_view(), "ing", "node2", &hostnames);
+        let keys: Vec<&String> = containers.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "ingress-sbox",
+                "ingress-sbox-node1",
+                "ingress-sbox-node3",
+                "t2"
+            ]
+        );
+        assert_eq!(containers["ingress-sbox"]["IPv4Address"], "10.0.0.3/24");
+        // A network this node's view does not hold: nothing, and no peers.
+        let (containers, peers) = endpoint_sections(&ingress_view(), "back", "node1", &hostnames);
+        assert_eq!((containers, peers), (serde_json::json!({}), None));
+        // The node endpoints are no service's tasks in `--verbose`'s Services.
+        assert_eq!(
+            services_section(&ingress_view(), "ing"),
+            serde_json::json!({
+                "web": {"VIP": "10.0.0.7", "Ports": ["Target: 80, Publish: 8080"], "Tasks": [
+                    {"Name": "web.1.t1", "EndpointIP": "10.0.0.5",
+                     "Info": {"Host IP": "192.168.1.1"}, "Serving": true},
+                    {"Name": "web.2.t2", "EndpointIP": "10.0.0.6",
+                     "Info": {"Host IP": "192.168.1.2"}, "Serving": true},
+                ]},
+            })
+        );
     }
 
     #[test]

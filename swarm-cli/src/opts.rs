@@ -178,12 +178,44 @@ fn parse_range(p: &str, what: &str) -> Result<(u32, u32), String> {
 }
 
 /// A `--publish` value, in the short syntax (`8080:80`, `8080:80/udp`, `80`,
-/// `8080-8081:80-81`) or the long one (`mode=host,published=8080,target=80,protocol=udp`).
-/// A published port of 0 asks the daemon to pick one.
+/// `8080-8081:80-81`) or the long one (`mode=host,published=8080,target=80,protocol=udp`,
+/// plus our `source-ip=preserve|nat` for ingress mode). A published port of 0 asks the
+/// daemon to pick one. Ports the data plane cannot carry are refused (see
+/// [`check_publishable`]).
 pub fn parse_publish(v: &str) -> Result<Vec<PortConfig>, String> {
+    let ports = parse_publish_fields(v)?;
+    for p in &ports {
+        check_publishable(p)?;
+    }
+    Ok(ports)
+}
+
+/// What the data plane cannot publish yet (the managers refuse it too): SCTP, host-mode
+/// ports without a published port. `source-ip` is checked while parsing (it is only
+/// refused with `mode=host` when given).
+fn check_publishable(p: &PortConfig) -> Result<(), String> {
+    if p.protocol == PortProtocol::Sctp as i32 {
+        return Err(format!(
+            "port {}/sctp: sctp ports cannot be published yet: the data plane carries tcp and udp only; publish the port over tcp or udp",
+            p.target_port
+        ));
+    }
+    if p.publish_mode == PublishMode::Host as i32 && p.published_port == 0 {
+        return Err(format!(
+            "mode=host needs a published port: dynamic host ports are not supported yet; give the port to publish on each node with published=P (mode=host,published=P,target={})",
+            p.target_port
+        ));
+    }
+    Ok(())
+}
+
+/// [`parse_publish`] without the data-plane checks: the syntax only (`--publish-rm`
+/// matches ports with it).
+pub fn parse_publish_fields(v: &str) -> Result<Vec<PortConfig>, String> {
     if v.contains('=') {
         let mut pc = PortConfig::default();
         let mut target = None;
+        let mut source_ip = None;
         for field in v.split(',') {
             let (key, val) = match field.split_once('=') {
                 Some((k, val)) if !k.is_empty() => (k.trim(), val.trim()),
@@ -200,12 +232,29 @@ pub fn parse_publish(v: &str) -> Result<Vec<PortConfig>, String> {
                 }
                 "target" => target = Some(parse_port(val, "target")?),
                 "published" => pc.published_port = parse_port(val, "published")?,
+                "source-ip" => {
+                    source_ip = Some(match val {
+                        "preserve" => true,
+                        "nat" => false,
+                        other => {
+                            return Err(format!(
+                                "invalid source-ip value {other}: use preserve (the task sees the client's address) or nat (the default)"
+                            ))
+                        }
+                    })
+                }
                 other => return Err(format!("invalid field key {other}")),
             }
         }
         match target {
             Some(t) if t > 0 => pc.target_port = t,
             _ => return Err("missing mandatory field \"target\"".into()),
+        }
+        if let Some(preserve) = source_ip {
+            if pc.publish_mode == PublishMode::Host as i32 {
+                return Err("source-ip only applies to mode=ingress: a host-mode port already reaches the task straight from the client, with the client's address; drop source-ip or use mode=ingress".into());
+            }
+            pc.preserve_source_ip = preserve;
         }
         return Ok(vec![pc]);
     }
@@ -656,6 +705,66 @@ mod tests {
             Err("invalid field key color".into())
         );
         assert!(parse_publish("target=80,oops").is_err());
+    }
+
+    #[test]
+    fn publish_source_ip() {
+        use PortProtocol::*;
+        use PublishMode::*;
+        let preserved = PortConfig {
+            preserve_source_ip: true,
+            ..pc(8080, 80, Tcp, Ingress)
+        };
+        assert_eq!(
+            parse_publish("published=8080,target=80,protocol=tcp,mode=ingress,source-ip=preserve"),
+            Ok(vec![preserved.clone()])
+        );
+        assert_eq!(
+            parse_publish("source-ip=preserve,published=8080,target=80"),
+            Ok(vec![preserved])
+        );
+        assert_eq!(
+            parse_publish("published=8080,target=80,source-ip=nat"),
+            Ok(vec![pc(8080, 80, Tcp, Ingress)])
+        );
+        assert_eq!(
+            parse_publish("target=80,source-ip=keep"),
+            Err("invalid source-ip value keep: use preserve (the task sees the client's address) or nat (the default)".into())
+        );
+        for v in [
+            "mode=host,published=8080,target=80,source-ip=preserve",
+            "source-ip=nat,mode=host,published=8080,target=80",
+        ] {
+            let e = parse_publish(v).unwrap_err();
+            assert!(
+                e.starts_with("source-ip only applies to mode=ingress: "),
+                "{v}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn publish_refuses_what_the_data_plane_cannot_carry() {
+        for v in [
+            "9000:9000/sctp",
+            "9000/sctp",
+            "published=9000,target=9000,protocol=sctp",
+        ] {
+            let e = parse_publish(v).unwrap_err();
+            assert!(
+                e.starts_with("port 9000/sctp: sctp ports cannot be published yet"),
+                "{v}: {e}"
+            );
+        }
+        assert_eq!(
+            parse_publish("mode=host,target=80"),
+            Err("mode=host needs a published port: dynamic host ports are not supported yet; give the port to publish on each node with published=P (mode=host,published=P,target=80)".into())
+        );
+        // `--publish-rm` still matches such ports by their syntax.
+        assert_eq!(
+            parse_publish_fields("mode=host,target=80").map(|p| p[0].target_port),
+            Ok(80)
+        );
     }
 
     #[test]

@@ -343,6 +343,33 @@ mod tests {
     }
 
     #[test]
+    fn ports_column_shows_the_host_ports_a_task_reported() {
+        use proto::{PortConfig, PortProtocol, PublishMode};
+        let mut t = task(
+            "aaa",
+            1,
+            "node1id",
+            0,
+            TaskState::Running,
+            TaskState::Running,
+        );
+        let port = |published: u32, target: u32, protocol: PortProtocol| PortConfig {
+            published_port: published,
+            target_port: target,
+            protocol: protocol as i32,
+            publish_mode: PublishMode::Host as i32,
+            ..Default::default()
+        };
+        t.status.as_mut().unwrap().port_status = vec![
+            port(8080, 80, PortProtocol::Tcp),
+            port(5353, 53, PortProtocol::Udp),
+        ];
+        let out = table(&[t], &names(), true, 1_000);
+        let row = out.lines().nth(1).unwrap();
+        assert!(row.ends_with("   *:8080->80/tcp,*:5353->53/udp"), "{row:?}");
+    }
+
+    #[test]
     fn filters() {
         use TaskState::*;
         let f = Filter::parse(&["desired-state=running".into()]).unwrap();

@@ -358,6 +358,9 @@ pub fn pretty(s: &Service) -> String {
                 p.target_port,
                 format::publish_mode_name(p.publish_mode)
             ));
+            if p.preserve_source_ip {
+                o.push_str("\n  SourceIP = preserve");
+            }
         }
         o.push(' ');
     }
@@ -776,5 +779,25 @@ mod tests {
         assert!(p.contains("ContainerSpec:\n Image:\t\tnginx\n Args:\t\tx \n Env:\t\tA=1 \n"));
         assert!(p.contains("Resources:\n Reservations:\n  CPU:\t\t0.5\n  Memory:\t64MiB\n"));
         assert!(p.ends_with("Endpoint Mode:\tvip\n"));
+    }
+
+    #[test]
+    fn pretty_ports_show_a_preserved_source_ip() {
+        let a = create(&[
+            "-p",
+            "published=8080,target=80,source-ip=preserve",
+            "-p",
+            "9000:90/udp",
+            "nginx",
+        ])
+        .unwrap();
+        let s = Service {
+            id: "s1".into(),
+            spec: Some(create_spec(&a).unwrap()),
+            ..Default::default()
+        };
+        assert!(pretty(&s).ends_with(
+            "Ports:\n PublishedPort = 8080\n  Protocol = tcp\n  TargetPort = 80\n  PublishMode = ingress\n  SourceIP = preserve\n PublishedPort = 9000\n  Protocol = udp\n  TargetPort = 90\n  PublishMode = ingress \n"
+        ), "{}", pretty(&s));
     }
 }

@@ -578,7 +578,7 @@ pub fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
 /// `--publish-rm` value: removes ports with that target (and protocol when given).
 fn publish_rm_matches(v: &str, p: &PortConfig) -> bool {
     if v.contains('=') {
-        return opts::parse_publish(v).is_ok_and(|list| {
+        return opts::parse_publish_fields(v).is_ok_and(|list| {
             list.iter().any(|q| {
                 q.target_port == p.target_port
                     && q.protocol == p.protocol
@@ -895,6 +895,63 @@ pub(crate) mod tests {
             }))
         ));
         assert_eq!(u.service, ["web"]);
+    }
+
+    #[test]
+    fn source_ip_is_set_by_create_and_publish_add_and_kept_by_updates() {
+        let a = create(&[
+            "-p",
+            "published=8080,target=80,protocol=tcp,mode=ingress,source-ip=preserve",
+            "-p",
+            "9000:90",
+            "nginx",
+        ])
+        .unwrap();
+        let mut spec = create_spec(&a).unwrap();
+        let preserved = |spec: &ServiceSpec| -> Vec<(u32, bool)> {
+            spec.endpoint
+                .as_ref()
+                .unwrap()
+                .ports
+                .iter()
+                .map(|p| (p.published_port, p.preserve_source_ip))
+                .collect()
+        };
+        assert_eq!(preserved(&spec), [(8080, true), (9000, false)]);
+        // An update of something else keeps it.
+        update_spec(
+            &mut spec,
+            &update(&["--image", "nginx:2", "--env-add", "A=1"]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(preserved(&spec), [(8080, true), (9000, false)]);
+        // --publish-add sets it (replacing the port with the same target and protocol).
+        let u = update(&[
+            "--publish-add",
+            "published=9000,target=90,source-ip=preserve",
+        ])
+        .unwrap();
+        update_spec(&mut spec, &u).unwrap();
+        assert_eq!(preserved(&spec), [(8080, true), (9000, true)]);
+        let u = update(&["--publish-add", "published=8080,target=80,source-ip=nat"]).unwrap();
+        update_spec(&mut spec, &u).unwrap();
+        assert_eq!(preserved(&spec), [(9000, true), (8080, false)]);
+        // Refused with mode=host, by create and by --publish-add.
+        let e = create(&[
+            "-p",
+            "mode=host,published=8080,target=80,source-ip=preserve",
+            "nginx",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("source-ip only applies to mode=ingress"), "{e}");
+        let e = update(&[
+            "--publish-add",
+            "mode=host,published=1,target=1,source-ip=nat",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("source-ip only applies to mode=ingress"), "{e}");
     }
 
     fn update(args: &[&str]) -> std::result::Result<UpdateArgs, clap::Error> {

@@ -31,7 +31,7 @@ pub struct InitArgs {
     /// Validity period for node certificates (ns|us|ms|s|m|h)
     #[arg(long, default_value = "2160h0m0s", value_parser = ms_arg)]
     pub cert_expiry: i64,
-    /// Force create a new cluster from current state
+    /// Force create a new cluster from current state (not supported yet: the agent refuses it)
     #[arg(long)]
     pub force_new_cluster: bool,
     /// Default address pool in CIDR format (repeatable)

@@ -9,6 +9,9 @@ use std::sync::{Arc, Mutex};
 use proto::control_server::{Control, ControlServer};
 use proto::local_node_server::{LocalNode, LocalNodeServer};
 use proto::*;
+use swarm_manager::control::{ControlApi, LocalCaller};
+use swarm_manager::router::Router;
+use swarm_manager::store::Store;
 use tonic::{Request, Response, Status};
 
 const NOW_MS: i64 = 0; // replaced at startup with the real clock
@@ -26,8 +29,26 @@ struct State {
     concurrent_writes: usize,
 }
 
-#[derive(Clone, Default)]
-struct Fake(Arc<Mutex<State>>);
+/// The fake agent: services, tasks, nodes and the cluster in memory; networks served by the
+/// managers' real Control API over an in-memory store (their validation and messages).
+#[derive(Clone)]
+struct Fake(Arc<Mutex<State>>, ControlApi);
+
+impl Default for Fake {
+    fn default() -> Self {
+        Fake(
+            Arc::default(),
+            ControlApi::new(Store::memory(), Router::local()),
+        )
+    }
+}
+
+/// A request as the agent relays it from its local socket.
+fn relayed<T>(r: Request<T>) -> Request<T> {
+    let mut r = Request::new(r.into_inner());
+    r.extensions_mut().insert(LocalCaller);
+    r
+}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -70,6 +91,7 @@ fn node(id: &str, host: &str, leader: bool) -> Node {
             reachability: Reachability::Reachable as i32,
         }),
         role: NodeRole::Manager as i32,
+        attachments: vec![],
     }
 }
 
@@ -144,6 +166,8 @@ impl State {
 impl LocalNode for Fake {
     async fn init(&self, r: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
         let r = r.into_inner();
+        // The agent's own checks of the options.
+        swarm_manager::control::validate_init_request(&r)?;
         let mut s = self.0.lock().unwrap();
         if s.in_swarm {
             return Err(Status::failed_precondition(
@@ -360,27 +384,27 @@ impl Control for Fake {
     }
     async fn create_network(
         &self,
-        _r: Request<CreateNetworkRequest>,
+        r: Request<CreateNetworkRequest>,
     ) -> Result<Response<Network>, Status> {
-        Err(Status::unimplemented("networks"))
+        self.1.create_network(relayed(r)).await
     }
     async fn get_network(
         &self,
-        _r: Request<GetNetworkRequest>,
+        r: Request<GetNetworkRequest>,
     ) -> Result<Response<Network>, Status> {
-        Err(Status::unimplemented("networks"))
+        self.1.get_network(relayed(r)).await
     }
     async fn list_networks(
         &self,
-        _r: Request<ListNetworksRequest>,
+        r: Request<ListNetworksRequest>,
     ) -> Result<Response<ListNetworksResponse>, Status> {
-        Err(Status::unimplemented("networks"))
+        self.1.list_networks(relayed(r)).await
     }
     async fn remove_network(
         &self,
-        _r: Request<RemoveNetworkRequest>,
+        r: Request<RemoveNetworkRequest>,
     ) -> Result<Response<RemoveNetworkResponse>, Status> {
-        Err(Status::unimplemented("networks"))
+        self.1.remove_network(relayed(r)).await
     }
     async fn get_cluster(
         &self,
@@ -540,6 +564,101 @@ fn swarm_commands() {
     let o = a.run(&["info", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["role"], "NODE_ROLE_MANAGER");
+}
+
+#[test]
+fn unsupported_options_are_refused_by_the_agent() {
+    let a = Agent::start("refusals");
+    let o = a.run(&["init", "--force-new-cluster"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with(
+            "Error response from daemon: swarm init --force-new-cluster is not supported yet: "
+        ),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stdout(&o), "");
+
+    for args in [
+        &[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "-o",
+            "encrypted",
+            "secret",
+        ][..],
+        &["network", "create", "--opt", "encrypted=true", "secret"],
+        &["network", "create", "-o", "encrypted=false", "secret"],
+    ] {
+        let o = a.run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            stderr(&o),
+            "Error response from daemon: network secret: encrypted overlay networks are not supported yet: traffic between nodes is not encrypted; create the network without -o encrypted\n",
+            "{args:?}"
+        );
+    }
+    let o = a.run(&[
+        "network",
+        "create",
+        "-o",
+        "com.docker.network.driver.overlay.vxlanid_list=4097",
+        "vx",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "Error response from daemon: network vx: driver option \"com.docker.network.driver.overlay.vxlanid_list\" is not supported; the supported options are: com.docker.network.driver.mtu\n"
+    );
+    let o = a.run(&["network", "ls", "-q"]);
+    assert_eq!(stdout(&o), "", "nothing was created");
+
+    // One ingress network at a time, with Docker's words.
+    let o = a.run(&["network", "create", "-d", "overlay", "--ingress", "ingress"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = a.run(&["network", "create", "--ingress", "another-ingress"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(") is already present: a swarm has one ingress network; remove it first (swarm network rm ingress) to replace it"),
+        "{}",
+        stderr(&o)
+    );
+    // Inspect: the endpoints this node's view holds (none here).
+    let o = a.run(&["network", "inspect", "ingress"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v[0]["spec"]["ingress"], true);
+    assert_eq!(v[0]["Containers"], serde_json::json!({}));
+    let o = a.run(&["network", "rm", "--force", "ingress"]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "ingress\n"),
+        "{}",
+        stderr(&o)
+    );
+    let o = a.run(&["network", "create", "--ingress", "new-ingress"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // Ports the data plane cannot carry are refused before anything is sent.
+    for (p, want) in [
+        ("9000:9000/sctp", "sctp ports cannot be published yet"),
+        (
+            "mode=host,target=80",
+            "dynamic host ports are not supported yet",
+        ),
+        (
+            "mode=host,published=8080,target=80,source-ip=preserve",
+            "source-ip only applies to mode=ingress",
+        ),
+    ] {
+        let o = a.run(&["service", "create", "-d", "-p", p, "nginx"]);
+        assert_eq!(o.status.code(), Some(125), "{p}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{p}: {}", stderr(&o));
+    }
+    assert!(a.fake.0.lock().unwrap().services.is_empty());
 }
 
 #[test]

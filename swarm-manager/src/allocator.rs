@@ -246,6 +246,18 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
         }
     }
 
+    // The overlay's own VXLAN port is never handed out (it may lie in the dynamic range when
+    // the cluster was made with --data-path-port).
+    let vxlan = state
+        .cluster()
+        .map(|c| c.vxlan_udp_port)
+        .filter(|p| *p != 0)
+        .unwrap_or(crate::ipam::DEFAULT_VXLAN_PORT);
+    used.insert(
+        (PortProtocol::Udp as i32, vxlan),
+        "(the overlay's VXLAN port)".into(),
+    );
+
     // The IPAM view is rebuilt from the store only when a round needs it.
     let mut ipam: Option<Ipam> = None;
     // Why a service's endpoint could not be allocated, by service id: shown on its tasks.

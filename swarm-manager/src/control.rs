@@ -24,6 +24,8 @@ mod tests;
 
 /// `<service>.<slot>.<task id>` (global tasks: `<service>.<node id>.<task id>`).
 pub(crate) use lookup::task_name;
+/// `swarm init`'s options as the agent checks them (also the CLI tests' fake agent).
+pub use validate::validate_init_request;
 
 use std::future::Future;
 use std::time::Instant;

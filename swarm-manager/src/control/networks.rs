@@ -34,9 +34,9 @@ pub(super) async fn create(store: &Store, req: CreateNetworkRequest) -> Result<N
                 .networks()
                 .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
             {
+                let name = ingress.spec.as_ref().map_or("", |s| s.name.as_str());
                 return Err(Status::already_exists(format!(
-                    "ingress network already present: {} ({}); remove it first to replace it",
-                    ingress.spec.as_ref().map_or("", |s| s.name.as_str()),
+                    "ingress network {name} ({}) is already present: a swarm has one ingress network; remove it first (swarm network rm {name}) to replace it",
                     ingress.id
                 )));
             }
@@ -143,26 +143,51 @@ fn task_is_live(t: &Task) -> bool {
     t.desired() <= TaskState::Running && !t.state().is_terminal()
 }
 
-/// Why the network cannot go: a service or a live task still uses it.
+/// Services that publish ports in ingress mode (SwarmKit's `IsIngressNetworkNeeded`), by
+/// name.
+fn ingress_publishers(st: &State) -> Vec<&str> {
+    let mut names: Vec<&str> = st
+        .services()
+        .filter(|s| {
+            s.spec
+                .as_ref()
+                .and_then(|sp| sp.endpoint.as_ref())
+                .is_some_and(|e| {
+                    e.ports
+                        .iter()
+                        .any(|p| p.publish_mode == PublishMode::Ingress as i32)
+                })
+        })
+        .map(|s| s.name())
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+/// Why the network cannot go: a service or a live task still uses it; the ingress network
+/// while any service publishes ports in ingress mode.
 fn check_unused(st: &State, net: &Network) -> Result<(), Status> {
     let name = net.spec.as_ref().map_or("", |s| s.name.as_str());
     let ingress = net.spec.as_ref().is_some_and(|s| s.ingress);
+    if ingress {
+        let users = ingress_publishers(st);
+        if !users.is_empty() {
+            let (noun, verb) = if users.len() == 1 {
+                ("service", "depends")
+            } else {
+                ("services", "depend")
+            };
+            return Err(Status::failed_precondition(format!(
+                "ingress network cannot be removed because {noun} {} {verb} on it: {name} carries their ports published in ingress mode; remove those services or their ingress ports (service update --publish-rm) first",
+                users.join(", ")
+            )));
+        }
+    }
     for s in st.services() {
         let spec = s.spec.as_ref();
         if attaches(spec.and_then(|sp| sp.task.as_ref()), net) {
             return Err(Status::failed_precondition(format!(
                 "network {name} is in use by service {}; remove the service or detach it from the network first",
-                s.name()
-            )));
-        }
-        let publishes_ingress = spec.and_then(|sp| sp.endpoint.as_ref()).is_some_and(|e| {
-            e.ports
-                .iter()
-                .any(|p| p.publish_mode == PublishMode::Ingress as i32)
-        });
-        if ingress && publishes_ingress {
-            return Err(Status::failed_precondition(format!(
-                "ingress network {name} cannot be removed because service {} depends on it (it publishes ports in ingress mode)",
                 s.name()
             )));
         }

@@ -3,8 +3,8 @@
 use proto::service_spec::Mode;
 use proto::{
     CreateServiceRequest, GetServiceRequest, ListServicesRequest, ListServicesResponse, PortConfig,
-    PublishMode, RemoveServiceRequest, RemoveServiceResponse, Service, ServiceSpec, TaskState,
-    UpdateServiceRequest,
+    PortProtocol, PublishMode, RemoveServiceRequest, RemoveServiceResponse, Service, ServiceSpec,
+    TaskState, UpdateServiceRequest,
 };
 use tonic::Status;
 
@@ -106,6 +106,51 @@ fn check_port_conflicts(
     Ok(())
 }
 
+fn publishes_ingress(spec: &ServiceSpec) -> bool {
+    spec.endpoint.as_ref().is_some_and(|e| {
+        e.ports
+            .iter()
+            .any(|p| p.publish_mode == PublishMode::Ingress as i32)
+    })
+}
+
+/// SwarmKit's rule: ports published in ingress mode need the routing mesh's network.
+fn check_ingress_present(st: &State, spec: &ServiceSpec) -> Result<(), Status> {
+    let present = st
+        .networks()
+        .any(|n| n.spec.as_ref().is_some_and(|s| s.ingress));
+    if publishes_ingress(spec) && !present {
+        return Err(Status::failed_precondition(format!(
+            "service needs ingress network, but no ingress network is present: service {} publishes ports in ingress mode; create one with swarm network create -d overlay --ingress NAME, or publish in host mode (mode=host)",
+            spec.name
+        )));
+    }
+    Ok(())
+}
+
+/// The cluster's VXLAN port (`init --data-path-port`) cannot be published over UDP: nodes
+/// receive the overlay's own traffic on it, which the published port would capture.
+fn check_data_path_port(st: &State, spec: &ServiceSpec) -> Result<(), Status> {
+    let vxlan = st
+        .cluster()
+        .map(|c| c.vxlan_udp_port)
+        .filter(|p| *p != 0)
+        .unwrap_or(crate::ipam::DEFAULT_VXLAN_PORT);
+    let ports = spec.endpoint.as_ref().map(|e| e.ports.as_slice());
+    if let Some(p) = ports
+        .unwrap_or_default()
+        .iter()
+        .find(|p| p.protocol == PortProtocol::Udp as i32 && p.published_port == vxlan)
+    {
+        return Err(Status::invalid_argument(format!(
+            "EndpointSpec: port {}/udp is the swarm's VXLAN data-path port (swarm init --data-path-port): publishing it ({} mode) would capture the overlay traffic between nodes; choose another published port",
+            p.published_port,
+            if p.publish_mode == PublishMode::Host as i32 { "host" } else { "ingress" }
+        )));
+    }
+    Ok(())
+}
+
 pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<Service, Status> {
     let mut spec = req.spec.ok_or_else(|| {
         Status::invalid_argument("CreateService needs a service spec (name, image, mode ...)")
@@ -124,7 +169,9 @@ pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<S
             )));
         }
         resolve_networks(&st, &mut spec)?;
+        check_data_path_port(&st, &spec)?;
         check_port_conflicts(&st, &spec, None)?;
+        check_ingress_present(&st, &spec)?;
         Service {
             id: new_id(),
             meta: None,
@@ -204,7 +251,9 @@ fn updated_service(
         ));
     }
     resolve_networks(st, &mut spec)?;
+    check_data_path_port(st, &spec)?;
     check_port_conflicts(st, &spec, Some(&current.id))?;
+    check_ingress_present(st, &spec)?;
     if spec == old {
         return Ok((current.clone(), None));
     }

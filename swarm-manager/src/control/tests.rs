@@ -393,9 +393,51 @@ async fn invalid_specs_are_refused_and_change_nothing() {
     assert_eq!(get(&api, "web").await.unwrap(), s);
 }
 
+/// Creates a network through the API (`ingress`: the routing mesh's).
+async fn create_net(api: &ControlApi, name: &str, ingress: bool) -> Result<Network, Status> {
+    api.create_network(local(CreateNetworkRequest {
+        spec: Some(NetworkSpec {
+            name: name.into(),
+            driver: "overlay".into(),
+            ingress,
+            ..Default::default()
+        }),
+    }))
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn remove_net(api: &ControlApi, r: &str) -> Result<(), Status> {
+    api.remove_network(local(RemoveNetworkRequest {
+        network_id: r.into(),
+    }))
+    .await
+    .map(|_| ())
+}
+
+fn port(published: u32, target: u32, proto: PortProtocol, mode: PublishMode) -> PortConfig {
+    PortConfig {
+        published_port: published,
+        target_port: target,
+        protocol: proto as i32,
+        publish_mode: mode as i32,
+        ..Default::default()
+    }
+}
+
+fn publishing(name: &str, ports: Vec<PortConfig>) -> ServiceSpec {
+    let mut s = spec(name, "nginx");
+    s.endpoint = Some(EndpointSpec {
+        mode: EndpointMode::Vip as i32,
+        ports,
+    });
+    s
+}
+
 #[tokio::test]
 async fn duplicate_names_and_port_conflicts() {
     let (api, _) = api();
+    create_net(&api, "ingress", true).await.unwrap();
     let mut a = spec("web", "nginx");
     a.endpoint = Some(EndpointSpec {
         mode: EndpointMode::Vip as i32,
@@ -429,6 +471,272 @@ async fn duplicate_names_and_port_conflicts() {
     a.endpoint.as_mut().unwrap().ports[0].published_port = 8081;
     create(&api, a).await.unwrap();
     assert_eq!(services(&api).await.len(), 2);
+}
+
+#[tokio::test]
+async fn ports_the_data_plane_cannot_carry_are_refused() {
+    use PortProtocol::{Sctp, Tcp, Udp};
+    use PublishMode::{Host, Ingress};
+    let (api, store) = api();
+    create_net(&api, "ingress", true).await.unwrap();
+    let preserve_host = PortConfig {
+        preserve_source_ip: true,
+        ..port(8080, 80, Tcp, Host)
+    };
+    let cases: Vec<(Vec<PortConfig>, &str)> = vec![
+        (
+            vec![port(9000, 9000, Sctp, Ingress)],
+            "port 9000/sctp: sctp ports cannot be published yet",
+        ),
+        (
+            vec![port(0, 9000, Sctp, Host)],
+            "sctp ports cannot be published yet",
+        ),
+        (
+            vec![port(0, 80, Tcp, Host)],
+            "port 80/tcp in host mode has no published port: dynamic host ports are not supported yet; give the port to publish on each node with published=P (mode=host,published=P,target=80)",
+        ),
+        (
+            vec![preserve_host],
+            "port 8080->80/tcp: source-ip=preserve only applies to ingress mode",
+        ),
+        (
+            vec![port(4789, 4789, Udp, Ingress)],
+            "port 4789/udp is the swarm's VXLAN data-path port",
+        ),
+        (
+            vec![port(4789, 53, Udp, Host)],
+            "port 4789/udp is the swarm's VXLAN data-path port",
+        ),
+    ];
+    for (ports, want) in cases {
+        let e = create(&api, publishing("web", ports.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{ports:?}");
+        assert!(
+            e.message().contains(want),
+            "want {want:?} in {:?}",
+            e.message()
+        );
+    }
+    assert!(services(&api).await.is_empty());
+
+    // TCP on the VXLAN port is fine; so is 4789/udp once the cluster uses another port,
+    // which is then refused.
+    create(&api, publishing("tcp", vec![port(4789, 80, Tcp, Ingress)]))
+        .await
+        .unwrap();
+    let mut c = cluster_object();
+    c.vxlan_udp_port = 4800;
+    put(&store, vec![Object::Cluster(c)]).await;
+    let s = create(&api, publishing("udp", vec![port(4789, 53, Udp, Ingress)]))
+        .await
+        .unwrap();
+    let mut moved = s.spec.clone().unwrap();
+    moved.endpoint.as_mut().unwrap().ports[0].published_port = 4800;
+    let e = update(&api, &s.id, version(&s), moved).await.unwrap_err();
+    assert!(
+        e.message()
+            .contains("port 4800/udp is the swarm's VXLAN data-path port"),
+        "{}",
+        e.message()
+    );
+
+    // Ingress mode keeps the client's address on request.
+    let kept = PortConfig {
+        preserve_source_ip: true,
+        ..port(8080, 80, Tcp, Ingress)
+    };
+    let s = create(&api, publishing("web", vec![kept.clone()]))
+        .await
+        .unwrap();
+    assert!(s.spec.as_ref().unwrap().endpoint.as_ref().unwrap().ports[0].preserve_source_ip);
+}
+
+#[tokio::test]
+async fn updates_keep_preserve_source_ip() {
+    let (api, _) = api();
+    create_net(&api, "ingress", true).await.unwrap();
+    let p = PortConfig {
+        preserve_source_ip: true,
+        ..port(8080, 80, PortProtocol::Tcp, PublishMode::Ingress)
+    };
+    let s = create(&api, publishing("web", vec![p.clone()]))
+        .await
+        .unwrap();
+    let mut next = s.spec.clone().unwrap();
+    next.task
+        .as_mut()
+        .unwrap()
+        .container
+        .as_mut()
+        .unwrap()
+        .image = "nginx:2".into();
+    let s2 = update(&api, "web", version(&s), next).await.unwrap();
+    assert_eq!(s2.spec_version, s.spec_version + 1);
+    assert_eq!(s2.spec.unwrap().endpoint.unwrap().ports, vec![p]);
+}
+
+#[tokio::test]
+async fn network_driver_options_are_those_the_data_plane_has() {
+    let (api, _) = api();
+    let mk = |name: &str, opts: &[(&str, &str)]| {
+        local(CreateNetworkRequest {
+            spec: Some(NetworkSpec {
+                name: name.into(),
+                driver: "overlay".into(),
+                driver_options: opts
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            }),
+        })
+    };
+    for value in ["", "true", "false"] {
+        let e = api
+            .create_network(mk("secret", &[("encrypted", value)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "network secret: encrypted overlay networks are not supported yet: traffic between nodes is not encrypted; create the network without -o encrypted"
+        );
+    }
+    let e = api
+        .create_network(mk(
+            "vx",
+            &[
+                ("com.docker.network.driver.mtu", "1400"),
+                ("com.docker.network.driver.overlay.vxlanid_list", "4097"),
+            ],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.message(),
+        "network vx: driver option \"com.docker.network.driver.overlay.vxlanid_list\" is not supported; the supported options are: com.docker.network.driver.mtu"
+    );
+    let n = api
+        .create_network(mk("small", &[("com.docker.network.driver.mtu", "1400")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(n.spec.unwrap().driver_options.len(), 1);
+    assert_eq!(
+        api.list_networks(local(ListNetworksRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .networks
+            .len(),
+        1,
+        "refused networks were not created"
+    );
+}
+
+/// SwarmKit's rules (`manager/controlapi/network.go`, `service.go`): one ingress network;
+/// it cannot be removed while a service publishes ports in ingress mode; without one, such
+/// services are refused; a new one can then be created and the allocator uses it.
+#[tokio::test]
+async fn the_ingress_network_can_be_replaced_when_unused() {
+    use crate::orchestrator::testutil::apply;
+    let (api, store) = api();
+    let first = create_net(&api, "ingress", true).await.unwrap();
+    let e = create_net(&api, "another-ingress", true).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    assert_eq!(
+        e.message(),
+        format!(
+            "ingress network ingress ({}) is already present: a swarm has one ingress network; remove it first (swarm network rm ingress) to replace it",
+            first.id
+        )
+    );
+    let ingress_port = || port(0, 80, PortProtocol::Tcp, PublishMode::Ingress);
+    let web = create(&api, publishing("web", vec![ingress_port()]))
+        .await
+        .unwrap();
+    create(&api, publishing("api", vec![ingress_port()]))
+        .await
+        .unwrap();
+    // Host-mode publishers do not depend on it.
+    create(
+        &api,
+        publishing(
+            "direct",
+            vec![port(9000, 90, PortProtocol::Tcp, PublishMode::Host)],
+        ),
+    )
+    .await
+    .unwrap();
+    let e = remove_net(&api, "ingress").await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(
+        e.message(),
+        "ingress network cannot be removed because services api, web depend on it: ingress carries their ports published in ingress mode; remove those services or their ingress ports (service update --publish-rm) first"
+    );
+    api.remove_service(local(RemoveServiceRequest {
+        service_id: "api".into(),
+    }))
+    .await
+    .unwrap();
+    let e = remove_net(&api, "ingress").await.unwrap_err();
+    assert!(
+        e.message()
+            .starts_with("ingress network cannot be removed because service web depends on it"),
+        "{}",
+        e.message()
+    );
+    let web = get(&api, &web.id).await.unwrap();
+    let mut unpublished = web.spec.clone().unwrap();
+    unpublished.endpoint.as_mut().unwrap().ports.clear();
+    update(&api, "web", version(&web), unpublished)
+        .await
+        .unwrap();
+    remove_net(&api, "ingress").await.unwrap();
+
+    // No ingress network: ingress ports are refused, host-mode ones are not.
+    let e = create(&api, publishing("late", vec![ingress_port()]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message()
+            .starts_with("service needs ingress network, but no ingress network is present"),
+        "{}",
+        e.message()
+    );
+    let web = get(&api, "web").await.unwrap();
+    let mut republished = web.spec.clone().unwrap();
+    republished.endpoint.as_mut().unwrap().ports = vec![ingress_port()];
+    let e = update(&api, "web", version(&web), republished.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    // A new ingress network: publishing works again and the allocator puts the service's
+    // VIP on it.
+    let second = create_net(&api, "new-ingress", true).await.unwrap();
+    update(&api, "web", version(&web), republished)
+        .await
+        .unwrap();
+    for now in [1_000, 2_000, 3_000] {
+        let (plan, _) = crate::allocator::reconcile(&store.read(), now);
+        apply(&store, plan).await;
+    }
+    let web = get(&api, "web").await.unwrap();
+    let endpoint = web.endpoint.expect("allocated");
+    assert_eq!(
+        endpoint
+            .virtual_ips
+            .iter()
+            .map(|v| v.network_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![second.id.as_str()]
+    );
+    assert!(endpoint.ports[0].published_port >= crate::allocator::DYNAMIC_PORT_START);
 }
 
 #[tokio::test]

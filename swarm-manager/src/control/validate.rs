@@ -5,8 +5,9 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use proto::{
-    ClusterSpec, EndpointMode, NetworkSpec, NodeAvailability, NodeRole, NodeSpec, PortProtocol,
-    PublishMode, ReplicatedService, Resources, RestartCondition, RestartPolicy, ServiceSpec,
+    ClusterSpec, EndpointMode, InitRequest, NetworkSpec, NodeAvailability, NodeRole, NodeSpec,
+    PortProtocol, PublishMode, ReplicatedService, Resources, RestartCondition, RestartPolicy,
+    ServiceSpec,
 };
 use tonic::Status;
 
@@ -327,7 +328,7 @@ fn validate_endpoint(spec: &ServiceSpec) -> Result<(), Status> {
     for p in &ep.ports {
         let Ok(proto_) = PortProtocol::try_from(p.protocol) else {
             return Err(invalid(format!(
-                "EndpointSpec: unknown protocol {}; use tcp, udp or sctp",
+                "EndpointSpec: unknown protocol {}; use tcp or udp",
                 p.protocol
             )));
         };
@@ -347,6 +348,27 @@ fn validate_endpoint(spec: &ServiceSpec) -> Result<(), Status> {
             return Err(invalid(format!(
                 "EndpointSpec: invalid published port {}: must be between 0 (dynamic) and 65535",
                 p.published_port
+            )));
+        }
+        if proto_ == PortProtocol::Sctp {
+            return Err(invalid(format!(
+                "EndpointSpec: port {}/sctp: sctp ports cannot be published yet: the data plane carries tcp and udp only; publish the port over tcp or udp",
+                p.target_port
+            )));
+        }
+        if pmode == PublishMode::Host && p.published_port == 0 {
+            return Err(invalid(format!(
+                "EndpointSpec: port {target}/{proto} in host mode has no published port: dynamic host ports are not supported yet; give the port to publish on each node with published=P (mode=host,published=P,target={target})",
+                target = p.target_port,
+                proto = protocol_name(proto_)
+            )));
+        }
+        if pmode == PublishMode::Host && p.preserve_source_ip {
+            return Err(invalid(format!(
+                "EndpointSpec: port {}->{}/{}: source-ip=preserve only applies to ingress mode: a host-mode port already reaches the task straight from the client, with the client's address; drop source-ip or publish in ingress mode",
+                p.published_port,
+                p.target_port,
+                protocol_name(proto_)
             )));
         }
         if mode == EndpointMode::Dnsrr && pmode == PublishMode::Ingress {
@@ -395,6 +417,33 @@ pub(super) fn validate_node_spec(spec: &NodeSpec) -> Result<(), Status> {
 /// Driver every network gets when the spec names none.
 pub(super) const DEFAULT_NETWORK_DRIVER: &str = "overlay";
 const MTU_OPTION: &str = "com.docker.network.driver.mtu";
+/// Docker's option for an IPsec-encrypted overlay (`-o encrypted`).
+const ENCRYPTED_OPTION: &str = "encrypted";
+/// The driver options the data plane implements; any other is refused rather than ignored.
+const SUPPORTED_DRIVER_OPTIONS: &[&str] = &[MTU_OPTION];
+
+/// Driver options (`-o`/`--opt`): only those the data plane implements. `encrypted` (any
+/// value, even "false": Docker turns encryption on by the key alone) has its own message.
+fn validate_driver_options(spec: &NetworkSpec) -> Result<(), Status> {
+    if spec.driver_options.contains_key(ENCRYPTED_OPTION) {
+        return Err(invalid(format!(
+            "network {}: encrypted overlay networks are not supported yet: traffic between nodes is not encrypted; create the network without -o {ENCRYPTED_OPTION}",
+            spec.name
+        )));
+    }
+    if let Some(key) = spec
+        .driver_options
+        .keys()
+        .find(|k| !SUPPORTED_DRIVER_OPTIONS.contains(&k.as_str()))
+    {
+        return Err(invalid(format!(
+            "network {}: driver option {key:?} is not supported; the supported options are: {}",
+            spec.name,
+            SUPPORTED_DRIVER_OPTIONS.join(", ")
+        )));
+    }
+    Ok(())
+}
 
 pub(super) fn validate_network_spec(spec: &NetworkSpec) -> Result<(), Status> {
     validate_name("network", &spec.name)?;
@@ -404,6 +453,7 @@ pub(super) fn validate_network_spec(spec: &NetworkSpec) -> Result<(), Status> {
             spec.driver
         )));
     }
+    validate_driver_options(spec)?;
     if let Some(mtu) = spec.driver_options.get(MTU_OPTION) {
         match mtu.parse::<u32>() {
             Ok(m) if (68..=65535).contains(&m) => {}
@@ -490,6 +540,35 @@ fn overlaps(a: (IpAddr, u8), b: (IpAddr, u8)) -> bool {
     }
 }
 
+/// `swarm init`'s options, checked by the agent before it makes a cluster (so that API
+/// callers of the local socket get the same answers as the CLI).
+pub fn validate_init_request(r: &InitRequest) -> Result<(), Status> {
+    if r.force_new_cluster {
+        return Err(Status::unimplemented(
+            "swarm init --force-new-cluster is not supported yet: a swarm that lost the quorum of its managers cannot be rebuilt from this node's state; bring enough of the old managers back to restore the quorum, or leave the swarm (swarm leave --force) and create a new one with swarm init",
+        ));
+    }
+    if r.task_history_limit < 0 {
+        return Err(invalid("--task-history-limit must be 0 or more"));
+    }
+    if r.cert_expiry_ms != 0 && r.cert_expiry_ms < MIN_CERT_EXPIRY_MS {
+        return Err(invalid(
+            "--cert-expiry must be at least 1 hour (node certificates are renewed at 50-80 % of their life)",
+        ));
+    }
+    if r.dispatcher_heartbeat_ms < 0 {
+        return Err(invalid("--dispatcher-heartbeat must be positive"));
+    }
+    crate::ipam::validate_pools(&r.default_addr_pool, r.default_addr_pool_mask_length)
+        .map_err(|e| invalid(format!("--default-addr-pool: {e}")))?;
+    if r.data_path_port != 0 && !(1024..=49151).contains(&r.data_path_port) {
+        return Err(invalid(
+            "--data-path-port must be between 1024 and 49151 (default 4789)",
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), Status> {
     if let Some(o) = &spec.orchestration {
         if o.task_history_retention_limit < 0 {
@@ -569,6 +648,65 @@ mod tests {
             "app-",
         ] {
             assert!(validate_image(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn init_options() {
+        let ok = InitRequest::default();
+        assert!(validate_init_request(&ok).is_ok());
+        let e = validate_init_request(&InitRequest {
+            force_new_cluster: true,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        assert!(
+            e.message()
+                .starts_with("swarm init --force-new-cluster is not supported yet: "),
+            "{}",
+            e.message()
+        );
+        for (bad, want) in [
+            (
+                InitRequest {
+                    task_history_limit: -1,
+                    ..Default::default()
+                },
+                "--task-history-limit",
+            ),
+            (
+                InitRequest {
+                    cert_expiry_ms: 60_000,
+                    ..Default::default()
+                },
+                "--cert-expiry",
+            ),
+            (
+                InitRequest {
+                    dispatcher_heartbeat_ms: -1,
+                    ..Default::default()
+                },
+                "--dispatcher-heartbeat",
+            ),
+            (
+                InitRequest {
+                    default_addr_pool: vec!["nonsense".into()],
+                    ..Default::default()
+                },
+                "--default-addr-pool",
+            ),
+            (
+                InitRequest {
+                    data_path_port: 80,
+                    ..Default::default()
+                },
+                "--data-path-port",
+            ),
+        ] {
+            let e = validate_init_request(&bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{want}");
+            assert!(e.message().starts_with(want), "{}", e.message());
         }
     }
 
