@@ -45,6 +45,8 @@ pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 /// Source ports of masqueraded egress: above Linux's default ephemeral range (32768–60999),
 /// so they never collide with the node's own connections.
 pub const SNAT_PORTS: (u16, u16) = (61000, 65535);
+/// How often the node's addresses (where published ports answer) are read again.
+const HOST_ADDRS_PERIOD: Duration = Duration::from_secs(10);
 /// How long a starting task waits for the managers to tell this node about its networks.
 const VIEW_WAIT: Duration = Duration::from_secs(30);
 
@@ -145,6 +147,8 @@ struct State {
     lb_adopted: bool,
     /// Published ports a process of the node listens on too (already logged).
     shadowed: BTreeSet<PublishedKey>,
+    /// The published ports of the last reconcile.
+    published_seen: BTreeSet<PublishedKey>,
 }
 
 pub struct Networking {
@@ -637,6 +641,7 @@ impl Networking {
                 lb_ids: LbIds::default(),
                 lb_adopted: false,
                 shadowed: BTreeSet::new(),
+                published_seen: BTreeSet::new(),
             }),
             changed: tokio::sync::Notify::new(),
         });
@@ -1054,8 +1059,19 @@ impl Networking {
         if let Err(e) = dp.sync_published(&want) {
             tracing::warn!("updating the published ports: {e}");
         }
+        // A port that is new here is checked at once; the rest every HOST_ADDRS_PERIOD.
+        let known = self.lock().published_seen.clone();
+        if want.keys().any(|k| !known.contains(k)) {
+            self.check_shadowed(&published);
+        }
+        self.lock().published_seen = want.keys().copied().collect();
+    }
+
+    /// Warns once about each published port a process of the node listens on too: the mesh
+    /// takes its packets.
+    fn check_shadowed(&self, published: &BTreeMap<PublishedKey, (Published, String)>) {
         let listeners = host_listeners();
-        let shadowed: BTreeSet<PublishedKey> = want
+        let shadowed: BTreeSet<PublishedKey> = published
             .keys()
             .filter(|k| listeners.contains(k))
             .copied()
@@ -1109,14 +1125,38 @@ impl Networking {
     /// Keeps the maps in line with the managers' view until the agent stops.
     pub async fn run(self: Arc<Self>) {
         let mut rx: watch::Receiver<Arc<NetworkView>> = self.view.subscribe();
+        let mut addrs = tokio::time::interval(HOST_ADDRS_PERIOD);
+        addrs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let gone = self.reconcile();
             self.reset_flows(gone).await;
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return },
                 _ = self.changed.notified() => {}
+                _ = addrs.tick() => self.refresh_host_addrs().await,
             }
         }
+    }
+
+    /// Published ports answer on the node's addresses as they are now (an address added or
+    /// removed after the start is followed within [`HOST_ADDRS_PERIOD`]).
+    async fn refresh_host_addrs(&self) {
+        let (Ok(dp), Ok(h)) = (self.dataplane(), plumbing::handle()) else {
+            return;
+        };
+        match plumbing::local_ipv4_addrs(&h).await {
+            Ok(list) => {
+                let want: BTreeSet<u32> = list.into_iter().map(be).collect();
+                if let Err(e) = dp.sync_host_addrs(&want) {
+                    tracing::warn!("updating the node's addresses: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("listing the node's addresses: {e}"),
+        }
+        let Some(id) = node_id_of(&self.lock()) else {
+            return;
+        };
+        self.check_shadowed(&desired_published(&self.view.current(), &id));
     }
 }
 
