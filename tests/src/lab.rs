@@ -818,6 +818,24 @@ impl LabNode {
         })
     }
 
+    pub fn networks(&self) -> anyhow::Result<Vec<proto::Network>> {
+        self.control(async move |mut c| {
+            Ok(c.list_networks(proto::ListNetworksRequest {})
+                .await?
+                .into_inner()
+                .networks)
+        })
+    }
+
+    /// Runs `f` on a thread inside the node's network namespace (a process on the node
+    /// itself: its sockets see the node's addresses and loopback).
+    pub fn in_netns<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        sys::on_netns_thread(&self.netns_path(), f)
+    }
+
     /// An HTTP GET from inside the node's namespace (`addr` e.g. `10.77.0.2:8080`).
     pub fn http_get(&self, addr: &str, path: &str) -> anyhow::Result<String> {
         let (addr, path) = (addr.to_string(), path.to_string());
@@ -1370,6 +1388,19 @@ impl Lab {
     /// `<name>-ul`: the namespace of the bridge and the registry.
     pub fn underlay_netns(&self) -> String {
         format!("{}-ul", self.cfg.name)
+    }
+
+    pub fn underlay_netns_path(&self) -> PathBuf {
+        sys::netns_path(&self.underlay_netns())
+    }
+
+    /// Runs `f` on a thread inside the underlay namespace: a client outside every node (its
+    /// address is [`UNDERLAY_IP`]), as a machine on the nodes' LAN would be.
+    pub fn in_underlay<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        sys::on_netns_thread(&self.underlay_netns_path(), f)
     }
 
     /// A command in the underlay namespace (for `tc qdisc … dev veth<i>`, `ip link set veth<i>

@@ -1,7 +1,9 @@
 //! `whoami`: the project's test image server.
 //!
 //! Listens on one port for TCP (minimal HTTP/1.1, one thread per connection) and UDP (echo
-//! prefixed with the hostname), on `0.0.0.0` and, where available, `[::]`.
+//! prefixed with the hostname; the datagram `remoteaddr` is answered with the sender's address
+//! as this server sees it, `HOSTNAME: RemoteAddr: IP:PORT`), on `0.0.0.0` and, where
+//! available, `[::]`.
 //! HTTP routes: `/health`, `/health/fail`, `/health/ok`, `/hostname`, anything else prints
 //! hostname, interface addresses, the peer address and the request head.
 //! `/data?size=N` streams N bytes of a fixed pattern (for transfer checks).
@@ -234,6 +236,21 @@ fn accept_loop(listener: TcpListener, hostname: &'static str) {
     }
 }
 
+/// The datagram that asks for the sender's address instead of an echo.
+const REMOTE_ADDR_QUERY: &[u8] = b"remoteaddr";
+
+/// The answer to a datagram: `HOSTNAME: ` and the datagram, or `HOSTNAME: RemoteAddr: PEER`
+/// for [`REMOTE_ADDR_QUERY`] (what a UDP service sees as the client's address).
+fn udp_reply(reply: &mut Vec<u8>, prefix: &str, datagram: &[u8], peer: SocketAddr) {
+    reply.clear();
+    reply.extend_from_slice(prefix.as_bytes());
+    if datagram == REMOTE_ADDR_QUERY {
+        reply.extend_from_slice(format!("RemoteAddr: {peer}").as_bytes());
+    } else {
+        reply.extend_from_slice(datagram);
+    }
+}
+
 fn udp_loop(socket: UdpSocket, hostname: &'static str) {
     let prefix = format!("{hostname}: ");
     let mut buf = vec![0u8; 65536];
@@ -241,9 +258,7 @@ fn udp_loop(socket: UdpSocket, hostname: &'static str) {
     loop {
         match socket.recv_from(&mut buf) {
             Ok((n, peer)) => {
-                reply.clear();
-                reply.extend_from_slice(prefix.as_bytes());
-                reply.extend_from_slice(&buf[..n]);
+                udp_reply(&mut reply, &prefix, &buf[..n], peer);
                 let status = match socket.send_to(&reply, peer) {
                     Ok(_) => "ok".to_string(),
                     Err(e) => format!("send failed: {e}"),
@@ -357,6 +372,18 @@ mod tests {
             Ok(Command::Run { port: 83 })
         );
         assert_eq!(parse_args(args(&["--help"]), None), Ok(Command::Help));
+    }
+
+    #[test]
+    fn udp_echoes_or_tells_the_remote_address() {
+        let peer: SocketAddr = "10.0.0.9:5555".parse().unwrap();
+        let mut r = Vec::new();
+        udp_reply(&mut r, "box1: ", b"hello", peer);
+        assert_eq!(r, b"box1: hello");
+        udp_reply(&mut r, "box1: ", b"remoteaddr", peer);
+        assert_eq!(r, b"box1: RemoteAddr: 10.0.0.9:5555");
+        udp_reply(&mut r, "box1: ", b"remoteaddr2", peer);
+        assert_eq!(r, b"box1: remoteaddr2");
     }
 
     #[test]

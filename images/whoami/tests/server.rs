@@ -235,6 +235,29 @@ fn udp_echo_is_prefixed_with_hostname() {
 }
 
 #[test]
+fn udp_remoteaddr_tells_the_senders_address() {
+    let srv = Server::start();
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind client");
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let want = format!(
+        "{}: RemoteAddr: {}",
+        machine_hostname(),
+        sock.local_addr().expect("local addr")
+    );
+    let mut buf = [0u8; 2048];
+    for _ in 0..10 {
+        sock.send_to(b"remoteaddr", ("127.0.0.1", srv.port))
+            .expect("send");
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            assert_eq!(std::str::from_utf8(&buf[..n]).expect("utf8"), want);
+            return;
+        }
+    }
+    panic!("no UDP answer");
+}
+
+#[test]
 fn garbage_gets_400_and_server_keeps_serving() {
     let srv = Server::start();
     for bad in [
