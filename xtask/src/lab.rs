@@ -96,6 +96,8 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
             replicas.as_str(),
             "--network",
             DEMO_NETWORK,
+            "--publish",
+            "8080:80",
             image.as_str(),
         ],
         &[
@@ -138,12 +140,27 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
         lab.node_of(&client)?.name(),
         lab.task_exec(&client, &get)?
     );
+    // The routing mesh: port 8080 answers on every node, from outside the cluster.
+    println!("from the underlay (outside every node): GET http://<node>:8080/hostname");
+    for n in lab.nodes() {
+        let addr = format!("{}:8080", n.ip());
+        let answer = lab
+            .in_underlay(move || tests::http_get(&addr, "/hostname"))
+            .unwrap_or_else(|e| format!("failed: {e:#}"));
+        println!("  {} ({}:8080) → {}", n.name(), n.ip(), answer.trim());
+    }
     hints(&lab);
     let node = lab.node_of(&client)?.name().to_string();
     let id = &client.id;
     println!("  cargo xtask lab exec {node} -- ctr task exec --exec-id try {id} /whoami get http://demo/");
     println!("  cargo xtask lab exec {node} -- ctr task exec --exec-id try {id} /whoami lookup tasks.demo");
     println!("  cargo xtask lab exec node1 -- swarm network inspect --verbose {DEMO_NETWORK}");
+    println!("  cargo xtask lab exec node1 -- swarm network inspect ingress   # every node's ingress endpoint");
+    println!(
+        "  ip netns exec {} curl http://{}:8080/   # the routing mesh from outside the nodes",
+        lab.underlay_netns(),
+        lab.node(lab.nodes().len()).ip()
+    );
     lab.detach();
     Ok(())
 }

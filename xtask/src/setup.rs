@@ -23,6 +23,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/python3", "python3"),
     // The DNS tests forward to a dnsmasq upstream; the DNS benchmark compares with it.
     ("/usr/sbin/dnsmasq", "dnsmasq-base"),
+    // The routing-mesh tests check that no NAT rule appears (and the benchmarks use them as
+    // peers).
+    ("/usr/sbin/iptables", "iptables"),
+    ("/usr/sbin/nft", "nftables"),
 ];
 
 /// Only the benchmarks use these (installed before a `bench` re-runs as the build it needs).
@@ -30,7 +34,6 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/iperf3", "iperf3"),
     ("/usr/bin/sockperf", "sockperf"),
     ("/usr/bin/dnsperf", "dnsperf"),
-    ("/usr/sbin/iptables", "iptables"),
 ];
 
 /// The bpf-linker that matches the nightly's LLVM (see ../shared/toolchain.md).
