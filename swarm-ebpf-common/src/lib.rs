@@ -454,7 +454,22 @@ pub struct IngressRev {
     pub ifindex: u32,
     /// `ORIGIN_*`.
     pub origin: u32,
+    /// `FLOW_*` flags.
+    pub flags: u32,
+    /// `bpf_ktime_get_ns` of the flow's last packet (either way): a translation port of a
+    /// flow that ended (or went idle) is given to a new flow after a while.
+    pub last_ns: u64,
 }
+
+/// The flow saw a FIN or a RST: its translation port may go to another flow once it has
+/// been quiet for [`FLOW_CLOSED_REUSE_NS`].
+pub const FLOW_CLOSED: u32 = 1;
+/// How long a closed TCP flow keeps its translation port after its last packet.
+pub const FLOW_CLOSED_REUSE_NS: u64 = 2_000_000_000;
+/// How long an idle UDP flow keeps its translation port.
+pub const FLOW_UDP_IDLE_NS: u64 = 30_000_000_000;
+/// How long an idle TCP flow that never closed keeps its translation port.
+pub const FLOW_TCP_IDLE_NS: u64 = 3_600_000_000_000;
 
 /// The client reached the node through its uplink.
 pub const ORIGIN_UPLINK: u32 = 0;

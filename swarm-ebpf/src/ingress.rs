@@ -20,14 +20,20 @@
 //!
 //! A TCP packet that is not a SYN and has no flow is left to the node's stack; one whose task
 //! is gone is dropped (counted as stale): it cannot move to another task.
+//!
+//! Translation ports are per (task address, task port): 1024–65535 of the node's ingress
+//! address. A port goes to a new flow when it is free, or when its flow ended (FIN or RST
+//! seen) and was quiet for 2 s, or sat idle (UDP 30 s, TCP that never closed 1 h); the LRU
+//! maps drop the oldest flows only when they are full.
 
 use aya_ebpf::bindings::{BPF_F_INGRESS, BPF_NOEXIST, TC_ACT_SHOT};
-use aya_ebpf::helpers::{bpf_redirect, bpf_redirect_neigh};
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh};
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::programs::TcContext;
 use swarm_ebpf_common::{
     port_stat, Endpoint, EndpointKey, FlowKey, IngressCt, IngressRev, NodeConfig, Published,
-    PublishedKey, ENDPOINT_NODE_INGRESS, ORIGIN_LOCAL, PUBLISHED_HOST, PUBLISHED_PRESERVE,
+    PublishedKey, ENDPOINT_NODE_INGRESS, FLOW_CLOSED, FLOW_CLOSED_REUSE_NS, FLOW_TCP_IDLE_NS,
+    FLOW_UDP_IDLE_NS, ORIGIN_LOCAL, PUBLISHED_HOST, PUBLISHED_PRESERVE,
 };
 
 use crate::maps::{
@@ -96,6 +102,54 @@ fn alive(node: &NodeConfig, addr: u32) -> bool {
 }
 
 #[inline(always)]
+fn now() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The TCP flags byte of a TCP packet (0 for anything else).
+#[inline(always)]
+fn tcp_flags(ctx: &TcContext, ip: &Ip4) -> u8 {
+    if ip.proto != IPPROTO_TCP {
+        return 0;
+    }
+    match crate::pkt::ptr_at::<[u8; 14]>(ctx, ip.l4) {
+        // SAFETY: bounds checked by ptr_at; byte 13 holds the flags.
+        Some(h) => unsafe { (*h)[13] },
+        None => 0,
+    }
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+/// Records a packet of the flow of `r`: its time, and whether it ends the connection.
+#[inline(always)]
+fn touch(r: *mut IngressRev, flags: u8, now: u64) {
+    // SAFETY: value pointer from a lookup; plain integers.
+    unsafe {
+        (*r).last_ns = now;
+        if flags & (TCP_FIN | TCP_RST) != 0 {
+            (*r).flags |= FLOW_CLOSED;
+        }
+    }
+}
+
+/// Whether the translation port held by `r` may go to a new flow: its flow ended (or went
+/// idle) long enough ago that no packet of it is still under way.
+#[inline(always)]
+fn reusable(r: &IngressRev, proto: u8, now: u64) -> bool {
+    let idle = now.saturating_sub(r.last_ns);
+    if proto == IPPROTO_UDP {
+        idle >= FLOW_UDP_IDLE_NS
+    } else if r.flags & FLOW_CLOSED != 0 {
+        idle >= FLOW_CLOSED_REUSE_NS
+    } else {
+        idle >= FLOW_TCP_IDLE_NS
+    }
+}
+
+#[inline(always)]
 fn mix(k: &FlowKey) -> u32 {
     let mut h = k.saddr.rotate_left(7) ^ k.daddr;
     h ^= ((k.sport as u32) << 16) | k.dport as u32;
@@ -130,6 +184,8 @@ pub fn forward(
     }
     let key = flow(ip, sport, dport);
     let len = ctx.len();
+    let flags = tcp_flags(ctx, ip);
+    let now = now();
     let rev = IngressRev {
         client: ip.saddr,
         node_addr: ip.daddr,
@@ -137,21 +193,37 @@ pub fn forward(
         published_port: dport,
         ifindex,
         origin,
+        flags: 0,
+        last_ns: now,
     };
+    let syn = flags & 0x12 == 0x02;
     let mut new = false;
-    let ct = match ING_CT.get_ptr(&key) {
-        // SAFETY: value pointer from a lookup; copied before any helper call.
-        Some(c) if alive(node, unsafe { (*c).backend }) => {
-            let c = unsafe { *c };
-            // Keep the reply side alive (a lookup refreshes it), or put it back.
-            let rk = FlowKey::new(c.backend, c.nat_addr, c.target_port, c.nat_port, ip.proto);
-            if ING_REV.get_ptr(&rk).is_none() && ING_REV.insert(&rk, &rev, 0).is_err() {
-                return Some(dropped(&pk, port_stat::DROP_NAT));
-            }
-            c
+    let found = ING_CT.get_ptr(&key);
+    // SAFETY: value pointer from a lookup; copied before any helper call.
+    let current = found.map(|c| unsafe { *c }).filter(|c| {
+        if !alive(node, c.backend) {
+            return false;
         }
-        found => {
-            if ip.proto == IPPROTO_TCP && !lb::is_syn(ctx, ip) {
+        let rk = FlowKey::new(c.backend, c.nat_addr, c.target_port, c.nat_port, ip.proto);
+        match ING_REV.get_ptr_mut(&rk) {
+            // Its translation port went to another flow meanwhile: this one is over.
+            // SAFETY: value pointer from a lookup.
+            Some(r) if unsafe { (*r).client != ip.saddr || (*r).client_port != sport } => false,
+            // A new connection on the tuple of one that ended: a fresh translation.
+            // SAFETY: as above.
+            Some(r) if syn && unsafe { (*r).flags } & FLOW_CLOSED != 0 => false,
+            Some(r) => {
+                touch(r, flags, now);
+                true
+            }
+            // Keep the reply side (an LRU eviction took it): put it back.
+            None => ING_REV.insert(&rk, &rev, 0).is_ok(),
+        }
+    });
+    let ct = match current {
+        Some(c) => c,
+        None => {
+            if ip.proto == IPPROTO_TCP && !syn {
                 if found.is_some() {
                     // Its task is gone: the connection cannot move.
                     return Some(dropped(&pk, port_stat::DROP_STALE));
@@ -159,7 +231,7 @@ pub fn forward(
                 // Not a connection of the mesh: the node's stack answers it.
                 return None;
             }
-            match open(node, ip, &p, &key, &rev, origin) {
+            match open(node, ip, &p, &key, &rev, origin, now) {
                 Ok(c) => {
                     new = true;
                     c
@@ -223,6 +295,7 @@ fn open(
     key: &FlowKey,
     rev: &IngressRev,
     origin: u32,
+    now: u64,
 ) -> Result<IngressCt, usize> {
     let backend = if p.flags & PUBLISHED_HOST != 0 {
         p.backend
@@ -247,7 +320,14 @@ fn open(
                 as u16)
                 .to_be();
             let rk = FlowKey::new(backend, node.ingress_addr, p.target_port, port, ip.proto);
-            if ING_REV.insert(&rk, rev, BPF_NOEXIST as u64).is_ok() {
+            let taken = match ING_REV.get_ptr(&rk) {
+                None => ING_REV.insert(&rk, rev, BPF_NOEXIST as u64).is_ok(),
+                // SAFETY: value pointer from a lookup.
+                Some(r) => {
+                    reusable(unsafe { &*r }, ip.proto, now) && ING_REV.insert(&rk, rev, 0).is_ok()
+                }
+            };
+            if taken {
                 found = Some(port);
                 break;
             }
@@ -282,7 +362,8 @@ pub fn back(ctx: &TcContext, node: &NodeConfig, ip: &Ip4) -> Option<i32> {
     }
     let (sport, dport) = ports(ctx, ip)?;
     let rk = flow(ip, sport, dport);
-    if let Some(r) = ING_REV.get_ptr(&rk) {
+    if let Some(r) = ING_REV.get_ptr_mut(&rk) {
+        touch(r, tcp_flags(ctx, ip), now());
         // SAFETY: value pointer from a lookup; copied before any helper call.
         let r = unsafe { *r };
         return Some(to_client(ctx, ip, &r, sport, dport));

@@ -331,10 +331,12 @@ fn forwarding_goes_on_while_agents_restart_and_they_reconcile_on_start() {
     assert_eq!(running_tasks(&lab, "client", 1)[0].id, client.id);
 
     // Every endpoint of front is in node3's map once (client, web, late), nothing stale:
-    // remove `late` and the map shrinks back.
+    // remove `late` and the map shrinks back. Every node's ingress address is there too (the
+    // routing mesh: every node sees the ingress network).
     let n3 = lab.node(3);
+    let ingress = lab.nodes().len() as f64;
     wait_for(Duration::from_secs(30), || {
-        metric(n3, "swarm_dataplane_endpoints", "") == Some(3.0)
+        metric(n3, "swarm_dataplane_endpoints", "") == Some(3.0 + ingress)
     })
     .unwrap_or_else(|_| {
         panic!(
@@ -344,7 +346,7 @@ fn forwarding_goes_on_while_agents_restart_and_they_reconcile_on_start() {
     });
     m.swarm_ok(&["service", "rm", "late"]);
     wait_for(Duration::from_secs(30), || {
-        metric(n3, "swarm_dataplane_endpoints", "") == Some(2.0)
+        metric(n3, "swarm_dataplane_endpoints", "") == Some(2.0 + ingress)
     })
     .unwrap_or_else(|_| {
         panic!(
@@ -353,7 +355,12 @@ fn forwarding_goes_on_while_agents_restart_and_they_reconcile_on_start() {
         )
     });
     // Counters per network moved on the client's node.
-    let tx = metric(n3, "swarm_network_packets_total", "path=\"tunnel_tx\"").unwrap_or(0.0);
+    let tx = metric(
+        n3,
+        "swarm_network_packets_total",
+        "network=\"front\",path=\"tunnel_tx\"",
+    )
+    .unwrap_or(0.0);
     assert!(tx > 0.0, "{}", n3.metrics().unwrap_or_default());
 
     // `lab down` leaves no pinned map or link, no namespace, and none of our programs loaded.
