@@ -462,10 +462,14 @@ pub struct IngressRev {
 }
 
 /// The flow saw a FIN or a RST: its translation port may go to another flow once it has
-/// been quiet for [`FLOW_CLOSED_REUSE_NS`].
+/// been quiet for [`FLOW_CLOSED_REUSE_NS`]. (A late packet of the old flow then finds its
+/// port taken and is dropped, or reaches the new client out of its window.)
 pub const FLOW_CLOSED: u32 = 1;
 /// How long a closed TCP flow keeps its translation port after its last packet.
-pub const FLOW_CLOSED_REUSE_NS: u64 = 2_000_000_000;
+/// (Longer than the closing handshake's last round trip on most networks; the kernel's
+/// conntrack keeps closed flows far longer, which at high connection rates to one task runs
+/// out of ports, as kube-proxy's NodePorts do.)
+pub const FLOW_CLOSED_REUSE_NS: u64 = 500_000_000;
 /// How long an idle UDP flow keeps its translation port.
 pub const FLOW_UDP_IDLE_NS: u64 = 30_000_000_000;
 /// How long an idle TCP flow that never closed keeps its translation port.

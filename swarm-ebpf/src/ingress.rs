@@ -23,11 +23,13 @@
 //!
 //! Translation ports are per (task address, task port): 1024–65535 of the node's ingress
 //! address. A port goes to a new flow when it is free, or when its flow ended (FIN or RST
-//! seen) and was quiet for 2 s, or sat idle (UDP 30 s, TCP that never closed 1 h); the LRU
-//! maps drop the oldest flows only when they are full.
+//! seen) and was quiet for 500 ms, or sat idle (UDP 30 s, TCP that never closed 1 h); the LRU
+//! maps drop the oldest flows only when they are full. A client that connects again from the
+//! same address and port gets its port back first (to the task, the same client
+//! reconnecting), after a new round-robin choice of task.
 
 use aya_ebpf::bindings::{BPF_F_INGRESS, BPF_NOEXIST, TC_ACT_SHOT};
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh};
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh};
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::programs::TcContext;
 use swarm_ebpf_common::{
@@ -231,7 +233,10 @@ pub fn forward(
                 // Not a connection of the mesh: the node's stack answers it.
                 return None;
             }
-            match open(node, ip, &p, &key, &rev, origin, now) {
+            // A flow of this client tuple before (a connection that ended): its port first.
+            // SAFETY: value pointer from a lookup.
+            let prev = found.map(|c| unsafe { (*c).nat_port });
+            match open(node, ip, &p, &key, &rev, origin, now, prev) {
                 Ok(c) => {
                     new = true;
                     c
@@ -296,6 +301,7 @@ fn open(
     rev: &IngressRev,
     origin: u32,
     now: u64,
+    prev: Option<u16>,
 ) -> Result<IngressCt, usize> {
     let backend = if p.flags & PUBLISHED_HOST != 0 {
         p.backend
@@ -314,22 +320,24 @@ fn open(
             return Err(port_stat::DROP_NAT);
         }
         let start = mix(key);
-        let mut found = None;
-        for i in 0..PORT_TRIES {
-            let port = ((NAT_PORT_MIN + start.wrapping_add(i.wrapping_mul(7919)) % NAT_PORT_RANGE)
-                as u16)
-                .to_be();
-            let rk = FlowKey::new(backend, node.ingress_addr, p.target_port, port, ip.proto);
-            let taken = match ING_REV.get_ptr(&rk) {
-                None => ING_REV.insert(&rk, rev, BPF_NOEXIST as u64).is_ok(),
-                // SAFETY: value pointer from a lookup.
-                Some(r) => {
-                    reusable(unsafe { &*r }, ip.proto, now) && ING_REV.insert(&rk, rev, 0).is_ok()
+        // First the port this client tuple had (a reconnect from the same port looks to the
+        // task like the same client reconnecting), then ports spread over the range.
+        let mut found = prev.filter(|&port| take_port(ip, p, backend, node, rev, port, now));
+        if found.is_none() {
+            for i in 0..PORT_TRIES {
+                // Independent random probes (no clusters to run into, unlike a fixed stride),
+                // as the kernel's `fully-random` NAT does.
+                // SAFETY: plain helper call.
+                let r = if i == 0 {
+                    start
+                } else {
+                    unsafe { bpf_get_prandom_u32() }
+                };
+                let port = ((NAT_PORT_MIN + r % NAT_PORT_RANGE) as u16).to_be();
+                if take_port(ip, p, backend, node, rev, port, now) {
+                    found = Some(port);
+                    break;
                 }
-            };
-            if taken {
-                found = Some(port);
-                break;
             }
         }
         (node.ingress_addr, found.ok_or(port_stat::DROP_NAT)?)
@@ -350,6 +358,30 @@ fn open(
         .insert(key, &ct, 0)
         .map_err(|_| port_stat::DROP_NAT)?;
     Ok(ct)
+}
+
+/// Takes translation port `port` (network order) towards `backend` for the flow of `rev`
+/// when it is free, its own already, or reusable.
+#[inline(always)]
+fn take_port(
+    ip: &Ip4,
+    p: &Published,
+    backend: u32,
+    node: &NodeConfig,
+    rev: &IngressRev,
+    port: u16,
+    now: u64,
+) -> bool {
+    let rk = FlowKey::new(backend, node.ingress_addr, p.target_port, port, ip.proto);
+    match ING_REV.get_ptr(&rk) {
+        None => ING_REV.insert(&rk, rev, BPF_NOEXIST as u64).is_ok(),
+        Some(r) => {
+            // SAFETY: value pointer from a lookup.
+            let r = unsafe { &*r };
+            let own = r.client == rev.client && r.client_port == rev.client_port;
+            (own || reusable(r, ip.proto, now)) && ING_REV.insert(&rk, rev, 0).is_ok()
+        }
+    }
 }
 
 /// A task's packet that may be a reply of the mesh: back to its client when this node is the

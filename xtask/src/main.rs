@@ -18,6 +18,10 @@
 //! - `cargo xtask bench lb [--rounds 3] [--secs 3] [--services 1,1000,10000]`: connections to
 //!   a service through our VIP, straight to a task, and through kube-proxy-style iptables DNAT
 //!   (release build, root).
+//! - `cargo xtask bench ingress [--rounds 3] [--secs 3] [--ports 1,1000]`: connections from
+//!   outside the nodes through a published port (task on the ingress node, on another node),
+//!   straight to a server on the node, and through kube-proxy-style nftables NodePorts
+//!   (release build, root).
 
 #[cfg(feature = "scheduler")]
 mod bench;
@@ -83,13 +87,18 @@ enum Cmd {
         #[arg(long)]
         tasks: usize,
     },
-    /// The load generator of `bench lb` (targets `ip:port` on stdin, one per line).
+    /// The load generator of `bench lb` and `bench ingress` (targets `ip:port` on stdin, one
+    /// per line).
     #[command(hide = true)]
     BenchLbClient {
         #[arg(long)]
         secs: f64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Give a connection up when its connect takes longer (default: the kernel's SYN
+        /// retries, about 2 minutes).
+        #[arg(long)]
+        connect_timeout_ms: Option<u64>,
     },
 }
 
@@ -229,6 +238,31 @@ enum BenchCmd {
         #[arg(long)]
         allow_debug: bool,
     },
+    /// Connections from outside the nodes through a published port (the routing mesh): task
+    /// on the ingress node, task on another node, straight to a server on the node, and
+    /// kube-proxy-style nftables NodePorts (needs root).
+    Ingress {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// Published port counts, comma-separated.
+        #[arg(long, default_value = "1,1000", value_delimiter = ',')]
+        ports: Vec<usize>,
+        /// Which of local, remote, direct, nft to measure, comma-separated.
+        #[arg(long, default_value = "local,remote,direct,nft", value_delimiter = ',')]
+        modes: Vec<String>,
+        /// The CPU the load generator and the servers are pinned to (default: the last one).
+        #[arg(long, conflicts_with = "no_pin")]
+        cpu: Option<usize>,
+        /// Leave the placement of the load generator and the servers to the scheduler.
+        #[arg(long)]
+        no_pin: bool,
+        /// Measure this (debug) build instead of re-running as a release build.
+        #[arg(long)]
+        allow_debug: bool,
+    },
 }
 
 /// Which iptables the kube-proxy peer of `bench lb` uses.
@@ -350,8 +384,31 @@ fn main() -> anyhow::Result<()> {
             Pin { cpu, no_pin },
             allow_debug,
         ),
+        Cmd::Bench {
+            what:
+                BenchCmd::Ingress {
+                    rounds,
+                    secs,
+                    ports,
+                    modes,
+                    cpu,
+                    no_pin,
+                    allow_debug,
+                },
+        } => ingress_bench(
+            rounds,
+            secs,
+            &ports,
+            &modes,
+            Pin { cpu, no_pin },
+            allow_debug,
+        ),
         Cmd::BenchChild { nodes, tasks } => bench_child(nodes, tasks),
-        Cmd::BenchLbClient { secs, seed } => lb_client(secs, seed),
+        Cmd::BenchLbClient {
+            secs,
+            seed,
+            connect_timeout_ms,
+        } => lb_client(secs, seed, connect_timeout_ms),
         Cmd::Images {
             what: ImagesCmd::Push { registry },
         } => images_push(&registry),
@@ -443,6 +500,24 @@ fn lb_bench(
     rerun_netbench_release()
 }
 
+/// `bench ingress`, always measured as a release build with the `netbench` feature.
+fn ingress_bench(
+    rounds: usize,
+    secs: f64,
+    ports: &[usize],
+    modes: &[String],
+    pin: Pin,
+    allow_debug: bool,
+) -> anyhow::Result<()> {
+    #[cfg(feature = "netbench")]
+    if !cfg!(debug_assertions) || allow_debug {
+        warn_if_debug();
+        return netbench::ingress::run(rounds, secs, ports, pin.cpu(), modes);
+    }
+    let _ = (rounds, secs, ports, modes, pin, allow_debug);
+    rerun_netbench_release()
+}
+
 #[cfg(feature = "netbench")]
 fn warn_if_debug() {
     if cfg!(debug_assertions) {
@@ -470,12 +545,16 @@ fn rerun_netbench_release() -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "netbench")]
-fn lb_client(secs: f64, seed: u64) -> anyhow::Result<()> {
-    netbench::client::run(secs, seed)
+fn lb_client(secs: f64, seed: u64, connect_timeout_ms: Option<u64>) -> anyhow::Result<()> {
+    netbench::client::run(
+        secs,
+        seed,
+        connect_timeout_ms.map(std::time::Duration::from_millis),
+    )
 }
 
 #[cfg(not(feature = "netbench"))]
-fn lb_client(_secs: f64, _seed: u64) -> anyhow::Result<()> {
+fn lb_client(_secs: f64, _seed: u64, _connect_timeout_ms: Option<u64>) -> anyhow::Result<()> {
     bail!("bench-lb-client runs inside `cargo xtask bench lb` (built with --features netbench)")
 }
 

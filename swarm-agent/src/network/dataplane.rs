@@ -19,9 +19,12 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use swarm_ebpf_common::{
-    maps, port_stat, programs, stat, BackendKey, DnsPorts, Endpoint, EndpointKey, Iface, LbStats,
-    LbStatsKey, NetStats, NetnsNet, NodeConfig, PortStats, Published, PublishedKey, Service,
+    maps, programs, stat, BackendKey, DnsPorts, Endpoint, EndpointKey, Iface, LbStats, LbStatsKey,
+    NetStats, NetnsNet, NodeConfig, PortStats, Published, PublishedKey, Service,
 };
+
+/// Indexes of the per-published-port counters ([`Dataplane::port_stats`]).
+pub use swarm_ebpf_common::port_stat;
 
 /// The programs, built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/swarm"));

@@ -1,15 +1,18 @@
-//! The load generator of `bench lb` (hidden subcommand `bench-lb-client`), run by the bench
-//! inside a task's namespace (and cgroup): sequential connections, one at a time, each
+//! The load generator of `bench lb` and `bench ingress` (hidden subcommand
+//! `bench-lb-client`), run by the bench inside a task's (or a client host's) namespace (and
+//! cgroup): sequential connections, one at a time, each
 //! connect → [`REQUEST`] → response until the server closes → close (a reset, see [`one`]),
 //! for a fixed time.
 //! The target of each connection is drawn uniformly from the `ip:port` lines on stdin.
+//! `--connect-timeout-ms` bounds each connect (see [`connect`]); without it a connect that
+//! gets no answer waits for the kernel's SYN retries.
 //!
 //! Prints `RESULT <connections> <seconds> <p50 ns> <p90 ns> <p99 ns> <p99.9 ns> <mean ns> <errors>
 //! <first error>`.
 
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -20,7 +23,7 @@ use super::REQUEST;
 const WARMUP: Duration = Duration::from_millis(300);
 
 /// SO_LINGER 0: `close` resets the connection instead of finishing it.
-fn reset_on_close(s: &TcpStream) -> std::io::Result<()> {
+pub(super) fn reset_on_close(s: &TcpStream) -> std::io::Result<()> {
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -41,13 +44,77 @@ fn reset_on_close(s: &TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A connection to `to`; with a `timeout`, a connect that is not answered within it fails
+/// (`SO_SNDTIMEO` on the socket before a blocking connect: one more system call than a plain
+/// connect, and nothing else on the path).
+fn connect(to: &SocketAddr, timeout: Option<Duration>) -> std::io::Result<TcpStream> {
+    let (Some(t), SocketAddr::V4(v4)) = (timeout, to) else {
+        return match timeout {
+            Some(t) => TcpStream::connect_timeout(to, t),
+            None => TcpStream::connect(to),
+        };
+    };
+    // SAFETY: socket has no preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh socket nothing else owns; the stream closes it.
+    let s = unsafe { TcpStream::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_usec: t.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt on an open socket with a timeval and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: connect on an open socket with a sockaddr_in and its size.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        // A blocking connect whose send timeout expired says EINPROGRESS.
+        if e.raw_os_error() == Some(libc::EINPROGRESS) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connect not answered within {t:?}"),
+            ));
+        }
+        return Err(e);
+    }
+    Ok(s)
+}
+
 /// One connection; the number of response bytes. The server closes after its response; the
 /// client then resets the connection (SO_LINGER 0), so that neither side keeps it in
 /// TIME_WAIT: at tens of thousands of connections per second from one address, TIME_WAIT
 /// sockets (and conntrack entries) of earlier connections would meet new ones with the same
 /// ports and the benchmark would measure that instead of the load balancing.
-fn one(to: &SocketAddr, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut s = TcpStream::connect(to)?;
+fn one(to: &SocketAddr, timeout: Option<Duration>, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut s = connect(to, timeout)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.write_all(REQUEST)?;
     let mut got = 0;
@@ -89,7 +156,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-pub fn run(secs: f64, seed: u64) -> anyhow::Result<()> {
+pub fn run(secs: f64, seed: u64, connect_timeout: Option<Duration>) -> anyhow::Result<()> {
     let mut targets: Vec<SocketAddr> = Vec::new();
     for line in std::io::stdin().lock().lines() {
         let line = line.context("reading the targets from stdin")?;
@@ -113,7 +180,7 @@ pub fn run(secs: f64, seed: u64) -> anyhow::Result<()> {
     let warm_until = Instant::now() + WARMUP;
     while Instant::now() < warm_until {
         let t = &targets[rng.below(targets.len())];
-        let _ = one(t, &mut buf);
+        let _ = one(t, connect_timeout, &mut buf);
     }
     let mut lat: Vec<u64> = Vec::with_capacity(1 << 20);
     let mut errors = 0u64;
@@ -126,7 +193,7 @@ pub fn run(secs: f64, seed: u64) -> anyhow::Result<()> {
         if t0 >= end {
             break;
         }
-        match one(t, &mut buf) {
+        match one(t, connect_timeout, &mut buf) {
             Ok(_) => lat.push(t0.elapsed().as_nanos() as u64),
             Err(e) => {
                 errors += 1;

@@ -6,12 +6,17 @@
 //!   bridge and a static kernel VXLAN device per node);
 //! - [`lb`]: connections to a service at 1, 1 000 and 10 000 services: through our VIP (the
 //!   socket load balancer), straight to a task's address, and through a kube-proxy-style
-//!   iptables DNAT chain with as many services.
+//!   iptables DNAT chain with as many services;
+//! - [`ingress`]: connections through a published port (the routing mesh) from a client
+//!   outside the nodes, at 1 and 1 000 ports: the task on the ingress node, the task on
+//!   another node, the server on the node itself (the limit), and kube-proxy-style nftables
+//!   NodePorts (DNAT + masquerade + conntrack) with as many ports.
 //!
-//! Both need root and a release build (they re-run themselves as one). No timed
+//! All need root and a release build (they re-run themselves as one). No timed
 //! assertions: the targets are printed next to the figures.
 
 pub mod client;
+pub mod ingress;
 pub mod lb;
 pub mod overlay;
 
