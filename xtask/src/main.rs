@@ -250,8 +250,12 @@ enum BenchCmd {
         /// Published port counts, comma-separated.
         #[arg(long, default_value = "1,1000", value_delimiter = ',')]
         ports: Vec<usize>,
-        /// Which of local, remote, direct, nft to measure, comma-separated.
-        #[arg(long, default_value = "local,remote,direct,nft", value_delimiter = ',')]
+        /// Which of local, remote, task, direct, nft to measure, comma-separated.
+        #[arg(
+            long,
+            default_value = "local,remote,task,direct,nft",
+            value_delimiter = ','
+        )]
         modes: Vec<String>,
         /// The CPU the load generator and the servers are pinned to (default: the last one).
         #[arg(long, conflicts_with = "no_pin")]
