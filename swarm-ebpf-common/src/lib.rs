@@ -459,6 +459,12 @@ pub struct IngressRev {
     /// `bpf_ktime_get_ns` of the flow's last packet (either way): a translation port of a
     /// flow that ended (or went idle) is given to a new flow after a while.
     pub last_ns: u64,
+    /// Clients through the uplink: the MAC their packets came from (the client's, or the
+    /// router's) and the one they went to (the uplink's): replies go straight back there,
+    /// with no route or neighbour lookup. All zeros: look them up.
+    pub peer_mac: [u8; 6],
+    pub own_mac: [u8; 6],
+    pub _pad: [u8; 4],
 }
 
 /// The flow saw a FIN or a RST: its translation port may go to another flow once it has

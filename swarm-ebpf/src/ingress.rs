@@ -197,7 +197,20 @@ pub fn forward(
         origin,
         flags: 0,
         last_ns: now,
+        peer_mac: [0; 6],
+        own_mac: [0; 6],
+        _pad: [0; 4],
     };
+    let mut rev = rev;
+    if origin != ORIGIN_LOCAL {
+        if let Some(e) = crate::pkt::eth(ctx) {
+            // SAFETY: bounds checked by eth().
+            unsafe {
+                rev.peer_mac = (*e).src_addr;
+                rev.own_mac = (*e).dst_addr;
+            }
+        }
+    }
     let syn = flags & 0x12 == 0x02;
     let mut new = false;
     let found = ING_CT.get_ptr(&key);
@@ -457,6 +470,14 @@ fn to_client(ctx: &TcContext, ip: &Ip4, r: &IngressRev, sport: u16, dport: u16) 
         }
         // SAFETY: plain helper call.
         return unsafe { bpf_redirect(r.ifindex, BPF_F_INGRESS as u64) as i32 };
+    }
+    if r.peer_mac != [0; 6] {
+        // Straight back to where the client's packets came from.
+        if set_macs(ctx, &r.peer_mac, &r.own_mac).is_none() {
+            return SHOT;
+        }
+        // SAFETY: plain helper call.
+        return unsafe { bpf_redirect(r.ifindex, 0) as i32 };
     }
     // Out where the client came in; the kernel resolves the next hop.
     // SAFETY: plain helper call.
