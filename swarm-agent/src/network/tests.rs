@@ -260,6 +260,30 @@ fn ping(ns: &Path, to: &str, size: usize) -> bool {
         .unwrap_or(false)
 }
 
+/// A namespace for each task (made the way the executor makes them), by task id.
+fn task_namespaces<'a>(
+    netns_dir: &Path,
+    tasks: impl IntoIterator<Item = &'a Task>,
+) -> BTreeMap<String, PathBuf> {
+    tasks
+        .into_iter()
+        .map(|t| {
+            (
+                t.id.clone(),
+                crate::netns::create(netns_dir, &t.id).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The tasks with their namespaces, as `start_node` attaches them.
+fn with_namespaces(ns: &BTreeMap<String, PathBuf>, tasks: &[Task]) -> Vec<(Task, PathBuf)> {
+    tasks
+        .iter()
+        .map(|t| (t.clone(), ns[&t.id].clone()))
+        .collect()
+}
+
 /// A node's data plane as the agent runs it: loaded and started inside the node namespace
 /// `node_ns` (id `id`, data-path address `addr`), with `tasks` attached in their namespaces.
 fn start_node(
@@ -323,20 +347,8 @@ fn overlay_delivers_locally_and_across_nodes_isolates_networks_and_masquerades()
         "b1",
         &[("red", "10.0.1.4/24"), ("blue", "10.0.2.4/24")],
     )];
-    let mut task_ns: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for t in tasks_a.iter().chain(&tasks_b) {
-        task_ns.insert(
-            t.id.clone(),
-            crate::netns::create(&netns_dir, &t.id).unwrap(),
-        );
-    }
-
-    let with_ns = |tasks: &[Task]| -> Vec<(Task, PathBuf)> {
-        tasks
-            .iter()
-            .map(|t| (t.clone(), task_ns[&t.id].clone()))
-            .collect()
-    };
+    let task_ns = task_namespaces(&netns_dir, tasks_a.iter().chain(&tasks_b));
+    let with_ns = |tasks: &[Task]| with_namespaces(&task_ns, tasks);
     let a = start_node(
         &topo.ns_path("n1"),
         "A",
@@ -629,19 +641,8 @@ fn vips_balance_tcp_round_robin_follow_udp_to_live_backends_scope_and_intercept_
         task("x", &[("blue", "10.0.2.10/24")]),
     ];
     let tasks_b = vec![task("w2", &[("red", "10.0.1.12/24")])];
-    let mut task_ns: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for t in tasks_a.iter().chain(&tasks_b) {
-        task_ns.insert(
-            t.id.clone(),
-            crate::netns::create(&netns_dir, &t.id).unwrap(),
-        );
-    }
-    let with_ns = |tasks: &[Task]| -> Vec<(Task, PathBuf)> {
-        tasks
-            .iter()
-            .map(|t| (t.clone(), task_ns[&t.id].clone()))
-            .collect()
-    };
+    let task_ns = task_namespaces(&netns_dir, tasks_a.iter().chain(&tasks_b));
+    let with_ns = |tasks: &[Task]| with_namespaces(&task_ns, tasks);
     let a = start_node(
         &topo.ns_path("n1"),
         "A",
@@ -1106,19 +1107,8 @@ fn published_ports_answer_on_every_node_snat_or_keep_the_client_and_reach_local_
         task("k", &[("ing", "10.255.0.11/16")]),
         task("u", &[("ing", "10.255.0.13/16")]),
     ];
-    let mut task_ns: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for t in tasks_a.iter().chain(&tasks_b) {
-        task_ns.insert(
-            t.id.clone(),
-            crate::netns::create(&netns_dir, &t.id).unwrap(),
-        );
-    }
-    let with_ns = |tasks: &[Task]| -> Vec<(Task, PathBuf)> {
-        tasks
-            .iter()
-            .map(|t| (t.clone(), task_ns[&t.id].clone()))
-            .collect()
-    };
+    let task_ns = task_namespaces(&netns_dir, tasks_a.iter().chain(&tasks_b));
+    let with_ns = |tasks: &[Task]| with_namespaces(&task_ns, tasks);
     let a = start_node(
         &topo.ns_path("n1"),
         "A",

@@ -386,45 +386,45 @@ impl State {
                 })
             }
             Op::SetNodeStatus { node_id, status } => {
-                let Some(prev) = self.nodes.get(node_id).cloned() else {
-                    return Err(StoreError::NotFound {
-                        kind: Kind::Node,
-                        id: node_id.clone(),
-                    });
-                };
-                let mut n = prev.clone();
-                n.status = Some(status.clone());
-                let m = n.meta.get_or_insert_with(Meta::default);
-                m.version = index;
-                m.updated_at = now;
-                if let Some(u) = undo {
-                    u.push((Kind::Node, node_id.clone(), Some(Object::Node(prev))));
-                }
-                self.nodes.insert(node_id.clone(), n.clone());
-                Ok(Some(Object::Node(n)))
+                self.change_node(index, now, node_id, undo, |n| {
+                    n.status = Some(status.clone())
+                })
             }
             Op::SetNodeAttachments {
                 node_id,
                 attachments,
-            } => {
-                let Some(prev) = self.nodes.get(node_id).cloned() else {
-                    return Err(StoreError::NotFound {
-                        kind: Kind::Node,
-                        id: node_id.clone(),
-                    });
-                };
-                let mut n = prev.clone();
-                n.attachments = attachments.clone();
-                let m = n.meta.get_or_insert_with(Meta::default);
-                m.version = index;
-                m.updated_at = now;
-                if let Some(u) = undo {
-                    u.push((Kind::Node, node_id.clone(), Some(Object::Node(prev))));
-                }
-                self.nodes.insert(node_id.clone(), n.clone());
-                Ok(Some(Object::Node(n)))
-            }
+            } => self.change_node(index, now, node_id, undo, |n| {
+                n.attachments = attachments.clone()
+            }),
         }
+    }
+
+    /// Changes a node in place (the small `SetNode*` ops): a new version, the previous node
+    /// kept for rollback in atomic batches.
+    fn change_node(
+        &mut self,
+        index: u64,
+        now: i64,
+        node_id: &str,
+        undo: Option<&mut Undo>,
+        f: impl FnOnce(&mut Node),
+    ) -> Result<Option<Object>, StoreError> {
+        let Some(prev) = self.nodes.get(node_id).cloned() else {
+            return Err(StoreError::NotFound {
+                kind: Kind::Node,
+                id: node_id.to_string(),
+            });
+        };
+        let mut n = prev.clone();
+        f(&mut n);
+        let m = n.meta.get_or_insert_with(Meta::default);
+        m.version = index;
+        m.updated_at = now;
+        if let Some(u) = undo {
+            u.push((Kind::Node, node_id.to_string(), Some(Object::Node(prev))));
+        }
+        self.nodes.insert(node_id.to_string(), n.clone());
+        Ok(Some(Object::Node(n)))
     }
 
     /// Changes a task in place: `f` validates (without changing anything on error) and
