@@ -76,7 +76,8 @@ use swarm_agent::network::view::ViewHandle;
 use swarm_agent::network::{Networking, NetworkingConfig, DEFAULT_VXLAN_PORT};
 
 use super::client::{self, ClientResult};
-use super::{median, output_in, pinned, ratio, spread, verdict, Cpu, Responder};
+use super::report::{self, human, show, Samples};
+use super::{conntrack_count, output_in, ratio, verdict, BenchMode, ClientRun, Cpu, Responder};
 
 const NET: &str = "ingress";
 const VNI: u32 = 4096;
@@ -126,26 +127,14 @@ enum Mode {
     Nft,
 }
 
-const MODES: [Mode; 5] = [
-    Mode::Local,
-    Mode::Remote,
-    Mode::Task,
-    Mode::Direct,
-    Mode::Nft,
-];
-const LOCAL: usize = 0;
-const REMOTE: usize = 1;
-const TASK: usize = 2;
-const DIRECT: usize = 3;
-const NFT: usize = 4;
-
-impl Mode {
-    fn parse(s: &str) -> anyhow::Result<Mode> {
-        MODES
-            .into_iter()
-            .find(|m| m.name() == s)
-            .with_context(|| format!("--modes: {s:?} is none of local, remote, task, direct, nft"))
-    }
+impl BenchMode for Mode {
+    const ALL: &'static [Mode] = &[
+        Mode::Local,
+        Mode::Remote,
+        Mode::Task,
+        Mode::Direct,
+        Mode::Nft,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -156,11 +145,9 @@ impl Mode {
             Mode::Nft => "nft",
         }
     }
+}
 
-    fn index(self) -> usize {
-        MODES.iter().position(|m| *m == self).unwrap_or(LOCAL)
-    }
-
+impl Mode {
     fn ours(self) -> bool {
         matches!(self, Mode::Local | Mode::Remote)
     }
@@ -731,44 +718,20 @@ fn measure(
     seed: u64,
     cpu: Cpu,
 ) -> anyhow::Result<ClientResult> {
-    let exe = std::env::current_exe().context("locating the xtask binary")?;
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "bench-lb-client",
-        "--secs",
-        &secs.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--connect-timeout-ms",
-        &CONNECT_TIMEOUT.as_millis().to_string(),
-    ]);
     let list: String = targets(bed, mode, n)
         .iter()
         .map(|t| format!("{t}\n"))
         .collect();
-    let out = output_in(
-        pinned(cmd, cpu),
-        &bed.client_ns,
-        None,
-        list.as_bytes(),
-        Duration::from_secs_f64(secs + 60.0),
-    )
-    .with_context(|| format!("load generator, mode {}, {n} ports", mode.name()))?;
-    let (r, first_error) = client::parse(&out)?;
-    if r.conns_per_sec == 0.0 {
-        bail!(
-            "mode {}, {n} ports: no connection succeeded ({first_error})",
-            mode.name()
-        );
+    ClientRun {
+        ns: &bed.client_ns,
+        cgroup: None,
+        targets: &list,
+        secs,
+        seed,
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        cpu,
     }
-    if r.errors > 0 {
-        eprintln!(
-            "  mode {}, {n} ports: {} failed connections, the first: {first_error}",
-            mode.name(),
-            r.errors
-        );
-    }
-    Ok(r)
+    .run(&format!("mode {}, {n} ports", mode.name()))
 }
 
 /// The routing mesh's drops on both nodes, by reason, summed over every published port.
@@ -789,27 +752,11 @@ fn mesh_drops(bed: &Bed) -> Vec<(&'static str, u64)> {
         .collect()
 }
 
-fn conntrack_count(ns: &Path) -> String {
-    let mut cmd = Command::new("sysctl");
-    cmd.args(["-n", "net.netfilter.nf_conntrack_count"]);
-    output_in(cmd, ns, None, b"", Duration::from_secs(10))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
 struct Scale {
     n: usize,
     sync: Option<Duration>,
     nft_load: Duration,
-    samples: [Vec<ClientResult>; 5],
-}
-
-fn human(n: usize) -> String {
-    if n >= 1000 && n.is_multiple_of(1000) {
-        format!("{} 000", n / 1000)
-    } else {
-        n.to_string()
-    }
+    samples: Samples<Mode>,
 }
 
 pub fn run(
@@ -826,13 +773,7 @@ pub fn run(
     if !(secs > 0.0 && secs.is_finite()) {
         bail!("--secs must be positive");
     }
-    let modes: Vec<Mode> = modes
-        .iter()
-        .map(|m| Mode::parse(m.trim()))
-        .collect::<Result<_, _>>()?;
-    if modes.is_empty() {
-        bail!("--modes: at least one of local, remote, task, direct, nft");
-    }
+    let modes: Vec<Mode> = super::parse_modes(modes)?;
     if scales.is_empty() || scales.iter().any(|n| *n == 0 || *n > MAX_PORTS) {
         bail!("--ports: counts between 1 and {MAX_PORTS}");
     }
@@ -863,13 +804,12 @@ pub fn run(
         for &m in &modes {
             check_mode(&bed, m, n)?;
         }
-        let mut samples: [Vec<ClientResult>; 5] = Default::default();
-        for r in 0..rounds {
-            for k in 0..modes.len() {
-                let mode = modes[(k + r) % modes.len()];
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+        let samples = super::run_rounds(
+            rounds,
+            &modes,
+            &mut seed,
+            &format!("{n} ports"),
+            |mode, seed| {
                 let before = mesh_drops(&bed);
                 let res = measure(&bed, mode, n, secs, seed, cpu)?;
                 let extra = if mode == Mode::Nft {
@@ -883,21 +823,9 @@ pub fn run(
                         .collect();
                     format!(", mesh drops: {}", d.join(", "))
                 };
-                eprintln!(
-                    "  {n} ports, round {}: {:<6} {:>8.0} conn/s, mean {:>7.1} µs, p50 {:>7.1}, p90 {:>7.1}, p99 {:>7.1}, p99.9 {:>8.1} µs{extra}",
-                    r + 1,
-                    mode.name(),
-                    res.conns_per_sec,
-                    res.mean_us,
-                    res.p50_us,
-                    res.p90_us,
-                    res.p99_us,
-                    res.p999_us
-                );
-                samples[mode.index()].push(res);
-            }
-            eprintln!("  load average: {}", super::loadavg());
-        }
+                Ok((res, extra))
+            },
+        )?;
         results.push(Scale {
             n,
             sync,
@@ -909,48 +837,9 @@ pub fn run(
     Ok(())
 }
 
-/// A ratio for the tables: "-" when a side was not measured.
-fn show(r: f64, decimals: usize) -> String {
-    if r.is_finite() {
-        format!("{r:.decimals$}")
-    } else {
-        "-".into()
-    }
-}
-
 fn report(results: &[Scale]) {
-    // NaN for a mode that was not measured: its ratios show as "-".
-    let med = |v: Vec<f64>| if v.is_empty() { f64::NAN } else { median(&v) };
-    let rate = |s: &Scale, i: usize| -> f64 {
-        med(s.samples[i].iter().map(|r| r.conns_per_sec).collect())
-    };
-    let p50 = |s: &Scale, i: usize| -> f64 { med(s.samples[i].iter().map(|r| r.p50_us).collect()) };
-    let p99 = |s: &Scale, i: usize| -> f64 { med(s.samples[i].iter().map(|r| r.p99_us).collect()) };
-    let measured = |s: &Scale, i: usize| !s.samples[i].is_empty();
-    println!();
-    println!(
-        "{:>6}  {:<6} {:>9} {:>7} {:>8} {:>8} {:>7}",
-        "PORTS", "MODE", "CONN/s", "SPREAD", "p50 µs", "p99 µs", "ERRORS"
-    );
-    for s in results {
-        for (i, m) in MODES.iter().enumerate() {
-            if !measured(s, i) {
-                continue;
-            }
-            let rates: Vec<f64> = s.samples[i].iter().map(|r| r.conns_per_sec).collect();
-            let errors: u64 = s.samples[i].iter().map(|r| r.errors).sum();
-            println!(
-                "{:>6}  {:<6} {:>9.0} {:>6.0}% {:>8.1} {:>8.1} {:>7}",
-                human(s.n),
-                m.name(),
-                rate(s, i),
-                spread(&rates),
-                p50(s, i),
-                p99(s, i),
-                errors
-            );
-        }
-    }
+    use Mode::{Direct, Local, Nft, Remote, Task};
+    report::modes_table("PORTS", 6, results.iter().map(|s| (s.n, &s.samples)));
     println!();
     println!(
         "{:>6}  {:>12} {:>11} {:>11} {:>12} {:>13} {:>14} {:>10} {:>11}",
@@ -971,12 +860,12 @@ fn report(results: &[Scale]) {
             s.sync
                 .map_or("-".into(), |d| format!("{:.1}", d.as_secs_f64() * 1e3)),
             s.nft_load.as_secs_f64() * 1e3,
-            show(ratio(rate(s, LOCAL), rate(s, TASK)), 3),
-            show(ratio(rate(s, REMOTE), rate(s, TASK)), 3),
-            show(ratio(rate(s, LOCAL), rate(s, DIRECT)), 3),
-            show(ratio(rate(s, REMOTE), rate(s, DIRECT)), 3),
-            show(ratio(rate(s, LOCAL), rate(s, NFT)), 2),
-            show(ratio(rate(s, REMOTE), rate(s, NFT)), 2),
+            show(ratio(s.samples.rate(Local), s.samples.rate(Task)), 3),
+            show(ratio(s.samples.rate(Remote), s.samples.rate(Task)), 3),
+            show(ratio(s.samples.rate(Local), s.samples.rate(Direct)), 3),
+            show(ratio(s.samples.rate(Remote), s.samples.rate(Direct)), 3),
+            show(ratio(s.samples.rate(Local), s.samples.rate(Nft)), 2),
+            show(ratio(s.samples.rate(Remote), s.samples.rate(Nft)), 2),
         );
     }
     println!("(ratios of median conn/s; OUR SYNC: from handing both nodes the view until all 2 × N VIPs are in their maps)");
@@ -984,9 +873,9 @@ fn report(results: &[Scale]) {
     println!("targets:");
     for s in results
         .iter()
-        .filter(|s| measured(s, LOCAL) && measured(s, TASK))
+        .filter(|s| s.samples.measured(Local) && s.samples.measured(Task))
     {
-        let r = ratio(rate(s, LOCAL), rate(s, TASK));
+        let r = ratio(s.samples.rate(Local), s.samples.rate(Task));
         println!(
             "  {:>6} ports: ours-local ≥ 0.9 × straight to a task: {r:.3}: {}",
             human(s.n),
@@ -995,9 +884,9 @@ fn report(results: &[Scale]) {
     }
     for s in results
         .iter()
-        .filter(|s| measured(s, LOCAL) && measured(s, DIRECT))
+        .filter(|s| s.samples.measured(Local) && s.samples.measured(Direct))
     {
-        let r = ratio(rate(s, LOCAL), rate(s, DIRECT));
+        let r = ratio(s.samples.rate(Local), s.samples.rate(Direct));
         println!(
             "  {:>6} ports: (stricter) ours-local ≥ 0.9 × a server on the node itself: {r:.3}: {}",
             human(s.n),
@@ -1005,8 +894,8 @@ fn report(results: &[Scale]) {
         );
     }
     let biggest = results.iter().max_by_key(|s| s.n);
-    if let Some(s) = biggest.filter(|s| measured(s, LOCAL) && measured(s, NFT)) {
-        let r = ratio(rate(s, LOCAL), rate(s, NFT));
+    if let Some(s) = biggest.filter(|s| s.samples.measured(Local) && s.samples.measured(Nft)) {
+        let r = ratio(s.samples.rate(Local), s.samples.rate(Nft));
         println!(
             "  {:>6} ports: ours-local ≥ 1.5 × nft (the target is at 1 000): {r:.2}: {}",
             human(s.n),

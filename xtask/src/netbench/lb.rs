@@ -36,8 +36,9 @@ use swarm_agent::network::testbed::{
 use swarm_agent::network::view::ViewHandle;
 use swarm_agent::network::{Networking, NetworkingConfig, DEFAULT_VXLAN_PORT};
 
-use super::client::{self, ClientResult};
-use super::{median, output_in, pinned, ratio, spread, verdict, Cpu, Responder};
+use super::client::ClientResult;
+use super::report::{self, human, show, Samples};
+use super::{conntrack_count, output_in, ratio, verdict, BenchMode, ClientRun, Cpu, Responder};
 use crate::IptablesVariant;
 
 const NET: &str = "lb";
@@ -305,15 +306,8 @@ enum Mode {
     Iptables,
 }
 
-const MODES: [Mode; 3] = [Mode::Vip, Mode::Direct, Mode::Iptables];
-
-impl Mode {
-    fn parse(s: &str) -> anyhow::Result<Mode> {
-        MODES
-            .into_iter()
-            .find(|m| m.name() == s)
-            .with_context(|| format!("--modes: {s:?} is none of vip, direct, iptables"))
-    }
+impl BenchMode for Mode {
+    const ALL: &'static [Mode] = &[Mode::Vip, Mode::Direct, Mode::Iptables];
 
     fn name(self) -> &'static str {
         match self {
@@ -341,50 +335,20 @@ fn measure(
     seed: u64,
     cpu: Cpu,
 ) -> anyhow::Result<ClientResult> {
-    let (ns, cg): (&Path, Option<&Path>) = match mode {
+    let (ns, cgroup): (&Path, Option<&Path>) = match mode {
         Mode::Vip | Mode::Direct => (&bed.c_ns, Some(&bed.client_cg)),
         Mode::Iptables => (&bed.k_ns, None),
     };
-    let exe = std::env::current_exe().context("locating the xtask binary")?;
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "bench-lb-client",
-        "--secs",
-        &secs.to_string(),
-        "--seed",
-        &seed.to_string(),
-    ]);
-    let out = output_in(
-        pinned(cmd, cpu),
+    ClientRun {
         ns,
-        cg,
-        targets(mode, n).as_bytes(),
-        Duration::from_secs_f64(secs + 60.0),
-    )
-    .with_context(|| format!("load generator, mode {}, {n} services", mode.name()))?;
-    let (r, first_error) = client::parse(&out)?;
-    if r.conns_per_sec == 0.0 {
-        bail!(
-            "mode {}, {n} services: no connection succeeded ({first_error})",
-            mode.name()
-        );
+        cgroup,
+        targets: &targets(mode, n),
+        secs,
+        seed,
+        connect_timeout: None,
+        cpu,
     }
-    if r.errors > 0 {
-        eprintln!(
-            "  mode {}, {n} services: {} failed connections, the first: {first_error}",
-            mode.name(),
-            r.errors
-        );
-    }
-    Ok(r)
-}
-
-fn conntrack_count(ns: &Path) -> String {
-    let mut cmd = Command::new("sysctl");
-    cmd.args(["-n", "net.netfilter.nf_conntrack_count"]);
-    output_in(cmd, ns, None, b"", Duration::from_secs(10))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
+    .run(&format!("mode {}, {n} services", mode.name()))
 }
 
 struct Scale {
@@ -392,15 +356,7 @@ struct Scale {
     apply: Duration,
     sync: Duration,
     ipt_load: Duration,
-    samples: [Vec<ClientResult>; 3],
-}
-
-fn human(n: usize) -> String {
-    if n >= 1000 && n.is_multiple_of(1000) {
-        format!("{} 000", n / 1000)
-    } else {
-        n.to_string()
-    }
+    samples: Samples<Mode>,
 }
 
 pub fn run(
@@ -418,13 +374,7 @@ pub fn run(
     if !(secs > 0.0 && secs.is_finite()) {
         bail!("--secs must be positive");
     }
-    let modes: Vec<Mode> = modes
-        .iter()
-        .map(|m| Mode::parse(m.trim()))
-        .collect::<Result<_, _>>()?;
-    if modes.is_empty() {
-        bail!("--modes: at least one of vip, direct, iptables");
-    }
+    let modes: Vec<Mode> = super::parse_modes(modes)?;
     if scales.is_empty() || scales.iter().any(|n| *n == 0 || *n > MAX_SERVICES) {
         bail!("--services: counts between 1 and {MAX_SERVICES}");
     }
@@ -453,35 +403,21 @@ pub fn run(
             sync.as_secs_f64() * 1e3,
             ipt_load.as_secs_f64() * 1e3
         );
-        let mut samples: [Vec<ClientResult>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-        for r in 0..rounds {
-            for k in 0..modes.len() {
-                let mode = modes[(k + r) % modes.len()];
-                let i = MODES.iter().position(|m| *m == mode).unwrap_or(VIP);
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+        let samples = super::run_rounds(
+            rounds,
+            &modes,
+            &mut seed,
+            &format!("{n} services"),
+            |mode, seed| {
                 let res = measure(&bed, mode, n, secs, seed, cpu)?;
                 let extra = if mode == Mode::Iptables {
                     format!(", conntrack entries {}", conntrack_count(&bed.k_ns))
                 } else {
                     String::new()
                 };
-                eprintln!(
-                    "  {n} services, round {}: {:<8} {:>8.0} conn/s, mean {:>7.1} µs, p50 {:>7.1}, p90 {:>7.1}, p99 {:>7.1}, p99.9 {:>8.1} µs{extra}",
-                    r + 1,
-                    mode.name(),
-                    res.conns_per_sec,
-                    res.mean_us,
-                    res.p50_us,
-                    res.p90_us,
-                    res.p99_us,
-                    res.p999_us
-                );
-                samples[i].push(res);
-            }
-            eprintln!("  load average: {}", super::loadavg());
-        }
+                Ok((res, extra))
+            },
+        )?;
         results.push(Scale {
             n,
             apply,
@@ -494,52 +430,9 @@ pub fn run(
     Ok(())
 }
 
-/// A ratio for the tables: "-" when a side was not measured.
-fn show(r: f64, decimals: usize) -> String {
-    if r.is_finite() {
-        format!("{r:.decimals$}")
-    } else {
-        "-".into()
-    }
-}
-
-const VIP: usize = 0;
-const DIRECT: usize = 1;
-const IPTABLES: usize = 2;
-
 fn report(results: &[Scale]) {
-    // NaN for a mode that was not measured: its ratios show as "-".
-    let med = |v: Vec<f64>| if v.is_empty() { f64::NAN } else { median(&v) };
-    let rate = |s: &Scale, i: usize| -> f64 {
-        med(s.samples[i].iter().map(|r| r.conns_per_sec).collect())
-    };
-    let p50 = |s: &Scale, i: usize| -> f64 { med(s.samples[i].iter().map(|r| r.p50_us).collect()) };
-    let p99 = |s: &Scale, i: usize| -> f64 { med(s.samples[i].iter().map(|r| r.p99_us).collect()) };
-    let measured = |s: &Scale, i: usize| !s.samples[i].is_empty();
-    println!();
-    println!(
-        "{:>8}  {:<8} {:>9} {:>7} {:>8} {:>8} {:>7}",
-        "SERVICES", "MODE", "CONN/s", "SPREAD", "p50 µs", "p99 µs", "ERRORS"
-    );
-    for s in results {
-        for (i, m) in MODES.iter().enumerate() {
-            if !measured(s, i) {
-                continue;
-            }
-            let rates: Vec<f64> = s.samples[i].iter().map(|r| r.conns_per_sec).collect();
-            let errors: u64 = s.samples[i].iter().map(|r| r.errors).sum();
-            println!(
-                "{:>8}  {:<8} {:>9.0} {:>6.0}% {:>8.1} {:>8.1} {:>7}",
-                human(s.n),
-                m.name(),
-                rate(s, i),
-                spread(&rates),
-                p50(s, i),
-                p99(s, i),
-                errors
-            );
-        }
-    }
+    use Mode::{Direct, Iptables, Vip};
+    report::modes_table("SERVICES", 8, results.iter().map(|s| (s.n, &s.samples)));
     println!();
     println!(
         "{:>8}  {:>12} {:>12} {:>11} {:>13} {:>15}",
@@ -547,14 +440,14 @@ fn report(results: &[Scale]) {
     );
     let first = results.first();
     for s in results {
-        let vs_first = first.map_or(f64::NAN, |f| ratio(p50(s, VIP), p50(f, VIP)));
+        let vs_first = first.map_or(f64::NAN, |f| ratio(s.samples.p50(Vip), f.samples.p50(Vip)));
         println!(
             "{:>8}  {:>12.1} {:>12.1} {:>11} {:>13} {:>15}",
             human(s.n),
             s.sync.as_secs_f64() * 1e3,
             s.ipt_load.as_secs_f64() * 1e3,
-            show(ratio(rate(s, VIP), rate(s, DIRECT)), 3),
-            show(ratio(rate(s, VIP), rate(s, IPTABLES)), 2),
+            show(ratio(s.samples.rate(Vip), s.samples.rate(Direct)), 3),
+            show(ratio(s.samples.rate(Vip), s.samples.rate(Iptables)), 2),
             show(vs_first, 3),
         );
     }
@@ -570,9 +463,9 @@ fn report(results: &[Scale]) {
     println!("targets:");
     for s in results
         .iter()
-        .filter(|s| measured(s, VIP) && measured(s, DIRECT))
+        .filter(|s| s.samples.measured(Vip) && s.samples.measured(Direct))
     {
-        let r = ratio(rate(s, VIP), rate(s, DIRECT));
+        let r = ratio(s.samples.rate(Vip), s.samples.rate(Direct));
         println!(
             "  {:>6} services: VIP ≥ 0.95 × direct: {r:.3}: {}",
             human(s.n),
@@ -580,8 +473,8 @@ fn report(results: &[Scale]) {
         );
     }
     let biggest = results.iter().max_by_key(|s| s.n);
-    if let Some(s) = biggest.filter(|s| measured(s, VIP) && measured(s, IPTABLES)) {
-        let r = ratio(rate(s, VIP), rate(s, IPTABLES));
+    if let Some(s) = biggest.filter(|s| s.samples.measured(Vip) && s.samples.measured(Iptables)) {
+        let r = ratio(s.samples.rate(Vip), s.samples.rate(Iptables));
         println!(
             "  {:>6} services: ours ≥ 5 × iptables (the target is at 10 000): {r:.2}: {}",
             human(s.n),
@@ -590,9 +483,9 @@ fn report(results: &[Scale]) {
     }
     let (a, b) = (results.iter().min_by_key(|s| s.n), biggest);
     if let (Some(a), Some(b)) = (a, b) {
-        if a.n != b.n && measured(a, VIP) && measured(b, VIP) {
-            let (pa, pb) = (p50(a, VIP), p50(b, VIP));
-            let (qa, qb) = (p99(a, VIP), p99(b, VIP));
+        if a.n != b.n && a.samples.measured(Vip) && b.samples.measured(Vip) {
+            let (pa, pb) = (a.samples.p50(Vip), b.samples.p50(Vip));
+            let (qa, qb) = (a.samples.p99(Vip), b.samples.p99(Vip));
             println!(
                 "  VIP latency flat from {} to {} services: p50 {pa:.1} → {pb:.1} µs ({:+.1}%), p99 {qa:.1} → {qb:.1} µs ({:+.1}%)",
                 human(a.n),

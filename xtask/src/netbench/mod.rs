@@ -12,6 +12,10 @@
 //!   another node, the server on the node itself (the limit), and kube-proxy-style nftables
 //!   NodePorts (DNAT + masquerade + conntrack) with as many ports.
 //!
+//! `lb` and `ingress` share their load generator ([`client`], run by [`ClientRun`]), the
+//! rounds of a scale ([`run_rounds`], over the modes of a [`BenchMode`]) and the table that
+//! opens their report ([`report`]).
+//!
 //! All need root and a release build (they re-run themselves as one). No timed
 //! assertions: the targets are printed next to the figures.
 
@@ -19,6 +23,7 @@ pub mod client;
 pub mod ingress;
 pub mod lb;
 pub mod overlay;
+pub mod report;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -32,6 +37,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use swarm_agent::network::testbed;
+
+use client::ClientResult;
+use report::Samples;
 
 pub fn require_root() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -234,6 +242,141 @@ pub fn wait_listening(ns: &Path, port: u16) -> anyhow::Result<()> {
     }
 }
 
+/// The number of conntrack entries in `ns` ("?" if it cannot be read).
+pub fn conntrack_count(ns: &Path) -> String {
+    let mut cmd = Command::new("sysctl");
+    cmd.args(["-n", "net.netfilter.nf_conntrack_count"]);
+    output_in(cmd, ns, None, b"", Duration::from_secs(10))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A mode of a connection benchmark (`lb`, `ingress`): one way to the servers, measured by
+/// runs of the load generator of its own.
+pub trait BenchMode: Copy + Eq + 'static {
+    /// Every mode, in the order of the tables.
+    const ALL: &'static [Self];
+
+    /// As `--modes` takes it and the output shows it.
+    fn name(self) -> &'static str;
+}
+
+/// The modes `--modes` names (each trimmed), in its order: at least one.
+pub fn parse_modes<M: BenchMode>(names: &[String]) -> anyhow::Result<Vec<M>> {
+    let all = M::ALL
+        .iter()
+        .map(|m| m.name())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let modes = names
+        .iter()
+        .map(|s| {
+            let s = s.trim();
+            M::ALL
+                .iter()
+                .copied()
+                .find(|m| m.name() == s)
+                .with_context(|| format!("--modes: {s:?} is none of {all}"))
+        })
+        .collect::<anyhow::Result<Vec<M>>>()?;
+    if modes.is_empty() {
+        bail!("--modes: at least one of {all}");
+    }
+    Ok(modes)
+}
+
+/// A run of the load generator of the connection benchmarks (`bench-lb-client`, [`client`]).
+pub struct ClientRun<'a> {
+    /// Where it runs: a namespace, and a cgroup (none: this process's).
+    pub ns: &'a Path,
+    pub cgroup: Option<&'a Path>,
+    /// `ip:port` lines: each connection goes to one of them, drawn uniformly.
+    pub targets: &'a str,
+    pub secs: f64,
+    pub seed: u64,
+    /// Bounds each connect (none: a connect waits for the kernel's SYN retries).
+    pub connect_timeout: Option<Duration>,
+    pub cpu: Cpu,
+}
+
+impl ClientRun<'_> {
+    /// Runs it to its end (killed a minute after `secs`). `what` names the run in the messages
+    /// ("mode vip, 1000 services"): an error when no connection succeeded, a line on stderr
+    /// when some failed.
+    pub fn run(&self, what: &str) -> anyhow::Result<ClientResult> {
+        let exe = std::env::current_exe().context("locating the xtask binary")?;
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "bench-lb-client",
+            "--secs",
+            &self.secs.to_string(),
+            "--seed",
+            &self.seed.to_string(),
+        ]);
+        if let Some(t) = self.connect_timeout {
+            cmd.args(["--connect-timeout-ms", &t.as_millis().to_string()]);
+        }
+        let out = output_in(
+            pinned(cmd, self.cpu),
+            self.ns,
+            self.cgroup,
+            self.targets.as_bytes(),
+            Duration::from_secs_f64(self.secs + 60.0),
+        )
+        .with_context(|| format!("load generator, {what}"))?;
+        let (r, first_error) = client::parse(&out)?;
+        if r.conns_per_sec == 0.0 {
+            bail!("{what}: no connection succeeded ({first_error})");
+        }
+        if r.errors > 0 {
+            eprintln!(
+                "  {what}: {} failed connections, the first: {first_error}",
+                r.errors
+            );
+        }
+        Ok(r)
+    }
+}
+
+/// The rounds of one scale of a connection benchmark: each round runs every mode of `modes`
+/// once, in an order that rotates every round, as `measure(mode, seed)` with the next `seed`
+/// (a sequence that goes on across scales), which gives the result and what to print after
+/// its figures. A line a run on stderr (`scale` names the scale: "1000 services"), and the
+/// load average after each round.
+pub fn run_rounds<M: BenchMode>(
+    rounds: usize,
+    modes: &[M],
+    seed: &mut u64,
+    scale: &str,
+    mut measure: impl FnMut(M, u64) -> anyhow::Result<(ClientResult, String)>,
+) -> anyhow::Result<Samples<M>> {
+    let w = report::name_width::<M>();
+    let mut samples = Samples::default();
+    for r in 0..rounds {
+        for k in 0..modes.len() {
+            let mode = modes[(k + r) % modes.len()];
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let (res, extra) = measure(mode, *seed)?;
+            eprintln!(
+                "  {scale}, round {}: {:<w$} {:>8.0} conn/s, mean {:>7.1} µs, p50 {:>7.1}, p90 {:>7.1}, p99 {:>7.1}, p99.9 {:>8.1} µs{extra}",
+                r + 1,
+                mode.name(),
+                res.conns_per_sec,
+                res.mean_us,
+                res.p50_us,
+                res.p90_us,
+                res.p99_us,
+                res.p999_us
+            );
+            samples.push(mode, res);
+        }
+        eprintln!("  load average: {}", loadavg());
+    }
+    Ok(samples)
+}
+
 /// The request the load generator sends and the servers expect (its end).
 pub const REQUEST: &[u8] = b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n";
 pub const RESPONSE: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok";
@@ -382,5 +525,35 @@ mod tests {
         assert_eq!(median(&[]), 0.0);
         assert_eq!(spread(&[1.0, 2.0, 3.0]), 100.0);
         assert!(ratio(1.0, 0.0).is_nan());
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum M {
+        A,
+        B,
+    }
+
+    impl BenchMode for M {
+        const ALL: &'static [M] = &[M::A, M::B];
+
+        fn name(self) -> &'static str {
+            match self {
+                M::A => "a",
+                M::B => "b",
+            }
+        }
+    }
+
+    #[test]
+    fn modes_from_the_command_line() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_modes::<M>(&names(&["b", " a"])).unwrap(),
+            [M::B, M::A]
+        );
+        let e = parse_modes::<M>(&names(&["c"])).unwrap_err().to_string();
+        assert_eq!(e, "--modes: \"c\" is none of a, b");
+        let e = parse_modes::<M>(&[]).unwrap_err().to_string();
+        assert_eq!(e, "--modes: at least one of a, b");
     }
 }
