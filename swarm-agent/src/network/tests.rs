@@ -1210,7 +1210,7 @@ fn published_ports_answer_on_every_node_snat_or_keep_the_client_and_reach_local_
     );
 
     // The task leaves: new connections through either node find no backend.
-    b.view().apply(NetworkStateMessage {
+    let gone = NetworkStateMessage {
         r#type: network_state_message::Type::Incremental as i32,
         changes: vec![NetworkStateChange {
             change: Some(Change::EndpointRemoved(proto::EndpointKey {
@@ -1219,17 +1219,9 @@ fn published_ports_answer_on_every_node_snat_or_keep_the_client_and_reach_local_
             })),
         }],
         vxlan_port: 0,
-    });
-    a.view().apply(NetworkStateMessage {
-        r#type: network_state_message::Type::Incremental as i32,
-        changes: vec![NetworkStateChange {
-            change: Some(Change::EndpointRemoved(proto::EndpointKey {
-                task_id: "w".into(),
-                network_id: "ing".into(),
-            })),
-        }],
-        vxlan_port: 0,
-    });
+    };
+    a.view().apply(gone.clone());
+    b.view().apply(gone);
     let (ra, rb) = (a.clone(), b.clone());
     in_ns(&topo.ns_path("n1"), move || async move { ra.reconcile() });
     in_ns(&topo.ns_path("n2"), move || async move { rb.reconcile() });
