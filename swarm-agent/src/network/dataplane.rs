@@ -105,6 +105,7 @@ struct Maps {
     lb_stats: PerCpuHashMap<MapData, LbStatsKey, LbStats>,
     sock_lb: BpfHashMap<MapData, u64, swarm_ebpf_common::SockLb>,
     svc_stats: aya::maps::PerCpuArray<MapData, LbStats>,
+    rr: aya::maps::PerCpuArray<MapData, u32>,
     published: BpfHashMap<MapData, PublishedKey, Published>,
     port_stats: PerCpuHashMap<MapData, PublishedKey, PortStats>,
     host_addrs: BpfHashMap<MapData, u32, u32>,
@@ -242,6 +243,7 @@ impl Dataplane {
         let lb_stats = take(maps::LB_STATS)?;
         let sock_lb = take(maps::SOCK_LB)?;
         let svc_stats = take(maps::SVC_STATS)?;
+        let rr = take(maps::RR)?;
         let published = take(maps::PUBLISHED)?;
         let port_stats = take(maps::PORT_STATS)?;
         let host_addrs = take(maps::HOST_ADDRS)?;
@@ -260,6 +262,7 @@ impl Dataplane {
             sock_lb: BpfHashMap::try_from(sock_lb).map_err(map_err(maps::SOCK_LB))?,
             svc_stats: aya::maps::PerCpuArray::try_from(svc_stats)
                 .map_err(map_err(maps::SVC_STATS))?,
+            rr: aya::maps::PerCpuArray::try_from(rr).map_err(map_err(maps::RR))?,
             published: BpfHashMap::try_from(published).map_err(map_err(maps::PUBLISHED))?,
             port_stats: PerCpuHashMap::try_from(port_stats).map_err(map_err(maps::PORT_STATS))?,
             host_addrs: BpfHashMap::try_from(host_addrs).map_err(map_err(maps::HOST_ADDRS))?,
@@ -483,6 +486,13 @@ impl Dataplane {
                 // A new owner of this id: its totals start at zero.
                 if let Ok(zero) = PerCpuValues::try_from(vec![LbStats::default(); cpus]) {
                     let _ = inner.maps.svc_stats.set(svc.id, zero, 0);
+                }
+                // Each CPU of each node starts its round robin at a random backend: with
+                // every counter at 0, the first connection through every node (the routing
+                // mesh: one client's connections spread over the nodes) went to the same task.
+                let starts: Vec<u32> = (0..cpus).map(|_| rand::random::<u32>()).collect();
+                if let Ok(starts) = PerCpuValues::try_from(starts) {
+                    let _ = inner.maps.rr.set(svc.id, starts, 0);
                 }
             }
             for (slot, addr) in list.iter().enumerate() {
