@@ -792,8 +792,13 @@ for i in range(10):
     // The other node learns of it through its view; the client's node resets what its tasks
     // still had open to the gone task.
     let other_node = if gone == "w1" { b.clone() } else { a.clone() };
-    other_node.reconcile();
-    let gone_keys = a.reconcile();
+    let from_other = other_node.reconcile();
+    // The client's node is A: when the gone task was B's, A's own reconcile above found it.
+    let gone_keys = if gone == "w1" {
+        a.reconcile()
+    } else {
+        from_other
+    };
     in_ns(&topo.ns_path("n1"), {
         let a = a.clone();
         move || async move { a.reset_flows(gone_keys).await }
