@@ -42,7 +42,8 @@ use crate::maps::{
     ENDPOINTS, HOST_ADDRS, ING_CT, ING_RET, ING_REV, PEERS, PORT_STATS, PUBLISHED, SUBNETS,
 };
 use crate::pkt::{
-    flow, ports, set_macs, Ip4, IPPROTO_TCP, IPPROTO_UDP, IP_DADDR_OFF, IP_SADDR_OFF,
+    flow, is_syn, ports, set_macs, tcp_flags, Ip4, IPPROTO_TCP, IPPROTO_UDP, IP_DADDR_OFF,
+    IP_SADDR_OFF, TCP_FIN, TCP_RST,
 };
 use crate::{lb, nat, overlay};
 
@@ -109,22 +110,6 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The TCP flags byte of a TCP packet (0 for anything else).
-#[inline(always)]
-fn tcp_flags(ctx: &TcContext, ip: &Ip4) -> u8 {
-    if ip.proto != IPPROTO_TCP {
-        return 0;
-    }
-    match crate::pkt::ptr_at::<[u8; 14]>(ctx, ip.l4) {
-        // SAFETY: bounds checked by ptr_at; byte 13 holds the flags.
-        Some(h) => unsafe { (*h)[13] },
-        None => 0,
-    }
-}
-
-const TCP_FIN: u8 = 0x01;
-const TCP_RST: u8 = 0x04;
-
 /// Records a packet of the flow of `r`: its time, and whether it ends the connection.
 #[inline(always)]
 fn touch(r: *mut IngressRev, flags: u8, now: u64) {
@@ -188,37 +173,17 @@ pub fn forward(
     let len = ctx.len();
     let flags = tcp_flags(ctx, ip);
     let now = now();
-    let rev = IngressRev {
-        client: ip.saddr,
-        node_addr: ip.daddr,
-        client_port: sport,
-        published_port: dport,
-        ifindex,
-        origin,
-        flags: 0,
-        last_ns: now,
-        peer_mac: [0; 6],
-        own_mac: [0; 6],
-        _pad: [0; 4],
-    };
-    let mut rev = rev;
-    if origin != ORIGIN_LOCAL {
-        if let Some(e) = crate::pkt::eth(ctx) {
-            // SAFETY: bounds checked by eth().
-            unsafe {
-                rev.peer_mac = (*e).src_addr;
-                rev.own_mac = (*e).dst_addr;
-            }
-        }
-    }
-    let syn = flags & 0x12 == 0x02;
-    let mut new = false;
+    let syn = is_syn(flags);
+    // The task's endpoint, looked up once for the check and the delivery.
+    let mut ep: Option<Endpoint> = None;
     let found = ING_CT.get_ptr(&key);
     // SAFETY: value pointer from a lookup; copied before any helper call.
     let current = found.map(|c| unsafe { *c }).filter(|c| {
-        if !alive(node, c.backend) {
+        // Its task is gone: not a flow to go on with.
+        let Some(e) = overlay::endpoint(node.ingress_vni, c.backend) else {
             return false;
-        }
+        };
+        ep = Some(*e);
         let rk = FlowKey::new(c.backend, c.nat_addr, c.target_port, c.nat_port, ip.proto);
         match ING_REV.get_ptr_mut(&rk) {
             // Its translation port went to another flow meanwhile: this one is over.
@@ -232,9 +197,13 @@ pub fn forward(
                 true
             }
             // Keep the reply side (an LRU eviction took it): put it back.
-            None => ING_REV.insert(&rk, &rev, 0).is_ok(),
+            None => {
+                let rev = reverse_of(ctx, ip, sport, dport, ifindex, origin, now);
+                ING_REV.insert(&rk, &rev, 0).is_ok()
+            }
         }
     });
+    let mut new = false;
     let ct = match current {
         Some(c) => c,
         None => {
@@ -249,9 +218,11 @@ pub fn forward(
             // A flow of this client tuple before (a connection that ended): its port first.
             // SAFETY: value pointer from a lookup.
             let prev = found.map(|c| unsafe { (*c).nat_port });
+            let rev = reverse_of(ctx, ip, sport, dport, ifindex, origin, now);
             match open(node, ip, &p, &key, &rev, origin, now, prev) {
                 Ok(c) => {
                     new = true;
+                    ep = None;
                     c
                 }
                 Err(reason) => return Some(dropped(&pk, reason)),
@@ -287,10 +258,13 @@ pub fn forward(
     {
         return Some(dropped(&pk, port_stat::DROP_NAT));
     }
-    let Some(ep) = overlay::endpoint(node.ingress_vni, ct.backend) else {
-        return Some(dropped(&pk, port_stat::DROP_STALE));
+    let ep = match ep {
+        Some(e) => e,
+        None => match overlay::endpoint(node.ingress_vni, ct.backend) {
+            Some(e) => *e,
+            None => return Some(dropped(&pk, port_stat::DROP_STALE)),
+        },
     };
-    let ep = *ep;
     if new {
         bump(&pk, port_stat::CONNECTIONS);
     }
@@ -302,6 +276,42 @@ pub fn forward(
         return Some(overlay::deliver_local(ctx, &ep));
     }
     Some(overlay::tunnel(ctx, node, node.ingress_vni, &ep, len))
+}
+
+/// How the replies of the flow of this packet go back to its client.
+#[inline(always)]
+fn reverse_of(
+    ctx: &TcContext,
+    ip: &Ip4,
+    sport: u16,
+    dport: u16,
+    ifindex: u32,
+    origin: u32,
+    now: u64,
+) -> IngressRev {
+    let mut rev = IngressRev {
+        client: ip.saddr,
+        node_addr: ip.daddr,
+        client_port: sport,
+        published_port: dport,
+        ifindex,
+        origin,
+        flags: 0,
+        last_ns: now,
+        peer_mac: [0; 6],
+        own_mac: [0; 6],
+        _pad: [0; 4],
+    };
+    if origin != ORIGIN_LOCAL {
+        if let Some(e) = crate::pkt::eth(ctx) {
+            // SAFETY: bounds checked by eth().
+            unsafe {
+                rev.peer_mac = (*e).src_addr;
+                rev.own_mac = (*e).dst_addr;
+            }
+        }
+    }
+    rev
 }
 
 /// A new flow: its task, and the source the task sees. Err = the drop reason.

@@ -11,8 +11,8 @@ use swarm_ebpf_common::{
 
 use crate::maps::{BACKENDS, CT, CT_REV, ENDPOINTS, LB_STATS, RR, SERVICES, SVC_STATS};
 use crate::pkt::{
-    flow, l4_check_off, ports, Ip4, IPPROTO_TCP, IPPROTO_UDP, IP_CHECK_OFF, IP_DADDR_OFF,
-    IP_SADDR_OFF,
+    flow, is_syn, l4_check_off, ports, tcp_flags, Ip4, IPPROTO_TCP, IPPROTO_UDP, IP_CHECK_OFF,
+    IP_DADDR_OFF, IP_SADDR_OFF,
 };
 
 #[inline(always)]
@@ -137,7 +137,7 @@ pub fn dnat(ctx: &TcContext, ip: &Ip4, vni: u32) -> Dnat {
         found => {
             // A TCP packet of an established flow whose backend is gone cannot be moved to
             // another backend; only a SYN (or any UDP datagram) picks one.
-            if ip.proto == IPPROTO_TCP && found.is_some() && !is_syn(ctx, ip) {
+            if ip.proto == IPPROTO_TCP && found.is_some() && !is_syn(tcp_flags(ctx, ip)) {
                 return Dnat::Drop;
             }
             let Some(b) = pick(svc, ip.saddr) else {
@@ -157,15 +157,6 @@ pub fn dnat(ctx: &TcContext, ip: &Ip4, vni: u32) -> Dnat {
     }
     count(id, backend, new_flow as u64, ctx.len());
     Dnat::To(backend)
-}
-
-#[inline(always)]
-pub fn is_syn(ctx: &TcContext, ip: &Ip4) -> bool {
-    match crate::pkt::ptr_at::<[u8; 14]>(ctx, ip.l4) {
-        // SAFETY: bounds checked by ptr_at; byte 13 holds the flags.
-        Some(h) => unsafe { (*h)[13] & 0x12 == 0x02 },
-        None => false,
-    }
 }
 
 /// A packet about to be delivered to a local task: if it is a reply of a flow [`dnat`]

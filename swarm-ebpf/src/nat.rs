@@ -27,7 +27,7 @@ const PORT_TRIES: u32 = 16;
 /// Offset of the port to translate: TCP/UDP source (`dst` false) or destination port, the
 /// ICMP echo identifier.
 #[inline(always)]
-pub fn port_off(ip: &Ip4, dst: bool) -> usize {
+fn port_off(ip: &Ip4, dst: bool) -> usize {
     if ip.proto == IPPROTO_ICMP {
         ip.l4 + 4
     } else if dst {

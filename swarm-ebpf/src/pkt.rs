@@ -97,6 +97,31 @@ pub fn ports(ctx: &TcContext, ip: &Ip4) -> Option<(u16, u16)> {
     }
 }
 
+/// TCP flags as the flags byte carries them.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The flags byte of a TCP packet (0 for anything else, or a header cut short).
+#[inline(always)]
+pub fn tcp_flags(ctx: &TcContext, ip: &Ip4) -> u8 {
+    if ip.proto != IPPROTO_TCP {
+        return 0;
+    }
+    match ptr_at::<[u8; 14]>(ctx, ip.l4) {
+        // SAFETY: bounds checked by ptr_at; byte 13 holds the flags.
+        Some(h) => unsafe { (*h)[13] },
+        None => 0,
+    }
+}
+
+/// A connection's first packet: SYN without ACK.
+#[inline(always)]
+pub fn is_syn(flags: u8) -> bool {
+    flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 /// The flow of a packet with these ports.
 #[inline(always)]
 pub fn flow(ip: &Ip4, sport: u16, dport: u16) -> swarm_ebpf_common::FlowKey {

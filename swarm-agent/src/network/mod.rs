@@ -147,8 +147,6 @@ struct State {
     lb_adopted: bool,
     /// Published ports a process of the node listens on too (already logged).
     shadowed: BTreeSet<PublishedKey>,
-    /// The published ports of the last reconcile.
-    published_seen: BTreeSet<PublishedKey>,
 }
 
 pub struct Networking {
@@ -641,7 +639,6 @@ impl Networking {
                 lb_ids: LbIds::default(),
                 lb_adopted: false,
                 shadowed: BTreeSet::new(),
-                published_seen: BTreeSet::new(),
             }),
             changed: tokio::sync::Notify::new(),
         });
@@ -1056,15 +1053,14 @@ impl Networking {
         let published = desired_published(view, &node.id);
         let want: BTreeMap<PublishedKey, Published> =
             published.iter().map(|(k, (p, _))| (*k, *p)).collect();
+        let had = dp.published();
         if let Err(e) = dp.sync_published(&want) {
             tracing::warn!("updating the published ports: {e}");
         }
         // A port that is new here is checked at once; the rest every HOST_ADDRS_PERIOD.
-        let known = self.lock().published_seen.clone();
-        if want.keys().any(|k| !known.contains(k)) {
+        if want.keys().any(|k| !had.contains_key(k)) {
             self.check_shadowed(&published);
         }
-        self.lock().published_seen = want.keys().copied().collect();
     }
 
     /// Warns once about each published port a process of the node listens on too: the mesh
