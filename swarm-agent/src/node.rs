@@ -311,6 +311,7 @@ impl Agent {
             }),
             role: NodeRole::Manager as i32,
             attachments: vec![],
+            port_conflicts: vec![],
         };
         let creds = Credentials {
             cert_pem: cert,
@@ -827,11 +828,16 @@ async fn run_session(
     let heartbeat = {
         let mut c = client.clone();
         let sid = session_id.clone();
+        let networking = agent.networking.clone();
         async move {
             loop {
                 match c
                     .heartbeat(HeartbeatRequest {
                         session_id: sid.clone(),
+                        port_conflicts: networking
+                            .as_ref()
+                            .map(|n| n.port_conflicts())
+                            .unwrap_or_default(),
                     })
                     .await
                 {

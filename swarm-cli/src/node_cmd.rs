@@ -231,6 +231,22 @@ pub fn pretty(n: &Node) -> String {
     ));
     s.push_str(&format!("\nEngine Version:\t\t{}", desc.engine_version));
     s.push_str(&labels_block("Engine Labels", &desc.engine_labels));
+    if !n.port_conflicts.is_empty() {
+        s.push_str("\nPublished ports a process of the node listens on too:");
+        for c in &n.port_conflicts {
+            let protocol = if c.protocol == proto::PortProtocol::Udp as i32 {
+                "udp"
+            } else {
+                "tcp"
+            };
+            let process = if c.process.is_empty() {
+                "?"
+            } else {
+                &c.process
+            };
+            s.push_str(&format!("\n {}/{protocol}:\t\t{process}", c.port));
+        }
+    }
     s.push('\n');
     s
 }
@@ -376,19 +392,21 @@ pub async fn rm(c: &Client, a: RmArgs) -> Result<()> {
 
 /// Names for the task table: every service and node, looked up once.
 pub async fn names(c: &Client) -> Result<ps::Names> {
-    let services: HashMap<String, String> = c
-        .services()
-        .await?
-        .into_iter()
+    let all_services = c.services().await?;
+    let all_nodes = c.nodes().await?;
+    let services: HashMap<String, String> = all_services
+        .iter()
         .map(|s| (s.id.clone(), s.name().to_string()))
         .collect();
-    let nodes: HashMap<String, String> = c
-        .nodes()
-        .await?
-        .into_iter()
+    let nodes: HashMap<String, String> = all_nodes
+        .iter()
         .map(|n| (n.id.clone(), n.hostname().to_string()))
         .collect();
-    Ok(ps::Names { services, nodes })
+    Ok(ps::Names {
+        services,
+        nodes,
+        shadows: ps::port_shadows(&all_services, &all_nodes),
+    })
 }
 
 /// Prints tasks as `service ps` / `node ps` do.

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use proto::{Task, TaskState};
+use proto::{Node, PortProtocol, PublishMode, Service, Task, TaskState};
 
 use crate::format::{self, current_state, display_image, ellipsis, natural_cmp, pretty};
 use crate::table::Table;
@@ -23,11 +23,63 @@ pub const HEADER: [&str; 8] = [
     "PORTS",
 ];
 
-/// Names for ids: services and nodes (hostnames), looked up once per command.
+/// Names for ids: services and nodes (hostnames), looked up once per command, and the
+/// published ports of each service that a node's own process listens on too.
 #[derive(Debug, Default, Clone)]
 pub struct Names {
     pub services: HashMap<String, String>,
     pub nodes: HashMap<String, String>,
+    /// Service id → its shadowed ports (see [`port_shadows`]).
+    pub shadows: HashMap<String, Vec<PortShadow>>,
+}
+
+/// A published port of a service that a process of a node listens on too: the mesh takes
+/// its packets there (`Node.port_conflicts`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortShadow {
+    pub node_id: String,
+    /// A host-mode port concerns the task on that node only; an ingress-mode port every task.
+    pub host_mode: bool,
+    /// "port 8080/tcp shadows nginx (pid 812) on node-3"
+    pub text: String,
+}
+
+/// The shadowed published ports of each service: every node's reported conflicts matched to
+/// the service publishing that port (a port is published by one service at most in ingress
+/// mode; in host mode by those with a task on the node).
+pub fn port_shadows(services: &[Service], nodes: &[Node]) -> HashMap<String, Vec<PortShadow>> {
+    let mut out: HashMap<String, Vec<PortShadow>> = HashMap::new();
+    for n in nodes {
+        for c in &n.port_conflicts {
+            for s in services {
+                let ports = s.endpoint.as_ref().map(|e| e.ports.as_slice());
+                for p in ports.unwrap_or_default().iter().filter(|p| {
+                    p.published_port == c.port && p.protocol == c.protocol && p.published_port != 0
+                }) {
+                    let protocol = PortProtocol::try_from(c.protocol)
+                        .map_or("tcp", |p| {
+                            p.as_str_name().trim_start_matches("PORT_PROTOCOL_")
+                        })
+                        .to_ascii_lowercase();
+                    let process = if c.process.is_empty() {
+                        "a process"
+                    } else {
+                        c.process.as_str()
+                    };
+                    out.entry(s.id.clone()).or_default().push(PortShadow {
+                        node_id: n.id.clone(),
+                        host_mode: p.publish_mode == PublishMode::Host as i32,
+                        text: format!(
+                            "port {}/{protocol} shadows {process} on {}",
+                            c.port,
+                            n.hostname()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 impl Names {
@@ -43,6 +95,25 @@ impl Names {
 
     fn node<'a>(&'a self, id: &'a str) -> &'a str {
         self.nodes.get(id).map_or(id, String::as_str)
+    }
+
+    /// The ERROR text of a task: its own error, else the ports of its service shadowed by a
+    /// node's process, for a task meant to run (an ingress-mode port on any node, a host-mode
+    /// port on the task's node).
+    pub fn error(&self, t: &Task) -> String {
+        let err = t.status.as_ref().map_or("", |s| s.err.as_str());
+        if !err.is_empty() || t.desired() > TaskState::Running {
+            return err.to_string();
+        }
+        let texts: Vec<&str> = self
+            .shadows
+            .get(&t.service_id)
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.host_mode || s.node_id == t.node_id)
+            .map(|s| s.text.as_str())
+            .collect();
+        texts.join("; ")
     }
 }
 
@@ -119,6 +190,7 @@ pub fn table(tasks: &[Task], names: &Names, trunc: bool, now_ms: i64) -> String 
             .and_then(|s| s.container.as_ref())
             .map_or("", |c| c.image.as_str());
         let status = t.status.clone().unwrap_or_default();
+        let err = names.error(t);
         let desired = TaskState::try_from(t.desired_state).unwrap_or(TaskState::New);
         tbl.row([
             if trunc {
@@ -135,7 +207,7 @@ pub fn table(tasks: &[Task], names: &Names, trunc: bool, now_ms: i64) -> String 
             names.node(&t.node_id).to_string(),
             pretty(desired.display_name()),
             current_state(t.state(), state_time(t), now_ms),
-            error_cell(&status.err, trunc),
+            error_cell(&err, trunc),
             format::task_ports(&status.port_status),
         ]);
     }
@@ -282,6 +354,89 @@ mod tests {
                 ("aaa".into(), "web.2".into()),
                 ("ccc".into(), "web.10".into()),
             ]
+        );
+    }
+
+    #[test]
+    fn shadowed_ports_show_in_the_error_column() {
+        use TaskState::*;
+        let port = |published, protocol: PortProtocol, mode: PublishMode| PortConfig {
+            published_port: published,
+            target_port: 80,
+            protocol: protocol as i32,
+            publish_mode: mode as i32,
+            ..Default::default()
+        };
+        let service = |id: &str, ports| Service {
+            id: id.into(),
+            endpoint: Some(Endpoint {
+                ports,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let services = vec![
+            service(
+                "svc1",
+                vec![port(8080, PortProtocol::Tcp, PublishMode::Ingress)],
+            ),
+            service(
+                "svc2",
+                vec![port(9090, PortProtocol::Tcp, PublishMode::Host)],
+            ),
+        ];
+        let node = |id: &str, host: &str, conflicts: Vec<(u32, PortProtocol, &str)>| Node {
+            id: id.into(),
+            description: Some(NodeDescription {
+                hostname: host.into(),
+                ..Default::default()
+            }),
+            port_conflicts: conflicts
+                .into_iter()
+                .map(|(port, p, process)| PortConflict {
+                    port,
+                    protocol: p as i32,
+                    process: process.into(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let nodes = vec![
+            // 8080/udp is not published: no shadow.
+            node(
+                "n2",
+                "node-2",
+                vec![
+                    (8080, PortProtocol::Tcp, "nginx (pid 812)"),
+                    (8080, PortProtocol::Udp, "dnsmasq (pid 9)"),
+                ],
+            ),
+            node("n3", "node-3", vec![(9090, PortProtocol::Tcp, "")]),
+        ];
+        let mut n = names();
+        n.shadows = port_shadows(&services, &nodes);
+        // Ingress mode: every task meant to run, on any node.
+        let running = task("a", 1, "node1id", 1, Running, Running);
+        assert_eq!(
+            n.error(&running),
+            "port 8080/tcp shadows nginx (pid 812) on node-2"
+        );
+        // A task's own error comes first; history rows are left alone.
+        let mut failed = task("b", 1, "node1id", 1, Failed, Running);
+        failed.status.as_mut().unwrap().err = "exit 1".into();
+        assert_eq!(n.error(&failed), "exit 1");
+        assert_eq!(n.error(&task("c", 1, "node1id", 1, Shutdown, Shutdown)), "");
+        // Host mode: only the task on that node.
+        let mut here = task("d", 1, "n3", 1, Running, Running);
+        here.service_id = "svc2".into();
+        assert_eq!(n.error(&here), "port 9090/tcp shadows a process on node-3");
+        let mut elsewhere = here.clone();
+        elsewhere.node_id = "n2".into();
+        assert_eq!(n.error(&elsewhere), "");
+        let table = table(&[running], &n, true, 2);
+        assert!(
+            table.contains("\"port 8080/tcp shadows nginx (…\""),
+            "{table}"
         );
     }
 

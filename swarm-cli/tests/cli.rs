@@ -92,6 +92,7 @@ fn node(id: &str, host: &str, leader: bool) -> Node {
         }),
         role: NodeRole::Manager as i32,
         attachments: vec![],
+        port_conflicts: vec![],
     }
 }
 

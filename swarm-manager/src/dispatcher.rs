@@ -156,6 +156,29 @@ impl Dispatcher {
             })
     }
 
+    /// Keeps the node's published ports shadowed by its own processes as its agent reports
+    /// them; written only when they change.
+    async fn store_port_conflicts(
+        &self,
+        node_id: &str,
+        mut conflicts: Vec<proto::PortConflict>,
+    ) -> Result<(), Status> {
+        conflicts.sort_by_key(|c| (c.port, c.protocol));
+        let same = self
+            .store
+            .read()
+            .node(node_id)
+            .is_none_or(|n| n.port_conflicts == conflicts);
+        if same {
+            return Ok(());
+        }
+        self.store
+            .update_node(node_id, |n| n.port_conflicts = conflicts.clone())
+            .await
+            .map(|_| ())
+            .map_err(propose_status)
+    }
+
     /// Leader-only loop: nodes whose session expired (or that never opened one within the
     /// grace after this leader took over) become DOWN.
     pub async fn run_monitor(self) {
@@ -356,7 +379,10 @@ impl DispatcherRpc for Dispatcher {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         self.leader_only()?;
         let node_id = self.node_of(&req)?;
-        let session_id = req.into_inner().session_id;
+        let HeartbeatRequest {
+            session_id,
+            port_conflicts,
+        } = req.into_inner();
         let period = self.period();
         {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -386,6 +412,7 @@ impl DispatcherRpc for Dispatcher {
                 .unwrap_or_default();
             self.mark_ready(&node_id, None, addr).await?;
         }
+        self.store_port_conflicts(&node_id, port_conflicts).await?;
         // ±10 % jitter so that heartbeats of many nodes spread out.
         let jitter = rand::rng().random_range(0.9..1.1);
         Ok(Response::new(HeartbeatResponse {

@@ -618,6 +618,51 @@ fn published_ports_answer_on_every_node_from_outside_the_nodes_and_other_network
         n3.metrics().unwrap_or_default()
     );
 
+    // A process of node3 listening on 8080 loses to the mesh (it never accepts: answers
+    // still come from the tasks), and it is visible: the node's metric, and `service ps`
+    // names the port, the process and the node on the service's tasks, until it closes.
+    let listener = must(
+        &lab,
+        "a listener on 8080 in node3",
+        n3.in_netns(|| Ok(std::net::TcpListener::bind("0.0.0.0:8080")?)),
+    );
+    let shadow = format!(
+        "port 8080/tcp shadows {} (pid {}) on ",
+        std::fs::read_to_string("/proc/self/comm")
+            .unwrap_or_default()
+            .trim(),
+        std::process::id()
+    );
+    let ps = converge(&lab, "service ps showing the shadowed port", || {
+        let ps = m.swarm(&["service", "ps", "--no-trunc", "web"]).stdout;
+        anyhow::ensure!(ps.contains(&shadow), "want {shadow:?} in:\n{ps}");
+        Ok(ps)
+    });
+    let rows: Vec<&str> = ps.lines().filter(|l| l.contains(" Running ")).collect();
+    assert!(
+        rows.len() == web.len() && rows.iter().all(|l| l.contains(&shadow)),
+        "every running task of web shows {shadow:?}:\n{ps}"
+    );
+    assert_eq!(
+        metric_sum(&lab, n3, "swarm_ingress_port_shadowed", &tcp_labels),
+        1.0,
+        "swarm_ingress_port_shadowed on node3:\n{}",
+        n3.metrics().unwrap_or_default()
+    );
+    for _ in 0..5 {
+        must(
+            &lab,
+            "HTTP through node3 while a process of node3 listens on 8080",
+            http_from_underlay(&lab, &n3.ip(), 8080, &names),
+        );
+    }
+    drop(listener);
+    converge(&lab, "service ps without the shadowed port", || {
+        let ps = m.swarm(&["service", "ps", "--no-trunc", "web"]).stdout;
+        anyhow::ensure!(!ps.contains("shadows"), "still shadowed:\n{ps}");
+        Ok(())
+    });
+
     // `service rm` frees the ports: a new service publishing them is accepted at once and
     // answers on every node (only it: the removed service's tasks leave the mesh).
     m.swarm_ok(&["service", "rm", "web"]);

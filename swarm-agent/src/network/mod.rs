@@ -145,8 +145,9 @@ struct State {
     lb_ids: LbIds,
     /// The ids of the pinned SERVICES map were taken over.
     lb_adopted: bool,
-    /// Published ports a process of the node listens on too (already logged).
-    shadowed: BTreeSet<PublishedKey>,
+    /// Published ports a process of the node listens on too (already logged), each with the
+    /// process holding it ("nginx (pid 812)", empty when not found).
+    shadowed: BTreeMap<PublishedKey, String>,
 }
 
 pub struct Networking {
@@ -375,9 +376,9 @@ pub fn desired_peers(view: &NetworkView, self_addr: Ipv4Addr) -> BTreeSet<u32> {
 }
 
 /// The ports processes of this namespace listen on (TCP) or are bound to (UDP), from
-/// `/proc/net/{tcp,tcp6,udp,udp6}`.
-pub fn host_listeners() -> BTreeSet<PublishedKey> {
-    let mut out = BTreeSet::new();
+/// `/proc/net/{tcp,tcp6,udp,udp6}`, each with the inode of one socket holding it.
+pub fn host_listeners() -> BTreeMap<PublishedKey, u64> {
+    let mut out = BTreeMap::new();
     for (file, proto, listen) in [
         ("/proc/net/tcp", 6u8, Some("0A")),
         ("/proc/net/tcp6", 6, Some("0A")),
@@ -387,27 +388,70 @@ pub fn host_listeners() -> BTreeSet<PublishedKey> {
         let Ok(text) = std::fs::read_to_string(file) else {
             continue;
         };
-        out.extend(parse_proc_net(&text, proto, listen));
+        for (k, inode) in parse_proc_net(&text, proto, listen) {
+            out.entry(k).or_insert(inode);
+        }
     }
     out
 }
 
 /// The local ports of the sockets of one `/proc/net/*` table (with state `listen` when
-/// given).
-pub fn parse_proc_net(text: &str, proto: u8, listen: Option<&str>) -> Vec<PublishedKey> {
+/// given), each with its socket's inode.
+pub fn parse_proc_net(text: &str, proto: u8, listen: Option<&str>) -> Vec<(PublishedKey, u64)> {
     text.lines()
         .skip(1)
         .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let local = f.nth(1)?;
-            let state = f.nth(1)?;
-            if listen.is_some_and(|s| s != state) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (local, state) = (f.get(1)?, f.get(3)?);
+            if listen.is_some_and(|s| s != *state) {
                 return None;
             }
             let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
-            Some(published_key(port, proto))
+            let inode = f.get(9).and_then(|i| i.parse().ok()).unwrap_or(0);
+            Some((published_key(port, proto), inode))
         })
         .collect()
+}
+
+/// The processes holding the given socket inodes, as "comm (pid N)", found through
+/// `/proc/<pid>/fd`; an inode no process holds is left out.
+pub fn socket_owners(inodes: &BTreeSet<u64>) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    if inodes.is_empty() {
+        return out;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(inode) = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if inodes.contains(&inode) && !out.contains_key(&inode) {
+                let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+                out.insert(inode, format!("{} (pid {pid})", comm.trim()));
+            }
+        }
+        if out.len() == inodes.len() {
+            break;
+        }
+    }
+    out
 }
 
 /// What SUBNETS should hold: every network's subnet → its VNI.
@@ -638,7 +682,7 @@ impl Networking {
                 tasks: HashMap::new(),
                 lb_ids: LbIds::default(),
                 lb_adopted: false,
-                shadowed: BTreeSet::new(),
+                shadowed: BTreeMap::new(),
             }),
             changed: tokio::sync::Notify::new(),
         });
@@ -694,7 +738,7 @@ impl Networking {
             networks,
             lb,
             ports,
-            shadowed: st.shadowed.clone(),
+            shadowed: st.shadowed.keys().copied().collect(),
         }
     }
 
@@ -1063,26 +1107,61 @@ impl Networking {
         }
     }
 
-    /// Warns once about each published port a process of the node listens on too: the mesh
-    /// takes its packets.
+    /// Warns once about each published port a process of the node listens on too (the mesh
+    /// takes its packets) and keeps them for the heartbeat (see [`Networking::port_conflicts`]).
     fn check_shadowed(&self, published: &BTreeMap<PublishedKey, (Published, String)>) {
         let listeners = host_listeners();
-        let shadowed: BTreeSet<PublishedKey> = published
+        let held: BTreeMap<PublishedKey, u64> = published
             .keys()
-            .filter(|k| listeners.contains(k))
-            .copied()
+            .filter_map(|k| listeners.get(k).map(|i| (*k, *i)))
             .collect();
-        let mut st = self.lock();
-        for k in shadowed.difference(&st.shadowed) {
+        let known = self.lock().shadowed.clone();
+        // The owner is looked up once, when a port becomes shadowed (a walk of /proc).
+        let fresh: BTreeSet<u64> = held
+            .iter()
+            .filter(|(k, _)| !known.contains_key(k))
+            .map(|(_, i)| *i)
+            .collect();
+        let owners = socket_owners(&fresh);
+        let shadowed: BTreeMap<PublishedKey, String> = held
+            .iter()
+            .map(|(k, i)| {
+                let owner = known
+                    .get(k)
+                    .cloned()
+                    .unwrap_or_else(|| owners.get(i).cloned().unwrap_or_default());
+                (*k, owner)
+            })
+            .collect();
+        for (k, owner) in shadowed.iter().filter(|(k, _)| !known.contains_key(k)) {
             let service = published.get(k).map_or("", |(_, n)| n.as_str());
             tracing::warn!(
                 port = u16::from_be(k.port),
                 protocol = if k.proto == 6 { "tcp" } else { "udp" },
                 service,
+                process = owner.as_str(),
                 "a process of this node listens on a port the routing mesh publishes: the mesh answers it, the process gets none of its connections"
             );
         }
-        st.shadowed = shadowed;
+        self.lock().shadowed = shadowed;
+    }
+
+    /// The published ports a process of this node listens on too, for the managers
+    /// (`Node.port_conflicts`, shown by `service ps`).
+    pub fn port_conflicts(&self) -> Vec<proto::PortConflict> {
+        self.lock()
+            .shadowed
+            .iter()
+            .map(|(k, process)| proto::PortConflict {
+                port: u32::from(u16::from_be(k.port)),
+                protocol: if k.proto == 17 {
+                    proto::PortProtocol::Udp as i32
+                } else {
+                    proto::PortProtocol::Tcp as i32
+                },
+                process: process.clone(),
+            })
+            .collect()
     }
 
     /// Resets the TCP connections local tasks still have to endpoints that are gone (see

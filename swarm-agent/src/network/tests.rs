@@ -1008,9 +1008,30 @@ fn proc_net_tables_give_listening_ports() {
     let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 100 0 0 10 0\n";
     assert_eq!(
         parse_proc_net(tcp, 6, Some("0A")),
-        vec![published_key(8080, 6)]
+        vec![(published_key(8080, 6), 1)]
     );
     assert_eq!(parse_proc_net(tcp, 17, None).len(), 2);
+}
+
+#[test]
+fn a_listening_socket_is_found_with_its_process() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let listeners = host_listeners();
+    let inode = *listeners
+        .get(&published_key(port, 6))
+        .unwrap_or_else(|| panic!("port {port} not among the listeners {listeners:?}"));
+    assert_ne!(inode, 0);
+    let owners = socket_owners(&BTreeSet::from([inode]));
+    let owner = owners
+        .get(&inode)
+        .expect("the test process holds the socket");
+    assert!(
+        owner.ends_with(&format!("(pid {})", std::process::id())),
+        "{owner}"
+    );
+    // An inode nobody holds is left out.
+    assert!(socket_owners(&BTreeSet::from([u64::MAX])).is_empty());
 }
 
 /// A UDP echo server in `ns` on `addr` answering `n` datagrams with the sender's address.

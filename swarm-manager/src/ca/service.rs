@@ -131,6 +131,7 @@ impl CaService {
             }),
             role: role as i32,
             attachments: vec![],
+            port_conflicts: vec![],
         };
         self.store
             .write(vec![Op::Create(Object::Node(node))])

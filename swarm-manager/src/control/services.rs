@@ -151,6 +151,31 @@ fn check_data_path_port(st: &State, spec: &ServiceSpec) -> Result<(), Status> {
     Ok(())
 }
 
+/// A manager's own port (`--listen-addr`, 2377 by default) cannot be published: on that
+/// manager's node the mesh would take the Raft, Control and Dispatcher traffic of the whole
+/// swarm.
+fn check_manager_ports(st: &State, spec: &ServiceSpec) -> Result<(), Status> {
+    let ports = spec.endpoint.as_ref().map(|e| e.ports.as_slice());
+    for p in ports
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p.protocol == PortProtocol::Tcp as i32)
+    {
+        let manager = st.nodes().find_map(|n| {
+            let addr = &n.manager_status.as_ref()?.addr;
+            let port: u32 = addr.rsplit_once(':')?.1.parse().ok()?;
+            (port == p.published_port).then(|| (n.id.clone(), addr.clone()))
+        });
+        if let Some((id, addr)) = manager {
+            return Err(Status::invalid_argument(format!(
+                "EndpointSpec: port {}/tcp is a swarm manager's port (node {id} listens on {addr}): publishing it would take the cluster's control traffic on that node; choose another published port",
+                p.published_port
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<Service, Status> {
     let mut spec = req.spec.ok_or_else(|| {
         Status::invalid_argument("CreateService needs a service spec (name, image, mode ...)")
@@ -170,6 +195,7 @@ pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<S
         }
         resolve_networks(&st, &mut spec)?;
         check_data_path_port(&st, &spec)?;
+        check_manager_ports(&st, &spec)?;
         check_port_conflicts(&st, &spec, None)?;
         check_ingress_present(&st, &spec)?;
         Service {
@@ -252,6 +278,7 @@ fn updated_service(
     }
     resolve_networks(st, &mut spec)?;
     check_data_path_port(st, &spec)?;
+    check_manager_ports(st, &spec)?;
     check_port_conflicts(st, &spec, Some(&current.id))?;
     check_ingress_present(st, &spec)?;
     if spec == old {

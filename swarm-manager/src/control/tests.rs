@@ -543,6 +543,41 @@ async fn ports_the_data_plane_cannot_carry_are_refused() {
         e.message()
     );
 
+    // A manager's own port is refused over TCP, in either mode; UDP on it is fine.
+    let mut m = node("m1", "manager-1", NodeRole::Manager, NodeState::Ready);
+    m.manager_status = Some(ManagerStatus {
+        addr: "10.0.0.1:2377".into(),
+        ..Default::default()
+    });
+    put(&store, vec![Object::Node(m)]).await;
+    for mode in [Ingress, Host] {
+        let e = create(&api, publishing("ctl", vec![port(2377, 80, Tcp, mode)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains(
+                "port 2377/tcp is a swarm manager's port (node m1 listens on 10.0.0.1:2377)"
+            ),
+            "{}",
+            e.message()
+        );
+    }
+    let s = create(&api, publishing("ctl", vec![port(2378, 80, Tcp, Ingress)]))
+        .await
+        .unwrap();
+    let mut moved = s.spec.clone().unwrap();
+    moved.endpoint.as_mut().unwrap().ports[0].published_port = 2377;
+    let e = update(&api, &s.id, version(&s), moved).await.unwrap_err();
+    assert!(
+        e.message().contains("is a swarm manager's port"),
+        "{}",
+        e.message()
+    );
+    create(&api, publishing("dns", vec![port(2377, 53, Udp, Ingress)]))
+        .await
+        .unwrap();
+
     // Ingress mode keeps the client's address on request.
     let kept = PortConfig {
         preserve_source_ip: true,
