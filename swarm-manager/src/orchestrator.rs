@@ -5,6 +5,7 @@
 //! - [`global::GlobalOrchestrator`]: one task per eligible node for global services.
 //! - [`restart::RestartSupervisor`]: applies the restart policy to tasks that ended while
 //!   still wanted, and starts delayed replacements when their restart delay has passed.
+//! - [`taskreaper::TaskReaper`]: keeps the task history bounded and removes leftovers.
 //!
 //! Each is a reconciler: it waits for the store to change, reads the state, computes a
 //! [`reconciler::Plan`] in a pure function and proposes it (`reconciler::run_reconciler`).
@@ -28,6 +29,7 @@ pub mod reconciler;
 pub mod replicated;
 pub mod restart;
 pub mod task;
+pub mod taskreaper;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -6,7 +6,7 @@ use proto::TaskState;
 
 use super::task::{is_active, is_running};
 use super::testutil::{self, *};
-use super::{replicated, restart};
+use super::{replicated, restart, taskreaper};
 use crate::store::{Op, Request, Store};
 
 /// The components' real loops together with a fake scheduler and agent: the cluster
@@ -31,7 +31,7 @@ async fn components_converge_together() {
         tokio::spawn(crate::allocator::Allocator::new(store.clone()).run()),
         tokio::spawn(replicated::ReplicatedOrchestrator::new(store.clone()).run()),
         tokio::spawn(restart::RestartSupervisor::new(store.clone()).run()),
-        tokio::spawn(crate::reaper::TaskReaper::new(store.clone()).run()),
+        tokio::spawn(taskreaper::TaskReaper::new(store.clone()).run()),
     ];
 
     // Scheduler + agent stand-in; returns the active tasks per slot.
