@@ -50,7 +50,7 @@ use proto::{
 };
 
 use crate::ipam::Ipam;
-use crate::orchestrator::{run_reconciler, Plan};
+use crate::orchestrator::reconciler::{run_reconciler, Plan};
 use crate::store::{Object, Op, State, Store};
 
 /// Range of dynamically published ports (Docker's).

@@ -13,7 +13,6 @@ pub mod metrics;
 pub mod netstate;
 pub mod orchestrator;
 pub mod raft;
-pub mod reaper;
 pub mod router;
 pub mod scheduler;
 pub mod store;

@@ -334,7 +334,7 @@ fn spawn_leader_components(
     set.spawn(crate::orchestrator::global::GlobalOrchestrator::new(store.clone()).run());
     set.spawn(crate::orchestrator::restart::RestartSupervisor::new(store.clone()).run());
     set.spawn(crate::scheduler::Scheduler::new(store.clone()).run());
-    set.spawn(crate::reaper::TaskReaper::new(store.clone()).run());
+    set.spawn(crate::orchestrator::taskreaper::TaskReaper::new(store.clone()).run());
     set.spawn(dispatcher.clone().run_monitor());
     set.spawn(RoleManager::new(membership.clone(), health.clone(), raft_id).run());
     set.spawn(object_gauges_loop(store.clone()));

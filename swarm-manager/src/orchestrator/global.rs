@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use proto::{NodeAvailability, NodeState, Service, Task, TaskState};
 
-use super::{
-    in_flight, is_active, is_dead, is_running, new_task, pick_kept, retire_op, run_reconciler,
-    shutdown_op, Plan, UPDATE_PARALLELISM,
+use super::reconciler::{run_reconciler, Plan};
+use super::task::{
+    in_flight, is_active, is_dead, is_running, new_task, pick_kept, retire_op, shutdown_op,
+    UPDATE_PARALLELISM,
 };
 use crate::scheduler::constraint::{node_matches, parse_constraints};
 use crate::store::{Object, Op, State, Store};

@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use proto::{Service, Task, TaskState};
 
-use super::{
+use super::reconciler::{run_reconciler, Plan};
+use super::task::{
     in_flight, is_active, is_dead, is_running, new_task, node_unusable, pick_kept, retire_op,
-    run_reconciler, shutdown_op, Plan, UPDATE_PARALLELISM,
+    shutdown_op, UPDATE_PARALLELISM,
 };
 use crate::store::{Object, Op, State, Store};
 

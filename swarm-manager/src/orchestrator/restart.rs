@@ -22,9 +22,8 @@ use std::time::Duration;
 
 use proto::{RestartCondition, Task, TaskState};
 
-use super::{
-    created_at, new_task, node_unusable, retire_op, run_reconciler, tasks_by_slot, Plan, SlotKey,
-};
+use super::reconciler::{run_reconciler, Plan};
+use super::task::{created_at, new_task, node_unusable, retire_op, tasks_by_slot, SlotKey};
 use crate::store::{Object, Op, State, Store};
 
 /// Restart delay when a task has no restart policy at all (Docker's default).
@@ -218,8 +217,9 @@ fn restarts_made(t: &Task, siblings: &[&Task], policy: &Policy, now_ms: i64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::orchestrator::replicated;
+    use crate::orchestrator::task::is_active;
     use crate::orchestrator::testutil::*;
-    use crate::orchestrator::{is_active, replicated};
     use crate::store::Store;
     use proto::{NodeState, RestartPolicy};
 

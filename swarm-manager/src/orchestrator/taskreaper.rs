@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use proto::{NodeState, Service, Task, TaskState, TaskStatus};
 
-use crate::orchestrator::{created_at, node_lost, run_reconciler, tasks_by_slot, Plan, SlotKey};
+use super::reconciler::{run_reconciler, Plan};
+use super::task::{created_at, node_lost, tasks_by_slot, SlotKey};
 use crate::store::{Kind, Op, State, Store};
 
 /// Task history per slot when the cluster does not set one (Docker's default).

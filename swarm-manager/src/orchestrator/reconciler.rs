@@ -1,0 +1,193 @@
+//! The reconciler loop shared by the leader-only components (orchestrators, restart
+//! supervisor, task reaper, allocator): `run_reconciler` waits for the store to change,
+//! calls a pure round function that returns a [`Plan`], and proposes the plan.
+
+use std::time::Duration;
+
+use crate::store::{now_ms, Op, OpOutcome, ProposeError, Request, State, Store};
+
+/// Ops per best-effort request.
+const OPS_PER_REQUEST: usize = 1000;
+/// All-or-nothing groups packed into one atomic request.
+const GROUPS_PER_REQUEST: usize = 32;
+
+/// What one reconcile round wants written.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Independent ops, proposed in best-effort batches.
+    pub ops: Vec<Op>,
+    /// Groups that must apply all or nothing (a replacement: the old task retired with a
+    /// version check and its successor created).
+    pub groups: Vec<Vec<Op>>,
+    /// When the component must run again even if the store does not change (timers).
+    pub wake_at_ms: Option<i64>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.groups.is_empty()
+    }
+
+    pub(crate) fn wake_at(&mut self, at_ms: i64) {
+        self.wake_at_ms = Some(self.wake_at_ms.map_or(at_ms, |w| w.min(at_ms)));
+    }
+
+    /// The requests to propose, replacements first.
+    pub fn into_requests(self) -> Vec<Request> {
+        let mut out = Vec::new();
+        let mut groups = self.groups.into_iter().peekable();
+        while groups.peek().is_some() {
+            let ops: Vec<Op> = groups.by_ref().take(GROUPS_PER_REQUEST).flatten().collect();
+            out.push(Request::atomic(ops));
+        }
+        let mut ops = self.ops.into_iter().peekable();
+        while ops.peek().is_some() {
+            out.push(Request::best_effort(
+                ops.by_ref().take(OPS_PER_REQUEST).collect(),
+            ));
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------- the loop
+
+/// Runs `round` every time the store changes (bursts coalesced by `debounce`) and when the
+/// plan's timer expires; proposes what it returns. Never returns.
+pub(crate) async fn run_reconciler<F>(
+    store: Store,
+    name: &'static str,
+    debounce: Duration,
+    mut round: F,
+) where
+    F: FnMut(&State, i64) -> Plan + Send,
+{
+    const BACKOFF_MIN: Duration = Duration::from_millis(100);
+    const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+    // A new leader may not have applied everything committed before it was elected:
+    // wait until the state is current, or two leaders' decisions could overlap.
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match store.linearize().await {
+            Ok(()) => break,
+            Err(ProposeError::NotLeader { .. }) => {
+                tracing::debug!(component = name, "not leader yet; waiting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                tracing::warn!(component = name, error = %e, "cannot read a current state; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+    tracing::debug!(component = name, "started");
+
+    let mut watch = store.watch();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        watch.borrow_and_update();
+        let plan = {
+            let st = store.read();
+            round(&st, now_ms())
+        };
+        let wake_at = plan.wake_at_ms;
+        let mut trouble = false;
+        for req in plan.into_requests() {
+            match store.propose(req).await {
+                Ok(resp) => match resp.result {
+                    Some(Err(e)) => {
+                        // Usually a version check that lost a race: re-read and retry.
+                        tracing::debug!(component = name, error = %e, "batch not applied");
+                        trouble = true;
+                    }
+                    Some(Ok(outcomes)) => {
+                        for o in outcomes {
+                            if let OpOutcome::Skipped(e) = o {
+                                tracing::debug!(component = name, error = %e, "op skipped");
+                                trouble = true;
+                            }
+                        }
+                    }
+                    None => {}
+                },
+                Err(ProposeError::NotLeader { .. }) => {
+                    // The manager aborts this task when it sees the leadership change.
+                    tracing::info!(component = name, "no longer leader; pausing");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    trouble = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(component = name, error = %e, "proposal failed; will retry");
+                    trouble = true;
+                    break;
+                }
+            }
+        }
+        if trouble {
+            // Never loop hot: a failed batch is itself an applied entry that wakes us.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            continue;
+        }
+        backoff = BACKOFF_MIN;
+
+        let timer = async {
+            match wake_at {
+                Some(at) => {
+                    let ms = (at - now_ms()).max(0) as u64;
+                    tokio::time::sleep(Duration::from_millis(ms)).await
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            changed = watch.changed() => {
+                if changed.is_err() {
+                    // The store is gone: the manager is shutting down.
+                    std::future::pending::<()>().await;
+                }
+                if !debounce.is_zero() {
+                    tokio::time::sleep(debounce).await;
+                }
+            }
+            _ = timer => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::orchestrator::task::new_task;
+    use crate::orchestrator::testutil::replicated;
+    use crate::store::Object;
+    use proto::TaskState;
+
+    #[test]
+    fn plan_packs_groups_atomically_and_ops_best_effort() {
+        let svc = replicated("s", 1);
+        let mut plan = Plan::default();
+        for i in 0..40 {
+            let t = new_task(&svc, i + 1, "", TaskState::Running, 0);
+            plan.groups.push(vec![Op::Create(Object::Task(t))]);
+        }
+        for i in 0..1500 {
+            plan.ops.push(Op::SetTaskDesiredState {
+                task_id: format!("t{i}"),
+                desired: TaskState::Shutdown,
+            });
+        }
+        plan.wake_at(50);
+        plan.wake_at(20);
+        assert_eq!(plan.wake_at_ms, Some(20));
+        let reqs = plan.into_requests();
+        let shape: Vec<(bool, usize)> = reqs.iter().map(|r| (r.atomic, r.ops.len())).collect();
+        assert_eq!(
+            shape,
+            vec![(true, 32), (true, 8), (false, 1000), (false, 500)]
+        );
+    }
+}
