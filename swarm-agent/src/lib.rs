@@ -10,6 +10,7 @@ pub mod logs;
 pub mod metrics_http;
 pub mod netns;
 pub mod network;
+pub mod reporter;
 pub mod state;
 pub mod worker;
 

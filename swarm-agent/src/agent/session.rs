@@ -7,10 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::dispatcher_client::DispatcherClient;
-use proto::{
-    AssignmentsRequest, HeartbeatRequest, NodeRole, SessionMessage, SessionRequest,
-    UpdateTaskStatusRequest,
-};
+use proto::{AssignmentsRequest, HeartbeatRequest, NodeRole, SessionMessage, SessionRequest};
 use rand::Rng;
 use swarm_manager::tls;
 use tonic::Status;
@@ -174,28 +171,10 @@ async fn run_session(
         }
     };
     let status = {
-        let mut c = client.clone();
+        let c = client.clone();
         let sid = session_id.clone();
         let worker = agent.worker.clone();
-        async move {
-            loop {
-                let updates = worker.take_pending();
-                if !updates.is_empty() {
-                    let req = UpdateTaskStatusRequest {
-                        session_id: sid.clone(),
-                        updates: updates.clone(),
-                    };
-                    if let Err(s) = c.update_task_status(req).await {
-                        worker.requeue(updates);
-                        return SessionEnd::from(s);
-                    }
-                }
-                tokio::select! {
-                    _ = worker.notify.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-            }
-        }
+        async move { SessionEnd::from(worker.reports().send(c, sid).await) }
     };
     // `swarm service logs`: the leader's log subscriptions, on the session's channel and
     // certificate; it never ends by itself and stops with the session.
