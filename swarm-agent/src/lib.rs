@@ -2,6 +2,7 @@
 //! executor, the local CLI socket, `/metrics`, and the manager in-process when the
 //! node's role is manager.
 
+pub mod agent;
 pub mod containerd;
 pub mod executor;
 pub mod local;
@@ -9,7 +10,7 @@ pub mod logs;
 pub mod metrics_http;
 pub mod netns;
 pub mod network;
-pub mod node;
+pub mod reporter;
 pub mod state;
 pub mod worker;
 
@@ -17,8 +18,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+pub use agent::{Agent, AgentConfig};
 pub use executor::{Executor, ExecutorDescription, TaskReporter, UnsupportedExecutor};
-pub use node::{Agent, AgentConfig};
 
 /// Runs the daemon until SIGINT/SIGTERM.
 pub async fn run(cfg: AgentConfig, executor: Arc<dyn Executor>) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use proto::*;
 use swarm_manager::control::{ControlApi, LocalCaller};
 use tonic::{Request, Response, Status};
 
-use crate::node::{role_name, Agent, InitOptions, JoinOptions};
+use crate::agent::{role_name, Agent, InitOptions, JoinOptions};
 
 const NOT_A_MANAGER: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
 const NOT_IN_SWARM: &str = "This node is not a swarm manager. Use \"swarm init\" or \"swarm join\" to connect this node to swarm and try again.";
@@ -65,7 +65,7 @@ impl LocalNode for LocalApi {
                     r.task_history_limit
                 },
                 dispatcher_heartbeat: ms(r.dispatcher_heartbeat_ms, Duration::from_secs(5)),
-                cert_expiry: ms(r.cert_expiry_ms, crate::node::DEFAULT_CERT_EXPIRY),
+                cert_expiry: ms(r.cert_expiry_ms, crate::agent::DEFAULT_CERT_EXPIRY),
                 availability: NodeAvailability::try_from(r.availability)
                     .unwrap_or(NodeAvailability::Active),
                 default_addr_pool: r.default_addr_pool,

@@ -1,17 +1,17 @@
 //! The node's task runner: applies the dispatcher's assignments (start tasks whose desired
-//! state is RUNNING, stop those whose desired state moved past it) and collects the status
-//! each task reports, to be sent to the managers in batches.
+//! state is RUNNING, stop those whose desired state moved past it) and hands the status each
+//! task reports to its `StatusReports`, which the session sends to the managers in batches.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use proto::{
     assignment_change, assignments_message, AssignmentsMessage, Task, TaskState, TaskStatus,
-    TaskStatusUpdate,
 };
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
 use crate::executor::{Executor, TaskReporter};
+use crate::reporter::StatusReports;
 
 struct Running {
     stop: watch::Sender<bool>,
@@ -20,11 +20,10 @@ struct Running {
 pub struct Worker {
     executor: Arc<dyn Executor>,
     running: Arc<Mutex<HashMap<String, Running>>>,
-    /// Latest unsent status per task.
-    pending: Mutex<HashMap<String, TaskStatus>>,
+    /// The statuses tasks reported, until the session sends them.
+    reports: StatusReports,
     /// Last state reported per task, so that assignments do not restart finished tasks.
     finished: Mutex<HashSet<String>>,
-    pub notify: Notify,
     tx: mpsc::UnboundedSender<(String, TaskStatus)>,
 }
 
@@ -34,9 +33,8 @@ impl Worker {
         let w = Arc::new(Worker {
             executor,
             running: Arc::new(Mutex::new(HashMap::new())),
-            pending: Mutex::new(HashMap::new()),
+            reports: StatusReports::default(),
             finished: Mutex::new(HashSet::new()),
-            notify: Notify::new(),
             tx,
         });
         let weak = Arc::downgrade(&w);
@@ -48,8 +46,7 @@ impl Worker {
                     lock(&w.running).remove(&id);
                     lock(&w.finished).insert(id.clone());
                 }
-                lock(&w.pending).insert(id, status);
-                w.notify.notify_one();
+                w.reports.record(id, status);
             }
         });
         w
@@ -59,25 +56,9 @@ impl Worker {
         &self.executor
     }
 
-    /// Statuses to send now (taken out; give them back with `requeue` if sending fails).
-    pub fn take_pending(&self) -> Vec<TaskStatusUpdate> {
-        lock(&self.pending)
-            .drain()
-            .map(|(task_id, status)| TaskStatusUpdate {
-                task_id,
-                status: Some(status),
-            })
-            .collect()
-    }
-
-    pub fn requeue(&self, updates: Vec<TaskStatusUpdate>) {
-        let mut p = lock(&self.pending);
-        for u in updates {
-            if let Some(s) = u.status {
-                // A newer status may have arrived meanwhile: keep the newest.
-                p.entry(u.task_id).or_insert(s);
-            }
-        }
+    /// The statuses tasks reported, to be sent to the managers.
+    pub fn reports(&self) -> &StatusReports {
+        &self.reports
     }
 
     pub fn apply(&self, msg: AssignmentsMessage) {

@@ -1,0 +1,196 @@
+//! The node's agent: the `Agent` type, what it holds (the membership and credentials, the
+//! in-process manager when the node's role is manager, the node's network view) and the work
+//! it keeps running while the node is in a swarm. Each job has a file of its own:
+//! `membership` (init, join, leave, resume), `role` (promotion and demotion), `renewal`
+//! (certificate renewal), `session` (the session with the leader's dispatcher) and
+//! `addresses` (the listen and advertise addresses).
+
+mod addresses;
+mod membership;
+mod renewal;
+mod role;
+mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use proto::{NodeDescription, NodeRole, Platform};
+use swarm_manager::control::ControlApi;
+use swarm_manager::manager::{Bootstrap, Credentials, Manager, ManagerConfig};
+use tokio::task::JoinHandle;
+
+use crate::executor::Executor;
+use crate::network::view::ViewHandle;
+use crate::network::Networking;
+use crate::state::{NodeState, Paths};
+use crate::worker::Worker;
+
+pub use addresses::{with_default_port, DEFAULT_PORT};
+pub use membership::{InitOptions, JoinOptions, DEFAULT_CERT_EXPIRY};
+pub use role::role_name;
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub data_root: PathBuf,
+    pub socket: PathBuf,
+    pub hostname: String,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// What `swarm info` and the CLI's node marker need, readable without locks held long.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub state: Option<NodeState>,
+    pub error: String,
+}
+
+struct Inner {
+    state: Option<NodeState>,
+    creds: Option<Credentials>,
+    manager: Option<Manager>,
+    session: Option<JoinHandle<()>>,
+    renewal: Option<JoinHandle<()>>,
+}
+
+pub struct Agent {
+    pub cfg: AgentConfig,
+    paths: Paths,
+    worker: Arc<Worker>,
+    inner: tokio::sync::Mutex<Inner>,
+    control: RwLock<Option<ControlApi>>,
+    snapshot: RwLock<Snapshot>,
+    role_change: tokio::sync::Mutex<()>,
+    /// The role the managers last said this node has.
+    wanted_role: std::sync::Mutex<Option<NodeRole>>,
+    /// The managers' view of the networks this node has tasks on (`Dispatcher.NetworkState`).
+    network: ViewHandle,
+    /// A manager without `NetworkState` was met (logged once).
+    network_state_unsupported: AtomicBool,
+    /// The node's data plane (None: control-plane-only agents, e.g. the test harness).
+    networking: Option<Arc<Networking>>,
+}
+
+impl Agent {
+    pub fn new(cfg: AgentConfig, executor: Arc<dyn Executor>) -> Arc<Agent> {
+        Agent::with_networking(cfg, executor, None)
+    }
+
+    /// An agent whose data plane is `networking` (its view is the one the managers send).
+    pub fn with_networking(
+        cfg: AgentConfig,
+        executor: Arc<dyn Executor>,
+        networking: Option<Arc<Networking>>,
+    ) -> Arc<Agent> {
+        let paths = Paths::new(&cfg.data_root);
+        let network = networking.as_ref().map(|n| n.view()).unwrap_or_default();
+        Arc::new(Agent {
+            cfg,
+            paths,
+            worker: Worker::new(executor),
+            inner: tokio::sync::Mutex::new(Inner {
+                state: None,
+                creds: None,
+                manager: None,
+                session: None,
+                renewal: None,
+            }),
+            control: RwLock::new(None),
+            snapshot: RwLock::new(Snapshot::default()),
+            role_change: tokio::sync::Mutex::new(()),
+            wanted_role: std::sync::Mutex::new(None),
+            network,
+            network_state_unsupported: AtomicBool::new(false),
+            networking,
+        })
+    }
+
+    /// The network state this node's agent received from the managers: what the data plane
+    /// and `network inspect --verbose` read.
+    pub fn network_view(&self) -> ViewHandle {
+        self.network.clone()
+    }
+
+    pub fn control(&self) -> Option<ControlApi> {
+        self.control
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The in-process manager's log broker (None unless this node is a manager).
+    pub async fn log_broker(&self) -> Option<swarm_manager::logbroker::LogBroker> {
+        let inner = self.inner.lock().await;
+        inner.manager.as_ref().map(|m| m.logs.clone())
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn publish(&self, inner: &Inner) {
+        let mut s = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
+        s.state = inner.state.clone();
+        *self.control.write().unwrap_or_else(|e| e.into_inner()) =
+            inner.manager.as_ref().map(|m| m.control.clone());
+    }
+
+    pub fn description(&self) -> NodeDescription {
+        let d = self.worker.executor().describe();
+        NodeDescription {
+            hostname: self.cfg.hostname.clone(),
+            platform: Some(Platform {
+                os: std::env::consts::OS.to_string(),
+                architecture: std::env::consts::ARCH.to_string(),
+            }),
+            resources: Some(d.resources),
+            engine_labels: d.engine_labels,
+            engine_version: d.engine_version,
+        }
+    }
+
+    async fn start_manager(
+        &self,
+        state: &NodeState,
+        creds: &Credentials,
+        bootstrap: Bootstrap,
+    ) -> anyhow::Result<Manager> {
+        let listen: SocketAddr = state
+            .listen_addr
+            .parse()
+            .with_context(|| format!("invalid listen address {:?}", state.listen_addr))?;
+        Manager::start(
+            ManagerConfig {
+                raft_dir: self.paths.raft(),
+                raft_id: state.raft_id,
+                node_id: state.node_id.clone(),
+                listen_addr: listen,
+                advertise_addr: state.advertise_addr.clone(),
+                credentials: creds.clone(),
+            },
+            bootstrap,
+        )
+        .await
+    }
+
+    fn start_background(self: &Arc<Self>, inner: &mut Inner) {
+        if let Some(h) = inner.session.take() {
+            h.abort();
+        }
+        if let Some(h) = inner.renewal.take() {
+            h.abort();
+        }
+        inner.session = Some(tokio::spawn(session::session_loop(self.clone())));
+        inner.renewal = Some(tokio::spawn(renewal::renewal_loop(self.clone())));
+    }
+
+    async fn current(&self) -> Option<(NodeState, Credentials)> {
+        let inner = self.inner.lock().await;
+        Some((inner.state.clone()?, inner.creds.clone()?))
+    }
+}
