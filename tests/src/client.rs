@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use proto::{ListNetworksRequest, ListNodesRequest, ListServicesRequest, ListTasksRequest};
 
 use crate::helpers::wait_for;
 
@@ -122,6 +123,13 @@ pub trait AgentClient {
         })
     }
 
+    fn services(&self) -> anyhow::Result<Vec<proto::Service>> {
+        let r = control(self.socket(), async |mut c| {
+            c.list_services(ListServicesRequest {}).await
+        })?;
+        Ok(r.into_inner().services)
+    }
+
     /// Tasks of a service (name or id; all states), read through this node's socket.
     fn tasks(&self, service: &str) -> anyhow::Result<Vec<proto::Task>> {
         let service = service.to_string();
@@ -131,42 +139,28 @@ pub trait AgentClient {
             .find(|s| s.id == service || s.spec.as_ref().is_some_and(|sp| sp.name == service))
             .map(|s| s.id.clone())
             .unwrap_or(service);
-        control(self.socket(), async move |mut c| {
-            Ok(c.list_tasks(proto::ListTasksRequest {
+        let tasks = control(self.socket(), async move |mut c| {
+            c.list_tasks(ListTasksRequest {
                 service_ids: vec![id],
                 ..Default::default()
             })
-            .await?
-            .into_inner()
-            .tasks)
-        })
+            .await
+        })?;
+        Ok(tasks.into_inner().tasks)
     }
 
     fn nodes(&self) -> anyhow::Result<Vec<proto::Node>> {
-        control(self.socket(), async move |mut c| {
-            Ok(c.list_nodes(proto::ListNodesRequest {})
-                .await?
-                .into_inner()
-                .nodes)
-        })
-    }
-
-    fn services(&self) -> anyhow::Result<Vec<proto::Service>> {
-        control(self.socket(), async move |mut c| {
-            Ok(c.list_services(proto::ListServicesRequest {})
-                .await?
-                .into_inner()
-                .services)
-        })
+        let r = control(self.socket(), async |mut c| {
+            c.list_nodes(ListNodesRequest {}).await
+        })?;
+        Ok(r.into_inner().nodes)
     }
 
     fn networks(&self) -> anyhow::Result<Vec<proto::Network>> {
-        control(self.socket(), async move |mut c| {
-            Ok(c.list_networks(proto::ListNetworksRequest {})
-                .await?
-                .into_inner()
-                .networks)
-        })
+        let r = control(self.socket(), async |mut c| {
+            c.list_networks(ListNetworksRequest {}).await
+        })?;
+        Ok(r.into_inner().networks)
     }
 }
 

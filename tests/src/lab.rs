@@ -384,8 +384,8 @@ impl Lab {
                 n.name(),
                 if n.is_manager() { "manager" } else { "worker" },
                 netns,
-                pid_text(n.containerd_pid()),
-                pid_text(n.agent_pid()),
+                pid_text(n.containerd.pid()),
+                pid_text(n.agent.pid()),
             ));
         }
         match self.nodes.first() {

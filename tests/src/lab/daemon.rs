@@ -32,20 +32,22 @@ pub(super) fn daemon_env(cmd: &mut Command) {
 }
 
 /// A daemon of the lab, found through its pid file (so that a later process can stop it);
-/// the [`Child`] is kept when this process started it, to reap it.
+/// the [`Child`] is kept when this process started it, to reap it. Its output goes to `log`.
 pub(super) struct Daemon {
     what: String,
     exe: PathBuf,
     pidfile: PathBuf,
+    log: PathBuf,
     child: Mutex<Option<Child>>,
 }
 
 impl Daemon {
-    pub(super) fn new(what: String, exe: PathBuf, pidfile: PathBuf) -> Daemon {
+    pub(super) fn new(what: String, exe: PathBuf, pidfile: PathBuf, log: PathBuf) -> Daemon {
         Daemon {
             what,
             exe,
             pidfile,
+            log,
             child: Mutex::new(None),
         }
     }
@@ -107,25 +109,27 @@ impl Daemon {
         Ok(())
     }
 
+    /// Runs `start` (which spawns the process and waits for it) unless the process runs.
+    pub(super) fn ensure(&self, start: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+        match self.pid() {
+            Some(_) => Ok(()),
+            None => start(),
+        }
+    }
+
     /// Starts `cmd` in a session of its own inside the network namespace at `netns` (so that
-    /// it outlives us and ignores the terminal's Ctrl-C), its output appended to `log`.
-    pub(super) fn spawn_in(
-        &self,
-        mut cmd: Command,
-        netns: &Path,
-        log: &Path,
-    ) -> anyhow::Result<i32> {
-        let (out, err) = log_file(log)?;
+    /// it outlives us and ignores the terminal's Ctrl-C), its output appended to its log.
+    pub(super) fn spawn_in(&self, mut cmd: Command, netns: &Path) -> anyhow::Result<i32> {
+        let (out, err) = log_file(&self.log)?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         sys::in_netns(&mut cmd, netns, true)?;
         self.spawn(cmd)
     }
 
-    /// Waits up to 30 s, every `period`, until `ready`; fails with the end of its `log` when
+    /// Waits up to 30 s, every `period`, until `ready`; fails with the end of its log when
     /// the process exits first, or when it does not `promise` (`open <socket>` …) in time.
     pub(super) fn wait_started(
         &self,
-        log: &Path,
         promise: &str,
         period: Duration,
         mut ready: impl FnMut() -> bool,
@@ -139,15 +143,15 @@ impl Daemon {
                 bail!(
                     "the {} exited; log {}:\n{}",
                     self.what,
-                    log.display(),
-                    tail(log, 40)
+                    self.log.display(),
+                    tail(&self.log, 40)
                 );
             }
             if Instant::now() > deadline {
                 bail!(
                     "the {} did not {promise} within 30 s; log:\n{}",
                     self.what,
-                    tail(log, 40)
+                    tail(&self.log, 40)
                 );
             }
             std::thread::sleep(period);

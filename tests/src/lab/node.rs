@@ -31,8 +31,8 @@ pub struct LabNode {
     port: u16,
     bin_dir: PathBuf,
     registry: String,
-    agent: Daemon,
-    containerd: Daemon,
+    pub(super) agent: Daemon,
+    pub(super) containerd: Daemon,
 }
 
 impl LabNode {
@@ -50,11 +50,13 @@ impl LabNode {
                 format!("swarm-agent of {name}"),
                 cfg.bin_dir.join("swarm-agent"),
                 dir.join("agent.pid"),
+                dir.join("agent.log"),
             ),
             containerd: Daemon::new(
                 format!("containerd of {name}"),
                 PathBuf::from(testbed::CONTAINERD),
                 dir.join("containerd").join("containerd.pid"),
+                dir.join("containerd").join("containerd.log"),
             ),
             dir,
             name,
@@ -157,20 +159,29 @@ impl LabNode {
 
     // ---- agent
 
-    pub fn agent_pid(&self) -> Option<i32> {
-        self.agent.pid()
-    }
     pub fn agent_running(&self) -> bool {
         self.agent.pid().is_some()
     }
 
     /// Starts the agent (when not running) and waits for its socket.
     pub fn start_agent(&self) -> anyhow::Result<()> {
-        if self.agent_running() {
-            return Ok(());
-        }
-        self.spawn_agent()?;
-        self.wait_agent()
+        self.agent
+            .ensure(|| self.spawn_agent().and_then(|()| self.wait_agent()))
+    }
+
+    /// SIGKILL: the agent dies without any cleanup (its containers keep running).
+    pub fn kill_agent(&self) -> anyhow::Result<()> {
+        self.agent.stop(libc::SIGKILL, Duration::from_secs(10))
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s.
+    pub fn stop_agent(&self) -> anyhow::Result<()> {
+        self.agent.stop(libc::SIGTERM, Duration::from_secs(10))
+    }
+
+    /// The last 40 lines of the agent's log.
+    pub fn agent_log_tail(&self) -> String {
+        tail(&self.agent_log(), 40)
     }
 
     pub(super) fn spawn_agent(&self) -> anyhow::Result<()> {
@@ -199,78 +210,24 @@ impl LabNode {
             .arg("--metrics-addr")
             .arg(METRICS_ADDR)
             .env("RUST_LOG", AGENT_LOG_FILTER);
-        daemon_env(&mut cmd);
-        self.agent
-            .spawn_in(cmd, &self.netns_path(), &self.agent_log())?;
-        Ok(())
+        self.spawn_daemon(&self.agent, cmd)
     }
 
     pub(super) fn wait_agent(&self) -> anyhow::Result<()> {
         let promise = format!("open {}", self.socket().display());
-        self.agent.wait_started(
-            &self.agent_log(),
-            &promise,
-            Duration::from_millis(50),
-            || self.socket().exists(),
-        )
-    }
-
-    /// SIGKILL: the agent dies without any cleanup (its containers keep running).
-    pub fn kill_agent(&self) -> anyhow::Result<()> {
-        self.agent.stop(libc::SIGKILL, Duration::from_secs(10))
-    }
-
-    /// SIGTERM, then SIGKILL after 10 s.
-    pub fn stop_agent(&self) -> anyhow::Result<()> {
-        self.agent.stop(libc::SIGTERM, Duration::from_secs(10))
-    }
-
-    /// The last 40 lines of the agent's log.
-    pub fn agent_log_tail(&self) -> String {
-        tail(&self.agent_log(), 40)
-    }
-
-    /// Kills and reaps this process's own children, the agent and containerd (no zombies
-    /// left behind by a teardown).
-    pub(super) fn kill_daemons(&self) {
-        let _ = self.agent.stop(libc::SIGKILL, Duration::from_secs(5));
-        let _ = self.containerd.stop(libc::SIGKILL, Duration::from_secs(5));
+        let ready = || self.socket().exists();
+        self.agent
+            .wait_started(&promise, Duration::from_millis(50), ready)
     }
 
     // ---- containerd
 
-    pub fn containerd_pid(&self) -> Option<i32> {
-        self.containerd.pid()
-    }
-    pub fn containerd_running(&self) -> bool {
-        self.containerd.pid().is_some()
-    }
-
     /// Starts the node's containerd (when not running) and waits until it answers.
     pub fn start_containerd(&self) -> anyhow::Result<()> {
-        if self.containerd_running() {
-            return Ok(());
-        }
-        self.spawn_containerd()?;
-        self.wait_containerd()
-    }
-
-    pub(super) fn spawn_containerd(&self) -> anyhow::Result<()> {
-        let mut cmd = testbed::command(&self.containerd_dir())?;
-        daemon_env(&mut cmd);
-        self.containerd
-            .spawn_in(cmd, &self.netns_path(), &self.containerd_log())?;
-        Ok(())
-    }
-
-    pub(super) fn wait_containerd(&self) -> anyhow::Result<()> {
-        let promise = format!("answer on {}", self.containerd_socket().display());
-        self.containerd.wait_started(
-            &self.containerd_log(),
-            &promise,
-            Duration::from_millis(100),
-            || self.containerd_socket().exists() && self.ctr(&["version"]).is_ok(),
-        )
+        self.containerd.ensure(|| {
+            self.spawn_containerd()
+                .and_then(|()| self.wait_containerd())
+        })
     }
 
     /// SIGKILL the node's containerd (its shims and containers keep running).
@@ -280,6 +237,32 @@ impl LabNode {
 
     pub fn containerd_log_tail(&self) -> String {
         tail(&self.containerd_log(), 40)
+    }
+
+    pub(super) fn spawn_containerd(&self) -> anyhow::Result<()> {
+        let cmd = testbed::command(&self.containerd_dir())?;
+        self.spawn_daemon(&self.containerd, cmd)
+    }
+
+    pub(super) fn wait_containerd(&self) -> anyhow::Result<()> {
+        let promise = format!("answer on {}", self.containerd_socket().display());
+        let ready = || self.containerd_socket().exists() && self.ctr(&["version"]).is_ok();
+        self.containerd
+            .wait_started(&promise, Duration::from_millis(100), ready)
+    }
+
+    /// Starts one of the node's daemons in its namespace, with the daemons' environment.
+    fn spawn_daemon(&self, daemon: &Daemon, mut cmd: Command) -> anyhow::Result<()> {
+        daemon_env(&mut cmd);
+        daemon.spawn_in(cmd, &self.netns_path())?;
+        Ok(())
+    }
+
+    /// Kills and reaps this process's own children, the agent and containerd (no zombies
+    /// left behind by a teardown).
+    pub(super) fn kill_daemons(&self) {
+        let _ = self.agent.stop(libc::SIGKILL, Duration::from_secs(5));
+        let _ = self.containerd.stop(libc::SIGKILL, Duration::from_secs(5));
     }
 
     /// `ctr --address <node containerd> -n swarm ARGS…`; its stdout.

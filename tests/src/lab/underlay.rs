@@ -41,11 +41,13 @@ impl Underlay {
                 "registry".into(),
                 PathBuf::from(DOCKER_REGISTRY),
                 cfg.root.join("registry").join("registry.pid"),
+                cfg.root.join("registry").join("registry.log"),
             ),
             upstream_dns: Daemon::new(
                 "upstream dns".into(),
                 PathBuf::from(DNSMASQ),
                 cfg.root.join("dns").join("dnsmasq.pid"),
+                cfg.root.join("dns").join("dnsmasq.log"),
             ),
         }
     }
@@ -161,7 +163,7 @@ impl Underlay {
             "--pid-file=",
             "--log-facility=-",
         ]);
-        self.upstream_dns.spawn_in(cmd, &self.netns_path(), &log)?;
+        self.upstream_dns.spawn_in(cmd, &self.netns_path())?;
         wait_for_quick(Duration::from_secs(10), || {
             let addr = format!("{UNDERLAY_IP}:53");
             sys::on_netns_thread(&self.netns_path(), move || {
@@ -194,7 +196,7 @@ impl Underlay {
         let log = dir.join("registry.log");
         let mut cmd = Command::new(DOCKER_REGISTRY);
         cmd.arg("serve").arg(&cfg);
-        self.registry.spawn_in(cmd, &self.netns_path(), &log)?;
+        self.registry.spawn_in(cmd, &self.netns_path())?;
         let addr = registry_addr();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
