@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
+use swarm_agent::containerd::testbed;
 use swarm_oci::{BuiltImage, ImageBuilder, Registry};
 
-pub const BUSYBOX: &str = "/usr/bin/busybox";
+pub use testbed::BUSYBOX;
 /// The target the whoami binary is built for (a static binary runs in an empty image).
 pub const MUSL: &str = "x86_64-unknown-linux-musl";
 
@@ -43,16 +44,7 @@ pub fn busybox_image(busybox: &Path) -> anyhow::Result<BuiltImage> {
             busybox.display()
         );
     }
-    let mut b = ImageBuilder::new()
-        .dir("/bin", 0o755)
-        .file("/bin/busybox", busybox.to_path_buf(), 0o755)
-        .dir("/tmp", 0o1777)
-        .env("PATH", "/bin")
-        .cmd(["sh"]);
-    for applet in APPLETS {
-        b = b.symlink(&format!("/bin/{applet}"), "busybox");
-    }
-    Ok(b.build()?)
+    Ok(testbed::busybox(busybox, APPLETS).build()?)
 }
 
 pub fn whoami_image(binary: &Path) -> anyhow::Result<BuiltImage> {

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tests::{per_node, running, table, wait_for, Cluster};
+use tests::{per_node, running, table, wait_for, AgentClient, Cluster};
 
 fn node_ids(c: &Cluster) -> std::collections::BTreeMap<String, String> {
     c.node(0)
@@ -17,8 +17,7 @@ fn node_ids(c: &Cluster) -> std::collections::BTreeMap<String, String> {
 
 #[test]
 fn five_processes_form_a_swarm_with_one_leader_and_two_reachable_managers() {
-    let c = Cluster::new(5, 24101).unwrap();
-    c.form(3).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let c = Cluster::formed(5, 24101, 3);
     wait_for(Duration::from_secs(30), || {
         let out = c.node(0).swarm(&["node", "ls"]).stdout;
         out.matches("Leader").count() == 1 && out.matches("Reachable").count() == 2
@@ -75,8 +74,7 @@ fn five_processes_form_a_swarm_with_one_leader_and_two_reachable_managers() {
 
 #[test]
 fn replicated_services_spread_scale_and_global_services_follow_nodes() {
-    let mut c = Cluster::new(5, 24201).unwrap();
-    c.form(3).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let mut c = Cluster::formed(5, 24201, 3);
     let m = c.node(0);
 
     // Without -d the CLI shows progress until the service converged.
@@ -129,16 +127,7 @@ fn replicated_services_spread_scale_and_global_services_follow_nodes() {
     let ls = m.swarm_ok(&["service", "ls"]);
     assert!(ls.contains("3/3"), "{ls}");
 
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
-        "--name",
-        "mon",
-        "--mode",
-        "global",
-        "sim/agent",
-    ]);
+    m.create_service(&["--name", "mon", "--mode", "global", "sim/agent"]);
     wait_for(Duration::from_secs(60), || {
         running(&m.tasks("mon").unwrap()).len() == 5
     })
@@ -165,8 +154,7 @@ fn killing_leaders_loses_no_acknowledged_write_and_a_full_restart_keeps_state() 
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    let mut c = Cluster::new(3, 24301).unwrap();
-    c.form(3).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let mut c = Cluster::formed(3, 24301, 3);
     let sockets: Vec<String> = c
         .nodes
         .iter()
@@ -315,19 +303,10 @@ fn killing_leaders_loses_no_acknowledged_write_and_a_full_restart_keeps_state() 
 
 #[test]
 fn a_dead_worker_goes_down_and_its_tasks_move_drain_moves_pause_holds() {
-    let mut c = Cluster::new(5, 24401).unwrap();
-    c.form(3).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let mut c = Cluster::formed(5, 24401, 3);
     let ids = node_ids(&c);
-    c.node(0).swarm_ok(&[
-        "service",
-        "create",
-        "-d",
-        "--name",
-        "web",
-        "--replicas",
-        "10",
-        "sim/app",
-    ]);
+    c.node(0)
+        .create_service(&["--name", "web", "--replicas", "10", "sim/app"]);
     wait_for(Duration::from_secs(60), || {
         running(&c.node(0).tasks("web").unwrap()).len() == 10
     })
@@ -397,13 +376,9 @@ fn a_dead_worker_goes_down_and_its_tasks_move_drain_moves_pause_holds() {
 
 #[test]
 fn an_unsatisfiable_constraint_leaves_the_task_pending_with_the_reason() {
-    let c = Cluster::new(3, 24501).unwrap();
-    c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let c = Cluster::formed(3, 24501, 1);
     let m = c.node(0);
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "picky",
         "--constraint",
@@ -527,22 +502,10 @@ fn tokens_certificates_and_roles_are_enforced() {
 
 #[test]
 fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
-    let c = Cluster::new(2, 24701).unwrap();
-    c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let c = Cluster::formed(2, 24701, 1);
     let m = c.node(0);
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
-        "--name",
-        "ok",
-        "--replicas",
-        "2",
-        "sim/app",
-    ]);
-    m.swarm_ok(&[
-        "service", "create", "-d", "--name", "glob", "--mode", "global", "sim/app",
-    ]);
+    m.create_service(&["--name", "ok", "--replicas", "2", "sim/app"]);
+    m.create_service(&["--name", "glob", "--mode", "global", "sim/app"]);
     let snapshot = || {
         let mut s: Vec<(String, Option<u64>, u64)> = m
             .services()
@@ -660,8 +623,7 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
 
 #[test]
 fn raft_membership_follows_promote_demote_and_leave() {
-    let mut c = Cluster::new(4, 24801).unwrap();
-    c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let mut c = Cluster::formed(4, 24801, 1);
     let row = |c: &Cluster, via: usize, host: &str| -> String {
         c.node(via)
             .swarm(&["node", "ls"])
@@ -684,8 +646,7 @@ fn raft_membership_follows_promote_demote_and_leave() {
             && c.node(1).swarm(&["service", "ls"]).ok()
     })
     .unwrap_or_else(|e| panic!("promotion did not complete: {e}\n{}", c.logs()));
-    c.node(1)
-        .swarm_ok(&["service", "create", "-d", "--name", "before", "sim/app"]);
+    c.node(1).create_service(&["--name", "before", "sim/app"]);
     c.nodes[0].kill();
     wait_for(Duration::from_secs(30), || {
         c.node(1)
@@ -785,16 +746,7 @@ fn the_shipped_daemon_without_containerd_rejects_tasks_and_says_why() {
     .unwrap();
     c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     let m = c.node(0);
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
-        "--name",
-        "web",
-        "--restart-condition",
-        "none",
-        "busybox",
-    ]);
+    m.create_service(&["--name", "web", "--restart-condition", "none", "busybox"]);
     wait_for(Duration::from_secs(30), || {
         m.tasks("web")
             .unwrap()
@@ -824,14 +776,10 @@ fn the_shipped_daemon_without_containerd_rejects_tasks_and_says_why() {
 
 #[test]
 fn restart_policy_replaces_failed_tasks_up_to_max_attempts_and_ps_shows_history() {
-    let c = Cluster::new(2, 25001).unwrap();
-    c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let c = Cluster::formed(2, 25001, 1);
     let m = c.node(0);
     // sim/fail runs for 300 ms, then fails with exit code 1.
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "crash",
         "--restart-condition",
@@ -879,10 +827,7 @@ fn restart_policy_replaces_failed_tasks_up_to_max_attempts_and_ps_shows_history(
     );
 
     // Condition none: a task that completes is not replaced.
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "once",
         "--restart-condition",
@@ -902,18 +847,9 @@ fn restart_policy_replaces_failed_tasks_up_to_max_attempts_and_ps_shows_history(
 
 #[test]
 fn a_frozen_leader_is_replaced_and_steps_down_without_duplicating_work() {
-    let c = Cluster::new(4, 25101).unwrap();
-    c.form(3).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
-    c.node(0).swarm_ok(&[
-        "service",
-        "create",
-        "-d",
-        "--name",
-        "web",
-        "--replicas",
-        "4",
-        "sim/app",
-    ]);
+    let c = Cluster::formed(4, 25101, 3);
+    c.node(0)
+        .create_service(&["--name", "web", "--replicas", "4", "sim/app"]);
     wait_for(Duration::from_secs(60), || {
         running(&c.node(0).tasks("web").unwrap()).len() == 4
     })

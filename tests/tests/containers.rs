@@ -8,25 +8,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use proto::TaskState;
+use tests::lab::testing::{node_of, test_lab as lab, LONG};
 use tests::lab::{Lab, LabNode};
-use tests::{running, wait_for};
-
-use tests::lab::test_lab as lab;
-
-const LONG: Duration = Duration::from_secs(90);
-
-/// The lab node a task runs on (by the node's hostname).
-fn node_of<'a>(lab: &'a Lab, m: &LabNode, task: &proto::Task) -> &'a LabNode {
-    let nodes = m.nodes().expect("node ls");
-    let host = nodes
-        .iter()
-        .find(|n| n.id == task.node_id)
-        .and_then(|n| n.description.as_ref())
-        .map(|d| d.hostname.clone())
-        .unwrap_or_else(|| panic!("task {} is on an unknown node {}", task.id, task.node_id));
-    lab.node_named(&host)
-        .unwrap_or_else(|| panic!("no lab node named {host}"))
-}
+use tests::{running, wait_for, AgentClient};
 
 /// Container ids with a running process, per lab node name.
 fn containerd_tasks(lab: &Lab) -> BTreeMap<String, Vec<String>> {
@@ -76,7 +60,7 @@ fn wait_running_in_containerd(lab: &Lab, service: &str, n: usize) -> Vec<proto::
             .filter(|id| tasks.iter().any(|t| &t.id == *id))
             .count();
         let backed = run.iter().all(|t| {
-            let node = node_of(lab, m, t);
+            let node = node_of(lab, t);
             in_cd[node.name()].contains(&t.id)
         });
         last = format!("containerd: {in_cd:?}");
@@ -91,7 +75,7 @@ fn wait_running_in_containerd(lab: &Lab, service: &str, n: usize) -> Vec<proto::
 
 /// GET `path` from inside the task's own network namespace (where only the task lives).
 fn get_in_task(node: &LabNode, task_id: &str, path: &str) -> String {
-    let ns = node.exec_root().join("netns").join(task_id);
+    let ns = node.task_netns(task_id);
     let mut last = None;
     // RUNNING is reported when the process started; give the server a moment to listen.
     for _ in 0..50 {
@@ -109,16 +93,7 @@ fn replicas_run_in_containerd_scale_drain_and_leave_nothing_when_removed() {
     let (_g, lab) = lab(1, 2);
     let m = lab.node(1);
     let image = format!("{}/whoami:latest", lab.registry());
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
-        "--name",
-        "web",
-        "--replicas",
-        "4",
-        &image,
-    ]);
+    m.create_service(&["--name", "web", "--replicas", "4", &image]);
     let tasks = wait_running_in_containerd(&lab, "web", 4);
 
     // The image was pinned to its digest by the CLI.
@@ -126,7 +101,7 @@ fn replicas_run_in_containerd_scale_drain_and_leave_nothing_when_removed() {
     assert!(svc.contains(&format!("{image}@sha256:")), "{svc}");
     // Each container really serves, in a namespace of its own, with the task's hostname.
     for t in &tasks {
-        let node = node_of(&lab, m, t);
+        let node = node_of(&lab, t);
         let body = get_in_task(node, &t.id, "/hostname");
         assert_eq!(body.trim(), &t.id[..12], "hostname of task {}", t.id);
     }
@@ -138,7 +113,7 @@ fn replicas_run_in_containerd_scale_drain_and_leave_nothing_when_removed() {
 
     // Drain a node that runs a task: its containers go, the tasks run elsewhere.
     let tasks = wait_running_in_containerd(&lab, "web", 2);
-    let drained = node_of(&lab, m, &tasks[0]).name().to_string();
+    let drained = node_of(&lab, &tasks[0]).name().to_string();
     m.swarm_ok(&["node", "update", "--availability", "drain", &drained]);
     wait_for(LONG, || {
         lab.node_named(&drained)
@@ -146,7 +121,7 @@ fn replicas_run_in_containerd_scale_drain_and_leave_nothing_when_removed() {
     })
     .unwrap_or_else(|e| panic!("{e}: {} still has containers", drained));
     let moved = wait_running_in_containerd(&lab, "web", 2);
-    assert!(moved.iter().all(|t| node_of(&lab, m, t).name() != drained));
+    assert!(moved.iter().all(|t| node_of(&lab, t).name() != drained));
     m.swarm_ok(&["node", "update", "--availability", "active", &drained]);
 
     // Removing the service leaves no container, task, snapshot or namespace behind.
@@ -201,22 +176,13 @@ fn agents_adopt_their_containers_and_a_dead_node_comes_back_clean() {
     let (_g, lab) = lab(1, 2);
     let m = lab.node(1);
     let image = format!("{}/whoami:latest", lab.registry());
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
-        "--name",
-        "web",
-        "--replicas",
-        "6",
-        &image,
-    ]);
+    m.create_service(&["--name", "web", "--replicas", "6", &image]);
     let before = wait_running_in_containerd(&lab, "web", 6);
     let all_before = m.tasks("web").expect("tasks").len();
     let w = lab.node(2);
     let on_w: Vec<String> = before
         .iter()
-        .filter(|t| node_of(&lab, m, t).name() == w.name())
+        .filter(|t| node_of(&lab, t).name() == w.name())
         .map(|t| t.id.clone())
         .collect();
     assert!(!on_w.is_empty(), "spread puts tasks on node2: {before:?}");
@@ -259,10 +225,7 @@ fn agents_adopt_their_containers_and_a_dead_node_comes_back_clean() {
     wait_for(LONG, || {
         let tasks = m.tasks("web").unwrap_or_default();
         let run = running(&tasks);
-        run.len() == 6
-            && run
-                .iter()
-                .all(|t| node_of(&lab, m, t).name() != dead.name())
+        run.len() == 6 && run.iter().all(|t| node_of(&lab, t).name() != dead.name())
     })
     .unwrap_or_else(|e| panic!("{e}: {}", m.swarm(&["service", "ps", "web"]).stdout));
     eprintln!("rescheduled away from the dead node in {:?}", t0.elapsed());
@@ -323,10 +286,7 @@ fn bad_images_are_rejected_with_the_registrys_reason_and_leave_nothing() {
     // half-written stays in containerd.
     lab.stop_registry().expect("stop registry");
     let image = format!("{}/busybox:latest", lab.registry());
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "away",
         "--restart-condition",
@@ -354,9 +314,7 @@ fn bad_images_are_rejected_with_the_registrys_reason_and_leave_nothing() {
 
     // Back up: the same image runs.
     lab.start_registry().expect("start registry");
-    m.swarm_ok(&[
-        "service", "create", "-d", "--name", "back", &image, "sleep", "100",
-    ]);
+    m.create_service(&["--name", "back", &image, "sleep", "100"]);
     wait_running_in_containerd(&lab, "back", 1);
 }
 
@@ -376,10 +334,7 @@ fn exits_follow_the_restart_policy_and_unhealthy_tasks_are_replaced() {
             .count()
     };
     // Non-zero exit, default policy (any): restarted again and again.
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "crash",
         "--restart-delay",
@@ -390,10 +345,7 @@ fn exits_follow_the_restart_policy_and_unhealthy_tasks_are_replaced() {
         "echo boom; exit 3",
     ]);
     // Non-zero exit with restart condition none: stays FAILED, never restarted.
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "once",
         "--restart-condition",
@@ -415,10 +367,7 @@ fn exits_follow_the_restart_policy_and_unhealthy_tasks_are_replaced() {
 
     // Healthy after ~3 s (RUNNING only then), unhealthy ~6 s later: the task fails and a
     // new one replaces it.
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "hc",
         "--health-cmd",
@@ -478,11 +427,7 @@ fn service_logs_show_every_replica_with_its_prefix_and_follow() {
     let (_g, lab) = lab(1, 1);
     let m = lab.node(1);
     let image = format!("{}/busybox:latest", lab.registry());
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
-        "--name",
+    m.create_service(&["--name",
         "talk",
         "--replicas",
         "2",

@@ -21,13 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
+use tests::lab::testing::{create, node_of, test_lab as lab, wait_running, LONG};
 use tests::lab::{Lab, LabNode, UNDERLAY_IP};
-use tests::wait_for;
+use tests::{hostname, in_subnet, wait_for, AgentClient};
 
-use tests::lab::test_lab as lab;
-
-/// Tasks starting (pulls included).
-const LONG: Duration = Duration::from_secs(90);
 /// The data plane of every node following a change of the cluster.
 const CONVERGE: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -150,27 +147,8 @@ fn sock(ip: &str, port: u16) -> SocketAddr {
 
 // ------------------------------------------------------------------------------- helpers
 
-fn create(lab: &Lab, args: &[&str]) {
-    let mut a = vec!["service", "create", "-d"];
-    a.extend_from_slice(args);
-    lab.node(1).swarm_ok(&a);
-}
-
-fn running(lab: &Lab, service: &str, n: usize) -> Vec<proto::Task> {
-    lab.running_tasks(service, n, LONG)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()))
-}
-
-fn hostname(t: &proto::Task) -> String {
-    t.id[..12].to_string()
-}
-
 fn hostnames(tasks: &[proto::Task]) -> BTreeSet<String> {
     tasks.iter().map(hostname).collect()
-}
-
-fn node_of<'a>(lab: &'a Lab, t: &proto::Task) -> &'a LabNode {
-    lab.node_of(t).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Polls `f` (every 200 ms, within [`CONVERGE`]) until it succeeds; panics with the last
@@ -262,11 +240,6 @@ fn ingress_subnet(lab: &Lab) -> (Ipv4Addr, u32) {
         .split_once('/')
         .unwrap_or_else(|| panic!("the ingress network has no subnet: {ingress:?}"));
     (ip.parse().unwrap(), len.parse().unwrap())
-}
-
-fn in_subnet(ip: Ipv4Addr, (net, len): (Ipv4Addr, u32)) -> bool {
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    u32::from(ip) & mask == u32::from(net) & mask
 }
 
 /// Every node's address on the ingress network (`Node.attachments`), by node name, once
@@ -433,7 +406,7 @@ fn published_ports_answer_on_every_node_from_outside_the_nodes_and_other_network
             &whoami,
         ],
     );
-    let web = running(&lab, "web", 3);
+    let web = wait_running(&lab, "web", 3);
     let names = hostnames(&web);
     assert!(
         web.iter().all(|t| node_of(&lab, t).name() != "node3"),
@@ -516,7 +489,7 @@ fn published_ports_answer_on_every_node_from_outside_the_nodes_and_other_network
             &whoami,
         ],
     );
-    let client = running(&lab, "client", 1).remove(0);
+    let client = wait_running(&lab, "client", 1).remove(0);
     for ip in [lab.node(3).ip(), lab.node(1).ip()] {
         let what = format!("HTTP to {ip}:8080 from a task on another network");
         let got = converge(&lab, &what, || {
@@ -678,7 +651,7 @@ fn published_ports_answer_on_every_node_from_outside_the_nodes_and_other_network
             &whoami,
         ],
     );
-    let web2 = running(&lab, "web2", 1);
+    let web2 = wait_running(&lab, "web2", 1);
     let names2 = hostnames(&web2);
     for n in lab.nodes() {
         converge(&lab, &format!("web2 on {}:8080", n.name()), || {
@@ -745,10 +718,10 @@ fn the_task_sees_the_client_or_the_ingress_address_and_host_mode_ports_stay_on_t
             &whoami,
         ],
     );
-    let keep = hostnames(&running(&lab, "keep", 1));
-    let hide = hostnames(&running(&lab, "hide", 1));
-    let dyn_names = hostnames(&running(&lab, "dyn", 1));
-    let hostp = running(&lab, "hostp", 1).remove(0);
+    let keep = hostnames(&wait_running(&lab, "keep", 1));
+    let hide = hostnames(&wait_running(&lab, "hide", 1));
+    let dyn_names = hostnames(&wait_running(&lab, "dyn", 1));
+    let hostp = wait_running(&lab, "hostp", 1).remove(0);
     let ingress = ingress_addrs(&lab);
     let subnet = ingress_subnet(&lab);
     let underlay: IpAddr = UNDERLAY_IP.parse().unwrap();
@@ -932,7 +905,7 @@ fn scaling_and_a_dead_agent_under_load_fail_no_request_through_the_mesh() {
         &lab,
         &["--name", "web", "--replicas", "3", "-p", "8080:80", &whoami],
     );
-    let first = running(&lab, "web", 3);
+    let first = wait_running(&lab, "web", 3);
     let entry = lab.node(3);
     for n in lab.nodes() {
         converge(&lab, &format!("web on {}:8080", n.name()), || {
@@ -952,7 +925,7 @@ fn scaling_and_a_dead_agent_under_load_fail_no_request_through_the_mesh() {
         });
         let steps = || -> (Vec<(String, SystemTime)>, (SystemTime, SystemTime)) {
             std::thread::sleep(Duration::from_secs(2));
-            let before: Vec<String> = running(lab_ref, "web", 3)
+            let before: Vec<String> = wait_running(lab_ref, "web", 3)
                 .iter()
                 .map(|t| t.id.clone())
                 .collect();
@@ -976,10 +949,10 @@ fn scaling_and_a_dead_agent_under_load_fail_no_request_through_the_mesh() {
                 2,
                 "scaling to 1 did not stop two tasks: {stopped:?}"
             );
-            running(lab_ref, "web", 1);
+            wait_running(lab_ref, "web", 1);
             std::thread::sleep(Duration::from_secs(2));
             m.swarm_ok(&["service", "scale", "web=3"]);
-            running(lab_ref, "web", 3);
+            wait_running(lab_ref, "web", 3);
             std::thread::sleep(Duration::from_secs(2));
             // node3's agent dies (its programs and maps stay pinned), then comes back and
             // takes over.
@@ -1077,7 +1050,7 @@ fn scaling_and_a_dead_agent_under_load_fail_no_request_through_the_mesh() {
         );
     }
     // The replicas of the scale-up took connections too.
-    let last = running(&lab, "web", 3);
+    let last = wait_running(&lab, "web", 3);
     for t in &last {
         assert!(
             result.answers.iter().any(|a| a.hostname == hostname(t)),

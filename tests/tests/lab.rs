@@ -3,6 +3,7 @@
 //! whoami binary: run with `cargo xtask test`, which installs and builds them.
 
 use tests::lab::{Lab, LabConfig};
+use tests::AgentClient;
 
 #[test]
 fn a_two_node_lab_forms_a_swarm_and_leaves_nothing_behind() {

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use tests::{running, swarm_bin, wait_for, Cluster};
+use tests::{running, swarm_bin, wait_for, AgentClient, Cluster};
 
 fn short(id: &str) -> &str {
     &id[..12.min(id.len())]
@@ -15,13 +15,9 @@ fn short(id: &str) -> &str {
 
 #[test]
 fn service_logs_gather_every_replica_from_any_manager() {
-    let c = Cluster::new(3, 25601).unwrap();
-    c.form(2).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let c = Cluster::formed(3, 25601, 2);
     let (leader, follower, worker) = (c.node(0), c.node(1), c.node(2));
-    leader.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    leader.create_service(&[
         "--name",
         "web",
         "--replicas",

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use tests::{json, table, wait_for, Cluster};
+use tests::{json, table, wait_for, AgentClient, Cluster};
 
 /// (network id, address) of every attachment of every task line of `service ps --format json`.
 fn attachments(out: &str) -> Vec<(String, String, String)> {
@@ -29,16 +29,12 @@ fn attachments(out: &str) -> Vec<(String, String, String)> {
 fn in_subnet(addr: &str, subnet: &str) -> bool {
     let ip: Ipv4Addr = addr.split('/').next().unwrap().parse().unwrap();
     let (base, len) = subnet.split_once('/').unwrap();
-    let base: Ipv4Addr = base.parse().unwrap();
-    let len: u32 = len.parse().unwrap();
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    u32::from(ip) & mask == u32::from(base) & mask
+    tests::in_subnet(ip, (base.parse().unwrap(), len.parse().unwrap()))
 }
 
 #[test]
 fn tasks_get_distinct_addresses_and_networks_in_use_cannot_go() {
-    let c = Cluster::new(2, 26701).unwrap();
-    c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let c = Cluster::formed(2, 26701, 1);
     let m = c.node(0);
 
     // `init` made the ingress network; it gets the first subnet of the pool.
@@ -97,10 +93,7 @@ fn tasks_get_distinct_addresses_and_networks_in_use_cannot_go() {
     assert_eq!(inspect[0]["allocation"]["gateway"], "10.0.1.1");
 
     // A service of 3 replicas on it: every task has a distinct address in the subnet.
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "web",
         "--replicas",
@@ -154,8 +147,7 @@ fn tasks_get_distinct_addresses_and_networks_in_use_cannot_go() {
 
 #[test]
 fn exhausted_networks_show_an_error_and_updates_add_networks() {
-    let c = Cluster::new(1, 26711).unwrap();
-    c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let c = Cluster::formed(1, 26711, 1);
     let m = c.node(0);
     // A /29: .1 is the gateway, .2-.6 are for the service's VIP and its tasks (5 addresses).
     m.swarm_ok(&[
@@ -168,10 +160,7 @@ fn exhausted_networks_show_an_error_and_updates_add_networks() {
         "tiny",
     ]);
     m.swarm_ok(&["network", "create", "back"]);
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "big",
         "--replicas",
@@ -225,10 +214,7 @@ fn exhausted_networks_show_an_error_and_updates_add_networks() {
     m.swarm_ok(&["service", "rm", "big"]);
 
     // `service update --network-add NAME`: new tasks are on both networks.
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "two",
         "--replicas",
@@ -386,8 +372,7 @@ fn converge(
 
 #[test]
 fn a_worker_sees_the_endpoints_of_its_networks_and_follows_changes_and_failover() {
-    let mut c = Cluster::new(4, 26721).unwrap();
-    c.form(3).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let mut c = Cluster::formed(4, 26721, 3);
     let worker = 3;
     let w = c.node(worker);
     let m = c.node(0);
@@ -395,10 +380,7 @@ fn a_worker_sees_the_endpoints_of_its_networks_and_follows_changes_and_failover(
     m.swarm_ok(&["network", "create", "beta"]);
 
     // web: on alpha, on node1 and the worker (node4), with an ingress port.
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "web",
         "--replicas",
@@ -414,10 +396,7 @@ fn a_worker_sees_the_endpoints_of_its_networks_and_follows_changes_and_failover(
         "sim/app",
     ]);
     // hidden: on beta, only on node2; the worker has no task on beta.
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "hidden",
         "--network",
@@ -476,10 +455,7 @@ fn a_worker_sees_the_endpoints_of_its_networks_and_follows_changes_and_failover(
     );
 
     // A dnsrr service on alpha: seen without a VIP; removed: gone with its tasks.
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "db",
         "--endpoint-mode",

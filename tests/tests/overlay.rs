@@ -7,21 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tests::lab::{task_addr, Lab, LabNode};
-use tests::{running, wait_for};
-
-use tests::lab::test_lab as lab;
-
-const LONG: Duration = Duration::from_secs(90);
-
-fn node_of<'a>(lab: &'a Lab, task: &proto::Task) -> &'a LabNode {
-    lab.node_of(task).unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-fn running_tasks(lab: &Lab, service: &str, n: usize) -> Vec<proto::Task> {
-    lab.running_tasks(service, n, LONG)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()))
-}
+use tests::lab::testing::{node_of, test_lab as lab, wait_running, LONG};
+use tests::lab::{Lab, LabNode};
+use tests::{hostname, running, task_addr, wait_for, AgentClient};
 
 fn addr_on(task: &proto::Task, network: &str) -> String {
     task_addr(task, network).unwrap_or_else(|| {
@@ -66,11 +54,6 @@ fn udp(lab: &Lab, from: &proto::Task, to: &str, payload: &str) -> String {
         .to_string()
 }
 
-/// The hostname whoami answers with: the container's, the first 12 characters of the task id.
-fn hostname(t: &proto::Task) -> &str {
-    &t.id[..12]
-}
-
 #[test]
 fn tasks_reach_each_other_across_nodes_networks_stay_apart_and_moved_tasks_follow() {
     let (_g, lab) = lab(1, 2);
@@ -78,12 +61,7 @@ fn tasks_reach_each_other_across_nodes_networks_stay_apart_and_moved_tasks_follo
     let whoami = format!("{}/whoami:latest", lab.registry());
     m.swarm_ok(&["network", "create", "-d", "overlay", "front"]);
     m.swarm_ok(&["network", "create", "-d", "overlay", "back"]);
-    let create = |args: &[&str]| {
-        let mut a = vec!["service", "create", "-d"];
-        a.extend_from_slice(args);
-        m.swarm_ok(&a);
-    };
-    create(&[
+    m.create_service(&[
         "--name",
         "web",
         "--replicas",
@@ -94,7 +72,7 @@ fn tasks_reach_each_other_across_nodes_networks_stay_apart_and_moved_tasks_follo
         "node.hostname!=node3",
         &whoami,
     ]);
-    create(&[
+    m.create_service(&[
         "--name",
         "client",
         "--network",
@@ -103,7 +81,7 @@ fn tasks_reach_each_other_across_nodes_networks_stay_apart_and_moved_tasks_follo
         "node.hostname==node3",
         &whoami,
     ]);
-    create(&[
+    m.create_service(&[
         "--name",
         "other",
         "--network",
@@ -112,7 +90,7 @@ fn tasks_reach_each_other_across_nodes_networks_stay_apart_and_moved_tasks_follo
         "node.hostname==node1",
         &whoami,
     ]);
-    create(&[
+    m.create_service(&[
         "--name",
         "both",
         "--network",
@@ -123,10 +101,10 @@ fn tasks_reach_each_other_across_nodes_networks_stay_apart_and_moved_tasks_follo
         "node.hostname==node2",
         &whoami,
     ]);
-    let web = running_tasks(&lab, "web", 2);
-    let client = running_tasks(&lab, "client", 1).remove(0);
-    let other = running_tasks(&lab, "other", 1).remove(0);
-    let both = running_tasks(&lab, "both", 1).remove(0);
+    let web = wait_running(&lab, "web", 2);
+    let client = wait_running(&lab, "client", 1).remove(0);
+    let other = wait_running(&lab, "other", 1).remove(0);
+    let both = wait_running(&lab, "both", 1).remove(0);
     let mut web_nodes: Vec<&str> = web.iter().map(|t| node_of(&lab, t).name()).collect();
     web_nodes.sort();
     assert_eq!(
@@ -149,7 +127,7 @@ fn tasks_reach_each_other_across_nodes_networks_stay_apart_and_moved_tasks_follo
         assert_eq!(body, hostname(w), "HTTP to {ip}");
         let echo = udp(&lab, &client, &ip, "hello");
         assert!(
-            echo.contains(hostname(w)) && echo.ends_with("hello"),
+            echo.contains(&hostname(w)) && echo.ends_with("hello"),
             "UDP echo: {echo}"
         );
     }
@@ -240,7 +218,7 @@ fn tasks_reach_each_other_across_nodes_networks_stay_apart_and_moved_tasks_follo
         let body = get(&lab, &client, &format!("http://{ip}/hostname")).unwrap();
         assert_eq!(body, hostname(t), "after the move, {ip}");
     }
-    let still = running_tasks(&lab, "client", 1).remove(0);
+    let still = wait_running(&lab, "client", 1).remove(0);
     assert_eq!(still.id, client.id, "the client was restarted");
 }
 
@@ -258,10 +236,7 @@ fn forwarding_goes_on_while_agents_restart_and_they_reconcile_on_start() {
     let m = lab.node(1);
     let whoami = format!("{}/whoami:latest", lab.registry());
     m.swarm_ok(&["network", "create", "-d", "overlay", "front"]);
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "web",
         "--network",
@@ -270,10 +245,7 @@ fn forwarding_goes_on_while_agents_restart_and_they_reconcile_on_start() {
         "node.hostname==node2",
         &whoami,
     ]);
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "client",
         "--network",
@@ -282,8 +254,8 @@ fn forwarding_goes_on_while_agents_restart_and_they_reconcile_on_start() {
         "node.hostname==node3",
         &whoami,
     ]);
-    let web = running_tasks(&lab, "web", 1).remove(0);
-    let client = running_tasks(&lab, "client", 1).remove(0);
+    let web = wait_running(&lab, "web", 1).remove(0);
+    let client = wait_running(&lab, "client", 1).remove(0);
     let ip = addr_on(&web, "front");
     assert!(ping(&lab, &client, &ip, 56));
 
@@ -300,10 +272,7 @@ fn forwarding_goes_on_while_agents_restart_and_they_reconcile_on_start() {
     }
 
     // Meanwhile the cluster changes: a new service on front (on node1), and a removed one.
-    m.swarm_ok(&[
-        "service",
-        "create",
-        "-d",
+    m.create_service(&[
         "--name",
         "late",
         "--network",
@@ -312,7 +281,7 @@ fn forwarding_goes_on_while_agents_restart_and_they_reconcile_on_start() {
         "node.hostname==node1",
         &whoami,
     ]);
-    let late = running_tasks(&lab, "late", 1).remove(0);
+    let late = wait_running(&lab, "late", 1).remove(0);
     let late_ip = addr_on(&late, "front");
 
     // The agents come back: they adopt their tasks, and node3's maps learn of `late`.
@@ -327,8 +296,8 @@ fn forwarding_goes_on_while_agents_restart_and_they_reconcile_on_start() {
         hostname(&web)
     );
     // Same tasks, not replaced.
-    assert_eq!(running_tasks(&lab, "web", 1)[0].id, web.id);
-    assert_eq!(running_tasks(&lab, "client", 1)[0].id, client.id);
+    assert_eq!(wait_running(&lab, "web", 1)[0].id, web.id);
+    assert_eq!(wait_running(&lab, "client", 1)[0].id, client.id);
 
     // Every endpoint of front is in node3's map once (client, web, late), nothing stale:
     // remove `late` and the map shrinks back. Every node's ingress address is there too (the

@@ -7,23 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use tests::lab::{task_addr, Lab};
-use tests::wait_for;
-
-use tests::lab::test_lab as lab;
-
-const LONG: Duration = Duration::from_secs(90);
-
-fn running(lab: &Lab, service: &str, n: usize) -> Vec<proto::Task> {
-    lab.running_tasks(service, n, LONG)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()))
-}
-
-fn create(lab: &Lab, args: &[&str]) {
-    let mut a = vec!["service", "create", "-d"];
-    a.extend_from_slice(args);
-    lab.node(1).swarm_ok(&a);
-}
+use tests::lab::testing::{create, test_lab as lab, wait_running};
+use tests::lab::Lab;
+use tests::{hostname, task_addr, wait_for, AgentClient};
 
 /// `whoami lookup NAME` inside the task: the addresses, sorted (empty when it fails).
 fn lookup(lab: &Lab, from: &proto::Task, name: &str) -> Vec<String> {
@@ -68,10 +54,6 @@ fn create_client_on_node3(lab: &Lab, whoami: &str) {
             whoami,
         ],
     );
-}
-
-fn hostname(t: &proto::Task) -> String {
-    t.id[..12].to_string()
 }
 
 #[test]
@@ -125,10 +107,10 @@ fn names_resolve_and_requests_spread_over_every_replica_from_a_node_without_one(
             &whoami,
         ],
     );
-    let web = running(&lab, "web", 3);
-    let rr = running(&lab, "rr", 2);
-    let hidden = running(&lab, "hidden", 1);
-    let client = running(&lab, "client", 1).remove(0);
+    let web = wait_running(&lab, "web", 3);
+    let rr = wait_running(&lab, "rr", 2);
+    let hidden = wait_running(&lab, "hidden", 1);
+    let client = wait_running(&lab, "client", 1).remove(0);
     assert_eq!(lab.node_of(&client).unwrap().name(), "node3");
 
     // `web` is its VIP, `tasks.web` every task address; dnsrr names are the task addresses.
@@ -264,8 +246,8 @@ fn scaling_down_and_up_under_load_fails_no_request_and_stopping_tasks_get_no_new
         ],
     );
     create_client_on_node3(&lab, &whoami);
-    running(&lab, "web", 3);
-    let client = running(&lab, "client", 1).remove(0);
+    wait_running(&lab, "web", 3);
+    let client = wait_running(&lab, "client", 1).remove(0);
     assert!(lab.task_get(&client, "http://web/hostname").is_ok());
 
     // A bounded loop of requests (~12 s) while the service goes 3 → 1 → 3.
@@ -286,17 +268,17 @@ fn scaling_down_and_up_under_load_fails_no_request_and_stopping_tasks_get_no_new
             )
         });
         std::thread::sleep(Duration::from_secs(2));
-        let before: Vec<String> = running(lab_ref, "web", 3)
+        let before: Vec<String> = wait_running(lab_ref, "web", 3)
             .iter()
             .map(|t| t.id.clone())
             .collect();
         m.swarm_ok(&["service", "scale", "web=1"]);
         let stopped_at = SystemTime::now();
-        let one = running(lab_ref, "web", 1);
+        let one = wait_running(lab_ref, "web", 1);
         let removed: Vec<String> = before.into_iter().filter(|id| *id != one[0].id).collect();
         std::thread::sleep(Duration::from_secs(2));
         m.swarm_ok(&["service", "scale", "web=3"]);
-        running(lab_ref, "web", 3);
+        wait_running(lab_ref, "web", 3);
         (load.join().unwrap(), (stopped_at, removed))
     });
     let out = out.unwrap_or_else(|e| panic!("a request failed while scaling: {e:#}"));
@@ -358,9 +340,9 @@ fn udp_through_a_vip_follows_a_live_backend_and_a_task_may_bind_port_53() {
             "53",
         ],
     );
-    let echo = running(&lab, "echo", 2);
-    let client = running(&lab, "client", 1).remove(0);
-    let dns53 = running(&lab, "dns53", 1).remove(0);
+    let echo = wait_running(&lab, "echo", 2);
+    let client = wait_running(&lab, "client", 1).remove(0);
+    let dns53 = wait_running(&lab, "dns53", 1).remove(0);
     assert_eq!(
         lab.task_get(&client, "http://dns53:53/hostname").unwrap(),
         hostname(&dns53)
@@ -405,7 +387,7 @@ fn udp_through_a_vip_follows_a_live_backend_and_a_task_may_bind_port_53() {
     let lines: Vec<&str> = out.lines().collect();
     // A live backend: the other task, or the one that replaced the killed task (it may get
     // the freed address back, and then the flow's backend address simply lives again).
-    let live: Vec<String> = running(&lab, "echo", 2).iter().map(hostname).collect();
+    let live: Vec<String> = wait_running(&lab, "echo", 2).iter().map(hostname).collect();
     let last: Vec<&&str> = lines.iter().rev().take(10).collect();
     assert!(
         last.iter()
@@ -424,7 +406,7 @@ fn unknown_names_are_forwarded_to_the_nodes_resolvers() {
     let m = lab.node(1);
     m.swarm_ok(&["network", "create", "-d", "overlay", "appnet"]);
     create(&lab, &["--name", "client", "--network", "appnet", &whoami]);
-    let client = running(&lab, "client", 1).remove(0);
+    let client = wait_running(&lab, "client", 1).remove(0);
     // The lab's upstream (dnsmasq in the underlay) holds the zone example.test.
     use tests::lab::{UPSTREAM_TEST_ADDR, UPSTREAM_TEST_NAME};
     wait_for(Duration::from_secs(20), || {

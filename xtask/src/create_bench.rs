@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use proto::TaskState;
 use tests::lab::{Lab, LabConfig};
+use tests::AgentClient;
 
 const POLL: Duration = Duration::from_millis(20);
 

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tests::{wait_for, Cluster};
+use tests::{wait_for, AgentClient, Cluster};
 
 const TARGET: Duration = Duration::from_secs(2);
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tests::images;
 use tests::lab::{Lab, LabConfig};
+use tests::AgentClient;
 
 /// The lab's short name: namespaces `swl-ul`, `swl-node<i>`, cgroups `swl-node<i>`.
 pub const NAME: &str = "swl";

@@ -717,8 +717,8 @@ mod unit_tests {
 #[cfg(test)]
 mod containerd_tests {
     use std::collections::HashMap;
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
+    use std::path::Path;
+    use std::process::Command;
     use std::time::{Duration, Instant};
 
     use containerd_client::services::v1::container::Runtime;
@@ -730,162 +730,31 @@ mod containerd_tests {
         DeleteTaskRequest, KillRequest, ListPidsRequest, StartRequest, WaitRequest,
     };
     use proto::{ContainerSpec, MountType, Task, TaskSpec};
-    use swarm_oci::{ImageBuilder, LocalRegistry};
     use tokio::sync::watch;
 
     use super::super::client::Containerd;
     use super::super::image;
     use super::super::spec::{self, SpecFiles, SpecOptions};
+    use super::super::testbed::{self, PrivateContainerd};
     use super::*;
 
-    const BUSYBOX: &str = "/usr/bin/busybox";
     const NS: &str = "swarm-health-test";
     const SNAPSHOTTER: &str = "overlayfs";
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n";
     const GROUP: &str =
         "root:x:0:\nwheel:x:10:root,app\nstaff:x:50:\napp:x:1000:\ndocker:x:999:app\n";
 
-    fn require(path: &str, package: &str) {
-        assert!(
-            Path::new(path).exists(),
-            "{path} is missing: install Debian's {package} package (apt-get install -y {package})"
-        );
-    }
-
-    /// A private containerd, killed on drop.
-    struct PrivateContainerd {
-        child: Child,
-        socket: PathBuf,
-        dir: PathBuf,
-    }
-
-    impl PrivateContainerd {
-        async fn start(dir: &Path) -> PrivateContainerd {
-            // SAFETY: geteuid has no preconditions.
-            assert_eq!(
-                unsafe { libc::geteuid() },
-                0,
-                "these tests run containers: run as root"
-            );
-            require("/usr/bin/containerd", "containerd");
-            require("/usr/sbin/runc", "runc");
-            let socket = dir.join("containerd.sock");
-            let config = format!(
-                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-                 [debug]\n  address = \"{dbg}\"\n",
-                root = dir.join("root").display(),
-                state = dir.join("state").display(),
-                sock = socket.display(),
-                dbg = dir.join("debug.sock").display(),
-            );
-            let cfg = dir.join("config.toml");
-            std::fs::write(&cfg, config).expect("writing containerd config.toml");
-            let log = std::fs::File::create(dir.join("containerd.log")).expect("log file");
-            let child = Command::new("/usr/bin/containerd")
-                .arg("--config")
-                .arg(&cfg)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("starting /usr/bin/containerd");
-            let mut me = PrivateContainerd {
-                child,
-                socket,
-                dir: dir.to_path_buf(),
-            };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if me.socket.exists() && Containerd::connect(&me.socket, NS).await.is_ok() {
-                    break;
-                }
-                if let Ok(Some(st)) = me.child.try_wait() {
-                    panic!("containerd exited with {st}: {}", me.log());
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "containerd did not answer: {}",
-                    me.log()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            me
-        }
-
-        fn log(&self) -> String {
-            let s = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
-            let n = s.len().saturating_sub(4000);
-            s.get(n..).unwrap_or("").to_string()
-        }
-    }
-
-    impl Drop for PrivateContainerd {
-        fn drop(&mut self) {
-            // Shims and runc containers outlive containerd: after a failed assertion, end
-            // ours (the shims serving this containerd's socket), delete the runc state (kept
-            // under /run/containerd/runc/<namespace>, shared by all instances) and unmount
-            // the rootfs.
-            let sock = self.socket.display().to_string();
-            for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-                let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-                let args: Vec<String> = cmdline
-                    .split(|b| *b == 0)
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect();
-                let is_shim = args
-                    .first()
-                    .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"));
-                if is_shim && args.contains(&sock) {
-                    // SAFETY: kill has no memory preconditions; the pid is a shim of ours.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-            let tasks = self
-                .dir
-                .join("state/io.containerd.runtime.v2.task")
-                .join(NS);
-            for entry in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
-                let id = entry.file_name().to_string_lossy().into_owned();
-                let _ = Command::new("/usr/sbin/runc")
-                    .arg("--root")
-                    .arg(format!("/run/containerd/runc/{NS}"))
-                    .args(["delete", "--force", &id])
-                    .stderr(Stdio::null())
-                    .status();
-                let _ = Command::new("umount")
-                    .arg(entry.path().join("rootfs"))
-                    .stderr(Stdio::null())
-                    .status();
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            let _ = Command::new("umount")
-                .arg("-R")
-                .arg(self.dir.join("state"))
-                .status();
-        }
-    }
-
     fn busybox_image() -> swarm_oci::BuiltImage {
-        require(BUSYBOX, "busybox-static");
-        let mut b = ImageBuilder::new()
-            .dir("/bin", 0o755)
-            .file("/bin/busybox", PathBuf::from(BUSYBOX), 0o755)
-            .dir("/tmp", 0o1777)
-            .file("/etc/passwd", PASSWD.as_bytes(), 0o644)
-            .file("/etc/group", GROUP.as_bytes(), 0o644)
-            .symlink("/etc/passwd-link", "/etc/passwd")
-            .env("PATH", "/bin")
-            .cmd(["sh"]);
-        for applet in ["sh", "echo", "sleep", "cat", "id", "true", "false"] {
-            b = b.symlink(&format!("/bin/{applet}"), "busybox");
-        }
-        b.build().expect("building the busybox image")
+        testbed::require(testbed::BUSYBOX, "busybox-static");
+        testbed::busybox(
+            Path::new(testbed::BUSYBOX),
+            &["sh", "echo", "sleep", "cat", "id", "true", "false"],
+        )
+        .file("/etc/passwd", PASSWD.as_bytes(), 0o644)
+        .file("/etc/group", GROUP.as_bytes(), 0o644)
+        .symlink("/etc/passwd-link", "/etc/passwd")
+        .build()
+        .expect("building the busybox image")
     }
 
     /// A running container made straight from a runtime spec; removed by `stop`.
@@ -1062,22 +931,10 @@ mod containerd_tests {
             .prefix("hc")
             .tempdir_in("/tmp")
             .expect("tempdir");
-        let ctd = PrivateContainerd::start(tmp.path()).await;
+        let ctd = PrivateContainerd::start(tmp.path(), NS).await;
         let log = || ctd.log();
-        require("/usr/bin/docker-registry", "docker-registry");
-        let regdir = tmp.path().join("registry");
-        std::fs::create_dir_all(&regdir).expect("registry dir");
-        let registry = LocalRegistry::start(&regdir)
-            .await
-            .expect("docker-registry");
-        let img = busybox_image();
-        registry
-            .client()
-            .expect("registry client")
-            .push(&img, "busybox", "latest")
-            .await
-            .expect("push");
-        let cd = Containerd::connect(&ctd.socket, NS).await.expect("connect");
+        let registry = testbed::registry_with(tmp.path(), &busybox_image()).await;
+        let cd = ctd.connect().await;
         let name = format!("{}/busybox:latest", registry.host());
         let pulled = image::pull(&cd, &name, SNAPSHOTTER)
             .await

@@ -4,7 +4,9 @@
 //! - [`image`]: pull through the swarm-oci registry client into the content store, create the
 //!   image record and unpack the layers with Snapshots + Diff (1.6 has no Transfer service);
 //! - [`spec`]: the OCI runtime spec of a task;
-//! - [`run`]: [`ContainerdExecutor`], the container and task lifecycle.
+//! - [`run`]: [`ContainerdExecutor`], the container and task lifecycle;
+//! - `testbed` (the tests, and feature `testbed`): a private containerd, its busybox image and
+//!   registry, for the tests here and the lab of the `tests` crate.
 
 pub mod client;
 pub mod health;
@@ -12,6 +14,8 @@ pub mod image;
 pub mod metrics;
 pub mod run;
 pub mod spec;
+#[cfg(any(test, feature = "testbed"))]
+pub mod testbed;
 
 #[cfg(test)]
 mod tests;

@@ -3,121 +3,19 @@
 //! root, containerd, runc, docker-registry and busybox-static, and fail (never skip) without.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use proto::{ContainerSpec, Task, TaskSpec, TaskState, TaskStatus};
-use swarm_oci::{BuiltImage, ImageBuilder, LocalRegistry};
+use swarm_oci::{BuiltImage, LocalRegistry};
 use tokio::sync::{mpsc, watch};
 
 use super::client::Containerd;
 use super::image;
 use super::run::ContainerdExecutor;
+use super::testbed::{self, PrivateContainerd};
 use crate::executor::{Executor, TaskReporter};
 
-const BUSYBOX: &str = "/usr/bin/busybox";
 const NS: &str = "swarm-test";
-
-fn require(path: &str, package: &str) {
-    assert!(
-        Path::new(path).exists(),
-        "{path} is missing: install Debian's {package} package (apt-get install -y {package})"
-    );
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "these tests run containers and must run as root");
-}
-
-/// A private containerd, killed on drop.
-struct PrivateContainerd {
-    child: Child,
-    socket: PathBuf,
-    dir: PathBuf,
-}
-
-impl PrivateContainerd {
-    async fn start(dir: &Path) -> PrivateContainerd {
-        require_root();
-        require("/usr/bin/containerd", "containerd");
-        require("/usr/sbin/runc", "runc");
-        let socket = dir.join("containerd.sock");
-        let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [debug]\n  address = \"{dbg}\"\n",
-            root = dir.join("root").display(),
-            state = dir.join("state").display(),
-            sock = socket.display(),
-            dbg = dir.join("debug.sock").display(),
-        );
-        let cfg = dir.join("config.toml");
-        std::fs::write(&cfg, config).expect("writing containerd config.toml");
-        let log = std::fs::File::create(dir.join("containerd.log")).expect("containerd log file");
-        let child = Command::new("/usr/bin/containerd")
-            .arg("--root")
-            .arg(dir.join("root"))
-            .arg("--state")
-            .arg(dir.join("state"))
-            .arg("--address")
-            .arg(&socket)
-            .arg("--config")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting /usr/bin/containerd");
-        let mut me = PrivateContainerd {
-            child,
-            socket,
-            dir: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if me.socket.exists() {
-                if let Ok(c) = Containerd::connect(&me.socket, NS).await {
-                    if c.check().await.is_ok() {
-                        break;
-                    }
-                }
-            }
-            if let Ok(Some(st)) = me.child.try_wait() {
-                panic!("containerd exited with {st}: {}", me.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not answer on {} within 20 s: {}",
-                me.socket.display(),
-                me.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        me
-    }
-
-    fn log(&self) -> String {
-        let s = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
-        let n = s.len().saturating_sub(4000);
-        s[n..].to_string()
-    }
-}
-
-impl Drop for PrivateContainerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Leftover shims of this containerd (if a test failed mid-way) would keep mounts busy.
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg(self.dir.join("state"))
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 
 /// The swarm-agent binary of this build, which containerd's shim runs as the log driver.
 fn agent_binary() -> PathBuf {
@@ -138,19 +36,28 @@ fn agent_binary() -> PathBuf {
 }
 
 fn busybox_image() -> BuiltImage {
-    require(BUSYBOX, "busybox-static");
-    let mut b = ImageBuilder::new()
-        .dir("/bin", 0o755)
-        .file("/bin/busybox", PathBuf::from(BUSYBOX), 0o755)
-        .dir("/tmp", 0o1777)
-        .env("PATH", "/bin")
-        .cmd(["sh"]);
-    for applet in [
-        "sh", "echo", "sleep", "cat", "true", "false", "id", "hostname",
-    ] {
-        b = b.symlink(&format!("/bin/{applet}"), "busybox");
-    }
-    b.build().expect("building the busybox image")
+    testbed::require(testbed::BUSYBOX, "busybox-static");
+    testbed::busybox(
+        Path::new(testbed::BUSYBOX),
+        &[
+            "sh", "echo", "sleep", "cat", "true", "false", "id", "hostname",
+        ],
+    )
+    .build()
+    .expect("building the busybox image")
+}
+
+/// An executor on the private containerd with its task and namespace directories under `dir`
+/// (a restarted agent's is another one on the same files).
+fn executor(containerd: &PrivateContainerd, dir: &Path) -> ContainerdExecutor {
+    ContainerdExecutor::new(
+        containerd.socket().to_path_buf(),
+        NS.to_string(),
+        "swarm-test".to_string(),
+    )
+    .with_state_dir(dir.join("tasks"))
+    .with_netns_dir(dir.join("netns"))
+    .with_log_driver(agent_binary())
 }
 
 struct Env {
@@ -167,28 +74,10 @@ impl Env {
             .prefix("cd")
             .tempdir_in("/tmp")
             .expect("tempdir");
-        let containerd = PrivateContainerd::start(tmp.path()).await;
-        require("/usr/bin/docker-registry", "docker-registry");
-        let regdir = tmp.path().join("registry");
-        std::fs::create_dir_all(&regdir).expect("registry dir");
-        let registry = LocalRegistry::start(&regdir)
-            .await
-            .expect("starting docker-registry");
+        let containerd = PrivateContainerd::start(tmp.path(), NS).await;
         let image = busybox_image();
-        registry
-            .client()
-            .expect("registry client")
-            .push(&image, "busybox", "latest")
-            .await
-            .expect("pushing busybox");
-        let exec = ContainerdExecutor::new(
-            containerd.socket.clone(),
-            NS.to_string(),
-            "swarm-test".to_string(),
-        )
-        .with_state_dir(tmp.path().join("tasks"))
-        .with_netns_dir(tmp.path().join("netns"))
-        .with_log_driver(agent_binary());
+        let registry = testbed::registry_with(tmp.path(), &image).await;
+        let exec = executor(&containerd, tmp.path());
         Env {
             _tmp: tmp,
             containerd,
@@ -223,6 +112,19 @@ impl Env {
         }
     }
 
+    /// Waits until the task's shell said `ready`: it says so once its trap is installed (before
+    /// that, sh as PID 1 would ignore SIGTERM and only the grace-period SIGKILL would stop it).
+    async fn trap_installed(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.output(id).contains("ready") {
+            assert!(
+                Instant::now() < deadline,
+                "the shell never installed its trap"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn netns_dir(&self) -> PathBuf {
         self._tmp.path().join("netns")
     }
@@ -252,20 +154,48 @@ impl Env {
     }
 }
 
-/// Runs a task; returns the status receiver, the stop sender and the run handle.
-fn spawn(
-    exec: &ContainerdExecutor,
-    task: Task,
-) -> (
+/// What a supervised task gives the test: its statuses, its stop switch and its future.
+type Supervised = (
     mpsc::UnboundedReceiver<(String, TaskStatus)>,
     watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
-) {
+);
+
+/// Supervises `task` with `how` (an executor's `run` or `adopt`) on a task of its own.
+fn supervise(
+    task: Task,
+    how: impl FnOnce(
+        Task,
+        TaskReporter,
+        watch::Receiver<bool>,
+    ) -> futures::future::BoxFuture<'static, ()>,
+) -> Supervised {
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     let reporter = TaskReporter::new(task.id.clone(), tx);
-    let h = tokio::spawn(exec.run(task, reporter, stop_rx));
+    let h = tokio::spawn(how(task, reporter, stop_rx));
     (rx, stop_tx, h)
+}
+
+/// Runs a task; returns the status receiver, the stop sender and the run handle.
+fn spawn(exec: &ContainerdExecutor, task: Task) -> Supervised {
+    supervise(task, |t, r, s| exec.run(t, r, s))
+}
+
+/// Tells a supervised task to stop and waits for its end (`what` it ran: run or adopt),
+/// within 30 s; how long it took.
+async fn stop_within_30s(
+    stop: &watch::Sender<bool>,
+    h: tokio::task::JoinHandle<()>,
+    what: &str,
+) -> Duration {
+    let t0 = Instant::now();
+    stop.send(true).expect("stop");
+    tokio::time::timeout(Duration::from_secs(30), h)
+        .await
+        .expect("stopped within 30 s")
+        .expect(what);
+    t0.elapsed()
 }
 
 async fn next_status(rx: &mut mpsc::UnboundedReceiver<(String, TaskStatus)>) -> TaskStatus {
@@ -322,9 +252,7 @@ async fn gone(cd: &Containerd, id: &str, snapshotter: &str) -> Vec<&'static str>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_executor_end_to_end() {
     let env = Env::start().await;
-    let cd = Containerd::connect(&env.containerd.socket, NS)
-        .await
-        .expect("connect");
+    let cd = env.containerd.connect().await;
 
     // (4) pulling twice fetches the blobs only once.
     let name = env.image_ref("latest");
@@ -396,24 +324,8 @@ async fn containerd_executor_end_to_end() {
         2000,
     );
     let (mut rx, stop, h) = spawn(&env.exec, task.clone());
-    loop {
-        let s = next_status(&mut rx).await;
-        assert!(
-            !matches!(s.state(), TaskState::Rejected | TaskState::Failed),
-            "{s:?}\n{}",
-            env.containerd.log()
-        );
-        if s.state() == TaskState::Running {
-            break;
-        }
-    }
-    let t0 = Instant::now();
-    stop.send(true).expect("stop");
-    tokio::time::timeout(Duration::from_secs(30), h)
-        .await
-        .expect("stopped within 30 s")
-        .expect("run");
-    let took = t0.elapsed();
+    until_running(&mut rx, &env).await;
+    let took = stop_within_30s(&stop, h, "run").await;
     let st = collect(rx).await;
     assert_eq!(states(&st), [TaskState::Shutdown], "{st:?}");
     assert!(
@@ -506,33 +418,9 @@ async fn containerd_executor_end_to_end() {
         10_000,
     );
     let (mut rx, stop, h) = spawn(&env.exec, task.clone());
-    loop {
-        let s = next_status(&mut rx).await;
-        assert!(
-            !matches!(s.state(), TaskState::Rejected | TaskState::Failed),
-            "{s:?}"
-        );
-        if s.state() == TaskState::Running {
-            break;
-        }
-    }
-    // The shell says `ready` once its trap is installed (before that, sh as PID 1 would
-    // ignore SIGTERM and only the grace-period SIGKILL would stop it).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !env.output(&task.id).contains("ready") {
-        assert!(
-            Instant::now() < deadline,
-            "the shell never installed its trap"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let t0 = Instant::now();
-    stop.send(true).expect("stop");
-    tokio::time::timeout(Duration::from_secs(30), h)
-        .await
-        .expect("stopped within 30 s")
-        .expect("run");
-    let took = t0.elapsed();
+    until_running(&mut rx, &env).await;
+    env.trap_installed(&task.id).await;
+    let took = stop_within_30s(&stop, h, "run").await;
     assert_eq!(states(&collect(rx).await), [TaskState::Shutdown]);
     // Stopped by SIGTERM, not by the SIGKILL that ends the 10 s grace period.
     assert!(took < Duration::from_secs(8), "SIGTERM stop took {took:?}");
@@ -555,31 +443,18 @@ async fn until_running(rx: &mut mpsc::UnboundedReceiver<(String, TaskStatus)>, e
 }
 
 /// Adopts `task` (observed RUNNING) with a fresh executor, as a restarted agent does.
-fn spawn_adopt(
-    exec: &ContainerdExecutor,
-    mut task: Task,
-) -> (
-    mpsc::UnboundedReceiver<(String, TaskStatus)>,
-    watch::Sender<bool>,
-    tokio::task::JoinHandle<()>,
-) {
+fn spawn_adopt(exec: &ContainerdExecutor, mut task: Task) -> Supervised {
     task.status = Some(TaskStatus {
         state: TaskState::Running as i32,
         ..Default::default()
     });
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let reporter = TaskReporter::new(task.id.clone(), tx);
-    let h = tokio::spawn(exec.adopt(task, reporter, stop_rx));
-    (rx, stop_tx, h)
+    supervise(task, |t, r, s| exec.adopt(t, r, s))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_get_their_own_network_namespace() {
     let env = Env::start().await;
-    let cd = Containerd::connect(&env.containerd.socket, NS)
-        .await
-        .expect("connect");
+    let cd = env.containerd.connect().await;
     let task = env.task(
         "netnstask000000000000001",
         "latest",
@@ -617,9 +492,7 @@ async fn tasks_get_their_own_network_namespace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_adopts_its_containers_and_removes_orphans() {
     let env = Env::start().await;
-    let cd = Containerd::connect(&env.containerd.socket, NS)
-        .await
-        .expect("connect");
+    let cd = env.containerd.connect().await;
 
     // (a) a running container is taken over by a new executor and stopped through it.
     let running = env.task(
@@ -657,24 +530,10 @@ async fn a_restarted_agent_adopts_its_containers_and_removes_orphans() {
         h.abort();
         let _ = h.await;
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !env.output(&running.id).contains("ready") {
-        assert!(
-            Instant::now() < deadline,
-            "the shell never installed its trap"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.trap_installed(&running.id).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let restarted = ContainerdExecutor::new(
-        env.containerd.socket.clone(),
-        NS.to_string(),
-        "swarm-test".to_string(),
-    )
-    .with_state_dir(env._tmp.path().join("tasks"))
-    .with_netns_dir(env.netns_dir())
-    .with_log_driver(agent_binary());
+    let restarted = executor(&env.containerd, env._tmp.path());
 
     let (mut rx, stop, h) = spawn_adopt(&restarted, running.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -683,11 +542,7 @@ async fn a_restarted_agent_adopts_its_containers_and_removes_orphans() {
         "an adopted running task reports nothing new"
     );
     assert!(!h.is_finished(), "the adopted task is supervised");
-    stop.send(true).expect("stop");
-    tokio::time::timeout(Duration::from_secs(30), h)
-        .await
-        .expect("stopped within 30 s")
-        .expect("adopt");
+    stop_within_30s(&stop, h, "adopt").await;
     assert_eq!(states(&collect(rx).await), [TaskState::Shutdown]);
     assert!(gone(&cd, &running.id, env.exec.snapshotter())
         .await
@@ -731,9 +586,7 @@ async fn a_restarted_agent_adopts_its_containers_and_removes_orphans() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_pinned_to_a_digest_starts_without_the_registry_once_present() {
     let mut env = Env::start().await;
-    let cd = Containerd::connect(&env.containerd.socket, NS)
-        .await
-        .expect("connect");
+    let cd = env.containerd.connect().await;
     let pinned = format!("{}@{}", env.image_ref("latest"), env.image.manifest_digest);
     let first = image::pull(&cd, &pinned, env.exec.snapshotter())
         .await
@@ -755,9 +608,7 @@ async fn an_image_pinned_to_a_digest_starts_without_the_registry_once_present() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_runs_only_once_healthy_and_fails_when_unhealthy() {
     let env = Env::start().await;
-    let cd = Containerd::connect(&env.containerd.socket, NS)
-        .await
-        .expect("connect");
+    let cd = env.containerd.connect().await;
     // Healthy from about 2 s on, unhealthy from about 5 s on.
     let mut task = env.task(
         "healthtask00000000000001",

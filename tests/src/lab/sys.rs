@@ -12,6 +12,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
+use crate::client::CliOutput;
+
 /// Where `ip netns add` keeps its namespace files.
 pub const NETNS_DIR: &str = "/run/netns";
 /// The directory the runc shim of containerd 1.6 keeps its state in (`<dir>/<namespace>/<id>`),
@@ -49,6 +51,24 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
 /// `ip ARGS…`.
 pub fn ip(args: &[&str]) -> anyhow::Result<()> {
     run(Command::new("ip").args(args)).map(|_| ())
+}
+
+/// Runs `args[0] args[1..]` as `command` makes it (inside a namespace …), stdin from
+/// /dev/null, and collects its output; a command that cannot start has exit code -1.
+pub fn exec(args: &[&str], command: impl FnOnce(&str) -> anyhow::Result<Command>) -> CliOutput {
+    let Some((prog, rest)) = args.split_first() else {
+        return CliOutput::of(
+            Err(std::io::Error::other("empty command")),
+            "an empty command",
+        );
+    };
+    match command(prog) {
+        Ok(mut cmd) => CliOutput::of(
+            cmd.args(rest).stdin(std::process::Stdio::null()).output(),
+            &args.join(" "),
+        ),
+        Err(e) => CliOutput::of(Err(std::io::Error::other(format!("{e:#}"))), prog),
+    }
 }
 
 /// Makes `cmd` run in the network namespace at `netns` (and only there: the mount namespace
