@@ -19,10 +19,10 @@ use proto::{
     SessionMessage, SessionRequest, UpdateTaskStatusRequest,
 };
 use rand::Rng;
+use swarm_common::id::new_id;
 use swarm_manager::ca::{self, RootCa};
 use swarm_manager::control::ControlApi;
 use swarm_manager::manager::{Bootstrap, Credentials, Manager, ManagerConfig};
-use swarm_manager::store::new_id;
 use swarm_manager::tls;
 use tokio::task::JoinHandle;
 use tonic::Status;

@@ -20,6 +20,7 @@ use proto::{
     TaskState, UpdateTaskStatusRequest, UpdateTaskStatusResponse, WeightedPeer,
 };
 use rand::Rng;
+use swarm_common::id::new_id;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -27,7 +28,7 @@ use tonic::{Request, Response, Status};
 use crate::control::propose_status;
 use crate::netstate::{self, NodeNetworkView};
 use crate::router::{Route, Router};
-use crate::store::{new_id, Op, ProposeError, Request as StoreRequest, Store};
+use crate::store::{Op, ProposeError, Request as StoreRequest, Store};
 
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// A node is DOWN after this many heartbeat periods without a heartbeat.

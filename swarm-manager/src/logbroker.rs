@@ -33,6 +33,7 @@ use proto::{
     PublishLogsMessage, PublishLogsResponse, SubscribeLogsMessage, SubscribeLogsRequest,
     SubscriptionMessage,
 };
+use swarm_common::id::new_id;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -41,7 +42,7 @@ use crate::ca::NodeIdentity;
 use crate::control::{LocalCaller, WORKER_DENIED};
 use crate::dispatcher::LEADER_METADATA;
 use crate::router::{Route, Router};
-use crate::store::{new_id, State, Store};
+use crate::store::{State, Store};
 
 /// A subscription that is not following ends when its pending nodes have published
 /// nothing for this long.

@@ -7,11 +7,12 @@ use proto::{
     GetRootCaCertificateRequest, GetRootCaCertificateResponse, IssueNodeCertificateRequest,
     IssueNodeCertificateResponse, NodeRole,
 };
+use swarm_common::id::new_id;
 use tonic::{Request, Response, Status};
 
 use super::{parse_join_token, tokens_equal, RootCa, DEFAULT_NODE_CERT_VALIDITY};
 use crate::router::{no_leader, Route, Router};
-use crate::store::{new_id, Object, Op, ProposeError, Store, StoreError};
+use crate::store::{Object, Op, ProposeError, Store, StoreError};
 use crate::tls;
 
 #[derive(Clone)]

@@ -6,12 +6,13 @@ use proto::{
     PortProtocol, PublishMode, RemoveServiceRequest, RemoveServiceResponse, Service, ServiceSpec,
     TaskState, UpdateServiceRequest,
 };
+use swarm_common::id::new_id;
 use tonic::Status;
 
 use super::lookup::{find_network, find_service};
 use super::validate::{apply_service_defaults, generated_name, validate_service_spec};
 use super::{linearize, propose_status};
-use crate::store::{new_id, Kind, Object, Op, ProposeError, State, Store, StoreError};
+use crate::store::{Kind, Object, Op, ProposeError, State, Store, StoreError};
 
 /// Unconditional updates (version 0) re-read and retry this often when another writer
 /// changed the object in between.

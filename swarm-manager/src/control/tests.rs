@@ -1270,7 +1270,7 @@ async fn callers_need_the_local_socket_or_a_certificate() {
 async fn calls_are_counted() {
     let (api, _) = api();
     let _ = get(&api, "missing-for-metrics").await;
-    let text = crate::metrics::encode();
+    let text = swarm_common::metrics::encode();
     assert!(
         text.contains("method=\"GetService\"") && text.contains("code=\"NotFound\""),
         "{text}"

@@ -10,9 +10,12 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use tokio::sync::watch;
 
-pub use object::{new_id, Kind, Object};
-pub use ops::{now_ms, Op, OpOutcome, Request, Response, StoreError};
+pub use object::{Kind, Object};
+pub use ops::{Op, OpOutcome, Request, Response, StoreError};
 pub use state::State;
+/// Object ids and the store's clock are process-wide (`swarm_common`); kept here for the
+/// components that take them with the store's other names.
+pub use swarm_common::{clock::now_ms, id::new_id};
 
 use crate::raft::{Raft, RaftError};
 

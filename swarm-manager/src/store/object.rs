@@ -102,13 +102,3 @@ macro_rules! object_from {
     )*};
 }
 object_from!(Cluster, Node, Service, Task, Network);
-
-/// A new random object id: 25 lower-case base-36 characters, like SwarmKit's.
-pub fn new_id() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut rng = rand::rng();
-    (0..25)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
-}
