@@ -3,6 +3,7 @@
 
 pub mod allocator;
 pub mod ca;
+pub mod ca_service;
 pub mod control;
 pub mod dispatcher;
 pub mod ipam;

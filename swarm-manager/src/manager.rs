@@ -112,7 +112,7 @@ impl Manager {
         let control = ControlApi::new(store.clone(), router.clone());
         let dispatcher = Dispatcher::new(store.clone(), router.clone());
         let membership = Membership::new(raft.clone(), store.clone(), router.clone());
-        let ca = crate::ca::CaService::new(store.clone(), router.clone());
+        let ca = crate::ca_service::CaService::new(store.clone(), router.clone());
         let logs = LogBroker::new(store.clone(), router.clone());
 
         let listener = tokio::net::TcpListener::bind(cfg.listen_addr)

@@ -10,7 +10,7 @@ use proto::{
 use swarm_common::id::new_id;
 use tonic::{Request, Response, Status};
 
-use super::{parse_join_token, tokens_equal, RootCa, DEFAULT_NODE_CERT_VALIDITY};
+use crate::ca::{parse_join_token, tokens_equal, RootCa, DEFAULT_NODE_CERT_VALIDITY};
 use crate::router::{no_leader, Route, Router};
 use crate::store::{Object, Op, ProposeError, Store, StoreError};
 use crate::tls;
