@@ -10,9 +10,10 @@ use proto::{
 use swarm_common::id::new_id;
 use tonic::{Request, Response, Status};
 
+use crate::api::propose_status;
 use crate::ca::{parse_join_token, tokens_equal, RootCa, DEFAULT_NODE_CERT_VALIDITY};
 use crate::router::{no_leader, Route, Router};
-use crate::store::{Object, Op, ProposeError, Store, StoreError};
+use crate::store::{Object, Op, Store};
 use crate::tls;
 
 #[derive(Clone)]
@@ -152,19 +153,6 @@ fn no_cluster() -> Status {
     Status::unavailable(
         "this manager has no cluster yet (the swarm is not initialized or the store is still loading); retry in a moment",
     )
-}
-
-fn propose_status(e: ProposeError) -> Status {
-    match e {
-        ProposeError::NotLeader { .. } => no_leader(),
-        ProposeError::Store(StoreError::Exists { .. } | StoreError::NameConflict { .. }) => {
-            Status::already_exists(e.to_string())
-        }
-        ProposeError::Store(StoreError::NotFound { .. }) => Status::not_found(e.to_string()),
-        ProposeError::Store(StoreError::VersionMismatch { .. }) => Status::aborted(e.to_string()),
-        ProposeError::Store(StoreError::Invalid(_)) => Status::invalid_argument(e.to_string()),
-        ProposeError::Raft(_) => Status::unavailable(e.to_string()),
-    }
 }
 
 #[tonic::async_trait]

@@ -2,6 +2,7 @@
 //! and the Control API. See ARCHITECTURE.md for the map.
 
 pub mod allocator;
+pub mod api;
 pub mod ca;
 pub mod ca_service;
 pub mod control;

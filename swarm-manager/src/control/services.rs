@@ -9,9 +9,10 @@ use proto::{
 use swarm_common::id::new_id;
 use tonic::Status;
 
+use super::linearize;
 use super::lookup::{find_network, find_service};
 use super::validate::{apply_service_defaults, generated_name, validate_service_spec};
-use super::{linearize, propose_status};
+use crate::api::{propose_status, store_status};
 use crate::store::{Kind, Object, Op, ProposeError, State, Store, StoreError};
 
 /// Unconditional updates (version 0) re-read and retry this often when another writer
@@ -208,7 +209,7 @@ pub(super) async fn list(
 }
 
 fn version_mismatch(kind: Kind, id: &str, expected: u64, actual: u64) -> Status {
-    super::store_status(StoreError::VersionMismatch {
+    store_status(StoreError::VersionMismatch {
         kind,
         id: id.to_string(),
         expected,

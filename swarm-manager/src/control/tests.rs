@@ -5,7 +5,8 @@ use proto::service_spec::Mode;
 use proto::*;
 use tonic::{Code, Request, Status};
 
-use super::{ControlApi, LocalCaller, WORKER_DENIED};
+use super::ControlApi;
+use crate::api::{LocalCaller, WORKER_DENIED};
 use crate::router::Router;
 use crate::store::{Object, Op, Store};
 

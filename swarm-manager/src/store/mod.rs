@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use tokio::sync::watch;
 
-pub use object::{Kind, Object};
+pub use object::{task_name, Kind, Object};
 pub use ops::{Op, OpOutcome, Request, Response, StoreError};
 pub use state::State;
 /// Object ids and the store's clock are process-wide (`swarm_common`); kept here for the

@@ -1,4 +1,4 @@
-//! The stored object kinds and a sum type over them.
+//! The stored object kinds, a sum type over them, and the name a task goes by.
 
 use proto::{Cluster, Meta, Network, Node, Service, Task};
 use serde::{Deserialize, Serialize};
@@ -102,3 +102,12 @@ macro_rules! object_from {
     )*};
 }
 object_from!(Cluster, Node, Service, Task, Network);
+
+/// `<service>.<slot>.<id>` for replicated tasks, `<service>.<node>.<id>` for global ones.
+pub fn task_name(t: &Task) -> String {
+    if t.slot > 0 {
+        format!("{}.{}.{}", t.service_name, t.slot, t.id)
+    } else {
+        format!("{}.{}.{}", t.service_name, t.node_id, t.id)
+    }
+}
