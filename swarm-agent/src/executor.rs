@@ -81,7 +81,7 @@ impl TaskReporter {
 
     pub fn report_status(&self, mut status: TaskStatus) {
         if status.timestamp == 0 {
-            status.timestamp = swarm_manager::store::now_ms();
+            status.timestamp = swarm_common::clock::now_ms();
         }
         if status.state == TaskState::Running as i32 && status.port_status.is_empty() {
             status.port_status = self.host_ports.clone();

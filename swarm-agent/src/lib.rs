@@ -32,6 +32,8 @@ pub async fn run_with_networking(
     executor: Arc<dyn Executor>,
     networking: Option<Arc<network::Networking>>,
 ) -> anyhow::Result<()> {
+    // The in-process manager's metrics are on /metrics from the start, on workers too.
+    std::sync::LazyLock::force(&swarm_manager::metrics::METRICS);
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&cfg.data_root)
         .with_context(|| format!("creating the data root {}", cfg.data_root.display()))?;

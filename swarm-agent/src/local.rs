@@ -8,12 +8,12 @@ use std::time::Duration;
 use proto::control_server::Control;
 use proto::local_node_server::LocalNode;
 use proto::*;
-use swarm_manager::control::{ControlApi, LocalCaller};
+use swarm_manager::api::{LocalCaller, WORKER_DENIED};
+use swarm_manager::control::ControlApi;
 use tonic::{Request, Response, Status};
 
 use crate::agent::{role_name, Agent, InitOptions, JoinOptions};
 
-const NOT_A_MANAGER: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
 const NOT_IN_SWARM: &str = "This node is not a swarm manager. Use \"swarm init\" or \"swarm join\" to connect this node to swarm and try again.";
 
 #[derive(Clone)]
@@ -32,7 +32,7 @@ impl LocalApi {
         }
         match self.agent.snapshot().state {
             None => Err(Status::failed_precondition(NOT_IN_SWARM)),
-            Some(_) => Err(Status::failed_precondition(NOT_A_MANAGER)),
+            Some(_) => Err(Status::failed_precondition(WORKER_DENIED)),
         }
     }
 }
@@ -178,7 +178,7 @@ impl proto::logs_server::Logs for LocalApi {
             .agent
             .log_broker()
             .await
-            .ok_or_else(|| Status::failed_precondition(NOT_A_MANAGER))?;
+            .ok_or_else(|| Status::failed_precondition(WORKER_DENIED))?;
         req.extensions_mut().insert(LocalCaller);
         proto::logs_server::Logs::subscribe_logs(&broker, req).await
     }

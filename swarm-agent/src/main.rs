@@ -123,6 +123,8 @@ async fn daemon() -> anyhow::Result<()> {
             args.cgroup_parent
         );
     }
+    // The manager's metrics come first on /metrics, before the executor's and the data plane's.
+    std::sync::LazyLock::force(&swarm_manager::metrics::METRICS);
     let (executor, networking): (Arc<dyn Executor>, _) = match args.executor {
         ExecutorKind::None => (Arc::new(UnsupportedExecutor), None),
         ExecutorKind::Containerd => {

@@ -13,7 +13,7 @@ pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
                     axum::http::header::CONTENT_TYPE,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )],
-                swarm_manager::metrics::encode(),
+                swarm_common::metrics::encode(),
             )
         }),
     );

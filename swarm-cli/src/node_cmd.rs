@@ -424,7 +424,10 @@ pub fn print_tasks(
             println!("{}", json::line(t, Kind::Task)?);
         }
     } else {
-        print!("{}", ps::table(tasks, names, !no_trunc, format::now_ms()));
+        print!(
+            "{}",
+            ps::table(tasks, names, !no_trunc, swarm_common::clock::now_ms())
+        );
     }
     Ok(())
 }

@@ -5,16 +5,17 @@
 //! - Node certificates: CN = node id, OU = [`MANAGER_OU`] / [`WORKER_OU`], O = cluster id,
 //!   DNS SANs = the OU and the node id, EKU serverAuth + clientAuth.
 //! - Join tokens `SWMTKN-1-<ca digest>-<secret>` ([`generate_join_token`], [`parse_join_token`]).
-//! - [`CaService`]: the `CA` and `NodeCA` gRPC services.
+//!
+//! The `CA` and `NodeCA` gRPC services that hand them out are `crate::ca_service`.
 
+mod digest;
 mod identity;
 mod root;
-mod service;
 mod token;
 
+pub use digest::cert_digest;
 pub use identity::{parse_node_cert_der, parse_node_cert_pem, renewal_time, NodeIdentity};
-pub use root::{cert_digest, new_cluster_root_ca, new_key_and_csr, RootCa};
-pub use service::CaService;
+pub use root::{new_cluster_root_ca, new_key_and_csr, RootCa};
 pub use token::{generate_join_token, parse_join_token, token_matches_ca, tokens_equal, JoinToken};
 
 /// OU (and DNS SAN) of manager certificates; the TLS server name managers answer to.

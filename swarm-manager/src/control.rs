@@ -1,9 +1,10 @@
 //! The Control API (`proto::control_server::Control`): the cluster API the CLI talks to.
 //!
 //! Every call is
-//! 1. authorized: calls relayed by the agent's local unix socket carry [`LocalCaller`]
-//!    (the socket's file permissions already authorized them); other callers need a
-//!    manager certificate issued by the swarm CA (workers are refused with Docker's text);
+//! 1. authorized (`crate::api`): calls relayed by the agent's local unix socket carry
+//!    [`LocalCaller`](crate::api::LocalCaller) (the socket's file permissions already
+//!    authorized them); other callers need a manager certificate issued by the swarm CA
+//!    (workers are refused with Docker's text);
 //! 2. routed: served here when this manager leads, forwarded unchanged to the leader
 //!    otherwise (with the caller's identity attached), refused while there is no leader;
 //! 3. served with Docker/SwarmKit semantics: linearizable reads, lookups by id, name or
@@ -22,8 +23,6 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-/// `<service>.<slot>.<task id>` (global tasks: `<service>.<node id>.<task id>`).
-pub(crate) use lookup::task_name;
 /// `swarm init`'s options as the agent checks them (also the CLI tests' fake agent).
 pub use validate::validate_init_request;
 
@@ -36,7 +35,7 @@ use proto::{
     Cluster, CreateNetworkRequest, CreateServiceRequest, GetClusterRequest, GetNetworkRequest,
     GetNodeRequest, GetServiceRequest, GetTaskRequest, ListNetworksRequest, ListNetworksResponse,
     ListNodesRequest, ListNodesResponse, ListServicesRequest, ListServicesResponse,
-    ListTasksRequest, ListTasksResponse, Network, Node, NodeRole, RemoveNetworkRequest,
+    ListTasksRequest, ListTasksResponse, Network, Node, RemoveNetworkRequest,
     RemoveNetworkResponse, RemoveNodeRequest, RemoveNodeResponse, RemoveServiceRequest,
     RemoveServiceResponse, Service, Task, UpdateClusterRequest, UpdateNodeRequest,
     UpdateServiceRequest,
@@ -44,18 +43,10 @@ use proto::{
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::ca::NodeIdentity;
+use crate::api::{authorize, forwarded, propose_status};
 use crate::metrics::{Method, MethodCode, METRICS};
 use crate::router::{Route, Router};
-use crate::store::{ProposeError, Store, StoreError};
-
-/// Marks a request that came through the agent's local unix socket (already authorized by
-/// the socket's file permissions). The agent inserts it into the request extensions.
-#[derive(Clone, Copy, Debug)]
-pub struct LocalCaller;
-
-/// Docker's answer to a worker that calls the Control API.
-pub const WORKER_DENIED: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
+use crate::store::Store;
 
 /// The Control API service of one manager.
 #[derive(Clone)]
@@ -112,34 +103,11 @@ impl ControlApi {
             }
             Route::Leader(ch) => {
                 tracing::debug!(method, "forwarding Control call to the leader");
-                let timeout = req.metadata().get("grpc-timeout").cloned();
-                let mut fwd = Request::new(req.into_inner());
-                if let Some(t) = timeout {
-                    fwd.metadata_mut().insert("grpc-timeout", t);
-                }
-                if let Some(id) = &caller {
-                    crate::tls::with_forwarded_identity(&mut fwd, id);
-                }
-                forward(ControlClient::new(ch), fwd).await
+                forward(ControlClient::new(ch), forwarded(req, caller.as_ref())).await
             }
             Route::NoLeader => Err(crate::router::no_leader()),
         }
     }
-}
-
-/// Who may call: the local socket, or a manager certificate. Returns the certificate
-/// identity (None for local callers) so that forwarded calls keep it.
-fn authorize<T>(req: &Request<T>) -> Result<Option<NodeIdentity>, Status> {
-    if req.extensions().get::<LocalCaller>().is_some() {
-        return Ok(None);
-    }
-    let id = crate::tls::caller_identity(req).ok_or_else(|| {
-        Status::unauthenticated("a client certificate issued by the swarm CA is required")
-    })?;
-    if id.role != NodeRole::Manager {
-        return Err(Status::permission_denied(WORKER_DENIED));
-    }
-    Ok(Some(id))
 }
 
 fn record<T>(method: &'static str, start: Instant, result: &Result<T, Status>) {
@@ -169,28 +137,6 @@ fn record<T>(method: &'static str, start: Instant, result: &Result<T, Status>) {
         } else {
             tracing::debug!(method, code = ?s.code(), message = s.message(), "Control call refused");
         }
-    }
-}
-
-/// gRPC status of a store error, with Docker's codes.
-pub(crate) fn store_status(e: StoreError) -> Status {
-    let msg = e.to_string();
-    match e {
-        StoreError::NotFound { .. } => Status::not_found(msg),
-        StoreError::Exists { .. } | StoreError::NameConflict { .. } => Status::already_exists(msg),
-        StoreError::VersionMismatch { .. } => Status::failed_precondition(msg),
-        StoreError::Invalid(_) => Status::invalid_argument(msg),
-    }
-}
-
-/// gRPC status of a failed proposal.
-pub(crate) fn propose_status(e: ProposeError) -> Status {
-    match e {
-        ProposeError::NotLeader { .. } => crate::router::no_leader(),
-        ProposeError::Store(e) => store_status(e),
-        ProposeError::Raft(m) => Status::unavailable(format!(
-            "the change could not be committed (raft: {m}); check the cluster state and retry"
-        )),
     }
 }
 

@@ -20,19 +20,21 @@ use proto::{
     TaskState, UpdateTaskStatusRequest, UpdateTaskStatusResponse, WeightedPeer,
 };
 use rand::Rng;
+use swarm_common::id::new_id;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::control::propose_status;
+use crate::api::{leader_only, node_of, propose_status};
 use crate::netstate::{self, NodeNetworkView};
 use crate::router::{Route, Router};
-use crate::store::{new_id, Op, ProposeError, Request as StoreRequest, Store};
+use crate::store::{Op, ProposeError, Request as StoreRequest, Store};
 
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// A node is DOWN after this many heartbeat periods without a heartbeat.
 pub const MISSED_HEARTBEATS: u32 = 3;
-pub const LEADER_METADATA: &str = "x-swarm-leader";
+/// The agent's session reads the leader's address from this metadata key (an answer of
+/// `api::leader_only`); the key is defined with the rest of the API edge, in [`crate::api`].
 
 struct Session {
     id: String,
@@ -59,30 +61,6 @@ impl Dispatcher {
 
     fn period(&self) -> Duration {
         heartbeat_period(&self.store)
-    }
-
-    fn leader_only(&self) -> Result<(), Status> {
-        match self.router.route() {
-            Route::Local => Ok(()),
-            Route::Leader(_) => {
-                let mut st =
-                    Status::unavailable("this manager is not the leader; reconnect to the leader");
-                if let Some(addr) = self.router.leader_addr() {
-                    if let Ok(v) = addr.parse() {
-                        st.metadata_mut().insert(LEADER_METADATA, v);
-                    }
-                }
-                Err(st)
-            }
-            Route::NoLeader => Err(crate::router::no_leader()),
-        }
-    }
-
-    fn node_of<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        let id = crate::tls::caller_identity(req).ok_or_else(|| {
-            Status::unauthenticated("a node certificate issued by the swarm CA is required")
-        })?;
-        Ok(id.node_id)
     }
 
     fn check_session(&self, node_id: &str, session_id: &str) -> Result<(), Status> {
@@ -285,8 +263,8 @@ impl DispatcherRpc for Dispatcher {
         &self,
         req: Request<SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        self.leader_only()?;
-        let node_id = self.node_of(&req)?;
+        leader_only(&self.router)?;
+        let node_id = node_of(&req)?;
         let seen = req.remote_addr().map(|a| a.ip());
         let r = req.into_inner();
         let addr = data_path_addr(&r.data_path_addr, seen);
@@ -377,8 +355,8 @@ impl DispatcherRpc for Dispatcher {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        self.leader_only()?;
-        let node_id = self.node_of(&req)?;
+        leader_only(&self.router)?;
+        let node_id = node_of(&req)?;
         let HeartbeatRequest {
             session_id,
             port_conflicts,
@@ -424,8 +402,8 @@ impl DispatcherRpc for Dispatcher {
         &self,
         req: Request<AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
-        self.leader_only()?;
-        let node_id = self.node_of(&req)?;
+        leader_only(&self.router)?;
+        let node_id = node_of(&req)?;
         let session_id = req.into_inner().session_id;
         self.check_session(&node_id, &session_id)?;
         let (tx, rx) = mpsc::channel(16);
@@ -497,8 +475,8 @@ impl DispatcherRpc for Dispatcher {
         &self,
         req: Request<proto::NetworkStateRequest>,
     ) -> Result<Response<Self::NetworkStateStream>, Status> {
-        self.leader_only()?;
-        let node_id = self.node_of(&req)?;
+        leader_only(&self.router)?;
+        let node_id = node_of(&req)?;
         let session_id = req.into_inner().session_id;
         self.check_session(&node_id, &session_id)?;
         let (tx, rx) = mpsc::channel(16);
@@ -554,8 +532,8 @@ impl DispatcherRpc for Dispatcher {
         &self,
         req: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
-        self.leader_only()?;
-        let node_id = self.node_of(&req)?;
+        leader_only(&self.router)?;
+        let node_id = node_of(&req)?;
         let r = req.into_inner();
         self.check_session(&node_id, &r.session_id)?;
         let ops: Vec<Op> = {

@@ -165,7 +165,7 @@ pub const INGRESS_NETWORK_NAME: &str = "ingress";
 /// the first subnet of the cluster's address pool, 10.0.0.0/24 by default).
 pub fn ingress_network() -> Network {
     Network {
-        id: crate::store::new_id(),
+        id: swarm_common::id::new_id(),
         meta: None,
         spec: Some(proto::NetworkSpec {
             name: INGRESS_NETWORK_NAME.to_string(),

@@ -2,7 +2,9 @@
 //! and the Control API. See ARCHITECTURE.md for the map.
 
 pub mod allocator;
+pub mod api;
 pub mod ca;
+pub mod ca_service;
 pub mod control;
 pub mod dispatcher;
 pub mod ipam;

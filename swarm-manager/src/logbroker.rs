@@ -1,13 +1,14 @@
 //! The log broker: `swarm service logs`.
 //!
-//! Clients call `Logs.SubscribeLogs` on any manager: the local socket ([`LocalCaller`]) or
-//! a manager certificate may; followers forward the call to the leader and relay its
-//! stream. The leader's broker (in memory, leader only) resolves the selector to the tasks
-//! in the store (any state: a stopped task's logs show while the task exists), groups them
-//! by node and tells each node through its `LogBroker.ListenSubscriptions` stream which
-//! of its tasks to read. Nodes answer with `LogBroker.PublishLogs` (one call per
-//! subscription); the broker stamps each message with the service, node and task it
-//! knows (a node can publish only for its own tasks of the subscription) and relays it.
+//! Clients call `Logs.SubscribeLogs` on any manager: the local socket
+//! ([`LocalCaller`](crate::api::LocalCaller)) or a manager certificate may; followers
+//! forward the call to the leader and relay its stream. The leader's broker (in memory,
+//! leader only) resolves the selector to the tasks in the store (any state: a stopped
+//! task's logs show while the task exists), groups them by node and tells each node
+//! through its `LogBroker.ListenSubscriptions` stream which of its tasks to read. Nodes
+//! answer with `LogBroker.PublishLogs` (one call per subscription); the broker stamps
+//! each message with the service, node and task it knows (a node can publish only for
+//! its own tasks of the subscription) and relays it.
 //!
 //! Without `follow` the client's stream ends once every node that was told closed,
 //! disconnected, or stayed silent for [`NODE_SILENCE`]; nodes that are not connected
@@ -29,19 +30,18 @@ use proto::log_broker_server::LogBroker as LogBrokerRpc;
 use proto::logs_client::LogsClient;
 use proto::logs_server::Logs;
 use proto::{
-    ListenSubscriptionsRequest, LogContext, LogSelector, LogSubscriptionOptions, NodeRole,
+    ListenSubscriptionsRequest, LogContext, LogSelector, LogSubscriptionOptions,
     PublishLogsMessage, PublishLogsResponse, SubscribeLogsMessage, SubscribeLogsRequest,
     SubscriptionMessage,
 };
+use swarm_common::id::new_id;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::ca::NodeIdentity;
-use crate::control::{LocalCaller, WORKER_DENIED};
-use crate::dispatcher::LEADER_METADATA;
+use crate::api::{authorize, forwarded, leader_only, node_of};
 use crate::router::{Route, Router};
-use crate::store::{new_id, State, Store};
+use crate::store::{State, Store};
 
 /// A subscription that is not following ends when its pending nodes have published
 /// nothing for this long.
@@ -232,29 +232,6 @@ fn placed_tasks(st: &State, r: &Resolved) -> HashMap<String, BTreeMap<String, St
     out
 }
 
-/// Who may subscribe: the local socket, or a manager certificate. Returns the
-/// certificate identity (None for local callers) so that forwarded calls keep it.
-fn authorize<T>(req: &Request<T>) -> Result<Option<NodeIdentity>, Status> {
-    if req.extensions().get::<LocalCaller>().is_some() {
-        return Ok(None);
-    }
-    let id = crate::tls::caller_identity(req).ok_or_else(|| {
-        Status::unauthenticated("a client certificate issued by the swarm CA is required")
-    })?;
-    if id.role != NodeRole::Manager {
-        return Err(Status::permission_denied(WORKER_DENIED));
-    }
-    Ok(Some(id))
-}
-
-fn node_of<T>(req: &Request<T>) -> Result<String, Status> {
-    crate::tls::caller_identity(req)
-        .map(|id| id.node_id)
-        .ok_or_else(|| {
-            Status::unauthenticated("a node certificate issued by the swarm CA is required")
-        })
-}
-
 fn over(id: &str) -> Status {
     Status::not_found(format!(
         "log subscription {id} is over: stop publishing for it"
@@ -277,23 +254,6 @@ impl LogBroker {
 
     fn leading(&self) -> bool {
         matches!(self.router.route(), Route::Local)
-    }
-
-    fn leader_only(&self) -> Result<(), Status> {
-        match self.router.route() {
-            Route::Local => Ok(()),
-            Route::Leader(_) => {
-                let mut st =
-                    Status::unavailable("this manager is not the leader; reconnect to the leader");
-                if let Some(addr) = self.router.leader_addr() {
-                    if let Ok(v) = addr.parse() {
-                        st.metadata_mut().insert(LEADER_METADATA, v);
-                    }
-                }
-                Err(st)
-            }
-            Route::NoLeader => Err(crate::router::no_leader()),
-        }
     }
 
     /// Starts a subscription on this (leading) manager: the stream of its log messages.
@@ -562,15 +522,10 @@ impl Logs for LogBroker {
             }
             Route::Leader(ch) => {
                 tracing::debug!("forwarding SubscribeLogs to the leader");
-                let timeout = req.metadata().get("grpc-timeout").cloned();
-                let mut fwd = Request::new(req.into_inner());
-                if let Some(t) = timeout {
-                    fwd.metadata_mut().insert("grpc-timeout", t);
-                }
-                if let Some(id) = &caller {
-                    crate::tls::with_forwarded_identity(&mut fwd, id);
-                }
-                let stream = LogsClient::new(ch).subscribe_logs(fwd).await?.into_inner();
+                let stream = LogsClient::new(ch)
+                    .subscribe_logs(forwarded(req, caller.as_ref()))
+                    .await?
+                    .into_inner();
                 Ok(Response::new(Box::pin(stream)))
             }
             Route::NoLeader => Err(crate::router::no_leader()),
@@ -586,7 +541,7 @@ impl LogBrokerRpc for LogBroker {
         &self,
         req: Request<ListenSubscriptionsRequest>,
     ) -> Result<Response<Self::ListenSubscriptionsStream>, Status> {
-        self.leader_only()?;
+        leader_only(&self.router)?;
         let node = node_of(&req)?;
         let rx = self.listen(&node);
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
@@ -596,7 +551,7 @@ impl LogBrokerRpc for LogBroker {
         &self,
         req: Request<Streaming<PublishLogsMessage>>,
     ) -> Result<Response<PublishLogsResponse>, Status> {
-        self.leader_only()?;
+        leader_only(&self.router)?;
         let node = node_of(&req)?;
         self.publish_stream(&node, req.into_inner()).await?;
         Ok(Response::new(PublishLogsResponse {}))

@@ -21,9 +21,9 @@ use crate::membership::{Membership, RoleManager};
 use crate::metrics::METRICS;
 use crate::raft::network::{Network, PeerHealth};
 use crate::raft::Raft;
-use crate::router::{Connector, Router};
+use crate::router::Router;
 use crate::store::{Object, Op, Shared, Store};
-use crate::tls::ReloadableCert;
+use crate::tls::{Connector, ReloadableCert};
 
 /// PEM material of a node: its certificate and key, and the cluster's root CA.
 #[derive(Clone, Debug)]
@@ -107,12 +107,12 @@ impl Manager {
         )
         .await
         .context("starting raft")?;
-        let store = Store::with_raft(shared, raft.clone());
+        let store = Store::new(shared, Arc::new(raft.clone()));
         let router = Router::raft(raft.clone(), cfg.raft_id, connect.clone());
         let control = ControlApi::new(store.clone(), router.clone());
         let dispatcher = Dispatcher::new(store.clone(), router.clone());
         let membership = Membership::new(raft.clone(), store.clone(), router.clone());
-        let ca = crate::ca::CaService::new(store.clone(), router.clone());
+        let ca = crate::ca_service::CaService::new(store.clone(), router.clone());
         let logs = LogBroker::new(store.clone(), router.clone());
 
         let listener = tokio::net::TcpListener::bind(cfg.listen_addr)

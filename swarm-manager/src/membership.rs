@@ -14,7 +14,7 @@ use proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::control::propose_status;
+use crate::api::propose_status;
 use crate::raft::network::PeerHealth;
 use crate::raft::Raft;
 use crate::router::Router;

@@ -1,14 +1,15 @@
-//! Prometheus metrics of the manager, in one registry per process. Components record into
-//! [`METRICS`]; the daemon serves [`encode`] on `/metrics`.
+//! Prometheus metrics of the manager. Components record into [`METRICS`], whose families
+//! are registered in the process registry (`swarm_common::metrics`) on first use; the
+//! daemon serves that registry on `/metrics`.
 
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use swarm_common::metrics::register;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodCode {
@@ -44,7 +45,6 @@ fn latency() -> Histogram {
 }
 
 pub struct Metrics {
-    registry: Mutex<Registry>,
     pub raft_term: Gauge,
     pub raft_is_leader: Gauge,
     pub raft_leader_id: Gauge,
@@ -64,7 +64,6 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 impl Metrics {
     fn new() -> Metrics {
         let m = Metrics {
-            registry: Mutex::new(Registry::with_prefix("swarm")),
             raft_term: Gauge::default(),
             raft_is_leader: Gauge::default(),
             raft_leader_id: Gauge::default(),
@@ -78,89 +77,62 @@ impl Metrics {
             tasks: Family::default(),
             nodes: Family::default(),
         };
-        {
-            let mut r = m.registry.lock().unwrap();
-            r.register("raft_term", "Current Raft term", m.raft_term.clone());
-            r.register(
-                "raft_is_leader",
-                "1 if this manager is the Raft leader",
-                m.raft_is_leader.clone(),
-            );
-            r.register(
-                "raft_leader_id",
-                "Raft id of the current leader (0: none known)",
-                m.raft_leader_id.clone(),
-            );
-            r.register(
-                "raft_commit_index",
-                "Index of the last committed Raft entry",
-                m.raft_commit_index.clone(),
-            );
-            r.register(
-                "raft_applied_index",
-                "Index of the last Raft entry applied to the store",
-                m.raft_applied_index.clone(),
-            );
-            r.register(
-                "raft_apply_seconds",
-                "Time to apply one batch of committed entries",
-                m.raft_apply_seconds.clone(),
-            );
-            r.register(
-                "api_requests",
-                "Control API requests by method and gRPC code",
-                m.api_requests.clone(),
-            );
-            r.register(
-                "api_request_seconds",
-                "Control API latency by method",
-                m.api_seconds.clone(),
-            );
-            r.register(
-                "scheduler_decisions",
-                "Scheduler decisions by result",
-                m.scheduler_decisions.clone(),
-            );
-            r.register(
-                "scheduler_pass_seconds",
-                "Time of one scheduling pass",
-                m.scheduler_pass_seconds.clone(),
-            );
-            r.register(
-                "tasks",
-                "Tasks by observed state (leader only)",
-                m.tasks.clone(),
-            );
-            r.register(
-                "nodes",
-                "Nodes by status and availability (leader only)",
-                m.nodes.clone(),
-            );
-        }
+        register("raft_term", "Current Raft term", m.raft_term.clone());
+        register(
+            "raft_is_leader",
+            "1 if this manager is the Raft leader",
+            m.raft_is_leader.clone(),
+        );
+        register(
+            "raft_leader_id",
+            "Raft id of the current leader (0: none known)",
+            m.raft_leader_id.clone(),
+        );
+        register(
+            "raft_commit_index",
+            "Index of the last committed Raft entry",
+            m.raft_commit_index.clone(),
+        );
+        register(
+            "raft_applied_index",
+            "Index of the last Raft entry applied to the store",
+            m.raft_applied_index.clone(),
+        );
+        register(
+            "raft_apply_seconds",
+            "Time to apply one batch of committed entries",
+            m.raft_apply_seconds.clone(),
+        );
+        register(
+            "api_requests",
+            "Control API requests by method and gRPC code",
+            m.api_requests.clone(),
+        );
+        register(
+            "api_request_seconds",
+            "Control API latency by method",
+            m.api_seconds.clone(),
+        );
+        register(
+            "scheduler_decisions",
+            "Scheduler decisions by result",
+            m.scheduler_decisions.clone(),
+        );
+        register(
+            "scheduler_pass_seconds",
+            "Time of one scheduling pass",
+            m.scheduler_pass_seconds.clone(),
+        );
+        register(
+            "tasks",
+            "Tasks by observed state (leader only)",
+            m.tasks.clone(),
+        );
+        register(
+            "nodes",
+            "Nodes by status and availability (leader only)",
+            m.nodes.clone(),
+        );
         m
     }
-
-    /// Registers a collector (metrics read at scrape time, e.g. from eBPF maps) of another
-    /// component in the same registry.
-    pub fn register_collector(&self, collector: Box<dyn prometheus_client::collector::Collector>) {
-        self.registry.lock().unwrap().register_collector(collector);
-    }
-
-    /// Registers a metric of another component (the agent's) in the same registry.
-    pub fn register<M: prometheus_client::registry::Metric>(
-        &self,
-        name: &str,
-        help: &str,
-        metric: M,
-    ) {
-        self.registry.lock().unwrap().register(name, help, metric);
-    }
-}
-
-/// The registry in Prometheus text format.
-pub fn encode() -> String {
-    let mut out = String::new();
-    let r = METRICS.registry.lock().unwrap();
-    prometheus_client::encoding::text::encode(&mut out, &r).expect("encoding to a String");
-    out
 }

@@ -197,7 +197,7 @@ pub fn endpoint_info(st: &State, t: &Task, network_id: &str) -> Option<EndpointI
             .unwrap_or_default(),
         service_id: t.service_id.clone(),
         service_name: t.service_name.clone(),
-        task_name: crate::control::task_name(t),
+        task_name: crate::store::task_name(t),
         aliases: att.aliases.clone(),
         serving: state == TaskState::Running
             && t.desired() == TaskState::Running

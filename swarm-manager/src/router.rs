@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 use tonic::transport::Channel;
 
 use crate::raft::Raft;
-
-/// Opens a (lazy) mTLS channel to another manager's address.
-pub type Connector = Arc<dyn Fn(&str) -> Channel + Send + Sync>;
+use crate::tls::Connector;
 
 pub enum Route {
     /// This manager is the leader: serve the call.

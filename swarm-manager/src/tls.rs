@@ -309,6 +309,9 @@ async fn accept_loop(
     }
 }
 
+/// Opens a (lazy) mTLS channel to another manager's address.
+pub type Connector = Arc<dyn Fn(&str) -> Channel + Send + Sync>;
+
 /// Lazy tonic channel to "host:port" over TLS with this config (custom connector with tokio-rustls + hyper_util::rt::TokioIo; URI scheme http so tonic does no TLS of its own; SNI "swarm-manager"); connect timeout 3 s, HTTP/2 keepalive every 5 s with 5 s timeout, keepalive while idle.
 pub fn channel(addr: &str, cfg: Arc<ClientConfig>) -> Channel {
     // The URI only names the :authority; the connector dials `addr` itself, so an

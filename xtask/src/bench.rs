@@ -19,8 +19,9 @@ use proto::{
     NodeStatus, Platform, ReplicatedService, Resources, Service, ServiceSpec, Task, TaskSpec,
     TaskState, TaskStatus,
 };
+use swarm_common::id::new_id;
 use swarm_manager::scheduler::Scheduler;
-use swarm_manager::store::{new_id, Object, Op, Store};
+use swarm_manager::store::{Object, Op, Store};
 
 /// (nodes, tasks)
 const MATRIX: &[(usize, usize)] = &[

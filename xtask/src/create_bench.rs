@@ -102,7 +102,7 @@ fn round(lab: &Lab, image: &str, name: &str, replicas: usize) -> anyhow::Result<
         {
             scheduled = Some(t0.elapsed());
         }
-        let now_ms = swarm_manager::store::now_ms();
+        let now_ms = swarm_common::clock::now_ms();
         for t in &tasks {
             if let Some(bad) = t
                 .status

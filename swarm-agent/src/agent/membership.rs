@@ -15,9 +15,9 @@ use proto::{
     OrchestrationConfig, Reachability, RootCa as RootCaObj,
 };
 use rand::Rng;
+use swarm_common::id::new_id;
 use swarm_manager::ca::{self, RootCa};
 use swarm_manager::manager::{Bootstrap, Credentials};
-use swarm_manager::store::new_id;
 use swarm_manager::tls;
 
 use super::addresses::{advertise_addr, host_of, listen_addr, with_default_port};

@@ -26,7 +26,7 @@ impl From<Status> for SessionEnd {
     fn from(s: Status) -> Self {
         if let Some(addr) = s
             .metadata()
-            .get(swarm_manager::dispatcher::LEADER_METADATA)
+            .get(swarm_manager::api::LEADER_METADATA)
             .and_then(|v| v.to_str().ok())
         {
             return SessionEnd::Redirect(addr.to_string());

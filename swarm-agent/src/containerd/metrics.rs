@@ -1,5 +1,5 @@
 //! Prometheus metrics of the containerd executor, in the process's registry
-//! (`swarm_manager::metrics`): where the time of starting and stopping tasks goes.
+//! (`swarm_common::metrics`): where the time of starting and stopping tasks goes.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -37,12 +37,12 @@ pub static METRICS: LazyLock<ExecutorMetrics> = LazyLock::new(|| {
         phase_seconds: Family::new_with_constructor(buckets),
         pulls: Family::default(),
     };
-    swarm_manager::metrics::METRICS.register(
+    swarm_common::metrics::register(
         "executor_phase_seconds",
         "Time of each phase of running a task in containerd",
         m.phase_seconds.clone(),
     );
-    swarm_manager::metrics::METRICS.register(
+    swarm_common::metrics::register(
         "executor_image_pulls",
         "Image pulls by result",
         m.pulls.clone(),

@@ -686,7 +686,7 @@ impl Networking {
             }),
             changed: tokio::sync::Notify::new(),
         });
-        swarm_manager::metrics::METRICS.register_collector(Box::new(metrics::DataplaneCollector {
+        swarm_common::metrics::register_collector(Box::new(metrics::DataplaneCollector {
             net: Arc::downgrade(&net),
         }));
         net

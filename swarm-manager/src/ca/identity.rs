@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use x509_parser::certificate::X509Certificate;
 
-use super::root::first_cert_der;
+use super::digest::first_cert_der;
 use super::{CaError, MANAGER_OU, WORKER_OU};
 
 /// Renewal happens at a random point in this fraction of the certificate's life.

@@ -6,9 +6,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
-use rustls::pki_types::{pem::PemObject, CertificateDer};
-use sha2::{Digest, Sha256};
 
+use super::digest::{cert_digest, first_cert_der};
 use super::{role_ou, token, CaError};
 
 /// CN of the root certificate.
@@ -150,17 +149,6 @@ pub fn new_cluster_root_ca() -> Result<proto::RootCa, CaError> {
     })
 }
 
-/// sha256 of the DER of the (first) certificate in `cert_pem`, lower-case hex.
-pub fn cert_digest(cert_pem: &str) -> Result<String, CaError> {
-    Ok(hex(&cert_digest_raw(cert_pem)?))
-}
-
-/// sha256 of the DER of the (first) certificate in `cert_pem`.
-pub(crate) fn cert_digest_raw(cert_pem: &str) -> Result<[u8; 32], CaError> {
-    let der = first_cert_der(cert_pem)?;
-    Ok(Sha256::digest(der.as_ref()).into())
-}
-
 /// A new ECDSA P-256 key and a CSR for it: (key PEM, CSR PEM).
 pub fn new_key_and_csr() -> Result<(String, String), CaError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -173,16 +161,6 @@ pub fn new_key_and_csr() -> Result<(String, String), CaError> {
         .and_then(|c| c.pem())
         .map_err(|e| CaError::Generate(format!("certificate signing request: {e}")))?;
     Ok((key.serialize_pem(), csr))
-}
-
-pub(crate) fn first_cert_der(cert_pem: &str) -> Result<CertificateDer<'static>, CaError> {
-    match CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next() {
-        Some(Ok(der)) => Ok(der),
-        Some(Err(e)) => Err(CaError::InvalidCertificate(format!("bad PEM: {e}"))),
-        None => Err(CaError::InvalidCertificate(
-            "no PEM CERTIFICATE block found".into(),
-        )),
-    }
 }
 
 fn dn(entries: &[(DnType, &str)]) -> DistinguishedName {
@@ -227,12 +205,4 @@ fn validate_name(what: &str, value: &str) -> Result<(), CaError> {
             "{what} {value:?} must be 1-63 lower-case letters, digits or '-'"
         )))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }

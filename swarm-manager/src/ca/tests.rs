@@ -5,7 +5,7 @@ use x509_parser::extensions::GeneralName;
 use super::*;
 
 fn sans(cert_pem: &str) -> Vec<String> {
-    let der = root::first_cert_der(cert_pem).unwrap();
+    let der = digest::first_cert_der(cert_pem).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     let san = cert.subject_alternative_name().unwrap().unwrap();
     san.value
@@ -64,7 +64,7 @@ fn root_ca_round_trip_and_digest() {
     assert_eq!(loaded.digest(), root.digest());
     assert_eq!(root.digest().len(), 64);
     assert_eq!(cert_digest(&root.cert_pem).unwrap(), root.digest());
-    let der = root::first_cert_der(&root.cert_pem).unwrap();
+    let der = digest::first_cert_der(&root.cert_pem).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     assert!(cert.is_ca());
     assert_eq!(
@@ -90,7 +90,7 @@ fn serials_are_random() {
     let root = RootCa::generate().unwrap();
     let (_k, csr) = new_key_and_csr().unwrap();
     let serial = |pem: &str| {
-        let der = root::first_cert_der(pem).unwrap();
+        let der = digest::first_cert_der(pem).unwrap();
         let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
         c.raw_serial().to_vec()
     };

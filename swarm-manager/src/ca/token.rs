@@ -1,6 +1,6 @@
 //! Join tokens: `SWMTKN-1-<sha256 of the root CA DER, base36, 50 chars>-<secret, base36, 25 chars>`.
 
-use super::root::cert_digest_raw;
+use super::digest::cert_digest_raw;
 use super::CaError;
 
 const PREFIX: &str = "SWMTKN";

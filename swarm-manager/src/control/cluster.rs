@@ -3,9 +3,10 @@
 use proto::{Cluster, GetClusterRequest, UpdateClusterRequest};
 use tonic::Status;
 
+use super::linearize;
 use super::services::UNCONDITIONAL_RETRIES;
 use super::validate::validate_cluster_spec;
-use super::{linearize, propose_status, store_status};
+use crate::api::{propose_status, store_status};
 use crate::store::{Kind, Object, Op, ProposeError, State, Store, StoreError};
 
 /// The cluster as callers may see it: without the root CA key.

@@ -4,7 +4,7 @@
 use proto::{Network, Node, Service, Task};
 use tonic::Status;
 
-use crate::store::State;
+use crate::store::{task_name, State};
 
 /// The ways a kind of object can be named.
 struct Names<'a, T> {
@@ -103,15 +103,6 @@ fn network_names<'a>(st: &'a State, reference: &str) -> Names<'a, Network> {
         exact: st.network(reference),
         id: |n| n.id.as_str(),
         has_name: |n, r| n.spec.as_ref().is_some_and(|s| s.name == r),
-    }
-}
-
-/// `<service>.<slot>.<id>` for replicated tasks, `<service>.<node>.<id>` for global ones.
-pub(crate) fn task_name(t: &Task) -> String {
-    if t.slot > 0 {
-        format!("{}.{}.{}", t.service_name, t.slot, t.id)
-    } else {
-        format!("{}.{}.{}", t.service_name, t.node_id, t.id)
     }
 }
 

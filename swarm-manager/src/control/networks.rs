@@ -4,13 +4,15 @@ use proto::{
     CreateNetworkRequest, GetNetworkRequest, ListNetworksRequest, ListNetworksResponse, Network,
     NetworkSpec, PublishMode, RemoveNetworkRequest, RemoveNetworkResponse, Task, TaskState,
 };
+use swarm_common::id::new_id;
 use tonic::Status;
 
-use super::lookup::{find_network, task_name};
+use super::linearize;
+use super::lookup::find_network;
 use super::validate::{validate_network_spec, DEFAULT_NETWORK_DRIVER};
-use super::{linearize, propose_status};
+use crate::api::propose_status;
 use crate::ipam::Subnet;
-use crate::store::{new_id, Kind, Object, Op, State, Store};
+use crate::store::{task_name, Kind, Object, Op, State, Store};
 
 pub(super) async fn create(store: &Store, req: CreateNetworkRequest) -> Result<Network, Status> {
     let mut spec = req.spec.ok_or_else(|| {

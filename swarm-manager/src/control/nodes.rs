@@ -6,10 +6,11 @@ use proto::{
 };
 use tonic::Status;
 
+use super::linearize;
 use super::lookup::find_node;
 use super::services::UNCONDITIONAL_RETRIES;
 use super::validate::validate_node_spec;
-use super::{linearize, propose_status, store_status};
+use crate::api::{propose_status, store_status};
 use crate::store::{Kind, Object, Op, ProposeError, State, Store, StoreError};
 
 pub(super) async fn get(store: &Store, req: GetNodeRequest) -> Result<Node, Status> {

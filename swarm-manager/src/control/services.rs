@@ -6,12 +6,14 @@ use proto::{
     PortProtocol, PublishMode, RemoveServiceRequest, RemoveServiceResponse, Service, ServiceSpec,
     TaskState, UpdateServiceRequest,
 };
+use swarm_common::id::new_id;
 use tonic::Status;
 
+use super::linearize;
 use super::lookup::{find_network, find_service};
 use super::validate::{apply_service_defaults, generated_name, validate_service_spec};
-use super::{linearize, propose_status};
-use crate::store::{new_id, Kind, Object, Op, ProposeError, State, Store, StoreError};
+use crate::api::{propose_status, store_status};
+use crate::store::{Kind, Object, Op, ProposeError, State, Store, StoreError};
 
 /// Unconditional updates (version 0) re-read and retry this often when another writer
 /// changed the object in between.
@@ -233,7 +235,7 @@ pub(super) async fn list(
 }
 
 fn version_mismatch(kind: Kind, id: &str, expected: u64, actual: u64) -> Status {
-    super::store_status(StoreError::VersionMismatch {
+    store_status(StoreError::VersionMismatch {
         kind,
         id: id.to_string(),
         expected,

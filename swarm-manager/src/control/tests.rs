@@ -5,7 +5,8 @@ use proto::service_spec::Mode;
 use proto::*;
 use tonic::{Code, Request, Status};
 
-use super::{ControlApi, LocalCaller, WORKER_DENIED};
+use super::ControlApi;
+use crate::api::{LocalCaller, WORKER_DENIED};
 use crate::router::Router;
 use crate::store::{Object, Op, Store};
 
@@ -1305,7 +1306,7 @@ async fn callers_need_the_local_socket_or_a_certificate() {
 async fn calls_are_counted() {
     let (api, _) = api();
     let _ = get(&api, "missing-for-metrics").await;
-    let text = crate::metrics::encode();
+    let text = swarm_common::metrics::encode();
     assert!(
         text.contains("method=\"GetService\"") && text.contains("code=\"NotFound\""),
         "{text}"

@@ -47,7 +47,7 @@ pub(super) fn validate_name(kind: &str, name: &str) -> Result<(), Status> {
 
 /// A name for a service created without one: a short random id, like a container's.
 pub(super) fn generated_name() -> String {
-    let id = crate::store::new_id();
+    let id = swarm_common::id::new_id();
     id[..12.min(id.len())].to_string()
 }
 

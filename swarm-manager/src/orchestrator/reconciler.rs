@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use crate::store::{now_ms, Op, OpOutcome, ProposeError, Request, State, Store};
+use swarm_common::clock::now_ms;
+
+use crate::store::{Op, OpOutcome, ProposeError, Request, State, Store};
 
 /// Ops per best-effort request.
 const OPS_PER_REQUEST: usize = 1000;

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use proto::{NodeAvailability, NodeState, Service, Task, TaskState, TaskStatus};
 
-use crate::store::{new_id, Object, Op, State};
+use swarm_common::id::new_id;
+
+use crate::store::{Object, Op, State};
 
 /// A new task of `service` in `slot` (replicated, from 1) or on `node_id` (global, slot 0).
 pub fn new_task(

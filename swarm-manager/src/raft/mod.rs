@@ -1,10 +1,12 @@
 //! Raft replication of the store with openraft: type configuration, log and state
-//! machine storage on redb, the gRPC transport between managers.
+//! machine storage on redb, the gRPC transport between managers, and the store's
+//! [`Proposer`](crate::store::Proposer) on Raft.
 
 use std::io::Cursor;
 
 pub mod config;
 pub mod network;
+mod proposer;
 pub mod service;
 pub mod storage;
 

@@ -33,7 +33,7 @@ use tonic::Code;
 
 use super::config::MAX_MESSAGE_BYTES;
 use super::TypeConfig;
-use crate::router::Connector;
+use crate::tls::Connector;
 
 /// When each peer last answered a Raft RPC (any answer, including an openraft error).
 /// The leader sends heartbeats every 150 ms, so on the leader a recent contact means the

@@ -125,8 +125,8 @@ mod tests {
     use crate::raft::config::raft_config;
     use crate::raft::network::{Network, PeerHealth};
     use crate::raft::storage;
-    use crate::router::Connector;
     use crate::store::{Object, Op, Shared, Store};
+    use crate::tls::Connector;
 
     fn plaintext_connector() -> Connector {
         Arc::new(|addr: &str| {
@@ -223,7 +223,7 @@ mod tests {
                 id,
                 addr,
                 dir: dir.to_path_buf(),
-                store: Store::with_raft(shared, raft.clone()),
+                store: Store::new(shared, Arc::new(raft.clone())),
                 raft,
                 health,
                 stop: Some(tx),

@@ -466,9 +466,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 "{}-{}-{}",
                 l.leader_id.term,
                 l.index,
-                crate::store::now_ms()
+                swarm_common::clock::now_ms()
             ),
-            None => format!("0-0-{}", crate::store::now_ms()),
+            None => format!("0-0-{}", swarm_common::clock::now_ms()),
         };
         let meta = Meta {
             last_log_id: self.last_applied,

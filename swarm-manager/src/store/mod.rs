@@ -1,20 +1,25 @@
 //! The cluster store: an in-memory [`State`] that every manager holds, changed only by
-//! applying committed Raft entries ([`Request`]s). Components read it under a lock and
+//! applying committed log entries ([`Request`]s). Components read it under a lock and
 //! write by proposing requests; `watch()` wakes them after each applied entry.
+//!
+//! The store knows nothing of Raft: writes go through a [`Proposer`] (SwarmKit's
+//! `state.Proposer`), which the raft module implements for its Raft handle;
+//! [`Store::memory`] applies proposals in process, so that the store can be used, tested
+//! and benchmarked alone.
 
 mod object;
 mod ops;
 mod state;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use tokio::sync::watch;
 
-pub use object::{new_id, Kind, Object};
-pub use ops::{now_ms, Op, OpOutcome, Request, Response, StoreError};
+pub use object::{task_name, Kind, Object};
+pub use ops::{Op, OpOutcome, Request, Response, StoreError};
 pub use state::State;
-
-use crate::raft::{Raft, RaftError};
 
 /// The state and its applied index, shared by the Raft state machine and the store handle.
 pub struct Shared {
@@ -72,37 +77,69 @@ pub enum ProposeError {
     NotLeader { leader: Option<u64> },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The replicated log (Raft) could not commit the request.
     #[error("raft: {0}")]
     Raft(String),
 }
 
-#[derive(Clone)]
-enum Backend {
-    /// Applies proposals at once, in process: benchmarks and unit tests.
-    Memory(Arc<tokio::sync::Mutex<u64>>),
-    Raft(Raft),
+/// The future of a proposal (boxed: a [`Proposer`] is used as a trait object).
+pub type Proposal<'a, T> = Pin<Box<dyn Future<Output = Result<T, ProposeError>> + Send + 'a>>;
+
+/// Where the store's writes go: the replicated log that commits a request and applies it
+/// to the [`Shared`] state of every manager (in a manager: Raft, `crate::raft`).
+pub trait Proposer: Send + Sync + 'static {
+    /// Proposes a request; resolves once it is committed and applied here.
+    fn propose(&self, req: Request) -> Proposal<'_, Response>;
+
+    /// Resolves once this manager's state reflects everything committed before the call
+    /// (a linearizable read point). Only the leader can answer.
+    fn linearize(&self) -> Proposal<'_, ()>;
+}
+
+/// Applies proposals at once, in process: benchmarks and unit tests.
+struct InProcess {
+    shared: Arc<Shared>,
+    index: tokio::sync::Mutex<u64>,
+}
+
+impl Proposer for InProcess {
+    fn propose(&self, req: Request) -> Proposal<'_, Response> {
+        Box::pin(async move {
+            let mut ix = self.index.lock().await;
+            *ix += 1;
+            Ok(self.shared.apply(*ix, &req))
+        })
+    }
+
+    fn linearize(&self) -> Proposal<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Handle to the store: read the state, propose changes.
 #[derive(Clone)]
 pub struct Store {
     shared: Arc<Shared>,
-    backend: Backend,
+    proposer: Arc<dyn Proposer>,
 }
 
 impl Store {
+    /// A store of its own whose proposals apply at once, in process.
     pub fn memory() -> Store {
+        let shared = Arc::new(Shared::default());
         Store {
-            shared: Arc::new(Shared::default()),
-            backend: Backend::Memory(Arc::new(tokio::sync::Mutex::new(0))),
+            proposer: Arc::new(InProcess {
+                shared: shared.clone(),
+                index: tokio::sync::Mutex::new(0),
+            }),
+            shared,
         }
     }
 
-    pub fn with_raft(shared: Arc<Shared>, raft: Raft) -> Store {
-        Store {
-            shared,
-            backend: Backend::Raft(raft),
-        }
+    /// The store of `shared`, written through `proposer` (which applies committed
+    /// requests to `shared`).
+    pub fn new(shared: Arc<Shared>, proposer: Arc<dyn Proposer>) -> Store {
+        Store { shared, proposer }
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -119,22 +156,7 @@ impl Store {
 
     /// Proposes a request; returns once it is committed (fsynced on a quorum) and applied.
     pub async fn propose(&self, req: Request) -> Result<Response, ProposeError> {
-        match &self.backend {
-            Backend::Memory(index) => {
-                let mut ix = index.lock().await;
-                *ix += 1;
-                Ok(self.shared.apply(*ix, &req))
-            }
-            Backend::Raft(raft) => match raft.client_write(req).await {
-                Ok(resp) => Ok(resp.data),
-                Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
-                    Err(ProposeError::NotLeader {
-                        leader: f.leader_id,
-                    })
-                }
-                Err(e) => Err(ProposeError::Raft(e.to_string())),
-            },
-        }
+        self.proposer.propose(req).await
     }
 
     /// Proposes an atomic batch and returns the stored objects, one per op.
@@ -183,17 +205,6 @@ impl Store {
     /// Waits until this manager's state reflects everything committed before the call
     /// (a linearizable read point). Only the leader can answer.
     pub async fn linearize(&self) -> Result<(), ProposeError> {
-        match &self.backend {
-            Backend::Memory(_) => Ok(()),
-            Backend::Raft(raft) => match raft.ensure_linearizable().await {
-                Ok(_) => Ok(()),
-                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
-                    f,
-                ))) => Err(ProposeError::NotLeader {
-                    leader: f.leader_id,
-                }),
-                Err(e) => Err(ProposeError::Raft(e.to_string())),
-            },
-        }
+        self.proposer.linearize().await
     }
 }

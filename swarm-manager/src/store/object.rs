@@ -1,4 +1,4 @@
-//! The stored object kinds and a sum type over them.
+//! The stored object kinds, a sum type over them, and the name a task goes by.
 
 use proto::{Cluster, Meta, Network, Node, Service, Task};
 use serde::{Deserialize, Serialize};
@@ -103,12 +103,11 @@ macro_rules! object_from {
 }
 object_from!(Cluster, Node, Service, Task, Network);
 
-/// A new random object id: 25 lower-case base-36 characters, like SwarmKit's.
-pub fn new_id() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut rng = rand::rng();
-    (0..25)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
+/// `<service>.<slot>.<id>` for replicated tasks, `<service>.<node>.<id>` for global ones.
+pub fn task_name(t: &Task) -> String {
+    if t.slot > 0 {
+        format!("{}.{}.{}", t.service_name, t.slot, t.id)
+    } else {
+        format!("{}.{}.{}", t.service_name, t.node_id, t.id)
+    }
 }

@@ -2,6 +2,7 @@
 
 use proto::{NetworkAttachment, NodeStatus, TaskState, TaskStatus};
 use serde::{Deserialize, Serialize};
+use swarm_common::clock::now_ms;
 
 use super::object::{Kind, Object};
 
@@ -113,11 +114,4 @@ impl Response {
             None => Ok(vec![]),
         }
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -1,5 +1,5 @@
 //! Prometheus metrics of the embedded DNS server, in the process's registry
-//! (`swarm_manager::metrics`): `swarm_dns_queries_total{result}` and
+//! (`swarm_common::metrics`): `swarm_dns_queries_total{result}` and
 //! `swarm_dns_forward_seconds{result}`.
 //!
 //! The serving loops hold the counters of each result directly (no label lookup, no lock,
@@ -70,12 +70,12 @@ pub static METRICS: LazyLock<DnsMetrics> = LazyLock::new(|| {
         forward_answered: f("answered"),
         forward_failed: f("failed"),
     };
-    swarm_manager::metrics::METRICS.register(
+    swarm_common::metrics::register(
         "dns_queries",
         "Queries to the embedded DNS server by result",
         queries,
     );
-    swarm_manager::metrics::METRICS.register(
+    swarm_common::metrics::register(
         "dns_forward_seconds",
         "Time to get an answer from the node's resolvers (all upstreams tried)",
         forward,

@@ -455,7 +455,7 @@ fn dns_e2e_answers_in_the_task_namespace_over_udp_and_tcp() {
     assert_eq!(m.answers.len(), 60);
     assert!(m.edns.is_some(), "no OPT in the answer to an EDNS question");
 
-    let metrics = swarm_manager::metrics::encode();
+    let metrics = swarm_common::metrics::encode();
     for r in ["local", "nodata", "nxdomain", "forwarded"] {
         assert!(
             metrics.contains(&format!("swarm_dns_queries_total{{result=\"{r}\"}}")),

@@ -7,11 +7,13 @@ use proto::{
     GetRootCaCertificateRequest, GetRootCaCertificateResponse, IssueNodeCertificateRequest,
     IssueNodeCertificateResponse, NodeRole,
 };
+use swarm_common::id::new_id;
 use tonic::{Request, Response, Status};
 
-use super::{parse_join_token, tokens_equal, RootCa, DEFAULT_NODE_CERT_VALIDITY};
+use crate::api::propose_status;
+use crate::ca::{parse_join_token, tokens_equal, RootCa, DEFAULT_NODE_CERT_VALIDITY};
 use crate::router::{no_leader, Route, Router};
-use crate::store::{new_id, Object, Op, ProposeError, Store, StoreError};
+use crate::store::{Object, Op, Store};
 use crate::tls;
 
 #[derive(Clone)]
@@ -152,19 +154,6 @@ fn no_cluster() -> Status {
     Status::unavailable(
         "this manager has no cluster yet (the swarm is not initialized or the store is still loading); retry in a moment",
     )
-}
-
-fn propose_status(e: ProposeError) -> Status {
-    match e {
-        ProposeError::NotLeader { .. } => no_leader(),
-        ProposeError::Store(StoreError::Exists { .. } | StoreError::NameConflict { .. }) => {
-            Status::already_exists(e.to_string())
-        }
-        ProposeError::Store(StoreError::NotFound { .. }) => Status::not_found(e.to_string()),
-        ProposeError::Store(StoreError::VersionMismatch { .. }) => Status::aborted(e.to_string()),
-        ProposeError::Store(StoreError::Invalid(_)) => Status::invalid_argument(e.to_string()),
-        ProposeError::Raft(_) => Status::unavailable(e.to_string()),
-    }
 }
 
 #[tonic::async_trait]

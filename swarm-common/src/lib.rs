@@ -1,0 +1,11 @@
+//! What the agent and the in-process manager share as one process: the Prometheus
+//! registry ([`metrics`]), object ids ([`id`]) and the wall clock as the store records it
+//! ([`clock`]). Nothing here knows of the manager's or the agent's internals. `id` and
+//! `metrics` are features (on by default), so that a user of the clock alone pulls in
+//! nothing else.
+
+pub mod clock;
+#[cfg(feature = "id")]
+pub mod id;
+#[cfg(feature = "metrics")]
+pub mod metrics;
