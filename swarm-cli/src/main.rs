@@ -4,6 +4,7 @@
 //! number of arguments, invalid values checked after parsing), 125 when the flags
 //! themselves cannot be parsed (unknown flag, a value of the wrong type).
 
+mod arity;
 mod client;
 mod error;
 mod format;
@@ -12,6 +13,7 @@ mod logs_cmd;
 mod network_cmd;
 mod node_cmd;
 mod opts;
+mod output_format;
 mod progress;
 mod ps;
 mod resolve;
@@ -22,6 +24,7 @@ mod table;
 
 use clap::{Parser, Subcommand};
 
+use crate::arity::{check_args, Arity};
 use crate::client::{Client, DEFAULT_HOST};
 use crate::error::{CliError, Result};
 use crate::network_cmd::NetworkCmd;
@@ -84,61 +87,6 @@ enum ServiceCommand {
     /// Fetch the logs of a service or task
     #[command(override_usage = "swarm service logs [OPTIONS] SERVICE|TASK")]
     Logs(logs_cmd::LogsArgs),
-}
-
-/// How many positional arguments a command takes.
-#[derive(Debug, Clone, Copy)]
-enum Arity {
-    Exactly(usize),
-    AtLeast(usize),
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 {
-        "argument"
-    } else {
-        "arguments"
-    }
-}
-
-/// Docker's argument-count error (cli/required.go), exit status 1.
-fn check_args(path: &str, usage: &str, arity: Arity, got: usize) -> Result<()> {
-    let (ok, text) = match arity {
-        Arity::Exactly(n) => (
-            got == n,
-            format!(
-                "swarm: '{path}' requires {n} {}\n\nUsage:  {usage}\n\nRun '{path} --help' for more information",
-                plural(n)
-            ),
-        ),
-        Arity::AtLeast(n) => (
-            got >= n,
-            format!(
-                "swarm: '{path}' requires at least {n} {}\n\nUsage:  {usage}\n\nSee '{path} --help' for more information",
-                plural(n)
-            ),
-        ),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(CliError::raw(text))
-    }
-}
-
-/// `--format`: the table (unset, "" or "table") or JSON ("json").
-pub(crate) fn wants_json(f: &Option<String>) -> Result<bool> {
-    match f.as_deref() {
-        None | Some("") | Some("table") => Ok(false),
-        Some("json") => Ok(true),
-        Some(other) => Err(unsupported_format(other)),
-    }
-}
-
-pub(crate) fn unsupported_format(f: &str) -> CliError {
-    CliError::msg(format!(
-        "unsupported format {f:?}: only \"table\" and \"json\" are supported"
-    ))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -380,26 +328,6 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn argument_count_errors_read_like_docker() {
-        let e = check_args(
-            "swarm service create",
-            "swarm service create [OPTIONS] IMAGE [COMMAND] [ARG...]",
-            Arity::AtLeast(1),
-            0,
-        )
-        .err()
-        .map(|e| e.to_string());
-        assert_eq!(
-            e.as_deref(),
-            Some(
-                "swarm: 'swarm service create' requires at least 1 argument\n\nUsage:  swarm service create [OPTIONS] IMAGE [COMMAND] [ARG...]\n\nSee 'swarm service create --help' for more information"
-            )
-        );
-        assert!(check_args("swarm join", "u", Arity::Exactly(1), 1).is_ok());
-        assert!(check_args("swarm join", "u", Arity::Exactly(1), 2).is_err());
     }
 
     #[test]

@@ -186,7 +186,7 @@ async fn list(c: &Client) -> Result<Vec<Network>> {
 }
 
 pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
-    let json_out = crate::wants_json(&a.format)?;
+    let json_out = crate::output_format::wants_json(&a.format)?;
     let nets = list(c).await?;
     if a.quiet {
         for n in &nets {
@@ -475,7 +475,7 @@ async fn local_node_and_hostnames(c: &Client) -> Result<(String, BTreeMap<String
 }
 
 pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
-    crate::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
+    crate::output_format::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
     // The node's own view: `Containers` and `Peers`, `--verbose`'s `Services`, and the
     // networks of a worker (it cannot ask the managers).
     let mut view: Option<NetworkViewResponse> = None;

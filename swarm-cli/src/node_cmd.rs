@@ -137,7 +137,7 @@ pub fn ls_table(nodes: &[Node], self_id: &str) -> String {
 }
 
 pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
-    let json_out = crate::wants_json(&a.format)?;
+    let json_out = crate::output_format::wants_json(&a.format)?;
     let mut nodes = c.nodes().await?;
     sort_nodes(&mut nodes);
     if a.quiet {
@@ -253,7 +253,7 @@ pub fn pretty(n: &Node) -> String {
 
 pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
     if !a.pretty {
-        crate::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
+        crate::output_format::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
     }
     let mut values = Vec::new();
     let mut texts = Vec::new();
@@ -433,7 +433,7 @@ pub fn print_tasks(
 }
 
 pub async fn node_ps(c: &Client, a: PsArgs) -> Result<()> {
-    let json_out = crate::wants_json(&a.format)?;
+    let json_out = crate::output_format::wants_json(&a.format)?;
     let filter = ps::Filter::parse(&a.filter).map_err(CliError::msg)?;
     let refs = if a.nodes.is_empty() {
         vec!["self".to_string()]

@@ -190,7 +190,7 @@ pub fn ls_table(services: &[Service], tasks: &[Task], active_nodes: &HashSet<Str
 }
 
 pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
-    let json_out = crate::wants_json(&a.format)?;
+    let json_out = crate::output_format::wants_json(&a.format)?;
     let mut services = c.services().await?;
     sort_services(&mut services);
     if a.quiet {
@@ -370,7 +370,7 @@ pub fn pretty(s: &Service) -> String {
 
 pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
     if !a.pretty {
-        crate::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
+        crate::output_format::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
     }
     let mut values = Vec::new();
     let mut texts = Vec::new();
@@ -396,7 +396,7 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
 // ---------------------------------------------------------------- ps
 
 pub async fn service_ps(c: &Client, a: PsArgs) -> Result<()> {
-    let json_out = crate::wants_json(&a.format)?;
+    let json_out = crate::output_format::wants_json(&a.format)?;
     let filter = ps::Filter::parse(&a.filter).map_err(bad)?;
     let mut found = Vec::new();
     let mut errors = Vec::new();

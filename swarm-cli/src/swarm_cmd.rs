@@ -258,7 +258,7 @@ pub async fn info(c: &Client, a: InfoArgs) -> Result<()> {
     match a.format.as_deref() {
         None | Some("") | Some("table") => print!("{}", info_text(&i)),
         Some("json") => println!("{}", crate::json::line(&i, crate::json::Kind::Other)?),
-        Some(other) => return Err(crate::unsupported_format(other)),
+        Some(other) => return Err(crate::output_format::unsupported_format(other)),
     }
     Ok(())
 }

@@ -17,9 +17,11 @@
 //! Helpers are split by concern, as in Cilium's bpf/lib: [`pkt`] (bounded header access),
 //! [`arp`], [`overlay`] (endpoints, delivery, tunnel), [`nat`] (masquerade), [`lb`] (service
 //! load balancing and its connection tracking), [`ingress`] (the routing mesh), [`stats`].
-//! Built only for the bpf target; on the host this crate is an empty program.
+//! Built only for the bpf target, with the feature `program` (swarm-agent's build script
+//! does both): a host build (`cargo build --workspace`) makes no binary of this crate, and
+//! forcing one (`--features program` on the host) fails with the command that builds it.
 #![cfg_attr(target_arch = "bpf", no_std)]
-#![cfg_attr(target_arch = "bpf", no_main)]
+#![no_main]
 
 #[cfg(target_arch = "bpf")]
 mod arp;
@@ -50,6 +52,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 }
 
 #[cfg(not(target_arch = "bpf"))]
-fn main() {
-    // The programs exist for bpfel-unknown-none only (swarm-agent's build script builds them).
-}
+compile_error!(
+    "swarm-ebpf holds eBPF programs for bpfel-unknown-none only: swarm-agent's build script \
+     builds them (nightly with rust-src, bpf-linker); by hand: cd swarm-ebpf && cargo +nightly \
+     build --target bpfel-unknown-none -Z build-std=core --release --features program"
+);

@@ -46,7 +46,7 @@ fn config(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow::Re
 pub fn up(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow::Result<Lab> {
     // containerd, runc, docker-registry, busybox-static …: installed when missing (as root).
     crate::setup::ensure()?;
-    crate::cargo(&["build", "-p", "swarm-agent", "-p", "swarm-cli"])?;
+    crate::workspace::cargo(&["build", "-p", "swarm-agent", "-p", "swarm-cli"])?;
     images::build_whoami()?;
     let cfg = config(root, managers, workers, port)?;
     let previous = name_at(root);

@@ -23,26 +23,20 @@
 //!   straight to a server on the node, and through kube-proxy-style nftables NodePorts
 //!   (release build, root).
 
-#[cfg(feature = "scheduler")]
 mod bench;
 #[cfg(feature = "lab")]
-mod create_bench;
-#[cfg(feature = "dns-bench")]
-mod dns_bench;
-#[cfg(feature = "lab")]
-mod failover;
-#[cfg(feature = "lab")]
 mod lab;
-#[cfg(feature = "netbench")]
-mod netbench;
 mod setup;
 mod test;
+mod workspace;
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+
+use bench::{IptablesVariant, Pin};
+#[cfg(not(feature = "lab"))]
+use workspace::rerun_with_lab;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Developer tasks of the swarm workspace")]
@@ -269,24 +263,6 @@ enum BenchCmd {
     },
 }
 
-/// Which iptables the kube-proxy peer of `bench lb` uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum IptablesVariant {
-    /// iptables-nft (the nf_tables backend; Debian's default `iptables`).
-    Nft,
-    /// iptables-legacy (x_tables).
-    Legacy,
-}
-
-impl IptablesVariant {
-    pub fn restore(self) -> &'static str {
-        match self {
-            IptablesVariant::Nft => "iptables-nft-restore",
-            IptablesVariant::Legacy => "iptables-legacy-restore",
-        }
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -299,7 +275,7 @@ fn main() -> anyhow::Result<()> {
                     only,
                     allow_debug,
                 },
-        } => scheduler_bench(runs, only, allow_debug),
+        } => bench::scheduler_bench(runs, only, allow_debug),
         Cmd::Bench {
             what:
                 BenchCmd::Dns {
@@ -310,53 +286,13 @@ fn main() -> anyhow::Result<()> {
                     rate,
                     allow_debug,
                 },
-        } => {
-            if cfg!(debug_assertions) && !allow_debug {
-                // Its release build needs the eBPF toolchain (swarm-agent), dnsmasq, dnsperf.
-                setup::ensure_for_bench()?;
-                let (s, t, r, secs) = (
-                    services.to_string(),
-                    tasks.to_string(),
-                    rounds.to_string(),
-                    seconds.to_string(),
-                );
-                let rate = rate.map(|r| r.to_string());
-                let mut args = vec![
-                    "run",
-                    "--release",
-                    "--package",
-                    "xtask",
-                    "--features",
-                    "dns-bench",
-                    "--",
-                    "bench",
-                    "dns",
-                    "--services",
-                    s.as_str(),
-                    "--tasks",
-                    t.as_str(),
-                    "--rounds",
-                    r.as_str(),
-                    "--seconds",
-                    secs.as_str(),
-                ];
-                if let Some(rate) = &rate {
-                    args.extend(["--rate", rate.as_str()]);
-                }
-                eprintln!("re-running as a release build: cargo {}", args.join(" "));
-                return cargo(&args);
-            }
-            if cfg!(debug_assertions) {
-                eprintln!("WARNING: debug build: these numbers are not representative");
-            }
-            dns_bench(services, tasks, rounds, seconds.max(1), rate)
-        }
+        } => bench::dns_bench(services, tasks, rounds, seconds, rate, allow_debug),
         Cmd::Bench {
             what: BenchCmd::Failover { rounds, port },
-        } => failover(rounds.max(1), port),
+        } => bench::failover(rounds.max(1), port),
         Cmd::Bench {
             what: BenchCmd::Create { replicas, rounds },
-        } => create_bench(replicas, rounds),
+        } => bench::create_bench(replicas, rounds),
         Cmd::Bench {
             what:
                 BenchCmd::Overlay {
@@ -366,7 +302,7 @@ fn main() -> anyhow::Result<()> {
                     no_pin,
                     allow_debug,
                 },
-        } => overlay_bench(rounds, secs, Pin { cpu, no_pin }, allow_debug),
+        } => bench::overlay_bench(rounds, secs, Pin { cpu, no_pin }, allow_debug),
         Cmd::Bench {
             what:
                 BenchCmd::Lb {
@@ -379,7 +315,7 @@ fn main() -> anyhow::Result<()> {
                     no_pin,
                     allow_debug,
                 },
-        } => lb_bench(
+        } => bench::lb_bench(
             rounds,
             secs,
             &services,
@@ -399,7 +335,7 @@ fn main() -> anyhow::Result<()> {
                     no_pin,
                     allow_debug,
                 },
-        } => ingress_bench(
+        } => bench::ingress_bench(
             rounds,
             secs,
             &ports,
@@ -407,12 +343,12 @@ fn main() -> anyhow::Result<()> {
             Pin { cpu, no_pin },
             allow_debug,
         ),
-        Cmd::BenchChild { nodes, tasks } => bench_child(nodes, tasks),
+        Cmd::BenchChild { nodes, tasks } => bench::bench_child(nodes, tasks),
         Cmd::BenchLbClient {
             secs,
             seed,
             connect_timeout_ms,
-        } => lb_client(secs, seed, connect_timeout_ms),
+        } => bench::lb_client(secs, seed, connect_timeout_ms),
         Cmd::Images {
             what: ImagesCmd::Push { registry },
         } => images_push(&registry),
@@ -420,156 +356,6 @@ fn main() -> anyhow::Result<()> {
             what: ImagesCmd::Build,
         } => images_build(),
     }
-}
-
-/// The scheduler benchmark, always measured as a release build with only what it needs.
-fn scheduler_bench(runs: usize, only: Option<String>, allow_debug: bool) -> anyhow::Result<()> {
-    #[cfg(feature = "scheduler")]
-    if !cfg!(debug_assertions) || allow_debug {
-        if cfg!(debug_assertions) {
-            eprintln!("WARNING: debug build: these numbers are not representative");
-        }
-        return bench::scheduler(runs, only.as_deref());
-    }
-    // Numbers from a debug build mean nothing: run the release build instead.
-    let mut args = vec![
-        "run",
-        "--release",
-        "--package",
-        "xtask",
-        "--features",
-        "scheduler",
-        "--",
-        "bench",
-        "scheduler",
-    ];
-    let runs = runs.to_string();
-    args.extend(["--runs", runs.as_str()]);
-    if let Some(o) = &only {
-        args.extend(["--only", o.as_str()]);
-    }
-    if allow_debug {
-        args.push("--allow-debug");
-    }
-    eprintln!("re-running as a release build: cargo {}", args.join(" "));
-    cargo(&args)
-}
-
-/// `--cpu N` / `--no-pin` of the data-plane benchmarks (read by the `netbench` build only).
-#[derive(Clone, Copy, Debug)]
-#[cfg_attr(not(feature = "netbench"), allow(dead_code))]
-struct Pin {
-    cpu: Option<usize>,
-    no_pin: bool,
-}
-
-#[cfg(feature = "netbench")]
-impl Pin {
-    fn cpu(self) -> netbench::Cpu {
-        if self.no_pin {
-            None
-        } else {
-            Some(self.cpu.unwrap_or_else(netbench::default_cpu))
-        }
-    }
-}
-
-/// `bench overlay`, always measured as a release build with the `netbench` feature.
-fn overlay_bench(rounds: usize, secs: u64, pin: Pin, allow_debug: bool) -> anyhow::Result<()> {
-    #[cfg(feature = "netbench")]
-    if !cfg!(debug_assertions) || allow_debug {
-        warn_if_debug();
-        return netbench::overlay::run(rounds, secs, pin.cpu());
-    }
-    let _ = (rounds, secs, pin, allow_debug);
-    rerun_netbench_release()
-}
-
-/// `bench lb`, always measured as a release build with the `netbench` feature.
-fn lb_bench(
-    rounds: usize,
-    secs: f64,
-    services: &[usize],
-    iptables: IptablesVariant,
-    modes: &[String],
-    pin: Pin,
-    allow_debug: bool,
-) -> anyhow::Result<()> {
-    #[cfg(feature = "netbench")]
-    if !cfg!(debug_assertions) || allow_debug {
-        warn_if_debug();
-        return netbench::lb::run(rounds, secs, services, iptables, pin.cpu(), modes);
-    }
-    let _ = (rounds, secs, services, iptables, modes, pin, allow_debug);
-    rerun_netbench_release()
-}
-
-/// `bench ingress`, always measured as a release build with the `netbench` feature.
-fn ingress_bench(
-    rounds: usize,
-    secs: f64,
-    ports: &[usize],
-    modes: &[String],
-    pin: Pin,
-    allow_debug: bool,
-) -> anyhow::Result<()> {
-    #[cfg(feature = "netbench")]
-    if !cfg!(debug_assertions) || allow_debug {
-        warn_if_debug();
-        return netbench::ingress::run(rounds, secs, ports, pin.cpu(), modes);
-    }
-    let _ = (rounds, secs, ports, modes, pin, allow_debug);
-    rerun_netbench_release()
-}
-
-#[cfg(feature = "netbench")]
-fn warn_if_debug() {
-    if cfg!(debug_assertions) {
-        eprintln!("WARNING: debug build: these numbers are not representative");
-    }
-}
-
-/// Numbers from a debug build mean nothing: the same command line again as a release build
-/// with the data-plane benchmarks (after installing what they need on a fresh machine).
-fn rerun_netbench_release() -> anyhow::Result<()> {
-    setup::ensure_for_bench()?;
-    let rest: Vec<String> = std::env::args().skip(1).collect();
-    let mut args = vec![
-        "run",
-        "--release",
-        "--package",
-        "xtask",
-        "--features",
-        "netbench",
-        "--",
-    ];
-    args.extend(rest.iter().map(String::as_str));
-    eprintln!("re-running as a release build: cargo {}", args.join(" "));
-    cargo(&args)
-}
-
-#[cfg(feature = "netbench")]
-fn lb_client(secs: f64, seed: u64, connect_timeout_ms: Option<u64>) -> anyhow::Result<()> {
-    netbench::client::run(
-        secs,
-        seed,
-        connect_timeout_ms.map(std::time::Duration::from_millis),
-    )
-}
-
-#[cfg(not(feature = "netbench"))]
-fn lb_client(_secs: f64, _seed: u64, _connect_timeout_ms: Option<u64>) -> anyhow::Result<()> {
-    bail!("bench-lb-client runs inside `cargo xtask bench lb` (built with --features netbench)")
-}
-
-#[cfg(feature = "scheduler")]
-fn bench_child(nodes: usize, tasks: usize) -> anyhow::Result<()> {
-    bench::child(nodes, tasks)
-}
-
-#[cfg(not(feature = "scheduler"))]
-fn bench_child(_nodes: usize, _tasks: usize) -> anyhow::Result<()> {
-    bail!("bench-child runs inside `cargo xtask bench scheduler` (built with --features scheduler)")
 }
 
 #[cfg(feature = "lab")]
@@ -610,99 +396,7 @@ fn images_push(_registry: &str) -> anyhow::Result<()> {
     rerun_with_lab()
 }
 
-#[cfg(feature = "dns-bench")]
-fn dns_bench(
-    services: usize,
-    tasks: usize,
-    rounds: usize,
-    seconds: u64,
-    rate: Option<u64>,
-) -> anyhow::Result<()> {
-    dns_bench::run(dns_bench::Options {
-        services,
-        tasks,
-        rounds,
-        seconds,
-        rate,
-    })
-}
-
-#[cfg(not(feature = "dns-bench"))]
-fn dns_bench(
-    _services: usize,
-    _tasks: usize,
-    _rounds: usize,
-    _seconds: u64,
-    _rate: Option<u64>,
-) -> anyhow::Result<()> {
-    bail!("this xtask was built without the `dns-bench` feature; run `cargo xtask bench dns`")
-}
-
-#[cfg(feature = "lab")]
-fn failover(rounds: usize, port: u16) -> anyhow::Result<()> {
-    failover::run(rounds, port)
-}
-
-#[cfg(feature = "lab")]
-fn create_bench(replicas: usize, rounds: usize) -> anyhow::Result<()> {
-    create_bench::run(replicas, rounds)
-}
-
-#[cfg(not(feature = "lab"))]
-fn create_bench(_replicas: usize, _rounds: usize) -> anyhow::Result<()> {
-    rerun_with_lab()
-}
-
-#[cfg(not(feature = "lab"))]
-fn failover(_rounds: usize, _port: u16) -> anyhow::Result<()> {
-    rerun_with_lab()
-}
-
 #[cfg(not(feature = "lab"))]
 fn lab(_root: &std::path::Path, _verb: Option<LabCmd>) -> anyhow::Result<()> {
     rerun_with_lab()
-}
-
-/// Runs this same command again as the full xtask (`--features lab`: the lab, the images and
-/// the benchmarks that need the daemon), after making sure everything that build needs is on
-/// the machine. The light xtask that gets here compiles with stable Rust alone.
-#[cfg(not(feature = "lab"))]
-fn rerun_with_lab() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().is_some_and(|a| a == "bench") {
-        setup::ensure_for_bench()?;
-    } else {
-        setup::ensure()?;
-    }
-    let mut cmd = vec![
-        "run",
-        "--quiet",
-        "--package",
-        "xtask",
-        "--features",
-        "lab",
-        "--",
-    ];
-    cmd.extend(args.iter().map(String::as_str));
-    cargo(&cmd)
-}
-
-/// The workspace root (xtask's parent directory).
-pub(crate) fn workspace_root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
-}
-
-/// Runs cargo (the one that started us, if any) in the workspace root.
-pub(crate) fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    let bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&bin)
-        .args(args)
-        .current_dir(workspace_root())
-        .status()
-        .with_context(|| format!("starting {bin}"))?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    Ok(())
 }

@@ -4,10 +4,10 @@
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     crate::setup::ensure()?;
-    crate::cargo(&["build", "--workspace", "--bins"])?;
+    crate::workspace::cargo(&["build", "--workspace", "--bins"])?;
     // The lab tests make their `whoami` image from the static musl binary; a test must not run
     // cargo itself (the test run holds the build lock), so it is built here, by the full xtask.
-    crate::cargo(&[
+    crate::workspace::cargo(&[
         "run",
         "--quiet",
         "--package",
@@ -27,5 +27,5 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         "xtask/lab",
     ];
     args.extend(extra.iter().map(String::as_str));
-    crate::cargo(&args)
+    crate::workspace::cargo(&args)
 }

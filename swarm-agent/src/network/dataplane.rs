@@ -27,7 +27,7 @@ use swarm_ebpf_common::{
 pub use swarm_ebpf_common::port_stat;
 
 /// The programs, built by build.rs (empty when built with AYA_BUILD_SKIP=1).
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/swarm"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/swarm-ebpf"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 

@@ -1,10 +1,65 @@
-//! What the connection benchmarks ([`lb`](super::lb), [`ingress`](super::ingress)) print:
-//! the results of a scale's rounds by mode ([`Samples`], filled by
-//! [`run_rounds`](super::run_rounds)), the table of every mode at every scale that opens
-//! their report ([`modes_table`]), and how counts and ratios read.
+//! What the data-plane benchmarks print: medians, spreads, ratios and verdicts over the
+//! rounds, the load average ([`overlay`](super::overlay) too); for the connection benchmarks
+//! ([`lb`](super::lb), [`ingress`](super::ingress)) the results of a scale's rounds by mode
+//! ([`Samples`], filled by [`run_rounds`](super::connections::run_rounds)), the table of
+//! every mode at every scale that opens their report ([`modes_table`]), and how counts and
+//! ratios read.
 
-use super::client::ClientResult;
-use super::{median, spread, BenchMode};
+use super::load_generator::ClientResult;
+use super::modes::BenchMode;
+
+/// The median of `v` (0 for none).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return 0.0;
+    }
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// How far the rounds spread: (max − min) / median, in percent.
+pub fn spread(v: &[f64]) -> f64 {
+    let m = median(v);
+    if m == 0.0 || v.is_empty() {
+        return 0.0;
+    }
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+    (hi - lo) / m * 100.0
+}
+
+/// `a / b`, or NaN when `b` is 0.
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b == 0.0 {
+        f64::NAN
+    } else {
+        a / b
+    }
+}
+
+/// "met" / "MISSED" for a target.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+/// The load average, to show how busy the machine was.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
 
 /// The results of one scale's rounds, by mode.
 pub struct Samples<M>(Vec<(M, ClientResult)>);
@@ -120,6 +175,15 @@ pub fn show(r: f64, decimals: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians_and_spreads() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(spread(&[1.0, 2.0, 3.0]), 100.0);
+        assert!(ratio(1.0, 0.0).is_nan());
+    }
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     enum M {

@@ -7,8 +7,8 @@
 //! `k`, the client of the iptables peer. Every service has one VIP (10.200.1.1, .2, …) and
 //! the same two backends (endpoints of their own in the view, with w1's and w2's addresses).
 //! Each (scale, round) runs three modes, in an order that rotates every round, each for
-//! `--secs`, with the load generator (`client`: sequential connect → request → response →
-//! close, the target drawn uniformly among all N services for every connection):
+//! `--secs`, with the load generator (`load_generator`: sequential connect → request →
+//! response → close, the target drawn uniformly among all N services for every connection):
 //!
 //! - `vip`: from `c`, in a cgroup below the one the hooks are attached to, to the VIPs;
 //! - `direct`: the same client to w1's and w2's addresses (no VIP, no translation);
@@ -36,10 +36,14 @@ use swarm_agent::network::testbed::{
 use swarm_agent::network::view::ViewHandle;
 use swarm_agent::network::{Networking, NetworkingConfig, DEFAULT_VXLAN_PORT};
 
-use super::client::ClientResult;
-use super::report::{self, human, show, Samples};
-use super::{conntrack_count, output_in, ratio, verdict, BenchMode, ClientRun, Cpu, Responder};
-use crate::IptablesVariant;
+use super::connections::ClientRun;
+use super::cpu::Cpu;
+use super::load_generator::ClientResult;
+use super::modes::BenchMode;
+use super::process::{conntrack_count, output_in};
+use super::report::{self, human, ratio, show, verdict, Samples};
+use super::responder::Responder;
+use super::IptablesVariant;
 
 const NET: &str = "lb";
 const VNI: u32 = 4200;
@@ -367,26 +371,26 @@ pub fn run(
     cpu: Cpu,
     modes: &[String],
 ) -> anyhow::Result<()> {
-    super::require_root()?;
-    super::check_cpu(cpu)?;
-    super::require_tools(&[variant.restore(), "ip", "sysctl"])?;
+    super::process::require_root()?;
+    super::cpu::check_cpu(cpu)?;
+    super::process::require_tools(&[variant.restore(), "ip", "sysctl"])?;
     let rounds = rounds.max(1);
     if !(secs > 0.0 && secs.is_finite()) {
         bail!("--secs must be positive");
     }
-    let modes: Vec<Mode> = super::parse_modes(modes)?;
+    let modes: Vec<Mode> = super::modes::parse_modes(modes)?;
     if scales.is_empty() || scales.iter().any(|n| *n == 0 || *n > MAX_SERVICES) {
         bail!("--services: counts between 1 and {MAX_SERVICES}");
     }
     println!(
         "lb benchmark: {rounds} rounds × {secs} s per mode and scale; sequential connect → {} B request → {} B response → close; each connection to a service drawn uniformly among all N",
-        super::REQUEST.len(),
-        super::RESPONSE.len()
+        super::responder::REQUEST.len(),
+        super::responder::RESPONSE.len()
     );
     println!(
         "  vip: our socket load balancer (client in the hooks' cgroup); direct: same client to the two task addresses; iptables: kube-proxy-style DNAT chains ({}); {}",
         variant.restore().trim_end_matches("-restore"),
-        super::cpu_note(cpu)
+        super::cpu::cpu_note(cpu)
     );
     let bed = setup(variant, cpu).context("setting up the lb testbed")?;
     let mut results: Vec<Scale> = Vec::new();
@@ -403,7 +407,7 @@ pub fn run(
             sync.as_secs_f64() * 1e3,
             ipt_load.as_secs_f64() * 1e3
         );
-        let samples = super::run_rounds(
+        let samples = super::connections::run_rounds(
             rounds,
             &modes,
             &mut seed,

@@ -27,7 +27,9 @@ use swarm_agent::network::testbed::{self, endpoint_info, network_info, task, Top
 use swarm_agent::network::view::ViewHandle;
 use swarm_agent::network::{Networking, NetworkingConfig, DEFAULT_MTU, DEFAULT_VXLAN_PORT};
 
-use super::{median, output_in, pinned, ratio, spread, verdict, wait_listening, Cpu, Proc};
+use super::cpu::{pinned, Cpu};
+use super::process::{output_in, wait_listening, Proc};
+use super::report::{median, ratio, spread, verdict};
 
 const VNI: u32 = 4096;
 const SUBNET: &str = "10.0.1.0/24";
@@ -345,9 +347,9 @@ fn sockperf(bed: &Bed, secs: u64, cpu: Cpu) -> anyhow::Result<(f64, f64)> {
 }
 
 pub fn run(rounds: usize, secs: u64, cpu: Cpu) -> anyhow::Result<()> {
-    super::require_root()?;
-    super::check_cpu(cpu)?;
-    super::require_tools(&["iperf3", "sockperf", "ip", "bridge", "ss", "ping", "sysctl"])?;
+    super::process::require_root()?;
+    super::cpu::check_cpu(cpu)?;
+    super::process::require_tools(&["iperf3", "sockperf", "ip", "bridge", "ss", "ping", "sysctl"])?;
     let rounds = rounds.max(1);
     let secs = secs.max(2);
     println!(
@@ -355,13 +357,13 @@ pub fn run(rounds: usize, secs: u64, cpu: Cpu) -> anyhow::Result<()> {
     );
     println!(
         "  iperf3: 1 TCP stream, {secs} s (+1 s omitted); sockperf: TCP ping-pong, 64 B, {secs} s, full round trips; {}",
-        super::cpu_note(cpu)
+        super::cpu::cpu_note(cpu)
     );
     let ours = ours(cpu).context("setting up our data plane")?;
     let peer = peer(cpu).context("setting up Docker's layout (bridge + kernel VXLAN)")?;
     check(&ours)?;
     check(&peer)?;
-    eprintln!("  load average before: {}", super::loadavg());
+    eprintln!("  load average before: {}", super::report::loadavg());
     let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
     for r in 0..rounds {
         let order: [usize; 2] = if r % 2 == 0 { [0, 1] } else { [1, 0] };
@@ -389,7 +391,7 @@ pub fn run(rounds: usize, secs: u64, cpu: Cpu) -> anyhow::Result<()> {
             );
             samples[i].push(s[i]);
         }
-        eprintln!("  load average: {}", super::loadavg());
+        eprintln!("  load average: {}", super::report::loadavg());
     }
 
     let col = |i: usize, f: fn(&Sample) -> f64| -> Vec<f64> { samples[i].iter().map(f).collect() };

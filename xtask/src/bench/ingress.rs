@@ -48,9 +48,9 @@
 //!   (with the defaults its table would fill at these rates).
 //!
 //! Each (scale, round) runs the modes in an order that rotates every round, each for
-//! `--secs`, with the load generator of `bench lb` (`client`: sequential connect → request →
-//! response → close, the port drawn uniformly among all N for every connection) in `cl`,
-//! each connect bounded by 2 s (a connection not answered by then counts as an error).
+//! `--secs`, with the load generator of `bench lb` (`load_generator`: sequential connect →
+//! request → response → close, the port drawn uniformly among all N for every connection) in
+//! `cl`, each connect bounded by 2 s (a connection not answered by then counts as an error).
 //! The server is the same [`Responder`] everywhere. Before the rounds of a scale every
 //! target of every mode is probed once (connect within 1 s, answer within 2 s): a mode that
 //! does not answer stops the run with the reason (`--modes` leaves modes out).
@@ -75,9 +75,13 @@ use swarm_agent::network::testbed::{
 use swarm_agent::network::view::ViewHandle;
 use swarm_agent::network::{Networking, NetworkingConfig, DEFAULT_VXLAN_PORT};
 
-use super::client::{self, ClientResult};
-use super::report::{self, human, show, Samples};
-use super::{conntrack_count, output_in, ratio, verdict, BenchMode, ClientRun, Cpu, Responder};
+use super::connections::ClientRun;
+use super::cpu::Cpu;
+use super::load_generator::{self, ClientResult};
+use super::modes::BenchMode;
+use super::process::{conntrack_count, output_in};
+use super::report::{self, human, ratio, show, verdict, Samples};
+use super::responder::Responder;
 
 const NET: &str = "ingress";
 const VNI: u32 = 4096;
@@ -636,14 +640,14 @@ fn probe_one(to: &SocketAddr, buf: &mut [u8]) -> Result<(), String> {
     let mut got = 0;
     let read = (|| -> std::io::Result<()> {
         s.set_read_timeout(Some(PROBE_READ))?;
-        s.write_all(super::REQUEST)?;
+        s.write_all(super::responder::REQUEST)?;
         while got < buf.len() {
             match s.read(&mut buf[got..])? {
                 0 => break,
                 n => got += n,
             }
         }
-        client::reset_on_close(&s)
+        load_generator::reset_on_close(&s)
     })();
     match read {
         Err(e)
@@ -655,7 +659,7 @@ fn probe_one(to: &SocketAddr, buf: &mut [u8]) -> Result<(), String> {
             Err(format!("connected, but no answer within {PROBE_READ:?}"))
         }
         Err(e) => Err(format!("connected, then {e}")),
-        Ok(()) if buf[..got] != *super::RESPONSE => Err(format!(
+        Ok(()) if buf[..got] != *super::responder::RESPONSE => Err(format!(
             "answered {:?}, not the responder's answer",
             String::from_utf8_lossy(&buf[..got.min(60)])
         )),
@@ -766,25 +770,25 @@ pub fn run(
     cpu: Cpu,
     modes: &[String],
 ) -> anyhow::Result<()> {
-    super::require_root()?;
-    super::check_cpu(cpu)?;
-    super::require_tools(&["nft", "ip", "sysctl"])?;
+    super::process::require_root()?;
+    super::cpu::check_cpu(cpu)?;
+    super::process::require_tools(&["nft", "ip", "sysctl"])?;
     let rounds = rounds.max(1);
     if !(secs > 0.0 && secs.is_finite()) {
         bail!("--secs must be positive");
     }
-    let modes: Vec<Mode> = super::parse_modes(modes)?;
+    let modes: Vec<Mode> = super::modes::parse_modes(modes)?;
     if scales.is_empty() || scales.iter().any(|n| *n == 0 || *n > MAX_PORTS) {
         bail!("--ports: counts between 1 and {MAX_PORTS}");
     }
     println!(
         "ingress benchmark: {rounds} rounds × {secs} s per mode and scale; from a client outside the nodes, sequential connect → {} B request → {} B response → close; each connection to a port drawn uniformly among all N",
-        super::REQUEST.len(),
-        super::RESPONSE.len()
+        super::responder::REQUEST.len(),
+        super::responder::RESPONSE.len()
     );
     println!(
         "  local/remote: our published ports on n1, the task on n1/n2; direct: the server on n1's own address; nft: kube-proxy-style nftables NodePorts (DNAT + masquerade + conntrack) on another node; {}",
-        super::cpu_note(cpu)
+        super::cpu::cpu_note(cpu)
     );
     let bed = setup(cpu).context("setting up the ingress testbed")?;
     let mut results: Vec<Scale> = Vec::new();
@@ -804,7 +808,7 @@ pub fn run(
         for &m in &modes {
             check_mode(&bed, m, n)?;
         }
-        let samples = super::run_rounds(
+        let samples = super::connections::run_rounds(
             rounds,
             &modes,
             &mut seed,

@@ -24,7 +24,7 @@ fn leader(c: &Cluster, alive: &[bool]) -> Option<usize> {
 }
 
 pub fn run(rounds: usize, port: u16) -> anyhow::Result<()> {
-    crate::cargo(&["build", "-p", "swarm-cli", "-p", "tests", "--bins"])?;
+    crate::workspace::cargo(&["build", "-p", "swarm-cli", "-p", "tests", "--bins"])?;
     let mut c = Cluster::new(3, port)?;
     c.form(3).with_context(|| c.logs())?;
     let mut alive = vec![true; 3];

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::REQUEST;
+use super::responder::REQUEST;
 
 /// Not measured: ARP, caches, the first connections.
 const WARMUP: Duration = Duration::from_millis(300);

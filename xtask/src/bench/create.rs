@@ -160,11 +160,11 @@ pub fn run(replicas: usize, rounds: usize) -> anyhow::Result<()> {
     if replicas == 0 || rounds == 0 {
         bail!("--replicas and --rounds must be at least 1");
     }
-    crate::cargo(&["build", "--release", "-p", "swarm-agent", "-p", "swarm-cli"])?;
+    crate::workspace::cargo(&["build", "--release", "-p", "swarm-agent", "-p", "swarm-cli"])?;
     tests::images::build_whoami()?;
     let root = std::path::PathBuf::from("/tmp/swl-bench");
     let _ = Lab::cleanup("swb", &root);
-    let bin = crate::workspace_root().join("target/release");
+    let bin = crate::workspace::workspace_root().join("target/release");
     let lab = Lab::up(LabConfig::new("swb", 1, 2, &root, bin))?;
     let image = format!("{}/whoami:latest", lab.registry());
     println!(
