@@ -33,8 +33,6 @@ use crate::store::{Op, ProposeError, Request as StoreRequest, Store};
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// A node is DOWN after this many heartbeat periods without a heartbeat.
 pub const MISSED_HEARTBEATS: u32 = 3;
-/// The agent's session reads the leader's address from this metadata key (an answer of
-/// `api::leader_only`); the key is defined with the rest of the API edge, in [`crate::api`].
 
 struct Session {
     id: String,
