@@ -313,24 +313,53 @@ pub fn merge_update(spec: &mut NodeSpec, a: &UpdateArgs) -> Result<()> {
     Ok(())
 }
 
-async fn write_spec(c: &Client, n: &Node, spec: NodeSpec) -> Result<()> {
-    c.control
-        .clone()
-        .update_node(UpdateNodeRequest {
-            node_id: n.id.clone(),
-            node_version: n.meta.as_ref().map_or(0, |m| m.version),
-            spec: Some(spec),
-        })
-        .await
-        .map_err(|s| c.err(s))?;
-    Ok(())
+/// How often a node change is read and written again when another writer (the managers'
+/// own bookkeeping: manager status, node state) changed the node in between.
+const UPDATE_ATTEMPTS: usize = 5;
+
+/// Reads node `r`, lets `change` edit its spec (`Ok(false)`: nothing to write) and writes it
+/// back against the version read. Each change here is a delta of the user's flags, so a
+/// write that lost the race with another writer ("update out of sequence") is read and
+/// applied again. Returns whether it wrote.
+async fn change_spec(
+    c: &Client,
+    r: &str,
+    mut change: impl FnMut(&mut NodeSpec) -> Result<bool>,
+) -> Result<bool> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let n = c.node(r).await?;
+        let mut spec = n.spec.clone().unwrap_or_default();
+        if !change(&mut spec)? {
+            return Ok(false);
+        }
+        let written = c
+            .control
+            .clone()
+            .update_node(UpdateNodeRequest {
+                node_id: n.id.clone(),
+                node_version: n.meta.as_ref().map_or(0, |m| m.version),
+                spec: Some(spec),
+            })
+            .await;
+        match written {
+            Ok(_) => return Ok(true),
+            Err(s)
+                if s.code() == tonic::Code::FailedPrecondition
+                    && s.message().starts_with("update out of sequence")
+                    && attempt < UPDATE_ATTEMPTS => {}
+            Err(s) => return Err(c.err(s)),
+        }
+    }
 }
 
 pub async fn update(c: &Client, a: UpdateArgs, node: String) -> Result<()> {
-    let n = c.node(&node).await?;
-    let mut spec = n.spec.clone().unwrap_or_default();
-    merge_update(&mut spec, &a)?;
-    write_spec(c, &n, spec).await?;
+    change_spec(c, &node, |spec| {
+        merge_update(spec, &a)?;
+        Ok(true)
+    })
+    .await?;
     println!("{node}");
     Ok(())
 }
@@ -340,20 +369,21 @@ pub async fn set_role(c: &Client, nodes: Vec<String>, role: NodeRole) -> Result<
     let mut errors = Vec::new();
     for r in nodes {
         let result = async {
-            let n = c.node(&r).await?;
-            let mut spec = n.spec.clone().unwrap_or_default();
-            if spec.desired_role == role as i32 {
-                match role {
-                    NodeRole::Manager => println!("Node {r} is already a manager."),
-                    NodeRole::Worker => println!("Node {r} is already a worker."),
+            let wrote = change_spec(c, &r, |spec| {
+                if spec.desired_role == role as i32 {
+                    return Ok(false);
                 }
-                return Ok(());
-            }
-            spec.desired_role = role as i32;
-            write_spec(c, &n, spec).await?;
-            match role {
-                NodeRole::Manager => println!("Node {r} promoted to a manager in the swarm."),
-                NodeRole::Worker => println!("Manager {r} demoted in the swarm."),
+                spec.desired_role = role as i32;
+                Ok(true)
+            })
+            .await?;
+            match (role, wrote) {
+                (NodeRole::Manager, false) => println!("Node {r} is already a manager."),
+                (NodeRole::Worker, false) => println!("Node {r} is already a worker."),
+                (NodeRole::Manager, true) => {
+                    println!("Node {r} promoted to a manager in the swarm.")
+                }
+                (NodeRole::Worker, true) => println!("Manager {r} demoted in the swarm."),
             }
             Ok::<(), CliError>(())
         }
