@@ -413,7 +413,10 @@ pub async fn wait_converged(client: &Client, service_id: &str, quiet: bool) -> R
             match u.state() {
                 UpdateState::Paused => {
                     r.flush()?;
-                    return Err(CliError::msg(format!("service update paused: {}", u.message)));
+                    return Err(CliError::msg(format!(
+                        "service update paused: {}",
+                        u.message
+                    )));
                 }
                 UpdateState::RollbackPaused => {
                     r.flush()?;

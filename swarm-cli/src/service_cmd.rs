@@ -256,14 +256,20 @@ fn policy_block(title: &str, order_label: &str, c: &UpdateConfig) -> String {
 fn update_status_block(u: &UpdateStatus, now_ms: i64) -> String {
     let mut o = format!("\nUpdateStatus:\n State:\t\t{}", u.state().docker_name());
     if u.started_at > 0 {
-        o.push_str(&format!("\n Started:\t{}", format::ago(now_ms, u.started_at)));
+        o.push_str(&format!(
+            "\n Started:\t{}",
+            format::ago(now_ms, u.started_at)
+        ));
     }
     let done = matches!(
         u.state(),
         UpdateState::Completed | UpdateState::RollbackCompleted
     );
     if done && u.completed_at > 0 {
-        o.push_str(&format!("\n Completed:\t{}", format::ago(now_ms, u.completed_at)));
+        o.push_str(&format!(
+            "\n Completed:\t{}",
+            format::ago(now_ms, u.completed_at)
+        ));
     }
     o.push_str(&format!("\n Message:\t{}", u.message));
     o

@@ -248,7 +248,8 @@ impl PolicyArgs {
             self.rollback_max_failure_ratio,
             &self.rollback_order,
         );
-        for (which, (par, delay, action, monitor, ratio, order)) in [("update", u), ("rollback", r)] {
+        for (which, (par, delay, action, monitor, ratio, order)) in [("update", u), ("rollback", r)]
+        {
             let any = par.is_some()
                 || delay.is_some()
                 || action.is_some()

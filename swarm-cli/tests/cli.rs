@@ -1003,7 +1003,10 @@ fn update_policy_flags_and_rollback() {
     assert_eq!(stdout(&o), "web\n");
     let o = a.run(&["service", "inspect", "--pretty", "web"]);
     let out = stdout(&o);
-    assert!(out.contains("ContainerSpec:\n Image:\t\tnginx:1.25"), "{out}");
+    assert!(
+        out.contains("ContainerSpec:\n Image:\t\tnginx:1.25"),
+        "{out}"
+    );
     assert!(out.contains(" Parallelism:\t2\n"), "{out}");
     assert!(
         out.contains(
@@ -1012,7 +1015,11 @@ fn update_policy_flags_and_rollback() {
         "{out}"
     );
     let o = a.run(&["service", "rollback", "-d", "web"]);
-    assert_eq!(o.status.code(), Some(1), "a rollback leaves no previous spec");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a rollback leaves no previous spec"
+    );
 }
 
 #[test]

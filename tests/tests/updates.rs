@@ -96,7 +96,10 @@ fn batches(tasks: &[proto::Task], version: u64) -> Vec<(i64, usize)> {
 fn assert_batches(batches: &[(i64, usize)], parallelism: usize, delay_ms: i64, min: usize) {
     assert!(batches.len() >= min, "{batches:?}");
     for (_, n) in batches {
-        assert!(*n <= parallelism, "batch larger than {parallelism}: {batches:?}");
+        assert!(
+            *n <= parallelism,
+            "batch larger than {parallelism}: {batches:?}"
+        );
     }
     for w in batches.windows(2) {
         assert!(
@@ -149,7 +152,11 @@ fn parallelism_and_delay_shape_the_update_and_bad_input_changes_nothing() {
         let o = m.swarm(&cmd);
         assert!(!o.ok(), "{args:?} was accepted");
         assert!(o.stderr.contains(want), "{args:?}: {}", o.stderr);
-        assert_eq!(service(m, "web").meta, before.meta, "{args:?} changed the service");
+        assert_eq!(
+            service(m, "web").meta,
+            before.meta,
+            "{args:?} changed the service"
+        );
     }
     let o = m.swarm(&["service", "rollback", "-d", "web"]);
     assert!(!o.ok());
@@ -242,7 +249,11 @@ fn an_image_that_exits_at_once_is_rolled_back_or_pauses_the_update() {
 
     wait_update_state(&lab, m, "rb", UpdateState::RollbackCompleted, LONG);
     let rb = service(m, "rb");
-    assert_eq!(image(&rb), old_image, "the service is back on its old image");
+    assert_eq!(
+        image(&rb),
+        old_image,
+        "the service is back on its old image"
+    );
     let msg = rb.update_status.as_ref().unwrap().message.clone();
     assert_eq!(msg, "rollback completed");
     let rb_tasks = running(&lab, "rb", 3);
@@ -342,6 +353,14 @@ fn a_new_leader_finishes_the_update_with_the_same_policy() {
         UpdateState::Completed,
         Duration::from_secs(180),
     );
+    let new_leader = other
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.manager_status.as_ref().is_some_and(|s| s.leader))
+        .and_then(|n| n.description.map(|d| d.hostname))
+        .expect("a new leader");
+    assert_ne!(new_leader, hostname, "the leadership moved");
     let tasks = other.tasks("web").unwrap();
     // The same policy before and after the leader change: one task at a time, 3 s apart.
     assert_batches(&batches(&tasks, version), 1, 3_000, 6);

@@ -1462,8 +1462,8 @@ async fn update_policies_get_docker_defaults_and_bad_ones_are_refused() {
     let d = UpdateConfig::docker_default();
     assert_eq!(d.parallelism, 1);
     assert_eq!(d.monitor_ms, 5_000);
-    assert_eq!(s.spec.as_ref().unwrap().update, Some(d.clone()));
-    assert_eq!(s.spec.as_ref().unwrap().rollback, Some(d.clone()));
+    assert_eq!(s.spec.as_ref().unwrap().update, Some(d));
+    assert_eq!(s.spec.as_ref().unwrap().rollback, Some(d));
 
     let with = |update: Option<UpdateConfig>, rollback: Option<UpdateConfig>| {
         let mut s = spec("bad", "nginx");
@@ -1516,8 +1516,8 @@ async fn update_policies_get_docker_defaults_and_bad_ones_are_refused() {
         // The same policy on an update of an existing service changes nothing.
         let before = get(&api, "web").await.unwrap();
         let mut upd = before.spec.clone().unwrap();
-        upd.update = bad.update.clone();
-        upd.rollback = bad.rollback.clone();
+        upd.update = bad.update;
+        upd.rollback = bad.rollback;
         let e = update(&api, &before.id, version(&before), upd)
             .await
             .unwrap_err();

@@ -86,8 +86,8 @@ pub fn policy(svc: &Service) -> UpdateConfig {
     let cfg = match update_state(svc) {
         UpdateState::RollbackStarted
         | UpdateState::RollbackPaused
-        | UpdateState::RollbackCompleted => spec.and_then(|s| s.rollback.clone()),
-        _ => spec.and_then(|s| s.update.clone()),
+        | UpdateState::RollbackCompleted => spec.and_then(|s| s.rollback),
+        _ => spec.and_then(|s| s.update),
     };
     cfg.unwrap_or_else(UpdateConfig::docker_default)
 }

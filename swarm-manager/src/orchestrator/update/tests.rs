@@ -39,7 +39,7 @@ fn policy(parallelism: u64, delay_ms: i64, action: UpdateFailureAction) -> Updat
 async fn running_service(store: &Store, n: u64, cfg: UpdateConfig) {
     let mut svc = replicated("s", n);
     image(&mut svc, "v1");
-    svc.spec.as_mut().unwrap().update = Some(cfg.clone());
+    svc.spec.as_mut().unwrap().update = Some(cfg);
     svc.spec.as_mut().unwrap().rollback = Some(cfg);
     let mut objs: Vec<Object> = vec![svc.clone().into(), node("a", NodeState::Ready).into()];
     for slot in 1..=n {
