@@ -279,7 +279,11 @@ fn reconcile_service(state: &State, svc: &Service, now_ms: i64, plan: &mut Plan)
             for old in &slot.old {
                 plan.ops.push(shutdown_op(old));
             }
-        } else if slot.new.iter().any(|t| !t.state().is_terminal()) {
+        } else if slot.new.iter().any(|t| {
+            // Starting. A restart waiting for its delay (desired READY) does not hold the
+            // update back: SwarmKit's worker moves on once its task ended.
+            t.desired() == TaskState::Running && !t.state().is_terminal()
+        }) {
             in_flight += 1;
         }
     }

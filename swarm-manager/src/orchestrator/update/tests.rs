@@ -50,6 +50,17 @@ async fn running_service(store: &Store, n: u64, cfg: UpdateConfig) {
     put(store, objs).await;
 }
 
+/// Writes the service back (version-checked).
+async fn write(store: &Store, svc: Service) {
+    store
+        .write(vec![Op::Update {
+            object: svc.into(),
+            check_version: true,
+        }])
+        .await
+        .unwrap();
+}
+
 /// What the Control API writes for `service update --image v2`.
 async fn start_update(store: &Store, img: &str) {
     let mut svc = store.read().service("s").unwrap().clone();
@@ -63,13 +74,7 @@ async fn start_update(store: &Store, img: &str) {
         completed_at: 0,
         message: "update in progress".into(),
     });
-    store
-        .write(vec![Op::Update {
-            object: svc.into(),
-            check_version: true,
-        }])
-        .await
-        .unwrap();
+    write(store, svc).await;
 }
 
 /// One round at `now`; returns the plan's wake-up time.
@@ -253,6 +258,26 @@ async fn failure_action_continue_goes_on() {
 }
 
 #[tokio::test]
+async fn a_restart_waiting_for_its_delay_does_not_hold_the_update_back() {
+    let store = Store::memory();
+    running_service(&store, 2, policy(1, 0, UpdateFailureAction::Continue)).await;
+    start_update(&store, "v2").await;
+    round(&store, 10_000).await;
+    let first = starting(&store);
+    set(&store, &first, Failed, 10_100).await;
+    // The restart supervisor replaces it after its delay (desired READY meanwhile).
+    let plan = crate::orchestrator::restart::reconcile(&store.read(), 10_200);
+    apply(&store, plan).await;
+    let waiting = starting(&store);
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].desired(), Ready);
+    round(&store, 10_300).await;
+    let slots: Vec<u64> = starting(&store).iter().map(|t| t.slot).collect();
+    assert_eq!(slots.len(), 2, "the next slot is updated: {slots:?}");
+    assert_ne!(slots[0], slots[1]);
+}
+
+#[tokio::test]
 async fn failure_action_rollback_restores_the_previous_spec_and_completes() {
     let store = Store::memory();
     running_service(&store, 3, policy(1, 0, UpdateFailureAction::Rollback)).await;
@@ -329,13 +354,7 @@ async fn a_failing_rollback_pauses_instead_of_rolling_back_again() {
         completed_at: 0,
         message: "manually requested rollback".into(),
     });
-    store
-        .write(vec![Op::Update {
-            object: svc.into(),
-            check_version: true,
-        }])
-        .await
-        .unwrap();
+    write(&store, svc).await;
     round(&store, 10_000).await;
     let first = starting(&store);
     assert_eq!(first.len(), 1);
@@ -402,13 +421,7 @@ async fn no_update_status_means_default_pace_and_no_status_written() {
     running_service(&store, 3, UpdateConfig::docker_default()).await;
     let mut svc = service(&store);
     svc.spec_version = 2;
-    store
-        .write(vec![Op::Update {
-            object: svc.into(),
-            check_version: true,
-        }])
-        .await
-        .unwrap();
+    write(&store, svc).await;
     round(&store, 10_000).await;
     assert_eq!(starting(&store).len(), 1, "parallelism 1");
     assert!(service(&store).update_status.is_none());
