@@ -897,4 +897,38 @@ mod tests {
         assert!(e("type=volume,source=v,target=/y").contains("not supported yet"));
         assert!(e("type=floppy,target=/y").contains("invalid mount type"));
     }
+
+    #[test]
+    fn update_policy_values_take_docker_syntax_and_errors() {
+        assert_eq!(parse_go_uint("0"), Ok(0));
+        assert_eq!(parse_go_uint("12"), Ok(12));
+        assert_eq!(
+            parse_go_uint("-1"),
+            Err("strconv.ParseUint: parsing \"-1\": invalid syntax".into())
+        );
+        assert_eq!(
+            parse_go_uint("99999999999999999999"),
+            Err("strconv.ParseUint: parsing \"99999999999999999999\": value out of range".into())
+        );
+        assert_eq!(parse_go_float("0.25"), Ok(0.25));
+        assert!(parse_go_float("x")
+            .unwrap_err()
+            .contains("strconv.ParseFloat"));
+        assert_eq!(
+            parse_failure_action("update", "rollback"),
+            Ok(proto::UpdateFailureAction::Rollback)
+        );
+        assert_eq!(
+            parse_failure_action("rollback", "rollback"),
+            Err("unrecognized rollback failure action rollback".into())
+        );
+        assert_eq!(
+            parse_update_order("update", "start-first"),
+            Ok(proto::UpdateOrder::StartFirst)
+        );
+        assert_eq!(
+            parse_update_order("rollback", "first"),
+            Err("unrecognized rollback order first".into())
+        );
+    }
 }

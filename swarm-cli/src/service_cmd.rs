@@ -876,4 +876,25 @@ mod tests {
             "Ports:\n PublishedPort = 8080\n  Protocol = tcp\n  TargetPort = 80\n  PublishMode = ingress\n  SourceIP = preserve\n PublishedPort = 9000\n  Protocol = udp\n  TargetPort = 90\n  PublishMode = ingress \n"
         ), "{}", pretty(&s));
     }
+
+    #[test]
+    fn pretty_shows_the_update_status_with_docker_wording() {
+        let now = 1_000_000_000;
+        let status = |state: UpdateState, completed_at: i64| UpdateStatus {
+            state: state as i32,
+            started_at: now - 120_000,
+            completed_at,
+            message: "update completed".into(),
+        };
+        assert_eq!(
+            update_status_block(&status(UpdateState::Completed, now - 5_000), now),
+            "\nUpdateStatus:\n State:\t\tcompleted\n Started:\t2 minutes ago\n Completed:\t5 seconds ago\n Message:\tupdate completed"
+        );
+        // No completion time while it runs.
+        assert!(!update_status_block(&status(UpdateState::Updating, 0), now).contains("Completed"));
+        assert!(
+            update_status_block(&status(UpdateState::RollbackPaused, 0), now)
+                .contains("State:\t\trollback_paused")
+        );
+    }
 }

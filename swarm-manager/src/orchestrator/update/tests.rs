@@ -426,3 +426,39 @@ async fn no_update_status_means_default_pace_and_no_status_written() {
     assert_eq!(starting(&store).len(), 1, "parallelism 1");
     assert!(service(&store).update_status.is_none());
 }
+
+#[tokio::test]
+async fn global_start_first_replaces_on_the_same_node_after_the_new_task_runs() {
+    let store = Store::memory();
+    let mut svc = global("g");
+    let mut cfg = policy(1, 0, UpdateFailureAction::Pause);
+    cfg.order = UpdateOrder::StartFirst as i32;
+    svc.spec.as_mut().unwrap().update = Some(cfg);
+    put(
+        &store,
+        vec![
+            svc.into(),
+            node("a", NodeState::Ready).into(),
+            task("ga", "g", 0, "a", Running, Running).into(),
+        ],
+    )
+    .await;
+    let mut svc = store.read().service("g").unwrap().clone();
+    svc.spec_version = 2;
+    write(&store, svc).await;
+    let plan = reconcile(&store.read(), 10_000);
+    apply(&store, plan).await;
+    let new: Vec<Task> = active(&store.read(), "g")
+        .into_iter()
+        .filter(|t| t.spec_version == 2)
+        .collect();
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].node_id, "a");
+    // The global orchestrator leaves the pair alone; the old task keeps running.
+    assert!(crate::orchestrator::global::reconcile(&store.read(), 10_050).is_empty());
+    assert_eq!(store.read().task("ga").unwrap().desired(), Running);
+    set(&store, &new, Running, 10_100).await;
+    let plan = reconcile(&store.read(), 10_200);
+    apply(&store, plan).await;
+    assert_eq!(store.read().task("ga").unwrap().desired(), Shutdown);
+}
