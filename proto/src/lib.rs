@@ -99,6 +99,15 @@ impl Service {
         )
     }
 
+    /// The image of the service's container spec ("" when it has none).
+    pub fn image(&self) -> &str {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.task.as_ref())
+            .and_then(|t| t.container.as_ref())
+            .map_or("", |c| c.image.as_str())
+    }
+
     /// Desired replicas of a replicated service (None for global services).
     pub fn replicas(&self) -> Option<u64> {
         match self.spec.as_ref().and_then(|s| s.mode.as_ref()) {

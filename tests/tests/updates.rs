@@ -40,14 +40,6 @@ fn update_state(s: &proto::Service) -> UpdateState {
         .map_or(UpdateState::Unknown, |u| u.state())
 }
 
-fn image(s: &proto::Service) -> String {
-    s.spec
-        .as_ref()
-        .and_then(|sp| sp.task.as_ref())
-        .and_then(|t| t.container.as_ref())
-        .map_or(String::new(), |c| c.image.clone())
-}
-
 fn task_image(t: &proto::Task) -> String {
     t.spec
         .as_ref()
@@ -241,7 +233,7 @@ fn an_image_that_exits_at_once_is_rolled_back_or_pauses_the_update() {
     }
     running(&lab, "rb", 3);
     running(&lab, "pz", 3);
-    let old_image = image(&service(m, "rb"));
+    let old_image = service(m, "rb").image().to_string();
     // busybox's command is `sh`, which ends at once without a terminal.
     for name in ["rb", "pz"] {
         m.swarm_ok(&["service", "update", "-d", "--image", &busybox, name]);
@@ -250,7 +242,7 @@ fn an_image_that_exits_at_once_is_rolled_back_or_pauses_the_update() {
     wait_update_state(&lab, m, "rb", UpdateState::RollbackCompleted, LONG);
     let rb = service(m, "rb");
     assert_eq!(
-        image(&rb),
+        rb.image(),
         old_image,
         "the service is back on its old image"
     );

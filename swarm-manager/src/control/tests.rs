@@ -1441,18 +1441,17 @@ async fn rollback(api: &ControlApi, id: &str) -> Result<Service, Status> {
     .map(|r| r.into_inner())
 }
 
-fn image_of(s: &Service) -> String {
-    s.spec
-        .as_ref()
-        .unwrap()
-        .task
-        .as_ref()
+/// The service's spec with another image.
+fn with_image(s: &Service, image: &str) -> ServiceSpec {
+    let mut spec = s.spec.clone().unwrap();
+    spec.task
+        .as_mut()
         .unwrap()
         .container
-        .as_ref()
+        .as_mut()
         .unwrap()
-        .image
-        .clone()
+        .image = image.into();
+    spec
 }
 
 #[tokio::test]
@@ -1542,14 +1541,7 @@ async fn an_update_starts_an_update_status_and_a_rollback_restores_the_previous_
     );
     assert_eq!(get(&api, "web").await.unwrap(), s);
 
-    let mut next = s.spec.clone().unwrap();
-    next.task
-        .as_mut()
-        .unwrap()
-        .container
-        .as_mut()
-        .unwrap()
-        .image = "nginx:2".into();
+    let next = with_image(&s, "nginx:2");
     let u = update(&api, &s.id, version(&s), next).await.unwrap();
     assert_eq!(u.spec_version, 2);
     assert_eq!(u.previous_spec_version, 1);
@@ -1559,7 +1551,7 @@ async fn an_update_starts_an_update_status_and_a_rollback_restores_the_previous_
     assert!(st.started_at > 0);
 
     let r = rollback(&api, "web").await.unwrap();
-    assert_eq!(image_of(&r), "nginx:1");
+    assert_eq!(r.image(), "nginx:1");
     assert_eq!(r.spec_version, 1, "tasks of the restored spec are kept");
     assert!(r.previous_spec.is_none());
     let st = r.update_status.clone().unwrap();
@@ -1570,15 +1562,7 @@ async fn an_update_starts_an_update_status_and_a_rollback_restores_the_previous_
     assert_eq!(e.code(), Code::FailedPrecondition);
 
     // The next update gets a version no task has had.
-    let mut again = r.spec.clone().unwrap();
-    again
-        .task
-        .as_mut()
-        .unwrap()
-        .container
-        .as_mut()
-        .unwrap()
-        .image = "nginx:3".into();
+    let again = with_image(&r, "nginx:3");
     let a = update(&api, &r.id, version(&r), again).await.unwrap();
     assert_eq!(a.spec_version, 3);
 }
@@ -1587,14 +1571,7 @@ async fn an_update_starts_an_update_status_and_a_rollback_restores_the_previous_
 async fn a_paused_update_resumes_with_the_next_update() {
     let (api, store) = api();
     let s = create(&api, spec("web", "nginx:1")).await.unwrap();
-    let mut next = s.spec.clone().unwrap();
-    next.task
-        .as_mut()
-        .unwrap()
-        .container
-        .as_mut()
-        .unwrap()
-        .image = "nginx:2".into();
+    let next = with_image(&s, "nginx:2");
     let u = update(&api, &s.id, version(&s), next.clone())
         .await
         .unwrap();

@@ -77,6 +77,17 @@ async fn start_update(store: &Store, img: &str) {
     write(store, svc).await;
 }
 
+/// A service of `n` running tasks updated to `img` with `cfg`, after the update's first
+/// round (at 10 s): the store and the new tasks that round created.
+async fn first_batch(n: u64, cfg: UpdateConfig, img: &str) -> (Store, Vec<Task>) {
+    let store = Store::memory();
+    running_service(&store, n, cfg).await;
+    start_update(&store, img).await;
+    round(&store, 10_000).await;
+    let new = starting(&store);
+    (store, new)
+}
+
 /// One round at `now`; returns the plan's wake-up time.
 async fn round(store: &Store, now: i64) -> Option<i64> {
     let plan = reconcile(&store.read(), now);
@@ -181,11 +192,7 @@ async fn parallelism_zero_replaces_every_slot_at_once() {
 
 #[tokio::test]
 async fn failure_within_monitor_pauses_and_old_tasks_keep_running() {
-    let store = Store::memory();
-    running_service(&store, 3, policy(1, 0, UpdateFailureAction::Pause)).await;
-    start_update(&store, "bad").await;
-    round(&store, 10_000).await;
-    let first = starting(&store);
+    let (store, first) = first_batch(3, policy(1, 0, UpdateFailureAction::Pause), "bad").await;
     assert_eq!(first.len(), 1);
     set(&store, &first, Running, 10_100).await;
     set(&store, &first, Failed, 10_200).await;
@@ -209,11 +216,7 @@ async fn failure_within_monitor_pauses_and_old_tasks_keep_running() {
 
 #[tokio::test]
 async fn failure_after_the_monitor_period_does_not_count() {
-    let store = Store::memory();
-    running_service(&store, 2, policy(1, 0, UpdateFailureAction::Pause)).await;
-    start_update(&store, "v2").await;
-    round(&store, 10_000).await;
-    let first = starting(&store);
+    let (store, first) = first_batch(2, policy(1, 0, UpdateFailureAction::Pause), "v2").await;
     set(&store, &first, Running, 10_100).await;
     set(&store, &first, Failed, 15_101).await;
     round(&store, 15_200).await;
@@ -223,13 +226,9 @@ async fn failure_after_the_monitor_period_does_not_count() {
 
 #[tokio::test]
 async fn failures_below_the_ratio_are_tolerated() {
-    let store = Store::memory();
     let mut cfg = policy(0, 0, UpdateFailureAction::Pause);
     cfg.max_failure_ratio = 0.5;
-    running_service(&store, 4, cfg).await;
-    start_update(&store, "v2").await;
-    round(&store, 10_000).await;
-    let new = starting(&store);
+    let (store, new) = first_batch(4, cfg, "v2").await;
     assert_eq!(new.len(), 4);
     set(&store, &new[..2], Rejected, 10_100).await;
     round(&store, 10_200).await;
@@ -245,11 +244,7 @@ async fn failures_below_the_ratio_are_tolerated() {
 
 #[tokio::test]
 async fn failure_action_continue_goes_on() {
-    let store = Store::memory();
-    running_service(&store, 2, policy(1, 0, UpdateFailureAction::Continue)).await;
-    start_update(&store, "v2").await;
-    round(&store, 10_000).await;
-    let first = starting(&store);
+    let (store, first) = first_batch(2, policy(1, 0, UpdateFailureAction::Continue), "v2").await;
     set(&store, &first, Failed, 10_100).await;
     round(&store, 10_200).await;
     assert_eq!(status(&store).state(), UpdateState::Updating);
@@ -259,11 +254,7 @@ async fn failure_action_continue_goes_on() {
 
 #[tokio::test]
 async fn a_restart_waiting_for_its_delay_does_not_hold_the_update_back() {
-    let store = Store::memory();
-    running_service(&store, 2, policy(1, 0, UpdateFailureAction::Continue)).await;
-    start_update(&store, "v2").await;
-    round(&store, 10_000).await;
-    let first = starting(&store);
+    let (store, first) = first_batch(2, policy(1, 0, UpdateFailureAction::Continue), "v2").await;
     set(&store, &first, Failed, 10_100).await;
     // The restart supervisor replaces it after its delay (desired READY meanwhile).
     let plan = crate::orchestrator::restart::reconcile(&store.read(), 10_200);
@@ -279,11 +270,7 @@ async fn a_restart_waiting_for_its_delay_does_not_hold_the_update_back() {
 
 #[tokio::test]
 async fn failure_action_rollback_restores_the_previous_spec_and_completes() {
-    let store = Store::memory();
-    running_service(&store, 3, policy(1, 0, UpdateFailureAction::Rollback)).await;
-    start_update(&store, "bad").await;
-    round(&store, 10_000).await;
-    let first = starting(&store);
+    let (store, first) = first_batch(3, policy(1, 0, UpdateFailureAction::Rollback), "bad").await;
     set(&store, &first, Failed, 10_100).await;
     round(&store, 10_200).await;
 
@@ -297,20 +284,7 @@ async fn failure_action_rollback_restores_the_previous_spec_and_completes() {
             first[0].id
         )
     );
-    let img = |s: &Service| {
-        s.spec
-            .as_ref()
-            .unwrap()
-            .task
-            .as_ref()
-            .unwrap()
-            .container
-            .as_ref()
-            .unwrap()
-            .image
-            .clone()
-    };
-    assert_eq!(img(&svc), "v1");
+    assert_eq!(svc.image(), "v1");
     assert_eq!(
         svc.spec_version, 1,
         "the previous spec's version comes back"
@@ -367,13 +341,9 @@ async fn a_failing_rollback_pauses_instead_of_rolling_back_again() {
 
 #[tokio::test]
 async fn start_first_keeps_the_old_task_until_the_new_one_runs() {
-    let store = Store::memory();
     let mut cfg = policy(1, 0, UpdateFailureAction::Pause);
     cfg.order = UpdateOrder::StartFirst as i32;
-    running_service(&store, 2, cfg).await;
-    start_update(&store, "v2").await;
-    round(&store, 10_000).await;
-    let new = starting(&store);
+    let (store, new) = first_batch(2, cfg, "v2").await;
     assert_eq!(new.len(), 1);
     assert_eq!(
         old_running(&store),
@@ -398,11 +368,7 @@ async fn start_first_keeps_the_old_task_until_the_new_one_runs() {
 
 #[tokio::test]
 async fn a_new_leader_resumes_mid_update_from_the_store() {
-    let store = Store::memory();
-    running_service(&store, 4, policy(2, 3_000, UpdateFailureAction::Pause)).await;
-    start_update(&store, "v2").await;
-    round(&store, 10_000).await;
-    let batch = starting(&store);
+    let (store, batch) = first_batch(4, policy(2, 3_000, UpdateFailureAction::Pause), "v2").await;
     set(&store, &batch, Running, 10_500).await;
     // The old leader is gone. What the store says is enough: the delay still counts from
     // the batch's start, and the next batch follows the same policy.
