@@ -99,12 +99,51 @@ impl Service {
         )
     }
 
+    /// The image of the service's container spec ("" when it has none).
+    pub fn image(&self) -> &str {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.task.as_ref())
+            .and_then(|t| t.container.as_ref())
+            .map_or("", |c| c.image.as_str())
+    }
+
     /// Desired replicas of a replicated service (None for global services).
     pub fn replicas(&self) -> Option<u64> {
         match self.spec.as_ref().and_then(|s| s.mode.as_ref()) {
             Some(service_spec::Mode::Replicated(r)) => Some(r.replicas),
             Some(service_spec::Mode::Global(_)) => None,
             None => Some(1),
+        }
+    }
+}
+
+impl UpdateConfig {
+    /// Docker's update and rollback policy when none is given: one task at a time, no delay,
+    /// pause on failure, 5 s monitor, no failure tolerated, stop-first.
+    pub fn docker_default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            failure_action: UpdateFailureAction::Pause as i32,
+            monitor_ms: 5_000,
+            max_failure_ratio: 0.0,
+            order: UpdateOrder::StopFirst as i32,
+        }
+    }
+}
+
+impl UpdateState {
+    /// Docker's lower-case name (`service inspect`).
+    pub fn docker_name(self) -> &'static str {
+        match self {
+            UpdateState::Unknown => "unknown",
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rollback_started",
+            UpdateState::RollbackPaused => "rollback_paused",
+            UpdateState::RollbackCompleted => "rollback_completed",
         }
     }
 }

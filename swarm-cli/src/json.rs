@@ -24,6 +24,12 @@ fn enum_name(key: &str, n: i32, kind: Kind) -> Option<&'static str> {
         "reachability" => Reachability::try_from(n).ok().map(|e| e.as_str_name()),
         "state" if kind == Kind::Node => NodeState::try_from(n).ok().map(|e| e.as_str_name()),
         "state" if kind == Kind::Task => TaskState::try_from(n).ok().map(|e| e.as_str_name()),
+        // Service.update_status.state.
+        "state" if kind == Kind::Service => UpdateState::try_from(n).ok().map(|e| e.as_str_name()),
+        "failure_action" => UpdateFailureAction::try_from(n)
+            .ok()
+            .map(|e| e.as_str_name()),
+        "order" => UpdateOrder::try_from(n).ok().map(|e| e.as_str_name()),
         "desired_state" | "desired_states" => TaskState::try_from(n).ok().map(|e| e.as_str_name()),
         "condition" => RestartCondition::try_from(n).ok().map(|e| e.as_str_name()),
         "protocol" => PortProtocol::try_from(n).ok().map(|e| e.as_str_name()),

@@ -360,6 +360,46 @@ pub fn parse_availability(v: &str) -> Result<NodeAvailability, String> {
     }
 }
 
+/// Go's `strconv.ParseUint` (base 10), with its error text.
+pub fn parse_go_uint(s: &str) -> Result<u64, String> {
+    if s.starts_with('+') {
+        return Err(format!("strconv.ParseUint: parsing {s:?}: invalid syntax"));
+    }
+    s.parse::<u64>().map_err(|e| {
+        let why = if matches!(e.kind(), std::num::IntErrorKind::PosOverflow) {
+            "value out of range"
+        } else {
+            "invalid syntax"
+        };
+        format!("strconv.ParseUint: parsing {s:?}: {why}")
+    })
+}
+
+/// Go's `strconv.ParseFloat` (32 bits), with its error text.
+pub fn parse_go_float(s: &str) -> Result<f32, String> {
+    s.parse::<f32>()
+        .map_err(|_| format!("strconv.ParseFloat: parsing {s:?}: invalid syntax"))
+}
+
+/// `--update-failure-action` / `--rollback-failure-action` (Docker's daemon error text).
+pub fn parse_failure_action(which: &str, v: &str) -> Result<proto::UpdateFailureAction, String> {
+    match v {
+        "pause" => Ok(proto::UpdateFailureAction::Pause),
+        "continue" => Ok(proto::UpdateFailureAction::Continue),
+        "rollback" if which == "update" => Ok(proto::UpdateFailureAction::Rollback),
+        other => Err(format!("unrecognized {which} failure action {other}")),
+    }
+}
+
+/// `--update-order` / `--rollback-order` (Docker's daemon error text).
+pub fn parse_update_order(which: &str, v: &str) -> Result<proto::UpdateOrder, String> {
+    match v {
+        "stop-first" => Ok(proto::UpdateOrder::StopFirst),
+        "start-first" => Ok(proto::UpdateOrder::StartFirst),
+        other => Err(format!("unrecognized {which} order {other}")),
+    }
+}
+
 pub fn parse_restart_condition(v: &str) -> Result<proto::RestartCondition, String> {
     match v {
         "any" => Ok(proto::RestartCondition::Any),
@@ -856,5 +896,39 @@ mod tests {
         assert!(e("source=v,target=/y").contains("\"volume\" is not supported yet"));
         assert!(e("type=volume,source=v,target=/y").contains("not supported yet"));
         assert!(e("type=floppy,target=/y").contains("invalid mount type"));
+    }
+
+    #[test]
+    fn update_policy_values_take_docker_syntax_and_errors() {
+        assert_eq!(parse_go_uint("0"), Ok(0));
+        assert_eq!(parse_go_uint("12"), Ok(12));
+        assert_eq!(
+            parse_go_uint("-1"),
+            Err("strconv.ParseUint: parsing \"-1\": invalid syntax".into())
+        );
+        assert_eq!(
+            parse_go_uint("99999999999999999999"),
+            Err("strconv.ParseUint: parsing \"99999999999999999999\": value out of range".into())
+        );
+        assert_eq!(parse_go_float("0.25"), Ok(0.25));
+        assert!(parse_go_float("x")
+            .unwrap_err()
+            .contains("strconv.ParseFloat"));
+        assert_eq!(
+            parse_failure_action("update", "rollback"),
+            Ok(proto::UpdateFailureAction::Rollback)
+        );
+        assert_eq!(
+            parse_failure_action("rollback", "rollback"),
+            Err("unrecognized rollback failure action rollback".into())
+        );
+        assert_eq!(
+            parse_update_order("update", "start-first"),
+            Ok(proto::UpdateOrder::StartFirst)
+        );
+        assert_eq!(
+            parse_update_order("rollback", "first"),
+            Err("unrecognized rollback order first".into())
+        );
     }
 }

@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use proto::{ListTasksRequest, NodeState, Service, Task, TaskState};
+use proto::{ListTasksRequest, NodeState, Service, Task, TaskState, UpdateState};
 
 use crate::client::Client;
-use crate::error::Result;
+use crate::error::{CliError, Result};
 use crate::format::truncate_id;
 
 /// Progress position of a state (Docker's `numberedStates`); 0 = not shown.
@@ -407,6 +407,27 @@ pub async fn wait_converged(client: &Client, service_id: &str, quiet: bool) -> R
     tokio::pin!(ctrl_c);
     loop {
         let service = client.service(service_id).await?;
+        // Docker's messages when the managers stop an update (the full display of updates
+        // and rollbacks is not done yet).
+        if let Some(u) = &service.update_status {
+            match u.state() {
+                UpdateState::Paused => {
+                    r.flush()?;
+                    return Err(CliError::msg(format!(
+                        "service update paused: {}",
+                        u.message
+                    )));
+                }
+                UpdateState::RollbackPaused => {
+                    r.flush()?;
+                    return Err(CliError::msg(format!(
+                        "service rollback paused: {}",
+                        u.message
+                    )));
+                }
+                _ => {}
+            }
+        }
         let up = updater.get_or_insert_with(|| Updater::new(&service));
         if converged && converged_at.is_some_and(|at| at.elapsed() >= monitor) {
             r.write(Line::text("verify", "Service converged"));

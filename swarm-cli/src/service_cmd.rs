@@ -228,6 +228,53 @@ fn go_list(items: &[String]) -> String {
     format!("[{}]", items.join(" "))
 }
 
+/// Docker's "UpdateConfig:" / "RollbackConfig:" block of `inspect --pretty`.
+fn policy_block(title: &str, order_label: &str, c: &UpdateConfig) -> String {
+    let dur = |ms: i64| format::go_duration(std::time::Duration::from_millis(ms.max(0) as u64));
+    let mut o = format!("\n{title}:\n Parallelism:\t{}", c.parallelism);
+    if c.delay_ms != 0 {
+        o.push_str(&format!("\n Delay:\t\t{}", dur(c.delay_ms)));
+    }
+    let action = match UpdateFailureAction::try_from(c.failure_action).unwrap_or_default() {
+        UpdateFailureAction::Pause => "pause",
+        UpdateFailureAction::Continue => "continue",
+        UpdateFailureAction::Rollback => "rollback",
+    };
+    let order = match UpdateOrder::try_from(c.order).unwrap_or_default() {
+        UpdateOrder::StopFirst => "stop-first",
+        UpdateOrder::StartFirst => "start-first",
+    };
+    o.push_str(&format!(
+        "\n On failure:\t{action}\n Monitoring Period: {}\n Max failure ratio: {}\n {order_label} {order}",
+        dur(c.monitor_ms),
+        c.max_failure_ratio
+    ));
+    o
+}
+
+/// Docker's "UpdateStatus:" block of `inspect --pretty`.
+fn update_status_block(u: &UpdateStatus, now_ms: i64) -> String {
+    let mut o = format!("\nUpdateStatus:\n State:\t\t{}", u.state().docker_name());
+    if u.started_at > 0 {
+        o.push_str(&format!(
+            "\n Started:\t{}",
+            format::ago(now_ms, u.started_at)
+        ));
+    }
+    let done = matches!(
+        u.state(),
+        UpdateState::Completed | UpdateState::RollbackCompleted
+    );
+    if done && u.completed_at > 0 {
+        o.push_str(&format!(
+            "\n Completed:\t{}",
+            format::ago(now_ms, u.completed_at)
+        ));
+    }
+    o.push_str(&format!("\n Message:\t{}", u.message));
+    o
+}
+
 /// Docker's `service inspect --pretty` text (the fields this project has).
 pub fn pretty(s: &Service) -> String {
     let spec = s.spec.clone().unwrap_or_default();
@@ -248,6 +295,9 @@ pub fn pretty(s: &Service) -> String {
     match s.replicas() {
         None => o.push_str("\tGlobal"),
         Some(n) => o.push_str(&format!("\tReplicated\n Replicas:\t{n}")),
+    }
+    if let Some(u) = &s.update_status {
+        o.push_str(&update_status_block(u, swarm_common::clock::now_ms()));
     }
     o.push_str("\nPlacement:");
     if let Some(p) = &task.placement {
@@ -283,6 +333,12 @@ pub fn pretty(s: &Service) -> String {
                 format::go_duration(std::time::Duration::from_millis(r.window_ms as u64))
             ));
         }
+    }
+    if let Some(u) = &spec.update {
+        o.push_str(&policy_block("UpdateConfig", "Update order:     ", u));
+    }
+    if let Some(r) = &spec.rollback {
+        o.push_str(&policy_block("RollbackConfig", "Rollback order:   ", r));
     }
     o.push_str(&format!("\nContainerSpec:\n Image:\t\t{}", c.image));
     if !c.args.is_empty() {
@@ -514,6 +570,7 @@ async fn change_spec(
                 service_id: svc.id.clone(),
                 service_version: svc.meta.as_ref().map_or(0, |m| m.version),
                 spec: Some(spec),
+                rollback: false,
             })
             .await;
         match written {
@@ -525,6 +582,15 @@ async fn change_spec(
 }
 
 pub async fn update(c: &Client, a: UpdateArgs, name: String) -> Result<()> {
+    if a.rollback {
+        // Docker (API ≥ 1.28): a server-side rollback; the other flags are not applied.
+        let svc = server_rollback(c, &name).await?;
+        println!("{name}");
+        if !a.common.detach {
+            progress::wait_converged(c, &svc.id, a.common.quiet).await?;
+        }
+        return Ok(());
+    }
     let svc = change_spec(c, &name, a.image.is_some() || a.force, |svc| {
         let mut spec = svc.spec.clone().unwrap_or_default();
         update_spec(&mut spec, &a)?;
@@ -538,15 +604,25 @@ pub async fn update(c: &Client, a: UpdateArgs, name: String) -> Result<()> {
     Ok(())
 }
 
-pub async fn rollback(c: &Client, a: RollbackArgs, name: String) -> Result<()> {
-    let svc = change_spec(c, &name, false, |svc| {
-        svc.previous_spec.clone().ok_or_else(|| {
-            bad(format!(
-                "service {name} does not have a previous spec to roll back to"
-            ))
+/// Asks the managers to roll the service back to its previous spec (they keep it, and roll
+/// back with the service's rollback policy).
+async fn server_rollback(c: &Client, name: &str) -> Result<Service> {
+    let svc = c.service(name).await?;
+    c.control
+        .clone()
+        .update_service(UpdateServiceRequest {
+            service_id: svc.id.clone(),
+            service_version: svc.meta.as_ref().map_or(0, |m| m.version),
+            spec: None,
+            rollback: true,
         })
-    })
-    .await?;
+        .await
+        .map_err(|s| c.err(s))?;
+    Ok(svc)
+}
+
+pub async fn rollback(c: &Client, a: RollbackArgs, name: String) -> Result<()> {
+    let svc = server_rollback(c, &name).await?;
     println!("{name}");
     if !a.detach {
         progress::wait_converged(c, &svc.id, a.quiet).await?;
@@ -799,5 +875,26 @@ mod tests {
         assert!(pretty(&s).ends_with(
             "Ports:\n PublishedPort = 8080\n  Protocol = tcp\n  TargetPort = 80\n  PublishMode = ingress\n  SourceIP = preserve\n PublishedPort = 9000\n  Protocol = udp\n  TargetPort = 90\n  PublishMode = ingress \n"
         ), "{}", pretty(&s));
+    }
+
+    #[test]
+    fn pretty_shows_the_update_status_with_docker_wording() {
+        let now = 1_000_000_000;
+        let status = |state: UpdateState, completed_at: i64| UpdateStatus {
+            state: state as i32,
+            started_at: now - 120_000,
+            completed_at,
+            message: "update completed".into(),
+        };
+        assert_eq!(
+            update_status_block(&status(UpdateState::Completed, now - 5_000), now),
+            "\nUpdateStatus:\n State:\t\tcompleted\n Started:\t2 minutes ago\n Completed:\t5 seconds ago\n Message:\tupdate completed"
+        );
+        // No completion time while it runs.
+        assert!(!update_status_block(&status(UpdateState::Updating, 0), now).contains("Completed"));
+        assert!(
+            update_status_block(&status(UpdateState::RollbackPaused, 0), now)
+                .contains("State:\t\trollback_paused")
+        );
     }
 }

@@ -33,6 +33,12 @@ fn pref_arg(s: &str) -> std::result::Result<String, String> {
 fn mount_arg(s: &str) -> std::result::Result<Mount, String> {
     opts::parse_mount(s)
 }
+fn uint64_arg(s: &str) -> std::result::Result<u64, String> {
+    opts::parse_go_uint(s)
+}
+fn float32_arg(s: &str) -> std::result::Result<f32, String> {
+    opts::parse_go_float(s)
+}
 fn duration_arg(s: &str) -> std::result::Result<std::time::Duration, String> {
     // Docker's PositiveDurationOpt.
     opts::parse_go_duration(s).map_err(|e| {
@@ -181,6 +187,107 @@ impl HealthArgs {
     }
 }
 
+/// The `--update-*` and `--rollback-*` flags (Docker's names, defaults and help).
+#[derive(Debug, Args, Default)]
+pub struct PolicyArgs {
+    /// Maximum number of tasks updated simultaneously (0 to update all at once) (default 1)
+    #[arg(long, value_parser = uint64_arg, allow_negative_numbers = true, value_name = "uint")]
+    pub update_parallelism: Option<u64>,
+    /// Delay between updates (ns|us|ms|s|m|h) (default 0s)
+    #[arg(long, value_parser = ms_arg, value_name = "duration")]
+    pub update_delay: Option<i64>,
+    /// Action on update failure ("pause", "continue", "rollback") (default "pause")
+    #[arg(long, value_name = "string")]
+    pub update_failure_action: Option<String>,
+    /// Duration after each task update to monitor for failure (ns|us|ms|s|m|h) (default 5s)
+    #[arg(long, value_parser = ms_arg, value_name = "duration")]
+    pub update_monitor: Option<i64>,
+    /// Failure rate to tolerate during an update (default 0)
+    #[arg(long, value_parser = float32_arg, allow_negative_numbers = true, value_name = "float")]
+    pub update_max_failure_ratio: Option<f32>,
+    /// Update order ("start-first", "stop-first") (default "stop-first")
+    #[arg(long, value_name = "string")]
+    pub update_order: Option<String>,
+    /// Maximum number of tasks rolled back simultaneously (0 to roll back all at once) (default 1)
+    #[arg(long, value_parser = uint64_arg, allow_negative_numbers = true, value_name = "uint")]
+    pub rollback_parallelism: Option<u64>,
+    /// Delay between task rollbacks (ns|us|ms|s|m|h) (default 0s)
+    #[arg(long, value_parser = ms_arg, value_name = "duration")]
+    pub rollback_delay: Option<i64>,
+    /// Action on rollback failure ("pause", "continue") (default "pause")
+    #[arg(long, value_name = "string")]
+    pub rollback_failure_action: Option<String>,
+    /// Duration after each task rollback to monitor for failure (ns|us|ms|s|m|h) (default 5s)
+    #[arg(long, value_parser = ms_arg, value_name = "duration")]
+    pub rollback_monitor: Option<i64>,
+    /// Failure rate to tolerate during a rollback (default 0)
+    #[arg(long, value_parser = float32_arg, allow_negative_numbers = true, value_name = "float")]
+    pub rollback_max_failure_ratio: Option<f32>,
+    /// Rollback order ("start-first", "stop-first") (default "stop-first")
+    #[arg(long, value_name = "string")]
+    pub rollback_order: Option<String>,
+}
+
+impl PolicyArgs {
+    /// Sets the given flags on the spec's update and rollback configs (Docker's defaults for
+    /// the rest when the spec has none).
+    pub fn apply(&self, spec: &mut ServiceSpec) -> Result<()> {
+        let u = (
+            self.update_parallelism,
+            self.update_delay,
+            &self.update_failure_action,
+            self.update_monitor,
+            self.update_max_failure_ratio,
+            &self.update_order,
+        );
+        let r = (
+            self.rollback_parallelism,
+            self.rollback_delay,
+            &self.rollback_failure_action,
+            self.rollback_monitor,
+            self.rollback_max_failure_ratio,
+            &self.rollback_order,
+        );
+        for (which, (par, delay, action, monitor, ratio, order)) in [("update", u), ("rollback", r)]
+        {
+            let any = par.is_some()
+                || delay.is_some()
+                || action.is_some()
+                || monitor.is_some()
+                || ratio.is_some()
+                || order.is_some();
+            if !any {
+                continue;
+            }
+            let slot = if which == "update" {
+                &mut spec.update
+            } else {
+                &mut spec.rollback
+            };
+            let c = slot.get_or_insert_with(UpdateConfig::docker_default);
+            if let Some(p) = par {
+                c.parallelism = p;
+            }
+            if let Some(d) = delay {
+                c.delay_ms = d;
+            }
+            if let Some(a) = action {
+                c.failure_action = opts::parse_failure_action(which, a).map_err(bad)? as i32;
+            }
+            if let Some(m) = monitor {
+                c.monitor_ms = m;
+            }
+            if let Some(x) = ratio {
+                c.max_failure_ratio = x;
+            }
+            if let Some(o) = order {
+                c.order = opts::parse_update_order(which, o).map_err(bad)? as i32;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Flags `service create` and `service update` share (same names as Docker's).
 #[derive(Debug, Args, Default)]
 pub struct CommonArgs {
@@ -240,6 +347,8 @@ pub struct CommonArgs {
     pub read_only: Option<bool>,
     #[command(flatten)]
     pub health: HealthArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,
@@ -359,6 +468,9 @@ pub struct UpdateArgs {
     /// Force update even if no changes require it
     #[arg(long)]
     pub force: bool,
+    /// Rollback to previous specification (done by the managers; other flags are ignored)
+    #[arg(long)]
+    pub rollback: bool,
     #[command(flatten)]
     pub common: CommonArgs,
     #[arg(value_name = "SERVICE")]
@@ -454,6 +566,7 @@ fn apply_common(spec: &mut ServiceSpec, a: &CommonArgs) -> Result<()> {
     if let Some(w) = a.restart_window {
         restart(spec).window_ms = w;
     }
+    a.policy.apply(spec)?;
     if let Some(m) = &a.endpoint_mode {
         endpoint(spec).mode = opts::parse_endpoint_mode(m).map_err(bad)? as i32;
     }

@@ -158,6 +158,7 @@ impl State {
                     desired_state: TaskState::Running as i32,
                     endpoint: None,
                     networks: Vec::new(),
+                    started_at: 0,
                 });
             }
         }
@@ -310,6 +311,8 @@ impl Control for Fake {
                 ..Default::default()
             }),
             spec_version: 1,
+            update_status: None,
+            previous_spec_version: 0,
         };
         s.services.push(svc.clone());
         let idx = s.services.len() - 1;
@@ -347,8 +350,25 @@ impl Control for Fake {
         if svc.meta.as_ref().map_or(0, |m| m.version) != r.service_version {
             return Err(Status::aborted("update out of sequence"));
         }
-        svc.previous_spec = svc.spec.take();
-        svc.spec = r.spec;
+        if r.rollback {
+            // The managers roll back with the spec they kept.
+            let Some(previous) = svc.previous_spec.take() else {
+                return Err(Status::failed_precondition(format!(
+                    "service {} does not have a previous spec",
+                    svc.id
+                )));
+            };
+            svc.spec = Some(previous);
+            svc.update_status = Some(UpdateStatus {
+                state: UpdateState::RollbackStarted as i32,
+                started_at: now_ms() - 125_000,
+                completed_at: 0,
+                message: "manually requested rollback".into(),
+            });
+        } else {
+            svc.previous_spec = svc.spec.take();
+            svc.spec = r.spec;
+        }
         svc.spec_version += 1;
         svc.meta.as_mut().unwrap().version += 1;
         let out = svc.clone();
@@ -879,6 +899,128 @@ fn service_commands() {
     assert_eq!(stdout(&o), "web\nagent\n");
     let o = a.run(&["service", "ls", "-q"]);
     assert_eq!(stdout(&o), "");
+}
+
+#[test]
+fn update_policy_flags_and_rollback() {
+    let a = Agent::start("policy");
+    let o = a.run(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "--update-parallelism",
+        "2",
+        "--update-delay",
+        "10s",
+        "--update-failure-action",
+        "rollback",
+        "--update-order",
+        "start-first",
+        "--update-max-failure-ratio",
+        "0.2",
+        "--rollback-monitor",
+        "20s",
+        "nginx:1.25",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = a.run(&["service", "inspect", "--pretty", "web"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains(
+            "UpdateConfig:\n Parallelism:\t2\n Delay:\t\t10s\n On failure:\trollback\n Monitoring Period: 5s\n Max failure ratio: 0.2\n Update order:      start-first\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "RollbackConfig:\n Parallelism:\t1\n On failure:\tpause\n Monitoring Period: 20s\n Max failure ratio: 0\n Rollback order:    stop-first\nContainerSpec:"
+        ),
+        "{out}"
+    );
+
+    // Bad input: Docker's errors, and nothing is written.
+    let before = a.fake.0.lock().unwrap().services.clone();
+    for (args, code, want) in [
+        (
+            vec!["--update-parallelism", "-1"],
+            125,
+            "strconv.ParseUint: parsing \"-1\": invalid syntax",
+        ),
+        (
+            vec!["--update-failure-action", "explode"],
+            1,
+            "unrecognized update failure action explode",
+        ),
+        (
+            vec!["--rollback-failure-action", "rollback"],
+            1,
+            "unrecognized rollback failure action rollback",
+        ),
+        (
+            vec!["--update-order", "sideways"],
+            1,
+            "unrecognized update order sideways",
+        ),
+        (
+            vec!["--update-max-failure-ratio", "lots"],
+            125,
+            "strconv.ParseFloat: parsing \"lots\": invalid syntax",
+        ),
+    ] {
+        let mut cmd = vec!["service", "update", "-d"];
+        cmd.extend(args.iter().copied());
+        cmd.push("web");
+        let o = a.run(&cmd);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+        assert_eq!(a.fake.0.lock().unwrap().services, before, "{args:?}");
+    }
+
+    // Nothing to roll back to yet: the managers' error.
+    let o = a.run(&["service", "rollback", "-d", "web"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("does not have a previous spec"),
+        "{}",
+        stderr(&o)
+    );
+    let o = a.run(&["service", "update", "-d", "--image", "nginx:1.26", "web"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // `update --rollback` is done by the managers; other flags are not applied.
+    let o = a.run(&[
+        "service",
+        "update",
+        "-d",
+        "--rollback",
+        "--update-parallelism",
+        "3",
+        "web",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "web\n");
+    let o = a.run(&["service", "inspect", "--pretty", "web"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("ContainerSpec:\n Image:\t\tnginx:1.25"),
+        "{out}"
+    );
+    assert!(out.contains(" Parallelism:\t2\n"), "{out}");
+    assert!(
+        out.contains(
+            "UpdateStatus:\n State:\t\trollback_started\n Started:\t2 minutes ago\n Message:\tmanually requested rollback\nPlacement:"
+        ),
+        "{out}"
+    );
+    let o = a.run(&["service", "rollback", "-d", "web"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a rollback leaves no previous spec"
+    );
 }
 
 #[test]

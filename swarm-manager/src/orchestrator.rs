@@ -1,7 +1,9 @@
 //! Orchestrators (leader only): they turn services into tasks.
 //!
 //! - [`replicated::ReplicatedOrchestrator`]: `replicas` slots per replicated service, scale up
-//!   and down, replace tasks of an old spec (rolling update) and tasks of unusable nodes.
+//!   and down, replace tasks of unusable nodes.
+//! - [`update::UpdateOrchestrator`]: rolling updates and rollbacks of replicated and global
+//!   services with the service's update policy, `UpdateStatus`, the failure action.
 //! - [`global::GlobalOrchestrator`]: one task per eligible node for global services.
 //! - [`restart::RestartSupervisor`]: applies the restart policy to tasks that ended while
 //!   still wanted, and starts delayed replacements when their restart delay has passed.
@@ -30,6 +32,7 @@ pub mod replicated;
 pub mod restart;
 pub mod task;
 pub mod taskreaper;
+pub mod update;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -4,15 +4,16 @@ use proto::service_spec::Mode;
 use proto::{
     CreateServiceRequest, GetServiceRequest, ListServicesRequest, ListServicesResponse, PortConfig,
     PortProtocol, PublishMode, RemoveServiceRequest, RemoveServiceResponse, Service, ServiceSpec,
-    TaskState, UpdateServiceRequest,
+    TaskState, UpdateServiceRequest, UpdateState, UpdateStatus,
 };
-use swarm_common::id::new_id;
+use swarm_common::{clock::now_ms, id::new_id};
 use tonic::Status;
 
 use super::linearize;
 use super::lookup::{find_network, find_service};
 use super::validate::{apply_service_defaults, generated_name, validate_service_spec};
 use crate::api::{propose_status, store_status};
+use crate::orchestrator::task::{fresh_spec_version, restored_spec_version};
 use crate::store::{Kind, Object, Op, ProposeError, State, Store, StoreError};
 
 /// Unconditional updates (version 0) re-read and retry this often when another writer
@@ -207,6 +208,8 @@ pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<S
             previous_spec: None,
             endpoint: None,
             spec_version: 1,
+            update_status: None,
+            previous_spec_version: 0,
         }
     };
     tracing::info!(service = %service.id, name = %service.name(), "creating service");
@@ -243,6 +246,22 @@ fn version_mismatch(kind: Kind, id: &str, expected: u64, actual: u64) -> Status 
     })
 }
 
+/// An update stopped by its failure action: the next `service update` resumes it.
+fn is_paused(s: &Service) -> bool {
+    s.update_status
+        .as_ref()
+        .is_some_and(|u| matches!(u.state(), UpdateState::Paused | UpdateState::RollbackPaused))
+}
+
+fn update_status(state: UpdateState, message: &str) -> UpdateStatus {
+    UpdateStatus {
+        state: state as i32,
+        started_at: now_ms(),
+        completed_at: 0,
+        message: message.into(),
+    }
+}
+
 /// The service after applying the update, or None when nothing changes.
 fn updated_service(
     st: &State,
@@ -251,14 +270,7 @@ fn updated_service(
     mut spec: ServiceSpec,
 ) -> Result<(Service, Option<Service>), Status> {
     let current = find_service(st, reference)?;
-    if version != 0 && current.meta.as_ref().map_or(0, |m| m.version) != version {
-        return Err(version_mismatch(
-            Kind::Service,
-            &current.id,
-            version,
-            current.meta.as_ref().map_or(0, |m| m.version),
-        ));
-    }
+    check_version(current, version)?;
     let old = current.spec.clone().unwrap_or_default();
     if spec.name.is_empty() {
         spec.name = old.name.clone();
@@ -283,32 +295,88 @@ fn updated_service(
     check_manager_ports(st, &spec)?;
     check_port_conflicts(st, &spec, Some(&current.id))?;
     check_ingress_present(st, &spec)?;
-    if spec == old {
+    if spec == old && !is_paused(current) {
         return Ok((current.clone(), None));
     }
     let mut next = current.clone();
     // Tasks are replaced only when what they run (or how they are reached) changes:
     // scaling or relabelling the service keeps them.
     if spec.task != old.task || spec.endpoint != old.endpoint {
-        next.spec_version = current.spec_version + 1;
+        next.spec_version = fresh_spec_version(st, current);
+        next.update_status = Some(update_status(UpdateState::Updating, "update in progress"));
+    } else if is_paused(current) {
+        // SwarmKit: any update of a paused service starts the update again.
+        next.update_status = Some(update_status(UpdateState::Updating, "update in progress"));
     }
-    next.previous_spec = Some(old);
+    if spec != old {
+        next.previous_spec = Some(old);
+        next.previous_spec_version = current.spec_version;
+    }
     next.spec = Some(spec);
     Ok((current.clone(), Some(next)))
 }
 
+fn check_version(current: &Service, version: u64) -> Result<(), Status> {
+    let actual = current.meta.as_ref().map_or(0, |m| m.version);
+    if version != 0 && actual != version {
+        return Err(version_mismatch(
+            Kind::Service,
+            &current.id,
+            version,
+            actual,
+        ));
+    }
+    Ok(())
+}
+
+/// The service rolled back to its previous spec by the managers (`service rollback`,
+/// `service update --rollback`): the previous spec and its version come back, the
+/// rollback policy applies, and there is no previous spec afterwards (SwarmKit's rule).
+fn rolled_back_service(st: &State, reference: &str, version: u64) -> Result<Service, Status> {
+    let current = find_service(st, reference)?;
+    check_version(current, version)?;
+    let Some(previous) = current.previous_spec.clone() else {
+        return Err(Status::failed_precondition(format!(
+            "service {} does not have a previous spec",
+            current.id
+        )));
+    };
+    let mut next = current.clone();
+    next.spec_version = restored_spec_version(st, current, &previous);
+    next.previous_spec = None;
+    next.previous_spec_version = current.spec_version;
+    next.spec = Some(previous);
+    next.update_status = Some(update_status(
+        UpdateState::RollbackStarted,
+        "manually requested rollback",
+    ));
+    Ok(next)
+}
+
 pub(super) async fn update(store: &Store, req: UpdateServiceRequest) -> Result<Service, Status> {
-    let spec = req.spec.ok_or_else(|| {
-        Status::invalid_argument(
-            "UpdateService needs the full new service spec (read the service, change it, send it back)",
-        )
-    })?;
+    let spec = match (req.rollback, req.spec) {
+        (true, _) => None,
+        (false, Some(spec)) => Some(spec),
+        (false, None) => {
+            return Err(Status::invalid_argument(
+                "UpdateService needs the full new service spec (read the service, change it, send it back)",
+            ))
+        }
+    };
     let mut attempt = 0;
     loop {
         attempt += 1;
         let (current, next) = {
             let st = store.read();
-            updated_service(&st, &req.service_id, req.service_version, spec.clone())?
+            match &spec {
+                Some(spec) => {
+                    updated_service(&st, &req.service_id, req.service_version, spec.clone())?
+                }
+                None => {
+                    let next = rolled_back_service(&st, &req.service_id, req.service_version)?;
+                    (next.clone(), Some(next))
+                }
+            }
         };
         let Some(next) = next else {
             return Ok(current);
@@ -316,6 +384,7 @@ pub(super) async fn update(store: &Store, req: UpdateServiceRequest) -> Result<S
         tracing::info!(
             service = %next.id,
             spec_version = next.spec_version,
+            rollback = req.rollback,
             "updating service"
         );
         match store

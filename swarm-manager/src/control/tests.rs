@@ -59,6 +59,7 @@ async fn update(
         service_id: id.into(),
         service_version: version,
         spec: Some(s),
+        rollback: false,
     }))
     .await
     .map(|r| r.into_inner())
@@ -1426,4 +1427,179 @@ async fn certificates_decide_over_tls() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
+}
+
+// ---------------------------------------------------------------- update policy, rollback
+
+async fn rollback(api: &ControlApi, id: &str) -> Result<Service, Status> {
+    api.update_service(local(UpdateServiceRequest {
+        service_id: id.into(),
+        service_version: 0,
+        spec: None,
+        rollback: true,
+    }))
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// The service's spec with another image.
+fn with_image(s: &Service, image: &str) -> ServiceSpec {
+    let mut spec = s.spec.clone().unwrap();
+    spec.task
+        .as_mut()
+        .unwrap()
+        .container
+        .as_mut()
+        .unwrap()
+        .image = image.into();
+    spec
+}
+
+#[tokio::test]
+async fn update_policies_get_docker_defaults_and_bad_ones_are_refused() {
+    let (api, store) = api();
+    let s = create(&api, spec("web", "nginx")).await.unwrap();
+    let d = UpdateConfig::docker_default();
+    assert_eq!(d.parallelism, 1);
+    assert_eq!(d.monitor_ms, 5_000);
+    assert_eq!(s.spec.as_ref().unwrap().update, Some(d));
+    assert_eq!(s.spec.as_ref().unwrap().rollback, Some(d));
+
+    let with = |update: Option<UpdateConfig>, rollback: Option<UpdateConfig>| {
+        let mut s = spec("bad", "nginx");
+        s.update = update;
+        s.rollback = rollback;
+        s
+    };
+    let cfg = |f: fn(&mut UpdateConfig)| {
+        let mut c = UpdateConfig::docker_default();
+        f(&mut c);
+        Some(c)
+    };
+    let cases = vec![
+        (
+            with(cfg(|c| c.delay_ms = -1), None),
+            "TaskSpec: update-delay cannot be negative",
+        ),
+        (
+            with(cfg(|c| c.monitor_ms = -1), None),
+            "TaskSpec: update-monitor cannot be negative",
+        ),
+        (
+            with(cfg(|c| c.max_failure_ratio = 1.5), None),
+            "TaskSpec: update-maxfailureratio cannot be less than 0 or bigger than 1",
+        ),
+        (
+            with(None, cfg(|c| c.max_failure_ratio = -0.1)),
+            "TaskSpec: rollback-maxfailureratio cannot be less than 0 or bigger than 1",
+        ),
+        (
+            with(
+                None,
+                cfg(|c| c.failure_action = UpdateFailureAction::Rollback as i32),
+            ),
+            "unrecognized rollback failure action rollback",
+        ),
+        (
+            with(cfg(|c| c.failure_action = 9), None),
+            "unrecognized update failure action 9",
+        ),
+        (
+            with(cfg(|c| c.order = 9), None),
+            "unrecognized update order 9",
+        ),
+    ];
+    for (bad, want) in cases {
+        let e = create(&api, bad.clone()).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{want}");
+        assert!(e.message().contains(want), "{} / {want}", e.message());
+        // The same policy on an update of an existing service changes nothing.
+        let before = get(&api, "web").await.unwrap();
+        let mut upd = before.spec.clone().unwrap();
+        upd.update = bad.update;
+        upd.rollback = bad.rollback;
+        let e = update(&api, &before.id, version(&before), upd)
+            .await
+            .unwrap_err();
+        assert!(e.message().contains(want), "{} / {want}", e.message());
+        assert_eq!(get(&api, "web").await.unwrap(), before);
+    }
+    assert_eq!(store.read().services().count(), 1);
+}
+
+#[tokio::test]
+async fn an_update_starts_an_update_status_and_a_rollback_restores_the_previous_spec() {
+    let (api, _) = api();
+    let s = create(&api, spec("web", "nginx:1")).await.unwrap();
+    assert!(s.update_status.is_none());
+
+    // Nothing to roll back to yet: Docker's error, nothing changes.
+    let e = rollback(&api, "web").await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(
+        e.message(),
+        format!("service {} does not have a previous spec", s.id)
+    );
+    assert_eq!(get(&api, "web").await.unwrap(), s);
+
+    let next = with_image(&s, "nginx:2");
+    let u = update(&api, &s.id, version(&s), next).await.unwrap();
+    assert_eq!(u.spec_version, 2);
+    assert_eq!(u.previous_spec_version, 1);
+    let st = u.update_status.clone().unwrap();
+    assert_eq!(st.state(), UpdateState::Updating);
+    assert_eq!(st.message, "update in progress");
+    assert!(st.started_at > 0);
+
+    let r = rollback(&api, "web").await.unwrap();
+    assert_eq!(r.image(), "nginx:1");
+    assert_eq!(r.spec_version, 1, "tasks of the restored spec are kept");
+    assert!(r.previous_spec.is_none());
+    let st = r.update_status.clone().unwrap();
+    assert_eq!(st.state(), UpdateState::RollbackStarted);
+    assert_eq!(st.message, "manually requested rollback");
+    // SwarmKit keeps no spec to roll back to after a rollback.
+    let e = rollback(&api, "web").await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    // The next update gets a version no task has had.
+    let again = with_image(&r, "nginx:3");
+    let a = update(&api, &r.id, version(&r), again).await.unwrap();
+    assert_eq!(a.spec_version, 3);
+}
+
+#[tokio::test]
+async fn a_paused_update_resumes_with_the_next_update() {
+    let (api, store) = api();
+    let s = create(&api, spec("web", "nginx:1")).await.unwrap();
+    let next = with_image(&s, "nginx:2");
+    let u = update(&api, &s.id, version(&s), next.clone())
+        .await
+        .unwrap();
+    // The update orchestrator paused it.
+    let mut paused = u.clone();
+    paused.update_status = Some(UpdateStatus {
+        state: UpdateState::Paused as i32,
+        started_at: 5,
+        completed_at: 0,
+        message: "update paused due to failure or early termination of task x".into(),
+    });
+    store
+        .write(vec![Op::Update {
+            object: Object::Service(paused),
+            check_version: true,
+        }])
+        .await
+        .unwrap();
+    let p = get(&api, "web").await.unwrap();
+    // `service update web` with no change.
+    let r = update(&api, &p.id, version(&p), next).await.unwrap();
+    let st = r.update_status.unwrap();
+    assert_eq!(st.state(), UpdateState::Updating);
+    assert_eq!(st.message, "update in progress");
+    assert!(st.started_at > 5);
+    assert_eq!(
+        r.spec_version, u.spec_version,
+        "the same spec: tasks already updated stay"
+    );
 }

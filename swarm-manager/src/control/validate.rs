@@ -62,6 +62,12 @@ pub(super) fn apply_service_defaults(spec: &mut ServiceSpec) {
     if spec.endpoint.is_none() {
         spec.endpoint = Some(Default::default());
     }
+    if spec.update.is_none() {
+        spec.update = Some(proto::UpdateConfig::docker_default());
+    }
+    if spec.rollback.is_none() {
+        spec.rollback = Some(proto::UpdateConfig::docker_default());
+    }
     let task = spec.task.get_or_insert_with(Default::default);
     if task.restart.is_none() {
         task.restart = Some(RestartPolicy {
@@ -169,6 +175,47 @@ fn validate_resources(what: &str, r: Option<&Resources>) -> Result<(), Status> {
 }
 
 /// Everything in a service spec that can be checked without the store.
+/// SwarmKit's checks of an update (or rollback) policy, with its messages.
+fn validate_update_config(which: &str, u: &proto::UpdateConfig) -> Result<(), Status> {
+    use proto::{UpdateFailureAction, UpdateOrder};
+    match UpdateFailureAction::try_from(u.failure_action) {
+        Ok(UpdateFailureAction::Rollback) if which == "rollback" => {
+            return Err(invalid(
+                "unrecognized rollback failure action rollback; a rollback can pause or continue on failure",
+            ))
+        }
+        Ok(_) => {}
+        Err(_) => {
+            return Err(invalid(format!(
+                "unrecognized {which} failure action {}; use pause, continue or rollback",
+                u.failure_action
+            )))
+        }
+    }
+    if UpdateOrder::try_from(u.order).is_err() {
+        return Err(invalid(format!(
+            "unrecognized {which} order {}; use stop-first or start-first",
+            u.order
+        )));
+    }
+    if u.delay_ms < 0 {
+        return Err(invalid(format!(
+            "TaskSpec: {which}-delay cannot be negative"
+        )));
+    }
+    if u.monitor_ms < 0 {
+        return Err(invalid(format!(
+            "TaskSpec: {which}-monitor cannot be negative"
+        )));
+    }
+    if !(0.0..=1.0).contains(&u.max_failure_ratio) {
+        return Err(invalid(format!(
+            "TaskSpec: {which}-maxfailureratio cannot be less than 0 or bigger than 1"
+        )));
+    }
+    Ok(())
+}
+
 pub(super) fn validate_service_spec(spec: &ServiceSpec) -> Result<(), Status> {
     validate_name("service", &spec.name)?;
     let task = spec.task.as_ref();
@@ -185,6 +232,12 @@ pub(super) fn validate_service_spec(spec: &ServiceSpec) -> Result<(), Status> {
     validate_mounts(&container.mounts)?;
     if let Some(h) = &container.healthcheck {
         validate_healthcheck(h)?;
+    }
+    if let Some(u) = &spec.update {
+        validate_update_config("update", u)?;
+    }
+    if let Some(r) = &spec.rollback {
+        validate_update_config("rollback", r)?;
     }
     let task = task.cloned().unwrap_or_default();
     if let Some(r) = &task.restart {

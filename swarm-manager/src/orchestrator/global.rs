@@ -6,8 +6,8 @@
 //!   the node (slot 0) — unless the node is paused (`pause`: no new tasks);
 //! - several active tasks on a node: keep the best, shut down the others;
 //! - node no longer eligible (or removed): shut down the service's tasks there;
-//! - tasks of an old spec: replace them on the same node, [`UPDATE_PARALLELISM`] at a time,
-//!   the next one after the previous replacement runs (not on paused nodes).
+//! - tasks of an old spec are the update orchestrator's (`update.rs`); a node in the middle of
+//!   a start-first replacement is not a duplicate.
 //!
 //! Dead tasks (ended while still wanted) belong to the restart supervisor.
 
@@ -17,10 +17,7 @@ use std::time::Duration;
 use proto::{NodeAvailability, NodeState, Service, Task, TaskState};
 
 use super::reconciler::{run_reconciler, Plan};
-use super::task::{
-    in_flight, is_active, is_dead, is_running, new_task, pick_kept, retire_op, shutdown_op,
-    UPDATE_PARALLELISM,
-};
+use super::task::{is_active, new_task, pick_kept, shutdown_op, start_first_pending};
 use crate::scheduler::constraint::{node_matches, parse_constraints};
 use crate::store::{Object, Op, State, Store};
 
@@ -80,8 +77,6 @@ fn reconcile_service(state: &State, svc: &Service, now_ms: i64, plan: &mut Plan)
         }
     }
 
-    let mut busy = 0usize;
-    let mut dirty: Vec<&Task> = Vec::new();
     for node in state.nodes() {
         let tasks = by_node.remove(node.id.as_str()).unwrap_or_default();
         let availability = node.availability();
@@ -95,47 +90,23 @@ fn reconcile_service(state: &State, svc: &Service, now_ms: i64, plan: &mut Plan)
             continue;
         }
         let paused = availability == NodeAvailability::Pause;
+        if start_first_pending(&tasks, version) {
+            continue;
+        }
         let Some(kept) = pick_kept(&tasks, version) else {
             if !paused {
                 let t = new_task(svc, 0, &node.id, TaskState::Running, now_ms);
                 plan.ops.push(Op::Create(Object::Task(t)));
-                busy += 1;
             }
             continue;
         };
         for t in tasks.iter().filter(|t| t.id != kept.id) {
             plan.ops.push(shutdown_op(t));
         }
-        if is_dead(kept) {
-            // The restart supervisor replaces it on this node.
-            if in_flight(kept, version) {
-                busy += 1;
-            }
-            continue;
-        }
-        if kept.spec_version != version {
-            if !paused {
-                dirty.push(kept);
-            }
-        } else if in_flight(kept, version) {
-            busy += 1;
-        }
     }
     // Tasks on nodes that were removed from the store.
     for t in by_node.into_values().flatten() {
         plan.ops.push(shutdown_op(t));
-    }
-
-    if !dirty.is_empty() {
-        dirty.sort_by(|a, b| (is_running(a), &a.node_id).cmp(&(is_running(b), &b.node_id)));
-        for old in dirty
-            .into_iter()
-            .take(UPDATE_PARALLELISM.saturating_sub(busy))
-        {
-            let new = new_task(svc, 0, &old.node_id, TaskState::Running, now_ms);
-            plan.groups
-                .push(vec![retire_op(old), Op::Create(Object::Task(new))]);
-        }
     }
 }
 
@@ -152,6 +123,15 @@ mod tests {
         let n = plan.ops.len() + plan.groups.len();
         apply(store, plan).await;
         n
+    }
+
+    /// A round of this orchestrator and of the update orchestrator.
+    async fn with_updates(store: &Store) -> usize {
+        let n = round(store).await;
+        let plan = crate::orchestrator::update::reconcile(&store.read(), 1_000);
+        let m = plan.ops.len() + plan.groups.len();
+        apply(store, plan).await;
+        n + m
     }
 
     fn nodes_of(store: &Store, svc: &str) -> Vec<String> {
@@ -292,7 +272,7 @@ mod tests {
             }])
             .await
             .unwrap();
-        round(&store).await;
+        with_updates(&store).await;
         let first: Vec<Task> = active(&store.read(), "g")
             .into_iter()
             .filter(|t| t.spec_version == 2)
@@ -300,12 +280,16 @@ mod tests {
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].node_id, "a", "same node");
         assert_eq!(store.read().task("ta").unwrap().desired(), Shutdown);
-        assert_eq!(round(&store).await, 0, "waits for the replacement to run");
+        assert_eq!(
+            with_updates(&store).await,
+            0,
+            "waits for the replacement to run"
+        );
         store
             .write(vec![set_status(&first[0].id, Running, 0)])
             .await
             .unwrap();
-        round(&store).await;
+        with_updates(&store).await;
         assert_eq!(store.read().task("tb").unwrap().desired(), Shutdown);
         assert!(active(&store.read(), "g")
             .iter()

@@ -9,10 +9,9 @@
 //! 3. too few: create tasks in the lowest free slot numbers;
 //! 4. a task on a node that is gone, DOWN or drained is replaced in its slot (the scheduler
 //!    places the replacement elsewhere);
-//! 5. tasks of an old spec are replaced, [`UPDATE_PARALLELISM`] slots at a time: the next
-//!    slot waits until the replacement of the previous one runs (stop-first: the old task is
-//!    told to stop in the same batch that creates the new one).
 //!
+//! Tasks of an old spec are the update orchestrator's (`update.rs`); a slot in the middle of
+//! a start-first replacement (old task running, new one starting) is not a duplicate.
 //! Dead tasks (ended while still wanted) belong to the restart supervisor and are left alone.
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -22,8 +21,8 @@ use proto::{Service, Task, TaskState};
 
 use super::reconciler::{run_reconciler, Plan};
 use super::task::{
-    in_flight, is_active, is_dead, is_running, new_task, node_unusable, pick_kept, retire_op,
-    shutdown_op, UPDATE_PARALLELISM,
+    is_active, is_dead, is_running, new_task, node_unusable, pick_kept, retire_op, shutdown_op,
+    start_first_pending,
 };
 use crate::store::{Object, Op, State, Store};
 
@@ -71,6 +70,12 @@ fn reconcile_service(state: &State, svc: &Service, now_ms: i64, plan: &mut Plan)
     }
     let mut kept: BTreeMap<u64, &Task> = BTreeMap::new();
     for (slot, tasks) in &slots {
+        if start_first_pending(tasks, version) {
+            if let Some(old) = tasks.iter().find(|t| t.spec_version != version) {
+                kept.insert(*slot, old);
+            }
+            continue;
+        }
         let Some(k) = pick_kept(tasks, version) else {
             continue;
         };
@@ -81,7 +86,6 @@ fn reconcile_service(state: &State, svc: &Service, now_ms: i64, plan: &mut Plan)
     }
 
     // Scale.
-    let mut created = 0usize;
     if kept.len() > want {
         for slot in choose_surplus(&kept, kept.len() - want) {
             if let Some(t) = kept.remove(&slot) {
@@ -96,42 +100,19 @@ fn reconcile_service(state: &State, svc: &Service, now_ms: i64, plan: &mut Plan)
                 let t = new_task(svc, slot, "", TaskState::Running, now_ms);
                 plan.ops.push(Op::Create(Object::Task(t)));
                 missing -= 1;
-                created += 1;
             }
             slot += 1;
         }
     }
 
-    // Unusable nodes, then rolling update.
-    let mut busy = created;
-    let mut dirty: Vec<&Task> = Vec::new();
+    // Unusable nodes.
     for t in kept.values() {
         if is_dead(t) {
             // The restart supervisor replaces it (with the current spec).
-            if in_flight(t, version) {
-                busy += 1;
-            }
             continue;
         }
         let wanted = t.desired_state <= TaskState::Running as i32;
         if wanted && !t.node_id.is_empty() && node_unusable(state, &t.node_id) {
-            replace(svc, t, now_ms, plan);
-            busy += 1;
-            continue;
-        }
-        if t.spec_version != version {
-            dirty.push(t);
-        } else if in_flight(t, version) {
-            busy += 1;
-        }
-    }
-    if !dirty.is_empty() {
-        // Cheapest first: tasks that do not run yet, then the lowest slots.
-        dirty.sort_by_key(|t| (is_running(t), t.slot));
-        for t in dirty
-            .into_iter()
-            .take(UPDATE_PARALLELISM.saturating_sub(busy))
-        {
             replace(svc, t, now_ms, plan);
         }
     }
@@ -363,57 +344,6 @@ mod tests {
         for t in &act[1..] {
             assert!(t.node_id.is_empty(), "the scheduler places replacements");
             assert_eq!(t.state(), New);
-        }
-    }
-
-    #[tokio::test]
-    async fn rolling_update_replaces_one_slot_at_a_time() {
-        let store = Store::memory();
-        use TaskState::*;
-        put(
-            &store,
-            vec![
-                replicated("s", 3).into(),
-                node("a", NodeState::Ready).into(),
-                task("t1", "s", 1, "a", Running, Running).into(),
-                task("t2", "s", 2, "a", Running, Running).into(),
-                task("t3", "s", 3, "a", Running, Running).into(),
-            ],
-        )
-        .await;
-        let mut svc = store.read().service("s").unwrap().clone();
-        svc.spec_version = 2;
-        store
-            .write(vec![Op::Update {
-                object: svc.into(),
-                check_version: true,
-            }])
-            .await
-            .unwrap();
-
-        let mut replaced = Vec::new();
-        for _ in 0..3 {
-            round(&store).await;
-            let new: Vec<Task> = active(&store.read(), "s")
-                .into_iter()
-                .filter(|t| t.spec_version == 2 && t.state() == New)
-                .collect();
-            assert_eq!(new.len(), 1, "one replacement at a time");
-            replaced.push(new[0].slot);
-            let id = new[0].id.clone();
-            // Nothing more while the replacement does not run.
-            assert_eq!(round(&store).await, 0);
-            store
-                .write(vec![set_status(&id, Running, 0)])
-                .await
-                .unwrap();
-        }
-        replaced.sort();
-        assert_eq!(replaced, vec![1, 2, 3]);
-        let st = store.read();
-        assert!(active(&st, "s").iter().all(|t| t.spec_version == 2));
-        for id in ["t1", "t2", "t3"] {
-            assert_eq!(st.task(id).unwrap().desired(), Shutdown);
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use proto::{NodeAvailability, NodeState, Service, Task, TaskState, TaskStatus};
+use proto::{NodeAvailability, NodeState, Service, ServiceSpec, Task, TaskState, TaskStatus};
 
 use swarm_common::id::new_id;
 
@@ -37,6 +37,7 @@ pub fn new_task(
         desired_state: desired as i32,
         endpoint: service.endpoint.clone(),
         networks: Vec::new(),
+        started_at: 0,
     }
 }
 
@@ -135,16 +136,56 @@ pub fn pick_kept<'a>(tasks: &[&'a Task], spec_version: u64) -> Option<&'a Task> 
     })
 }
 
-/// Tally for rolling updates: a slot is *in flight* when its task is of the current spec,
-/// still wanted, and not (yet, or no longer) RUNNING. Old-spec tasks are replaced only while
-/// fewer than `parallelism` slots are in flight, so the next replacement waits until the
-/// previous one runs.
+/// A slot is *in flight* when its task is of the current spec, still wanted, and not (yet,
+/// or no longer) RUNNING.
 pub fn in_flight(t: &Task, spec_version: u64) -> bool {
     t.spec_version == spec_version && t.desired_state <= TaskState::Running as i32 && !is_running(t)
 }
 
-/// Tasks replaced per round during a rolling update (SwarmKit's default parallelism).
-pub const UPDATE_PARALLELISM: usize = 1;
+/// A start-first replacement under way: the slot holds its old task(s), still wanted, and a
+/// task of the current spec that is wanted and not running yet. The update orchestrator
+/// shuts the old one down once the new one runs; until then both stay.
+pub fn start_first_pending(tasks: &[&Task], spec_version: u64) -> bool {
+    let (new, old): (Vec<&Task>, Vec<&Task>) = tasks
+        .iter()
+        .copied()
+        .partition(|t| t.spec_version == spec_version);
+    new.len() == 1
+        && !old.is_empty()
+        && in_flight(new[0], spec_version)
+        && !new[0].state().is_terminal()
+        && old
+            .iter()
+            .all(|t| t.desired_state <= TaskState::Running as i32)
+}
+
+/// A spec version no task of the service carries: one more than any the service or its tasks
+/// ever had (a rollback moves `spec_version` back, so "current + 1" may be taken).
+pub fn fresh_spec_version(state: &State, svc: &Service) -> u64 {
+    state
+        .tasks_of_service(&svc.id)
+        .map(|t| t.spec_version)
+        .chain([svc.spec_version, svc.previous_spec_version])
+        .max()
+        .unwrap_or(0)
+        + 1
+}
+
+/// The spec version a rollback to `previous` gives the service: the version the previous
+/// spec had (its tasks that still run are kept), the current one when the tasks do not
+/// change, a fresh one when the previous version is unknown.
+pub fn restored_spec_version(state: &State, svc: &Service, previous: &ServiceSpec) -> u64 {
+    let cur = svc.spec.as_ref();
+    if previous.task == cur.and_then(|c| c.task.clone())
+        && previous.endpoint == cur.and_then(|c| c.endpoint.clone())
+    {
+        svc.spec_version
+    } else if svc.previous_spec_version != 0 {
+        svc.previous_spec_version
+    } else {
+        fresh_spec_version(state, svc)
+    }
+}
 
 #[cfg(test)]
 mod tests {

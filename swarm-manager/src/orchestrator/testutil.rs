@@ -83,6 +83,7 @@ pub fn task(
         desired_state: desired as i32,
         endpoint: None,
         networks: Vec::new(),
+        started_at: 0,
     }
 }
 

@@ -333,6 +333,9 @@ impl State {
                     if status.timestamp == 0 {
                         status.timestamp = now;
                     }
+                    if status.state == TaskState::Running as i32 && t.started_at == 0 {
+                        t.started_at = status.timestamp;
+                    }
                     t.status = Some(status);
                     Ok(true)
                 })
