@@ -9,12 +9,18 @@
 //!
 //! On a terminal the block is redrawn in place; otherwise a line is printed only when its
 //! text changed. The counting rules follow the Docker CLI's progress updaters.
+//!
+//! Updates and rollbacks are followed through the service's `UpdateStatus`: a rollback
+//! started by the managers prints their message (`rollback: manually requested rollback`,
+//! `rollback: update rolled back due to failure or early termination of task …`), the
+//! overall line becomes `rolling back update: N out of M tasks`, and a paused update or
+//! rollback ends the wait with Docker's error. See [`StatusWatch`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use proto::{ListTasksRequest, NodeState, Service, Task, TaskState, UpdateState};
+use proto::{ListTasksRequest, NodeState, Service, Task, TaskState, UpdateState, UpdateStatus};
 
 use crate::client::Client;
 use crate::error::{CliError, Result};
@@ -115,10 +121,15 @@ fn task_line(id: String, task: &Task) -> Option<Line> {
     None
 }
 
-fn overall(running: u64, total: u64) -> Line {
+fn overall(running: u64, total: u64, rollback: bool) -> Line {
+    let prefix = if rollback {
+        "rolling back update: "
+    } else {
+        ""
+    };
     Line::text(
         "overall progress",
-        format!("{running} out of {total} tasks"),
+        format!("{prefix}{running} out of {total} tasks"),
     )
 }
 
@@ -141,6 +152,8 @@ pub struct Updater {
     initialized: bool,
     done: bool,
     slot_map: HashMap<u64, u64>,
+    /// The managers are rolling the service back (set from [`StatusWatch::rollback`]).
+    pub rollback: bool,
 }
 
 impl Updater {
@@ -174,7 +187,7 @@ impl Updater {
         out: &mut Vec<Line>,
     ) -> bool {
         if !self.initialized {
-            out.push(overall(0, replicas));
+            out.push(overall(0, replicas, self.rollback));
             if replicas <= MAX_PROGRESS_BARS {
                 for i in 1..=replicas {
                     out.push(Line::text(format!("{i}/{replicas}"), " "));
@@ -209,7 +222,7 @@ impl Updater {
             }
         }
         if !self.done {
-            out.push(overall(running, replicas));
+            out.push(overall(running, replicas, self.rollback));
             if running == replicas {
                 self.done = true;
             }
@@ -236,7 +249,7 @@ impl Updater {
                 out.push(Line::text("overall progress", "waiting for new tasks"));
                 return false;
             }
-            out.push(overall(0, node_count));
+            out.push(overall(0, node_count, self.rollback));
             self.initialized = true;
         }
         if self.done && by_node.values().any(|t| t.state() != TaskState::Running) {
@@ -257,12 +270,104 @@ impl Updater {
             }
         }
         if !self.done {
-            out.push(overall(running, node_count));
+            out.push(overall(running, node_count, self.rollback));
             if running == node_count {
                 self.done = true;
             }
         }
         running == node_count
+    }
+}
+
+/// What the waiting command asked for: it decides what a finished rollback means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `service create/update/scale`: a rollback by the managers means the change failed.
+    Change,
+    /// `service rollback`, `service update --rollback`: the rollback is the change.
+    Rollback,
+}
+
+/// Follows the service's `UpdateStatus` between polls (Docker's `ServiceProgress` switch).
+#[derive(Debug)]
+pub struct StatusWatch {
+    op: Operation,
+    /// An update was seen in progress during this wait. A scale or a label change leaves
+    /// the service's last `UpdateStatus` as it was: a rollback state met without it was
+    /// left by an earlier operation and is no failure of this one.
+    updating_seen: bool,
+    rollback: bool,
+    /// The managers' message when the rollback started.
+    rollback_message: String,
+}
+
+impl StatusWatch {
+    pub fn new(op: Operation) -> StatusWatch {
+        StatusWatch {
+            op,
+            updating_seen: false,
+            rollback: false,
+            rollback_message: String::new(),
+        }
+    }
+
+    /// The managers are rolling the service back: the overall line says so.
+    pub fn rollback(&self) -> bool {
+        self.rollback
+    }
+
+    /// Whether the rollback under way is the failure of the change this wait follows.
+    fn change_rolled_back(&self) -> bool {
+        self.op == Operation::Change && self.updating_seen && self.rollback
+    }
+
+    /// One poll of the service's status: the lines to print, or the error that ends the
+    /// wait. `converged` is the task count's verdict of the previous poll.
+    pub fn observe(
+        &mut self,
+        status: Option<&UpdateStatus>,
+        converged: bool,
+        out: &mut Vec<Line>,
+    ) -> std::result::Result<(), String> {
+        let Some(u) = status else {
+            return Ok(());
+        };
+        match u.state() {
+            UpdateState::Updating => {
+                self.updating_seen = true;
+                self.rollback = false;
+            }
+            UpdateState::Paused => return Err(format!("service update paused: {}", u.message)),
+            UpdateState::RollbackStarted => {
+                if !self.rollback && !u.message.is_empty() {
+                    out.push(Line::text("rollback", u.message.clone()));
+                    self.rollback_message = u.message.clone();
+                }
+                self.rollback = true;
+            }
+            UpdateState::RollbackPaused => {
+                return Err(format!("service rollback paused: {}", u.message));
+            }
+            UpdateState::RollbackCompleted => {
+                if self.updating_seen || self.op == Operation::Rollback {
+                    self.rollback = true;
+                }
+                if self.change_rolled_back() && !converged {
+                    return Err(format!("service rolled back: {}", u.message));
+                }
+            }
+            UpdateState::Completed | UpdateState::Unknown => {}
+        }
+        Ok(())
+    }
+
+    /// The outcome once the tasks stayed converged for the monitor period: a change the
+    /// managers rolled back fails with their message.
+    pub fn finish(&self) -> std::result::Result<(), String> {
+        if self.change_rolled_back() {
+            return Err(format!("service rolled back: {}", self.rollback_message));
+        }
+        Ok(())
     }
 }
 
@@ -387,9 +492,15 @@ fn monitor_period() -> Duration {
 }
 
 /// Polls until the service converges (every task of its current spec running for the
-/// monitor period), drawing progress unless `quiet`. Like Docker it waits indefinitely;
-/// Ctrl-C leaves the operation running in the background.
-pub async fn wait_converged(client: &Client, service_id: &str, quiet: bool) -> Result<()> {
+/// monitor period), drawing progress unless `quiet`, and following the update or rollback
+/// the managers run for `op`. Like Docker it waits indefinitely; Ctrl-C leaves the
+/// operation running in the background.
+pub async fn wait_converged(
+    client: &Client,
+    service_id: &str,
+    quiet: bool,
+    op: Operation,
+) -> Result<()> {
     let stdout = std::io::stdout();
     let tty = stdout.is_terminal();
     let width = if tty { terminal_width() } else { 200 };
@@ -401,38 +512,28 @@ pub async fn wait_converged(client: &Client, service_id: &str, quiet: bool) -> R
     let mut r = Renderer::new(sink, tty, width);
     let monitor = monitor_period();
     let mut updater: Option<Updater> = None;
+    let mut watch = StatusWatch::new(op);
     let mut converged = false;
     let mut converged_at: Option<Instant> = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         let service = client.service(service_id).await?;
-        // Docker's messages when the managers stop an update (the full display of updates
-        // and rollbacks is not done yet).
-        if let Some(u) = &service.update_status {
-            match u.state() {
-                UpdateState::Paused => {
-                    r.flush()?;
-                    return Err(CliError::msg(format!(
-                        "service update paused: {}",
-                        u.message
-                    )));
-                }
-                UpdateState::RollbackPaused => {
-                    r.flush()?;
-                    return Err(CliError::msg(format!(
-                        "service rollback paused: {}",
-                        u.message
-                    )));
-                }
-                _ => {}
-            }
+        let mut lines = Vec::new();
+        let seen = watch.observe(service.update_status.as_ref(), converged, &mut lines);
+        for l in lines {
+            r.write(l);
+        }
+        if let Err(e) = seen {
+            r.flush()?;
+            return Err(CliError::msg(e));
         }
         let up = updater.get_or_insert_with(|| Updater::new(&service));
+        up.rollback = watch.rollback();
         if converged && converged_at.is_some_and(|at| at.elapsed() >= monitor) {
             r.write(Line::text("verify", "Service converged"));
             r.flush()?;
-            return Ok(());
+            return watch.finish().map_err(CliError::msg);
         }
         let tasks: Vec<Task> = client
             .tasks(ListTasksRequest {
@@ -652,12 +753,12 @@ mod tests {
         let mut buf = Vec::new();
         {
             let mut r = Renderer::new(&mut buf, false, 200);
-            r.write(overall(0, 1));
+            r.write(overall(0, 1, false));
             r.write(Line::text("1/1", " "));
             r.flush().unwrap();
-            r.write(overall(0, 1));
+            r.write(overall(0, 1, false));
             r.flush().unwrap();
-            r.write(overall(1, 1));
+            r.write(overall(1, 1, false));
             r.write(Line::text("verify", "Service converged"));
             r.flush().unwrap();
         }
@@ -672,9 +773,9 @@ mod tests {
         let mut buf = Vec::new();
         {
             let mut r = Renderer::new(&mut buf, true, 80);
-            r.write(overall(0, 1));
+            r.write(overall(0, 1, false));
             r.flush().unwrap();
-            r.write(overall(1, 1));
+            r.write(overall(1, 1, false));
             r.flush().unwrap();
         }
         let s = String::from_utf8(buf).unwrap();
@@ -703,5 +804,209 @@ mod tests {
         assert!(!up_to_date(&svc, &t), "old image");
         t.spec_version = 3;
         assert!(up_to_date(&svc, &t), "created from the current version");
+    }
+
+    fn status(state: UpdateState, message: &str) -> UpdateStatus {
+        UpdateStatus {
+            state: state as i32,
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Drives the watch and the updater through polls of (status, tasks) as the wait loop
+    /// does, and returns the non-terminal output and how the wait ended (None: still going).
+    fn follow(
+        op: Operation,
+        polls: &[(UpdateStatus, Vec<Task>)],
+    ) -> (String, Option<std::result::Result<(), String>>) {
+        let svc = replicated(2);
+        let mut up = Updater::new(&svc);
+        let mut watch = StatusWatch::new(op);
+        let mut buf = Vec::new();
+        let mut ended = None;
+        {
+            let mut r = Renderer::new(&mut buf, false, 200);
+            let mut converged = false;
+            for (st, tasks) in polls {
+                let mut lines = Vec::new();
+                let seen = watch.observe(Some(st), converged, &mut lines);
+                lines.into_iter().for_each(|l| r.write(l));
+                if let Err(e) = seen {
+                    r.flush().unwrap();
+                    ended = Some(Err(e));
+                    break;
+                }
+                up.rollback = watch.rollback();
+                let mut lines = Vec::new();
+                converged = up.update(&svc, tasks, &nodes(&["n1"]), &mut lines);
+                lines.into_iter().for_each(|l| r.write(l));
+                r.flush().unwrap();
+            }
+            if ended.is_none() && converged {
+                r.write(Line::text("verify", "Service converged"));
+                r.flush().unwrap();
+                ended = Some(watch.finish());
+            }
+        }
+        (String::from_utf8(buf).unwrap(), ended)
+    }
+
+    const FAILED: &str = "update rolled back due to failure or early termination of task t1";
+
+    #[test]
+    fn automatic_rollback_of_an_update_is_followed_and_fails_it() {
+        use TaskState::*;
+        use UpdateState::*;
+        let polls = vec![
+            (
+                status(Updating, "update in progress"),
+                vec![task(1, "n1", Starting, Running)],
+            ),
+            (status(RollbackStarted, FAILED), vec![]),
+            (
+                status(RollbackStarted, FAILED),
+                vec![
+                    task(1, "n1", Running, Running),
+                    task(2, "n1", Preparing, Running),
+                ],
+            ),
+            (
+                status(RollbackCompleted, "rollback completed"),
+                vec![
+                    task(1, "n1", Running, Running),
+                    task(2, "n1", Running, Running),
+                ],
+            ),
+        ];
+        let (out, ended) = follow(Operation::Change, &polls);
+        assert_eq!(
+            out,
+            // Each poll prints the lines that changed, in the order the block first had them.
+            "overall progress: 0 out of 2 tasks\n\
+             1/2: starting\n\
+             overall progress: rolling back update: 0 out of 2 tasks\n\
+             rollback: update rolled back due to failure or early termination of task t1\n\
+             overall progress: rolling back update: 1 out of 2 tasks\n\
+             1/2: running\n\
+             2/2: preparing\n"
+        );
+        assert_eq!(
+            ended,
+            Some(Err("service rolled back: rollback completed".into())),
+            "the managers finished the rollback before the tasks were seen converged"
+        );
+
+        // Converged on the old spec before the managers wrote rollback_completed.
+        let mut polls = polls;
+        polls[3].0 = status(RollbackStarted, FAILED);
+        let (out, ended) = follow(Operation::Change, &polls);
+        assert!(
+            out.ends_with(
+                "overall progress: rolling back update: 2 out of 2 tasks\n\
+                 2/2: running\n\
+                 verify: Service converged\n"
+            ),
+            "{out}"
+        );
+        assert_eq!(ended, Some(Err(format!("service rolled back: {FAILED}"))));
+    }
+
+    #[test]
+    fn manual_rollback_is_followed_to_convergence() {
+        use TaskState::*;
+        use UpdateState::*;
+        let running = vec![
+            task(1, "n1", Running, Running),
+            task(2, "n1", Running, Running),
+        ];
+        let polls = vec![
+            (
+                status(RollbackStarted, "manually requested rollback"),
+                vec![task(1, "n1", Running, Running)],
+            ),
+            (
+                status(RollbackStarted, "manually requested rollback"),
+                running.clone(),
+            ),
+            (status(RollbackCompleted, "rollback completed"), running),
+        ];
+        let (out, ended) = follow(Operation::Rollback, &polls);
+        assert_eq!(
+            out,
+            "rollback: manually requested rollback\n\
+             overall progress: rolling back update: 1 out of 2 tasks\n\
+             1/2: running\n\
+             overall progress: rolling back update: 2 out of 2 tasks\n\
+             2/2: running\n\
+             verify: Service converged\n"
+        );
+        assert_eq!(ended, Some(Ok(())));
+    }
+
+    #[test]
+    fn paused_update_and_rollback_end_with_dockers_errors() {
+        use UpdateState::*;
+        let (_, ended) = follow(
+            Operation::Change,
+            &[(
+                status(
+                    Paused,
+                    "update paused due to failure or early termination of task t1",
+                ),
+                vec![],
+            )],
+        );
+        assert_eq!(
+            ended,
+            Some(Err(
+                "service update paused: update paused due to failure or early termination of task t1".into()
+            ))
+        );
+        let (out, ended) = follow(
+            Operation::Rollback,
+            &[
+                (
+                    status(RollbackStarted, "manually requested rollback"),
+                    vec![],
+                ),
+                (
+                    status(RollbackPaused, "rollback paused due to failure"),
+                    vec![],
+                ),
+            ],
+        );
+        assert!(
+            out.starts_with("rollback: manually requested rollback\n"),
+            "{out}"
+        );
+        assert_eq!(
+            ended,
+            Some(Err(
+                "service rollback paused: rollback paused due to failure".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_status_left_by_an_earlier_rollback_is_no_failure_of_a_scale() {
+        use TaskState::*;
+        use UpdateState::*;
+        let running = vec![
+            task(1, "n1", Running, Running),
+            task(2, "n1", Running, Running),
+        ];
+        let (out, ended) = follow(
+            Operation::Change,
+            &[(status(RollbackCompleted, "rollback completed"), running)],
+        );
+        assert_eq!(
+            out,
+            "overall progress: 2 out of 2 tasks\n\
+             1/2: running\n\
+             2/2: running\n\
+             verify: Service converged\n"
+        );
+        assert_eq!(ended, Some(Ok(())));
     }
 }

@@ -11,7 +11,7 @@ use crate::format::{self, natural_cmp};
 use crate::json::{self, Kind};
 use crate::node_cmd;
 use crate::opts;
-use crate::progress;
+use crate::progress::{self, Operation};
 use crate::ps;
 use crate::service_spec::{create_spec, update_spec, CreateArgs, UpdateArgs};
 use crate::table::Table;
@@ -536,7 +536,7 @@ pub async fn create(c: &Client, a: Box<CreateArgs>) -> Result<()> {
         .into_inner();
     println!("{}", svc.id);
     if !a.common.detach {
-        progress::wait_converged(c, &svc.id, a.common.quiet).await?;
+        progress::wait_converged(c, &svc.id, a.common.quiet, Operation::Change).await?;
     }
     Ok(())
 }
@@ -587,7 +587,7 @@ pub async fn update(c: &Client, a: UpdateArgs, name: String) -> Result<()> {
         let svc = server_rollback(c, &name).await?;
         println!("{name}");
         if !a.common.detach {
-            progress::wait_converged(c, &svc.id, a.common.quiet).await?;
+            progress::wait_converged(c, &svc.id, a.common.quiet, Operation::Rollback).await?;
         }
         return Ok(());
     }
@@ -599,7 +599,7 @@ pub async fn update(c: &Client, a: UpdateArgs, name: String) -> Result<()> {
     .await?;
     println!("{name}");
     if !a.common.detach {
-        progress::wait_converged(c, &svc.id, a.common.quiet).await?;
+        progress::wait_converged(c, &svc.id, a.common.quiet, Operation::Change).await?;
     }
     Ok(())
 }
@@ -625,7 +625,7 @@ pub async fn rollback(c: &Client, a: RollbackArgs, name: String) -> Result<()> {
     let svc = server_rollback(c, &name).await?;
     println!("{name}");
     if !a.detach {
-        progress::wait_converged(c, &svc.id, a.quiet).await?;
+        progress::wait_converged(c, &svc.id, a.quiet, Operation::Rollback).await?;
     }
     Ok(())
 }
@@ -668,7 +668,7 @@ pub async fn scale(c: &Client, a: ScaleArgs, specs: Vec<(String, u64)>) -> Resul
     }
     if !a.detach {
         for id in scaled {
-            progress::wait_converged(c, &id, false).await?;
+            progress::wait_converged(c, &id, false, Operation::Change).await?;
         }
     }
     Ok(())

@@ -1035,3 +1035,36 @@ fn no_agent() {
         "Cannot connect to the swarm agent at unix:///nonexistent/swarm.sock: is swarm-agent running?\n"
     );
 }
+
+#[test]
+fn rollback_progress_follows_the_managers_rollback() {
+    let a = Agent::start("rbprogress");
+    let create: Vec<&str> = "service create -d --name web --replicas 2 nginx:1.25"
+        .split(' ')
+        .collect();
+    let o = a.run(&create);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = a.run(&["service", "update", "-d", "--image", "nginx:1.26", "web"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = a.run(&["service", "rollback", "web"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..2],
+        ["web", "rollback: manually requested rollback"],
+        "{out}"
+    );
+    assert!(
+        lines.contains(&"overall progress: rolling back update: 2 out of 2 tasks"),
+        "{out}"
+    );
+    assert_eq!(lines.last(), Some(&"verify: Service converged"), "{out}");
+
+    // -q: the name only, the wait still done.
+    let o = a.run(&["service", "update", "-d", "--image", "nginx:1.27", "web"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = a.run(&["service", "update", "-q", "--rollback", "web"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "web\n");
+}
