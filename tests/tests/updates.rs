@@ -224,10 +224,24 @@ fn an_image_that_exits_at_once_is_rolled_back_or_pauses_the_update() {
     running(&lab, "rb", 3);
     running(&lab, "pz", 3);
     let old_image = service(m, "rb").image().to_string();
-    // busybox's command is `sh`, which ends at once without a terminal.
-    for name in ["rb", "pz"] {
-        m.swarm_ok(&["service", "update", "-d", "--image", &busybox, name]);
-    }
+    // busybox's command is `sh`, which ends at once without a terminal. Without -d the CLI
+    // follows the update into the managers' rollback and fails with it, as Docker's does.
+    let o = m.swarm(&["service", "update", "--image", &busybox, "rb"]);
+    assert!(!o.ok(), "a rolled-back update succeeded: {}", o.stdout);
+    assert!(
+        o.stdout.contains(
+            "\nrollback: update rolled back due to failure or early termination of task "
+        ),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("overall progress: rolling back update: "),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stderr.contains("service rolled back: "), "{}", o.stderr);
+    m.swarm_ok(&["service", "update", "-d", "--image", &busybox, "pz"]);
 
     wait_update_state(&lab, m, "rb", UpdateState::RollbackCompleted, LONG);
     let rb = service(m, "rb");
