@@ -668,8 +668,11 @@ fn vips_balance_tcp_round_robin_follow_udp_to_live_backends_scope_and_intercept_
 
     // TCP through the VIP: connect4 picks the backends in turn; the socket's peer reads as
     // the VIP.
+    // The round robin counts per CPU (each CPU starts a service at a random backend): the
+    // client stays on one CPU so that its ten connections see one counter.
     let tcp = r#"
-import socket
+import os, socket
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 out = []
 for i in range(10):
     s = socket.create_connection(("10.0.1.100", 7100), timeout=3)
