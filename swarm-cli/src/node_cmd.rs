@@ -234,11 +234,7 @@ pub fn pretty(n: &Node) -> String {
     if !n.port_conflicts.is_empty() {
         s.push_str("\nPublished ports a process of the node listens on too:");
         for c in &n.port_conflicts {
-            let protocol = if c.protocol == proto::PortProtocol::Udp as i32 {
-                "udp"
-            } else {
-                "tcp"
-            };
+            let protocol = format::protocol_name(c.protocol);
             let process = if c.process.is_empty() {
                 "?"
             } else {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use proto::{Node, PortProtocol, PublishMode, Service, Task, TaskState};
+use proto::{Node, PublishMode, Service, Task, TaskState};
 
 use crate::format::{self, current_state, display_image, ellipsis, natural_cmp, pretty};
 use crate::table::Table;
@@ -56,11 +56,7 @@ pub fn port_shadows(services: &[Service], nodes: &[Node]) -> HashMap<String, Vec
                 for p in ports.unwrap_or_default().iter().filter(|p| {
                     p.published_port == c.port && p.protocol == c.protocol && p.published_port != 0
                 }) {
-                    let protocol = PortProtocol::try_from(c.protocol)
-                        .map_or("tcp", |p| {
-                            p.as_str_name().trim_start_matches("PORT_PROTOCOL_")
-                        })
-                        .to_ascii_lowercase();
+                    let protocol = format::protocol_name(c.protocol);
                     let process = if c.process.is_empty() {
                         "a process"
                     } else {

@@ -12,10 +12,6 @@ use tests::lab::testing::{test_lab as lab, wait_running as running, LONG};
 use tests::lab::{Lab, LabNode};
 use tests::{wait_for, AgentClient};
 
-fn create(m: &LabNode, args: &[&str]) {
-    m.create_service(args);
-}
-
 fn service(m: &LabNode, name: &str) -> proto::Service {
     m.services()
         .unwrap()
@@ -96,20 +92,17 @@ fn parallelism_and_delay_shape_the_update_and_bad_input_changes_nothing() {
     let (_g, lab) = lab(1, 2);
     let whoami = format!("{}/whoami:latest", lab.registry());
     let m = lab.node(1);
-    create(
-        m,
-        &[
-            "--name",
-            "web",
-            "--replicas",
-            "6",
-            "--update-parallelism",
-            "2",
-            "--update-delay",
-            "2s",
-            &whoami,
-        ],
-    );
+    m.create_service(&[
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "--update-parallelism",
+        "2",
+        "--update-delay",
+        "2s",
+        &whoami,
+    ]);
     running(&lab, "web", 6);
 
     // Bad input: Docker's errors, and the service stays as it was.
@@ -208,18 +201,15 @@ fn an_image_that_exits_at_once_is_rolled_back_or_pauses_the_update() {
     let busybox = format!("{}/busybox:latest", lab.registry());
     let m = lab.node(1);
     for (name, action) in [("rb", "rollback"), ("pz", "pause")] {
-        create(
-            m,
-            &[
-                "--name",
-                name,
-                "--replicas",
-                "3",
-                "--update-failure-action",
-                action,
-                &whoami,
-            ],
-        );
+        m.create_service(&[
+            "--name",
+            name,
+            "--replicas",
+            "3",
+            "--update-failure-action",
+            action,
+            &whoami,
+        ]);
     }
     running(&lab, "rb", 3);
     running(&lab, "pz", 3);
@@ -298,20 +288,17 @@ fn a_new_leader_finishes_the_update_with_the_same_policy() {
     let (_g, lab) = lab(3, 1);
     let whoami = format!("{}/whoami:latest", lab.registry());
     let m = lab.node(1);
-    create(
-        m,
-        &[
-            "--name",
-            "web",
-            "--replicas",
-            "6",
-            "--constraint",
-            "node.role==worker",
-            "--update-delay",
-            "3s",
-            &whoami,
-        ],
-    );
+    m.create_service(&[
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "--constraint",
+        "node.role==worker",
+        "--update-delay",
+        "3s",
+        &whoami,
+    ]);
     running(&lab, "web", 6);
     m.swarm_ok(&["service", "update", "-d", "--env-add", "V=2", "web"]);
     let version = service(m, "web").spec_version;
@@ -409,34 +396,28 @@ fn start_first_and_stop_first_updates_lose_no_request_through_the_vip() {
     let whoami = format!("{}/whoami:latest", lab.registry());
     let m = lab.node(1);
     m.swarm_ok(&["network", "create", "-d", "overlay", "appnet"]);
-    create(
-        m,
-        &[
-            "--name",
-            "web",
-            "--replicas",
-            "3",
-            "--network",
-            "appnet",
-            "--constraint",
-            "node.hostname!=node3",
-            "--update-order",
-            "start-first",
-            &whoami,
-        ],
-    );
-    create(
-        m,
-        &[
-            "--name",
-            "client",
-            "--network",
-            "appnet",
-            "--constraint",
-            "node.hostname==node3",
-            &whoami,
-        ],
-    );
+    m.create_service(&[
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--network",
+        "appnet",
+        "--constraint",
+        "node.hostname!=node3",
+        "--update-order",
+        "start-first",
+        &whoami,
+    ]);
+    m.create_service(&[
+        "--name",
+        "client",
+        "--network",
+        "appnet",
+        "--constraint",
+        "node.hostname==node3",
+        &whoami,
+    ]);
     let before = running(&lab, "web", 3);
     let client = running(&lab, "client", 1).remove(0);
 
