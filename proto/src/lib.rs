@@ -108,12 +108,61 @@ impl Service {
             .map_or("", |c| c.image.as_str())
     }
 
-    /// Desired replicas of a replicated service (None for global services).
+    /// Desired replicas of a replicated service (None for global services and jobs).
     pub fn replicas(&self) -> Option<u64> {
         match self.spec.as_ref().and_then(|s| s.mode.as_ref()) {
             Some(service_spec::Mode::Replicated(r)) => Some(r.replicas),
-            Some(service_spec::Mode::Global(_)) => None,
+            Some(service_spec::Mode::Global(_))
+            | Some(service_spec::Mode::ReplicatedJob(_))
+            | Some(service_spec::Mode::GlobalJob(_)) => None,
             None => Some(1),
+        }
+    }
+
+    /// A replicated service (the default mode), not a job.
+    pub fn is_replicated(&self) -> bool {
+        matches!(
+            self.spec.as_ref().and_then(|s| s.mode.as_ref()),
+            Some(service_spec::Mode::Replicated(_)) | None
+        )
+    }
+
+    /// A job: `replicated-job` or `global-job`.
+    pub fn is_job(&self) -> bool {
+        self.spec.as_ref().is_some_and(ServiceSpec::is_job)
+    }
+
+    /// The replicated job's counts (None for other modes).
+    pub fn replicated_job(&self) -> Option<&ReplicatedJob> {
+        match self.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+            Some(service_spec::Mode::ReplicatedJob(j)) => Some(j),
+            _ => None,
+        }
+    }
+
+    /// The job iteration tasks of a job run for now (0 when the job has no status yet).
+    pub fn job_iteration(&self) -> u64 {
+        self.job_status.as_ref().map_or(0, |j| j.job_iteration)
+    }
+}
+
+impl ServiceSpec {
+    /// A job: `replicated-job` or `global-job`.
+    pub fn is_job(&self) -> bool {
+        matches!(
+            self.mode,
+            Some(service_spec::Mode::ReplicatedJob(_)) | Some(service_spec::Mode::GlobalJob(_))
+        )
+    }
+
+    /// Docker's name of the mode, as `service ls` shows it: `replicated`, `global`,
+    /// `replicated job`, `global job`.
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            None | Some(service_spec::Mode::Replicated(_)) => "replicated",
+            Some(service_spec::Mode::Global(_)) => "global",
+            Some(service_spec::Mode::ReplicatedJob(_)) => "replicated job",
+            Some(service_spec::Mode::GlobalJob(_)) => "global job",
         }
     }
 }

@@ -333,6 +333,7 @@ fn spawn_leader_components(
     set.spawn(crate::orchestrator::replicated::ReplicatedOrchestrator::new(store.clone()).run());
     set.spawn(crate::orchestrator::global::GlobalOrchestrator::new(store.clone()).run());
     set.spawn(crate::orchestrator::update::UpdateOrchestrator::new(store.clone()).run());
+    set.spawn(crate::orchestrator::jobs::JobOrchestrator::new(store.clone()).run());
     set.spawn(crate::orchestrator::restart::RestartSupervisor::new(store.clone()).run());
     set.spawn(crate::scheduler::Scheduler::new(store.clone()).run());
     set.spawn(crate::orchestrator::taskreaper::TaskReaper::new(store.clone()).run());

@@ -5,6 +5,8 @@
 //! - [`update::UpdateOrchestrator`]: rolling updates and rollbacks of replicated and global
 //!   services with the service's update policy, `UpdateStatus`, the failure action.
 //! - [`global::GlobalOrchestrator`]: one task per eligible node for global services.
+//! - [`jobs::JobOrchestrator`]: runs the tasks of replicated and global jobs to completion,
+//!   `max_concurrent` at a time, once per iteration of the job.
 //! - [`restart::RestartSupervisor`]: applies the restart policy to tasks that ended while
 //!   still wanted, and starts delayed replacements when their restart delay has passed.
 //! - [`taskreaper::TaskReaper`]: keeps the task history bounded and removes leftovers.
@@ -27,6 +29,7 @@
 //! second of two concurrent decisions.
 
 pub mod global;
+pub mod jobs;
 pub mod reconciler;
 pub mod replicated;
 pub mod restart;

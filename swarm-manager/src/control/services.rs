@@ -2,9 +2,9 @@
 
 use proto::service_spec::Mode;
 use proto::{
-    CreateServiceRequest, GetServiceRequest, ListServicesRequest, ListServicesResponse, PortConfig,
-    PortProtocol, PublishMode, RemoveServiceRequest, RemoveServiceResponse, Service, ServiceSpec,
-    TaskState, UpdateServiceRequest, UpdateState, UpdateStatus,
+    CreateServiceRequest, GetServiceRequest, JobStatus, ListServicesRequest, ListServicesResponse,
+    PortConfig, PortProtocol, PublishMode, RemoveServiceRequest, RemoveServiceResponse, Service,
+    ServiceSpec, TaskState, UpdateServiceRequest, UpdateState, UpdateStatus,
 };
 use swarm_common::{clock::now_ms, id::new_id};
 use tonic::Status;
@@ -201,6 +201,7 @@ pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<S
         check_manager_ports(&st, &spec)?;
         check_port_conflicts(&st, &spec, None)?;
         check_ingress_present(&st, &spec)?;
+        let job_status = job_status(&spec, 0);
         Service {
             id: new_id(),
             meta: None,
@@ -210,6 +211,7 @@ pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<S
             spec_version: 1,
             update_status: None,
             previous_spec_version: 0,
+            job_status,
         }
     };
     tracing::info!(service = %service.id, name = %service.name(), "creating service");
@@ -281,15 +283,16 @@ fn updated_service(
             current.id, old.name
         )));
     }
+    if mode_kind(&spec) != mode_kind(&old) {
+        return Err(Status::invalid_argument(format!(
+            "service mode change is not allowed: service {} is {}, not {}; remove the service and create it again in the other mode",
+            old.name,
+            mode_kind(&old),
+            mode_kind(&spec)
+        )));
+    }
     apply_service_defaults(&mut spec);
     validate_service_spec(&spec)?;
-    let old_global = matches!(old.mode, Some(Mode::Global(_)));
-    let new_global = matches!(spec.mode, Some(Mode::Global(_)));
-    if old_global != new_global {
-        return Err(Status::invalid_argument(
-            "service mode change is not allowed; remove the service and create it again in the other mode",
-        ));
-    }
     resolve_networks(st, &mut spec)?;
     check_data_path_port(st, &spec)?;
     check_manager_ports(st, &spec)?;
@@ -299,9 +302,17 @@ fn updated_service(
         return Ok((current.clone(), None));
     }
     let mut next = current.clone();
-    // Tasks are replaced only when what they run (or how they are reached) changes:
-    // scaling or relabelling the service keeps them.
-    if spec.task != old.task || spec.endpoint != old.endpoint {
+    if spec.is_job() {
+        // A job is not updated in place: any change (`--force` too) runs it again, as a new
+        // iteration numbered by the version it started from (SwarmKit).
+        let version = current.meta.as_ref().map_or(0, |m| m.version);
+        next.job_status = job_status(&spec, version.max(current.job_iteration() + 1));
+        if spec.task != old.task || spec.endpoint != old.endpoint {
+            next.spec_version = fresh_spec_version(st, current);
+        }
+    } else if spec.task != old.task || spec.endpoint != old.endpoint {
+        // Tasks are replaced only when what they run (or how they are reached) changes:
+        // scaling or relabelling the service keeps them.
         next.spec_version = fresh_spec_version(st, current);
         next.update_status = Some(update_status(UpdateState::Updating, "update in progress"));
     } else if is_paused(current) {
@@ -314,6 +325,25 @@ fn updated_service(
     }
     next.spec = Some(spec);
     Ok((current.clone(), Some(next)))
+}
+
+/// A job's status at the start of an iteration (None for services): SwarmKit numbers an
+/// iteration with the version of the service it started from (0 for the first).
+fn job_status(spec: &ServiceSpec, iteration: u64) -> Option<JobStatus> {
+    spec.is_job().then(|| JobStatus {
+        job_iteration: iteration,
+        last_execution: now_ms(),
+    })
+}
+
+/// Docker's modes, by kind: a service never changes from one to another.
+fn mode_kind(spec: &ServiceSpec) -> &'static str {
+    match spec.mode {
+        None | Some(Mode::Replicated(_)) => "replicated",
+        Some(Mode::Global(_)) => "global",
+        Some(Mode::ReplicatedJob(_)) => "replicated-job",
+        Some(Mode::GlobalJob(_)) => "global-job",
+    }
 }
 
 fn check_version(current: &Service, version: u64) -> Result<(), Status> {
@@ -335,6 +365,12 @@ fn check_version(current: &Service, version: u64) -> Result<(), Status> {
 fn rolled_back_service(st: &State, reference: &str, version: u64) -> Result<Service, Status> {
     let current = find_service(st, reference)?;
     check_version(current, version)?;
+    if current.is_job() {
+        return Err(Status::failed_precondition(format!(
+            "service {} is a job: jobs are not rolled back; run it again with service update (--force) or update its spec",
+            current.name()
+        )));
+    }
     let Some(previous) = current.previous_spec.clone() else {
         return Err(Status::failed_precondition(format!(
             "service {} does not have a previous spec",

@@ -52,26 +52,41 @@ pub(super) fn generated_name() -> String {
 }
 
 /// Fills what Docker fills when the user gives nothing: one replica, restart on any exit
-/// after 5 s, 10 s stop grace period, VIP endpoint.
+/// after 5 s, 10 s stop grace period, VIP endpoint. Jobs: restart on failure only, no update
+/// or rollback policy; a replicated job runs one task at a time unless told (Docker's API:
+/// `MaxConcurrent` 1, `TotalCompletions` = `MaxConcurrent`).
 pub(super) fn apply_service_defaults(spec: &mut ServiceSpec) {
     if spec.mode.is_none() {
         spec.mode = Some(proto::service_spec::Mode::Replicated(ReplicatedService {
             replicas: 1,
         }));
     }
+    if let Some(proto::service_spec::Mode::ReplicatedJob(j)) = spec.mode.as_mut() {
+        if j.max_concurrent == 0 {
+            j.max_concurrent = 1;
+        }
+        if j.total_completions == 0 {
+            j.total_completions = j.max_concurrent;
+        }
+    }
+    let job = spec.is_job();
     if spec.endpoint.is_none() {
         spec.endpoint = Some(Default::default());
     }
-    if spec.update.is_none() {
+    if spec.update.is_none() && !job {
         spec.update = Some(proto::UpdateConfig::docker_default());
     }
-    if spec.rollback.is_none() {
+    if spec.rollback.is_none() && !job {
         spec.rollback = Some(proto::UpdateConfig::docker_default());
     }
     let task = spec.task.get_or_insert_with(Default::default);
     if task.restart.is_none() {
         task.restart = Some(RestartPolicy {
-            condition: RestartCondition::Any as i32,
+            condition: if job {
+                RestartCondition::OnFailure
+            } else {
+                RestartCondition::Any
+            } as i32,
             delay_ms: DEFAULT_RESTART_DELAY_MS,
             max_attempts: 0,
             window_ms: 0,
@@ -233,6 +248,13 @@ pub(super) fn validate_service_spec(spec: &ServiceSpec) -> Result<(), Status> {
     if let Some(h) = &container.healthcheck {
         validate_healthcheck(h)?;
     }
+    if spec.is_job() && (spec.update.is_some() || spec.rollback.is_some()) {
+        return Err(invalid(format!(
+            "update and rollback configs cannot be used with jobs: service {} is a {} (its tasks run to completion; service update runs the job again); drop the --update-* and --rollback-* options",
+            spec.name,
+            spec.mode_name()
+        )));
+    }
     if let Some(u) = &spec.update {
         validate_update_config("update", u)?;
     }
@@ -268,9 +290,15 @@ pub(super) fn validate_service_spec(spec: &ServiceSpec) -> Result<(), Status> {
                 ));
             }
         }
-        if p.max_replicas > 0 && matches!(spec.mode, Some(proto::service_spec::Mode::Global(_))) {
+        if p.max_replicas > 0
+            && matches!(
+                spec.mode,
+                Some(proto::service_spec::Mode::Global(_))
+                    | Some(proto::service_spec::Mode::GlobalJob(_))
+            )
+        {
             return Err(invalid(
-                "placement: max replicas per node can only be used with replicated mode",
+                "placement: max replicas per node can only be used with replicated or replicated-job mode",
             ));
         }
     }

@@ -49,7 +49,7 @@ impl ReplicatedOrchestrator {
 /// What the replicated orchestrator wants written for the current state.
 pub fn reconcile(state: &State, now_ms: i64) -> Plan {
     let mut plan = Plan::default();
-    for svc in state.services().filter(|s| !s.is_global()) {
+    for svc in state.services().filter(|s| s.is_replicated()) {
         reconcile_service(state, svc, now_ms, &mut plan);
     }
     plan

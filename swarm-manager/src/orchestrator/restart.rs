@@ -10,7 +10,9 @@
 //!   agents start only tasks whose desired state is RUNNING;
 //! - no restart (condition `none`; `on-failure` after COMPLETE; `max_attempts` restarts
 //!   already made within the window): the dead task gets desired COMPLETE, so its slot stays
-//!   occupied and the orchestrators do not refill it.
+//!   occupied and the orchestrators do not refill it. A job's task that completed is never
+//!   restarted, whatever its condition; a job's task of an earlier iteration is left to the
+//!   job orchestrator, which shuts it down.
 //!
 //! Restarts made so far are counted from the store: the other tasks of the same slot and
 //! spec version created within the window (the task reaper keeps at least `max_attempts + 1`
@@ -124,13 +126,20 @@ pub fn reconcile(state: &State, now_ms: i64) -> Plan {
                 continue;
             }
         }
+        if svc.is_job() && t.job_iteration != svc.job_iteration() {
+            // A task of an earlier run of the job: the job orchestrator shuts it down.
+            continue;
+        }
         let policy = Policy::of(t);
         let group = slots
             .entry(t.service_id.as_str())
             .or_insert_with(|| tasks_by_slot(state, &t.service_id));
         let siblings = group.get(&SlotKey::of(t)).map_or(&[][..], |v| v.as_slice());
 
-        let restart = policy.condition_allows(t.state())
+        // A job's task that completed is done, whatever the condition says.
+        let finished_job = svc.is_job() && t.state() == TaskState::Complete;
+        let restart = !finished_job
+            && policy.condition_allows(t.state())
             && (policy.max_attempts == 0
                 || restarts_made(t, siblings, &policy, now_ms) < policy.max_attempts);
         if !restart {
@@ -200,8 +209,9 @@ fn died_at(t: &Task, now_ms: i64) -> i64 {
         .min(now_ms)
 }
 
-/// Restarts already made in this task's slot for its spec version within the window: every
-/// other task of the slot and spec version created in it (the first of them was the original).
+/// Restarts already made in this task's slot for its spec version (and job iteration) within
+/// the window: every other task of the slot, spec version and iteration created in it (the
+/// first of them was the original).
 fn restarts_made(t: &Task, siblings: &[&Task], policy: &Policy, now_ms: i64) -> u64 {
     let since = if policy.window_ms > 0 {
         now_ms - policy.window_ms
@@ -210,7 +220,12 @@ fn restarts_made(t: &Task, siblings: &[&Task], policy: &Policy, now_ms: i64) -> 
     };
     siblings
         .iter()
-        .filter(|s| s.id != t.id && s.spec_version == t.spec_version && created_at(s) >= since)
+        .filter(|s| {
+            s.id != t.id
+                && s.spec_version == t.spec_version
+                && s.job_iteration == t.job_iteration
+                && created_at(s) >= since
+        })
         .count() as u64
 }
 

@@ -10,7 +10,8 @@ use swarm_common::id::new_id;
 
 use crate::store::{Object, Op, State};
 
-/// A new task of `service` in `slot` (replicated, from 1) or on `node_id` (global, slot 0).
+/// A new task of `service` in `slot` (replicated, from 1) or on `node_id` (global, slot 0);
+/// a job's task runs for the job's current iteration.
 pub fn new_task(
     service: &Service,
     slot: u64,
@@ -38,6 +39,7 @@ pub fn new_task(
         endpoint: service.endpoint.clone(),
         networks: Vec::new(),
         started_at: 0,
+        job_iteration: service.job_iteration(),
     }
 }
 

@@ -2,8 +2,9 @@
 //! the crate).
 
 use proto::{
-    service_spec, GlobalService, Meta, Node, NodeSpec, NodeStatus, ReplicatedService,
-    RestartPolicy, Service, ServiceSpec, Task, TaskSpec, TaskState, TaskStatus,
+    service_spec, GlobalJob, GlobalService, JobStatus, Meta, Node, NodeSpec, NodeStatus,
+    ReplicatedJob, ReplicatedService, RestartPolicy, Service, ServiceSpec, Task, TaskSpec,
+    TaskState, TaskStatus,
 };
 
 use crate::store::{Object, Op, Request, State, Store};
@@ -36,6 +37,37 @@ pub fn global(id: &str) -> Service {
             ..Default::default()
         }),
         spec_version: 1,
+        ..Default::default()
+    }
+}
+
+/// A replicated job: `total` completions, at most `concurrent` at once, iteration 0.
+pub fn replicated_job(id: &str, total: u64, concurrent: u64) -> Service {
+    job(
+        id,
+        service_spec::Mode::ReplicatedJob(ReplicatedJob {
+            max_concurrent: concurrent,
+            total_completions: total,
+        }),
+    )
+}
+
+/// A global job, iteration 0.
+pub fn global_job(id: &str) -> Service {
+    job(id, service_spec::Mode::GlobalJob(GlobalJob {}))
+}
+
+fn job(id: &str, mode: service_spec::Mode) -> Service {
+    Service {
+        id: id.into(),
+        spec: Some(ServiceSpec {
+            name: format!("svc-{id}"),
+            task: Some(TaskSpec::default()),
+            mode: Some(mode),
+            ..Default::default()
+        }),
+        spec_version: 1,
+        job_status: Some(JobStatus::default()),
         ..Default::default()
     }
 }
@@ -84,6 +116,7 @@ pub fn task(
         endpoint: None,
         networks: Vec::new(),
         started_at: 0,
+        job_iteration: 0,
     }
 }
 

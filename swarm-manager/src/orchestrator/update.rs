@@ -68,7 +68,8 @@ impl UpdateOrchestrator {
 /// What the update orchestrator wants written for the current state.
 pub fn reconcile(state: &State, now_ms: i64) -> Plan {
     let mut plan = Plan::default();
-    for svc in state.services() {
+    // Jobs are not updated in place: an update starts a new iteration (`jobs.rs`).
+    for svc in state.services().filter(|s| !s.is_job()) {
         reconcile_service(state, svc, now_ms, &mut plan);
     }
     plan
