@@ -1603,3 +1603,159 @@ async fn a_paused_update_resumes_with_the_next_update() {
         "the same spec: tasks already updated stay"
     );
 }
+
+// ---------------------------------------------------------------- jobs
+
+fn job_spec(name: &str, mode: Mode) -> ServiceSpec {
+    ServiceSpec {
+        mode: Some(mode),
+        ..spec(name, "busybox")
+    }
+}
+
+#[tokio::test]
+async fn jobs_get_docker_defaults_and_a_first_iteration() {
+    let (api, _) = api();
+    let s = create(
+        &api,
+        job_spec(
+            "batch",
+            Mode::ReplicatedJob(ReplicatedJob {
+                max_concurrent: 0,
+                total_completions: 0,
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    let sp = s.spec.as_ref().unwrap();
+    assert_eq!(
+        sp.mode,
+        Some(Mode::ReplicatedJob(ReplicatedJob {
+            max_concurrent: 1,
+            total_completions: 1
+        })),
+        "Docker's API: one at a time, completions = max concurrent"
+    );
+    assert_eq!(sp.update, None, "a job has no update policy");
+    assert_eq!(sp.rollback, None);
+    let restart = sp.task.as_ref().unwrap().restart.unwrap();
+    assert_eq!(restart.condition, RestartCondition::OnFailure as i32);
+    let js = s.job_status.unwrap();
+    assert_eq!(js.job_iteration, 0);
+    assert!(js.last_execution > 0);
+
+    let g = create(&api, job_spec("everywhere", Mode::GlobalJob(GlobalJob {})))
+        .await
+        .unwrap();
+    assert!(g.is_job());
+    assert_eq!(g.job_iteration(), 0);
+    let svc = create(&api, spec("web", "nginx")).await.unwrap();
+    assert_eq!(svc.job_status, None, "services have no job status");
+}
+
+#[tokio::test]
+async fn updating_a_job_runs_it_again() {
+    let (api, _) = api();
+    let mode = Mode::ReplicatedJob(ReplicatedJob {
+        max_concurrent: 2,
+        total_completions: 5,
+    });
+    let s = create(&api, job_spec("batch", mode)).await.unwrap();
+    // `service update --force`.
+    let mut forced = s.spec.clone().unwrap();
+    forced.task.as_mut().unwrap().force_update += 1;
+    let s2 = update(&api, &s.id, version(&s), forced).await.unwrap();
+    let it2 = s2.job_iteration();
+    assert_eq!(it2, version(&s), "numbered by the version it started from");
+    assert!(s2.job_status.as_ref().unwrap().last_execution > 0);
+    assert_eq!(s2.update_status, None, "no rolling update for a job");
+    // `service scale batch=8`: more completions, run again.
+    let mut scaled = s2.spec.clone().unwrap();
+    scaled.mode = Some(Mode::ReplicatedJob(ReplicatedJob {
+        max_concurrent: 2,
+        total_completions: 8,
+    }));
+    let s3 = update(&api, &s.id, version(&s2), scaled).await.unwrap();
+    assert!(s3.job_iteration() > it2);
+    // No change: the same iteration.
+    let s4 = update(&api, &s.id, version(&s3), s3.spec.clone().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(s4.job_iteration(), s3.job_iteration());
+}
+
+#[tokio::test]
+async fn bad_job_input_is_refused_and_changes_nothing() {
+    let (api, _) = api();
+    // Update or rollback policy on a job.
+    let mut bad = job_spec("batch", Mode::GlobalJob(GlobalJob {}));
+    bad.update = Some(UpdateConfig::docker_default());
+    let e = create(&api, bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().starts_with(
+            "update and rollback configs cannot be used with jobs: service batch is a global job"
+        ),
+        "{}",
+        e.message()
+    );
+    let mut bad = job_spec(
+        "batch",
+        Mode::ReplicatedJob(ReplicatedJob {
+            max_concurrent: 1,
+            total_completions: 1,
+        }),
+    );
+    bad.rollback = Some(UpdateConfig::docker_default());
+    assert_eq!(
+        create(&api, bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert!(services(&api).await.is_empty());
+
+    // Mode changes, both ways.
+    let job = create(&api, job_spec("batch", Mode::GlobalJob(GlobalJob {})))
+        .await
+        .unwrap();
+    let svc = create(&api, spec("web", "nginx")).await.unwrap();
+    let before = services(&api).await;
+    let mut to_service = job.spec.clone().unwrap();
+    to_service.mode = Some(Mode::Global(GlobalService {}));
+    let e = update(&api, &job.id, 0, to_service).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().starts_with(
+            "service mode change is not allowed: service batch is global-job, not global"
+        ),
+        "{}",
+        e.message()
+    );
+    let mut to_job = svc.spec.clone().unwrap();
+    to_job.mode = Some(Mode::ReplicatedJob(ReplicatedJob {
+        max_concurrent: 1,
+        total_completions: 1,
+    }));
+    to_job.update = None;
+    to_job.rollback = None;
+    let e = update(&api, &svc.id, 0, to_job).await.unwrap_err();
+    assert!(e
+        .message()
+        .starts_with("service mode change is not allowed"));
+    // An update policy added to a job by update.
+    let mut with_policy = job.spec.clone().unwrap();
+    with_policy.update = Some(UpdateConfig::docker_default());
+    assert_eq!(
+        update(&api, &job.id, 0, with_policy)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+    // Rollback of a job.
+    let e = rollback(&api, &job.id).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("is a job"), "{}", e.message());
+    assert_eq!(services(&api).await, before, "nothing written");
+    assert_eq!(get(&api, "batch").await.unwrap(), job);
+}
