@@ -510,6 +510,9 @@ pub async fn wait_converged(
         Box::new(stdout)
     };
     let mut r = Renderer::new(sink, tty, width);
+    if client.service(service_id).await?.is_job() {
+        return wait_job(client, service_id, &mut r).await;
+    }
     let monitor = monitor_period();
     let mut updater: Option<Updater> = None;
     let mut watch = StatusWatch::new(op);
@@ -583,6 +586,111 @@ pub async fn wait_converged(
                         "Use `swarm service ps {service_id}` to check progress."
                     ))?;
                 }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Where a job's current iteration stands, from its tasks.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct JobProgress {
+    pub completed: u64,
+    /// Tasks the job still waits for (starting, running, or about to be restarted).
+    pub active: u64,
+    /// Of those, running.
+    pub running: u64,
+    /// Tasks that failed and will not be restarted (restart policy exhausted).
+    pub failed: u64,
+    /// Completions wanted: a replicated job's total, a global job's tasks.
+    pub total: u64,
+}
+
+impl JobProgress {
+    pub fn of(service: &Service, tasks: &[Task]) -> JobProgress {
+        let iteration = service.job_iteration();
+        let mut p = JobProgress::default();
+        for t in tasks
+            .iter()
+            .filter(|t| t.service_id == service.id && t.job_iteration == iteration)
+        {
+            if t.state() == TaskState::Complete {
+                p.completed += 1;
+            } else if t.desired() <= TaskState::Running {
+                p.active += 1;
+                if t.state() == TaskState::Running {
+                    p.running += 1;
+                }
+            } else if t.desired() == TaskState::Complete {
+                p.failed += 1;
+            }
+        }
+        p.total = match service.replicated_job() {
+            Some(j) => j.total_completions,
+            None => p.completed + p.active + p.failed,
+        };
+        p
+    }
+
+    /// Every completion there (a global job: once it has tasks).
+    pub fn done(&self) -> bool {
+        self.total > 0 && self.completed >= self.total
+    }
+
+    /// Nothing left to run, and some tasks gave up.
+    pub fn failed(&self) -> bool {
+        self.failed > 0 && self.active == 0 && self.completed + self.failed >= self.total
+    }
+}
+
+/// Follows a job (`service create/update` of a replicated or global job without `-d`) until
+/// its current iteration completes, like Docker's job progress: `job progress: N out of M
+/// complete`, `active tasks: R out of A tasks`. A job whose failed tasks exhausted their
+/// restart policy ends the wait with an error.
+async fn wait_job(
+    client: &Client,
+    service_id: &str,
+    r: &mut Renderer<Box<dyn Write>>,
+) -> Result<()> {
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let service = client.service(service_id).await?;
+        let tasks = client
+            .tasks(ListTasksRequest {
+                service_ids: vec![service.id.clone()],
+                ..Default::default()
+            })
+            .await?;
+        let p = JobProgress::of(&service, &tasks);
+        r.write(Line::text(
+            "job progress",
+            format!("{} out of {} complete", p.completed, p.total),
+        ));
+        r.write(Line::text(
+            "active tasks",
+            format!("{} out of {} tasks", p.running, p.active),
+        ));
+        if p.done() {
+            r.write(Line::text("verify", "Job complete"));
+            r.flush()?;
+            return Ok(());
+        }
+        if p.failed() {
+            r.flush()?;
+            return Err(CliError::msg(format!(
+                "job {} did not complete: {} of its tasks failed and their restart policy gave up; see swarm service ps {}",
+                service.name(),
+                p.failed,
+                service.name()
+            )));
+        }
+        r.flush()?;
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = &mut ctrl_c => {
+                r.message("Operation continuing in background.")?;
+                r.message(&format!("Use `swarm service ps {service_id}` to check progress."))?;
                 return Ok(());
             }
         }
@@ -1008,5 +1116,58 @@ mod tests {
              verify: Service converged\n"
         );
         assert_eq!(ended, Some(Ok(())));
+    }
+
+    #[test]
+    fn job_progress_counts_the_current_iteration() {
+        let mut job = Service {
+            id: "s1".into(),
+            spec: Some(ServiceSpec {
+                mode: Some(service_spec::Mode::ReplicatedJob(ReplicatedJob {
+                    max_concurrent: 2,
+                    total_completions: 3,
+                })),
+                ..Default::default()
+            }),
+            job_status: Some(JobStatus {
+                job_iteration: 2,
+                last_execution: 0,
+            }),
+            ..Default::default()
+        };
+        let t = |state, desired, iteration| {
+            let mut t = task(1, "n1", state, desired);
+            t.job_iteration = iteration;
+            t
+        };
+        use TaskState::*;
+        let mut tasks = vec![
+            t(Complete, Complete, 2),
+            t(Running, Running, 2),
+            t(Complete, Shutdown, 1),
+        ];
+        let p = JobProgress::of(&job, &tasks);
+        assert_eq!(
+            p,
+            JobProgress {
+                completed: 1,
+                active: 1,
+                running: 1,
+                failed: 0,
+                total: 3
+            }
+        );
+        assert!(!p.done() && !p.failed());
+        tasks[1] = t(Failed, Complete, 2);
+        tasks.push(t(Failed, Complete, 2));
+        let p = JobProgress::of(&job, &tasks);
+        assert!(p.failed(), "{p:?}: nothing left to run, 2 gave up");
+        tasks[1] = t(Complete, Complete, 2);
+        tasks[3] = t(Complete, Complete, 2);
+        assert!(JobProgress::of(&job, &tasks).done());
+        // A global job: complete once every task of the iteration is.
+        job.spec.as_mut().unwrap().mode = Some(service_spec::Mode::GlobalJob(GlobalJob {}));
+        assert!(JobProgress::of(&job, &tasks).done());
+        assert!(!JobProgress::of(&job, &[]).done(), "no task yet");
     }
 }

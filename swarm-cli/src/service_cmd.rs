@@ -31,7 +31,7 @@ pub enum ServiceCmd {
     /// Remove one or more services
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
-    /// Scale one or multiple replicated services
+    /// Scale one or multiple replicated services (or replicated jobs: their completions)
     Scale(ScaleArgs),
     /// Update a service
     Update(Box<UpdateArgs>),
@@ -114,11 +114,18 @@ fn bad(m: impl Into<String>) -> CliError {
 
 /// MODE and REPLICAS columns. Running tasks: observed and desired RUNNING on a node that is
 /// not down. Desired: the replica count, or for a global service its tasks meant to run.
+/// Jobs, as Docker shows them: `running/desired (completed/total completed)`, counting the
+/// tasks of the job's current iteration; a replicated job desires as many tasks as may run
+/// at once (at most its remaining completions), a global job its tasks not complete yet.
 pub fn replicas_column(
     svc: &Service,
     tasks: &[Task],
     active_nodes: &HashSet<String>,
 ) -> (String, String) {
+    let mode = svc.spec.as_ref().map_or("replicated", |s| s.mode_name());
+    if svc.is_job() {
+        return (mode.into(), job_replicas(svc, tasks, active_nodes));
+    }
     let mine = tasks.iter().filter(|t| t.service_id == svc.id);
     let running = mine
         .clone()
@@ -146,6 +153,46 @@ pub fn replicas_column(
                 format!("{running}/{n}")
             };
             ("replicated".into(), text)
+        }
+    }
+}
+
+fn job_replicas(svc: &Service, tasks: &[Task], active_nodes: &HashSet<String>) -> String {
+    let iteration = svc.job_iteration();
+    let mine: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.service_id == svc.id && t.job_iteration == iteration)
+        .collect();
+    let on_active = |t: &&&Task| active_nodes.contains(&t.node_id);
+    let running = mine
+        .iter()
+        .filter(on_active)
+        .filter(|t| t.state() == TaskState::Running && t.desired() <= TaskState::Running)
+        .count() as u64;
+    let completed = mine
+        .iter()
+        .filter(on_active)
+        .filter(|t| t.state() == TaskState::Complete)
+        .count() as u64;
+    match svc.replicated_job() {
+        Some(job) => {
+            let desired = job
+                .max_concurrent
+                .min(job.total_completions.saturating_sub(completed));
+            format!(
+                "{running}/{desired} ({completed}/{} completed)",
+                job.total_completions
+            )
+        }
+        None => {
+            let desired = mine
+                .iter()
+                .filter(|t| t.desired() <= TaskState::Running && t.state() != TaskState::Complete)
+                .count() as u64;
+            format!(
+                "{running}/{desired} ({completed}/{} completed)",
+                desired + completed
+            )
         }
     }
 }
@@ -292,9 +339,30 @@ pub fn pretty(s: &Service) -> String {
         }
     }
     o.push_str("\nService Mode:");
-    match s.replicas() {
-        None => o.push_str("\tGlobal"),
-        Some(n) => o.push_str(&format!("\tReplicated\n Replicas:\t{n}")),
+    match &spec.mode {
+        Some(service_spec::Mode::Global(_)) => o.push_str("\tGlobal"),
+        Some(service_spec::Mode::ReplicatedJob(j)) => o.push_str(&format!(
+            "\tReplicated Job\n Max Concurrent:\t{}\n Total Completions:\t{}",
+            j.max_concurrent, j.total_completions
+        )),
+        Some(service_spec::Mode::GlobalJob(_)) => o.push_str("\tGlobal Job"),
+        Some(service_spec::Mode::Replicated(_)) | None => o.push_str(&format!(
+            "\tReplicated\n Replicas:\t{}",
+            s.replicas().unwrap_or(1)
+        )),
+    }
+    if let Some(js) = &s.job_status {
+        // Docker shows it in the JSON only; here in the text too, after the mode.
+        o.push_str(&format!(
+            "\nJobStatus:\n Job Iteration:\t{}",
+            js.job_iteration
+        ));
+        if js.last_execution > 0 {
+            o.push_str(&format!(
+                "\n Last Execution:\t{}",
+                format::ago(swarm_common::clock::now_ms(), js.last_execution)
+            ));
+        }
     }
     if let Some(u) = &s.update_status {
         o.push_str(&update_status_block(u, swarm_common::clock::now_ms()));
@@ -644,13 +712,23 @@ pub async fn scale(c: &Client, a: ScaleArgs, specs: Vec<(String, u64)>) -> Resul
     for (name, n) in specs {
         let result = async {
             let svc = change_spec(c, &name, false, |svc| {
-                if svc.is_global() {
-                    return Err(CliError::raw("scale can only be used with replicated mode"));
-                }
                 let mut spec = svc.spec.clone().unwrap_or_default();
-                spec.mode = Some(service_spec::Mode::Replicated(ReplicatedService {
-                    replicas: n,
-                }));
+                match spec.mode.as_mut() {
+                    Some(service_spec::Mode::Replicated(r)) => r.replicas = n,
+                    None => {
+                        spec.mode = Some(service_spec::Mode::Replicated(ReplicatedService {
+                            replicas: n,
+                        }))
+                    }
+                    // Docker: the job's completions; the job runs again.
+                    Some(service_spec::Mode::ReplicatedJob(j)) => j.total_completions = n,
+                    Some(service_spec::Mode::Global(_))
+                    | Some(service_spec::Mode::GlobalJob(_)) => {
+                        return Err(CliError::raw(
+                            "scale can only be used with replicated or replicated-job mode",
+                        ))
+                    }
+                }
                 Ok(spec)
             })
             .await?;
@@ -896,5 +974,77 @@ mod tests {
             update_status_block(&status(UpdateState::RollbackPaused, 0), now)
                 .contains("State:\t\trollback_paused")
         );
+    }
+
+    #[test]
+    fn jobs_in_service_ls_and_inspect_pretty() {
+        use TaskState::*;
+        let active: HashSet<String> = ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
+        let mut job = svc(
+            "j1",
+            "batch",
+            service_spec::Mode::ReplicatedJob(ReplicatedJob {
+                max_concurrent: 2,
+                total_completions: 5,
+            }),
+        );
+        job.job_status = Some(JobStatus {
+            job_iteration: 4,
+            last_execution: 1,
+        });
+        let it = |mut t: Task, i: u64| {
+            t.job_iteration = i;
+            t
+        };
+        let tasks = vec![
+            it(task("j1", "n1", Complete, Complete), 4),
+            it(task("j1", "n2", Running, Running), 4),
+            it(task("j1", "n3", Starting, Running), 4),
+            // The previous run of the job does not count.
+            it(task("j1", "n1", Complete, Shutdown), 1),
+            it(task("j1", "n2", Complete, Shutdown), 1),
+        ];
+        assert_eq!(
+            replicas_column(&job, &tasks, &active),
+            ("replicated job".into(), "1/2 (1/5 completed)".into())
+        );
+        // Near the end the job desires only the completions left.
+        let done: Vec<Task> = (0..4)
+            .map(|_| it(task("j1", "n1", Complete, Complete), 4))
+            .chain([it(task("j1", "n2", Running, Running), 4)])
+            .collect();
+        assert_eq!(
+            replicas_column(&job, &done, &active).1,
+            "1/1 (4/5 completed)"
+        );
+
+        let g = svc(
+            "g1",
+            "everywhere",
+            service_spec::Mode::GlobalJob(GlobalJob {}),
+        );
+        let tasks = vec![
+            task("g1", "n1", Complete, Complete),
+            task("g1", "n2", Running, Running),
+            task("g1", "n3", Complete, Complete),
+        ];
+        assert_eq!(
+            replicas_column(&g, &tasks, &active),
+            ("global job".into(), "1/1 (2/3 completed)".into())
+        );
+
+        let p = pretty(&job);
+        assert!(
+            p.contains(
+                "\nService Mode:\tReplicated Job\n Max Concurrent:\t2\n Total Completions:\t5"
+            ),
+            "{p}"
+        );
+        assert!(
+            p.contains("\nJobStatus:\n Job Iteration:\t4\n Last Execution:\t"),
+            "{p}"
+        );
+        assert!(!p.contains("UpdateConfig"), "{p}");
+        assert!(pretty(&g).contains("\nService Mode:\tGlobal Job"));
     }
 }

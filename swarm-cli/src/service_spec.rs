@@ -297,6 +297,9 @@ pub struct CommonArgs {
     /// Maximum number of tasks per node (default 0 = unlimited)
     #[arg(long = "replicas-max-per-node")]
     pub max_replicas: Option<u64>,
+    /// Number of job tasks to run concurrently (default equal to --replicas)
+    #[arg(long = "max-concurrent")]
+    pub max_concurrent: Option<u64>,
     /// Reserve CPUs
     #[arg(long, value_parser = cpu_arg, value_name = "CPUS")]
     pub reserve_cpu: Option<i64>,
@@ -362,7 +365,7 @@ pub struct CreateArgs {
     /// Service name
     #[arg(long)]
     pub name: Option<String>,
-    /// Service mode ("replicated" or "global")
+    /// Service mode ("replicated", "global", "replicated-job", "global-job")
     #[arg(long, default_value = "replicated")]
     pub mode: String,
     /// Set environment variables
@@ -507,25 +510,55 @@ fn res(spec: &mut ServiceSpec) -> &mut ResourceRequirements {
         .get_or_insert_with(Default::default)
 }
 
+/// The spec's restart policy, created by the first restart flag: for a job with Docker's
+/// job condition (`on-failure`), the flags given changing the rest.
 fn restart(spec: &mut ServiceSpec) -> &mut RestartPolicy {
-    task_spec(spec).restart.get_or_insert_with(Default::default)
+    let job = spec.is_job();
+    task_spec(spec)
+        .restart
+        .get_or_insert_with(|| RestartPolicy {
+            condition: if job {
+                RestartCondition::OnFailure as i32
+            } else {
+                RestartCondition::Any as i32
+            },
+            ..Default::default()
+        })
 }
 
-/// Applies the flags create and update share; `global` is the resulting mode.
+/// Applies the flags create and update share to the spec's mode (set by create, or the
+/// service's): `--replicas` is a replicated job's completions, `--max-concurrent` only for
+/// replicated jobs (Docker's rules and messages).
 fn apply_common(spec: &mut ServiceSpec, a: &CommonArgs) -> Result<()> {
-    let global = matches!(spec.mode, Some(service_spec::Mode::Global(_)));
+    use service_spec::Mode;
+    let global = matches!(spec.mode, Some(Mode::Global(_)) | Some(Mode::GlobalJob(_)));
     if let Some(n) = a.replicas {
-        if global {
-            return Err(bad("replicas can only be used with replicated mode"));
+        match spec.mode.as_mut() {
+            Some(Mode::Global(_)) | Some(Mode::GlobalJob(_)) => {
+                return Err(bad(
+                    "replicas can only be used with replicated or replicated-job mode",
+                ))
+            }
+            Some(Mode::ReplicatedJob(j)) => j.total_completions = n,
+            Some(Mode::Replicated(_)) | None => {
+                spec.mode = Some(Mode::Replicated(ReplicatedService { replicas: n }))
+            }
         }
-        spec.mode = Some(service_spec::Mode::Replicated(ReplicatedService {
-            replicas: n,
-        }));
+    }
+    if let Some(m) = a.max_concurrent {
+        match spec.mode.as_mut() {
+            Some(Mode::ReplicatedJob(j)) => j.max_concurrent = m,
+            _ => {
+                return Err(bad(
+                    "max-concurrent can only be used with replicated-job mode",
+                ))
+            }
+        }
     }
     if let Some(m) = a.max_replicas {
         if global {
             return Err(bad(
-                "replicas-max-per-node can only be used with replicated mode",
+                "replicas-max-per-node can only be used with replicated or replicated-job mode",
             ));
         }
         placement(spec).max_replicas = m;
@@ -640,9 +673,16 @@ pub fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
     spec.mode = Some(match a.mode.as_str() {
         "replicated" => service_spec::Mode::Replicated(ReplicatedService { replicas: 1 }),
         "global" => service_spec::Mode::Global(GlobalService {}),
+        // Docker: completions = --replicas, concurrency = --max-concurrent or --replicas;
+        // neither given, the managers' defaults (1 and 1).
+        "replicated-job" => service_spec::Mode::ReplicatedJob(ReplicatedJob {
+            max_concurrent: a.common.max_concurrent.or(a.common.replicas).unwrap_or(0),
+            total_completions: 0,
+        }),
+        "global-job" => service_spec::Mode::GlobalJob(GlobalJob {}),
         other => {
             return Err(bad(format!(
-                "invalid service mode {other:?}, only replicated and global are supported"
+                "invalid service mode {other:?}, only replicated, global, replicated-job and global-job are supported"
             )))
         }
     });
@@ -936,7 +976,7 @@ pub(crate) mod tests {
         let global = create(&["--mode", "global", "--replicas", "2", "busybox"]).unwrap();
         assert_eq!(
             create_spec(&global).map_err(|e| e.to_string()),
-            Err("Error: replicas can only be used with replicated mode".into())
+            Err("Error: replicas can only be used with replicated or replicated-job mode".into())
         );
         let bad_mode = create(&["--mode", "daemonset", "busybox"]).unwrap();
         assert!(create_spec(&bad_mode).is_err());
@@ -1352,5 +1392,104 @@ pub(crate) mod tests {
         let bad = create(&["--endpoint-mode", "rr", "x"]).unwrap();
         let e = create_spec(&bad).unwrap_err().to_string();
         assert!(e.contains("only vip and dnsrr"), "{e}");
+    }
+
+    #[test]
+    fn job_modes_and_their_flags() {
+        use service_spec::Mode;
+        let spec = |args: &[&str]| create_spec(&create(args).unwrap()).map_err(|e| e.to_string());
+        assert_eq!(
+            spec(&[
+                "--mode",
+                "replicated-job",
+                "--replicas",
+                "5",
+                "--max-concurrent",
+                "2",
+                "busybox"
+            ])
+            .unwrap()
+            .mode,
+            Some(Mode::ReplicatedJob(ReplicatedJob {
+                max_concurrent: 2,
+                total_completions: 5
+            }))
+        );
+        // Docker: the concurrency defaults to --replicas; neither: the managers' default.
+        assert_eq!(
+            spec(&["--mode", "replicated-job", "--replicas", "3", "busybox"])
+                .unwrap()
+                .mode,
+            Some(Mode::ReplicatedJob(ReplicatedJob {
+                max_concurrent: 3,
+                total_completions: 3
+            }))
+        );
+        assert_eq!(
+            spec(&["--mode", "replicated-job", "busybox"]).unwrap().mode,
+            Some(Mode::ReplicatedJob(ReplicatedJob::default()))
+        );
+        let g = spec(&["--mode", "global-job", "busybox"]).unwrap();
+        assert_eq!(g.mode, Some(Mode::GlobalJob(GlobalJob {})));
+        assert_eq!(g.update, None, "no update policy unless asked");
+        // A restart flag on a job keeps Docker's job condition.
+        let r = spec(&[
+            "--mode",
+            "global-job",
+            "--restart-max-attempts",
+            "2",
+            "busybox",
+        ])
+        .unwrap();
+        let p = r.task.unwrap().restart.unwrap();
+        assert_eq!(p.condition, RestartCondition::OnFailure as i32);
+        assert_eq!(p.max_attempts, 2);
+
+        // Docker's refusals.
+        for (args, msg) in [
+            (
+                &["--mode", "global-job", "--replicas", "2", "busybox"][..],
+                "Error: replicas can only be used with replicated or replicated-job mode",
+            ),
+            (
+                &["--max-concurrent", "2", "busybox"][..],
+                "Error: max-concurrent can only be used with replicated-job mode",
+            ),
+            (
+                &["--mode", "global", "--max-concurrent", "2", "busybox"][..],
+                "Error: max-concurrent can only be used with replicated-job mode",
+            ),
+            (
+                &["--mode", "global-job", "--replicas-max-per-node", "1", "busybox"][..],
+                "Error: replicas-max-per-node can only be used with replicated or replicated-job mode",
+            ),
+        ] {
+            assert_eq!(spec(args), Err(msg.to_string()), "{args:?}");
+        }
+        let e = spec(&["--mode", "cron-job", "busybox"]).unwrap_err();
+        assert!(e.contains("replicated-job and global-job"), "{e}");
+
+        // Update: --replicas is a replicated job's completions, --max-concurrent its concurrency.
+        let mut s = spec(&["--mode", "replicated-job", "--replicas", "2", "busybox"]).unwrap();
+        update_spec(
+            &mut s,
+            &update(&["--replicas", "6", "--max-concurrent", "3", "j"]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.mode,
+            Some(Mode::ReplicatedJob(ReplicatedJob {
+                max_concurrent: 3,
+                total_completions: 6
+            }))
+        );
+        let mut svc = spec(&["busybox"]).unwrap();
+        let e = update_spec(&mut svc, &update(&["--max-concurrent", "3", "j"]).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "Error: max-concurrent can only be used with replicated-job mode"
+        );
     }
 }

@@ -159,6 +159,7 @@ impl State {
                     endpoint: None,
                     networks: Vec::new(),
                     started_at: 0,
+                    job_iteration: 0,
                 });
             }
         }
@@ -313,6 +314,7 @@ impl Control for Fake {
             spec_version: 1,
             update_status: None,
             previous_spec_version: 0,
+            job_status: None,
         };
         s.services.push(svc.clone());
         let idx = s.services.len() - 1;
@@ -841,7 +843,7 @@ fn service_commands() {
     assert_eq!(stdout(&o), "web scaled to 3\n");
     assert_eq!(
         stderr(&o),
-        "agent: scale can only be used with replicated mode\n"
+        "agent: scale can only be used with replicated or replicated-job mode\n"
     );
     let o = a.run(&["service", "scale", "-d", "web=1"]);
     assert_eq!(stdout(&o), "web scaled to 1\n");
@@ -889,7 +891,7 @@ fn service_commands() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),
-        "Error: replicas can only be used with replicated mode\n"
+        "Error: replicas can only be used with replicated or replicated-job mode\n"
     );
     let o = a.run(&["service", "create", "--reserve-memory", "64X", "nginx"]);
     assert_eq!(o.status.code(), Some(125));
