@@ -76,24 +76,25 @@ async fn replicated_job_runs_its_completions_never_more_than_max_concurrent() {
     }
     assert_eq!(waves[..4], [2, 2, 1, 0], "5 completions, 2 at a time");
     assert_eq!(in_state(&store, "j", TaskState::Complete), 5);
-    let st = store.read();
-    let mut slots: Vec<u64> = st.tasks_of_service("j").map(|t| t.slot).collect();
-    slots.sort();
-    assert_eq!(
-        slots,
-        vec![1, 2, 3, 4, 5],
-        "one task per slot, none restarted"
-    );
-    for t in st.tasks_of_service("j") {
+    {
+        let st = store.read();
+        let mut slots: Vec<u64> = st.tasks_of_service("j").map(|t| t.slot).collect();
+        slots.sort();
         assert_eq!(
-            t.desired(),
-            TaskState::Complete,
-            "{}: done, not restarted",
-            t.id
+            slots,
+            vec![1, 2, 3, 4, 5],
+            "one task per slot, none restarted"
         );
-        assert_eq!(t.job_iteration, 0);
+        for t in st.tasks_of_service("j") {
+            assert_eq!(
+                t.desired(),
+                TaskState::Complete,
+                "{}: done, not restarted",
+                t.id
+            );
+            assert_eq!(t.job_iteration, 0);
+        }
     }
-    drop(st);
     assert_eq!(round(&store).await, 0, "a finished job stays finished");
 }
 
