@@ -18,7 +18,7 @@ use proto::{NodeAvailability, NodeState, Service, Task, TaskState};
 
 use super::reconciler::{run_reconciler, Plan};
 use super::task::{is_active, new_task, pick_kept, shutdown_op, start_first_pending};
-use crate::scheduler::constraint::{node_matches, parse_constraints};
+use crate::scheduler::constraint::{node_matches, parse_constraints, Constraint};
 use crate::store::{Object, Op, State, Store};
 
 pub struct GlobalOrchestrator {
@@ -50,22 +50,27 @@ pub fn reconcile(state: &State, now_ms: i64) -> Plan {
     plan
 }
 
-fn reconcile_service(state: &State, svc: &Service, now_ms: i64, plan: &mut Plan) {
-    let version = svc.spec_version;
+/// The service's placement constraints; None (no node eligible) when one does not parse
+/// (the Control API validates them, so only an old stored spec could).
+pub(super) fn constraints_of(svc: &Service) -> Option<Vec<Constraint>> {
     let exprs: &[String] = svc
         .spec
         .as_ref()
         .and_then(|s| s.task.as_ref())
         .and_then(|t| t.placement.as_ref())
         .map_or(&[], |p| p.constraints.as_slice());
-    // The Control API validates constraints; one that does not parse matches no node.
-    let constraints = match parse_constraints(exprs) {
+    match parse_constraints(exprs) {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::debug!(service = %svc.name(), error = %e, "invalid constraints: no eligible node");
             None
         }
-    };
+    }
+}
+
+fn reconcile_service(state: &State, svc: &Service, now_ms: i64, plan: &mut Plan) {
+    let version = svc.spec_version;
+    let constraints = constraints_of(svc);
 
     let mut by_node: HashMap<&str, Vec<&Task>> = HashMap::new();
     for t in state.tasks_of_service(&svc.id).filter(|t| is_active(t)) {

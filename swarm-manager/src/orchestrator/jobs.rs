@@ -28,9 +28,10 @@ use std::time::Duration;
 
 use proto::{NodeAvailability, NodeState, Service, Task, TaskState};
 
+use super::global::constraints_of;
 use super::reconciler::{run_reconciler, Plan};
 use super::task::{is_active, new_task, node_unusable, retire_op, shutdown_op};
-use crate::scheduler::constraint::{node_matches, parse_constraints};
+use crate::scheduler::constraint::node_matches;
 use crate::store::{Object, Op, State, Store};
 
 pub struct JobOrchestrator {
@@ -138,14 +139,7 @@ fn reconcile_replicated(
 }
 
 fn reconcile_global(state: &State, svc: &Service, current: &[&Task], now_ms: i64, plan: &mut Plan) {
-    let exprs: &[String] = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.task.as_ref())
-        .and_then(|t| t.placement.as_ref())
-        .map_or(&[], |p| p.constraints.as_slice());
-    // The Control API validates constraints; one that does not parse matches no node.
-    let constraints = parse_constraints(exprs).ok();
+    let constraints = constraints_of(svc);
 
     let mut by_node: HashMap<&str, Vec<&Task>> = HashMap::new();
     for t in current.iter().copied().filter(|t| is_active(t)) {
