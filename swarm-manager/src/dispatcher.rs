@@ -360,6 +360,13 @@ impl DispatcherRpc for Dispatcher {
                         .await;
                     return;
                 }
+                // Removed (its other streams may have ended the session already): say so.
+                let standing = member_role(&this.store.read(), &node_id);
+                if let Err(denied) = standing {
+                    this.end_session(&node_id, &session_id);
+                    let _ = tx.send(Err(denied)).await;
+                    return;
+                }
                 if !this.session_alive(&node_id, &session_id) {
                     let _ = tx
                         .send(Err(Status::not_found(
