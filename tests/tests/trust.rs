@@ -276,3 +276,92 @@ async fn drain<T>(s: &mut tonic::Streaming<T>) -> Result<(), Status> {
         }
     }
 }
+
+/// Every path under `root` with its permission bits.
+fn walk(root: &std::path::Path) -> Vec<(std::path::PathBuf, u32, bool)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = std::fs::symlink_metadata(e.path()).unwrap();
+            if md.is_dir() {
+                dirs.push(e.path());
+            }
+            out.push((e.path(), md.permissions().mode() & 0o777, md.is_dir()));
+        }
+    }
+    out
+}
+
+/// The data root is the node's alone; keys, tokens (in the Raft database), state and Raft
+/// data are 0600 in 0700 directories; task logs 0640.
+fn assert_private(node: &AgentProc) {
+    use std::os::unix::fs::PermissionsExt;
+    let root = &node.data_root;
+    let mode = std::fs::metadata(root).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", root.display());
+    let all = walk(root);
+    for (p, mode, dir) in &all {
+        let rel = p.strip_prefix(root).unwrap();
+        let secret = ["certificates", "raft", "state.json"]
+            .iter()
+            .any(|s| rel.starts_with(s));
+        if secret {
+            let want = if *dir { 0o700 } else { 0o600 };
+            assert_eq!(*mode, want, "{}: {mode:o}", p.display());
+        } else if rel.ends_with(swarm_agent::logs::LOG_FILE) {
+            assert_eq!(*mode, 0o640, "{}: {mode:o}", p.display());
+        }
+    }
+    for must in ["state.json", "certificates/swarm-node.key"] {
+        assert!(root.join(must).exists(), "{must} in {}", root.display());
+    }
+}
+
+/// Opens every file and directory of the data root to everyone (what an older version, or
+/// a careless copy, leaves).
+fn loosen(root: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for (p, _, dir) in walk(root) {
+        let mode = if dir { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn data_roots_are_private_from_the_start_and_put_right_on_restart() {
+    let mut c = Cluster::formed(2, 27401, 1);
+    c.node(0)
+        .create_service(&["--name", "talker", "--replicas", "2", "sim/app"]);
+    wait_for(Duration::from_secs(30), || {
+        tests::running(&c.node(0).tasks("talker").unwrap_or_default()).len() == 2
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    for n in &c.nodes {
+        assert_private(n);
+    }
+    let db = c.node(0).data_root.join("raft/raft.redb");
+    assert!(db.exists(), "the manager's Raft database");
+
+    // Restarted over loose modes, both nodes put them right and the swarm works.
+    for i in [1, 0] {
+        c.nodes[i].stop();
+        loosen(&c.nodes[i].data_root);
+        c.nodes[i].start().unwrap();
+    }
+    wait_for(Duration::from_secs(60), || {
+        c.node(0).swarm(&["node", "ls"]).ok()
+            && c.node(0)
+                .nodes()
+                .unwrap_or_default()
+                .iter()
+                .all(|n| n.state() == proto::NodeState::Ready)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    for n in &c.nodes {
+        assert_private(n);
+    }
+}
