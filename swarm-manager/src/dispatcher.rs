@@ -565,6 +565,17 @@ impl DispatcherRpc for Dispatcher {
         let node_id = node_of(&req, &self.store.read())?;
         let r = req.into_inner();
         self.check_session(&node_id, &r.session_id)?;
+        // A state this manager does not know (a newer or broken agent) is refused whole:
+        // stored, it would break every reader of the task.
+        for u in &r.updates {
+            let state = u.status.as_ref().map(|s| s.state);
+            if let Some(bad) = state.filter(|s| TaskState::try_from(*s).is_err()) {
+                return Err(Status::invalid_argument(format!(
+                    "task {}: unknown task state {bad} reported by node {node_id}; nothing of this update was recorded",
+                    u.task_id
+                )));
+            }
+        }
         let ops: Vec<Op> = {
             let st = self.store.read();
             r.updates

@@ -365,3 +365,101 @@ fn data_roots_are_private_from_the_start_and_put_right_on_restart() {
         assert_private(n);
     }
 }
+
+#[test]
+fn out_of_bounds_settings_and_unknown_task_states_are_refused_and_change_nothing() {
+    let mut c = Cluster::new(2, 27501).unwrap();
+    let n = c.node(0);
+    let addr = n.addr();
+    for (flag, value, says) in [
+        ("--cert-expiry", "1000000000h", "--cert-expiry"),
+        ("--cert-expiry", "87601h", "at most 87600h"),
+        ("--dispatcher-heartbeat", "1ms", "at least 1s"),
+    ] {
+        let o = n.swarm(&[
+            "init",
+            "--advertise-addr",
+            &addr,
+            "--listen-addr",
+            &addr,
+            flag,
+            value,
+        ]);
+        assert!(!o.ok(), "init {flag} {value} succeeded");
+        assert!(o.stderr.contains(says), "{flag} {value}: {}", o.stderr);
+        assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+        assert!(
+            !n.data_root.join("state.json").exists(),
+            "init {flag} {value} left a swarm behind"
+        );
+    }
+    c.form(1).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let m = c.node(0);
+    let o = m.swarm(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "huge",
+        "--replicas",
+        "100000000",
+        "sim/app",
+    ]);
+    assert!(!o.ok());
+    assert!(o.stderr.contains("maximum of 100000"), "{}", o.stderr);
+    m.create_service(&[
+        "--name",
+        "small",
+        "--replicas",
+        "1",
+        "--constraint",
+        "node.role==worker",
+        "sim/app",
+    ]);
+    let o = m.swarm(&["service", "scale", "-d", "small=100000001"]);
+    assert!(!o.ok());
+    assert!(o.stderr.contains("maximum of 100000"), "{}", o.stderr);
+    assert!(m.swarm(&["service", "inspect", "huge"]).code != 0);
+
+    // An agent reporting a task state nobody knows is refused; nothing records it.
+    wait_for(Duration::from_secs(30), || {
+        tests::running(&m.tasks("small").unwrap_or_default()).len() == 1
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let mut tasks = m.tasks("small").unwrap();
+    assert_eq!(tasks.len(), 1, "the refused scale changed the service");
+    let task = tasks.remove(0);
+    let creds = Creds::of(c.node(1));
+    let leader_addr = c.node(0).addr();
+    c.nodes[1].kill();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let e = rt.block_on(async {
+        let mut s = session(creds.channel(&leader_addr))
+            .await
+            .expect("a session");
+        let session_id = next(&mut s).await.unwrap().unwrap().session_id;
+        DispatcherClient::new(creds.channel(&leader_addr))
+            .update_task_status(proto::UpdateTaskStatusRequest {
+                session_id,
+                updates: vec![proto::TaskStatusUpdate {
+                    task_id: task.id.clone(),
+                    status: Some(proto::TaskStatus {
+                        state: 999,
+                        ..Default::default()
+                    }),
+                }],
+            })
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("unknown task state 999"), "{e:?}");
+    let tasks = c.node(0).tasks("small").unwrap();
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.status.as_ref().is_none_or(|s| s.state != 999)),
+        "{tasks:?}"
+    );
+}

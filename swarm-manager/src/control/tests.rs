@@ -1280,6 +1280,68 @@ async fn cluster_key_never_leaves_and_spec_is_validated() {
     );
 }
 
+/// Issue 14's validation gaps: each gets a clear error and changes nothing.
+#[tokio::test]
+async fn huge_expiry_tiny_heartbeat_and_huge_replicas_are_refused() {
+    let (api, store) = api();
+    put(&store, vec![Object::Cluster(cluster_object())]).await;
+    let before = store.read().cluster().cloned().unwrap();
+    let cases = [
+        (
+            DispatcherConfig {
+                heartbeat_period_ms: 1,
+            },
+            CaConfig {
+                node_cert_expiry_ms: 0,
+            },
+            "at least 1s",
+        ),
+        (
+            DispatcherConfig {
+                heartbeat_period_ms: 0,
+            },
+            CaConfig {
+                // --cert-expiry 1000000000h
+                node_cert_expiry_ms: 3_600_000 * 1_000_000_000,
+            },
+            "at most 87600h",
+        ),
+    ];
+    for (dispatcher, ca, says) in cases {
+        let e = api
+            .update_cluster(local(UpdateClusterRequest {
+                spec: Some(ClusterSpec {
+                    name: "default".into(),
+                    dispatcher: Some(dispatcher),
+                    ca_config: Some(ca),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains(says), "{e:?}");
+    }
+    assert_eq!(store.read().cluster(), Some(&before), "the cluster changed");
+
+    let mut huge = spec("huge", "nginx");
+    huge.mode = Some(Mode::Replicated(ReplicatedService {
+        replicas: 100_000_000,
+    }));
+    let e = create(&api, huge.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("maximum of 100000"), "{e:?}");
+    assert!(services(&api).await.is_empty());
+    // Scaling an existing service up that far is refused too.
+    let small = create(&api, spec("huge", "nginx")).await.unwrap();
+    let e = update(&api, &small.id, version(&small), huge)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(get(&api, "huge").await.unwrap(), small);
+}
+
 fn version_of(c: &Cluster) -> u64 {
     c.meta.as_ref().map_or(0, |m| m.version)
 }
