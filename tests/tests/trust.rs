@@ -370,21 +370,12 @@ fn data_roots_are_private_from_the_start_and_put_right_on_restart() {
 fn out_of_bounds_settings_and_unknown_task_states_are_refused_and_change_nothing() {
     let mut c = Cluster::new(2, 27501).unwrap();
     let n = c.node(0);
-    let addr = n.addr();
     for (flag, value, says) in [
         ("--cert-expiry", "1000000000h", "--cert-expiry"),
         ("--cert-expiry", "87601h", "at most 87600h"),
         ("--dispatcher-heartbeat", "1ms", "at least 1s"),
     ] {
-        let o = n.swarm(&[
-            "init",
-            "--advertise-addr",
-            &addr,
-            "--listen-addr",
-            &addr,
-            flag,
-            value,
-        ]);
+        let o = c.init_with(0, &[flag, value]);
         assert!(!o.ok(), "init {flag} {value} succeeded");
         assert!(o.stderr.contains(says), "{flag} {value}: {}", o.stderr);
         assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
