@@ -35,8 +35,7 @@ pub async fn run_with_networking(
     // The in-process manager's metrics are on /metrics from the start, on workers too.
     std::sync::LazyLock::force(&swarm_manager::metrics::METRICS);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    std::fs::create_dir_all(&cfg.data_root)
-        .with_context(|| format!("creating the data root {}", cfg.data_root.display()))?;
+    state::Paths::new(&cfg.data_root).secure()?;
     let agent = Agent::with_networking(cfg.clone(), executor, networking);
     agent
         .resume()

@@ -81,15 +81,49 @@ impl Paths {
         Ok(Some((state, creds)))
     }
 
+    /// Creates the data root, or puts an existing one right: the root, its certificates
+    /// and Raft directories 0700, the node key, certificates, state and Raft files 0600
+    /// (the Raft database holds the root CA key and both join tokens). Task files (mounted
+    /// into containers) keep their modes; the root's 0700 keeps other users out of them.
+    pub fn secure(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let private = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("setting the mode of {} to {mode:o}", p.display()))
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .with_context(|| format!("creating the data root {}", self.root.display()))?;
+        private(&self.root, 0o700)?;
+        if self.state().exists() {
+            private(&self.state(), 0o600)?;
+        }
+        for dir in [self.certs(), self.raft()] {
+            if !dir.is_dir() {
+                continue;
+            }
+            private(&dir, 0o700)?;
+            let entries =
+                std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            for e in entries {
+                let e = e.with_context(|| format!("reading {}", dir.display()))?;
+                let ft = e.file_type()?;
+                private(&e.path(), if ft.is_dir() { 0o700 } else { 0o600 })?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn save_state(&self, state: &NodeState) -> anyhow::Result<()> {
         write_atomic(&self.state(), &serde_json::to_vec_pretty(state)?, 0o600)
     }
 
     pub fn save_credentials(&self, creds: &Credentials) -> anyhow::Result<()> {
-        std::fs::create_dir_all(self.certs())?;
-        write_atomic(&self.root_ca(), creds.root_ca_pem.as_bytes(), 0o644)?;
+        write_atomic(&self.root_ca(), creds.root_ca_pem.as_bytes(), 0o600)?;
         write_atomic(&self.key(), creds.key_pem.as_bytes(), 0o600)?;
-        write_atomic(&self.cert(), creds.cert_pem.as_bytes(), 0o644)
+        write_atomic(&self.cert(), creds.cert_pem.as_bytes(), 0o600)
     }
 
     /// Forgets the swarm: state, certificates and raft data.
@@ -108,9 +142,13 @@ impl Paths {
 /// Writes through a temporary file, fsyncs it and renames it over the target.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = path.parent().context("path without parent")?;
-    std::fs::create_dir_all(dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let tmp = path.with_extension("tmp");
     {
         let mut f = std::fs::OpenOptions::new()

@@ -7,7 +7,7 @@ use tonic::{Request, Status};
 
 use crate::ca::NodeIdentity;
 use crate::router::{no_leader, Route, Router};
-use crate::store::{ProposeError, StoreError};
+use crate::store::{ProposeError, Standing, State, StoreError};
 
 /// Marks a request that came through the agent's local unix socket (already authorized by
 /// the socket's file permissions). The agent inserts it into the request extensions.
@@ -20,25 +20,75 @@ pub const WORKER_DENIED: &str = "This node is not a swarm manager. Worker nodes 
 /// The metadata key in which a follower tells an agent the leader's address.
 pub const LEADER_METADATA: &str = "x-swarm-leader";
 
-/// Who may call the cluster APIs (Control, Logs): the local socket, or a manager
-/// certificate. Returns the certificate identity (None for local callers) so that
-/// forwarded calls keep it.
-pub(crate) fn authorize<T>(req: &Request<T>) -> Result<Option<NodeIdentity>, Status> {
+/// The caller of an authenticated call, checked against the store as SwarmKit does
+/// (`AuthorizeForwardedRoleAndOrg` and its removed-nodes list): its certificate's node
+/// exists and was not removed, and a manager forwarding a call on behalf of another node
+/// is a manager now, not only by an old certificate. Returns the identity the call is made
+/// under (the forwarded one, if any; None for an anonymous caller) and that node's current
+/// role in the store. A store read per call, no write.
+pub(crate) fn caller<T>(
+    req: &Request<T>,
+    state: &State,
+) -> Result<Option<(NodeIdentity, NodeRole)>, Status> {
+    let Some(direct) = crate::tls::peer_identity(req) else {
+        return Ok(None);
+    };
+    let direct_role = member_role(state, &direct.node_id)?;
+    if !crate::tls::is_forwarded(req) {
+        return Ok(Some((direct, direct_role)));
+    }
+    if direct.role != NodeRole::Manager || direct_role != NodeRole::Manager {
+        return Err(Status::permission_denied(format!(
+            "node {} is not a manager of this swarm: it cannot make calls on behalf of other nodes",
+            direct.node_id
+        )));
+    }
+    match crate::tls::caller_identity(req) {
+        Some(id) => {
+            let role = member_role(state, &id.node_id)?;
+            Ok(Some((id, role)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The node's current role, or `PermissionDenied` when it was removed or is not a node of
+/// this swarm.
+pub(crate) fn member_role(state: &State, node_id: &str) -> Result<NodeRole, Status> {
+    match state.standing(node_id) {
+        Standing::Member(role) => Ok(role),
+        Standing::Removed => Err(Status::permission_denied(format!(
+            "node {node_id} was removed from the swarm: its certificate is no longer accepted; join the swarm again with a join token"
+        ))),
+        Standing::Unknown => Err(Status::permission_denied(format!(
+            "node {node_id} is not a member of this swarm"
+        ))),
+    }
+}
+
+/// Who may call the cluster APIs (Control, Logs): the local socket, or a manager — by its
+/// certificate and by its current role in the store ([`caller`]). Returns the certificate
+/// identity (None for local callers) so that forwarded calls keep it.
+pub(crate) fn authorize<T>(
+    req: &Request<T>,
+    state: &State,
+) -> Result<Option<NodeIdentity>, Status> {
     if req.extensions().get::<LocalCaller>().is_some() {
         return Ok(None);
     }
-    let id = crate::tls::caller_identity(req).ok_or_else(|| {
+    let (id, role) = caller(req, state)?.ok_or_else(|| {
         Status::unauthenticated("a client certificate issued by the swarm CA is required")
     })?;
-    if id.role != NodeRole::Manager {
+    if id.role != NodeRole::Manager || role != NodeRole::Manager {
         return Err(Status::permission_denied(WORKER_DENIED));
     }
     Ok(Some(id))
 }
 
-/// The node id of an agent's call (the CN of its node certificate).
-pub(crate) fn node_of<T>(req: &Request<T>) -> Result<String, Status> {
-    let id = crate::tls::caller_identity(req).ok_or_else(|| {
+/// The node id of an agent's call (the CN of its node certificate), checked against the
+/// store ([`caller`]): removed nodes are refused.
+pub(crate) fn node_of<T>(req: &Request<T>, state: &State) -> Result<String, Status> {
+    let (id, _) = caller(req, state)?.ok_or_else(|| {
         Status::unauthenticated("a node certificate issued by the swarm CA is required")
     })?;
     Ok(id.node_id)

@@ -27,6 +27,12 @@ pub const WORKER_OU: &str = "swarm-worker";
 pub const DEFAULT_NODE_CERT_VALIDITY: std::time::Duration =
     std::time::Duration::from_secs(90 * 24 * 3600);
 
+/// The longest node certificate validity accepted (`--cert-expiry`): 10 years. Docker sets
+/// no bound (its minimum is 1 hour); ours keeps every expiry far inside what X.509 dates
+/// and date arithmetic can hold, and a removed node's certificate within a sane life.
+pub const MAX_NODE_CERT_VALIDITY: std::time::Duration =
+    std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// The OU a role's certificates carry.
 pub fn role_ou(role: proto::NodeRole) -> &'static str {
     match role {

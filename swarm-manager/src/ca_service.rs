@@ -57,7 +57,13 @@ impl CaService {
         let (cluster_id, root, validity) = self.cluster_ca()?;
         let signer = RootCa::from_pem(&root.ca_cert, &root.ca_key)
             .map_err(|e| Status::internal(format!("the cluster root CA is unusable: {e}")))?;
-        let caller = tls::caller_identity(&req);
+        // A renewal is checked against the store: a removed node gets nothing, a demoted
+        // manager only a worker certificate (the role is the node's current one).
+        let caller = if req.get_ref().token.is_empty() {
+            crate::api::caller(&req, &self.store.read())?
+        } else {
+            None
+        };
         let msg = req.into_inner();
 
         if !msg.token.is_empty() {
@@ -65,18 +71,11 @@ impl CaService {
         }
 
         // Renewal: the caller's own certificate authenticates it.
-        let id = caller
-            .filter(|id| id.cluster_id == cluster_id)
+        let (id, role) = caller
+            .filter(|(id, _)| id.cluster_id == cluster_id)
             .ok_or_else(|| {
                 Status::unauthenticated("a join token or a valid node certificate is required")
             })?;
-        let role = {
-            let state = self.store.read();
-            let node = state.node(&id.node_id).ok_or_else(|| {
-                Status::permission_denied(format!("node {} was removed from the swarm", id.node_id))
-            })?;
-            node.role_enum()
-        };
         let certificate = signer
             .sign_node_cert(&msg.csr, &id.node_id, role, &cluster_id, validity)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;

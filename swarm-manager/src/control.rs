@@ -95,7 +95,7 @@ impl ControlApi {
         Loc: FnOnce(Store, Req) -> LocFut,
         LocFut: Future<Output = Result<Resp, Status>>,
     {
-        let caller = authorize(&req)?;
+        let caller = authorize(&req, &self.store.read())?;
         match self.router.route() {
             Route::Local => {
                 let msg = req.into_inner();

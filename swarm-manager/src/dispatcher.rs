@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::api::{leader_only, node_of, propose_status};
+use crate::api::{leader_only, member_role, node_of, propose_status};
 use crate::netstate::{self, NodeNetworkView};
 use crate::router::{Route, Router};
 use crate::store::{Op, ProposeError, Request as StoreRequest, Store};
@@ -86,6 +86,12 @@ impl Dispatcher {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = tx.closed() => return false,
         }
+        let standing = member_role(&self.store.read(), node_id);
+        if let Err(denied) = standing {
+            self.end_session(node_id, session_id);
+            let _ = tx.send(Err(denied)).await;
+            return false;
+        }
         if !matches!(self.router.route(), Route::Local) || !self.session_alive(node_id, session_id)
         {
             let _ = tx
@@ -94,6 +100,14 @@ impl Dispatcher {
             return false;
         }
         true
+    }
+
+    /// Forgets the session (its node was removed): its heartbeats and other streams fail.
+    fn end_session(&self, node_id: &str, session_id: &str) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions.get(node_id).is_some_and(|s| s.id == session_id) {
+            sessions.remove(node_id);
+        }
     }
 
     fn session_alive(&self, node_id: &str, session_id: &str) -> bool {
@@ -262,7 +276,7 @@ impl DispatcherRpc for Dispatcher {
         req: Request<SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         leader_only(&self.router)?;
-        let node_id = node_of(&req)?;
+        let node_id = node_of(&req, &self.store.read())?;
         let seen = req.remote_addr().map(|a| a.ip());
         let r = req.into_inner();
         let addr = data_path_addr(&r.data_path_addr, seen);
@@ -296,16 +310,26 @@ impl DispatcherRpc for Dispatcher {
             let mut last: Option<SessionMessage> = None;
             let mut node = Some(node);
             loop {
-                let current = node
-                    .take()
-                    .or_else(|| this.store.read().node(&node_id).cloned());
-                let Some(current) = current else {
-                    let _ = tx
-                        .send(Err(Status::permission_denied(format!(
-                            "node {node_id} was removed from the swarm"
-                        ))))
-                        .await;
-                    return;
+                let current = match node.take() {
+                    Some(n) => Ok(n),
+                    None => {
+                        let st = this.store.read();
+                        member_role(&st, &node_id).and_then(|_| {
+                            st.node(&node_id).cloned().ok_or_else(|| {
+                                Status::permission_denied(format!(
+                                    "node {node_id} was removed from the swarm"
+                                ))
+                            })
+                        })
+                    }
+                };
+                let current = match current {
+                    Ok(n) => n,
+                    Err(denied) => {
+                        this.end_session(&node_id, &session_id);
+                        let _ = tx.send(Err(denied)).await;
+                        return;
+                    }
                 };
                 let msg = SessionMessage {
                     session_id: session_id.clone(),
@@ -336,6 +360,13 @@ impl DispatcherRpc for Dispatcher {
                         .await;
                     return;
                 }
+                // Removed (its other streams may have ended the session already): say so.
+                let standing = member_role(&this.store.read(), &node_id);
+                if let Err(denied) = standing {
+                    this.end_session(&node_id, &session_id);
+                    let _ = tx.send(Err(denied)).await;
+                    return;
+                }
                 if !this.session_alive(&node_id, &session_id) {
                     let _ = tx
                         .send(Err(Status::not_found(
@@ -354,7 +385,7 @@ impl DispatcherRpc for Dispatcher {
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         leader_only(&self.router)?;
-        let node_id = node_of(&req)?;
+        let node_id = node_of(&req, &self.store.read())?;
         let HeartbeatRequest {
             session_id,
             port_conflicts,
@@ -401,7 +432,7 @@ impl DispatcherRpc for Dispatcher {
         req: Request<AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         leader_only(&self.router)?;
-        let node_id = node_of(&req)?;
+        let node_id = node_of(&req, &self.store.read())?;
         let session_id = req.into_inner().session_id;
         self.check_session(&node_id, &session_id)?;
         let (tx, rx) = mpsc::channel(16);
@@ -474,7 +505,7 @@ impl DispatcherRpc for Dispatcher {
         req: Request<proto::NetworkStateRequest>,
     ) -> Result<Response<Self::NetworkStateStream>, Status> {
         leader_only(&self.router)?;
-        let node_id = node_of(&req)?;
+        let node_id = node_of(&req, &self.store.read())?;
         let session_id = req.into_inner().session_id;
         self.check_session(&node_id, &session_id)?;
         let (tx, rx) = mpsc::channel(16);
@@ -531,9 +562,20 @@ impl DispatcherRpc for Dispatcher {
         req: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
         leader_only(&self.router)?;
-        let node_id = node_of(&req)?;
+        let node_id = node_of(&req, &self.store.read())?;
         let r = req.into_inner();
         self.check_session(&node_id, &r.session_id)?;
+        // A state this manager does not know (a newer or broken agent) is refused whole:
+        // stored, it would break every reader of the task.
+        for u in &r.updates {
+            let state = u.status.as_ref().map(|s| s.state);
+            if let Some(bad) = state.filter(|s| TaskState::try_from(*s).is_err()) {
+                return Err(Status::invalid_argument(format!(
+                    "task {}: unknown task state {bad} reported by node {node_id}; nothing of this update was recorded",
+                    u.task_id
+                )));
+            }
+        }
         let ops: Vec<Op> = {
             let st = self.store.read();
             r.updates

@@ -510,7 +510,7 @@ impl Logs for LogBroker {
         &self,
         req: Request<SubscribeLogsRequest>,
     ) -> Result<Response<Self::SubscribeLogsStream>, Status> {
-        let caller = authorize(&req)?;
+        let caller = authorize(&req, &self.store.read())?;
         match self.router.route() {
             Route::Local => {
                 let r = req.into_inner();
@@ -542,7 +542,7 @@ impl LogBrokerRpc for LogBroker {
         req: Request<ListenSubscriptionsRequest>,
     ) -> Result<Response<Self::ListenSubscriptionsStream>, Status> {
         leader_only(&self.router)?;
-        let node = node_of(&req)?;
+        let node = node_of(&req, &self.store.read())?;
         let rx = self.listen(&node);
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
@@ -552,7 +552,7 @@ impl LogBrokerRpc for LogBroker {
         req: Request<Streaming<PublishLogsMessage>>,
     ) -> Result<Response<PublishLogsResponse>, Status> {
         leader_only(&self.router)?;
-        let node = node_of(&req)?;
+        let node = node_of(&req, &self.store.read())?;
         self.publish_stream(&node, req.into_inner()).await?;
         Ok(Response::new(PublishLogsResponse {}))
     }

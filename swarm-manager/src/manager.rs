@@ -126,7 +126,7 @@ impl Manager {
         let incoming = crate::tls::incoming(listener, server_cfg);
         let mut tasks = JoinSet::new();
         {
-            let raft_svc = crate::raft::service::RaftService::new(raft.clone());
+            let raft_svc = crate::raft::service::RaftService::new(raft.clone(), store.clone());
             let server = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(5)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))

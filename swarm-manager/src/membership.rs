@@ -97,11 +97,13 @@ impl Membership {
         Ok(())
     }
 
-    fn require_manager<T>(req: &Request<T>) -> Result<crate::ca::NodeIdentity, Status> {
-        let id = crate::tls::caller_identity(req).ok_or_else(|| {
+    /// The caller must be a manager by its certificate and, in the store, now: a removed
+    /// or demoted manager cannot add itself back to Raft or take others out.
+    fn require_manager<T>(&self, req: &Request<T>) -> Result<crate::ca::NodeIdentity, Status> {
+        let (id, role) = crate::api::caller(req, &self.store.read())?.ok_or_else(|| {
             Status::unauthenticated("a manager certificate issued by the swarm CA is required")
         })?;
-        if id.role != NodeRole::Manager {
+        if id.role != NodeRole::Manager || role != NodeRole::Manager {
             return Err(Status::permission_denied(
                 "only managers may change the raft membership",
             ));
@@ -126,7 +128,7 @@ impl Membership {
 #[tonic::async_trait]
 impl RaftMembership for Membership {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        let id = Self::require_manager(&req)?;
+        let id = self.require_manager(&req)?;
         if let Some(ch) = self.router.leader_channel()? {
             let mut fwd = Request::new(req.into_inner());
             crate::tls::with_forwarded_identity(&mut fwd, &id);
@@ -166,7 +168,7 @@ impl RaftMembership for Membership {
     }
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
-        let id = Self::require_manager(&req)?;
+        let id = self.require_manager(&req)?;
         if let Some(ch) = self.router.leader_channel()? {
             let mut fwd = Request::new(req.into_inner());
             crate::tls::with_forwarded_identity(&mut fwd, &id);

@@ -349,13 +349,31 @@ pub fn channel(addr: &str, cfg: Arc<ClientConfig>) -> Channel {
     }))
 }
 
+/// The identity in the direct peer's verified client certificate, whatever forwarding
+/// metadata the request carries.
+pub fn peer_identity<T>(req: &tonic::Request<T>) -> Option<NodeIdentity> {
+    let certs = req.peer_certs()?;
+    ca::parse_node_cert_der(certs.first()?).ok()
+}
+
+/// Whether the request carries forwarded-identity metadata (a manager calling on behalf of
+/// another caller), well-formed or not.
+pub fn is_forwarded<T>(req: &tonic::Request<T>) -> bool {
+    let md = req.metadata();
+    [FWD_ANONYMOUS, FWD_NODE_ID, FWD_ROLE, FWD_CLUSTER]
+        .iter()
+        .any(|k| md.contains_key(*k))
+}
+
 /// The identity of the caller: its verified client certificate (via request.peer_certs()). If the direct peer is a MANAGER and the request carries forwarded-identity metadata (set by with_forwarded_identity on a follower that forwards to the leader), the forwarded identity is returned instead.
 ///
 /// A manager that forwards a call from a caller without a certificate marks it anonymous
 /// ([`forwarded_request`]); such a call has no identity.
+///
+/// This only reads certificates: the services check the result (and the forwarding
+/// manager, [`peer_identity`]) against the store, where removed and demoted nodes show.
 pub fn caller_identity<T>(req: &tonic::Request<T>) -> Option<NodeIdentity> {
-    let certs = req.peer_certs()?;
-    let direct = ca::parse_node_cert_der(certs.first()?).ok()?;
+    let direct = peer_identity(req)?;
     if direct.is_manager() {
         if let Some(forwarded) = forwarded_identity(req.metadata(), &direct) {
             return forwarded;

@@ -270,20 +270,19 @@ impl Cluster {
     /// `swarm init` on node i with a short heartbeat so that failures show quickly.
     pub fn init(&self, i: usize) -> anyhow::Result<()> {
         let n = &self.nodes[i];
-        let addr = n.addr();
-        let o = n.swarm(&[
-            "init",
-            "--advertise-addr",
-            &addr,
-            "--listen-addr",
-            &addr,
-            "--dispatcher-heartbeat",
-            "1s",
-        ]);
+        let o = self.init_with(i, &["--dispatcher-heartbeat", "1s"]);
         if !o.ok() {
             bail!("init failed: {}\n{}\n{}", o.stderr, o.stdout, n.log_tail());
         }
         Ok(())
+    }
+
+    /// `swarm init` on node i on its own address, with more flags: the CLI's answer.
+    pub fn init_with(&self, i: usize, flags: &[&str]) -> CliOutput {
+        let addr = self.nodes[i].addr();
+        let mut args = vec!["init", "--advertise-addr", &addr, "--listen-addr", &addr];
+        args.extend_from_slice(flags);
+        self.nodes[i].swarm(&args)
     }
 
     pub fn token(&self, via: usize, role: &str) -> String {

@@ -72,9 +72,12 @@ fn write_sim_logs(task: &Task) {
     let dir = data_root().join("tasks").join(&task.id);
     let written = std::fs::create_dir_all(&dir).and_then(|()| {
         use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // The log driver's mode (Docker's json-file mode).
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o640)
             .open(dir.join(swarm_agent::logs::LOG_FILE))?
             .write_all(out.as_bytes())
     });

@@ -122,6 +122,7 @@ impl Agent {
             default_addr_pool: opts.default_addr_pool.clone(),
             subnet_size: opts.subnet_size,
             vxlan_udp_port: opts.vxlan_udp_port,
+            removed_nodes: vec![],
         };
         let node = Node {
             id: node_id.clone(),

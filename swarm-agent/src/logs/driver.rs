@@ -19,6 +19,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -142,10 +143,14 @@ impl LogFile {
     }
 
     fn reopen(&mut self) -> io::Result<()> {
+        // Docker's json-file mode: the owner writes, its group may read, nobody else.
+        let path = self.dir.join(LOG_FILE);
         let file = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join(LOG_FILE))?;
+            .mode(0o640)
+            .open(&path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
         self.size = file.metadata()?.len();
         self.file = Some(file);
         Ok(())
@@ -393,6 +398,11 @@ mod tests {
         let mut ready_r = ready_r;
         assert_eq!(ready_r.read(&mut b).expect("read ready"), 0);
         assert!(task_dir.join(LOG_FILE).exists());
+        let mode = std::fs::metadata(task_dir.join(LOG_FILE))
+            .expect("log file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640, "Docker's json-file mode");
 
         out_w.write_all(b"hello\nwor").expect("write");
         err_w.write_all(b"oops \"quoted\"\n").expect("write");

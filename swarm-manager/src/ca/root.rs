@@ -101,6 +101,12 @@ impl RootCa {
                 "the certificate validity must be positive".into(),
             ));
         }
+        if validity > super::MAX_NODE_CERT_VALIDITY {
+            return Err(CaError::InvalidRequest(format!(
+                "the certificate validity {validity:?} is longer than the maximum of {:?} (10 years); lower the cluster's --cert-expiry",
+                super::MAX_NODE_CERT_VALIDITY
+            )));
+        }
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::InvalidCsr(e.to_string()))?;
         let ca_key =

@@ -227,3 +227,22 @@ fn new_cluster_root_ca_has_distinct_tokens() {
     assert_eq!(rc.ca_cert_hash, cert_digest(&rc.ca_cert).unwrap());
     RootCa::from_pem(&rc.ca_cert, &rc.ca_key).unwrap();
 }
+
+#[test]
+fn a_validity_beyond_the_maximum_is_an_error_not_a_panic() {
+    let root = RootCa::generate().unwrap();
+    let (_key, csr) = new_key_and_csr().unwrap();
+    let sign = |validity| root.sign_node_cert(&csr, "n1", proto::NodeRole::Worker, "c1", validity);
+    // 10^9 hours: what `--cert-expiry 1000000000h` asks for.
+    for huge in [
+        Duration::from_secs(3600 * 1_000_000_000),
+        Duration::MAX,
+        MAX_NODE_CERT_VALIDITY + Duration::from_secs(1),
+    ] {
+        let e = sign(huge).unwrap_err();
+        assert!(e.to_string().contains("longer than the maximum"), "{e}");
+    }
+    let pem = sign(MAX_NODE_CERT_VALIDITY).expect("the maximum itself");
+    let id = parse_node_cert_pem(&pem).unwrap();
+    assert!(id.not_after > SystemTime::now() + MAX_NODE_CERT_VALIDITY - Duration::from_secs(60));
+}

@@ -8,7 +8,7 @@ use tonic::{Code, Request, Status};
 use super::ControlApi;
 use crate::api::{LocalCaller, WORKER_DENIED};
 use crate::router::Router;
-use crate::store::{Object, Op, Store};
+use crate::store::{Kind, Object, Op, Store};
 
 fn api() -> (ControlApi, Store) {
     let store = Store::memory();
@@ -1280,6 +1280,68 @@ async fn cluster_key_never_leaves_and_spec_is_validated() {
     );
 }
 
+/// Issue 14's validation gaps: each gets a clear error and changes nothing.
+#[tokio::test]
+async fn huge_expiry_tiny_heartbeat_and_huge_replicas_are_refused() {
+    let (api, store) = api();
+    put(&store, vec![Object::Cluster(cluster_object())]).await;
+    let before = store.read().cluster().cloned().unwrap();
+    let cases = [
+        (
+            DispatcherConfig {
+                heartbeat_period_ms: 1,
+            },
+            CaConfig {
+                node_cert_expiry_ms: 0,
+            },
+            "at least 1s",
+        ),
+        (
+            DispatcherConfig {
+                heartbeat_period_ms: 0,
+            },
+            CaConfig {
+                // --cert-expiry 1000000000h
+                node_cert_expiry_ms: 3_600_000 * 1_000_000_000,
+            },
+            "at most 87600h",
+        ),
+    ];
+    for (dispatcher, ca, says) in cases {
+        let e = api
+            .update_cluster(local(UpdateClusterRequest {
+                spec: Some(ClusterSpec {
+                    name: "default".into(),
+                    dispatcher: Some(dispatcher),
+                    ca_config: Some(ca),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains(says), "{e:?}");
+    }
+    assert_eq!(store.read().cluster(), Some(&before), "the cluster changed");
+
+    let mut huge = spec("huge", "nginx");
+    huge.mode = Some(Mode::Replicated(ReplicatedService {
+        replicas: 100_000_000,
+    }));
+    let e = create(&api, huge.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("maximum of 100000"), "{e:?}");
+    assert!(services(&api).await.is_empty());
+    // Scaling an existing service up that far is refused too.
+    let small = create(&api, spec("huge", "nginx")).await.unwrap();
+    let e = update(&api, &small.id, version(&small), huge)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(get(&api, "huge").await.unwrap(), small);
+}
+
 fn version_of(c: &Cluster) -> u64 {
     c.meta.as_ref().map_or(0, |m| m.version)
 }
@@ -1388,7 +1450,27 @@ async fn certificates_decide_over_tls() {
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let (api, _) = api();
+    let (api, store) = api();
+    // The store decides too: worker1 a worker, manager2 a manager, manager3 demoted since
+    // its manager certificate was issued, removed4 removed (its certificate still valid).
+    put(
+        &store,
+        vec![
+            Object::Cluster(cluster_object()),
+            Object::Node(node("worker1", "w1", NodeRole::Worker, NodeState::Ready)),
+            Object::Node(node("manager2", "m2", NodeRole::Manager, NodeState::Ready)),
+            Object::Node(node("manager3", "m3", NodeRole::Worker, NodeState::Ready)),
+            Object::Node(node("removed4", "r4", NodeRole::Manager, NodeState::Ready)),
+        ],
+    )
+    .await;
+    store
+        .write(vec![Op::Delete {
+            kind: Kind::Node,
+            id: "removed4".into(),
+        }])
+        .await
+        .unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(proto::control_server::ControlServer::new(api))
@@ -1412,7 +1494,7 @@ async fn certificates_decide_over_tls() {
     assert_eq!(e.message(), WORKER_DENIED);
 
     let (mc, mk) = issue("manager2", NodeRole::Manager);
-    let mut manager = client(Some((mc, mk)));
+    let mut manager = client(Some((mc.clone(), mk.clone())));
     let created = manager
         .create_service(CreateServiceRequest {
             spec: Some(spec("web", "nginx")),
@@ -1421,6 +1503,55 @@ async fn certificates_decide_over_tls() {
         .unwrap()
         .into_inner();
     assert_eq!(created.name(), "web");
+
+    // A current manager may forward a call for another node: the store decides about it.
+    let forwarded_for = |who: &str, role: NodeRole| {
+        let mut req = Request::new(ListServicesRequest {});
+        let (c, _) = issue(who, role);
+        let id = crate::ca::parse_node_cert_pem(&c).unwrap();
+        tls::with_forwarded_identity(&mut req, &id);
+        req
+    };
+    manager
+        .list_services(forwarded_for("manager2", NodeRole::Manager))
+        .await
+        .expect("a manager forwarding for a manager");
+    let e = manager
+        .list_services(forwarded_for("removed4", NodeRole::Manager))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("removed4 was removed"), "{e:?}");
+
+    // A demoted manager and a removed node, each with its old manager certificate: refused,
+    // also when the demoted one forges a forwarded identity of a current manager.
+    let (dc, dk) = issue("manager3", NodeRole::Manager);
+    let mut demoted = client(Some((dc, dk)));
+    let e = demoted
+        .list_services(ListServicesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(e.message(), WORKER_DENIED);
+    let e = demoted
+        .list_services(forwarded_for("manager2", NodeRole::Manager))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("on behalf of"), "{e:?}");
+    let (rc, rk) = issue("removed4", NodeRole::Manager);
+    let e = client(Some((rc, rk)))
+        .list_services(ListServicesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("was removed from the swarm"), "{e:?}");
+    let (sc, sk) = issue("stranger5", NodeRole::Manager);
+    let e = client(Some((sc, sk)))
+        .list_services(ListServicesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
 
     let e = client(None)
         .list_services(ListServicesRequest {})

@@ -19,6 +19,44 @@ pub(super) const DEFAULT_STOP_GRACE_MS: i64 = 10_000;
 pub(super) const MAX_NAME_LEN: usize = 63;
 /// SwarmKit's minimum node certificate validity.
 const MIN_CERT_EXPIRY_MS: i64 = 3_600_000;
+/// The longest node certificate validity ([`crate::ca::MAX_NODE_CERT_VALIDITY`]).
+const MAX_CERT_EXPIRY_MS: i64 = crate::ca::MAX_NODE_CERT_VALIDITY.as_millis() as i64;
+/// The shortest dispatcher heartbeat period: 1 s. Docker only refuses negative periods,
+/// but a node is DOWN after three missed periods, and with periods far below a second
+/// (1 ms) every node flaps DOWN under any load; the failover budget is about 2 s anyway.
+pub const MIN_HEARTBEAT_MS: i64 = 1_000;
+/// The most replicas a replicated service may ask for: 100 000 (Docker sets no bound; the
+/// whole cluster's tasks are held in every manager's memory).
+pub const MAX_REPLICAS: u64 = 100_000;
+
+/// `what` (a flag or a spec field) checked against the certificate expiry bounds.
+fn check_cert_expiry(what: &str, ms: i64) -> Result<(), Status> {
+    if ms != 0 && ms < MIN_CERT_EXPIRY_MS {
+        return Err(invalid(format!(
+            "{what} must be at least 1 hour (node certificates are renewed at 50-80 % of their life)"
+        )));
+    }
+    if ms > MAX_CERT_EXPIRY_MS {
+        return Err(invalid(format!(
+            "{what} must be at most 87600h (10 years); got {}h",
+            ms / 3_600_000
+        )));
+    }
+    Ok(())
+}
+
+/// `what` checked against the heartbeat period bounds (0 = the default, 5 s).
+fn check_heartbeat(what: &str, ms: i64) -> Result<(), Status> {
+    if ms < 0 {
+        return Err(invalid(format!("{what} must be positive")));
+    }
+    if ms != 0 && ms < MIN_HEARTBEAT_MS {
+        return Err(invalid(format!(
+            "{what} must be at least 1s (got {ms}ms): nodes are marked down after 3 missed heartbeats"
+        )));
+    }
+    Ok(())
+}
 
 fn invalid(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
@@ -260,6 +298,14 @@ pub(super) fn validate_service_spec(spec: &ServiceSpec) -> Result<(), Status> {
     }
     if let Some(r) = &spec.rollback {
         validate_update_config("rollback", r)?;
+    }
+    if let Some(proto::service_spec::Mode::Replicated(r)) = &spec.mode {
+        if r.replicas > MAX_REPLICAS {
+            return Err(invalid(format!(
+                "ReplicatedService: {} replicas is more than the maximum of {MAX_REPLICAS} per service; split the work over several services",
+                r.replicas
+            )));
+        }
     }
     let task = task.cloned().unwrap_or_default();
     if let Some(r) = &task.restart {
@@ -632,14 +678,8 @@ pub fn validate_init_request(r: &InitRequest) -> Result<(), Status> {
     if r.task_history_limit < 0 {
         return Err(invalid("--task-history-limit must be 0 or more"));
     }
-    if r.cert_expiry_ms != 0 && r.cert_expiry_ms < MIN_CERT_EXPIRY_MS {
-        return Err(invalid(
-            "--cert-expiry must be at least 1 hour (node certificates are renewed at 50-80 % of their life)",
-        ));
-    }
-    if r.dispatcher_heartbeat_ms < 0 {
-        return Err(invalid("--dispatcher-heartbeat must be positive"));
-    }
+    check_cert_expiry("--cert-expiry", r.cert_expiry_ms)?;
+    check_heartbeat("--dispatcher-heartbeat", r.dispatcher_heartbeat_ms)?;
     crate::ipam::validate_pools(&r.default_addr_pool, r.default_addr_pool_mask_length)
         .map_err(|e| invalid(format!("--default-addr-pool: {e}")))?;
     if r.data_path_port != 0 && !(1024..=49151).contains(&r.data_path_port) {
@@ -666,6 +706,10 @@ pub(super) fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), Status> {
                 d.heartbeat_period_ms
             )));
         }
+        check_heartbeat(
+            "ClusterSpec: dispatcher heartbeat period",
+            d.heartbeat_period_ms,
+        )?;
     }
     if let Some(c) = &spec.ca_config {
         if c.node_cert_expiry_ms < 0 {
@@ -679,6 +723,7 @@ pub(super) fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), Status> {
                 "ClusterSpec: minimum certificate expiry time is 1h0m0s",
             ));
         }
+        check_cert_expiry("ClusterSpec: certificate expiry", c.node_cert_expiry_ms)?;
     }
     Ok(())
 }

@@ -6,7 +6,8 @@
 //! 2. too many occupied slots: shut down the surplus, preferring slots whose task is not
 //!    running, then slots on the nodes with the most tasks of the service, then the highest
 //!    slot numbers;
-//! 3. too few: create tasks in the lowest free slot numbers;
+//! 3. too few: create tasks in the lowest free slot numbers, at most [`CREATE_PER_ROUND`]
+//!    per round over all services (a large scale-up takes several rounds);
 //! 4. a task on a node that is gone, DOWN or drained is replaced in its slot (the scheduler
 //!    places the replacement elsewhere);
 //!
@@ -46,16 +47,27 @@ impl ReplicatedOrchestrator {
     }
 }
 
+/// The most tasks one round creates (all services together): a large scale-up is built in
+/// rounds, each written before the next is computed, never as one huge plan.
+pub const CREATE_PER_ROUND: usize = 1000;
+
 /// What the replicated orchestrator wants written for the current state.
 pub fn reconcile(state: &State, now_ms: i64) -> Plan {
     let mut plan = Plan::default();
+    let mut budget = CREATE_PER_ROUND;
     for svc in state.services().filter(|s| s.is_replicated()) {
-        reconcile_service(state, svc, now_ms, &mut plan);
+        reconcile_service(state, svc, now_ms, &mut plan, &mut budget);
     }
     plan
 }
 
-fn reconcile_service(state: &State, svc: &Service, now_ms: i64, plan: &mut Plan) {
+fn reconcile_service(
+    state: &State,
+    svc: &Service,
+    now_ms: i64,
+    plan: &mut Plan,
+    budget: &mut usize,
+) {
     let want = svc.replicas().unwrap_or(1) as usize;
     let version = svc.spec_version;
 
@@ -93,7 +105,9 @@ fn reconcile_service(state: &State, svc: &Service, now_ms: i64, plan: &mut Plan)
             }
         }
     } else if kept.len() < want {
-        let mut missing = want - kept.len();
+        // The rest in the next rounds (the tasks created now change the store).
+        let mut missing = (want - kept.len()).min(*budget);
+        *budget -= missing;
         let mut slot = 1u64;
         while missing > 0 {
             if !kept.contains_key(&slot) {
@@ -193,6 +207,29 @@ mod tests {
 
     fn slots(store: &Store, svc: &str) -> Vec<u64> {
         active(&store.read(), svc).iter().map(|t| t.slot).collect()
+    }
+
+    #[tokio::test]
+    async fn a_large_scale_up_is_built_in_bounded_rounds() {
+        let store = Store::memory();
+        put(
+            &store,
+            vec![replicated("a", 1500).into(), replicated("b", 700).into()],
+        )
+        .await;
+        let mut rounds = 0;
+        loop {
+            let plan = reconcile(&store.read(), 1_000);
+            if plan.is_empty() {
+                break;
+            }
+            assert!(plan.ops.len() <= CREATE_PER_ROUND, "{} ops", plan.ops.len());
+            apply(&store, plan).await;
+            rounds += 1;
+        }
+        assert_eq!(rounds, 3, "2200 tasks in rounds of {CREATE_PER_ROUND}");
+        assert_eq!(slots(&store, "a"), (1..=1500).collect::<Vec<_>>());
+        assert_eq!(slots(&store, "b"), (1..=700).collect::<Vec<_>>());
     }
 
     #[tokio::test]

@@ -10,22 +10,24 @@ use tonic::{Request, Response, Status};
 
 use super::config::MAX_MESSAGE_BYTES;
 use super::{Raft, TypeConfig};
+use crate::store::{Standing, Store};
 
 /// Serves openraft's RPCs of this manager to the other managers.
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft,
-    /// Whether callers must present a manager certificate (always, except in tests).
-    check_caller: bool,
+    /// The store callers are checked against; None: every caller is served (tests only).
+    check_caller: Option<Store>,
 }
 
 impl RaftService {
     /// The service for production: only callers with a manager certificate of the
-    /// cluster (verified by mTLS) are served; others get `PermissionDenied`.
-    pub fn new(raft: Raft) -> Self {
+    /// cluster (verified by mTLS) whose node is still a manager in `store` are served;
+    /// others get `PermissionDenied`.
+    pub fn new(raft: Raft, store: Store) -> Self {
         RaftService {
             raft,
-            check_caller: true,
+            check_caller: Some(store),
         }
     }
 
@@ -34,7 +36,7 @@ impl RaftService {
     pub fn new_unauthenticated(raft: Raft) -> Self {
         RaftService {
             raft,
-            check_caller: false,
+            check_caller: None,
         }
     }
 
@@ -46,19 +48,42 @@ impl RaftService {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
+    /// The caller's own certificate (forwarding metadata means nothing here) must be a
+    /// manager's, and the store must not say otherwise: a removed node, or a manager
+    /// demoted since its certificate was issued, is refused (SwarmKit's `checkRemoved`).
+    /// A node this store does not know yet is served: a manager catching up (a new one,
+    /// or one restarted after a long time) learns of newer managers from them.
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        if !self.check_caller {
+        let Some(store) = &self.check_caller else {
             return Ok(());
-        }
-        match crate::tls::caller_identity(req) {
-            Some(id) if id.role == proto::NodeRole::Manager => Ok(()),
-            Some(id) => Err(Status::permission_denied(format!(
-                "node {} is not a manager: only managers take part in Raft",
+        };
+        let id = match crate::tls::peer_identity(req) {
+            Some(id) if id.role == proto::NodeRole::Manager => id,
+            Some(id) => {
+                return Err(Status::permission_denied(format!(
+                    "node {} is not a manager: only managers take part in Raft",
+                    id.node_id
+                )))
+            }
+            None => {
+                return Err(Status::permission_denied(
+                    "Raft calls need a manager certificate of this cluster (mutual TLS)",
+                ))
+            }
+        };
+        let standing = store.read().standing(&id.node_id);
+        match standing {
+            Standing::Removed => Err(Status::permission_denied(format!(
+                "node {} was removed from the swarm: it takes no part in Raft",
                 id.node_id
             ))),
-            None => Err(Status::permission_denied(
-                "Raft calls need a manager certificate of this cluster (mutual TLS)",
-            )),
+            Standing::Member(role) if role != proto::NodeRole::Manager => {
+                Err(Status::permission_denied(format!(
+                    "node {} is no longer a manager (demoted): only managers take part in Raft",
+                    id.node_id
+                )))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -397,14 +422,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let listener = bind(None).await;
         let addr = listener.local_addr().unwrap().to_string();
-        let (log, sm) = open_storage(dir.path(), Arc::new(Shared::default())).await;
+        let shared = Arc::new(Shared::default());
+        let (log, sm) = open_storage(dir.path(), shared.clone()).await;
         let health = PeerHealth::default();
         let network = Network::new(plaintext_connector(), health.clone());
         let raft = Raft::new(1, raft_config(), network, log, sm).await.unwrap();
+        let store = Store::new(shared, Arc::new(raft.clone()));
         // The production service over plaintext: no client certificate at all.
         let server = tokio::spawn(
             Server::builder()
-                .add_service(RaftService::new(raft.clone()).into_server())
+                .add_service(RaftService::new(raft.clone(), store).into_server())
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
 

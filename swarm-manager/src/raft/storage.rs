@@ -164,12 +164,29 @@ fn write_snapshot(db: &Database, meta: &Meta, data: &[u8]) -> Result<(), DbError
 /// Opens (or creates) the Raft storage in `dir` and loads the latest snapshot, if any, into
 /// `shared`. Blocking: call it at start, before the async runtime serves requests, or
 /// from `spawn_blocking`.
+/// The database holds the root CA key and both join tokens: the directory is 0700 and the
+/// file 0600, from creation on, and put right when an older version left them open.
+fn private_files(dir: &Path, db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(db)?;
+    std::fs::set_permissions(db, std::fs::Permissions::from_mode(0o600))
+}
+
 pub fn open(dir: &Path, shared: Arc<Shared>) -> Result<(LogStore, StateMachine), StorageError> {
-    std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
+    let path = dir.join(DB_FILE);
+    private_files(dir, &path).map_err(|source| StorageError::CreateDir {
         path: dir.to_path_buf(),
         source,
     })?;
-    let path = dir.join(DB_FILE);
     let db = Database::create(&path).map_err(|source| StorageError::Open {
         path: path.clone(),
         source,
@@ -669,6 +686,27 @@ mod tests {
             })?;
             Ok((dir, log, sm))
         }
+    }
+
+    #[test]
+    fn the_database_is_private_from_creation_and_put_right_on_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("raft");
+        drop(open_new(&dir));
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+
+        // An older version's modes are fixed, the data kept.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let db = dir.join(DB_FILE);
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let len = std::fs::metadata(&db).unwrap().len();
+        drop(open_new(&dir));
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&db), 0o600);
+        assert_eq!(std::fs::metadata(&db).unwrap().len(), len);
     }
 
     #[test]

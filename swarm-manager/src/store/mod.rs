@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 pub use object::{task_name, Kind, Object};
 pub use ops::{Op, OpOutcome, Request, Response, StoreError};
-pub use state::State;
+pub use state::{Standing, State};
 
 /// The state and its applied index, shared by the Raft state machine and the store handle.
 pub struct Shared {

@@ -21,6 +21,17 @@ pub struct State {
     index: Indexes,
 }
 
+/// Where a node stands ([`State::standing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Its node object is gone and its id is on the cluster's removed-nodes list.
+    Removed,
+    /// Neither a node nor removed: not of this swarm, or not known to this store yet.
+    Unknown,
+    /// A node of the swarm with this current role (`Node.role`).
+    Member(proto::NodeRole),
+}
+
 /// What an atomic batch restores on failure: (kind, id, previous object or None).
 type Undo = Vec<(Kind, String, Option<Object>)>;
 
@@ -70,6 +81,21 @@ impl State {
     }
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.nodes.values()
+    }
+    /// Where a node stands in the swarm: removed (refused for good), unknown here, or a
+    /// member with its current role. What every authenticated call is checked against.
+    pub fn standing(&self, node_id: &str) -> Standing {
+        if let Some(n) = self.nodes.get(node_id) {
+            return Standing::Member(n.role_enum());
+        }
+        let removed = self
+            .cluster()
+            .is_some_and(|c| c.removed_nodes.iter().any(|r| r.node_id == node_id));
+        if removed {
+            Standing::Removed
+        } else {
+            Standing::Unknown
+        }
     }
     pub fn service(&self, id: &str) -> Option<&Service> {
         self.services.get(id)
@@ -298,6 +324,10 @@ impl State {
                 }
                 self.check_name(object, Some(&id))?;
                 let mut obj = object.clone();
+                // The removed-nodes list is the store's own: an update never changes it.
+                if let (Object::Cluster(c), Object::Cluster(stored)) = (&mut obj, &prev) {
+                    c.removed_nodes.clone_from(&stored.removed_nodes);
+                }
                 let created = prev.meta().map_or(now, |m| m.created_at);
                 *obj.meta_mut() = Meta {
                     version: index,
@@ -321,6 +351,9 @@ impl State {
                     u.push((*kind, id.clone(), Some(prev)));
                 }
                 self.remove(*kind, id);
+                if *kind == Kind::Node {
+                    self.record_removed_node(index, now, id, undo);
+                }
                 Ok(None)
             }
             Op::SetTaskStatus { task_id, status } => {
@@ -400,6 +433,37 @@ impl State {
                 n.attachments = attachments.clone()
             }),
         }
+    }
+
+    /// A deleted node goes on the cluster's removed-nodes list, so that its certificate
+    /// (valid until it expires) is refused everywhere even though its node object is gone.
+    fn record_removed_node(
+        &mut self,
+        index: u64,
+        now: i64,
+        node_id: &str,
+        undo: Option<&mut Undo>,
+    ) {
+        let Some(c) = self.clusters.values_mut().next() else {
+            return;
+        };
+        if c.removed_nodes.iter().any(|r| r.node_id == node_id) {
+            return;
+        }
+        if let Some(u) = undo {
+            u.push((
+                Kind::Cluster,
+                c.id.clone(),
+                Some(Object::Cluster(c.clone())),
+            ));
+        }
+        c.removed_nodes.push(proto::RemovedNode {
+            node_id: node_id.to_string(),
+            removed_at: now,
+        });
+        let m = c.meta.get_or_insert_with(Meta::default);
+        m.version = index;
+        m.updated_at = now;
     }
 
     /// Changes a node in place (the small `SetNode*` ops): a new version, the previous node
@@ -882,5 +946,74 @@ mod tests {
         );
         assert!(ids(&s).is_empty());
         assert!(s.service_by_name("web").is_none());
+    }
+
+    #[test]
+    fn a_deleted_node_stays_on_the_removed_list_and_cluster_updates_keep_it() {
+        let node = |id: &str, role: proto::NodeRole| {
+            Object::Node(Node {
+                id: id.into(),
+                role: role as i32,
+                ..Default::default()
+            })
+        };
+        let mut s = State::default();
+        s.apply(
+            1,
+            &Request::atomic(vec![
+                Op::Create(Object::Cluster(Cluster {
+                    id: "c".into(),
+                    ..Default::default()
+                })),
+                Op::Create(node("m", proto::NodeRole::Manager)),
+                Op::Create(node("w", proto::NodeRole::Worker)),
+            ]),
+        );
+        assert_eq!(s.standing("m"), Standing::Member(proto::NodeRole::Manager));
+        assert_eq!(s.standing("w"), Standing::Member(proto::NodeRole::Worker));
+        assert_eq!(s.standing("x"), Standing::Unknown);
+        let stale = s.cluster().unwrap().clone();
+
+        // A failed atomic batch leaves no trace on the list.
+        let r = s.apply(
+            2,
+            &Request::atomic(vec![
+                Op::Delete {
+                    kind: Kind::Node,
+                    id: "w".into(),
+                },
+                Op::Delete {
+                    kind: Kind::Node,
+                    id: "nosuch".into(),
+                },
+            ]),
+        );
+        assert!(r.into_objects().is_err());
+        assert_eq!(s.standing("w"), Standing::Member(proto::NodeRole::Worker));
+        assert!(s.cluster().unwrap().removed_nodes.is_empty());
+
+        s.apply(
+            3,
+            &Request::atomic(vec![Op::Delete {
+                kind: Kind::Node,
+                id: "w".into(),
+            }]),
+        );
+        assert_eq!(s.standing("w"), Standing::Removed);
+        let c = s.cluster().unwrap();
+        assert_eq!(c.meta.as_ref().unwrap().version, 3, "the cluster changed");
+        assert_eq!(c.removed_nodes.len(), 1);
+
+        // An update written from an older read keeps the list; so does a snapshot.
+        s.apply(
+            4,
+            &Request::atomic(vec![Op::Update {
+                object: Object::Cluster(stale),
+                check_version: false,
+            }]),
+        );
+        assert_eq!(s.standing("w"), Standing::Removed);
+        let back = State::from_bytes(&s.to_bytes()).unwrap();
+        assert_eq!(back.standing("w"), Standing::Removed);
     }
 }
