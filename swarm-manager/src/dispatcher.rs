@@ -34,6 +34,7 @@ use crate::router::{Route, Router};
 use crate::store::{Op, ProposeError, Request as StoreRequest, Store};
 
 pub mod bounds;
+pub mod unjoined;
 pub mod writes;
 
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -51,6 +52,7 @@ pub struct Dispatcher {
     router: Router,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     writes: writes::Writes,
+    join_grace: Duration,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -62,6 +64,7 @@ impl Dispatcher {
             router,
             sessions: Arc::new(Mutex::new(HashMap::new())),
             writes: writes::Writes::default(),
+            join_grace: unjoined::JOIN_GRACE,
         }
     }
 
@@ -214,6 +217,7 @@ impl Dispatcher {
                     })
                     .collect()
             };
+            self.remove_never_joined().await;
             if ops.is_empty() {
                 continue;
             }
@@ -224,6 +228,43 @@ impl Dispatcher {
             if let Err(e) = self.store.propose(StoreRequest::best_effort(ops)).await {
                 tracing::warn!("marking nodes down: {e}");
             }
+        }
+    }
+}
+
+impl Dispatcher {
+    /// How long a node may stay without a first session before the leader removes it
+    /// (default [`unjoined::JOIN_GRACE`]).
+    pub fn with_join_grace(mut self, grace: Duration) -> Self {
+        self.join_grace = grace;
+        self
+    }
+
+    /// Removes the nodes that got a certificate but never opened a session within the grace
+    /// period ([`unjoined`]).
+    async fn remove_never_joined(&self) {
+        let ops = unjoined::remove_never_joined(
+            &self.store.read(),
+            swarm_common::clock::now_ms(),
+            self.join_grace,
+        );
+        if ops.is_empty() {
+            return;
+        }
+        let nodes: Vec<String> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Delete { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        tracing::info!(
+            ?nodes,
+            grace = ?self.join_grace,
+            "removing nodes that joined but never opened a session"
+        );
+        if let Err(e) = self.store.propose(StoreRequest::best_effort(ops)).await {
+            tracing::warn!("removing nodes that never opened a session: {e}");
         }
     }
 }

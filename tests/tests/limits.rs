@@ -17,10 +17,10 @@ use tonic::transport::Channel;
 /// Status updates the worker sends, and the size of each one's message.
 const UPDATES: usize = 10_000;
 const MESSAGE_BYTES: usize = 1 << 20;
-/// Updates per request (3 MiB and a little: under the dispatcher's 4 MiB request limit),
+/// Updates per request (1 MiB and a little: under the dispatcher's 2 MiB request limit),
 /// and requests in flight at once.
-const PER_REQUEST: usize = 3;
-const IN_FLIGHT: usize = 24;
+const PER_REQUEST: usize = 1;
+const IN_FLIGHT: usize = 48;
 /// The bounds asserted: growth of the leader's Raft database and its resident memory, and
 /// the slowest Control API answer during the flood.
 const MAX_DB_GROWTH: u64 = 64 << 20;
@@ -115,6 +115,32 @@ fn a_worker_flooding_status_updates_leaves_the_raft_log_and_memory_bounded() {
         .expect("a 1 MiB description is refused");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("above the limit"), "{}", e.message());
+
+    // Requests above the dispatcher's limit are refused before they are decoded, and the
+    // Raft service refuses a worker, whatever the size of its request.
+    let e = rt
+        .block_on(client(0).update_task_status(UpdateTaskStatusRequest {
+            session_id: "none".into(),
+            updates: vec![TaskStatusUpdate {
+                task_id: task.id.clone(),
+                status: Some(TaskStatus {
+                    message: "x".repeat(3 * MESSAGE_BYTES),
+                    ..Default::default()
+                }),
+            }],
+        }))
+        .expect_err("a 3 MiB request is refused");
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    let e = rt
+        .block_on(
+            proto::raft_client::RaftClient::new(channels[0].clone())
+                .max_encoding_message_size(64 << 20)
+                .append_entries(proto::RaftPayload {
+                    data: vec![0; 32 << 20],
+                }),
+        )
+        .expect_err("a worker cannot call Raft");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 
     // A real session, kept alive with heartbeats.
     let session_id = rt.block_on(async {
