@@ -111,8 +111,7 @@ fn a_worker_flooding_status_updates_leaves_the_raft_log_and_memory_bounded() {
             description: Some(huge),
             data_path_addr: String::new(),
         }))
-        .err()
-        .expect("a 1 MiB description is refused");
+        .expect_err("a 1 MiB description is refused");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("above the limit"), "{}", e.message());
 
