@@ -3,6 +3,9 @@
 //! assignments (complete, then incremental) and the state of the networks it has tasks on
 //! ([`crate::netstate`]), and records the task status agents report.
 //!
+//! What agents write is bounded ([`bounds`]: sizes; [`writes`]: a write rate per node with
+//! task status reports coalesced, and reports that change nothing never reach Raft).
+//!
 //! Only the leader serves sessions. A follower answers `Unavailable` with the leader's
 //! address in the `x-swarm-leader` metadata key so that the agent reconnects there.
 
@@ -30,6 +33,10 @@ use crate::netstate::{self, NodeNetworkView};
 use crate::router::{Route, Router};
 use crate::store::{Op, ProposeError, Request as StoreRequest, Store};
 
+pub mod bounds;
+pub mod unjoined;
+pub mod writes;
+
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// A node is DOWN after this many heartbeat periods without a heartbeat.
 pub const MISSED_HEARTBEATS: u32 = 3;
@@ -44,6 +51,8 @@ pub struct Dispatcher {
     store: Store,
     router: Router,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
+    writes: writes::Writes,
+    join_grace: Duration,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -54,6 +63,8 @@ impl Dispatcher {
             store,
             router,
             sessions: Arc::new(Mutex::new(HashMap::new())),
+            writes: writes::Writes::default(),
+            join_grace: unjoined::JOIN_GRACE,
         }
     }
 
@@ -117,13 +128,26 @@ impl Dispatcher {
             .is_some_and(|s| s.id == session_id && s.expires > Instant::now())
     }
 
-    /// Marks the node READY with the description the agent sent.
+    /// Marks the node READY with the description the agent sent. Written only when that
+    /// changes the node, and at the node's write rate ([`writes`]).
     async fn mark_ready(
         &self,
         node_id: &str,
         desc: Option<proto::NodeDescription>,
         addr: String,
     ) -> Result<Node, Status> {
+        let ready = NodeStatus {
+            state: NodeState::Ready as i32,
+            message: String::new(),
+            addr: addr.clone(),
+        };
+        if let Some(n) = self.store.read().node(node_id) {
+            let same_desc = desc.is_none() || n.description == desc;
+            if same_desc && n.status.as_ref() == Some(&ready) {
+                return Ok(n.clone());
+            }
+        }
+        self.writes.of(node_id).token().await;
         self.store
             .update_node(node_id, |n| {
                 if desc.is_some() {
@@ -154,12 +178,14 @@ impl Dispatcher {
         mut conflicts: Vec<proto::PortConflict>,
     ) -> Result<(), Status> {
         conflicts.sort_by_key(|c| (c.port, c.protocol));
+        let conflicts = bounds::bound_port_conflicts(conflicts);
         let same = self
             .store
             .read()
             .node(node_id)
             .is_none_or(|n| n.port_conflicts == conflicts);
-        if same {
+        // Without a token now, the next heartbeat (which carries them again) writes them.
+        if same || !self.writes.of(node_id).try_token() {
             return Ok(());
         }
         self.store
@@ -178,6 +204,10 @@ impl Dispatcher {
             tokio::time::sleep(period / 2).await;
             let grace = period * MISSED_HEARTBEATS;
             let now = Instant::now();
+            {
+                let st = self.store.read();
+                self.writes.retain(|id| st.node(id).is_some());
+            }
             let ops: Vec<Op> = {
                 let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
                 let st = self.store.read();
@@ -201,6 +231,7 @@ impl Dispatcher {
                     })
                     .collect()
             };
+            self.remove_never_joined().await;
             if ops.is_empty() {
                 continue;
             }
@@ -211,6 +242,43 @@ impl Dispatcher {
             if let Err(e) = self.store.propose(StoreRequest::best_effort(ops)).await {
                 tracing::warn!("marking nodes down: {e}");
             }
+        }
+    }
+}
+
+impl Dispatcher {
+    /// How long a node may stay without a first session before the leader removes it
+    /// (default [`unjoined::JOIN_GRACE`]).
+    pub fn with_join_grace(mut self, grace: Duration) -> Self {
+        self.join_grace = grace;
+        self
+    }
+
+    /// Removes the nodes that got a certificate but never opened a session within the grace
+    /// period ([`unjoined`]).
+    async fn remove_never_joined(&self) {
+        let ops = unjoined::remove_never_joined(
+            &self.store.read(),
+            swarm_common::clock::now_ms(),
+            self.join_grace,
+        );
+        if ops.is_empty() {
+            return;
+        }
+        let nodes: Vec<String> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Delete { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        tracing::info!(
+            ?nodes,
+            grace = ?self.join_grace,
+            "removing nodes that joined but never opened a session"
+        );
+        if let Err(e) = self.store.propose(StoreRequest::best_effort(ops)).await {
+            tracing::warn!("removing nodes that never opened a session: {e}");
         }
     }
 }
@@ -281,6 +349,9 @@ impl DispatcherRpc for Dispatcher {
         let r = req.into_inner();
         let addr = data_path_addr(&r.data_path_addr, seen);
         let desc = r.description;
+        if let Some(d) = &desc {
+            bounds::check_description(&node_id, d).map_err(Status::invalid_argument)?;
+        }
         let session_id = new_id();
         let period = self.period();
         self.sessions
@@ -557,6 +628,9 @@ impl DispatcherRpc for Dispatcher {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// Records the status the node reports for its own tasks: texts truncated
+    /// ([`bounds::bound_status`]), reports coalesced and written at the node's rate, reports
+    /// that change nothing not written ([`writes`]). Answers once the reports are committed.
     async fn update_task_status(
         &self,
         req: Request<UpdateTaskStatusRequest>,
@@ -576,26 +650,47 @@ impl DispatcherRpc for Dispatcher {
                 )));
             }
         }
-        let ops: Vec<Op> = {
+        let reports: Vec<(String, proto::TaskStatus)> = {
             let st = self.store.read();
             r.updates
                 .into_iter()
                 .filter_map(|u| {
                     // A node may only report on its own tasks.
                     let t = st.task(&u.task_id)?;
-                    (t.node_id == node_id).then_some(Op::SetTaskStatus {
-                        task_id: u.task_id,
-                        status: u.status?,
-                    })
+                    let status = bounds::bound_status(u.status?);
+                    (t.node_id == node_id).then_some((u.task_id, status))
                 })
                 .collect()
         };
-        if !ops.is_empty() {
+        if reports.is_empty() {
+            return Ok(Response::new(UpdateTaskStatusResponse {}));
+        }
+        let ops_of = |pending: &HashMap<String, proto::TaskStatus>| -> Vec<Op> {
+            let st = self.store.read();
+            pending
+                .iter()
+                .filter(|(id, status)| {
+                    st.task(id).is_some_and(|t| {
+                        t.node_id == node_id && !bounds::changes_nothing(t.status.as_ref(), status)
+                    })
+                })
+                .map(|(id, status)| Op::SetTaskStatus {
+                    task_id: id.clone(),
+                    status: status.clone(),
+                })
+                .collect()
+        };
+        let write = |ops: Vec<Op>| async move {
             self.store
                 .propose(StoreRequest::best_effort(ops))
                 .await
-                .map_err(propose_status)?;
-        }
+                .map(|_| ())
+                .map_err(propose_status)
+        };
+        self.writes
+            .of(&node_id)
+            .report(reports, ops_of, write)
+            .await?;
         Ok(Response::new(UpdateTaskStatusResponse {}))
     }
 }

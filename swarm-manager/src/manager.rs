@@ -33,6 +33,21 @@ pub struct Credentials {
     pub root_ca_pem: String,
 }
 
+/// The largest request each service decodes (the Raft service's, 64 MiB, is in
+/// `raft/config.rs`; its caller is checked before decoding). Anything larger is refused by
+/// tonic with `OutOfRange` before a handler runs.
+pub mod limits {
+    /// CA, NodeCA (a CSR and a join token), membership, health, log subscriptions.
+    pub const SMALL: usize = 64 * 1024;
+    /// Service specs, node and cluster updates.
+    pub const CONTROL: usize = 4 * 1024 * 1024;
+    /// Agents' sessions, heartbeats and task status batches (texts are then cut to
+    /// `dispatcher::bounds::MAX_STATUS_TEXT`).
+    pub const DISPATCHER: usize = 2 * 1024 * 1024;
+    /// Agents' batches of log lines.
+    pub const LOG_BROKER: usize = 4 * 1024 * 1024;
+}
+
 pub struct ManagerConfig {
     /// Directory of the Raft database.
     pub raft_dir: PathBuf,
@@ -96,6 +111,7 @@ impl Manager {
         let shared = Arc::new(Shared::default());
         let (log_store, state_machine) = crate::raft::storage::open(&cfg.raft_dir, shared.clone())
             .with_context(|| format!("opening the raft store in {}", cfg.raft_dir.display()))?;
+        let log_bytes = log_store.log_bytes();
         let health = PeerHealth::default();
         let network = Network::new(connect.clone(), health.clone());
         let raft = Raft::new(
@@ -131,18 +147,38 @@ impl Manager {
                 .http2_keepalive_interval(Some(Duration::from_secs(5)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .add_service(raft_svc.into_server())
-                .add_service(proto::raft_membership_server::RaftMembershipServer::new(
-                    membership.clone(),
-                ))
-                .add_service(proto::control_server::ControlServer::new(control.clone()))
-                .add_service(proto::dispatcher_server::DispatcherServer::new(
-                    dispatcher.clone(),
-                ))
-                .add_service(proto::ca_server::CaServer::new(ca.clone()))
-                .add_service(proto::node_ca_server::NodeCaServer::new(ca))
-                .add_service(proto::logs_server::LogsServer::new(logs.clone()))
-                .add_service(proto::log_broker_server::LogBrokerServer::new(logs.clone()))
-                .add_service(proto::health_server::HealthServer::new(HealthService));
+                .add_service(
+                    proto::raft_membership_server::RaftMembershipServer::new(membership.clone())
+                        .max_decoding_message_size(limits::SMALL),
+                )
+                .add_service(
+                    proto::control_server::ControlServer::new(control.clone())
+                        .max_decoding_message_size(limits::CONTROL),
+                )
+                .add_service(
+                    proto::dispatcher_server::DispatcherServer::new(dispatcher.clone())
+                        .max_decoding_message_size(limits::DISPATCHER),
+                )
+                .add_service(
+                    proto::ca_server::CaServer::new(ca.clone())
+                        .max_decoding_message_size(limits::SMALL),
+                )
+                .add_service(
+                    proto::node_ca_server::NodeCaServer::new(ca)
+                        .max_decoding_message_size(limits::SMALL),
+                )
+                .add_service(
+                    proto::logs_server::LogsServer::new(logs.clone())
+                        .max_decoding_message_size(limits::SMALL),
+                )
+                .add_service(
+                    proto::log_broker_server::LogBrokerServer::new(logs.clone())
+                        .max_decoding_message_size(limits::LOG_BROKER),
+                )
+                .add_service(
+                    proto::health_server::HealthServer::new(HealthService)
+                        .max_decoding_message_size(limits::SMALL),
+                );
             tasks.spawn(async move {
                 if let Err(e) = server.serve_with_incoming(incoming).await {
                     tracing::error!("manager gRPC server stopped: {e}");
@@ -219,6 +255,11 @@ impl Manager {
             health,
         ));
         tasks.spawn(raft_metrics_loop(raft.clone()));
+        tasks.spawn(crate::raft::snapshot::snapshot_by_size(
+            raft.clone(),
+            log_bytes,
+            crate::raft::config::SNAPSHOT_EVERY_BYTES,
+        ));
 
         Ok(Manager {
             store,

@@ -20,13 +20,19 @@ pub const ELECTION_TIMEOUT_MAX_MS: u64 = 750;
 pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 30_000;
 /// A snapshot is built after this many entries were applied since the previous one.
 pub const SNAPSHOT_EVERY_LOGS: u64 = 10_000;
+/// A snapshot is also built once the entries appended since the previous one take this many
+/// bytes (`raft/snapshot.rs`), so a few large entries cannot grow the log without bound.
+pub const SNAPSHOT_EVERY_BYTES: u64 = 64 * 1024 * 1024;
 /// Entries already in a snapshot that are kept, so slightly lagging followers catch up
 /// from the log rather than with a snapshot.
 pub const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 1_000;
 /// Purge snapshotted entries in batches of at least this many.
 pub const PURGE_BATCH: u64 = 256;
-/// Largest gRPC message of the Raft transport (snapshot chunks are 3 MiB).
+/// Largest gRPC message of the Raft transport (snapshot chunks are 3 MiB; one entry is
+/// sent alone whatever its size).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest AppendEntries batch of several entries, encoded (see `network.rs`).
+pub const MAX_APPEND_BYTES: usize = 4 * 1024 * 1024;
 
 /// The validated openraft configuration shared by every manager of the cluster.
 pub fn raft_config() -> Arc<Config> {

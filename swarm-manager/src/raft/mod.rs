@@ -8,6 +8,7 @@ pub mod config;
 pub mod network;
 mod proposer;
 pub mod service;
+pub mod snapshot;
 pub mod storage;
 
 use crate::store::{Request, Response};

@@ -8,6 +8,12 @@
 //! - no answer within the RPC's hard TTL, or `DeadlineExceeded`: [`Timeout`];
 //! - a message too large for the transport while sending several entries:
 //!   [`PayloadTooLarge`] with a hint, so openraft sends fewer entries at once;
+//! - several entries above [`MAX_APPEND_BYTES`] once encoded: not sent, [`PayloadTooLarge`]
+//!   with the number of entries that fit (at least one), so a batch is bounded by bytes as
+//!   well as by openraft's `max_payload_entries`;
+//! - several entries not answered in time: [`PayloadTooLarge`] with half as many, so that a
+//!   batch too large for the timeout is not sent again and again (openraft resends the same
+//!   batch after a [`Timeout`]); one entry not answered in time is a [`Timeout`];
 //! - any other transport failure: [`NetworkError`] (retried without backoff);
 //! - the peer answered with an openraft error: [`RemoteError`].
 
@@ -31,7 +37,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use super::config::MAX_MESSAGE_BYTES;
+use super::config::{MAX_APPEND_BYTES, MAX_MESSAGE_BYTES};
 use super::TypeConfig;
 use crate::tls::Connector;
 
@@ -145,6 +151,16 @@ impl Connection {
                 self.target
             ))))
         })?;
+        if kind == RPCTypes::AppendEntries && entries > 1 && data.len() > MAX_APPEND_BYTES {
+            return Err(too_large(
+                entries_that_fit(entries, data.len(), MAX_APPEND_BYTES),
+                format!(
+                    "{entries} entries to manager {} are {} bytes, above {MAX_APPEND_BYTES}",
+                    self.target,
+                    data.len()
+                ),
+            ));
+        }
         let ttl = option.hard_ttl();
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(ttl);
@@ -156,11 +172,18 @@ impl Connection {
                 RPCTypes::InstallSnapshot => client.install_snapshot(request).await,
             }
         };
+        let target = self.target;
         let timeout = || {
+            if kind == RPCTypes::AppendEntries && entries > 1 {
+                return too_large(
+                    entries / 2,
+                    format!("{entries} entries to manager {target} not answered within {ttl:?}"),
+                );
+            }
             RPCError::Timeout(Timeout {
                 action: kind,
                 id: from,
-                target: self.target,
+                target,
                 timeout: ttl,
             })
         };
@@ -209,14 +232,29 @@ impl Connection {
             Code::OutOfRange | Code::ResourceExhausted
                 if kind == RPCTypes::AppendEntries && entries > 1 =>
             {
-                RPCError::PayloadTooLarge(
-                    PayloadTooLarge::new_entries_hint((entries / 2) as u64)
-                        .with_source_error(&TransportError(msg)),
-                )
+                too_large(entries / 2, msg)
             }
             _ => RPCError::Network(NetworkError::from(any_error(msg))),
         }
     }
+}
+
+/// openraft's "send at most `entries` entries next time" (at least one).
+fn too_large<E: std::error::Error>(
+    entries: usize,
+    why: String,
+) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
+    RPCError::PayloadTooLarge(
+        PayloadTooLarge::new_entries_hint(entries.max(1) as u64)
+            .with_source_error(&TransportError(why)),
+    )
+}
+
+/// How many of `entries` entries encoded in `bytes` fit in `cap` bytes, assuming entries of
+/// equal size (at least one, fewer than `entries` when they do not all fit).
+fn entries_that_fit(entries: usize, bytes: usize, cap: usize) -> usize {
+    let fit = (entries as u128 * cap as u128 / bytes.max(1) as u128) as usize;
+    fit.clamp(1, entries.saturating_sub(1).max(1))
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
@@ -257,5 +295,19 @@ impl RaftNetwork<TypeConfig> for Connection {
                 .map(|i: u32| Duration::from_millis(500u64.saturating_mul(1u64 << i.min(2))))
                 .map(|d| d.min(Duration::from_secs(2))),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_above_the_byte_cap_is_cut_to_what_fits() {
+        assert_eq!(entries_that_fit(300, 30 << 20, 3 << 20), 30);
+        assert_eq!(entries_that_fit(2, 9 << 20, 4 << 20), 1);
+        // Just above the cap: at least one entry fewer, so the batch shrinks every time.
+        assert_eq!(entries_that_fit(10, (4 << 20) + 1, 4 << 20), 9);
+        assert_eq!(entries_that_fit(300, usize::MAX, 1), 1);
     }
 }

@@ -6,6 +6,8 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use proto::raft_server::RaftServer;
 use proto::RaftPayload;
 use serde::{de::DeserializeOwned, Serialize};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
 use super::config::MAX_MESSAGE_BYTES;
@@ -41,11 +43,17 @@ impl RaftService {
     }
 
     /// The tonic server of this service, with message limits large enough for snapshot
-    /// chunks and batches of entries.
-    pub fn into_server(self) -> RaftServer<RaftService> {
-        RaftServer::new(self)
+    /// chunks and batches of entries. Its messages are the largest a manager accepts, so the
+    /// caller's certificate is checked by an interceptor, before the body is read and
+    /// decoded; the handlers check again.
+    pub fn into_server(self) -> InterceptedService<RaftServer<RaftService>, PeerCheck> {
+        let check = PeerCheck {
+            check_caller: self.check_caller.is_some(),
+        };
+        let server = RaftServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        InterceptedService::new(server, check)
     }
 
     /// The caller's own certificate (forwarding metadata means nothing here) must be a
@@ -57,20 +65,7 @@ impl RaftService {
         let Some(store) = &self.check_caller else {
             return Ok(());
         };
-        let id = match crate::tls::peer_identity(req) {
-            Some(id) if id.role == proto::NodeRole::Manager => id,
-            Some(id) => {
-                return Err(Status::permission_denied(format!(
-                    "node {} is not a manager: only managers take part in Raft",
-                    id.node_id
-                )))
-            }
-            None => {
-                return Err(Status::permission_denied(
-                    "Raft calls need a manager certificate of this cluster (mutual TLS)",
-                ))
-            }
-        };
+        let id = peer_check(req)?;
         let standing = store.read().standing(&id.node_id);
         match standing {
             Standing::Removed => Err(Status::permission_denied(format!(
@@ -85,6 +80,38 @@ impl RaftService {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// The Raft service's certificate check as a tonic interceptor: it runs on the request's
+/// headers and connection, before its body is decoded. The store check (removed and
+/// demoted managers) runs in the handlers.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerCheck {
+    check_caller: bool,
+}
+
+impl Interceptor for PeerCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        if self.check_caller {
+            peer_check(&req)?;
+        }
+        Ok(req)
+    }
+}
+
+/// Only direct peers (forwarding metadata means nothing here) with a manager certificate
+/// of the cluster take part in Raft. Returns the peer's identity.
+fn peer_check<T>(req: &Request<T>) -> Result<crate::ca::NodeIdentity, Status> {
+    match crate::tls::peer_identity(req) {
+        Some(id) if id.role == proto::NodeRole::Manager => Ok(id),
+        Some(id) => Err(Status::permission_denied(format!(
+            "node {} is not a manager: only managers take part in Raft",
+            id.node_id
+        ))),
+        None => Err(Status::permission_denied(
+            "Raft calls need a manager certificate of this cluster (mutual TLS)",
+        )),
     }
 }
 
@@ -183,6 +210,7 @@ mod tests {
         raft: Raft,
         store: Store,
         health: PeerHealth,
+        log_bytes: storage::LogBytes,
         stop: Option<oneshot::Sender<()>>,
         server: JoinHandle<Result<(), tonic::transport::Error>>,
     }
@@ -230,6 +258,7 @@ mod tests {
             let addr = listener.local_addr().unwrap().to_string();
             let shared = Arc::new(Shared::default());
             let (log, sm) = open_storage(dir, shared.clone()).await;
+            let log_bytes = log.log_bytes();
             let health = PeerHealth::default();
             let network = Network::new(plaintext_connector(), health.clone());
             let raft = Raft::new(id, config, network, log, sm)
@@ -251,6 +280,7 @@ mod tests {
                 store: Store::new(shared, Arc::new(raft.clone())),
                 raft,
                 health,
+                log_bytes,
                 stop: Some(tx),
                 server,
             }
@@ -506,6 +536,33 @@ mod tests {
             })
             .await;
         }
+        for n in nodes {
+            n.stop().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_log_of_few_large_entries_is_snapshotted_by_size() {
+        let dirs = [tempfile::tempdir().unwrap()];
+        let nodes = start_cluster(&dirs, raft_config()).await;
+        wait_leader(&nodes, Duration::from_secs(10)).await;
+        let n = &nodes[0];
+        const EVERY: u64 = 256 * 1024;
+        tokio::spawn(crate::raft::snapshot::snapshot_by_size(
+            n.raft.clone(),
+            n.log_bytes.clone(),
+            EVERY,
+        ));
+        // 8 entries of 64 KiB: far fewer than the count policy's 10 000, twice the bytes.
+        for i in 0..8 {
+            write(&nodes, &format!("{i}-{}", "x".repeat(64 * 1024))).await;
+        }
+        let raft = n.raft.clone();
+        wait_until("a snapshot by size", Duration::from_secs(10), || {
+            raft.metrics().borrow().snapshot.is_some()
+        })
+        .await;
+        assert!(n.log_bytes.get() < EVERY, "{}", n.log_bytes.get());
         for n in nodes {
             n.stop().await;
         }

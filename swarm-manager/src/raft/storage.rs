@@ -206,8 +206,10 @@ pub fn open(dir: &Path, shared: Arc<Shared>) -> Result<(LogStore, StateMachine),
     })()
     .map_err(corrupt)?;
 
+    let log_bytes = LogBytes::default();
     let mut sm = StateMachine {
         db: Arc::new(db),
+        log_bytes: log_bytes.clone(),
         shared,
         last_applied: None,
         last_membership: Membership::default(),
@@ -225,9 +227,30 @@ pub fn open(dir: &Path, shared: Arc<Shared>) -> Result<(LogStore, StateMachine),
         inner: Arc::new(LogInner {
             db: sm.db.clone(),
             unflushed_committed: Mutex::new(None),
+            log_bytes,
         }),
     };
     Ok((log, sm))
+}
+
+/// Bytes of log entries appended since the last snapshot was built (shared by the log, which
+/// counts, and the snapshot builder, which resets): the size trigger of snapshots
+/// (`raft/snapshot.rs`), next to openraft's count of entries.
+#[derive(Clone, Default, Debug)]
+pub struct LogBytes(Arc<std::sync::atomic::AtomicU64>);
+
+impl LogBytes {
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn reset(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 // ------------------------------------------------------------------ log
@@ -242,6 +265,7 @@ struct LogInner {
     db: Arc<Database>,
     /// A committed log id written without fsync, to persist when the store closes.
     unflushed_committed: Mutex<Option<Option<LogId<u64>>>>,
+    log_bytes: LogBytes,
 }
 
 impl Drop for LogInner {
@@ -262,6 +286,11 @@ impl Drop for LogInner {
 impl LogStore {
     fn db(&self) -> Arc<Database> {
         self.inner.db.clone()
+    }
+
+    /// The counter of bytes appended since the last snapshot.
+    pub fn log_bytes(&self) -> LogBytes {
+        self.inner.log_bytes.clone()
     }
 }
 
@@ -376,20 +405,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db();
         let res = blocking(move || {
             let txn = db.begin_write().db()?;
+            let mut size = 0u64;
             {
                 let mut table = txn.open_table(LOG).db()?;
                 for e in &entries {
                     let bytes = encode(e)?;
+                    size += bytes.len() as u64;
                     table.insert(e.log_id.index, bytes.as_slice()).db()?;
                 }
             }
             // Immediate durability: returns after fsync.
             txn.commit().db()?;
-            Ok(())
+            Ok(size)
         })
         .await;
         match res {
-            Ok(()) => {
+            Ok(size) => {
+                self.inner.log_bytes.add(size);
                 // Any earlier unflushed committed id is durable now too.
                 self.inner
                     .unflushed_committed
@@ -446,6 +478,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// snapshots.
 pub struct StateMachine {
     db: Arc<Database>,
+    log_bytes: LogBytes,
     shared: Arc<Shared>,
     last_applied: Option<LogId<u64>>,
     last_membership: Membership,
@@ -461,6 +494,7 @@ impl StateMachine {
 /// A consistent view of the state taken when openraft asks for a snapshot builder.
 pub struct SnapshotBuilder {
     db: Arc<Database>,
+    log_bytes: LogBytes,
     last_applied: Option<LogId<u64>>,
     last_membership: Membership,
     data: Result<Vec<u8>, String>,
@@ -503,6 +537,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     e,
                 )
             })?;
+        self.log_bytes.reset();
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built a Raft snapshot");
         Ok(Snapshot {
             meta,
@@ -561,6 +596,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| format!("serializing the state for a snapshot: {e}"));
         SnapshotBuilder {
             db: self.db.clone(),
+            log_bytes: self.log_bytes.clone(),
             last_applied: self.last_applied,
             last_membership: self.last_membership.clone(),
             data,
@@ -579,6 +615,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let db = self.db.clone();
         let m = meta.clone();
+        self.log_bytes.reset();
         let state = blocking(move || {
             let state = State::from_bytes(&data)?;
             write_snapshot(&db, &m, &data)?;
@@ -749,6 +786,28 @@ mod tests {
         let st = log.get_log_state().await.unwrap();
         assert_eq!(st.last_log_id, Some(log_id(2, 1, 8)));
         assert!(log.try_get_log_entries(0..100).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn appended_bytes_are_counted_until_a_snapshot_is_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, mut sm) = open_new(dir.path());
+        let bytes = log.log_bytes();
+        assert_eq!(bytes.get(), 0);
+        let entries: Vec<_> = (1..=10).map(|i| create(1, i, &"n".repeat(1000))).collect();
+        let encoded: u64 = entries
+            .iter()
+            .map(|e| encode(e).unwrap().len() as u64)
+            .sum();
+        log.blocking_append(entries.clone()).await.unwrap();
+        assert_eq!(bytes.get(), encoded);
+        sm.apply(entries).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(bytes.get(), 0, "a snapshot resets the count");
     }
 
     #[tokio::test]
