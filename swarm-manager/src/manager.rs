@@ -142,7 +142,9 @@ impl Manager {
                 .add_service(proto::node_ca_server::NodeCaServer::new(ca))
                 .add_service(proto::logs_server::LogsServer::new(logs.clone()))
                 .add_service(proto::log_broker_server::LogBrokerServer::new(logs.clone()))
-                .add_service(proto::health_server::HealthServer::new(HealthService));
+                .add_service(proto::health_server::HealthServer::new(HealthService {
+                    router: router.clone(),
+                }));
             tasks.spawn(async move {
                 if let Err(e) = server.serve_with_incoming(incoming).await {
                     tracing::error!("manager gRPC server stopped: {e}");
@@ -239,8 +241,16 @@ impl Manager {
     }
 
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        m.current_leader == Some(self.raft_id)
+        matches!(self.router.route(), crate::router::Route::Local)
+    }
+
+    /// Resolves when this manager's Raft core stopped on its own (a storage failure), with
+    /// the reason; `None` once it was shut down normally. The manager then serves nothing
+    /// (its router refuses every call, Health says NOT_SERVING, agent sessions end); the
+    /// process hosting it should exit so that a supervisor restarts it from its data root.
+    pub fn failure(&self) -> impl std::future::Future<Output = Option<String>> + Send + 'static {
+        let raft = self.raft.clone();
+        async move { crate::raft::core_failure(&raft).await }
     }
 
     /// Swaps in renewed credentials without restarting the listener.
@@ -412,8 +422,12 @@ async fn object_gauges_loop(store: Store) {
     }
 }
 
-#[derive(Clone, Copy)]
-pub struct HealthService;
+/// `Health.Check`: SERVING while this manager's Raft core runs, NOT_SERVING once it stopped
+/// (a storage failure): such a manager leads nothing and serves nothing.
+#[derive(Clone)]
+pub struct HealthService {
+    router: Router,
+}
 
 #[tonic::async_trait]
 impl proto::health_server::Health for HealthService {
@@ -421,8 +435,13 @@ impl proto::health_server::Health for HealthService {
         &self,
         _req: tonic::Request<proto::HealthCheckRequest>,
     ) -> Result<tonic::Response<proto::HealthCheckResponse>, tonic::Status> {
+        use proto::health_check_response::ServingStatus;
+        let status = match self.router.stopped() {
+            Some(_) => ServingStatus::NotServing,
+            None => ServingStatus::Serving,
+        };
         Ok(tonic::Response::new(proto::HealthCheckResponse {
-            status: proto::health_check_response::ServingStatus::Serving as i32,
+            status: status as i32,
         }))
     }
 }
