@@ -55,6 +55,10 @@ pub enum Bootstrap {
     Join { remote: String },
     /// Restart with the state on disk.
     Restart,
+    /// `swarm init --force-new-cluster`: restart with the state on disk rewritten into a
+    /// one-manager cluster of this manager (`raft::storage::force_new_cluster`): same
+    /// cluster, objects, CA and tokens; the other managers are out of the Raft membership.
+    ForceNewCluster,
 }
 
 pub struct Manager {
@@ -93,6 +97,14 @@ impl Manager {
 
         std::fs::create_dir_all(&cfg.raft_dir)
             .with_context(|| format!("creating {}", cfg.raft_dir.display()))?;
+        if matches!(bootstrap, Bootstrap::ForceNewCluster) {
+            crate::raft::storage::force_new_cluster(
+                &cfg.raft_dir,
+                cfg.raft_id,
+                &cfg.advertise_addr,
+            )
+            .context("starting a new cluster from this manager's Raft state")?;
+        }
         let shared = Arc::new(Shared::default());
         let (log_store, state_machine) = crate::raft::storage::open(&cfg.raft_dir, shared.clone())
             .with_context(|| format!("opening the raft store in {}", cfg.raft_dir.display()))?;
@@ -210,6 +222,28 @@ impl Manager {
                 }
             }
             Bootstrap::Restart => {}
+            Bootstrap::ForceNewCluster => {
+                raft.wait(Some(Duration::from_secs(10)))
+                    .state(ServerState::Leader, "this manager leads the forced cluster")
+                    .await
+                    .context("waiting to become leader of the forced cluster")?;
+                // This manager's object says where it is now; the other managers' objects
+                // stay (Docker lists them Down and Unreachable until they are demoted or
+                // removed).
+                let addr = cfg.advertise_addr.clone();
+                let raft_id = cfg.raft_id;
+                store
+                    .update_node(&cfg.node_id, |n| {
+                        n.manager_status = Some(proto::ManagerStatus {
+                            raft_id,
+                            addr: addr.clone(),
+                            leader: true,
+                            reachability: proto::Reachability::Reachable as i32,
+                        });
+                    })
+                    .await
+                    .context("recording this manager in the forced cluster")?;
+            }
         }
 
         tasks.spawn(leadership_loop(

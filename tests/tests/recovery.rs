@@ -232,3 +232,143 @@ fn a_leader_whose_disk_fills_steps_down_and_exits_and_another_manager_leads() {
         )
     });
 }
+
+/// `swarm info --format json` of a node.
+fn info(c: &Cluster, i: usize) -> serde_json::Value {
+    tests::json(&c.node(i).swarm_ok(&["info", "--format", "json"]))
+}
+
+fn service_names(c: &Cluster, via: usize) -> BTreeSet<String> {
+    c.node(via)
+        .services()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.spec.unwrap_or_default().name)
+        .collect()
+}
+
+#[test]
+fn force_new_cluster_on_the_last_manager_brings_back_a_writable_swarm_that_new_managers_join() {
+    let mut c = Cluster::formed(4, 27471, 3);
+    // Acknowledged writes, through the leader and through a follower.
+    c.node(0)
+        .create_service(&["--name", "web", "--replicas", "3", "sim/app"]);
+    c.node(1)
+        .create_service(&["--name", "api", "--replicas", "2", "sim/app"]);
+    c.node(2)
+        .swarm_ok(&["network", "create", "-d", "overlay", "backend"]);
+    wait_for(Duration::from_secs(60), || {
+        running(&c.node(2).tasks("web").unwrap()).len() == 3
+            && running(&c.node(2).tasks("api").unwrap()).len() == 2
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let before = info(&c, 2);
+    let worker_token = c.token(2, "worker");
+    let manager_token = c.token(2, "manager");
+    let node3_id = before["node_id"].as_str().unwrap().to_string();
+
+    // Two of the three managers are lost for good: node3 alone has no quorum.
+    c.nodes[0].kill();
+    c.nodes[1].kill();
+    wait_for(Duration::from_secs(30), || {
+        !c.node(2)
+            .swarm(&["service", "scale", "-d", "web=4"])
+            .ok()
+    })
+    .unwrap();
+
+    let addr = c.node(2).addr();
+    let o = c.node(2).swarm(&[
+        "init",
+        "--force-new-cluster",
+        "--advertise-addr",
+        &addr,
+        "--listen-addr",
+        &addr,
+    ]);
+    assert!(o.ok(), "force-new-cluster failed: {}\n{}", o.stderr, c.logs());
+    assert!(
+        o.stdout
+            .starts_with(&format!("Swarm initialized: current node ({node3_id}) is now a manager.")),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains(&worker_token), "{}", o.stdout);
+
+    // The same swarm (cluster id, tokens, services, networks, nodes), writable again.
+    wait_for(Duration::from_secs(30), || {
+        c.node(2).swarm(&["service", "scale", "-d", "web=4"]).ok()
+    })
+    .unwrap_or_else(|e| panic!("the forced cluster does not take writes: {e}\n{}", c.logs()));
+    let after = info(&c, 2);
+    assert_eq!(after["cluster_id"], before["cluster_id"]);
+    assert_eq!(after["node_id"], before["node_id"]);
+    assert_eq!(c.token(2, "worker"), worker_token);
+    assert_eq!(c.token(2, "manager"), manager_token);
+    assert_eq!(
+        service_names(&c, 2),
+        BTreeSet::from(["web".to_string(), "api".to_string()])
+    );
+    let nets = c.node(2).swarm_ok(&["network", "ls"]);
+    assert!(nets.contains("backend") && nets.contains("ingress"), "{nets}");
+    wait_for(Duration::from_secs(30), || {
+        let rows = node_rows(&c, 2);
+        rows.len() == 4
+            && rows["node3"].contains("Leader")
+            && rows["node3"].contains(" Ready ")
+            && rows["node4"].contains(" Ready ")
+            && ["node1", "node2"]
+                .iter()
+                .all(|n| rows[*n].contains("Down") && rows[*n].contains("Unreachable"))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "node ls after force-new-cluster: {e}\n{}",
+            c.node(2).swarm(&["node", "ls"]).stdout
+        )
+    });
+    wait_for(Duration::from_secs(60), || {
+        running(&c.node(2).tasks("web").unwrap()).len() == 4
+            && running(&c.node(2).tasks("api").unwrap()).len() == 2
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "services do not run on the forced cluster: {e}\n{}",
+            c.node(2).swarm(&["service", "ps", "web"]).stdout
+        )
+    });
+
+    // Two new managers join with the manager token: three voters again.
+    let n5 = c.add_node().unwrap();
+    let n6 = c.add_node().unwrap();
+    c.join(n5, 2, "manager")
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    c.join(n6, 2, "manager")
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    wait_for(Duration::from_secs(30), || {
+        let rows = node_rows(&c, 2);
+        rows.len() == 6
+            && ["node5", "node6"]
+                .iter()
+                .all(|n| rows[*n].contains(" Ready ") && rows[*n].contains("Reachable"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.node(2).swarm(&["node", "ls"]).stdout));
+    c.node(n5).swarm_ok(&["service", "create", "-d", "--name", "after", "sim/app"]);
+
+    // The quorum is three managers again: without node3, node5 and node6 elect a leader
+    // and take writes, and every acknowledged write is there.
+    c.nodes[2].kill();
+    wait_for(Duration::from_secs(30), || {
+        c.node(n6)
+            .swarm(&["service", "create", "-d", "--name", "quorum", "sim/app"])
+            .ok()
+    })
+    .unwrap_or_else(|e| panic!("node5 and node6 have no quorum: {e}\n{}", c.logs()));
+    assert_eq!(
+        service_names(&c, n5),
+        ["web", "api", "after", "quorum"]
+            .into_iter()
+            .map(String::from)
+            .collect::<BTreeSet<_>>()
+    );
+}
