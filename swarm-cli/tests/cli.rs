@@ -615,15 +615,25 @@ fn force_new_cluster_reaches_the_agent_without_the_default_settings() {
     assert!(stderr(&o).contains("--data-path-port cannot be used with --force-new-cluster"));
 
     // The defaults are not sent (the fake agent checks it), and the node answers as init.
-    let o = a.run(&["init", "--force-new-cluster", "--advertise-addr", "10.0.0.1"]);
+    let o = a.run(&[
+        "init",
+        "--force-new-cluster",
+        "--advertise-addr",
+        "10.0.0.1",
+    ]);
     assert_eq!(stderr(&o), "");
-    assert!(stdout(&o)
-        .starts_with("Swarm initialized: current node (node1id0000000000000000001) is now a manager.\n"));
+    assert!(stdout(&o).starts_with(
+        "Swarm initialized: current node (node1id0000000000000000001) is now a manager.\n"
+    ));
     // On a node in a swarm too (the agent rebuilds the swarm from this manager's state).
     let o = a.run(&["init", "--force-new-cluster"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = a.run(&["init"]);
-    assert!(stderr(&o).contains("already part of a swarm"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("already part of a swarm"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

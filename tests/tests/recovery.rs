@@ -20,7 +20,13 @@ impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir)
             .output()
             .expect("running mount");
@@ -49,7 +55,10 @@ impl Tmpfs {
             .unwrap();
         let avail = String::from_utf8_lossy(&out.stdout);
         let avail: u64 = avail.lines().nth(1).unwrap_or("0").trim().parse().unwrap();
-        assert!(avail < 64 * 1024, "the tmpfs is not full: {avail} bytes free");
+        assert!(
+            avail < 64 * 1024,
+            "the tmpfs is not full: {avail} bytes free"
+        );
         filler
     }
 }
@@ -150,7 +159,11 @@ fn a_leader_whose_disk_fills_steps_down_and_exits_and_another_manager_leads() {
     let failed = failed.unwrap_or_else(|| panic!("400 writes on a full disk all succeeded"));
     // Until it exits, the sick manager refuses calls, naming the storage fault.
     let o = c.node(0).swarm(&["node", "ls"]);
-    assert!(!o.ok(), "a manager whose Raft stopped still answers: {}", o.stdout);
+    assert!(
+        !o.ok(),
+        "a manager whose Raft stopped still answers: {}",
+        o.stdout
+    );
     assert!(
         o.stderr.contains("Raft node stopped") && o.stderr.contains("storage"),
         "the refusal names the storage fault: {}\n(the failed write said: {failed})",
@@ -158,8 +171,10 @@ fn a_leader_whose_disk_fills_steps_down_and_exits_and_another_manager_leads() {
     );
 
     // It exits non-zero, saying why.
-    wait_for(Duration::from_secs(20), || c.nodes[0].try_exit().is_some_and(|s| !s.success()))
-        .unwrap_or_else(|e| panic!("node1 did not exit with an error: {e}\n{}", c.logs()));
+    wait_for(Duration::from_secs(20), || {
+        c.nodes[0].try_exit().is_some_and(|s| !s.success())
+    })
+    .unwrap_or_else(|e| panic!("node1 did not exit with an error: {e}\n{}", c.logs()));
     let log = std::fs::read_to_string(&c.node(0).log).unwrap();
     assert!(
         log.contains("the manager's Raft storage failed") && log.contains("No space left"),
@@ -233,6 +248,19 @@ fn a_leader_whose_disk_fills_steps_down_and_exits_and_another_manager_leads() {
     });
 }
 
+/// `swarm init --force-new-cluster` on node i, on its own address.
+fn force_new_cluster(c: &Cluster, i: usize) -> tests::CliOutput {
+    let addr = c.node(i).addr();
+    c.node(i).swarm(&[
+        "init",
+        "--force-new-cluster",
+        "--advertise-addr",
+        &addr,
+        "--listen-addr",
+        &addr,
+    ])
+}
+
 /// `swarm info --format json` of a node.
 fn info(c: &Cluster, i: usize) -> serde_json::Value {
     tests::json(&c.node(i).swarm_ok(&["info", "--format", "json"]))
@@ -271,25 +299,21 @@ fn force_new_cluster_on_the_last_manager_brings_back_a_writable_swarm_that_new_m
     c.nodes[0].kill();
     c.nodes[1].kill();
     wait_for(Duration::from_secs(30), || {
-        !c.node(2)
-            .swarm(&["service", "scale", "-d", "web=4"])
-            .ok()
+        !c.node(2).swarm(&["service", "scale", "-d", "web=4"]).ok()
     })
     .unwrap();
 
-    let addr = c.node(2).addr();
-    let o = c.node(2).swarm(&[
-        "init",
-        "--force-new-cluster",
-        "--advertise-addr",
-        &addr,
-        "--listen-addr",
-        &addr,
-    ]);
-    assert!(o.ok(), "force-new-cluster failed: {}\n{}", o.stderr, c.logs());
+    let o = force_new_cluster(&c, 2);
     assert!(
-        o.stdout
-            .starts_with(&format!("Swarm initialized: current node ({node3_id}) is now a manager.")),
+        o.ok(),
+        "force-new-cluster failed: {}\n{}",
+        o.stderr,
+        c.logs()
+    );
+    assert!(
+        o.stdout.starts_with(&format!(
+            "Swarm initialized: current node ({node3_id}) is now a manager."
+        )),
         "{}",
         o.stdout
     );
@@ -310,7 +334,10 @@ fn force_new_cluster_on_the_last_manager_brings_back_a_writable_swarm_that_new_m
         BTreeSet::from(["web".to_string(), "api".to_string()])
     );
     let nets = c.node(2).swarm_ok(&["network", "ls"]);
-    assert!(nets.contains("backend") && nets.contains("ingress"), "{nets}");
+    assert!(
+        nets.contains("backend") && nets.contains("ingress"),
+        "{nets}"
+    );
     wait_for(Duration::from_secs(30), || {
         let rows = node_rows(&c, 2);
         rows.len() == 4
@@ -353,7 +380,8 @@ fn force_new_cluster_on_the_last_manager_brings_back_a_writable_swarm_that_new_m
                 .all(|n| rows[*n].contains(" Ready ") && rows[*n].contains("Reachable"))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", c.node(2).swarm(&["node", "ls"]).stdout));
-    c.node(n5).swarm_ok(&["service", "create", "-d", "--name", "after", "sim/app"]);
+    c.node(n5)
+        .swarm_ok(&["service", "create", "-d", "--name", "after", "sim/app"]);
 
     // The quorum is three managers again: without node3, node5 and node6 elect a leader
     // and take writes, and every acknowledged write is there.
@@ -370,5 +398,34 @@ fn force_new_cluster_on_the_last_manager_brings_back_a_writable_swarm_that_new_m
             .into_iter()
             .map(String::from)
             .collect::<BTreeSet<_>>()
+    );
+}
+
+#[test]
+fn force_new_cluster_on_a_healthy_swarm_keeps_its_state_and_leads_alone() {
+    // Docker allows it on any manager: this one becomes the only manager of the swarm.
+    let c = Cluster::formed(3, 27571, 3);
+    c.node(0)
+        .create_service(&["--name", "web", "--replicas", "2", "sim/app"]);
+    let o = force_new_cluster(&c, 1);
+    assert!(o.ok(), "{}\n{}", o.stderr, c.logs());
+    // A write on the forced cluster; the old managers keep trying to reach node2 meanwhile.
+    wait_for(Duration::from_secs(30), || {
+        c.node(1)
+            .swarm(&["service", "create", "-d", "--name", "forced", "sim/app"])
+            .ok()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    std::thread::sleep(Duration::from_secs(5));
+    let rows = node_rows(&c, 1);
+    assert!(
+        rows["node2"].contains("Leader"),
+        "node2 leads its forced cluster: {rows:#?}\n{}",
+        c.logs()
+    );
+    assert!(service_names(&c, 1).contains("forced"));
+    assert!(
+        service_names(&c, 1).contains("web"),
+        "the forced cluster keeps the swarm's services"
     );
 }

@@ -225,12 +225,11 @@ impl Agent {
             Err(e) => {
                 // Back to the manager this node had (the state on disk is whole either way:
                 // the rewrite is one transaction).
-                match self
-                    .start_manager(&state, &creds, Bootstrap::Restart)
-                    .await
-                {
+                match self.start_manager(&state, &creds, Bootstrap::Restart).await {
                     Ok(m) => inner.manager = Some(m),
-                    Err(e) => tracing::error!("restarting the manager after a failed --force-new-cluster: {e:#}"),
+                    Err(e) => tracing::error!(
+                        "restarting the manager after a failed --force-new-cluster: {e:#}"
+                    ),
                 }
                 self.publish(inner);
                 return Err(e);
