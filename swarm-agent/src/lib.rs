@@ -70,10 +70,29 @@ pub async fn run_with_networking(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown_signal(),
         );
-    server.await.context("serving the control socket")?;
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        r = &mut server => r.context("serving the control socket")?,
+        reason = agent.raft_failure() => {
+            // A manager whose Raft storage failed leads nothing and serves nothing: it
+            // answers every call with the fault for a moment (agent sessions end and move
+            // to another manager), then the process exits non-zero so that a supervisor
+            // restarts it from the data root, where every acknowledged write is.
+            let _ = tokio::time::timeout(RAFT_FAILURE_GRACE, &mut server).await;
+            let _ = std::fs::remove_file(&cfg.socket);
+            anyhow::bail!(
+                "the manager's Raft storage failed ({reason}); exiting: fix the disk of {} (free space, I/O errors) and start swarm-agent again",
+                cfg.data_root.display()
+            );
+        }
+    }
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(())
 }
+
+/// How long a daemon whose manager's Raft storage failed keeps answering (with the fault)
+/// before it exits.
+const RAFT_FAILURE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

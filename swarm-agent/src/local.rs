@@ -71,6 +71,7 @@ impl LocalNode for LocalApi {
                 default_addr_pool: r.default_addr_pool,
                 subnet_size: r.default_addr_pool_mask_length,
                 vxlan_udp_port: r.data_path_port,
+                force_new_cluster: r.force_new_cluster,
             })
             .await
             .map_err(err)?;

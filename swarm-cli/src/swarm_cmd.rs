@@ -31,7 +31,7 @@ pub struct InitArgs {
     /// Validity period for node certificates (ns|us|ms|s|m|h)
     #[arg(long, default_value = "2160h0m0s", value_parser = ms_arg)]
     pub cert_expiry: i64,
-    /// Force create a new cluster from current state (not supported yet: the agent refuses it)
+    /// Force create a new cluster from current state
     #[arg(long)]
     pub force_new_cluster: bool,
     /// Default address pool in CIDR format (repeatable)
@@ -112,21 +112,25 @@ fn availability(v: &str) -> Result<i32> {
 }
 
 pub async fn init(c: &Client, a: InitArgs) -> Result<()> {
+    let mut req = InitRequest {
+        advertise_addr: a.advertise_addr.unwrap_or_default(),
+        listen_addr: a.listen_addr,
+        task_history_limit: a.task_history_limit,
+        dispatcher_heartbeat_ms: a.dispatcher_heartbeat,
+        cert_expiry_ms: a.cert_expiry,
+        availability: availability(&a.availability)?,
+        force_new_cluster: a.force_new_cluster,
+        default_addr_pool: a.default_addr_pool,
+        default_addr_pool_mask_length: a.default_addr_pool_mask_length,
+        data_path_port: a.data_path_port,
+    };
+    if req.force_new_cluster {
+        keep_swarm_settings(&mut req);
+    }
     let resp = c
         .local
         .clone()
-        .init(InitRequest {
-            advertise_addr: a.advertise_addr.unwrap_or_default(),
-            listen_addr: a.listen_addr,
-            task_history_limit: a.task_history_limit,
-            dispatcher_heartbeat_ms: a.dispatcher_heartbeat,
-            cert_expiry_ms: a.cert_expiry,
-            availability: availability(&a.availability)?,
-            force_new_cluster: a.force_new_cluster,
-            default_addr_pool: a.default_addr_pool,
-            default_addr_pool_mask_length: a.default_addr_pool_mask_length,
-            data_path_port: a.data_path_port,
-        })
+        .init(req)
         .await
         .map_err(|s| c.err(s))?
         .into_inner();
@@ -135,6 +139,35 @@ pub async fn init(c: &Client, a: InitArgs) -> Result<()> {
         init_text(&resp.node_id, &resp.worker_token, &resp.manager_addr)
     );
     Ok(())
+}
+
+/// `--force-new-cluster` keeps the settings of the swarm it is made from: the settings
+/// left at their defaults are not sent (0 = keep), so that only ones the user changed reach
+/// the agent, which refuses them with the flag's name.
+fn keep_swarm_settings(req: &mut InitRequest) {
+    let defaults = InitRequest {
+        task_history_limit: 5,
+        dispatcher_heartbeat_ms: 5_000,
+        cert_expiry_ms: 2160 * 3600 * 1000,
+        default_addr_pool_mask_length: 24,
+        data_path_port: 4789,
+        ..Default::default()
+    };
+    if req.task_history_limit == defaults.task_history_limit {
+        req.task_history_limit = 0;
+    }
+    if req.dispatcher_heartbeat_ms == defaults.dispatcher_heartbeat_ms {
+        req.dispatcher_heartbeat_ms = 0;
+    }
+    if req.cert_expiry_ms == defaults.cert_expiry_ms {
+        req.cert_expiry_ms = 0;
+    }
+    if req.default_addr_pool_mask_length == defaults.default_addr_pool_mask_length {
+        req.default_addr_pool_mask_length = 0;
+    }
+    if req.data_path_port == defaults.data_path_port {
+        req.data_path_port = 0;
+    }
 }
 
 pub async fn join(c: &Client, a: JoinArgs, remote: String) -> Result<()> {

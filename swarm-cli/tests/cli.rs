@@ -173,12 +173,24 @@ impl LocalNode for Fake {
         // The agent's own checks of the options.
         swarm_manager::control::validate_init_request(&r)?;
         let mut s = self.0.lock().unwrap();
-        if s.in_swarm {
+        if s.in_swarm && !r.force_new_cluster {
             return Err(Status::failed_precondition(
                 "This node is already part of a swarm. Use \"swarm leave\" to leave this swarm and join another one.",
             ));
         }
-        if r.cert_expiry_ms != 2160 * 3600 * 1000 || r.dispatcher_heartbeat_ms != 5000 {
+        // With --force-new-cluster the settings left at their defaults are not sent (the
+        // forced cluster keeps the swarm's own).
+        let defaults = if r.force_new_cluster {
+            (0, 0, 0)
+        } else {
+            (5, 5000, 2160 * 3600 * 1000)
+        };
+        if (
+            r.task_history_limit,
+            r.dispatcher_heartbeat_ms,
+            r.cert_expiry_ms,
+        ) != defaults
+        {
             return Err(Status::invalid_argument("unexpected defaults"));
         }
         s.in_swarm = true;
@@ -591,19 +603,44 @@ fn swarm_commands() {
 }
 
 #[test]
-fn unsupported_options_are_refused_by_the_agent() {
-    let a = Agent::start("refusals");
-    let o = a.run(&["init", "--force-new-cluster"]);
+fn force_new_cluster_reaches_the_agent_without_the_default_settings() {
+    let a = Agent::start("force");
+    // A setting with it is refused by the agent: the forced cluster keeps the swarm's own.
+    let o = a.run(&["init", "--force-new-cluster", "--task-history-limit", "10"]);
     assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "Error response from daemon: --task-history-limit cannot be used with --force-new-cluster: the new cluster keeps the settings of the swarm it is made from; run swarm init --force-new-cluster without --task-history-limit\n"
+    );
+    assert_eq!(stdout(&o), "");
+    let o = a.run(&["init", "--force-new-cluster", "--data-path-port", "5000"]);
+    assert!(stderr(&o).contains("--data-path-port cannot be used with --force-new-cluster"));
+
+    // The defaults are not sent (the fake agent checks it), and the node answers as init.
+    let o = a.run(&[
+        "init",
+        "--force-new-cluster",
+        "--advertise-addr",
+        "10.0.0.1",
+    ]);
+    assert_eq!(stderr(&o), "");
+    assert!(stdout(&o).starts_with(
+        "Swarm initialized: current node (node1id0000000000000000001) is now a manager.\n"
+    ));
+    // On a node in a swarm too (the agent rebuilds the swarm from this manager's state).
+    let o = a.run(&["init", "--force-new-cluster"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = a.run(&["init"]);
     assert!(
-        stderr(&o).starts_with(
-            "Error response from daemon: swarm init --force-new-cluster is not supported yet: "
-        ),
+        stderr(&o).contains("already part of a swarm"),
         "{}",
         stderr(&o)
     );
-    assert_eq!(stdout(&o), "");
+}
 
+#[test]
+fn unsupported_options_are_refused_by_the_agent() {
+    let a = Agent::start("refusals");
     for args in [
         &[
             "network",

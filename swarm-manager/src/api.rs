@@ -6,7 +6,7 @@ use proto::NodeRole;
 use tonic::{Request, Status};
 
 use crate::ca::NodeIdentity;
-use crate::router::{no_leader, Route, Router};
+use crate::router::{no_leader, raft_stopped, Route, Router};
 use crate::store::{ProposeError, Standing, State, StoreError};
 
 /// Marks a request that came through the agent's local unix socket (already authorized by
@@ -110,6 +110,7 @@ pub(crate) fn leader_only(router: &Router) -> Result<(), Status> {
             Err(st)
         }
         Route::NoLeader => Err(no_leader()),
+        Route::Stopped(reason) => Err(raft_stopped(&reason)),
     }
 }
 

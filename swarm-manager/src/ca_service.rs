@@ -182,6 +182,7 @@ impl proto::node_ca_server::NodeCa for CaService {
         match self.router.route() {
             Route::Local => self.issue_local(req).await.map(Response::new),
             Route::NoLeader => Err(no_leader()),
+            Route::Stopped(reason) => Err(crate::router::raft_stopped(&reason)),
             Route::Leader(ch) => {
                 // A renewal without a certificate cannot succeed anywhere: refuse it here
                 // rather than forward an anonymous call.

@@ -106,6 +106,7 @@ impl ControlApi {
                 forward(ControlClient::new(ch), forwarded(req, caller.as_ref())).await
             }
             Route::NoLeader => Err(crate::router::no_leader()),
+            Route::Stopped(reason) => Err(crate::router::raft_stopped(&reason)),
         }
     }
 }

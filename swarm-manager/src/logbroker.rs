@@ -529,6 +529,7 @@ impl Logs for LogBroker {
                 Ok(Response::new(Box::pin(stream)))
             }
             Route::NoLeader => Err(crate::router::no_leader()),
+            Route::Stopped(reason) => Err(crate::router::raft_stopped(&reason)),
         }
     }
 }

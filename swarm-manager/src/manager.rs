@@ -70,6 +70,10 @@ pub enum Bootstrap {
     Join { remote: String },
     /// Restart with the state on disk.
     Restart,
+    /// `swarm init --force-new-cluster`: restart with the state on disk rewritten into a
+    /// one-manager cluster of this manager (`raft::storage::force_new_cluster`): same
+    /// cluster, objects, CA and tokens; the other managers are out of the Raft membership.
+    ForceNewCluster,
 }
 
 pub struct Manager {
@@ -108,6 +112,14 @@ impl Manager {
 
         std::fs::create_dir_all(&cfg.raft_dir)
             .with_context(|| format!("creating {}", cfg.raft_dir.display()))?;
+        if matches!(bootstrap, Bootstrap::ForceNewCluster) {
+            crate::raft::storage::force_new_cluster(
+                &cfg.raft_dir,
+                cfg.raft_id,
+                &cfg.advertise_addr,
+            )
+            .context("starting a new cluster from this manager's Raft state")?;
+        }
         let shared = Arc::new(Shared::default());
         let (log_store, state_machine) = crate::raft::storage::open(&cfg.raft_dir, shared.clone())
             .with_context(|| format!("opening the raft store in {}", cfg.raft_dir.display()))?;
@@ -176,7 +188,9 @@ impl Manager {
                         .max_decoding_message_size(limits::LOG_BROKER),
                 )
                 .add_service(
-                    proto::health_server::HealthServer::new(HealthService)
+                    proto::health_server::HealthServer::new(HealthService {
+                        router: router.clone(),
+                    })
                         .max_decoding_message_size(limits::SMALL),
                 );
             tasks.spawn(async move {
@@ -244,6 +258,28 @@ impl Manager {
                 }
             }
             Bootstrap::Restart => {}
+            Bootstrap::ForceNewCluster => {
+                raft.wait(Some(Duration::from_secs(10)))
+                    .state(ServerState::Leader, "this manager leads the forced cluster")
+                    .await
+                    .context("waiting to become leader of the forced cluster")?;
+                // This manager's object says where it is now; the other managers' objects
+                // stay (Docker lists them Down and Unreachable until they are demoted or
+                // removed).
+                let addr = cfg.advertise_addr.clone();
+                let raft_id = cfg.raft_id;
+                store
+                    .update_node(&cfg.node_id, |n| {
+                        n.manager_status = Some(proto::ManagerStatus {
+                            raft_id,
+                            addr: addr.clone(),
+                            leader: true,
+                            reachability: proto::Reachability::Reachable as i32,
+                        });
+                    })
+                    .await
+                    .context("recording this manager in the forced cluster")?;
+            }
         }
 
         tasks.spawn(leadership_loop(
@@ -280,8 +316,16 @@ impl Manager {
     }
 
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        m.current_leader == Some(self.raft_id)
+        matches!(self.router.route(), crate::router::Route::Local)
+    }
+
+    /// Resolves when this manager's Raft core stopped on its own (a storage failure), with
+    /// the reason; `None` once it was shut down normally. The manager then serves nothing
+    /// (its router refuses every call, Health says NOT_SERVING, agent sessions end); the
+    /// process hosting it should exit so that a supervisor restarts it from its data root.
+    pub fn failure(&self) -> impl std::future::Future<Output = Option<String>> + Send + 'static {
+        let raft = self.raft.clone();
+        async move { crate::raft::core_failure(&raft).await }
     }
 
     /// Swaps in renewed credentials without restarting the listener.
@@ -454,8 +498,12 @@ async fn object_gauges_loop(store: Store) {
     }
 }
 
-#[derive(Clone, Copy)]
-pub struct HealthService;
+/// `Health.Check`: SERVING while this manager's Raft core runs, NOT_SERVING once it stopped
+/// (a storage failure): such a manager leads nothing and serves nothing.
+#[derive(Clone)]
+pub struct HealthService {
+    router: Router,
+}
 
 #[tonic::async_trait]
 impl proto::health_server::Health for HealthService {
@@ -463,8 +511,13 @@ impl proto::health_server::Health for HealthService {
         &self,
         _req: tonic::Request<proto::HealthCheckRequest>,
     ) -> Result<tonic::Response<proto::HealthCheckResponse>, tonic::Status> {
+        use proto::health_check_response::ServingStatus;
+        let status = match self.router.stopped() {
+            Some(_) => ServingStatus::NotServing,
+            None => ServingStatus::Serving,
+        };
         Ok(tonic::Response::new(proto::HealthCheckResponse {
-            status: proto::health_check_response::ServingStatus::Serving as i32,
+            status: status as i32,
         }))
     }
 }

@@ -16,6 +16,9 @@ pub enum Route {
     Leader(Channel),
     /// No leader is known (an election is under way).
     NoLeader,
+    /// This manager's Raft core stopped (a storage failure): it serves nothing and leads
+    /// nothing, whatever its last metrics said. The reason names the fault.
+    Stopped(String),
 }
 
 #[derive(Clone)]
@@ -62,6 +65,9 @@ impl Router {
                 channels,
             } => {
                 let m = raft.metrics().borrow().clone();
+                if let Err(e) = &m.running_state {
+                    return Route::Stopped(e.to_string());
+                }
                 match m.current_leader {
                     Some(id) if id == *self_id => Route::Local,
                     Some(id) => {
@@ -88,6 +94,15 @@ impl Router {
             Route::Local => Ok(None),
             Route::Leader(ch) => Ok(Some(ch)),
             Route::NoLeader => Err(no_leader()),
+            Route::Stopped(reason) => Err(raft_stopped(&reason)),
+        }
+    }
+
+    /// Why this manager's Raft core stopped, if it did (see [`Route::Stopped`]).
+    pub fn stopped(&self) -> Option<String> {
+        match self.route() {
+            Route::Stopped(reason) => Some(reason),
+            _ => None,
         }
     }
 
@@ -97,6 +112,7 @@ impl Router {
             Inner::Local => None,
             Inner::Raft { raft, self_id, .. } => {
                 let m = raft.metrics().borrow().clone();
+                m.running_state.as_ref().ok()?;
                 let id = m.current_leader.filter(|id| id != self_id)?;
                 m.membership_config
                     .membership()
@@ -112,4 +128,12 @@ pub fn no_leader() -> tonic::Status {
     tonic::Status::unavailable(
         "the swarm has no leader right now (an election is under way, or a majority of managers is down); retry in a moment",
     )
+}
+
+/// The gRPC status of every call to a manager whose Raft core stopped: it names the
+/// storage fault, and tells the caller to go to another manager.
+pub fn raft_stopped(reason: &str) -> tonic::Status {
+    tonic::Status::unavailable(format!(
+        "this manager stopped serving the swarm: its Raft node stopped ({reason}); the other managers elect a leader: use one of them; fix the disk of this node's data root (free space, I/O errors) and restart it"
+    ))
 }

@@ -119,6 +119,14 @@ impl AgentProc {
         self.child.is_some()
     }
 
+    /// The exit status once the process ended on its own (then it counts as stopped and
+    /// `start` runs it again); None while it runs or when it was never started.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();

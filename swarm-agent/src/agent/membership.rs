@@ -40,6 +40,9 @@ pub struct InitOptions {
     pub subnet_size: u32,
     /// VXLAN UDP port; 0 = 4789.
     pub vxlan_udp_port: u32,
+    /// `--force-new-cluster`: on a manager, a new one-manager cluster from its Raft state
+    /// (see [`Agent::force_new_cluster`]); on a node in no swarm, a plain init.
+    pub force_new_cluster: bool,
 }
 
 pub struct JoinOptions {
@@ -77,6 +80,9 @@ impl Agent {
     ) -> anyhow::Result<(String, String, String)> {
         let mut inner = self.inner.lock().await;
         if inner.state.is_some() {
+            if opts.force_new_cluster {
+                return self.force_new_cluster(&mut inner, &opts).await;
+            }
             bail!(already_in_swarm());
         }
         let listen = listen_addr(&opts.listen_addr)?;
@@ -182,6 +188,69 @@ impl Agent {
         self.start_background(&mut inner);
         self.publish(&inner);
         Ok((node_id, worker_token, advertise))
+    }
+
+    /// `swarm init --force-new-cluster` on a node in a swarm (Docker's rules): only a
+    /// manager can; its manager restarts as the only member of a new Raft membership made
+    /// from its own state (same cluster, objects, CA and tokens), on the addresses given now.
+    /// The other managers are no longer members; new ones join with the manager token.
+    async fn force_new_cluster(
+        self: &Arc<Self>,
+        inner: &mut super::Inner,
+        opts: &InitOptions,
+    ) -> anyhow::Result<(String, String, String)> {
+        let (Some(state), Some(creds)) = (inner.state.clone(), inner.creds.clone()) else {
+            bail!("this node's swarm membership is incomplete: leave the swarm (swarm leave --force) and init or join again");
+        };
+        if !state.is_manager() {
+            bail!(
+                "This node is not a swarm manager: --force-new-cluster starts a new cluster from a manager's state. Run it on a manager of the swarm"
+            );
+        }
+        let listen = listen_addr(&opts.listen_addr)?;
+        let advertise = advertise_addr(&opts.advertise_addr, listen)?;
+        if let Some(m) = inner.manager.take() {
+            m.shutdown().await;
+        }
+        let forced = NodeState {
+            listen_addr: listen.to_string(),
+            advertise_addr: advertise.clone(),
+            managers: vec![advertise.clone()],
+            ..state.clone()
+        };
+        let manager = match self
+            .start_manager(&forced, &creds, Bootstrap::ForceNewCluster)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                // Back to the manager this node had (the state on disk is whole either way:
+                // the rewrite is one transaction).
+                match self.start_manager(&state, &creds, Bootstrap::Restart).await {
+                    Ok(m) => inner.manager = Some(m),
+                    Err(e) => tracing::error!(
+                        "restarting the manager after a failed --force-new-cluster: {e:#}"
+                    ),
+                }
+                self.publish(inner);
+                return Err(e);
+            }
+        };
+        self.paths.save_state(&forced)?;
+        let worker_token = manager
+            .store
+            .read()
+            .cluster()
+            .and_then(|c| c.root_ca.as_ref())
+            .and_then(|r| r.join_tokens.as_ref())
+            .map(|t| t.worker.clone())
+            .unwrap_or_default();
+        inner.manager = Some(manager);
+        inner.state = Some(forced);
+        self.start_background(inner);
+        self.publish(inner);
+        tracing::warn!(node = %state.node_id, "forced a new cluster from this manager's state");
+        Ok((state.node_id, worker_token, advertise))
     }
 
     pub async fn join(self: &Arc<Self>, opts: JoinOptions) -> anyhow::Result<(String, NodeRole)> {

@@ -71,6 +71,8 @@ pub struct Agent {
     network_state_unsupported: AtomicBool,
     /// The node's data plane (None: control-plane-only agents, e.g. the test harness).
     networking: Option<Arc<Networking>>,
+    /// Set when the in-process manager's Raft core stopped on a storage failure.
+    raft_failed: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Agent {
@@ -104,6 +106,7 @@ impl Agent {
             network,
             network_state_unsupported: AtomicBool::new(false),
             networking,
+            raft_failed: tokio::sync::watch::channel(None).0,
         })
     }
 
@@ -124,6 +127,22 @@ impl Agent {
     pub async fn log_broker(&self) -> Option<swarm_manager::logbroker::LogBroker> {
         let inner = self.inner.lock().await;
         inner.manager.as_ref().map(|m| m.logs.clone())
+    }
+
+    /// Resolves, with the reason, once the in-process manager's Raft core stopped on a
+    /// storage failure (a full disk, an I/O error). The daemon then exits non-zero: a
+    /// restarted process resumes from the data root, as etcd does on a fatal storage error.
+    pub async fn raft_failure(&self) -> String {
+        let mut rx = self.raft_failed.subscribe();
+        let reason = match rx.wait_for(|r| r.is_some()).await {
+            Ok(r) => r.clone(),
+            // The sender lives as long as the agent.
+            Err(_) => None,
+        };
+        match reason {
+            Some(r) => r,
+            None => std::future::pending().await,
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -164,7 +183,7 @@ impl Agent {
             .listen_addr
             .parse()
             .with_context(|| format!("invalid listen address {:?}", state.listen_addr))?;
-        Manager::start(
+        let manager = Manager::start(
             ManagerConfig {
                 raft_dir: self.paths.raft(),
                 raft_id: state.raft_id,
@@ -175,7 +194,16 @@ impl Agent {
             },
             bootstrap,
         )
-        .await
+        .await?;
+        let failure = manager.failure();
+        let failed = self.raft_failed.clone();
+        tokio::spawn(async move {
+            if let Some(reason) = failure.await {
+                tracing::error!("the manager's Raft stopped: {reason}");
+                failed.send_replace(Some(reason));
+            }
+        });
+        Ok(manager)
     }
 
     fn start_background(self: &Arc<Self>, inner: &mut Inner) {

@@ -671,9 +671,25 @@ fn overlaps(a: (IpAddr, u8), b: (IpAddr, u8)) -> bool {
 /// callers of the local socket get the same answers as the CLI).
 pub fn validate_init_request(r: &InitRequest) -> Result<(), Status> {
     if r.force_new_cluster {
-        return Err(Status::unimplemented(
-            "swarm init --force-new-cluster is not supported yet: a swarm that lost the quorum of its managers cannot be rebuilt from this node's state; bring enough of the old managers back to restore the quorum, or leave the swarm (swarm leave --force) and create a new one with swarm init",
-        ));
+        // The new cluster is the old one with this manager alone in the Raft membership:
+        // it keeps the swarm's settings, so settings given with it would be ignored.
+        let given = [
+            ("--task-history-limit", r.task_history_limit != 0),
+            ("--dispatcher-heartbeat", r.dispatcher_heartbeat_ms != 0),
+            ("--cert-expiry", r.cert_expiry_ms != 0),
+            ("--availability", r.availability != 0),
+            ("--default-addr-pool", !r.default_addr_pool.is_empty()),
+            (
+                "--default-addr-pool-mask-length",
+                r.default_addr_pool_mask_length != 0,
+            ),
+            ("--data-path-port", r.data_path_port != 0),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+            return Err(invalid(format!(
+                "{flag} cannot be used with --force-new-cluster: the new cluster keeps the settings of the swarm it is made from; run swarm init --force-new-cluster without {flag}"
+            )));
+        }
     }
     if r.task_history_limit < 0 {
         return Err(invalid("--task-history-limit must be 0 or more"));
@@ -781,18 +797,44 @@ mod tests {
     fn init_options() {
         let ok = InitRequest::default();
         assert!(validate_init_request(&ok).is_ok());
-        let e = validate_init_request(&InitRequest {
+        let force = InitRequest {
             force_new_cluster: true,
             ..Default::default()
-        })
-        .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unimplemented);
-        assert!(
-            e.message()
-                .starts_with("swarm init --force-new-cluster is not supported yet: "),
-            "{}",
-            e.message()
-        );
+        };
+        assert!(validate_init_request(&force).is_ok());
+        // Settings cannot come with it: the forced cluster keeps the swarm's own.
+        for (bad, flag) in [
+            (
+                InitRequest {
+                    task_history_limit: 10,
+                    ..force.clone()
+                },
+                "--task-history-limit",
+            ),
+            (
+                InitRequest {
+                    dispatcher_heartbeat_ms: 1000,
+                    ..force.clone()
+                },
+                "--dispatcher-heartbeat",
+            ),
+            (
+                InitRequest {
+                    data_path_port: 5000,
+                    ..force.clone()
+                },
+                "--data-path-port",
+            ),
+        ] {
+            let e = validate_init_request(&bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(
+                e.message()
+                    .starts_with(&format!("{flag} cannot be used with --force-new-cluster: ")),
+                "{}",
+                e.message()
+            );
+        }
         for (bad, want) in [
             (
                 InitRequest {

@@ -27,3 +27,27 @@ openraft::declare_raft_types!(
 
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<u64, E>;
+
+/// Resolves when `raft`'s core stopped on its own (a storage failure, a panic), with the
+/// reason; `None` when it was shut down normally. openraft keeps the last metrics of a
+/// stopped core (its `current_leader` may still name this manager): only
+/// `running_state` (or the end of the metrics channel) says that the core is gone.
+pub async fn core_failure(raft: &Raft) -> Option<String> {
+    use openraft::error::Fatal;
+    let mut rx = raft.metrics();
+    loop {
+        match rx.borrow_and_update().running_state.clone() {
+            Ok(()) => {}
+            Err(Fatal::Stopped) => return None,
+            Err(e) => return Some(e.to_string()),
+        }
+        if rx.changed().await.is_err() {
+            // The core's task ended without reporting a state: it panicked.
+            return match rx.borrow().running_state.clone() {
+                Err(Fatal::Stopped) => None,
+                Err(e) => Some(e.to_string()),
+                Ok(()) => Some("the Raft core ended unexpectedly".to_string()),
+            };
+        }
+    }
+}

@@ -11,6 +11,7 @@
 //!   latest snapshot is (`raft_snapshot`), and on start the state is loaded from it, then
 //!   openraft re-applies the log from the snapshot's last log id up to the committed id.
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
@@ -251,6 +252,149 @@ impl LogBytes {
     fn reset(&self) {
         self.0.store(0, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// What [`force_new_cluster`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForcedCluster {
+    /// The last log entry of the old cluster in this manager's log: the new cluster goes on
+    /// from there, so object versions (Raft indexes) keep growing.
+    pub last_log_id: Option<LogId<u64>>,
+    /// The voters of the old membership, this manager included.
+    pub old_voters: BTreeSet<u64>,
+}
+
+/// Why [`force_new_cluster`] could not rewrite the Raft state.
+#[derive(Debug, thiserror::Error)]
+pub enum ForceNewClusterError {
+    #[error("this node has no Raft state in {0} to start a new cluster from")]
+    NoState(PathBuf),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// `swarm init --force-new-cluster`: rewrites the Raft state in `dir`, before Raft starts,
+/// into a one-manager cluster of `raft_id` (reached at `addr`) holding everything this
+/// manager has: the latest snapshot with every entry of the log after it applied
+/// (committed or not: the stored commit index may lag behind acknowledged writes, so
+/// nothing of the log is dropped), saved as a snapshot whose membership is this manager
+/// alone, with the log purged up to it. The vote is kept: the lone voter elects itself in
+/// a later term. Blocking.
+pub fn force_new_cluster(
+    dir: &Path,
+    raft_id: u64,
+    addr: &str,
+) -> Result<ForcedCluster, ForceNewClusterError> {
+    let path = dir.join(DB_FILE);
+    if !path.exists() {
+        return Err(ForceNewClusterError::NoState(dir.to_path_buf()));
+    }
+    // The manager this node ran until now may still be closing the database.
+    let mut attempts = 0;
+    let db = loop {
+        match Database::create(&path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            r => {
+                break r.map_err(|source| StorageError::Open {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+        }
+    };
+    let corrupt = |source: DbError| StorageError::Corrupt {
+        path: path.clone(),
+        source,
+    };
+    let shared = Shared::default();
+    let mut last: Option<LogId<u64>> = None;
+    let mut membership = openraft::Membership::<u64, openraft::BasicNode>::default();
+    if let Some((meta, data)) = read_snapshot(&db).map_err(corrupt)? {
+        let state = State::from_bytes(&data).map_err(|e| corrupt(e.into()))?;
+        shared.replace(state, meta.last_log_id.map(|l| l.index).unwrap_or(0));
+        last = meta.last_log_id;
+        membership = meta.last_membership.membership().clone();
+    }
+    let after = last.map(|l| l.index + 1).unwrap_or(0);
+    let entries = (|| -> Result<Vec<Entry<TypeConfig>>, DbError> {
+        let txn = db.begin_read().db()?;
+        let table = txn.open_table(LOG).db()?;
+        let mut out = Vec::new();
+        for item in table.range(after..).db()? {
+            let (_, v) = item.db()?;
+            out.push(decode::<Entry<TypeConfig>>(v.value())?);
+        }
+        Ok(out)
+    })()
+    .map_err(corrupt)?;
+    for entry in entries {
+        let index = entry.log_id.index;
+        match entry.payload {
+            EntryPayload::Normal(req) => {
+                shared.apply(index, &req);
+            }
+            EntryPayload::Blank => shared.mark_applied(index),
+            EntryPayload::Membership(m) => {
+                membership = m;
+                shared.mark_applied(index);
+            }
+        }
+        last = Some(entry.log_id);
+    }
+    if last.is_none() {
+        return Err(ForceNewClusterError::NoState(dir.to_path_buf()));
+    }
+    let old_voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let alone = openraft::Membership::new(
+        vec![BTreeSet::from([raft_id])],
+        std::collections::BTreeMap::from([(
+            raft_id,
+            openraft::BasicNode {
+                addr: addr.to_string(),
+            },
+        )]),
+    );
+    let meta = Meta {
+        last_log_id: last,
+        last_membership: StoredMembership::new(last, alone),
+        snapshot_id: format!(
+            "force-new-cluster-{}-{}",
+            last.map(|l| l.index).unwrap_or(0),
+            swarm_common::clock::now_ms()
+        ),
+    };
+    let data = shared.read().to_bytes();
+    (|| -> Result<(), DbError> {
+        let meta_bytes = encode(&meta)?;
+        let purged = encode(&last)?;
+        let txn = db.begin_write().db()?;
+        {
+            let mut snap = txn.open_table(SNAPSHOT).db()?;
+            snap.insert(KEY_SNAPSHOT_META, meta_bytes.as_slice()).db()?;
+            snap.insert(KEY_SNAPSHOT_DATA, data.as_slice()).db()?;
+            let mut m = txn.open_table(META).db()?;
+            m.insert(KEY_LAST_PURGED, purged.as_slice()).db()?;
+            m.insert(KEY_COMMITTED, purged.as_slice()).db()?;
+            let mut log = txn.open_table(LOG).db()?;
+            log.retain(|_, _| false).db()?;
+        }
+        txn.commit().db()?;
+        Ok(())
+    })()
+    .map_err(corrupt)?;
+    tracing::warn!(
+        last_index = last.map(|l| l.index).unwrap_or(0),
+        ?old_voters,
+        raft_id,
+        "forced a new cluster: this manager is now the only member of the Raft membership"
+    );
+    Ok(ForcedCluster {
+        last_log_id: last,
+        old_voters,
+    })
 }
 
 // ------------------------------------------------------------------ log
@@ -911,6 +1055,51 @@ mod tests {
         let st = shared.read();
         assert!(st.service_by_name("s3").is_some() && st.service_by_name("s4").is_some());
         assert!(st.service_by_name("s5").is_none());
+    }
+
+    #[tokio::test]
+    async fn force_new_cluster_keeps_every_entry_and_leaves_this_manager_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut log, mut sm) = open_new(dir.path());
+            let mut entries = vec![membership(1, 1)];
+            entries.extend((2..=6).map(|i| create(1, i, &format!("s{i}"))));
+            log.blocking_append(entries.clone()).await.unwrap();
+            // A snapshot up to 4, then 5 and 6 only in the log, and the stored commit
+            // index behind them (it is written without fsync).
+            sm.apply(entries.into_iter().take(4)).await.unwrap();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            log.save_committed(Some(log_id(1, 1, 4))).await.unwrap();
+        }
+        let forced = force_new_cluster(dir.path(), 2, "127.0.0.2:2377").unwrap();
+        assert_eq!(forced.last_log_id, Some(log_id(1, 1, 6)));
+        assert_eq!(forced.old_voters, BTreeSet::from([1, 2, 3]));
+
+        let shared = Arc::new(Shared::default());
+        let (mut log, mut sm) = open(dir.path(), shared.clone()).unwrap();
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(1, 1, 6)));
+        assert_eq!(st.last_log_id, Some(log_id(1, 1, 6)));
+        assert!(log.try_get_log_entries(0..).await.unwrap().is_empty());
+        let (applied, mem) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1, 1, 6)));
+        assert_eq!(mem.voter_ids().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            mem.membership().get_node(&2).map(|n| n.addr.as_str()),
+            Some("127.0.0.2:2377")
+        );
+        // Every entry is in the state, the ones after the commit index too.
+        assert_eq!(shared.applied_index(), 6);
+        let state = shared.read();
+        assert!((2..=6).all(|i| state.service_by_name(&format!("s{i}")).is_some()));
+
+        let empty = tempfile::tempdir().unwrap();
+        let err = force_new_cluster(empty.path(), 2, "a").unwrap_err();
+        assert!(err.to_string().contains("no Raft state"), "{err}");
     }
 
     #[test]
