@@ -21,6 +21,7 @@ fn new_cluster(expiry_ms: i64) -> proto::Cluster {
             name: "default".into(),
             ca_config: Some(proto::CaConfig {
                 node_cert_expiry_ms: expiry_ms,
+                ..Default::default()
             }),
             ..Default::default()
         }),

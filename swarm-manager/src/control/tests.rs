@@ -1205,6 +1205,7 @@ fn cluster_object() -> Cluster {
                 worker: "SWMTKN-1-w".into(),
                 manager: "SWMTKN-1-m".into(),
             }),
+            ..Default::default()
         }),
         ..Default::default()
     }
