@@ -71,6 +71,10 @@ pub struct Agent {
     network_state_unsupported: AtomicBool,
     /// The node's data plane (None: control-plane-only agents, e.g. the test harness).
     networking: Option<Arc<Networking>>,
+    /// The roots the managers last said nodes trust (`SessionMessage.root_ca`); a node whose
+    /// own differ renews its certificate now (root rotation), woken through `renew_now`.
+    session_root: std::sync::Mutex<String>,
+    renew_now: tokio::sync::Notify,
 }
 
 impl Agent {
@@ -104,6 +108,8 @@ impl Agent {
             network,
             network_state_unsupported: AtomicBool::new(false),
             networking,
+            session_root: std::sync::Mutex::new(String::new()),
+            renew_now: tokio::sync::Notify::new(),
         })
     }
 
@@ -151,6 +157,8 @@ impl Agent {
             resources: Some(d.resources),
             engine_labels: d.engine_labels,
             engine_version: d.engine_version,
+            // The CA records it when it issues the node's certificate.
+            tls_info: None,
         }
     }
 

@@ -43,7 +43,8 @@ impl RootCa {
     /// `next`'s certificate (its subject and key) signed by this root's key: the
     /// intermediate that lets nodes trusting this root accept certificates `next` issues.
     pub fn cross_sign(&self, next: &RootCa) -> Result<String, CaError> {
-        let key = KeyPair::from_pem(&self.key_pem).map_err(|e| CaError::InvalidKey(e.to_string()))?;
+        let key =
+            KeyPair::from_pem(&self.key_pem).map_err(|e| CaError::InvalidKey(e.to_string()))?;
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &key)
             .map_err(|e| CaError::InvalidCertificate(format!("current root CA: {e}")))?;
         let next_key =
@@ -74,7 +75,10 @@ impl RootCa {
 
 /// The rotation from the cluster's current root to `next`. A rotation already in progress
 /// is replaced (the new root is cross-signed by the current root, never by the abandoned one).
-pub fn start_rotation(current: &proto::RootCa, next: &RootCa) -> Result<proto::RootRotation, CaError> {
+pub fn start_rotation(
+    current: &proto::RootCa,
+    next: &RootCa,
+) -> Result<proto::RootRotation, CaError> {
     let old = RootCa::from_pem(&current.ca_cert, &current.ca_key)?;
     if old.digest() == next.digest() {
         return Err(CaError::InvalidRequest(
@@ -91,7 +95,11 @@ pub fn start_rotation(current: &proto::RootCa, next: &RootCa) -> Result<proto::R
 /// The roots nodes trust: the current root, and the new one while a rotation runs.
 pub fn trust_bundle(root: &proto::RootCa) -> String {
     let mut pem = root.ca_cert.clone();
-    if let Some(r) = root.root_rotation.as_ref().filter(|r| !r.ca_cert.is_empty()) {
+    if let Some(r) = root
+        .root_rotation
+        .as_ref()
+        .filter(|r| !r.ca_cert.is_empty())
+    {
         if !pem.ends_with('\n') {
             pem.push('\n');
         }
@@ -108,7 +116,10 @@ pub fn signing_root(root: &proto::RootCa) -> Result<(RootCa, String), CaError> {
             RootCa::from_pem(&r.ca_cert, &r.ca_key)?,
             r.cross_signed_ca_cert.clone(),
         )),
-        None => Ok((RootCa::from_pem(&root.ca_cert, &root.ca_key)?, String::new())),
+        None => Ok((
+            RootCa::from_pem(&root.ca_cert, &root.ca_key)?,
+            String::new(),
+        )),
     }
 }
 

@@ -313,9 +313,18 @@ fn rotation_signs_with_the_new_root_and_finishes_on_it() {
     assert_eq!(trust_bundle(&done), next.cert_pem);
     // New tokens name the new root's digest.
     let tokens = done.join_tokens.unwrap();
-    assert!(token_matches_ca(&parse_join_token(&tokens.worker).unwrap(), &next.cert_pem));
-    assert!(token_matches_ca(&parse_join_token(&tokens.manager).unwrap(), &next.cert_pem));
-    assert!(!token_matches_ca(&parse_join_token(&old_tokens.worker).unwrap(), &next.cert_pem));
+    assert!(token_matches_ca(
+        &parse_join_token(&tokens.worker).unwrap(),
+        &next.cert_pem
+    ));
+    assert!(token_matches_ca(
+        &parse_join_token(&tokens.manager).unwrap(),
+        &next.cert_pem
+    ));
+    assert!(!token_matches_ca(
+        &parse_join_token(&old_tokens.worker).unwrap(),
+        &next.cert_pem
+    ));
 }
 
 #[test]
