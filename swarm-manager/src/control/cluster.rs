@@ -167,3 +167,6 @@ pub(super) async fn update(store: &Store, req: UpdateClusterRequest) -> Result<C
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
