@@ -224,11 +224,9 @@ fn root_digest(pem: &str) -> String {
 
 /// Docker's bar: `[=====>    ] n/total nodes`.
 fn bar(n: usize, total: usize) -> String {
-    let filled = if total == 0 {
-        BAR_WIDTH
-    } else {
-        n.min(total) * BAR_WIDTH / total
-    };
+    let filled = (n.min(total) * BAR_WIDTH)
+        .checked_div(total)
+        .unwrap_or(BAR_WIDTH);
     format!(
         "[{}>{}] {n}/{total} nodes",
         "=".repeat(filled),
