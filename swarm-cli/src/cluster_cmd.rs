@@ -62,6 +62,21 @@ fn version(c: &Cluster) -> u64 {
     c.meta.as_ref().map_or(0, |m| m.version)
 }
 
+/// Writes `spec` as the cluster's, if the cluster is still the version read.
+async fn write_spec(c: &Client, cluster: &Cluster, spec: ClusterSpec) -> Result<()> {
+    c.control
+        .clone()
+        .update_cluster(UpdateClusterRequest {
+            cluster_version: version(cluster),
+            spec: Some(spec),
+            rotate_worker_token: false,
+            rotate_manager_token: false,
+        })
+        .await
+        .map_err(|s| c.err(s))?;
+    Ok(())
+}
+
 /// `swarm update`: changes only the settings given, like Docker.
 pub async fn update(c: &Client, a: UpdateArgs) -> Result<()> {
     let cluster = c.cluster().await?;
@@ -81,16 +96,7 @@ pub async fn update(c: &Client, a: UpdateArgs) -> Result<()> {
             .get_or_insert_with(Default::default)
             .task_history_retention_limit = n;
     }
-    c.control
-        .clone()
-        .update_cluster(UpdateClusterRequest {
-            cluster_version: version(&cluster),
-            spec: Some(spec),
-            rotate_worker_token: false,
-            rotate_manager_token: false,
-        })
-        .await
-        .map_err(|s| c.err(s))?;
+    write_spec(c, &cluster, spec).await?;
     println!("Swarm updated.");
     Ok(())
 }
@@ -128,16 +134,7 @@ pub async fn ca(c: &Client, a: CaArgs) -> Result<()> {
         .as_ref()
         .map_or(0, |r| r.last_forced_rotation);
     ca_config.force_rotate = ca_config.force_rotate.max(last) + 1;
-    c.control
-        .clone()
-        .update_cluster(UpdateClusterRequest {
-            cluster_version: version(&cluster),
-            spec: Some(spec),
-            rotate_worker_token: false,
-            rotate_manager_token: false,
-        })
-        .await
-        .map_err(|s| c.err(s))?;
+    write_spec(c, &cluster, spec).await?;
     if a.detach {
         return Ok(());
     }

@@ -27,6 +27,10 @@ fn spec_of(store: &Store) -> ClusterSpec {
     store.read().cluster().unwrap().spec.clone().unwrap()
 }
 
+fn root_of(store: &Store) -> proto::RootCa {
+    store.read().cluster().unwrap().root_ca.clone().unwrap()
+}
+
 fn request(spec: ClusterSpec) -> UpdateClusterRequest {
     UpdateClusterRequest {
         spec: Some(spec),
@@ -37,7 +41,7 @@ fn request(spec: ClusterSpec) -> UpdateClusterRequest {
 #[tokio::test]
 async fn a_changed_force_rotate_starts_a_root_rotation_and_the_new_key_never_leaves() {
     let store = with_cluster().await;
-    let old = store.read().cluster().unwrap().root_ca.clone().unwrap();
+    let old = root_of(&store);
 
     // Other settings change nothing about the root.
     let mut spec = spec_of(&store);
@@ -47,15 +51,7 @@ async fn a_changed_force_rotate_starts_a_root_rotation_and_the_new_key_never_lea
     // Nor does a spec without CA settings.
     spec.ca_config = None;
     update(&store, request(spec)).await.unwrap();
-    assert!(store
-        .read()
-        .cluster()
-        .unwrap()
-        .root_ca
-        .as_ref()
-        .unwrap()
-        .root_rotation
-        .is_none());
+    assert!(root_of(&store).root_rotation.is_none());
 
     let mut spec = spec_of(&store);
     spec.ca_config = Some(CaConfig {
@@ -71,7 +67,7 @@ async fn a_changed_force_rotate_starts_a_root_rotation_and_the_new_key_never_lea
     );
     assert_eq!(shown.last_forced_rotation, 1);
 
-    let stored = store.read().cluster().unwrap().root_ca.clone().unwrap();
+    let stored = root_of(&store);
     let r = stored.root_rotation.clone().unwrap();
     assert_eq!(
         stored.ca_cert, old.ca_cert,
@@ -89,7 +85,7 @@ async fn a_changed_force_rotate_starts_a_root_rotation_and_the_new_key_never_lea
 
     // The same counter again: no new rotation.
     update(&store, request(spec.clone())).await.unwrap();
-    let again = store.read().cluster().unwrap().root_ca.clone().unwrap();
+    let again = root_of(&store);
     assert_eq!(again.root_rotation.unwrap().ca_cert, r.ca_cert);
 
     // A supplied root is refused, and nothing changes.
@@ -101,15 +97,5 @@ async fn a_changed_force_rotate_starts_a_root_rotation_and_the_new_key_never_lea
     let e = update(&store, request(external)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("not supported"), "{}", e.message());
-    assert_eq!(
-        store
-            .read()
-            .cluster()
-            .unwrap()
-            .root_ca
-            .as_ref()
-            .unwrap()
-            .last_forced_rotation,
-        1
-    );
+    assert_eq!(root_of(&store).last_forced_rotation, 1);
 }
