@@ -269,6 +269,21 @@ fn swarm_update_changes_the_cluster_settings_and_they_take_effect() {
     })
     .unwrap_or_else(|e| panic!("{e}: {} tasks", c.node(0).tasks("hist").unwrap().len()));
 
+    // Agents follow the new heartbeat period: with 20 s a worker that stops stays Ready
+    // for a minute (3 missed periods), where the 3 s set above marks it down within 9 s.
+    c.node(0)
+        .swarm_ok(&["update", "--dispatcher-heartbeat", "20s"]);
+    // One heartbeat of the old period, answered with the new one.
+    std::thread::sleep(Duration::from_secs(3));
+    let worker = node_ids(&c, 1).pop().unwrap();
+    c.nodes[1].stop();
+    std::thread::sleep(Duration::from_secs(13));
+    assert_eq!(
+        node_state(&c, 0, &worker),
+        Some(proto::NodeState::Ready),
+        "a stopped worker is not down before 3 periods of 20 s"
+    );
+
     // `swarm ca` flags need --rotate; --ca-cert is refused clearly.
     let o = c.node(0).swarm(&["ca", "--cert-expiry", "1h"]);
     assert!(!o.ok());
