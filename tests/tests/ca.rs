@@ -159,6 +159,12 @@ fn ca_rotate_moves_every_node_to_a_new_root_and_a_node_down_meanwhile_rejoins_wi
         assert_eq!(tls.trust_root.trim(), new_root.trim(), "node {}", n.id);
     }
 
+    // node inspect shows it, the issuer's key in base64 as Docker prints it.
+    let inspect = tests::json(&c.node(0).swarm_ok(&["node", "inspect", "self"]));
+    let tls = &inspect[0]["description"]["tls_info"];
+    assert_eq!(tls["trust_root"].as_str().unwrap().trim(), new_root.trim());
+    assert!(tls["cert_issuer_public_key"].is_string(), "{tls}");
+
     // The services kept running: the same tasks, still running.
     assert_eq!(running_ids(&c, "web"), tasks_before);
     // The cluster still works under the new root: a new service gets tasks.
