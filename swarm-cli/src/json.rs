@@ -82,11 +82,56 @@ fn source_ip(v: &mut Value) {
     }
 }
 
+/// A node's TLS info (`description.tls_info`) shows its DER fields in base64, as Docker
+/// prints `CertIssuerSubject` and `CertIssuerPublicKey`, not as arrays of numbers.
+fn tls_bytes(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (key, val) in map.iter_mut() {
+                if key == "cert_issuer_subject" || key == "cert_issuer_public_key" {
+                    if let Some(items) = val.as_array() {
+                        let bytes: Vec<u8> = items
+                            .iter()
+                            .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                            .collect();
+                        *val = Value::String(base64(&bytes));
+                    }
+                } else {
+                    tls_bytes(val);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(tls_bytes),
+        _ => {}
+    }
+}
+
+/// Standard base64 with padding (Go's encoding of `[]byte` in JSON).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// The JSON value of a proto object, enums named.
 pub fn value<T: Serialize>(obj: &T, kind: Kind) -> Result<Value> {
     let mut v = serde_json::to_value(obj)?;
     rename(&mut v, kind);
     source_ip(&mut v);
+    tls_bytes(&mut v);
     Ok(v)
 }
 
@@ -108,6 +153,31 @@ pub fn inspect_array(values: &[Value]) -> Result<String> {
 mod tests {
     use super::*;
     use proto::*;
+
+    #[test]
+    fn tls_info_bytes_are_base64() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        let n = Node {
+            description: Some(NodeDescription {
+                tls_info: Some(NodeTlsInfo {
+                    trust_root: "PEM".into(),
+                    cert_issuer_subject: b"fo".to_vec(),
+                    cert_issuer_public_key: b"foob".to_vec(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = value(&n, Kind::Node).unwrap();
+        let tls = &v["description"]["tls_info"];
+        assert_eq!(tls["cert_issuer_subject"], "Zm8=");
+        assert_eq!(tls["cert_issuer_public_key"], "Zm9vYg==");
+        assert_eq!(tls["trust_root"], "PEM");
+    }
 
     #[test]
     fn task_enums_are_named() {

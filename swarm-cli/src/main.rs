@@ -6,6 +6,7 @@
 
 mod arity;
 mod client;
+mod cluster_cmd;
 mod error;
 mod format;
 mod json;
@@ -67,6 +68,10 @@ enum Command {
     Leave(swarm_cmd::LeaveArgs),
     /// Show the swarm state of this node
     Info(swarm_cmd::InfoArgs),
+    /// Display and rotate the root CA
+    Ca(cluster_cmd::CaArgs),
+    /// Update the swarm
+    Update(cluster_cmd::UpdateArgs),
     /// Manage swarm nodes
     #[command(subcommand)]
     Node(NodeCmd),
@@ -213,7 +218,11 @@ async fn run(cli: Cli) -> Result<()> {
             )?,
             NetworkCmd::Ls(_) => {}
         },
-        Command::Init(_) | Command::Leave(_) | Command::Info(_) => {}
+        Command::Init(_)
+        | Command::Leave(_)
+        | Command::Info(_)
+        | Command::Ca(_)
+        | Command::Update(_) => {}
     }
 
     let c = Client::connect(&cli.host).await?;
@@ -229,6 +238,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Leave(a) => swarm_cmd::leave(&c, a).await,
         Command::Info(a) => swarm_cmd::info(&c, a).await,
+        Command::Ca(a) => cluster_cmd::ca(&c, a).await,
+        Command::Update(a) => cluster_cmd::update(&c, a).await,
         Command::Node(n) => match n {
             NodeCmd::Ls(a) => node_cmd::ls(&c, a).await,
             NodeCmd::Inspect(a) => node_cmd::inspect(&c, a).await,

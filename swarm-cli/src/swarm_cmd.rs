@@ -289,7 +289,15 @@ pub fn info_text(i: &InfoResponse) -> String {
 pub async fn info(c: &Client, a: InfoArgs) -> Result<()> {
     let i = c.info().await?;
     match a.format.as_deref() {
-        None | Some("") | Some("table") => print!("{}", info_text(&i)),
+        None | Some("") | Some("table") => {
+            print!("{}", info_text(&i));
+            // A manager also shows the cluster settings, as Docker does.
+            if i.control_available {
+                if let Ok(cluster) = c.cluster().await {
+                    print!("{}", crate::cluster_cmd::cluster_info_text(&cluster));
+                }
+            }
+        }
         Some("json") => println!("{}", crate::json::line(&i, crate::json::Kind::Other)?),
         Some(other) => return Err(crate::output_format::unsupported_format(other)),
     }

@@ -4,6 +4,8 @@
 //!   store (`Cluster.root_ca`), so that any manager can sign.
 //! - Node certificates: CN = node id, OU = [`MANAGER_OU`] / [`WORKER_OU`], O = cluster id,
 //!   DNS SANs = the OU and the node id, EKU serverAuth + clientAuth.
+//! - Root rotation ([`start_rotation`], [`finish_rotation`]): a new root, cross-signed by
+//!   the old one, that node certificates move to before it replaces the old root.
 //! - Join tokens `SWMTKN-1-<ca digest>-<secret>` ([`generate_join_token`], [`parse_join_token`]).
 //!
 //! The `CA` and `NodeCA` gRPC services that hand them out are `crate::ca_service`.
@@ -11,11 +13,16 @@
 mod digest;
 mod identity;
 mod root;
+mod rotation;
 mod token;
 
 pub use digest::cert_digest;
 pub use identity::{parse_node_cert_der, parse_node_cert_pem, renewal_time, NodeIdentity};
 pub use root::{new_cluster_root_ca, new_key_and_csr, RootCa};
+pub use rotation::{
+    chain_verifies, desired_issuer, finish_rotation, issued_by, issuer_info_of_ca, signing_root,
+    start_rotation, trust_bundle, IssuerInfo,
+};
 pub use token::{generate_join_token, parse_join_token, token_matches_ca, tokens_equal, JoinToken};
 
 /// OU (and DNS SAN) of manager certificates; the TLS server name managers answer to.

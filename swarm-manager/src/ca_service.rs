@@ -11,7 +11,10 @@ use swarm_common::id::new_id;
 use tonic::{Request, Response, Status};
 
 use crate::api::propose_status;
-use crate::ca::{parse_join_token, tokens_equal, RootCa, DEFAULT_NODE_CERT_VALIDITY};
+use crate::ca::{
+    issuer_info_of_ca, parse_join_token, signing_root, tokens_equal, trust_bundle, RootCa,
+    DEFAULT_NODE_CERT_VALIDITY,
+};
 use crate::router::{no_leader, Route, Router};
 use crate::store::{Object, Op, Store};
 use crate::tls;
@@ -55,8 +58,7 @@ impl CaService {
         req: Request<IssueNodeCertificateRequest>,
     ) -> Result<IssueNodeCertificateResponse, Status> {
         let (cluster_id, root, validity) = self.cluster_ca()?;
-        let signer = RootCa::from_pem(&root.ca_cert, &root.ca_key)
-            .map_err(|e| Status::internal(format!("the cluster root CA is unusable: {e}")))?;
+        let signer = Signer::of(&root)?;
         // A renewal is checked against the store: a removed node gets nothing, a demoted
         // manager only a worker certificate (the role is the node's current one).
         let caller = if req.get_ref().token.is_empty() {
@@ -76,15 +78,22 @@ impl CaService {
             .ok_or_else(|| {
                 Status::unauthenticated("a join token or a valid node certificate is required")
             })?;
-        let certificate = signer
-            .sign_node_cert(&msg.csr, &id.node_id, role, &cluster_id, validity)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let certificate = signer.sign(&msg.csr, &id.node_id, role, &cluster_id, validity)?;
+        // What root rotation follows: the node's certificate now comes from this issuer.
+        let tls_info = signer.tls_info.clone();
+        self.store
+            .update_node(&id.node_id, |n| {
+                n.description.get_or_insert_with(Default::default).tls_info =
+                    Some(tls_info.clone());
+            })
+            .await
+            .map_err(propose_status)?;
         tracing::info!(node = %id.node_id, role = ?role, "renewed node certificate");
         Ok(IssueNodeCertificateResponse {
             node_id: id.node_id,
             role: role as i32,
             certificate,
-            root_ca: root.ca_cert,
+            root_ca: signer.tls_info.trust_root,
             cluster_id,
         })
     }
@@ -94,7 +103,7 @@ impl CaService {
         msg: IssueNodeCertificateRequest,
         cluster_id: &str,
         root: &proto::RootCa,
-        signer: &RootCa,
+        signer: &Signer,
         validity: Duration,
     ) -> Result<IssueNodeCertificateResponse, Status> {
         parse_join_token(&msg.token).map_err(|e| Status::unauthenticated(e.to_string()))?;
@@ -109,9 +118,9 @@ impl CaService {
         };
         let node_id = new_id();
         // Sign first: a bad CSR must not leave a node object behind.
-        let certificate = signer
-            .sign_node_cert(&msg.csr, &node_id, role, cluster_id, validity)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let certificate = signer.sign(&msg.csr, &node_id, role, cluster_id, validity)?;
+        let mut description = msg.description.unwrap_or_default();
+        description.tls_info = Some(signer.tls_info.clone());
         let node = proto::Node {
             id: node_id.clone(),
             meta: None,
@@ -120,7 +129,7 @@ impl CaService {
                 desired_role: role as i32,
                 availability: proto::NodeAvailability::Active as i32,
             }),
-            description: msg.description,
+            description: Some(description),
             status: Some(proto::NodeStatus {
                 state: proto::NodeState::Unknown as i32,
                 ..Default::default()
@@ -143,9 +152,53 @@ impl CaService {
             node_id,
             role: role as i32,
             certificate,
-            root_ca: root.ca_cert.clone(),
+            root_ca: signer.tls_info.trust_root.clone(),
             cluster_id: cluster_id.to_string(),
         })
+    }
+}
+
+/// The root that signs node certificates now, what follows the leaf, and the TLS
+/// information a node holding such a certificate has.
+struct Signer {
+    root: RootCa,
+    /// The cross-signed new root during a rotation, else empty.
+    chain: String,
+    tls_info: proto::NodeTlsInfo,
+}
+
+impl Signer {
+    fn of(root: &proto::RootCa) -> Result<Signer, Status> {
+        let unusable = |e: crate::ca::CaError| {
+            Status::internal(format!("the cluster root CA is unusable: {e}"))
+        };
+        let (signer, chain) = signing_root(root).map_err(unusable)?;
+        let issuer = issuer_info_of_ca(&signer.cert_pem).map_err(unusable)?;
+        Ok(Signer {
+            tls_info: proto::NodeTlsInfo {
+                trust_root: trust_bundle(root),
+                cert_issuer_subject: issuer.subject,
+                cert_issuer_public_key: issuer.public_key,
+            },
+            root: signer,
+            chain,
+        })
+    }
+
+    /// The node certificate followed by the chain to the roots nodes trust.
+    fn sign(
+        &self,
+        csr: &str,
+        node_id: &str,
+        role: NodeRole,
+        cluster_id: &str,
+        validity: Duration,
+    ) -> Result<String, Status> {
+        let leaf = self
+            .root
+            .sign_node_cert(csr, node_id, role, cluster_id, validity)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(format!("{leaf}{}", self.chain))
     }
 }
 

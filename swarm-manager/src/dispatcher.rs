@@ -150,8 +150,11 @@ impl Dispatcher {
         self.writes.of(node_id).token().await;
         self.store
             .update_node(node_id, |n| {
-                if desc.is_some() {
-                    n.description = desc.clone();
+                if let Some(mut d) = desc.clone() {
+                    // The CA records the node's TLS information when it issues a certificate.
+                    let tls = n.description.as_mut().and_then(|old| old.tls_info.take());
+                    d.tls_info = d.tls_info.or(tls);
+                    n.description = Some(d);
                 }
                 n.status = Some(NodeStatus {
                     state: NodeState::Ready as i32,
@@ -373,7 +376,7 @@ impl DispatcherRpc for Dispatcher {
             s.read()
                 .cluster()
                 .and_then(|c| c.root_ca.as_ref())
-                .map(|r| r.ca_cert.clone())
+                .map(crate::ca::trust_bundle)
                 .unwrap_or_default()
         };
         tokio::spawn(async move {

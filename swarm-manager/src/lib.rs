@@ -4,6 +4,7 @@
 pub mod allocator;
 pub mod api;
 pub mod ca;
+pub mod ca_reconciler;
 pub mod ca_service;
 pub mod control;
 pub mod dispatcher;

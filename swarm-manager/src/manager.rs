@@ -23,7 +23,7 @@ use crate::raft::network::{Network, PeerHealth};
 use crate::raft::Raft;
 use crate::router::Router;
 use crate::store::{Object, Op, Shared, Store};
-use crate::tls::{Connector, ReloadableCert};
+use crate::tls::{Connector, ReloadableCert, ReloadableTrust};
 
 /// PEM material of a node: its certificate and key, and the cluster's root CA.
 #[derive(Clone, Debug)]
@@ -86,6 +86,7 @@ pub struct Manager {
     membership: Membership,
     raft_id: u64,
     cert: Arc<ReloadableCert>,
+    trust: Arc<ReloadableTrust>,
     client_cfg: Arc<RwLock<Arc<rustls::ClientConfig>>>,
     tasks: JoinSet<()>,
 }
@@ -102,7 +103,9 @@ impl Manager {
         let creds = &cfg.credentials;
         let cert = ReloadableCert::new(&creds.cert_pem, &creds.key_pem)
             .context("loading the manager certificate")?;
-        let server_cfg = crate::tls::server_config(&creds.root_ca_pem, cert.clone())
+        let trust =
+            ReloadableTrust::new(&creds.root_ca_pem).context("loading the root CA certificates")?;
+        let server_cfg = crate::tls::server_config_with_trust(trust.clone(), cert.clone())
             .context("building the manager TLS configuration")?;
         let client_cfg = Arc::new(RwLock::new(
             crate::tls::client_config(&creds.root_ca_pem, Some((&creds.cert_pem, &creds.key_pem)))
@@ -306,6 +309,7 @@ impl Manager {
             membership,
             raft_id: cfg.raft_id,
             cert,
+            trust,
             client_cfg,
             tasks,
         })
@@ -328,9 +332,11 @@ impl Manager {
         async move { crate::raft::core_failure(&raft).await }
     }
 
-    /// Swaps in renewed credentials without restarting the listener.
+    /// Swaps in renewed credentials (and the roots they come with: a root rotation) without
+    /// restarting the listener.
     pub fn update_credentials(&self, creds: &Credentials) -> anyhow::Result<()> {
         self.cert.update(&creds.cert_pem, &creds.key_pem)?;
+        self.trust.update(&creds.root_ca_pem)?;
         let cfg =
             crate::tls::client_config(&creds.root_ca_pem, Some((&creds.cert_pem, &creds.key_pem)))?;
         *self.client_cfg.write().unwrap_or_else(|e| e.into_inner()) = cfg;
@@ -422,6 +428,7 @@ fn spawn_leader_components(
     set.spawn(crate::orchestrator::restart::RestartSupervisor::new(store.clone()).run());
     set.spawn(crate::scheduler::Scheduler::new(store.clone()).run());
     set.spawn(crate::orchestrator::taskreaper::TaskReaper::new(store.clone()).run());
+    set.spawn(crate::ca_reconciler::CaReconciler::new(store.clone()).run());
     set.spawn(dispatcher.clone().run_monitor());
     set.spawn(RoleManager::new(membership.clone(), health.clone(), raft_id).run());
     set.spawn(object_gauges_loop(store.clone()));

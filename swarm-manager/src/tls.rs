@@ -14,6 +14,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
@@ -144,21 +145,114 @@ impl ResolvesServerCert for ReloadableCert {
     }
 }
 
+/// The roots client certificates are verified against, swappable at run time: a root
+/// rotation adds the new root, then retires the old one, without restarting the listener.
+pub struct ReloadableTrust {
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl std::fmt::Debug for ReloadableTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadableTrust").finish_non_exhaustive()
+    }
+}
+
+impl ReloadableTrust {
+    /// Trusts the root certificates in `root_ca_pem` (one or more).
+    pub fn new(root_ca_pem: &str) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(ReloadableTrust {
+            current: RwLock::new(client_verifier(root_ca_pem)?),
+        }))
+    }
+
+    /// Verifies client certificates against `root_ca_pem` from the next handshake on; the
+    /// old roots stay on error.
+    pub fn update(&self, root_ca_pem: &str) -> Result<(), TlsError> {
+        let v = client_verifier(root_ca_pem)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = v;
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn client_verifier(root_ca_pem: &str) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    WebPkiClientVerifier::builder_with_provider(root_store(root_ca_pem)?, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))
+}
+
+impl ClientCertVerifier for ReloadableTrust {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    /// No hints: they would have to outlive a swap of the roots. Nodes hold one
+    /// certificate and present it anyway.
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.get()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.get().supported_verify_schemes()
+    }
+}
+
 /// mTLS server config: client certificates OPTIONAL at the TLS layer (joining nodes have none) but, when presented, verified against root_ca_pem; each handler authorizes. ALPN "h2".
 pub fn server_config(
     root_ca_pem: &str,
     cert: Arc<ReloadableCert>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(root_store(root_ca_pem)?, provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-    let mut cfg = ServerConfig::builder_with_provider(provider)
+    server_config_with_trust(ReloadableTrust::new(root_ca_pem)?, cert)
+}
+
+/// Like [`server_config`], with roots that can be swapped at run time.
+pub fn server_config_with_trust(
+    trust: Arc<ReloadableTrust>,
+    cert: Arc<ReloadableCert>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(trust)
         .with_cert_resolver(cert);
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(cfg))

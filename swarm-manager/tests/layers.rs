@@ -35,7 +35,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "the API edge of the services; reconcilers on the framework",
-        &["api", "allocator"],
+        &["api", "allocator", "ca_reconciler"],
     ),
     (
         "the gRPC services",

@@ -114,6 +114,7 @@ impl Agent {
                 }),
                 ca_config: Some(CaConfig {
                     node_cert_expiry_ms: opts.cert_expiry.as_millis() as i64,
+                    ..Default::default()
                 }),
             }),
             root_ca: Some(RootCaObj {
@@ -124,6 +125,7 @@ impl Agent {
                     worker: worker_token.clone(),
                     manager: manager_token,
                 }),
+                ..Default::default()
             }),
             default_addr_pool: opts.default_addr_pool.clone(),
             subnet_size: opts.subnet_size,
@@ -138,7 +140,10 @@ impl Agent {
                 desired_role: NodeRole::Manager as i32,
                 availability: opts.availability as i32,
             }),
-            description: Some(self.description()),
+            description: Some(proto::NodeDescription {
+                tls_info: Some(tls_info_of_root(&root)?),
+                ..self.description()
+            }),
             status: Some(NodeStatus {
                 state: proto::NodeState::Unknown as i32,
                 message: String::new(),
@@ -372,4 +377,15 @@ fn already_in_swarm() -> &'static str {
 
 pub(super) fn random_raft_id() -> u64 {
     rand::rng().random_range(1..u64::MAX)
+}
+
+/// The TLS information of a node holding a certificate `root` issued (what the CA records
+/// for the nodes it certifies; root rotation follows it).
+fn tls_info_of_root(root: &ca::RootCa) -> anyhow::Result<proto::NodeTlsInfo> {
+    let issuer = ca::issuer_info_of_ca(&root.cert_pem)?;
+    Ok(proto::NodeTlsInfo {
+        trust_root: root.cert_pem.clone(),
+        cert_issuer_subject: issuer.subject,
+        cert_issuer_public_key: issuer.public_key,
+    })
 }

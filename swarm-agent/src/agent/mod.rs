@@ -73,6 +73,10 @@ pub struct Agent {
     networking: Option<Arc<Networking>>,
     /// Set when the in-process manager's Raft core stopped on a storage failure.
     raft_failed: tokio::sync::watch::Sender<Option<String>>,
+    /// The roots the managers last said nodes trust (`SessionMessage.root_ca`); a node whose
+    /// own differ renews its certificate now (root rotation), woken through `renew_now`.
+    session_root: std::sync::Mutex<String>,
+    renew_now: tokio::sync::Notify,
 }
 
 impl Agent {
@@ -107,6 +111,8 @@ impl Agent {
             network_state_unsupported: AtomicBool::new(false),
             networking,
             raft_failed: tokio::sync::watch::channel(None).0,
+            session_root: std::sync::Mutex::new(String::new()),
+            renew_now: tokio::sync::Notify::new(),
         })
     }
 
@@ -170,6 +176,8 @@ impl Agent {
             resources: Some(d.resources),
             engine_labels: d.engine_labels,
             engine_version: d.engine_version,
+            // The CA records it when it issues the node's certificate.
+            tls_info: None,
         }
     }
 

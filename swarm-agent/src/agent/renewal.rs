@@ -1,5 +1,7 @@
 //! Certificate renewal: a fresh node certificate from any manager, at a random point between
-//! 50 % and 80 % of the current one's life.
+//! 50 % and 80 % of the current one's life, and at once when the roots the managers say nodes
+//! trust differ from the node's own (a root rotation: the new certificate comes from the new
+//! root and with the new roots).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -55,10 +57,11 @@ pub(super) async fn renew_certificate(
     Err(last)
 }
 
-/// Renews the node certificate at a random point between 50 % and 80 % of its life.
+/// Renews the node certificate at a random point between 50 % and 80 % of its life, or
+/// when the swarm's roots changed.
 pub(super) async fn renewal_loop(agent: Arc<Agent>) {
     loop {
-        let Some((state, creds)) = agent.current().await else {
+        let Some((_, creds)) = agent.current().await else {
             return;
         };
         let wait = match ca::parse_node_cert_pem(&creds.cert_pem) {
@@ -70,7 +73,16 @@ pub(super) async fn renewal_loop(agent: Arc<Agent>) {
                 Duration::from_secs(60)
             }
         };
-        tokio::time::sleep(wait).await;
+        if !agent.roots_changed(&creds) {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = agent.renew_now.notified() => {}
+            }
+        }
+        // What the node holds now: a role change may have replaced it while we waited.
+        let Some((state, creds)) = agent.current().await else {
+            return;
+        };
         match renew_certificate(&state, &creds, agent.description()).await {
             Ok(new) => {
                 let mut inner = agent.inner.lock().await;
@@ -87,8 +99,31 @@ pub(super) async fn renewal_loop(agent: Arc<Agent>) {
             }
             Err(e) => {
                 tracing::warn!("certificate renewal failed, retrying in 30 s: {e:#}");
-                tokio::time::sleep(Duration::from_secs(30)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = agent.renew_now.notified() => {}
+                }
             }
+        }
+        // Answered with other roots than the session's (the rotation moved on meanwhile):
+        // the next round renews again, after a pause.
+        if agent.roots_changed_now().await {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+impl Agent {
+    /// The roots the managers announce differ from the ones in `creds`.
+    fn roots_changed(&self, creds: &Credentials) -> bool {
+        let session = self.session_root.lock().unwrap_or_else(|e| e.into_inner());
+        !session.is_empty() && *session != creds.root_ca_pem
+    }
+
+    async fn roots_changed_now(&self) -> bool {
+        match self.current().await {
+            Some((_, creds)) => self.roots_changed(&creds),
+            None => false,
         }
     }
 }

@@ -207,11 +207,23 @@ async fn run_session(
 }
 
 impl Agent {
-    /// Session messages: remember the managers; follow role changes.
+    /// Session messages: remember the managers; follow role changes; renew the certificate
+    /// when the roots nodes trust changed (a root rotation started or finished).
     async fn on_session_message(self: &Arc<Self>, msg: &SessionMessage) {
         let managers: Vec<String> = msg.managers.iter().map(|m| m.addr.clone()).collect();
         {
             let mut inner = self.inner.lock().await;
+            if !msg.root_ca.is_empty() {
+                *self.session_root.lock().unwrap_or_else(|e| e.into_inner()) = msg.root_ca.clone();
+                if inner
+                    .creds
+                    .as_ref()
+                    .is_some_and(|c| c.root_ca_pem != msg.root_ca)
+                {
+                    tracing::info!("the swarm's root CA changed: renewing the node certificate");
+                    self.renew_now.notify_one();
+                }
+            }
             if let Some(state) = inner.state.as_mut() {
                 if !managers.is_empty() && state.managers != managers {
                     state.managers = managers;

@@ -38,16 +38,8 @@ impl RootCa {
     pub fn generate() -> Result<RootCa, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| CaError::Generate(format!("root CA key: {e}")))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(&[(DnType::CommonName, ROOT_CN)]);
+        let mut params = root_params();
         set_validity(&mut params, ROOT_VALIDITY);
-        params.serial_number = Some(random_serial());
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
         let cert = params
             .self_signed(&key)
             .map_err(|e| CaError::Generate(format!("root CA certificate: {e}")))?;
@@ -141,6 +133,21 @@ impl RootCa {
     }
 }
 
+/// What a root certificate says (and its cross-signed copy): CN "swarm-ca", a CA with
+/// path length 0, a random serial; the validity is the caller's.
+pub(super) fn root_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(&[(DnType::CommonName, ROOT_CN)]);
+    params.serial_number = Some(random_serial());
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
 /// A fresh root CA and join tokens, as stored in `Cluster.root_ca` (swarm init).
 pub fn new_cluster_root_ca() -> Result<proto::RootCa, CaError> {
     let root = RootCa::generate()?;
@@ -152,6 +159,8 @@ pub fn new_cluster_root_ca() -> Result<proto::RootCa, CaError> {
         }),
         ca_key: root.key_pem,
         ca_cert: root.cert_pem,
+        root_rotation: None,
+        last_forced_rotation: 0,
     })
 }
 

@@ -246,3 +246,111 @@ fn a_validity_beyond_the_maximum_is_an_error_not_a_panic() {
     let id = parse_node_cert_pem(&pem).unwrap();
     assert!(id.not_after > SystemTime::now() + MAX_NODE_CERT_VALIDITY - Duration::from_secs(60));
 }
+
+/// A cluster root CA in its stored form.
+fn stored_root() -> proto::RootCa {
+    new_cluster_root_ca().unwrap()
+}
+
+fn leaf_under(root: &proto::RootCa, node: &str) -> String {
+    let (signer, chain) = signing_root(root).unwrap();
+    let (_key, csr) = new_key_and_csr().unwrap();
+    let leaf = signer
+        .sign_node_cert(
+            &csr,
+            node,
+            proto::NodeRole::Worker,
+            "cluster9",
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    format!("{leaf}{chain}")
+}
+
+#[test]
+fn cross_signed_chain_verifies_under_the_old_and_the_new_root() {
+    let mut root = stored_root();
+    let old_cert = root.ca_cert.clone();
+    let next = RootCa::generate().unwrap();
+    root.root_rotation = Some(start_rotation(&root, &next).unwrap());
+
+    let chain = leaf_under(&root, "w1");
+    // leaf, then the cross-signed root.
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
+    assert!(chain_verifies(&chain, &old_cert).unwrap());
+    assert!(chain_verifies(&chain, &next.cert_pem).unwrap());
+    assert!(chain_verifies(&chain, &trust_bundle(&root)).unwrap());
+    // Signed by the new key, not the old one.
+    assert!(issued_by(&chain, &next.cert_pem).unwrap());
+    assert!(!issued_by(&chain, &old_cert).unwrap());
+    // Without the cross-signed certificate, a node trusting only the old root refuses it.
+    let leaf_only = &chain[..chain.find("-----END CERTIFICATE-----").unwrap() + 25];
+    assert!(!chain_verifies(leaf_only, &old_cert).unwrap());
+    assert!(chain_verifies(leaf_only, &next.cert_pem).unwrap());
+
+    // A certificate of the old root verifies under the bundle of the rotation, not under
+    // the new root alone.
+    let mut before = root.clone();
+    before.root_rotation = None;
+    let old_leaf = leaf_under(&before, "w2");
+    assert!(chain_verifies(&old_leaf, &trust_bundle(&root)).unwrap());
+    assert!(!chain_verifies(&old_leaf, &next.cert_pem).unwrap());
+    // An unrelated root accepts neither.
+    let other = RootCa::generate().unwrap();
+    assert!(!chain_verifies(&chain, &other.cert_pem).unwrap());
+}
+
+#[test]
+fn rotation_signs_with_the_new_root_and_finishes_on_it() {
+    let mut root = stored_root();
+    let old_tokens = root.join_tokens.clone().unwrap();
+    assert_eq!(trust_bundle(&root), root.ca_cert);
+    assert_eq!(
+        desired_issuer(&root).unwrap(),
+        issuer_info_of_ca(&root.ca_cert).unwrap()
+    );
+    let next = RootCa::generate().unwrap();
+    root.root_rotation = Some(start_rotation(&root, &next).unwrap());
+    assert_eq!(
+        trust_bundle(&root).matches("BEGIN CERTIFICATE").count(),
+        2,
+        "both roots are trusted during the rotation"
+    );
+    assert_eq!(
+        desired_issuer(&root).unwrap(),
+        issuer_info_of_ca(&next.cert_pem).unwrap()
+    );
+    assert_ne!(
+        desired_issuer(&root).unwrap().public_key,
+        issuer_info_of_ca(&root.ca_cert).unwrap().public_key
+    );
+
+    let done = finish_rotation(&root).unwrap();
+    assert_eq!(done.ca_cert, next.cert_pem);
+    assert_eq!(done.ca_cert_hash, next.digest());
+    assert!(done.root_rotation.is_none());
+    assert_eq!(trust_bundle(&done), next.cert_pem);
+    // New tokens name the new root's digest.
+    let tokens = done.join_tokens.unwrap();
+    assert!(token_matches_ca(
+        &parse_join_token(&tokens.worker).unwrap(),
+        &next.cert_pem
+    ));
+    assert!(token_matches_ca(
+        &parse_join_token(&tokens.manager).unwrap(),
+        &next.cert_pem
+    ));
+    assert!(!token_matches_ca(
+        &parse_join_token(&old_tokens.worker).unwrap(),
+        &next.cert_pem
+    ));
+}
+
+#[test]
+fn rotating_to_the_current_root_is_refused() {
+    let root = stored_root();
+    let same = RootCa::from_pem(&root.ca_cert, &root.ca_key).unwrap();
+    let err = start_rotation(&root, &same).unwrap_err().to_string();
+    assert!(err.contains("is the current one"), "{err}");
+    assert!(finish_rotation(&root).is_err());
+}

@@ -21,6 +21,7 @@ fn new_cluster(expiry_ms: i64) -> proto::Cluster {
             name: "default".into(),
             ca_config: Some(proto::CaConfig {
                 node_cert_expiry_ms: expiry_ms,
+                ..Default::default()
             }),
             ..Default::default()
         }),
@@ -322,4 +323,55 @@ async fn join_then_renew_over_tls_follows_the_stored_role() {
     let err = renew(joined.certificate, key).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("was removed from the swarm"));
+}
+
+#[tokio::test]
+async fn during_a_root_rotation_nodes_get_certificates_of_the_new_root_with_both_roots() {
+    let (svc, store, mut cluster) = setup(0).await;
+    let old_cert = cluster.root_ca.as_ref().unwrap().ca_cert.clone();
+    let next = crate::ca::RootCa::generate().unwrap();
+    let root = cluster.root_ca.as_mut().unwrap();
+    root.root_rotation = Some(crate::ca::start_rotation(root, &next).unwrap());
+    let stored = store.read().cluster().unwrap().clone();
+    cluster.meta = stored.meta;
+    store
+        .write(vec![Op::Update {
+            object: Object::Cluster(cluster.clone()),
+            check_version: true,
+        }])
+        .await
+        .unwrap();
+
+    let (_key, csr) = new_key_and_csr().unwrap();
+    let resp = svc
+        .issue_node_certificate(join_req(&tokens(&cluster).worker, &csr))
+        .await
+        .unwrap()
+        .into_inner();
+    // The leaf comes from the new key, with the cross-signed root after it: accepted by
+    // nodes that trust the old root only and by nodes that trust the new one.
+    assert_eq!(resp.certificate.matches("BEGIN CERTIFICATE").count(), 2);
+    assert!(crate::ca::issued_by(&resp.certificate, &next.cert_pem).unwrap());
+    assert!(crate::ca::chain_verifies(&resp.certificate, &old_cert).unwrap());
+    assert!(crate::ca::chain_verifies(&resp.certificate, &next.cert_pem).unwrap());
+    // The node trusts both roots from now on.
+    assert_eq!(
+        resp.root_ca,
+        crate::ca::trust_bundle(cluster.root_ca.as_ref().unwrap())
+    );
+    assert!(resp.root_ca.contains(&next.cert_pem) && resp.root_ca.contains(old_cert.trim()));
+    // The node object says which key issued its certificate (what the reconciler follows).
+    let state = store.read();
+    let tls = state
+        .node(&resp.node_id)
+        .unwrap()
+        .description
+        .clone()
+        .unwrap()
+        .tls_info
+        .unwrap();
+    let issuer = crate::ca::issuer_info_of_ca(&next.cert_pem).unwrap();
+    assert_eq!(tls.cert_issuer_public_key, issuer.public_key);
+    assert_eq!(tls.cert_issuer_subject, issuer.subject);
+    assert_eq!(tls.trust_root, resp.root_ca);
 }

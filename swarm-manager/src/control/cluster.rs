@@ -13,6 +13,9 @@ use crate::store::{Kind, Object, Op, ProposeError, State, Store, StoreError};
 pub(super) fn redacted(mut c: Cluster) -> Cluster {
     if let Some(ca) = c.root_ca.as_mut() {
         ca.ca_key.clear();
+        if let Some(r) = ca.root_rotation.as_mut() {
+            r.ca_key.clear();
+        }
     }
     c
 }
@@ -52,7 +55,13 @@ fn updated_cluster(st: &State, req: &UpdateClusterRequest) -> Result<Cluster, St
                 .map(|s| s.name.clone())
                 .unwrap_or_default();
         }
+        // A changed counter asks for a rotation (a spec without CA settings asks nothing).
+        let force_rotate = spec.ca_config.as_ref().map(|c| c.force_rotate);
         next.spec = Some(spec);
+        let root = next.root_ca.get_or_insert_with(Default::default);
+        if let Some(n) = force_rotate.filter(|n| *n != root.last_forced_rotation) {
+            start_root_rotation(root, n)?;
+        }
     }
     if req.rotate_worker_token || req.rotate_manager_token {
         let root = next.root_ca.get_or_insert_with(Default::default);
@@ -84,9 +93,45 @@ fn updated_cluster(st: &State, req: &UpdateClusterRequest) -> Result<Cluster, St
     Ok(next)
 }
 
+/// `swarm ca --rotate`: a new root, cross-signed by the current one; the CA signs with it
+/// from now on and the CA reconciler finishes the rotation once every node has moved.
+fn start_root_rotation(root: &mut proto::RootCa, force_rotate: u64) -> Result<(), Status> {
+    if root.ca_cert.is_empty() || root.ca_key.is_empty() {
+        return Err(Status::failed_precondition(
+            "the cluster has no root CA key in the store; the root CA cannot be rotated",
+        ));
+    }
+    let next = crate::ca::RootCa::generate()
+        .map_err(|e| Status::internal(format!("generating the new root CA: {e}")))?;
+    let rotation = crate::ca::start_rotation(root, &next)
+        .map_err(|e| Status::internal(format!("starting the root rotation: {e}")))?;
+    tracing::info!(
+        from = %root.ca_cert_hash,
+        to = %next.digest(),
+        replaces_rotation = root.root_rotation.is_some(),
+        "root CA rotation started"
+    );
+    root.root_rotation = Some(rotation);
+    root.last_forced_rotation = force_rotate;
+    Ok(())
+}
+
+/// `--ca-cert`/`--ca-key` (an operator-supplied root) are refused: the cross-signed
+/// transition needs the new root's subject to be one this CA writes.
+fn refuse_external_root(spec: &proto::ClusterSpec) -> Result<(), Status> {
+    let ca = spec.ca_config.as_ref();
+    if ca.is_some_and(|c| !c.signing_ca_cert.is_empty() || !c.signing_ca_key.is_empty()) {
+        return Err(Status::invalid_argument(
+            "rotating to a supplied root CA certificate and key (--ca-cert/--ca-key) is not supported; run `swarm ca --rotate` without them to rotate to a newly generated root",
+        ));
+    }
+    Ok(())
+}
+
 pub(super) async fn update(store: &Store, req: UpdateClusterRequest) -> Result<Cluster, Status> {
     if let Some(spec) = &req.spec {
         validate_cluster_spec(spec)?;
+        refuse_external_root(spec)?;
     }
     let mut attempt = 0;
     loop {
@@ -122,3 +167,6 @@ pub(super) async fn update(store: &Store, req: UpdateClusterRequest) -> Result<C
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1205,6 +1205,7 @@ fn cluster_object() -> Cluster {
                 worker: "SWMTKN-1-w".into(),
                 manager: "SWMTKN-1-m".into(),
             }),
+            ..Default::default()
         }),
         ..Default::default()
     }
@@ -1293,6 +1294,7 @@ async fn huge_expiry_tiny_heartbeat_and_huge_replicas_are_refused() {
             },
             CaConfig {
                 node_cert_expiry_ms: 0,
+                ..Default::default()
             },
             "at least 1s",
         ),
@@ -1303,6 +1305,7 @@ async fn huge_expiry_tiny_heartbeat_and_huge_replicas_are_refused() {
             CaConfig {
                 // --cert-expiry 1000000000h
                 node_cert_expiry_ms: 3_600_000 * 1_000_000_000,
+                ..Default::default()
             },
             "at most 87600h",
         ),
