@@ -251,6 +251,103 @@ fn node_tasks(store: &Store, node_id: &str) -> HashMap<String, Task> {
         .collect()
 }
 
+/// Whether a task still needs its secrets and configs on the node: meant to run and not
+/// ended (SwarmKit releases them once a task stops).
+fn needs_dependencies(t: &Task) -> bool {
+    t.desired() <= TaskState::Running && t.state() <= TaskState::Running
+}
+
+/// The secrets and configs one node's assignment stream has handed out: id -> version.
+#[derive(Default)]
+struct SentDependencies {
+    secrets: HashMap<String, u64>,
+    configs: HashMap<String, u64>,
+}
+
+impl SentDependencies {
+    /// The changes that bring the node to what `tasks` need: UPDATEs (with the data) of the
+    /// secrets and configs it lacks, and the REMOVEs of those no task of it needs any more.
+    fn changes<'a>(
+        &mut self,
+        store: &Store,
+        tasks: impl Iterator<Item = &'a Task>,
+    ) -> (Vec<AssignmentChange>, Vec<AssignmentChange>) {
+        let mut secrets: HashMap<String, proto::Secret> = HashMap::new();
+        let mut configs: HashMap<String, proto::Config> = HashMap::new();
+        {
+            let st = store.read();
+            for c in tasks
+                .filter(|t| needs_dependencies(t))
+                .filter_map(|t| t.spec.as_ref().and_then(|s| s.container.as_ref()))
+            {
+                for r in &c.secrets {
+                    if let Some(s) = st.secret(&r.secret_id) {
+                        secrets.insert(s.id.clone(), s.clone());
+                    }
+                }
+                for r in &c.configs {
+                    if let Some(o) = st.config(&r.config_id) {
+                        configs.insert(o.id.clone(), o.clone());
+                    }
+                }
+            }
+        }
+        let update = assignment_change::Action::Update as i32;
+        let remove = assignment_change::Action::Remove as i32;
+        let mut add = Vec::new();
+        let mut forget = Vec::new();
+        for (id, s) in secrets.iter() {
+            let v = s.meta.as_ref().map_or(0, |m| m.version);
+            if self.secrets.insert(id.clone(), v) != Some(v) {
+                add.push(AssignmentChange {
+                    action: update,
+                    secret: Some(s.clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        for (id, c) in configs.iter() {
+            let v = c.meta.as_ref().map_or(0, |m| m.version);
+            if self.configs.insert(id.clone(), v) != Some(v) {
+                add.push(AssignmentChange {
+                    action: update,
+                    config: Some(c.clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        self.secrets.retain(|id, _| {
+            let keep = secrets.contains_key(id);
+            if !keep {
+                forget.push(AssignmentChange {
+                    action: remove,
+                    secret: Some(proto::Secret {
+                        id: id.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            keep
+        });
+        self.configs.retain(|id, _| {
+            let keep = configs.contains_key(id);
+            if !keep {
+                forget.push(AssignmentChange {
+                    action: remove,
+                    config: Some(proto::Config {
+                        id: id.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            keep
+        });
+        (add, forget)
+    }
+}
+
 #[tonic::async_trait]
 impl DispatcherRpc for Dispatcher {
     type SessionStream = BoxStream<SessionMessage>;
@@ -410,16 +507,21 @@ impl DispatcherRpc for Dispatcher {
             let mut watch = this.store.watch();
             // What the node was last told: task id -> (desired state, spec version).
             let mut sent: HashMap<String, (i32, u64)> = HashMap::new();
+            // The secrets and configs it holds: id -> version.
+            let mut deps = SentDependencies::default();
             let mut first = true;
             loop {
                 let tasks = node_tasks(&this.store, &node_id);
-                let mut changes = Vec::new();
+                // What the node's tasks need goes first, so that a task never arrives before
+                // its secrets; what they no longer need is forgotten last.
+                let (mut changes, forget) = deps.changes(&this.store, tasks.values());
                 for (id, t) in &tasks {
                     let key = (t.desired_state, t.spec_version);
                     if sent.get(id) != Some(&key) {
                         changes.push(AssignmentChange {
                             action: assignment_change::Action::Update as i32,
                             task: Some(t.clone()),
+                            ..Default::default()
                         });
                         sent.insert(id.clone(), key);
                     }
@@ -437,8 +539,10 @@ impl DispatcherRpc for Dispatcher {
                             id,
                             ..Default::default()
                         }),
+                        ..Default::default()
                     });
                 }
+                changes.extend(forget);
                 if first || !changes.is_empty() {
                     let kind = if first {
                         assignments_message::Type::Complete

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use proto::{Cluster, Meta, Network, Node, Service, Task, TaskState};
+use proto::{Cluster, Config, Meta, Network, Node, Secret, Service, Task, TaskState};
 use serde::{Deserialize, Serialize};
 
 use super::object::{Kind, Object};
@@ -17,6 +17,9 @@ pub struct State {
     services: BTreeMap<String, Service>,
     tasks: HashMap<String, Task>,
     networks: BTreeMap<String, Network>,
+    /// Secrets and configs, few and small: looked up by name with a scan.
+    secrets: BTreeMap<String, Secret>,
+    configs: BTreeMap<String, Config>,
     #[serde(skip)]
     index: Indexes,
 }
@@ -158,6 +161,29 @@ impl State {
         self.networks.values()
     }
 
+    pub fn secret(&self, id: &str) -> Option<&Secret> {
+        self.secrets.get(id)
+    }
+    pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
+        self.secrets.values()
+    }
+    pub fn secret_by_name(&self, name: &str) -> Option<&Secret> {
+        self.secrets
+            .values()
+            .find(|o| o.spec.as_ref().is_some_and(|s| s.name == name))
+    }
+    pub fn config(&self, id: &str) -> Option<&Config> {
+        self.configs.get(id)
+    }
+    pub fn configs(&self) -> impl Iterator<Item = &Config> {
+        self.configs.values()
+    }
+    pub fn config_by_name(&self, name: &str) -> Option<&Config> {
+        self.configs
+            .values()
+            .find(|o| o.spec.as_ref().is_some_and(|s| s.name == name))
+    }
+
     pub fn get(&self, kind: Kind, id: &str) -> Option<Object> {
         match kind {
             Kind::Cluster => self.clusters.get(id).cloned().map(Object::Cluster),
@@ -165,6 +191,8 @@ impl State {
             Kind::Service => self.services.get(id).cloned().map(Object::Service),
             Kind::Task => self.tasks.get(id).cloned().map(Object::Task),
             Kind::Network => self.networks.get(id).cloned().map(Object::Network),
+            Kind::Secret => self.secrets.get(id).cloned().map(Object::Secret),
+            Kind::Config => self.configs.get(id).cloned().map(Object::Config),
         }
     }
 
@@ -495,12 +523,14 @@ impl State {
         let Some(name) = obj.unique_name() else {
             return Ok(());
         };
-        let index = match obj.kind() {
-            Kind::Service => &self.index.service_names,
-            Kind::Network => &self.index.network_names,
+        let taken = match obj.kind() {
+            Kind::Service => self.index.service_names.get(name),
+            Kind::Network => self.index.network_names.get(name),
+            Kind::Secret => self.secret_by_name(name).map(|o| &o.id),
+            Kind::Config => self.config_by_name(name).map(|o| &o.id),
             _ => return Ok(()),
         };
-        match index.get(name) {
+        match taken {
             Some(id) if Some(id.as_str()) != self_id => Err(StoreError::NameConflict {
                 kind: obj.kind(),
                 name: name.to_string(),
@@ -555,6 +585,12 @@ impl State {
                 }
                 self.networks.insert(n.id.clone(), n);
             }
+            Object::Secret(o) => {
+                self.secrets.insert(o.id.clone(), o);
+            }
+            Object::Config(o) => {
+                self.configs.insert(o.id.clone(), o);
+            }
         }
     }
 
@@ -582,6 +618,12 @@ impl State {
                         self.index.network_names.remove(&spec.name);
                     }
                 }
+            }
+            Kind::Secret => {
+                self.secrets.remove(id);
+            }
+            Kind::Config => {
+                self.configs.remove(id);
             }
         }
     }
