@@ -123,7 +123,9 @@ pub fn validate_name(name: &str) -> Result<(), Status> {
     }
     let alnum = |c: char| c.is_ascii_alphanumeric();
     let ok = name.len() <= 64
-        && name.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
         && name.starts_with(alnum)
         && name.ends_with(alnum);
     if !ok {
@@ -145,10 +147,7 @@ async fn create<T: Blob>(store: &Store, obj: T) -> Result<T, Status> {
             obj.name()
         )));
     }
-    if T::all(&store.read())
-        .iter()
-        .any(|o| o.name() == obj.name())
-    {
+    if T::all(&store.read()).iter().any(|o| o.name() == obj.name()) {
         return Err(Status::already_exists(format!(
             "{kind} {} already exists",
             obj.name()

@@ -87,7 +87,11 @@ async fn sizes_and_names_follow_swarmkit() {
     for bad in ["-x", "x-", "a/b", "with space", &"a".repeat(65)] {
         let e = new_secret(&api, bad, b"1").await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{bad}");
-        assert!(e.message().contains("only 64 [a-zA-Z0-9-_.]"), "{}", e.message());
+        assert!(
+            e.message().contains("only 64 [a-zA-Z0-9-_.]"),
+            "{}",
+            e.message()
+        );
     }
 }
 
@@ -128,7 +132,14 @@ async fn a_secrets_data_is_never_returned_a_configs_is() {
     assert!(listed[0].spec.as_ref().unwrap().data.is_empty());
     // The store keeps it (for the nodes that run its tasks).
     assert_eq!(
-        store.read().secret(&created.id).unwrap().spec.as_ref().unwrap().data,
+        store
+            .read()
+            .secret(&created.id)
+            .unwrap()
+            .spec
+            .as_ref()
+            .unwrap()
+            .data,
         b"hunter2"
     );
     let cfg = new_config(&api, "app.conf", b"port=80").await.unwrap();
@@ -214,7 +225,12 @@ async fn services_reference_existing_secrets_with_docker_defaults() {
     assert_eq!(r.secret_name, "db_pw");
     let file = r.file.as_ref().unwrap();
     assert_eq!(
-        (file.name.as_str(), file.uid.as_str(), file.gid.as_str(), file.mode),
+        (
+            file.name.as_str(),
+            file.uid.as_str(),
+            file.gid.as_str(),
+            file.mode
+        ),
         ("db_pw", "0", "0", 0o444)
     );
     // Two references on one target.
