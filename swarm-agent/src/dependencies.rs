@@ -120,19 +120,19 @@ impl Dependencies {
             if let Some(s) = &c.secret {
                 if c.action == remove {
                     held.secrets.remove(&s.id);
-                    tracing::info!(secret = %s.id, "secret forgotten");
+                    tracing::info!("secret {} forgotten", s.id);
                 } else {
                     held.secrets.insert(s.id.clone(), s.clone());
-                    tracing::info!(secret = %s.id, "secret received");
+                    tracing::info!("secret {} received", s.id);
                 }
             }
             if let Some(o) = &c.config {
                 if c.action == remove {
                     held.configs.remove(&o.id);
-                    tracing::info!(config = %o.id, "config forgotten");
+                    tracing::info!("config {} forgotten", o.id);
                 } else {
                     held.configs.insert(o.id.clone(), o.clone());
-                    tracing::info!(config = %o.id, "config received");
+                    tracing::info!("config {} received", o.id);
                 }
             }
         }

@@ -17,6 +17,7 @@ mod output_format;
 mod progress;
 mod ps;
 mod resolve;
+mod secret_cmd;
 mod service_cmd;
 mod service_spec;
 mod swarm_cmd;
@@ -29,6 +30,7 @@ use crate::client::{Client, DEFAULT_HOST};
 use crate::error::{CliError, Result};
 use crate::network_cmd::NetworkCmd;
 use crate::node_cmd::NodeCmd;
+use crate::secret_cmd::{ConfigCmd, SecretCmd, Which};
 use crate::service_cmd::ServiceCmd;
 
 /// Exit status of a flag parse error (Docker's `FlagErrorFunc`).
@@ -76,6 +78,12 @@ enum Command {
     /// Manage swarm networks
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Manage swarm secrets
+    #[command(subcommand)]
+    Secret(SecretCmd),
+    /// Manage swarm configs
+    #[command(subcommand)]
+    Config(ConfigCmd),
 }
 
 /// `swarm service ...`: the verbs of [`ServiceCmd`] and `logs`.
@@ -213,11 +221,24 @@ async fn run(cli: Cli) -> Result<()> {
             )?,
             NetworkCmd::Ls(_) => {}
         },
+        Command::Secret(s) => secret_cmd::check_arity(Which::Secret, s)?,
+        Command::Config(_) => {}
         Command::Init(_) | Command::Leave(_) | Command::Info(_) => {}
     }
+    let cmd = match cli.cmd {
+        Command::Config(cfg) => {
+            let cfg = SecretCmd::from(cfg);
+            secret_cmd::check_arity(Which::Config, &cfg)?;
+            let c = Client::connect(&cli.host).await?;
+            return secret_cmd::run(&c, Which::Config, cfg).await;
+        }
+        other => other,
+    };
 
     let c = Client::connect(&cli.host).await?;
-    match cli.cmd {
+    match cmd {
+        Command::Secret(s) => secret_cmd::run(&c, Which::Secret, s).await,
+        Command::Config(_) => unreachable!("served above"),
         Command::Init(a) => swarm_cmd::init(&c, a).await,
         Command::Join(mut a) => {
             let remote = a.remote.remove(0);
