@@ -1200,6 +1200,57 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn secrets_and_configs_are_references_by_name_and_updates_add_and_remove_them() {
+        let mut spec = create_spec(
+            &create(&[
+                "--secret",
+                "db_pw",
+                "--secret",
+                "source=tls_key,target=key.pem,uid=100,gid=101,mode=0400",
+                "--config",
+                "src=app.conf,target=/etc/app.conf",
+                "busybox",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        let c = cspec(&spec);
+        let names: Vec<&str> = c.secrets.iter().map(|r| r.secret_name.as_str()).collect();
+        assert_eq!(names, ["db_pw", "tls_key"]);
+        assert!(
+            c.secrets.iter().all(|r| r.secret_id.is_empty()),
+            "the managers resolve ids"
+        );
+        let f = c.secrets[1].file.as_ref().unwrap();
+        assert_eq!(
+            (f.name.as_str(), f.uid.as_str(), f.gid.as_str(), f.mode),
+            ("key.pem", "100", "101", 0o400)
+        );
+        let f = c.secrets[0].file.as_ref().unwrap();
+        assert_eq!((f.name.as_str(), f.mode), ("db_pw", 0o444));
+        assert_eq!(c.configs[0].config_name, "app.conf");
+        assert_eq!(c.configs[0].file.as_ref().unwrap().name, "/etc/app.conf");
+        let u = update(&[
+            "--secret-rm",
+            "db_pw",
+            "--secret-add",
+            "new_pw",
+            "--config-rm",
+            "app.conf",
+        ])
+        .unwrap();
+        update_spec(&mut spec, &u).unwrap();
+        let c = cspec(&spec);
+        let names: Vec<&str> = c.secrets.iter().map(|r| r.secret_name.as_str()).collect();
+        assert_eq!(names, ["tls_key", "new_pw"]);
+        assert!(c.configs.is_empty());
+        let e = create(&["--secret", "target=x", "busybox"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("source is required"), "{e}");
+    }
+
+    #[test]
     fn create_mounts_groups_signal_read_only() {
         let spec = create_spec(
             &create(&[
