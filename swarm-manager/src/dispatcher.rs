@@ -675,4 +675,75 @@ mod tests {
         assert_eq!(data_path_addr("eth0", seen), "127.0.0.1");
         assert_eq!(data_path_addr("", None), "");
     }
+
+    fn task_using(id: &str, secret: &str, desired: TaskState, state: TaskState) -> Task {
+        Task {
+            id: id.into(),
+            desired_state: desired as i32,
+            status: Some(proto::TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+            spec: Some(proto::TaskSpec {
+                container: Some(proto::ContainerSpec {
+                    secrets: vec![proto::SecretReference {
+                        secret_id: secret.into(),
+                        secret_name: secret.into(),
+                        file: None,
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_gets_the_secrets_of_its_live_tasks_once_and_is_told_to_forget_them() {
+        let store = Store::memory();
+        for id in ["s1", "s2"] {
+            store
+                .write(vec![Op::Create(crate::store::Object::Secret(
+                    proto::Secret {
+                        id: id.into(),
+                        meta: None,
+                        spec: Some(proto::SecretSpec {
+                            name: id.into(),
+                            data: format!("data-{id}").into_bytes(),
+                            ..Default::default()
+                        }),
+                    },
+                ))])
+                .await
+                .unwrap();
+        }
+        let mut sent = SentDependencies::default();
+        let running = task_using("t1", "s1", TaskState::Running, TaskState::Running);
+        // A task already shut down needs nothing.
+        let ended = task_using("t2", "s2", TaskState::Shutdown, TaskState::Shutdown);
+        let (add, forget) = sent.changes(&store, [&running, &ended].into_iter());
+        assert!(forget.is_empty());
+        assert_eq!(add.len(), 1);
+        let s = add[0].secret.as_ref().unwrap();
+        assert_eq!(s.id, "s1");
+        assert_eq!(
+            s.spec.as_ref().unwrap().data,
+            b"data-s1",
+            "the node gets the data"
+        );
+        assert_eq!(add[0].action, assignment_change::Action::Update as i32);
+        // Nothing new: nothing sent again.
+        let (add, forget) = sent.changes(&store, [&running].into_iter());
+        assert!(add.is_empty() && forget.is_empty());
+        // The task is told to stop: the node forgets the secret.
+        let stopping = task_using("t1", "s1", TaskState::Shutdown, TaskState::Running);
+        let (add, forget) = sent.changes(&store, [&stopping].into_iter());
+        assert!(add.is_empty());
+        assert_eq!(forget.len(), 1);
+        assert_eq!(forget[0].action, assignment_change::Action::Remove as i32);
+        let gone = forget[0].secret.as_ref().unwrap();
+        assert_eq!(gone.id, "s1");
+        assert!(gone.spec.is_none(), "a REMOVE carries the id only");
+    }
 }

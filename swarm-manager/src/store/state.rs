@@ -826,6 +826,58 @@ mod tests {
     }
 
     #[test]
+    fn secrets_and_configs_have_unique_names_per_kind_and_survive_snapshots() {
+        use proto::{Config, ConfigSpec, Secret, SecretSpec};
+        let secret = |id: &str| {
+            Object::Secret(Secret {
+                id: id.into(),
+                meta: None,
+                spec: Some(SecretSpec {
+                    name: "db_pw".into(),
+                    data: b"pw".to_vec(),
+                    ..Default::default()
+                }),
+            })
+        };
+        let mut s = State::default();
+        let r = s.apply(1, &Request::atomic(vec![Op::Create(secret("s1"))]));
+        assert!(r.into_objects().is_ok());
+        let r = s.apply(2, &Request::atomic(vec![Op::Create(secret("s2"))]));
+        assert!(matches!(
+            r.into_objects(),
+            Err(StoreError::NameConflict {
+                kind: Kind::Secret,
+                ..
+            })
+        ));
+        let config = Object::Config(Config {
+            id: "c1".into(),
+            meta: None,
+            spec: Some(ConfigSpec {
+                name: "db_pw".into(),
+                data: b"x".to_vec(),
+                ..Default::default()
+            }),
+        });
+        assert!(s
+            .apply(3, &Request::atomic(vec![Op::Create(config)]))
+            .into_objects()
+            .is_ok());
+        let back = State::from_bytes(&s.to_bytes()).unwrap();
+        assert_eq!(back.secret_by_name("db_pw").unwrap().id, "s1");
+        assert_eq!(back.config("c1").unwrap().spec.as_ref().unwrap().data, b"x");
+        let mut back = back;
+        back.apply(
+            4,
+            &Request::atomic(vec![Op::Delete {
+                kind: Kind::Secret,
+                id: "s1".into(),
+            }]),
+        );
+        assert!(back.secret("s1").is_none() && back.secrets().next().is_none());
+    }
+
+    #[test]
     fn network_indexes_follow_tasks_and_services() {
         use proto::{
             Endpoint, NetworkAttachment, NetworkAttachmentConfig, NetworkSpec, TaskSpec, VirtualIp,
