@@ -361,6 +361,27 @@ pub fn pretty(s: &Service) -> String {
     if !c.user.is_empty() {
         o.push_str(&format!("\n User: {}", c.user));
     }
+    // Docker's Secrets/Configs sections: references only.
+    if !c.secrets.is_empty() {
+        o.push_str("\nSecrets:");
+        for r in &c.secrets {
+            let target = r.file.as_ref().map_or("", |f| f.name.as_str());
+            o.push_str(&format!(
+                "\n Target:\t{target}\n  Source:\t{}",
+                r.secret_name
+            ));
+        }
+    }
+    if !c.configs.is_empty() {
+        o.push_str("\nConfigs:");
+        for r in &c.configs {
+            let target = r.file.as_ref().map_or("", |f| f.name.as_str());
+            o.push_str(&format!(
+                "\n Target:\t{target}\n  Source:\t{}",
+                r.config_name
+            ));
+        }
+    }
     if let Some(res) = &task.resources {
         let r = res.reservations.unwrap_or_default();
         let l = res.limits.unwrap_or_default();
@@ -855,6 +876,28 @@ mod tests {
         assert!(p.contains("ContainerSpec:\n Image:\t\tnginx\n Args:\t\tx \n Env:\t\tA=1 \n"));
         assert!(p.contains("Resources:\n Reservations:\n  CPU:\t\t0.5\n  Memory:\t64MiB\n"));
         assert!(p.ends_with("Endpoint Mode:\tvip\n"));
+    }
+
+    #[test]
+    fn pretty_shows_secret_and_config_references() {
+        let a = create(&[
+            "--secret",
+            "source=db_pw,target=pw",
+            "--config",
+            "src=app.conf,target=/etc/app.conf",
+            "nginx",
+        ])
+        .unwrap();
+        let s = Service {
+            id: "s1".into(),
+            spec: Some(create_spec(&a).unwrap()),
+            ..Default::default()
+        };
+        let p = pretty(&s);
+        assert!(
+            p.contains("\nSecrets:\n Target:\tpw\n  Source:\tdb_pw\nConfigs:\n Target:\t/etc/app.conf\n  Source:\tapp.conf\n"),
+            "{p}"
+        );
     }
 
     #[test]
