@@ -30,7 +30,7 @@ use crate::client::{Client, DEFAULT_HOST};
 use crate::error::{CliError, Result};
 use crate::network_cmd::NetworkCmd;
 use crate::node_cmd::NodeCmd;
-use crate::secret_cmd::{ConfigCmd, SecretCmd, Which};
+use crate::secret_cmd::{DataCmd, Which};
 use crate::service_cmd::ServiceCmd;
 
 /// Exit status of a flag parse error (Docker's `FlagErrorFunc`).
@@ -80,10 +80,10 @@ enum Command {
     Network(NetworkCmd),
     /// Manage swarm secrets
     #[command(subcommand)]
-    Secret(SecretCmd),
+    Secret(DataCmd),
     /// Manage swarm configs
     #[command(subcommand)]
-    Config(ConfigCmd),
+    Config(DataCmd),
 }
 
 /// `swarm service ...`: the verbs of [`ServiceCmd`] and `logs`.
@@ -222,23 +222,14 @@ async fn run(cli: Cli) -> Result<()> {
             NetworkCmd::Ls(_) => {}
         },
         Command::Secret(s) => secret_cmd::check_arity(Which::Secret, s)?,
-        Command::Config(_) => {}
+        Command::Config(s) => secret_cmd::check_arity(Which::Config, s)?,
         Command::Init(_) | Command::Leave(_) | Command::Info(_) => {}
     }
-    let cmd = match cli.cmd {
-        Command::Config(cfg) => {
-            let cfg = SecretCmd::from(cfg);
-            secret_cmd::check_arity(Which::Config, &cfg)?;
-            let c = Client::connect(&cli.host).await?;
-            return secret_cmd::run(&c, Which::Config, cfg).await;
-        }
-        other => other,
-    };
 
     let c = Client::connect(&cli.host).await?;
-    match cmd {
+    match cli.cmd {
         Command::Secret(s) => secret_cmd::run(&c, Which::Secret, s).await,
-        Command::Config(_) => unreachable!("served above"),
+        Command::Config(s) => secret_cmd::run(&c, Which::Config, s).await,
         Command::Init(a) => swarm_cmd::init(&c, a).await,
         Command::Join(mut a) => {
             let remote = a.remote.remove(0);

@@ -13,30 +13,17 @@ use crate::error::{CliError, Result};
 use crate::format::{ago, natural_cmp, timestamp};
 use crate::table::Table;
 
+/// The verbs of `swarm secret` and `swarm config` (the same for both kinds).
 #[derive(Debug, Subcommand)]
-pub enum SecretCmd {
-    /// Create a secret from a file or STDIN as content
+pub enum DataCmd {
+    /// Create one from a file or STDIN as content
     Create(CreateArgs),
-    /// List secrets
+    /// Display detailed information on one or more of them
+    Inspect(InspectArgs),
+    /// List them
     #[command(visible_alias = "list")]
     Ls(LsArgs),
-    /// Display detailed information on one or more secrets
-    Inspect(InspectArgs),
-    /// Remove one or more secrets
-    #[command(visible_alias = "remove")]
-    Rm(RmArgs),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ConfigCmd {
-    /// Create a config from a file or STDIN
-    Create(CreateArgs),
-    /// List configs
-    #[command(visible_alias = "list")]
-    Ls(LsArgs),
-    /// Display detailed information on one or more configs
-    Inspect(InspectArgs),
-    /// Remove one or more configs
+    /// Remove one or more of them
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
 }
@@ -53,12 +40,12 @@ pub struct CreateArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Only display IDs
-    #[arg(short, long)]
-    pub quiet: bool,
     /// Filter output based on conditions provided (name=, id=, label=)
     #[arg(short, long, value_name = "filter")]
     pub filter: Vec<String>,
+    /// Only display IDs
+    #[arg(short, long)]
+    pub quiet: bool,
     /// Output format: "table" (default) or "json" (one object per line)
     #[arg(long)]
     pub format: Option<String>,
@@ -82,52 +69,41 @@ pub struct RmArgs {
     pub refs: Vec<String>,
 }
 
-impl From<ConfigCmd> for SecretCmd {
-    fn from(c: ConfigCmd) -> Self {
-        match c {
-            ConfigCmd::Create(a) => SecretCmd::Create(a),
-            ConfigCmd::Ls(a) => SecretCmd::Ls(a),
-            ConfigCmd::Inspect(a) => SecretCmd::Inspect(a),
-            ConfigCmd::Rm(a) => SecretCmd::Rm(a),
-        }
-    }
-}
-
 /// Docker's argument counts, checked before connecting.
-pub fn check_arity(which: Which, cmd: &SecretCmd) -> Result<()> {
+pub fn check_arity(which: Which, cmd: &DataCmd) -> Result<()> {
     use crate::arity::{check_args, Arity::*};
     let w = which.word();
     let upper = w.to_uppercase();
     match cmd {
-        SecretCmd::Create(a) => check_args(
+        DataCmd::Create(a) => check_args(
             &format!("swarm {w} create"),
             &format!("swarm {w} create [OPTIONS] {upper} file|-"),
             Exactly(2),
             a.args.len(),
         ),
-        SecretCmd::Inspect(a) => check_args(
+        DataCmd::Inspect(a) => check_args(
             &format!("swarm {w} inspect"),
             &format!("swarm {w} inspect [OPTIONS] {upper} [{upper}...]"),
             AtLeast(1),
             a.refs.len(),
         ),
-        SecretCmd::Rm(a) => check_args(
+        DataCmd::Rm(a) => check_args(
             &format!("swarm {w} rm"),
             &format!("swarm {w} rm {upper} [{upper}...]"),
             AtLeast(1),
             a.refs.len(),
         ),
-        SecretCmd::Ls(_) => Ok(()),
+        DataCmd::Ls(_) => Ok(()),
     }
 }
 
 /// Runs one `secret`/`config` verb.
-pub async fn run(c: &Client, which: Which, cmd: SecretCmd) -> Result<()> {
+pub async fn run(c: &Client, which: Which, cmd: DataCmd) -> Result<()> {
     match cmd {
-        SecretCmd::Create(a) => create(c, which, a).await,
-        SecretCmd::Ls(a) => ls(c, which, a).await,
-        SecretCmd::Inspect(a) => inspect(c, which, a).await,
-        SecretCmd::Rm(a) => rm(c, which, a).await,
+        DataCmd::Create(a) => create(c, which, a).await,
+        DataCmd::Ls(a) => ls(c, which, a).await,
+        DataCmd::Inspect(a) => inspect(c, which, a).await,
+        DataCmd::Rm(a) => rm(c, which, a).await,
     }
 }
 
@@ -196,20 +172,6 @@ impl From<Config> for Item {
     }
 }
 
-fn labels(items: &[String]) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for kv in items {
-        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
-        if k.is_empty() {
-            return Err(CliError::msg(format!(
-                "invalid argument {kv:?} for \"--label\" flag: expected key=value"
-            )));
-        }
-        out.insert(k.to_string(), v.to_string());
-    }
-    Ok(out)
-}
-
 /// The data of `create NAME FILE|-`.
 fn read_data(which: Which, file: &str) -> Result<Vec<u8>> {
     let mut data = Vec::new();
@@ -234,7 +196,7 @@ pub async fn create(c: &Client, which: Which, a: CreateArgs) -> Result<()> {
         [name, file] => (name.clone(), file.clone()),
         _ => unreachable!("arity checked before"),
     };
-    let labels = labels(&a.label)?;
+    let labels = crate::network_cmd::key_values("--label", &a.label)?;
     let data = read_data(which, &file)?;
     let mut ctl = c.control.clone();
     let id = match which {
@@ -468,10 +430,7 @@ pub async fn inspect(c: &Client, which: Which, a: InspectArgs) -> Result<()> {
             items.iter().map(|i| inspect_value(which, i)).collect();
         println!("{}", crate::json::inspect_array(&values)?);
     }
-    match CliError::join(errors) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    CliError::join(errors).map_or(Ok(()), Err)
 }
 
 pub async fn rm(c: &Client, which: Which, a: RmArgs) -> Result<()> {
@@ -500,10 +459,7 @@ pub async fn rm(c: &Client, which: Which, a: RmArgs) -> Result<()> {
             Err(s) => errors.push(c.err(s)),
         }
     }
-    match CliError::join(errors) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    CliError::join(errors).map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

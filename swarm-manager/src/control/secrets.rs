@@ -43,76 +43,59 @@ trait Blob: Clone + Into<Object> + 'static {
     fn referenced_ids(c: &ContainerSpec) -> Vec<&str>;
 }
 
+/// The parts of [`Blob`] that read the same in both kinds (their fields have one layout).
+macro_rules! blob_fields {
+    ($variant:ident, $all:ident, $one:ident, $refs:ident, $ref_id:ident) => {
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn name(&self) -> &str {
+            self.spec.as_ref().map_or("", |s| s.name.as_str())
+        }
+        fn labels(&self) -> Option<&BTreeMap<String, String>> {
+            self.spec.as_ref().map(|s| &s.labels)
+        }
+        fn data(&self) -> &[u8] {
+            self.spec.as_ref().map_or(&[], |s| s.data.as_slice())
+        }
+        fn all(st: &State) -> Vec<&Self> {
+            st.$all().collect()
+        }
+        fn get<'a>(st: &'a State, id: &str) -> Option<&'a Self> {
+            st.$one(id)
+        }
+        fn from_object(o: Object) -> Option<Self> {
+            match o {
+                Object::$variant(x) => Some(x),
+                _ => None,
+            }
+        }
+        fn referenced_ids(c: &ContainerSpec) -> Vec<&str> {
+            c.$refs.iter().map(|r| r.$ref_id.as_str()).collect()
+        }
+    };
+}
+
 impl Blob for Secret {
     const KIND: Kind = Kind::Secret;
     const MAX_SIZE: usize = MAX_SECRET_SIZE;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn name(&self) -> &str {
-        self.spec.as_ref().map_or("", |s| s.name.as_str())
-    }
-    fn labels(&self) -> Option<&BTreeMap<String, String>> {
-        self.spec.as_ref().map(|s| &s.labels)
-    }
-    fn data(&self) -> &[u8] {
-        self.spec.as_ref().map_or(&[], |s| s.data.as_slice())
-    }
-    fn all(st: &State) -> Vec<&Self> {
-        st.secrets().collect()
-    }
-    fn get<'a>(st: &'a State, id: &str) -> Option<&'a Self> {
-        st.secret(id)
-    }
-    fn from_object(o: Object) -> Option<Self> {
-        match o {
-            Object::Secret(s) => Some(s),
-            _ => None,
-        }
-    }
+    blob_fields!(Secret, secrets, secret, secrets, secret_id);
+    /// Without its data: the API never returns it.
     fn redacted(mut self) -> Self {
         if let Some(spec) = self.spec.as_mut() {
             spec.data = Vec::new();
         }
         self
     }
-    fn referenced_ids(c: &ContainerSpec) -> Vec<&str> {
-        c.secrets.iter().map(|r| r.secret_id.as_str()).collect()
-    }
 }
 
 impl Blob for Config {
     const KIND: Kind = Kind::Config;
     const MAX_SIZE: usize = MAX_CONFIG_SIZE;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn name(&self) -> &str {
-        self.spec.as_ref().map_or("", |s| s.name.as_str())
-    }
-    fn labels(&self) -> Option<&BTreeMap<String, String>> {
-        self.spec.as_ref().map(|s| &s.labels)
-    }
-    fn data(&self) -> &[u8] {
-        self.spec.as_ref().map_or(&[], |s| s.data.as_slice())
-    }
-    fn all(st: &State) -> Vec<&Self> {
-        st.configs().collect()
-    }
-    fn get<'a>(st: &'a State, id: &str) -> Option<&'a Self> {
-        st.config(id)
-    }
-    fn from_object(o: Object) -> Option<Self> {
-        match o {
-            Object::Config(c) => Some(c),
-            _ => None,
-        }
-    }
+    blob_fields!(Config, configs, config, configs, config_id);
+    /// Whole: a config's data is returned.
     fn redacted(self) -> Self {
         self
-    }
-    fn referenced_ids(c: &ContainerSpec) -> Vec<&str> {
-        c.configs.iter().map(|r| r.config_id.as_str()).collect()
     }
 }
 
@@ -270,77 +253,63 @@ async fn remove<T: Blob>(store: &Store, reference: &str) -> Result<(), Status> {
 
 // ------------------------------------------------------------ the RPCs
 
-pub(super) async fn create_secret(
-    store: &Store,
-    req: CreateSecretRequest,
-) -> Result<Secret, Status> {
-    let spec: SecretSpec = req
-        .spec
-        .ok_or_else(|| Status::invalid_argument("CreateSecret needs a secret spec (name, data)"))?;
-    let secret = Secret {
-        id: new_id(),
-        meta: None,
-        spec: Some(spec),
+/// The four RPCs of one kind over the generic implementation above.
+macro_rules! kind_rpcs {
+    (
+        $obj:ident, $spec:ident, $id:ident, $items:ident, $what:literal,
+        $create:ident($create_req:ident), $get:ident($get_req:ident),
+        $list:ident($list_req:ident) -> $list_resp:ident,
+        $remove:ident($remove_req:ident) -> $remove_resp:ident
+    ) => {
+        pub(super) async fn $create(store: &Store, req: $create_req) -> Result<$obj, Status> {
+            let spec: $spec = req.spec.ok_or_else(|| {
+                Status::invalid_argument(concat!(
+                    "the request needs a ",
+                    $what,
+                    " spec (name, data)"
+                ))
+            })?;
+            let obj = $obj {
+                id: new_id(),
+                meta: None,
+                spec: Some(spec),
+            };
+            create(store, obj).await
+        }
+
+        pub(super) async fn $get(store: &Store, req: $get_req) -> Result<$obj, Status> {
+            get(store, &req.$id).await
+        }
+
+        pub(super) async fn $list(store: &Store, req: $list_req) -> Result<$list_resp, Status> {
+            Ok($list_resp {
+                $items: list(store, req.filters).await?,
+            })
+        }
+
+        pub(super) async fn $remove(
+            store: &Store,
+            req: $remove_req,
+        ) -> Result<$remove_resp, Status> {
+            remove::<$obj>(store, &req.$id).await?;
+            Ok($remove_resp {})
+        }
     };
-    create(store, secret).await
 }
 
-pub(super) async fn get_secret(store: &Store, req: GetSecretRequest) -> Result<Secret, Status> {
-    get(store, &req.secret_id).await
-}
+kind_rpcs!(
+    Secret, SecretSpec, secret_id, secrets, "secret",
+    create_secret(CreateSecretRequest), get_secret(GetSecretRequest),
+    list_secrets(ListSecretsRequest) -> ListSecretsResponse,
+    remove_secret(RemoveSecretRequest) -> RemoveSecretResponse
+);
 
-pub(super) async fn list_secrets(
-    store: &Store,
-    req: ListSecretsRequest,
-) -> Result<ListSecretsResponse, Status> {
-    Ok(ListSecretsResponse {
-        secrets: list(store, req.filters).await?,
-    })
-}
-
-pub(super) async fn remove_secret(
-    store: &Store,
-    req: RemoveSecretRequest,
-) -> Result<RemoveSecretResponse, Status> {
-    remove::<Secret>(store, &req.secret_id).await?;
-    Ok(RemoveSecretResponse {})
-}
-
-pub(super) async fn create_config(
-    store: &Store,
-    req: CreateConfigRequest,
-) -> Result<Config, Status> {
-    let spec: ConfigSpec = req
-        .spec
-        .ok_or_else(|| Status::invalid_argument("CreateConfig needs a config spec (name, data)"))?;
-    let config = Config {
-        id: new_id(),
-        meta: None,
-        spec: Some(spec),
-    };
-    create(store, config).await
-}
-
-pub(super) async fn get_config(store: &Store, req: GetConfigRequest) -> Result<Config, Status> {
-    get(store, &req.config_id).await
-}
-
-pub(super) async fn list_configs(
-    store: &Store,
-    req: ListConfigsRequest,
-) -> Result<ListConfigsResponse, Status> {
-    Ok(ListConfigsResponse {
-        configs: list(store, req.filters).await?,
-    })
-}
-
-pub(super) async fn remove_config(
-    store: &Store,
-    req: RemoveConfigRequest,
-) -> Result<RemoveConfigResponse, Status> {
-    remove::<Config>(store, &req.config_id).await?;
-    Ok(RemoveConfigResponse {})
-}
+kind_rpcs!(
+    Config, ConfigSpec, config_id, configs, "config",
+    create_config(CreateConfigRequest), get_config(GetConfigRequest),
+    list_configs(ListConfigsRequest) -> ListConfigsResponse,
+    remove_config(RemoveConfigRequest) -> RemoveConfigResponse
+);
 
 // ------------------------------------------------------------ references in services
 
