@@ -8,6 +8,8 @@ use futures::future::BoxFuture;
 use proto::{ContainerStatus, PortConfig, PublishMode, Resources, Task, TaskState, TaskStatus};
 use tokio::sync::{mpsc, watch};
 
+use crate::dependencies::TaskFiles;
+
 /// What the executor tells the managers about the node.
 #[derive(Clone, Debug, Default)]
 pub struct ExecutorDescription {
@@ -104,6 +106,28 @@ pub trait Executor: Send + Sync + 'static {
         reporter: TaskReporter,
         stop: watch::Receiver<bool>,
     ) -> BoxFuture<'static, ()>;
+
+    /// [`Executor::run`] for a task with secrets and configs: `files` are what its container
+    /// must see. An executor that cannot deliver them rejects such a task (never runs it
+    /// without them).
+    fn run_with(
+        &self,
+        task: Task,
+        files: TaskFiles,
+        reporter: TaskReporter,
+        stop: watch::Receiver<bool>,
+    ) -> BoxFuture<'static, ()> {
+        if files.is_empty() {
+            return self.run(task, reporter, stop);
+        }
+        Box::pin(async move {
+            reporter.fail(
+                TaskState::Rejected,
+                "this node's executor cannot give tasks secrets or configs: constrain the service to other nodes",
+                0,
+            );
+        })
+    }
 
     /// Takes over a task this node started before the agent restarted (its observed state is
     /// past ASSIGNED): supervise it if it still runs, report how it ended if it ended, or

@@ -219,4 +219,12 @@ relay! {
     remove_network(RemoveNetworkRequest) -> RemoveNetworkResponse;
     get_cluster(GetClusterRequest) -> Cluster;
     update_cluster(UpdateClusterRequest) -> Cluster;
+    create_secret(CreateSecretRequest) -> Secret;
+    get_secret(GetSecretRequest) -> Secret;
+    list_secrets(ListSecretsRequest) -> ListSecretsResponse;
+    remove_secret(RemoveSecretRequest) -> RemoveSecretResponse;
+    create_config(CreateConfigRequest) -> Config;
+    get_config(GetConfigRequest) -> Config;
+    list_configs(ListConfigsRequest) -> ListConfigsResponse;
+    remove_config(RemoveConfigRequest) -> RemoveConfigResponse;
 }

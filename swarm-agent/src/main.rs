@@ -56,7 +56,8 @@ struct Args {
     /// Parent cgroup of the containers: a task's cgroup is /<NAME>/<task id>.
     #[arg(long, default_value = "swarm")]
     cgroup_parent: String,
-    /// Run-time state: the tasks' network namespaces are mounted under <DIR>/netns.
+    /// Run-time state: the tasks' network namespaces are mounted under <DIR>/netns, their
+    /// secret and config files (a tmpfs per task) under <DIR>/files.
     #[arg(long, default_value = "/run/swarm")]
     exec_root: PathBuf,
     /// bpffs directory of the data plane's pinned maps and links (they outlive the agent, so
@@ -134,7 +135,8 @@ async fn daemon() -> anyhow::Result<()> {
                 args.cgroup_parent.clone(),
             )
             .with_state_dir(args.data_root.join("tasks"))
-            .with_netns_dir(args.exec_root.join("netns"));
+            .with_netns_dir(args.exec_root.join("netns"))
+            .with_files_dir(args.exec_root.join("files"));
             match args.data_plane {
                 DataPlaneKind::None => (Arc::new(executor) as Arc<dyn Executor>, None),
                 DataPlaneKind::Ebpf => {

@@ -10,6 +10,7 @@ use proto::{
 };
 use tokio::sync::{mpsc, watch};
 
+use crate::dependencies::Dependencies;
 use crate::executor::{Executor, TaskReporter};
 use crate::reporter::StatusReports;
 
@@ -25,6 +26,8 @@ pub struct Worker {
     /// Last state reported per task, so that assignments do not restart finished tasks.
     finished: Mutex<HashSet<String>>,
     tx: mpsc::UnboundedSender<(String, TaskStatus)>,
+    /// The secrets and configs of this node's tasks, in memory only.
+    dependencies: Dependencies,
 }
 
 impl Worker {
@@ -36,6 +39,7 @@ impl Worker {
             reports: StatusReports::default(),
             finished: Mutex::new(HashSet::new()),
             tx,
+            dependencies: Dependencies::default(),
         });
         let weak = Arc::downgrade(&w);
         tokio::spawn(async move {
@@ -61,8 +65,15 @@ impl Worker {
         &self.reports
     }
 
+    /// The secrets and configs the managers sent this node.
+    pub fn dependencies(&self) -> &Dependencies {
+        &self.dependencies
+    }
+
     pub fn apply(&self, msg: AssignmentsMessage) {
         let complete = msg.r#type == assignments_message::Type::Complete as i32;
+        // Secrets and configs first: the tasks of the same message use them.
+        self.dependencies.apply(complete, &msg.changes);
         let mut seen = HashSet::new();
         let mut may_run = HashSet::new();
         for change in msg.changes {
@@ -141,8 +152,15 @@ impl Worker {
             tracing::info!(task = %task.id, service = %task.service_name, "adopting task");
             self.executor.adopt(task, reporter, stop_rx)
         } else {
+            let files = match self.dependencies.files_for(&task) {
+                Ok(f) => f,
+                Err(e) => {
+                    lock(&self.running).remove(&task.id);
+                    return reporter.fail(TaskState::Rejected, &e, 0);
+                }
+            };
             tracing::info!(task = %task.id, service = %task.service_name, "starting task");
-            self.executor.run(task, reporter, stop_rx)
+            self.executor.run_with(task, files, reporter, stop_rx)
         };
         tokio::spawn(fut);
     }
@@ -156,6 +174,7 @@ impl Worker {
 
     /// Stops every task (leaving the swarm).
     pub fn stop_all(&self) {
+        self.dependencies.clear();
         for r in lock(&self.running).values() {
             let _ = r.stop.send(true);
         }

@@ -18,6 +18,7 @@ mod output_format;
 mod progress;
 mod ps;
 mod resolve;
+mod secret_cmd;
 mod service_cmd;
 mod service_spec;
 mod swarm_cmd;
@@ -30,6 +31,7 @@ use crate::client::{Client, DEFAULT_HOST};
 use crate::error::{CliError, Result};
 use crate::network_cmd::NetworkCmd;
 use crate::node_cmd::NodeCmd;
+use crate::secret_cmd::{DataCmd, Which};
 use crate::service_cmd::ServiceCmd;
 
 /// Exit status of a flag parse error (Docker's `FlagErrorFunc`).
@@ -81,6 +83,12 @@ enum Command {
     /// Manage swarm networks
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Manage swarm secrets
+    #[command(subcommand)]
+    Secret(DataCmd),
+    /// Manage swarm configs
+    #[command(subcommand)]
+    Config(DataCmd),
 }
 
 /// `swarm service ...`: the verbs of [`ServiceCmd`] and `logs`.
@@ -218,6 +226,8 @@ async fn run(cli: Cli) -> Result<()> {
             )?,
             NetworkCmd::Ls(_) => {}
         },
+        Command::Secret(s) => secret_cmd::check_arity(Which::Secret, s)?,
+        Command::Config(s) => secret_cmd::check_arity(Which::Config, s)?,
         Command::Init(_)
         | Command::Leave(_)
         | Command::Info(_)
@@ -227,6 +237,8 @@ async fn run(cli: Cli) -> Result<()> {
 
     let c = Client::connect(&cli.host).await?;
     match cli.cmd {
+        Command::Secret(s) => secret_cmd::run(&c, Which::Secret, s).await,
+        Command::Config(s) => secret_cmd::run(&c, Which::Config, s).await,
         Command::Init(a) => swarm_cmd::init(&c, a).await,
         Command::Join(mut a) => {
             let remote = a.remote.remove(0);

@@ -91,7 +91,8 @@ pub struct RmArgs {
     pub networks: Vec<String>,
 }
 
-fn key_values(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>> {
+/// `KEY=VALUE` flag values (a missing value is empty); also `secret|config create --label`.
+pub(crate) fn key_values(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for kv in items {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));

@@ -487,6 +487,71 @@ fn split_csv(v: &str) -> Result<Vec<String>, String> {
     }
 }
 
+/// A `--secret`/`--config` value: the object's name and where its file goes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileReference {
+    pub source: String,
+    pub file: proto::FileTarget,
+}
+
+/// A `--secret` or `--config` value with Docker's syntax (SecretOpt/ConfigOpt): `NAME`, or
+/// CSV fields `source|src=NAME[,target=PATH][,uid=N][,gid=N][,mode=0400]`. The target
+/// defaults to the name, the owner to 0:0, the mode to 0444; the mode is read like Go's
+/// `ParseUint(v, 0, 32)` (`0400` octal, `0o400`, `0x100`, `256`).
+pub fn parse_file_reference(v: &str) -> Result<FileReference, String> {
+    let mut r = FileReference {
+        source: String::new(),
+        file: proto::FileTarget {
+            name: String::new(),
+            uid: "0".into(),
+            gid: "0".into(),
+            mode: 0o444,
+        },
+    };
+    let fields = split_csv(v)?;
+    if let [only] = fields.as_slice() {
+        if !only.contains('=') {
+            r.source = only.clone();
+            r.file.name = only.clone();
+            return Ok(r);
+        }
+    }
+    for field in &fields {
+        let Some((key, val)) = field.split_once('=') else {
+            return Err(format!("invalid field '{field}' must be a key=value pair"));
+        };
+        match key.to_ascii_lowercase().as_str() {
+            "source" | "src" => r.source = val.to_string(),
+            "target" => r.file.name = val.to_string(),
+            "uid" => r.file.uid = val.to_string(),
+            "gid" => r.file.gid = val.to_string(),
+            "mode" => {
+                let parsed = if let Some(hex) =
+                    val.strip_prefix("0x").or_else(|| val.strip_prefix("0X"))
+                {
+                    u32::from_str_radix(hex, 16)
+                } else if let Some(oct) = val.strip_prefix("0o").or_else(|| val.strip_prefix("0O"))
+                {
+                    u32::from_str_radix(oct, 8)
+                } else if val.len() > 1 && val.starts_with('0') {
+                    u32::from_str_radix(&val[1..], 8)
+                } else {
+                    val.parse::<u32>()
+                };
+                r.file.mode = parsed.map_err(|_| format!("invalid mode specified: {val:?}"))?;
+            }
+            _ => return Err(format!("invalid field key {key}")),
+        }
+    }
+    if r.source.is_empty() {
+        return Err("source is required".into());
+    }
+    if r.file.name.is_empty() {
+        r.file.name = r.source.clone();
+    }
+    Ok(r)
+}
+
 /// A `--mount` value with Docker's syntax and error texts (`type=bind,source=/x,target=/y
 /// [,readonly][,bind-propagation=rslave]`, `type=tmpfs,target=/t[,tmpfs-size=64m]
 /// [,tmpfs-mode=1770]`). As in Docker the type defaults to `volume`; volumes (and the
@@ -832,6 +897,61 @@ mod tests {
         assert_eq!(parse_scale("web=-1"), None);
         assert_eq!(parse_availability("Drain"), Ok(NodeAvailability::Drain));
         assert!(parse_availability("off").is_err());
+    }
+
+    #[test]
+    fn file_references() {
+        let r = parse_file_reference("db_pw").unwrap();
+        assert_eq!(r.source, "db_pw");
+        assert_eq!(
+            (
+                r.file.name.as_str(),
+                r.file.uid.as_str(),
+                r.file.gid.as_str(),
+                r.file.mode
+            ),
+            ("db_pw", "0", "0", 0o444)
+        );
+        let r = parse_file_reference("source=db_pw,target=pw,uid=1000,gid=2000,mode=0400").unwrap();
+        assert_eq!(
+            (
+                r.source.as_str(),
+                r.file.name.as_str(),
+                r.file.uid.as_str(),
+                r.file.gid.as_str(),
+                r.file.mode
+            ),
+            ("db_pw", "pw", "1000", "2000", 0o400)
+        );
+        let r = parse_file_reference("src=app.conf,target=/etc/app.conf").unwrap();
+        assert_eq!(
+            (r.source.as_str(), r.file.name.as_str()),
+            ("app.conf", "/etc/app.conf")
+        );
+        // Go's base 0: no leading zero is decimal.
+        assert_eq!(
+            parse_file_reference("src=a,mode=292").unwrap().file.mode,
+            0o444
+        );
+        assert_eq!(
+            parse_file_reference("src=a,mode=0o600").unwrap().file.mode,
+            0o600
+        );
+        assert_eq!(
+            parse_file_reference("target=x").unwrap_err(),
+            "source is required"
+        );
+        assert_eq!(
+            parse_file_reference("src=a,owner=1").unwrap_err(),
+            "invalid field key owner"
+        );
+        assert_eq!(
+            parse_file_reference("src=a,ro").unwrap_err(),
+            "invalid field 'ro' must be a key=value pair"
+        );
+        assert!(parse_file_reference("src=a,mode=0999")
+            .unwrap_err()
+            .contains("invalid mode"));
     }
 
     #[test]

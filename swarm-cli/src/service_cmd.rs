@@ -323,6 +323,18 @@ fn update_status_block(u: &UpdateStatus, now_ms: i64) -> String {
 }
 
 /// Docker's `service inspect --pretty` text (the fields this project has).
+/// A `Secrets:`/`Configs:` section of `--pretty` (nothing when there are none).
+fn references<'a>(o: &mut String, title: &str, refs: impl Iterator<Item = (String, &'a str)>) {
+    let mut first = true;
+    for (target, source) in refs {
+        if first {
+            o.push_str(&format!("\n{title}:"));
+            first = false;
+        }
+        o.push_str(&format!("\n Target:\t{target}\n  Source:\t{source}"));
+    }
+}
+
 pub fn pretty(s: &Service) -> String {
     let spec = s.spec.clone().unwrap_or_default();
     let task = spec.task.clone().unwrap_or_default();
@@ -429,6 +441,19 @@ pub fn pretty(s: &Service) -> String {
     if !c.user.is_empty() {
         o.push_str(&format!("\n User: {}", c.user));
     }
+    // Docker's Secrets/Configs sections: references only.
+    let target =
+        |f: &Option<proto::FileTarget>| f.as_ref().map_or("", |f| f.name.as_str()).to_string();
+    let secrets = c
+        .secrets
+        .iter()
+        .map(|r| (target(&r.file), r.secret_name.as_str()));
+    references(&mut o, "Secrets", secrets);
+    let configs = c
+        .configs
+        .iter()
+        .map(|r| (target(&r.file), r.config_name.as_str()));
+    references(&mut o, "Configs", configs);
     if let Some(res) = &task.resources {
         let r = res.reservations.unwrap_or_default();
         let l = res.limits.unwrap_or_default();
@@ -933,6 +958,29 @@ mod tests {
         assert!(p.contains("ContainerSpec:\n Image:\t\tnginx\n Args:\t\tx \n Env:\t\tA=1 \n"));
         assert!(p.contains("Resources:\n Reservations:\n  CPU:\t\t0.5\n  Memory:\t64MiB\n"));
         assert!(p.ends_with("Endpoint Mode:\tvip\n"));
+    }
+
+    #[test]
+    fn pretty_shows_secret_and_config_references() {
+        let spec = create_spec(
+            &create(&[
+                "--secret",
+                "source=db_pw,target=pw",
+                "--config",
+                "src=app.conf,target=/etc/app.conf",
+                "nginx",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        let p = pretty(&Service {
+            spec: Some(spec),
+            ..Default::default()
+        });
+        assert!(
+            p.contains("\nSecrets:\n Target:\tpw\n  Source:\tdb_pw\nConfigs:\n Target:\t/etc/app.conf\n  Source:\tapp.conf\n"),
+            "{p}"
+        );
     }
 
     #[test]

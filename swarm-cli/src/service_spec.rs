@@ -33,6 +33,9 @@ fn pref_arg(s: &str) -> std::result::Result<String, String> {
 fn mount_arg(s: &str) -> std::result::Result<Mount, String> {
     opts::parse_mount(s)
 }
+fn file_ref_arg(s: &str) -> std::result::Result<opts::FileReference, String> {
+    opts::parse_file_reference(s)
+}
 fn uint64_arg(s: &str) -> std::result::Result<u64, String> {
     opts::parse_go_uint(s)
 }
@@ -395,6 +398,12 @@ pub struct CreateArgs {
     /// Set one or more supplementary user groups for the container
     #[arg(long, value_name = "list")]
     pub group: Vec<String>,
+    /// Specify secrets to expose to the service
+    #[arg(long, value_parser = file_ref_arg, value_name = "secret")]
+    pub secret: Vec<opts::FileReference>,
+    /// Specify configurations to expose to the service
+    #[arg(long, value_parser = file_ref_arg, value_name = "config")]
+    pub config: Vec<opts::FileReference>,
     #[command(flatten)]
     pub common: CommonArgs,
     /// IMAGE [COMMAND] [ARG...]
@@ -468,6 +477,18 @@ pub struct UpdateArgs {
     /// Remove a previously added supplementary user group from the container
     #[arg(long = "group-rm", value_name = "list")]
     pub group_rm: Vec<String>,
+    /// Add or update a secret on a service
+    #[arg(long = "secret-add", value_parser = file_ref_arg, value_name = "secret")]
+    pub secret_add: Vec<opts::FileReference>,
+    /// Remove a secret
+    #[arg(long = "secret-rm", value_name = "list")]
+    pub secret_rm: Vec<String>,
+    /// Add or update a config file on a service
+    #[arg(long = "config-add", value_parser = file_ref_arg, value_name = "config")]
+    pub config_add: Vec<opts::FileReference>,
+    /// Remove a configuration file
+    #[arg(long = "config-rm", value_name = "list")]
+    pub config_rm: Vec<String>,
     /// Force update even if no changes require it
     #[arg(long)]
     pub force: bool,
@@ -701,6 +722,8 @@ pub fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
         }
         c.mounts = a.mount.clone();
         c.groups = a.group.clone();
+        c.secrets = a.secret.iter().map(secret_reference).collect();
+        c.configs = a.config.iter().map(config_reference).collect();
         c.healthcheck = a.common.health.to_config()?;
     }
     if !a.constraint.is_empty() {
@@ -745,6 +768,23 @@ fn publish_rm_matches(v: &str, p: &PortConfig) -> bool {
     };
     port.parse::<u32>().is_ok_and(|t| t == p.target_port)
         && proto.is_none_or(|pr| pr == format::protocol_name(p.protocol))
+}
+
+/// A `--secret` value as the spec carries it: by name (the managers resolve the id).
+fn secret_reference(r: &opts::FileReference) -> SecretReference {
+    SecretReference {
+        secret_id: String::new(),
+        secret_name: r.source.clone(),
+        file: Some(r.file.clone()),
+    }
+}
+
+fn config_reference(r: &opts::FileReference) -> ConfigReference {
+    ConfigReference {
+        config_id: String::new(),
+        config_name: r.source.clone(),
+        file: Some(r.file.clone()),
+    }
 }
 
 /// Docker's `updateMounts`: added mounts replace those with the same target, `--mount-rm`
@@ -809,6 +849,12 @@ pub fn update_spec(spec: &mut ServiceSpec, a: &UpdateArgs) -> Result<()> {
             .extend(opts::parse_labels(&a.container_label_add).map_err(bad)?);
         update_mounts(&mut c.mounts, &a.mount_add, &a.mount_rm)?;
         update_groups(&mut c.groups, &a.group_add, &a.group_rm);
+        // Docker's updateSecrets/updateConfigs: removed by name, then the added appended
+        // (the managers refuse two on one target).
+        c.secrets.retain(|r| !a.secret_rm.contains(&r.secret_name));
+        c.secrets.extend(a.secret_add.iter().map(secret_reference));
+        c.configs.retain(|r| !a.config_rm.contains(&r.config_name));
+        c.configs.extend(a.config_add.iter().map(config_reference));
         a.common.health.update(c)?;
     }
     for k in &a.label_rm {
@@ -1191,6 +1237,57 @@ pub(crate) mod tests {
         assert!(e.contains("duration cannot be negative"), "{e}");
         assert!(create(&["--health-timeout", "5", "busybox"]).is_err());
         assert!(create(&["--health-retries", "x", "busybox"]).is_err());
+    }
+
+    #[test]
+    fn secrets_and_configs_are_references_by_name_and_updates_add_and_remove_them() {
+        let mut spec = create_spec(
+            &create(&[
+                "--secret",
+                "db_pw",
+                "--secret",
+                "source=tls_key,target=key.pem,uid=100,gid=101,mode=0400",
+                "--config",
+                "src=app.conf,target=/etc/app.conf",
+                "busybox",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        let c = cspec(&spec);
+        let names: Vec<&str> = c.secrets.iter().map(|r| r.secret_name.as_str()).collect();
+        assert_eq!(names, ["db_pw", "tls_key"]);
+        assert!(
+            c.secrets.iter().all(|r| r.secret_id.is_empty()),
+            "the managers resolve ids"
+        );
+        let f = c.secrets[1].file.as_ref().unwrap();
+        assert_eq!(
+            (f.name.as_str(), f.uid.as_str(), f.gid.as_str(), f.mode),
+            ("key.pem", "100", "101", 0o400)
+        );
+        let f = c.secrets[0].file.as_ref().unwrap();
+        assert_eq!((f.name.as_str(), f.mode), ("db_pw", 0o444));
+        assert_eq!(c.configs[0].config_name, "app.conf");
+        assert_eq!(c.configs[0].file.as_ref().unwrap().name, "/etc/app.conf");
+        let u = update(&[
+            "--secret-rm",
+            "db_pw",
+            "--secret-add",
+            "new_pw",
+            "--config-rm",
+            "app.conf",
+        ])
+        .unwrap();
+        update_spec(&mut spec, &u).unwrap();
+        let c = cspec(&spec);
+        let names: Vec<&str> = c.secrets.iter().map(|r| r.secret_name.as_str()).collect();
+        assert_eq!(names, ["tls_key", "new_pw"]);
+        assert!(c.configs.is_empty());
+        let e = create(&["--secret", "target=x", "busybox"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("source is required"), "{e}");
     }
 
     #[test]

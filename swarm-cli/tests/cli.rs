@@ -448,6 +448,56 @@ impl Control for Fake {
     ) -> Result<Response<Cluster>, Status> {
         Ok(Response::new(self.0.lock().unwrap().cluster.clone()))
     }
+    // Secrets and configs are tested against the real Control API (swarm-manager) and in
+    // the lab; the CLI's tables and parsing in its unit tests.
+    async fn create_secret(
+        &self,
+        _r: Request<CreateSecretRequest>,
+    ) -> Result<Response<proto::Secret>, Status> {
+        Err(Status::unimplemented("the fake agent has no secrets"))
+    }
+    async fn get_secret(
+        &self,
+        _r: Request<GetSecretRequest>,
+    ) -> Result<Response<proto::Secret>, Status> {
+        Err(Status::unimplemented("the fake agent has no secrets"))
+    }
+    async fn list_secrets(
+        &self,
+        _r: Request<ListSecretsRequest>,
+    ) -> Result<Response<ListSecretsResponse>, Status> {
+        Err(Status::unimplemented("the fake agent has no secrets"))
+    }
+    async fn remove_secret(
+        &self,
+        _r: Request<RemoveSecretRequest>,
+    ) -> Result<Response<RemoveSecretResponse>, Status> {
+        Err(Status::unimplemented("the fake agent has no secrets"))
+    }
+    async fn create_config(
+        &self,
+        _r: Request<CreateConfigRequest>,
+    ) -> Result<Response<proto::Config>, Status> {
+        Err(Status::unimplemented("the fake agent has no configs"))
+    }
+    async fn get_config(
+        &self,
+        _r: Request<GetConfigRequest>,
+    ) -> Result<Response<proto::Config>, Status> {
+        Err(Status::unimplemented("the fake agent has no configs"))
+    }
+    async fn list_configs(
+        &self,
+        _r: Request<ListConfigsRequest>,
+    ) -> Result<Response<ListConfigsResponse>, Status> {
+        Err(Status::unimplemented("the fake agent has no configs"))
+    }
+    async fn remove_config(
+        &self,
+        _r: Request<RemoveConfigRequest>,
+    ) -> Result<Response<RemoveConfigResponse>, Status> {
+        Err(Status::unimplemented("the fake agent has no configs"))
+    }
     async fn update_cluster(
         &self,
         r: Request<UpdateClusterRequest>,

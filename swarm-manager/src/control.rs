@@ -16,6 +16,7 @@ mod cluster;
 mod lookup;
 mod networks;
 mod nodes;
+mod secrets;
 mod services;
 mod tasks;
 mod validate;
@@ -23,6 +24,8 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+/// Secret and config limits and name rule (the CLI's fake agent checks with them too).
+pub use secrets::{validate_name as validate_secret_name, MAX_CONFIG_SIZE, MAX_SECRET_SIZE};
 /// `swarm init`'s options as the agent checks them (also the CLI tests' fake agent).
 pub use validate::validate_init_request;
 
@@ -32,13 +35,15 @@ use std::time::Instant;
 use proto::control_client::ControlClient;
 use proto::control_server::Control;
 use proto::{
-    Cluster, CreateNetworkRequest, CreateServiceRequest, GetClusterRequest, GetNetworkRequest,
-    GetNodeRequest, GetServiceRequest, GetTaskRequest, ListNetworksRequest, ListNetworksResponse,
-    ListNodesRequest, ListNodesResponse, ListServicesRequest, ListServicesResponse,
-    ListTasksRequest, ListTasksResponse, Network, Node, RemoveNetworkRequest,
-    RemoveNetworkResponse, RemoveNodeRequest, RemoveNodeResponse, RemoveServiceRequest,
-    RemoveServiceResponse, Service, Task, UpdateClusterRequest, UpdateNodeRequest,
-    UpdateServiceRequest,
+    Cluster, Config, CreateConfigRequest, CreateNetworkRequest, CreateSecretRequest,
+    CreateServiceRequest, GetClusterRequest, GetConfigRequest, GetNetworkRequest, GetNodeRequest,
+    GetSecretRequest, GetServiceRequest, GetTaskRequest, ListConfigsRequest, ListConfigsResponse,
+    ListNetworksRequest, ListNetworksResponse, ListNodesRequest, ListNodesResponse,
+    ListSecretsRequest, ListSecretsResponse, ListServicesRequest, ListServicesResponse,
+    ListTasksRequest, ListTasksResponse, Network, Node, RemoveConfigRequest, RemoveConfigResponse,
+    RemoveNetworkRequest, RemoveNetworkResponse, RemoveNodeRequest, RemoveNodeResponse,
+    RemoveSecretRequest, RemoveSecretResponse, RemoveServiceRequest, RemoveServiceResponse, Secret,
+    Service, Task, UpdateClusterRequest, UpdateNodeRequest, UpdateServiceRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -271,5 +276,91 @@ impl Control for ControlApi {
         req: Request<UpdateClusterRequest>,
     ) -> Result<Response<Cluster>, Status> {
         rpc!(self, req, "UpdateCluster", update_cluster, cluster::update)
+    }
+
+    async fn create_secret(
+        &self,
+        req: Request<CreateSecretRequest>,
+    ) -> Result<Response<Secret>, Status> {
+        rpc!(
+            self,
+            req,
+            "CreateSecret",
+            create_secret,
+            secrets::create_secret
+        )
+    }
+
+    async fn get_secret(&self, req: Request<GetSecretRequest>) -> Result<Response<Secret>, Status> {
+        rpc!(self, req, "GetSecret", get_secret, secrets::get_secret)
+    }
+
+    async fn list_secrets(
+        &self,
+        req: Request<ListSecretsRequest>,
+    ) -> Result<Response<ListSecretsResponse>, Status> {
+        rpc!(
+            self,
+            req,
+            "ListSecrets",
+            list_secrets,
+            secrets::list_secrets
+        )
+    }
+
+    async fn remove_secret(
+        &self,
+        req: Request<RemoveSecretRequest>,
+    ) -> Result<Response<RemoveSecretResponse>, Status> {
+        rpc!(
+            self,
+            req,
+            "RemoveSecret",
+            remove_secret,
+            secrets::remove_secret
+        )
+    }
+
+    async fn create_config(
+        &self,
+        req: Request<CreateConfigRequest>,
+    ) -> Result<Response<Config>, Status> {
+        rpc!(
+            self,
+            req,
+            "CreateConfig",
+            create_config,
+            secrets::create_config
+        )
+    }
+
+    async fn get_config(&self, req: Request<GetConfigRequest>) -> Result<Response<Config>, Status> {
+        rpc!(self, req, "GetConfig", get_config, secrets::get_config)
+    }
+
+    async fn list_configs(
+        &self,
+        req: Request<ListConfigsRequest>,
+    ) -> Result<Response<ListConfigsResponse>, Status> {
+        rpc!(
+            self,
+            req,
+            "ListConfigs",
+            list_configs,
+            secrets::list_configs
+        )
+    }
+
+    async fn remove_config(
+        &self,
+        req: Request<RemoveConfigRequest>,
+    ) -> Result<Response<RemoveConfigResponse>, Status> {
+        rpc!(
+            self,
+            req,
+            "RemoveConfig",
+            remove_config,
+            secrets::remove_config
+        )
     }
 }

@@ -336,6 +336,103 @@ fn node_tasks(store: &Store, node_id: &str) -> HashMap<String, Task> {
         .collect()
 }
 
+/// Whether a task still needs its secrets and configs on the node: meant to run and not
+/// ended (SwarmKit releases them once a task stops).
+fn needs_dependencies(t: &Task) -> bool {
+    t.desired() <= TaskState::Running && t.state() <= TaskState::Running
+}
+
+/// The secrets and configs one node's assignment stream has handed out: id -> version.
+#[derive(Default)]
+struct SentDependencies {
+    secrets: HashMap<String, u64>,
+    configs: HashMap<String, u64>,
+}
+
+impl SentDependencies {
+    /// The changes that bring the node to what `tasks` need: UPDATEs (with the data) of the
+    /// secrets and configs it lacks, and the REMOVEs of those no task of it needs any more.
+    fn changes<'a>(
+        &mut self,
+        store: &Store,
+        tasks: impl Iterator<Item = &'a Task>,
+    ) -> (Vec<AssignmentChange>, Vec<AssignmentChange>) {
+        let mut secrets: HashMap<String, proto::Secret> = HashMap::new();
+        let mut configs: HashMap<String, proto::Config> = HashMap::new();
+        {
+            let st = store.read();
+            for c in tasks
+                .filter(|t| needs_dependencies(t))
+                .filter_map(|t| t.spec.as_ref().and_then(|s| s.container.as_ref()))
+            {
+                for r in &c.secrets {
+                    if let Some(s) = st.secret(&r.secret_id) {
+                        secrets.insert(s.id.clone(), s.clone());
+                    }
+                }
+                for r in &c.configs {
+                    if let Some(o) = st.config(&r.config_id) {
+                        configs.insert(o.id.clone(), o.clone());
+                    }
+                }
+            }
+        }
+        let update = assignment_change::Action::Update as i32;
+        let remove = assignment_change::Action::Remove as i32;
+        let mut add = Vec::new();
+        let mut forget = Vec::new();
+        for (id, s) in secrets.iter() {
+            let v = s.meta.as_ref().map_or(0, |m| m.version);
+            if self.secrets.insert(id.clone(), v) != Some(v) {
+                add.push(AssignmentChange {
+                    action: update,
+                    secret: Some(s.clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        for (id, c) in configs.iter() {
+            let v = c.meta.as_ref().map_or(0, |m| m.version);
+            if self.configs.insert(id.clone(), v) != Some(v) {
+                add.push(AssignmentChange {
+                    action: update,
+                    config: Some(c.clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        self.secrets.retain(|id, _| {
+            let keep = secrets.contains_key(id);
+            if !keep {
+                forget.push(AssignmentChange {
+                    action: remove,
+                    secret: Some(proto::Secret {
+                        id: id.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            keep
+        });
+        self.configs.retain(|id, _| {
+            let keep = configs.contains_key(id);
+            if !keep {
+                forget.push(AssignmentChange {
+                    action: remove,
+                    config: Some(proto::Config {
+                        id: id.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            keep
+        });
+        (add, forget)
+    }
+}
+
 #[tonic::async_trait]
 impl DispatcherRpc for Dispatcher {
     type SessionStream = BoxStream<SessionMessage>;
@@ -515,16 +612,21 @@ impl DispatcherRpc for Dispatcher {
             let mut watch = this.store.watch();
             // What the node was last told: task id -> (desired state, spec version).
             let mut sent: HashMap<String, (i32, u64)> = HashMap::new();
+            // The secrets and configs it holds: id -> version.
+            let mut deps = SentDependencies::default();
             let mut first = true;
             loop {
                 let tasks = node_tasks(&this.store, &node_id);
-                let mut changes = Vec::new();
+                // What the node's tasks need goes first, so that a task never arrives before
+                // its secrets; what they no longer need is forgotten last.
+                let (mut changes, forget) = deps.changes(&this.store, tasks.values());
                 for (id, t) in &tasks {
                     let key = (t.desired_state, t.spec_version);
                     if sent.get(id) != Some(&key) {
                         changes.push(AssignmentChange {
                             action: assignment_change::Action::Update as i32,
                             task: Some(t.clone()),
+                            ..Default::default()
                         });
                         sent.insert(id.clone(), key);
                     }
@@ -542,8 +644,10 @@ impl DispatcherRpc for Dispatcher {
                             id,
                             ..Default::default()
                         }),
+                        ..Default::default()
                     });
                 }
+                changes.extend(forget);
                 if first || !changes.is_empty() {
                     let kind = if first {
                         assignments_message::Type::Complete
@@ -710,5 +814,76 @@ mod tests {
         assert_eq!(data_path_addr("0.0.0.0", seen), "127.0.0.1");
         assert_eq!(data_path_addr("eth0", seen), "127.0.0.1");
         assert_eq!(data_path_addr("", None), "");
+    }
+
+    fn task_using(id: &str, secret: &str, desired: TaskState, state: TaskState) -> Task {
+        Task {
+            id: id.into(),
+            desired_state: desired as i32,
+            status: Some(proto::TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+            spec: Some(proto::TaskSpec {
+                container: Some(proto::ContainerSpec {
+                    secrets: vec![proto::SecretReference {
+                        secret_id: secret.into(),
+                        secret_name: secret.into(),
+                        file: None,
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_gets_the_secrets_of_its_live_tasks_once_and_is_told_to_forget_them() {
+        let store = Store::memory();
+        for id in ["s1", "s2"] {
+            store
+                .write(vec![Op::Create(crate::store::Object::Secret(
+                    proto::Secret {
+                        id: id.into(),
+                        meta: None,
+                        spec: Some(proto::SecretSpec {
+                            name: id.into(),
+                            data: format!("data-{id}").into_bytes(),
+                            ..Default::default()
+                        }),
+                    },
+                ))])
+                .await
+                .unwrap();
+        }
+        let mut sent = SentDependencies::default();
+        let running = task_using("t1", "s1", TaskState::Running, TaskState::Running);
+        // A task already shut down needs nothing.
+        let ended = task_using("t2", "s2", TaskState::Shutdown, TaskState::Shutdown);
+        let (add, forget) = sent.changes(&store, [&running, &ended].into_iter());
+        assert!(forget.is_empty());
+        assert_eq!(add.len(), 1);
+        let s = add[0].secret.as_ref().unwrap();
+        assert_eq!(s.id, "s1");
+        assert_eq!(
+            s.spec.as_ref().unwrap().data,
+            b"data-s1",
+            "the node gets the data"
+        );
+        assert_eq!(add[0].action, assignment_change::Action::Update as i32);
+        // Nothing new: nothing sent again.
+        let (add, forget) = sent.changes(&store, [&running].into_iter());
+        assert!(add.is_empty() && forget.is_empty());
+        // The task is told to stop: the node forgets the secret.
+        let stopping = task_using("t1", "s1", TaskState::Shutdown, TaskState::Running);
+        let (add, forget) = sent.changes(&store, [&stopping].into_iter());
+        assert!(add.is_empty());
+        assert_eq!(forget.len(), 1);
+        assert_eq!(forget[0].action, assignment_change::Action::Remove as i32);
+        let gone = forget[0].secret.as_ref().unwrap();
+        assert_eq!(gone.id, "s1");
+        assert!(gone.spec.is_none(), "a REMOVE carries the id only");
     }
 }

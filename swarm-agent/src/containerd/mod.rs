@@ -4,11 +4,13 @@
 //! - [`image`]: pull through the swarm-oci registry client into the content store, create the
 //!   image record and unpack the layers with Snapshots + Diff (1.6 has no Transfer service);
 //! - [`spec`]: the OCI runtime spec of a task;
+//! - [`files`]: a task's secret and config files on a tmpfs of its own, bind-mounted read-only;
 //! - [`run`]: [`ContainerdExecutor`], the container and task lifecycle;
 //! - `testbed` (the tests, and feature `testbed`): a private containerd, its busybox image and
 //!   registry, for the tests here and the lab of the `tests` crate.
 
 pub mod client;
+pub mod files;
 pub mod health;
 pub mod image;
 pub mod metrics;

@@ -28,10 +28,12 @@ use proto::{Task, TaskState};
 use tokio::sync::watch;
 
 use super::client::{Containerd, ContainerdError};
+use super::files;
 use super::health::{self, HealthCheck, HealthState};
 use super::image;
 use super::metrics;
 use super::spec::{self, SpecFiles, SpecOptions};
+use crate::dependencies::TaskFiles;
 use crate::executor::{host_resources, Executor, ExecutorDescription, TaskReporter};
 use crate::network::Networking;
 
@@ -58,6 +60,8 @@ struct Inner {
     snapshotter: String,
     state_dir: PathBuf,
     netns_dir: PathBuf,
+    /// Where each task with secrets or configs gets its tmpfs (`<dir>/<task id>`).
+    files_dir: PathBuf,
     /// This executable: containerd's shim runs `<agent_exe> log-driver <task dir>`.
     agent_exe: PathBuf,
     client: std::sync::Mutex<Option<Containerd>>,
@@ -85,6 +89,7 @@ impl ContainerdExecutor {
                 snapshotter: "overlayfs".into(),
                 state_dir: PathBuf::from("/var/lib/swarm/tasks"),
                 netns_dir: PathBuf::from("/run/swarm/netns"),
+                files_dir: PathBuf::from("/run/swarm/files"),
                 agent_exe: std::env::current_exe()
                     .unwrap_or_else(|_| PathBuf::from("/usr/bin/swarm-agent")),
                 client: std::sync::Mutex::new(None),
@@ -111,6 +116,11 @@ impl ContainerdExecutor {
         self.rebuild(|i| i.netns_dir = dir)
     }
 
+    /// Where tasks' secret and config files are mounted (a tmpfs per task under it).
+    pub fn with_files_dir(self, dir: PathBuf) -> Self {
+        self.rebuild(|i| i.files_dir = dir)
+    }
+
     /// Where the per-task directories with the `stdout`/`stderr` logs go.
     pub fn with_state_dir(self, dir: PathBuf) -> Self {
         self.rebuild(|i| i.state_dir = dir)
@@ -129,6 +139,7 @@ impl ContainerdExecutor {
             snapshotter: self.inner.snapshotter.clone(),
             state_dir: self.inner.state_dir.clone(),
             netns_dir: self.inner.netns_dir.clone(),
+            files_dir: self.inner.files_dir.clone(),
             agent_exe: self.inner.agent_exe.clone(),
             client: std::sync::Mutex::new(None),
             pulls: Default::default(),
@@ -174,8 +185,18 @@ impl Executor for ContainerdExecutor {
         reporter: TaskReporter,
         stop: watch::Receiver<bool>,
     ) -> BoxFuture<'static, ()> {
+        self.run_with(task, TaskFiles::default(), reporter, stop)
+    }
+
+    fn run_with(
+        &self,
+        task: Task,
+        files: TaskFiles,
+        reporter: TaskReporter,
+        stop: watch::Receiver<bool>,
+    ) -> BoxFuture<'static, ()> {
         let this = self.clone();
-        Box::pin(async move { this.run_task(task, reporter, stop).await })
+        Box::pin(async move { this.run_task(task, files, reporter, stop).await })
     }
 
     fn adopt(
@@ -232,7 +253,13 @@ struct Prepared {
 const STOP_SIGNAL_LABEL: &str = "io.swarm.stop-signal";
 
 impl ContainerdExecutor {
-    async fn run_task(&self, task: Task, reporter: TaskReporter, mut stop: watch::Receiver<bool>) {
+    async fn run_task(
+        &self,
+        task: Task,
+        files: TaskFiles,
+        reporter: TaskReporter,
+        mut stop: watch::Receiver<bool>,
+    ) {
         reporter.report(TaskState::Accepted, "accepted");
         let cd = match self.client() {
             Ok(c) => c,
@@ -244,7 +271,7 @@ impl ContainerdExecutor {
         reporter.report(TaskState::Preparing, "preparing");
         let id = task.id.clone();
         let prepared = tokio::select! {
-            r = self.prepare(&cd, &task) => r,
+            r = self.prepare(&cd, &task, &files) => r,
             _ = wait_stop(&mut stop) => {
                 self.cleanup(&cd, &id).await;
                 return reporter.report(TaskState::Shutdown, "shutdown");
@@ -379,6 +406,7 @@ impl ContainerdExecutor {
         };
         let mut ids: HashSet<String> = containers.into_iter().map(|c| c.id).collect();
         ids.extend(crate::netns::list(&self.inner.netns_dir));
+        ids.extend(files::list(&self.inner.files_dir));
         let orphans: Vec<String> = ids.into_iter().filter(|id| !keep.contains(id)).collect();
         let stops = orphans.iter().map(|id| {
             let cd = cd.clone();
@@ -454,7 +482,12 @@ fn report_end(reporter: &TaskReporter, ended: Result<Ended, ContainerdError>) {
 
 impl ContainerdExecutor {
     /// Pull, /etc files, spec, Containers.Create, Snapshots.Prepare → the rootfs mounts.
-    async fn prepare(&self, cd: &Containerd, task: &Task) -> Result<Prepared, ContainerdError> {
+    async fn prepare(
+        &self,
+        cd: &Containerd,
+        task: &Task,
+        task_files: &TaskFiles,
+    ) -> Result<Prepared, ContainerdError> {
         let image_name = task
             .spec
             .as_ref()
@@ -535,7 +568,11 @@ impl ContainerdExecutor {
             group: etc.get(1).and_then(text),
             etc_dir: Some(etc_dir),
         };
-        let spec = spec::runtime_spec_with(task, &pulled.config, &opts, &files)?;
+        let mut spec = spec::runtime_spec_with(task, &pulled.config, &opts, &files)?;
+        let file_mounts = files::prepare(&self.inner.files_dir, &task.id, task_files)?;
+        if let Some(m) = spec["mounts"].as_array_mut() {
+            m.extend(file_mounts);
+        }
         let spec_bytes = serde_json::to_vec(&spec)
             .map_err(|e| ContainerdError::Invalid(format!("encoding the runtime spec: {e}")))?;
         let stop_signal = spec::stop_signal(task, &pulled.config)? as u32;
@@ -761,6 +798,7 @@ impl ContainerdExecutor {
         if let Err(e) = crate::netns::remove(&ns) {
             tracing::warn!(task = id, "{e}");
         }
+        files::remove(&self.inner.files_dir, id);
     }
 
     /// The snapshotter in use.

@@ -11,6 +11,7 @@ use tonic::Status;
 
 use super::linearize;
 use super::lookup::{find_network, find_service};
+use super::secrets::resolve_references;
 use super::validate::{apply_service_defaults, generated_name, validate_service_spec};
 use crate::api::{propose_status, store_status};
 use crate::orchestrator::task::{fresh_spec_version, restored_spec_version};
@@ -197,6 +198,7 @@ pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<S
             )));
         }
         resolve_networks(&st, &mut spec)?;
+        resolve_references(&st, &mut spec)?;
         check_data_path_port(&st, &spec)?;
         check_manager_ports(&st, &spec)?;
         check_port_conflicts(&st, &spec, None)?;
@@ -294,6 +296,7 @@ fn updated_service(
     apply_service_defaults(&mut spec);
     validate_service_spec(&spec)?;
     resolve_networks(st, &mut spec)?;
+    resolve_references(st, &mut spec)?;
     check_data_path_port(st, &spec)?;
     check_manager_ports(st, &spec)?;
     check_port_conflicts(st, &spec, Some(&current.id))?;

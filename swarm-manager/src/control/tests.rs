@@ -10,18 +10,18 @@ use crate::api::{LocalCaller, WORKER_DENIED};
 use crate::router::Router;
 use crate::store::{Kind, Object, Op, Store};
 
-fn api() -> (ControlApi, Store) {
+pub(super) fn api() -> (ControlApi, Store) {
     let store = Store::memory();
     (ControlApi::new(store.clone(), Router::local()), store)
 }
 
-fn local<T>(msg: T) -> Request<T> {
+pub(super) fn local<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.extensions_mut().insert(LocalCaller);
     r
 }
 
-fn spec(name: &str, image: &str) -> ServiceSpec {
+pub(super) fn spec(name: &str, image: &str) -> ServiceSpec {
     ServiceSpec {
         name: name.into(),
         task: Some(TaskSpec {
@@ -35,7 +35,7 @@ fn spec(name: &str, image: &str) -> ServiceSpec {
     }
 }
 
-async fn create(api: &ControlApi, s: ServiceSpec) -> Result<Service, Status> {
+pub(super) async fn create(api: &ControlApi, s: ServiceSpec) -> Result<Service, Status> {
     api.create_service(local(CreateServiceRequest { spec: Some(s) }))
         .await
         .map(|r| r.into_inner())
@@ -49,7 +49,7 @@ async fn get(api: &ControlApi, r: &str) -> Result<Service, Status> {
     .map(|r| r.into_inner())
 }
 
-async fn update(
+pub(super) async fn update(
     api: &ControlApi,
     id: &str,
     version: u64,

@@ -1,6 +1,6 @@
 //! The stored object kinds, a sum type over them, and the name a task goes by.
 
-use proto::{Cluster, Meta, Network, Node, Service, Task};
+use proto::{Cluster, Config, Meta, Network, Node, Secret, Service, Task};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -10,6 +10,8 @@ pub enum Kind {
     Service,
     Task,
     Network,
+    Secret,
+    Config,
 }
 
 impl std::fmt::Display for Kind {
@@ -20,6 +22,8 @@ impl std::fmt::Display for Kind {
             Kind::Service => "service",
             Kind::Task => "task",
             Kind::Network => "network",
+            Kind::Secret => "secret",
+            Kind::Config => "config",
         })
     }
 }
@@ -34,6 +38,8 @@ pub enum Object {
     Service(Service),
     Task(Task),
     Network(Network),
+    Secret(Secret),
+    Config(Config),
 }
 
 impl Object {
@@ -44,6 +50,8 @@ impl Object {
             Object::Service(_) => Kind::Service,
             Object::Task(_) => Kind::Task,
             Object::Network(_) => Kind::Network,
+            Object::Secret(_) => Kind::Secret,
+            Object::Config(_) => Kind::Config,
         }
     }
 
@@ -54,14 +62,18 @@ impl Object {
             Object::Service(o) => &o.id,
             Object::Task(o) => &o.id,
             Object::Network(o) => &o.id,
+            Object::Secret(o) => &o.id,
+            Object::Config(o) => &o.id,
         }
     }
 
-    /// The unique name of services and networks; other kinds have none.
+    /// The unique name of services, networks, secrets and configs; other kinds have none.
     pub fn unique_name(&self) -> Option<&str> {
         match self {
             Object::Service(s) => s.spec.as_ref().map(|s| s.name.as_str()),
             Object::Network(n) => n.spec.as_ref().map(|s| s.name.as_str()),
+            Object::Secret(o) => o.spec.as_ref().map(|s| s.name.as_str()),
+            Object::Config(o) => o.spec.as_ref().map(|s| s.name.as_str()),
             _ => None,
         }
     }
@@ -73,6 +85,8 @@ impl Object {
             Object::Service(o) => o.meta.as_ref(),
             Object::Task(o) => o.meta.as_ref(),
             Object::Network(o) => o.meta.as_ref(),
+            Object::Secret(o) => o.meta.as_ref(),
+            Object::Config(o) => o.meta.as_ref(),
         }
     }
 
@@ -83,6 +97,8 @@ impl Object {
             Object::Service(o) => &mut o.meta,
             Object::Task(o) => &mut o.meta,
             Object::Network(o) => &mut o.meta,
+            Object::Secret(o) => &mut o.meta,
+            Object::Config(o) => &mut o.meta,
         };
         m.get_or_insert_with(Meta::default)
     }
@@ -101,7 +117,7 @@ macro_rules! object_from {
         }
     )*};
 }
-object_from!(Cluster, Node, Service, Task, Network);
+object_from!(Cluster, Node, Service, Task, Network, Secret, Config);
 
 /// `<service>.<slot>.<id>` for replicated tasks, `<service>.<node>.<id>` for global ones.
 pub fn task_name(t: &Task) -> String {

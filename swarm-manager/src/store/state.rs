@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use proto::{Cluster, Meta, Network, Node, Service, Task, TaskState};
+use proto::{Cluster, Config, Meta, Network, Node, Secret, Service, Task, TaskState};
 use serde::{Deserialize, Serialize};
 
 use super::object::{Kind, Object};
@@ -17,6 +17,9 @@ pub struct State {
     services: BTreeMap<String, Service>,
     tasks: HashMap<String, Task>,
     networks: BTreeMap<String, Network>,
+    /// Secrets and configs, few and small: looked up by name with a scan.
+    secrets: BTreeMap<String, Secret>,
+    configs: BTreeMap<String, Config>,
     #[serde(skip)]
     index: Indexes,
 }
@@ -184,6 +187,29 @@ impl State {
         self.networks.values()
     }
 
+    pub fn secret(&self, id: &str) -> Option<&Secret> {
+        self.secrets.get(id)
+    }
+    pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
+        self.secrets.values()
+    }
+    pub fn secret_by_name(&self, name: &str) -> Option<&Secret> {
+        self.secrets
+            .values()
+            .find(|o| o.spec.as_ref().is_some_and(|s| s.name == name))
+    }
+    pub fn config(&self, id: &str) -> Option<&Config> {
+        self.configs.get(id)
+    }
+    pub fn configs(&self) -> impl Iterator<Item = &Config> {
+        self.configs.values()
+    }
+    pub fn config_by_name(&self, name: &str) -> Option<&Config> {
+        self.configs
+            .values()
+            .find(|o| o.spec.as_ref().is_some_and(|s| s.name == name))
+    }
+
     pub fn get(&self, kind: Kind, id: &str) -> Option<Object> {
         match kind {
             Kind::Cluster => self.clusters.get(id).cloned().map(Object::Cluster),
@@ -191,6 +217,8 @@ impl State {
             Kind::Service => self.services.get(id).cloned().map(Object::Service),
             Kind::Task => self.tasks.get(id).cloned().map(Object::Task),
             Kind::Network => self.networks.get(id).cloned().map(Object::Network),
+            Kind::Secret => self.secrets.get(id).cloned().map(Object::Secret),
+            Kind::Config => self.configs.get(id).cloned().map(Object::Config),
         }
     }
 
@@ -559,12 +587,14 @@ impl State {
         let Some(name) = obj.unique_name() else {
             return Ok(());
         };
-        let index = match obj.kind() {
-            Kind::Service => &self.index.service_names,
-            Kind::Network => &self.index.network_names,
+        let taken = match obj.kind() {
+            Kind::Service => self.index.service_names.get(name),
+            Kind::Network => self.index.network_names.get(name),
+            Kind::Secret => self.secret_by_name(name).map(|o| &o.id),
+            Kind::Config => self.config_by_name(name).map(|o| &o.id),
             _ => return Ok(()),
         };
-        match index.get(name) {
+        match taken {
             Some(id) if Some(id.as_str()) != self_id => Err(StoreError::NameConflict {
                 kind: obj.kind(),
                 name: name.to_string(),
@@ -619,6 +649,12 @@ impl State {
                 }
                 self.networks.insert(n.id.clone(), n);
             }
+            Object::Secret(o) => {
+                self.secrets.insert(o.id.clone(), o);
+            }
+            Object::Config(o) => {
+                self.configs.insert(o.id.clone(), o);
+            }
         }
     }
 
@@ -646,6 +682,12 @@ impl State {
                         self.index.network_names.remove(&spec.name);
                     }
                 }
+            }
+            Kind::Secret => {
+                self.secrets.remove(id);
+            }
+            Kind::Config => {
+                self.configs.remove(id);
             }
         }
     }
@@ -845,6 +887,58 @@ mod tests {
         assert_eq!(back.service_by_name("web").unwrap().id, "a");
         assert_eq!(back.tasks_of_service("a").count(), 1);
         assert_eq!(back.count_in_state(TaskState::New), 1);
+    }
+
+    #[test]
+    fn secrets_and_configs_have_unique_names_per_kind_and_survive_snapshots() {
+        use proto::{Config, ConfigSpec, Secret, SecretSpec};
+        let secret = |id: &str| {
+            Object::Secret(Secret {
+                id: id.into(),
+                meta: None,
+                spec: Some(SecretSpec {
+                    name: "db_pw".into(),
+                    data: b"pw".to_vec(),
+                    ..Default::default()
+                }),
+            })
+        };
+        let mut s = State::default();
+        let r = s.apply(1, &Request::atomic(vec![Op::Create(secret("s1"))]));
+        assert!(r.into_objects().is_ok());
+        let r = s.apply(2, &Request::atomic(vec![Op::Create(secret("s2"))]));
+        assert!(matches!(
+            r.into_objects(),
+            Err(StoreError::NameConflict {
+                kind: Kind::Secret,
+                ..
+            })
+        ));
+        let config = Object::Config(Config {
+            id: "c1".into(),
+            meta: None,
+            spec: Some(ConfigSpec {
+                name: "db_pw".into(),
+                data: b"x".to_vec(),
+                ..Default::default()
+            }),
+        });
+        assert!(s
+            .apply(3, &Request::atomic(vec![Op::Create(config)]))
+            .into_objects()
+            .is_ok());
+        let back = State::from_bytes(&s.to_bytes()).unwrap();
+        assert_eq!(back.secret_by_name("db_pw").unwrap().id, "s1");
+        assert_eq!(back.config("c1").unwrap().spec.as_ref().unwrap().data, b"x");
+        let mut back = back;
+        back.apply(
+            4,
+            &Request::atomic(vec![Op::Delete {
+                kind: Kind::Secret,
+                id: "s1".into(),
+            }]),
+        );
+        assert!(back.secret("s1").is_none() && back.secrets().next().is_none());
     }
 
     #[test]
