@@ -38,6 +38,9 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     pub hostname: String,
     pub metrics_addr: Option<SocketAddr>,
+    /// The data plane the agent chose at start, reported in the node's description
+    /// (`node inspect`); None when the daemon has none to report (the test agent).
+    pub data_plane: Option<proto::DataPlaneInfo>,
 }
 
 /// What `swarm info` and the CLI's node marker need, readable without locks held long.
@@ -151,6 +154,7 @@ impl Agent {
             resources: Some(d.resources),
             engine_labels: d.engine_labels,
             engine_version: d.engine_version,
+            data_plane: self.cfg.data_plane.clone(),
         }
     }
 
