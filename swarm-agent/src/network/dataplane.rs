@@ -154,6 +154,22 @@ pub struct Dataplane {
     inner: Mutex<Inner>,
 }
 
+/// The loaded tc program `program`.
+fn tc_program<'a>(
+    inner: &'a mut Inner,
+    program: &'static str,
+) -> Result<&'a mut SchedClassifier, DataplaneError> {
+    inner
+        .ebpf
+        .program_mut(program)
+        .ok_or(DataplaneError::Missing(program))?
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            name: program,
+            source,
+        })
+}
+
 /// Whether `path` is on a bpffs.
 fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
@@ -360,15 +376,7 @@ impl Dataplane {
             reason,
         };
         let mut inner = self.lock();
-        let prog: &mut SchedClassifier = inner
-            .ebpf
-            .program_mut(program)
-            .ok_or(DataplaneError::Missing(program))?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: program,
-                source,
-            })?;
+        let prog = tc_program(&mut inner, program)?;
         // Already there on an interface of an earlier agent (EEXIST): fine.
         let _ = aya::programs::tc::qdisc_add_clsact(iface);
         let existing = SchedClassifierLink::attached(
@@ -444,15 +452,7 @@ impl Dataplane {
         };
         let pin = self.link_pin(iface);
         let mut inner = self.lock();
-        let prog: &mut SchedClassifier = inner
-            .ebpf
-            .program_mut(program)
-            .ok_or(DataplaneError::Missing(program))?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: program,
-                source,
-            })?;
+        let prog = tc_program(&mut inner, program)?;
         let old = match PinnedLink::from_pin(&pin) {
             Ok(p) => p.unpin().ok(),
             Err(_) => None,

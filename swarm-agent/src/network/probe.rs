@@ -373,11 +373,13 @@ impl fmt::Display for Choice {
 pub enum ChoiceError {
     #[error("--data-plane ipvs: the IPVS data plane is not built yet; use --data-plane ebpf (kernels with every feature `swarm-agent probe` lists) or --data-plane none")]
     IpvsNotBuilt,
-    #[error("--data-plane {requested}: kernel {kernel} lacks what the eBPF data plane needs: {}{}; `swarm-agent probe` lists every feature (ARCHITECTURE.md has the kernel versions), or run with --data-plane none (tasks on networks are then refused)", missing.join(", "), if *requested == "auto" { " (the IPVS fallback is not built yet)" } else { "" })]
+    #[error("--data-plane {requested}: kernel {kernel} lacks what the eBPF data plane needs: {}{}{}; `swarm-agent probe` lists every feature (ARCHITECTURE.md has the kernel versions), or run with --data-plane none (tasks on networks are then refused)", missing.join(", "), if failed.is_empty() { String::new() } else { format!(" (probes that failed: {})", failed.join("; ")) }, if *requested == "auto" { " (the IPVS fallback is not built yet)" } else { "" })]
     EbpfUnsupported {
         requested: &'static str,
         kernel: String,
         missing: Vec<&'static str>,
+        /// "feature: why" for each probe that failed (e.g. without CAP_BPF).
+        failed: Vec<String>,
     },
     #[error(
         "--tc-attach tcx: kernel {kernel} has no TCX (Linux 6.6+); use --tc-attach legacy or auto"
@@ -403,6 +405,14 @@ pub fn choose(
             requested: requested_name,
             kernel: probe.release.clone(),
             missing,
+            failed: probe
+                .results
+                .iter()
+                .filter_map(|(f, r)| match r {
+                    Probed::Failed(e) if f.required => Some(format!("{}: {e}", f.name)),
+                    _ => None,
+                })
+                .collect(),
         });
     }
     let tcx = probe.has("tcx");
@@ -514,6 +524,19 @@ mod tests {
         assert!(msg.contains("helper_redirect_peer"), "{msg}");
         assert!(!msg.contains("tcx"), "tcx is optional: {msg}");
         assert!(msg.contains("IPVS fallback is not built yet"), "{msg}");
+        // A probe that could not run (no CAP_BPF) counts as missing, with its reason.
+        let mut p = probe(&[]);
+        p.results[0].1 = Probed::Failed("Operation not permitted".into());
+        let msg = choose(DataPlaneRequest::Ebpf, TcAttachRequest::Auto, &p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(
+                "prog_sched_cls (probes that failed: prog_sched_cls: Operation not permitted)"
+            ),
+            "{msg}"
+        );
+        assert!(!msg.contains("IPVS"), "{msg}");
         let e = choose(DataPlaneRequest::Ipvs, TcAttachRequest::Auto, &probe(&[])).unwrap_err();
         assert_eq!(e, ChoiceError::IpvsNotBuilt);
         let c = choose(DataPlaneRequest::None, TcAttachRequest::Auto, &probe(&[])).unwrap();
