@@ -1,7 +1,8 @@
 //! `swarm-agent [--data-root DIR] [--socket PATH] [--hostname NAME] [--metrics-addr ADDR]
 //! [--executor containerd|none] [--containerd-socket PATH] [--containerd-namespace NS]
-//! [--cgroup-parent NAME] [--exec-root DIR] [--bpf-root DIR] [--data-plane ebpf|none]
-//! [--resolv-conf PATH]`
+//! [--cgroup-parent NAME] [--exec-root DIR] [--bpf-root DIR] [--data-plane auto|ebpf|ipvs|none]
+//! [--tc-attach auto|tcx|legacy] [--resolv-conf PATH]`; `swarm-agent probe` prints what the
+//! kernel offers the data plane and what the agent would choose.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use swarm_agent::containerd::ContainerdExecutor;
+use swarm_agent::network::probe::{
+    self, Choice, DataPlaneRequest, KernelProbe, Mode, TcAttachRequest,
+};
 use swarm_agent::network::view::ViewHandle;
 use swarm_agent::network::{Networking, NetworkingConfig};
 use swarm_agent::{AgentConfig, Executor, UnsupportedExecutor};
@@ -23,15 +27,60 @@ enum ExecutorKind {
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum DataPlaneKind {
+    /// The best the kernel runs (probed at start): the eBPF data plane; the agent refuses to
+    /// start, naming what is missing, on a kernel without what it needs.
+    Auto,
     /// The eBPF data plane: overlay networks, service VIPs, DNS at 127.0.0.11.
     Ebpf,
+    /// The IPVS data plane for older kernels: not built yet (refused).
+    Ipvs,
     /// None: tasks attached to networks are rejected (for hosts that must not be touched).
     None,
+}
+
+impl From<DataPlaneKind> for DataPlaneRequest {
+    fn from(k: DataPlaneKind) -> Self {
+        match k {
+            DataPlaneKind::Auto => DataPlaneRequest::Auto,
+            DataPlaneKind::Ebpf => DataPlaneRequest::Ebpf,
+            DataPlaneKind::Ipvs => DataPlaneRequest::Ipvs,
+            DataPlaneKind::None => DataPlaneRequest::None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TcAttachKind {
+    /// TCX links where the kernel has them (6.6+), clsact qdisc filters elsewhere.
+    Auto,
+    /// TCX links (refused on a kernel without them).
+    Tcx,
+    /// clsact qdisc filters, even where TCX exists.
+    Legacy,
+}
+
+impl From<TcAttachKind> for TcAttachRequest {
+    fn from(k: TcAttachKind) -> Self {
+        match k {
+            TcAttachKind::Auto => TcAttachRequest::Auto,
+            TcAttachKind::Tcx => TcAttachRequest::Tcx,
+            TcAttachKind::Legacy => TcAttachRequest::Legacy,
+        }
+    }
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Probe what the kernel offers the data plane, print it and the mode `--data-plane` and
+    /// `--tc-attach` would give, and exit (status 1 when no mode fits).
+    Probe,
 }
 
 #[derive(Parser)]
 #[command(name = "swarm-agent", version, about = "The swarm node daemon")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Where the node keeps its membership, certificates and Raft data.
     #[arg(long, default_value = "/var/lib/swarm")]
     data_root: PathBuf,
@@ -65,8 +114,11 @@ struct Args {
     #[arg(long, default_value = "/sys/fs/bpf/swarm")]
     bpf_root: PathBuf,
     /// The network data plane.
-    #[arg(long, value_enum, default_value = "ebpf")]
+    #[arg(long, value_enum, default_value = "auto", global = true)]
     data_plane: DataPlaneKind,
+    /// How the eBPF data plane attaches its tc programs.
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    tc_attach: TcAttachKind,
     /// The node's resolvers: where the embedded DNS server (127.0.0.11 in tasks) forwards
     /// names it does not know. Re-read when it changes.
     #[arg(long, default_value = "/etc/resolv.conf")]
@@ -118,6 +170,20 @@ async fn daemon() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if let Some(Command::Probe) = args.command {
+        let p = KernelProbe::run();
+        print!("{}", probe::report(&p));
+        match probe::choose(args.data_plane.into(), args.tc_attach.into(), &p) {
+            Ok(c) => {
+                println!("{c}");
+                return Ok(());
+            }
+            Err(e) => {
+                println!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     if args.cgroup_parent.trim_matches('/').is_empty() || args.cgroup_parent.contains("..") {
         anyhow::bail!(
             "invalid --cgroup-parent {:?}: give a cgroup name such as \"swarm\"",
@@ -126,6 +192,32 @@ async fn daemon() -> anyhow::Result<()> {
     }
     // The manager's metrics come first on /metrics, before the executor's and the data plane's.
     std::sync::LazyLock::force(&swarm_manager::metrics::METRICS);
+    let choice = match args.executor {
+        ExecutorKind::None => Choice::none("--executor none: the node runs no tasks"),
+        ExecutorKind::Containerd => match args.data_plane {
+            DataPlaneKind::None => Choice::none("--data-plane none"),
+            requested => {
+                probe::choose(requested.into(), args.tc_attach.into(), &KernelProbe::run())?
+            }
+        },
+    };
+    tracing::info!(
+        mode = choice.mode.as_str(),
+        tc_attach = choice.attach_str(),
+        missing = %choice.missing.join(","),
+        kernel = %choice.kernel,
+        "{choice}"
+    );
+    swarm_common::metrics::register(
+        "agent_data_plane",
+        "The data plane the agent chose at start: its mode, how tc programs attach, and the kernel features it works around",
+        prometheus_client::metrics::info::Info::new(vec![
+            ("mode", choice.mode.as_str().to_string()),
+            ("attach", choice.attach_str().to_string()),
+            ("missing", choice.missing.join(",")),
+            ("kernel", choice.kernel.clone()),
+        ]),
+    );
     let (executor, networking): (Arc<dyn Executor>, _) = match args.executor {
         ExecutorKind::None => (Arc::new(UnsupportedExecutor), None),
         ExecutorKind::Containerd => {
@@ -137,20 +229,21 @@ async fn daemon() -> anyhow::Result<()> {
             .with_state_dir(args.data_root.join("tasks"))
             .with_netns_dir(args.exec_root.join("netns"))
             .with_files_dir(args.exec_root.join("files"));
-            match args.data_plane {
-                DataPlaneKind::None => (Arc::new(executor) as Arc<dyn Executor>, None),
-                DataPlaneKind::Ebpf => {
+            match (choice.mode, choice.attach) {
+                (Mode::Ebpf, Some(tc_attach)) => {
                     let networking = Networking::new(
                         NetworkingConfig {
                             bpf_dir: args.bpf_root.clone(),
                             cgroup_dir: cgroup_dir(&args.cgroup_parent),
                             resolv_conf: args.resolv_conf.clone(),
+                            tc_attach,
                         },
                         ViewHandle::default(),
                     );
                     let executor = executor.with_network(networking.clone());
                     (Arc::new(executor) as Arc<dyn Executor>, Some(networking))
                 }
+                _ => (Arc::new(executor) as Arc<dyn Executor>, None),
             }
         }
     };
@@ -168,6 +261,7 @@ async fn daemon() -> anyhow::Result<()> {
             socket: args.socket,
             hostname: args.hostname.unwrap_or_else(host_name),
             metrics_addr,
+            data_plane: Some(choice.to_proto()),
         },
         executor,
         networking,

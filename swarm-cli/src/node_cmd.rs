@@ -231,6 +231,17 @@ pub fn pretty(n: &Node) -> String {
     ));
     s.push_str(&format!("\nEngine Version:\t\t{}", desc.engine_version));
     s.push_str(&labels_block("Engine Labels", &desc.engine_labels));
+    if let Some(dp) = desc.data_plane.as_ref().filter(|d| !d.mode.is_empty()) {
+        s.push_str(&format!("\nData Plane:\n Mode:\t\t\t{}", dp.mode));
+        if !dp.tc_attach.is_empty() {
+            s.push_str(&format!("\n TC Attach:\t\t{}", dp.tc_attach));
+        }
+        if !dp.missing.is_empty() {
+            s.push_str(&format!("\n Missing:\t\t{}", dp.missing.join(", ")));
+        }
+        s.push_str(&format!("\n Kernel:\t\t{}", dp.kernel));
+        s.push_str(&format!("\n Reason:\t\t{}", dp.reason));
+    }
     if !n.port_conflicts.is_empty() {
         s.push_str("\nPublished ports a process of the node listens on too:");
         for c in &n.port_conflicts {
@@ -589,5 +600,22 @@ mod tests {
         assert!(p.contains("\nManager Status:\n Address:\t\t10.0.0.1:2377\n Raft Status:\t\tReachable\n Leader:\t\tYes\n"));
         assert!(p.contains("\nResources:\n CPUs:\t\t\t4\n Memory:\t\t8GiB\n"));
         assert!(p.ends_with("Engine Version:\t\t0.1.0\n"));
+    }
+
+    #[test]
+    fn pretty_shows_the_data_plane_the_agent_chose() {
+        let mut n = node("n1", "host1", None);
+        n.description.as_mut().unwrap().data_plane = Some(proto::DataPlaneInfo {
+            mode: "ebpf".into(),
+            tc_attach: "legacy".into(),
+            missing: vec!["tcx".into()],
+            reason: "no TCX".into(),
+            kernel: "6.1.0-28-amd64".into(),
+        });
+        let p = pretty(&n);
+        assert!(
+            p.ends_with("\nData Plane:\n Mode:\t\t\tebpf\n TC Attach:\t\tlegacy\n Missing:\t\ttcx\n Kernel:\t\t6.1.0-28-amd64\n Reason:\t\tno TCX\n"),
+            "{p}"
+        );
     }
 }

@@ -151,9 +151,9 @@ impl Dispatcher {
         self.store
             .update_node(node_id, |n| {
                 if let Some(mut d) = desc.clone() {
-                    // The CA records the node's TLS information when it issues a certificate.
-                    let tls = n.description.as_mut().and_then(|old| old.tls_info.take());
-                    d.tls_info = d.tls_info.or(tls);
+                    // The CA records the node's TLS information when it issues a certificate;
+                    // what an agent sends there is not its to say.
+                    d.tls_info = n.description.as_mut().and_then(|old| old.tls_info.take());
                     n.description = Some(d);
                 }
                 n.status = Some(NodeStatus {

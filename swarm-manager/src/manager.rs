@@ -194,7 +194,7 @@ impl Manager {
                     proto::health_server::HealthServer::new(HealthService {
                         router: router.clone(),
                     })
-                        .max_decoding_message_size(limits::SMALL),
+                    .max_decoding_message_size(limits::SMALL),
                 );
             tasks.spawn(async move {
                 if let Err(e) = server.serve_with_incoming(incoming).await {

@@ -4,6 +4,8 @@
 //! ([`setup`]) and re-runs the command as the full xtask where one is needed.
 //!
 //! - `cargo xtask test [-- ARGS]`: what CI runs (every binary built, every test run).
+//! - `cargo xtask vm-test`: the data-plane tests on Debian 12's 6.1 kernel (no TCX) in a VM
+//!   (virtme-ng, QEMU without KVM); part of `test`.
 //! - `cargo xtask lab [up|exec|registry|status|down]`: the multi-node lab (a network namespace,
 //!   containerd and swarm-agent per node; see xtask/src/lab.rs).
 //! - `cargo xtask bench scheduler [--runs 3] [--only NODESxTASKS]`: the scheduler benchmark
@@ -28,6 +30,7 @@ mod bench;
 mod lab;
 mod setup;
 mod test;
+mod vm;
 mod workspace;
 
 use std::path::PathBuf;
@@ -53,6 +56,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         extra: Vec<String>,
     },
+    /// The data-plane tests on Debian 12's 6.1 kernel (no TCX: legacy tc) booted in a VM
+    /// (virtme-ng, QEMU without KVM), with the host-built binaries.
+    VmTest,
     /// The multi-node lab: one network namespace, containerd and swarm-agent per node, and a
     /// registry with the test images. Without a verb: `up --managers 3 --workers 2`, a demo
     /// service, then exit leaving the lab running.
@@ -267,6 +273,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Test { extra } => test::run(&extra),
+        Cmd::VmTest => vm::run(),
         Cmd::Lab { root, verb } => lab(&root, verb),
         Cmd::Bench {
             what:

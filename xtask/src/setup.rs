@@ -67,6 +67,11 @@ fn ensure_packages(list: &[(&str, &str)]) -> anyhow::Result<()> {
         .filter(|(path, _)| !Path::new(path).exists())
         .map(|(_, pkg)| *pkg)
         .collect();
+    apt_install(&missing)
+}
+
+/// Installs Debian packages with apt-get (as root), or says what to install.
+fn apt_install(missing: &[&str]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
@@ -88,7 +93,7 @@ fn ensure_packages(list: &[(&str, &str)]) -> anyhow::Result<()> {
     };
     apt(&["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(&missing);
+    args.extend(missing);
     apt(&args)
 }
 
@@ -153,6 +158,79 @@ fn ensure_toolchains() -> anyhow::Result<()> {
 pub fn ensure() -> anyhow::Result<()> {
     ensure_packages(PACKAGES)?;
     ensure_toolchains()
+}
+
+/// What `vm-test` boots the older kernel with (see ../shared/toolchain.md, "An older kernel
+/// in a VM"): QEMU, udev (virtme-ng's guest init needs it to hand the exit status back), kmod
+/// (modules in the guest), and Debian's own kernel.
+const VM_PACKAGES: &[(&str, &str)] = &[
+    ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
+    ("/usr/bin/udevadm", "udev"),
+    ("/usr/sbin/modprobe", "kmod"),
+    ("/usr/bin/mountpoint", "util-linux"),
+];
+/// virtme-ng from PyPI in a virtual environment of its own.
+const VNG_VERSION: &str = "1.42";
+const VNG_VENV: &str = "/opt/vng";
+
+/// What the VM test boots.
+pub struct Vm {
+    /// virtme-ng's `vng`.
+    pub vng: std::path::PathBuf,
+    /// The newest installed Debian 6.1 kernel image.
+    pub kernel: std::path::PathBuf,
+}
+
+/// The newest /boot/vmlinuz-6.1.*-amd64 (package names move with Debian's updates).
+fn kernel_6_1() -> Option<std::path::PathBuf> {
+    let mut found: Vec<(Vec<u32>, std::path::PathBuf)> = std::fs::read_dir("/boot")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let version = name.strip_prefix("vmlinuz-6.1.")?.strip_suffix("-amd64")?;
+            let key = version
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            Some((key, e.path()))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p)
+}
+
+/// Everything `vm-test` needs: the packages, Debian's 6.1 kernel (`linux-image-amd64` on
+/// Debian 12), virtme-ng.
+pub fn ensure_vm() -> anyhow::Result<Vm> {
+    ensure_packages(VM_PACKAGES)?;
+    if kernel_6_1().is_none() {
+        apt_install(&["linux-image-amd64"])?;
+    }
+    let kernel = kernel_6_1().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no /boot/vmlinuz-6.1.*-amd64 after installing linux-image-amd64: the VM test needs Debian 12's 6.1 kernel"
+        )
+    })?;
+    let vng = Path::new(VNG_VENV).join("bin/vng");
+    let have = output(Command::new(&vng).arg("--version"));
+    if !have.contains(VNG_VERSION) {
+        ensure_packages(&[("/usr/share/doc/python3-venv", "python3-venv")])?;
+        println!("installing virtme-ng {VNG_VERSION} in {VNG_VENV}");
+        run(
+            Command::new("python3").args(["-m", "venv", VNG_VENV]),
+            "python3 -m venv",
+        )?;
+        run(
+            Command::new(Path::new(VNG_VENV).join("bin/pip")).args([
+                "install",
+                "-q",
+                &format!("virtme-ng=={VNG_VERSION}"),
+            ]),
+            "pip install virtme-ng",
+        )?;
+    }
+    Ok(Vm { vng, kernel })
 }
 
 /// Everything the benchmarks need too.

@@ -1,9 +1,28 @@
 //! `cargo xtask test`: what CI runs. Installs what the build and the tests need when it is
 //! missing ([`crate::setup`]), builds every binary the end-to-end tests start and the static
-//! whoami binary of the lab's test images, then runs the whole suite.
+//! whoami binary of the lab's test images, then runs the whole suite; then the data-plane
+//! tests again with legacy tc forced (clsact filters on this kernel with TCX), and in a VM
+//! with Debian 12's 6.1 kernel ([`crate::vm`]).
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     crate::setup::ensure()?;
+    build_for_tests()?;
+    // xtask's own tests (the benchmarks' pure parts) need its full feature set.
+    let mut args = vec![
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+        "--features",
+        "xtask/lab",
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    crate::workspace::cargo(&args)?;
+    legacy_tc()?;
+    crate::vm::run()
+}
+
+/// Every binary the end-to-end tests start, and the lab's test images.
+pub fn build_for_tests() -> anyhow::Result<()> {
     crate::workspace::cargo(&["build", "--workspace", "--bins"])?;
     // The lab tests make their `whoami` image from the static musl binary; a test must not run
     // cargo itself (the test run holds the build lock), so it is built here, by the full xtask.
@@ -17,15 +36,22 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         "--",
         "images",
         "build",
-    ])?;
-    // xtask's own tests (the benchmarks' pure parts) need its full feature set.
-    let mut args = vec![
-        "test",
-        "--workspace",
-        "--no-fail-fast",
-        "--features",
-        "xtask/lab",
-    ];
-    args.extend(extra.iter().map(String::as_str));
-    crate::workspace::cargo(&args)
+    ])
+}
+
+/// swarm-agent's data-plane tests with the programs attached as clsact filters
+/// (`SWARM_TEST_TC_ATTACH=legacy`), the way kernels before 6.6 run them.
+fn legacy_tc() -> anyhow::Result<()> {
+    println!("the data-plane tests again with legacy tc (clsact filters)");
+    let bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(&bin)
+        .args(["test", "-p", "swarm-agent", "--lib", "--"])
+        .args(["--test-threads=1", "network::tests::", "network::probe::"])
+        .env("SWARM_TEST_TC_ATTACH", "legacy")
+        .current_dir(crate::workspace::workspace_root())
+        .status()?;
+    if !status.success() {
+        anyhow::bail!("swarm-agent's data-plane tests with legacy tc failed ({status})");
+    }
+    Ok(())
 }

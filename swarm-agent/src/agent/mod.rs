@@ -38,6 +38,9 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     pub hostname: String,
     pub metrics_addr: Option<SocketAddr>,
+    /// The data plane the agent chose at start, reported in the node's description
+    /// (`node inspect`); None when the daemon has none to report (the test agent).
+    pub data_plane: Option<proto::DataPlaneInfo>,
 }
 
 /// What `swarm info` and the CLI's node marker need, readable without locks held long.
@@ -178,6 +181,7 @@ impl Agent {
             engine_version: d.engine_version,
             // The CA records it when it issues the node's certificate.
             tls_info: None,
+            data_plane: self.cfg.data_plane.clone(),
         }
     }
 

@@ -5,6 +5,14 @@
 //! the maps under `maps/` (the loader reuses them by name) and the TCX links under `links/`.
 //! A restarted agent finds both: packets keep flowing while it is away, and on start it
 //! atomically swaps its freshly loaded programs into the pinned links (`bpf_link_update`).
+//!
+//! Without TCX (kernels before 6.6, or `--tc-attach legacy`) the same programs are cls_bpf
+//! filters on the interface's clsact qdisc, always at priority [`LEGACY_PRIORITY`] and handle
+//! [`LEGACY_HANDLE`]. Such a filter holds its program without any process, so it keeps
+//! forwarding while the agent is away; a restarted agent sends the filter again at the same
+//! priority and handle without `NLM_F_CREATE`, which cls_bpf takes as a change of the filter in
+//! place (the new program replaces the old one atomically, the filter is never absent). An
+//! empty directory `links/tc-legacy-<iface>` marks each such filter (bpffs holds no files).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -15,7 +23,7 @@ use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use aya::programs::cgroup_skb::CgroupSkbAttachType;
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
 use aya::programs::{CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use swarm_ebpf_common::{
@@ -25,6 +33,13 @@ use swarm_ebpf_common::{
 
 /// Indexes of the per-published-port counters ([`Dataplane::port_stats`]).
 pub use swarm_ebpf_common::port_stat;
+
+pub use super::probe::TcAttach;
+
+/// The priority of the agent's cls_bpf filters (`--tc-attach legacy`).
+pub const LEGACY_PRIORITY: u16 = 1;
+/// The handle of the agent's cls_bpf filters at [`LEGACY_PRIORITY`].
+pub const LEGACY_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 /// The programs, built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/swarm-ebpf"));
@@ -135,7 +150,24 @@ struct Inner {
 /// The loaded data plane. Cheap calls, all synchronous (map updates are system calls).
 pub struct Dataplane {
     dir: PathBuf,
+    attach: TcAttach,
     inner: Mutex<Inner>,
+}
+
+/// The loaded tc program `program`.
+fn tc_program<'a>(
+    inner: &'a mut Inner,
+    program: &'static str,
+) -> Result<&'a mut SchedClassifier, DataplaneError> {
+    inner
+        .ebpf
+        .program_mut(program)
+        .ok_or(DataplaneError::Missing(program))?
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            name: program,
+            source,
+        })
 }
 
 /// Whether `path` is on a bpffs.
@@ -186,8 +218,8 @@ fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
 
 impl Dataplane {
     /// Loads the programs, reusing the maps pinned under `dir/maps` (creating them the first
-    /// time).
-    pub fn load(dir: &Path) -> Result<Dataplane, DataplaneError> {
+    /// time); tc programs will attach as `attach` says.
+    pub fn load(dir: &Path, attach: TcAttach) -> Result<Dataplane, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoPrograms);
         }
@@ -290,6 +322,7 @@ impl Dataplane {
         };
         Ok(Dataplane {
             dir: dir.to_path_buf(),
+            attach,
             inner: Mutex::new(Inner { ebpf, maps, shadow }),
         })
     }
@@ -303,14 +336,115 @@ impl Dataplane {
         &self.dir
     }
 
+    /// How tc programs attach.
+    pub fn tc_attach(&self) -> TcAttach {
+        self.attach
+    }
+
     fn link_pin(&self, iface: &str) -> PathBuf {
         self.dir.join("links").join(format!("tc-ingress-{iface}"))
     }
 
-    /// Attaches `program` to the tc ingress of `iface` (in the agent's network namespace)
-    /// through a pinned TCX link. A link pinned by an earlier agent is taken over and its
-    /// program swapped atomically: no packet goes unhandled.
+    fn legacy_mark(&self, iface: &str) -> PathBuf {
+        self.dir.join("links").join(format!("tc-legacy-{iface}"))
+    }
+
+    /// Attaches `program` to the tc ingress of `iface` (in the agent's network namespace):
+    /// a pinned TCX link, or a clsact filter with `--tc-attach legacy`. What an earlier agent
+    /// attached is taken over and its program swapped atomically: no packet goes unhandled.
+    /// An attachment of the other kind left by an earlier agent (the mode changed) is removed
+    /// once the new one is in place.
     pub fn attach_ingress(&self, program: &'static str, iface: &str) -> Result<(), DataplaneError> {
+        match self.attach {
+            TcAttach::Tcx => {
+                self.attach_tcx(program, iface)?;
+                self.remove_legacy_filter(iface);
+            }
+            TcAttach::Legacy => {
+                self.attach_legacy(program, iface)?;
+                self.unpin_tcx(iface);
+            }
+        }
+        Ok(())
+    }
+
+    /// The clsact filter of `program` on `iface`, replaced in place when one is there.
+    fn attach_legacy(&self, program: &'static str, iface: &str) -> Result<(), DataplaneError> {
+        let attach_err = |reason: String| DataplaneError::Attach {
+            program,
+            iface: iface.to_string(),
+            reason,
+        };
+        let mut inner = self.lock();
+        let prog = tc_program(&mut inner, program)?;
+        // Already there on an interface of an earlier agent (EEXIST): fine.
+        let _ = aya::programs::tc::qdisc_add_clsact(iface);
+        let existing = SchedClassifierLink::attached(
+            iface,
+            TcAttachType::Ingress,
+            LEGACY_PRIORITY,
+            LEGACY_HANDLE,
+            None,
+        )
+        .map_err(|e| attach_err(format!("no such interface: {e}")))?;
+        let id = match prog.attach_to_link(existing) {
+            Ok(id) => id,
+            // No filter there yet (ENOENT without NLM_F_CREATE): a new one.
+            Err(_) => prog
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::Netlink(NlOptions {
+                        priority: LEGACY_PRIORITY,
+                        handle: LEGACY_HANDLE,
+                        ..Default::default()
+                    }),
+                )
+                .map_err(|e| {
+                    attach_err(format!(
+                        "{} (a clsact qdisc and cls_bpf are needed: `tc qdisc add dev {iface} clsact`)",
+                        chain(&e)
+                    ))
+                })?,
+        };
+        let link = prog.take_link(id).map_err(|e| attach_err(chain(&e)))?;
+        // The filter outlives this agent: dropping the link would delete it.
+        std::mem::forget(link);
+        let mark = self.legacy_mark(iface);
+        std::fs::create_dir_all(&mark).map_err(io_err("marking a tc filter at", &mark))?;
+        Ok(())
+    }
+
+    /// Deletes the agent's clsact filter on `iface`, if it has one.
+    fn remove_legacy_filter(&self, iface: &str) {
+        let mark = self.legacy_mark(iface);
+        if !mark.exists() {
+            return;
+        }
+        if let Ok(link) = SchedClassifierLink::attached(
+            iface,
+            TcAttachType::Ingress,
+            LEGACY_PRIORITY,
+            LEGACY_HANDLE,
+            None,
+        ) {
+            // Dropping the link deletes the filter.
+            drop(link);
+        }
+        let _ = std::fs::remove_dir(&mark);
+    }
+
+    /// Releases the agent's pinned TCX link on `iface`, if it has one.
+    fn unpin_tcx(&self, iface: &str) {
+        let pin = self.link_pin(iface);
+        if let Ok(p) = PinnedLink::from_pin(&pin) {
+            let _ = p.unpin();
+        }
+        let _ = std::fs::remove_file(&pin);
+    }
+
+    /// The pinned TCX link of `program` on `iface`.
+    fn attach_tcx(&self, program: &'static str, iface: &str) -> Result<(), DataplaneError> {
         let attach_err = |reason: String| DataplaneError::Attach {
             program,
             iface: iface.to_string(),
@@ -318,15 +452,7 @@ impl Dataplane {
         };
         let pin = self.link_pin(iface);
         let mut inner = self.lock();
-        let prog: &mut SchedClassifier = inner
-            .ebpf
-            .program_mut(program)
-            .ok_or(DataplaneError::Missing(program))?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: program,
-                source,
-            })?;
+        let prog = tc_program(&mut inner, program)?;
         let old = match PinnedLink::from_pin(&pin) {
             Ok(p) => p.unpin().ok(),
             Err(_) => None,
@@ -365,29 +491,29 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Detaches whatever this agent attached to `iface` (removing the pin releases the link).
+    /// Detaches whatever this agent attached to `iface` (removing the pin releases the link;
+    /// a clsact filter is deleted).
     pub fn detach_ingress(&self, iface: &str) {
-        let pin = self.link_pin(iface);
-        if let Ok(p) = PinnedLink::from_pin(&pin) {
-            let _ = p.unpin();
-        }
-        let _ = std::fs::remove_file(&pin);
+        self.unpin_tcx(iface);
+        self.remove_legacy_filter(iface);
     }
 
-    /// Names of the interfaces with a pinned link.
+    /// Names of the interfaces with a pinned link or a marked clsact filter.
     pub fn pinned_links(&self) -> Vec<String> {
         let mut out: Vec<String> = std::fs::read_dir(self.dir.join("links"))
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_prefix("tc-ingress-"))
-                    .map(str::to_string)
+                e.file_name().to_str().and_then(|n| {
+                    n.strip_prefix("tc-ingress-")
+                        .or_else(|| n.strip_prefix("tc-legacy-"))
+                        .map(str::to_string)
+                })
             })
             .collect();
         out.sort();
+        out.dedup();
         out
     }
 

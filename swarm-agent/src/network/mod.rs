@@ -15,6 +15,7 @@ pub mod dataplane;
 pub mod dns;
 pub mod metrics;
 pub mod plumbing;
+pub mod probe;
 pub mod sockets;
 pub mod stream;
 #[cfg(any(test, feature = "testbed"))]
@@ -93,6 +94,9 @@ pub struct NetworkingConfig {
     pub cgroup_dir: Option<PathBuf>,
     /// Where the node's own resolvers are listed (what the embedded DNS forwards to).
     pub resolv_conf: PathBuf,
+    /// How tc programs attach (TCX links, or clsact filters on kernels without TCX): what
+    /// [`probe::choose`] picked.
+    pub tc_attach: probe::TcAttach,
 }
 
 /// The cgroup v2 directory of the parent cgroup `parent` (created if needed): under the
@@ -650,7 +654,7 @@ impl Networking {
     /// Loads the data plane (a failure is kept and reported to every task that needs a
     /// network; tasks without networks still run).
     pub fn new(cfg: NetworkingConfig, view: ViewHandle) -> Arc<Networking> {
-        let dataplane = Dataplane::load(&cfg.bpf_dir)
+        let dataplane = Dataplane::load(&cfg.bpf_dir, cfg.tc_attach)
             .map(Arc::new)
             .map_err(|e| e.to_string());
         if let Err(e) = &dataplane {

@@ -14,6 +14,8 @@
 //!   [`complete`], and [`task`] for the tasks to attach; for the routing mesh,
 //!   [`ingress_network`], [`node_ingress_endpoint`] and [`published_service`].
 //!
+//! - [`tc_attach`]: how the testbed's data planes attach tc programs (`SWARM_TEST_TC_ATTACH`).
+//!
 //! Needs root. Every constructor that fails half-way leaves nothing behind.
 
 use std::net::Ipv4Addr;
@@ -42,6 +44,31 @@ pub enum TestbedError {
     Netns(#[from] crate::netns::NetnsError),
     #[error("{0}")]
     Other(String),
+}
+
+/// The variable that forces how the testbed's data planes attach their tc programs.
+pub const TC_ATTACH_ENV: &str = "SWARM_TEST_TC_ATTACH";
+
+/// How the testbed's data planes attach tc programs: `SWARM_TEST_TC_ATTACH` = `tcx` or
+/// `legacy` forces it (CI runs the network tests once more with `legacy` on a kernel with
+/// TCX); unset or `auto`, what the agent's probe picks on this kernel.
+pub fn tc_attach() -> Result<super::probe::TcAttach, TestbedError> {
+    use super::probe::{self, DataPlaneRequest, TcAttachRequest};
+    let req = match std::env::var(TC_ATTACH_ENV).as_deref() {
+        Ok("tcx") => TcAttachRequest::Tcx,
+        Ok("legacy") => TcAttachRequest::Legacy,
+        Ok("auto") | Ok("") | Err(_) => TcAttachRequest::Auto,
+        Ok(other) => {
+            return Err(TestbedError::Other(format!(
+                "{TC_ATTACH_ENV}={other:?}: give tcx, legacy or auto"
+            )))
+        }
+    };
+    let choice = probe::choose(DataPlaneRequest::Ebpf, req, &probe::KernelProbe::run())
+        .map_err(|e| TestbedError::Other(e.to_string()))?;
+    choice
+        .attach
+        .ok_or_else(|| TestbedError::Other("the eBPF data plane has no tc attach".into()))
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestbedError {

@@ -295,12 +295,14 @@ fn start_node(
     view: ViewHandle,
     tasks: Vec<(Task, PathBuf)>,
 ) -> Arc<Networking> {
-    in_ns(node_ns, move || async move {
+    let tc_attach = super::testbed::tc_attach().expect("tc attach");
+    let n = in_ns(node_ns, move || async move {
         let n = Networking::new(
             NetworkingConfig {
                 bpf_dir,
                 cgroup_dir,
                 resolv_conf: "/etc/resolv.conf".into(),
+                tc_attach,
             },
             view,
         );
@@ -311,7 +313,131 @@ fn start_node(
             n.attach(t, ns).await.expect("attach");
         }
         n
-    })
+    });
+    // The programs are attached the way the probe (or SWARM_TEST_TC_ATTACH) said: as a
+    // clsact filter, which `tc` lists, or as a TCX link, which it does not.
+    let filters = vxlan_filters(node_ns);
+    match tc_attach {
+        probe::TcAttach::Legacy => assert_eq!(filters.len(), 1, "legacy tc: {filters:?}"),
+        probe::TcAttach::Tcx => assert!(filters.is_empty(), "TCX: {filters:?}"),
+    }
+    n
+}
+
+/// The cls_bpf filters on the tc ingress of the node's VXLAN device, as (priority, handle,
+/// program id).
+fn vxlan_filters(node_ns: &Path) -> Vec<(String, String, String)> {
+    let out = sh(&[
+        "nsenter",
+        &format!("--net={}", node_ns.display()),
+        "tc",
+        "filter",
+        "show",
+        "dev",
+        plumbing::VXLAN_DEVICE,
+        "ingress",
+    ]);
+    // "filter protocol all pref 1 bpf chain 0 handle 0x1 from_overlay direct-action not_in_hw id 42 tag …"
+    out.lines()
+        .filter(|l| l.contains(" handle "))
+        .map(|l| {
+            let after = |key: &str| {
+                l.split_whitespace()
+                    .skip_while(|w| *w != key)
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (after("pref"), after("handle"), after("id"))
+        })
+        .collect()
+}
+
+/// A restarted agent (the programs loaded again, the node started again) takes over what the
+/// one before attached: a ping every 5 ms across the nodes, through the restart of the
+/// receiving node's data plane, loses nothing. With legacy tc the node's filter is the same
+/// one (priority, handle) running the new program.
+#[test]
+fn a_restarted_agent_replaces_its_tc_programs_without_a_gap() {
+    let mut topo = new_topology();
+    let a_dir = topo.bpf_dir("a");
+    let b_dir = topo.bpf_dir("b");
+    let (a_ip, b_ip) = (topo.underlay_ip(1), topo.underlay_ip(2));
+    let netns_dir = topo.netns_dir();
+    let red = net("red", 4096, "10.0.1.0/24", false);
+    let eps = vec![
+        ep("a1", "red", "10.0.1.2", "A", &a_ip.to_string()),
+        ep("b1", "red", "10.0.1.4", "B", &b_ip.to_string()),
+    ];
+    let view = ViewHandle::default();
+    view.apply(complete(vec![red], eps));
+    let tasks_a = vec![task("a1", &[("red", "10.0.1.2/24")])];
+    let tasks_b = vec![task("b1", &[("red", "10.0.1.4/24")])];
+    let task_ns = task_namespaces(&netns_dir, tasks_a.iter().chain(&tasks_b));
+    let (n1, n2) = (topo.ns_path("n1"), topo.ns_path("n2"));
+    let a = start_node(
+        &n1,
+        "A",
+        a_ip,
+        a_dir,
+        None,
+        view.clone(),
+        with_namespaces(&task_ns, &tasks_a),
+    );
+    let b = start_node(
+        &n2,
+        "B",
+        b_ip,
+        b_dir.clone(),
+        None,
+        view.clone(),
+        with_namespaces(&task_ns, &tasks_b),
+    );
+    assert!(ping(&task_ns["a1"], "10.0.1.4", 56), "before the restart");
+    let before = vxlan_filters(&n2);
+
+    let count = 600;
+    let pinger = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", task_ns["a1"].display()))
+        .args([
+            "ping",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.005",
+            "-W",
+            "2",
+        ])
+        .arg("10.0.1.4")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ping");
+    std::thread::sleep(Duration::from_millis(500));
+    // B's agent goes away (its attachments stay) and a new one starts on the same pins.
+    drop(b);
+    let b = start_node(&n2, "B", b_ip, b_dir, None, view.clone(), vec![]);
+    let out = output_of(pinger);
+    assert!(
+        out.contains(&format!("{count} packets transmitted, {count} received")),
+        "packets were lost across the restart: {out}"
+    );
+    let after = vxlan_filters(&n2);
+    if super::testbed::tc_attach().expect("tc attach") == probe::TcAttach::Legacy {
+        assert_eq!(before.len(), 1, "{before:?}");
+        assert_eq!(after.len(), 1, "one filter after the restart: {after:?}");
+        assert_eq!(
+            (&before[0].0, &before[0].1),
+            (&after[0].0, &after[0].1),
+            "the same priority and handle"
+        );
+        assert_ne!(
+            before[0].2, after[0].2,
+            "the new program runs in the filter"
+        );
+    }
+    assert!(ping(&task_ns["a1"], "10.0.1.4", 56), "after the restart");
+    drop((a, b));
 }
 
 #[test]

@@ -42,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
             socket: a.socket,
             hostname: a.hostname,
             metrics_addr,
+            data_plane: None,
         },
         Arc::new(tests::sim_executor::SimExecutor),
     )

@@ -210,6 +210,13 @@ impl LabNode {
             .arg("--metrics-addr")
             .arg(METRICS_ADDR)
             .env("RUST_LOG", AGENT_LOG_FILTER);
+        // `SWARM_TEST_TC_ATTACH=legacy` runs the lab's data planes with clsact filters (as on
+        // kernels before 6.6), like swarm-agent's own data-plane tests.
+        if let Ok(tc) = std::env::var(swarm_agent::network::testbed::TC_ATTACH_ENV) {
+            if !tc.is_empty() {
+                cmd.arg("--tc-attach").arg(tc);
+            }
+        }
         self.spawn_daemon(&self.agent, cmd)
     }
 

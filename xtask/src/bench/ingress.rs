@@ -446,6 +446,7 @@ fn setup(cpu: Cpu) -> anyhow::Result<Bed> {
         let v = handle.clone();
         let task = task(t, &[(NET, &format!("{t_addr}/16"))]);
         let t_ns = t_ns.clone();
+        let tc_attach = testbed::tc_attach()?;
         let ns = topo.ns_path(ns_name);
         let net = testbed::in_ns(&ns, move || async move {
             let n = Networking::new(
@@ -453,6 +454,7 @@ fn setup(cpu: Cpu) -> anyhow::Result<Bed> {
                     bpf_dir: dir,
                     cgroup_dir: None,
                     resolv_conf: "/etc/resolv.conf".into(),
+                    tc_attach,
                 },
                 v,
             );

@@ -231,6 +231,7 @@ fn setup(variant: IptablesVariant, cpu: Cpu) -> anyhow::Result<Bed> {
         bpf_dir: dir,
         cgroup_dir: Some(cg.path().to_path_buf()),
         resolv_conf: "/etc/resolv.conf".into(),
+        tc_attach: testbed::tc_attach()?,
     };
     let v = view.clone();
     let net = testbed::in_ns(&topo.ns_path("n1"), move || async move {

@@ -109,6 +109,7 @@ fn ours(cpu: Cpu) -> anyhow::Result<Bed> {
         let view = ViewHandle::default();
         view.apply(msg.clone());
         let task = task(t, &[("ov", &format!("{cidr}/24"))]);
+        let tc_attach = testbed::tc_attach()?;
         let t_ns = t_ns.clone();
         let n = testbed::in_ns(&topo.ns_path(ns), move || async move {
             let n = Networking::new(
@@ -116,6 +117,7 @@ fn ours(cpu: Cpu) -> anyhow::Result<Bed> {
                     bpf_dir: dir,
                     cgroup_dir: None,
                     resolv_conf: "/etc/resolv.conf".into(),
+                    tc_attach,
                 },
                 view,
             );
