@@ -39,9 +39,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::{authorize, forwarded, leader_only, node_of};
+use crate::api::{authorize, forwarded, leader_only, member_role, node_of};
 use crate::router::{Route, Router};
-use crate::store::{State, Store};
+use crate::store::{Standing, State, Store};
 
 /// A subscription that is not following ends when its pending nodes have published
 /// nothing for this long.
@@ -396,10 +396,21 @@ impl LogBroker {
         rx
     }
 
-    /// Unregisters a listener whose stream closed, or ends it when leadership is lost.
+    /// Unregisters a listener whose stream closed, or ends it when leadership is lost or its
+    /// node is removed from the swarm (`PermissionDenied`, as the dispatcher's streams).
     async fn watch_listener(self, node: String, lid: u64) {
         loop {
             tokio::time::sleep(TICK).await;
+            if let Some(denied) = self.removed(&node) {
+                let mut state = self.lock();
+                if state.listeners.get(&node).is_some_and(|l| l.id == lid) {
+                    if let Some(l) = state.listeners.remove(&node) {
+                        let _ = l.tx.send(Err(denied));
+                    }
+                    state.node_done(&node, None);
+                }
+                return;
+            }
             let leading = self.leading();
             let mut state = self.lock();
             let closed = match state.listeners.get(&node) {
@@ -484,6 +495,9 @@ impl LogBroker {
                     }
                     Some(_) => {}
                 }
+                if let Some(denied) = self.removed(node) {
+                    return Err(denied);
+                }
                 self.publish(node, m).await?;
             }
             Ok(())
@@ -494,6 +508,14 @@ impl LogBroker {
             self.lock().node_done(node, Some(s));
         }
         result
+    }
+
+    /// `PermissionDenied` when `node` was removed from the swarm: its open streams end.
+    fn removed(&self, node: &str) -> Option<Status> {
+        let state = self.store.read();
+        matches!(state.standing(node), Standing::Removed)
+            .then(|| member_role(&state, node).err())
+            .flatten()
     }
 
     /// Subscriptions in progress (for tests and metrics).
@@ -562,7 +584,7 @@ impl LogBrokerRpc for LogBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Object, Op};
+    use crate::store::{Kind, Object, Op};
     use proto::{LogMessage, LogStream, Service, ServiceSpec, Task, TaskState, TaskStatus};
     use tokio::time::timeout;
 
@@ -848,6 +870,35 @@ mod tests {
         assert_eq!(closed.id, first.id);
         assert!(next(&mut l2).await.close);
         assert_eq!(b.subscriptions(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_removed_nodes_log_streams_end_with_permission_denied() {
+        let cluster = Object::Cluster(proto::Cluster {
+            id: "c1".into(),
+            ..Default::default()
+        });
+        let node = Object::Node(proto::Node {
+            id: "n1".into(),
+            ..Default::default()
+        });
+        let (b, store) = broker(vec![cluster, node]).await;
+        let mut l1 = b.listen("n1");
+        store
+            .write(vec![Op::Delete {
+                kind: Kind::Node,
+                id: "n1".into(),
+            }])
+            .await
+            .expect("remove n1");
+        let end = timeout(WAIT, l1.recv())
+            .await
+            .expect("the listener ends in time")
+            .expect("an answer before the stream closes");
+        assert_eq!(end.unwrap_err().code(), tonic::Code::PermissionDenied);
+        let stream = futures::stream::iter(vec![Ok(publish("s1", vec![], false))]);
+        let err = b.publish_stream("n1", stream).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
     }
 
     #[tokio::test]
