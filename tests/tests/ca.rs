@@ -279,8 +279,10 @@ fn swarm_update_changes_the_cluster_settings_and_they_take_effect() {
     // for a minute (3 missed periods), where the 3 s set above marks it down within 9 s.
     c.node(0)
         .swarm_ok(&["update", "--dispatcher-heartbeat", "20s"]);
-    // One heartbeat of the old period, answered with the new one.
-    std::thread::sleep(Duration::from_secs(3));
+    // A heartbeat of the old period (3 s, sent a little under it) that started after the
+    // update is answered with the new period and sets the node's expiry 60 s ahead: wait two
+    // old periods so that one surely did, even on a loaded machine.
+    std::thread::sleep(Duration::from_secs(7));
     let worker = node_ids(&c, 1).pop().unwrap();
     c.nodes[1].stop();
     std::thread::sleep(Duration::from_secs(13));
