@@ -60,7 +60,7 @@ fn test_binary(package: &str, test: Option<&str>) -> anyhow::Result<PathBuf> {
 }
 
 /// The shell script the guest runs: the probe's verdict, then the tests.
-fn guest_script(agent: &Path, tests: &Path, lab_test: &Path, out: &Path) -> String {
+fn guest_script(agent: &Path, tests: &Path, lab_test: &Path, out: &Path, ws: &Path) -> String {
     format!(
         r#"#!/bin/sh
 # Runs inside the VM, started by `cargo xtask vm-test`.
@@ -77,8 +77,14 @@ start=$(date +%s)
 {tests} --test-threads=1 {filters}
 echo "guest: swarm-agent's tests took $(( $(date +%s) - start )) s"
 # The guest's /tmp is an overlay, which containerd's overlay snapshots cannot sit on (the
-# lab keeps its files under /tmp): a tmpfs instead.
+# lab keeps its files under /tmp): a tmpfs instead. A workspace under /tmp (a CI clone)
+# would vanish under it: it is bound again at its own path on the new /tmp.
+mkdir -p /run/vm-workspace
+mount --rbind {ws} /run/vm-workspace
 mount -t tmpfs -o mode=1777 tmpfs /tmp
+case {ws} in
+/tmp/*) mkdir -p {ws} && mount --rbind /run/vm-workspace {ws} ;;
+esac
 cd /tmp
 start=$(date +%s)
 {lab_test} --test-threads=1 || {{ dmesg | tail -n 30; exit 1; }}
@@ -88,6 +94,7 @@ echo "guest: the two-node lab test took $(( $(date +%s) - start )) s"
         tests = tests.display(),
         lab_test = lab_test.display(),
         out = out.display(),
+        ws = ws.display(),
         filters = GUEST_TESTS.join(" "),
     )
 }
@@ -116,8 +123,11 @@ pub fn run() -> anyhow::Result<()> {
         .join(format!("vm-test-{}", std::process::id()));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let script = out.join("guest.sh");
-    std::fs::write(&script, guest_script(&agent, &tests, &lab_test, &out))
-        .with_context(|| format!("writing {}", script.display()))?;
+    std::fs::write(
+        &script,
+        guest_script(&agent, &tests, &lab_test, &out, &workspace_root()),
+    )
+    .with_context(|| format!("writing {}", script.display()))?;
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     println!(
         "vm-test: booting {} (QEMU without KVM) to run {} and tests/{LAB_TEST}.rs",
