@@ -513,9 +513,10 @@ impl LogBroker {
     /// `PermissionDenied` when `node` was removed from the swarm: its open streams end.
     fn removed(&self, node: &str) -> Option<Status> {
         let state = self.store.read();
-        matches!(state.standing(node), Standing::Removed)
-            .then(|| member_role(&state, node).err())
-            .flatten()
+        match state.standing(node) {
+            Standing::Removed => member_role(&state, node).err(),
+            _ => None,
+        }
     }
 
     /// Subscriptions in progress (for tests and metrics).
