@@ -99,6 +99,18 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, DbError> {
     Ok(bincode::deserialize(b)?)
 }
 
+/// One log entry as stored in `raft_log` (what a restarted manager reads back from disk).
+/// Public for the fuzz target `raft_entry`; the snapshot's state is read by
+/// [`State::from_bytes`].
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, DbError> {
+    decode(bytes)
+}
+
+/// The stored bytes of a log entry ([`decode_entry`] reads them back).
+pub fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, DbError> {
+    encode(entry)
+}
+
 /// Runs blocking redb I/O off the async runtime's worker threads.
 async fn blocking<T, F>(f: F) -> Result<T, DbError>
 where
@@ -325,7 +337,7 @@ pub fn force_new_cluster(
         let mut out = Vec::new();
         for item in table.range(after..).db()? {
             let (_, v) = item.db()?;
-            out.push(decode::<Entry<TypeConfig>>(v.value())?);
+            out.push(decode_entry(v.value())?);
         }
         Ok(out)
     })()
@@ -442,7 +454,7 @@ fn last_log_id(db: &Database) -> Result<Option<LogId<u64>>, DbError> {
     let txn = db.begin_read().db()?;
     let table = txn.open_table(LOG).db()?;
     let last = match table.last().db()? {
-        Some((_, v)) => Some(decode::<Entry<TypeConfig>>(v.value())?.log_id),
+        Some((_, v)) => Some(decode_entry(v.value())?.log_id),
         None => None,
     };
     Ok(last)
@@ -462,7 +474,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             let mut out = Vec::new();
             for item in table.range::<u64>(bounds).db()? {
                 let (_, v) = item.db()?;
-                out.push(decode::<Entry<TypeConfig>>(v.value())?);
+                out.push(decode_entry(v.value())?);
             }
             Ok(out)
         })
@@ -553,7 +565,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             {
                 let mut table = txn.open_table(LOG).db()?;
                 for e in &entries {
-                    let bytes = encode(e)?;
+                    let bytes = encode_entry(e)?;
                     size += bytes.len() as u64;
                     table.insert(e.log_id.index, bytes.as_slice()).db()?;
                 }

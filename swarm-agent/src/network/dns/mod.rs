@@ -28,8 +28,8 @@ pub mod records;
 pub mod server;
 pub mod wire;
 
-#[cfg(test)]
-mod testdata;
+#[cfg(any(test, feature = "testdata"))]
+pub mod testdata;
 #[cfg(test)]
 mod tests;
 

@@ -430,7 +430,9 @@ impl Lens {
     }
 }
 
-enum Outcome {
+/// What to do with one received message ([`respond`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
     /// `out` holds the answer.
     Reply,
     Drop,
@@ -441,6 +443,20 @@ enum Outcome {
 }
 
 fn handle(lens: &Lens, msg: &[u8], tcp: bool, rotate: usize, out: &mut Vec<u8>) -> Outcome {
+    respond(&lens.index, &lens.scope, msg, tcp, rotate, out)
+}
+
+/// The request handling of one message from a task (what the serving loops run on every
+/// datagram or TCP message): parsed, answered from `index` within the task's `scope` into
+/// `out`, dropped, or left to the node's resolvers. Public for the fuzz target `dns_query`.
+pub fn respond(
+    index: &Index,
+    scope: &Scope,
+    msg: &[u8],
+    tcp: bool,
+    rotate: usize,
+    out: &mut Vec<u8>,
+) -> Outcome {
     let m = &*METRICS;
     let req = match wire::parse(msg) {
         Ok(r) => r,
@@ -456,7 +472,7 @@ fn handle(lens: &Lens, msg: &[u8], tcp: bool, rotate: usize, out: &mut Vec<u8>) 
             return Outcome::Reply;
         }
     };
-    match lens.index.answer(&req.query, &lens.scope) {
+    match index.answer(&req.query, scope) {
         Answer::Local(records) => {
             let limit = if tcp {
                 usize::from(u16::MAX)
