@@ -8,6 +8,8 @@
 //!   (virtme-ng, QEMU without KVM); part of `test`.
 //! - `cargo xtask lab [up|exec|registry|status|down]`: the multi-node lab (a network namespace,
 //!   containerd and swarm-agent per node; see xtask/src/lab.rs).
+//! - `cargo xtask fuzz [--target T] [--seconds 60]`: the cargo-fuzz targets of `fuzz/`, each
+//!   (or T alone) for the given time, with what each ran (`test` runs every one 10 s).
 //! - `cargo xtask bench scheduler [--runs 3] [--only NODESxTASKS]`: the scheduler benchmark
 //!   (re-runs itself as a release build).
 //! - `cargo xtask bench dns [--services 1000] [--tasks 10] [--rounds 3] [--seconds 5]`: the
@@ -26,6 +28,7 @@
 //!   (release build, root).
 
 mod bench;
+mod fuzz;
 #[cfg(feature = "lab")]
 mod lab;
 mod setup;
@@ -68,6 +71,16 @@ enum Cmd {
         root: PathBuf,
         #[command(subcommand)]
         verb: Option<LabCmd>,
+    },
+    /// The fuzz targets of `fuzz/` (cargo-fuzz, nightly): built, then each run for a while.
+    Fuzz {
+        /// Only this target (dns_query, raft_entry, raft_snapshot, control_spec,
+        /// oci_manifest, oci_reference, ca_csr, resolv_conf).
+        #[arg(long)]
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
     /// Test images built from source (whoami for musl, Debian's busybox-static).
     Images {
@@ -274,6 +287,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Test { extra } => test::run(&extra),
         Cmd::VmTest => vm::run(),
+        Cmd::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Cmd::Lab { root, verb } => lab(&root, verb),
         Cmd::Bench {
             what:

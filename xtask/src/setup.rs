@@ -1,6 +1,6 @@
 //! What a fresh machine needs before anything of the project builds or runs, installed when
 //! missing (as root): Debian packages, the nightly toolchain with rust-src, bpf-linker, the
-//! musl target. This module is part of the light xtask (built without the `lab` feature), so
+//! musl target, cargo-fuzz. This module is part of the light xtask (built without the `lab` feature), so
 //! that it compiles with nothing but stable Rust: the commands that need the rest re-run
 //! xtask with `--features lab` once this is done.
 
@@ -35,6 +35,9 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/sockperf", "sockperf"),
     ("/usr/bin/dnsperf", "dnsperf"),
 ];
+
+/// The cargo-fuzz that builds and runs `fuzz/` (`cargo xtask fuzz`, and `test`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// The bpf-linker that matches the nightly's LLVM (see ../shared/toolchain.md).
 const BPF_LINKER_VERSION: &str = "0.10.3";
@@ -154,10 +157,30 @@ fn ensure_toolchains() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// cargo-fuzz (the nightly toolchain itself comes with [`ensure`]).
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let have = output(Command::new("cargo").args(["fuzz", "--version"]));
+    if !have.contains(CARGO_FUZZ_VERSION) {
+        println!("installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+        run(
+            Command::new("cargo").args([
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+            ]),
+            "cargo install cargo-fuzz",
+        )?;
+    }
+    Ok(())
+}
+
 /// Everything the build and the tests need.
 pub fn ensure() -> anyhow::Result<()> {
     ensure_packages(PACKAGES)?;
-    ensure_toolchains()
+    ensure_toolchains()?;
+    ensure_cargo_fuzz()
 }
 
 /// What `vm-test` boots the older kernel with (see ../shared/toolchain.md, "An older kernel
