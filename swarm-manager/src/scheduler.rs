@@ -212,4 +212,6 @@ impl Scheduler {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

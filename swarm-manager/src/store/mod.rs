@@ -11,6 +11,9 @@ mod object;
 mod ops;
 mod state;
 
+#[cfg(test)]
+mod proptests;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
