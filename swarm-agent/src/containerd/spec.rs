@@ -419,8 +419,9 @@ pub fn filter_resolv_conf(content: &str) -> String {
     for line in content.lines() {
         let mut words = line.split_whitespace();
         if words.next() == Some("nameserver") {
+            // Parsed as written: a zone (`%eth0`) is IPv6 syntax, and an IPv4 address with
+            // one is no address a resolver reads, so it does not count as a nameserver.
             let addr = words.next().unwrap_or("");
-            let addr = addr.split('%').next().unwrap_or(addr);
             match addr.parse::<std::net::IpAddr>() {
                 Ok(std::net::IpAddr::V4(a)) if !a.is_loopback() => nameservers += 1,
                 _ => continue,
@@ -1210,6 +1211,21 @@ mod tests {
         assert_eq!(
             filter_resolv_conf("nameserver 127.0.0.1\n"),
             "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+        );
+    }
+
+    /// An input that breaks the `resolv_conf` fuzz target's invariant (found writing it): an
+    /// IPv4 nameserver with a zone counted as a nameserver and was kept, so the task's
+    /// resolver had none it could read and Docker's public resolvers were not added.
+    #[test]
+    fn an_ipv4_nameserver_with_a_zone_is_not_a_nameserver() {
+        assert_eq!(
+            filter_resolv_conf("nameserver 10.0.0.1%eth0\n"),
+            "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+        );
+        assert_eq!(
+            filter_resolv_conf("nameserver 10.0.0.1%eth0\nnameserver 10.0.0.2\n"),
+            "nameserver 10.0.0.2\n"
         );
     }
 
