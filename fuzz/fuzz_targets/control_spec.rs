@@ -87,25 +87,33 @@ async fn one(sel: u8, body: &[u8]) {
                 req.service_id = web.id.clone();
                 req.service_version = web.meta.as_ref().map_or(0, |m| m.version);
             }
-            api.update_service(local(req)).await.map(|r| r.into_inner().id)
+            api.update_service(local(req))
+                .await
+                .map(|r| r.into_inner().id)
         }
         2 => {
             let Ok(req) = CreateNetworkRequest::decode(body) else {
                 return;
             };
-            api.create_network(local(req)).await.map(|r| r.into_inner().id)
+            api.create_network(local(req))
+                .await
+                .map(|r| r.into_inner().id)
         }
         3 => {
             let Ok(req) = CreateSecretRequest::decode(body) else {
                 return;
             };
-            api.create_secret(local(req)).await.map(|r| r.into_inner().id)
+            api.create_secret(local(req))
+                .await
+                .map(|r| r.into_inner().id)
         }
         _ => {
             let Ok(req) = CreateConfigRequest::decode(body) else {
                 return;
             };
-            api.create_config(local(req)).await.map(|r| r.into_inner().id)
+            api.create_config(local(req))
+                .await
+                .map(|r| r.into_inner().id)
         }
     };
     match created {

@@ -27,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
         let mut b = State::default();
         let ra = a.apply(entry.log_id.index, req);
         let rb = b.apply(entry.log_id.index, req);
-        assert_eq!(format!("{ra:?}"), format!("{rb:?}"), "apply is not deterministic");
+        assert_eq!(
+            format!("{ra:?}"),
+            format!("{rb:?}"),
+            "apply is not deterministic"
+        );
         // The applied state survives a snapshot: written, read back, written again the same.
         let snap = State::from_bytes(&a.to_bytes()).expect("a snapshot of an applied state reads");
         assert_eq!(snap.services().count(), a.services().count());

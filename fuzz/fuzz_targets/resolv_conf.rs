@@ -30,12 +30,22 @@ fuzz_target!(|data: &[u8]| {
             (w.next() == Some("nameserver")).then(|| w.next().unwrap_or(""))
         })
         .collect();
-    assert!(!servers.is_empty(), "a task's resolv.conf without a nameserver: {task:?}");
+    assert!(
+        !servers.is_empty(),
+        "a task's resolv.conf without a nameserver: {task:?}"
+    );
     for s in &servers {
-        let ip: std::net::Ipv4Addr = s
-            .parse()
-            .unwrap_or_else(|_| panic!("nameserver {s:?} in a task's resolv.conf is no IPv4 address"));
-        assert!(!ip.is_loopback(), "loopback nameserver {ip} in a task's resolv.conf");
+        let ip: std::net::Ipv4Addr = s.parse().unwrap_or_else(|_| {
+            panic!("nameserver {s:?} in a task's resolv.conf is no IPv4 address")
+        });
+        assert!(
+            !ip.is_loopback(),
+            "loopback nameserver {ip} in a task's resolv.conf"
+        );
     }
-    assert_eq!(filter_resolv_conf(&task), task, "filtering is not idempotent");
+    assert_eq!(
+        filter_resolv_conf(&task),
+        task,
+        "filtering is not idempotent"
+    );
 });

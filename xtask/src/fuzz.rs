@@ -91,7 +91,13 @@ fn run_one(target: &'static str, seconds: u64) -> anyhow::Result<Run> {
     let mut args = vec!["run", "-s", "none", target];
     args.extend(dirs.iter().map(String::as_str));
     let time = format!("-max_total_time={seconds}");
-    args.extend(["--", &time, "-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"]);
+    args.extend([
+        "--",
+        &time,
+        "-timeout=10",
+        "-rss_limit_mb=2048",
+        "-print_final_stats=1",
+    ]);
     let start = Instant::now();
     let out = cargo_fuzz(&args)
         .stdout(Stdio::inherit())
@@ -130,7 +136,10 @@ pub fn run(only: Option<&str>, seconds: u64) -> anyhow::Result<()> {
     let targets: Vec<&'static str> = match only {
         Some(t) => match TARGETS.iter().find(|x| **x == t) {
             Some(x) => vec![*x],
-            None => bail!("no fuzz target {t:?}; the targets are {}", TARGETS.join(", ")),
+            None => bail!(
+                "no fuzz target {t:?}; the targets are {}",
+                TARGETS.join(", ")
+            ),
         },
         None => TARGETS.to_vec(),
     };
@@ -141,7 +150,10 @@ pub fn run(only: Option<&str>, seconds: u64) -> anyhow::Result<()> {
         println!("fuzzing {t} for {seconds} s");
         runs.push(run_one(t, seconds)?);
     }
-    println!("{:<15} {:>12} {:>8} {:>10}", "target", "executions", "seconds", "exec/s");
+    println!(
+        "{:<15} {:>12} {:>8} {:>10}",
+        "target", "executions", "seconds", "exec/s"
+    );
     for r in &runs {
         println!(
             "{:<15} {:>12} {:>8.1} {:>10.0}",
@@ -184,7 +196,10 @@ mod tests {
         }
         let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).expect("manifest");
         for t in TARGETS {
-            assert!(manifest.contains(&format!("name = \"{t}\"")), "{t} not in fuzz/Cargo.toml");
+            assert!(
+                manifest.contains(&format!("name = \"{t}\"")),
+                "{t} not in fuzz/Cargo.toml"
+            );
         }
     }
 }

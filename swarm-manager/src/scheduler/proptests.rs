@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 use proto::{
-    Endpoint, Node, NodeAvailability, NodeDescription, NodeSpec, NodeState, NodeStatus,
-    Placement, PortConfig, PortProtocol, PublishMode, ResourceRequirements, Resources, Task,
-    TaskSpec, TaskState, TaskStatus,
+    Endpoint, Node, NodeAvailability, NodeDescription, NodeSpec, NodeState, NodeStatus, Placement,
+    PortConfig, PortProtocol, PublishMode, ResourceRequirements, Resources, Task, TaskSpec,
+    TaskState, TaskStatus,
 };
 
 use super::plan::plan;
@@ -240,12 +240,16 @@ fn reservation(t: &Task) -> (i64, i64) {
 /// Holds its node's resources and ports: placed and not yet stopped.
 fn holds(t: &Task) -> bool {
     let s = t.status.as_ref().map_or(0, |s| s.state);
-    !t.node_id.is_empty()
-        && (TaskState::Assigned as i32..=TaskState::Running as i32).contains(&s)
+    !t.node_id.is_empty() && (TaskState::Assigned as i32..=TaskState::Running as i32).contains(&s)
 }
 
 fn state_of(c: &Cluster) -> State {
-    let mut ops: Vec<Op> = c.nodes.iter().cloned().map(|n| Op::Create(n.into())).collect();
+    let mut ops: Vec<Op> = c
+        .nodes
+        .iter()
+        .cloned()
+        .map(|n| Op::Create(n.into()))
+        .collect();
     ops.extend(c.tasks.iter().cloned().map(|t| Op::Create(Object::Task(t))));
     let mut state = State::default();
     let resp = state.apply(

@@ -104,26 +104,28 @@ fn task() -> impl Strategy<Value = Task> {
         state(),
         prop::collection::vec(pick(NETWORKS), 0..2),
     )
-        .prop_map(|(id, meta, service_id, node, observed, desired, nets)| Task {
-            id,
-            meta,
-            service_id,
-            node_id: node.unwrap_or_default(),
-            spec: Some(TaskSpec::default()),
-            status: Some(TaskStatus {
-                state: observed as i32,
-                ..Default::default()
-            }),
-            desired_state: desired as i32,
-            networks: nets
-                .into_iter()
-                .map(|network_id| NetworkAttachment {
-                    network_id,
+        .prop_map(
+            |(id, meta, service_id, node, observed, desired, nets)| Task {
+                id,
+                meta,
+                service_id,
+                node_id: node.unwrap_or_default(),
+                spec: Some(TaskSpec::default()),
+                status: Some(TaskStatus {
+                    state: observed as i32,
                     ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        })
+                }),
+                desired_state: desired as i32,
+                networks: nets
+                    .into_iter()
+                    .map(|network_id| NetworkAttachment {
+                        network_id,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        )
 }
 
 fn network() -> impl Strategy<Value = Network> {
@@ -249,14 +251,23 @@ fn observe(s: &State) -> String {
         v
     };
     for id in SERVICES {
-        line(format!("tasks of {id}: {:?}", ids(&mut s.tasks_of_service(id))));
+        line(format!(
+            "tasks of {id}: {:?}",
+            ids(&mut s.tasks_of_service(id))
+        ));
     }
     for id in NODES {
-        line(format!("tasks on {id}: {:?}", ids(&mut s.tasks_on_node(id))));
+        line(format!(
+            "tasks on {id}: {:?}",
+            ids(&mut s.tasks_on_node(id))
+        ));
         line(format!("standing of {id}: {:?}", s.standing(id)));
     }
     for id in NETWORKS {
-        line(format!("tasks on {id}: {:?}", ids(&mut s.tasks_on_network(id))));
+        line(format!(
+            "tasks on {id}: {:?}",
+            ids(&mut s.tasks_on_network(id))
+        ));
         if let Some(n) = s.network(id) {
             let mut svcs: Vec<&str> = s
                 .services_on_network(n)
