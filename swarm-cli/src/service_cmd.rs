@@ -238,9 +238,19 @@ pub fn ls_table(services: &[Service], tasks: &[Task], active_nodes: &HashSet<Str
 
 pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
     let json_out = crate::output_format::wants_json(&a.format)?;
-    let mut services = c.services().await?;
+    let services = c.services().await?;
+    print_services(c, services, a.quiet, json_out).await
+}
+
+/// The `service ls` output of `services` (also `stack services`).
+pub async fn print_services(
+    c: &Client,
+    mut services: Vec<Service>,
+    quiet: bool,
+    json_out: bool,
+) -> Result<()> {
     sort_services(&mut services);
-    if a.quiet {
+    if quiet {
         for s in &services {
             println!("{}", format::truncate_id(&s.id));
         }
