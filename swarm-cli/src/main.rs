@@ -20,6 +20,7 @@ mod ps;
 mod resolve;
 mod secret_cmd;
 mod service_cmd;
+mod service_filter;
 mod service_spec;
 mod stack_cmd;
 mod swarm_cmd;

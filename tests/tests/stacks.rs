@@ -182,6 +182,19 @@ fn a_compose_stack_deploys_updates_one_service_and_is_removed_whole() {
     assert!(services.contains("*:18080->80/tcp"), "{services}");
     let ps = m.swarm_ok(&["stack", "ps", "-q", "shop"]);
     assert_eq!(ps.lines().count(), 4, "{ps}");
+    // The deploy's labels, through `service ls --filter` as scripts use it.
+    let web_id = m
+        .services()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.spec.as_ref().is_some_and(|p| p.name == "shop_web"))
+        .map(|s| s.id)
+        .unwrap();
+    assert_eq!(
+        m.swarm_ok(&["service", "ls", "-q", "--filter", "label=tier=web"])
+            .trim(),
+        &web_id[..12]
+    );
 
     // Deploy again with the app's image changed (same content, another tag): only the app
     // is updated; the web and db tasks stay.
