@@ -20,7 +20,9 @@ mod ps;
 mod resolve;
 mod secret_cmd;
 mod service_cmd;
+mod service_filter;
 mod service_spec;
+mod stack_cmd;
 mod swarm_cmd;
 mod table;
 
@@ -89,6 +91,9 @@ enum Command {
     /// Manage swarm configs
     #[command(subcommand)]
     Config(DataCmd),
+    /// Manage swarm stacks
+    #[command(subcommand)]
+    Stack(stack_cmd::StackCmd),
 }
 
 /// `swarm service ...`: the verbs of [`ServiceCmd`] and `logs`.
@@ -228,6 +233,7 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Command::Secret(s) => secret_cmd::check_arity(Which::Secret, s)?,
         Command::Config(s) => secret_cmd::check_arity(Which::Config, s)?,
+        Command::Stack(_) => {}
         Command::Init(_)
         | Command::Leave(_)
         | Command::Info(_)
@@ -235,8 +241,14 @@ async fn run(cli: Cli) -> Result<()> {
         | Command::Update(_) => {}
     }
 
+    // `stack config` reads files only.
+    let cmd = match cli.cmd {
+        Command::Stack(stack_cmd::StackCmd::Config(a)) => return stack_cmd::config(a),
+        cmd => cmd,
+    };
     let c = Client::connect(&cli.host).await?;
-    match cli.cmd {
+    match cmd {
+        Command::Stack(s) => stack_cmd::run(&c, s).await,
         Command::Secret(s) => secret_cmd::run(&c, Which::Secret, s).await,
         Command::Config(s) => secret_cmd::run(&c, Which::Config, s).await,
         Command::Init(a) => swarm_cmd::init(&c, a).await,

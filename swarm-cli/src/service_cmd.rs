@@ -59,6 +59,9 @@ pub struct LsArgs {
     /// Output format: "table" (default) or "json" (one service per line)
     #[arg(long)]
     pub format: Option<String>,
+    /// Filter output based on conditions provided (id=, name=, label=, mode=)
+    #[arg(short, long)]
+    pub filter: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -238,9 +241,25 @@ pub fn ls_table(services: &[Service], tasks: &[Task], active_nodes: &HashSet<Str
 
 pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
     let json_out = crate::output_format::wants_json(&a.format)?;
-    let mut services = c.services().await?;
+    let filter = crate::service_filter::ServiceFilter::parse(&a.filter).map_err(bad)?;
+    let services = c
+        .services()
+        .await?
+        .into_iter()
+        .filter(|s| filter.keep(s))
+        .collect();
+    print_services(c, services, a.quiet, json_out).await
+}
+
+/// The `service ls` output of `services` (also `stack services`).
+pub async fn print_services(
+    c: &Client,
+    mut services: Vec<Service>,
+    quiet: bool,
+    json_out: bool,
+) -> Result<()> {
     sort_services(&mut services);
-    if a.quiet {
+    if quiet {
         for s in &services {
             println!("{}", format::truncate_id(&s.id));
         }
