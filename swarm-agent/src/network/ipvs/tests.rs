@@ -212,15 +212,19 @@ fn ipvs_is_programmed_and_read_back_in_a_namespace() {
         let a = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 7), 8080);
         let b = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 8), 8080);
         for d in [a, b] {
-            h.new_dest(mark, &Destination::masquerade(d, 1)).unwrap();
+            h.new_dest(vip, &Destination::masquerade(d, 1)).unwrap();
         }
+        // A mark's destinations take the port the client asked for (port 0), as swarm's do.
+        let c = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 0);
+        h.new_dest(mark, &Destination::masquerade(c, 1)).unwrap();
+        assert_eq!(h.dests(mark).unwrap(), vec![Destination::masquerade(c, 1)]);
         let mut services = h.services().unwrap();
         services.sort_by_key(|s| s.key);
         assert_eq!(
             services,
             vec![Service::round_robin(mark), Service::round_robin(vip)]
         );
-        let mut dests = h.dests(mark).unwrap();
+        let mut dests = h.dests(vip).unwrap();
         dests.sort_by_key(|d| d.addr);
         assert_eq!(
             dests,
@@ -231,14 +235,15 @@ fn ipvs_is_programmed_and_read_back_in_a_namespace() {
         assert!(view.contains("TCP  0A000002:0050 rr"), "{view}");
         assert!(view.contains("-> 0A000007:1F90      Masq    1"), "{view}");
         assert!(view.contains("-> 0A000008:1F90      Masq    1"), "{view}");
+        assert!(view.contains("-> 0A000009:0000      Masq    1"), "{view}");
 
         // A stopping task: weight 0, then gone.
-        h.set_dest(mark, &Destination::masquerade(a, 0)).unwrap();
+        h.set_dest(vip, &Destination::masquerade(a, 0)).unwrap();
         assert!(proc_view().contains("-> 0A000007:1F90      Masq    0"));
-        h.del_dest(mark, a).unwrap();
-        assert_eq!(h.dests(mark).unwrap(), vec![Destination::masquerade(b, 1)]);
+        h.del_dest(vip, a).unwrap();
+        assert_eq!(h.dests(vip).unwrap(), vec![Destination::masquerade(b, 1)]);
         assert!(!proc_view().contains("0A000007"));
-        let e = h.del_dest(mark, a).unwrap_err();
+        let e = h.del_dest(vip, a).unwrap_err();
         assert_eq!(e.errno(), Some(libc::ENOENT), "{e}");
 
         h.del_service(mark).unwrap();
