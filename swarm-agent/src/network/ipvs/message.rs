@@ -162,7 +162,7 @@ fn ipv4(v: &[u8]) -> Result<Ipv4Addr, DecodeError> {
     Ok(Ipv4Addr::from(b))
 }
 
-fn nlas<'a>(buf: &'a [u8]) -> impl Iterator<Item = Result<NlaBuffer<&'a [u8]>, DecodeError>> {
+fn nlas(buf: &[u8]) -> impl Iterator<Item = Result<NlaBuffer<&[u8]>, DecodeError>> {
     NlasIterator::new(buf)
 }
 
