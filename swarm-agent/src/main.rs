@@ -32,7 +32,8 @@ enum DataPlaneKind {
     Auto,
     /// The eBPF data plane: overlay networks, service VIPs, DNS at 127.0.0.11.
     Ebpf,
-    /// The IPVS data plane for older kernels: not built yet (refused).
+    /// The IPVS data plane for older kernels: refused for now, naming the missing `ip_vs`
+    /// module on a kernel without IPVS, and as not built yet on one with it.
     Ipvs,
     /// None: tasks attached to networks are rejected (for hosts that must not be touched).
     None,
@@ -171,7 +172,8 @@ async fn daemon() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     if let Some(Command::Probe) = args.command {
-        let p = KernelProbe::run();
+        let mut p = KernelProbe::run();
+        p.probe_ipvs();
         print!("{}", probe::report(&p));
         match probe::choose(args.data_plane.into(), args.tc_attach.into(), &p) {
             Ok(c) => {
@@ -197,7 +199,9 @@ async fn daemon() -> anyhow::Result<()> {
         ExecutorKind::Containerd => match args.data_plane {
             DataPlaneKind::None => Choice::none("--data-plane none"),
             requested => {
-                probe::choose(requested.into(), args.tc_attach.into(), &KernelProbe::run())?
+                let requested = requested.into();
+                let p = KernelProbe::run_for(requested);
+                probe::choose(requested, args.tc_attach.into(), &p)?
             }
         },
     };

@@ -3,6 +3,7 @@
 //! the host-built binaries inside: `swarm-agent probe` must pick the eBPF data plane with
 //! legacy tc (clsact filters), the data-plane tests of swarm-agent (overlay, VIPs, the
 //! routing mesh against real packets in namespaces) must pass with it, and so must
+//! the IPVS tests (`network::ipvs`, ignored on kernels without `ip_vs`), and
 //! `tests/kernel.rs`: a two-node lab (containerd, agents, registry inside the VM) whose
 //! service answers a client on its VIP, its DNS name and a published port.
 //!
@@ -22,6 +23,10 @@ use crate::workspace::workspace_root;
 
 /// The tests run in the guest: the probe's own, and the data plane against real packets.
 const GUEST_TESTS: &[&str] = &["network::probe::", "network::tests::"];
+
+/// The tests that need the `ip_vs` module (ignored on hosts without it): IPVS programmed
+/// over generic netlink, and the IPVS data path's table and rules against real packets.
+const GUEST_IPVS_TESTS: &str = "network::ipvs::";
 
 /// The lab test run in the guest (`tests/tests/kernel.rs`).
 const LAB_TEST: &str = "kernel";
@@ -68,7 +73,7 @@ set -eu
 echo "guest: kernel $(uname -r)"
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 # Modules the data plane and the testbed use (autoloaded too; loaded here to fail early).
-modprobe -a sch_ingress cls_bpf veth vxlan bridge
+modprobe -a sch_ingress cls_bpf veth vxlan bridge ip_vs ip_vs_rr nf_tables
 cd /tmp
 {agent} probe > {out}/probe.txt 2>&1 || {{ cat {out}/probe.txt; echo "guest: swarm-agent probe found no data plane"; exit 1; }}
 cat {out}/probe.txt
@@ -76,6 +81,9 @@ grep -q '^data plane ebpf, tc attach legacy' {out}/probe.txt || {{ echo "guest: 
 start=$(date +%s)
 {tests} --test-threads=1 {filters}
 echo "guest: swarm-agent's tests took $(( $(date +%s) - start )) s"
+start=$(date +%s)
+{tests} --test-threads=1 --ignored {ipvs}
+echo "guest: the IPVS tests took $(( $(date +%s) - start )) s"
 # The guest's /tmp is an overlay, which containerd's overlay snapshots cannot sit on (the
 # lab keeps its files under /tmp): a tmpfs instead. A workspace under /tmp (a CI clone)
 # would vanish under it: it is bound again at its own path on the new /tmp.
@@ -96,6 +104,7 @@ echo "guest: the two-node lab test took $(( $(date +%s) - start )) s"
         out = out.display(),
         ws = ws.display(),
         filters = GUEST_TESTS.join(" "),
+        ipvs = GUEST_IPVS_TESTS,
     )
 }
 

@@ -13,6 +13,7 @@
 
 pub mod dataplane;
 pub mod dns;
+pub mod ipvs;
 pub mod metrics;
 pub mod plumbing;
 pub mod probe;

@@ -171,6 +171,9 @@ pub struct KernelProbe {
     /// `uname -r`.
     pub release: String,
     pub results: Vec<(Feature, Probed)>,
+    /// IPVS (the `ip_vs` module, loaded if need be), the fallback's base: `None` until
+    /// [`KernelProbe::probe_ipvs`] ran.
+    pub ipvs: Option<Probed>,
 }
 
 impl KernelProbe {
@@ -194,7 +197,32 @@ impl KernelProbe {
         KernelProbe {
             release: kernel_release(),
             results,
+            ipvs: None,
         }
+    }
+
+    /// Probes IPVS: the generic netlink family "IPVS" resolved in the agent's namespace,
+    /// `modprobe ip_vs` first when the kernel does not know it (as Docker does at start).
+    pub fn probe_ipvs(&mut self) {
+        self.ipvs = Some(match super::ipvs::probe() {
+            Ok(()) => Probed::Yes,
+            Err(e) => Probed::Failed(e.to_string()),
+        });
+    }
+
+    /// What the agent probes for `requested`: the eBPF features always, IPVS when it is
+    /// asked for or when `auto` finds the eBPF data plane impossible.
+    pub fn run_for(requested: DataPlaneRequest) -> KernelProbe {
+        let mut p = KernelProbe::run();
+        let want_ipvs = match requested {
+            DataPlaneRequest::Ipvs => true,
+            DataPlaneRequest::Auto => !p.missing_required().is_empty(),
+            DataPlaneRequest::Ebpf | DataPlaneRequest::None => false,
+        };
+        if want_ipvs {
+            p.probe_ipvs();
+        }
+        p
     }
 
     /// Whether the feature named `name` was found.
@@ -371,8 +399,10 @@ impl fmt::Display for Choice {
 /// Why no data plane could be chosen.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChoiceError {
-    #[error("--data-plane ipvs: the IPVS data plane is not built yet; use --data-plane ebpf (kernels with every feature `swarm-agent probe` lists) or --data-plane none")]
-    IpvsNotBuilt,
+    #[error("--data-plane ipvs: kernel {kernel} has IPVS (ip_vs), but the agent's IPVS data path (services in the tasks' namespaces, marking rules) is not built yet; use --data-plane ebpf (kernels with every feature `swarm-agent probe` lists) or --data-plane none")]
+    IpvsNotBuilt { kernel: String },
+    #[error("--data-plane ipvs: kernel {kernel}: {reason}")]
+    NoIpvs { kernel: String, reason: String },
     #[error("--data-plane {requested}: kernel {kernel} lacks what the eBPF data plane needs: {}{}{}; `swarm-agent probe` lists every feature (ARCHITECTURE.md has the kernel versions), or run with --data-plane none (tasks on networks are then refused)", missing.join(", "), if failed.is_empty() { String::new() } else { format!(" (probes that failed: {})", failed.join("; ")) }, if *requested == "auto" { " (the IPVS fallback is not built yet)" } else { "" })]
     EbpfUnsupported {
         requested: &'static str,
@@ -395,7 +425,20 @@ pub fn choose(
 ) -> Result<Choice, ChoiceError> {
     let requested_name = match requested {
         DataPlaneRequest::None => return Ok(Choice::none("--data-plane none")),
-        DataPlaneRequest::Ipvs => return Err(ChoiceError::IpvsNotBuilt),
+        DataPlaneRequest::Ipvs => {
+            let kernel = probe.release.clone();
+            return Err(match &probe.ipvs {
+                Some(Probed::Yes) => ChoiceError::IpvsNotBuilt { kernel },
+                Some(Probed::Failed(reason)) => ChoiceError::NoIpvs {
+                    kernel,
+                    reason: reason.clone(),
+                },
+                Some(Probed::No) | None => ChoiceError::NoIpvs {
+                    kernel,
+                    reason: "the ip_vs module was not probed".into(),
+                },
+            });
+        }
         DataPlaneRequest::Auto => "auto",
         DataPlaneRequest::Ebpf => "ebpf",
     };
@@ -459,6 +502,17 @@ pub fn report(probe: &KernelProbe) -> String {
         let need = if f.required { "required" } else { "optional" };
         out.push_str(&format!("{:<28} {:<9} {state}\n", f.name, need));
     }
+    if let Some(r) = &probe.ipvs {
+        let state = match r {
+            Probed::Yes => "yes".to_string(),
+            Probed::No => "no".to_string(),
+            Probed::Failed(e) => format!("no ({e})"),
+        };
+        out.push_str(&format!(
+            "{:<28} {:<9} {state}\n",
+            "ipvs (ip_vs)", "fallback"
+        ));
+    }
     out
 }
 
@@ -480,6 +534,7 @@ mod tests {
                     (*f, r)
                 })
                 .collect(),
+            ipvs: None,
         }
     }
 
@@ -537,10 +592,60 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains("IPVS"), "{msg}");
-        let e = choose(DataPlaneRequest::Ipvs, TcAttachRequest::Auto, &probe(&[])).unwrap_err();
-        assert_eq!(e, ChoiceError::IpvsNotBuilt);
         let c = choose(DataPlaneRequest::None, TcAttachRequest::Auto, &probe(&[])).unwrap();
         assert_eq!((c.mode, c.attach), (Mode::None, None));
+    }
+
+    /// `--data-plane ipvs` on a kernel without IPVS names the module and why it is missing;
+    /// with IPVS it is refused as not built yet (never accepted without a data path).
+    #[test]
+    fn ipvs_without_the_module_names_it_and_is_refused_until_built() {
+        let mut p = probe(&[]);
+        p.ipvs = Some(Probed::Failed(
+            crate::network::ipvs::IpvsError::NoModule {
+                load: "`modprobe ip_vs` failed: modprobe: FATAL: Module ip_vs not found".into(),
+            }
+            .to_string(),
+        ));
+        let msg = choose(DataPlaneRequest::Ipvs, TcAttachRequest::Auto, &p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("--data-plane ipvs: kernel 6.1.0-test: the kernel has no IPVS"),
+            "{msg}"
+        );
+        assert!(msg.contains("the ip_vs module is not loaded"), "{msg}");
+        assert!(msg.contains("Module ip_vs not found"), "{msg}");
+        p.ipvs = Some(Probed::Yes);
+        let e = choose(DataPlaneRequest::Ipvs, TcAttachRequest::Auto, &p).unwrap_err();
+        assert_eq!(
+            e,
+            ChoiceError::IpvsNotBuilt {
+                kernel: "6.1.0-test".into()
+            }
+        );
+        assert!(report(&p).contains("ipvs (ip_vs)"), "{}", report(&p));
+    }
+
+    /// `--data-plane ipvs` on the running kernel (root): where IPVS cannot be had (this
+    /// machine's 6.18 has no modules) the error names the `ip_vs` module and what modprobe
+    /// said; where it can (the VM's 6.1) the kernel's `/proc/net/ip_vs` exists after the probe
+    /// and the refusal says the data path is not built yet. Never a start without networking.
+    #[test]
+    fn ipvs_is_probed_on_the_running_kernel_and_a_missing_module_is_named() {
+        let p = KernelProbe::run_for(DataPlaneRequest::Ipvs);
+        let e = choose(DataPlaneRequest::Ipvs, TcAttachRequest::Auto, &p).unwrap_err();
+        let msg = e.to_string();
+        if std::path::Path::new("/proc/net/ip_vs").exists() {
+            assert_eq!(p.ipvs, Some(Probed::Yes), "{}", report(&p));
+            assert!(matches!(e, ChoiceError::IpvsNotBuilt { .. }), "{msg}");
+        } else {
+            assert!(matches!(e, ChoiceError::NoIpvs { .. }), "{msg}");
+            assert!(msg.contains("the ip_vs module is not loaded"), "{msg}");
+            assert!(msg.contains("modprobe"), "{msg}");
+        }
+        // eBPF asked for: IPVS is not touched.
+        assert_eq!(KernelProbe::run_for(DataPlaneRequest::Ebpf).ipvs, None);
     }
 
     /// The probe on the running kernel (root): TCX is found exactly on kernels 6.6 and later,
