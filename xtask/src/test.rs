@@ -2,7 +2,8 @@
 //! missing ([`crate::setup`]), builds every binary the end-to-end tests start and the static
 //! whoami binary of the lab's test images, then runs the whole suite; then the data-plane
 //! tests again with legacy tc forced (clsact filters on this kernel with TCX), and in a VM
-//! with Debian 12's 6.1 kernel ([`crate::vm`]).
+//! with Debian 12's 6.1 kernel ([`crate::vm`]), and the power-loss test in that VM
+//! ([`crate::powerloss`]).
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     crate::setup::ensure()?;
@@ -18,7 +19,8 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     args.extend(extra.iter().map(String::as_str));
     crate::workspace::cargo(&args)?;
     legacy_tc()?;
-    crate::vm::run()
+    crate::vm::run()?;
+    crate::powerloss::run(false)
 }
 
 /// Every binary the end-to-end tests start, and the lab's test images.
