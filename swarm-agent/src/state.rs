@@ -139,7 +139,8 @@ impl Paths {
     }
 }
 
-/// Writes through a temporary file, fsyncs it and renames it over the target.
+/// Writes through a temporary file, fsyncs it, renames it over the target and fsyncs the
+/// directory.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -162,5 +163,10 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    // The rename is on disk once the directory is: without this fsync a power cut can bring
+    // back the old file (or none) after the caller was told it was written.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
     Ok(())
 }

@@ -6,6 +6,8 @@
 //! - `cargo xtask test [-- ARGS]`: what CI runs (every binary built, every test run).
 //! - `cargo xtask vm-test`: the data-plane tests on Debian 12's 6.1 kernel (no TCX) in a VM
 //!   (virtme-ng, QEMU without KVM); part of `test`.
+//! - `cargo xtask powerloss [--without-raft-fsync]`: acknowledged writes survive a power cut
+//!   (QEMU killed under a manager in a VM, then a reboot over the same disk); part of `test`.
 //! - `cargo xtask lab [up|exec|registry|status|down]`: the multi-node lab (a network namespace,
 //!   containerd and swarm-agent per node; see xtask/src/lab.rs).
 //! - `cargo xtask fuzz [--target T] [--seconds 60]`: the cargo-fuzz targets of `fuzz/`, each
@@ -31,6 +33,7 @@ mod bench;
 mod fuzz;
 #[cfg(feature = "lab")]
 mod lab;
+mod powerloss;
 mod setup;
 mod test;
 mod vm;
@@ -62,6 +65,15 @@ enum Cmd {
     /// The data-plane tests on Debian 12's 6.1 kernel (no TCX: legacy tc) booted in a VM
     /// (virtme-ng, QEMU without KVM), with the host-built binaries.
     VmTest,
+    /// Acknowledged writes survive a power cut: a manager in a VM (Debian 12's 6.1 kernel,
+    /// QEMU without KVM) on a virtual disk of its own takes writes, QEMU is killed, and after
+    /// a reboot over the same disk every acknowledged write is there; part of `test`.
+    Powerloss {
+        /// Run it against a `test-agent` whose Raft log is committed without fsync (the
+        /// test-only feature `swarm-manager/test-unsafe-no-raft-fsync`): the test must fail.
+        #[arg(long)]
+        without_raft_fsync: bool,
+    },
     /// The multi-node lab: one network namespace, containerd and swarm-agent per node, and a
     /// registry with the test images. Without a verb: `up --managers 3 --workers 2`, a demo
     /// service, then exit leaving the lab running.
@@ -288,6 +300,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { extra } => test::run(&extra),
         Cmd::VmTest => vm::run(),
         Cmd::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
+        Cmd::Powerloss { without_raft_fsync } => powerloss::run(without_raft_fsync),
         Cmd::Lab { root, verb } => lab(&root, verb),
         Cmd::Bench {
             what:

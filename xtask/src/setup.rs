@@ -191,6 +191,9 @@ const VM_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/udevadm", "udev"),
     ("/usr/sbin/modprobe", "kmod"),
     ("/usr/bin/mountpoint", "util-linux"),
+    // `powerloss`: the virtual disk is formatted on the host, device-mapper in the guest.
+    ("/usr/sbin/mkfs.ext4", "e2fsprogs"),
+    ("/usr/sbin/dmsetup", "dmsetup"),
 ];
 /// virtme-ng from PyPI in a virtual environment of its own.
 const VNG_VERSION: &str = "1.42";

@@ -2,8 +2,8 @@
 //! missing ([`crate::setup`]), builds every binary the end-to-end tests start and the static
 //! whoami binary of the lab's test images, then runs the whole suite; then the data-plane
 //! tests again with legacy tc forced (clsact filters on this kernel with TCX), every fuzz
-//! target for a few seconds ([`crate::fuzz::ci`]), and in a VM with Debian 12's 6.1 kernel
-//! ([`crate::vm`]).
+//! target for a few seconds ([`crate::fuzz::ci`]), in a VM with Debian 12's 6.1 kernel
+//! ([`crate::vm`]), and the power-loss test in that VM ([`crate::powerloss`]).
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     crate::setup::ensure()?;
@@ -20,7 +20,8 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     crate::workspace::cargo(&args)?;
     legacy_tc()?;
     crate::fuzz::ci()?;
-    crate::vm::run()
+    crate::vm::run()?;
+    crate::powerloss::run(false)
 }
 
 /// Every binary the end-to-end tests start, and the lab's test images.

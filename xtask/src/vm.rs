@@ -35,7 +35,7 @@ const LAB_TEST: &str = "kernel";
 const VM_TIMEOUT: Duration = Duration::from_secs(1500);
 
 /// A test binary built by cargo: `package`'s library tests, or its test file `test`.
-fn test_binary(package: &str, test: Option<&str>) -> anyhow::Result<PathBuf> {
+pub(crate) fn test_binary(package: &str, test: Option<&str>) -> anyhow::Result<PathBuf> {
     let bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(&bin);
     cmd.args(["test", "-p", package, "--no-run"]);
@@ -109,7 +109,7 @@ echo "guest: the two-node lab test took $(( $(date +%s) - start )) s"
 }
 
 /// PATH with `dir` first.
-fn path_with(dir: &Path) -> std::ffi::OsString {
+pub(crate) fn path_with(dir: &Path) -> std::ffi::OsString {
     let mut dirs = vec![dir.to_path_buf()];
     dirs.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),

@@ -46,6 +46,22 @@ const KEY_LAST_PURGED: &str = "last_purged";
 const KEY_SNAPSHOT_META: &str = "meta";
 const KEY_SNAPSHOT_DATA: &str = "data";
 
+/// How the log, the vote and the other durable writes are committed: `Immediate`, after
+/// fsync. Only a build with the test feature `test-unsafe-no-raft-fsync` (the power-loss
+/// test's proof that it can fail, `cargo xtask powerloss --without-raft-fsync`) commits them
+/// without fsync; [`open`] logs an error when that build runs.
+#[cfg(not(feature = "test-unsafe-no-raft-fsync"))]
+const DURABLE: Durability = Durability::Immediate;
+#[cfg(feature = "test-unsafe-no-raft-fsync")]
+const DURABLE: Durability = Durability::None;
+
+/// Starts a write transaction committed with [`DURABLE`].
+fn begin_durable(db: &Database) -> Result<redb::WriteTransaction, DbError> {
+    let mut txn = db.begin_write().db()?;
+    txn.set_durability(DURABLE).db()?;
+    Ok(txn)
+}
+
 /// File name of the Raft database inside the manager's state directory.
 pub const DB_FILE: &str = "raft.redb";
 
@@ -164,7 +180,7 @@ fn read_snapshot(db: &Database) -> Result<Option<(Meta, Vec<u8>)>, DbError> {
 
 fn write_snapshot(db: &Database, meta: &Meta, data: &[u8]) -> Result<(), DbError> {
     let meta = encode(meta)?;
-    let txn = db.begin_write().db()?;
+    let txn = begin_durable(&db)?;
     {
         let mut table = txn.open_table(SNAPSHOT).db()?;
         table.insert(KEY_SNAPSHOT_META, meta.as_slice()).db()?;
@@ -191,10 +207,21 @@ fn private_files(dir: &Path, db: &Path) -> std::io::Result<()> {
         .append(true)
         .mode(0o600)
         .open(db)?;
-    std::fs::set_permissions(db, std::fs::Permissions::from_mode(0o600))
+    std::fs::set_permissions(db, std::fs::Permissions::from_mode(0o600))?;
+    // redb fsyncs the file, not the directory entries that lead to it: without these a power
+    // cut right after the first commits could lose the whole database.
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        if !d.as_os_str().is_empty() {
+            std::fs::File::open(d)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 pub fn open(dir: &Path, shared: Arc<Shared>) -> Result<(LogStore, StateMachine), StorageError> {
+    if cfg!(feature = "test-unsafe-no-raft-fsync") {
+        tracing::error!("this build commits the Raft log WITHOUT fsync (test feature test-unsafe-no-raft-fsync): acknowledged writes are lost on a power cut");
+    }
     let path = dir.join(DB_FILE);
     private_files(dir, &path).map_err(|source| StorageError::CreateDir {
         path: dir.to_path_buf(),
@@ -210,7 +237,7 @@ pub fn open(dir: &Path, shared: Arc<Shared>) -> Result<(LogStore, StateMachine),
     };
     // Create the tables so that read transactions can open them.
     (|| -> Result<(), DbError> {
-        let txn = db.begin_write().db()?;
+        let txn = begin_durable(&db)?;
         txn.open_table(LOG).db()?;
         txn.open_table(META).db()?;
         txn.open_table(SNAPSHOT).db()?;
@@ -382,7 +409,7 @@ pub fn force_new_cluster(
     (|| -> Result<(), DbError> {
         let meta_bytes = encode(&meta)?;
         let purged = encode(&last)?;
-        let txn = db.begin_write().db()?;
+        let txn = begin_durable(&db)?;
         {
             let mut snap = txn.open_table(SNAPSHOT).db()?;
             snap.insert(KEY_SNAPSHOT_META, meta_bytes.as_slice()).db()?;
@@ -432,7 +459,7 @@ impl Drop for LogInner {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(committed) = pending {
-            if let Err(e) = write_meta(&self.db, KEY_COMMITTED, &committed, Durability::Immediate) {
+            if let Err(e) = write_meta(&self.db, KEY_COMMITTED, &committed, DURABLE) {
                 tracing::warn!(error = %e, "cannot persist the committed Raft log id at close");
             }
         }
@@ -508,7 +535,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), RaftStorageError> {
         let db = self.db();
         let vote = *vote;
-        blocking(move || write_meta(&db, KEY_VOTE, &vote, Durability::Immediate))
+        blocking(move || write_meta(&db, KEY_VOTE, &vote, DURABLE))
             .await
             .map_err(|e| raft_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
@@ -560,7 +587,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let db = self.db();
         let res = blocking(move || {
-            let txn = db.begin_write().db()?;
+            let txn = begin_durable(&db)?;
             let mut size = 0u64;
             {
                 let mut table = txn.open_table(LOG).db()?;
@@ -597,7 +624,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), RaftStorageError> {
         let db = self.db();
         blocking(move || {
-            let txn = db.begin_write().db()?;
+            let txn = begin_durable(&db)?;
             {
                 let mut table = txn.open_table(LOG).db()?;
                 table.retain_in(log_id.index.., |_, _| false).db()?;
@@ -613,7 +640,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db();
         blocking(move || {
             let purged = encode(&Some(log_id))?;
-            let txn = db.begin_write().db()?;
+            let txn = begin_durable(&db)?;
             {
                 let mut meta = txn.open_table(META).db()?;
                 meta.insert(KEY_LAST_PURGED, purged.as_slice()).db()?;
