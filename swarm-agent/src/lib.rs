@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod containerd;
+pub mod containerized;
 pub mod dependencies;
 pub mod executor;
 pub mod local;

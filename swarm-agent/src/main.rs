@@ -139,6 +139,18 @@ fn cgroup_dir(parent: &str) -> Option<PathBuf> {
     }
 }
 
+/// What containerd's shim runs as the tasks' log driver: this executable, or its copy in the
+/// data root when the agent runs as a container (see `containerized`).
+fn log_driver_exe(args: &Args) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("finding the agent's own executable: {e}"))?;
+    Ok(swarm_agent::containerized::log_driver_exe(
+        &args.containerd_socket,
+        &exe,
+        &args.data_root,
+    )?)
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -230,6 +242,7 @@ async fn daemon() -> anyhow::Result<()> {
                 args.containerd_namespace.clone(),
                 args.cgroup_parent.clone(),
             )
+            .with_log_driver(log_driver_exe(&args)?)
             .with_state_dir(args.data_root.join("tasks"))
             .with_netns_dir(args.exec_root.join("netns"))
             .with_files_dir(args.exec_root.join("files"));

@@ -404,7 +404,15 @@ impl ContainerdExecutor {
                 return;
             }
         };
-        let mut ids: HashSet<String> = containers.into_iter().map(|c| c.id).collect();
+        // Only containers the executor made: a container without the task label naming it
+        // (the agent's own container, when it runs as one in this namespace) is not a task.
+        let (tasks, foreign): (Vec<Container>, Vec<Container>) = containers
+            .into_iter()
+            .partition(|c| c.labels.get(spec::TASK_ID_LABEL) == Some(&c.id));
+        for c in &foreign {
+            tracing::debug!(container = %c.id, "not a task container: left alone");
+        }
+        let mut ids: HashSet<String> = tasks.into_iter().map(|c| c.id).collect();
         ids.extend(crate::netns::list(&self.inner.netns_dir));
         ids.extend(files::list(&self.inner.files_dir));
         let orphans: Vec<String> = ids.into_iter().filter(|id| !keep.contains(id)).collect();

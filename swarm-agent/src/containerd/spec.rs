@@ -622,6 +622,11 @@ pub fn hostname(task: &Task) -> String {
     task.id.chars().take(12).collect()
 }
 
+/// The label naming the task a container runs: the executor's own containers carry it (with
+/// their own id), and it touches no other container of its namespace (the agent's own, when
+/// it runs as a container there, or anyone else's).
+pub const TASK_ID_LABEL: &str = "com.docker.swarm.task.id";
+
 /// Labels set on the containerd container.
 pub fn container_labels(task: &Task) -> std::collections::HashMap<String, String> {
     let mut l = std::collections::HashMap::new();
@@ -640,7 +645,7 @@ pub fn container_labels(task: &Task) -> std::collections::HashMap<String, String
         "com.docker.swarm.service.name".into(),
         task.service_name.clone(),
     );
-    l.insert("com.docker.swarm.task.id".into(), task.id.clone());
+    l.insert(TASK_ID_LABEL.into(), task.id.clone());
     l.insert("com.docker.swarm.task.name".into(), name);
     l
 }

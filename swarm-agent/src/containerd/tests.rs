@@ -567,11 +567,40 @@ async fn a_restarted_agent_adopts_its_containers_and_removes_orphans() {
     assert_eq!(states(&st), [TaskState::Failed], "{st:?}");
     assert!(st[0].err.contains("container is gone"), "{}", st[0].err);
 
+    // A container the executor did not make (the agent's own, run in the same namespace):
+    // no task label names it, so it is no orphan.
+    let agent_container = containerd_client::services::v1::Container {
+        id: "swarm-agent".into(),
+        labels: std::collections::HashMap::from([("io.swarm.role".into(), "agent".into())]),
+        runtime: Some(containerd_client::services::v1::container::Runtime {
+            name: super::run::RUNTIME.into(),
+            options: None,
+        }),
+        spec: Some(prost_types::Any {
+            type_url: super::spec::SPEC_TYPE_URL.into(),
+            value: b"{}".to_vec(),
+        }),
+        ..Default::default()
+    };
+    cd.containers()
+        .create(
+            cd.req(containerd_client::services::v1::CreateContainerRequest {
+                container: Some(agent_container),
+            }),
+        )
+        .await
+        .expect("creating a container that is not a task");
+
     // The orphan's files are known (kept), its container is not (removed).
     let known = std::collections::HashSet::from([orphan.id.clone()]);
     restarted.remove_orphans(Default::default(), known).await;
     let left = gone(&cd, &orphan.id, env.exec.snapshotter()).await;
     assert!(left.is_empty(), "orphan left in containerd: {left:?}");
+    assert_eq!(
+        gone(&cd, "swarm-agent", env.exec.snapshotter()).await,
+        ["container"],
+        "the container that is not a task is left alone"
+    );
     assert!(!env.netns_dir().join(&orphan.id).exists());
     assert!(env.exec.task_dir(&orphan.id).exists());
     restarted
