@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
-use swarm_agent::containerd::ContainerdExecutor;
+use swarm_agent::containerd::{ContainerdExecutor, RegistryAccess};
 use swarm_agent::network::probe::{
     self, Choice, DataPlaneRequest, KernelProbe, Mode, TcAttachRequest,
 };
@@ -124,6 +124,32 @@ struct Args {
     /// names it does not know. Re-read when it changes.
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// A registry (`HOST[:PORT]`, or `HOST` for every port) pulled from over plain HTTP
+    /// instead of HTTPS (Docker's insecure-registries); repeat for several.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
+    /// PEM file of registry CA certificates trusted besides the system's roots.
+    #[arg(long, value_name = "FILE")]
+    registry_ca: Option<PathBuf>,
+}
+
+/// How the node reaches registries, from `--insecure-registry` and `--registry-ca`.
+fn registry_access(args: &Args) -> anyhow::Result<RegistryAccess> {
+    let ca_pem = match &args.registry_ca {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!(
+                "--registry-ca {}: {e}; give a PEM file of CA certificates",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
+    let access = RegistryAccess {
+        insecure: args.insecure_registries.clone(),
+        ca_pem,
+    };
+    access.check()?;
+    Ok(access)
 }
 
 /// The cgroup v2 directory the socket hooks attach to (None, and said, when there is none).
@@ -245,7 +271,8 @@ async fn daemon() -> anyhow::Result<()> {
             .with_log_driver(log_driver_exe(&args)?)
             .with_state_dir(args.data_root.join("tasks"))
             .with_netns_dir(args.exec_root.join("netns"))
-            .with_files_dir(args.exec_root.join("files"));
+            .with_files_dir(args.exec_root.join("files"))
+            .with_registries(registry_access(&args)?);
             match (choice.mode, choice.attach) {
                 (Mode::Ebpf, Some(tc_attach)) => {
                     let networking = Networking::new(

@@ -10,6 +10,7 @@ mod cluster_cmd;
 mod error;
 mod format;
 mod json;
+mod login_cmd;
 mod logs_cmd;
 mod network_cmd;
 mod node_cmd;
@@ -17,6 +18,7 @@ mod opts;
 mod output_format;
 mod progress;
 mod ps;
+mod registry_auth;
 mod resolve;
 mod secret_cmd;
 mod service_cmd;
@@ -94,6 +96,10 @@ enum Command {
     /// Manage swarm stacks
     #[command(subcommand)]
     Stack(stack_cmd::StackCmd),
+    /// Log in to a registry (kept in Docker's config.json)
+    Login(login_cmd::LoginArgs),
+    /// Log out from a registry
+    Logout(login_cmd::LogoutArgs),
 }
 
 /// `swarm service ...`: the verbs of [`ServiceCmd`] and `logs`.
@@ -233,7 +239,7 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Command::Secret(s) => secret_cmd::check_arity(Which::Secret, s)?,
         Command::Config(s) => secret_cmd::check_arity(Which::Config, s)?,
-        Command::Stack(_) => {}
+        Command::Stack(_) | Command::Login(_) | Command::Logout(_) => {}
         Command::Init(_)
         | Command::Leave(_)
         | Command::Info(_)
@@ -241,14 +247,17 @@ async fn run(cli: Cli) -> Result<()> {
         | Command::Update(_) => {}
     }
 
-    // `stack config` reads files only.
+    // `stack config` reads files only; logins need no agent.
     let cmd = match cli.cmd {
         Command::Stack(stack_cmd::StackCmd::Config(a)) => return stack_cmd::config(a),
+        Command::Login(a) => return login_cmd::login(a).await,
+        Command::Logout(a) => return login_cmd::logout(a),
         cmd => cmd,
     };
     let c = Client::connect(&cli.host).await?;
     match cmd {
         Command::Stack(s) => stack_cmd::run(&c, s).await,
+        Command::Login(_) | Command::Logout(_) => Ok(()),
         Command::Secret(s) => secret_cmd::run(&c, Which::Secret, s).await,
         Command::Config(s) => secret_cmd::run(&c, Which::Config, s).await,
         Command::Init(a) => swarm_cmd::init(&c, a).await,

@@ -3,13 +3,11 @@
 //! (`HOST/NAME:TAG@sha256:…`) even if the tag moves later. When the registry cannot be asked,
 //! the image is left as given, with Docker's warning.
 
-use std::time::Duration;
-
-use swarm_oci::{Reference, Registry, RegistryOptions};
+use swarm_oci::{Reference, Registry};
 
 /// The first path component names a registry host (Docker's rule: it has a `.` or a `:`, or
-/// is `localhost`). References without one (Docker Hub names) are left alone: there is no
-/// default registry here.
+/// is `localhost`). References without one (Docker Hub names) are left as written: the
+/// agents resolve them, as Docker Hub is seldom reachable where swarm runs its tests.
 fn names_a_registry(image: &str) -> bool {
     match image.split_once('/') {
         Some((host, _)) => host.contains('.') || host.contains(':') || host == "localhost",
@@ -31,12 +29,9 @@ pub async fn pin(image: &str) -> Result<String, String> {
         )
     };
     let reference = Reference::parse(image).map_err(|e| warn(e.to_string()))?;
-    let opts = RegistryOptions {
-        connect_timeout: Duration::from_secs(3),
-        request_timeout: Duration::from_secs(10),
-        attempts: 2,
-        ..Default::default()
-    };
+    // HTTPS (plain HTTP for a registry listed insecure) with the user's login, if any.
+    let opts =
+        crate::registry_auth::options_for(reference.registry()).map_err(|e| warn(e.to_string()))?;
     let registry =
         Registry::with_options(reference.registry(), opts).map_err(|e| warn(e.to_string()))?;
     let resolved = registry

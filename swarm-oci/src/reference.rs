@@ -1,6 +1,7 @@
-//! Image references: `HOST[:PORT]/NAME[:TAG]`, `HOST[:PORT]/NAME@sha256:…` or both.
-//!
-//! There is no default registry (no implicit `docker.io`): the registry host is required.
+//! Image references: `[HOST[:PORT]/]NAME[:TAG][@sha256:…]`, normalized as Docker does:
+//! without a registry host the image is on Docker Hub (`docker.io`, served by
+//! [`DOCKER_HUB_ENDPOINT`]), and a one-component Hub name is in `library/`
+//! (`nginx` → `docker.io/library/nginx`). `index.docker.io` is the old name of `docker.io`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,8 +11,17 @@ use crate::error::{OciError, Result};
 
 /// Tag used when a reference has neither tag nor digest.
 pub const DEFAULT_TAG: &str = "latest";
+/// The registry of references without a host (Docker Hub).
+pub const DOCKER_HUB: &str = "docker.io";
+/// Docker Hub's old name, normalized to [`DOCKER_HUB`].
+pub const DOCKER_HUB_LEGACY: &str = "index.docker.io";
+/// Where Docker Hub's distribution API is served (Docker's `registry-1.docker.io`).
+pub const DOCKER_HUB_ENDPOINT: &str = "registry-1.docker.io";
+/// Repository namespace of Docker Hub's official images.
+const OFFICIAL_NAMESPACE: &str = "library";
 
-/// A parsed image reference. `Display` gives back the parsed text (no implicit `:latest` added).
+/// A parsed, normalized image reference. `Display` gives the full form (`docker.io/library/nginx`,
+/// no implicit `:latest` added); [`familiar`](Self::familiar) the short form Docker shows.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Reference {
     registry: String,
@@ -50,18 +60,26 @@ impl Reference {
             }
             _ => (rest, None),
         };
-        let Some((host, path)) = name.split_once('/') else {
-            return Err(bad(no_registry(name)));
-        };
-        if !looks_like_host(host) {
-            return Err(bad(no_registry(name)));
+        let (host, path) = split_domain(name);
+        if host != DOCKER_HUB {
+            validate_host(host).map_err(&bad)?;
         }
-        validate_host(host).map_err(&bad)?;
+        let path = if host == DOCKER_HUB && !path.contains('/') {
+            if path == name && path.len() == 64 && path.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(
+                    "a 64-character hexadecimal repository name is refused (it reads as an image id); write the registry host before it".into(),
+                ));
+            }
+            format!("{OFFICIAL_NAMESPACE}/{path}")
+        } else {
+            path.to_string()
+        };
+        let path = path.as_str();
         validate_repository(path).map_err(&bad)?;
-        if name.len() > 255 {
+        if host.len() + 1 + path.len() > 255 {
             return Err(bad(format!(
                 "name {} characters long, at most 255 allowed",
-                name.len()
+                host.len() + 1 + path.len()
             )));
         }
         if let Some(tag) = tag {
@@ -124,6 +142,44 @@ impl Reference {
         }
     }
 
+    /// True when the image is on Docker Hub.
+    pub fn is_docker_hub(&self) -> bool {
+        self.registry == DOCKER_HUB
+    }
+
+    /// Docker's short form: `docker.io/` and `library/` left out (`nginx:1.27`,
+    /// `dmcgowan/myapp`), other registries written in full.
+    pub fn familiar(&self) -> String {
+        let mut out = if self.is_docker_hub() {
+            self.repository
+                .strip_prefix("library/")
+                .filter(|rest| !rest.contains('/'))
+                .unwrap_or(&self.repository)
+                .to_string()
+        } else {
+            format!("{}/{}", self.registry, self.repository)
+        };
+        if let Some(tag) = &self.tag {
+            out.push(':');
+            out.push_str(tag);
+        }
+        if let Some(d) = &self.digest {
+            out.push('@');
+            out.push_str(d.as_str());
+        }
+        out
+    }
+
+    /// The reference with `:latest` added when it has neither tag nor digest (Docker's
+    /// `TagNameOnly`): what `service create` records.
+    pub fn with_default_tag(&self) -> Reference {
+        let mut r = self.clone();
+        if r.tag.is_none() && r.digest.is_none() {
+            r.tag = Some(DEFAULT_TAG.to_string());
+        }
+        r
+    }
+
     /// The same image pinned to a digest (tag kept for readability).
     pub fn with_digest(&self, digest: Digest) -> Reference {
         Reference {
@@ -138,16 +194,25 @@ impl Reference {
     }
 }
 
-fn no_registry(name: &str) -> String {
-    format!(
-        "no registry host: write it as HOST[:PORT]/NAME[:TAG], for example 127.0.0.1:5000/{} (there is no default registry)",
-        name.trim_start_matches('/')
-    )
-}
-
-/// Docker's rule: the first component is a registry when it has a '.' or a ':', or is `localhost`.
-fn looks_like_host(first: &str) -> bool {
-    first.contains('.') || first.contains(':') || first == "localhost" || first.starts_with('[')
+/// Docker's split of a name into registry and repository path: the first component is a
+/// registry when it has a '.' or a ':', is `localhost`, or has an upper-case letter (a
+/// repository never has one); otherwise the whole name is on Docker Hub.
+fn split_domain(name: &str) -> (&str, &str) {
+    let (host, path) = match name.split_once('/') {
+        Some((first, rest))
+            if first.contains(['.', ':', '['])
+                || first == "localhost"
+                || first.bytes().any(|b| b.is_ascii_uppercase()) =>
+        {
+            (first, rest)
+        }
+        _ => (DOCKER_HUB, name),
+    };
+    if host == DOCKER_HUB_LEGACY {
+        (DOCKER_HUB, path)
+    } else {
+        (host, path)
+    }
 }
 
 fn validate_host(host: &str) -> std::result::Result<(), String> {
@@ -156,7 +221,13 @@ fn validate_host(host: &str) -> std::result::Result<(), String> {
         let Some((addr, after)) = stripped.split_once(']') else {
             return Err(format!("registry host {host:?} has '[' without ']'"));
         };
+        // An address with an optional zone (`fc00::1%eth0`).
+        let (addr, zone) = addr.split_once('%').unwrap_or((addr, "x"));
         if addr.is_empty()
+            || zone.is_empty()
+            || !zone
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
             || !addr
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
@@ -397,11 +468,6 @@ mod tests {
     fn rejects_bad_references_with_reasons() {
         let cases = [
             ("", "empty reference"),
-            ("whoami", "no registry host"),
-            ("whoami:v1", "no registry host"),
-            ("library/whoami", "no registry host"),
-            ("swarm/whoami:latest", "no registry host"),
-            ("127.0.0.1:5000", "no registry host"),
             ("127.0.0.1:5000/", "empty repository"),
             ("127.0.0.1:5000/Whoami", "lowercase"),
             ("127.0.0.1:5000/who//ami", "empty path component"),
@@ -433,8 +499,260 @@ mod tests {
         assert!(Reference::parse(&long_tag).is_err());
         let long_name = format!("h.io/{}", "a".repeat(300));
         assert!(Reference::parse(&long_name).is_err());
-        let msg = Reference::parse("whoami").expect_err("no host").to_string();
-        assert!(msg.contains("there is no default registry"), "{msg}");
+    }
+
+    /// Docker's own cases (distribution's reference package, normalize_test.go): names that
+    /// `ParseNormalizedNamed` accepts and refuses.
+    #[test]
+    fn accepts_and_refuses_the_names_docker_does() {
+        for name in [
+            "docker/docker",
+            "library/debian",
+            "debian",
+            "docker.io/docker/docker",
+            "docker.io/library/debian",
+            "docker.io/debian",
+            "index.docker.io/docker/docker",
+            "index.docker.io/library/debian",
+            "index.docker.io/debian",
+            "127.0.0.1:5000/docker/docker",
+            "127.0.0.1:5000/library/debian",
+            "127.0.0.1:5000/debian",
+            "[fc00::1%eth0]:5000/docker/docker",
+            "[fc00::1%eth0]:5000/library/debian",
+            "thisisthesongthatneverendsitgoesonandonandonthisisthesongthatnev",
+            "docker.io/1a3f5e7d9c1b3a5f7e9d1c3b5a7f9e1d3c5b7a9f1e3d5d7c9b1a3f5e7d9c1b3a",
+            "docker-rules/docker",
+            "docker---rules/docker",
+            "doc/docker",
+            "d/docker",
+            "jess/t",
+            "dock__er/docker",
+        ] {
+            Reference::parse(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        for name in [
+            "https://github.com/docker/docker",
+            "docker/Docker",
+            "-docker",
+            "-docker/docker",
+            "-docker.io/docker/docker",
+            "docker///docker",
+            "docker.io/docker/Docker",
+            "docker.io/docker///docker",
+            "1a3f5e7d9c1b3a5f7e9d1c3b5a7f9e1d3c5b7a9f1e3d5d7c9b1a3f5e7d9c1b3a",
+            "docker-/docker",
+            "-docker-/docker",
+            "____/____",
+            "_docker/_docker",
+            "dock..er/docker",
+            "dock_.er/docker",
+            "dock-.er/docker",
+            "docker/",
+        ] {
+            assert!(Reference::parse(name).is_err(), "{name} must be refused");
+        }
+        let long_ns = format!("{}/docker", "this_is_not_a_valid_namespace_".repeat(9));
+        assert!(Reference::parse(&long_ns).is_err());
+    }
+
+    /// TestParseRepositoryInfo and TestNormalizedSplitHostname: every spelling of a name gives
+    /// the same full name, familiar name, registry and path.
+    #[test]
+    fn normalizes_as_docker_does() {
+        // remote path, familiar, full, other spelling, registry
+        let cases = [
+            (
+                "fooo/bar",
+                "fooo/bar",
+                "docker.io/fooo/bar",
+                "index.docker.io/fooo/bar",
+                "docker.io",
+            ),
+            (
+                "library/ubuntu",
+                "ubuntu",
+                "docker.io/library/ubuntu",
+                "library/ubuntu",
+                "docker.io",
+            ),
+            (
+                "nonlibrary/ubuntu",
+                "nonlibrary/ubuntu",
+                "docker.io/nonlibrary/ubuntu",
+                "",
+                "docker.io",
+            ),
+            (
+                "other/library",
+                "other/library",
+                "docker.io/other/library",
+                "",
+                "docker.io",
+            ),
+            (
+                "private/moonbase",
+                "127.0.0.1:8000/private/moonbase",
+                "127.0.0.1:8000/private/moonbase",
+                "",
+                "127.0.0.1:8000",
+            ),
+            (
+                "privatebase",
+                "127.0.0.1:8000/privatebase",
+                "127.0.0.1:8000/privatebase",
+                "",
+                "127.0.0.1:8000",
+            ),
+            (
+                "private/moonbase",
+                "example.com/private/moonbase",
+                "example.com/private/moonbase",
+                "",
+                "example.com",
+            ),
+            (
+                "privatebasee",
+                "example.com:8000/privatebasee",
+                "example.com:8000/privatebasee",
+                "",
+                "example.com:8000",
+            ),
+            (
+                "library/ubuntu-12.04-base",
+                "ubuntu-12.04-base",
+                "docker.io/library/ubuntu-12.04-base",
+                "index.docker.io/library/ubuntu-12.04-base",
+                "docker.io",
+            ),
+            (
+                "library/foo",
+                "foo",
+                "docker.io/library/foo",
+                "docker.io/foo",
+                "docker.io",
+            ),
+            (
+                "library/foo/bar",
+                "library/foo/bar",
+                "docker.io/library/foo/bar",
+                "",
+                "docker.io",
+            ),
+            (
+                "store/foo/bar",
+                "store/foo/bar",
+                "docker.io/store/foo/bar",
+                "",
+                "docker.io",
+            ),
+            (
+                "test_com/foo",
+                "test_com/foo",
+                "docker.io/test_com/foo",
+                "",
+                "docker.io",
+            ),
+            (
+                "foo",
+                "test-com:8080/foo",
+                "test-com:8080/foo",
+                "",
+                "test-com:8080",
+            ),
+            (
+                "foo",
+                "xn--n3h.com:18080/foo",
+                "xn--n3h.com:18080/foo",
+                "",
+                "xn--n3h.com:18080",
+            ),
+        ];
+        for (path, familiar, full, other, registry) in cases {
+            for spelling in [familiar, full, other]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+            {
+                let r = Reference::parse(spelling).unwrap_or_else(|e| panic!("{spelling}: {e}"));
+                assert_eq!(r.familiar(), familiar, "{spelling}");
+                assert_eq!(r.to_string(), full, "{spelling}");
+                assert_eq!(r.registry(), registry, "{spelling}");
+                assert_eq!(r.repository(), path, "{spelling}");
+            }
+        }
+    }
+
+    /// TestParseAnyReference (the named cases) and TestParseReferenceWithTagAndDigest, plus the
+    /// issue's own examples.
+    #[test]
+    fn tags_and_digests_normalize_as_docker_does() {
+        let d = "sha256:dbcc1c35ac38df41fd2f5e4130b32ffdb93ebae8b3dbe638c23575912276fc9c";
+        let cases = [
+            ("redis".to_string(), "docker.io/library/redis".to_string()),
+            (
+                "redis:latest".into(),
+                "docker.io/library/redis:latest".into(),
+            ),
+            (
+                "docker.io/library/redis:latest".into(),
+                "docker.io/library/redis:latest".into(),
+            ),
+            (format!("redis@{d}"), format!("docker.io/library/redis@{d}")),
+            (
+                format!("docker.io/library/redis@{d}"),
+                format!("docker.io/library/redis@{d}"),
+            ),
+            ("dmcgowan/myapp".into(), "docker.io/dmcgowan/myapp".into()),
+            (
+                "dmcgowan/myapp:latest".into(),
+                "docker.io/dmcgowan/myapp:latest".into(),
+            ),
+            (
+                "docker.io/mcgowan/myapp:latest".into(),
+                "docker.io/mcgowan/myapp:latest".into(),
+            ),
+            (
+                format!("dmcgowan/myapp@{d}"),
+                format!("docker.io/dmcgowan/myapp@{d}"),
+            ),
+            (
+                "dbcc1c35ac38df41fd2f5e4130b32ffdb93ebae8b3dbe638c23575912276fc9".into(),
+                "docker.io/library/dbcc1c35ac38df41fd2f5e4130b32ffdb93ebae8b3dbe638c23575912276fc9"
+                    .into(),
+            ),
+            ("dbcc1".into(), "docker.io/library/dbcc1".into()),
+            (
+                format!("busybox:latest@{d}"),
+                format!("docker.io/library/busybox:latest@{d}"),
+            ),
+            ("nginx".into(), "docker.io/library/nginx".into()),
+            (
+                "library/nginx:1.27".into(),
+                "docker.io/library/nginx:1.27".into(),
+            ),
+            (
+                format!("docker.io/library/nginx@{d}"),
+                format!("docker.io/library/nginx@{d}"),
+            ),
+        ];
+        for (input, full) in cases {
+            let r = Reference::parse(&input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(r.to_string(), full, "{input}");
+            assert_eq!(Reference::parse(&full).expect("full form parses"), r);
+        }
+        let r = Reference::parse(&format!("busybox:latest@{d}")).expect("busybox");
+        assert_eq!(r.familiar(), format!("busybox:latest@{d}"));
+        let nginx = Reference::parse("nginx").expect("nginx");
+        assert_eq!(
+            nginx.with_default_tag().to_string(),
+            "docker.io/library/nginx:latest"
+        );
+        assert_eq!(nginx.manifest_reference(), "latest");
+        assert!(nginx.is_docker_hub());
+        assert!(Reference::parse("busybox")
+            .expect("ok")
+            .with_tag("-foo")
+            .is_err());
     }
 
     #[test]

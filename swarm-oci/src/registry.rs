@@ -1,18 +1,26 @@
 //! Registry client for the distribution v2 HTTP API: push built images, resolve references,
 //! download blobs with digest and size verification.
 //!
-//! Plain HTTP by default (the lab registry runs without TLS); [`RegistryOptions::https`] switches
-//! to HTTPS. No authentication yet: a registry asking for it answers `UNAUTHORIZED`.
+//! HTTPS by default, trusting the system's roots (`/etc/ssl/certs`, `SSL_CERT_FILE`) and any
+//! registry CA given in [`RegistryOptions::ca_pem`]; plain HTTP only for a registry the caller
+//! lists as insecure ([`RegistryOptions::insecure`], Docker's `insecure-registries`).
+//! `docker.io` is reached at `registry-1.docker.io`. A `401` challenge is answered with the
+//! given [`Credentials`] (Basic) or a token fetched from the challenge's realm (Bearer).
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
-use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::header::{
+    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, StatusCode, Url};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::auth::{parse_challenge, Challenge, Credentials, TokenAnswer};
 use crate::build::BuiltImage;
 use crate::digest::{Digest, DigestVerifier};
 use crate::error::{OciError, Result};
@@ -27,8 +35,12 @@ const MAX_ERROR_BODY: usize = 64 << 10;
 /// Connection settings.
 #[derive(Clone, Debug)]
 pub struct RegistryOptions {
-    /// Use `https://` instead of `http://`.
-    pub https: bool,
+    /// Plain `http://` instead of `https://` (a registry listed as insecure).
+    pub insecure: bool,
+    /// PEM certificates trusted besides the system's roots (a registry CA).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Credentials answering the registry's `401` challenge (none: anonymous).
+    pub credentials: Option<Credentials>,
     /// TCP (and TLS) connect timeout.
     pub connect_timeout: Duration,
     /// Total timeout of small requests (manifests, HEAD, upload start).
@@ -44,7 +56,9 @@ pub struct RegistryOptions {
 impl Default for RegistryOptions {
     fn default() -> Self {
         RegistryOptions {
-            https: false,
+            insecure: false,
+            ca_pem: None,
+            credentials: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
@@ -54,13 +68,41 @@ impl Default for RegistryOptions {
     }
 }
 
-/// A client for one registry (`HOST[:PORT]`). Cheap to clone.
+/// Where the system's trust roots are (Debian's bundle); `SSL_CERT_FILE` overrides it.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+impl RegistryOptions {
+    /// Whether `host` (`HOST[:PORT]`) is reached over plain HTTP: it is in `insecure`
+    /// (entries `HOST[:PORT]`; an entry without a port matches every port of that host), or
+    /// it is on this machine (`localhost`, 127.0.0.0/8, `[::1]`), which Docker always treats
+    /// as insecure.
+    pub fn is_insecure(host: &str, insecure: &[String]) -> bool {
+        let bare = match host.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let loopback = bare == "localhost"
+            || bare == "[::1]"
+            || bare
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| a.is_loopback());
+        loopback
+            || insecure
+                .iter()
+                .map(|e| e.trim())
+                .any(|e| e == host || e == bare)
+    }
+}
+
+/// A client for one registry (`HOST[:PORT]`). Cheap to clone (clones share the tokens).
 #[derive(Clone, Debug)]
 pub struct Registry {
     host: String,
     base: Url,
     client: reqwest::Client,
     opts: RegistryOptions,
+    /// `Authorization` values that worked, by repository (`""` for `/v2/`).
+    auth: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// A manifest or index as fetched: exact bytes (to store), media type and verified digest.
@@ -117,14 +159,25 @@ pub struct PushReport {
 pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 
 impl Registry {
-    /// A client for `host_port` (for example `127.0.0.1:5000`) over plain HTTP.
+    /// A client for `host_port` (for example `registry.example:5000`) over HTTPS.
     pub fn new(host_port: &str) -> Result<Registry> {
         Registry::with_options(host_port, RegistryOptions::default())
     }
 
+    /// A client for `host_port` over plain HTTP (an insecure registry).
+    pub fn insecure(host_port: &str) -> Result<Registry> {
+        Registry::with_options(
+            host_port,
+            RegistryOptions {
+                insecure: true,
+                ..RegistryOptions::default()
+            },
+        )
+    }
+
     /// A client for the registry named by an image reference.
-    pub fn for_reference(reference: &Reference) -> Result<Registry> {
-        Registry::new(reference.registry())
+    pub fn for_reference(reference: &Reference, opts: RegistryOptions) -> Result<Registry> {
+        Registry::with_options(reference.registry(), opts)
     }
 
     /// A client with explicit options.
@@ -138,29 +191,39 @@ impl Registry {
         if parsed.registry() != host_port {
             return Err(OciError::Protocol {
                 registry: host_port.to_string(),
-                message: "invalid registry address (expected HOST[:PORT])".into(),
+                message: "invalid registry address (expected HOST[:PORT] with a '.' or ':' in it, or localhost)".into(),
             });
         }
-        let scheme = if opts.https { "https" } else { "http" };
+        let scheme = if opts.insecure { "http" } else { "https" };
+        let endpoint = if host_port == reference::DOCKER_HUB {
+            reference::DOCKER_HUB_ENDPOINT
+        } else {
+            host_port
+        };
         let base =
-            Url::parse(&format!("{scheme}://{host_port}/")).map_err(|e| OciError::Protocol {
+            Url::parse(&format!("{scheme}://{endpoint}/")).map_err(|e| OciError::Protocol {
                 registry: host_port.to_string(),
                 message: format!("invalid registry address: {e}"),
             })?;
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.read_timeout)
-            .user_agent(concat!("swarm-oci/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| OciError::Protocol {
-                registry: host_port.to_string(),
-                message: format!("cannot create HTTP client: {}", error_chain(&e)),
-            })?;
+            .user_agent(concat!("swarm-oci/", env!("CARGO_PKG_VERSION")));
+        if !opts.insecure {
+            for cert in trust_roots(host_port, opts.ca_pem.as_deref())? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build().map_err(|e| OciError::Protocol {
+            registry: host_port.to_string(),
+            message: format!("cannot create HTTP client: {}", error_chain(&e)),
+        })?;
         Ok(Registry {
             host: host_port.to_string(),
             base,
             client,
             opts,
+            auth: Arc::default(),
         })
     }
 
@@ -627,11 +690,96 @@ impl Registry {
         timeout: Option<Duration>,
         build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
+        let scope_key = repository_of(url.path());
+        let mut resp = self
+            .send_retrying(&method, &url, what, timeout, &build, &scope_key)
+            .await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let challenge = header_str(resp.headers(), WWW_AUTHENTICATE.as_str());
+            if let Some(header) = self.answer_challenge(challenge.as_deref(), what).await? {
+                lock(&self.auth).insert(scope_key.clone(), header);
+                resp = self
+                    .send_retrying(&method, &url, what, timeout, &build, &scope_key)
+                    .await?;
+            }
+        }
+        Ok(resp)
+    }
+
+    /// The `Authorization` value answering a `401` challenge, or `None` when there is nothing
+    /// to answer with (the `401` is then the caller's error).
+    async fn answer_challenge(
+        &self,
+        challenge: Option<&str>,
+        what: &str,
+    ) -> Result<Option<String>> {
+        match challenge.and_then(parse_challenge) {
+            Some(Challenge::Basic) => Ok(self
+                .opts
+                .credentials
+                .as_ref()
+                .map(Credentials::basic_header)),
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            }) => {
+                let mut url = Url::parse(&realm).map_err(|e| OciError::Protocol {
+                    registry: self.host.clone(),
+                    message: format!("{what}: token realm {realm:?} is not a URL: {e}"),
+                })?;
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(service) = &service {
+                        q.append_pair("service", service);
+                    }
+                    if let Some(scope) = &scope {
+                        q.append_pair("scope", scope);
+                    }
+                }
+                let token_what = format!("GET token from {realm} for {what}");
+                let mut req = self.client.get(url).timeout(self.opts.request_timeout);
+                if let Some(c) = &self.opts.credentials {
+                    req = req.header(AUTHORIZATION, c.basic_header());
+                }
+                let resp = req.send().await.map_err(|e| OciError::Unreachable {
+                    registry: self.host.clone(),
+                    message: format!("{token_what}: {}", error_chain(&e)),
+                })?;
+                let resp = self
+                    .expect_status(resp, &token_what, &[StatusCode::OK])
+                    .await?;
+                let body = self.read_limited(resp, &token_what, MAX_ERROR_BODY).await?;
+                let answer: TokenAnswer = serde_json::from_slice(&body)
+                    .map_err(|e| OciError::json(token_what.clone(), e))?;
+                let token = answer.into_token().ok_or_else(|| OciError::Protocol {
+                    registry: self.host.clone(),
+                    message: format!("{token_what}: the answer has no token"),
+                })?;
+                Ok(Some(format!("Bearer {token}")))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn send_retrying(
+        &self,
+        method: &Method,
+        url: &Url,
+        what: &str,
+        timeout: Option<Duration>,
+        build: &impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+        scope_key: &str,
+    ) -> Result<reqwest::Response> {
         let attempts = self.opts.attempts.max(1);
         let mut delay = self.opts.backoff;
         let mut attempt = 1;
+        let authorization = lock(&self.auth).get(scope_key).cloned();
         loop {
             let mut req = build(self.client.request(method.clone(), url.clone()));
+            if let Some(a) = &authorization {
+                req = req.header(AUTHORIZATION, a);
+            }
             if let Some(t) = timeout {
                 req = req.timeout(t);
             }
@@ -690,7 +838,14 @@ impl Registry {
             .read_limited(resp, what, MAX_ERROR_BODY)
             .await
             .unwrap_or_default();
-        let (code, message) = parse_error_body(status, &body);
+        let (code, mut message) = parse_error_body(status, &body);
+        if status == StatusCode::UNAUTHORIZED {
+            message.push_str(if self.opts.credentials.is_some() {
+                " (the registry refused the credentials given: log in again with `swarm login`)"
+            } else {
+                " (no credentials were given: run `swarm login` for this registry and pass --with-registry-auth)"
+            });
+        }
         OciError::Registry {
             registry: self.host.clone(),
             request: what.to_string(),
@@ -723,6 +878,58 @@ impl Registry {
         }
         Ok(buf.freeze())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The repository of a `/v2/<repo>/{manifests,blobs,tags}/…` path (`""` for others): the
+/// scope a token is good for.
+fn repository_of(path: &str) -> String {
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return String::new();
+    };
+    for marker in ["/manifests/", "/blobs/", "/tags/"] {
+        if let Some(i) = rest.find(marker) {
+            return rest[..i].to_string();
+        }
+    }
+    String::new()
+}
+
+/// The system's trust roots plus `extra` (PEM), for a registry over HTTPS.
+fn trust_roots(host: &str, extra: Option<&[u8]>) -> Result<Vec<reqwest::Certificate>> {
+    let mut roots = Vec::new();
+    let system = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| SYSTEM_CA_BUNDLE.into());
+    if let Ok(pem) = std::fs::read(&system) {
+        // A damaged system bundle is not this registry's problem: the built-in roots remain.
+        match reqwest::Certificate::from_pem_bundle(&pem) {
+            Ok(certs) => roots.extend(certs),
+            Err(e) => {
+                tracing::warn!(bundle = %system.display(), "system CA bundle unreadable: {e}")
+            }
+        }
+    }
+    if let Some(pem) = extra {
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| OciError::Protocol {
+            registry: host.to_string(),
+            message: format!(
+                "the registry CA given is not PEM certificates: {}",
+                error_chain(&e)
+            ),
+        })?;
+        if certs.is_empty() {
+            return Err(OciError::Protocol {
+                registry: host.to_string(),
+                message: "the registry CA given holds no PEM certificate".into(),
+            });
+        }
+        roots.extend(certs);
+    }
+    Ok(roots)
 }
 
 fn parse_manifest(
@@ -933,10 +1140,144 @@ mod tests {
         (addr, count)
     }
 
+    /// A registry answering `401` with a Bearer challenge until it gets the token its realm
+    /// hands out for `user:pw` (Docker Hub's flow); counts the token requests.
+    async fn token_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let tokens = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = tokens.clone();
+        let realm = format!("http://{addr}/token");
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let counter = counter.clone();
+                let realm = realm.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let line = req.lines().next().unwrap_or("").to_string();
+                    let auth = req
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("authorization")
+                                .then(|| v.trim().to_string())
+                        })
+                        .unwrap_or_default();
+                    let basic = Credentials::new("user", "pw").basic_header();
+                    let (status, extra, body) = if line.starts_with("GET /token?") {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let scoped = line.contains("scope=repository%3Aa%2Fb%3Apull")
+                            && line.contains("service=test-registry");
+                        if auth == basic && scoped {
+                            ("200 OK", String::new(), r#"{"token":"T0K"}"#.to_string())
+                        } else {
+                            ("401 Unauthorized", String::new(), "{}".to_string())
+                        }
+                    } else if auth == "Bearer T0K" {
+                        ("200 OK", String::new(), "{}".to_string())
+                    } else {
+                        (
+                            "401 Unauthorized",
+                            format!("WWW-Authenticate: Bearer realm=\"{realm}\",service=\"test-registry\",scope=\"repository:a/b:pull\"\r\n"),
+                            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#.to_string(),
+                        )
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        (addr, tokens)
+    }
+
+    #[tokio::test]
+    async fn bearer_challenges_are_answered_with_a_token_from_the_realm() {
+        use std::sync::atomic::Ordering;
+        let (addr, tokens) = token_server().await;
+        let opts = RegistryOptions {
+            credentials: Some(Credentials::new("user", "pw")),
+            ..fast_options()
+        };
+        let client = Registry::with_options(&addr, opts).expect("client");
+        client.list_tags("a/b").await.expect("tags with a token");
+        assert_eq!(tokens.load(Ordering::SeqCst), 1);
+        // The token is kept for the repository: no second token request.
+        client.list_tags("a/b").await.expect("tags again");
+        assert_eq!(tokens.load(Ordering::SeqCst), 1, "token reused");
+
+        let anonymous = Registry::with_options(&addr, fast_options()).expect("client");
+        let err = anonymous
+            .list_tags("a/b")
+            .await
+            .expect_err("no credentials");
+        assert_eq!(err.http_status(), Some(401), "{err}");
+
+        let wrong = RegistryOptions {
+            credentials: Some(Credentials::new("user", "nope")),
+            ..fast_options()
+        };
+        let err = Registry::with_options(&addr, wrong)
+            .expect("client")
+            .list_tags("a/b")
+            .await
+            .expect_err("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("GET token from") && msg.contains("HTTP 401"),
+            "{msg}"
+        );
+        assert!(msg.contains("refused the credentials"), "{msg}");
+    }
+
+    #[test]
+    fn loopback_registries_are_insecure_and_others_only_when_listed() {
+        let listed = vec!["10.0.0.1:5000".to_string(), "reg.lab".to_string()];
+        assert!(RegistryOptions::is_insecure("127.0.0.1:5000", &[]));
+        assert!(RegistryOptions::is_insecure("localhost:5000", &[]));
+        assert!(RegistryOptions::is_insecure("[::1]:5000", &[]));
+        assert!(RegistryOptions::is_insecure("10.0.0.1:5000", &listed));
+        assert!(!RegistryOptions::is_insecure("10.0.0.1:5001", &listed));
+        assert!(RegistryOptions::is_insecure("reg.lab:443", &listed));
+        assert!(!RegistryOptions::is_insecure("docker.io", &listed));
+        assert!(!RegistryOptions::is_insecure("10.0.0.1:5000", &[]));
+    }
+
+    #[test]
+    fn docker_hub_is_reached_at_its_endpoint_over_https() {
+        let hub = Registry::new("docker.io").expect("hub");
+        assert_eq!(hub.host(), "docker.io");
+        assert_eq!(hub.base.as_str(), "https://registry-1.docker.io/");
+        let err = Registry::new("nohost").expect_err("not a host");
+        assert!(
+            err.to_string().contains("invalid registry address"),
+            "{err}"
+        );
+        let err = Registry::with_options(
+            "reg.example",
+            RegistryOptions {
+                ca_pem: Some(b"not pem".to_vec()),
+                ..RegistryOptions::default()
+            },
+        )
+        .expect_err("bad CA");
+        assert!(err.to_string().contains("registry CA"), "{err}");
+    }
+
     fn fast_options() -> RegistryOptions {
         RegistryOptions {
             backoff: Duration::from_millis(20),
             request_timeout: Duration::from_millis(300),
+            insecure: true,
             ..RegistryOptions::default()
         }
     }

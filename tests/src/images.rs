@@ -117,7 +117,7 @@ pub async fn push_images(
     whoami: &BuiltImage,
     busybox: &BuiltImage,
 ) -> anyhow::Result<Vec<String>> {
-    let reg = Registry::new(registry)?;
+    let reg = Registry::insecure(registry)?;
     let mut pushed = Vec::new();
     for (name, image) in [("whoami", whoami), ("busybox", busybox)] {
         let r = reg

@@ -14,6 +14,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // containerd-client's build script runs protoc.
     ("/usr/bin/protoc", "protobuf-compiler"),
     ("/usr/bin/docker-registry", "docker-registry"),
+    // The registries with a login (swarm-oci's tests, the lab) need bcrypt htpasswd entries.
+    ("/usr/bin/htpasswd", "apache2-utils"),
     ("/usr/bin/busybox", "busybox-static"),
     ("/usr/bin/containerd", "containerd"),
     ("/usr/sbin/runc", "runc"),

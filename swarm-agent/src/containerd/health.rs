@@ -936,7 +936,7 @@ mod containerd_tests {
         let registry = testbed::registry_with(tmp.path(), &busybox_image()).await;
         let cd = ctd.connect().await;
         let name = format!("{}/busybox:latest", registry.host());
-        let pulled = image::pull(&cd, &name, SNAPSHOTTER)
+        let pulled = image::pull(&cd, &name, SNAPSHOTTER, &Default::default())
             .await
             .unwrap_or_else(|e| panic!("pull: {e}\n{}", log()));
         let top = pulled.top_snapshot();

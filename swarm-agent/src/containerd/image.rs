@@ -16,13 +16,45 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::{Descriptor as CdDescriptor, Mount};
 use futures::{Stream, StreamExt};
-use swarm_oci::{Descriptor, Digest, ImageConfig, OciError, Reference, Registry};
+use swarm_oci::{Descriptor, Digest, ImageConfig, OciError, Reference, Registry, RegistryOptions};
 use tokio::sync::mpsc;
 
 use super::client::{Containerd, ContainerdError};
 
 /// Chunk size of content writes.
 const WRITE_CHUNK: usize = 1 << 20;
+
+/// How this node reaches registries: HTTPS with the system's roots and `ca_pem`, except for
+/// the registries listed as insecure (plain HTTP).
+#[derive(Clone, Debug, Default)]
+pub struct RegistryAccess {
+    /// `HOST[:PORT]` (or `HOST`, every port) pulled from over plain HTTP.
+    pub insecure: Vec<String>,
+    /// PEM CA certificates trusted besides the system's.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl RegistryAccess {
+    /// Refuses entries that are not `HOST[:PORT]` and a CA that is not PEM certificates.
+    pub fn check(&self) -> Result<(), OciError> {
+        for host in &self.insecure {
+            Registry::with_options(host, self.options(host))?;
+        }
+        if self.ca_pem.is_some() {
+            Registry::with_options("ca.check.invalid", self.options("ca.check.invalid"))?;
+        }
+        Ok(())
+    }
+
+    /// The client options for `host`.
+    pub fn options(&self, host: &str) -> RegistryOptions {
+        RegistryOptions {
+            insecure: RegistryOptions::is_insecure(host, &self.insecure),
+            ca_pem: self.ca_pem.clone(),
+            ..RegistryOptions::default()
+        }
+    }
+}
 
 /// An image present in containerd, ready to be used as a container's parent snapshot.
 #[derive(Clone, Debug)]
@@ -70,6 +102,7 @@ pub async fn pull(
     cd: &Containerd,
     image: &str,
     snapshotter: &str,
+    access: &RegistryAccess,
 ) -> Result<PulledImage, ContainerdError> {
     let perr = pull_err(image);
     let reference = Reference::parse(image).map_err(&perr)?;
@@ -80,7 +113,8 @@ pub async fn pull(
             return Ok(local);
         }
     }
-    let registry = Registry::for_reference(&reference).map_err(&perr)?;
+    let registry =
+        Registry::for_reference(&reference, access.options(reference.registry())).map_err(&perr)?;
     let resolved = registry.resolve(&reference).await.map_err(&perr)?;
     let repo = reference.repository().to_string();
 

@@ -23,4 +23,5 @@ pub mod testbed;
 mod tests;
 
 pub use client::{Containerd, ContainerdError};
+pub use image::RegistryAccess;
 pub use run::ContainerdExecutor;

@@ -70,6 +70,8 @@ struct Inner {
     pulls: PullLocks,
     /// The node's data plane: gives tasks on networks their interfaces.
     network: Option<Arc<Networking>>,
+    /// How images are pulled: insecure registries, registry CA.
+    registries: image::RegistryAccess,
 }
 
 type PullLocks = std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
@@ -95,6 +97,7 @@ impl ContainerdExecutor {
                 client: std::sync::Mutex::new(None),
                 pulls: Default::default(),
                 network: None,
+                registries: Default::default(),
             }),
         }
     }
@@ -126,6 +129,11 @@ impl ContainerdExecutor {
         self.rebuild(|i| i.state_dir = dir)
     }
 
+    /// How registries are reached (insecure ones over plain HTTP, a registry CA).
+    pub fn with_registries(self, registries: image::RegistryAccess) -> Self {
+        self.rebuild(|i| i.registries = registries)
+    }
+
     /// The containerd snapshotter ("overlayfs", "native" ...).
     pub fn with_snapshotter(self, snapshotter: &str) -> Self {
         self.rebuild(|i| i.snapshotter = snapshotter.to_string())
@@ -144,6 +152,7 @@ impl ContainerdExecutor {
             client: std::sync::Mutex::new(None),
             pulls: Default::default(),
             network: self.inner.network.clone(),
+            registries: self.inner.registries.clone(),
         };
         f(&mut inner);
         ContainerdExecutor {
@@ -515,7 +524,14 @@ impl ContainerdExecutor {
         };
         let guard = lock.lock().await;
         let t0 = std::time::Instant::now();
-        let pulled = match image::pull(cd, &image_name, &self.inner.snapshotter).await {
+        let pulled = match image::pull(
+            cd,
+            &image_name,
+            &self.inner.snapshotter,
+            &self.inner.registries,
+        )
+        .await
+        {
             Ok(p) => {
                 metrics::pulled(if p.fetched.is_empty() {
                     "present"

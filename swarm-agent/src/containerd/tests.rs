@@ -256,7 +256,7 @@ async fn containerd_executor_end_to_end() {
 
     // (4) pulling twice fetches the blobs only once.
     let name = env.image_ref("latest");
-    let first = image::pull(&cd, &name, env.exec.snapshotter())
+    let first = image::pull(&cd, &name, env.exec.snapshotter(), &Default::default())
         .await
         .unwrap_or_else(|e| panic!("pull: {e}\n{}", env.containerd.log()));
     assert_eq!(first.fetched.len(), 2, "layer + config fetched: {first:?}");
@@ -272,7 +272,7 @@ async fn containerd_executor_end_to_end() {
             "{d} in the content store"
         );
     }
-    let second = image::pull(&cd, &name, env.exec.snapshotter())
+    let second = image::pull(&cd, &name, env.exec.snapshotter(), &Default::default())
         .await
         .expect("second pull");
     assert!(
@@ -617,20 +617,25 @@ async fn an_image_pinned_to_a_digest_starts_without_the_registry_once_present() 
     let mut env = Env::start().await;
     let cd = env.containerd.connect().await;
     let pinned = format!("{}@{}", env.image_ref("latest"), env.image.manifest_digest);
-    let first = image::pull(&cd, &pinned, env.exec.snapshotter())
+    let first = image::pull(&cd, &pinned, env.exec.snapshotter(), &Default::default())
         .await
         .expect("first pull of the pinned reference");
     assert_eq!(first.manifest_digest, env.image.manifest_digest);
     env.registry.stop();
-    let again = image::pull(&cd, &pinned, env.exec.snapshotter())
+    let again = image::pull(&cd, &pinned, env.exec.snapshotter(), &Default::default())
         .await
         .expect("a pinned image that is present needs no registry");
     assert!(again.fetched.is_empty() && again.unpacked.is_empty());
     assert_eq!(again.top_snapshot(), first.top_snapshot());
     // A tag must be resolved, so without the registry it fails, saying why.
-    let e = image::pull(&cd, &env.image_ref("latest"), env.exec.snapshotter())
-        .await
-        .expect_err("a tag needs the registry");
+    let e = image::pull(
+        &cd,
+        &env.image_ref("latest"),
+        env.exec.snapshotter(),
+        &Default::default(),
+    )
+    .await
+    .expect_err("a tag needs the registry");
     assert!(e.to_string().contains("unreachable"), "{e}");
 }
 

@@ -148,7 +148,9 @@ impl LabNode {
         cmd.env("PATH", std::env::join_paths(dirs)?)
             .env("SWARM_HOST", format!("unix://{}", self.socket().display()))
             .env("CONTAINERD_ADDRESS", self.containerd_socket())
-            .env("CONTAINERD_NAMESPACE", CONTAINERD_NAMESPACE);
+            .env("CONTAINERD_NAMESPACE", CONTAINERD_NAMESPACE)
+            // The CLI pins images through the same plain-HTTP registry.
+            .env("SWARM_INSECURE_REGISTRIES", &self.registry);
         Ok(())
     }
 
@@ -209,6 +211,9 @@ impl LabNode {
             .arg(self.exec_root())
             .arg("--metrics-addr")
             .arg(METRICS_ADDR)
+            // The lab's registry serves plain HTTP: listed insecure, as Docker's daemons must.
+            .arg("--insecure-registry")
+            .arg(&self.registry)
             .env("RUST_LOG", AGENT_LOG_FILTER);
         // `SWARM_TEST_TC_ATTACH=legacy` runs the lab's data planes with clsact filters (as on
         // kernels before 6.6), like swarm-agent's own data-plane tests.

@@ -209,6 +209,7 @@ impl Underlay {
                     let c = swarm_oci::Registry::with_options(
                         &a,
                         swarm_oci::RegistryOptions {
+                            insecure: true,
                             attempts: 1,
                             connect_timeout: Duration::from_millis(500),
                             request_timeout: Duration::from_secs(2),
