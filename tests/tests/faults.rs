@@ -46,7 +46,7 @@ fn partitions_keep_the_history_linearizable_and_the_copies_within_bounds() {
     let mut failed = Vec::new();
     for seed in seeds() {
         eprintln!("fault run: seed {seed}, {secs} s of faults");
-        let report = run(seed, Duration::from_secs(secs), &mut |line| {
+        let report = run(seed, Duration::from_secs(secs), &mut |line: &str| {
             eprintln!("  {line}")
         })
         .unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
