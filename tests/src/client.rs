@@ -173,7 +173,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-async fn socket_channel(path: PathBuf) -> anyhow::Result<tonic::transport::Channel> {
+pub(crate) async fn socket_channel(path: PathBuf) -> anyhow::Result<tonic::transport::Channel> {
     let ch = tonic::transport::Endpoint::try_from("http://localhost")?
         .connect_with_connector(tower_service(path))
         .await?;

@@ -8,6 +8,7 @@
 //! - [`images`]: the test images; [`sim_executor`]: the simulated executor of `test-agent`.
 
 pub mod client;
+pub mod faults;
 pub mod helpers;
 pub mod images;
 pub mod lab;

@@ -20,6 +20,9 @@ pub struct AgentProc {
     agent_bin: PathBuf,
     /// More daemon flags (e.g. `--containerd-socket`).
     pub extra_args: Vec<String>,
+    /// The network namespace the daemon runs in (a [`FaultNet`](crate::faults::FaultNet)
+    /// node's), or the host's when None.
+    pub netns: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -42,7 +45,11 @@ impl AgentProc {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(&self.agent_bin)
+        let mut cmd = Command::new(&self.agent_bin);
+        if let Some(ns) = &self.netns {
+            crate::lab::sys::in_netns(&mut cmd, ns, false)?;
+        }
+        let child = cmd
             .arg("--data-root")
             .arg(&self.data_root)
             .arg("--socket")
@@ -180,6 +187,8 @@ pub struct Cluster {
     pub nodes: Vec<AgentProc>,
     pub port: u16,
     agent_args: Vec<String>,
+    /// Where each node lives when not on 127.0.0.N: its address and network namespace.
+    hosts: Vec<(String, PathBuf)>,
 }
 
 impl Cluster {
@@ -216,6 +225,24 @@ impl Cluster {
         c
     }
 
+    /// A cluster of `count` `test-agent` processes, node i in `net`'s namespace i on its
+    /// address there (so that the links between nodes can be cut), in a temporary directory.
+    pub fn on_net(net: &crate::faults::FaultNet, port: u16) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("swarm-faults-").tempdir()?;
+        let root = dir.path().to_path_buf();
+        let hosts = (0..net.len())
+            .map(|i| (net.ip(i), net.netns_path(i)))
+            .collect();
+        Self::build_on(
+            Some(dir),
+            root,
+            bin_dir().join("test-agent"),
+            port,
+            Vec::new(),
+            hosts,
+        )
+    }
+
     /// A cluster whose data roots, sockets and logs stay in `root`.
     pub fn new_in(root: PathBuf, count: usize, port: u16) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(&root)?;
@@ -237,6 +264,22 @@ impl Cluster {
         port: u16,
         agent_args: Vec<String>,
     ) -> anyhow::Result<Cluster> {
+        let mut c = Self::build_on(tmp, root, agent_bin, port, agent_args, Vec::new())?;
+        for _ in 0..count {
+            c.add_node()?;
+        }
+        Ok(c)
+    }
+
+    /// An empty cluster; then nodes are added on `hosts` (when given) or 127.0.0.N.
+    fn build_on(
+        tmp: Option<tempfile::TempDir>,
+        root: PathBuf,
+        agent_bin: PathBuf,
+        port: u16,
+        agent_args: Vec<String>,
+        hosts: Vec<(String, PathBuf)>,
+    ) -> anyhow::Result<Cluster> {
         assert!(
             agent_bin.exists(),
             "{} is missing: build it first (`cargo build --workspace --bins`, or run the tests with `cargo xtask test`)",
@@ -249,8 +292,9 @@ impl Cluster {
             nodes: Vec::new(),
             port,
             agent_args,
+            hosts,
         };
-        for _ in 0..count {
+        for _ in 0..c.hosts.len() {
             c.add_node()?;
         }
         Ok(c)
@@ -260,15 +304,20 @@ impl Cluster {
     pub fn add_node(&mut self) -> anyhow::Result<usize> {
         let i = self.nodes.len() + 1;
         let root = self.root.as_path();
+        let (ip, netns) = match self.hosts.get(i - 1) {
+            Some((ip, ns)) => (ip.clone(), Some(ns.clone())),
+            None => (format!("127.0.0.{i}"), None),
+        };
         let mut n = AgentProc {
             name: format!("node{i}"),
-            ip: format!("127.0.0.{i}"),
+            ip,
             port: self.port,
             data_root: root.join(format!("node{i}")),
             socket: root.join(format!("node{i}.sock")),
             log: root.join(format!("node{i}.log")),
             agent_bin: self.agent_bin.clone(),
             extra_args: self.agent_args.clone(),
+            netns,
             child: None,
         };
         n.start()?;

@@ -8,6 +8,10 @@
 //! - `sim/reject`: REJECTED before starting ("image not found");
 //! - anything else: RUNNING until told to stop, then SHUTDOWN.
 //!
+//! Running state: while a task is RUNNING, the file `<data root>/sim-running/<task id>`
+//! holds its service id (removed when it stops, ends, or the agent drops it), so a test sees
+//! what the executors actually run, not only what the managers believe ([`running_tasks`]).
+//!
 //! Logs: when the task's env has `SIM_LOG=<text>` (stdout) or `SIM_LOG_ERR=<text>`
 //! (stderr), the task writes that line to `<data root>/tasks/<task id>/container.log` in
 //! the log driver's format once RUNNING (the data root is the process's `--data-root`).
@@ -86,6 +90,49 @@ fn write_sim_logs(task: &Task) {
     }
 }
 
+/// The directory of the running markers under a data root.
+pub const RUNNING_DIR: &str = "sim-running";
+
+/// The tasks the simulated executor of the daemon with data root `data_root` runs right now:
+/// (task id, service id).
+pub fn running_tasks(data_root: &std::path::Path) -> Vec<(String, String)> {
+    let Ok(dir) = std::fs::read_dir(data_root.join(RUNNING_DIR)) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let service = std::fs::read_to_string(e.path()).ok()?;
+        Some((e.file_name().to_string_lossy().into_owned(), service))
+    })
+    .collect()
+}
+
+/// A task's running marker: made when it starts running, removed when dropped (however
+/// the run ends, including the agent dropping it).
+struct RunningMarker(PathBuf);
+
+impl RunningMarker {
+    fn new(task: &Task) -> RunningMarker {
+        let dir = data_root().join(RUNNING_DIR);
+        let path = dir.join(&task.id);
+        let made = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&path, task.service_id.as_bytes()));
+        if let Err(e) = made {
+            eprintln!(
+                "sim executor: writing the running marker of task {}: {e}",
+                task.id
+            );
+        }
+        RunningMarker(path)
+    }
+}
+
+impl Drop for RunningMarker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 async fn step(reporter: &TaskReporter, state: TaskState, msg: &str) {
     reporter.report(state, msg);
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -121,6 +168,7 @@ impl Executor for SimExecutor {
             }
             step(&reporter, TaskState::Ready, "prepared").await;
             step(&reporter, TaskState::Starting, "starting").await;
+            let marker = RunningMarker::new(&task);
             reporter.report(TaskState::Running, "started");
             write_sim_logs(&task);
             let ends = if image.starts_with("sim/fail") {
@@ -153,9 +201,12 @@ impl Executor for SimExecutor {
                 }
                 None => {
                     wait_stop.await;
+                    drop(marker);
                     reporter.report(TaskState::Shutdown, "shutdown");
+                    return;
                 }
             }
+            drop(marker);
         })
     }
 }

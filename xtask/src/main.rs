@@ -4,6 +4,8 @@
 //! ([`setup`]) and re-runs the command as the full xtask where one is needed.
 //!
 //! - `cargo xtask test [-- ARGS]`: what CI runs (every binary built, every test run).
+//! - `cargo xtask faults --seeds N --minutes M [--seed S]`: the long fault suite (partitions,
+//!   a linearizability-checked history, task safety) for N new seeds or to replay seed S.
 //! - `cargo xtask vm-test`: the data-plane tests on Debian 12's 6.1 kernel (no TCX) in a VM
 //!   (virtme-ng, QEMU without KVM); part of `test`.
 //! - `cargo xtask powerloss [--without-raft-fsync]`: acknowledged writes survive a power cut
@@ -31,6 +33,7 @@
 
 mod bench;
 mod fuzz;
+mod faults;
 #[cfg(feature = "lab")]
 mod lab;
 mod powerloss;
@@ -61,6 +64,20 @@ enum Cmd {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         extra: Vec<String>,
+    },
+    /// The long fault suite: partitions, one-way cuts, a flapping link, latency and loss
+    /// between the managers and workers while clients write and read; the history checked
+    /// for linearizability, the copies of a service checked against their bounds (root).
+    Faults {
+        /// How many new seeds to run (printed, each replayable with `--seed`).
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Minutes of faults per seed.
+        #[arg(long, default_value_t = 5)]
+        minutes: u64,
+        /// Replay this seed alone (instead of new seeds).
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// The data-plane tests on Debian 12's 6.1 kernel (no TCX: legacy tc) booted in a VM
     /// (virtme-ng, QEMU without KVM), with the host-built binaries.
@@ -298,6 +315,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Test { extra } => test::run(&extra),
+        Cmd::Faults {
+            seeds,
+            minutes,
+            seed,
+        } => faults::run(seeds, minutes, seed),
         Cmd::VmTest => vm::run(),
         Cmd::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Cmd::Powerloss { without_raft_fsync } => powerloss::run(without_raft_fsync),

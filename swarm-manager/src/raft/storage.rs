@@ -301,6 +301,8 @@ pub struct ForcedCluster {
     pub last_log_id: Option<LogId<u64>>,
     /// The voters of the old membership, this manager included.
     pub old_voters: BTreeSet<u64>,
+    /// The node ids of the other old managers, now on the cluster's removed list.
+    pub removed: Vec<String>,
 }
 
 /// Why [`force_new_cluster`] could not rewrite the Raft state.
@@ -405,7 +407,14 @@ pub fn force_new_cluster(
             swarm_common::clock::now_ms()
         ),
     };
-    let data = shared.read().to_bytes();
+    let mut state = shared.read().clone();
+    let removed = state.remove_old_managers(
+        last.map(|l| l.index).unwrap_or(0),
+        swarm_common::clock::now_ms(),
+        &old_voters,
+        raft_id,
+    );
+    let data = state.to_bytes();
     (|| -> Result<(), DbError> {
         let meta_bytes = encode(&meta)?;
         let purged = encode(&last)?;
@@ -427,12 +436,14 @@ pub fn force_new_cluster(
     tracing::warn!(
         last_index = last.map(|l| l.index).unwrap_or(0),
         ?old_voters,
+        ?removed,
         raft_id,
         "forced a new cluster: this manager is now the only member of the Raft membership"
     );
     Ok(ForcedCluster {
         last_log_id: last,
         old_voters,
+        removed,
     })
 }
 
@@ -843,6 +854,8 @@ mod tests {
     use openraft::testing::{log_id, StoreBuilder, Suite};
     use openraft::{CommittedLeaderId, Membership as RaftMembership};
     use proto::{Service, ServiceSpec};
+
+    use crate::store::Standing;
     use tempfile::TempDir;
 
     use super::*;
@@ -1139,6 +1152,58 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let err = force_new_cluster(empty.path(), 2, "a").unwrap_err();
         assert!(err.to_string().contains("no Raft state"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn force_new_cluster_puts_the_other_old_managers_on_the_removed_list() {
+        // Regression (fault suite): the old managers' Raft calls were served by the forced
+        // cluster, whose lone leader a vote request of a higher term could depose.
+        let dir = tempfile::tempdir().unwrap();
+        let node = |id: &str, raft_id: u64| {
+            Op::Create(Object::Node(proto::Node {
+                id: id.into(),
+                role: proto::NodeRole::Manager as i32,
+                manager_status: Some(proto::ManagerStatus {
+                    raft_id,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+        };
+        {
+            let (mut log, _sm) = open_new(dir.path());
+            let objects = Entry {
+                log_id: log_id(1, 1, 2),
+                payload: EntryPayload::Normal(Request::atomic(vec![
+                    Op::Create(Object::Cluster(proto::Cluster {
+                        id: "cluster".into(),
+                        ..Default::default()
+                    })),
+                    node("n1", 1),
+                    node("n2", 2),
+                    node("n3", 3),
+                ])),
+            };
+            log.blocking_append(vec![membership(1, 1), objects])
+                .await
+                .unwrap();
+        }
+        let forced = force_new_cluster(dir.path(), 2, "127.0.0.2:2377").unwrap();
+        let mut removed = forced.removed.clone();
+        removed.sort();
+        assert_eq!(removed, vec!["n1".to_string(), "n3".to_string()]);
+
+        let shared = Arc::new(Shared::default());
+        let _opened = open(dir.path(), shared.clone()).unwrap();
+        let st = shared.read();
+        assert_eq!(st.standing("n1"), Standing::Removed);
+        assert_eq!(st.standing("n3"), Standing::Removed);
+        assert_eq!(
+            st.standing("n2"),
+            Standing::Member(proto::NodeRole::Manager)
+        );
+        // Their node objects stay (down and unreachable until `node rm`).
+        assert!(st.node("n1").is_some() && st.node("n3").is_some());
     }
 
     #[test]

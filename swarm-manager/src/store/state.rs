@@ -87,18 +87,48 @@ impl State {
     }
     /// Where a node stands in the swarm: removed (refused for good), unknown here, or a
     /// member with its current role. What every authenticated call is checked against.
+    /// The removed list wins over a node object: `swarm init --force-new-cluster` puts the
+    /// old managers there while their node objects stay ([`State::remove_old_managers`]).
     pub fn standing(&self, node_id: &str) -> Standing {
-        if let Some(n) = self.nodes.get(node_id) {
-            return Standing::Member(n.role_enum());
-        }
         let removed = self
             .cluster()
             .is_some_and(|c| c.removed_nodes.iter().any(|r| r.node_id == node_id));
         if removed {
-            Standing::Removed
-        } else {
-            Standing::Unknown
+            return Standing::Removed;
         }
+        match self.nodes.get(node_id) {
+            Some(n) => Standing::Member(n.role_enum()),
+            None => Standing::Unknown,
+        }
+    }
+
+    /// `swarm init --force-new-cluster` (the offline rewrite, not a Raft entry): the
+    /// managers of the old Raft membership (`old_voters`, Raft ids) other than `keep` go on
+    /// the cluster's removed list, so the forced cluster refuses their certificates, their
+    /// Raft calls above all (a vote request of a higher term would depose its lone leader).
+    /// Their node objects stay, shown down and unreachable until `node rm`; a node that
+    /// comes back leaves and joins again, as a new node. Returns the node ids removed.
+    pub fn remove_old_managers(
+        &mut self,
+        index: u64,
+        now: i64,
+        old_voters: &std::collections::BTreeSet<u64>,
+        keep: u64,
+    ) -> Vec<String> {
+        let old: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| {
+                n.manager_status
+                    .as_ref()
+                    .is_some_and(|m| m.raft_id != keep && old_voters.contains(&m.raft_id))
+            })
+            .map(|n| n.id.clone())
+            .collect();
+        for id in &old {
+            self.record_removed_node(index, now, id, None);
+        }
+        old
     }
     pub fn service(&self, id: &str) -> Option<&Service> {
         self.services.get(id)

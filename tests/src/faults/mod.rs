@@ -1,0 +1,19 @@
+//! The fault suite's parts (issue 15): partitions on real processes, a recorded history
+//! checked for linearizability, and task safety as the executors see it.
+//! - [`net`]: [`FaultNet`], a network namespace per node on a bridge; links cut and healed
+//!   with nftables, slowed and made lossy with tc netem;
+//! - [`schedule`]: the seeded schedule of faults (replayed with its seed);
+//! - [`workload`]: clients writing and reading services through every manager;
+//! - [`history`]: the recorded operations and their check (stateright's
+//!   `LinearizabilityTester`), indeterminate operations modelled as such;
+//! - [`replicas`]: the copies of a service the simulated executors actually run;
+//! - [`run`]: one run of a seed, and its report.
+
+pub mod history;
+pub mod net;
+pub mod replicas;
+pub mod run;
+pub mod schedule;
+pub mod workload;
+
+pub use net::FaultNet;

@@ -1,0 +1,402 @@
+//! One fault run: a cluster of three managers and two workers on a [`FaultNet`], a
+//! replicated service on the workers, clients writing and reading through every manager,
+//! the seeded schedule of faults applied and healed; then the history checked for
+//! linearizability and the copies the executors ran checked against their bounds.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::history::{check, Op, Record, Ret, Verdict};
+use super::net::FaultNet;
+use super::replicas::{count, stretches, Sample, Stretches};
+use super::schedule::{schedule, Fault, Step};
+use super::workload::{Workload, COUNTER, OP_TIMEOUT};
+use crate::client::AgentClient;
+use crate::helpers::poll;
+use crate::loopback::Cluster;
+
+pub const MANAGERS: usize = 3;
+pub const WORKERS: usize = 2;
+/// Copies of the watched service.
+pub const REPLICAS: usize = 4;
+/// The dispatcher's heartbeat period of the cluster (`swarm init --dispatcher-heartbeat`):
+/// a node is DOWN after three missed periods.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Client threads per manager.
+const CLIENTS_PER_MANAGER: usize = 2;
+/// Between two samples of the executors' running state.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// The manager port inside the namespaces (private to them, so any port).
+const PORT: u16 = 4242;
+
+/// The grace period: a node missing this long is DOWN.
+pub fn grace() -> Duration {
+    HEARTBEAT * 3
+}
+
+/// How long a service may run more copies than asked: the grace period (a node that was
+/// cut off is DOWN only then, and until then its session may still be the one it had), plus
+/// the time a node that comes back takes to notice its dead session and open a new one
+/// (HTTP/2 keepalive 5 s + its 5 s timeout + a 3 s connect timeout), plus margin for a
+/// loaded machine.
+pub fn over_bound() -> Duration {
+    grace() + Duration::from_secs(13) + Duration::from_secs(10)
+}
+
+/// How long a service may run fewer copies than asked: the grace period, then the time to
+/// reschedule (the node monitor's pass, the orchestrator, the scheduler, the agent's
+/// assignment: each under a second here), plus margin for a loaded machine.
+pub fn under_bound() -> Duration {
+    grace() + Duration::from_secs(3) + Duration::from_secs(10)
+}
+
+/// What one run did and found.
+pub struct Report {
+    pub seed: u64,
+    pub faults: Vec<String>,
+    pub verdict: Verdict,
+    pub stretches: Stretches,
+    pub samples: usize,
+    pub logs: String,
+}
+
+impl Report {
+    /// Whether the run found nothing wrong.
+    pub fn passed(&self) -> bool {
+        self.verdict.linearizable()
+            && self.stretches.longest_over <= over_bound()
+            && self.stretches.longest_under <= under_bound()
+    }
+
+    /// The summary line of the run.
+    pub fn summary(&self) -> String {
+        format!(
+            "seed {}: {} faults, {} operations on {} services ({} completed, {} indeterminate), \
+             linearizable: {}; copies of the service (asked {REPLICAS}): longest over {:.1?} (bound {:?}), \
+             longest under {:.1?} (bound {:?}), {} samples",
+            self.seed,
+            self.faults.len(),
+            self.verdict.ops,
+            self.verdict.keys,
+            self.verdict.ok,
+            self.verdict.indeterminate,
+            if self.verdict.linearizable() { "yes" } else { "NO" },
+            self.stretches.longest_over,
+            over_bound(),
+            self.stretches.longest_under,
+            under_bound(),
+            self.samples,
+        )
+    }
+
+    /// Everything a failing run needs to be understood: the summary, the violations with
+    /// their histories, and the nodes' logs.
+    pub fn details(&self) -> String {
+        let mut s = self.summary();
+        s.push_str("\nfaults:\n");
+        for f in &self.faults {
+            s.push_str(&format!("  {f}\n"));
+        }
+        for (key, recs) in &self.verdict.violations {
+            s.push_str(&format!("no linearization of {key}:\n"));
+            let t0 = recs.iter().map(|r| r.invoked).min();
+            for r in recs {
+                let at = |t: Instant| t0.map(|t0| t - t0).unwrap_or_default();
+                s.push_str(&format!(
+                    "  p{} via {}: {:?} at {:.3?} -> {}\n",
+                    r.process,
+                    r.via,
+                    r.op,
+                    at(r.invoked),
+                    match &r.completed {
+                        Some((t, ret)) => format!("{ret:?} at {:.3?}", at(*t)),
+                        None => "indeterminate".into(),
+                    }
+                ));
+            }
+        }
+        s.push_str(&self.logs);
+        s
+    }
+}
+
+/// Runs the schedule of `seed` for about `budget` of faults; `progress` gets a line per step.
+pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
+    let net = FaultNet::new(MANAGERS + WORKERS)?;
+    let c = Cluster::on_net(&net, PORT)?;
+    c.form(MANAGERS)
+        .with_context(|| format!("forming the cluster:\n{}", c.logs()))?;
+    for i in 0..MANAGERS {
+        c.node(0)
+            .try_swarm(&["node", "update", "--availability", "drain", &c.node(i).name])?;
+    }
+    c.node(0).try_swarm(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "safety",
+        "--replicas",
+        &REPLICAS.to_string(),
+        "sim/idle",
+    ])?;
+    let svc = c
+        .node(0)
+        .services()?
+        .into_iter()
+        .find(|s| s.spec.as_ref().is_some_and(|sp| sp.name == "safety"))
+        .map(|s| s.id)
+        .context("the service just created is not listed")?;
+    let roots: Vec<PathBuf> = c.nodes.iter().map(|n| n.data_root.clone()).collect();
+    let cut = Arc::new(Mutex::new(vec![false; c.nodes.len()]));
+    poll(Duration::from_secs(60), SAMPLE_EVERY, || {
+        count(&roots, &cut.lock().expect("cut lock"), &svc) == REPLICAS
+    })
+    .with_context(|| {
+        format!(
+            "the service's {REPLICAS} copies did not start:\n{}",
+            c.logs()
+        )
+    })?;
+
+    // The observer of the executors' running state.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (roots, cut, svc, stop) = (roots.clone(), cut.clone(), svc.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let flags = cut.lock().expect("cut lock").clone();
+                samples.push(Sample {
+                    at: Instant::now(),
+                    running: count(&roots, &flags, &svc),
+                });
+                std::thread::sleep(SAMPLE_EVERY);
+            }
+            samples
+        })
+    };
+
+    let work = Workload::new(seed);
+    let mut clients = Vec::new();
+    for m in 0..MANAGERS {
+        for k in 0..CLIENTS_PER_MANAGER {
+            let n = c.node(m);
+            let client_seed = seed.wrapping_mul(31).wrapping_add((m * 8 + k) as u64);
+            clients.push(work.spawn_client(n.name.clone(), n.socket.clone(), client_seed));
+        }
+    }
+
+    let steps = schedule(seed, MANAGERS, WORKERS, budget);
+    let mut faults = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let shown =
+            apply(&net, &c, step, &cut).with_context(|| format!("applying {}", step.fault))?;
+        progress(&format!(
+            "seed {seed} fault {}/{}: {shown} for {:.1?}, then {:.1?} healed ({} operations so far)",
+            i + 1,
+            steps.len(),
+            step.hold,
+            step.rest,
+            work.history.records().len()
+        ));
+        faults.push(shown);
+        net.heal_all()?;
+        cut.lock()
+            .expect("cut lock")
+            .iter_mut()
+            .for_each(|c| *c = false);
+        std::thread::sleep(step.rest);
+    }
+
+    work.stop();
+    for t in clients {
+        let _ = t.join();
+    }
+    // Every key read through every manager once the cluster is whole: an acknowledged
+    // write missing there is a violation of the same check.
+    final_reads(&work, &c)?;
+    stop.store(true, Ordering::SeqCst);
+    let samples = sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
+    let verdict = check(&work.history.records());
+    Ok(Report {
+        seed,
+        faults,
+        verdict,
+        stretches: stretches(&samples, REPLICAS),
+        samples: samples.len(),
+        logs: c.logs(),
+    })
+}
+
+/// Applies one step's fault and holds it; returns what it did.
+fn apply(
+    net: &FaultNet,
+    c: &Cluster,
+    step: &Step,
+    cut: &Mutex<Vec<bool>>,
+) -> anyhow::Result<String> {
+    let both = |a: usize, b: usize| -> anyhow::Result<()> {
+        net.cut(a, b)?;
+        net.cut(b, a)
+    };
+    let isolate = |lone: usize| -> anyhow::Result<()> {
+        for m in (0..MANAGERS).filter(|m| *m != lone) {
+            both(lone, m)?;
+        }
+        Ok(())
+    };
+    let shown = match &step.fault {
+        Fault::IsolateLeader => match leader(c) {
+            Some(l) => {
+                isolate(l)?;
+                format!("isolate the leader node{}", l + 1)
+            }
+            None => {
+                isolate(0)?;
+                "isolate node1 (no leader known)".to_string()
+            }
+        },
+        Fault::Split { lone } => {
+            isolate(*lone)?;
+            step.fault.to_string()
+        }
+        Fault::OneWay { from, to } => {
+            net.cut(*from, *to)?;
+            step.fault.to_string()
+        }
+        Fault::Netem {
+            node,
+            delay_ms,
+            jitter_ms,
+            loss_pct,
+        } => {
+            net.netem(*node, *delay_ms, *jitter_ms, *loss_pct)?;
+            step.fault.to_string()
+        }
+        Fault::IsolateWorker { worker } => {
+            for m in 0..MANAGERS {
+                both(*worker, m)?;
+            }
+            cut.lock().expect("cut lock")[*worker] = true;
+            step.fault.to_string()
+        }
+        Fault::Flap { a, b, period } => {
+            let end = Instant::now() + step.hold;
+            let mut down = false;
+            while Instant::now() < end {
+                if down {
+                    net.heal_all()?;
+                } else {
+                    both(*a, *b)?;
+                }
+                down = !down;
+                std::thread::sleep((*period).min(end.saturating_duration_since(Instant::now())));
+            }
+            return Ok(step.fault.to_string());
+        }
+    };
+    std::thread::sleep(step.hold);
+    Ok(shown)
+}
+
+/// The manager that says it leads (its index), asked with a bound on the wait.
+fn leader(c: &Cluster) -> Option<usize> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    (0..MANAGERS).find_map(|m| {
+        let nodes = rt.block_on(async {
+            let ch = crate::client::socket_channel(c.node(m).socket.clone())
+                .await
+                .ok()?;
+            let mut cl = proto::control_client::ControlClient::new(ch);
+            let r = tokio::time::timeout(OP_TIMEOUT, cl.list_nodes(proto::ListNodesRequest {}))
+                .await
+                .ok()?
+                .ok()?;
+            Some(r.into_inner().nodes)
+        })?;
+        nodes
+            .iter()
+            .find(|n| n.manager_status.as_ref().is_some_and(|m| m.leader))
+            .and_then(|n| n.description.as_ref())
+            .and_then(|d| d.hostname.strip_prefix("node"))
+            .and_then(|i| i.parse::<usize>().ok())
+            .map(|i| i - 1)
+    })
+}
+
+/// Reads every key through every manager, recorded, once every manager answers.
+fn final_reads(work: &Arc<Workload>, c: &Cluster) -> anyhow::Result<()> {
+    let keys: std::collections::BTreeSet<String> =
+        work.history.records().into_iter().map(|r| r.key).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for m in 0..MANAGERS {
+        let n = c.node(m);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for key in &keys {
+            loop {
+                let invoked = Instant::now();
+                let got = rt.block_on(read_once(&n.socket, key));
+                if let Some(ret) = got {
+                    work.history.record(Record {
+                        key: key.clone(),
+                        // A process of its own per final read: each one completes.
+                        process: u64::MAX - (m as u64),
+                        op: Op::Read,
+                        invoked,
+                        completed: Some((Instant::now(), ret)),
+                        via: n.name.clone(),
+                    });
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "{} did not answer reads within 60 s after the faults healed:\n{}",
+                    n.name,
+                    c.logs()
+                );
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn read_once(socket: &std::path::Path, key: &str) -> Option<Ret> {
+    let ch = crate::client::socket_channel(socket.to_path_buf())
+        .await
+        .ok()?;
+    let mut c = proto::control_client::ControlClient::new(ch);
+    let r = tokio::time::timeout(
+        OP_TIMEOUT,
+        c.get_service(proto::GetServiceRequest {
+            service_id: key.to_string(),
+        }),
+    )
+    .await
+    .ok()?;
+    match r {
+        Ok(s) => {
+            let n = s
+                .into_inner()
+                .spec
+                .and_then(|sp| sp.labels.get(COUNTER).cloned())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(u64::MAX);
+            Some(Ret::Value(n))
+        }
+        Err(s) if s.code() == tonic::Code::NotFound => Some(Ret::NotFound),
+        Err(_) => None,
+    }
+}
