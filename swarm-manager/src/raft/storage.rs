@@ -285,12 +285,19 @@ pub fn open(
         path: path.clone(),
         source,
     };
-    // Create the tables so that read transactions can open them.
+    // Create the tables so that read transactions can open them; a database with nothing
+    // in it yet is marked encrypted at once.
     (|| -> Result<(), DbError> {
         let txn = db.begin_write().db()?;
-        txn.open_table(LOG).db()?;
-        txn.open_table(META).db()?;
-        txn.open_table(SNAPSHOT).db()?;
+        {
+            let log = txn.open_table(LOG).db()?;
+            let mut meta = txn.open_table(META).db()?;
+            let snap = txn.open_table(SNAPSHOT).db()?;
+            let empty = log.first().db()?.is_none() && snap.first().db()?.is_none();
+            if empty && meta.get(KEY_ENCRYPTION).db()?.is_none() {
+                meta.insert(KEY_ENCRYPTION, ENCRYPTION_V1).db()?;
+            }
+        }
         txn.commit().db()?;
         Ok(())
     })()
