@@ -1,4 +1,4 @@
-//! The agent's unix socket: `LocalNode` (init, join, leave, info, the node's network view)
+//! The agent's unix socket: `LocalNode` (init, join, leave, info, unlock, the node's network view)
 //! and the Control API, relayed to the in-process manager. The socket is protected by file
 //! permissions, so relayed calls are marked as local callers.
 
@@ -30,7 +30,13 @@ impl LocalApi {
         if let Some(c) = self.agent.control() {
             return Ok(c);
         }
-        match self.agent.snapshot().state {
+        let snap = self.agent.snapshot();
+        if snap.locked {
+            return Err(Status::failed_precondition(
+                swarm_manager::manager::SWARM_LOCKED,
+            ));
+        }
+        match snap.state {
             None => Err(Status::failed_precondition(NOT_IN_SWARM)),
             Some(_) => Err(Status::failed_precondition(WORKER_DENIED)),
         }
@@ -54,7 +60,7 @@ impl LocalNode for LocalApi {
     async fn init(&self, req: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
         let r = req.into_inner();
         swarm_manager::control::validate_init_request(&r)?;
-        let (node_id, worker_token, addr) = self
+        let (node_id, worker_token, addr, unlock_key) = self
             .agent
             .init(InitOptions {
                 advertise_addr: r.advertise_addr,
@@ -72,6 +78,7 @@ impl LocalNode for LocalApi {
                 subnet_size: r.default_addr_pool_mask_length,
                 vxlan_udp_port: r.data_path_port,
                 force_new_cluster: r.force_new_cluster,
+                autolock: r.autolock,
             })
             .await
             .map_err(err)?;
@@ -79,6 +86,7 @@ impl LocalNode for LocalApi {
             node_id,
             worker_token,
             manager_addr: addr,
+            unlock_key,
         }))
     }
 
@@ -121,6 +129,17 @@ impl LocalNode for LocalApi {
         Ok(Response::new(LeaveSwarmResponse {}))
     }
 
+    async fn unlock(
+        &self,
+        req: Request<UnlockRequest>,
+    ) -> Result<Response<UnlockResponse>, Status> {
+        self.agent
+            .unlock(&req.into_inner().unlock_key)
+            .await
+            .map_err(err)?;
+        Ok(Response::new(UnlockResponse {}))
+    }
+
     async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let snap = self.agent.snapshot();
         let control = self.agent.control().is_some();
@@ -131,7 +150,7 @@ impl LocalNode for LocalApi {
                 ..Default::default()
             },
             Some(s) => InfoResponse {
-                local_node_state: "active".into(),
+                local_node_state: if snap.locked { "locked" } else { "active" }.into(),
                 node_id: s.node_id,
                 cluster_id: s.cluster_id,
                 role: if s.role == role_name(NodeRole::Manager) {
@@ -219,6 +238,7 @@ relay! {
     remove_network(RemoveNetworkRequest) -> RemoveNetworkResponse;
     get_cluster(GetClusterRequest) -> Cluster;
     update_cluster(UpdateClusterRequest) -> Cluster;
+    get_unlock_key(GetUnlockKeyRequest) -> GetUnlockKeyResponse;
     create_secret(CreateSecretRequest) -> Secret;
     get_secret(GetSecretRequest) -> Secret;
     list_secrets(ListSecretsRequest) -> ListSecretsResponse;

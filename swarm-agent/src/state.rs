@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use swarm_manager::manager::Credentials;
+use swarm_manager::manager::{seal_pem, Credentials, UnlockKey};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeState {
@@ -56,6 +56,8 @@ impl Paths {
         self.certs().join("swarm-root-ca.crt")
     }
 
+    /// The membership and credentials kept in the data root; the key as stored (sealed by
+    /// the unlock key under autolock: `swarm_manager::manager::open_pem`).
     pub fn load(&self) -> anyhow::Result<Option<(NodeState, Credentials)>> {
         let p = self.state();
         if !p.exists() {
@@ -120,9 +122,19 @@ impl Paths {
         write_atomic(&self.state(), &serde_json::to_vec_pretty(state)?, 0o600)
     }
 
-    pub fn save_credentials(&self, creds: &Credentials) -> anyhow::Result<()> {
+    /// Saves the node's certificate, roots and key; the key sealed by `seal` (a manager's
+    /// unlock key under autolock), else in PEM.
+    pub fn save_credentials(
+        &self,
+        creds: &Credentials,
+        seal: Option<&UnlockKey>,
+    ) -> anyhow::Result<()> {
         write_atomic(&self.root_ca(), creds.root_ca_pem.as_bytes(), 0o600)?;
-        write_atomic(&self.key(), creds.key_pem.as_bytes(), 0o600)?;
+        let key = match seal {
+            Some(k) => seal_pem(k, &creds.key_pem),
+            None => creds.key_pem.clone(),
+        };
+        write_atomic(&self.key(), key.as_bytes(), 0o600)?;
         write_atomic(&self.cert(), creds.cert_pem.as_bytes(), 0o600)
     }
 

@@ -56,6 +56,15 @@ pub struct UpdateArgs {
     /// Task history retention limit
     #[arg(long, allow_negative_numbers = true)]
     pub task_history_limit: Option<i64>,
+    /// Change manager autolocking setting (true|false)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "true|false", value_parser = opts::parse_bool)]
+    pub autolock: Option<bool>,
+}
+
+fn autolock_of(spec: &ClusterSpec) -> bool {
+    spec.encryption_config
+        .as_ref()
+        .is_some_and(|e| e.auto_lock_managers)
 }
 
 fn version(c: &Cluster) -> u64 {
@@ -71,6 +80,7 @@ async fn write_spec(c: &Client, cluster: &Cluster, spec: ClusterSpec) -> Result<
             spec: Some(spec),
             rotate_worker_token: false,
             rotate_manager_token: false,
+            rotate_manager_unlock_key: false,
         })
         .await
         .map_err(|s| c.err(s))?;
@@ -81,6 +91,12 @@ async fn write_spec(c: &Client, cluster: &Cluster, spec: ClusterSpec) -> Result<
 pub async fn update(c: &Client, a: UpdateArgs) -> Result<()> {
     let cluster = c.cluster().await?;
     let mut spec = cluster.spec.clone().unwrap_or_default();
+    let was_locked = autolock_of(&spec);
+    if let Some(on) = a.autolock {
+        spec.encryption_config = Some(EncryptionConfig {
+            auto_lock_managers: on,
+        });
+    }
     if let Some(ms) = a.cert_expiry {
         spec.ca_config
             .get_or_insert_with(Default::default)
@@ -96,8 +112,14 @@ pub async fn update(c: &Client, a: UpdateArgs) -> Result<()> {
             .get_or_insert_with(Default::default)
             .task_history_retention_limit = n;
     }
+    let locks = autolock_of(&spec) && !was_locked;
     write_spec(c, &cluster, spec).await?;
     println!("Swarm updated.");
+    // Docker shows the new key when autolock was just turned on.
+    if locks {
+        let key = crate::unlock_cmd::fetch_unlock_key(c).await?;
+        print!("{}", crate::unlock_cmd::unlock_text(&key));
+    }
     Ok(())
 }
 

@@ -27,6 +27,7 @@ mod service_spec;
 mod stack_cmd;
 mod swarm_cmd;
 mod table;
+mod unlock_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -78,6 +79,10 @@ enum Command {
     Ca(cluster_cmd::CaArgs),
     /// Update the swarm
     Update(cluster_cmd::UpdateArgs),
+    /// Unlock swarm
+    Unlock(unlock_cmd::UnlockArgs),
+    /// Manage the unlock key
+    UnlockKey(unlock_cmd::UnlockKeyArgs),
     /// Manage swarm nodes
     #[command(subcommand)]
     Node(NodeCmd),
@@ -244,7 +249,9 @@ async fn run(cli: Cli) -> Result<()> {
         | Command::Leave(_)
         | Command::Info(_)
         | Command::Ca(_)
-        | Command::Update(_) => {}
+        | Command::Update(_)
+        | Command::Unlock(_)
+        | Command::UnlockKey(_) => {}
     }
 
     // `stack config` reads files only; logins need no agent.
@@ -273,6 +280,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => swarm_cmd::info(&c, a).await,
         Command::Ca(a) => cluster_cmd::ca(&c, a).await,
         Command::Update(a) => cluster_cmd::update(&c, a).await,
+        Command::Unlock(a) => unlock_cmd::unlock(&c, a).await,
+        Command::UnlockKey(a) => unlock_cmd::unlock_key(&c, a).await,
         Command::Node(n) => match n {
             NodeCmd::Ls(a) => node_cmd::ls(&c, a).await,
             NodeCmd::Inspect(a) => node_cmd::inspect(&c, a).await,

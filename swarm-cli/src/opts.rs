@@ -667,6 +667,15 @@ pub fn parse_mount(v: &str) -> Result<proto::Mount, String> {
     Ok(m)
 }
 
+/// A boolean flag value as Go's `strconv.ParseBool` reads it (`--autolock=false`).
+pub fn parse_bool(s: &str) -> std::result::Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("strconv.ParseBool: parsing {s:?}: invalid syntax")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,9 @@ pub struct InitArgs {
     /// Force create a new cluster from current state
     #[arg(long)]
     pub force_new_cluster: bool,
+    /// Enable manager autolocking (requiring an unlock key to start a stopped manager)
+    #[arg(long)]
+    pub autolock: bool,
     /// Default address pool in CIDR format (repeatable)
     #[arg(long, value_name = "CIDR")]
     pub default_addr_pool: Vec<String>,
@@ -123,6 +126,7 @@ pub async fn init(c: &Client, a: InitArgs) -> Result<()> {
         default_addr_pool: a.default_addr_pool,
         default_addr_pool_mask_length: a.default_addr_pool_mask_length,
         data_path_port: a.data_path_port,
+        autolock: a.autolock,
     };
     if req.force_new_cluster {
         keep_swarm_settings(&mut req);
@@ -138,6 +142,9 @@ pub async fn init(c: &Client, a: InitArgs) -> Result<()> {
         "{}",
         init_text(&resp.node_id, &resp.worker_token, &resp.manager_addr)
     );
+    if !resp.unlock_key.is_empty() {
+        print!("\n{}", crate::unlock_cmd::unlock_text(&resp.unlock_key));
+    }
     Ok(())
 }
 
@@ -216,6 +223,7 @@ pub async fn join_token(c: &Client, a: JoinTokenArgs, role: String) -> Result<()
                 spec: cluster.spec.clone(),
                 rotate_worker_token: worker,
                 rotate_manager_token: !worker,
+                rotate_manager_unlock_key: false,
             })
             .await
             .map_err(|s| c.err(s))?;

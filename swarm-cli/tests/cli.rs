@@ -198,6 +198,11 @@ impl LocalNode for Fake {
             node_id: "node1id0000000000000000001".into(),
             worker_token: "SWMTKN-1-abc-worker".into(),
             manager_addr: "10.0.0.1:2377".into(),
+            unlock_key: if r.autolock {
+                "SWMKEY-1-init".into()
+            } else {
+                String::new()
+            },
         }))
     }
     async fn join(
@@ -237,6 +242,9 @@ impl LocalNode for Fake {
         _r: Request<NetworkViewRequest>,
     ) -> Result<Response<NetworkViewResponse>, Status> {
         Ok(Response::new(NetworkViewResponse::default()))
+    }
+    async fn unlock(&self, _r: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
+        Err(Status::unimplemented("the fake agent is never locked"))
     }
 }
 
@@ -498,6 +506,15 @@ impl Control for Fake {
     ) -> Result<Response<RemoveConfigResponse>, Status> {
         Err(Status::unimplemented("the fake agent has no configs"))
     }
+    async fn get_unlock_key(
+        &self,
+        _r: Request<GetUnlockKeyRequest>,
+    ) -> Result<Response<GetUnlockKeyResponse>, Status> {
+        Ok(Response::new(GetUnlockKeyResponse {
+            unlock_key: self.0.lock().unwrap().cluster.unlock_key.clone(),
+            version: 0,
+        }))
+    }
     async fn update_cluster(
         &self,
         r: Request<UpdateClusterRequest>,
@@ -518,6 +535,22 @@ impl Control for Fake {
         }
         if r.rotate_manager_token {
             tokens.manager = "SWMTKN-1-abc-manager2".into();
+        }
+        if let Some(spec) = r.spec {
+            s.cluster.spec = Some(spec);
+        }
+        let autolock = s
+            .cluster
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.encryption_config.as_ref())
+            .is_some_and(|e| e.auto_lock_managers);
+        if !autolock {
+            s.cluster.unlock_key.clear();
+        } else if r.rotate_manager_unlock_key {
+            s.cluster.unlock_key = "SWMKEY-1-rotated".into();
+        } else if s.cluster.unlock_key.is_empty() {
+            s.cluster.unlock_key = "SWMKEY-1-first".into();
         }
         s.cluster.meta.as_mut().unwrap().version += 1;
         Ok(Response::new(s.cluster.clone()))
@@ -650,6 +683,75 @@ fn swarm_commands() {
     let o = a.run(&["info", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["role"], "NODE_ROLE_MANAGER");
+}
+
+#[test]
+fn autolock_commands_print_docker_texts() {
+    let a = Agent::start("autolock");
+    let key_text = |k: &str| {
+        format!(
+            "To unlock a swarm manager after it restarts, run the `swarm unlock`\n\
+             command and provide the following key:\n\n    {k}\n\n\
+             Please remember to store this key in a password manager, since without it you\n\
+             will not be able to restart the manager.\n"
+        )
+    };
+    let o = a.run(&["init", "--autolock"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).ends_with(&format!(
+            "'swarm join-token manager' and follow the instructions.\n\n{}",
+            key_text("SWMKEY-1-init")
+        )),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = a.run(&["unlock-key"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), "Error: no unlock key is set\n");
+    let o = a.run(&["unlock-key", "--rotate"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "Error: cannot rotate because autolock is not turned on\n"
+    );
+
+    let o = a.run(&["update", "--autolock=true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!("Swarm updated.\n{}", key_text("SWMKEY-1-first"))
+    );
+    // Already on: no key shown.
+    let o = a.run(&["update", "--autolock"]);
+    assert_eq!(stdout(&o), "Swarm updated.\n");
+    let o = a.run(&["unlock-key", "-q"]);
+    assert_eq!(stdout(&o), "SWMKEY-1-first\n");
+    let o = a.run(&["unlock-key"]);
+    assert_eq!(stdout(&o), key_text("SWMKEY-1-first"));
+    let o = a.run(&["unlock-key", "--rotate"]);
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "Successfully rotated manager unlock key.\n\n{}",
+            key_text("SWMKEY-1-rotated")
+        )
+    );
+    let o = a.run(&["unlock-key", "--rotate", "-q"]);
+    assert_eq!(stdout(&o), "SWMKEY-1-rotated\n");
+
+    let o = a.run(&["update", "--autolock=false"]);
+    assert_eq!(stdout(&o), "Swarm updated.\n");
+    let o = a.run(&["unlock-key", "-q"]);
+    assert_eq!(stderr(&o), "Error: no unlock key is set\n");
+    let o = a.run(&["update", "--autolock=maybe"]);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+
+    // Only a locked node asks for a key.
+    let o = a.run(&["unlock"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), "Error: swarm is not locked\n");
 }
 
 #[test]

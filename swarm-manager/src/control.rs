@@ -37,13 +37,14 @@ use proto::control_server::Control;
 use proto::{
     Cluster, Config, CreateConfigRequest, CreateNetworkRequest, CreateSecretRequest,
     CreateServiceRequest, GetClusterRequest, GetConfigRequest, GetNetworkRequest, GetNodeRequest,
-    GetSecretRequest, GetServiceRequest, GetTaskRequest, ListConfigsRequest, ListConfigsResponse,
-    ListNetworksRequest, ListNetworksResponse, ListNodesRequest, ListNodesResponse,
-    ListSecretsRequest, ListSecretsResponse, ListServicesRequest, ListServicesResponse,
-    ListTasksRequest, ListTasksResponse, Network, Node, RemoveConfigRequest, RemoveConfigResponse,
-    RemoveNetworkRequest, RemoveNetworkResponse, RemoveNodeRequest, RemoveNodeResponse,
-    RemoveSecretRequest, RemoveSecretResponse, RemoveServiceRequest, RemoveServiceResponse, Secret,
-    Service, Task, UpdateClusterRequest, UpdateNodeRequest, UpdateServiceRequest,
+    GetSecretRequest, GetServiceRequest, GetTaskRequest, GetUnlockKeyRequest, GetUnlockKeyResponse,
+    ListConfigsRequest, ListConfigsResponse, ListNetworksRequest, ListNetworksResponse,
+    ListNodesRequest, ListNodesResponse, ListSecretsRequest, ListSecretsResponse,
+    ListServicesRequest, ListServicesResponse, ListTasksRequest, ListTasksResponse, Network, Node,
+    RemoveConfigRequest, RemoveConfigResponse, RemoveNetworkRequest, RemoveNetworkResponse,
+    RemoveNodeRequest, RemoveNodeResponse, RemoveSecretRequest, RemoveSecretResponse,
+    RemoveServiceRequest, RemoveServiceResponse, Secret, Service, Task, UpdateClusterRequest,
+    UpdateNodeRequest, UpdateServiceRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -276,6 +277,19 @@ impl Control for ControlApi {
         req: Request<UpdateClusterRequest>,
     ) -> Result<Response<Cluster>, Status> {
         rpc!(self, req, "UpdateCluster", update_cluster, cluster::update)
+    }
+
+    async fn get_unlock_key(
+        &self,
+        req: Request<GetUnlockKeyRequest>,
+    ) -> Result<Response<GetUnlockKeyResponse>, Status> {
+        rpc!(
+            self,
+            req,
+            "GetUnlockKey",
+            get_unlock_key,
+            cluster::get_unlock_key
+        )
     }
 
     async fn create_secret(

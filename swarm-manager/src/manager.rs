@@ -19,11 +19,19 @@ use crate::dispatcher::Dispatcher;
 use crate::logbroker::LogBroker;
 use crate::membership::{Membership, RoleManager};
 use crate::metrics::METRICS;
+use crate::raft::encryption;
 use crate::raft::network::{Network, PeerHealth};
 use crate::raft::Raft;
 use crate::router::Router;
 use crate::store::{Object, Op, Shared, Store};
 use crate::tls::{Connector, ReloadableCert, ReloadableTrust};
+
+/// Encryption at rest and autolock, as the agent hosting a manager needs them: the unlock
+/// key, a locked data directory, the node's TLS key sealed under autolock.
+pub use crate::raft::encryption::{
+    is_locked, is_sealed_pem, open_pem, seal_pem, KeyError, UnlockKey, INVALID_UNLOCK_KEY,
+    SWARM_LOCKED,
+};
 
 /// PEM material of a node: its certificate and key, and the cluster's root CA.
 #[derive(Clone, Debug)]
@@ -57,6 +65,9 @@ pub struct ManagerConfig {
     /// host:port the other managers and the agents reach this manager at.
     pub advertise_addr: String,
     pub credentials: Credentials,
+    /// The unlock key `swarm unlock` gave a locked manager (autolock), else None: the data
+    /// key is then wrapped by the `raft.kek` beside it.
+    pub unlock_key: Option<UnlockKey>,
 }
 
 pub enum Bootstrap {
@@ -88,6 +99,7 @@ pub struct Manager {
     cert: Arc<ReloadableCert>,
     trust: Arc<ReloadableTrust>,
     client_cfg: Arc<RwLock<Arc<rustls::ClientConfig>>>,
+    unlock_key: tokio::sync::watch::Receiver<Option<UnlockKey>>,
     tasks: JoinSet<()>,
 }
 
@@ -115,17 +127,20 @@ impl Manager {
 
         std::fs::create_dir_all(&cfg.raft_dir)
             .with_context(|| format!("creating {}", cfg.raft_dir.display()))?;
+        let dek = encryption::load_or_create(&cfg.raft_dir, cfg.unlock_key.as_ref())?;
         if matches!(bootstrap, Bootstrap::ForceNewCluster) {
             crate::raft::storage::force_new_cluster(
                 &cfg.raft_dir,
                 cfg.raft_id,
                 &cfg.advertise_addr,
+                &dek,
             )
             .context("starting a new cluster from this manager's Raft state")?;
         }
         let shared = Arc::new(Shared::default());
-        let (log_store, state_machine) = crate::raft::storage::open(&cfg.raft_dir, shared.clone())
-            .with_context(|| format!("opening the raft store in {}", cfg.raft_dir.display()))?;
+        let (log_store, state_machine) =
+            crate::raft::storage::open(&cfg.raft_dir, shared.clone(), dek.clone())
+                .with_context(|| format!("opening the raft store in {}", cfg.raft_dir.display()))?;
         let log_bytes = log_store.log_bytes();
         let health = PeerHealth::default();
         let network = Network::new(connect.clone(), health.clone());
@@ -294,6 +309,13 @@ impl Manager {
             health,
         ));
         tasks.spawn(raft_metrics_loop(raft.clone()));
+        let (unlock_tx, unlock_key) = tokio::sync::watch::channel(cfg.unlock_key.clone());
+        tasks.spawn(crate::raft::deks::follow_unlock_key(
+            store.clone(),
+            cfg.raft_dir.clone(),
+            dek,
+            unlock_tx,
+        ));
         tasks.spawn(crate::raft::snapshot::snapshot_by_size(
             raft.clone(),
             log_bytes,
@@ -311,8 +333,15 @@ impl Manager {
             cert,
             trust,
             client_cfg,
+            unlock_key,
             tasks,
         })
+    }
+
+    /// The unlock key this manager's data key is wrapped by now (None: autolock off); it
+    /// changes once the cluster's autolock setting or unlock key does.
+    pub fn unlock_key(&self) -> tokio::sync::watch::Receiver<Option<UnlockKey>> {
+        self.unlock_key.clone()
     }
 
     pub fn raft_id(&self) -> u64 {

@@ -17,7 +17,7 @@ use proto::{
 use rand::Rng;
 use swarm_common::id::new_id;
 use swarm_manager::ca::{self, RootCa};
-use swarm_manager::manager::{Bootstrap, Credentials};
+use swarm_manager::manager::{Bootstrap, Credentials, UnlockKey};
 use swarm_manager::tls;
 
 use super::addresses::{advertise_addr, host_of, listen_addr, with_default_port};
@@ -43,6 +43,8 @@ pub struct InitOptions {
     /// `--force-new-cluster`: on a manager, a new one-manager cluster from its Raft state
     /// (see [`Agent::force_new_cluster`]); on a node in no swarm, a plain init.
     pub force_new_cluster: bool,
+    /// `--autolock`: the cluster starts with an unlock key (returned by `init`).
+    pub autolock: bool,
 }
 
 pub struct JoinOptions {
@@ -61,9 +63,16 @@ impl Agent {
         };
         tracing::info!(node = %state.node_id, role = %state.role, "resuming swarm membership");
         let mut inner = self.inner.lock().await;
+        if state.is_manager() && self.stored_locked(&creds)? {
+            tracing::warn!(node = %state.node_id, "this manager is locked (autolock): it starts once `swarm unlock` gives the unlock key");
+            inner.state = Some(state.clone());
+            inner.locked = Some((state, creds));
+            self.publish(&inner);
+            return Ok(());
+        }
         if state.is_manager() {
             let m = self
-                .start_manager(&state, &creds, Bootstrap::Restart)
+                .start_manager(&state, &creds, Bootstrap::Restart, None)
                 .await?;
             inner.manager = Some(m);
         }
@@ -74,10 +83,12 @@ impl Agent {
         Ok(())
     }
 
+    /// `swarm init`: the node id, the worker token, the manager address and, with
+    /// `--autolock`, the unlock key.
     pub async fn init(
         self: &Arc<Self>,
         opts: InitOptions,
-    ) -> anyhow::Result<(String, String, String)> {
+    ) -> anyhow::Result<(String, String, String, String)> {
         let mut inner = self.inner.lock().await;
         if inner.state.is_some() {
             if opts.force_new_cluster {
@@ -101,6 +112,11 @@ impl Agent {
         )?;
         let worker_token = ca::generate_join_token(&root.cert_pem)?;
         let manager_token = ca::generate_join_token(&root.cert_pem)?;
+        let unlock_key = if opts.autolock {
+            UnlockKey::generate().human()
+        } else {
+            String::new()
+        };
         let cluster = Cluster {
             id: cluster_id.clone(),
             meta: None,
@@ -115,6 +131,9 @@ impl Agent {
                 ca_config: Some(CaConfig {
                     node_cert_expiry_ms: opts.cert_expiry.as_millis() as i64,
                     ..Default::default()
+                }),
+                encryption_config: Some(proto::EncryptionConfig {
+                    auto_lock_managers: opts.autolock,
                 }),
             }),
             root_ca: Some(RootCaObj {
@@ -131,6 +150,7 @@ impl Agent {
             subnet_size: opts.subnet_size,
             vxlan_udp_port: opts.vxlan_udp_port,
             removed_nodes: vec![],
+            unlock_key: unlock_key.clone(),
         };
         let node = Node {
             id: node_id.clone(),
@@ -182,17 +202,20 @@ impl Agent {
                     cluster: Box::new(cluster),
                     node: Box::new(node),
                 },
+                None,
             )
             .await?;
         // Saved only once the cluster exists: a failed init leaves no half membership.
-        self.paths.save_credentials(&creds)?;
+        // (Sealed once the manager wrapped its data key with the unlock key: `seal_tls_key`.)
+        let seal = manager.unlock_key().borrow().clone();
+        self.paths.save_credentials(&creds, seal.as_ref())?;
         self.paths.save_state(&state)?;
         inner.manager = Some(manager);
         inner.state = Some(state);
         inner.creds = Some(creds);
         self.start_background(&mut inner);
         self.publish(&inner);
-        Ok((node_id, worker_token, advertise))
+        Ok((node_id, worker_token, advertise, unlock_key))
     }
 
     /// `swarm init --force-new-cluster` on a node in a swarm (Docker's rules): only a
@@ -203,7 +226,10 @@ impl Agent {
         self: &Arc<Self>,
         inner: &mut super::Inner,
         opts: &InitOptions,
-    ) -> anyhow::Result<(String, String, String)> {
+    ) -> anyhow::Result<(String, String, String, String)> {
+        if inner.locked.is_some() {
+            bail!(swarm_manager::manager::SWARM_LOCKED);
+        }
         let (Some(state), Some(creds)) = (inner.state.clone(), inner.creds.clone()) else {
             bail!("this node's swarm membership is incomplete: leave the swarm (swarm leave --force) and init or join again");
         };
@@ -214,6 +240,7 @@ impl Agent {
         }
         let listen = listen_addr(&opts.listen_addr)?;
         let advertise = advertise_addr(&opts.advertise_addr, listen)?;
+        let unlock = super::seal_key(inner);
         if let Some(m) = inner.manager.take() {
             m.shutdown().await;
         }
@@ -224,14 +251,17 @@ impl Agent {
             ..state.clone()
         };
         let manager = match self
-            .start_manager(&forced, &creds, Bootstrap::ForceNewCluster)
+            .start_manager(&forced, &creds, Bootstrap::ForceNewCluster, unlock.clone())
             .await
         {
             Ok(m) => m,
             Err(e) => {
                 // Back to the manager this node had (the state on disk is whole either way:
                 // the rewrite is one transaction).
-                match self.start_manager(&state, &creds, Bootstrap::Restart).await {
+                match self
+                    .start_manager(&state, &creds, Bootstrap::Restart, unlock)
+                    .await
+                {
                     Ok(m) => inner.manager = Some(m),
                     Err(e) => tracing::error!(
                         "restarting the manager after a failed --force-new-cluster: {e:#}"
@@ -255,7 +285,7 @@ impl Agent {
         self.start_background(inner);
         self.publish(inner);
         tracing::warn!(node = %state.node_id, "forced a new cluster from this manager's state");
-        Ok((state.node_id, worker_token, advertise))
+        Ok((state.node_id, worker_token, advertise, String::new()))
     }
 
     pub async fn join(self: &Arc<Self>, opts: JoinOptions) -> anyhow::Result<(String, NodeRole)> {
@@ -309,12 +339,12 @@ impl Agent {
             managers: vec![remote.clone()],
         };
         self.paths.wipe()?;
-        self.paths.save_credentials(&creds)?;
+        self.paths.save_credentials(&creds, None)?;
         if role == NodeRole::Manager {
             state.raft_id = random_raft_id();
             self.paths.save_state(&state)?;
             let m = self
-                .start_manager(&state, &creds, Bootstrap::Join { remote })
+                .start_manager(&state, &creds, Bootstrap::Join { remote }, None)
                 .await?;
             inner.manager = Some(m);
         } else {
@@ -349,6 +379,7 @@ impl Agent {
             h.abort();
         }
         self.worker.stop_all();
+        inner.locked = None;
         if let Some(m) = inner.manager.take() {
             match tokio::time::timeout(Duration::from_secs(5), m.leave_raft()).await {
                 Ok(Ok(())) => {}

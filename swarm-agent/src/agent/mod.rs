@@ -10,6 +10,7 @@ mod membership;
 mod renewal;
 mod role;
 mod session;
+mod unlock;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::Context;
 use proto::{NodeDescription, NodeRole, Platform};
 use swarm_manager::control::ControlApi;
-use swarm_manager::manager::{Bootstrap, Credentials, Manager, ManagerConfig};
+use swarm_manager::manager::{Bootstrap, Credentials, Manager, ManagerConfig, UnlockKey};
 use tokio::task::JoinHandle;
 
 use crate::executor::Executor;
@@ -48,6 +49,8 @@ pub struct AgentConfig {
 pub struct Snapshot {
     pub state: Option<NodeState>,
     pub error: String,
+    /// A manager locked since its restart (autolock): it serves nothing until `swarm unlock`.
+    pub locked: bool,
 }
 
 struct Inner {
@@ -56,6 +59,18 @@ struct Inner {
     manager: Option<Manager>,
     session: Option<JoinHandle<()>>,
     renewal: Option<JoinHandle<()>>,
+    /// The membership of a manager locked since its restart (autolock), its key still
+    /// sealed: nothing runs until `swarm unlock` (`unlock.rs`).
+    locked: Option<(NodeState, Credentials)>,
+}
+
+/// The key the node's TLS key is sealed by: the running manager's unlock key under
+/// autolock, else None (PEM).
+fn seal_key(inner: &Inner) -> Option<UnlockKey> {
+    inner
+        .manager
+        .as_ref()
+        .and_then(|m| m.unlock_key().borrow().clone())
 }
 
 pub struct Agent {
@@ -105,6 +120,7 @@ impl Agent {
                 manager: None,
                 session: None,
                 renewal: None,
+                locked: None,
             }),
             control: RwLock::new(None),
             snapshot: RwLock::new(Snapshot::default()),
@@ -164,6 +180,7 @@ impl Agent {
     fn publish(&self, inner: &Inner) {
         let mut s = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
         s.state = inner.state.clone();
+        s.locked = inner.locked.is_some();
         *self.control.write().unwrap_or_else(|e| e.into_inner()) =
             inner.manager.as_ref().map(|m| m.control.clone());
     }
@@ -185,11 +202,14 @@ impl Agent {
         }
     }
 
+    /// Starts the in-process manager (`unlock`: the key `swarm unlock` gave a locked one),
+    /// and keeps the node's TLS key sealed by the unlock key its data key is wrapped by.
     async fn start_manager(
-        &self,
+        self: &Arc<Self>,
         state: &NodeState,
         creds: &Credentials,
         bootstrap: Bootstrap,
+        unlock: Option<UnlockKey>,
     ) -> anyhow::Result<Manager> {
         let listen: SocketAddr = state
             .listen_addr
@@ -203,10 +223,12 @@ impl Agent {
                 listen_addr: listen,
                 advertise_addr: state.advertise_addr.clone(),
                 credentials: creds.clone(),
+                unlock_key: unlock,
             },
             bootstrap,
         )
         .await?;
+        tokio::spawn(seal_tls_key(Arc::downgrade(self), manager.unlock_key()));
         let failure = manager.failure();
         let failed = self.raft_failed.clone();
         tokio::spawn(async move {
@@ -232,5 +254,29 @@ impl Agent {
     async fn current(&self) -> Option<(NodeState, Credentials)> {
         let inner = self.inner.lock().await;
         Some((inner.state.clone()?, inner.creds.clone()?))
+    }
+}
+
+/// Saves the node's credentials again whenever the manager's data key is re-wrapped
+/// (autolock turned on or off, the unlock key rotated): the TLS key is sealed by the same
+/// unlock key, or kept in PEM without autolock. Ends with the manager.
+async fn seal_tls_key(
+    agent: std::sync::Weak<Agent>,
+    mut key: tokio::sync::watch::Receiver<Option<UnlockKey>>,
+) {
+    while key.changed().await.is_ok() {
+        let Some(agent) = agent.upgrade() else {
+            return;
+        };
+        let inner = agent.inner.lock().await;
+        let seal = key.borrow_and_update().clone();
+        if let Some(creds) = &inner.creds {
+            match agent.paths.save_credentials(creds, seal.as_ref()) {
+                Ok(()) => tracing::info!(sealed = seal.is_some(), "saved the node key"),
+                Err(e) => {
+                    tracing::error!("saving the node key after the unlock key changed: {e:#}")
+                }
+            }
+        }
     }
 }

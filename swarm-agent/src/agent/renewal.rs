@@ -13,7 +13,7 @@ use swarm_manager::ca;
 use swarm_manager::manager::Credentials;
 use swarm_manager::tls;
 
-use super::Agent;
+use super::{seal_key, Agent};
 use crate::state::NodeState;
 
 /// Gets a fresh certificate for this node (same key type, new key) from any manager.
@@ -86,7 +86,10 @@ pub(super) async fn renewal_loop(agent: Arc<Agent>) {
         match renew_certificate(&state, &creds, agent.description()).await {
             Ok(new) => {
                 let mut inner = agent.inner.lock().await;
-                if let Err(e) = agent.paths.save_credentials(&new) {
+                if let Err(e) = agent
+                    .paths
+                    .save_credentials(&new, seal_key(&inner).as_ref())
+                {
                     tracing::warn!("saving the renewed certificate: {e}");
                 }
                 if let Some(m) = &inner.manager {

@@ -11,7 +11,7 @@ use swarm_manager::manager::Bootstrap;
 
 use super::membership::random_raft_id;
 use super::renewal::renew_certificate;
-use super::Agent;
+use super::{seal_key, Agent};
 
 impl Agent {
     /// Changes the node's role to `want`, retrying until it is done or the managers want
@@ -45,7 +45,8 @@ impl Agent {
         if id.role != want {
             bail!("the CA has not issued the new role yet");
         }
-        self.paths.save_credentials(&new)?;
+        self.paths
+            .save_credentials(&new, seal_key(&inner).as_ref())?;
         inner.creds = Some(new.clone());
         if want == NodeRole::Manager {
             tracing::info!("promoted: starting the manager");
@@ -60,7 +61,7 @@ impl Agent {
                 .context("no other manager known to join")?;
             let _ = std::fs::remove_dir_all(self.paths.raft());
             let m = self
-                .start_manager(&state, &new, Bootstrap::Join { remote })
+                .start_manager(&state, &new, Bootstrap::Join { remote }, None)
                 .await?;
             inner.manager = Some(m);
         } else {
@@ -68,6 +69,8 @@ impl Agent {
             if let Some(m) = inner.manager.take() {
                 m.shutdown().await;
             }
+            // A worker has no unlock key: its TLS key is kept in PEM again.
+            self.paths.save_credentials(&new, None)?;
             let _ = std::fs::remove_dir_all(self.paths.raft());
             state.role = "worker".into();
             state.raft_id = 0;

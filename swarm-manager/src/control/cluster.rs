@@ -1,6 +1,9 @@
-//! GetCluster and UpdateCluster (spec, join-token rotation). The CA key never leaves.
+//! GetCluster and UpdateCluster (spec, join-token rotation, autolock and its unlock key),
+//! GetUnlockKey. The CA key never leaves; the unlock key only through GetUnlockKey.
 
-use proto::{Cluster, GetClusterRequest, UpdateClusterRequest};
+use proto::{
+    Cluster, GetClusterRequest, GetUnlockKeyRequest, GetUnlockKeyResponse, UpdateClusterRequest,
+};
 use tonic::Status;
 
 use super::linearize;
@@ -9,8 +12,9 @@ use super::validate::validate_cluster_spec;
 use crate::api::{propose_status, store_status};
 use crate::store::{Kind, Object, Op, ProposeError, State, Store, StoreError};
 
-/// The cluster as callers may see it: without the root CA key.
+/// The cluster as callers may see it: without the root CA key and the unlock key.
 pub(super) fn redacted(mut c: Cluster) -> Cluster {
+    c.unlock_key.clear();
     if let Some(ca) = c.root_ca.as_mut() {
         ca.ca_key.clear();
         if let Some(r) = ca.root_rotation.as_mut() {
@@ -32,6 +36,44 @@ pub(super) async fn get(store: &Store, _req: GetClusterRequest) -> Result<Cluste
     linearize(store).await?;
     let st = store.read();
     current(&st).cloned().map(redacted)
+}
+
+/// `swarm unlock-key`: the key, empty while autolock is off.
+pub(super) async fn get_unlock_key(
+    store: &Store,
+    _req: GetUnlockKeyRequest,
+) -> Result<GetUnlockKeyResponse, Status> {
+    linearize(store).await?;
+    let st = store.read();
+    let c = current(&st)?;
+    Ok(GetUnlockKeyResponse {
+        unlock_key: c.unlock_key.clone(),
+        version: c.meta.as_ref().map_or(0, |m| m.version),
+    })
+}
+
+fn autolock(c: &Cluster) -> bool {
+    c.spec
+        .as_ref()
+        .and_then(|s| s.encryption_config.as_ref())
+        .is_some_and(|e| e.auto_lock_managers)
+}
+
+/// Autolock turned on gets a new unlock key, turned off loses it; `--rotate` asks for a
+/// new one, refused while autolock is off (Docker's message). Every manager re-wraps its
+/// Raft data key once the change is applied (`raft/deks.rs`).
+fn update_unlock_key(next: &mut Cluster, rotate: bool) -> Result<(), Status> {
+    if !autolock(next) {
+        if rotate {
+            return Err(Status::failed_precondition(
+                "cannot rotate because autolock is not turned on",
+            ));
+        }
+        next.unlock_key.clear();
+    } else if rotate || next.unlock_key.is_empty() {
+        next.unlock_key = crate::raft::encryption::UnlockKey::generate().human();
+    }
+    Ok(())
 }
 
 fn updated_cluster(st: &State, req: &UpdateClusterRequest) -> Result<Cluster, Status> {
@@ -63,6 +105,7 @@ fn updated_cluster(st: &State, req: &UpdateClusterRequest) -> Result<Cluster, St
             start_root_rotation(root, n)?;
         }
     }
+    update_unlock_key(&mut next, req.rotate_manager_unlock_key)?;
     if req.rotate_worker_token || req.rotate_manager_token {
         let root = next.root_ca.get_or_insert_with(Default::default);
         if root.ca_cert.is_empty() {

@@ -1398,6 +1398,7 @@ async fn rotating_a_token_changes_only_that_token() {
             spec: None,
             rotate_worker_token: worker,
             rotate_manager_token: manager,
+            rotate_manager_unlock_key: false,
         })
     };
     let after = api

@@ -5,6 +5,8 @@
 use std::io::Cursor;
 
 pub mod config;
+pub mod deks;
+pub mod encryption;
 pub mod network;
 mod proposer;
 pub mod service;

@@ -241,7 +241,8 @@ mod tests {
     ) -> (storage::LogStore, storage::StateMachine) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match storage::open(dir, shared.clone()) {
+            let dek = crate::raft::encryption::load_or_create(dir, None).expect("the data key");
+            match storage::open(dir, shared.clone(), dek) {
                 Ok(s) => return s,
                 Err(e) if Instant::now() < deadline => {
                     tracing::debug!(%e, "waiting for the previous database to close");

@@ -10,6 +10,12 @@
 //! - The state machine is the in-memory [`Shared`] state. It is not persisted on apply; the
 //!   latest snapshot is (`raft_snapshot`), and on start the state is loaded from it, then
 //!   openraft re-applies the log from the snapshot's last log id up to the committed id.
+//! - Encryption at rest (`encryption.rs`): every log entry and the snapshot's data are
+//!   sealed with the manager's data key (the entry's index, or "snapshot", authenticated
+//!   with them). The vote, the committed and purged log ids and the snapshot's metadata
+//!   (its last log id and membership: ids and addresses of the managers) stay in the clear.
+//!   A database written before encryption (no `encryption` marker in `raft_meta`) is sealed
+//!   in place, in one transaction, when it is opened, then compacted.
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -27,6 +33,7 @@ use openraft::{
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::encryption::{CipherError, DataKey};
 use super::TypeConfig;
 use crate::metrics::METRICS;
 use crate::store::{Response, Shared, State};
@@ -45,6 +52,10 @@ const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 const KEY_SNAPSHOT_META: &str = "meta";
 const KEY_SNAPSHOT_DATA: &str = "data";
+/// Set (to [`ENCRYPTION_V1`]) once every entry and snapshot in the database is sealed.
+const KEY_ENCRYPTION: &str = "encryption";
+const ENCRYPTION_V1: &[u8] = b"chacha20poly1305-v1";
+const AAD_SNAPSHOT: &[u8] = b"swarm raft snapshot";
 
 /// How the log, the vote and the other durable writes are committed: `Immediate`, after
 /// fsync. Only a build with the test feature `test-unsafe-no-raft-fsync` (the power-loss
@@ -91,6 +102,8 @@ pub enum DbError {
     Codec(#[from] bincode::Error),
     #[error("storage task failed: {0}")]
     Task(String),
+    #[error("an encrypted Raft record: {0}")]
+    Cipher(#[from] CipherError),
 }
 
 trait DbResult<T> {
@@ -115,7 +128,8 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, DbError> {
     Ok(bincode::deserialize(b)?)
 }
 
-/// One log entry as stored in `raft_log` (what a restarted manager reads back from disk).
+/// One log entry's bytes before sealing (what a restarted manager reads back from disk, once
+/// opened with the data key).
 /// Public for the fuzz target `raft_entry`; the snapshot's state is read by
 /// [`State::from_bytes`].
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, DbError> {
@@ -125,6 +139,28 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, DbError> {
 /// The stored bytes of a log entry ([`decode_entry`] reads them back).
 pub fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, DbError> {
     encode(entry)
+}
+
+/// The authenticated data of the entry at `index`: a sealed entry opens only there.
+fn log_aad(index: u64) -> [u8; 16] {
+    let mut aad = [0u8; 16];
+    aad[..8].copy_from_slice(b"raft log");
+    aad[8..].copy_from_slice(&index.to_be_bytes());
+    aad
+}
+
+/// An entry as stored: bincode, sealed with the data key. Returns the plaintext length too
+/// (what the snapshot trigger counts).
+fn seal_entry(dek: &DataKey, e: &Entry<TypeConfig>) -> Result<(u64, Vec<u8>), DbError> {
+    let plain = encode_entry(e)?;
+    Ok((
+        plain.len() as u64,
+        dek.seal(&log_aad(e.log_id.index), &plain),
+    ))
+}
+
+fn open_entry(dek: &DataKey, index: u64, stored: &[u8]) -> Result<Entry<TypeConfig>, DbError> {
+    decode_entry(&dek.open(&log_aad(index), stored)?)
 }
 
 /// Runs blocking redb I/O off the async runtime's worker threads.
@@ -164,7 +200,7 @@ fn write_meta<T: Serialize>(
     Ok(())
 }
 
-fn read_snapshot(db: &Database) -> Result<Option<(Meta, Vec<u8>)>, DbError> {
+fn read_snapshot(db: &Database, dek: &DataKey) -> Result<Option<(Meta, Vec<u8>)>, DbError> {
     let txn = db.begin_read().db()?;
     let table = txn.open_table(SNAPSHOT).db()?;
     let Some(meta) = table.get(KEY_SNAPSHOT_META).db()? else {
@@ -172,14 +208,16 @@ fn read_snapshot(db: &Database) -> Result<Option<(Meta, Vec<u8>)>, DbError> {
     };
     let meta: Meta = decode(meta.value())?;
     let data = match table.get(KEY_SNAPSHOT_DATA).db()? {
-        Some(d) => d.value().to_vec(),
+        Some(d) => dek.open(AAD_SNAPSHOT, d.value())?,
         None => Vec::new(),
     };
     Ok(Some((meta, data)))
 }
 
-fn write_snapshot(db: &Database, meta: &Meta, data: &[u8]) -> Result<(), DbError> {
+fn write_snapshot(db: &Database, dek: &DataKey, meta: &Meta, data: &[u8]) -> Result<(), DbError> {
     let meta = encode(meta)?;
+    let data = dek.seal(AAD_SNAPSHOT, data);
+    let data = data.as_slice();
     let txn = begin_durable(&db)?;
     {
         let mut table = txn.open_table(SNAPSHOT).db()?;
@@ -218,7 +256,59 @@ fn private_files(dir: &Path, db: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-pub fn open(dir: &Path, shared: Arc<Shared>) -> Result<(LogStore, StateMachine), StorageError> {
+/// Seals, in one transaction, every entry and the snapshot of a database written before
+/// encryption at rest, and marks it encrypted; a database already marked is left alone.
+/// Returns whether anything was rewritten (the caller then compacts the file, so that no
+/// page of it keeps the old bytes).
+fn seal_in_place(db: &Database, dek: &DataKey) -> Result<bool, DbError> {
+    {
+        let txn = db.begin_read().db()?;
+        if txn
+            .open_table(META)
+            .db()?
+            .get(KEY_ENCRYPTION)
+            .db()?
+            .is_some()
+        {
+            return Ok(false);
+        }
+    }
+    let txn = db.begin_write().db()?;
+    let rewritten;
+    {
+        let mut meta = txn.open_table(META).db()?;
+        let mut log = txn.open_table(LOG).db()?;
+        let mut entries = Vec::new();
+        for item in log.iter().db()? {
+            let (k, v) = item.db()?;
+            entries.push((k.value(), dek.seal(&log_aad(k.value()), v.value())));
+        }
+        for (index, sealed) in &entries {
+            log.insert(*index, sealed.as_slice()).db()?;
+        }
+        let mut snap = txn.open_table(SNAPSHOT).db()?;
+        let data = snap
+            .get(KEY_SNAPSHOT_DATA)
+            .db()?
+            .map(|d| dek.seal(AAD_SNAPSHOT, d.value()));
+        if let Some(d) = &data {
+            snap.insert(KEY_SNAPSHOT_DATA, d.as_slice()).db()?;
+        }
+        rewritten = !entries.is_empty() || data.is_some();
+        meta.insert(KEY_ENCRYPTION, ENCRYPTION_V1).db()?;
+    }
+    txn.commit().db()?;
+    Ok(rewritten)
+}
+
+/// Opens (or creates) the Raft storage in `dir`, every record sealed with `dek` (a
+/// database of an older version is sealed first), and loads the latest snapshot, if any,
+/// into `shared`. Blocking.
+pub fn open(
+    dir: &Path,
+    shared: Arc<Shared>,
+    dek: DataKey,
+) -> Result<(LogStore, StateMachine), StorageError> {
     if cfg!(feature = "test-unsafe-no-raft-fsync") {
         tracing::error!("this build commits the Raft log WITHOUT fsync (test feature test-unsafe-no-raft-fsync): acknowledged writes are lost on a power cut");
     }
@@ -227,7 +317,7 @@ pub fn open(dir: &Path, shared: Arc<Shared>) -> Result<(LogStore, StateMachine),
         path: dir.to_path_buf(),
         source,
     })?;
-    let db = Database::create(&path).map_err(|source| StorageError::Open {
+    let mut db = Database::create(&path).map_err(|source| StorageError::Open {
         path: path.clone(),
         source,
     })?;
@@ -235,26 +325,40 @@ pub fn open(dir: &Path, shared: Arc<Shared>) -> Result<(LogStore, StateMachine),
         path: path.clone(),
         source,
     };
-    // Create the tables so that read transactions can open them.
+    // Create the tables so that read transactions can open them; a database with nothing
+    // in it yet is marked encrypted at once.
     (|| -> Result<(), DbError> {
         let txn = begin_durable(&db)?;
-        txn.open_table(LOG).db()?;
-        txn.open_table(META).db()?;
-        txn.open_table(SNAPSHOT).db()?;
+        {
+            let log = txn.open_table(LOG).db()?;
+            let mut meta = txn.open_table(META).db()?;
+            let snap = txn.open_table(SNAPSHOT).db()?;
+            let empty = log.first().db()?.is_none() && snap.first().db()?.is_none();
+            if empty && meta.get(KEY_ENCRYPTION).db()?.is_none() {
+                meta.insert(KEY_ENCRYPTION, ENCRYPTION_V1).db()?;
+            }
+        }
         txn.commit().db()?;
         Ok(())
     })()
     .map_err(corrupt)?;
+    if seal_in_place(&db, &dek).map_err(corrupt)? {
+        tracing::info!(path = %path.display(), "encrypted the Raft data written before encryption at rest");
+        if let Err(e) = db.compact() {
+            tracing::warn!(error = %e, "compacting the Raft database after encrypting it");
+        }
+    }
 
     let log_bytes = LogBytes::default();
     let mut sm = StateMachine {
         db: Arc::new(db),
+        dek: dek.clone(),
         log_bytes: log_bytes.clone(),
         shared,
         last_applied: None,
         last_membership: Membership::default(),
     };
-    if let Some((meta, data)) = read_snapshot(&sm.db).map_err(corrupt)? {
+    if let Some((meta, data)) = read_snapshot(&sm.db, &dek).map_err(corrupt)? {
         let state = State::from_bytes(&data).map_err(|e| corrupt(e.into()))?;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         sm.shared.replace(state, index);
@@ -268,6 +372,7 @@ pub fn open(dir: &Path, shared: Arc<Shared>) -> Result<(LogStore, StateMachine),
             db: sm.db.clone(),
             unflushed_committed: Mutex::new(None),
             log_bytes,
+            dek,
         }),
     };
     Ok((log, sm))
@@ -325,6 +430,7 @@ pub fn force_new_cluster(
     dir: &Path,
     raft_id: u64,
     addr: &str,
+    dek: &DataKey,
 ) -> Result<ForcedCluster, ForceNewClusterError> {
     let path = dir.join(DB_FILE);
     if !path.exists() {
@@ -353,7 +459,10 @@ pub fn force_new_cluster(
     let shared = Shared::default();
     let mut last: Option<LogId<u64>> = None;
     let mut membership = openraft::Membership::<u64, openraft::BasicNode>::default();
-    if let Some((meta, data)) = read_snapshot(&db).map_err(corrupt)? {
+    if seal_in_place(&db, dek).map_err(corrupt)? {
+        tracing::info!(path = %path.display(), "encrypted the Raft data written before encryption at rest");
+    }
+    if let Some((meta, data)) = read_snapshot(&db, dek).map_err(corrupt)? {
         let state = State::from_bytes(&data).map_err(|e| corrupt(e.into()))?;
         shared.replace(state, meta.last_log_id.map(|l| l.index).unwrap_or(0));
         last = meta.last_log_id;
@@ -365,8 +474,8 @@ pub fn force_new_cluster(
         let table = txn.open_table(LOG).db()?;
         let mut out = Vec::new();
         for item in table.range(after..).db()? {
-            let (_, v) = item.db()?;
-            out.push(decode_entry(v.value())?);
+            let (k, v) = item.db()?;
+            out.push(open_entry(dek, k.value(), v.value())?);
         }
         Ok(out)
     })()
@@ -414,7 +523,7 @@ pub fn force_new_cluster(
         &old_voters,
         raft_id,
     );
-    let data = state.to_bytes();
+    let data = dek.seal(AAD_SNAPSHOT, &state.to_bytes());
     (|| -> Result<(), DbError> {
         let meta_bytes = encode(&meta)?;
         let purged = encode(&last)?;
@@ -460,6 +569,7 @@ struct LogInner {
     /// A committed log id written without fsync, to persist when the store closes.
     unflushed_committed: Mutex<Option<Option<LogId<u64>>>>,
     log_bytes: LogBytes,
+    dek: DataKey,
 }
 
 impl Drop for LogInner {
@@ -482,17 +592,21 @@ impl LogStore {
         self.inner.db.clone()
     }
 
+    fn dek(&self) -> DataKey {
+        self.inner.dek.clone()
+    }
+
     /// The counter of bytes appended since the last snapshot.
     pub fn log_bytes(&self) -> LogBytes {
         self.inner.log_bytes.clone()
     }
 }
 
-fn last_log_id(db: &Database) -> Result<Option<LogId<u64>>, DbError> {
+fn last_log_id(db: &Database, dek: &DataKey) -> Result<Option<LogId<u64>>, DbError> {
     let txn = db.begin_read().db()?;
     let table = txn.open_table(LOG).db()?;
     let last = match table.last().db()? {
-        Some((_, v)) => Some(decode_entry(v.value())?.log_id),
+        Some((k, v)) => Some(open_entry(dek, k.value(), v.value())?.log_id),
         None => None,
     };
     Ok(last)
@@ -506,13 +620,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let bounds: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
         let db = self.db();
+        let dek = self.dek();
         blocking(move || {
             let txn = db.begin_read().db()?;
             let table = txn.open_table(LOG).db()?;
             let mut out = Vec::new();
             for item in table.range::<u64>(bounds).db()? {
-                let (_, v) = item.db()?;
-                out.push(decode_entry(v.value())?);
+                let (k, v) = item.db()?;
+                out.push(open_entry(&dek, k.value(), v.value())?);
             }
             Ok(out)
         })
@@ -526,10 +641,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
         let db = self.db();
+        let dek = self.dek();
         blocking(move || {
             let last_purged: Option<LogId<u64>> =
                 read_meta::<Option<LogId<u64>>>(&db, KEY_LAST_PURGED)?.flatten();
-            let last = last_log_id(&db)?.or(last_purged);
+            let last = last_log_id(&db, &dek)?.or(last_purged);
             Ok(LogState {
                 last_purged_log_id: last_purged,
                 last_log_id: last,
@@ -597,15 +713,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let db = self.db();
+        let dek = self.dek();
         let res = blocking(move || {
             let txn = begin_durable(&db)?;
             let mut size = 0u64;
             {
                 let mut table = txn.open_table(LOG).db()?;
                 for e in &entries {
-                    let bytes = encode_entry(e)?;
-                    size += bytes.len() as u64;
-                    table.insert(e.log_id.index, bytes.as_slice()).db()?;
+                    let (plain, sealed) = seal_entry(&dek, e)?;
+                    size += plain;
+                    table.insert(e.log_id.index, sealed.as_slice()).db()?;
                 }
             }
             // Immediate durability: returns after fsync.
@@ -672,6 +789,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// snapshots.
 pub struct StateMachine {
     db: Arc<Database>,
+    dek: DataKey,
     log_bytes: LogBytes,
     shared: Arc<Shared>,
     last_applied: Option<LogId<u64>>,
@@ -688,6 +806,7 @@ impl StateMachine {
 /// A consistent view of the state taken when openraft asks for a snapshot builder.
 pub struct SnapshotBuilder {
     db: Arc<Database>,
+    dek: DataKey,
     log_bytes: LogBytes,
     last_applied: Option<LogId<u64>>,
     last_membership: Membership,
@@ -721,8 +840,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id,
         };
         let db = self.db.clone();
+        let dek = self.dek.clone();
         let (m, d) = (meta.clone(), data.clone());
-        blocking(move || write_snapshot(&db, &m, &d))
+        blocking(move || write_snapshot(&db, &dek, &m, &d))
             .await
             .map_err(|e| {
                 raft_err(
@@ -790,6 +910,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| format!("serializing the state for a snapshot: {e}"));
         SnapshotBuilder {
             db: self.db.clone(),
+            dek: self.dek.clone(),
             log_bytes: self.log_bytes.clone(),
             last_applied: self.last_applied,
             last_membership: self.last_membership.clone(),
@@ -808,11 +929,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), RaftStorageError> {
         let data = snapshot.into_inner();
         let db = self.db.clone();
+        let dek = self.dek.clone();
         let m = meta.clone();
         self.log_bytes.reset();
         let state = blocking(move || {
             let state = State::from_bytes(&data)?;
-            write_snapshot(&db, &m, &data)?;
+            write_snapshot(&db, &dek, &m, &data)?;
             Ok(state)
         })
         .await
@@ -836,7 +958,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
         let db = self.db.clone();
-        let snap = blocking(move || read_snapshot(&db))
+        let dek = self.dek.clone();
+        let snap = blocking(move || read_snapshot(&db, &dek))
             .await
             .map_err(|e| raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         Ok(snap.map(|(meta, data)| Snapshot {
@@ -887,8 +1010,14 @@ mod tests {
         }
     }
 
+    /// The data key of `dir` (made on first use, wrapped by `raft.kek`).
+    fn dek(dir: &Path) -> DataKey {
+        std::fs::create_dir_all(dir).unwrap();
+        crate::raft::encryption::load_or_create(dir, None).expect("the data key")
+    }
+
     fn open_new(dir: &Path) -> (LogStore, StateMachine) {
-        open(dir, Arc::new(Shared::default())).expect("open the raft storage")
+        open(dir, Arc::new(Shared::default()), dek(dir)).expect("open the raft storage")
     }
 
     async fn indexes(
@@ -910,13 +1039,14 @@ mod tests {
             let dir = tempfile::tempdir().map_err(|e| {
                 RaftStorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Write, e)
             })?;
-            let (log, sm) = open(dir.path(), Arc::new(Shared::default())).map_err(|e| {
-                raft_err(
-                    ErrorSubject::Store,
-                    ErrorVerb::Read,
-                    DbError::Task(e.to_string()),
-                )
-            })?;
+            let (log, sm) = open(dir.path(), Arc::new(Shared::default()), dek(dir.path()))
+                .map_err(|e| {
+                    raft_err(
+                        ErrorSubject::Store,
+                        ErrorVerb::Read,
+                        DbError::Task(e.to_string()),
+                    )
+                })?;
             Ok((dir, log, sm))
         }
     }
@@ -1082,7 +1212,7 @@ mod tests {
         };
 
         let shared = Arc::new(Shared::default());
-        let (mut log, mut sm) = open(dir.path(), shared.clone()).unwrap();
+        let (mut log, mut sm) = open(dir.path(), shared.clone(), dek(dir.path())).unwrap();
         assert_eq!(
             log.read_vote().await.unwrap(),
             Some(Vote::new_committed(3, 2))
@@ -1127,12 +1257,12 @@ mod tests {
                 .unwrap();
             log.save_committed(Some(log_id(1, 1, 4))).await.unwrap();
         }
-        let forced = force_new_cluster(dir.path(), 2, "127.0.0.2:2377").unwrap();
+        let forced = force_new_cluster(dir.path(), 2, "127.0.0.2:2377", &dek(dir.path())).unwrap();
         assert_eq!(forced.last_log_id, Some(log_id(1, 1, 6)));
         assert_eq!(forced.old_voters, BTreeSet::from([1, 2, 3]));
 
         let shared = Arc::new(Shared::default());
-        let (mut log, mut sm) = open(dir.path(), shared.clone()).unwrap();
+        let (mut log, mut sm) = open(dir.path(), shared.clone(), dek(dir.path())).unwrap();
         let st = log.get_log_state().await.unwrap();
         assert_eq!(st.last_purged_log_id, Some(log_id(1, 1, 6)));
         assert_eq!(st.last_log_id, Some(log_id(1, 1, 6)));
@@ -1150,7 +1280,7 @@ mod tests {
         assert!((2..=6).all(|i| state.service_by_name(&format!("s{i}")).is_some()));
 
         let empty = tempfile::tempdir().unwrap();
-        let err = force_new_cluster(empty.path(), 2, "a").unwrap_err();
+        let err = force_new_cluster(empty.path(), 2, "a", &DataKey::generate()).unwrap_err();
         assert!(err.to_string().contains("no Raft state"), "{err}");
     }
 
@@ -1210,10 +1340,104 @@ mod tests {
     fn second_open_of_the_same_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _first = open_new(dir.path());
-        let err = match open(dir.path(), Arc::new(Shared::default())) {
+        let err = match open(dir.path(), Arc::new(Shared::default()), dek(dir.path())) {
             Err(e) => e,
             Ok(_) => panic!("a second open must fail"),
         };
         assert!(err.to_string().contains("another manager"), "{err}");
+    }
+
+    /// Whether `needle` occurs anywhere in the files of `dir`.
+    fn found_in(dir: &Path, needle: &[u8]) -> bool {
+        std::fs::read_dir(dir).unwrap().any(|e| {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap_or_default();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        })
+    }
+
+    #[tokio::test]
+    async fn entries_and_snapshots_are_sealed_on_disk_and_need_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "plaintext-canary-4c1f";
+        {
+            let (mut log, mut sm) = open_new(dir.path());
+            let entries = vec![membership(1, 1), create(1, 2, name)];
+            log.blocking_append(entries.clone()).await.unwrap();
+            sm.apply(entries).await.unwrap();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+        }
+        assert!(
+            !found_in(dir.path(), name.as_bytes()),
+            "a name in the clear"
+        );
+
+        // Opened with another data key, nothing reads.
+        let err = match open(dir.path(), Arc::new(Shared::default()), DataKey::generate()) {
+            Err(e) => e,
+            Ok(_) => panic!("a wrong data key must not open the snapshot"),
+        };
+        assert!(err.to_string().contains("unreadable"), "{err}");
+
+        let shared = Arc::new(Shared::default());
+        let (mut log, _sm) = open(dir.path(), shared.clone(), dek(dir.path())).unwrap();
+        assert!(shared.read().service_by_name(name).is_some());
+        assert_eq!(indexes(&mut log, 0..).await, vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_database_written_before_encryption_is_sealed_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "written-in-the-clear-9e2a";
+        // As an older version wrote it: bincode entries and snapshot data as they are.
+        {
+            std::fs::create_dir_all(dir.path()).unwrap();
+            let db = Database::create(dir.path().join(DB_FILE)).unwrap();
+            let entries = [membership(1, 1), create(1, 2, name), create(1, 3, "later")];
+            let state = Shared::default();
+            if let EntryPayload::Normal(req) = &entries[1].payload {
+                state.apply(2, req);
+            }
+            let meta = Meta {
+                last_log_id: Some(log_id(1, 1, 2)),
+                last_membership: Membership::new(
+                    Some(log_id(1, 1, 1)),
+                    RaftMembership::new(vec![BTreeSet::from([1, 2, 3])], None),
+                ),
+                snapshot_id: "old".into(),
+            };
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(LOG).unwrap();
+                for e in &entries {
+                    t.insert(e.log_id.index, encode(e).unwrap().as_slice())
+                        .unwrap();
+                }
+                let mut s = txn.open_table(SNAPSHOT).unwrap();
+                s.insert(KEY_SNAPSHOT_META, encode(&meta).unwrap().as_slice())
+                    .unwrap();
+                s.insert(KEY_SNAPSHOT_DATA, state.read().to_bytes().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        assert!(found_in(dir.path(), name.as_bytes()));
+
+        let shared = Arc::new(Shared::default());
+        let (mut log, _sm) = open(dir.path(), shared.clone(), dek(dir.path())).unwrap();
+        assert!(shared.read().service_by_name(name).is_some());
+        assert_eq!(indexes(&mut log, 0..).await, vec![1, 2, 3]);
+        drop((log, _sm));
+        assert!(!found_in(dir.path(), name.as_bytes()), "left in the clear");
+        assert!(!found_in(dir.path(), b"later"), "left in the clear");
+
+        // A second open finds it encrypted and leaves it so.
+        let shared = Arc::new(Shared::default());
+        let (mut log, _sm) = open(dir.path(), shared.clone(), dek(dir.path())).unwrap();
+        assert_eq!(indexes(&mut log, 0..).await, vec![1, 2, 3]);
+        assert!(shared.read().service_by_name(name).is_some());
     }
 }

@@ -99,3 +99,64 @@ async fn a_changed_force_rotate_starts_a_root_rotation_and_the_new_key_never_lea
     assert!(e.message().contains("not supported"), "{}", e.message());
     assert_eq!(root_of(&store).last_forced_rotation, 1);
 }
+
+fn with_autolock(store: &Store, on: bool) -> ClusterSpec {
+    let mut spec = spec_of(store);
+    spec.encryption_config = Some(proto::EncryptionConfig {
+        auto_lock_managers: on,
+    });
+    spec
+}
+
+async fn unlock_key(store: &Store) -> String {
+    get_unlock_key(store, GetUnlockKeyRequest {})
+        .await
+        .unwrap()
+        .unlock_key
+}
+
+#[tokio::test]
+async fn autolock_makes_an_unlock_key_that_rotates_and_only_get_unlock_key_returns() {
+    let store = with_cluster().await;
+    assert_eq!(unlock_key(&store).await, "");
+    let rotate = UpdateClusterRequest {
+        rotate_manager_unlock_key: true,
+        ..Default::default()
+    };
+    let err = update(&store, rotate.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        "cannot rotate because autolock is not turned on"
+    );
+
+    let answered = update(&store, request(with_autolock(&store, true)))
+        .await
+        .unwrap();
+    assert!(
+        answered.unlock_key.is_empty(),
+        "the key never leaves in the cluster"
+    );
+    let first = unlock_key(&store).await;
+    assert!(first.starts_with("SWMKEY-1-"), "{first}");
+    assert!(crate::raft::encryption::UnlockKey::parse(&first).is_ok());
+    assert!(get(&store, GetClusterRequest {})
+        .await
+        .unwrap()
+        .unlock_key
+        .is_empty());
+
+    // Other updates keep the key; a rotation replaces it.
+    update(&store, request(with_autolock(&store, true)))
+        .await
+        .unwrap();
+    assert_eq!(unlock_key(&store).await, first);
+    update(&store, rotate).await.unwrap();
+    let second = unlock_key(&store).await;
+    assert!(second.starts_with("SWMKEY-1-") && second != first);
+
+    update(&store, request(with_autolock(&store, false)))
+        .await
+        .unwrap();
+    assert_eq!(unlock_key(&store).await, "");
+}
