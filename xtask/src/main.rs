@@ -32,8 +32,8 @@
 //!   (release build, root).
 
 mod bench;
-mod fuzz;
 mod faults;
+mod fuzz;
 #[cfg(feature = "lab")]
 mod lab;
 mod powerloss;

@@ -315,7 +315,7 @@ fn error_of(text: &str) -> String {
     let d = Dir::new();
     d.write("pw.txt", "x");
     let f = d.write("compose.yml", text);
-    let e = stack(&[f.clone()], &[]).expect_err("an error");
+    let e = stack(std::slice::from_ref(&f), &[]).expect_err("an error");
     let prefix = format!("Error: {}:", f.display());
     assert!(e.starts_with(&prefix), "{e}");
     e[prefix.len()..].to_string()

@@ -218,7 +218,7 @@ fn write_snapshot(db: &Database, dek: &DataKey, meta: &Meta, data: &[u8]) -> Res
     let meta = encode(meta)?;
     let data = dek.seal(AAD_SNAPSHOT, data);
     let data = data.as_slice();
-    let txn = begin_durable(&db)?;
+    let txn = begin_durable(db)?;
     {
         let mut table = txn.open_table(SNAPSHOT).db()?;
         table.insert(KEY_SNAPSHOT_META, meta.as_slice()).db()?;
@@ -1318,13 +1318,13 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let forced = force_new_cluster(dir.path(), 2, "127.0.0.2:2377").unwrap();
+        let forced = force_new_cluster(dir.path(), 2, "127.0.0.2:2377", &dek(dir.path())).unwrap();
         let mut removed = forced.removed.clone();
         removed.sort();
         assert_eq!(removed, vec!["n1".to_string(), "n3".to_string()]);
 
         let shared = Arc::new(Shared::default());
-        let _opened = open(dir.path(), shared.clone()).unwrap();
+        let _opened = open(dir.path(), shared.clone(), dek(dir.path())).unwrap();
         let st = shared.read();
         assert_eq!(st.standing("n1"), Standing::Removed);
         assert_eq!(st.standing("n3"), Standing::Removed);

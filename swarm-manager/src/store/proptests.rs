@@ -158,7 +158,6 @@ fn object() -> impl Strategy<Value = Object> {
                 name,
                 ..Default::default()
             }),
-            ..Default::default()
         })),
         (pick(NAMES), meta()).prop_map(|(name, meta)| Object::Config(Config {
             id: format!("cfg-{name}"),
@@ -167,7 +166,6 @@ fn object() -> impl Strategy<Value = Object> {
                 name,
                 ..Default::default()
             }),
-            ..Default::default()
         })),
     ]
 }

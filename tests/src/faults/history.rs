@@ -158,7 +158,7 @@ fn linearizable(recs: &[&Record]) -> bool {
             evs.push((*t, 1, Ev::Return(r)));
         }
     }
-    evs.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    evs.sort_by_key(|e| (e.0, e.1));
     let mut tester = LinearizabilityTester::new(Counter::default());
     for (_, _, ev) in evs {
         let step = match ev {
