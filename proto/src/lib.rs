@@ -146,6 +146,11 @@ impl Service {
     }
 }
 
+/// Docker's restart delay when none is given.
+pub const DEFAULT_RESTART_DELAY_MS: i64 = 5_000;
+/// Docker's stop grace period when none is given.
+pub const DEFAULT_STOP_GRACE_MS: i64 = 10_000;
+
 impl ServiceSpec {
     /// A job: `replicated-job` or `global-job`.
     pub fn is_job(&self) -> bool {
@@ -153,6 +158,55 @@ impl ServiceSpec {
             self.mode,
             Some(service_spec::Mode::ReplicatedJob(_)) | Some(service_spec::Mode::GlobalJob(_))
         )
+    }
+
+    /// Fills what Docker fills when the user gives nothing: one replica, restart on any exit
+    /// after 5 s, 10 s stop grace period, VIP endpoint. Jobs: restart on failure only, no
+    /// update or rollback policy; a replicated job runs one task at a time unless told
+    /// (Docker's API: `MaxConcurrent` 1, `TotalCompletions` = `MaxConcurrent`). The managers
+    /// store specs so; `stack deploy` compares with them so.
+    pub fn apply_docker_defaults(&mut self) {
+        if self.mode.is_none() {
+            self.mode = Some(service_spec::Mode::Replicated(ReplicatedService {
+                replicas: 1,
+            }));
+        }
+        if let Some(service_spec::Mode::ReplicatedJob(j)) = self.mode.as_mut() {
+            if j.max_concurrent == 0 {
+                j.max_concurrent = 1;
+            }
+            if j.total_completions == 0 {
+                j.total_completions = j.max_concurrent;
+            }
+        }
+        let job = self.is_job();
+        if self.endpoint.is_none() {
+            self.endpoint = Some(Default::default());
+        }
+        if self.update.is_none() && !job {
+            self.update = Some(UpdateConfig::docker_default());
+        }
+        if self.rollback.is_none() && !job {
+            self.rollback = Some(UpdateConfig::docker_default());
+        }
+        let task = self.task.get_or_insert_with(Default::default);
+        if task.restart.is_none() {
+            task.restart = Some(RestartPolicy {
+                condition: if job {
+                    RestartCondition::OnFailure
+                } else {
+                    RestartCondition::Any
+                } as i32,
+                delay_ms: DEFAULT_RESTART_DELAY_MS,
+                max_attempts: 0,
+                window_ms: 0,
+            });
+        }
+        if let Some(c) = task.container.as_mut() {
+            if c.stop_grace_period_ms == 0 {
+                c.stop_grace_period_ms = DEFAULT_STOP_GRACE_MS;
+            }
+        }
     }
 
     /// Docker's name of the mode, as `service ls` shows it: `replicated`, `global`,

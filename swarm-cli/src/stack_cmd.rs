@@ -505,6 +505,8 @@ pub async fn deploy(c: &Client, a: DeployArgs) -> Result<()> {
             Some(svc) => {
                 let old = svc.spec.clone().unwrap_or_default();
                 carry_over(&mut spec, &old, &network_ids);
+                // The managers store a spec with Docker's defaults filled in: compare like with like.
+                spec.apply_docker_defaults();
                 if old == spec {
                     continue;
                 }

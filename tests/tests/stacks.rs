@@ -45,9 +45,9 @@ fn names(node: &LabNode, kind: &str) -> Vec<String> {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            tests::json(l)["Spec"]["Name"]
+            tests::json(l)["spec"]["name"]
                 .as_str()
-                .unwrap_or_else(|| panic!("no Spec.Name in {l}"))
+                .unwrap_or_else(|| panic!("no spec.name in {l}"))
                 .to_string()
         })
         .collect();
@@ -289,7 +289,7 @@ fn push_tag(lab: &Lab, tag: &'static str) {
             .enable_all()
             .build()?;
         rt.block_on(async {
-            swarm_oci::Registry::new(&addr)?
+            swarm_oci::Registry::insecure(&addr)?
                 .push(&image, "whoami", tag)
                 .await?;
             anyhow::Ok(())

@@ -12,7 +12,7 @@ use tonic::Status;
 use super::linearize;
 use super::lookup::{find_network, find_service};
 use super::secrets::resolve_references;
-use super::validate::{apply_service_defaults, generated_name, validate_service_spec};
+use super::validate::{generated_name, validate_service_spec};
 use crate::api::{propose_status, store_status};
 use crate::orchestrator::task::{fresh_spec_version, restored_spec_version};
 use crate::store::{Kind, Object, Op, ProposeError, State, Store, StoreError};
@@ -187,7 +187,7 @@ pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<S
     if spec.name.is_empty() {
         spec.name = generated_name();
     }
-    apply_service_defaults(&mut spec);
+    spec.apply_docker_defaults();
     validate_service_spec(&spec)?;
     let service = {
         let st = store.read();
@@ -293,7 +293,7 @@ fn updated_service(
             mode_kind(&spec)
         )));
     }
-    apply_service_defaults(&mut spec);
+    spec.apply_docker_defaults();
     validate_service_spec(&spec)?;
     resolve_networks(st, &mut spec)?;
     resolve_references(st, &mut spec)?;

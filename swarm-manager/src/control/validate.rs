@@ -6,15 +6,10 @@ use std::net::IpAddr;
 
 use proto::{
     ClusterSpec, EndpointMode, InitRequest, NetworkSpec, NodeAvailability, NodeRole, NodeSpec,
-    PortProtocol, PublishMode, ReplicatedService, Resources, RestartCondition, RestartPolicy,
-    ServiceSpec,
+    PortProtocol, PublishMode, Resources, RestartCondition, ServiceSpec,
 };
 use tonic::Status;
 
-/// Restart delay when the spec has no restart policy (Docker: 5 s).
-pub(super) const DEFAULT_RESTART_DELAY_MS: i64 = 5_000;
-/// Stop grace period when the spec gives none (Docker: 10 s).
-pub(super) const DEFAULT_STOP_GRACE_MS: i64 = 10_000;
 /// Longest service or network name (a DNS label).
 pub(super) const MAX_NAME_LEN: usize = 63;
 /// SwarmKit's minimum node certificate validity.
@@ -87,54 +82,6 @@ pub(super) fn validate_name(kind: &str, name: &str) -> Result<(), Status> {
 pub(super) fn generated_name() -> String {
     let id = swarm_common::id::new_id();
     id[..12.min(id.len())].to_string()
-}
-
-/// Fills what Docker fills when the user gives nothing: one replica, restart on any exit
-/// after 5 s, 10 s stop grace period, VIP endpoint. Jobs: restart on failure only, no update
-/// or rollback policy; a replicated job runs one task at a time unless told (Docker's API:
-/// `MaxConcurrent` 1, `TotalCompletions` = `MaxConcurrent`).
-pub(super) fn apply_service_defaults(spec: &mut ServiceSpec) {
-    if spec.mode.is_none() {
-        spec.mode = Some(proto::service_spec::Mode::Replicated(ReplicatedService {
-            replicas: 1,
-        }));
-    }
-    if let Some(proto::service_spec::Mode::ReplicatedJob(j)) = spec.mode.as_mut() {
-        if j.max_concurrent == 0 {
-            j.max_concurrent = 1;
-        }
-        if j.total_completions == 0 {
-            j.total_completions = j.max_concurrent;
-        }
-    }
-    let job = spec.is_job();
-    if spec.endpoint.is_none() {
-        spec.endpoint = Some(Default::default());
-    }
-    if spec.update.is_none() && !job {
-        spec.update = Some(proto::UpdateConfig::docker_default());
-    }
-    if spec.rollback.is_none() && !job {
-        spec.rollback = Some(proto::UpdateConfig::docker_default());
-    }
-    let task = spec.task.get_or_insert_with(Default::default);
-    if task.restart.is_none() {
-        task.restart = Some(RestartPolicy {
-            condition: if job {
-                RestartCondition::OnFailure
-            } else {
-                RestartCondition::Any
-            } as i32,
-            delay_ms: DEFAULT_RESTART_DELAY_MS,
-            max_attempts: 0,
-            window_ms: 0,
-        });
-    }
-    if let Some(c) = task.container.as_mut() {
-        if c.stop_grace_period_ms == 0 {
-            c.stop_grace_period_ms = DEFAULT_STOP_GRACE_MS;
-        }
-    }
 }
 
 /// Docker's image reference rules, enough to catch typos: no whitespace, a lower-case

@@ -29,7 +29,7 @@ use super::task::{created_at, new_task, node_unusable, retire_op, tasks_by_slot,
 use crate::store::{Object, Op, State, Store};
 
 /// Restart delay when a task has no restart policy at all (Docker's default).
-pub const DEFAULT_RESTART_DELAY_MS: i64 = 5_000;
+pub use proto::DEFAULT_RESTART_DELAY_MS;
 
 const TERMINAL: [TaskState; 5] = [
     TaskState::Complete,
