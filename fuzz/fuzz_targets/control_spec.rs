@@ -66,7 +66,7 @@ async fn fixture() -> (ControlApi, Store, Service) {
 
 async fn one(sel: u8, body: &[u8]) {
     let (api, store, web) = fixture().await;
-    let before = store.applied_index();
+    let before = store.shared().applied_index();
     let created: Result<String, tonic::Status> = match sel % 5 {
         0 => {
             let Ok(req) = CreateServiceRequest::decode(body) else {
@@ -120,7 +120,7 @@ async fn one(sel: u8, body: &[u8]) {
         Ok(id) => assert!(!id.is_empty(), "an accepted call answered no object"),
         Err(status) => {
             assert_eq!(
-                store.applied_index(),
+                store.shared().applied_index(),
                 before,
                 "a refused call ({status:?}) wrote to the store"
             );

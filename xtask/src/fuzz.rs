@@ -28,9 +28,6 @@ pub const TARGETS: &[&str] = &[
     "resolv_conf",
 ];
 
-/// Seconds per target in `cargo xtask test`.
-pub const CI_SECONDS: u64 = 10;
-
 /// What one run did.
 struct Run {
     target: &'static str,
@@ -163,17 +160,6 @@ pub fn run(only: Option<&str>, seconds: u64) -> anyhow::Result<()> {
             r.execs as f64 / r.seconds.max(0.001)
         );
     }
-    Ok(())
-}
-
-/// The CI step of `cargo xtask test`: every target for [`CI_SECONDS`].
-pub fn ci() -> anyhow::Result<()> {
-    let start = Instant::now();
-    run(None, CI_SECONDS)?;
-    println!(
-        "fuzzing took {:.0} s (build included)",
-        start.elapsed().as_secs_f64()
-    );
     Ok(())
 }
 

@@ -181,8 +181,7 @@ pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
 /// Everything the build and the tests need.
 pub fn ensure() -> anyhow::Result<()> {
     ensure_packages(PACKAGES)?;
-    ensure_toolchains()?;
-    ensure_cargo_fuzz()
+    ensure_toolchains()
 }
 
 /// What `vm-test` boots the older kernel with (see ../shared/toolchain.md, "An older kernel

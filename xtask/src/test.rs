@@ -1,8 +1,7 @@
 //! `cargo xtask test`: what CI runs. Installs what the build and the tests need when it is
 //! missing ([`crate::setup`]), builds every binary the end-to-end tests start and the static
 //! whoami binary of the lab's test images, then runs the whole suite; then the data-plane
-//! tests again with legacy tc forced (clsact filters on this kernel with TCX), every fuzz
-//! target for a few seconds ([`crate::fuzz::ci`]), in a VM with Debian 12's 6.1 kernel
+//! tests again with legacy tc forced (clsact filters on this kernel with TCX), in a VM with Debian 12's 6.1 kernel
 //! ([`crate::vm`]), and the power-loss test in that VM ([`crate::powerloss`]).
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
@@ -19,7 +18,6 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     args.extend(extra.iter().map(String::as_str));
     crate::workspace::cargo(&args)?;
     legacy_tc()?;
-    crate::fuzz::ci()?;
     crate::vm::run()?;
     crate::powerloss::run(false)
 }
