@@ -82,7 +82,19 @@ pub fn containerd_shares_our_mounts(socket: &Path) -> Result<bool, Containerized
                 socket: socket.to_path_buf(),
             })
         }
-        None => mount_ns("/proc/1")?,
+        // Nothing answers on the socket yet, and PID 1's namespace cannot be read (a
+        // process without CAP_SYS_PTRACE over it): nothing tells the agent apart from a host
+        // process, so it runs as one, and says so.
+        None => match mount_ns("/proc/1") {
+            Ok(ns) => ns,
+            Err(e) => {
+                tracing::warn!(
+                    "containerd does not answer on {} and {e}: taking the agent for a host process (its own executable is the tasks' log driver)",
+                    socket.display()
+                );
+                return Ok(true);
+            }
+        },
     };
     Ok(ours == theirs)
 }
