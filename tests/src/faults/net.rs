@@ -46,23 +46,7 @@ impl FaultNet {
         for i in 0..self.count {
             let ns = self.node_ns(i);
             let veth = format!("v{i}");
-            sys::ip(&["netns", "add", &ns])?;
-            sys::ip(&[
-                "-n", &br, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ])?;
-            sys::ip(&["-n", &br, "link", "set", &veth, "master", "br0", "up"])?;
-            sys::ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            sys::ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", self.ip(i)),
-                "dev",
-                "eth0",
-            ])?;
-            sys::ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            sys::plug_into_bridge(&br, &veth, &ns, &format!("{}/24", self.ip(i)))?;
             // Every node's filter table: `cut` adds rules to its chains, `heal` flushes them.
             self.nft(
                 i,

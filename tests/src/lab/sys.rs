@@ -55,6 +55,19 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
 
 /// Runs `args[0] args[1..]` as `command` makes it (inside a namespace …), stdin from
 /// /dev/null, and collects its output; a command that cannot start has exit code -1.
+/// A new namespace `ns` plugged into bridge `br0` of namespace `bridge_ns` by the veth pair
+/// `veth` (bridge side) / `eth0` (in `ns`, holding `cidr`), both up, with `ns`'s loopback up.
+pub fn plug_into_bridge(bridge_ns: &str, veth: &str, ns: &str, cidr: &str) -> anyhow::Result<()> {
+    ip(&["netns", "add", ns])?;
+    ip(&[
+        "-n", bridge_ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+    ])?;
+    ip(&["-n", bridge_ns, "link", "set", veth, "master", "br0", "up"])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    ip(&["-n", ns, "addr", "add", cidr, "dev", "eth0"])?;
+    ip(&["-n", ns, "link", "set", "eth0", "up"])
+}
+
 pub fn exec(args: &[&str], command: impl FnOnce(&str) -> anyhow::Result<Command>) -> CliOutput {
     let Some((prog, rest)) = args.split_first() else {
         return CliOutput::of(

@@ -81,23 +81,7 @@ impl Underlay {
         for n in nodes {
             let ns = n.netns();
             let veth = format!("veth{}", n.index());
-            sys::ip(&["netns", "add", &ns])?;
-            sys::ip(&[
-                "-n", &ul, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ])?;
-            sys::ip(&["-n", &ul, "link", "set", &veth, "master", "br0", "up"])?;
-            sys::ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            sys::ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", n.ip()),
-                "dev",
-                "eth0",
-            ])?;
-            sys::ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            sys::plug_into_bridge(&ul, &veth, &ns, &format!("{}/24", n.ip()))?;
         }
         Ok(())
     }
