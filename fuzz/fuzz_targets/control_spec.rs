@@ -2,7 +2,7 @@
 //! store: CreateService, UpdateService, CreateNetwork, CreateSecret and CreateConfig decoded
 //! from protobuf bytes (the first byte picks the call), validated (`control/validate.rs`) and
 //! applied. Checks: no panic; a refused call writes nothing; an accepted create is stored
-//! under the name it asked for.
+//! under the name it asked for (a generated one when it asked for none).
 
 #![no_main]
 
@@ -75,7 +75,15 @@ async fn one(sel: u8, body: &[u8]) {
             let name = req.spec.as_ref().map(|s| s.name.clone());
             api.create_service(local(req)).await.map(|r| {
                 let s = r.into_inner();
-                assert_eq!(s.spec.map(|s| s.name), name, "created under another name");
+                let stored = s.spec.map(|s| s.name);
+                match name.as_deref() {
+                    // No name asked for: the service gets a generated one, as in Docker.
+                    None | Some("") => assert!(
+                        stored.as_deref().is_some_and(|n| !n.is_empty()),
+                        "a service created without a name was given none"
+                    ),
+                    Some(_) => assert_eq!(stored, name, "created under another name"),
+                }
                 s.id
             })
         }

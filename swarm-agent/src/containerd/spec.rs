@@ -417,6 +417,9 @@ pub fn filter_resolv_conf(content: &str) -> String {
     let mut out = String::new();
     let mut nameservers = 0;
     for line in content.lines() {
+        // CRs ending the last line are kept by `lines`; written back before a newline they
+        // would become a CRLF line ending, which the next reading strips: drop them here.
+        let line = line.trim_end_matches('\r');
         let mut words = line.split_whitespace();
         if words.next() == Some("nameserver") {
             // Parsed as written: a zone (`%eth0`) is IPv6 syntax, and an IPv4 address with
@@ -1231,6 +1234,23 @@ mod tests {
         assert_eq!(
             filter_resolv_conf("nameserver 10.0.0.1%eth0\nnameserver 10.0.0.2\n"),
             "nameserver 10.0.0.2\n"
+        );
+    }
+
+    /// Found by the `resolv_conf` fuzz target (kept as `fuzz/seeds/resolv_conf/regression-*`):
+    /// a last line ending in a lone CR came out with a CRLF ending, which a second filtering
+    /// changed again, so the task's file was not a fixed point of the filter.
+    #[test]
+    fn a_lone_cr_ending_the_last_line_is_dropped_and_filtering_twice_changes_nothing() {
+        let once = filter_resolv_conf("search lab\r");
+        assert_eq!(once, "search lab\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+        assert_eq!(filter_resolv_conf(&once), once);
+        // And two (`regression-two-crs`): the first filtering left one, the second removed it.
+        let twice = filter_resolv_conf("\r\r");
+        assert_eq!(filter_resolv_conf(&twice), twice);
+        assert_eq!(
+            filter_resolv_conf("nameserver 10.0.0.2\r\nnameserver 10.0.0.3\r"),
+            "nameserver 10.0.0.2\nnameserver 10.0.0.3\n"
         );
     }
 
