@@ -164,6 +164,14 @@ impl FaultNet {
         .map(|_| ())
     }
 
+    /// Whether this kernel can add latency and loss (`sch_netem`): tried for real on node
+    /// 0's cable and removed again. `Err` says why it cannot.
+    pub fn netem_works(&self) -> Result<(), String> {
+        let tried = self.netem(0, 1, 0, 0);
+        self.clear_netem(0);
+        tried.map_err(|e| format!("{e:#}"))
+    }
+
     fn clear_netem(&self, i: usize) {
         // Fails when there is none: nothing to remove.
         let _ = sys::run(std::process::Command::new("ip").args([

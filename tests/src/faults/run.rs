@@ -13,7 +13,7 @@ use anyhow::Context;
 use super::history::{check, Op, Record, Ret, Verdict};
 use super::net::FaultNet;
 use super::replicas::{count, stretches, Sample, Stretches};
-use super::schedule::{schedule, Fault, Step};
+use super::schedule::{schedule, Abilities, Fault, Step};
 use super::workload::{Workload, COUNTER, OP_TIMEOUT};
 use crate::client::AgentClient;
 use crate::helpers::poll;
@@ -58,6 +58,8 @@ pub fn under_bound() -> Duration {
 pub struct Report {
     pub seed: u64,
     pub faults: Vec<String>,
+    /// Why latency and loss were left out of the schedule, when this kernel cannot add them.
+    pub netem_missing: Option<String>,
     pub verdict: Verdict,
     pub stretches: Stretches,
     pub samples: usize,
@@ -74,10 +76,14 @@ impl Report {
 
     /// The summary line of the run.
     pub fn summary(&self) -> String {
+        let left_out = match &self.netem_missing {
+            Some(why) => format!(" [latency and loss left out: {why}]"),
+            None => String::new(),
+        };
         format!(
             "seed {}: {} faults, {} operations on {} services ({} completed, {} indeterminate), \
              linearizable: {}; copies of the service (asked {REPLICAS}): longest over {:.1?} (bound {:?}), \
-             longest under {:.1?} (bound {:?}), {} samples",
+             longest under {:.1?} (bound {:?}), {} samples{left_out}",
             self.seed,
             self.faults.len(),
             self.verdict.ops,
@@ -127,6 +133,15 @@ impl Report {
 /// Runs the schedule of `seed` for about `budget` of faults; `progress` gets a line per step.
 pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
     let net = FaultNet::new(MANAGERS + WORKERS)?;
+    let netem_missing = net.netem_works().err();
+    if let Some(why) = &netem_missing {
+        progress(&format!(
+            "latency and loss (tc netem) are left out of this run's schedule: {why}"
+        ));
+    }
+    let can = Abilities {
+        netem: netem_missing.is_none(),
+    };
     let c = Cluster::on_net(&net, PORT)?;
     c.form(MANAGERS)
         .with_context(|| format!("forming the cluster:\n{}", c.logs()))?;
@@ -191,7 +206,7 @@ pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyho
         }
     }
 
-    let steps = schedule(seed, MANAGERS, WORKERS, budget);
+    let steps = schedule(seed, MANAGERS, WORKERS, budget, can);
     let mut faults = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         let shown =
@@ -228,6 +243,7 @@ pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyho
     Ok(Report {
         seed,
         faults,
+        netem_missing,
         verdict,
         stretches: stretches(&samples, REPLICAS),
         samples: samples.len(),

@@ -93,9 +93,22 @@ pub struct Step {
     pub rest: Duration,
 }
 
+/// What the machine can inject besides cuts: a kernel without `sch_netem` cannot add
+/// latency and loss, so those faults are left out of its schedules (and the run says so).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Abilities {
+    pub netem: bool,
+}
+
 /// The schedule of `seed` for a cluster of `managers` managers and `workers` workers,
-/// steps until `budget` is spent.
-pub fn schedule(seed: u64, managers: usize, workers: usize, budget: Duration) -> Vec<Step> {
+/// steps until `budget` is spent. The same seed and abilities give the same schedule.
+pub fn schedule(
+    seed: u64,
+    managers: usize,
+    workers: usize,
+    budget: Duration,
+    can: Abilities,
+) -> Vec<Step> {
     assert!(managers >= 3, "partitions need at least three managers");
     let mut rng = Rng::new(seed);
     let mut steps = Vec::new();
@@ -106,8 +119,12 @@ pub fn schedule(seed: u64, managers: usize, workers: usize, budget: Duration) ->
             let b = (a + 1 + rng.pick(managers - 1)) % managers;
             (a, b)
         };
-        let kinds = if workers > 0 { 6 } else { 5 };
-        let fault = match rng.pick(kinds) {
+        // Kinds 0–3 are cuts between managers, 4 is netem, 5 isolates a worker.
+        let kinds: Vec<usize> = (0..6)
+            .filter(|k| *k != 4 || can.netem)
+            .filter(|k| *k != 5 || workers > 0)
+            .collect();
+        let fault = match kinds[rng.pick(kinds.len())] {
             0 => Fault::IsolateLeader,
             1 => Fault::Split {
                 lone: rng.pick(managers),
@@ -146,11 +163,13 @@ pub fn schedule(seed: u64, managers: usize, workers: usize, budget: Duration) ->
 mod tests {
     use super::*;
 
+    const ALL: Abilities = Abilities { netem: true };
+
     #[test]
     fn a_seed_gives_one_schedule_and_another_seed_another() {
-        let a = schedule(7, 3, 2, Duration::from_secs(120));
-        assert_eq!(a, schedule(7, 3, 2, Duration::from_secs(120)));
-        assert_ne!(a, schedule(8, 3, 2, Duration::from_secs(120)));
+        let a = schedule(7, 3, 2, Duration::from_secs(120), ALL);
+        assert_eq!(a, schedule(7, 3, 2, Duration::from_secs(120), ALL));
+        assert_ne!(a, schedule(8, 3, 2, Duration::from_secs(120), ALL));
         let total: Duration = a.iter().map(|s| s.hold + s.rest).sum();
         assert!(total >= Duration::from_secs(120));
     }
@@ -158,7 +177,7 @@ mod tests {
     #[test]
     fn faults_name_real_nodes_and_pairs_of_two_managers() {
         for seed in 0..200 {
-            for s in schedule(seed, 3, 2, Duration::from_secs(60)) {
+            for s in schedule(seed, 3, 2, Duration::from_secs(60), ALL) {
                 match s.fault {
                     Fault::Split { lone } => assert!(lone < 3),
                     Fault::OneWay { from: a, to: b } | Fault::Flap { a, b, .. } => {
@@ -176,10 +195,23 @@ mod tests {
     fn every_kind_of_fault_comes_up() {
         let mut kinds = std::collections::HashSet::new();
         for seed in 0..50 {
-            for s in schedule(seed, 3, 2, Duration::from_secs(60)) {
+            for s in schedule(seed, 3, 2, Duration::from_secs(60), ALL) {
                 kinds.insert(std::mem::discriminant(&s.fault));
             }
         }
         assert_eq!(kinds.len(), 6);
+    }
+
+    #[test]
+    fn without_netem_no_step_adds_latency_or_loss_and_the_other_kinds_still_come_up() {
+        let no_netem = Abilities { netem: false };
+        let mut kinds = std::collections::HashSet::new();
+        for seed in 0..50 {
+            for s in schedule(seed, 3, 2, Duration::from_secs(60), no_netem) {
+                assert!(!matches!(s.fault, Fault::Netem { .. }), "seed {seed}: {}", s.fault);
+                kinds.insert(std::mem::discriminant(&s.fault));
+            }
+        }
+        assert_eq!(kinds.len(), 5);
     }
 }
