@@ -9,7 +9,9 @@ mod client;
 mod cluster_cmd;
 mod error;
 mod format;
+mod format_rows;
 mod json;
+mod list_filter;
 mod login_cmd;
 mod logs_cmd;
 mod network_cmd;
@@ -27,6 +29,7 @@ mod service_spec;
 mod stack_cmd;
 mod swarm_cmd;
 mod table;
+mod template;
 mod unlock_cmd;
 
 use clap::{Parser, Subcommand};
