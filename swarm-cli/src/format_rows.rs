@@ -28,7 +28,10 @@ pub fn node(n: &Node, self_id: &str) -> Map<String, Json> {
         ("Self", json!(n.id == self_id)),
         ("Hostname", json!(n.hostname())),
         ("Status", json!(format::node_state(n.state()))),
-        ("Availability", json!(format::availability(n.availability()))),
+        (
+            "Availability",
+            json!(format::availability(n.availability())),
+        ),
         ("ManagerStatus", json!(format::manager_status(n))),
         (
             "EngineVersion",
@@ -122,12 +125,12 @@ pub fn tasks(tasks: &[Task], names: &Names, trunc: bool, now_ms: i64) -> Vec<Map
                 .and_then(|s| s.container.as_ref())
                 .map_or("", |c| c.image.as_str());
             let desired = TaskState::try_from(t.desired_state).unwrap_or(TaskState::New);
-            let ports = t.status.as_ref().map(|s| format::task_ports(&s.port_status));
+            let ports = t
+                .status
+                .as_ref()
+                .map(|s| format::task_ports(&s.port_status));
             row([
-                (
-                    "ID",
-                    json!(if trunc { truncate_id(&t.id) } else { &t.id }),
-                ),
+                ("ID", json!(if trunc { truncate_id(&t.id) } else { &t.id })),
                 ("Name", json!(name)),
                 (
                     "Image",
@@ -164,10 +167,7 @@ pub const NETWORK_HEADERS: &[(&str, &str)] = &[
 pub fn network(n: &Network, trunc: bool) -> Map<String, Json> {
     let spec = n.spec.clone().unwrap_or_default();
     row([
-        (
-            "ID",
-            json!(if trunc { truncate_id(&n.id) } else { &n.id }),
-        ),
+        ("ID", json!(if trunc { truncate_id(&n.id) } else { &n.id })),
         ("Name", json!(spec.name)),
         (
             "Driver",
@@ -183,7 +183,9 @@ pub fn network(n: &Network, trunc: bool) -> Map<String, Json> {
         ("Labels", labels_field(&spec.labels)),
         (
             "CreatedAt",
-            json!(format::timestamp(n.meta.as_ref().map_or(0, |m| m.created_at))),
+            json!(format::timestamp(
+                n.meta.as_ref().map_or(0, |m| m.created_at)
+            )),
         ),
     ])
 }
@@ -226,7 +228,10 @@ pub fn data(which: Which, i: &Item, now_ms: i64) -> Map<String, Json> {
 pub const STACK_HEADERS: &[(&str, &str)] = &[("Name", "NAME"), ("Services", "SERVICES")];
 
 pub fn stack(name: &str, services: usize) -> Map<String, Json> {
-    row([("Name", json!(name)), ("Services", json!(services.to_string()))])
+    row([
+        ("Name", json!(name)),
+        ("Services", json!(services.to_string())),
+    ])
 }
 
 #[cfg(test)]
@@ -332,8 +337,13 @@ mod tests {
             "pw |2 minutes ago\n"
         );
         assert_eq!(
-            render_rows(true, "{{.Name}}\t{{.Services}}", STACK_HEADERS, &[stack("shop", 3)])
-                .unwrap(),
+            render_rows(
+                true,
+                "{{.Name}}\t{{.Services}}",
+                STACK_HEADERS,
+                &[stack("shop", 3)]
+            )
+            .unwrap(),
             "NAME      SERVICES\nshop      3\n"
         );
     }

@@ -286,10 +286,9 @@ async fn run(cli: Cli) -> Result<()> {
     let c = Client::connect(&cli.host).await?;
     match cmd {
         Command::Stack(s) => stack_cmd::run(&c, s).await,
-        Command::Login(_)
-        | Command::Logout(_)
-        | Command::Completion(_)
-        | Command::ManPages(_) => Ok(()),
+        Command::Login(_) | Command::Logout(_) | Command::Completion(_) | Command::ManPages(_) => {
+            Ok(())
+        }
         Command::Secret(s) => secret_cmd::run(&c, Which::Secret, s).await,
         Command::Config(s) => secret_cmd::run(&c, Which::Config, s).await,
         Command::Init(a) => swarm_cmd::init(&c, a).await,

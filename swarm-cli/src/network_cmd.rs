@@ -199,12 +199,8 @@ pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
             .iter()
             .map(|n| crate::format_rows::network(n, !a.no_trunc))
             .collect();
-        let out = crate::template::render_rows(
-            *table,
-            text,
-            crate::format_rows::NETWORK_HEADERS,
-            &rows,
-        )?;
+        let out =
+            crate::template::render_rows(*table, text, crate::format_rows::NETWORK_HEADERS, &rows)?;
         print!("{out}");
         return Ok(());
     }

@@ -8,10 +8,10 @@ use proto::*;
 use crate::client::Client;
 use crate::error::{CliError, Result};
 use crate::format::{self, natural_cmp};
+use crate::format_rows;
 use crate::json::{self, Kind};
 use crate::opts;
 use crate::ps;
-use crate::format_rows;
 use crate::table::Table;
 use crate::template::{self, Format};
 

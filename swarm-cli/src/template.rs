@@ -85,12 +85,7 @@ impl GoTemplate {
     pub fn render(&self, data: &Json) -> Result<String> {
         self.tmpl
             .render(&Context::from(to_gtmpl(data)))
-            .map_err(|e| {
-                CliError::msg(format!(
-                    "template: {e} (in --format {:?})",
-                    self.source
-                ))
-            })
+            .map_err(|e| CliError::msg(format!("template: {e} (in --format {:?})", self.source)))
     }
 }
 
@@ -143,11 +138,7 @@ pub fn to_gtmpl(v: &Json) -> Value {
         },
         Json::String(s) => Value::String(s.clone()),
         Json::Array(a) => Value::Array(a.iter().map(to_gtmpl).collect()),
-        Json::Object(o) => Value::Map(
-            o.iter()
-                .map(|(k, v)| (k.clone(), to_gtmpl(v)))
-                .collect(),
-        ),
+        Json::Object(o) => Value::Map(o.iter().map(|(k, v)| (k.clone(), to_gtmpl(v))).collect()),
     }
 }
 
@@ -170,12 +161,7 @@ pub fn from_gtmpl(v: &Value) -> Json {
         Value::Map(m) | Value::Object(m) => {
             let sorted: BTreeMap<&String, Json> =
                 m.iter().map(|(k, v)| (k, from_gtmpl(v))).collect();
-            Json::Object(
-                sorted
-                    .into_iter()
-                    .map(|(k, v)| (k.clone(), v))
-                    .collect(),
-            )
+            Json::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
         }
     }
 }
@@ -299,15 +285,10 @@ fn pad(args: &[Value]) -> std::result::Result<Value, FuncError> {
     )))
 }
 
-/// `inspect --format`: the template run on each object, given as `inspect` prints it but
-/// with Docker's (Go's) field names, so that Docker's templates work: `{{.ID}}`,
-/// `{{.Spec.Name}}`, `{{.Meta.CreatedAt}}`, `{{json .Spec.Labels}}`.
-pub fn render_inspect(text: &str, values: &[Json]) -> Result<String> {
-    GoTemplate::parse(&unescape(text))?.render_all(values)
-}
-
 /// The template of `inspect --format`, checked before anything is fetched; `None` for
-/// the JSON array (unset, "" or "json") and for `--pretty`.
+/// the JSON array (unset, "" or "json") and for `--pretty`. It runs on each object as
+/// `inspect` prints it but with Docker's (Go's) field names, so that Docker's templates
+/// work: `{{.ID}}`, `{{.Spec.Name}}`, `{{.Meta.CreatedAt}}`, `{{json .Spec.Labels}}`.
 pub fn inspect_template(format: &Option<String>, pretty: bool) -> Result<Option<GoTemplate>> {
     match format.as_deref().map(str::trim) {
         _ if pretty => Ok(None),
@@ -317,7 +298,7 @@ pub fn inspect_template(format: &Option<String>, pretty: bool) -> Result<Option<
 }
 
 impl GoTemplate {
-    /// One rendered line per inspected object (see [`render_inspect`]).
+    /// One rendered line per inspected object (see [`inspect_template`]).
     pub fn render_all(&self, values: &[Json]) -> Result<String> {
         let mut out = String::new();
         for v in values {
@@ -336,7 +317,8 @@ pub fn docker_names(v: &Json) -> Json {
         Json::Object(o) => Json::Object(
             o.iter()
                 .map(|(k, v)| {
-                    let user_map = k.ends_with("labels") || k.ends_with("options") || k.ends_with("opts");
+                    let user_map =
+                        k.ends_with("labels") || k.ends_with("options") || k.ends_with("opts");
                     let v = if user_map { v.clone() } else { docker_names(v) };
                     (go_name(k), v)
                 })
@@ -386,6 +368,12 @@ pub fn labels_field(labels: &std::collections::BTreeMap<String, String>) -> Json
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn render_inspect(text: &str, values: &[Json]) -> Result<String> {
+        inspect_template(&Some(text.to_string()), false)?
+            .expect("a template")
+            .render_all(values)
+    }
 
     fn rows() -> Vec<Map<String, Json>> {
         vec![
@@ -495,8 +483,11 @@ mod tests {
         let v = json!({"id": "n1", "spec": {"name": "web", "labels": {"tier_name": "b"}},
                        "meta": {"created_at": 5}, "node_id": "x"});
         assert_eq!(
-            render_inspect("{{.ID}} {{.Spec.Name}} {{.Meta.CreatedAt}} {{.NodeID}}", &[v.clone()])
-                .unwrap(),
+            render_inspect(
+                "{{.ID}} {{.Spec.Name}} {{.Meta.CreatedAt}} {{.NodeID}}",
+                &[v.clone()]
+            )
+            .unwrap(),
             "n1 web 5 x\n"
         );
         // Label keys are the user's: not renamed.
