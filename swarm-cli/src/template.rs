@@ -485,7 +485,7 @@ mod tests {
         assert_eq!(
             render_inspect(
                 "{{.ID}} {{.Spec.Name}} {{.Meta.CreatedAt}} {{.NodeID}}",
-                &[v.clone()]
+                std::slice::from_ref(&v)
             )
             .unwrap(),
             "n1 web 5 x\n"
