@@ -20,9 +20,32 @@ pub const NODE_HEADERS: &[(&str, &str)] = &[
     ("Availability", "AVAILABILITY"),
     ("ManagerStatus", "MANAGER STATUS"),
     ("EngineVersion", "ENGINE VERSION"),
+    ("TLSStatus", "TLS STATUS"),
 ];
 
-pub fn node(n: &Node, self_id: &str) -> Map<String, Json> {
+/// The swarm's root CA as node TLS info is compared with: its certificate and public key.
+pub struct ClusterRoot {
+    pub cert: String,
+    pub public_key: Vec<u8>,
+}
+
+/// Docker's TLS STATUS: "Ready" when the node trusts the swarm's root and holds a
+/// certificate it issued, "Needs Rotation" when not, "Unknown" without TLS information.
+pub fn tls_status(n: &Node, root: Option<&ClusterRoot>) -> &'static str {
+    let info = n.description.as_ref().and_then(|d| d.tls_info.as_ref());
+    match (info, root) {
+        (Some(t), Some(r)) if !t.trust_root.is_empty() => {
+            if t.trust_root.trim() == r.cert.trim() && t.cert_issuer_public_key == r.public_key {
+                "Ready"
+            } else {
+                "Needs Rotation"
+            }
+        }
+        _ => "Unknown",
+    }
+}
+
+pub fn node(n: &Node, self_id: &str, root: Option<&ClusterRoot>) -> Map<String, Json> {
     row([
         ("ID", json!(n.id)),
         ("Self", json!(n.id == self_id)),
@@ -40,6 +63,7 @@ pub fn node(n: &Node, self_id: &str) -> Map<String, Json> {
                 .as_ref()
                 .map_or("", |d| d.engine_version.as_str())),
         ),
+        ("TLSStatus", json!(tls_status(n, root))),
     ])
 }
 
@@ -255,12 +279,29 @@ mod tests {
             }),
             ..Default::default()
         };
-        let r = [node(&n, "abc")];
+        let r = [node(&n, "abc", None)];
         assert_eq!(
             render_rows(false, "{{json .}}", NODE_HEADERS, &r).unwrap(),
             "{\"Availability\":\"Active\",\"EngineVersion\":\"0.1.0\",\"Hostname\":\"node-1\",\
-             \"ID\":\"abc\",\"ManagerStatus\":\"\",\"Self\":true,\"Status\":\"Ready\"}\n"
+             \"ID\":\"abc\",\"ManagerStatus\":\"\",\"Self\":true,\"Status\":\"Ready\",\
+             \"TLSStatus\":\"Unknown\"}\n"
         );
+        let root = ClusterRoot {
+            cert: "ROOT\n".into(),
+            public_key: vec![1, 2],
+        };
+        let mut n = n.clone();
+        let tls = |trust: &str, key: &[u8]| NodeTlsInfo {
+            trust_root: trust.into(),
+            cert_issuer_public_key: key.to_vec(),
+            ..Default::default()
+        };
+        n.description.as_mut().unwrap().tls_info = Some(tls("ROOT", &[1, 2]));
+        assert_eq!(tls_status(&n, Some(&root)), "Ready");
+        n.description.as_mut().unwrap().tls_info = Some(tls("OLD", &[1, 2]));
+        assert_eq!(tls_status(&n, Some(&root)), "Needs Rotation");
+        n.description.as_mut().unwrap().tls_info = Some(tls("ROOT", &[9]));
+        assert_eq!(tls_status(&n, Some(&root)), "Needs Rotation");
         assert_eq!(
             render_rows(true, "{{.Hostname}}\t{{.Status}}", NODE_HEADERS, &r).unwrap(),
             "HOSTNAME   STATUS\nnode-1     Ready\n"

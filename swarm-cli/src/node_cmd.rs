@@ -154,9 +154,13 @@ pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
     sort_nodes(&mut nodes);
     if let Format::Template { table, text } = &fmt {
         let self_id = c.info().await?.node_id;
+        let cert = c.cluster().await?.root_ca.unwrap_or_default().ca_cert;
+        let root = crate::cluster_cmd::public_key_of(&cert)
+            .ok()
+            .map(|public_key| format_rows::ClusterRoot { cert, public_key });
         let rows: Vec<_> = nodes
             .iter()
-            .map(|n| format_rows::node(n, &self_id))
+            .map(|n| format_rows::node(n, &self_id, root.as_ref()))
             .collect();
         print!(
             "{}",

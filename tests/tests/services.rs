@@ -128,7 +128,8 @@ fn cli_filters_and_formats(lab: &Lab, web: &[proto::Task]) {
             "ID",
             "ManagerStatus",
             "Self",
-            "Status"
+            "Status",
+            "TLSStatus"
         ],
         "{out}"
     );
@@ -137,7 +138,12 @@ fn cli_filters_and_formats(lab: &Lab, web: &[proto::Task]) {
         (&me["Hostname"], &me["ManagerStatus"]),
         (&"node1".into(), &"Leader".into())
     );
-    assert!(nodes.iter().all(|n| n["Status"] == "Ready"), "{out}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["Status"] == "Ready" && n["TLSStatus"] == "Ready"),
+        "{out}"
+    );
     assert_eq!(
         m.swarm_ok(&["node", "ls", "-q", "--filter", "role=manager"]),
         format!("{}\n", me["ID"].as_str().unwrap())
