@@ -216,7 +216,7 @@ impl RotationStatus {
 }
 
 /// The DER SubjectPublicKeyInfo of a PEM certificate.
-fn public_key_of(pem: &str) -> Result<Vec<u8>> {
+pub(crate) fn public_key_of(pem: &str) -> Result<Vec<u8>> {
     let bad = |e: String| {
         CliError::msg(format!(
             "the swarm's root CA certificate is unreadable: {e}"

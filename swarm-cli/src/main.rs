@@ -7,9 +7,12 @@
 mod arity;
 mod client;
 mod cluster_cmd;
+mod completion_cmd;
 mod error;
 mod format;
+mod format_rows;
 mod json;
+mod list_filter;
 mod login_cmd;
 mod logs_cmd;
 mod network_cmd;
@@ -27,9 +30,10 @@ mod service_spec;
 mod stack_cmd;
 mod swarm_cmd;
 mod table;
+mod template;
 mod unlock_cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::arity::{check_args, Arity};
 use crate::client::{Client, DEFAULT_HOST};
@@ -105,6 +109,11 @@ enum Command {
     Login(login_cmd::LoginArgs),
     /// Log out from a registry
     Logout(login_cmd::LogoutArgs),
+    /// Generate the autocompletion script for the specified shell
+    Completion(completion_cmd::CompletionArgs),
+    /// Write a man page for every command to OUTDIR
+    #[command(hide = true)]
+    ManPages(completion_cmd::ManArgs),
 }
 
 /// `swarm service ...`: the verbs of [`ServiceCmd`] and `logs`.
@@ -244,7 +253,11 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Command::Secret(s) => secret_cmd::check_arity(Which::Secret, s)?,
         Command::Config(s) => secret_cmd::check_arity(Which::Config, s)?,
-        Command::Stack(_) | Command::Login(_) | Command::Logout(_) => {}
+        Command::Stack(_)
+        | Command::Login(_)
+        | Command::Logout(_)
+        | Command::Completion(_)
+        | Command::ManPages(_) => {}
         Command::Init(_)
         | Command::Leave(_)
         | Command::Info(_)
@@ -259,12 +272,23 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Stack(stack_cmd::StackCmd::Config(a)) => return stack_cmd::config(a),
         Command::Login(a) => return login_cmd::login(a).await,
         Command::Logout(a) => return login_cmd::logout(a),
+        // Completions and man pages come from the clap definition alone.
+        Command::Completion(a) => {
+            use std::io::Write;
+            let script = completion_cmd::completion(Cli::command(), a.shell);
+            return std::io::stdout()
+                .write_all(&script)
+                .map_err(|e| CliError::msg(format!("cannot write the completion script: {e}")));
+        }
+        Command::ManPages(a) => return completion_cmd::man_pages(Cli::command(), &a.out_dir),
         cmd => cmd,
     };
     let c = Client::connect(&cli.host).await?;
     match cmd {
         Command::Stack(s) => stack_cmd::run(&c, s).await,
-        Command::Login(_) | Command::Logout(_) => Ok(()),
+        Command::Login(_) | Command::Logout(_) | Command::Completion(_) | Command::ManPages(_) => {
+            Ok(())
+        }
         Command::Secret(s) => secret_cmd::run(&c, Which::Secret, s).await,
         Command::Config(s) => secret_cmd::run(&c, Which::Config, s).await,
         Command::Init(a) => swarm_cmd::init(&c, a).await,
@@ -376,7 +400,6 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn clap_definition_is_consistent() {
@@ -448,5 +471,44 @@ mod tests {
         ])
         .is_ok());
         assert!(Cli::try_parse_from(["swarm", "init", "--data-path-port", "80"]).is_err());
+    }
+
+    #[test]
+    fn completion_scripts_cover_the_commands_and_flags() {
+        let bash = String::from_utf8(completion_cmd::completion(
+            Cli::command(),
+            clap_complete::Shell::Bash,
+        ))
+        .unwrap();
+        for want in ["_swarm()", "service", "--filter", "--format", "stack"] {
+            assert!(bash.contains(want), "bash completion lacks {want}");
+        }
+        let zsh = String::from_utf8(completion_cmd::completion(
+            Cli::command(),
+            clap_complete::Shell::Zsh,
+        ))
+        .unwrap();
+        assert!(zsh.starts_with("#compdef swarm"), "{}", &zsh[..40]);
+        let fish = String::from_utf8(completion_cmd::completion(
+            Cli::command(),
+            clap_complete::Shell::Fish,
+        ))
+        .unwrap();
+        assert!(fish.contains("complete -c swarm"));
+        let cli = Cli::try_parse_from(["swarm", "completion", "fish"]).unwrap();
+        assert!(matches!(cli.cmd, Command::Completion(_)));
+        assert!(Cli::try_parse_from(["swarm", "completion", "tcsh"]).is_err());
+    }
+
+    #[test]
+    fn man_pages_are_written_for_every_visible_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("man1");
+        completion_cmd::man_pages(Cli::command(), &out).unwrap();
+        let page = std::fs::read_to_string(out.join("swarm-service-ls.1")).unwrap();
+        assert!(page.starts_with(".ie"), "not roff: {}", &page[..20]);
+        assert!(page.contains("filter"), "{page}");
+        assert!(out.join("swarm.1").exists() && out.join("swarm-node-ps.1").exists());
+        assert!(!out.join("swarm-man-pages.1").exists());
     }
 }

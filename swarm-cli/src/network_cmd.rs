@@ -65,9 +65,12 @@ pub struct LsArgs {
     /// Do not truncate the output
     #[arg(long)]
     pub no_trunc: bool,
-    /// Output format: "table" (default) or "json" (one network per line)
+    /// Format output: "table" (default), "json" (one network per line) or a Go template
     #[arg(long)]
     pub format: Option<String>,
+    /// Provide filter values (driver=, id=, label=, name=, scope=, type=)
+    #[arg(short, long)]
+    pub filter: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -187,8 +190,20 @@ async fn list(c: &Client) -> Result<Vec<Network>> {
 }
 
 pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
-    let json_out = crate::output_format::wants_json(&a.format)?;
-    let nets = list(c).await?;
+    let fmt = crate::template::Format::parse(&a.format);
+    let filter = crate::list_filter::networks(&a.filter).map_err(CliError::msg)?;
+    let mut nets = list(c).await?;
+    nets.retain(|n| crate::list_filter::keep_network(&filter, n));
+    if let crate::template::Format::Template { table, text } = &fmt {
+        let rows: Vec<_> = nets
+            .iter()
+            .map(|n| crate::format_rows::network(n, !a.no_trunc))
+            .collect();
+        let out =
+            crate::template::render_rows(*table, text, crate::format_rows::NETWORK_HEADERS, &rows)?;
+        print!("{out}");
+        return Ok(());
+    }
     if a.quiet {
         for n in &nets {
             println!(
@@ -200,7 +215,7 @@ pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
                 }
             );
         }
-    } else if json_out {
+    } else if fmt == crate::template::Format::Json {
         for n in &nets {
             println!("{}", json::line(n, Kind::Other)?);
         }
@@ -476,7 +491,7 @@ async fn local_node_and_hostnames(c: &Client) -> Result<(String, BTreeMap<String
 }
 
 pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
-    crate::output_format::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
+    let tmpl = crate::template::inspect_template(&a.format, false)?;
     // The node's own view: `Containers` and `Peers`, `--verbose`'s `Services`, and the
     // networks of a worker (it cannot ask the managers).
     let mut view: Option<NetworkViewResponse> = None;
@@ -530,7 +545,10 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
         }
         values.push(v);
     }
-    println!("{}", json::inspect_array(&values)?);
+    match tmpl {
+        Some(t) => print!("{}", t.render_all(&values)?),
+        None => println!("{}", json::inspect_array(&values)?),
+    }
     match CliError::join(errors) {
         Some(e) => Err(e),
         None => Ok(()),

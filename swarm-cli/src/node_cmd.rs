@@ -8,10 +8,12 @@ use proto::*;
 use crate::client::Client;
 use crate::error::{CliError, Result};
 use crate::format::{self, natural_cmp};
+use crate::format_rows;
 use crate::json::{self, Kind};
 use crate::opts;
 use crate::ps;
 use crate::table::Table;
+use crate::template::{self, Format};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCmd {
@@ -38,7 +40,10 @@ pub struct LsArgs {
     /// Only display IDs
     #[arg(short, long)]
     pub quiet: bool,
-    /// Output format: "table" (default) or "json" (one node per line)
+    /// Filter output based on conditions provided (id=, name=, label=, node.label=, membership=, role=)
+    #[arg(short, long)]
+    pub filter: Vec<String>,
+    /// Format output: "table" (default), "json" (one node per line) or a Go template
     #[arg(long)]
     pub format: Option<String>,
 }
@@ -48,7 +53,7 @@ pub struct InspectArgs {
     /// Print the information in a human friendly format
     #[arg(long)]
     pub pretty: bool,
-    /// Output format: "json" (default)
+    /// Format output: "json" (default), "pretty" or a Go template ('{{.Description.Hostname}}')
     #[arg(short, long)]
     pub format: Option<String>,
     #[arg(value_name = "NODE")]
@@ -99,7 +104,7 @@ pub struct PsArgs {
     /// Filter output based on conditions provided (desired-state=, id=, name=)
     #[arg(short, long)]
     pub filter: Vec<String>,
-    /// Output format: "table" (default) or "json" (one task per line)
+    /// Format output: "table" (default), "json" (one task per line) or a Go template
     #[arg(long)]
     pub format: Option<String>,
     #[arg(value_name = "NODE")]
@@ -137,9 +142,32 @@ pub fn ls_table(nodes: &[Node], self_id: &str) -> String {
 }
 
 pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
-    let json_out = crate::output_format::wants_json(&a.format)?;
-    let mut nodes = c.nodes().await?;
+    let fmt = Format::parse(&a.format);
+    let json_out = fmt == Format::Json;
+    let filter = crate::list_filter::nodes(&a.filter).map_err(CliError::msg)?;
+    let mut nodes: Vec<Node> = c
+        .nodes()
+        .await?
+        .into_iter()
+        .filter(|n| crate::list_filter::keep_node(&filter, n))
+        .collect();
     sort_nodes(&mut nodes);
+    if let Format::Template { table, text } = &fmt {
+        let self_id = c.info().await?.node_id;
+        let cert = c.cluster().await?.root_ca.unwrap_or_default().ca_cert;
+        let root = crate::cluster_cmd::public_key_of(&cert)
+            .ok()
+            .map(|public_key| format_rows::ClusterRoot { cert, public_key });
+        let rows: Vec<_> = nodes
+            .iter()
+            .map(|n| format_rows::node(n, &self_id, root.as_ref()))
+            .collect();
+        print!(
+            "{}",
+            template::render_rows(*table, text, format_rows::NODE_HEADERS, &rows)?
+        );
+        return Ok(());
+    }
     if a.quiet {
         for n in &nodes {
             println!("{}", n.id);
@@ -258,10 +286,13 @@ pub fn pretty(n: &Node) -> String {
     s
 }
 
-pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
-    if !a.pretty {
-        crate::output_format::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
+pub async fn inspect(c: &Client, mut a: InspectArgs) -> Result<()> {
+    // Docker: `--format pretty` is `--pretty`; other formats are templates.
+    if a.format.as_deref() == Some("pretty") {
+        a.pretty = true;
+        a.format = None;
     }
+    let tmpl = template::inspect_template(&a.format, a.pretty)?;
     let mut values = Vec::new();
     let mut texts = Vec::new();
     let mut errors = Vec::new();
@@ -280,6 +311,8 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
     }
     if a.pretty {
         print!("{}", texts.join("\n"));
+    } else if let Some(t) = tmpl {
+        print!("{}", t.render_all(&values)?);
     } else {
         println!("{}", json::inspect_array(&values)?);
     }
@@ -452,11 +485,18 @@ pub fn print_tasks(
     names: &ps::Names,
     quiet: bool,
     no_trunc: bool,
-    json_out: bool,
+    fmt: &Format,
 ) -> Result<()> {
-    if quiet {
+    if let Format::Template { table, text } = fmt {
+        let now = swarm_common::clock::now_ms();
+        let rows = format_rows::tasks(tasks, names, !no_trunc, now);
+        print!(
+            "{}",
+            template::render_rows(*table, text, format_rows::TASK_HEADERS, &rows)?
+        );
+    } else if quiet {
         print!("{}", ps::quiet(tasks, names));
-    } else if json_out {
+    } else if *fmt == Format::Json {
         for (t, _) in ps::ordered(tasks, names) {
             println!("{}", json::line(t, Kind::Task)?);
         }
@@ -470,7 +510,7 @@ pub fn print_tasks(
 }
 
 pub async fn node_ps(c: &Client, a: PsArgs) -> Result<()> {
-    let json_out = crate::output_format::wants_json(&a.format)?;
+    let fmt = Format::parse(&a.format);
     let filter = ps::Filter::parse(&a.filter).map_err(CliError::msg)?;
     let refs = if a.nodes.is_empty() {
         vec!["self".to_string()]
@@ -502,7 +542,7 @@ pub async fn node_ps(c: &Client, a: PsArgs) -> Result<()> {
             .into_iter()
             .filter(|t| ids.contains(&t.node_id) && filter.keep(t, &names))
             .collect();
-        print_tasks(&tasks, &names, a.quiet, a.no_trunc || a.quiet, json_out)?;
+        print_tasks(&tasks, &names, a.quiet, a.no_trunc || a.quiet, &fmt)?;
     }
     match CliError::join(errors) {
         Some(e) => Err(e),

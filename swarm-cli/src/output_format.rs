@@ -1,15 +1,7 @@
-//! `--format` of the commands that print objects: the table or JSON, nothing else.
+//! The error of a `--format` a command does not take (`swarm info`: table or JSON only; the
+//! `ls`/`ps`/`inspect` commands take Go templates, see `template`).
 
-use crate::error::{CliError, Result};
-
-/// `--format`: the table (unset, "" or "table") or JSON ("json").
-pub(crate) fn wants_json(f: &Option<String>) -> Result<bool> {
-    match f.as_deref() {
-        None | Some("") | Some("table") => Ok(false),
-        Some("json") => Ok(true),
-        Some(other) => Err(unsupported_format(other)),
-    }
-}
+use crate::error::CliError;
 
 pub(crate) fn unsupported_format(f: &str) -> CliError {
     CliError::msg(format!(

@@ -89,7 +89,7 @@ impl Names {
         &t.service_id
     }
 
-    fn node<'a>(&'a self, id: &'a str) -> &'a str {
+    pub(crate) fn node<'a>(&'a self, id: &'a str) -> &'a str {
         self.nodes.get(id).map_or(id, String::as_str)
     }
 
@@ -163,7 +163,7 @@ pub fn error_cell(err: &str, trunc: bool) -> String {
     }
 }
 
-fn state_time(t: &Task) -> i64 {
+pub(crate) fn state_time(t: &Task) -> i64 {
     match t.status.as_ref().map(|s| s.timestamp) {
         Some(ts) if ts > 0 => ts,
         _ => t.meta.as_ref().map_or(0, |m| {
@@ -241,14 +241,14 @@ impl Filter {
                     "accepted" => TaskState::Accepted,
                     _ => {
                         return Err(format!(
-                            "Invalid filter 'desired-state={v}': only running, shutdown and accepted are supported"
+                            "invalid filter 'desired-state={v}': only running, shutdown and accepted are supported"
                         ))
                     }
                 }),
                 "node" => f.nodes.push(v.to_string()),
                 "id" => f.ids.push(v.to_string()),
                 "name" => f.names.push(v.to_string()),
-                other => return Err(format!("Invalid filter '{other}'")),
+                other => return Err(format!("invalid filter '{other}'")),
             }
         }
         Ok(f)

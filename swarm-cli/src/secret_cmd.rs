@@ -295,14 +295,27 @@ pub fn ls_table(which: Which, items: &[Item], now_ms: i64) -> String {
 }
 
 pub async fn ls(c: &Client, which: Which, a: LsArgs) -> Result<()> {
-    let json_out = crate::output_format::wants_json(&a.format)?;
+    let fmt = crate::template::Format::parse(&a.format);
     let filters = parse_filters(&a.filter)?;
     let items = list(c, which, Some(filters)).await?;
+    if let crate::template::Format::Template { table, text } = &fmt {
+        let now = swarm_common::clock::now_ms();
+        let rows: Vec<_> = items
+            .iter()
+            .map(|i| crate::format_rows::data(which, i, now))
+            .collect();
+        let headers = crate::format_rows::data_headers(which);
+        print!(
+            "{}",
+            crate::template::render_rows(*table, text, headers, &rows)?
+        );
+        return Ok(());
+    }
     if a.quiet {
         for i in &items {
             println!("{}", i.id);
         }
-    } else if json_out {
+    } else if fmt == crate::template::Format::Json {
         for i in &items {
             println!("{}", serde_json::to_string(&inspect_value(which, i))?);
         }
@@ -412,7 +425,7 @@ pub async fn inspect(c: &Client, which: Which, a: InspectArgs) -> Result<()> {
             "--format is incompatible with human friendly format",
         ));
     }
-    crate::output_format::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
+    let tmpl = crate::template::inspect_template(&a.format, a.pretty)?;
     let mut items = Vec::new();
     let mut errors = Vec::new();
     for r in &a.refs {
@@ -428,7 +441,10 @@ pub async fn inspect(c: &Client, which: Which, a: InspectArgs) -> Result<()> {
     } else {
         let values: Vec<serde_json::Value> =
             items.iter().map(|i| inspect_value(which, i)).collect();
-        println!("{}", crate::json::inspect_array(&values)?);
+        match tmpl {
+            Some(t) => print!("{}", t.render_all(&values)?),
+            None => println!("{}", crate::json::inspect_array(&values)?),
+        }
     }
     CliError::join(errors).map_or(Ok(()), Err)
 }

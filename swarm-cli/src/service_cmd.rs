@@ -56,7 +56,7 @@ pub struct LsArgs {
     /// Only display IDs
     #[arg(short, long)]
     pub quiet: bool,
-    /// Output format: "table" (default) or "json" (one service per line)
+    /// Format output: "table" (default), "json" (one service per line) or a Go template
     #[arg(long)]
     pub format: Option<String>,
     /// Filter output based on conditions provided (id=, name=, label=, mode=)
@@ -75,7 +75,7 @@ pub struct PsArgs {
     /// Filter output based on conditions provided (desired-state=, node=, id=, name=)
     #[arg(short, long)]
     pub filter: Vec<String>,
-    /// Output format: "table" (default) or "json" (one task per line)
+    /// Format output: "table" (default), "json" (one task per line) or a Go template
     #[arg(long)]
     pub format: Option<String>,
     #[arg(value_name = "SERVICE")]
@@ -200,7 +200,7 @@ fn job_replicas(svc: &Service, tasks: &[Task], active_nodes: &HashSet<String>) -
     }
 }
 
-fn image_of(svc: &Service) -> &str {
+pub(crate) fn image_of(svc: &Service) -> &str {
     svc.spec
         .as_ref()
         .and_then(|s| s.task.as_ref())
@@ -208,7 +208,7 @@ fn image_of(svc: &Service) -> &str {
         .map_or("", |c| c.image.as_str())
 }
 
-fn ports_of(svc: &Service) -> &[PortConfig] {
+pub(crate) fn ports_of(svc: &Service) -> &[PortConfig] {
     match svc.endpoint.as_ref() {
         Some(e) if !e.ports.is_empty() => &e.ports,
         _ => svc
@@ -240,7 +240,7 @@ pub fn ls_table(services: &[Service], tasks: &[Task], active_nodes: &HashSet<Str
 }
 
 pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
-    let json_out = crate::output_format::wants_json(&a.format)?;
+    let fmt = crate::template::Format::parse(&a.format);
     let filter = crate::service_filter::ServiceFilter::parse(&a.filter).map_err(bad)?;
     let services = c
         .services()
@@ -248,7 +248,7 @@ pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
         .into_iter()
         .filter(|s| filter.keep(s))
         .collect();
-    print_services(c, services, a.quiet, json_out).await
+    print_services(c, services, a.quiet, &fmt).await
 }
 
 /// The `service ls` output of `services` (also `stack services`).
@@ -256,16 +256,19 @@ pub async fn print_services(
     c: &Client,
     mut services: Vec<Service>,
     quiet: bool,
-    json_out: bool,
+    fmt: &crate::template::Format,
 ) -> Result<()> {
     sort_services(&mut services);
+    if let crate::template::Format::Template { table, text } = fmt {
+        return crate::format_rows::print_services(c, &services, *table, text).await;
+    }
     if quiet {
         for s in &services {
             println!("{}", format::truncate_id(&s.id));
         }
         return Ok(());
     }
-    if json_out {
+    if *fmt == crate::template::Format::Json {
         for s in &services {
             println!("{}", json::line(s, Kind::Service)?);
         }
@@ -536,10 +539,13 @@ pub fn pretty(s: &Service) -> String {
     o
 }
 
-pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
-    if !a.pretty {
-        crate::output_format::wants_json(&Some(a.format.clone().unwrap_or_else(|| "json".into())))?;
+pub async fn inspect(c: &Client, mut a: InspectArgs) -> Result<()> {
+    // Docker: `--format pretty` is `--pretty`; other formats are templates.
+    if a.format.as_deref() == Some("pretty") {
+        a.pretty = true;
+        a.format = None;
     }
+    let tmpl = crate::template::inspect_template(&a.format, a.pretty)?;
     let mut values = Vec::new();
     let mut texts = Vec::new();
     let mut errors = Vec::new();
@@ -552,6 +558,8 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
     }
     if a.pretty {
         print!("{}", texts.join("\n"));
+    } else if let Some(t) = tmpl {
+        print!("{}", t.render_all(&values)?);
     } else {
         println!("{}", json::inspect_array(&values)?);
     }
@@ -564,7 +572,7 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
 // ---------------------------------------------------------------- ps
 
 pub async fn service_ps(c: &Client, a: PsArgs) -> Result<()> {
-    let json_out = crate::output_format::wants_json(&a.format)?;
+    let fmt = crate::template::Format::parse(&a.format);
     let filter = ps::Filter::parse(&a.filter).map_err(bad)?;
     let mut found = Vec::new();
     let mut errors = Vec::new();
@@ -603,7 +611,7 @@ pub async fn service_ps(c: &Client, a: PsArgs) -> Result<()> {
         .into_iter()
         .filter(|t| ids.contains(t.service_id.as_str()) && filter.keep(t, &names))
         .collect();
-    node_cmd::print_tasks(&tasks, &names, a.quiet, a.no_trunc || a.quiet, json_out)?;
+    node_cmd::print_tasks(&tasks, &names, a.quiet, a.no_trunc || a.quiet, &fmt)?;
     match CliError::join(errors) {
         Some(e) => Err(e),
         None => Ok(()),

@@ -70,7 +70,7 @@ pub struct DeployArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Output format: "table" (default) or "json"
+    /// Format output: "table" (default), "json" or a Go template
     #[arg(long)]
     pub format: Option<String>,
 }
@@ -86,7 +86,7 @@ pub struct PsArgs {
     /// Only display task IDs
     #[arg(short, long)]
     pub quiet: bool,
-    /// Output format: "table" (default) or "json"
+    /// Format output: "table" (default), "json" or a Go template
     #[arg(long)]
     pub format: Option<String>,
     #[arg(value_name = "STACK")]
@@ -98,7 +98,10 @@ pub struct ServicesArgs {
     /// Only display IDs
     #[arg(short, long)]
     pub quiet: bool,
-    /// Output format: "table" (default) or "json"
+    /// Filter output based on conditions provided (id=, name=, label=, mode=)
+    #[arg(short, long)]
+    pub filter: Vec<String>,
+    /// Format output: "table" (default), "json" or a Go template
     #[arg(long)]
     pub format: Option<String>,
     #[arg(value_name = "STACK")]
@@ -538,14 +541,26 @@ fn nothing_found(stack: &str) -> CliError {
 }
 
 pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
-    let json_out = crate::output_format::wants_json(&a.format)?;
+    let fmt = crate::template::Format::parse(&a.format);
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for s in c.services().await? {
         if let Some(ns) = s.spec.as_ref().and_then(|p| p.labels.get(NAMESPACE_LABEL)) {
             *counts.entry(ns.clone()).or_default() += 1;
         }
     }
-    if json_out {
+    if let crate::template::Format::Template { table, text } = &fmt {
+        let rows: Vec<_> = counts
+            .iter()
+            .map(|(name, n)| crate::format_rows::stack(name, *n))
+            .collect();
+        let headers = crate::format_rows::STACK_HEADERS;
+        print!(
+            "{}",
+            crate::template::render_rows(*table, text, headers, &rows)?
+        );
+        return Ok(());
+    }
+    if fmt == crate::template::Format::Json {
         for (name, n) in &counts {
             println!(
                 "{}",
@@ -563,16 +578,18 @@ pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
 }
 
 pub async fn services(c: &Client, a: ServicesArgs) -> Result<()> {
-    let json_out = crate::output_format::wants_json(&a.format)?;
+    let fmt = crate::template::Format::parse(&a.format);
+    let filter = crate::service_filter::ServiceFilter::parse(&a.filter).map_err(CliError::msg)?;
     let services = stack_services(c, &a.stack).await?;
     if services.is_empty() {
         return Err(nothing_found(&a.stack));
     }
-    crate::service_cmd::print_services(c, services, a.quiet, json_out).await
+    let services = services.into_iter().filter(|s| filter.keep(s)).collect();
+    crate::service_cmd::print_services(c, services, a.quiet, &fmt).await
 }
 
 pub async fn ps(c: &Client, a: PsArgs) -> Result<()> {
-    let json_out = crate::output_format::wants_json(&a.format)?;
+    let fmt = crate::template::Format::parse(&a.format);
     let filter = crate::ps::Filter::parse(&a.filter).map_err(CliError::msg)?;
     let services = stack_services(c, &a.stack).await?;
     if services.is_empty() {
@@ -590,13 +607,13 @@ pub async fn ps(c: &Client, a: PsArgs) -> Result<()> {
         .into_iter()
         .filter(|t| ids.contains(t.service_id.as_str()) && filter.keep(t, &names))
         .collect();
-    if tasks.is_empty() && !a.quiet && !json_out {
+    if tasks.is_empty() && !a.quiet && fmt == crate::template::Format::Default {
         return Err(CliError::raw(format!(
             "nothing found in stack: {}",
             a.stack
         )));
     }
-    crate::node_cmd::print_tasks(&tasks, &names, a.quiet, a.no_trunc || a.quiet, json_out)
+    crate::node_cmd::print_tasks(&tasks, &names, a.quiet, a.no_trunc || a.quiet, &fmt)
 }
 
 /// How long `rm` retries removing a network its services' tasks still hold.

@@ -56,6 +56,147 @@ fn create_client_on_node3(lab: &Lab, whoami: &str) {
     );
 }
 
+/// The CLI conveniences scripts use, on the services of the test below: `--filter`,
+/// `--format` Go templates (`{{.Name}}`, `{{json .}}`, `table`), `-q`, as Docker prints them.
+fn cli_filters_and_formats(lab: &Lab, web: &[proto::Task]) {
+    let m = lab.node(1);
+    let web_id = m
+        .services()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.spec.as_ref().is_some_and(|p| p.name == "web"))
+        .map(|s| s.id)
+        .unwrap();
+    assert_eq!(
+        m.swarm_ok(&["service", "ls", "-q", "--filter", "label=tier=web"]),
+        format!("{}\n", &web_id[..12])
+    );
+    // Same key: any value; different keys: all.
+    assert_eq!(
+        m.swarm_ok(&[
+            "service",
+            "ls",
+            "--filter",
+            "name=web",
+            "--filter",
+            "name=rr",
+            "--filter",
+            "mode=replicated",
+            "--format",
+            "{{.Name}}"
+        ]),
+        "rr\nweb\n"
+    );
+    let table = m.swarm_ok(&[
+        "service",
+        "ls",
+        "--filter",
+        "label=tier",
+        "--format",
+        "table {{.Name}}\\t{{.Replicas}}",
+    ]);
+    assert_eq!(table, "NAME      REPLICAS\nweb       3/3\n");
+    // `service ps --filter desired-state=running --format '{{.Name}} {{.Node}}'`.
+    let mut want: Vec<String> = web
+        .iter()
+        .map(|t| format!("web.{} {}", t.slot, lab.node_of(t).unwrap().name()))
+        .collect();
+    want.sort();
+    let out = m.swarm_ok(&[
+        "service",
+        "ps",
+        "web",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.Name}} {{.Node}}",
+    ]);
+    let mut got: Vec<&str> = out.lines().collect();
+    got.sort();
+    assert_eq!(got, want, "{out}");
+    // `node ls --format '{{json .}}'`: Docker's node fields, one object a line.
+    let out = m.swarm_ok(&["node", "ls", "--format", "{{json .}}"]);
+    let nodes: Vec<serde_json::Value> = out.lines().map(tests::json).collect();
+    assert_eq!(nodes.len(), 3, "{out}");
+    let keys: Vec<&String> = nodes[0].as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "Availability",
+            "EngineVersion",
+            "Hostname",
+            "ID",
+            "ManagerStatus",
+            "Self",
+            "Status",
+            "TLSStatus"
+        ],
+        "{out}"
+    );
+    let me = nodes.iter().find(|n| n["Self"] == true).unwrap();
+    assert_eq!(
+        (&me["Hostname"], &me["ManagerStatus"]),
+        (&"node1".into(), &"Leader".into())
+    );
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["Status"] == "Ready" && n["TLSStatus"] == "Ready"),
+        "{out}"
+    );
+    assert_eq!(
+        m.swarm_ok(&["node", "ls", "-q", "--filter", "role=manager"]),
+        format!("{}\n", me["ID"].as_str().unwrap())
+    );
+    assert_eq!(
+        m.swarm_ok(&[
+            "node",
+            "ls",
+            "--filter",
+            "role=worker",
+            "--filter",
+            "name=node",
+            "--format",
+            "{{.Hostname}}"
+        ]),
+        "node2\nnode3\n"
+    );
+    assert_eq!(
+        m.swarm_ok(&[
+            "network",
+            "ls",
+            "--filter",
+            "name=appnet",
+            "--format",
+            "{{.Name}} {{.Driver}} {{.Scope}}"
+        ]),
+        "appnet overlay swarm\n"
+    );
+    assert_eq!(
+        m.swarm_ok(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{.Spec.Name}} {{json .Spec.Labels}}",
+            "web"
+        ]),
+        "web {\"tier\":\"web\"}\n"
+    );
+    // Bad filters and templates are refused with Docker's words, not a panic.
+    let bad = m.swarm(&["node", "ls", "--filter", "colour=red"]);
+    assert!(
+        !bad.ok() && bad.stderr.contains("invalid filter 'colour'"),
+        "{}",
+        bad.stderr
+    );
+    let bad = m.swarm(&["service", "ls", "--format", "{{.Name"]);
+    assert!(
+        !bad.ok() && bad.stderr.contains("template parsing error"),
+        "{}",
+        bad.stderr
+    );
+}
+
 #[test]
 fn names_resolve_and_requests_spread_over_every_replica_from_a_node_without_one() {
     let (_g, lab) = lab(1, 2);
@@ -68,6 +209,8 @@ fn names_resolve_and_requests_spread_over_every_replica_from_a_node_without_one(
         &[
             "--name",
             "web",
+            "--label",
+            "tier=web",
             "--replicas",
             "3",
             "--network",
@@ -112,6 +255,7 @@ fn names_resolve_and_requests_spread_over_every_replica_from_a_node_without_one(
     let hidden = wait_running(&lab, "hidden", 1);
     let client = wait_running(&lab, "client", 1).remove(0);
     assert_eq!(lab.node_of(&client).unwrap().name(), "node3");
+    cli_filters_and_formats(&lab, &web);
 
     // `web` is its VIP, `tasks.web` every task address; dnsrr names are the task addresses.
     let web_vip = vip(&lab, "web");
