@@ -31,6 +31,7 @@ pub struct LabNode {
     port: u16,
     bin_dir: PathBuf,
     registry: String,
+    registry_ca: PathBuf,
     pub(super) agent: Daemon,
     pub(super) containerd: Daemon,
 }
@@ -46,6 +47,7 @@ impl LabNode {
             port: cfg.port,
             bin_dir: cfg.bin_dir.clone(),
             registry: registry_addr(),
+            registry_ca: super::registry_ca::cert_path(&cfg.root),
             agent: Daemon::new(
                 format!("swarm-agent of {name}"),
                 cfg.bin_dir.join("swarm-agent"),
@@ -214,6 +216,9 @@ impl LabNode {
             // The lab's registry serves plain HTTP: listed insecure, as Docker's daemons must.
             .arg("--insecure-registry")
             .arg(&self.registry)
+            // Registries a test serves over TLS have certificates from the lab's CA.
+            .arg("--registry-ca")
+            .arg(&self.registry_ca)
             .env("RUST_LOG", AGENT_LOG_FILTER);
         // `SWARM_TEST_TC_ATTACH=legacy` runs the lab's data planes with clsact filters (as on
         // kernels before 6.6), like swarm-agent's own data-plane tests.
