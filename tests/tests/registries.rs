@@ -295,4 +295,9 @@ fn a_tls_registry_with_a_login_needs_both_and_plain_http_needs_listing() {
     let ps = rejected(m, "unlisted");
     eprintln!("plain HTTP, not listed:\n{ps}");
     assert!(ps.contains(plain.addr()), "names the registry: {ps}");
+    assert!(
+        ps.contains("server gave HTTP response to HTTPS client")
+            && ps.contains(&format!("--insecure-registry {}", plain.addr())),
+        "Docker's words, and the fix: {ps}"
+    );
 }
