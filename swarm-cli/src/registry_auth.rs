@@ -131,7 +131,7 @@ impl ConfigFile {
 
     fn credentials(&self, registry: &str) -> Result<Option<Credentials>, AuthError> {
         if let Some(helper) = self.helper(registry) {
-            return helper_get(&helper, &auth_key(registry));
+            return helper_get(&format!("docker-credential-{helper}"), &auth_key(registry));
         }
         let key = auth_key(registry);
         let Some(auths) = self.auths() else {
@@ -193,12 +193,12 @@ impl ConfigFile {
     }
 }
 
-/// Asks Docker's credential helper `docker-credential-HELPER get` for `server` (its
-/// protocol: the server on stdin, `{"Username","Secret"}` on stdout; "credentials not found"
-/// when it has none).
-fn helper_get(helper: &str, server: &str) -> Result<Option<Credentials>, AuthError> {
+/// Asks Docker's credential helper (`program` is `docker-credential-HELPER`) `get` for
+/// `server` (its protocol: the server on stdin, `{"Username","Secret"}` on stdout;
+/// "credentials not found" when it has none).
+fn helper_get(program: &str, server: &str) -> Result<Option<Credentials>, AuthError> {
     use std::io::Write as _;
-    let program = format!("docker-credential-{helper}");
+    let program = program.to_string();
     let io = |source| AuthError::Io {
         path: program.clone(),
         source,
@@ -346,6 +346,43 @@ mod tests {
         assert_eq!(registry_of(Some("reg.example:5000")), "reg.example:5000");
         assert_eq!(registry_of(Some("https://reg.example/v2/")), "reg.example");
         assert_eq!(auth_key("docker.io"), DOCKER_HUB_AUTH_KEY);
+    }
+
+    #[test]
+    fn credential_helpers_are_asked_as_docker_asks_them() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A helper speaking Docker's protocol: the server on stdin, JSON on stdout.
+        let helper = dir.path().join("docker-credential-fake");
+        std::fs::write(
+            &helper,
+            "#!/bin/sh\nread server\nif [ \"$server\" = reg.example:5000 ]; then\n  printf '{\"ServerURL\":\"%s\",\"Username\":\"robot\",\"Secret\":\"t0ken\"}' \"$server\"\nelse\n  echo 'credentials not found in native keychain'; exit 1\nfi\n",
+        )
+        .expect("write helper");
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let program = helper.to_string_lossy().to_string();
+        assert_eq!(
+            helper_get(&program, "reg.example:5000").expect("answer"),
+            Some(Credentials::new("robot", "t0ken"))
+        );
+        assert_eq!(helper_get(&program, "other.example").expect("none"), None);
+        let missing = helper_get("/nonexistent/docker-credential-x", "r").unwrap_err();
+        assert!(
+            missing.to_string().contains("docker-credential-x"),
+            "{missing}"
+        );
+
+        // credHelpers (per registry) first, then credsStore.
+        let file = ConfigFile {
+            path: dir.path().join("config.json"),
+            root: serde_json::from_str(
+                r#"{"credsStore":"desktop","credHelpers":{"reg.example:5000":"fake","https://index.docker.io/v1/":"hub"}}"#,
+            )
+            .expect("json"),
+        };
+        assert_eq!(file.helper("reg.example:5000").as_deref(), Some("fake"));
+        assert_eq!(file.helper("docker.io").as_deref(), Some("hub"));
+        assert_eq!(file.helper("else.example").as_deref(), Some("desktop"));
     }
 
     #[test]
