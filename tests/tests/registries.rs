@@ -7,9 +7,7 @@
 //! registry is; a second one on another port is not). Needs what `cargo xtask test` installs
 //! (containerd, runc, docker-registry, apache2-utils, busybox-static …). One lab at a time.
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::Stdio;
 
 use proto::TaskState;
 use swarm_oci::local::htpasswd_entry;
@@ -18,44 +16,22 @@ use tests::images::{busybox_image, BUSYBOX};
 use tests::lab::config::UNDERLAY_IP;
 use tests::lab::testing::{test_lab as lab, wait_running, LONG};
 use tests::lab::{registry_ca, Lab, LabNode};
-use tests::{swarm_bin, wait_for, AgentClient};
+use tests::{wait_for, AgentClient, CliOutput};
 
 const USER: &str = "lab";
 const PASSWORD: &str = "s3cret-Pa55";
 
 /// `swarm ARGS…` on `node` with the given Docker config directory, trusting the lab's CA,
-/// `stdin` on its standard input; (ok, stdout, stderr).
-fn swarm(node: &LabNode, docker_config: &Path, ca: &Path, args: &[&str], stdin: &str) -> Out {
-    let mut child = node
-        .command(swarm_bin())
-        .expect("command in the node")
-        .args(args)
-        .env("DOCKER_CONFIG", docker_config)
-        .env("SSL_CERT_FILE", ca)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("swarm runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("swarm ends");
-    Out {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-#[derive(Debug)]
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+/// `stdin` on its standard input.
+fn swarm(node: &LabNode, docker_config: &Path, ca: &Path, args: &[&str], stdin: &str) -> CliOutput {
+    node.swarm_with_input(
+        args,
+        &[
+            ("DOCKER_CONFIG", docker_config.as_os_str()),
+            ("SSL_CERT_FILE", ca.as_os_str()),
+        ],
+        stdin.as_bytes(),
+    )
 }
 
 /// Pushes the busybox image to `registry` from the underlay; its manifest digest.
@@ -164,7 +140,7 @@ fn a_tls_registry_with_a_login_needs_both_and_plain_http_needs_listing() {
         "sleep",
         "600",
     ]);
-    assert!(out.ok, "{out:?}");
+    assert!(out.ok(), "{out:?}");
     assert!(
         out.stderr
             .contains(&format!("no login for registry {}", secure.addr())),
@@ -187,7 +163,7 @@ fn a_tls_registry_with_a_login_needs_both_and_plain_http_needs_listing() {
         &["login", "-u", USER, "--password-stdin", secure.addr()],
         PASSWORD,
     );
-    assert!(out.ok, "{out:?}");
+    assert!(out.ok(), "{out:?}");
     assert!(out.stdout.contains("Login Succeeded"), "{out:?}");
     // Without the flag the login stays on the client: the node is refused.
     let out = cli(&[
@@ -202,7 +178,7 @@ fn a_tls_registry_with_a_login_needs_both_and_plain_http_needs_listing() {
         "sleep",
         "600",
     ]);
-    assert!(out.ok, "{out:?}");
+    assert!(out.ok(), "{out:?}");
     let ps = rejected(m, "noflag");
     assert!(ps.contains("HTTP 401"), "{ps}");
     m.swarm_ok(&["service", "rm", "noflag"]);
@@ -218,7 +194,7 @@ fn a_tls_registry_with_a_login_needs_both_and_plain_http_needs_listing() {
         "sleep",
         "600",
     ]);
-    assert!(out.ok, "{out:?}");
+    assert!(out.ok(), "{out:?}");
     let tasks = wait_running(&lab, "private", 1);
     assert!(
         tasks[0]
@@ -250,7 +226,7 @@ fn a_tls_registry_with_a_login_needs_both_and_plain_http_needs_listing() {
         "the manifest is gone from the node"
     );
     let out = cli(&["service", "update", "-d", "--env-add", "STEP=2", "private"]);
-    assert!(out.ok, "{out:?}");
+    assert!(out.ok(), "{out:?}");
     wait_for(LONG, || {
         m.tasks("private").unwrap_or_default().iter().any(|t| {
             t.state() == TaskState::Running
@@ -291,7 +267,7 @@ fn a_tls_registry_with_a_login_needs_both_and_plain_http_needs_listing() {
         "sleep",
         "600",
     ]);
-    assert!(out.ok, "{out:?}");
+    assert!(out.ok(), "{out:?}");
     let ps = rejected(m, "unlisted");
     eprintln!("plain HTTP, not listed:\n{ps}");
     assert!(ps.contains(plain.addr()), "names the registry: {ps}");

@@ -1902,6 +1902,13 @@ fn auth_of(spec: Option<&ServiceSpec>) -> Option<String> {
         .map(|p| p.registry_auth.clone())
 }
 
+fn task_login(t: &Task) -> Option<&PullOptions> {
+    t.spec
+        .as_ref()
+        .and_then(|s| s.container.as_ref())
+        .and_then(|c| c.pull_options.as_ref())
+}
+
 fn with_auth(mut s: ServiceSpec, auth: &str) -> ServiceSpec {
     if let Some(c) = s.task.as_mut().and_then(|t| t.container.as_mut()) {
         c.pull_options = Some(PullOptions {
@@ -1977,15 +1984,7 @@ async fn registry_logins_are_kept_with_the_service_and_never_returned() {
     let svc = stored(&store, &got.id);
     put(&store, vec![Object::Task(task("t1", &svc, "n1", 1))]).await;
     let t = store.read().task("t1").cloned().unwrap();
-    assert!(t
-        .spec
-        .as_ref()
-        .unwrap()
-        .container
-        .as_ref()
-        .unwrap()
-        .pull_options
-        .is_some());
+    assert!(task_login(&t).is_some());
     let listed = api
         .list_tasks(local(ListTasksRequest::default()))
         .await
@@ -1993,15 +1992,7 @@ async fn registry_logins_are_kept_with_the_service_and_never_returned() {
         .into_inner()
         .tasks;
     assert_eq!(listed.len(), 1);
-    assert!(listed[0]
-        .spec
-        .as_ref()
-        .unwrap()
-        .container
-        .as_ref()
-        .unwrap()
-        .pull_options
-        .is_none());
+    assert!(task_login(&listed[0]).is_none());
     let one = api
         .get_task(local(GetTaskRequest {
             task_id: "t1".into(),
@@ -2009,13 +2000,5 @@ async fn registry_logins_are_kept_with_the_service_and_never_returned() {
         .await
         .unwrap()
         .into_inner();
-    assert!(one
-        .spec
-        .as_ref()
-        .unwrap()
-        .container
-        .as_ref()
-        .unwrap()
-        .pull_options
-        .is_none());
+    assert!(task_login(&one).is_none());
 }
