@@ -249,6 +249,39 @@ fn a_tls_registry_with_a_login_needs_both_and_plain_http_needs_listing() {
         "the manifest was pulled again"
     );
 
+    // `stack deploy --with-registry-auth`: the stack's service pulls with the login too (the
+    // manifest removed from the node again, so that it must).
+    m.swarm_ok(&["service", "rm", "private"]);
+    m.ctr(&["content", "rm", &secure_digest])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let compose = docker_config.path().join("stack.yml");
+    std::fs::write(
+        &compose,
+        format!("services:\n  app:\n    image: {image}\n    command: [\"sleep\", \"600\"]\n"),
+    )
+    .expect("compose file");
+    let compose = compose.to_string_lossy().to_string();
+    let deploy = [
+        "stack",
+        "deploy",
+        "-c",
+        &compose,
+        "--with-registry-auth",
+        "shop",
+    ];
+    let out = cli(&deploy);
+    assert!(out.ok(), "{out:?}");
+    let first = wait_running(&lab, "shop_app", 1);
+    // Deployed again unchanged: the service keeps its task.
+    let out = cli(&deploy);
+    assert!(out.ok(), "{out:?}");
+    let again = m.tasks("shop_app").expect("tasks");
+    assert!(
+        again.len() == 1 && again[0].id == first[0].id,
+        "an unchanged stack is not redeployed: {again:?}"
+    );
+    m.swarm_ok(&["stack", "rm", "shop"]);
+
     // Plain HTTP: the lab's registry, listed insecure on every node, serves; the other one,
     // not listed, is asked over HTTPS and the pull fails naming it.
     let listed = format!("{}/busybox:latest", lab.registry());
