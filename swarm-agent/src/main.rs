@@ -147,6 +147,7 @@ fn registry_access(args: &Args) -> anyhow::Result<RegistryAccess> {
     let access = RegistryAccess {
         insecure: args.insecure_registries.clone(),
         ca_pem,
+        login: None,
     };
     access.check()?;
     Ok(access)

@@ -111,7 +111,28 @@ impl ConfigFile {
         self.root.get("auths").and_then(Value::as_object)
     }
 
+    /// The credential helper Docker would ask for `registry`: `credHelpers` (per registry),
+    /// else `credsStore`.
+    fn helper(&self, registry: &str) -> Option<String> {
+        let per_registry = self
+            .root
+            .get("credHelpers")
+            .and_then(Value::as_object)
+            .and_then(|m| {
+                m.iter()
+                    .find(|(k, _)| **k == auth_key(registry) || registry_of(Some(k)) == registry)
+            })
+            .and_then(|(_, v)| v.as_str());
+        per_registry
+            .or_else(|| self.root.get("credsStore").and_then(Value::as_str))
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+    }
+
     fn credentials(&self, registry: &str) -> Result<Option<Credentials>, AuthError> {
+        if let Some(helper) = self.helper(registry) {
+            return helper_get(&format!("docker-credential-{helper}"), &auth_key(registry));
+        }
         let key = auth_key(registry);
         let Some(auths) = self.auths() else {
             return Ok(None);
@@ -169,6 +190,72 @@ impl ConfigFile {
             f.sync_all().map_err(io)?;
         }
         std::fs::rename(&tmp, &self.path).map_err(io)
+    }
+}
+
+/// Asks Docker's credential helper (`program` is `docker-credential-HELPER`) `get` for
+/// `server` (its protocol: the server on stdin, `{"Username","Secret"}` on stdout;
+/// "credentials not found" when it has none).
+fn helper_get(program: &str, server: &str) -> Result<Option<Credentials>, AuthError> {
+    use std::io::Write as _;
+    let program = program.to_string();
+    let io = |source| AuthError::Io {
+        path: program.clone(),
+        source,
+    };
+    let mut child = std::process::Command::new(&program)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(io)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(server.as_bytes()).map_err(io)?;
+    }
+    let out = child.wait_with_output().map_err(io)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        if text.contains("credentials not found") {
+            return Ok(None);
+        }
+        return Err(AuthError::Format {
+            path: program.clone(),
+            reason: format!(
+                "get {server} failed: {}{}",
+                text.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    let v: Value = serde_json::from_str(&text).map_err(|e| AuthError::Format {
+        path: program.clone(),
+        reason: format!("its answer is not JSON: {e}"),
+    })?;
+    let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
+    Ok(Some(Credentials::new(field("Username"), field("Secret"))))
+}
+
+/// What `--with-registry-auth` sends for `image`: the user's login for the image's registry
+/// as Docker's X-Registry-Auth, or an empty one (with a warning on stderr) when there is none.
+pub fn encoded_auth_for(image: &str) -> Result<String, AuthError> {
+    let registry = match swarm_oci::Reference::parse(image) {
+        Ok(r) => r.registry().to_string(),
+        Err(_) => return Ok(String::new()),
+    };
+    match lookup(&registry)? {
+        Some(credentials) => Ok(swarm_oci::RegistryAuth {
+            credentials,
+            server_address: registry,
+        }
+        .encode()),
+        None => {
+            eprintln!(
+                "no login for registry {registry} in {}: the nodes pull {image} without credentials (run `swarm login {registry}` first)",
+                config_path().display()
+            );
+            Ok(String::new())
+        }
     }
 }
 
@@ -259,6 +346,43 @@ mod tests {
         assert_eq!(registry_of(Some("reg.example:5000")), "reg.example:5000");
         assert_eq!(registry_of(Some("https://reg.example/v2/")), "reg.example");
         assert_eq!(auth_key("docker.io"), DOCKER_HUB_AUTH_KEY);
+    }
+
+    #[test]
+    fn credential_helpers_are_asked_as_docker_asks_them() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A helper speaking Docker's protocol: the server on stdin, JSON on stdout.
+        let helper = dir.path().join("docker-credential-fake");
+        std::fs::write(
+            &helper,
+            "#!/bin/sh\nread server\nif [ \"$server\" = reg.example:5000 ]; then\n  printf '{\"ServerURL\":\"%s\",\"Username\":\"robot\",\"Secret\":\"t0ken\"}' \"$server\"\nelse\n  echo 'credentials not found in native keychain'; exit 1\nfi\n",
+        )
+        .expect("write helper");
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let program = helper.to_string_lossy().to_string();
+        assert_eq!(
+            helper_get(&program, "reg.example:5000").expect("answer"),
+            Some(Credentials::new("robot", "t0ken"))
+        );
+        assert_eq!(helper_get(&program, "other.example").expect("none"), None);
+        let missing = helper_get("/nonexistent/docker-credential-x", "r").unwrap_err();
+        assert!(
+            missing.to_string().contains("docker-credential-x"),
+            "{missing}"
+        );
+
+        // credHelpers (per registry) first, then credsStore.
+        let file = ConfigFile {
+            path: dir.path().join("config.json"),
+            root: serde_json::from_str(
+                r#"{"credsStore":"desktop","credHelpers":{"reg.example:5000":"fake","https://index.docker.io/v1/":"hub"}}"#,
+            )
+            .expect("json"),
+        };
+        assert_eq!(file.helper("reg.example:5000").as_deref(), Some("fake"));
+        assert_eq!(file.helper("docker.io").as_deref(), Some("hub"));
+        assert_eq!(file.helper("else.example").as_deref(), Some("desktop"));
     }
 
     #[test]

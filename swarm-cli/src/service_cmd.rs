@@ -644,8 +644,24 @@ async fn pin_image(spec: &mut ServiceSpec, refresh: bool) {
     }
 }
 
+/// `--with-registry-auth`: the user's login for the spec's image goes with the spec (Docker's
+/// `PullOptions.RegistryAuth`); the managers keep it and hand it only to the agents running
+/// the service's tasks. Empty when the user has no login for that registry (said on stderr).
+pub fn attach_registry_auth(spec: &mut ServiceSpec) -> Result<()> {
+    let Some(c) = spec.task.as_mut().and_then(|t| t.container.as_mut()) else {
+        return Ok(());
+    };
+    let registry_auth = crate::registry_auth::encoded_auth_for(&c.image)
+        .map_err(|e| CliError::msg(e.to_string()))?;
+    c.pull_options = Some(PullOptions { registry_auth });
+    Ok(())
+}
+
 pub async fn create(c: &Client, a: Box<CreateArgs>) -> Result<()> {
     let mut spec = create_spec(&a)?;
+    if a.common.with_registry_auth {
+        attach_registry_auth(&mut spec)?;
+    }
     pin_image(&mut spec, false).await;
     let svc = c
         .control
@@ -714,6 +730,10 @@ pub async fn update(c: &Client, a: UpdateArgs, name: String) -> Result<()> {
     let svc = change_spec(c, &name, a.image.is_some() || a.force, |svc| {
         let mut spec = svc.spec.clone().unwrap_or_default();
         update_spec(&mut spec, &a)?;
+        // Without the flag the managers keep the service's login (Docker).
+        if a.common.with_registry_auth {
+            attach_registry_auth(&mut spec)?;
+        }
         Ok(spec)
     })
     .await?;

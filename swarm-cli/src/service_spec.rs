@@ -355,6 +355,9 @@ pub struct CommonArgs {
     pub health: HealthArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// Send registry authentication details to swarm agents
+    #[arg(long)]
+    pub with_registry_auth: bool,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,

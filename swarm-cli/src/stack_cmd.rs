@@ -178,11 +178,6 @@ pub async fn run(c: &Client, cmd: StackCmd) -> Result<()> {
 /// Reads and checks the files of a deploy: everything `deploy` can know before asking the
 /// cluster.
 pub fn plan(a: &DeployArgs) -> Result<Stack> {
-    if a.with_registry_auth {
-        return Err(CliError::msg(
-            "--with-registry-auth is not supported yet: push the images to a registry the nodes reach without credentials",
-        ));
-    }
     if a.resolve_image != "always" && a.resolve_image != "never" && a.resolve_image != "changed" {
         return Err(CliError::msg(format!(
             "invalid option {} for flag --resolve-image: expected always, changed or never",
@@ -498,6 +493,9 @@ pub async fn deploy(c: &Client, a: DeployArgs) -> Result<()> {
         let existing = cur.services.iter().find(|s| s.name() == spec.name);
         let old_spec = existing.and_then(|s| s.spec.as_ref());
         pin(&mut spec, old_spec, &a.resolve_image).await;
+        if a.with_registry_auth {
+            crate::service_cmd::attach_registry_auth(&mut spec)?;
+        }
         match existing {
             None => {
                 println!("Creating service {}", spec.name);
@@ -510,7 +508,17 @@ pub async fn deploy(c: &Client, a: DeployArgs) -> Result<()> {
                 carry_over(&mut spec, &old, &network_ids);
                 // The managers store a spec with Docker's defaults filled in: compare like with like.
                 spec.apply_docker_defaults();
-                if old == spec {
+                // The managers never return the login they keep: compare without it, and
+                // send a login that may have changed (they keep an unchanged one as is).
+                let mut without_login = spec.clone();
+                if let Some(c) = without_login
+                    .task
+                    .as_mut()
+                    .and_then(|t| t.container.as_mut())
+                {
+                    c.pull_options = None;
+                }
+                if old == without_login && !a.with_registry_auth {
                     continue;
                 }
                 println!("Updating service {} (id: {})", spec.name, svc.id);

@@ -31,6 +31,88 @@ impl Credentials {
     }
 }
 
+/// Docker's `AuthConfig` as it travels in `X-Registry-Auth` (the fields swarm uses).
+#[derive(serde::Serialize, Deserialize, Default)]
+struct AuthConfig {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    username: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    password: String,
+    /// `base64(user:password)`, as `config.json` keeps it (used when the two above are empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    auth: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    serveraddress: String,
+}
+
+/// A registry login as the CLI sends it with `--with-registry-auth` and the managers keep it
+/// (Docker's `X-Registry-Auth`: URL-safe base64 of `{"username","password","serveraddress"}`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub credentials: Credentials,
+    /// The registry the login is for (`docker.io` for Docker Hub), as the CLI named it.
+    pub server_address: String,
+}
+
+impl RegistryAuth {
+    /// Docker's encoding (URL-safe base64 with padding of the JSON).
+    pub fn encode(&self) -> String {
+        let cfg = AuthConfig {
+            username: self.credentials.username.clone(),
+            password: self.credentials.password.clone(),
+            auth: String::new(),
+            serveraddress: self.server_address.clone(),
+        };
+        let json = serde_json::to_vec(&cfg).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE.encode(json)
+    }
+
+    /// Reads what [`encode`](Self::encode) (or Docker's CLI) wrote: URL-safe or standard
+    /// base64, padded or not; `auth` (`base64(user:password)`) when there is no username.
+    pub fn decode(encoded: &str) -> Result<RegistryAuth, String> {
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        let text = encoded.trim();
+        let raw = [URL_SAFE, URL_SAFE_NO_PAD, STANDARD, STANDARD_NO_PAD]
+            .iter()
+            .find_map(|e| e.decode(text).ok())
+            .ok_or("the registry auth is not base64")?;
+        let cfg: AuthConfig = serde_json::from_slice(&raw)
+            .map_err(|e| format!("the registry auth is not Docker's AuthConfig JSON: {e}"))?;
+        let (username, password) = if cfg.username.is_empty() && !cfg.auth.is_empty() {
+            let pair = STANDARD
+                .decode(cfg.auth.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or("the registry auth's \"auth\" is not base64 of USER:PASSWORD")?;
+            let (u, p) = pair
+                .split_once(':')
+                .ok_or("the registry auth's \"auth\" is not base64 of USER:PASSWORD")?;
+            (u.to_string(), p.to_string())
+        } else {
+            (cfg.username, cfg.password)
+        };
+        if username.is_empty() {
+            return Err("the registry auth has no username".into());
+        }
+        Ok(RegistryAuth {
+            credentials: Credentials::new(username, password),
+            server_address: cfg.serveraddress,
+        })
+    }
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    /// The password is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("credentials", &self.credentials)
+            .field("server_address", &self.server_address)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     /// The password is never printed.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,6 +217,42 @@ impl TokenAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_auth_reads_and_writes_dockers_x_registry_auth() {
+        let auth = RegistryAuth {
+            credentials: Credentials::new("lab", "p@ss/word?"),
+            server_address: "reg.example:5000".into(),
+        };
+        let encoded = auth.encode();
+        // URL-safe: it travels in an HTTP header in Docker.
+        assert!(
+            !encoded.contains('+') && !encoded.contains('/'),
+            "{encoded}"
+        );
+        assert_eq!(RegistryAuth::decode(&encoded), Ok(auth.clone()));
+        // What Docker's CLI sends (all of AuthConfig's fields, some empty), standard base64.
+        let docker = base64::engine::general_purpose::STANDARD.encode(
+            r#"{"username":"lab","password":"p@ss/word?","auth":"","email":"","serveraddress":"reg.example:5000","identitytoken":""}"#,
+        );
+        assert_eq!(RegistryAuth::decode(&docker), Ok(auth));
+        // Only `auth` (base64 of user:password), as config.json keeps it.
+        let only_auth = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(r#"{"auth":"dTpw","serveraddress":"r.example"}"#);
+        let d = RegistryAuth::decode(&only_auth).expect("auth field");
+        assert_eq!(d.credentials, Credentials::new("u", "p"));
+        assert!(RegistryAuth::decode("not base64!")
+            .unwrap_err()
+            .contains("not base64"));
+        let no_user = base64::engine::general_purpose::URL_SAFE.encode("{}");
+        assert!(RegistryAuth::decode(&no_user)
+            .unwrap_err()
+            .contains("no username"));
+        assert!(
+            !format!("{d:?}").contains("\"p\""),
+            "the password is never printed"
+        );
+    }
 
     #[test]
     fn parses_docker_hub_and_distribution_challenges() {

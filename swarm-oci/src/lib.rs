@@ -19,7 +19,7 @@ pub mod reference;
 pub mod registry;
 pub mod spec;
 
-pub use auth::Credentials;
+pub use auth::{Credentials, RegistryAuth};
 pub use build::{BuiltImage, FileSource, ImageBuilder};
 pub use digest::{Digest, DigestVerifier};
 pub use error::{OciError, Result};

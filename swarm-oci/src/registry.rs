@@ -797,11 +797,18 @@ impl Registry {
                     })
                 }
                 Err(e) => {
-                    let detail = if e.is_timeout() {
+                    let mut detail = if e.is_timeout() {
                         format!("{what}: timed out ({})", error_chain(&e))
                     } else {
                         format!("{what}: {}", error_chain(&e))
                     };
+                    if !self.opts.insecure && detail.contains("InvalidContentType") {
+                        // rustls's words for a plain-HTTP answer to the TLS handshake.
+                        detail.push_str(&format!(
+                            " (http: server gave HTTP response to HTTPS client: if {} is meant to be reached over plain HTTP, list it as insecure on the nodes with swarm-agent --insecure-registry {})",
+                            self.host, self.host
+                        ));
+                    }
                     if last {
                         return Err(OciError::Unreachable {
                             registry: self.host.clone(),

@@ -29,6 +29,7 @@ pub mod cleanup;
 pub mod config;
 mod daemon;
 pub mod node;
+pub mod registry_ca;
 pub mod state;
 pub mod sys;
 pub mod testing;
@@ -45,7 +46,9 @@ pub use cleanup::Cleanup;
 pub use config::{validate_name, LabConfig, NODE_NET, REGISTRY_PORT, UNDERLAY_IP};
 pub use node::{http_get_in, LabNode, CONTAINERD_NAMESPACE, METRICS_ADDR};
 pub use state::STATE_FILE;
-pub use underlay::{Underlay, UPSTREAM_TEST_ADDR, UPSTREAM_TEST_NAME, UPSTREAM_TEST_ZONE};
+pub use underlay::{
+    ExtraRegistry, Underlay, UPSTREAM_TEST_ADDR, UPSTREAM_TEST_NAME, UPSTREAM_TEST_ZONE,
+};
 
 use crate::client::AgentClient;
 use crate::helpers::wait_for;
@@ -157,6 +160,7 @@ impl Lab {
         for r in self.underlay.push_images(&self.cfg.whoami)? {
             progress(name, &format!("  {r}"));
         }
+        registry_ca::ensure(&self.cfg.root)?;
         progress(name, "starting one containerd per node");
         for n in &self.nodes {
             n.spawn_containerd()?;
@@ -583,11 +587,30 @@ mod tests {
         assert!(c.contains("address = \"/tmp/swl-ab/node1/containerd/containerd.sock\""));
         assert!(c.contains("io.containerd.grpc.v1.cri"));
         assert!(c.contains("path = \"/tmp/swl-ab/node1/containerd/opt\""));
-        let r = underlay::registry_config(Path::new("/tmp/swl-ab/registry"));
+        let r = underlay::registry_config(
+            Path::new("/tmp/swl-ab/registry"),
+            "10.77.0.254:5000",
+            &swarm_oci::LocalSecurity::default(),
+        );
         assert!(r.contains("addr: \"10.77.0.254:5000\""), "{r}");
         assert!(
             r.contains("rootdirectory: \"/tmp/swl-ab/registry/data\""),
             "{r}"
         );
+        assert!(!r.contains("tls:") && !r.contains("htpasswd"), "{r}");
+        // TLS keys go under `http`, the login at the top level.
+        let secure = underlay::registry_config(
+            Path::new("/tmp/swl-ab/sec"),
+            "10.77.0.254:5443",
+            &swarm_oci::LocalSecurity {
+                tls: Some(("/c.pem".into(), "/k.pem".into())),
+                htpasswd: Some("/h".into()),
+            },
+        );
+        assert!(
+            secure.contains("http:\n  addr: \"10.77.0.254:5443\"\n  secret: swarm-lab\n  tls:\n    certificate: \"/c.pem\""),
+            "{secure}"
+        );
+        assert!(secure.contains("\nauth:\n  htpasswd:\n"), "{secure}");
     }
 }

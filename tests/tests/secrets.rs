@@ -4,38 +4,17 @@
 //! disk, and they are gone from the node once the task is. Needs what `cargo xtask test`
 //! installs (containerd, runc, docker-registry, busybox-static …). One lab at a time.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use tests::lab::testing::{create, node_of, test_lab as lab, wait_running, LONG};
 use tests::lab::LabNode;
-use tests::{swarm_bin, wait_for, AgentClient};
+use tests::{wait_for, AgentClient};
 
 /// `swarm ARGS…` on `node` with `input` on its stdin; (exit ok, stdout, stderr).
 fn swarm_with_stdin(node: &LabNode, args: &[&str], input: &[u8]) -> (bool, String, String) {
-    let mut child = node
-        .command(swarm_bin())
-        .expect("command in the node")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("swarm runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("swarm ends");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = node.swarm_with_input(args, &[], input);
+    (out.ok(), out.stdout, out.stderr)
 }
 
 /// Regular files under `dir` (not following symlinks, not crossing into `skip`) whose bytes

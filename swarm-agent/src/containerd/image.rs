@@ -16,7 +16,9 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::{Descriptor as CdDescriptor, Mount};
 use futures::{Stream, StreamExt};
-use swarm_oci::{Descriptor, Digest, ImageConfig, OciError, Reference, Registry, RegistryOptions};
+use swarm_oci::{
+    Descriptor, Digest, ImageConfig, OciError, Reference, Registry, RegistryAuth, RegistryOptions,
+};
 use tokio::sync::mpsc;
 
 use super::client::{Containerd, ContainerdError};
@@ -32,6 +34,8 @@ pub struct RegistryAccess {
     pub insecure: Vec<String>,
     /// PEM CA certificates trusted besides the system's.
     pub ca_pem: Option<Vec<u8>>,
+    /// The login a task's service was given (`--with-registry-auth`), for its registry only.
+    pub login: Option<RegistryAuth>,
 }
 
 impl RegistryAccess {
@@ -51,8 +55,28 @@ impl RegistryAccess {
         RegistryOptions {
             insecure: RegistryOptions::is_insecure(host, &self.insecure),
             ca_pem: self.ca_pem.clone(),
+            credentials: self
+                .login
+                .as_ref()
+                .filter(|l| l.server_address.is_empty() || l.server_address == host)
+                .map(|l| l.credentials.clone()),
             ..RegistryOptions::default()
         }
+    }
+
+    /// This node's access with the login of a task's service (Docker's
+    /// `PullOptions.RegistryAuth`); an unreadable one is refused with the reason.
+    pub fn with_registry_auth(&self, encoded: Option<&str>) -> Result<RegistryAccess, String> {
+        let login = match encoded.filter(|e| !e.is_empty()) {
+            Some(e) => Some(RegistryAuth::decode(e).map_err(|why| {
+                format!("{why}; update the service with `swarm service update --with-registry-auth` after `swarm login`")
+            })?),
+            None => None,
+        };
+        Ok(RegistryAccess {
+            login,
+            ..self.clone()
+        })
     }
 }
 

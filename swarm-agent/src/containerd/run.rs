@@ -505,12 +505,18 @@ impl ContainerdExecutor {
         task: &Task,
         task_files: &TaskFiles,
     ) -> Result<Prepared, ContainerdError> {
-        let image_name = task
-            .spec
-            .as_ref()
-            .and_then(|s| s.container.as_ref())
-            .map(|c| c.image.clone())
-            .unwrap_or_default();
+        let container = task.spec.as_ref().and_then(|s| s.container.as_ref());
+        let image_name = container.map(|c| c.image.clone()).unwrap_or_default();
+        // The service's registry login (`--with-registry-auth`), for this pull only.
+        let registries = self
+            .inner
+            .registries
+            .with_registry_auth(
+                container
+                    .and_then(|c| c.pull_options.as_ref())
+                    .map(|p| p.registry_auth.as_str()),
+            )
+            .map_err(|why| ContainerdError::Invalid(format!("task {}: {why}", task.id)))?;
         if image_name.is_empty() {
             return Err(ContainerdError::Invalid(format!(
                 "task {} has no container image",
@@ -524,13 +530,7 @@ impl ContainerdExecutor {
         };
         let guard = lock.lock().await;
         let t0 = std::time::Instant::now();
-        let pulled = match image::pull(
-            cd,
-            &image_name,
-            &self.inner.snapshotter,
-            &self.inner.registries,
-        )
-        .await
+        let pulled = match image::pull(cd, &image_name, &self.inner.snapshotter, &registries).await
         {
             Ok(p) => {
                 metrics::pulled(if p.fetched.is_empty() {

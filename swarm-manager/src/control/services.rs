@@ -3,8 +3,9 @@
 use proto::service_spec::Mode;
 use proto::{
     CreateServiceRequest, GetServiceRequest, JobStatus, ListServicesRequest, ListServicesResponse,
-    PortConfig, PortProtocol, PublishMode, RemoveServiceRequest, RemoveServiceResponse, Service,
-    ServiceSpec, TaskState, UpdateServiceRequest, UpdateState, UpdateStatus,
+    PortConfig, PortProtocol, PublishMode, PullOptions, RemoveServiceRequest,
+    RemoveServiceResponse, Service, ServiceSpec, TaskSpec, TaskState, UpdateServiceRequest,
+    UpdateState, UpdateStatus,
 };
 use swarm_common::{clock::now_ms, id::new_id};
 use tonic::Status;
@@ -221,13 +222,37 @@ pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<S
         .write(vec![Op::Create(Object::Service(service))])
         .await
         .map_err(propose_status)?;
-    stored_service(objs)
+    stored_service(objs).map(redacted)
+}
+
+/// The registry login kept with a container spec (`--with-registry-auth`), if any.
+fn pull_options(spec: &ServiceSpec) -> Option<&PullOptions> {
+    spec.task
+        .as_ref()
+        .and_then(|t| t.container.as_ref())
+        .and_then(|c| c.pull_options.as_ref())
+}
+
+/// Clears the registry login of a task's container spec.
+pub(super) fn redact_task_spec(task: Option<&mut TaskSpec>) {
+    if let Some(c) = task.and_then(|t| t.container.as_mut()) {
+        c.pull_options = None;
+    }
+}
+
+/// The service as the Control API answers it: the registry logins kept with its specs
+/// (current and previous) are never returned to a client (Docker never returns them either);
+/// only the agents that run its tasks receive them, through their assignments.
+pub(super) fn redacted(mut s: Service) -> Service {
+    redact_task_spec(s.spec.as_mut().and_then(|sp| sp.task.as_mut()));
+    redact_task_spec(s.previous_spec.as_mut().and_then(|sp| sp.task.as_mut()));
+    s
 }
 
 pub(super) async fn get(store: &Store, req: GetServiceRequest) -> Result<Service, Status> {
     linearize(store).await?;
     let st = store.read();
-    find_service(&st, &req.service_id).cloned()
+    find_service(&st, &req.service_id).cloned().map(redacted)
 }
 
 pub(super) async fn list(
@@ -237,7 +262,7 @@ pub(super) async fn list(
     linearize(store).await?;
     let st = store.read();
     Ok(ListServicesResponse {
-        services: st.services().cloned().collect(),
+        services: st.services().cloned().map(redacted).collect(),
     })
 }
 
@@ -278,6 +303,16 @@ fn updated_service(
     let old = current.spec.clone().unwrap_or_default();
     if spec.name.is_empty() {
         spec.name = old.name.clone();
+    }
+    // Docker: an update without `--with-registry-auth` keeps the login the service has
+    // (clients never read it back, so a read-modify-write spec comes without it).
+    if pull_options(&spec).is_none() {
+        if let (Some(kept), Some(c)) = (
+            pull_options(&old).cloned(),
+            spec.task.as_mut().and_then(|t| t.container.as_mut()),
+        ) {
+            c.pull_options = Some(kept);
+        }
     }
     if spec.name != old.name {
         return Err(Status::unimplemented(format!(
@@ -418,7 +453,7 @@ pub(super) async fn update(store: &Store, req: UpdateServiceRequest) -> Result<S
             }
         };
         let Some(next) = next else {
-            return Ok(current);
+            return Ok(redacted(current));
         };
         tracing::info!(
             service = %next.id,
@@ -433,7 +468,7 @@ pub(super) async fn update(store: &Store, req: UpdateServiceRequest) -> Result<S
             }])
             .await
         {
-            Ok(objs) => return stored_service(objs),
+            Ok(objs) => return stored_service(objs).map(redacted),
             Err(ProposeError::Store(StoreError::VersionMismatch { .. }))
                 if req.service_version == 0 && attempt < UNCONDITIONAL_RETRIES => {}
             Err(e) => return Err(propose_status(e)),

@@ -12,7 +12,14 @@ use crate::store::{State, Store};
 pub(super) async fn get(store: &Store, req: GetTaskRequest) -> Result<Task, Status> {
     linearize(store).await?;
     let st = store.read();
-    find_task(&st, &req.task_id).cloned()
+    find_task(&st, &req.task_id).cloned().map(redacted)
+}
+
+/// The task as the Control API answers it: without the registry login of its service
+/// (see [`super::services::redacted`]).
+fn redacted(mut t: Task) -> Task {
+    super::services::redact_task_spec(t.spec.as_mut());
+    t
 }
 
 fn resolve(
@@ -75,6 +82,6 @@ pub(super) async fn list(
     linearize(store).await?;
     let st = store.read();
     Ok(ListTasksResponse {
-        tasks: select(&st, &req)?,
+        tasks: select(&st, &req)?.into_iter().map(redacted).collect(),
     })
 }

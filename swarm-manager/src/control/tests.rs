@@ -1894,3 +1894,111 @@ async fn bad_job_input_is_refused_and_changes_nothing() {
     assert_eq!(services(&api).await, before, "nothing written");
     assert_eq!(get(&api, "batch").await.unwrap(), job);
 }
+
+fn auth_of(spec: Option<&ServiceSpec>) -> Option<String> {
+    spec.and_then(|s| s.task.as_ref())
+        .and_then(|t| t.container.as_ref())
+        .and_then(|c| c.pull_options.as_ref())
+        .map(|p| p.registry_auth.clone())
+}
+
+fn task_login(t: &Task) -> Option<&PullOptions> {
+    t.spec
+        .as_ref()
+        .and_then(|s| s.container.as_ref())
+        .and_then(|c| c.pull_options.as_ref())
+}
+
+fn with_auth(mut s: ServiceSpec, auth: &str) -> ServiceSpec {
+    if let Some(c) = s.task.as_mut().and_then(|t| t.container.as_mut()) {
+        c.pull_options = Some(PullOptions {
+            registry_auth: auth.into(),
+        });
+    }
+    s
+}
+
+#[tokio::test]
+async fn registry_logins_are_kept_with_the_service_and_never_returned() {
+    let (api, store) = api();
+    let created = create(&api, with_auth(spec("web", "reg.example/app:1"), "LOGIN-1"))
+        .await
+        .unwrap();
+    let stored = |store: &Store, id: &str| store.read().service(id).cloned().unwrap();
+    assert_eq!(auth_of(created.spec.as_ref()), None, "CreateService answer");
+    assert_eq!(
+        auth_of(stored(&store, &created.id).spec.as_ref()).as_deref(),
+        Some("LOGIN-1")
+    );
+    let got = get(&api, "web").await.unwrap();
+    assert_eq!(auth_of(got.spec.as_ref()), None, "GetService");
+    assert!(services(&api)
+        .await
+        .iter()
+        .all(|s| auth_of(s.spec.as_ref()).is_none()));
+
+    // An update without a login (the spec read back, changed) keeps the stored one (Docker).
+    let mut next = got.spec.clone().unwrap();
+    next.task
+        .as_mut()
+        .unwrap()
+        .container
+        .as_mut()
+        .unwrap()
+        .image = "reg.example/app:2".into();
+    let updated = update(&api, &got.id, version(&got), next).await.unwrap();
+    assert_eq!(auth_of(updated.spec.as_ref()), None, "UpdateService answer");
+    assert_eq!(
+        auth_of(updated.previous_spec.as_ref()),
+        None,
+        "previous spec"
+    );
+    let s = stored(&store, &got.id);
+    assert_eq!(auth_of(s.spec.as_ref()).as_deref(), Some("LOGIN-1"));
+    assert_eq!(
+        auth_of(s.previous_spec.as_ref()).as_deref(),
+        Some("LOGIN-1")
+    );
+    // Sending the same spec again changes nothing (the kept login is no change).
+    let same = update(&api, &got.id, 0, updated.spec.clone().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(version(&same), version(&s), "no new version");
+
+    // An update with a login replaces it.
+    let again = update(
+        &api,
+        &got.id,
+        0,
+        with_auth(updated.spec.clone().unwrap(), "LOGIN-2"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(auth_of(again.spec.as_ref()), None);
+    assert_eq!(
+        auth_of(stored(&store, &got.id).spec.as_ref()).as_deref(),
+        Some("LOGIN-2")
+    );
+
+    // Tasks carry it for their agents, and the Control API never shows it.
+    let svc = stored(&store, &got.id);
+    put(&store, vec![Object::Task(task("t1", &svc, "n1", 1))]).await;
+    let t = store.read().task("t1").cloned().unwrap();
+    assert!(task_login(&t).is_some());
+    let listed = api
+        .list_tasks(local(ListTasksRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(listed.len(), 1);
+    assert!(task_login(&listed[0]).is_none());
+    let one = api
+        .get_task(local(GetTaskRequest {
+            task_id: "t1".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(task_login(&one).is_none());
+}

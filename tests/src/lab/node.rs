@@ -31,6 +31,7 @@ pub struct LabNode {
     port: u16,
     bin_dir: PathBuf,
     registry: String,
+    registry_ca: PathBuf,
     pub(super) agent: Daemon,
     pub(super) containerd: Daemon,
 }
@@ -46,6 +47,7 @@ impl LabNode {
             port: cfg.port,
             bin_dir: cfg.bin_dir.clone(),
             registry: registry_addr(),
+            registry_ca: super::registry_ca::cert_path(&cfg.root),
             agent: Daemon::new(
                 format!("swarm-agent of {name}"),
                 cfg.bin_dir.join("swarm-agent"),
@@ -154,6 +156,39 @@ impl LabNode {
         Ok(())
     }
 
+    /// `swarm ARGS…` in the node's namespace with `env` added and `input` on its stdin.
+    pub fn swarm_with_input(
+        &self,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        input: &[u8],
+    ) -> CliOutput {
+        use std::io::Write as _;
+        let run = || -> anyhow::Result<CliOutput> {
+            let mut cmd = self.command(self.bin_dir.join("swarm"))?;
+            cmd.args(args)
+                .envs(env.iter().copied())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = cmd.spawn()?;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(input)?;
+            }
+            let out = child.wait_with_output()?;
+            Ok(CliOutput {
+                code: out.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
+        };
+        run().unwrap_or_else(|e| CliOutput {
+            code: -1,
+            stdout: String::new(),
+            stderr: format!("running swarm {args:?} in {}: {e:#}", self.name),
+        })
+    }
+
     /// Runs `args[0] args[1..]` in the node's namespace and collects its output.
     pub fn exec(&self, args: &[&str]) -> CliOutput {
         sys::exec(args, |prog| self.command(prog))
@@ -214,6 +249,9 @@ impl LabNode {
             // The lab's registry serves plain HTTP: listed insecure, as Docker's daemons must.
             .arg("--insecure-registry")
             .arg(&self.registry)
+            // Registries a test serves over TLS have certificates from the lab's CA.
+            .arg("--registry-ca")
+            .arg(&self.registry_ca)
             .env("RUST_LOG", AGENT_LOG_FILTER);
         // `SWARM_TEST_TC_ATTACH=legacy` runs the lab's data planes with clsact filters (as on
         // kernels before 6.6), like swarm-agent's own data-plane tests.

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use swarm_oci::LocalSecurity;
+
 use super::config::{registry_addr, LabConfig, UNDERLAY_IP};
 use super::daemon::{tail, wait_for_quick, Daemon};
 use super::node::LabNode;
@@ -175,8 +177,11 @@ impl Underlay {
         std::fs::create_dir_all(dir.join("data"))
             .with_context(|| format!("creating {}", dir.display()))?;
         let cfg = dir.join("config.yml");
-        std::fs::write(&cfg, registry_config(&dir))
-            .with_context(|| format!("writing {}", cfg.display()))?;
+        std::fs::write(
+            &cfg,
+            registry_config(&dir, &registry_addr(), &LocalSecurity::default()),
+        )
+        .with_context(|| format!("writing {}", cfg.display()))?;
         let log = dir.join("registry.log");
         let mut cmd = Command::new(DOCKER_REGISTRY);
         cmd.arg("serve").arg(&cfg);
@@ -253,16 +258,105 @@ impl Underlay {
     }
 }
 
-/// The registry's config.yml: storage under `dir`, listening on the underlay.
-pub(super) fn registry_config(dir: &Path) -> String {
+/// A registry's config.yml: storage under `dir`, listening on `addr` in the underlay, with
+/// TLS and a login when `security` says so.
+pub(super) fn registry_config(dir: &Path, addr: &str, security: &LocalSecurity) -> String {
     let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"));
     format!(
         "version: 0.1\n\
          log:\n  level: info\n  accesslog:\n    disabled: true\n\
          storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-         http:\n  addr: {}\n  secret: swarm-lab\n\
-         health:\n  storagedriver:\n    enabled: false\n",
+         health:\n  storagedriver:\n    enabled: false\n\
+         http:\n  addr: {}\n  secret: swarm-lab\n{}",
         q(&dir.join("data").to_string_lossy()),
-        q(&registry_addr()),
+        q(addr),
+        swarm_oci::local::security_config(security),
     )
+}
+
+/// A registry a test serves in the underlay besides the lab's own (on another port, with TLS
+/// from the lab's CA and a login, or without): killed and reaped when dropped (the lab's
+/// teardown kills it too, with everything in its namespaces).
+pub struct ExtraRegistry {
+    child: std::process::Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl ExtraRegistry {
+    /// `10.77.0.254:PORT`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The end of its log.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log, 20)
+    }
+}
+
+impl Drop for ExtraRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Underlay {
+    /// Starts `docker-registry` on `10.77.0.254:port` with `security` (data and log under
+    /// `<root>/<name>/`) and waits until it accepts connections.
+    pub fn start_extra_registry(
+        &self,
+        name: &str,
+        port: u16,
+        security: &LocalSecurity,
+    ) -> anyhow::Result<ExtraRegistry> {
+        let dir = self.root.join(name);
+        std::fs::create_dir_all(dir.join("data"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let addr = format!("{UNDERLAY_IP}:{port}");
+        let cfg = dir.join("config.yml");
+        std::fs::write(&cfg, registry_config(&dir, &addr, security))
+            .with_context(|| format!("writing {}", cfg.display()))?;
+        let log = dir.join("registry.log");
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = self.command(DOCKER_REGISTRY)?;
+        cmd.arg("serve")
+            .arg(&cfg)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {DOCKER_REGISTRY}"))?;
+        let mut reg = ExtraRegistry { child, addr, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let a = reg.addr.clone();
+            let up = sys::on_netns_thread(&self.netns_path(), move || {
+                Ok(
+                    std::net::TcpStream::connect_timeout(&a.parse()?, Duration::from_millis(300))
+                        .is_ok(),
+                )
+            })?;
+            if up {
+                return Ok(reg);
+            }
+            if let Some(status) = reg.child.try_wait()? {
+                bail!(
+                    "{DOCKER_REGISTRY} on {} exited ({status}):\n{}",
+                    reg.addr,
+                    reg.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{DOCKER_REGISTRY} did not listen on {} within 20 s:\n{}",
+                    reg.addr,
+                    reg.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
