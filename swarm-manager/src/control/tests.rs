@@ -257,6 +257,56 @@ async fn invalid_specs_are_refused_and_change_nothing() {
         (
             neg(|s| {
                 let c = s.task.as_mut().unwrap().container.as_mut().unwrap();
+                c.mounts = vec![proto::Mount {
+                    r#type: proto::MountType::Volume as i32,
+                    source: "/srv/data".into(),
+                    target: "/data".into(),
+                    ..Default::default()
+                }];
+            }),
+            "volume mount source, must not be an absolute path",
+        ),
+        (
+            neg(|s| {
+                let c = s.task.as_mut().unwrap().container.as_mut().unwrap();
+                c.mounts = vec![proto::Mount {
+                    r#type: proto::MountType::Volume as i32,
+                    source: "a..b/c".into(),
+                    target: "/data".into(),
+                    ..Default::default()
+                }];
+            }),
+            "invalid characters for a local volume name",
+        ),
+        (
+            neg(|s| {
+                let c = s.task.as_mut().unwrap().container.as_mut().unwrap();
+                c.mounts = vec![proto::Mount {
+                    r#type: proto::MountType::Volume as i32,
+                    source: "data".into(),
+                    target: "/data".into(),
+                    volume_driver: "rexray".into(),
+                    ..Default::default()
+                }];
+            }),
+            "volume driver \"rexray\" is not supported",
+        ),
+        (
+            neg(|s| {
+                let c = s.task.as_mut().unwrap().container.as_mut().unwrap();
+                c.mounts = vec![proto::Mount {
+                    r#type: proto::MountType::Volume as i32,
+                    source: "data".into(),
+                    target: "/data".into(),
+                    volume_driver_options: [("o".to_string(), "size=1m".to_string())].into(),
+                    ..Default::default()
+                }];
+            }),
+            "volume option \"o\" is not supported",
+        ),
+        (
+            neg(|s| {
+                let c = s.task.as_mut().unwrap().container.as_mut().unwrap();
                 c.healthcheck = Some(proto::HealthConfig {
                     test: vec!["CMD".into(), "true".into()],
                     retries: -1,
