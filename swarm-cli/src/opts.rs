@@ -614,7 +614,9 @@ pub fn parse_mount(v: &str) -> Result<proto::Mount, String> {
                 volume_opts = true;
                 let (k, v) = val.split_once('=').unwrap_or((val, ""));
                 if k.is_empty() {
-                    return Err(format!("invalid value for {key}: {val}: expected KEY=VALUE"));
+                    return Err(format!(
+                        "invalid value for {key}: {val}: expected KEY=VALUE"
+                    ));
                 }
                 let map = if key == "volume-label" {
                     &mut m.volume_labels
@@ -681,10 +683,7 @@ pub fn parse_mount(v: &str) -> Result<proto::Mount, String> {
             if !m.source.is_empty() {
                 swarm_common::volume::check_name(&m.source)?;
             }
-            swarm_common::volume::check_driver(
-                &m.volume_driver,
-                m.volume_driver_options.keys(),
-            )?;
+            swarm_common::volume::check_driver(&m.volume_driver, m.volume_driver_options.keys())?;
             proto::MountType::Volume
         }
         "npipe" | "cluster" | "image" => {

@@ -1328,7 +1328,13 @@ pub(crate) mod tests {
         assert_eq!(a.common.read_only, Some(false));
 
         let a = create(&["--mount", "source=data,target=/d,volume-nocopy", "busybox"]).unwrap();
-        let v = &create_spec(&a).unwrap().task.unwrap().container.unwrap().mounts[0];
+        let v = &create_spec(&a)
+            .unwrap()
+            .task
+            .unwrap()
+            .container
+            .unwrap()
+            .mounts[0];
         assert_eq!(
             (v.r#type, v.source.as_str(), v.volume_nocopy),
             (MountType::Volume as i32, "data", true)

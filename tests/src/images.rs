@@ -53,11 +53,7 @@ pub fn busybox_image(busybox: &Path) -> anyhow::Result<BuiltImage> {
     }
     Ok(testbed::busybox(busybox, APPLETS)
         .dir(SEED_DIR, 0o750)
-        .file(
-            &format!("{SEED_DIR}/hello"),
-            SEED_HELLO.as_bytes(),
-            0o640,
-        )
+        .file(&format!("{SEED_DIR}/hello"), SEED_HELLO.as_bytes(), 0o640)
         .build()?)
 }
 

@@ -63,14 +63,19 @@ fn named_volumes_persist_get_the_images_content_and_anonymous_ones_go_with_their
     let data = volumes.join("seeded/_data");
     assert_eq!(mode(&data.join("hello")), 0o640);
     assert_eq!(mode(&data), 0o750);
-    let write = exec(&seeded_t, &["sh", "-c", &format!("echo x > {seed_target}/new")]);
+    let write = exec(
+        &seeded_t,
+        &["sh", "-c", &format!("echo x > {seed_target}/new")],
+    );
     assert!(write.is_err(), "a read-only volume took a write: {write:?}");
     assert!(!data.join("new").exists());
     // volume-nocopy: the same target stays empty.
     let listed = exec(&bare_t, &["ls", "-A", &seed_target]).unwrap();
     assert_eq!(listed.trim(), "", "volume-nocopy volume has content");
     assert_eq!(
-        std::fs::read_dir(volumes.join("bare/_data")).unwrap().count(),
+        std::fs::read_dir(volumes.join("bare/_data"))
+            .unwrap()
+            .count(),
         0
     );
 
@@ -106,10 +111,7 @@ fn named_volumes_persist_get_the_images_content_and_anonymous_ones_go_with_their
         .join("tasks")
         .join(&anon_t.id)
         .join("volumes/0/_data");
-    assert_eq!(
-        std::fs::read_to_string(anon_dir.join("f")).unwrap(),
-        "x\n"
-    );
+    assert_eq!(std::fs::read_to_string(anon_dir.join("f")).unwrap(), "x\n");
     for s in ["anon", "keep"] {
         m.swarm_ok(&["service", "rm", s]);
     }

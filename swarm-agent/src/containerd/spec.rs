@@ -1180,8 +1180,11 @@ mod tests {
         assert!(err(vol.clone()).contains("the volume \"\" was not prepared"));
         // A prepared volume is a bind mount of its directory, read-only when asked.
         let files = SpecFiles {
-            volumes: [("/v".to_string(), PathBuf::from("/var/lib/swarm/volumes/db/_data"))]
-                .into(),
+            volumes: [(
+                "/v".to_string(),
+                PathBuf::from("/var/lib/swarm/volumes/db/_data"),
+            )]
+            .into(),
             ..Default::default()
         };
         let ro = proto::Mount {

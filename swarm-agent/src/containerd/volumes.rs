@@ -254,8 +254,7 @@ mod tests {
             ]
         );
         let labels: BTreeMap<String, String> =
-            serde_json::from_slice(&std::fs::read(vols.join("data/labels.json")).unwrap())
-                .unwrap();
+            serde_json::from_slice(&std::fs::read(vols.join("data/labels.json")).unwrap()).unwrap();
         assert_eq!(labels, named.volume_labels);
         // The next task finds the data and does not copy into a volume that has content.
         std::fs::write(vols.join("data/_data/kept"), "x").unwrap();
@@ -264,7 +263,10 @@ mod tests {
         assert_eq!(again[0].host, vols.join("data/_data"));
         assert!(!again[0].copy);
         let labels = std::fs::read_to_string(vols.join("data/labels.json")).unwrap();
-        assert!(labels.contains("tier") && !labels.contains("other"), "{labels}");
+        assert!(
+            labels.contains("tier") && !labels.contains("other"),
+            "{labels}"
+        );
         // nocopy: never marked for copying.
         let mut nocopy = volume("fresh", "/f");
         nocopy.volume_nocopy = true;
@@ -294,8 +296,7 @@ mod tests {
             .unwrap();
         std::fs::hard_link(root.join("srv/a"), root.join("srv/sub/a2")).unwrap();
         std::os::unix::fs::symlink("../a", root.join("srv/sub/link")).unwrap();
-        std::fs::set_permissions(root.join("srv"), std::fs::Permissions::from_mode(0o750))
-            .unwrap();
+        std::fs::set_permissions(root.join("srv"), std::fs::Permissions::from_mode(0o750)).unwrap();
         std::os::unix::fs::lchown(root.join("srv/a"), Some(123), Some(456)).unwrap();
         // An absolute symlink to the directory is followed inside the image.
         std::os::unix::fs::symlink("/srv", root.join("link")).unwrap();

@@ -409,7 +409,11 @@ fn volumes_map_to_local_volume_mounts() {
         l
     };
     assert_eq!(
-        (m[0].source.as_str(), m[0].target.as_str(), m[0].volume_driver.as_str()),
+        (
+            m[0].source.as_str(),
+            m[0].target.as_str(),
+            m[0].volume_driver.as_str()
+        ),
         ("app_data", "/var/lib/db", "local")
     );
     assert_eq!(m[0].volume_labels, ns(&[("backup", "daily")]));
@@ -421,7 +425,10 @@ fn volumes_map_to_local_volume_mounts() {
     assert_eq!(m[2].volume_labels, ns(&[]));
     assert!(m[2].volume_nocopy);
     // Anonymous.
-    assert_eq!((m[3].source.as_str(), m[3].target.as_str()), ("", "/scratch"));
+    assert_eq!(
+        (m[3].source.as_str(), m[3].target.as_str()),
+        ("", "/scratch")
+    );
 }
 
 #[test]
