@@ -68,7 +68,7 @@ mod tests {
         assert!(check_driver("nfs", none.iter())
             .unwrap_err()
             .contains("\"nfs\" is not supported"));
-        let opts = vec!["type".to_string()];
+        let opts = ["type".to_string()];
         assert!(check_driver("local", opts.iter())
             .unwrap_err()
             .contains("volume option \"type\" is not supported"));
