@@ -514,12 +514,8 @@ impl ContainerdExecutor {
         task: &Task,
         task_files: &TaskFiles,
     ) -> Result<Prepared, ContainerdError> {
-        let image_name = task
-            .spec
-            .as_ref()
-            .and_then(|s| s.container.as_ref())
-            .map(|c| c.image.clone())
-            .unwrap_or_default();
+        let container = task.spec.as_ref().and_then(|s| s.container.as_ref());
+        let image_name = container.map(|c| c.image.clone()).unwrap_or_default();
         if image_name.is_empty() {
             return Err(ContainerdError::Invalid(format!(
                 "task {} has no container image",
@@ -596,12 +592,7 @@ impl ContainerdExecutor {
                 source: e,
             },
         )?;
-        let mounts = task
-            .spec
-            .as_ref()
-            .and_then(|s| s.container.as_ref())
-            .map(|c| c.mounts.as_slice())
-            .unwrap_or_default();
+        let mounts = container.map(|c| c.mounts.as_slice()).unwrap_or_default();
         let task_volumes = volumes::prepare(&self.inner.volumes_dir, &dir, mounts)?;
         if task_volumes.iter().any(|v| v.copy) && !pulled.top_snapshot().is_empty() {
             let vols = task_volumes.clone();
