@@ -271,6 +271,7 @@ async fn daemon() -> anyhow::Result<()> {
             )
             .with_log_driver(log_driver_exe(&args)?)
             .with_state_dir(args.data_root.join("tasks"))
+            .with_volumes_dir(args.data_root.join("volumes"))
             .with_netns_dir(args.exec_root.join("netns"))
             .with_files_dir(args.exec_root.join("files"))
             .with_registries(registry_access(&args)?);

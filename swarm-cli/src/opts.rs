@@ -553,9 +553,10 @@ pub fn parse_file_reference(v: &str) -> Result<FileReference, String> {
 }
 
 /// A `--mount` value with Docker's syntax and error texts (`type=bind,source=/x,target=/y
-/// [,readonly][,bind-propagation=rslave]`, `type=tmpfs,target=/t[,tmpfs-size=64m]
-/// [,tmpfs-mode=1770]`). As in Docker the type defaults to `volume`; volumes (and the
-/// other types Docker knows) are refused here as not supported yet.
+/// [,readonly][,bind-propagation=rslave]`, `type=volume[,source=NAME],target=/t
+/// [,volume-nocopy][,volume-label=K=V][,volume-driver=local]`, `type=tmpfs,target=/t
+/// [,tmpfs-size=64m][,tmpfs-mode=1770]`). As in Docker the type defaults to `volume`; other
+/// drivers than `local`, `volume-opt` and the other types Docker knows are refused.
 pub fn parse_mount(v: &str) -> Result<proto::Mount, String> {
     let mut m = proto::Mount::default();
     let mut kind = String::from("volume");
@@ -566,7 +567,10 @@ pub fn parse_mount(v: &str) -> Result<proto::Mount, String> {
             None => {
                 match field.to_ascii_lowercase().as_str() {
                     "readonly" | "ro" => m.read_only = true,
-                    "volume-nocopy" => volume_opts = true,
+                    "volume-nocopy" => {
+                        volume_opts = true;
+                        m.volume_nocopy = true;
+                    }
                     "bind-nonrecursive" => {
                         return Err("bind-nonrecursive is not supported yet".into())
                     }
@@ -602,7 +606,29 @@ pub fn parse_mount(v: &str) -> Result<proto::Mount, String> {
                 }
                 m.bind_propagation = p;
             }
-            "volume-nocopy" | "volume-label" | "volume-driver" | "volume-opt" => volume_opts = true,
+            "volume-nocopy" => {
+                volume_opts = true;
+                m.volume_nocopy = parse_go_bool(val).ok_or_else(invalid)?;
+            }
+            "volume-label" | "volume-opt" => {
+                volume_opts = true;
+                let (k, v) = val.split_once('=').unwrap_or((val, ""));
+                if k.is_empty() {
+                    return Err(format!(
+                        "invalid value for {key}: {val}: expected KEY=VALUE"
+                    ));
+                }
+                let map = if key == "volume-label" {
+                    &mut m.volume_labels
+                } else {
+                    &mut m.volume_driver_options
+                };
+                map.insert(k.to_string(), v.to_string());
+            }
+            "volume-driver" => {
+                volume_opts = true;
+                m.volume_driver = val.to_string();
+            }
             "tmpfs-size" => {
                 tmpfs_opts = true;
                 m.tmpfs_size_bytes = parse_memory(val).map_err(|_| invalid())?;
@@ -653,14 +679,21 @@ pub fn parse_mount(v: &str) -> Result<proto::Mount, String> {
             }
             proto::MountType::Tmpfs
         }
-        "volume" | "npipe" | "cluster" | "image" => {
+        "volume" => {
+            if !m.source.is_empty() {
+                swarm_common::volume::check_name(&m.source)?;
+            }
+            swarm_common::volume::check_driver(&m.volume_driver, m.volume_driver_options.keys())?;
+            proto::MountType::Volume
+        }
+        "npipe" | "cluster" | "image" => {
             return Err(format!(
-                "mount type {kind:?} is not supported yet: use type=bind or type=tmpfs"
+                "mount type {kind:?} is not supported: use type=bind, type=volume or type=tmpfs"
             ))
         }
         other => {
             return Err(format!(
-                "invalid mount type {other:?}: use type=bind or type=tmpfs"
+                "invalid mount type {other:?}: use type=bind, type=volume or type=tmpfs"
             ))
         }
     } as i32;
@@ -1021,10 +1054,44 @@ mod tests {
             e("type=tmpfs,source=/x,target=/y"),
             "invalid mount config for type \"tmpfs\": field Source must not be specified"
         );
-        // The default type is volume, as in Docker: not supported yet.
-        assert!(e("source=v,target=/y").contains("\"volume\" is not supported yet"));
-        assert!(e("type=volume,source=v,target=/y").contains("not supported yet"));
         assert!(e("type=floppy,target=/y").contains("invalid mount type"));
+        assert!(e("type=image,source=x,target=/y").contains("not supported"));
+    }
+
+    #[test]
+    fn volume_mounts() {
+        // The default type is volume, as in Docker.
+        let m = parse_mount("source=data,target=/srv").unwrap();
+        assert_eq!(m.r#type, proto::MountType::Volume as i32);
+        assert_eq!((m.source.as_str(), m.target.as_str()), ("data", "/srv"));
+        assert!(!m.volume_nocopy && !m.read_only);
+        let m = parse_mount(
+            "type=volume,src=db,dst=/var/lib/db,ro,volume-nocopy,volume-label=tier=db,volume-label=empty,volume-driver=local",
+        )
+        .unwrap();
+        assert!(m.read_only && m.volume_nocopy);
+        assert_eq!(m.volume_driver, "local");
+        assert_eq!(m.volume_labels.get("tier").map(String::as_str), Some("db"));
+        assert_eq!(m.volume_labels.get("empty").map(String::as_str), Some(""));
+        let m = parse_mount("type=volume,target=/scratch,volume-nocopy=false").unwrap();
+        assert!(m.source.is_empty() && !m.volume_nocopy, "anonymous volume");
+
+        let e = |v: &str| parse_mount(v).unwrap_err();
+        assert!(e("type=volume,source=v,target=/y").contains("too short"));
+        assert!(e("type=volume,source=/srv/x,target=/y").contains("invalid characters"));
+        assert!(e("type=volume,source=../x,target=/y").contains("invalid characters"));
+        assert!(e("type=volume,source=db,target=/y,volume-driver=nfs")
+            .contains("volume driver \"nfs\" is not supported"));
+        assert!(e("type=volume,source=db,target=/y,volume-opt=type=nfs")
+            .contains("volume option \"type\" is not supported"));
+        assert_eq!(
+            e("type=volume,source=db,target=/y,volume-label==x"),
+            "invalid value for volume-label: =x: expected KEY=VALUE"
+        );
+        assert_eq!(
+            e("type=bind,source=/x,target=/y,volume-nocopy"),
+            "cannot mix 'volume-*' options with mount type 'bind'"
+        );
     }
 
     #[test]

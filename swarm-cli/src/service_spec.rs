@@ -1330,10 +1330,22 @@ pub(crate) mod tests {
         let a = create(&["--read-only=false", "busybox"]).unwrap();
         assert_eq!(a.common.read_only, Some(false));
 
+        let a = create(&["--mount", "source=data,target=/d,volume-nocopy", "busybox"]).unwrap();
+        let v = &create_spec(&a)
+            .unwrap()
+            .task
+            .unwrap()
+            .container
+            .unwrap()
+            .mounts[0];
+        assert_eq!(
+            (v.r#type, v.source.as_str(), v.volume_nocopy),
+            (MountType::Volume as i32, "data", true)
+        );
         let e = create(&["--mount", "type=volume,source=v,target=/d", "busybox"])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not supported yet"), "{e}");
+        assert!(e.contains("too short"), "{e}");
         let dup = create(&[
             "--mount",
             "type=tmpfs,target=/d",

@@ -1,6 +1,7 @@
 //! What the agent and the in-process manager share as one process: the Prometheus
-//! registry ([`metrics`]), object ids ([`id`]) and the wall clock as the store records it
-//! ([`clock`]). Nothing here knows of the manager's or the agent's internals. `id` and
+//! registry ([`metrics`]), object ids ([`id`]), the wall clock as the store records it
+//! ([`clock`]) and the volume names and drivers both accept ([`volume`]). Nothing here
+//! knows of the manager's or the agent's internals. `id` and
 //! `metrics` are features (on by default), so that a user of the clock alone pulls in
 //! nothing else.
 
@@ -9,3 +10,4 @@ pub mod clock;
 pub mod id;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+pub mod volume;

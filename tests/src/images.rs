@@ -1,6 +1,7 @@
 //! Test images, built by the project from static binaries, never pulled from the internet:
 //! - `whoami`: the project's own server (images/whoami), built for musl and stripped;
-//! - `busybox`: Debian's busybox-static with its applets linked in /bin.
+//! - `busybox`: Debian's busybox-static with its applets linked in /bin, and a file in
+//!   [`SEED_DIR`] (image content for volume tests).
 //!
 //! `cargo xtask images push --registry HOST:PORT` pushes them as `HOST:PORT/whoami:latest` and
 //! `HOST:PORT/busybox:latest`; the lab (`crate::lab`) pushes them into its own registry.
@@ -37,6 +38,12 @@ pub const BUILD_WHOAMI_ARGS: &[&str] = &[
     "profile.release.debug=0",
 ];
 
+/// A directory of the busybox image with one file, [`SEED_HELLO`] (mode 0640 in a 0750
+/// directory): what a new volume mounted there starts with.
+pub const SEED_DIR: &str = "/seed";
+/// The content of `SEED_DIR/hello`.
+pub const SEED_HELLO: &str = "hello from the image\n";
+
 pub fn busybox_image(busybox: &Path) -> anyhow::Result<BuiltImage> {
     if !busybox.exists() {
         bail!(
@@ -44,7 +51,10 @@ pub fn busybox_image(busybox: &Path) -> anyhow::Result<BuiltImage> {
             busybox.display()
         );
     }
-    Ok(testbed::busybox(busybox, APPLETS).build()?)
+    Ok(testbed::busybox(busybox, APPLETS)
+        .dir(SEED_DIR, 0o750)
+        .file(&format!("{SEED_DIR}/hello"), SEED_HELLO.as_bytes(), 0o640)
+        .build()?)
 }
 
 pub fn whoami_image(binary: &Path) -> anyhow::Result<BuiltImage> {

@@ -4,10 +4,8 @@
 //! the cluster, is deployed again with one changed image (only that service is updated), and
 //! `stack rm` removes every service, network, secret and config it created and nothing else.
 //! Files with errors (unknown key, bad duration, missing secret file, port clash) are refused
-//! with file, line and key, and create nothing.
-//!
-//! The database's named volume is left out here: this branch's agents refuse volume mounts
-//! (the compose mapping of `volumes:` is covered by swarm-cli's unit tests).
+//! with file, line and key, and create nothing. The database's named volume is `shop_data` on
+//! its node, labelled with the stack, and its data stays after `stack rm` (as in Docker).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -101,6 +99,11 @@ services:
       interval: 2s
     stop_grace_period: 2s
     restart: always
+    volumes:
+      - data:/var/lib/db
+    deploy:
+      placement:
+        constraints: [node.role == worker]
 networks:
   front:
   back:
@@ -111,6 +114,9 @@ secrets:
 configs:
   app_conf:
     file: ./app.conf
+volumes:
+  data:
+    labels: {tier: db}
 "#;
 
 #[test]
@@ -150,6 +156,16 @@ fn a_compose_stack_deploys_updates_one_service_and_is_removed_whole() {
     let web = wait_running(&lab, "shop_web", 2);
     let app = wait_running(&lab, "shop_app", 1);
     let db = wait_running(&lab, "shop_db", 1);
+    // The db's named volume on its node, labelled with the stack; data written there now
+    // must outlive the stack.
+    let db_node = tests::lab::testing::node_of(&lab, &db[0]);
+    let volume = db_node.data_root().join("volumes/shop_data");
+    let labels = std::fs::read_to_string(volume.join("labels.json")).unwrap();
+    assert!(
+        labels.contains("\"com.docker.stack.namespace\": \"shop\"") && labels.contains("tier"),
+        "{labels}"
+    );
+    write(&volume.join("_data"), "marker", "kept");
 
     // From outside the cluster (the underlay namespace, as a machine on the nodes' LAN),
     // through the published port of any node.
@@ -270,6 +286,11 @@ fn a_compose_stack_deploys_updates_one_service_and_is_removed_whole() {
         assert!(rm.contains(line), "{line} in:\n{rm}");
     }
     assert!(m.services().unwrap().is_empty());
+    assert_eq!(
+        std::fs::read_to_string(volume.join("_data/marker")).unwrap(),
+        "kept",
+        "stack rm leaves volume data"
+    );
     assert_eq!(names(m, "network"), before_nets);
     assert_eq!(names(m, "secret"), before_secrets);
     assert_eq!(names(m, "config"), before_configs);

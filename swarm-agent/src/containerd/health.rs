@@ -1090,6 +1090,7 @@ mod containerd_tests {
             passwd: Some(PASSWD.into()),
             group: Some(GROUP.into()),
             etc_dir: Some(etc),
+            ..Default::default()
         };
         let opts = SpecOptions {
             container_id: id.into(),

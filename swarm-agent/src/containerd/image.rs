@@ -4,6 +4,7 @@
 //! their chain IDs (Snapshots.Prepare on the parent → Diff.Apply → Snapshots.Commit).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use containerd_client::services::v1::snapshots::{
@@ -682,19 +683,13 @@ pub async fn read_image_file(
     Ok(files.pop().flatten())
 }
 
-/// [`read_image_file`] for several files with one view and one mount.
-///
-/// Snapshots.View of the parent under a lease that expires on its own, the view's mounts
-/// mounted read-only on a private temporary directory by a dedicated thread, the files read
-/// with symlinks confined to that root, then unmount, Snapshots.Remove and Leases.Delete — also
-/// on errors.
+/// [`read_image_file`] for several files with one view and one mount (see [`in_image_view`]).
 pub async fn read_image_files(
     cd: &Containerd,
     snapshotter: &str,
     parent_snapshot_key: &str,
     paths: &[&str],
 ) -> Result<Vec<Option<Vec<u8>>>, ContainerdError> {
-    use containerd_client::services::v1::snapshots::ViewSnapshotRequest;
     for p in paths {
         if !p.starts_with('/') {
             return Err(ContainerdError::Invalid(format!(
@@ -705,6 +700,28 @@ pub async fn read_image_files(
     if parent_snapshot_key.is_empty() {
         return Ok(vec![None; paths.len()]);
     }
+    let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    in_image_view(cd, snapshotter, parent_snapshot_key, move |root| {
+        paths
+            .iter()
+            .map(|p| rootfs::read_in_root(root, p))
+            .collect()
+    })
+    .await
+}
+
+/// Runs `f` on the root directory of a read-only view of the snapshot `parent_snapshot_key`
+/// (an image's top snapshot): Snapshots.View under a lease that expires on its own, the
+/// view's mounts mounted on a private temporary directory by a dedicated thread (which runs
+/// `f`), then unmount, Snapshots.Remove and Leases.Delete — also on errors. Paths inside the
+/// view are resolved with [`resolve_in_image`].
+pub async fn in_image_view<T: Send + 'static>(
+    cd: &Containerd,
+    snapshotter: &str,
+    parent_snapshot_key: &str,
+    f: impl FnOnce(&Path) -> Result<T, ContainerdError> + Send + 'static,
+) -> Result<T, ContainerdError> {
+    use containerd_client::services::v1::snapshots::ViewSnapshotRequest;
     let tag = format!("{:016x}", rand::random::<u64>());
     let lease = format!("swarm-view-{tag}");
     let key = format!("swarm-view-{tag}");
@@ -743,21 +760,20 @@ pub async fn read_image_files(
     let result = match view {
         Ok(resp) => {
             let mounts = resp.into_inner().mounts;
-            let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
             let (tx, rx) = tokio::sync::oneshot::channel();
             let spawned = std::thread::Builder::new()
-                .name("swarm-image-read".into())
+                .name("swarm-image-view".into())
                 .spawn(move || {
-                    let _ = tx.send(rootfs::read_files(&mounts, &paths));
+                    let _ = tx.send(rootfs::with_mounted(&mounts, f));
                 });
             let r = match spawned {
                 Ok(_) => rx.await.unwrap_or_else(|_| {
                     Err(ContainerdError::Invalid(
-                        "the image file reader thread ended without an answer".into(),
+                        "the image view thread ended without an answer".into(),
                     ))
                 }),
                 Err(e) => Err(ContainerdError::Io {
-                    what: "starting the image file reader thread".into(),
+                    what: "starting the image view thread".into(),
                     source: e,
                 }),
             };
@@ -786,6 +802,12 @@ pub async fn read_image_files(
         tracing::warn!("containerd Leases.Delete {lease}: {}", s.message());
     }
     result
+}
+
+/// `path` inside the mounted image `root`, symlinks (absolute ones too) and `..` resolved
+/// within `root`; `Ok(None)` when it does not exist.
+pub fn resolve_in_image(root: &Path, path: &str) -> Result<Option<PathBuf>, ContainerdError> {
+    rootfs::resolve_in_root(root, path)
 }
 
 /// Mounting snapshot mounts and reading files inside them (blocking; run on a dedicated
@@ -975,15 +997,15 @@ mod rootfs {
         false
     }
 
-    /// Mounts `mounts` on a fresh private directory, reads `paths`, unmounts and removes it.
-    pub(super) fn read_files(
+    /// Mounts `mounts` on a fresh private directory, runs `f` on it, unmounts and removes it.
+    pub(super) fn with_mounted<T>(
         mounts: &[Mount],
-        paths: &[String],
-    ) -> Result<Vec<Option<Vec<u8>>>, ContainerdError> {
+        f: impl FnOnce(&Path) -> Result<T, ContainerdError>,
+    ) -> Result<T, ContainerdError> {
         // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd/umask/root from the
         // other threads', so that chdir below cannot affect them.
         if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
-            return Err(io_err("unshare(CLONE_FS) for the image file reader")(
+            return Err(io_err("unshare(CLONE_FS) for the image view")(
                 std::io::Error::last_os_error(),
             ));
         }
@@ -993,19 +1015,14 @@ mod rootfs {
             .mode(0o700)
             .create(&dir)
             .map_err(io_err(format!("creating {}", dir.display())))?;
-        let mut result = Ok(Vec::new());
+        let mut mounted = Ok(());
         for m in mounts {
             if let Err(e) = mount_one(m, &dir) {
-                result = Err(e);
+                mounted = Err(e);
                 break;
             }
         }
-        if result.is_ok() {
-            result = paths
-                .iter()
-                .map(|p| read_in_root(&dir, p))
-                .collect::<Result<Vec<_>, _>>();
-        }
+        let result = mounted.and_then(|()| f(&dir));
         if unmount_all(&dir) {
             if let Err(e) = std::fs::remove_dir(&dir) {
                 tracing::warn!("removing {}: {e}", dir.display());
@@ -1019,13 +1036,42 @@ mod rootfs {
         result
     }
 
-    /// Reads `path` inside `root`, resolving symlinks (absolute ones too) and `..` within
-    /// `root` so that nothing outside it is read. `Ok(None)` when it does not exist.
+    /// Reads `path` inside `root` ([`resolve_in_root`]) so that nothing outside it is read.
+    /// `Ok(None)` when it does not exist.
     pub(super) fn read_in_root(
         root: &Path,
         path: &str,
     ) -> Result<Option<Vec<u8>>, ContainerdError> {
         let what = || format!("reading {path} in the image");
+        let Some(full) = resolve_in_root(root, path)? else {
+            return Ok(None);
+        };
+        let meta = std::fs::metadata(&full).map_err(io_err(what()))?;
+        if !meta.is_file() {
+            return Err(ContainerdError::Invalid(format!(
+                "{path} in the image is not a regular file"
+            )));
+        }
+        let f = std::fs::File::open(&full).map_err(io_err(what()))?;
+        let mut buf = Vec::new();
+        f.take(MAX_IMAGE_FILE as u64 + 1)
+            .read_to_end(&mut buf)
+            .map_err(io_err(what()))?;
+        if buf.len() > MAX_IMAGE_FILE {
+            return Err(ContainerdError::Invalid(format!(
+                "{path} in the image is larger than {MAX_IMAGE_FILE} bytes"
+            )));
+        }
+        Ok(Some(buf))
+    }
+
+    /// `path` inside `root`, resolving symlinks (absolute ones too) and `..` within `root`.
+    /// `Ok(None)` when it does not exist.
+    pub(super) fn resolve_in_root(
+        root: &Path,
+        path: &str,
+    ) -> Result<Option<PathBuf>, ContainerdError> {
+        let what = || format!("resolving {path} in the image");
         let mut queue: VecDeque<String> = path.split('/').map(str::to_string).collect();
         let mut current: Vec<String> = Vec::new();
         let mut hops = 0;
@@ -1073,23 +1119,7 @@ mod rootfs {
         }
         let mut full = root.to_path_buf();
         full.extend(current.iter());
-        let meta = std::fs::metadata(&full).map_err(io_err(what()))?;
-        if !meta.is_file() {
-            return Err(ContainerdError::Invalid(format!(
-                "{path} in the image is not a regular file"
-            )));
-        }
-        let f = std::fs::File::open(&full).map_err(io_err(what()))?;
-        let mut buf = Vec::new();
-        f.take(MAX_IMAGE_FILE as u64 + 1)
-            .read_to_end(&mut buf)
-            .map_err(io_err(what()))?;
-        if buf.len() > MAX_IMAGE_FILE {
-            return Err(ContainerdError::Invalid(format!(
-                "{path} in the image is larger than {MAX_IMAGE_FILE} bytes"
-            )));
-        }
-        Ok(Some(buf))
+        Ok(Some(full))
     }
 
     #[cfg(test)]

@@ -5,6 +5,8 @@
 //!   image record and unpack the layers with Snapshots + Diff (1.6 has no Transfer service);
 //! - [`spec`]: the OCI runtime spec of a task;
 //! - [`files`]: a task's secret and config files on a tmpfs of its own, bind-mounted read-only;
+//! - [`volumes`]: the local volume driver: named volumes kept on the node, anonymous ones in
+//!   the task's directory, the image's content copied into a new empty volume;
 //! - [`run`]: [`ContainerdExecutor`], the container and task lifecycle;
 //! - `testbed` (the tests, and feature `testbed`): a private containerd, its busybox image and
 //!   registry, for the tests here and the lab of the `tests` crate.
@@ -18,6 +20,7 @@ pub mod run;
 pub mod spec;
 #[cfg(any(test, feature = "testbed"))]
 pub mod testbed;
+pub mod volumes;
 
 #[cfg(test)]
 mod tests;

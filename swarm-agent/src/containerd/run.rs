@@ -6,8 +6,8 @@
 //! With a health check the task stays STARTING until the check passes, and a task whose check
 //! fails `retries` times in a row is stopped and FAILED ("unhealthy container").
 //! Task, container, rootfs snapshot and network namespace are deleted when the task ends; the
-//! task directory `<state_dir>/<task id>/` (logs, /etc files) stays until the managers remove
-//! the task. After an agent restart, [`Executor::adopt`] takes running containers over and
+//! task directory `<state_dir>/<task id>/` (logs, /etc files, anonymous volumes) stays until
+//! the managers remove the task; named volumes ([`volumes`]) stay on the node. After an agent restart, [`Executor::adopt`] takes running containers over and
 //! [`Executor::remove_orphans`] removes the ones no assignment covers.
 
 use std::collections::{HashMap, HashSet};
@@ -33,6 +33,7 @@ use super::health::{self, HealthCheck, HealthState};
 use super::image;
 use super::metrics;
 use super::spec::{self, SpecFiles, SpecOptions};
+use super::volumes;
 use crate::dependencies::TaskFiles;
 use crate::executor::{host_resources, Executor, ExecutorDescription, TaskReporter};
 use crate::network::Networking;
@@ -59,6 +60,7 @@ struct Inner {
     cgroup_parent: String,
     snapshotter: String,
     state_dir: PathBuf,
+    volumes_dir: PathBuf,
     netns_dir: PathBuf,
     /// Where each task with secrets or configs gets its tmpfs (`<dir>/<task id>`).
     files_dir: PathBuf,
@@ -90,6 +92,7 @@ impl ContainerdExecutor {
                 cgroup_parent,
                 snapshotter: "overlayfs".into(),
                 state_dir: PathBuf::from("/var/lib/swarm/tasks"),
+                volumes_dir: PathBuf::from("/var/lib/swarm/volumes"),
                 netns_dir: PathBuf::from("/run/swarm/netns"),
                 files_dir: PathBuf::from("/run/swarm/files"),
                 agent_exe: std::env::current_exe()
@@ -129,6 +132,11 @@ impl ContainerdExecutor {
         self.rebuild(|i| i.state_dir = dir)
     }
 
+    /// Where named volumes live (`<dir>/NAME/_data`, [`volumes`]).
+    pub fn with_volumes_dir(self, dir: PathBuf) -> Self {
+        self.rebuild(|i| i.volumes_dir = dir)
+    }
+
     /// How registries are reached (insecure ones over plain HTTP, a registry CA).
     pub fn with_registries(self, registries: image::RegistryAccess) -> Self {
         self.rebuild(|i| i.registries = registries)
@@ -146,6 +154,7 @@ impl ContainerdExecutor {
             cgroup_parent: self.inner.cgroup_parent.clone(),
             snapshotter: self.inner.snapshotter.clone(),
             state_dir: self.inner.state_dir.clone(),
+            volumes_dir: self.inner.volumes_dir.clone(),
             netns_dir: self.inner.netns_dir.clone(),
             files_dir: self.inner.files_dir.clone(),
             agent_exe: self.inner.agent_exe.clone(),
@@ -587,10 +596,23 @@ impl ContainerdExecutor {
                 source: e,
             },
         )?;
+        let mounts = container.map(|c| c.mounts.as_slice()).unwrap_or_default();
+        let task_volumes = volumes::prepare(&self.inner.volumes_dir, &dir, mounts)?;
+        if task_volumes.iter().any(|v| v.copy) && !pulled.top_snapshot().is_empty() {
+            let vols = task_volumes.clone();
+            image::in_image_view(
+                cd,
+                &self.inner.snapshotter,
+                &pulled.top_snapshot(),
+                move |root| volumes::copy_image_content(root, &vols),
+            )
+            .await?;
+        }
         let files = SpecFiles {
             passwd: etc.first().and_then(text),
             group: etc.get(1).and_then(text),
             etc_dir: Some(etc_dir),
+            volumes: volumes::by_target(&task_volumes),
         };
         let mut spec = spec::runtime_spec_with(task, &pulled.config, &opts, &files)?;
         let file_mounts = files::prepare(&self.inner.files_dir, &task.id, task_files)?;

@@ -61,6 +61,9 @@ pub struct SpecFiles {
     /// bind-mounted at `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf` (read-only when
     /// the root filesystem is, like Docker). `None`: the image's files are left as they are.
     pub etc_dir: Option<PathBuf>,
+    /// The directories of the task's volume mounts on the node, by mount target
+    /// ([`super::volumes::prepare`]); a volume mount missing here is an error.
+    pub volumes: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// Process arguments like Docker: `command` replaces Entrypoint, `args` replace Cmd (and a
@@ -490,21 +493,20 @@ fn invalid_mount(kind: &str, why: impl std::fmt::Display) -> ContainerdError {
     ContainerdError::Invalid(format!("invalid mount config for type \"{kind}\": {why}"))
 }
 
-/// The OCI mounts of the task's `mounts` (bind and tmpfs), checked like Docker does on the
-/// node: absolute paths, no `/` target, no duplicate target, existing bind source.
-fn user_mounts(mounts: &[proto::Mount]) -> Result<Vec<Value>, ContainerdError> {
+/// The OCI mounts of the task's `mounts` (bind, volume and tmpfs), checked like Docker does
+/// on the node: absolute paths, no `/` target, no duplicate target, existing bind source.
+/// A volume is a bind mount of its directory in `volumes` (by target).
+fn user_mounts(
+    mounts: &[proto::Mount],
+    volumes: &std::collections::BTreeMap<String, PathBuf>,
+) -> Result<Vec<Value>, ContainerdError> {
     let mut out: Vec<(usize, Value)> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for m in mounts {
         let kind = match MountType::try_from(m.r#type) {
             Ok(MountType::Bind) => "bind",
             Ok(MountType::Tmpfs) => "tmpfs",
-            Ok(MountType::Volume) => {
-                return Err(ContainerdError::Invalid(format!(
-                    "mount at {}: volume mounts are not supported yet",
-                    m.target
-                )))
-            }
+            Ok(MountType::Volume) => "volume",
             Err(_) => {
                 return Err(ContainerdError::Invalid(format!(
                     "mount at {}: mount type {} unknown",
@@ -571,6 +573,16 @@ fn user_mounts(mounts: &[proto::Mount]) -> Result<Vec<Value>, ContainerdError> {
             let rw = if m.read_only { "ro" } else { "rw" };
             json!({"destination": target, "type": "bind", "source": m.source,
                    "options": ["rbind", propagation, rw]})
+        } else if kind == "volume" {
+            let Some(dir) = volumes.get(&m.target) else {
+                return Err(ContainerdError::Invalid(format!(
+                    "mount at {}: the volume {:?} was not prepared on this node",
+                    m.target, m.source
+                )));
+            };
+            let rw = if m.read_only { "ro" } else { "rw" };
+            json!({"destination": target, "type": "bind", "source": dir.display().to_string(),
+                   "options": ["rbind", "rprivate", rw]})
         } else {
             if !m.source.is_empty() {
                 return Err(invalid_mount(kind, "field Source must not be specified"));
@@ -693,7 +705,10 @@ pub fn runtime_spec_with(
         &groups,
     )?;
     let read_only = c.is_some_and(|c| c.read_only);
-    let user_mounts = user_mounts(c.map(|c| c.mounts.as_slice()).unwrap_or_default())?;
+    let user_mounts = user_mounts(
+        c.map(|c| c.mounts.as_slice()).unwrap_or_default(),
+        &files.volumes,
+    )?;
     let cwd = c
         .map(|c| c.dir.clone())
         .filter(|d| !d.is_empty())
@@ -970,6 +985,7 @@ mod tests {
             passwd: Some(PASSWD.into()),
             group: Some(GROUP.into()),
             etc_dir: None,
+            ..Default::default()
         };
         let s =
             runtime_spec_with(&t, &image(&[], &[], &[]), &SpecOptions::default(), &files).unwrap();
@@ -1164,7 +1180,40 @@ mod tests {
             target: "/v".into(),
             ..Default::default()
         };
-        assert!(err(vol).contains("not supported yet"));
+        assert!(err(vol.clone()).contains("the volume \"\" was not prepared"));
+        // A prepared volume is a bind mount of its directory, read-only when asked.
+        let files = SpecFiles {
+            volumes: [(
+                "/v".to_string(),
+                PathBuf::from("/var/lib/swarm/volumes/db/_data"),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let ro = proto::Mount {
+            read_only: true,
+            source: "db".into(),
+            ..vol
+        };
+        let spec = runtime_spec_with(
+            &with_mounts(vec![ro], false),
+            &image(&[], &[], &[]),
+            &SpecOptions::default(),
+            &files,
+        )
+        .unwrap();
+        let m = spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/v")
+            .unwrap();
+        assert_eq!(
+            m,
+            &json!({"destination": "/v", "type": "bind",
+                    "source": "/var/lib/swarm/volumes/db/_data",
+                    "options": ["rbind", "rprivate", "ro"]})
+        );
         let e = runtime_spec(
             &with_mounts(
                 vec![bind("/tmp", "/y", false), bind("/tmp", "/y/", true)],

@@ -939,14 +939,10 @@ fn mount(l: &Loaded, p: &KeyPath, namespace: &str, v: &Value) -> Result<Mount> {
                         format!("undefined volume {src:?}: declare it under the top-level volumes"),
                     )
                 })?;
-                m.source = volume_name(l, namespace, src, top.as_ref())?;
+                named_volume(l, namespace, src, top.as_ref(), &mut m)?;
+                swarm_common::volume::check_name(&m.source).map_err(|e| l.error_at(p, e))?;
             }
-            if long.volume.as_ref().and_then(|v| v.nocopy).is_some() {
-                return Err(l.error_at(
-                    &p.key("volume").key("nocopy"),
-                    "volume nocopy is not supported yet",
-                ));
-            }
+            m.volume_nocopy = long.volume.as_ref().and_then(|v| v.nocopy) == Some(true);
         }
         "tmpfs" => {
             m.r#type = MountType::Tmpfs as i32;
@@ -971,36 +967,34 @@ fn mount(l: &Loaded, p: &KeyPath, namespace: &str, v: &Value) -> Result<Mount> {
     Ok(m)
 }
 
-/// A top-level volume's name on the nodes: `STACK_key`, its `name:`, or its external name.
-fn volume_name(
+/// A top-level volume on the mount `m`: its name on the nodes (`STACK_key`, its `name:`, or
+/// its external name) and, unless external, what creating it takes: labels (with the stack's
+/// namespace label, as Docker's), driver and driver options (the local driver without
+/// options only: others are refused here, not ignored on the nodes).
+fn named_volume(
     l: &Loaded,
     namespace: &str,
     key: &str,
     def: Option<&compose::Volume>,
-) -> Result<String> {
+    m: &mut Mount,
+) -> Result<()> {
     let p = KeyPath::default().key("volumes").key(key);
     let Some(d) = def else {
-        return Ok(scoped(namespace, key));
+        m.source = scoped(namespace, key);
+        m.volume_labels = namespace_labels(namespace, BTreeMap::new());
+        return Ok(());
     };
-    if let Some(drv) = &d.driver {
-        if drv != "local" {
-            return Err(l.error_at(
-                &p.key("driver"),
-                format!("volume driver {drv:?} is not supported: only \"local\""),
-            ));
-        }
-    }
-    if !d.driver_opts.is_empty() {
-        return Err(l.error_at(
-            &p.key("driver_opts"),
-            "volume driver options are not supported yet",
-        ));
-    }
-    if d.labels.is_some() {
-        return Err(l.error_at(&p.key("labels"), "volume labels are not supported yet"));
-    }
+    let driver = d.driver.clone().unwrap_or_default();
+    swarm_common::volume::check_driver(&driver, std::iter::empty())
+        .map_err(|e| l.error_at(&p.key("driver"), e))?;
+    swarm_common::volume::check_driver("", d.driver_opts.keys())
+        .map_err(|e| l.error_at(&p.key("driver_opts"), e))?;
     if let Some(ext) = d.external.as_ref().filter(|e| e.is_external()) {
-        return Ok(ext.name().or(d.name.as_deref()).unwrap_or(key).to_string());
+        m.source = ext.name().or(d.name.as_deref()).unwrap_or(key).to_string();
+        return Ok(());
     }
-    Ok(d.name.clone().unwrap_or_else(|| scoped(namespace, key)))
+    m.source = d.name.clone().unwrap_or_else(|| scoped(namespace, key));
+    m.volume_driver = driver;
+    m.volume_labels = namespace_labels(namespace, labels(l, &p.key("labels"), d.labels.as_ref())?);
+    Ok(())
 }

@@ -370,6 +370,82 @@ fn errors_name_file_line_and_key() {
     );
 }
 
+const VOLUMES: &str = r#"
+services:
+  db:
+    image: x
+    volumes:
+      - data:/var/lib/db
+      - shared:/shared:ro
+      - type: volume
+        source: named
+        target: /named
+        volume: {nocopy: true}
+      - /scratch
+volumes:
+  data:
+    driver: local
+    labels: {backup: daily}
+  shared:
+    external: true
+  named:
+    name: custom-name
+"#;
+
+#[test]
+fn volumes_map_to_local_volume_mounts() {
+    let d = Dir::new();
+    let f = d.write("compose.yml", VOLUMES);
+    let st = stack(&[f], &[]).unwrap();
+    let db = svc(&st, "app_db");
+    let m = &db.task.as_ref().unwrap().container.as_ref().unwrap().mounts;
+    assert!(m.iter().all(|m| m.r#type == MountType::Volume as i32));
+    let ns = |extra: &[(&str, &str)]| {
+        let mut l: std::collections::BTreeMap<String, String> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        l.insert("com.docker.stack.namespace".into(), "app".into());
+        l
+    };
+    assert_eq!(
+        (
+            m[0].source.as_str(),
+            m[0].target.as_str(),
+            m[0].volume_driver.as_str()
+        ),
+        ("app_data", "/var/lib/db", "local")
+    );
+    assert_eq!(m[0].volume_labels, ns(&[("backup", "daily")]));
+    assert!(!m[0].volume_nocopy && !m[0].read_only);
+    // An external volume keeps its name and is not the stack's to label.
+    assert_eq!((m[1].source.as_str(), m[1].read_only), ("shared", true));
+    assert!(m[1].volume_labels.is_empty());
+    assert_eq!(m[2].source, "custom-name");
+    assert_eq!(m[2].volume_labels, ns(&[]));
+    assert!(m[2].volume_nocopy);
+    // Anonymous.
+    assert_eq!(
+        (m[3].source.as_str(), m[3].target.as_str()),
+        ("", "/scratch")
+    );
+}
+
+#[test]
+fn volume_drivers_and_options_other_than_local_are_refused() {
+    let base = "services:\n  web:\n    image: x\n    volumes: [\"data:/d\"]\nvolumes:\n  data:\n";
+    let e = error_of(&format!("{base}    driver: rexray\n"));
+    assert!(
+        e.starts_with("7: volumes.data.driver: volume driver \"rexray\" is not supported"),
+        "{e}"
+    );
+    let e = error_of(&format!("{base}    driver_opts: {{type: nfs}}\n"));
+    assert!(
+        e.starts_with("7: volumes.data.driver_opts: volume option \"type\" is not supported"),
+        "{e}"
+    );
+}
+
 #[test]
 fn later_files_override_and_errors_name_their_file() {
     let d = Dir::new();

@@ -194,6 +194,18 @@ async fn invalid_specs_are_refused_and_change_nothing() {
         f(&mut s);
         s
     };
+    // A named volume mount at /data, and the spec with it as its only mount.
+    let volume = || proto::Mount {
+        r#type: proto::MountType::Volume as i32,
+        source: "data".into(),
+        target: "/data".into(),
+        ..Default::default()
+    };
+    let with_volume = |m: proto::Mount| {
+        let mut s = spec("web", "nginx");
+        s.task.as_mut().unwrap().container.as_mut().unwrap().mounts = vec![m];
+        s
+    };
     let cases: Vec<(ServiceSpec, &str)> = vec![
         (spec("-web", "nginx"), "DNS name"),
         (spec("web_", "nginx"), "DNS name"),
@@ -253,6 +265,34 @@ async fn invalid_specs_are_refused_and_change_nothing() {
                 }];
             }),
             "bind mount source, must be an absolute path",
+        ),
+        (
+            with_volume(proto::Mount {
+                source: "/srv/data".into(),
+                ..volume()
+            }),
+            "volume mount source, must not be an absolute path",
+        ),
+        (
+            with_volume(proto::Mount {
+                source: "a..b/c".into(),
+                ..volume()
+            }),
+            "invalid characters for a local volume name",
+        ),
+        (
+            with_volume(proto::Mount {
+                volume_driver: "rexray".into(),
+                ..volume()
+            }),
+            "volume driver \"rexray\" is not supported",
+        ),
+        (
+            with_volume(proto::Mount {
+                volume_driver_options: [("o".to_string(), "size=1m".to_string())].into(),
+                ..volume()
+            }),
+            "volume option \"o\" is not supported",
         ),
         (
             neg(|s| {
@@ -379,6 +419,20 @@ async fn invalid_specs_are_refused_and_change_nothing() {
         ],
     });
     create(&api, ok).await.unwrap();
+    // Named and anonymous volumes of the local driver are fine.
+    let mut vols = with_volume(proto::Mount {
+        volume_driver: "local".into(),
+        volume_nocopy: true,
+        ..volume()
+    });
+    vols.name = "vols".into();
+    let c = vols.task.as_mut().unwrap().container.as_mut().unwrap();
+    c.mounts.push(proto::Mount {
+        source: String::new(),
+        target: "/scratch".into(),
+        ..volume()
+    });
+    create(&api, vols).await.unwrap();
 
     // Invalid update leaves the service as it was.
     let s = create(&api, spec("web", "nginx")).await.unwrap();

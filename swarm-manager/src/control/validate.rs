@@ -312,8 +312,8 @@ pub(super) fn validate_service_spec(spec: &ServiceSpec) -> Result<(), Status> {
     validate_endpoint(spec)
 }
 
-/// SwarmKit's checks: absolute targets, one mount per target, bind sources absolute, volumes
-/// not supported here yet.
+/// SwarmKit's checks: absolute targets, one mount per target, bind sources absolute, volume
+/// sources names of the local driver (which takes no options).
 fn validate_mounts(mounts: &[proto::Mount]) -> Result<(), Status> {
     let mut targets = BTreeSet::new();
     for m in mounts {
@@ -351,9 +351,21 @@ fn validate_mounts(mounts: &[proto::Mount]) -> Result<(), Status> {
                 }
             }
             Ok(proto::MountType::Volume) => {
-                return Err(invalid(
-                    "ContainerSpec: mount type \"volume\" is not supported yet: use type=bind or type=tmpfs",
-                ))
+                if m.source.starts_with('/') {
+                    return Err(invalid(format!(
+                        "ContainerSpec: invalid volume mount source, must not be an absolute path: {} (use type=bind for a host directory)",
+                        m.source
+                    )));
+                }
+                if !m.source.is_empty() {
+                    swarm_common::volume::check_name(&m.source)
+                        .map_err(|e| invalid(format!("ContainerSpec: {e}")))?;
+                }
+                swarm_common::volume::check_driver(
+                    &m.volume_driver,
+                    m.volume_driver_options.keys(),
+                )
+                .map_err(|e| invalid(format!("ContainerSpec: mount at {}: {e}", m.target)))?;
             }
             Err(_) => {
                 return Err(invalid(format!(
