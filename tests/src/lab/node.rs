@@ -2,8 +2,10 @@
 //! their directories, sockets and logs; commands and threads inside the namespace, in a
 //! task's container or its namespace; what its containerd holds.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,10 +14,16 @@ use swarm_agent::containerd::testbed;
 use super::config::{registry_addr, LabConfig, NODE_NET};
 use super::daemon::{daemon_env, tail, Daemon, DAEMON_PATH};
 use super::sys;
+use crate::agent_image;
 use crate::client::{AgentClient, CliOutput};
 
 /// The containerd namespace the agents use.
 pub const CONTAINERD_NAMESPACE: &str = "swarm";
+/// The containerd namespace of the agent's own container (agent-container mode): not the
+/// tasks' namespace.
+pub const AGENT_NAMESPACE: &str = "swarm-system";
+/// The tag of the agent image the lab builds from the test build.
+pub const LAB_AGENT_TAG: &str = "lab";
 /// The agent's metrics address inside each node's namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9323";
 pub(super) const CTR: &str = "/usr/bin/ctr";
@@ -31,6 +39,10 @@ pub struct LabNode {
     port: u16,
     bin_dir: PathBuf,
     registry: String,
+    /// Agent-container mode: the agent image the node's agent container runs (else None).
+    agent_image: Option<Mutex<String>>,
+    /// The lab's root (bound into the agent's container at the same path).
+    root: PathBuf,
     pub(super) agent: Daemon,
     pub(super) containerd: Daemon,
 }
@@ -46,9 +58,22 @@ impl LabNode {
             port: cfg.port,
             bin_dir: cfg.bin_dir.clone(),
             registry: registry_addr(),
+            agent_image: cfg.agent_container.then(|| {
+                Mutex::new(format!(
+                    "{}/{}:{LAB_AGENT_TAG}",
+                    registry_addr(),
+                    agent_image::REPOSITORY
+                ))
+            }),
+            root: cfg.root.clone(),
             agent: Daemon::new(
                 format!("swarm-agent of {name}"),
-                cfg.bin_dir.join("swarm-agent"),
+                if cfg.agent_container {
+                    // The process of the container: its executable as the container sees it.
+                    PathBuf::from(agent_image::AGENT_PATH)
+                } else {
+                    cfg.bin_dir.join("swarm-agent")
+                },
                 dir.join("agent.pid"),
                 dir.join("agent.log"),
             ),
@@ -190,7 +215,18 @@ impl LabNode {
         let _ = std::fs::remove_file(self.socket());
         std::fs::create_dir_all(self.data_root())?;
         std::fs::create_dir_all(self.exec_root())?;
+        if let Some(image) = self.agent_image() {
+            return self.run_agent_container(&image);
+        }
         let mut cmd = Command::new(self.bin_dir.join("swarm-agent"));
+        cmd.args(self.agent_args())
+            .env("RUST_LOG", AGENT_LOG_FILTER);
+        self.spawn_daemon(&self.agent, cmd)
+    }
+
+    /// The agent's flags (the same on the host and in a container: every path is the host's).
+    fn agent_args(&self) -> Vec<OsString> {
+        let mut cmd = Command::new("swarm-agent");
         cmd.arg("--data-root")
             .arg(self.data_root())
             .arg("--socket")
@@ -222,7 +258,119 @@ impl LabNode {
                 cmd.arg("--tc-attach").arg(tc);
             }
         }
-        self.spawn_daemon(&self.agent, cmd)
+        cmd.get_args().map(OsString::from).collect()
+    }
+
+    // ---- the agent as a container (agent-container mode)
+
+    /// The agent image this node's agent container runs; None when the agent is a process.
+    pub fn agent_image(&self) -> Option<String> {
+        self.agent_image
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// The id of the node's agent container (in containerd namespace [`AGENT_NAMESPACE`]):
+    /// unique per lab and node, as runc's state directory is shared by every containerd.
+    pub fn agent_container_id(&self) -> String {
+        format!("swarm-agent-{}", self.netns())
+    }
+
+    /// The cgroup of the agent's container: beside the tasks' (`--cgroup-parent`), not in it.
+    pub fn agent_cgroup(&self) -> String {
+        format!("{}-agent", self.netns())
+    }
+
+    /// `ctr --address <node containerd> -n swarm-system ARGS…` in the node's namespace.
+    fn ctr_agent(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = self.command(CTR)?;
+        daemon_env(&mut cmd);
+        cmd.arg("--address")
+            .arg(self.containerd_socket())
+            .args(["-n", AGENT_NAMESPACE])
+            .args(args);
+        sys::run(&mut cmd).with_context(|| format!("ctr -n {AGENT_NAMESPACE} on {}", self.name))
+    }
+
+    /// Pulls an agent image into the node's containerd (from the lab registry, plain HTTP).
+    pub fn pull_agent_image(&self, image: &str) -> anyhow::Result<()> {
+        self.ctr_agent(&["images", "pull", "--plain-http", image])
+            .map(drop)
+    }
+
+    /// The image of the node's agent container, as containerd records it.
+    pub fn running_agent_image(&self) -> anyhow::Result<String> {
+        let info = self.ctr_agent(&["containers", "info", &self.agent_container_id()])?;
+        let v: serde_json::Value = serde_json::from_str(&info)
+            .with_context(|| format!("parsing `ctr containers info`: {info}"))?;
+        v.get("Image")
+            .and_then(|i| i.as_str())
+            .map(str::to_string)
+            .with_context(|| format!("no Image in {info}"))
+    }
+
+    /// The agent's container as the README's `ctr run` line makes it: privileged, the node's
+    /// network (containerd's), the host's PID namespace, the lab root (data root, exec root,
+    /// sockets, resolv.conf) bound at the same path with shared propagation (the task
+    /// namespaces and secret tmpfs the agent mounts reach the host), bpffs and the cgroup
+    /// hierarchies. Its output goes to the agent's log, its pid to the agent's pid file.
+    fn run_agent_container(&self, image: &str) -> anyhow::Result<()> {
+        let id = self.agent_container_id();
+        // A container of an earlier agent (killed, or stopped) goes first.
+        let _ = self.ctr_agent(&["tasks", "delete", "--force", &id]);
+        let _ = self.ctr_agent(&["containers", "delete", &id]);
+        self.pull_agent_image(image)?;
+        let bind = |p: &Path, options: &str| {
+            format!(
+                "type=bind,src={p},dst={p},options={options}",
+                p = p.display()
+            )
+        };
+        let mut cmd = self.command(CTR)?;
+        daemon_env(&mut cmd);
+        cmd.arg("--address")
+            .arg(self.containerd_socket())
+            .args(["-n", AGENT_NAMESPACE, "run", "--detach", "--privileged"])
+            .args(["--net-host", "--with-ns", "pid:/proc/1/ns/pid"])
+            .args(["--rootfs-propagation", "rshared"])
+            .arg("--cgroup")
+            .arg(format!("/{}", self.agent_cgroup()))
+            .arg("--log-uri")
+            .arg(format!("file://{}", self.agent_log().display()))
+            .arg("--pid-file")
+            .arg(self.agent.pidfile())
+            .args(["--label", "io.swarm.role=agent"])
+            .arg("--env")
+            .arg(format!("RUST_LOG={AGENT_LOG_FILTER}"))
+            .arg("--mount")
+            .arg(bind(&self.root, "rbind:rshared:rw"))
+            .arg("--mount")
+            .arg(bind(Path::new(sys::BPF_ROOT), "rbind:rw"))
+            .arg("--mount")
+            .arg(bind(Path::new("/sys/fs/cgroup"), "rbind:rw"))
+            .arg(image)
+            .arg(&id)
+            .arg(agent_image::AGENT_PATH)
+            .args(self.agent_args());
+        sys::run(&mut cmd)
+            .with_context(|| format!("starting the agent container of {}", self.name))?;
+        Ok(())
+    }
+
+    /// Replaces the node's agent container with one of `image` (an upgrade): the image is
+    /// pulled first, then the agent gets SIGTERM and its container is replaced. Its tasks and
+    /// its data plane are left as they are, for the new agent to adopt.
+    pub fn replace_agent(&self, image: &str) -> anyhow::Result<()> {
+        let Some(current) = &self.agent_image else {
+            anyhow::bail!(
+                "{}'s agent is a process, not a container: start the lab in agent-container mode",
+                self.name
+            );
+        };
+        self.pull_agent_image(image)?;
+        self.stop_agent()?;
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = image.to_string();
+        self.start_agent()
     }
 
     pub(super) fn wait_agent(&self) -> anyhow::Result<()> {
