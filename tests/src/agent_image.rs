@@ -133,10 +133,19 @@ pub fn build_static() -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((dir.join("swarm-agent"), dir.join("swarm")))
 }
 
-/// Pushes `image` to `registry` (plain HTTP) as `swarm-agent:TAG`; the pushed reference with
-/// its manifest digest.
-pub async fn push(registry: &str, image: &BuiltImage, tag: &str) -> anyhow::Result<String> {
-    let reg = Registry::new(registry)?;
+/// Pushes `image` to `registry` (over HTTPS, or plain HTTP when `insecure`) as
+/// `swarm-agent:TAG`; the pushed reference with its manifest digest.
+pub async fn push(
+    registry: &str,
+    insecure: bool,
+    image: &BuiltImage,
+    tag: &str,
+) -> anyhow::Result<String> {
+    let reg = if insecure {
+        Registry::insecure(registry)?
+    } else {
+        Registry::new(registry)?
+    };
     let r = reg
         .push(image, REPOSITORY, tag)
         .await
@@ -147,9 +156,9 @@ pub async fn push(registry: &str, image: &BuiltImage, tag: &str) -> anyhow::Resu
     ))
 }
 
-/// `cargo xtask image agent --registry HOST:PORT [--tag TAG]`: the static binaries built, the
+/// `cargo xtask image agent --registry HOST:PORT [--insecure] [--tag TAG]`: the static binaries built, the
 /// image made of them and pushed; prints the reference and the sizes.
-pub fn build_and_push(registry: &str, tag: &str) -> anyhow::Result<()> {
+pub fn build_and_push(registry: &str, insecure: bool, tag: &str) -> anyhow::Result<()> {
     let (agent, cli) = build_static()?;
     for b in [&agent, &cli] {
         if !shared_libraries(b)?.is_empty() {
@@ -162,7 +171,7 @@ pub fn build_and_push(registry: &str, tag: &str) -> anyhow::Result<()> {
     let image = agent_image(&agent, &cli, env!("CARGO_PKG_VERSION"))?;
     let layer: usize = image.layers.iter().map(|(_, blob)| blob.len()).sum();
     let rt = tokio::runtime::Runtime::new()?;
-    let pushed = rt.block_on(push(registry, &image, tag))?;
+    let pushed = rt.block_on(push(registry, insecure, &image, tag))?;
     println!("{pushed}");
     println!(
         "swarm-agent {} bytes, swarm {} bytes; one layer of {layer} bytes compressed",
@@ -170,6 +179,185 @@ pub fn build_and_push(registry: &str, tag: &str) -> anyhow::Result<()> {
         std::fs::metadata(&cli)?.len()
     );
     Ok(())
+}
+
+/// Every capability runc 1.1 knows (`CAP_CHOWN` … `CAP_CHECKPOINT_RESTORE`): the agent's
+/// container is privileged.
+pub const ALL_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// What the agent's container is made of: the image's files mounted at `rootfs` (`ctr images
+/// mount --rw`), the agent's command line, its environment, the host directories bound at the
+/// same path (`/run`, the data root: every path the agent hands containerd means the same on
+/// the host) and its cgroup.
+pub struct AgentContainer {
+    pub rootfs: PathBuf,
+    /// The whole command line, [`AGENT_PATH`] first.
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    /// Host directories bound at the same path, recursively, with shared propagation (what
+    /// the agent mounts below them, task namespaces and secret tmpfs, must reach the host).
+    pub shared_binds: Vec<PathBuf>,
+    /// Host directories bound at the same path, recursively.
+    pub binds: Vec<PathBuf>,
+    /// Host files bound read-only at the same path (the resolver configuration the embedded
+    /// DNS server forwards to).
+    pub read_only: Vec<PathBuf>,
+    /// The cgroup of the container (`linux.cgroupsPath`).
+    pub cgroup: String,
+    /// The capabilities it gets: every one for a privileged container, or those of this
+    /// host's bounding set ([`bounding_capabilities`]), as `ctr run --privileged` does.
+    pub capabilities: Vec<String>,
+}
+
+/// The capabilities of [`ALL_CAPABILITIES`] in this process's bounding set (`CapBnd` of
+/// `/proc/self/status`): a host, or a sandbox, may lack some, and runc cannot grant a
+/// capability it does not have ("unable to apply caps: operation not permitted").
+pub fn bounding_capabilities() -> anyhow::Result<Vec<String>> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .context("no CapBnd in /proc/self/status")?;
+    let mask = u64::from_str_radix(hex.trim(), 16).context("parsing CapBnd")?;
+    Ok(capabilities_in(mask))
+}
+
+/// The capabilities of [`ALL_CAPABILITIES`] (listed by number) whose bit is set in `mask`.
+fn capabilities_in(mask: u64) -> Vec<String> {
+    ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| mask & (1 << bit) != 0)
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
+impl AgentContainer {
+    /// The agent's container on a host laid out as README shows it: rootfs
+    /// `/run/swarm-agent/rootfs`, `/run` shared, data root `/var/lib/swarm`, cgroup
+    /// `/swarm-agent`, the agent's default flags.
+    pub fn on_host() -> AgentContainer {
+        AgentContainer {
+            rootfs: PathBuf::from("/run/swarm-agent/rootfs"),
+            args: vec![AGENT_PATH.to_string()],
+            env: vec!["PATH=/usr/local/bin:/usr/bin:/bin".to_string()],
+            shared_binds: vec![PathBuf::from("/run")],
+            binds: vec![PathBuf::from("/var/lib/swarm")],
+            read_only: vec![PathBuf::from("/etc/resolv.conf")],
+            cgroup: "/swarm-agent".to_string(),
+            capabilities: ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    /// The OCI runtime spec (`config.json`) `ctr run --config` runs: privileged (every
+    /// capability, no seccomp or AppArmor profile, every device), the host's network, PID and
+    /// cgroup namespaces by having no entry for them (an entry with the path
+    /// `/proc/1/ns/pid` is refused by runc 1.1: "can't get final child's PID from pipe"), a
+    /// mount namespace of its own with shared root propagation, a fresh `/proc` and `/sys`,
+    /// the host's `/dev`, `/sys/fs/cgroup` and bpffs, a tmpfs at `/tmp`, and the binds.
+    pub fn runtime_spec(&self) -> serde_json::Value {
+        let path = |p: &Path| p.to_string_lossy().to_string();
+        let bind = |p: &Path, options: &[&str]| {
+            serde_json::json!({
+                "destination": path(p),
+                "type": "bind",
+                "source": path(p),
+                "options": options,
+            })
+        };
+        let mut mounts = vec![
+            serde_json::json!({
+                "destination": "/proc", "type": "proc", "source": "proc",
+                "options": ["nosuid", "noexec", "nodev"],
+            }),
+            bind(Path::new("/dev"), &["rbind", "rw"]),
+            serde_json::json!({
+                "destination": "/sys", "type": "sysfs", "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "rw"],
+            }),
+            bind(Path::new("/sys/fs/cgroup"), &["rbind", "rw"]),
+            bind(Path::new("/sys/fs/bpf"), &["rbind", "rw"]),
+            // The root is read-only: the agent's scratch space (the views of images it reads
+            // files from are mounted below it, in the container's mount namespace only).
+            serde_json::json!({
+                "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777"],
+            }),
+        ];
+        mounts.extend(
+            self.shared_binds
+                .iter()
+                .map(|p| bind(p, &["rbind", "rshared", "rw"])),
+        );
+        mounts.extend(self.binds.iter().map(|p| bind(p, &["rbind", "rw"])));
+        mounts.extend(self.read_only.iter().map(|p| bind(p, &["rbind", "ro"])));
+        serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "user": { "uid": 0, "gid": 0 },
+                "args": self.args,
+                "env": self.env,
+                "cwd": "/",
+                "capabilities": {
+                    "bounding": self.capabilities,
+                    "effective": self.capabilities,
+                    "permitted": self.capabilities,
+                },
+                "noNewPrivileges": false,
+            },
+            "root": { "path": path(&self.rootfs), "readonly": true },
+            "mounts": mounts,
+            "linux": {
+                "namespaces": [{ "type": "mount" }, { "type": "ipc" }],
+                "rootfsPropagation": "rshared",
+                "cgroupsPath": self.cgroup,
+                "resources": { "devices": [{ "allow": true, "access": "rwm" }] },
+            },
+        })
+    }
 }
 
 #[cfg(test)]
@@ -223,5 +411,62 @@ mod tests {
         // Another version is another image.
         let other = agent_image(t, t, "9.9.10").unwrap();
         assert_ne!(other.manifest_digest, image.manifest_digest);
+    }
+
+    #[test]
+    fn the_agent_spec_shares_the_hosts_pid_and_network_namespaces_by_naming_neither() {
+        let spec = AgentContainer::on_host().runtime_spec();
+        let ns: Vec<&str> = spec["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(ns, ["mount", "ipc"]);
+        assert!(spec["linux"].get("seccomp").is_none());
+        assert!(spec["process"].get("apparmorProfile").is_none());
+        let caps = spec["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
+        assert_eq!(caps.len(), ALL_CAPABILITIES.len());
+        let run = spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/run")
+            .unwrap();
+        assert_eq!(
+            run["options"],
+            serde_json::json!(["rbind", "rshared", "rw"])
+        );
+    }
+
+    #[test]
+    fn capabilities_are_numbered_as_the_kernel_numbers_them() {
+        // CAP_SYS_RESOURCE is 24, CAP_BPF 39, CAP_CHECKPOINT_RESTORE 40 (linux/capability.h).
+        assert_eq!(ALL_CAPABILITIES[24], "CAP_SYS_RESOURCE");
+        assert_eq!(ALL_CAPABILITIES[39], "CAP_BPF");
+        assert_eq!(ALL_CAPABILITIES.len(), 41);
+        let without_sys_resource = capabilities_in(0x1fffeffffff);
+        assert_eq!(without_sys_resource.len(), 40);
+        assert!(!without_sys_resource.iter().any(|c| c == "CAP_SYS_RESOURCE"));
+        assert_eq!(capabilities_in(0b101), ["CAP_CHOWN", "CAP_DAC_READ_SEARCH"]);
+    }
+
+    #[test]
+    fn the_readme_shows_the_spec_the_code_makes() {
+        let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+        let start = readme
+            .find("```json\n{\n  \"ociVersion\"")
+            .expect("README shows the agent's runtime spec in a json block");
+        let block = &readme[start + "```json\n".len()..];
+        let block = &block[..block.find("```").unwrap()];
+        let shown: serde_json::Value = serde_json::from_str(block).unwrap();
+        assert_eq!(
+            shown,
+            AgentContainer::on_host().runtime_spec(),
+            "README's spec is not what AgentContainer::on_host makes; print it with \
+             serde_json::to_string_pretty"
+        );
     }
 }

@@ -352,7 +352,7 @@ impl Lab {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(agent_image::push(&addr, &image, &tag))
+            rt.block_on(agent_image::push(&addr, true, &image, &tag))
         })
     }
 

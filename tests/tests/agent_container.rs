@@ -50,12 +50,18 @@ fn task_containers(lab: &Lab) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
+/// The pid of the node's agent (the container's process, `ctr run --pid-file`).
+fn agent_pid(node: &LabNode) -> String {
+    let pidfile = node.dir().join("agent.pid");
+    std::fs::read_to_string(&pidfile)
+        .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()))
+        .trim()
+        .to_string()
+}
+
 /// The node's agent process: its cgroup (from /proc) must be the agent container's.
 fn agent_cgroup_of(node: &LabNode) -> String {
-    let pidfile = node.dir().join("agent.pid");
-    let pid =
-        std::fs::read_to_string(&pidfile).unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()));
-    std::fs::read_to_string(format!("/proc/{}/cgroup", pid.trim())).unwrap_or_default()
+    std::fs::read_to_string(format!("/proc/{}/cgroup", agent_pid(node))).unwrap_or_default()
 }
 
 /// Requests through a published port from outside every node, round robin over the nodes,
@@ -162,6 +168,7 @@ fn every_agent_container_replaced_by_a_newer_image_keeps_tasks_and_fails_no_requ
         .unwrap_or_else(|e| panic!("{addr} never answered: {e:#}\n{}", lab.logs()));
     }
     let before = task_containers(&lab);
+    let agents_before: Vec<String> = lab.nodes().iter().map(agent_pid).collect();
     assert!(
         before
             .values()
@@ -258,8 +265,21 @@ fn every_agent_container_replaced_by_a_newer_image_keeps_tasks_and_fails_no_requ
         "the VIP client finished before the last agent was replaced: it did not cover the upgrade"
     );
 
-    // Every agent runs the newer image; the tasks are the same containers.
-    for n in lab.nodes() {
+    // Every agent runs the newer image, as a new process in its container's cgroup; the tasks
+    // are the same containers.
+    for (n, old_pid) in lab.nodes().iter().zip(&agents_before) {
+        assert_ne!(
+            &agent_pid(n),
+            old_pid,
+            "{}'s agent was not replaced",
+            n.name()
+        );
+        let cg = agent_cgroup_of(n);
+        assert!(
+            cg.contains(&format!("/{}", n.agent_cgroup())),
+            "{}'s new agent is not in its container's cgroup: {cg}",
+            n.name()
+        );
         assert_eq!(n.running_agent_image().unwrap(), next, "{}", n.name());
         assert!(n.agent_running(), "{}", n.agent_log_tail());
     }

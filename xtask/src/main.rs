@@ -10,7 +10,7 @@
 //!   (virtme-ng, QEMU without KVM); part of `test`.
 //! - `cargo xtask powerloss [--without-raft-fsync]`: acknowledged writes survive a power cut
 //!   (QEMU killed under a manager in a VM, then a reboot over the same disk); part of `test`.
-//! - `cargo xtask image agent --registry HOST:PORT [--tag TAG]`: the agent image (static
+//! - `cargo xtask image agent --registry HOST:PORT [--insecure] [--tag TAG]`: the agent image (static
 //!   `swarm-agent` and `swarm`), built and pushed.
 //! - `cargo xtask lab [up|exec|registry|status|down]`: the multi-node lab (a network namespace,
 //!   containerd and swarm-agent per node; see xtask/src/lab.rs).
@@ -188,9 +188,12 @@ enum ImageCmd {
     /// The agent image: `swarm-agent` and `swarm` built static (musl, release, stripped) in
     /// one layer, pushed as REGISTRY/swarm-agent:TAG (README: "The agent as a container").
     Agent {
-        /// host:port of the registry (plain HTTP).
+        /// host:port of the registry (HTTPS).
         #[arg(long)]
         registry: String,
+        /// The registry serves plain HTTP (Docker's insecure registry).
+        #[arg(long)]
+        insecure: bool,
         #[arg(long, default_value = "latest")]
         tag: String,
     },
@@ -433,8 +436,13 @@ fn main() -> anyhow::Result<()> {
             what: ImagesCmd::Push { registry },
         } => images_push(&registry),
         Cmd::Image {
-            what: ImageCmd::Agent { registry, tag },
-        } => image_agent(&registry, &tag),
+            what:
+                ImageCmd::Agent {
+                    registry,
+                    insecure,
+                    tag,
+                },
+        } => image_agent(&registry, insecure, &tag),
         Cmd::Images {
             what: ImagesCmd::Build,
         } => images_build(),
@@ -464,12 +472,12 @@ fn images_push(registry: &str) -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "lab")]
-fn image_agent(registry: &str, tag: &str) -> anyhow::Result<()> {
-    tests::agent_image::build_and_push(registry, tag)
+fn image_agent(registry: &str, insecure: bool, tag: &str) -> anyhow::Result<()> {
+    tests::agent_image::build_and_push(registry, insecure, tag)
 }
 
 #[cfg(not(feature = "lab"))]
-fn image_agent(_registry: &str, _tag: &str) -> anyhow::Result<()> {
+fn image_agent(_registry: &str, _insecure: bool, _tag: &str) -> anyhow::Result<()> {
     rerun_with_lab()
 }
 

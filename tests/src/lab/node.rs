@@ -22,6 +22,10 @@ pub const CONTAINERD_NAMESPACE: &str = "swarm";
 /// The containerd namespace of the agent's own container (agent-container mode): not the
 /// tasks' namespace.
 pub const AGENT_NAMESPACE: &str = "swarm-system";
+/// The label of the agent's container naming the image it runs.
+pub const AGENT_IMAGE_LABEL: &str = "io.swarm.agent.image";
+/// The label that keeps containerd's garbage collector off the agent's mounted root.
+const GC_ROOT_LABEL: &str = "containerd.io/gc.root=swarm-agent";
 /// The tag of the agent image the lab builds from the test build.
 pub const LAB_AGENT_TAG: &str = "lab";
 /// The agent's metrics address inside each node's namespace.
@@ -249,8 +253,7 @@ impl LabNode {
             .arg(METRICS_ADDR)
             // The lab's registry serves plain HTTP: listed insecure, as Docker's daemons must.
             .arg("--insecure-registry")
-            .arg(&self.registry)
-            .env("RUST_LOG", AGENT_LOG_FILTER);
+            .arg(&self.registry);
         // `SWARM_TEST_TC_ATTACH=legacy` runs the lab's data planes with clsact filters (as on
         // kernels before 6.6), like swarm-agent's own data-plane tests.
         if let Ok(tc) = std::env::var(swarm_agent::network::testbed::TC_ATTACH_ENV) {
@@ -298,60 +301,86 @@ impl LabNode {
             .map(drop)
     }
 
-    /// The image of the node's agent container, as containerd records it.
+    /// The image of the node's agent container, as its label [`AGENT_IMAGE_LABEL`] records
+    /// it (a container made from a runtime spec has no image of its own in containerd).
     pub fn running_agent_image(&self) -> anyhow::Result<String> {
         let info = self.ctr_agent(&["containers", "info", &self.agent_container_id()])?;
         let v: serde_json::Value = serde_json::from_str(&info)
             .with_context(|| format!("parsing `ctr containers info`: {info}"))?;
-        v.get("Image")
+        v.get("Labels")
+            .and_then(|l| l.get(AGENT_IMAGE_LABEL))
             .and_then(|i| i.as_str())
             .map(str::to_string)
-            .with_context(|| format!("no Image in {info}"))
+            .with_context(|| format!("no label {AGENT_IMAGE_LABEL} in {info}"))
     }
 
-    /// The agent's container as the README's `ctr run` line makes it: privileged, the node's
-    /// network (containerd's), the host's PID namespace, the lab root (data root, exec root,
-    /// sockets, resolv.conf) bound at the same path with shared propagation (the task
-    /// namespaces and secret tmpfs the agent mounts reach the host), bpffs and the cgroup
-    /// hierarchies. Its output goes to the agent's log, its pid to the agent's pid file.
+    /// Where the node's agent image is mounted as its container's root (`ctr images mount`).
+    pub fn agent_rootfs(&self) -> PathBuf {
+        self.dir.join("agent-rootfs")
+    }
+
+    /// The agent's container as README shows it: the image mounted writable at
+    /// [`Self::agent_rootfs`] (`ctr images mount --rw`, its snapshot labelled a GC root), the
+    /// runtime spec of [`agent_image::AgentContainer`] (privileged, no network or PID namespace
+    /// entry: the node's network, containerd's, and the host's PIDs) run by `ctr run
+    /// --config`. The lab root (data root, exec root, sockets, resolv.conf) is bound at the
+    /// same path with shared propagation (the task namespaces and secret tmpfs the agent
+    /// mounts reach the host). Its output goes to the agent's log, its pid to the agent's pid
+    /// file.
     fn run_agent_container(&self, image: &str) -> anyhow::Result<()> {
         let id = self.agent_container_id();
-        // A container of an earlier agent (killed, or stopped) goes first.
+        // A container of an earlier agent (killed, or stopped) goes first, with its root.
         let _ = self.ctr_agent(&["tasks", "delete", "--force", &id]);
         let _ = self.ctr_agent(&["containers", "delete", &id]);
+        let rootfs = self.agent_rootfs();
+        let r = rootfs.to_string_lossy().to_string();
+        if sys::mounts_under(&rootfs).contains(&rootfs) {
+            self.ctr_agent(&["images", "unmount", "--rm", &r])?;
+        } else {
+            // A snapshot left by an earlier mount that is gone.
+            let _ = self.ctr_agent(&["images", "unmount", "--rm", &r]);
+        }
         self.pull_agent_image(image)?;
-        let bind = |p: &Path, options: &str| {
-            format!(
-                "type=bind,src={p},dst={p},options={options}",
-                p = p.display()
-            )
-        };
+        std::fs::create_dir_all(&rootfs)?;
+        self.ctr_agent(&["images", "mount", "--rw", image, &r])?;
+        self.ctr_agent(&["snapshots", "label", &r, GC_ROOT_LABEL])?;
+        let spec = agent_image::AgentContainer {
+            rootfs,
+            args: std::iter::once(agent_image::AGENT_PATH.into())
+                .chain(
+                    self.agent_args()
+                        .into_iter()
+                        .map(|a| a.to_string_lossy().into_owned()),
+                )
+                .collect(),
+            env: vec![
+                "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+                format!("RUST_LOG={AGENT_LOG_FILTER}"),
+            ],
+            shared_binds: vec![self.root.clone()],
+            binds: Vec::new(),
+            read_only: Vec::new(),
+            cgroup: format!("/{}", self.agent_cgroup()),
+            capabilities: agent_image::bounding_capabilities()?,
+        }
+        .runtime_spec();
+        let spec_path = self.dir.join("agent-spec.json");
+        std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)
+            .with_context(|| format!("writing {}", spec_path.display()))?;
         let mut cmd = self.command(CTR)?;
         daemon_env(&mut cmd);
         cmd.arg("--address")
             .arg(self.containerd_socket())
-            .args(["-n", AGENT_NAMESPACE, "run", "--detach", "--privileged"])
-            .args(["--net-host", "--with-ns", "pid:/proc/1/ns/pid"])
-            .args(["--rootfs-propagation", "rshared"])
-            .arg("--cgroup")
-            .arg(format!("/{}", self.agent_cgroup()))
+            .args(["-n", AGENT_NAMESPACE, "run", "--detach", "--config"])
+            .arg(&spec_path)
             .arg("--log-uri")
             .arg(format!("file://{}", self.agent_log().display()))
             .arg("--pid-file")
             .arg(self.agent.pidfile())
             .args(["--label", "io.swarm.role=agent"])
-            .arg("--env")
-            .arg(format!("RUST_LOG={AGENT_LOG_FILTER}"))
-            .arg("--mount")
-            .arg(bind(&self.root, "rbind:rshared:rw"))
-            .arg("--mount")
-            .arg(bind(Path::new(sys::BPF_ROOT), "rbind:rw"))
-            .arg("--mount")
-            .arg(bind(Path::new("/sys/fs/cgroup"), "rbind:rw"))
-            .arg(image)
-            .arg(&id)
-            .arg(agent_image::AGENT_PATH)
-            .args(self.agent_args());
+            .arg("--label")
+            .arg(format!("{AGENT_IMAGE_LABEL}={image}"))
+            .arg(&id);
         sys::run(&mut cmd)
             .with_context(|| format!("starting the agent container of {}", self.name))?;
         Ok(())
