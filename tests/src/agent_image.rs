@@ -25,6 +25,9 @@ pub const REPOSITORY: &str = "swarm-agent";
 /// The image label carrying the version it was built as.
 pub const VERSION_LABEL: &str = "org.opencontainers.image.version";
 
+/// The C compiler for the musl target (Debian's musl-tools).
+pub const MUSL_GCC: &str = "/usr/bin/musl-gcc";
+
 /// The cargo arguments that build the static binaries of the image.
 pub const BUILD_STATIC_ARGS: &[&str] = &[
     "build",
@@ -120,9 +123,14 @@ pub fn stripped_copy(bin: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
 /// Adds the musl target with rustup when it is missing. Never from inside a test.
 pub fn build_static() -> anyhow::Result<(PathBuf, PathBuf)> {
     crate::images::ensure_musl_target()?;
+    // ring (under rustls, the registry client's TLS) compiles C and assembly for the target.
+    if !Path::new(MUSL_GCC).is_file() {
+        bail!("{MUSL_GCC} is missing: the static build needs a musl C compiler (apt-get install musl-tools)");
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(BUILD_STATIC_ARGS)
+        .env("CC_x86_64_unknown_linux_musl", MUSL_GCC)
         .current_dir(workspace_root())
         .status()
         .with_context(|| format!("starting {cargo}"))?;

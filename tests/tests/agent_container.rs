@@ -64,6 +64,18 @@ fn agent_cgroup_of(node: &LabNode) -> String {
     std::fs::read_to_string(format!("/proc/{}/cgroup", agent_pid(node))).unwrap_or_default()
 }
 
+/// The node's agent runs as the container of `image`, its process in the container's cgroup.
+fn assert_agent_container(n: &LabNode, image: &str) {
+    assert_eq!(n.running_agent_image().unwrap(), image, "{}", n.name());
+    let cg = agent_cgroup_of(n);
+    assert!(
+        cg.contains(&format!("/{}", n.agent_cgroup())),
+        "{}'s agent is not in its container's cgroup: {cg}",
+        n.name()
+    );
+    assert!(n.agent_running(), "{}", n.agent_log_tail());
+}
+
 /// Requests through a published port from outside every node, round robin over the nodes,
 /// one at a time, until `stop` (or `max`): (answers, failures with the node asked).
 fn publish_loop(lab: &Lab, port: u16, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
@@ -105,19 +117,7 @@ fn every_agent_container_replaced_by_a_newer_image_keeps_tasks_and_fails_no_requ
     // Every agent is the container of the lab's image, in a namespace and cgroup of its own:
     // not among the tasks' containers.
     for n in lab.nodes() {
-        assert_eq!(
-            n.running_agent_image().unwrap(),
-            first_image,
-            "{}",
-            n.name()
-        );
-        let cg = agent_cgroup_of(n);
-        assert!(
-            cg.contains(&format!("/{}", n.agent_cgroup())),
-            "{}'s agent is not in its container's cgroup: {cg}",
-            n.name()
-        );
-        assert!(n.agent_running(), "{}", n.agent_log_tail());
+        assert_agent_container(n, &first_image);
     }
 
     let whoami = format!("{}/whoami:latest", lab.registry());
@@ -274,14 +274,7 @@ fn every_agent_container_replaced_by_a_newer_image_keeps_tasks_and_fails_no_requ
             "{}'s agent was not replaced",
             n.name()
         );
-        let cg = agent_cgroup_of(n);
-        assert!(
-            cg.contains(&format!("/{}", n.agent_cgroup())),
-            "{}'s new agent is not in its container's cgroup: {cg}",
-            n.name()
-        );
-        assert_eq!(n.running_agent_image().unwrap(), next, "{}", n.name());
-        assert!(n.agent_running(), "{}", n.agent_log_tail());
+        assert_agent_container(n, &next);
     }
     assert_eq!(task_containers(&lab), before, "the task containers changed");
     let web_after = wait_running(&lab, "web", 3);
