@@ -134,10 +134,10 @@ fn loopback_up() -> io::Result<()> {
         for (i, b) in b"lo\0".iter().enumerate() {
             req.ifr_name[i] = *b as libc::c_char;
         }
-        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS as libc::Ioctl, &mut req);
         if rc == 0 {
             req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req);
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS as libc::Ioctl, &mut req);
         }
         let err = io::Error::last_os_error();
         libc::close(fd);
@@ -222,7 +222,7 @@ mod tests {
                         for (i, b) in n.bytes().chain([0]).enumerate() {
                             req.ifr_name[i] = b as libc::c_char;
                         }
-                        libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+                        libc::ioctl(fd, libc::SIOCGIFFLAGS as libc::Ioctl, &mut req);
                         libc::close(fd);
                         req.ifr_ifru.ifru_flags & libc::IFF_UP as libc::c_short != 0
                     };

@@ -477,7 +477,7 @@ fn terminal_width() -> usize {
     // call fails and we fall back.
     unsafe {
         let mut ws: libc::winsize = std::mem::zeroed();
-        if libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0 {
+        if libc::ioctl(1, libc::TIOCGWINSZ as libc::Ioctl, &mut ws) == 0 && ws.ws_col > 0 {
             return ws.ws_col as usize;
         }
     }

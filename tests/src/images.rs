@@ -95,6 +95,21 @@ pub fn whoami_build_hint() -> String {
 /// musl target with rustup when it is missing. Never call this from inside a test (it runs
 /// cargo, which waits for the lock the test run holds): tests use [`whoami_path`].
 pub fn build_whoami() -> anyhow::Result<PathBuf> {
+    ensure_musl_target()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(BUILD_WHOAMI_ARGS)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("starting {cargo}"))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", BUILD_WHOAMI_ARGS.join(" "));
+    }
+    Ok(whoami_path(&workspace_root().join("target")))
+}
+
+/// Adds the musl target with rustup when it is missing.
+pub fn ensure_musl_target() -> anyhow::Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
@@ -108,16 +123,7 @@ pub fn build_whoami() -> anyhow::Result<PathBuf> {
             bail!("rustup target add {MUSL} failed");
         }
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(BUILD_WHOAMI_ARGS)
-        .current_dir(workspace_root())
-        .status()
-        .with_context(|| format!("starting {cargo}"))?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", BUILD_WHOAMI_ARGS.join(" "));
-    }
-    Ok(whoami_path(&workspace_root().join("target")))
+    Ok(())
 }
 
 /// Pushes both images to `registry` (plain HTTP) as `whoami:latest` and `busybox:latest`;

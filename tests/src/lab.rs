@@ -15,6 +15,11 @@
 //! Processes enter only the node's network namespace: they share the host's mount namespace,
 //! so the agent's bind mounts of task namespaces are visible to containerd and runc.
 //!
+//! In agent-container mode ([`LabConfig::agent_container`]) each node's agent is instead the
+//! agent image's container in the node's containerd (namespace `swarm-system`), started as the
+//! README's `ctr run` line does, from an image the lab builds of its own binaries and pushes to
+//! its registry; the lab root is then a shared mount, bound into those containers `rshared`.
+//!
 //! [`Lab::cleanup`] tears a lab down from its name and root alone (namespaces named
 //! `<name>-ul`/`<name>-node<i>`, cgroups `<name>-node<i>` in every hierarchy, mounts under
 //! root), so it works after a crash, from another process, and on a half-built lab.
@@ -43,8 +48,10 @@ use anyhow::{bail, Context};
 use swarm_agent::containerd::testbed;
 
 pub use cleanup::Cleanup;
-pub use config::{validate_name, LabConfig, NODE_NET, REGISTRY_PORT, UNDERLAY_IP};
-pub use node::{http_get_in, LabNode, CONTAINERD_NAMESPACE, METRICS_ADDR};
+pub use config::{validate_name, LabConfig, AGENT_MODE_ENV, NODE_NET, REGISTRY_PORT, UNDERLAY_IP};
+pub use node::{
+    http_get_in, LabNode, AGENT_NAMESPACE, CONTAINERD_NAMESPACE, LAB_AGENT_TAG, METRICS_ADDR,
+};
 pub use state::STATE_FILE;
 pub use underlay::{
     ExtraRegistry, Underlay, UPSTREAM_TEST_ADDR, UPSTREAM_TEST_NAME, UPSTREAM_TEST_ZONE,
@@ -52,7 +59,7 @@ pub use underlay::{
 
 use crate::client::AgentClient;
 use crate::helpers::wait_for;
-use crate::images;
+use crate::{agent_image, images};
 use config::registry_addr;
 use daemon::{pid_text, tail, DAEMON_PATH};
 
@@ -161,6 +168,17 @@ impl Lab {
             progress(name, &format!("  {r}"));
         }
         registry_ca::ensure(&self.cfg.root)?;
+        if self.cfg.agent_container {
+            // The agent's container binds the lab root with shared propagation: the task
+            // namespaces and files it mounts there must reach this mount namespace.
+            sys::make_shared_mount(&self.cfg.root)?;
+            progress(
+                name,
+                "building and pushing the agent image (agent-container mode)",
+            );
+            let r = self.push_agent_image(node::LAB_AGENT_TAG, node::LAB_AGENT_TAG)?;
+            progress(name, &format!("  {r}"));
+        }
         progress(name, "starting one containerd per node");
         for n in &self.nodes {
             n.spawn_containerd()?;
@@ -322,6 +340,24 @@ impl Lab {
     /// and `<it>/busybox:latest`).
     pub fn registry(&self) -> String {
         registry_addr()
+    }
+
+    /// Builds the agent image from this lab's binaries (stripped copies, with the libraries
+    /// they load), labelled `version`, and pushes it to the lab registry as
+    /// `swarm-agent:TAG`; returns `REGISTRY/swarm-agent:TAG@DIGEST`. A new version is a new
+    /// image to upgrade the agents to ([`LabNode::replace_agent`]).
+    pub fn push_agent_image(&self, tag: &str, version: &str) -> anyhow::Result<String> {
+        let dir = self.cfg.root.join("agent-image");
+        let agent = agent_image::stripped_copy(&self.cfg.bin_dir.join("swarm-agent"), &dir)?;
+        let cli = agent_image::stripped_copy(&self.cfg.bin_dir.join("swarm"), &dir)?;
+        let image = agent_image::agent_image(&agent, &cli, version)?;
+        let (addr, tag) = (registry_addr(), tag.to_string());
+        sys::on_netns_thread(&self.underlay.netns_path(), move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(agent_image::push(&addr, true, &image, &tag))
+        })
     }
 
     /// The underlay: its namespace, the registry and the upstream resolver.
@@ -487,6 +523,8 @@ fn preflight(cfg: &LabConfig) -> anyhow::Result<()> {
             "docker-registry",
         ),
         ("busybox", Some(images::BUSYBOX), "busybox-static"),
+        ("strip", None, "binutils"),
+        ("ldd", None, "libc-bin"),
     ] {
         let found = match path {
             Some(p) => Path::new(p).is_file(),

@@ -5,8 +5,10 @@
 //! - [`client`]: what a test does with a node of either ([`AgentClient`]: the CLI and typed
 //!   reads of the Control API over the node's socket);
 //! - [`helpers`]: polling, the CLI's tables and JSON, task filters, a plain HTTP GET;
-//! - [`images`]: the test images; [`sim_executor`]: the simulated executor of `test-agent`.
+//! - [`images`]: the test images; [`agent_image`]: the agent's own image (`cargo xtask image
+//!   agent`, and the lab's agent-container mode); [`sim_executor`]: the simulated executor of `test-agent`.
 
+pub mod agent_image;
 pub mod client;
 pub mod faults;
 pub mod helpers;

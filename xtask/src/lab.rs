@@ -2,7 +2,8 @@
 //! and swarm-agent per node, a registry with the test images); see `tests::lab`.
 //!
 //! - `lab` (no verb): `lab up --managers 3 --workers 2`, a demo service, then exit leaving it up;
-//! - `lab up [--managers N] [--workers M] [--port P]`;
+//! - `lab up [--managers N] [--workers M] [--port P] [--agent-container]` (the agents as
+//!   containers of the agent image, built from the debug binaries);
 //! - `lab exec NODE -- CMD…`: CMD in the node's namespace (`swarm` talks to that node);
 //! - `lab registry`: the registry's `host:port`;
 //! - `lab status`;
@@ -30,10 +31,17 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
         .context("the xtask executable has no directory")
 }
 
-fn config(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow::Result<LabConfig> {
+fn config(
+    root: &Path,
+    managers: usize,
+    workers: usize,
+    port: u16,
+    agent_container: bool,
+) -> anyhow::Result<LabConfig> {
     let bin = bin_dir()?;
     let mut cfg = LabConfig::new(NAME, managers, workers, root, &bin);
     cfg.port = port;
+    cfg.agent_container = agent_container;
     cfg.whoami = images::whoami_path(
         bin.parent()
             .context("the binary directory has no parent (target)")?,
@@ -43,12 +51,18 @@ fn config(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow::Re
 
 /// Installs the missing packages, builds the daemon, the CLI and the whoami binary, removes a
 /// previous lab, and starts one.
-pub fn up(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow::Result<Lab> {
+pub fn up(
+    root: &Path,
+    managers: usize,
+    workers: usize,
+    port: u16,
+    agent_container: bool,
+) -> anyhow::Result<Lab> {
     // containerd, runc, docker-registry, busybox-static …: installed when missing (as root).
     crate::setup::ensure()?;
     crate::workspace::cargo(&["build", "-p", "swarm-agent", "-p", "swarm-cli"])?;
     images::build_whoami()?;
-    let cfg = config(root, managers, workers, port)?;
+    let cfg = config(root, managers, workers, port, agent_container)?;
     let previous = name_at(root);
     let c = Lab::cleanup(&previous, root)?;
     if !c.is_empty() {
@@ -68,8 +82,14 @@ fn attach(root: &Path) -> anyhow::Result<Lab> {
     Lab::attach(root).with_context(|| format!("no lab at {}", root.display()))
 }
 
-pub fn cmd_up(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow::Result<()> {
-    let lab = up(root, managers, workers, port)?;
+pub fn cmd_up(
+    root: &Path,
+    managers: usize,
+    workers: usize,
+    port: u16,
+    agent_container: bool,
+) -> anyhow::Result<()> {
+    let lab = up(root, managers, workers, port, agent_container)?;
     println!(
         "\n$ swarm node ls\n{}",
         lab.node(1).try_swarm(&["node", "ls"])?
@@ -82,7 +102,7 @@ pub fn cmd_up(root: &Path, managers: usize, workers: usize, port: u16) -> anyhow
 /// `cargo xtask lab`: a five-node lab with the demo service on an overlay network and a
 /// client task next to it, left running.
 pub fn demo(root: &Path) -> anyhow::Result<()> {
-    let lab = up(root, 3, 2, 2377)?;
+    let lab = up(root, 3, 2, 2377, false)?;
     let m = lab.node(1);
     let image = format!("{}/whoami:latest", lab.registry());
     let replicas = DEMO_REPLICAS.to_string();

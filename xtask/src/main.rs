@@ -10,6 +10,8 @@
 //!   (virtme-ng, QEMU without KVM); part of `test`.
 //! - `cargo xtask powerloss [--without-raft-fsync]`: acknowledged writes survive a power cut
 //!   (QEMU killed under a manager in a VM, then a reboot over the same disk); part of `test`.
+//! - `cargo xtask image agent --registry HOST:PORT [--insecure] [--tag TAG]`: the agent image (static
+//!   `swarm-agent` and `swarm`), built and pushed.
 //! - `cargo xtask lab [up|exec|registry|status|down]`: the multi-node lab (a network namespace,
 //!   containerd and swarm-agent per node; see xtask/src/lab.rs).
 //! - `cargo xtask fuzz [--target T] [--seconds 60]`: the cargo-fuzz targets of `fuzz/`, each
@@ -111,6 +113,11 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// The images the project ships.
+    Image {
+        #[command(subcommand)]
+        what: ImageCmd,
+    },
     /// Test images built from source (whoami for musl, Debian's busybox-static).
     Images {
         #[command(subcommand)]
@@ -155,6 +162,10 @@ enum LabCmd {
         /// Manager port on every node.
         #[arg(long, default_value_t = 2377)]
         port: u16,
+        /// Run every node's agent as the agent image's container in the node's containerd
+        /// (built from the debug binaries), not as a process.
+        #[arg(long)]
+        agent_container: bool,
     },
     /// Run a command in a node's network namespace (`swarm` talks to that node's daemon).
     Exec {
@@ -170,6 +181,22 @@ enum LabCmd {
     Status,
     /// Remove every namespace, mount, process, cgroup and file of the lab (also after a crash).
     Down,
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// The agent image: `swarm-agent` and `swarm` built static (musl, release, stripped) in
+    /// one layer, pushed as REGISTRY/swarm-agent:TAG (README: "The agent as a container").
+    Agent {
+        /// host:port of the registry (HTTPS).
+        #[arg(long)]
+        registry: String,
+        /// The registry serves plain HTTP (Docker's insecure registry).
+        #[arg(long)]
+        insecure: bool,
+        #[arg(long, default_value = "latest")]
+        tag: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -408,6 +435,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Images {
             what: ImagesCmd::Push { registry },
         } => images_push(&registry),
+        Cmd::Image {
+            what:
+                ImageCmd::Agent {
+                    registry,
+                    insecure,
+                    tag,
+                },
+        } => image_agent(&registry, insecure, &tag),
         Cmd::Images {
             what: ImagesCmd::Build,
         } => images_build(),
@@ -422,7 +457,8 @@ fn lab(root: &std::path::Path, verb: Option<LabCmd>) -> anyhow::Result<()> {
             managers,
             workers,
             port,
-        }) => lab::cmd_up(root, managers, workers, port),
+            agent_container,
+        }) => lab::cmd_up(root, managers, workers, port, agent_container),
         Some(LabCmd::Exec { node, cmd }) => lab::exec(root, &node, &cmd),
         Some(LabCmd::Registry) => lab::registry(root),
         Some(LabCmd::Status) => lab::status(root),
@@ -433,6 +469,16 @@ fn lab(root: &std::path::Path, verb: Option<LabCmd>) -> anyhow::Result<()> {
 #[cfg(feature = "lab")]
 fn images_push(registry: &str) -> anyhow::Result<()> {
     tests::images::push(registry)
+}
+
+#[cfg(feature = "lab")]
+fn image_agent(registry: &str, insecure: bool, tag: &str) -> anyhow::Result<()> {
+    tests::agent_image::build_and_push(registry, insecure, tag)
+}
+
+#[cfg(not(feature = "lab"))]
+fn image_agent(_registry: &str, _insecure: bool, _tag: &str) -> anyhow::Result<()> {
+    rerun_with_lab()
 }
 
 #[cfg(feature = "lab")]

@@ -17,6 +17,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // The registries with a login (swarm-oci's tests, the lab) need bcrypt htpasswd entries.
     ("/usr/bin/htpasswd", "apache2-utils"),
     ("/usr/bin/busybox", "busybox-static"),
+    // The agent image's static build (`image agent`): ring, under rustls, compiles C for musl.
+    ("/usr/bin/musl-gcc", "musl-tools"),
     ("/usr/bin/containerd", "containerd"),
     ("/usr/sbin/runc", "runc"),
     ("/usr/sbin/ip", "iproute2"),

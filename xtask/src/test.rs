@@ -1,8 +1,10 @@
 //! `cargo xtask test`: what CI runs. Installs what the build and the tests need when it is
 //! missing ([`crate::setup`]), builds every binary the end-to-end tests start and the static
 //! whoami binary of the lab's test images, then runs the whole suite; then the data-plane
-//! tests again with legacy tc forced (clsact filters on this kernel with TCX), in a VM with Debian 12's 6.1 kernel
-//! ([`crate::vm`]), and the power-loss test in that VM ([`crate::powerloss`]).
+//! tests again with legacy tc forced (clsact filters on this kernel with TCX), the overlay and
+//! VIP lab tests again with every agent as a container, the data-plane tests in a VM with
+//! Debian 12's 6.1 kernel ([`crate::vm`]), and the power-loss test in that VM
+//! ([`crate::powerloss`]).
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     crate::setup::ensure()?;
@@ -18,6 +20,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     args.extend(extra.iter().map(String::as_str));
     crate::workspace::cargo(&args)?;
     legacy_tc()?;
+    agent_containers()?;
     crate::vm::run()?;
     crate::powerloss::run(false)
 }
@@ -56,3 +59,30 @@ fn legacy_tc() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The lab tests of the overlay and of service VIPs again with every node's agent run as the
+/// agent image's container (`SWARM_LAB_AGENT=container`); the upgrade test
+/// (`tests/agent_container.rs`) runs in that mode in the suite itself.
+fn agent_containers() -> anyhow::Result<()> {
+    println!("the overlay and VIP lab tests again with every agent as a container");
+    let bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(&bin)
+        .args([
+            "test", "-p", "tests", "--test", "overlay", "--test", "services", "--",
+        ])
+        .args(["--test-threads=1", "--exact"])
+        .args(AGENT_CONTAINER_TESTS)
+        .env("SWARM_LAB_AGENT", "container")
+        .current_dir(crate::workspace::workspace_root())
+        .status()?;
+    if !status.success() {
+        anyhow::bail!("the lab tests with the agents as containers failed ({status})");
+    }
+    Ok(())
+}
+
+/// The overlay and VIP tests run again in agent-container mode.
+const AGENT_CONTAINER_TESTS: &[&str] = &[
+    "tasks_reach_each_other_across_nodes_networks_stay_apart_and_moved_tasks_follow",
+    "names_resolve_and_requests_spread_over_every_replica_from_a_node_without_one",
+];

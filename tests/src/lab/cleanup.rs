@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use super::config::validate_name;
-use super::node::CONTAINERD_NAMESPACE;
+use super::node::{AGENT_NAMESPACE, CONTAINERD_NAMESPACE};
 use super::state::{self, STATE_FILE};
 use super::sys;
 
@@ -244,11 +244,11 @@ pub fn cleanup(name: &str, root: &Path) -> anyhow::Result<Cleanup> {
         if id.is_empty() || id.contains('/') || id.starts_with('.') {
             continue;
         }
-        let d = Path::new(sys::RUNC_ROOT)
-            .join(CONTAINERD_NAMESPACE)
-            .join(id);
-        if d.is_dir() && std::fs::remove_dir_all(&d).is_ok() {
-            c.runtime_files += 1;
+        for ns in [CONTAINERD_NAMESPACE, AGENT_NAMESPACE] {
+            let d = Path::new(sys::RUNC_ROOT).join(ns).join(id);
+            if d.is_dir() && std::fs::remove_dir_all(&d).is_ok() {
+                c.runtime_files += 1;
+            }
         }
     }
 

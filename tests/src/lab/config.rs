@@ -35,7 +35,13 @@ pub struct LabConfig {
     /// A lab that lives only as long as the process that made it (tests): once that process
     /// is gone, [`Lab::sweep_stale`](super::Lab::sweep_stale) removes it.
     pub temporary: bool,
+    /// Agent-container mode: every node's agent runs as the agent image's container in the
+    /// node's containerd (built from `bin_dir`'s binaries), not as a process.
+    pub agent_container: bool,
 }
+
+/// `SWARM_LAB_AGENT=container` makes the test labs run their agents as containers.
+pub const AGENT_MODE_ENV: &str = "SWARM_LAB_AGENT";
 
 impl LabConfig {
     pub fn new(
@@ -55,6 +61,7 @@ impl LabConfig {
             bin_dir,
             port: 2377,
             temporary: false,
+            agent_container: false,
         }
     }
 

@@ -52,6 +52,11 @@ impl Daemon {
         }
     }
 
+    /// Where the pid is kept (a program that starts the process elsewhere writes it there).
+    pub(super) fn pidfile(&self) -> &Path {
+        &self.pidfile
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
         self.child.lock().unwrap_or_else(|p| p.into_inner())
     }

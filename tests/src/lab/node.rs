@@ -2,8 +2,10 @@
 //! their directories, sockets and logs; commands and threads inside the namespace, in a
 //! task's container or its namespace; what its containerd holds.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,10 +14,20 @@ use swarm_agent::containerd::testbed;
 use super::config::{registry_addr, LabConfig, NODE_NET};
 use super::daemon::{daemon_env, tail, Daemon, DAEMON_PATH};
 use super::sys;
+use crate::agent_image;
 use crate::client::{AgentClient, CliOutput};
 
 /// The containerd namespace the agents use.
 pub const CONTAINERD_NAMESPACE: &str = "swarm";
+/// The containerd namespace of the agent's own container (agent-container mode): not the
+/// tasks' namespace.
+pub const AGENT_NAMESPACE: &str = "swarm-system";
+/// The label of the agent's container naming the image it runs.
+pub const AGENT_IMAGE_LABEL: &str = "io.swarm.agent.image";
+/// The label that keeps containerd's garbage collector off the agent's mounted root.
+const GC_ROOT_LABEL: &str = "containerd.io/gc.root=swarm-agent";
+/// The tag of the agent image the lab builds from the test build.
+pub const LAB_AGENT_TAG: &str = "lab";
 /// The agent's metrics address inside each node's namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9323";
 pub(super) const CTR: &str = "/usr/bin/ctr";
@@ -32,6 +44,10 @@ pub struct LabNode {
     bin_dir: PathBuf,
     registry: String,
     registry_ca: PathBuf,
+    /// Agent-container mode: the agent image the node's agent container runs (else None).
+    agent_image: Option<Mutex<String>>,
+    /// The lab's root (bound into the agent's container at the same path).
+    root: PathBuf,
     pub(super) agent: Daemon,
     pub(super) containerd: Daemon,
 }
@@ -48,9 +64,22 @@ impl LabNode {
             bin_dir: cfg.bin_dir.clone(),
             registry: registry_addr(),
             registry_ca: super::registry_ca::cert_path(&cfg.root),
+            agent_image: cfg.agent_container.then(|| {
+                Mutex::new(format!(
+                    "{}/{}:{LAB_AGENT_TAG}",
+                    registry_addr(),
+                    agent_image::REPOSITORY
+                ))
+            }),
+            root: cfg.root.clone(),
             agent: Daemon::new(
                 format!("swarm-agent of {name}"),
-                cfg.bin_dir.join("swarm-agent"),
+                if cfg.agent_container {
+                    // The process of the container: its executable as the container sees it.
+                    PathBuf::from(agent_image::AGENT_PATH)
+                } else {
+                    cfg.bin_dir.join("swarm-agent")
+                },
                 dir.join("agent.pid"),
                 dir.join("agent.log"),
             ),
@@ -225,7 +254,18 @@ impl LabNode {
         let _ = std::fs::remove_file(self.socket());
         std::fs::create_dir_all(self.data_root())?;
         std::fs::create_dir_all(self.exec_root())?;
+        if let Some(image) = self.agent_image() {
+            return self.run_agent_container(&image);
+        }
         let mut cmd = Command::new(self.bin_dir.join("swarm-agent"));
+        cmd.args(self.agent_args())
+            .env("RUST_LOG", AGENT_LOG_FILTER);
+        self.spawn_daemon(&self.agent, cmd)
+    }
+
+    /// The agent's flags (the same on the host and in a container: every path is the host's).
+    fn agent_args(&self) -> Vec<OsString> {
+        let mut cmd = Command::new("swarm-agent");
         cmd.arg("--data-root")
             .arg(self.data_root())
             .arg("--socket")
@@ -251,8 +291,7 @@ impl LabNode {
             .arg(&self.registry)
             // Registries a test serves over TLS have certificates from the lab's CA.
             .arg("--registry-ca")
-            .arg(&self.registry_ca)
-            .env("RUST_LOG", AGENT_LOG_FILTER);
+            .arg(&self.registry_ca);
         // `SWARM_TEST_TC_ATTACH=legacy` runs the lab's data planes with clsact filters (as on
         // kernels before 6.6), like swarm-agent's own data-plane tests.
         if let Ok(tc) = std::env::var(swarm_agent::network::testbed::TC_ATTACH_ENV) {
@@ -260,7 +299,145 @@ impl LabNode {
                 cmd.arg("--tc-attach").arg(tc);
             }
         }
-        self.spawn_daemon(&self.agent, cmd)
+        cmd.get_args().map(OsString::from).collect()
+    }
+
+    // ---- the agent as a container (agent-container mode)
+
+    /// The agent image this node's agent container runs; None when the agent is a process.
+    pub fn agent_image(&self) -> Option<String> {
+        self.agent_image
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// The id of the node's agent container (in containerd namespace [`AGENT_NAMESPACE`]):
+    /// unique per lab and node, as runc's state directory is shared by every containerd.
+    pub fn agent_container_id(&self) -> String {
+        format!("swarm-agent-{}", self.netns())
+    }
+
+    /// The cgroup of the agent's container: beside the tasks' (`--cgroup-parent`), not in it.
+    pub fn agent_cgroup(&self) -> String {
+        format!("{}-agent", self.netns())
+    }
+
+    /// `ctr --address <node containerd> -n swarm-system ARGS…` in the node's namespace.
+    fn ctr_agent(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = self.command(CTR)?;
+        daemon_env(&mut cmd);
+        cmd.arg("--address")
+            .arg(self.containerd_socket())
+            .args(["-n", AGENT_NAMESPACE])
+            .args(args);
+        sys::run(&mut cmd).with_context(|| format!("ctr -n {AGENT_NAMESPACE} on {}", self.name))
+    }
+
+    /// Pulls an agent image into the node's containerd (from the lab registry, plain HTTP).
+    pub fn pull_agent_image(&self, image: &str) -> anyhow::Result<()> {
+        self.ctr_agent(&["images", "pull", "--plain-http", image])
+            .map(drop)
+    }
+
+    /// The image of the node's agent container, as its label [`AGENT_IMAGE_LABEL`] records
+    /// it (a container made from a runtime spec has no image of its own in containerd).
+    pub fn running_agent_image(&self) -> anyhow::Result<String> {
+        let info = self.ctr_agent(&["containers", "info", &self.agent_container_id()])?;
+        let v: serde_json::Value = serde_json::from_str(&info)
+            .with_context(|| format!("parsing `ctr containers info`: {info}"))?;
+        v.get("Labels")
+            .and_then(|l| l.get(AGENT_IMAGE_LABEL))
+            .and_then(|i| i.as_str())
+            .map(str::to_string)
+            .with_context(|| format!("no label {AGENT_IMAGE_LABEL} in {info}"))
+    }
+
+    /// Where the node's agent image is mounted as its container's root (`ctr images mount`).
+    pub fn agent_rootfs(&self) -> PathBuf {
+        self.dir.join("agent-rootfs")
+    }
+
+    /// The agent's container as README shows it: the image mounted writable at
+    /// [`Self::agent_rootfs`] (`ctr images mount --rw`, its snapshot labelled a GC root), the
+    /// runtime spec of [`agent_image::AgentContainer`] (privileged, no network or PID namespace
+    /// entry: the node's network, containerd's, and the host's PIDs) run by `ctr run
+    /// --config`. The lab root (data root, exec root, sockets, resolv.conf) is bound at the
+    /// same path with shared propagation (the task namespaces and secret tmpfs the agent
+    /// mounts reach the host). Its output goes to the agent's log, its pid to the agent's pid
+    /// file.
+    fn run_agent_container(&self, image: &str) -> anyhow::Result<()> {
+        let id = self.agent_container_id();
+        // A container of an earlier agent (killed, or stopped) goes first, with its root.
+        let _ = self.ctr_agent(&["tasks", "delete", "--force", &id]);
+        let _ = self.ctr_agent(&["containers", "delete", &id]);
+        let rootfs = self.agent_rootfs();
+        let r = rootfs.to_string_lossy().to_string();
+        if sys::mounts_under(&rootfs).contains(&rootfs) {
+            self.ctr_agent(&["images", "unmount", "--rm", &r])?;
+        } else {
+            // A snapshot left by an earlier mount that is gone.
+            let _ = self.ctr_agent(&["images", "unmount", "--rm", &r]);
+        }
+        self.pull_agent_image(image)?;
+        std::fs::create_dir_all(&rootfs)?;
+        self.ctr_agent(&["images", "mount", "--rw", image, &r])?;
+        self.ctr_agent(&["snapshots", "label", &r, GC_ROOT_LABEL])?;
+        let spec = agent_image::AgentContainer {
+            rootfs,
+            args: std::iter::once(agent_image::AGENT_PATH.into())
+                .chain(
+                    self.agent_args()
+                        .into_iter()
+                        .map(|a| a.to_string_lossy().into_owned()),
+                )
+                .collect(),
+            env: vec![
+                "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+                format!("RUST_LOG={AGENT_LOG_FILTER}"),
+            ],
+            shared_binds: vec![self.root.clone()],
+            binds: Vec::new(),
+            read_only: Vec::new(),
+            cgroup: format!("/{}", self.agent_cgroup()),
+            capabilities: agent_image::bounding_capabilities()?,
+        }
+        .runtime_spec();
+        let spec_path = self.dir.join("agent-spec.json");
+        std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)
+            .with_context(|| format!("writing {}", spec_path.display()))?;
+        let mut cmd = self.command(CTR)?;
+        daemon_env(&mut cmd);
+        cmd.arg("--address")
+            .arg(self.containerd_socket())
+            .args(["-n", AGENT_NAMESPACE, "run", "--detach", "--config"])
+            .arg(&spec_path)
+            .arg("--log-uri")
+            .arg(format!("file://{}", self.agent_log().display()))
+            .arg("--pid-file")
+            .arg(self.agent.pidfile())
+            .args(["--label", "io.swarm.role=agent"])
+            .arg("--label")
+            .arg(format!("{AGENT_IMAGE_LABEL}={image}"))
+            .arg(&id);
+        sys::run(&mut cmd)
+            .with_context(|| format!("starting the agent container of {}", self.name))?;
+        Ok(())
+    }
+
+    /// Replaces the node's agent container with one of `image` (an upgrade): the image is
+    /// pulled first, then the agent gets SIGTERM and its container is replaced. Its tasks and
+    /// its data plane are left as they are, for the new agent to adopt.
+    pub fn replace_agent(&self, image: &str) -> anyhow::Result<()> {
+        let Some(current) = &self.agent_image else {
+            anyhow::bail!(
+                "{}'s agent is a process, not a container: start the lab in agent-container mode",
+                self.name
+            );
+        };
+        self.pull_agent_image(image)?;
+        self.stop_agent()?;
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = image.to_string();
+        self.start_agent()
     }
 
     pub(super) fn wait_agent(&self) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@ pub(super) fn write(c: &LabConfig) -> anyhow::Result<()> {
         "whoami": c.whoami.to_string_lossy(),
         "registry": registry_addr(),
         "temporary": c.temporary,
+        "agent_container": c.agent_container,
         "owner_pid": std::process::id(),
     });
     let path = c.root.join(STATE_FILE);
@@ -64,6 +65,7 @@ pub(super) fn read(root: &Path) -> anyhow::Result<LabConfig> {
     cfg.port = u16::try_from(n("port")?).context("port in lab.json")?;
     cfg.whoami = PathBuf::from(s("whoami")?);
     cfg.temporary = v.get("temporary").and_then(|t| t.as_bool()) == Some(true);
+    cfg.agent_container = v.get("agent_container").and_then(|t| t.as_bool()) == Some(true);
     validate_name(&cfg.name)?;
     Ok(cfg)
 }

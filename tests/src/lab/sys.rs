@@ -138,11 +138,12 @@ pub fn is_lab_netns(lab: &str, ns: &str) -> bool {
         .is_some_and(|r| r == "ul" || is_node_suffix(r))
 }
 
-/// Whether `name` is one of the lab's cgroup names: `<lab>-node<N>`.
+/// Whether `name` is one of the lab's cgroup names: `<lab>-node<N>` (the tasks') or
+/// `<lab>-node<N>-agent` (the agent's container, in agent-container mode).
 pub fn is_lab_cgroup(lab: &str, name: &str) -> bool {
     name.strip_prefix(lab)
         .and_then(|r| r.strip_prefix('-'))
-        .is_some_and(is_node_suffix)
+        .is_some_and(|r| is_node_suffix(r.strip_suffix("-agent").unwrap_or(r)))
 }
 
 fn is_node_suffix(r: &str) -> bool {
@@ -374,6 +375,16 @@ pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Makes `dir` a mount point of its own with shared propagation (`mount --bind dir dir;
+/// mount --make-rshared dir`), so that what a container bound to it with `rshared` mounts
+/// below it reaches this mount namespace.
+pub fn make_shared_mount(dir: &Path) -> anyhow::Result<()> {
+    let d = dir.to_string_lossy().to_string();
+    run(Command::new("mount").args(["--bind", &d, &d]))?;
+    run(Command::new("mount").args(["--make-rshared", &d]))?;
+    Ok(())
+}
+
 /// Lazy unmount (MNT_DETACH).
 pub fn unmount(path: &Path) -> std::io::Result<()> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
@@ -402,6 +413,9 @@ mod tests {
         assert!(is_lab_cgroup("ab", "ab-node3"));
         assert!(!is_lab_cgroup("ab", "ab-ul"));
         assert!(!is_lab_cgroup("ab", "abc-node3"));
+        assert!(is_lab_cgroup("ab", "ab-node3-agent"));
+        assert!(!is_lab_cgroup("ab", "ab-node-agent"));
+        assert!(!is_lab_cgroup("ab", "ab-node3-agents"));
     }
 
     #[test]

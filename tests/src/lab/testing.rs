@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::config::{random_name, test_root};
+use super::config::{random_name, test_root, AGENT_MODE_ENV};
 use super::{sys, Lab, LabConfig, LabNode};
 use crate::client::AgentClient;
 
@@ -14,8 +14,9 @@ pub const LONG: Duration = Duration::from_secs(90);
 
 impl LabConfig {
     /// A temporary lab with a random 4-letter name, rooted in `/tmp/swl-<name>`, using the
-    /// binaries of this test build (target/debug). Removes the labs of test processes that
-    /// died without tearing theirs down first.
+    /// binaries of this test build (target/debug); its agents are containers when
+    /// `SWARM_LAB_AGENT=container`. Removes the labs of test processes that died without
+    /// tearing theirs down first.
     pub fn for_tests(managers: usize, workers: usize) -> LabConfig {
         for (name, e) in Lab::sweep_stale() {
             eprintln!("removing the stale test lab {name}: {e}");
@@ -28,6 +29,11 @@ impl LabConfig {
         };
         let mut cfg = LabConfig::new(&name, managers, workers, test_root(&name), crate::bin_dir());
         cfg.temporary = true;
+        cfg.agent_container = match std::env::var(AGENT_MODE_ENV).as_deref() {
+            Ok("container") => true,
+            Ok("" | "process") | Err(_) => false,
+            Ok(other) => panic!("{AGENT_MODE_ENV}={other:?}: use \"container\" or \"process\""),
+        };
         cfg
     }
 }
