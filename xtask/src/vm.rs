@@ -28,11 +28,6 @@ const GUEST_TESTS: &[&str] = &["network::probe::", "network::tests::"];
 /// over generic netlink, and the IPVS data path's table and rules against real packets.
 const GUEST_IPVS_TESTS: &str = "network::ipvs::";
 
-/// Left out of the VM run until it is fixed: on 6.1, adding a destination with port 8080 to
-/// an address-keyed IPVS service fails with EINVAL (seen in CI, 2026-12-06); the two IPVS
-/// tests of real packets through marks (round robin, weight 0, other networks) do run.
-const GUEST_IPVS_KNOWN_FAILING: &str = "ipvs_is_programmed_and_read_back_in_a_namespace";
-
 /// The lab test run in the guest (`tests/tests/kernel.rs`).
 const LAB_TEST: &str = "kernel";
 
@@ -87,7 +82,7 @@ start=$(date +%s)
 {tests} --test-threads=1 {filters}
 echo "guest: swarm-agent's tests took $(( $(date +%s) - start )) s"
 start=$(date +%s)
-{tests} --test-threads=1 --ignored {ipvs} --skip {ipvs_failing}
+{tests} --test-threads=1 --ignored {ipvs}
 echo "guest: the IPVS tests took $(( $(date +%s) - start )) s"
 # The guest's /tmp is an overlay, which containerd's overlay snapshots cannot sit on (the
 # lab keeps its files under /tmp): a tmpfs instead. A workspace under /tmp (a CI clone)
@@ -110,7 +105,6 @@ echo "guest: the two-node lab test took $(( $(date +%s) - start )) s"
         ws = ws.display(),
         filters = GUEST_TESTS.join(" "),
         ipvs = GUEST_IPVS_TESTS,
-        ipvs_failing = GUEST_IPVS_KNOWN_FAILING,
     )
 }
 

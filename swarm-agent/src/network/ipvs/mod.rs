@@ -62,6 +62,9 @@ pub const TCP: u16 = 6;
 /// `IPPROTO_UDP`.
 pub const UDP: u16 = 17;
 
+/// `IP_VS_SVC_F_HASHED`: set by the kernel on every service in its table.
+pub const SVC_F_HASHED: u32 = 0x0002;
+
 /// Which virtual service: packets carrying a firewall mark, or one address, protocol, port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ServiceKey {
@@ -133,7 +136,9 @@ impl Service {
                 SvcAttr::Port(v) => port = *v,
                 SvcAttr::Fwmark(v) => mark = *v,
                 SvcAttr::SchedName(v) => s.scheduler = v.clone(),
-                SvcAttr::Flags { flags, .. } => s.flags = *flags,
+                // HASHED is the kernel's own bookkeeping (the service is in its table),
+                // set on every service it reports and never one a caller asks for.
+                SvcAttr::Flags { flags, .. } => s.flags = *flags & !SVC_F_HASHED,
                 SvcAttr::Timeout(v) => s.timeout = *v,
                 SvcAttr::Netmask(_) | SvcAttr::Other(_) => {}
             }
@@ -388,7 +393,9 @@ impl Ipvs {
             .collect())
     }
 
-    /// Adds a destination to the service `key`.
+    /// Adds a destination to the service `key`. The kernel refuses (EINVAL) an address that
+    /// is not unicast in this namespace's routing (a namespace with no local route at all
+    /// makes every address broadcast).
     pub fn new_dest(&mut self, key: ServiceKey, d: &Destination) -> Result<(), IpvsError> {
         let m = request(
             IpvsCmd::NewDest,
