@@ -10,6 +10,7 @@
 //! missing ([`Ipvs::open`]); a kernel without it is named in the error.
 
 pub mod message;
+pub mod sandbox;
 pub mod table;
 
 use std::io;
