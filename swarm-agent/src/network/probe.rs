@@ -530,11 +530,7 @@ pub fn choose(
 }
 
 /// The IPVS mode: `why` it, and how the overlay's tc programs attach.
-fn ipvs_choice(
-    tc: TcAttachRequest,
-    probe: &KernelProbe,
-    why: &str,
-) -> Result<Choice, ChoiceError> {
+fn ipvs_choice(tc: TcAttachRequest, probe: &KernelProbe, why: &str) -> Result<Choice, ChoiceError> {
     let (attach, attach_why) = tc_attach(tc, probe)?;
     let mut missing: Vec<&'static str> = probe
         .missing_required()
@@ -670,7 +666,11 @@ mod tests {
         assert!(choose(DataPlaneRequest::Auto, TcAttachRequest::Auto, &p).is_err());
         p.ipvs = Some(Probed::Yes);
         let c = choose(DataPlaneRequest::Auto, TcAttachRequest::Auto, &p).unwrap();
-        assert_eq!((c.mode, c.attach), (Mode::Ipvs, Some(TcAttach::Legacy)), "{c}");
+        assert_eq!(
+            (c.mode, c.attach),
+            (Mode::Ipvs, Some(TcAttach::Legacy)),
+            "{c}"
+        );
         assert!(c.reason.contains("prog_cgroup_sock_addr"), "{c}");
         assert!(c.missing.contains(&"tcx"), "{c}");
         // The overlay's own features missing: IPVS cannot help.
@@ -725,7 +725,10 @@ mod tests {
         p.ipvs = Some(Probed::Yes);
         let c = choose(DataPlaneRequest::Ipvs, TcAttachRequest::Auto, &p).unwrap();
         assert_eq!((c.mode, c.attach), (Mode::Ipvs, Some(TcAttach::Tcx)), "{c}");
-        assert!(c.to_string().starts_with("data plane ipvs, tc attach tcx"), "{c}");
+        assert!(
+            c.to_string().starts_with("data plane ipvs, tc attach tcx"),
+            "{c}"
+        );
         assert!(report(&p).contains("ipvs (ip_vs)"), "{}", report(&p));
     }
 

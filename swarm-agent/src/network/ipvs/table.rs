@@ -156,7 +156,8 @@ pub fn marking_rules(table: &Table, dns: Option<DnsPorts>) -> String {
     if let Some(ports) = dns {
         let _ = writeln!(
             s,
-            "  chain dns {{\n    type nat hook output priority dstnat; policy accept;"
+            // `dstnat` names -100 on prerouting only (nft 1.0): a number on output.
+            "  chain dns {{\n    type nat hook output priority -100; policy accept;"
         );
         for (proto, port) in [("udp", ports.udp), ("tcp", ports.tcp)] {
             let _ = writeln!(
@@ -278,7 +279,7 @@ mod tests {
             "{r}"
         );
         assert!(
-            r.contains("ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:40123"),
+            r.contains("type nat hook output priority -100; policy accept;\n    ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:40123"),
             "{r}"
         );
         assert!(
