@@ -5,7 +5,8 @@
 //! routing mesh against real packets in namespaces) must pass with it, and so must
 //! the IPVS tests (`network::ipvs`, ignored on kernels without `ip_vs`), and
 //! `tests/kernel.rs`: a two-node lab (containerd, agents, registry inside the VM) whose
-//! service answers a client on its VIP, its DNS name and a published port.
+//! service answers a client on its VIP, its DNS name and a published port, then the same lab
+//! test again with `--data-plane ipvs` (IPVS entries, a drained task, network scoping).
 //!
 //! QEMU runs without KVM (`--disable-kvm`: this machine's KVM only boots PVM guest kernels)
 //! and under an outer timeout; programs in the guest run about ten times slower, so the set
@@ -30,6 +31,11 @@ const GUEST_IPVS_TESTS: &str = "network::ipvs::";
 
 /// The lab test run in the guest (`tests/tests/kernel.rs`).
 const LAB_TEST: &str = "kernel";
+
+/// The lab test of `--data-plane ipvs` in the same file (ignored elsewhere: it needs ip_vs),
+/// run with `SWARM_TEST_DATA_PLANE=ipvs`.
+const LAB_IPVS_TEST: &str =
+    "ipvs_serves_a_vip_a_name_and_a_published_port_and_drains_a_stopped_task";
 
 /// How long the whole VM run may take (boot, tests, power-off).
 const VM_TIMEOUT: Duration = Duration::from_secs(1500);
@@ -97,6 +103,9 @@ cd /tmp
 start=$(date +%s)
 {lab_test} --test-threads=1 || {{ dmesg | tail -n 30; exit 1; }}
 echo "guest: the two-node lab test took $(( $(date +%s) - start )) s"
+start=$(date +%s)
+{data_plane_env}=ipvs {lab_test} --test-threads=1 --ignored {ipvs_lab} || {{ dmesg | tail -n 30; exit 1; }}
+echo "guest: the two-node IPVS lab test took $(( $(date +%s) - start )) s"
 "#,
         agent = agent.display(),
         tests = tests.display(),
@@ -105,6 +114,8 @@ echo "guest: the two-node lab test took $(( $(date +%s) - start )) s"
         ws = ws.display(),
         filters = GUEST_TESTS.join(" "),
         ipvs = GUEST_IPVS_TESTS,
+        ipvs_lab = LAB_IPVS_TEST,
+        data_plane_env = "SWARM_TEST_DATA_PLANE",
     )
 }
 

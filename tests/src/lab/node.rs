@@ -18,6 +18,8 @@ use crate::client::{AgentClient, CliOutput};
 pub const CONTAINERD_NAMESPACE: &str = "swarm";
 /// The agent's metrics address inside each node's namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9323";
+/// The environment variable that gives the lab's agents a `--data-plane` (unset: auto).
+pub const DATA_PLANE_ENV: &str = "SWARM_TEST_DATA_PLANE";
 pub(super) const CTR: &str = "/usr/bin/ctr";
 const AGENT_LOG_FILTER: &str = "info,openraft=warn,h2=warn,tower=warn,hyper=warn";
 
@@ -220,6 +222,12 @@ impl LabNode {
         if let Ok(tc) = std::env::var(swarm_agent::network::testbed::TC_ATTACH_ENV) {
             if !tc.is_empty() {
                 cmd.arg("--tc-attach").arg(tc);
+            }
+        }
+        // `SWARM_TEST_DATA_PLANE=ipvs` runs them with `--data-plane ipvs` (the VM's IPVS lab).
+        if let Ok(mode) = std::env::var(DATA_PLANE_ENV) {
+            if !mode.is_empty() {
+                cmd.arg("--data-plane").arg(mode);
             }
         }
         self.spawn_daemon(&self.agent, cmd)
