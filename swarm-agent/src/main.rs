@@ -14,7 +14,7 @@ use swarm_agent::network::probe::{
     self, Choice, DataPlaneRequest, KernelProbe, Mode, TcAttachRequest,
 };
 use swarm_agent::network::view::ViewHandle;
-use swarm_agent::network::{Networking, NetworkingConfig};
+use swarm_agent::network::{Networking, NetworkingConfig, ServiceLb};
 use swarm_agent::{AgentConfig, Executor, UnsupportedExecutor};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -276,13 +276,23 @@ async fn daemon() -> anyhow::Result<()> {
             .with_files_dir(args.exec_root.join("files"))
             .with_registries(registry_access(&args)?);
             match (choice.mode, choice.attach) {
-                (Mode::Ebpf, Some(tc_attach)) => {
+                (mode @ (Mode::Ebpf | Mode::Ipvs), Some(tc_attach)) => {
+                    let lb = if mode == Mode::Ipvs {
+                        ServiceLb::Ipvs
+                    } else {
+                        ServiceLb::Ebpf
+                    };
                     let networking = Networking::new(
                         NetworkingConfig {
                             bpf_dir: args.bpf_root.clone(),
-                            cgroup_dir: cgroup_dir(&args.cgroup_parent),
+                            // IPVS mode: no socket hooks.
+                            cgroup_dir: match lb {
+                                ServiceLb::Ebpf => cgroup_dir(&args.cgroup_parent),
+                                ServiceLb::Ipvs => None,
+                            },
                             resolv_conf: args.resolv_conf.clone(),
                             tc_attach,
+                            lb,
                         },
                         ViewHandle::default(),
                     );

@@ -197,6 +197,9 @@ const VM_PACKAGES: &[(&str, &str)] = &[
     // `powerloss`: the virtual disk is formatted on the host, device-mapper in the guest.
     ("/usr/sbin/mkfs.ext4", "e2fsprogs"),
     ("/usr/sbin/dmsetup", "dmsetup"),
+    // The IPVS lab test reads a task namespace's table with `ipvsadm -Ln` (observation only:
+    // the agent programs IPVS over netlink).
+    ("/usr/sbin/ipvsadm", "ipvsadm"),
 ];
 /// virtme-ng from PyPI in a virtual environment of its own.
 const VNG_VERSION: &str = "1.42";

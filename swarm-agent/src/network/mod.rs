@@ -98,6 +98,19 @@ pub struct NetworkingConfig {
     /// How tc programs attach (TCX links, or clsact filters on kernels without TCX): what
     /// [`probe::choose`] picked.
     pub tc_attach: probe::TcAttach,
+    /// What balances the tasks' connections to service VIPs and leads them to the resolver.
+    pub lb: ServiceLb,
+}
+
+/// What balances service VIPs (the data-plane mode's part that differs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceLb {
+    /// The socket hooks and the tc programs (SERVICES/BACKENDS maps).
+    Ebpf,
+    /// IPVS in each task's namespace with nftables marking and DNS rules
+    /// ([`ipvs::sandbox`]); the SERVICES map keeps only the ingress network's VIPs, for the
+    /// routing mesh, which stays on the tc programs like the overlay.
+    Ipvs,
 }
 
 /// The cgroup v2 directory of the parent cgroup `parent` (created if needed): under the
@@ -142,6 +155,10 @@ struct TaskRecord {
     netns_cookie: u64,
     /// The task's resolver listeners (dropped: they close).
     dns: Option<Arc<dns::TaskDns>>,
+    /// The ids of the networks the task is attached to.
+    networks: BTreeSet<String>,
+    /// What the IPVS data path last programmed in the task's namespace (None: nothing yet).
+    ipvs_applied: Option<ipvs::table::Table>,
 }
 
 struct State {
@@ -662,8 +679,9 @@ impl Networking {
             tracing::error!("the eBPF data plane did not load: {e}");
         }
         // The resolver at 127.0.0.11 needs the socket hooks that lead tasks to it.
-        let dns = match (&dataplane, &cfg.cgroup_dir) {
-            (Ok(_), Some(_)) => {
+        let leads_to_dns = cfg.cgroup_dir.is_some() || cfg.lb == ServiceLb::Ipvs;
+        let dns = match &dataplane {
+            Ok(_) if leads_to_dns => {
                 let mut dc = dns::DnsConfig::default();
                 dc.forward.resolv_conf = cfg.resolv_conf.clone();
                 match dns::DnsServer::new(dc, &view) {
@@ -830,7 +848,7 @@ impl Networking {
         let lo = plumbing::loopback_index(&h).await?;
         plumbing::accept_reinjected_on_loopback()?;
         dp.attach_ingress(programs::FROM_HOST, "lo")?;
-        if let Some(cg) = &self.cfg.cgroup_dir {
+        if let (Some(cg), ServiceLb::Ebpf) = (&self.cfg.cgroup_dir, self.cfg.lb) {
             dp.attach_cgroup(cg)?;
         }
         // Published ports answer on every address of the node.
@@ -919,6 +937,8 @@ impl Networking {
                 let nets: Vec<String> =
                     task.networks.iter().map(|a| a.network_id.clone()).collect();
                 match d.serve_task(&task.id, netns, nets).await {
+                    // IPVS mode: nft rules in the namespace lead to it (see `sync_ipvs`).
+                    Ok(t) if self.cfg.lb == ServiceLb::Ipvs => Ok(Some(Arc::new(t))),
                     Ok(t) => {
                         let ports = swarm_ebpf_common::DnsPorts {
                             udp: t.udp_port.to_be(),
@@ -945,6 +965,8 @@ impl Networking {
                 vnis: specs.iter().map(|(_, n)| n.vni).collect(),
                 netns_cookie: cookie,
                 dns: task_dns,
+                networks: task.networks.iter().map(|a| a.network_id.clone()).collect(),
+                ipvs_applied: None,
             },
         );
         if let Err(e) = result {
@@ -952,7 +974,57 @@ impl Networking {
             return Err(e);
         }
         self.reconcile();
+        if let Err(e) = self.sync_ipvs(Some(&task.id)).await {
+            self.detach(&task.id).await;
+            return Err(e);
+        }
         Ok(())
+    }
+
+    /// IPVS mode: brings every local task's namespace to the table the view asks for (see
+    /// [`ipvs::sandbox`]), where it changed since it was last programmed. An error for the
+    /// task `must` is returned (its start fails); the others are logged and tried again at
+    /// the next pass.
+    async fn sync_ipvs(&self, must: Option<&str>) -> Result<(), NetworkError> {
+        if self.cfg.lb != ServiceLb::Ipvs {
+            return Ok(());
+        }
+        let view = self.view.current();
+        if !view.complete {
+            return Ok(());
+        }
+        let jobs: Vec<_> = {
+            let mut st = self.lock();
+            let State { tasks, lb_ids, .. } = &mut *st;
+            tasks
+                .iter()
+                .filter_map(|(id, rec)| {
+                    let want = ipvs::table::desired_table(&view, &rec.networks, lb_ids);
+                    (rec.ipvs_applied.as_ref() != Some(&want)).then(|| {
+                        let dns = rec.dns.as_ref().map(|d| ipvs::sandbox::DnsPorts {
+                            udp: d.udp_port,
+                            tcp: d.tcp_port,
+                        });
+                        let first = rec.ipvs_applied.is_none();
+                        (id.clone(), rec.netns.clone(), want, dns, first)
+                    })
+                })
+                .collect()
+        };
+        let mut out = Ok(());
+        for (id, netns, want, dns, first) in jobs {
+            match ipvs::sandbox::program(&netns, want.clone(), dns, first).await {
+                Ok(r) => {
+                    tracing::debug!(task = %id, ?r, "IPVS table synced");
+                    if let Some(rec) = self.lock().tasks.get_mut(&id) {
+                        rec.ipvs_applied = Some(want);
+                    }
+                }
+                Err(e) if must == Some(id.as_str()) => out = Err(NetworkError::Plumbing(e)),
+                Err(e) => tracing::warn!(task = %id, "programming IPVS: {e}"),
+            }
+        }
+        out
     }
 
     async fn wait_for_networks(
@@ -1007,6 +1079,7 @@ impl Networking {
         }
         let gone = self.reconcile();
         self.reset_flows(gone).await;
+        let _ = self.sync_ipvs(None).await;
         if let Ok(h) = plumbing::handle() {
             for a in &made {
                 if let Err(e) = plumbing::detach(&h, &a.host_name).await {
@@ -1072,7 +1145,13 @@ impl Networking {
                 st.lb_ids.adopt(&view, &dp.services());
                 st.lb_adopted = true;
             }
-            desired_services(&view, &mut st.lb_ids)
+            let mut services = desired_services(&view, &mut st.lb_ids);
+            if self.cfg.lb == ServiceLb::Ipvs {
+                // Tasks reach VIPs through IPVS; the routing mesh keeps the ingress VIPs.
+                let ingress = ingress_network(&view).map(|n| n.vni);
+                services.retain(|_, (s, _)| Some(s.vni) == ingress);
+            }
+            services
         };
         if let Err(e) = dp.sync_services(&services) {
             tracing::warn!("updating the service map: {e}");
@@ -1210,6 +1289,7 @@ impl Networking {
         loop {
             let gone = self.reconcile();
             self.reset_flows(gone).await;
+            let _ = self.sync_ipvs(None).await;
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return },
                 _ = self.changed.notified() => {}

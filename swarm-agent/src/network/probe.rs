@@ -53,6 +53,9 @@ pub enum TcAttachRequest {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Ebpf,
+    /// Service VIPs balanced by IPVS in the tasks' namespaces and DNS reached through nft
+    /// rules (no socket hooks); the overlay and the routing mesh stay on the tc programs.
+    Ipvs,
     None,
 }
 
@@ -60,6 +63,7 @@ impl Mode {
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Ebpf => "ebpf",
+            Mode::Ipvs => "ipvs",
             Mode::None => "none",
         }
     }
@@ -150,6 +154,16 @@ pub const FEATURES: &[Feature] = &[
     },
 ];
 
+/// The features only the socket hooks use (service load balancing at connect, DNS
+/// interception, network scoping by namespace): the IPVS data path does without them.
+pub const SOCKET_HOOK_FEATURES: &[&str] = &[
+    "prog_cgroup_sock_addr",
+    "prog_cgroup_skb",
+    "prog_cgroup_sock",
+    "helper_get_netns_cookie",
+    "helper_get_socket_cookie",
+];
+
 /// The result of probing one feature: there, not there, or the probe itself failed (which
 /// counts as not there, with the reason kept for the report).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -228,6 +242,15 @@ impl KernelProbe {
     /// Whether the feature named `name` was found.
     pub fn has(&self, name: &str) -> bool {
         self.results.iter().any(|(f, r)| f.name == name && r.ok())
+    }
+
+    /// The required features the overlay's tc programs need that are missing (what the
+    /// IPVS data path still needs: all but the socket hooks').
+    pub fn missing_for_overlay(&self) -> Vec<&'static str> {
+        self.missing_required()
+            .into_iter()
+            .filter(|n| !SOCKET_HOOK_FEATURES.contains(n))
+            .collect()
     }
 
     /// The required features that are missing.
@@ -399,11 +422,14 @@ impl fmt::Display for Choice {
 /// Why no data plane could be chosen.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChoiceError {
-    #[error("--data-plane ipvs: kernel {kernel} has IPVS (ip_vs), but the agent's IPVS data path (services in the tasks' namespaces, marking rules) is not built yet; use --data-plane ebpf (kernels with every feature `swarm-agent probe` lists) or --data-plane none")]
-    IpvsNotBuilt { kernel: String },
+    #[error("--data-plane ipvs: kernel {kernel} has IPVS, but the overlay's tc programs need what it lacks: {}; `swarm-agent probe` lists every feature, or run with --data-plane none (tasks on networks are then refused)", missing.join(", "))]
+    IpvsWithoutOverlay {
+        kernel: String,
+        missing: Vec<&'static str>,
+    },
     #[error("--data-plane ipvs: kernel {kernel}: {reason}")]
     NoIpvs { kernel: String, reason: String },
-    #[error("--data-plane {requested}: kernel {kernel} lacks what the eBPF data plane needs: {}{}{}; `swarm-agent probe` lists every feature (ARCHITECTURE.md has the kernel versions), or run with --data-plane none (tasks on networks are then refused)", missing.join(", "), if failed.is_empty() { String::new() } else { format!(" (probes that failed: {})", failed.join("; ")) }, if *requested == "auto" { " (the IPVS fallback is not built yet)" } else { "" })]
+    #[error("--data-plane {requested}: kernel {kernel} lacks what the eBPF data plane needs: {}{}{}; `swarm-agent probe` lists every feature (ARCHITECTURE.md has the kernel versions), or run with --data-plane none (tasks on networks are then refused)", missing.join(", "), if failed.is_empty() { String::new() } else { format!(" (probes that failed: {})", failed.join("; ")) }, if *requested == "auto" { " (and the IPVS fallback cannot stand in: it needs the ip_vs module and every feature but the socket hooks')" } else { "" })]
     EbpfUnsupported {
         requested: &'static str,
         kernel: String,
@@ -427,23 +453,49 @@ pub fn choose(
         DataPlaneRequest::None => return Ok(Choice::none("--data-plane none")),
         DataPlaneRequest::Ipvs => {
             let kernel = probe.release.clone();
-            return Err(match &probe.ipvs {
-                Some(Probed::Yes) => ChoiceError::IpvsNotBuilt { kernel },
-                Some(Probed::Failed(reason)) => ChoiceError::NoIpvs {
-                    kernel,
-                    reason: reason.clone(),
-                },
-                Some(Probed::No) | None => ChoiceError::NoIpvs {
-                    kernel,
-                    reason: "the ip_vs module was not probed".into(),
-                },
-            });
+            match &probe.ipvs {
+                Some(Probed::Yes) => {}
+                Some(Probed::Failed(reason)) => {
+                    return Err(ChoiceError::NoIpvs {
+                        kernel,
+                        reason: reason.clone(),
+                    })
+                }
+                Some(Probed::No) | None => {
+                    return Err(ChoiceError::NoIpvs {
+                        kernel,
+                        reason: "the ip_vs module was not probed".into(),
+                    })
+                }
+            }
+            let missing = probe.missing_for_overlay();
+            if !missing.is_empty() {
+                return Err(ChoiceError::IpvsWithoutOverlay { kernel, missing });
+            }
+            return ipvs_choice(
+                tc,
+                probe,
+                "--data-plane ipvs: service VIPs through IPVS in the tasks' namespaces",
+            );
         }
         DataPlaneRequest::Auto => "auto",
         DataPlaneRequest::Ebpf => "ebpf",
     };
     let missing = probe.missing_required();
     if !missing.is_empty() {
+        if requested == DataPlaneRequest::Auto
+            && probe.ipvs == Some(Probed::Yes)
+            && probe.missing_for_overlay().is_empty()
+        {
+            return ipvs_choice(
+                tc,
+                probe,
+                &format!(
+                    "the kernel lacks what the socket hooks need ({}) but has IPVS: service VIPs through IPVS in the tasks' namespaces",
+                    missing.join(", ")
+                ),
+            );
+        }
         return Err(ChoiceError::EbpfUnsupported {
             requested: requested_name,
             kernel: probe.release.clone(),
@@ -458,8 +510,50 @@ pub fn choose(
                 .collect(),
         });
     }
+    let (attach, why) = tc_attach(tc, probe)?;
+    let mode_why = if requested == DataPlaneRequest::Auto {
+        "the kernel has every feature of the eBPF data plane"
+    } else {
+        "--data-plane ebpf, and the kernel has every feature it needs"
+    };
+    Ok(Choice {
+        mode: Mode::Ebpf,
+        attach: Some(attach),
+        missing: if probe.has("tcx") {
+            Vec::new()
+        } else {
+            vec!["tcx"]
+        },
+        reason: format!("{mode_why}; {why}"),
+        kernel: probe.release.clone(),
+    })
+}
+
+/// The IPVS mode: `why` it, and how the overlay's tc programs attach.
+fn ipvs_choice(tc: TcAttachRequest, probe: &KernelProbe, why: &str) -> Result<Choice, ChoiceError> {
+    let (attach, attach_why) = tc_attach(tc, probe)?;
+    let mut missing: Vec<&'static str> = probe
+        .missing_required()
+        .into_iter()
+        .chain((!probe.has("tcx")).then_some("tcx"))
+        .collect();
+    missing.dedup();
+    Ok(Choice {
+        mode: Mode::Ipvs,
+        attach: Some(attach),
+        missing,
+        reason: format!("{why}; the overlay: {attach_why}"),
+        kernel: probe.release.clone(),
+    })
+}
+
+/// How the tc programs attach: what `--tc-attach` asks, or TCX where the kernel has it.
+fn tc_attach(
+    tc: TcAttachRequest,
+    probe: &KernelProbe,
+) -> Result<(TcAttach, &'static str), ChoiceError> {
     let tcx = probe.has("tcx");
-    let (attach, why) = match (tc, tcx) {
+    Ok(match (tc, tcx) {
         (TcAttachRequest::Tcx, false) => {
             return Err(ChoiceError::NoTcx {
                 kernel: probe.release.clone(),
@@ -475,18 +569,6 @@ pub fn choose(
             TcAttach::Legacy,
             "no TCX (Linux 6.6+): tc programs attach through clsact qdisc filters",
         ),
-    };
-    let mode_why = if requested == DataPlaneRequest::Auto {
-        "the kernel has every feature of the eBPF data plane"
-    } else {
-        "--data-plane ebpf, and the kernel has every feature it needs"
-    };
-    Ok(Choice {
-        mode: Mode::Ebpf,
-        attach: Some(attach),
-        missing: if tcx { Vec::new() } else { vec!["tcx"] },
-        reason: format!("{mode_why}; {why}"),
-        kernel: probe.release.clone(),
     })
 }
 
@@ -568,7 +650,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_required_feature_is_named_and_ipvs_is_refused() {
+    fn a_missing_required_feature_is_named_and_ipvs_stands_in_only_for_the_socket_hooks() {
         let e = choose(
             DataPlaneRequest::Auto,
             TcAttachRequest::Auto,
@@ -578,7 +660,31 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("helper_redirect_peer"), "{msg}");
         assert!(!msg.contains("tcx"), "tcx is optional: {msg}");
-        assert!(msg.contains("IPVS fallback is not built yet"), "{msg}");
+        assert!(msg.contains("IPVS fallback cannot stand in"), "{msg}");
+        // Only the socket hooks missing, IPVS there: auto picks IPVS (the overlay on tc).
+        let mut p = probe(&["prog_cgroup_sock_addr", "helper_get_socket_cookie", "tcx"]);
+        assert!(choose(DataPlaneRequest::Auto, TcAttachRequest::Auto, &p).is_err());
+        p.ipvs = Some(Probed::Yes);
+        let c = choose(DataPlaneRequest::Auto, TcAttachRequest::Auto, &p).unwrap();
+        assert_eq!(
+            (c.mode, c.attach),
+            (Mode::Ipvs, Some(TcAttach::Legacy)),
+            "{c}"
+        );
+        assert!(c.reason.contains("prog_cgroup_sock_addr"), "{c}");
+        assert!(c.missing.contains(&"tcx"), "{c}");
+        // The overlay's own features missing: IPVS cannot help.
+        let mut p = probe(&["helper_redirect_peer"]);
+        p.ipvs = Some(Probed::Yes);
+        assert!(choose(DataPlaneRequest::Auto, TcAttachRequest::Auto, &p).is_err());
+        let e = choose(DataPlaneRequest::Ipvs, TcAttachRequest::Auto, &p).unwrap_err();
+        assert_eq!(
+            e,
+            ChoiceError::IpvsWithoutOverlay {
+                kernel: "6.1.0-test".into(),
+                missing: vec!["helper_redirect_peer"],
+            }
+        );
         // A probe that could not run (no CAP_BPF) counts as missing, with its reason.
         let mut p = probe(&[]);
         p.results[0].1 = Probed::Failed("Operation not permitted".into());
@@ -597,9 +703,9 @@ mod tests {
     }
 
     /// `--data-plane ipvs` on a kernel without IPVS names the module and why it is missing;
-    /// with IPVS it is refused as not built yet (never accepted without a data path).
+    /// with IPVS (and the overlay's features) it is chosen, the overlay on the tc programs.
     #[test]
-    fn ipvs_without_the_module_names_it_and_is_refused_until_built() {
+    fn ipvs_without_the_module_names_it_and_is_chosen_with_it() {
         let mut p = probe(&[]);
         p.ipvs = Some(Probed::Failed(
             crate::network::ipvs::IpvsError::NoModule {
@@ -617,12 +723,11 @@ mod tests {
         assert!(msg.contains("the ip_vs module is not loaded"), "{msg}");
         assert!(msg.contains("Module ip_vs not found"), "{msg}");
         p.ipvs = Some(Probed::Yes);
-        let e = choose(DataPlaneRequest::Ipvs, TcAttachRequest::Auto, &p).unwrap_err();
-        assert_eq!(
-            e,
-            ChoiceError::IpvsNotBuilt {
-                kernel: "6.1.0-test".into()
-            }
+        let c = choose(DataPlaneRequest::Ipvs, TcAttachRequest::Auto, &p).unwrap();
+        assert_eq!((c.mode, c.attach), (Mode::Ipvs, Some(TcAttach::Tcx)), "{c}");
+        assert!(
+            c.to_string().starts_with("data plane ipvs, tc attach tcx"),
+            "{c}"
         );
         assert!(report(&p).contains("ipvs (ip_vs)"), "{}", report(&p));
     }
@@ -630,16 +735,18 @@ mod tests {
     /// `--data-plane ipvs` on the running kernel (root): where IPVS cannot be had (this
     /// machine's 6.18 has no modules) the error names the `ip_vs` module and what modprobe
     /// said; where it can (the VM's 6.1) the kernel's `/proc/net/ip_vs` exists after the probe
-    /// and the refusal says the data path is not built yet. Never a start without networking.
+    /// and IPVS is chosen. Never a start without networking.
     #[test]
     fn ipvs_is_probed_on_the_running_kernel_and_a_missing_module_is_named() {
         let p = KernelProbe::run_for(DataPlaneRequest::Ipvs);
-        let e = choose(DataPlaneRequest::Ipvs, TcAttachRequest::Auto, &p).unwrap_err();
-        let msg = e.to_string();
+        let chosen = choose(DataPlaneRequest::Ipvs, TcAttachRequest::Auto, &p);
         if std::path::Path::new("/proc/net/ip_vs").exists() {
             assert_eq!(p.ipvs, Some(Probed::Yes), "{}", report(&p));
-            assert!(matches!(e, ChoiceError::IpvsNotBuilt { .. }), "{msg}");
+            let c = chosen.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.mode, Mode::Ipvs, "{c}");
         } else {
+            let e = chosen.unwrap_err();
+            let msg = e.to_string();
             assert!(matches!(e, ChoiceError::NoIpvs { .. }), "{msg}");
             assert!(msg.contains("the ip_vs module is not loaded"), "{msg}");
             assert!(msg.contains("modprobe"), "{msg}");

@@ -303,6 +303,7 @@ fn start_node(
                 cgroup_dir,
                 resolv_conf: "/etc/resolv.conf".into(),
                 tc_attach,
+                lb: ServiceLb::Ebpf,
             },
             view,
         );

@@ -30,6 +30,8 @@ const GC_ROOT_LABEL: &str = "containerd.io/gc.root=swarm-agent";
 pub const LAB_AGENT_TAG: &str = "lab";
 /// The agent's metrics address inside each node's namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9323";
+/// The environment variable that gives the lab's agents a `--data-plane` (unset: auto).
+pub const DATA_PLANE_ENV: &str = "SWARM_TEST_DATA_PLANE";
 pub(super) const CTR: &str = "/usr/bin/ctr";
 const AGENT_LOG_FILTER: &str = "info,openraft=warn,h2=warn,tower=warn,hyper=warn";
 
@@ -297,6 +299,12 @@ impl LabNode {
         if let Ok(tc) = std::env::var(swarm_agent::network::testbed::TC_ATTACH_ENV) {
             if !tc.is_empty() {
                 cmd.arg("--tc-attach").arg(tc);
+            }
+        }
+        // `SWARM_TEST_DATA_PLANE=ipvs` runs them with `--data-plane ipvs` (the VM's IPVS lab).
+        if let Ok(mode) = std::env::var(DATA_PLANE_ENV) {
+            if !mode.is_empty() {
+                cmd.arg("--data-plane").arg(mode);
             }
         }
         cmd.get_args().map(OsString::from).collect()

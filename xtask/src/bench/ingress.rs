@@ -455,6 +455,7 @@ fn setup(cpu: Cpu) -> anyhow::Result<Bed> {
                     cgroup_dir: None,
                     resolv_conf: "/etc/resolv.conf".into(),
                     tc_attach,
+                    lb: swarm_agent::network::ServiceLb::Ebpf,
                 },
                 v,
             );

@@ -232,6 +232,7 @@ fn setup(variant: IptablesVariant, cpu: Cpu) -> anyhow::Result<Bed> {
         cgroup_dir: Some(cg.path().to_path_buf()),
         resolv_conf: "/etc/resolv.conf".into(),
         tc_attach: testbed::tc_attach()?,
+        lb: swarm_agent::network::ServiceLb::Ebpf,
     };
     let v = view.clone();
     let net = testbed::in_ns(&topo.ns_path("n1"), move || async move {

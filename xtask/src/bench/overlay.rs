@@ -118,6 +118,7 @@ fn ours(cpu: Cpu) -> anyhow::Result<Bed> {
                     cgroup_dir: None,
                     resolv_conf: "/etc/resolv.conf".into(),
                     tc_attach,
+                    lb: swarm_agent::network::ServiceLb::Ebpf,
                 },
                 view,
             );

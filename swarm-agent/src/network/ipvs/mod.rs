@@ -10,6 +10,7 @@
 //! missing ([`Ipvs::open`]); a kernel without it is named in the error.
 
 pub mod message;
+pub mod sandbox;
 pub mod table;
 
 use std::io;
@@ -61,6 +62,9 @@ impl IpvsError {
 pub const TCP: u16 = 6;
 /// `IPPROTO_UDP`.
 pub const UDP: u16 = 17;
+
+/// `IP_VS_SVC_F_HASHED`: set by the kernel on every service in its table.
+pub const SVC_F_HASHED: u32 = 0x0002;
 
 /// Which virtual service: packets carrying a firewall mark, or one address, protocol, port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -133,7 +137,9 @@ impl Service {
                 SvcAttr::Port(v) => port = *v,
                 SvcAttr::Fwmark(v) => mark = *v,
                 SvcAttr::SchedName(v) => s.scheduler = v.clone(),
-                SvcAttr::Flags { flags, .. } => s.flags = *flags,
+                // HASHED is the kernel's own bookkeeping (the service is in its table),
+                // set on every service it reports and never one a caller asks for.
+                SvcAttr::Flags { flags, .. } => s.flags = *flags & !SVC_F_HASHED,
                 SvcAttr::Timeout(v) => s.timeout = *v,
                 SvcAttr::Netmask(_) | SvcAttr::Other(_) => {}
             }
@@ -388,7 +394,9 @@ impl Ipvs {
             .collect())
     }
 
-    /// Adds a destination to the service `key`.
+    /// Adds a destination to the service `key`. The kernel refuses (EINVAL) an address that
+    /// is not unicast in this namespace's routing (a namespace with no local route at all
+    /// makes every address broadcast).
     pub fn new_dest(&mut self, key: ServiceKey, d: &Destination) -> Result<(), IpvsError> {
         let m = request(
             IpvsCmd::NewDest,

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use super::sandbox::DnsPorts;
 use super::{Destination, Ipvs, IpvsError, Service, ServiceKey};
 use crate::network::view::NetworkView;
 use crate::network::{parse_cidr, LbIds};
@@ -135,7 +136,7 @@ pub const NFT_TABLE: &str = "swarm_lb";
 /// with the VIP's mark, before IPVS sees it (mangle priority, below IPVS's output hook), and,
 /// when the task has a resolver port, sends 127.0.0.11:53 there. Replaces the table whole,
 /// in one transaction.
-pub fn marking_rules(table: &Table, dns_port: Option<u16>) -> String {
+pub fn marking_rules(table: &Table, dns: Option<DnsPorts>) -> String {
     let mut s = String::new();
     // Declared first so that the delete never fails on a namespace without it.
     let _ = writeln!(s, "table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}");
@@ -152,12 +153,13 @@ pub fn marking_rules(table: &Table, dns_port: Option<u16>) -> String {
         let _ = writeln!(s, "    meta mark set ip daddr map {{ {} }}", map.join(", "));
     }
     let _ = writeln!(s, "  }}");
-    if let Some(port) = dns_port {
+    if let Some(ports) = dns {
         let _ = writeln!(
             s,
-            "  chain dns {{\n    type nat hook output priority dstnat; policy accept;"
+            // `dstnat` names -100 on prerouting only (nft 1.0): a number on output.
+            "  chain dns {{\n    type nat hook output priority -100; policy accept;"
         );
-        for proto in ["udp", "tcp"] {
+        for (proto, port) in [("udp", ports.udp), ("tcp", ports.tcp)] {
             let _ = writeln!(
                 s,
                 "    ip daddr 127.0.0.11 {proto} dport 53 dnat to 127.0.0.11:{port}"
@@ -170,7 +172,7 @@ pub fn marking_rules(table: &Table, dns_port: Option<u16>) -> String {
 }
 
 /// Applies `marking_rules` in the calling thread's namespace through `nft -f -`.
-pub fn apply_marking_rules(table: &Table, dns_port: Option<u16>) -> std::io::Result<()> {
+pub fn apply_marking_rules(table: &Table, dns: Option<DnsPorts>) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut child = std::process::Command::new("nft")
         .args(["-f", "-"])
@@ -181,7 +183,7 @@ pub fn apply_marking_rules(table: &Table, dns_port: Option<u16>) -> std::io::Res
         .stdin
         .take()
         .ok_or_else(|| std::io::Error::other("nft: no stdin"))?
-        .write_all(marking_rules(table, dns_port).as_bytes())?;
+        .write_all(marking_rules(table, dns).as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         return Err(std::io::Error::other(format!(
@@ -261,7 +263,13 @@ mod tests {
                 dests: BTreeMap::new(),
             },
         )]);
-        let r = marking_rules(&t, Some(40123));
+        let r = marking_rules(
+            &t,
+            Some(DnsPorts {
+                udp: 40123,
+                tcp: 40124,
+            }),
+        );
         assert!(
             r.starts_with("table ip swarm_lb {}\ndelete table ip swarm_lb\n"),
             "{r}"
@@ -271,10 +279,13 @@ mod tests {
             "{r}"
         );
         assert!(
-            r.contains("ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:40123"),
+            r.contains("type nat hook output priority -100; policy accept;\n    ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:40123"),
             "{r}"
         );
-        assert!(r.contains("tcp dport 53 dnat"), "{r}");
+        assert!(
+            r.contains("ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:40124"),
+            "{r}"
+        );
         let r = marking_rules(&Table::new(), None);
         assert!(!r.contains("map") && !r.contains("dnat"), "{r}");
     }

@@ -171,7 +171,10 @@ fn an_ipv6_service_is_not_taken_for_an_ipv4_one() {
     );
 }
 
-/// Runs `f` on a thread in a new network namespace of its own (gone with the thread).
+/// Runs `f` on a thread in a new network namespace of its own (gone with the thread), its
+/// loopback up. IPVS refuses (EINVAL) a destination whose address is not unicast in the
+/// namespace, and a namespace without any local route calls every address broadcast: a task's
+/// namespace has its routes, this one gets the local table that `lo` brings.
 fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         // SAFETY: unshare of this thread's network namespace only.
@@ -181,6 +184,12 @@ fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T 
             "unshare(CLONE_NEWNET): {}",
             std::io::Error::last_os_error()
         );
+        // A child started from this thread is in its namespace.
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("running ip");
+        assert!(up.success(), "ip link set lo up: {up}");
         f()
     })
     .join()

@@ -1,0 +1,54 @@
+//! A task's namespace as the IPVS data path programs it (Docker's sandbox recipe): the
+//! IPVS sysctls Docker sets there, the nftables rules that mark packets to the VIPs and send
+//! 127.0.0.11:53 to the task's resolver, and the IPVS table synced to what the view asks.
+//! Runs on a thread that joined the namespace ([`crate::network::plumbing::in_netns`]).
+
+use std::path::Path;
+
+use super::table::{apply_marking_rules, sync, SyncReport, Table};
+use super::Ipvs;
+use crate::network::plumbing::{self, PlumbingError};
+
+/// The sysctls Docker writes in a sandbox with IPVS load balancing
+/// (`/proc/sys/net/ipv4/vs/*`, per namespace): IPVS connections keep conntrack entries
+/// (the nat rules need them), a connection to a destination that is gone is expired at its
+/// next packet (the client sees a reset, not a timeout), and so is a persistence template
+/// of a quiescent (weight 0) destination.
+pub const SYSCTLS: &[(&str, &str)] = &[
+    ("conntrack", "1"),
+    ("expire_nodest_conn", "1"),
+    ("expire_quiescent_template", "1"),
+];
+
+/// The resolver ports of a task (what 127.0.0.11:53 is sent to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsPorts {
+    pub udp: u16,
+    pub tcp: u16,
+}
+
+/// Brings the namespace at `netns` to `table`: sysctls (when `first`), the marking and DNS
+/// rules, then the IPVS services and destinations.
+pub async fn program(
+    netns: &Path,
+    table: Table,
+    dns: Option<DnsPorts>,
+    first: bool,
+) -> Result<SyncReport, PlumbingError> {
+    let at = netns.display().to_string();
+    plumbing::in_netns(netns, move |_h| async move {
+        let io = |what: String| move |source| PlumbingError::Io { what, source };
+        if first {
+            for (name, value) in SYSCTLS {
+                let path = format!("/proc/sys/net/ipv4/vs/{name}");
+                std::fs::write(&path, value)
+                    .map_err(io(format!("setting {path} in the namespace {at}")))?;
+            }
+        }
+        apply_marking_rules(&table, dns)
+            .map_err(io(format!("applying the IPVS marking rules in {at}")))?;
+        let mut h = Ipvs::open().map_err(|e| PlumbingError::Other(format!("{at}: {e}")))?;
+        sync(&mut h, &table).map_err(|e| PlumbingError::Other(format!("{at}: {e}")))
+    })
+    .await
+}
