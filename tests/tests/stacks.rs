@@ -5,7 +5,8 @@
 //! `stack rm` removes every service, network, secret and config it created and nothing else.
 //! Files with errors (unknown key, bad duration, missing secret file, port clash) are refused
 //! with file, line and key, and create nothing. The database's named volume is `shop_data` on
-//! its node, labelled with the stack, and its data stays after `stack rm` (as in Docker).
+//! its node, labelled with the stack; its data is seen by the db task restarted on the same
+//! node and stays after `stack rm` (as in Docker).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -273,6 +274,32 @@ fn a_compose_stack_deploys_updates_one_service_and_is_removed_whole() {
     web_ids.sort();
     assert_eq!(ids("shop_web"), web_ids, "web tasks untouched");
     assert_eq!(ids("shop_db"), vec![db[0].id.clone()], "db task untouched");
+
+    // The db task restarted (`service update --force`) on the same node: the new container
+    // finds what was written to the volume before, at the mount's target.
+    m.swarm_ok(&["service", "update", "--force", "-d", "shop_db"]);
+    let mut db2 = None;
+    wait_for(LONG, || {
+        db2 = tests::running(&m.tasks("shop_db").unwrap_or_default())
+            .into_iter()
+            .find(|t| t.id != db[0].id)
+            .cloned();
+        db2.is_some()
+    })
+    .unwrap_or_else(|e| panic!("the db task was not replaced: {e:#}\n{}", lab.logs()));
+    let db2 = db2.unwrap();
+    let db2_node = tests::lab::testing::node_of(&lab, &db2);
+    assert_eq!(
+        db2_node.name(),
+        db_node.name(),
+        "constrained to the one worker"
+    );
+    let pid = db2_node.task_pid(&db2.id).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/root/var/lib/db/marker")).unwrap(),
+        "kept",
+        "the restarted db task sees the volume's data"
+    );
 
     // stack rm: everything it made, and nothing else.
     let rm = m.swarm_ok(&["stack", "rm", "shop"]);

@@ -208,7 +208,11 @@ mod tests {
         let mut kinds = std::collections::HashSet::new();
         for seed in 0..50 {
             for s in schedule(seed, 3, 2, Duration::from_secs(60), no_netem) {
-                assert!(!matches!(s.fault, Fault::Netem { .. }), "seed {seed}: {}", s.fault);
+                assert!(
+                    !matches!(s.fault, Fault::Netem { .. }),
+                    "seed {seed}: {}",
+                    s.fault
+                );
                 kinds.insert(std::mem::discriminant(&s.fault));
             }
         }

@@ -527,6 +527,19 @@ impl LabNode {
         self.ctr(&args)
     }
 
+    /// The host pid of a task's container process (`ctr tasks ls`): `/proc/PID/root` is the
+    /// container's root as the container sees it, mounts included.
+    pub fn task_pid(&self, task_id: &str) -> anyhow::Result<i32> {
+        let out = self.ctr(&["tasks", "ls"])?;
+        out.lines()
+            .skip(1)
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(task_id)).then(|| w.next()?.parse().ok())?
+            })
+            .with_context(|| format!("task {task_id} is not running on {}:\n{out}", self.name))
+    }
+
     /// Runs a host program (ping, python3 …) in a task's network namespace only.
     pub fn in_task_netns(&self, task_id: &str, program: &str, args: &[&str]) -> CliOutput {
         let mut cmd = Command::new("nsenter");
