@@ -347,11 +347,23 @@ impl Cluster {
         self.nodes[i].swarm(&args)
     }
 
+    /// The join token for `role`, read through node `via`. Right after a manager joins, the
+    /// two-voter cluster needs the new one's answer for every commit; a new manager still
+    /// starting (on a slow disk, in a loaded VM) can miss one and the read is refused for want
+    /// of a quorum, as Docker's would be. So the read is retried for up to 30 s, and the last
+    /// refusal is the panic's message.
     pub fn token(&self, via: usize, role: &str) -> String {
-        self.nodes[via]
-            .swarm_ok(&["join-token", "-q", role])
-            .trim()
-            .to_string()
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.nodes[via].try_swarm(&["join-token", "-q", role]) {
+                Ok(t) => return t.trim().to_string(),
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("join-token via node{} refused, retrying: {e:#}", via + 1);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => panic!("{e:#}"),
+            }
+        }
     }
 
     pub fn join(&self, i: usize, via: usize, role: &str) -> anyhow::Result<()> {
