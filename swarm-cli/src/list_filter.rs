@@ -4,8 +4,8 @@
 //! does not know is refused with Docker's "invalid filter 'KEY'".
 //!
 //! The managers' List requests of nodes and networks take no filter, so these match on
-//! the client; the other lists have their own filter code (`service_filter`, `ps::Filter`,
-//! `secret_cmd::parse_filters`, which the managers apply).
+//! the client; `service_filter` builds on these too. `ps::Filter` and
+//! `secret_cmd::parse_filters` fill the managers' own filter fields.
 
 use std::collections::BTreeMap;
 

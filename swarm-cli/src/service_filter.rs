@@ -2,44 +2,31 @@
 //! of one key are alternatives; different keys must all match. `id` and `name` match
 //! prefixes, as Docker's do; `label=K` wants the label set, `label=K=V` its value.
 
+use std::collections::BTreeMap;
+
 use proto::{service_spec::Mode, Service};
 
+use crate::list_filter::Filters;
+
+const MODES: &[&str] = &["replicated", "global", "replicated-job", "global-job"];
+
+/// Docker's service filters, on the CLI's shared [`Filters`].
 #[derive(Debug, Default, PartialEq)]
-pub struct ServiceFilter {
-    ids: Vec<String>,
-    names: Vec<String>,
-    labels: Vec<(String, Option<String>)>,
-    modes: Vec<String>,
-}
+pub struct ServiceFilter(Filters);
 
 impl ServiceFilter {
     pub fn parse(items: &[String]) -> Result<ServiceFilter, String> {
-        let mut f = ServiceFilter::default();
-        for item in items {
-            let (k, v) = item
-                .split_once('=')
-                .ok_or_else(|| format!("bad format of filter (expected name=value): {item}"))?;
-            match k.trim().to_ascii_lowercase().as_str() {
-                "id" => f.ids.push(v.to_string()),
-                "name" => f.names.push(v.to_string()),
-                "label" => f.labels.push(match v.split_once('=') {
-                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                    None => (v.to_string(), None),
-                }),
-                "mode" => match v {
-                    "replicated" | "global" | "replicated-job" | "global-job" => {
-                        f.modes.push(v.to_string())
-                    }
-                    _ => {
-                        return Err(format!(
-                            "invalid filter 'mode={v}': expected replicated, global, replicated-job or global-job"
-                        ))
-                    }
-                },
-                other => return Err(format!("invalid filter '{other}'")),
-            }
+        let f = Filters::parse(items, &["id", "name", "label", "mode"])?;
+        if let Some(bad) = f
+            .values("mode")
+            .iter()
+            .find(|m| !MODES.contains(&m.as_str()))
+        {
+            return Err(format!(
+                "invalid filter 'mode={bad}': expected replicated, global, replicated-job or global-job"
+            ));
         }
-        Ok(f)
+        Ok(ServiceFilter(f))
     }
 
     pub fn keep(&self, s: &Service) -> bool {
@@ -50,16 +37,12 @@ impl ServiceFilter {
             Some(Mode::GlobalJob(_)) => "global-job",
             _ => "replicated",
         };
-        let labels = spec.map(|p| &p.labels);
-        (self.ids.is_empty() || self.ids.iter().any(|i| s.id.starts_with(i.as_str())))
-            && (self.names.is_empty()
-                || self.names.iter().any(|n| s.name().starts_with(n.as_str())))
-            && (self.modes.is_empty() || self.modes.iter().any(|m| m == mode))
-            && self.labels.iter().all(|(k, v)| {
-                labels
-                    .and_then(|l| l.get(k))
-                    .is_some_and(|have| v.as_ref().is_none_or(|v| v == have))
-            })
+        let none = BTreeMap::new();
+        let f = &self.0;
+        f.any("id", |i| s.id.starts_with(i))
+            && f.any("name", |n| s.name().starts_with(n))
+            && f.any("mode", |m| m == mode)
+            && f.labels("label", spec.map_or(&none, |p| &p.labels))
     }
 }
 
