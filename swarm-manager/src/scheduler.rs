@@ -136,25 +136,28 @@ impl Scheduler {
             plan::plan(&state)
         };
         let planned = started.elapsed();
+        let unschedulable = plan.unschedulable;
+        let left_pending = plan.left_pending;
         let n_assign = plan.assign.len();
-        let mut ops: Vec<Op> = Vec::with_capacity(n_assign + plan.errors.len());
-        ops.extend(
-            plan.assign
-                .into_iter()
-                .map(|(task_id, node_id)| Op::AssignTask { task_id, node_id }),
-        );
-        ops.extend(
-            plan.errors
-                .into_iter()
-                .map(|(task_id, err)| Op::SetTaskSchedulingError { task_id, err }),
-        );
+        // Ops are built a proposal at a time: an `Op` is as large as its largest variant (a
+        // whole object), so a pass's worth of them at once would cost far more memory than the
+        // decisions themselves.
+        let mut ops = plan
+            .assign
+            .into_iter()
+            .map(|(task_id, node_id)| Op::AssignTask { task_id, node_id })
+            .chain(
+                plan.errors
+                    .into_iter()
+                    .map(|(task_id, err)| Op::SetTaskSchedulingError { task_id, err }),
+            )
+            .peekable();
 
         let mut assigned = 0usize;
         let mut skipped = 0usize;
         let mut seen = 0usize;
-        while !ops.is_empty() {
-            let rest = ops.split_off(ops.len().min(MAX_OPS_PER_PROPOSAL));
-            let chunk = std::mem::replace(&mut ops, rest);
+        while ops.peek().is_some() {
+            let chunk: Vec<Op> = ops.by_ref().take(MAX_OPS_PER_PROPOSAL).collect();
             let resp = self.store.propose(Request::best_effort(chunk)).await?;
             if let Some(Ok(outcomes)) = resp.result {
                 for o in outcomes {
@@ -174,7 +177,7 @@ impl Scheduler {
 
         let stats = PassStats {
             assigned,
-            unschedulable: plan.unschedulable,
+            unschedulable,
         };
         let elapsed = started.elapsed();
         METRICS
@@ -207,7 +210,7 @@ impl Scheduler {
             );
         }
         // Assignments the store skipped (the task changed meanwhile) leave tasks PENDING.
-        Ok((stats, plan.left_pending + skipped))
+        Ok((stats, left_pending + skipped))
     }
 }
 

@@ -335,3 +335,109 @@ proptest! {
         }
     }
 }
+
+/// What a task-by-task scheduler (SwarmKit's way: every node filtered again for every task)
+/// decides for the cluster: each PENDING task in turn (by service, then id), onto the ready
+/// and active node that passes every filter with the fewest tasks of the service, then the
+/// fewest tasks, then the smallest id. Returns (task id, node id) in decision order and how
+/// many tasks fit nowhere.
+fn reference(c: &Cluster) -> (Vec<(String, String)>, usize) {
+    struct Usage {
+        cpu: i64,
+        mem: i64,
+        total: u32,
+        ports: u32,
+        per_service: HashMap<String, u32>,
+    }
+    let mut nodes: Vec<&Node> = c.nodes.iter().collect();
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut usage: Vec<Usage> = nodes
+        .iter()
+        .map(|n| {
+            let r = n.description.as_ref().and_then(|d| d.resources.as_ref());
+            Usage {
+                cpu: r.map_or(0, |r| r.nano_cpus),
+                mem: r.map_or(0, |r| r.memory_bytes),
+                total: 0,
+                ports: 0,
+                per_service: HashMap::new(),
+            }
+        })
+        .collect();
+    let running = TaskState::Running as i32;
+    for t in c.tasks.iter().filter(|t| holds(t)) {
+        let Some(i) = nodes.iter().position(|n| n.id == t.node_id) else {
+            continue;
+        };
+        let u = &mut usage[i];
+        let (cpu, mem) = reservation(t);
+        u.cpu -= cpu;
+        u.mem -= mem;
+        u.ports += u32::from(t.endpoint.is_some());
+        if t.desired_state <= running {
+            u.total += 1;
+            *u.per_service.entry(t.service_id.clone()).or_default() += 1;
+        }
+    }
+    let mut pending: Vec<&Task> = c
+        .tasks
+        .iter()
+        .filter(|t| t.node_id.is_empty() && t.desired_state <= running)
+        .collect();
+    pending.sort_by(|a, b| (&a.service_id, &a.id).cmp(&(&b.service_id, &b.id)));
+    let mut out = Vec::new();
+    let mut unplaced = 0;
+    for t in pending {
+        let s: usize = t.service_id[1..].parse().expect("service index");
+        let rules = &c.services[s];
+        let (cpu, mem) = reservation(t);
+        let best = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| {
+                let u = &usage[*i];
+                let svc = u.per_service.get(&t.service_id).copied().unwrap_or(0);
+                n.state() == NodeState::Ready
+                    && n.availability() == NodeAvailability::Active
+                    && ((cpu == 0 && mem == 0) || (cpu <= u.cpu && mem <= u.mem))
+                    && rules.rules.iter().all(|r| r.holds(n))
+                    && !(t.endpoint.is_some() && u.ports > 0)
+                    && (rules.max_replicas == 0 || u64::from(svc) < rules.max_replicas)
+            })
+            .min_by_key(|(i, n)| {
+                let u = &usage[*i];
+                let svc = u.per_service.get(&t.service_id).copied().unwrap_or(0);
+                (svc, u.total, n.id.as_str())
+            })
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => {
+                let u = &mut usage[i];
+                u.cpu -= cpu;
+                u.mem -= mem;
+                u.total += 1;
+                u.ports += u32::from(t.endpoint.is_some());
+                *u.per_service.entry(t.service_id.clone()).or_default() += 1;
+                out.push((t.id.clone(), nodes[i].id.clone()));
+            }
+            None => unplaced += 1,
+        }
+    }
+    (out, unplaced)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// The grouped pass (one filter pass per task group, then a heap) decides exactly what
+    /// the task-by-task reference decides: the same node for every task, in the same order,
+    /// and the same tasks left PENDING.
+    #[test]
+    fn a_grouped_pass_places_like_a_task_by_task_scheduler(c in cluster()) {
+        let state = state_of(&c);
+        let p = plan(&state);
+        let (want, unplaced) = reference(&c);
+        prop_assert_eq!(&p.assign, &want);
+        prop_assert_eq!(p.unschedulable, unplaced);
+    }
+}

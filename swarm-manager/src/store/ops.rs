@@ -85,11 +85,12 @@ pub enum StoreError {
 }
 
 /// What applying one op produced: the object as stored after the op (None for deletes
-/// and no-op changes), or why it was skipped (best-effort batches only).
-#[allow(clippy::large_enum_variant)] // see Object
+/// and no-op changes), or why it was skipped (best-effort batches only). The object is
+/// boxed: a batch's outcomes are mostly small (`None` for the in-place task ops), and an
+/// inline object would make each of them a kilobyte or more.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum OpOutcome {
-    Applied(Option<Object>),
+    Applied(Option<Box<Object>>),
     Skipped(StoreError),
 }
 
@@ -106,7 +107,7 @@ impl Response {
             Some(Ok(outcomes)) => Ok(outcomes
                 .into_iter()
                 .map(|o| match o {
-                    OpOutcome::Applied(obj) => obj,
+                    OpOutcome::Applied(obj) => obj.map(|b| *b),
                     OpOutcome::Skipped(_) => None,
                 })
                 .collect()),

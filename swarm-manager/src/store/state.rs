@@ -15,7 +15,9 @@ pub struct State {
     clusters: BTreeMap<String, Cluster>,
     nodes: BTreeMap<String, Node>,
     services: BTreeMap<String, Service>,
-    tasks: HashMap<String, Task>,
+    /// Boxed: a task is about a kilobyte, so the table's empty slots and its growth copies
+    /// would cost as much as the tasks themselves (same encoding in snapshots).
+    tasks: HashMap<String, Box<Task>>,
     networks: BTreeMap<String, Network>,
     /// Secrets and configs, few and small: looked up by name with a scan.
     secrets: BTreeMap<String, Secret>,
@@ -35,8 +37,9 @@ pub enum Standing {
     Member(proto::NodeRole),
 }
 
-/// What an atomic batch restores on failure: (kind, id, previous object or None).
-type Undo = Vec<(Kind, String, Option<Object>)>;
+/// What an atomic batch restores on failure: (kind, id, previous object or None). Boxed,
+/// so that a batch of creates (None each) costs a few bytes per op, not a whole object.
+type Undo = Vec<(Kind, String, Option<Box<Object>>)>;
 
 #[derive(Clone, Debug, Default)]
 struct Indexes {
@@ -143,10 +146,10 @@ impl State {
         self.services.values()
     }
     pub fn task(&self, id: &str) -> Option<&Task> {
-        self.tasks.get(id)
+        self.tasks.get(id).map(Box::as_ref)
     }
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
-        self.tasks.values()
+        self.tasks.values().map(Box::as_ref)
     }
     pub fn task_count(&self) -> usize {
         self.tasks.len()
@@ -157,7 +160,7 @@ impl State {
             .get(service_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.task(id))
     }
     pub fn tasks_on_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Task> {
         self.index
@@ -165,7 +168,7 @@ impl State {
             .get(node_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.task(id))
     }
     /// Tasks with an attachment to the network (`Task.networks`), whatever their state.
     pub fn tasks_on_network<'a>(&'a self, network_id: &str) -> impl Iterator<Item = &'a Task> {
@@ -174,7 +177,7 @@ impl State {
             .get(network_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.task(id))
     }
     /// Services attached to the network: named in `spec.task.networks` by id or by name,
     /// or holding a virtual IP on it. Each service once.
@@ -196,7 +199,7 @@ impl State {
             .get(&(state as i32))
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.task(id))
     }
     pub fn count_in_state(&self, state: TaskState) -> usize {
         self.index
@@ -245,10 +248,23 @@ impl State {
             Kind::Cluster => self.clusters.get(id).cloned().map(Object::Cluster),
             Kind::Node => self.nodes.get(id).cloned().map(Object::Node),
             Kind::Service => self.services.get(id).cloned().map(Object::Service),
-            Kind::Task => self.tasks.get(id).cloned().map(Object::Task),
+            Kind::Task => self.task(id).cloned().map(Object::Task),
             Kind::Network => self.networks.get(id).cloned().map(Object::Network),
             Kind::Secret => self.secrets.get(id).cloned().map(Object::Secret),
             Kind::Config => self.configs.get(id).cloned().map(Object::Config),
+        }
+    }
+
+    /// Whether an object of that kind and id exists (without copying it, as `get` does).
+    pub fn contains(&self, kind: Kind, id: &str) -> bool {
+        match kind {
+            Kind::Cluster => self.clusters.contains_key(id),
+            Kind::Node => self.nodes.contains_key(id),
+            Kind::Service => self.services.contains_key(id),
+            Kind::Task => self.tasks.contains_key(id),
+            Kind::Network => self.networks.contains_key(id),
+            Kind::Secret => self.secrets.contains_key(id),
+            Kind::Config => self.configs.contains_key(id),
         }
     }
 
@@ -288,7 +304,7 @@ impl State {
                     .insert(spec.name.clone(), n.id.clone());
             }
         }
-        let tasks: Vec<Task> = self.tasks.values().cloned().collect();
+        let tasks: Vec<Task> = self.tasks().cloned().collect();
         for t in &tasks {
             self.index_task(t);
         }
@@ -304,10 +320,10 @@ impl State {
             let mut out = Vec::with_capacity(req.ops.len());
             for op in &req.ops {
                 match self.apply_op(index, req.now_ms, op, Some(&mut undo)) {
-                    Ok(o) => out.push(OpOutcome::Applied(o)),
+                    Ok(o) => out.push(OpOutcome::Applied(o.map(Box::new))),
                     Err(e) => {
                         for (kind, id, prev) in undo.into_iter().rev() {
-                            self.restore(kind, &id, prev);
+                            self.restore(kind, &id, prev.map(|b| *b));
                         }
                         return Response {
                             result: Some(Err(e)),
@@ -324,7 +340,7 @@ impl State {
                 .ops
                 .iter()
                 .map(|op| match self.apply_op(index, req.now_ms, op, None) {
-                    Ok(o) => OpOutcome::Applied(o),
+                    Ok(o) => OpOutcome::Applied(o.map(Box::new)),
                     Err(e) => OpOutcome::Skipped(e),
                 })
                 .collect();
@@ -348,7 +364,7 @@ impl State {
                 if id.is_empty() {
                     return Err(StoreError::Invalid(format!("{kind} without an id")));
                 }
-                if self.get(kind, &id).is_some() {
+                if self.contains(kind, &id) {
                     return Err(StoreError::Exists { kind, id });
                 }
                 self.check_name(obj, None)?;
@@ -393,7 +409,7 @@ impl State {
                     updated_at: now,
                 };
                 if let Some(u) = undo.as_deref_mut() {
-                    u.push((kind, id, Some(prev)));
+                    u.push((kind, id, Some(Box::new(prev))));
                 }
                 self.put(obj.clone());
                 Ok(Some(obj))
@@ -406,7 +422,7 @@ impl State {
                     });
                 };
                 if let Some(u) = undo.as_deref_mut() {
-                    u.push((*kind, id.clone(), Some(prev)));
+                    u.push((*kind, id.clone(), Some(Box::new(prev))));
                 }
                 self.remove(*kind, id);
                 if *kind == Kind::Node {
@@ -512,7 +528,7 @@ impl State {
             u.push((
                 Kind::Cluster,
                 c.id.clone(),
-                Some(Object::Cluster(c.clone())),
+                Some(Box::new(Object::Cluster(c.clone()))),
             ));
         }
         c.removed_nodes.push(proto::RemovedNode {
@@ -546,7 +562,11 @@ impl State {
         m.version = index;
         m.updated_at = now;
         if let Some(u) = undo {
-            u.push((Kind::Node, node_id.to_string(), Some(Object::Node(prev))));
+            u.push((
+                Kind::Node,
+                node_id.to_string(),
+                Some(Box::new(Object::Node(prev))),
+            ));
         }
         self.nodes.insert(node_id.to_string(), n.clone());
         Ok(Some(Object::Node(n)))
@@ -570,7 +590,7 @@ impl State {
                 id: id.to_string(),
             });
         };
-        let before = undo.is_some().then(|| t.clone());
+        let before = undo.is_some().then(|| Task::clone(t));
         let old_state = t.state() as i32;
         let old_node = t.node_id.clone();
         if !f(t)? {
@@ -587,7 +607,11 @@ impl State {
             String::new()
         };
         if let (Some(u), Some(prev)) = (undo, before) {
-            u.push((Kind::Task, id.to_string(), Some(Object::Task(prev))));
+            u.push((
+                Kind::Task,
+                id.to_string(),
+                Some(Box::new(Object::Task(prev))),
+            ));
         }
         let ix = &mut self.index;
         if new_state != old_state {
@@ -604,10 +628,7 @@ impl State {
                 set.remove(id);
             }
             if !new_node.is_empty() {
-                ix.tasks_by_node
-                    .entry(new_node)
-                    .or_default()
-                    .insert(id.to_string());
+                add_to(&mut ix.tasks_by_node, &new_node, id);
             }
         }
         Ok(None)
@@ -738,30 +759,21 @@ impl State {
             self.unindex_task(&old);
         }
         self.index_task(&t);
-        self.tasks.insert(t.id.clone(), t);
+        self.tasks.insert(t.id.clone(), Box::new(t));
     }
 
     fn index_task(&mut self, t: &Task) {
         let ix = &mut self.index;
-        ix.tasks_by_service
-            .entry(t.service_id.clone())
-            .or_default()
-            .insert(t.id.clone());
+        add_to(&mut ix.tasks_by_service, &t.service_id, &t.id);
         if !t.node_id.is_empty() {
-            ix.tasks_by_node
-                .entry(t.node_id.clone())
-                .or_default()
-                .insert(t.id.clone());
+            add_to(&mut ix.tasks_by_node, &t.node_id, &t.id);
         }
         ix.tasks_by_state
             .entry(t.state() as i32)
             .or_default()
             .insert(t.id.clone());
         for a in &t.networks {
-            ix.tasks_by_network
-                .entry(a.network_id.clone())
-                .or_default()
-                .insert(t.id.clone());
+            add_to(&mut ix.tasks_by_network, &a.network_id, &t.id);
         }
     }
 
@@ -776,6 +788,18 @@ impl State {
         }
         if let Some(set) = ix.tasks_by_state.get_mut(&(t.state() as i32)) {
             set.remove(&t.id);
+        }
+    }
+}
+
+/// Adds `id` to the set under `key`, copying the key only for a new set.
+fn add_to(map: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+    match map.get_mut(key) {
+        Some(set) => {
+            set.insert(id.to_string());
+        }
+        None => {
+            map.insert(key.to_string(), BTreeSet::from([id.to_string()]));
         }
     }
 }

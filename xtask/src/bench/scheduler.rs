@@ -72,6 +72,9 @@ fn parse_only(s: &str) -> anyhow::Result<(usize, usize)> {
 
 struct RunResult {
     secs: f64,
+    /// CPU time (user + system) the child used over `secs`: on a shared machine, where the
+    /// wall clock also counts the time other processes hold the cores, the steadier figure.
+    cpu_secs: f64,
     /// Part of `secs` spent inserting the tasks into the store.
     insert_secs: f64,
     maxrss_kib: u64,
@@ -104,7 +107,7 @@ fn run_child(nodes: usize, tasks: usize) -> anyhow::Result<RunResult> {
         .find_map(|l| l.strip_prefix("RESULT "))
         .with_context(|| format!("no RESULT line in the child's output:\n{stdout}"))?;
     let f: Vec<&str> = line.split_whitespace().collect();
-    if f.len() != 4 {
+    if f.len() != 5 {
         bail!("malformed RESULT line {line:?}");
     }
     Ok(RunResult {
@@ -112,6 +115,7 @@ fn run_child(nodes: usize, tasks: usize) -> anyhow::Result<RunResult> {
         insert_secs: f[1].parse().context("RESULT insert seconds")?,
         maxrss_kib: f[2].parse().context("RESULT maxrss")?,
         passes: f[3].parse().context("RESULT passes")?,
+        cpu_secs: f[4].parse().context("RESULT cpu seconds")?,
     })
 }
 
@@ -135,36 +139,38 @@ pub fn scheduler(runs: usize, only: Option<&str>) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &(nodes, tasks) in &configs {
         let mut secs = Vec::new();
+        let mut cpu = Vec::new();
         let mut rss = 0u64;
         let mut passes = 0usize;
         for r in 0..runs {
             let res = run_child(nodes, tasks)?;
             eprintln!(
-                "  {} nodes × {} tasks, run {}: {:.3} s (store insert {:.3} s, scheduling {:.3} s), {} pass(es), peak RSS {} MiB",
+                "  {} nodes × {} tasks, run {}: {:.3} s (store insert {:.3} s, scheduling {:.3} s; CPU {:.3} s), {} pass(es), peak RSS {} MiB",
                 human(nodes),
                 human(tasks),
                 r + 1,
                 res.secs,
                 res.insert_secs,
                 res.secs - res.insert_secs,
+                res.cpu_secs,
                 res.passes,
                 res.maxrss_kib / 1024
             );
             secs.push(res.secs);
+            cpu.push(res.cpu_secs);
             rss = rss.max(res.maxrss_kib);
             passes = passes.max(res.passes);
         }
-        secs.sort_by(|a, b| a.total_cmp(b));
-        let median = secs[secs.len() / 2];
-        rows.push((nodes, tasks, median, rss, passes));
+        rows.push((nodes, tasks, Spread::of(secs), Spread::of(cpu), rss, passes));
     }
 
     println!();
     println!(
-        "{:>7} {:>7} {:>10} {:>12} {:>13} {:>7}  VS SWARMKIT",
-        "NODES", "TASKS", "MEDIAN s", "TASKS/s", "PEAK RSS MiB", "PASSES"
+        "{:>7} {:>7} {:>10} {:>15} {:>10} {:>12} {:>13} {:>7}  VS SWARMKIT",
+        "NODES", "TASKS", "MEDIAN s", "MIN-MAX s", "CPU s", "TASKS/s", "PEAK RSS MiB", "PASSES"
     );
-    for (nodes, tasks, median, rss, passes) in rows {
+    for (nodes, tasks, wall, cpu, rss, passes) in rows {
+        let median = wall.median;
         let vs = if (nodes, tasks) == (1_000, 100_000) {
             format!(
                 "{:.1}x faster (SwarmKit {SWARMKIT_1K_100K} s)",
@@ -174,20 +180,41 @@ pub fn scheduler(runs: usize, only: Option<&str>) -> anyhow::Result<()> {
             String::new()
         };
         println!(
-            "{:>7} {:>7} {:>10.3} {:>12.0} {:>13.1} {:>7}  {}",
+            "{:>7} {:>7} {:>10.3} {:>15} {:>10.3} {:>12.0} {:>13.1} {:>7}  {}",
             human(nodes),
             human(tasks),
             median,
+            format!("{:.3}-{:.3}", wall.min, wall.max),
+            cpu.median,
             tasks as f64 / median.max(1e-9),
             rss as f64 / 1024.0,
             passes,
             vs
         );
     }
+    println!("(CPU s: median CPU time of the child over the same interval; the wall clock also counts time other processes hold the cores)");
     if cfg!(debug_assertions) {
         println!("(debug build: not representative)");
     }
     Ok(())
+}
+
+/// Median and range of a configuration's runs.
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(|a, b| a.total_cmp(b));
+        Spread {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
 }
 
 fn node(i: usize) -> Node {
@@ -218,20 +245,26 @@ fn node(i: usize) -> Node {
     }
 }
 
-fn maxrss_kib() -> u64 {
+fn rusage() -> Option<libc::rusage> {
     // SAFETY: getrusage writes into the zeroed struct we pass; no other memory is touched.
     unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
-        if libc::getrusage(libc::RUSAGE_SELF, &mut ru) == 0 {
-            ru.ru_maxrss.max(0) as u64
-        } else {
-            0
-        }
+        (libc::getrusage(libc::RUSAGE_SELF, &mut ru) == 0).then_some(ru)
     }
 }
 
+fn maxrss_kib() -> u64 {
+    rusage().map_or(0, |ru| ru.ru_maxrss.max(0) as u64)
+}
+
+/// User + system CPU time of this process so far.
+fn cpu_secs() -> f64 {
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    rusage().map_or(0.0, |ru| secs(ru.ru_utime) + secs(ru.ru_stime))
+}
+
 /// One configuration, in this (child) process. Prints
-/// `RESULT <secs> <insert secs> <maxrss KiB> <passes>`.
+/// `RESULT <secs> <insert secs> <maxrss KiB> <passes> <cpu secs>`.
 pub fn child(nodes: usize, tasks: usize) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -246,7 +279,9 @@ async fn child_async(n_nodes: usize, n_tasks: usize) -> anyhow::Result<()> {
     for i in 0..n_nodes {
         ops.push(Op::Create(Object::Node(node(i))));
         if ops.len() == BATCH {
-            store.write(std::mem::take(&mut ops)).await?;
+            store
+                .write(std::mem::replace(&mut ops, Vec::with_capacity(BATCH)))
+                .await?;
         }
     }
     let task_spec = TaskSpec {
@@ -270,12 +305,15 @@ async fn child_async(n_nodes: usize, n_tasks: usize) -> anyhow::Result<()> {
         ..Default::default()
     };
     ops.push(Op::Create(Object::Service(service.clone())));
-    store.write(std::mem::take(&mut ops)).await?;
+    store
+        .write(std::mem::replace(&mut ops, Vec::with_capacity(BATCH)))
+        .await?;
 
     let scheduler = Scheduler::new(store.clone());
 
     // ---- clock starts: the allocator's store insert of PENDING tasks
     let start = Instant::now();
+    let cpu_start = cpu_secs();
     for slot in 1..=n_tasks {
         ops.push(Op::Create(Object::Task(Task {
             id: new_id(),
@@ -293,7 +331,9 @@ async fn child_async(n_nodes: usize, n_tasks: usize) -> anyhow::Result<()> {
             ..Default::default()
         })));
         if ops.len() == BATCH {
-            store.write(std::mem::take(&mut ops)).await?;
+            store
+                .write(std::mem::replace(&mut ops, Vec::with_capacity(BATCH)))
+                .await?;
         }
     }
     if !ops.is_empty() {
@@ -312,6 +352,7 @@ async fn child_async(n_nodes: usize, n_tasks: usize) -> anyhow::Result<()> {
         passes += 1;
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu_start;
     // ---- clock stopped
 
     let st = store.read();
@@ -336,7 +377,10 @@ async fn child_async(n_nodes: usize, n_tasks: usize) -> anyhow::Result<()> {
         bail!("uneven spread: between {min} and {max} tasks per node");
     }
     drop(st);
-    println!("RESULT {secs:.6} {inserted:.6} {} {passes}", maxrss_kib());
+    println!(
+        "RESULT {secs:.6} {inserted:.6} {} {passes} {cpu:.6}",
+        maxrss_kib()
+    );
     Ok(())
 }
 
