@@ -334,6 +334,18 @@ proptest! {
             }
         }
     }
+
+    /// The grouped pass (one filter pass per task group, then a heap) decides exactly what
+    /// the task-by-task reference decides: the same node for every task, in the same order,
+    /// and the same tasks left PENDING.
+    #[test]
+    fn a_grouped_pass_places_like_a_task_by_task_scheduler(c in cluster()) {
+        let state = state_of(&c);
+        let p = plan(&state);
+        let (want, unplaced) = reference(&c);
+        prop_assert_eq!(&p.assign, &want);
+        prop_assert_eq!(p.unschedulable, unplaced);
+    }
 }
 
 /// What a task-by-task scheduler (SwarmKit's way: every node filtered again for every task)
@@ -424,20 +436,4 @@ fn reference(c: &Cluster) -> (Vec<(String, String)>, usize) {
         }
     }
     (out, unplaced)
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
-
-    /// The grouped pass (one filter pass per task group, then a heap) decides exactly what
-    /// the task-by-task reference decides: the same node for every task, in the same order,
-    /// and the same tasks left PENDING.
-    #[test]
-    fn a_grouped_pass_places_like_a_task_by_task_scheduler(c in cluster()) {
-        let state = state_of(&c);
-        let p = plan(&state);
-        let (want, unplaced) = reference(&c);
-        prop_assert_eq!(&p.assign, &want);
-        prop_assert_eq!(p.unschedulable, unplaced);
-    }
 }
