@@ -85,12 +85,11 @@ pub enum StoreError {
 }
 
 /// What applying one op produced: the object as stored after the op (None for deletes
-/// and no-op changes), or why it was skipped (best-effort batches only). The object is
-/// boxed: a batch's outcomes are mostly small (`None` for the in-place task ops), and an
-/// inline object would make each of them a kilobyte or more.
+/// and no-op changes), or why it was skipped (best-effort batches only).
+#[allow(clippy::large_enum_variant)] // see Object
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum OpOutcome {
-    Applied(Option<Box<Object>>),
+    Applied(Option<Object>),
     Skipped(StoreError),
 }
 
@@ -107,7 +106,7 @@ impl Response {
             Some(Ok(outcomes)) => Ok(outcomes
                 .into_iter()
                 .map(|o| match o {
-                    OpOutcome::Applied(obj) => obj.map(|b| *b),
+                    OpOutcome::Applied(obj) => obj,
                     OpOutcome::Skipped(_) => None,
                 })
                 .collect()),

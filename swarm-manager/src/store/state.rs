@@ -320,7 +320,7 @@ impl State {
             let mut out = Vec::with_capacity(req.ops.len());
             for op in &req.ops {
                 match self.apply_op(index, req.now_ms, op, Some(&mut undo)) {
-                    Ok(o) => out.push(OpOutcome::Applied(o.map(Box::new))),
+                    Ok(o) => out.push(OpOutcome::Applied(o)),
                     Err(e) => {
                         for (kind, id, prev) in undo.into_iter().rev() {
                             self.restore(kind, &id, prev.map(|b| *b));
@@ -340,7 +340,7 @@ impl State {
                 .ops
                 .iter()
                 .map(|op| match self.apply_op(index, req.now_ms, op, None) {
-                    Ok(o) => OpOutcome::Applied(o.map(Box::new)),
+                    Ok(o) => OpOutcome::Applied(o),
                     Err(e) => OpOutcome::Skipped(e),
                 })
                 .collect();

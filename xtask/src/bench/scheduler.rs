@@ -281,9 +281,7 @@ async fn child_async(n_nodes: usize, n_tasks: usize) -> anyhow::Result<()> {
     for i in 0..n_nodes {
         ops.push(Op::Create(Object::Node(node(i))));
         if ops.len() == BATCH {
-            store
-                .write(std::mem::replace(&mut ops, Vec::with_capacity(BATCH)))
-                .await?;
+            store.write(std::mem::take(&mut ops)).await?;
         }
     }
     let task_spec = TaskSpec {
@@ -307,9 +305,7 @@ async fn child_async(n_nodes: usize, n_tasks: usize) -> anyhow::Result<()> {
         ..Default::default()
     };
     ops.push(Op::Create(Object::Service(service.clone())));
-    store
-        .write(std::mem::replace(&mut ops, Vec::with_capacity(BATCH)))
-        .await?;
+    store.write(std::mem::take(&mut ops)).await?;
 
     let scheduler = Scheduler::new(store.clone());
 
@@ -333,9 +329,7 @@ async fn child_async(n_nodes: usize, n_tasks: usize) -> anyhow::Result<()> {
             ..Default::default()
         })));
         if ops.len() == BATCH {
-            store
-                .write(std::mem::replace(&mut ops, Vec::with_capacity(BATCH)))
-                .await?;
+            store.write(std::mem::take(&mut ops)).await?;
         }
     }
     if !ops.is_empty() {
