@@ -404,7 +404,13 @@ mod tests {
     fn explosive(key: &str, n: u64) -> Vec<Record> {
         let mut h = vec![rec_on(key, 0, Op::Create, 0, Some((10, Ret::Created)))];
         for p in 1..=n {
-            h.push(rec_on(key, p, Op::Read, 20 + p, Some((100 + p, Ret::Value(0)))));
+            h.push(rec_on(
+                key,
+                p,
+                Op::Read,
+                20 + p,
+                Some((100 + p, Ret::Value(0))),
+            ));
         }
         h.push(rec_on(key, n + 1, Op::Read, 20, Some((200, Ret::Value(7)))));
         h
