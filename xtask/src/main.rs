@@ -14,8 +14,9 @@
 //!   `swarm-agent` and `swarm`), built and pushed.
 //! - `cargo xtask lab [up|exec|registry|status|down]`: the multi-node lab (a network namespace,
 //!   containerd and swarm-agent per node; see xtask/src/lab.rs).
-//! - `cargo xtask fuzz [--target T] [--seconds 60]`: the cargo-fuzz targets of `fuzz/`, each
-//!   (or T alone) for the given time, with what each ran (`test` runs every one 10 s).
+//! - `cargo xtask fuzz [--target T] [--seconds 60]`: the libFuzzer targets of `fuzz/`, each
+//!   (or T alone) replayed over its committed inputs then run for the given time, with what
+//!   each ran (`test` runs every one 20 s).
 //! - `cargo xtask bench scheduler [--runs 3] [--only NODESxTASKS]`: the scheduler benchmark
 //!   (re-runs itself as a release build).
 //! - `cargo xtask bench dns [--services 1000] [--tasks 10] [--rounds 3] [--seconds 5]`: the
@@ -103,7 +104,8 @@ enum Cmd {
         #[command(subcommand)]
         verb: Option<LabCmd>,
     },
-    /// The fuzz targets of `fuzz/` (cargo-fuzz, nightly): built, then each run for a while.
+    /// The fuzz targets of `fuzz/` (libFuzzer, nightly): built, their committed inputs
+    /// replayed, then each run for a while.
     Fuzz {
         /// Only this target (dns_query, raft_entry, raft_snapshot, control_spec,
         /// oci_manifest, oci_reference, ca_csr, resolv_conf).

@@ -1,6 +1,6 @@
 //! What a fresh machine needs before anything of the project builds or runs, installed when
 //! missing (as root): Debian packages, the nightly toolchain with rust-src, bpf-linker, the
-//! musl target, cargo-fuzz. This module is part of the light xtask (built without the `lab` feature), so
+//! musl target. This module is part of the light xtask (built without the `lab` feature), so
 //! that it compiles with nothing but stable Rust: the commands that need the rest re-run
 //! xtask with `--features lab` once this is done.
 
@@ -39,9 +39,6 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/sockperf", "sockperf"),
     ("/usr/bin/dnsperf", "dnsperf"),
 ];
-
-/// The cargo-fuzz that builds and runs `fuzz/` (`cargo xtask fuzz`, and `test`).
-const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// The bpf-linker that matches the nightly's LLVM (see ../shared/toolchain.md).
 const BPF_LINKER_VERSION: &str = "0.10.3";
@@ -105,11 +102,11 @@ fn apt_install(missing: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The nightly toolchain with rust-src (the eBPF programs are built with it, `-Z
-/// build-std=core`), bpf-linker, and the musl target of the stable toolchain (whoami).
+/// build-std=core`, and the fuzz targets), bpf-linker, and the musl target of the stable toolchain (whoami).
 fn ensure_toolchains() -> anyhow::Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]));
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        println!("installing the nightly toolchain (for the eBPF programs)");
+        println!("installing the nightly toolchain (for the eBPF programs and the fuzz targets)");
         run(
             Command::new("rustup").args([
                 "toolchain",
@@ -156,25 +153,6 @@ fn ensure_toolchains() -> anyhow::Result<()> {
         run(
             Command::new("rustup").args(["target", "add", MUSL]),
             "rustup target add",
-        )?;
-    }
-    Ok(())
-}
-
-/// cargo-fuzz (the nightly toolchain itself comes with [`ensure`]).
-pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
-    let have = output(Command::new("cargo").args(["fuzz", "--version"]));
-    if !have.contains(CARGO_FUZZ_VERSION) {
-        println!("installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
-        run(
-            Command::new("cargo").args([
-                "install",
-                "cargo-fuzz",
-                "--version",
-                CARGO_FUZZ_VERSION,
-                "--locked",
-            ]),
-            "cargo install cargo-fuzz",
         )?;
     }
     Ok(())

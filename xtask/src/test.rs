@@ -1,6 +1,7 @@
 //! `cargo xtask test`: what CI runs. Installs what the build and the tests need when it is
 //! missing ([`crate::setup`]), builds every binary the end-to-end tests start and the static
-//! whoami binary of the lab's test images, then runs the whole suite; then the data-plane
+//! whoami binary of the lab's test images, then runs the whole suite; then every fuzz target
+//! for a bounded time after replaying its committed inputs ([`crate::fuzz::ci`]); then the data-plane
 //! tests again with legacy tc forced (clsact filters on this kernel with TCX), the overlay and
 //! VIP lab tests again with every agent as a container, the data-plane tests in a VM with
 //! Debian 12's 6.1 kernel ([`crate::vm`]), and the power-loss test in that VM
@@ -19,6 +20,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     ];
     args.extend(extra.iter().map(String::as_str));
     crate::workspace::cargo(&args)?;
+    crate::fuzz::ci()?;
     legacy_tc()?;
     agent_containers()?;
     crate::vm::run()?;

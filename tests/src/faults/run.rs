@@ -69,7 +69,7 @@ pub struct Report {
 impl Report {
     /// Whether the run found nothing wrong.
     pub fn passed(&self) -> bool {
-        self.verdict.linearizable()
+        self.verdict.passed()
             && self.stretches.longest_over <= over_bound()
             && self.stretches.longest_under <= under_bound()
     }
@@ -82,7 +82,7 @@ impl Report {
         };
         format!(
             "seed {}: {} faults, {} operations on {} services ({} completed, {} indeterminate), \
-             linearizable: {}; copies of the service (asked {REPLICAS}): longest over {:.1?} (bound {:?}), \
+             linearizable: {}, not checked: {}; copies of the service (asked {REPLICAS}): longest over {:.1?} (bound {:?}), \
              longest under {:.1?} (bound {:?}), {} samples{left_out}",
             self.seed,
             self.faults.len(),
@@ -91,6 +91,7 @@ impl Report {
             self.verdict.ok,
             self.verdict.indeterminate,
             if self.verdict.linearizable() { "yes" } else { "NO" },
+            self.verdict.unchecked_summary(),
             self.stretches.longest_over,
             over_bound(),
             self.stretches.longest_under,
@@ -106,6 +107,13 @@ impl Report {
         s.push_str("\nfaults:\n");
         for f in &self.faults {
             s.push_str(&format!("  {f}\n"));
+        }
+        if self.verdict.too_much_unchecked() {
+            s.push_str(&format!(
+                "more than {}% of the operations were not checked (the run fails): {}\n",
+                super::history::MAX_UNCHECKED_PERCENT,
+                self.verdict.unchecked_summary()
+            ));
         }
         for (key, recs) in &self.verdict.violations {
             s.push_str(&format!("no linearization of {key}:\n"));

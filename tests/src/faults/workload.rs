@@ -4,8 +4,11 @@
 //!
 //! A key is one service, created once under a unique name, then read and bumped: a bump
 //! reads the service (a recorded `Read`: version and counter) and updates its counter label
-//! naming that version (a recorded `Cas`). After [`OPS_PER_KEY`] operations a key is retired
-//! and a new one created, which keeps each key's history small for the checker.
+//! naming that version (a recorded `Cas`). After [`OPS_PER_KEY`] operations, or
+//! [`INDETERMINATE_PER_KEY`] indeterminate ones, a key is retired and a new one created; there
+//! are about as many keys in use as clients. This keeps each key's history small and its
+//! concurrent writers few for the checker, whose search grows exponentially with them (an
+//! indeterminate operation is a writer concurrent with everything after it).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,8 +28,10 @@ use crate::client::socket_channel;
 
 /// Operations on one key before it is retired.
 pub const OPS_PER_KEY: usize = 24;
-/// Keys in use at once.
-const ACTIVE_KEYS: usize = 3;
+/// Indeterminate operations on one key before it is retired.
+pub const INDETERMINATE_PER_KEY: usize = 3;
+/// Keys in use at once (the fault runs have six clients).
+const ACTIVE_KEYS: usize = 6;
 /// An operation that has not completed by then is indeterminate.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The counter label of a workload service.
@@ -36,8 +41,8 @@ pub const COUNTER: &str = "faults.counter";
 struct Keys {
     prefix: String,
     next: u64,
-    /// (name, operations started on it)
-    active: Vec<(String, usize)>,
+    /// (name, operations started on it, indeterminate ones)
+    active: Vec<(String, usize, usize)>,
 }
 
 /// What the clients share: the history, the keys, process ids, the stop flag.
@@ -79,11 +84,12 @@ impl Workload {
 
     fn next(&self, rng: &mut Rng) -> Next {
         let mut k = self.keys.lock().expect("keys lock");
-        k.active.retain(|(_, n)| *n < OPS_PER_KEY);
+        k.active
+            .retain(|(_, n, lost)| *n < OPS_PER_KEY && *lost < INDETERMINATE_PER_KEY);
         if k.active.len() < ACTIVE_KEYS {
             let name = format!("{}-{}", k.prefix, k.next);
             k.next += 1;
-            k.active.push((name.clone(), 1));
+            k.active.push((name.clone(), 1, 0));
             return Next::Create(name);
         }
         let i = rng.pick(k.active.len());
@@ -159,6 +165,12 @@ impl Workload {
     /// Records `r` completed with `ret` (or indeterminate when None); whether it completed.
     fn finish(&self, mut r: Record, ret: Option<Ret>) -> bool {
         let done = ret.is_some();
+        if !done {
+            let mut k = self.keys.lock().expect("keys lock");
+            if let Some(entry) = k.active.iter_mut().find(|(name, ..)| *name == r.key) {
+                entry.2 += 1;
+            }
+        }
         r.completed = ret.map(|ret| (Instant::now(), ret));
         self.history.record(r);
         done
