@@ -27,7 +27,7 @@ use anyhow::Context;
 use futures::future::BoxFuture;
 use proto::{NodeAvailability, Task, TaskState};
 use swarm_agent::agent::JoinOptions;
-use swarm_agent::executor::{host_resources, ExecutorDescription};
+use swarm_agent::executor::ExecutorDescription;
 use swarm_agent::{Agent, AgentConfig, Executor, TaskReporter};
 use tokio::sync::watch;
 
@@ -86,9 +86,8 @@ pub struct InstantExecutor {
 impl Executor for InstantExecutor {
     fn describe(&self) -> ExecutorDescription {
         ExecutorDescription {
-            resources: host_resources(),
-            engine_version: "sim".into(),
             engine_labels: [("executor".to_string(), "instant".to_string())].into(),
+            ..crate::sim_executor::SimExecutor.describe()
         }
     }
 
@@ -262,6 +261,19 @@ impl SimAgents {
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
     }
+}
+
+/// How many of the nodes `ids` are Ready in `nodes` (a manager's node list).
+pub fn ready_count(nodes: &[proto::Node], ids: &std::collections::BTreeSet<String>) -> usize {
+    nodes
+        .iter()
+        .filter(|n| ids.contains(&n.id))
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .is_some_and(|s| s.state == proto::NodeState::Ready as i32)
+        })
+        .count()
 }
 
 /// Tasks an executor runs more than once for the same place: (service, slot) for replicated

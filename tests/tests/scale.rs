@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use proto::{Task, TaskState};
-use tests::sim_agents::{duplicates, SimAgents};
+use tests::sim_agents::{duplicates, ready_count, SimAgents};
 use tests::{wait_for, AgentClient, Cluster};
 
 const SIM_NODES: usize = 200;
@@ -101,17 +101,10 @@ fn wait_converged(c: &Cluster, via: usize, sim: &SimAgents, timeout: Duration, w
 fn wait_sim_ready(c: &Cluster, via: usize, ids: &BTreeSet<String>, timeout: Duration) {
     let mut ready = 0;
     let r = wait_for(timeout, || {
-        ready = c.node(via).nodes().map_or(0, |nodes| {
-            nodes
-                .iter()
-                .filter(|n| ids.contains(&n.id))
-                .filter(|n| {
-                    n.status
-                        .as_ref()
-                        .is_some_and(|s| s.state == proto::NodeState::Ready as i32)
-                })
-                .count()
-        });
+        ready = c
+            .node(via)
+            .nodes()
+            .map_or(0, |nodes| ready_count(&nodes, ids));
         ready == ids.len()
     });
     if r.is_err() {

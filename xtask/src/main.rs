@@ -261,25 +261,7 @@ enum BenchCmd {
     },
     /// 3 real managers and N simulated agents in one process: join, convergence, the CLI
     /// under load, manager CPU and memory, Raft sizes, network state bytes, leader kill.
-    Scale {
-        /// Simulated nodes (workers).
-        #[arg(long, default_value_t = 5000)]
-        nodes: usize,
-        /// Tasks in all (one global service counts one per node).
-        #[arg(long, default_value_t = 150_000)]
-        tasks: usize,
-        #[arg(long, default_value_t = 300)]
-        services: usize,
-        /// Manager port of the three local managers.
-        #[arg(long, default_value_t = 29301)]
-        port: u16,
-        /// Joins in flight at once.
-        #[arg(long, default_value_t = 32)]
-        parallel: usize,
-        /// The cluster's dispatcher heartbeat period (Docker's default: 5s).
-        #[arg(long, default_value = "5s")]
-        heartbeat: String,
-    },
+    Scale(bench::ScaleOpts),
     /// `service create --replicas N` until all run, in a 3-node lab (needs root).
     Create {
         #[arg(long, default_value_t = 20)]
@@ -400,23 +382,8 @@ fn main() -> anyhow::Result<()> {
             what: BenchCmd::Failover { rounds, port },
         } => bench::failover(rounds.max(1), port),
         Cmd::Bench {
-            what:
-                BenchCmd::Scale {
-                    nodes,
-                    tasks,
-                    services,
-                    port,
-                    parallel,
-                    heartbeat,
-                },
-        } => bench::scale_bench(bench::ScaleOpts {
-            nodes,
-            tasks,
-            services,
-            port,
-            parallel,
-            heartbeat,
-        }),
+            what: BenchCmd::Scale(o),
+        } => bench::scale_bench(o),
         Cmd::Bench {
             what: BenchCmd::Create { replicas, rounds },
         } => bench::create_bench(replicas, rounds),

@@ -223,14 +223,24 @@ pub fn scale_bench(_o: ScaleOpts) -> anyhow::Result<()> {
 
 #[cfg_attr(not(feature = "lab"), allow(dead_code))] // read by the `lab` build only
 /// What `bench scale` builds.
+#[derive(clap::Args)]
 pub struct ScaleOpts {
+    /// Simulated nodes (workers).
+    #[arg(long, default_value_t = 5000)]
     pub nodes: usize,
+    /// Tasks in all (one global service counts one per node).
+    #[arg(long, default_value_t = 150_000)]
     pub tasks: usize,
+    #[arg(long, default_value_t = 300)]
     pub services: usize,
+    /// Manager port of the three local managers.
+    #[arg(long, default_value_t = 29301)]
     pub port: u16,
     /// Joins in flight at once.
+    #[arg(long, default_value_t = 32)]
     pub parallel: usize,
-    /// The cluster's heartbeat period (Docker's default is 5 s).
+    /// The cluster's dispatcher heartbeat period (Docker's default: 5s).
+    #[arg(long, default_value = "5s")]
     pub heartbeat: String,
 }
 

@@ -19,9 +19,9 @@ use std::collections::BTreeSet;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
+use ::tests::sim_agents::{duplicates, ready_count, SimAgents};
+use ::tests::{http_get, AgentClient, Cluster};
 use anyhow::{bail, Context};
-use tests::sim_agents::{duplicates, SimAgents};
-use tests::{http_get, AgentClient, Cluster};
 
 use super::ScaleOpts;
 
@@ -96,24 +96,16 @@ fn leader(c: &Cluster, alive: &[bool; 3]) -> Option<usize> {
 
 /// Simulated nodes Ready as manager `via` sees them.
 fn ready(c: &Cluster, via: usize, ids: &BTreeSet<String>) -> usize {
-    c.node(via).nodes().map_or(0, |nodes| {
-        nodes
-            .iter()
-            .filter(|n| ids.contains(&n.id))
-            .filter(|n| {
-                n.status
-                    .as_ref()
-                    .is_some_and(|s| s.state == proto::NodeState::Ready as i32)
-            })
-            .count()
-    })
+    c.node(via)
+        .nodes()
+        .map_or(0, |nodes| ready_count(&nodes, ids))
 }
 
 /// Whether `service ls` through `via` shows every service with all its tasks running
 /// (`n/n`, global ones included); the services not yet there.
 fn services_full(c: &Cluster, via: usize) -> anyhow::Result<usize> {
     let out = c.node(via).try_swarm(&["service", "ls"])?;
-    let short = tests::table(&out)
+    let short = ::tests::table(&out)
         .iter()
         .filter(|row| {
             !row.iter().any(|col| {
