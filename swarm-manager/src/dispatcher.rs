@@ -38,6 +38,11 @@ pub mod unjoined;
 pub mod writes;
 
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a node's stream lets the store move after a change before it recomputes what
+/// the node is told: the changes of that window go in one message, so a burst of applied
+/// entries costs each node one round instead of one per entry (SwarmKit's dispatcher batches
+/// its assignments for 100 ms too).
+pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// A node is DOWN after this many heartbeat periods without a heartbeat.
 pub const MISSED_HEARTBEATS: u32 = 3;
 
@@ -82,9 +87,11 @@ impl Dispatcher {
         }
     }
 
-    /// Waits for the store to move (or a second to pass) before a stream's next round;
-    /// false when the stream must end: its receiver is gone, or this manager stopped leading
-    /// or the session died (then the agent is told to reconnect).
+    /// Waits until the store moved (then [`BATCH_WINDOW`] more, so that a burst of changes
+    /// is one round): true for a stream's next round; false when the stream must end: its
+    /// receiver is gone, or this manager stopped leading or the session died (then the
+    /// agent is told to reconnect), which is checked every second meanwhile. Nothing is
+    /// recomputed while the store stands still.
     async fn next_round<T>(
         &self,
         watch: &mut tokio::sync::watch::Receiver<u64>,
@@ -92,25 +99,48 @@ impl Dispatcher {
         node_id: &str,
         session_id: &str,
     ) -> bool {
-        tokio::select! {
-            r = watch.changed() => if r.is_err() { return false },
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = tx.closed() => return false,
+        loop {
+            match self.wait_round(watch, tx, node_id, session_id).await {
+                Some(true) => return true,
+                Some(false) => continue,
+                None => return false,
+            }
         }
+    }
+
+    /// One wait of [`next_round`](Self::next_round): Some(true) when the store moved,
+    /// Some(false) after a second without a change, None when the stream must end.
+    async fn wait_round<T>(
+        &self,
+        watch: &mut tokio::sync::watch::Receiver<u64>,
+        tx: &mpsc::Sender<Result<T, Status>>,
+        node_id: &str,
+        session_id: &str,
+    ) -> Option<bool> {
+        let moved = tokio::select! {
+            r = watch.changed() => {
+                if r.is_err() || !batch(watch, tx).await {
+                    return None;
+                }
+                true
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            _ = tx.closed() => return None,
+        };
         let standing = member_role(&self.store.read(), node_id);
         if let Err(denied) = standing {
             self.end_session(node_id, session_id);
             let _ = tx.send(Err(denied)).await;
-            return false;
+            return None;
         }
         if !matches!(self.router.route(), Route::Local) || !self.session_alive(node_id, session_id)
         {
             let _ = tx
                 .send(Err(Status::unavailable("session ended; reconnect")))
                 .await;
-            return false;
+            return None;
         }
-        true
+        Some(moved)
     }
 
     /// Forgets the session (its node was removed): its heartbeats and other streams fail.
@@ -287,6 +317,21 @@ impl Dispatcher {
 }
 
 /// The heartbeat period configured in the cluster object (default 5 s).
+/// After the store moved: lets it move for [`BATCH_WINDOW`] more, then marks all of it
+/// seen, so that the round that follows reads the whole burst and no round comes after it
+/// for the same changes. False when the stream's receiver went away meanwhile.
+async fn batch<T>(
+    watch: &mut tokio::sync::watch::Receiver<u64>,
+    tx: &mpsc::Sender<Result<T, Status>>,
+) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(BATCH_WINDOW) => {}
+        _ = tx.closed() => return false,
+    }
+    watch.borrow_and_update();
+    true
+}
+
 pub fn heartbeat_period(store: &Store) -> Duration {
     let ms = store
         .read()
@@ -837,6 +882,36 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_store_changes_is_one_round() {
+        let (store_tx, mut watch) = tokio::sync::watch::channel(0u64);
+        let (tx, rx) = mpsc::channel::<Result<(), Status>>(1);
+        store_tx.send_replace(1);
+        watch.changed().await.unwrap();
+        let started = tokio::time::Instant::now();
+        // More changes while the round waits.
+        let burst = async {
+            for i in 2..10 {
+                tokio::task::yield_now().await;
+                store_tx.send_replace(i);
+            }
+        };
+        let (batched, ()) = tokio::join!(batch(&mut watch, &tx), burst);
+        assert!(batched);
+        assert!(started.elapsed() >= BATCH_WINDOW);
+        assert!(
+            !watch.has_changed().unwrap(),
+            "the burst was read by this round"
+        );
+        assert_eq!(*watch.borrow(), 9);
+        // A change after the window is the next round's.
+        store_tx.send_replace(10);
+        assert!(watch.has_changed().unwrap());
+        // A stream whose receiver is gone ends at once.
+        drop(rx);
+        assert!(!batch(&mut watch, &tx).await);
     }
 
     #[tokio::test]

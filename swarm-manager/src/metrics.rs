@@ -51,6 +51,8 @@ pub struct Metrics {
     pub raft_commit_index: Gauge,
     pub raft_applied_index: Gauge,
     pub raft_apply_seconds: Histogram,
+    pub raft_log_bytes: Gauge,
+    pub raft_snapshot_bytes: Gauge,
     pub api_requests: Family<MethodCode, Counter>,
     pub api_seconds: Family<Method, Histogram, fn() -> Histogram>,
     pub scheduler_decisions: Family<Outcome, Counter>,
@@ -70,6 +72,8 @@ impl Metrics {
             raft_commit_index: Gauge::default(),
             raft_applied_index: Gauge::default(),
             raft_apply_seconds: latency(),
+            raft_log_bytes: Gauge::default(),
+            raft_snapshot_bytes: Gauge::default(),
             api_requests: Family::default(),
             api_seconds: Family::new_with_constructor(latency),
             scheduler_decisions: Family::default(),
@@ -102,6 +106,16 @@ impl Metrics {
             "raft_apply_seconds",
             "Time to apply one batch of committed entries",
             m.raft_apply_seconds.clone(),
+        );
+        register(
+            "raft_log_bytes",
+            "Bytes of Raft log entries written since the last snapshot",
+            m.raft_log_bytes.clone(),
+        );
+        register(
+            "raft_snapshot_bytes",
+            "Size of the latest Raft snapshot stored (sealed), in bytes",
+            m.raft_snapshot_bytes.clone(),
         );
         register(
             "api_requests",

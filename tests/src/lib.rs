@@ -6,7 +6,9 @@
 //!   reads of the Control API over the node's socket);
 //! - [`helpers`]: polling, the CLI's tables and JSON, task filters, a plain HTTP GET;
 //! - [`images`]: the test images; [`agent_image`]: the agent's own image (`cargo xtask image
-//!   agent`, and the lab's agent-container mode); [`sim_executor`]: the simulated executor of `test-agent`.
+//!   agent`, and the lab's agent-container mode); [`sim_executor`]: the simulated executor of `test-agent`;
+//! - [`sim_agents`]: many simulated agents (real agent sessions, an instant executor) in one
+//!   process, for scale tests and `cargo xtask bench scale`.
 
 pub mod agent_image;
 pub mod client;
@@ -15,6 +17,7 @@ pub mod helpers;
 pub mod images;
 pub mod lab;
 pub mod loopback;
+pub mod sim_agents;
 pub mod sim_executor;
 
 pub use client::{bin_dir, swarm_bin, AgentClient, CliOutput};

@@ -24,6 +24,11 @@
 //! - `cargo xtask bench failover [--rounds 5]`: leader failover time.
 //! - `cargo xtask bench create [--replicas 20] [--rounds 3]`: `service create` to all tasks
 //!   running in a 3-node lab, and where the time goes.
+//! - `cargo xtask bench scale [--nodes 5000] [--tasks 150000] [--services 300]`: 3 real
+//!   managers and N simulated agents (real agent sessions in one process, tasks RUNNING at
+//!   once): join and convergence times, `service ls`/`node ls`/`service ps` p50/p99, leader
+//!   CPU, managers' peak RSS, Raft sizes, network state bytes per node, settling after a
+//!   leader kill.
 //! - `cargo xtask bench overlay [--rounds 5] [--secs 5]`: task-to-task across two nodes, ours
 //!   against Docker's bridge + kernel VXLAN layout (iperf3, sockperf; release build, root).
 //! - `cargo xtask bench lb [--rounds 3] [--secs 3] [--services 1,1000,10000]`: connections to
@@ -256,6 +261,9 @@ enum BenchCmd {
         #[arg(long, default_value_t = 24990)]
         port: u16,
     },
+    /// 3 real managers and N simulated agents in one process: join, convergence, the CLI
+    /// under load, manager CPU and memory, Raft sizes, network state bytes, leader kill.
+    Scale(bench::ScaleOpts),
     /// `service create --replicas N` until all run, in a 3-node lab (needs root).
     Create {
         #[arg(long, default_value_t = 20)]
@@ -375,6 +383,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench {
             what: BenchCmd::Failover { rounds, port },
         } => bench::failover(rounds.max(1), port),
+        Cmd::Bench {
+            what: BenchCmd::Scale(o),
+        } => bench::scale_bench(o),
         Cmd::Bench {
             what: BenchCmd::Create { replicas, rounds },
         } => bench::create_bench(replicas, rounds),

@@ -14,7 +14,7 @@ mod unlock;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
@@ -87,6 +87,8 @@ pub struct Agent {
     network: ViewHandle,
     /// A manager without `NetworkState` was met (logged once).
     network_state_unsupported: AtomicBool,
+    /// Bytes of network state messages received (their encoded size), across sessions.
+    network_state_bytes: AtomicU64,
     /// The node's data plane (None: control-plane-only agents, e.g. the test harness).
     networking: Option<Arc<Networking>>,
     /// Set when the in-process manager's Raft core stopped on a storage failure.
@@ -128,6 +130,7 @@ impl Agent {
             wanted_role: std::sync::Mutex::new(None),
             network,
             network_state_unsupported: AtomicBool::new(false),
+            network_state_bytes: AtomicU64::new(0),
             networking,
             raft_failed: tokio::sync::watch::channel(None).0,
             session_root: std::sync::Mutex::new(String::new()),
@@ -139,6 +142,13 @@ impl Agent {
     /// and `network inspect --verbose` read.
     pub fn network_view(&self) -> ViewHandle {
         self.network.clone()
+    }
+
+    /// The encoded size of every network state message this agent received since it started
+    /// (all sessions): what the managers' `Dispatcher.NetworkState` cost this node.
+    pub fn network_state_bytes(&self) -> u64 {
+        self.network_state_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn control(&self) -> Option<ControlApi> {

@@ -156,7 +156,9 @@ async fn run_session(
         let sid = session_id.clone();
         let agent = agent.clone();
         async move {
-            match crate::network::stream::follow(c, sid, &agent.network).await {
+            match crate::network::stream::follow(c, sid, &agent.network, &agent.network_state_bytes)
+                .await
+            {
                 StreamEnd::Ended(Some(st)) => SessionEnd::from(st),
                 StreamEnd::Ended(None) => SessionEnd::Failed("network state stream closed".into()),
                 StreamEnd::Unsupported(why) => {

@@ -1,6 +1,9 @@
 //! The agent's end of `Dispatcher.NetworkState`: every message goes into the node's
 //! [`ViewHandle`] until the stream ends.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prost::Message;
 use proto::dispatcher_client::DispatcherClient;
 use proto::NetworkStateRequest;
 use tonic::transport::Channel;
@@ -20,11 +23,13 @@ pub enum StreamEnd {
 }
 
 /// Opens the node's network state stream for `session_id` and applies every message to
-/// `view`.
+/// `view`, adding each message's encoded size to `received` (what the managers sent this
+/// node: `Agent::network_state_bytes`).
 pub async fn follow(
     mut client: DispatcherClient<Channel>,
     session_id: String,
     view: &ViewHandle,
+    received: &AtomicU64,
 ) -> StreamEnd {
     let mut stream = match client
         .network_state(NetworkStateRequest { session_id })
@@ -38,7 +43,10 @@ pub async fn follow(
     };
     loop {
         match stream.message().await {
-            Ok(Some(m)) => view.apply(m),
+            Ok(Some(m)) => {
+                received.fetch_add(m.encoded_len() as u64, Ordering::Relaxed);
+                view.apply(m)
+            }
             Ok(None) => return StreamEnd::Ended(None),
             Err(st) => return StreamEnd::Ended(Some(st)),
         }
@@ -135,7 +143,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn messages_fill_the_view_until_the_stream_fails() {
+    async fn messages_fill_the_view_and_are_counted_until_the_stream_fails() {
         use network_state_message::Type;
         let net = NetworkInfo {
             id: "n1".into(),
@@ -150,17 +158,30 @@ mod tests {
         };
         let c = client(Fake {
             script: Some(vec![
-                Ok(msg(Type::Complete, vec![Change::Network(net)])),
-                Ok(msg(Type::Incremental, vec![Change::Endpoint(ep)])),
+                Ok(msg(Type::Complete, vec![Change::Network(net.clone())])),
+                Ok(msg(Type::Incremental, vec![Change::Endpoint(ep.clone())])),
                 Err(Status::unavailable("session ended; reconnect")),
             ]),
         })
         .await;
         let view = ViewHandle::default();
-        let end = follow(c, "sess".into(), &view).await;
+        let received = AtomicU64::new(0);
+        let end = follow(c, "sess".into(), &view, &received).await;
         assert!(
             matches!(&end, StreamEnd::Ended(Some(s)) if s.code() == Code::Unavailable),
             "{end:?}"
+        );
+        let sent: u64 = [
+            msg(Type::Complete, vec![Change::Network(net.clone())]),
+            msg(Type::Incremental, vec![Change::Endpoint(ep.clone())]),
+        ]
+        .iter()
+        .map(|m| m.encoded_len() as u64)
+        .sum();
+        assert_eq!(
+            received.load(Ordering::Relaxed),
+            sent,
+            "every message counted"
         );
         let v = view.current();
         assert!(v.complete);
@@ -173,7 +194,7 @@ mod tests {
     async fn an_old_manager_is_unsupported_not_an_error() {
         let c = client(Fake { script: None }).await;
         let view = ViewHandle::default();
-        let end = follow(c, "sess".into(), &view).await;
+        let end = follow(c, "sess".into(), &view, &AtomicU64::new(0)).await;
         assert!(matches!(end, StreamEnd::Unsupported(_)), "{end:?}");
         assert!(!view.current().complete, "the view is left as it was");
     }

@@ -225,6 +225,7 @@ fn write_snapshot(db: &Database, dek: &DataKey, meta: &Meta, data: &[u8]) -> Res
         table.insert(KEY_SNAPSHOT_DATA, data).db()?;
     }
     txn.commit().db()?;
+    METRICS.raft_snapshot_bytes.set(data.len() as i64);
     Ok(())
 }
 
@@ -390,11 +391,13 @@ impl LogBytes {
     }
 
     fn add(&self, n: u64) {
-        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let now = self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        METRICS.raft_log_bytes.set(now as i64);
     }
 
     fn reset(&self) {
         self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+        METRICS.raft_log_bytes.set(0);
     }
 }
 

@@ -1,11 +1,14 @@
-//! The benchmarks: `cargo xtask bench scheduler|dns|failover|create|overlay|lb|ingress`, one
+//! The benchmarks: `cargo xtask bench scheduler|dns|failover|create|scale|overlay|lb|ingress`, one
 //! file each. This file is where the command line reaches them: each runs here when this
 //! build has what it needs (its feature, a release build), or re-runs xtask as that build.
 //!
 //! - `scheduler` (feature `scheduler`): the scheduler's throughput on an in-memory store;
 //! - `dns` (feature `dns-bench`): the embedded DNS server against dnsmasq, with dnsperf;
 //! - `failover`, `create` (feature `lab`): leader failover time, and `service create` until
-//!   all tasks run in a 3-node lab.
+//!   all tasks run in a 3-node lab;
+//! - `scale` (feature `lab`): 3 real managers and thousands of simulated agents in one process
+//!   (`tests::sim_agents`): join, convergence, the CLI under load, manager CPU and memory,
+//!   Raft sizes, network state bytes per node, settling after a leader kill.
 //!
 //! Data-plane benchmarks (feature `netbench`) on namespace topologies
 //! (`swarm_agent::network::testbed`), each measuring ours and a peer in the same run,
@@ -57,6 +60,8 @@ mod process;
 mod report;
 #[cfg(feature = "netbench")]
 mod responder;
+#[cfg(feature = "lab")]
+mod scale;
 #[cfg(feature = "scheduler")]
 mod scheduler;
 
@@ -204,6 +209,39 @@ pub fn failover(rounds: usize, port: u16) -> anyhow::Result<()> {
 #[cfg(feature = "lab")]
 pub fn create_bench(replicas: usize, rounds: usize) -> anyhow::Result<()> {
     create::run(replicas, rounds)
+}
+
+#[cfg(feature = "lab")]
+pub fn scale_bench(o: ScaleOpts) -> anyhow::Result<()> {
+    scale::run(o)
+}
+
+#[cfg(not(feature = "lab"))]
+pub fn scale_bench(_o: ScaleOpts) -> anyhow::Result<()> {
+    rerun_with_lab()
+}
+
+#[cfg_attr(not(feature = "lab"), allow(dead_code))] // read by the `lab` build only
+/// What `bench scale` builds.
+#[derive(clap::Args)]
+pub struct ScaleOpts {
+    /// Simulated nodes (workers).
+    #[arg(long, default_value_t = 5000)]
+    pub nodes: usize,
+    /// Tasks in all (one global service counts one per node).
+    #[arg(long, default_value_t = 150_000)]
+    pub tasks: usize,
+    #[arg(long, default_value_t = 300)]
+    pub services: usize,
+    /// Manager port of the three local managers.
+    #[arg(long, default_value_t = 29301)]
+    pub port: u16,
+    /// Joins in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub parallel: usize,
+    /// The cluster's dispatcher heartbeat period (Docker's default: 5s).
+    #[arg(long, default_value = "5s")]
+    pub heartbeat: String,
 }
 
 #[cfg(not(feature = "lab"))]

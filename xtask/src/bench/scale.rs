@@ -1,0 +1,521 @@
+//! `cargo xtask bench scale`: 3 real managers (`test-agent` processes on 127.0.0.1–3, Raft
+//! on disk, mTLS) and N simulated agents in this process (`tests::sim_agents`: real joins
+//! and agent sessions, tasks RUNNING at once), Swarm3k on one machine.
+//!
+//! Phases, each with a progress line every 2 s: the nodes join and become Ready; the
+//! services are created (one global service when the task count allows, the rest replicated,
+//! one in four on one of 8 overlay networks with a VIP) and run until every task is RUNNING
+//! (as the executors see it and as `service ls` shows it); then `service ls`, `node ls` and
+//! `service ps` are timed through the CLI under that load; then the leader is SIGKILLed and
+//! the cluster timed until it settles (a new leader, every simulated node Ready again, every
+//! task running once). The report: those times, the leader's CPU per phase, the peak RSS of
+//! each manager, the Raft database, log and snapshot sizes, and the network state bytes
+//! each node received.
+//!
+//! The managers and the harness are the debug builds `cargo xtask` makes (as `bench
+//! failover`): the figures compare runs of this benchmark, not a release deployment.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+
+use ::tests::sim_agents::{duplicates, ready_count, SimAgents};
+use ::tests::{http_get, AgentClient, Cluster};
+use anyhow::{bail, Context};
+
+use super::ScaleOpts;
+
+/// Overlay networks the services are spread over.
+const NETWORKS: usize = 8;
+/// How often a progress line is printed.
+const PROGRESS: Duration = Duration::from_secs(2);
+/// Samples per timed CLI command.
+const SAMPLES: usize = 30;
+
+/// CPU seconds (user + system) a process used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): state is field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime is field 14, stime 15: indexes 11 and 12 after ") ".
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) as f64 / hz
+}
+
+/// CPU seconds of each process.
+fn cpus(pids: &[u32]) -> Vec<f64> {
+    pids.iter().map(|p| cpu_seconds(*p)).collect()
+}
+
+/// CPU seconds each used since `before`, as "a / b / c".
+fn cpu_since(pids: &[u32], before: &[f64]) -> String {
+    cpus(pids)
+        .iter()
+        .zip(before)
+        .map(|(now, b)| format!("{:.1}", now - b))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// A `/proc/<pid>/status` field in kB, as MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The index of the manager shown as Leader by `node ls` through a live manager.
+fn leader(c: &Cluster, alive: &[bool; 3]) -> Option<usize> {
+    (0..3).filter(|j| alive[*j]).find_map(|j| {
+        let out = c.node(j).swarm(&["node", "ls"]);
+        out.ok().then_some(())?;
+        let row = out
+            .stdout
+            .lines()
+            .find(|l| l.contains("Leader"))?
+            .to_string();
+        (0..3).find(|k| alive[*k] && row.contains(&format!("node{} ", k + 1)))
+    })
+}
+
+/// Simulated nodes Ready as manager `via` sees them.
+fn ready(c: &Cluster, via: usize, ids: &BTreeSet<String>) -> usize {
+    c.node(via)
+        .nodes()
+        .map_or(0, |nodes| ready_count(&nodes, ids))
+}
+
+/// Whether `service ls` through `via` shows every service with all its tasks running
+/// (`n/n`, global ones included); the services not yet there.
+fn services_full(c: &Cluster, via: usize) -> anyhow::Result<usize> {
+    let out = c.node(via).try_swarm(&["service", "ls"])?;
+    let short = ::tests::table(&out)
+        .iter()
+        .filter(|row| {
+            !row.iter().any(|col| {
+                col.split_once('/').is_some_and(|(a, b)| {
+                    a.trim().parse::<u64>().ok().is_some()
+                        && a.trim() == b.split_whitespace().next().unwrap_or("")
+                })
+            })
+        })
+        .count();
+    Ok(short)
+}
+
+/// p50 and p99 of the time `args` takes through the CLI on manager `via`, in ms.
+fn latency(c: &Cluster, via: usize, args: &[&str]) -> anyhow::Result<(f64, f64)> {
+    let mut ms = Vec::with_capacity(SAMPLES);
+    for _ in 0..SAMPLES {
+        let t = Instant::now();
+        let o = c.node(via).swarm(args);
+        if !o.ok() {
+            bail!("swarm {}: {}", args.join(" "), o.stderr);
+        }
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
+}
+
+/// `swarm ARGS` through manager `via`, tried again for up to 60 s while refused (an
+/// election under load); the refusals are counted in `retries`.
+fn write(c: &Cluster, via: usize, args: &[&str], retries: &mut usize) -> anyhow::Result<()> {
+    let t = Instant::now();
+    loop {
+        match c.node(via).try_swarm(args) {
+            Ok(_) => return Ok(()),
+            // A refused write that was committed after all.
+            Err(e) if *retries > 0 && format!("{e:#}").contains("already exists") => return Ok(()),
+            Err(e) if t.elapsed() < Duration::from_secs(60) => {
+                *retries += 1;
+                println!("[retry] {e:#}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A gauge of the `/metrics` text (0 when absent).
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The services: (name, replicas or None for global, overlay network index).
+fn plan(o: &ScaleOpts) -> Vec<(String, Option<usize>, Option<usize>)> {
+    let global = o.services >= 2 && o.tasks >= 2 * o.nodes;
+    let replicated = o.services - usize::from(global);
+    let left = o.tasks - if global { o.nodes } else { 0 };
+    let mut out = Vec::with_capacity(o.services);
+    if global {
+        out.push(("scale-global".to_string(), None, None));
+    }
+    for i in 0..replicated {
+        let replicas = left / replicated + usize::from(i < left % replicated);
+        let net = (i % 4 == 0).then_some((i / 4) % NETWORKS);
+        out.push((format!("scale-{i:04}"), Some(replicas), net));
+    }
+    out
+}
+
+pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
+    if o.services == 0 || o.tasks < o.services {
+        bail!(
+            "--tasks ({}) must be at least --services ({}), and --services at least 1",
+            o.tasks,
+            o.services
+        );
+    }
+    if o.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    crate::workspace::cargo(&["build", "-p", "swarm-cli", "-p", "tests", "--bins"])?;
+    println!(
+        "bench scale: 3 managers, {} simulated nodes, {} tasks in {} services (debug builds; heartbeat {})",
+        o.nodes, o.tasks, o.services, o.heartbeat
+    );
+    let mut c = Cluster::new(3, o.port)?;
+    let init = c.init_with(0, &["--dispatcher-heartbeat", &o.heartbeat]);
+    if !init.ok() {
+        bail!("swarm init: {}\n{}", init.stderr, c.logs());
+    }
+    for i in 1..3 {
+        c.join(i, 0, "manager").with_context(|| c.logs())?;
+    }
+    c.wait_nodes_ready(0, 3).with_context(|| c.logs())?;
+    let pids: Vec<u32> = c.nodes.iter().map(|n| n.pid().unwrap_or(0)).collect();
+    let token = c.token(0, "worker");
+
+    // 1. Join.
+    let mut sim = SimAgents::new(&c.root.join("sim"), 2)?;
+    let joined = AtomicUsize::new(0);
+    let cpu0 = cpus(&pids);
+    let t_join = Instant::now();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let ids: BTreeSet<String> = std::thread::scope(|s| -> anyhow::Result<_> {
+        let progress = s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(PROGRESS);
+                println!(
+                    "[join] {}/{} joined, {:.0} s",
+                    joined.load(std::sync::atomic::Ordering::Relaxed),
+                    o.nodes,
+                    t_join.elapsed().as_secs_f64()
+                );
+            }
+        });
+        let r = sim.join(o.nodes, &c.node(0).addr(), &token, o.parallel, &joined);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = progress.join();
+        r.with_context(|| c.logs())?;
+        Ok(sim.node_ids().into_iter().collect())
+    })?;
+    let joined_in = t_join.elapsed();
+    let mut last = Instant::now();
+    loop {
+        let r = ready(&c, 0, &ids);
+        if r == o.nodes {
+            break;
+        }
+        if last.elapsed() >= PROGRESS {
+            println!(
+                "[ready] {r}/{} Ready, {:.0} s",
+                o.nodes,
+                t_join.elapsed().as_secs_f64()
+            );
+            last = Instant::now();
+        }
+        if t_join.elapsed() > Duration::from_secs(600) {
+            bail!("{r} of {} nodes Ready after 10 minutes", o.nodes);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ready_in = t_join.elapsed();
+    let cpu_join = cpu_since(&pids, &cpu0);
+    println!(
+        "all {} nodes joined in {:.1} s, Ready in {:.1} s",
+        o.nodes,
+        joined_in.as_secs_f64(),
+        ready_in.as_secs_f64()
+    );
+
+    // 2. Services until every task runs.
+    let cpu1 = cpus(&pids);
+    let t_create = Instant::now();
+    let mut retries = 0;
+    for k in 0..NETWORKS {
+        let subnet = format!("10.{}.0.0/16", 100 + k);
+        write(
+            &c,
+            0,
+            &[
+                "network",
+                "create",
+                "-d",
+                "overlay",
+                "--subnet",
+                &subnet,
+                &format!("scale-net{k}"),
+            ],
+            &mut retries,
+        )?;
+    }
+    let plan = plan(&o);
+    for (name, replicas, net) in &plan {
+        let mut args = vec![
+            "service".to_string(),
+            "create".into(),
+            "-d".into(),
+            "--name".into(),
+            name.clone(),
+            "--constraint".into(),
+            "node.role==worker".into(),
+        ];
+        match replicas {
+            Some(r) => args.extend(["--replicas".into(), r.to_string()]),
+            None => args.extend(["--mode".into(), "global".into()]),
+        }
+        if let Some(k) = net {
+            args.extend(["--network".into(), format!("scale-net{k}")]);
+        }
+        args.push("sim/app".into());
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        write(&c, 0, &a, &mut retries)?;
+    }
+    let created_in = t_create.elapsed();
+    println!(
+        "{} services created in {:.1} s ({retries} writes refused and retried)",
+        plan.len(),
+        created_in.as_secs_f64()
+    );
+    let mut last = Instant::now();
+    loop {
+        let running = sim.running().len();
+        if running >= o.tasks && services_full(&c, 0).is_ok_and(|n| n == 0) {
+            break;
+        }
+        if last.elapsed() >= PROGRESS {
+            println!(
+                "[converge] {running}/{} running, {:.0} s",
+                o.tasks,
+                t_create.elapsed().as_secs_f64()
+            );
+            last = Instant::now();
+        }
+        if t_create.elapsed() > Duration::from_secs(1200) {
+            bail!("{running} of {} tasks running after 20 minutes", o.tasks);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let converged_in = t_create.elapsed();
+    let cpu_converge = cpu_since(&pids, &cpu1);
+    let dups = duplicates(&sim.running().snapshot());
+    if !dups.is_empty() {
+        bail!("tasks running twice: {dups:?}");
+    }
+    println!(
+        "all {} tasks running {:.1} s after the first create",
+        o.tasks,
+        converged_in.as_secs_f64()
+    );
+
+    // 3. Steady state: the leader's CPU with only heartbeats, then the CLI under that load.
+    let cpu2 = cpus(&pids);
+    let t_idle = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let secs = t_idle.elapsed().as_secs_f64();
+    let idle_cores = cpus(&pids)
+        .iter()
+        .zip(&cpu2)
+        .map(|(now, b)| format!("{:.2}", (now - b) / secs))
+        .collect::<Vec<_>>()
+        .join(" / ");
+    let svc = plan[plan.len() / 2].0.clone();
+    let service_ls = latency(&c, 0, &["service", "ls"])?;
+    let node_ls = latency(&c, 0, &["node", "ls"])?;
+    let service_ps = latency(&c, 0, &["service", "ps", &svc])?;
+    let ns_bytes = sim.network_state_bytes();
+    let metrics = http_get(&c.node(0).metrics_addr(), "/metrics").unwrap_or_default();
+    let raft_files: Vec<u64> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            std::fs::metadata(n.data_root.join("raft").join("raft.redb"))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .collect();
+    let rss_before_kill: Vec<f64> = pids.iter().map(|p| status_mib(*p, "VmHWM:")).collect();
+
+    // 4. SIGKILL the leader; time until the cluster settles.
+    let mut alive = [true; 3];
+    let old = leader(&c, &alive).context("no leader before the kill")?;
+    let t_kill = Instant::now();
+    c.nodes[old].kill();
+    alive[old] = false;
+    let (new_leader, elected_in) = loop {
+        if let Some(l) = leader(&c, &alive) {
+            break (l, t_kill.elapsed());
+        }
+        if t_kill.elapsed() > Duration::from_secs(60) {
+            bail!("no new leader 60 s after the kill\n{}", c.logs());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut last = Instant::now();
+    loop {
+        let r = ready(&c, new_leader, &ids);
+        let running = sim.running().len();
+        if r == o.nodes && running == o.tasks && services_full(&c, new_leader).is_ok_and(|n| n == 0)
+        {
+            break;
+        }
+        if last.elapsed() >= PROGRESS {
+            println!(
+                "[settle] {r}/{} Ready, {running}/{} running, {:.0} s",
+                o.nodes,
+                o.tasks,
+                t_kill.elapsed().as_secs_f64()
+            );
+            last = Instant::now();
+        }
+        if t_kill.elapsed() > Duration::from_secs(600) {
+            bail!("not settled 10 minutes after the leader kill");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let settled_in = t_kill.elapsed();
+    let dups = duplicates(&sim.running().snapshot());
+    if !dups.is_empty() {
+        bail!("tasks running twice after the leader kill: {dups:?}");
+    }
+    let ns_after: Vec<u64> = sim.network_state_bytes();
+
+    // Report.
+    let rss: Vec<f64> = pids
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if i == old {
+                rss_before_kill[i]
+            } else {
+                status_mib(*p, "VmHWM:")
+            }
+        })
+        .collect();
+    let mut sorted = ns_bytes.clone();
+    sorted.sort_unstable();
+    let total: u64 = sorted.iter().sum();
+    let ns_total_after: u64 = ns_after.iter().sum();
+    println!("\n== bench scale: {} nodes, {} tasks, {} services (3 managers; debug builds; machine shared with other builds) ==", o.nodes, o.tasks, plan.len());
+    println!(
+        "join:      all joined {:>8.1} s   all Ready {:>8.1} s   CPU s (node1 / node2 / node3) {}",
+        joined_in.as_secs_f64(),
+        ready_in.as_secs_f64(),
+        cpu_join
+    );
+    println!(
+        "converge:  created {:>8.1} s   all RUNNING {:>8.1} s   CPU s (node1 / node2 / node3) {}",
+        created_in.as_secs_f64(),
+        converged_in.as_secs_f64(),
+        cpu_converge
+    );
+    println!("steady:    cores used (node1 / node2 / node3) {idle_cores} (heartbeats only, 10 s)");
+    for (what, (p50, p99)) in [
+        ("service ls", service_ls),
+        ("node ls", node_ls),
+        ("service ps", service_ps),
+    ] {
+        println!("{what:<11}p50 {p50:>8.1} ms   p99 {p99:>8.1} ms   ({SAMPLES} runs of the CLI)");
+    }
+    for (i, r) in rss.iter().enumerate() {
+        println!(
+            "manager node{}: peak RSS {r:.0} MiB, raft.redb {:.1} MiB{}",
+            i + 1,
+            mib(raft_files[i]),
+            if i == old { " (the leader killed)" } else { "" }
+        );
+    }
+    println!(
+        "raft (node1): snapshot {:.1} MiB, log since snapshot {:.1} MiB, commit index {}, term {} before the kill",
+        gauge(&metrics, "swarm_raft_snapshot_bytes") / (1024.0 * 1024.0),
+        gauge(&metrics, "swarm_raft_log_bytes") / (1024.0 * 1024.0),
+        gauge(&metrics, "swarm_raft_commit_index"),
+        gauge(&metrics, "swarm_raft_term")
+    );
+    println!(
+        "network state per node: mean {:.1} KiB, p50 {:.1} KiB, max {:.1} KiB (total {:.1} MiB; {:.1} MiB after the failover's COMPLETE messages)",
+        total as f64 / sorted.len() as f64 / 1024.0,
+        sorted[sorted.len() / 2] as f64 / 1024.0,
+        *sorted.last().unwrap_or(&0) as f64 / 1024.0,
+        mib(total),
+        mib(ns_total_after)
+    );
+    println!(
+        "leader kill (node{}): new leader node{} in {:.1} s, settled in {:.1} s",
+        old + 1,
+        new_leader + 1,
+        elected_in.as_secs_f64(),
+        settled_in.as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(nodes: usize, tasks: usize, services: usize) -> ScaleOpts {
+        ScaleOpts {
+            nodes,
+            tasks,
+            services,
+            port: 0,
+            parallel: 1,
+            heartbeat: "5s".into(),
+        }
+    }
+
+    #[test]
+    fn the_plan_has_every_task_and_service() {
+        for (n, t, s) in [(5000, 150_000, 300), (200, 6000, 30), (10, 5, 3), (3, 7, 1)] {
+            let p = plan(&opts(n, t, s));
+            assert_eq!(p.len(), s);
+            let global = p.iter().filter(|(_, r, _)| r.is_none()).count();
+            let tasks: usize = p.iter().map(|(_, r, _)| r.unwrap_or(n)).sum();
+            assert_eq!(tasks, t, "{n} nodes {t} tasks {s} services");
+            assert_eq!(global, usize::from(s >= 2 && t >= 2 * n));
+            assert!(p.iter().any(|(_, _, net)| net.is_some()));
+        }
+    }
+
+    #[test]
+    fn a_gauge_is_read_by_its_exact_name() {
+        let m = "# HELP x\nswarm_raft_log_bytes_total 9\nswarm_raft_log_bytes 42\n";
+        assert_eq!(gauge(m, "swarm_raft_log_bytes"), 42.0);
+        assert_eq!(gauge(m, "swarm_missing"), 0.0);
+    }
+}
