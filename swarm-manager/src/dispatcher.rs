@@ -316,7 +316,6 @@ impl Dispatcher {
     }
 }
 
-/// The heartbeat period configured in the cluster object (default 5 s).
 /// After the store moved: lets it move for [`BATCH_WINDOW`] more, then marks all of it
 /// seen, so that the round that follows reads the whole burst and no round comes after it
 /// for the same changes. False when the stream's receiver went away meanwhile.
@@ -332,6 +331,7 @@ async fn batch<T>(
     true
 }
 
+/// The heartbeat period configured in the cluster object (default 5 s).
 pub fn heartbeat_period(store: &Store) -> Duration {
     let ms = store
         .read()
