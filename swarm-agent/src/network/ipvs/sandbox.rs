@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::table::{apply_marking_rules, sync, SyncReport, Table};
+use super::table::{apply_marking_rules, marked, sync, SyncReport, Table};
 use super::Ipvs;
 use crate::network::plumbing::{self, PlumbingError};
 
@@ -48,7 +48,7 @@ pub async fn program(
         apply_marking_rules(&table, dns)
             .map_err(io(format!("applying the IPVS marking rules in {at}")))?;
         let mut h = Ipvs::open().map_err(|e| PlumbingError::Other(format!("{at}: {e}")))?;
-        sync(&mut h, &table).map_err(|e| PlumbingError::Other(format!("{at}: {e}")))
+        sync(&mut h, &marked(&table)).map_err(|e| PlumbingError::Other(format!("{at}: {e}")))
     })
     .await
 }
