@@ -325,6 +325,54 @@ pub fn published_key(port: u16, ip_proto: u8) -> PublishedKey {
     }
 }
 
+/// One published port of ingress mode (the routing mesh's), as both data planes serve it.
+pub(crate) struct IngressPort<'a> {
+    pub service: &'a proto::ServiceInfo,
+    /// The service's VIP on the ingress network.
+    pub vip: Ipv4Addr,
+    pub ip_proto: u8,
+    pub port: u16,
+    pub target: u16,
+    pub config: &'a proto::PortConfig,
+}
+
+/// Every ingress-mode port (not 0, TCP or UDP) of every service the view holds with a VIP on
+/// the ingress network `ingress`, in service id order.
+pub(crate) fn ingress_ports<'a>(
+    view: &'a NetworkView,
+    ingress: &'a NetworkInfo,
+) -> impl Iterator<Item = IngressPort<'a>> + 'a {
+    let ingress_mode = proto::PublishMode::Ingress as i32;
+    view.services.values().flat_map(move |s| {
+        let vip = s
+            .virtual_ips
+            .iter()
+            .find(|v| v.network_id == ingress.id)
+            .and_then(|v| parse_cidr(&v.addr));
+        s.ports
+            .iter()
+            .filter(move |p| p.publish_mode == ingress_mode)
+            .filter_map(move |p| {
+                let (Some(ip_proto), Ok(port), Ok(target), Some((vip, _))) = (
+                    ip_proto(p.protocol),
+                    u16::try_from(p.published_port),
+                    u16::try_from(p.target_port),
+                    vip,
+                ) else {
+                    return None;
+                };
+                (port != 0).then_some(IngressPort {
+                    service: s,
+                    vip,
+                    ip_proto,
+                    port,
+                    target,
+                    config: p,
+                })
+            })
+    })
+}
+
 /// What PUBLISHED should hold, with the service publishing each port:
 /// - every ingress-mode port of every service the node sees, through the service's VIP on
 ///   the ingress network (its serving tasks anywhere are the backends);
@@ -340,41 +388,23 @@ pub fn desired_published(
         return out;
     };
     let ingress_mode = proto::PublishMode::Ingress as i32;
-    for s in view.services.values() {
-        let vip = s
-            .virtual_ips
-            .iter()
-            .find(|v| v.network_id == ingress.id)
-            .and_then(|v| parse_cidr(&v.addr));
-        for p in s.ports.iter().filter(|p| p.publish_mode == ingress_mode) {
-            let (Some(proto), Ok(port), Ok(target), Some((vip, _))) = (
-                ip_proto(p.protocol),
-                u16::try_from(p.published_port),
-                u16::try_from(p.target_port),
-                vip,
-            ) else {
-                continue;
-            };
-            if port == 0 {
-                continue;
-            }
-            out.insert(
-                published_key(port, proto),
-                (
-                    Published {
-                        vip: be(vip),
-                        backend: 0,
-                        target_port: target.to_be(),
-                        flags: if p.preserve_source_ip {
-                            PUBLISHED_PRESERVE
-                        } else {
-                            0
-                        },
+    for p in ingress_ports(view, ingress) {
+        out.insert(
+            published_key(p.port, p.ip_proto),
+            (
+                Published {
+                    vip: be(p.vip),
+                    backend: 0,
+                    target_port: p.target.to_be(),
+                    flags: if p.config.preserve_source_ip {
+                        PUBLISHED_PRESERVE
+                    } else {
+                        0
                     },
-                    s.name.clone(),
-                ),
-            );
-        }
+                },
+                p.service.name.clone(),
+            ),
+        );
     }
     for e in view.endpoints.values() {
         if e.node_id != self_id || !e.serving || e.network_id != ingress.id || e.node_ingress {

@@ -26,7 +26,7 @@ use super::table::{apply_nft, sync, Marked, SyncReport};
 use super::Ipvs;
 use crate::network::plumbing::{self, PlumbingError};
 use crate::network::view::NetworkView;
-use crate::network::{ingress_network, ip_proto, parse_cidr};
+use crate::network::{ingress_network, ingress_ports};
 
 /// The node's end of the link to the sandbox.
 pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 239, 1);
@@ -71,40 +71,24 @@ pub fn desired_ingress(view: &NetworkView) -> IngressTable {
     let Some(ingress) = ingress_network(view) else {
         return out;
     };
-    let ingress_mode = proto::PublishMode::Ingress as i32;
-    for s in view.services.values() {
-        let has_vip = s
-            .virtual_ips
-            .iter()
-            .any(|v| v.network_id == ingress.id && parse_cidr(&v.addr).is_some());
-        if !has_vip {
-            continue;
-        }
-        for p in s.ports.iter().filter(|p| p.publish_mode == ingress_mode) {
-            let (Some(ip_proto), Ok(port), Ok(target)) = (
-                ip_proto(p.protocol),
-                u16::try_from(p.published_port),
-                u16::try_from(p.target_port),
-            ) else {
-                continue;
-            };
-            if port == 0 {
-                continue;
-            }
-            let dests = view
-                .endpoints_on(&ingress.id)
-                .filter(|e| e.service_id == s.id && !e.node_ingress)
-                .filter_map(|e| Some((e.address.parse().ok()?, u32::from(e.serving))))
-                .collect();
-            out.entry(port_mark(ip_proto, port)).or_insert(PortEntry {
-                proto: if ip_proto == 17 { "udp" } else { "tcp" },
-                port,
-                target,
+    for p in ingress_ports(view, ingress) {
+        let dests = view
+            .endpoints_on(&ingress.id)
+            .filter(|e| e.service_id == p.service.id && !e.node_ingress)
+            .filter_map(|e| Some((e.address.parse().ok()?, u32::from(e.serving))))
+            .collect();
+        // As in PUBLISHED: of two services on one port, the later by id has it.
+        out.insert(
+            port_mark(p.ip_proto, p.port),
+            PortEntry {
+                proto: if p.ip_proto == 17 { "udp" } else { "tcp" },
+                port: p.port,
+                target: p.target,
                 dests,
-                service: s.name.clone(),
-                preserve: p.preserve_source_ip,
-            });
-        }
+                service: p.service.name.clone(),
+                preserve: p.config.preserve_source_ip,
+            },
+        );
     }
     out
 }
@@ -205,14 +189,7 @@ pub async fn program_sandbox(
     plumbing::in_netns(netns, move |_h| async move {
         let io = |what: String| move |source| PlumbingError::Io { what, source };
         if first {
-            let vs = super::sandbox::SYSCTLS
-                .iter()
-                .map(|(n, v)| (format!("/proc/sys/net/ipv4/vs/{n}"), *v));
-            let own = SBOX_SYSCTLS.iter().map(|(p, v)| (p.to_string(), *v));
-            for (path, value) in vs.chain(own) {
-                std::fs::write(&path, value)
-                    .map_err(io(format!("setting {path} in the ingress sandbox {at}")))?;
-            }
+            super::sandbox::set_sysctls(&at, SBOX_SYSCTLS)?;
         }
         apply_nft(&sandbox_rules(&table))
             .map_err(io(format!("applying the ingress rules in {at}")))?;
