@@ -293,6 +293,9 @@ async fn daemon() -> anyhow::Result<()> {
                             resolv_conf: args.resolv_conf.clone(),
                             tc_attach,
                             lb,
+                            // The routing mesh's namespace in IPVS mode (not among the
+                            // tasks' namespaces: the orphan sweep lists those).
+                            ingress_sbox_dir: Some(args.exec_root.clone()),
                         },
                         ViewHandle::default(),
                     );

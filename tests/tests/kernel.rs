@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use std::collections::BTreeSet;
 
+use swarm_agent::network::ipvs::marks;
 use swarm_agent::network::{probe, testbed};
 use tests::lab::node::DATA_PLANE_ENV;
 use tests::lab::testing::{create, test_lab as lab, wait_running};
@@ -24,9 +25,12 @@ fn the_chosen_data_plane_is_reported_and_serves_a_vip_a_name_and_a_published_por
 
 /// The same through IPVS (`--data-plane ipvs`; `cargo xtask vm-test` runs it on 6.1 with
 /// `SWARM_TEST_DATA_PLANE=ipvs`): reported as ipvs, the VIP, name and published port answer,
-/// the client task's namespace holds the IPVS entries (`ipvsadm -Ln`, observation only), a
-/// stopped task leaves the destinations and gets no new connections, and a service on a
-/// network the client is not on does not answer.
+/// the client task's namespace holds the IPVS entries (`ipvsadm -Ln`, observation only), and
+/// so does each node's ingress sandbox for the published port (both tasks' ingress
+/// addresses); an agent restart leaves both tables as they were (stable marks); a stopped
+/// task leaves the destinations (the VIP's and the published port's) and gets no new
+/// connections, through either node's published port (one of them then runs no task of the
+/// service); a service on a network the client is not on does not answer.
 #[test]
 #[ignore = "needs the ip_vs module and SWARM_TEST_DATA_PLANE=ipvs: run by `cargo xtask vm-test` on 6.1"]
 fn ipvs_serves_a_vip_a_name_and_a_published_port_and_drains_a_stopped_task() {
@@ -70,6 +74,55 @@ fn ipvs_serves_a_vip_a_name_and_a_published_port_and_drains_a_stopped_task() {
         );
     }
 
+    // The routing mesh: every node's ingress sandbox balances the published port (its own
+    // mark) over both tasks' ingress addresses, NAT to the target port.
+    let port = format!("FWM  {} rr", marks::port_mark(6, 8080));
+    for n in lab.nodes() {
+        let table = ingress_ipvsadm(n);
+        assert!(table.contains(&port), "{port} in {}:\n{table}", n.name());
+        for t in &web {
+            let d = ingress_dest(t);
+            let line = table.lines().find(|l| l.contains(&d));
+            assert!(
+                line.is_some_and(|l| l.contains("Masq    1")),
+                "{d} weight 1 in {}'s ingress sandbox:\n{table}",
+                n.name()
+            );
+        }
+    }
+
+    // An agent restart changes no mark: the tables read the same once it synced again.
+    // (Services, destinations and weights; not the connection counters, which move.)
+    let entries = |t: String| -> Vec<String> {
+        t.lines()
+            .map(|l| l.split_whitespace().take(4).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let before = (entries(ingress_ipvsadm(node)), entries(ipvsadm()));
+    let ready = || {
+        std::fs::read_to_string(node.agent_log())
+            .unwrap_or_default()
+            .matches("ingress sandbox ready")
+            .count()
+    };
+    let readied = ready();
+    node.kill_agent().unwrap();
+    node.start_agent().unwrap();
+    let synced = wait_for(Duration::from_secs(60), || ready() > readied);
+    assert!(
+        synced.is_ok(),
+        "no sync after the restart:\n{}",
+        node.agent_log_tail()
+    );
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            (entries(ingress_ipvsadm(node)), entries(ipvsadm())),
+            before,
+            "the IPVS tables changed across an agent restart"
+        );
+    }
+
     // A service on another network: its VIP does not answer the client.
     m.swarm_ok(&["network", "create", "-d", "overlay", "othernet"]);
     let whoami = format!("{}/whoami:latest", lab.registry());
@@ -99,6 +152,42 @@ fn ipvs_serves_a_vip_a_name_and_a_published_port_and_drains_a_stopped_task() {
         drained.is_ok(),
         "the stopped task is still a destination:\n{last}"
     );
+    for n in lab.nodes() {
+        let drained = wait_for(Duration::from_secs(60), || {
+            last = ingress_ipvsadm(n);
+            gone.iter().all(|t| !last.contains(&ingress_dest(t)))
+                && last.contains(&ingress_dest(&left))
+        });
+        assert!(
+            drained.is_ok(),
+            "the stopped task is still a destination in {}'s ingress sandbox:\n{last}",
+            n.name()
+        );
+    }
+    // Both nodes' published port (one node has no web task now), from outside and from the
+    // node itself (its address and 127.0.0.1): every connection reaches the task left.
+    let idle = lab
+        .nodes()
+        .iter()
+        .filter(|n| n.ip() != lab.node_of(&left).unwrap().ip())
+        .count();
+    assert_eq!(idle, 1, "one node runs no web task");
+    for n in lab.nodes() {
+        let addr = format!("{}:8080", n.ip());
+        for i in 0..10 {
+            let a = addr.clone();
+            let h = lab
+                .in_underlay(move || tests::http_get(&a, "/hostname"))
+                .unwrap_or_else(|e| panic!("{addr} from the underlay: {e:#}\n{}", lab.logs()));
+            assert_eq!(h.trim(), hostname(&left), "connection {i} to {addr}");
+        }
+        for local in [addr.as_str(), "127.0.0.1:8080"] {
+            let h = n
+                .http_get(local, "/hostname")
+                .unwrap_or_else(|e| panic!("{local} on {}: {e:#}\n{}", n.name(), lab.logs()));
+            assert_eq!(h.trim(), hostname(&left), "{local} on {}", n.name());
+        }
+    }
     let out = lab
         .task_exec(
             &client,
@@ -113,6 +202,35 @@ fn ipvs_serves_a_vip_a_name_and_a_published_port_and_drains_a_stopped_task() {
         .unwrap_or_else(|e| panic!("{vip}: {e:#}\n{}", lab.logs()));
     let seen: BTreeSet<String> = out.lines().map(|l| l.trim().to_string()).collect();
     assert_eq!(seen, BTreeSet::from([hostname(&left)]), "{out}");
+}
+
+/// `ipvsadm -Ln` in the node's ingress sandbox (the IPVS routing mesh).
+fn ingress_ipvsadm(n: &tests::lab::LabNode) -> String {
+    let ns = n.exec_root().join(swarm_agent::network::INGRESS_SBOX);
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["ipvsadm", "-Ln"])
+        .output()
+        .unwrap_or_else(|e| panic!("nsenter ipvsadm: {e}"));
+    assert!(
+        out.status.success(),
+        "ipvsadm -Ln in {}: {}",
+        ns.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The ingress sandbox's destination of a task for the published port 8080 (target 80).
+fn ingress_dest(t: &proto::Task) -> String {
+    let addr = t
+        .networks
+        .iter()
+        .find(|a| a.network_name == "ingress")
+        .and_then(|a| a.addresses.first())
+        .map(|a| a.split('/').next().unwrap_or_default().to_string())
+        .expect("the task's address on the ingress network");
+    format!("-> {addr}:80 ")
 }
 
 /// The data plane every node reports (its description, JSON and `--pretty`, and /metrics):

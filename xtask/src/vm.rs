@@ -37,6 +37,10 @@ const LAB_TEST: &str = "kernel";
 const LAB_IPVS_TEST: &str =
     "ipvs_serves_a_vip_a_name_and_a_published_port_and_drains_a_stopped_task";
 
+/// Set to `ipvs`: the guest runs only the IPVS tests and the IPVS lab test (for work on the
+/// IPVS path; CI runs everything).
+pub const ONLY_ENV: &str = "SWARM_VM_TEST_ONLY";
+
 /// How long the whole VM run may take (boot, tests, power-off).
 const VM_TIMEOUT: Duration = Duration::from_secs(1500);
 
@@ -71,7 +75,14 @@ pub(crate) fn test_binary(package: &str, test: Option<&str>) -> anyhow::Result<P
 }
 
 /// The shell script the guest runs: the probe's verdict, then the tests.
-fn guest_script(agent: &Path, tests: &Path, lab_test: &Path, out: &Path, ws: &Path) -> String {
+fn guest_script(
+    agent: &Path,
+    tests: &Path,
+    lab_test: &Path,
+    out: &Path,
+    ws: &Path,
+    only_ipvs: bool,
+) -> String {
     format!(
         r#"#!/bin/sh
 # Runs inside the VM, started by `cargo xtask vm-test`.
@@ -84,8 +95,9 @@ cd /tmp
 {agent} probe > {out}/probe.txt 2>&1 || {{ cat {out}/probe.txt; echo "guest: swarm-agent probe found no data plane"; exit 1; }}
 cat {out}/probe.txt
 grep -q '^data plane ebpf, tc attach legacy' {out}/probe.txt || {{ echo "guest: the probe did not pick the eBPF data plane with legacy tc"; exit 1; }}
+only_ipvs={only_ipvs}
 start=$(date +%s)
-{tests} --test-threads=1 {filters}
+[ "$only_ipvs" = 1 ] || {tests} --test-threads=1 {filters}
 echo "guest: swarm-agent's tests took $(( $(date +%s) - start )) s"
 start=$(date +%s)
 {tests} --test-threads=1 --ignored {ipvs}
@@ -101,7 +113,7 @@ case {ws} in
 esac
 cd /tmp
 start=$(date +%s)
-{lab_test} --test-threads=1 || {{ dmesg | tail -n 30; exit 1; }}
+[ "$only_ipvs" = 1 ] || {lab_test} --test-threads=1 || {{ dmesg | tail -n 30; exit 1; }}
 echo "guest: the two-node lab test took $(( $(date +%s) - start )) s"
 start=$(date +%s)
 {data_plane_env}=ipvs {lab_test} --test-threads=1 --ignored {ipvs_lab} || {{ dmesg | tail -n 30; exit 1; }}
@@ -116,6 +128,7 @@ echo "guest: the two-node IPVS lab test took $(( $(date +%s) - start )) s"
         ipvs = GUEST_IPVS_TESTS,
         ipvs_lab = LAB_IPVS_TEST,
         data_plane_env = "SWARM_TEST_DATA_PLANE",
+        only_ipvs = u8::from(only_ipvs),
     )
 }
 
@@ -145,7 +158,14 @@ pub fn run() -> anyhow::Result<()> {
     let script = out.join("guest.sh");
     std::fs::write(
         &script,
-        guest_script(&agent, &tests, &lab_test, &out, &workspace_root()),
+        guest_script(
+            &agent,
+            &tests,
+            &lab_test,
+            &out,
+            &workspace_root(),
+            std::env::var(ONLY_ENV).is_ok_and(|v| v == "ipvs"),
+        ),
     )
     .with_context(|| format!("writing {}", script.display()))?;
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;

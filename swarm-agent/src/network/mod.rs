@@ -100,6 +100,10 @@ pub struct NetworkingConfig {
     pub tc_attach: probe::TcAttach,
     /// What balances the tasks' connections to service VIPs and leads them to the resolver.
     pub lb: ServiceLb,
+    /// IPVS mode: the directory where the ingress sandbox's namespace is mounted (the routing
+    /// mesh, [`ipvs::ingress`]); `None`: published ports of ingress mode are not served in
+    /// IPVS mode (an error is logged). Unused in eBPF mode.
+    pub ingress_sbox_dir: Option<PathBuf>,
 }
 
 /// What balances service VIPs (the data-plane mode's part that differs).
@@ -108,8 +112,9 @@ pub enum ServiceLb {
     /// The socket hooks and the tc programs (SERVICES/BACKENDS maps).
     Ebpf,
     /// IPVS in each task's namespace with nftables marking and DNS rules
-    /// ([`ipvs::sandbox`]); the SERVICES map keeps only the ingress network's VIPs, for the
-    /// routing mesh, which stays on the tc programs like the overlay.
+    /// ([`ipvs::sandbox`]), and published ports through the node's ingress sandbox
+    /// ([`ipvs::ingress`]); SERVICES stays empty and PUBLISHED holds only host-mode ports.
+    /// The overlay stays on the tc programs.
     Ipvs,
 }
 
@@ -170,7 +175,23 @@ struct State {
     /// Published ports a process of the node listens on too (already logged), each with the
     /// process holding it ("nginx (pid 812)", empty when not found).
     shadowed: BTreeMap<PublishedKey, String>,
+    /// IPVS mode: the VIPs' firewall marks.
+    vip_marks: ipvs::marks::VipMarks,
+    /// IPVS mode: the ingress sandbox as made (its namespace and the node's ingress address
+    /// it has), and the table last programmed there and on the node.
+    ingress: Option<IngressSandbox>,
 }
+
+/// The ingress sandbox of the IPVS data path.
+#[derive(Clone, Debug)]
+struct IngressSandbox {
+    netns: PathBuf,
+    addr: Ipv4Addr,
+    applied: Option<ipvs::ingress::IngressTable>,
+}
+
+/// The name of the ingress sandbox's namespace in [`NetworkingConfig::ingress_sbox_dir`].
+pub const INGRESS_SBOX: &str = "ingress_sbox";
 
 pub struct Networking {
     cfg: NetworkingConfig,
@@ -304,6 +325,54 @@ pub fn published_key(port: u16, ip_proto: u8) -> PublishedKey {
     }
 }
 
+/// One published port of ingress mode (the routing mesh's), as both data planes serve it.
+pub(crate) struct IngressPort<'a> {
+    pub service: &'a proto::ServiceInfo,
+    /// The service's VIP on the ingress network.
+    pub vip: Ipv4Addr,
+    pub ip_proto: u8,
+    pub port: u16,
+    pub target: u16,
+    pub config: &'a proto::PortConfig,
+}
+
+/// Every ingress-mode port (not 0, TCP or UDP) of every service the view holds with a VIP on
+/// the ingress network `ingress`, in service id order.
+pub(crate) fn ingress_ports<'a>(
+    view: &'a NetworkView,
+    ingress: &'a NetworkInfo,
+) -> impl Iterator<Item = IngressPort<'a>> + 'a {
+    let ingress_mode = proto::PublishMode::Ingress as i32;
+    view.services.values().flat_map(move |s| {
+        let vip = s
+            .virtual_ips
+            .iter()
+            .find(|v| v.network_id == ingress.id)
+            .and_then(|v| parse_cidr(&v.addr));
+        s.ports
+            .iter()
+            .filter(move |p| p.publish_mode == ingress_mode)
+            .filter_map(move |p| {
+                let (Some(ip_proto), Ok(port), Ok(target), Some((vip, _))) = (
+                    ip_proto(p.protocol),
+                    u16::try_from(p.published_port),
+                    u16::try_from(p.target_port),
+                    vip,
+                ) else {
+                    return None;
+                };
+                (port != 0).then_some(IngressPort {
+                    service: s,
+                    vip,
+                    ip_proto,
+                    port,
+                    target,
+                    config: p,
+                })
+            })
+    })
+}
+
 /// What PUBLISHED should hold, with the service publishing each port:
 /// - every ingress-mode port of every service the node sees, through the service's VIP on
 ///   the ingress network (its serving tasks anywhere are the backends);
@@ -319,41 +388,23 @@ pub fn desired_published(
         return out;
     };
     let ingress_mode = proto::PublishMode::Ingress as i32;
-    for s in view.services.values() {
-        let vip = s
-            .virtual_ips
-            .iter()
-            .find(|v| v.network_id == ingress.id)
-            .and_then(|v| parse_cidr(&v.addr));
-        for p in s.ports.iter().filter(|p| p.publish_mode == ingress_mode) {
-            let (Some(proto), Ok(port), Ok(target), Some((vip, _))) = (
-                ip_proto(p.protocol),
-                u16::try_from(p.published_port),
-                u16::try_from(p.target_port),
-                vip,
-            ) else {
-                continue;
-            };
-            if port == 0 {
-                continue;
-            }
-            out.insert(
-                published_key(port, proto),
-                (
-                    Published {
-                        vip: be(vip),
-                        backend: 0,
-                        target_port: target.to_be(),
-                        flags: if p.preserve_source_ip {
-                            PUBLISHED_PRESERVE
-                        } else {
-                            0
-                        },
+    for p in ingress_ports(view, ingress) {
+        out.insert(
+            published_key(p.port, p.ip_proto),
+            (
+                Published {
+                    vip: be(p.vip),
+                    backend: 0,
+                    target_port: p.target.to_be(),
+                    flags: if p.config.preserve_source_ip {
+                        PUBLISHED_PRESERVE
+                    } else {
+                        0
                     },
-                    s.name.clone(),
-                ),
-            );
-        }
+                },
+                p.service.name.clone(),
+            ),
+        );
     }
     for e in view.endpoints.values() {
         if e.node_id != self_id || !e.serving || e.network_id != ingress.id || e.node_ingress {
@@ -706,6 +757,8 @@ impl Networking {
                 lb_ids: LbIds::default(),
                 lb_adopted: false,
                 shadowed: BTreeMap::new(),
+                vip_marks: ipvs::marks::VipMarks::default(),
+                ingress: None,
             }),
             changed: tokio::sync::Notify::new(),
         });
@@ -851,6 +904,11 @@ impl Networking {
         if let (Some(cg), ServiceLb::Ebpf) = (&self.cfg.cgroup_dir, self.cfg.lb) {
             dp.attach_cgroup(cg)?;
         }
+        if self.cfg.lb == ServiceLb::Ebpf {
+            // The tc programs serve published ports: no rules of an IPVS-mode agent may
+            // take them first.
+            ipvs::ingress::remove_host_rules();
+        }
         // Published ports answer on every address of the node.
         let host_addrs: BTreeSet<u32> = plumbing::local_ipv4_addrs(&h)
             .await?
@@ -995,11 +1053,13 @@ impl Networking {
         }
         let jobs: Vec<_> = {
             let mut st = self.lock();
-            let State { tasks, lb_ids, .. } = &mut *st;
+            let State {
+                tasks, vip_marks, ..
+            } = &mut *st;
             tasks
                 .iter()
                 .filter_map(|(id, rec)| {
-                    let want = ipvs::table::desired_table(&view, &rec.networks, lb_ids);
+                    let want = ipvs::table::desired_table(&view, &rec.networks, vip_marks);
                     (rec.ipvs_applied.as_ref() != Some(&want)).then(|| {
                         let dns = rec.dns.as_ref().map(|d| ipvs::sandbox::DnsPorts {
                             udp: d.udp_port,
@@ -1025,6 +1085,130 @@ impl Networking {
             }
         }
         out
+    }
+
+    /// IPVS mode: the routing mesh ([`ipvs::ingress`]). Makes the ingress sandbox once the
+    /// view names the ingress network and this node's address on it, then programs the
+    /// sandbox and the node whenever the published ports or their tasks changed. Failures are
+    /// logged and tried again at the next pass.
+    async fn sync_ingress(&self) {
+        if self.cfg.lb != ServiceLb::Ipvs {
+            return;
+        }
+        let Some(node) = self.lock().node.clone() else {
+            return;
+        };
+        let view = self.view.current();
+        if !view.complete {
+            return;
+        }
+        let (Some(net), Some(addr)) = (
+            ingress_network(&view).cloned(),
+            ingress_addr(&view, &node.id),
+        ) else {
+            return;
+        };
+        let Some(dir) = self.cfg.ingress_sbox_dir.clone() else {
+            tracing::error!("IPVS mode without an ingress sandbox directory: published ports of ingress mode are not served");
+            return;
+        };
+        let table = ipvs::ingress::desired_ingress(&view);
+        let made = self.lock().ingress.clone().filter(|s| s.addr == addr);
+        let sbox = match made {
+            Some(s) => s,
+            None => match self.make_ingress_sandbox(&dir, &net, addr).await {
+                Ok(netns) => {
+                    tracing::info!(%addr, netns = %netns.display(), "ingress sandbox ready");
+                    // Its interface is a local endpoint now.
+                    self.changed.notify_one();
+                    let s = IngressSandbox {
+                        netns,
+                        addr,
+                        applied: None,
+                    };
+                    self.lock().ingress = Some(s.clone());
+                    s
+                }
+                Err(e) => {
+                    tracing::warn!("making the ingress sandbox: {e}");
+                    return;
+                }
+            },
+        };
+        if sbox.applied.as_ref() == Some(&table) {
+            return;
+        }
+        for e in table.values().filter(|e| e.preserve) {
+            tracing::warn!(
+                service = %e.service,
+                port = e.port,
+                "source-ip=preserve is not kept by the IPVS data path's routing mesh (it masquerades, as Docker's does): the tasks see the ingress sandbox's address"
+            );
+        }
+        let first = sbox.applied.is_none();
+        match ipvs::ingress::program_sandbox(&sbox.netns, table.clone(), first).await {
+            Ok(r) => tracing::debug!(?r, "ingress sandbox's IPVS synced"),
+            Err(e) => {
+                tracing::warn!("programming the ingress sandbox: {e}");
+                return;
+            }
+        }
+        if let Err(e) = ipvs::ingress::program_host(&table) {
+            tracing::warn!("programming the node's ingress rules: {e}");
+            return;
+        }
+        if let Some(s) = self.lock().ingress.as_mut() {
+            s.applied = Some(table);
+        }
+    }
+
+    /// The ingress sandbox (made, or found again after an agent restart): its interface on
+    /// the ingress network at `addr`, plugged like a task's, and its link to the node.
+    async fn make_ingress_sandbox(
+        &self,
+        dir: &Path,
+        net: &NetworkInfo,
+        addr: Ipv4Addr,
+    ) -> Result<PathBuf, NetworkError> {
+        use ipvs::ingress as ing;
+        let dp = self.dataplane()?.clone();
+        let netns = crate::netns::create(dir, INGRESS_SBOX)
+            .map_err(|e| NetworkError::Plumbing(PlumbingError::Other(e.to_string())))?;
+        let prefix_len = parse_cidr(&net.subnet).map_or(24, |(_, l)| l);
+        let h = plumbing::handle()?;
+        let spec = AttachmentSpec {
+            host_name: ing::HOST_INGRESS_IF.into(),
+            task_name: ing::SBOX_INGRESS_IF.into(),
+            addr,
+            prefix_len,
+            mtu: if net.mtu == 0 { DEFAULT_MTU } else { net.mtu },
+            gateway: None,
+        };
+        let host = plumbing::attach(&h, &netns, &spec).await?;
+        let cookie = plumbing::netns_cookie(&netns).await?;
+        dp.set_iface(
+            host.ifindex,
+            Iface {
+                vni: net.vni,
+                addr: be(addr),
+                flags: 0,
+                mac: plumbing::task_mac(addr),
+                host_mac: host.mac,
+                netns_cookie: cookie,
+            },
+        )?;
+        dp.attach_ingress(programs::FROM_CONTAINER, ing::HOST_INGRESS_IF)?;
+        let link = AttachmentSpec {
+            host_name: ing::HOST_LINK_IF.into(),
+            task_name: ing::SBOX_LINK_IF.into(),
+            addr: ing::SBOX_ADDR,
+            prefix_len: ing::LINK_PREFIX,
+            mtu: 1500,
+            gateway: Some(ing::HOST_ADDR),
+        };
+        let host = plumbing::attach(&h, &netns, &link).await?;
+        plumbing::ensure_addr(&h, host.ifindex, ing::HOST_ADDR, ing::LINK_PREFIX).await?;
+        Ok(netns)
     }
 
     async fn wait_for_networks(
@@ -1147,9 +1331,9 @@ impl Networking {
             }
             let mut services = desired_services(&view, &mut st.lb_ids);
             if self.cfg.lb == ServiceLb::Ipvs {
-                // Tasks reach VIPs through IPVS; the routing mesh keeps the ingress VIPs.
-                let ingress = ingress_network(&view).map(|n| n.vni);
-                services.retain(|_, (s, _)| Some(s.vni) == ingress);
+                // Tasks reach VIPs, and the ingress sandbox the published ports' tasks,
+                // through IPVS.
+                services.clear();
             }
             services
         };
@@ -1178,7 +1362,12 @@ impl Networking {
                 tracing::warn!("updating the node's ingress address: {e}");
             }
         }
-        let published = desired_published(view, &node.id);
+        let mut published = desired_published(view, &node.id);
+        if self.cfg.lb == ServiceLb::Ipvs {
+            // Ingress-mode ports go through the ingress sandbox: the tc programs keep only
+            // host-mode ones (no second path).
+            published.retain(|_, (p, _)| p.flags & PUBLISHED_HOST != 0);
+        }
         let want: BTreeMap<PublishedKey, Published> =
             published.iter().map(|(k, (p, _))| (*k, *p)).collect();
         let had = dp.published();
@@ -1290,6 +1479,7 @@ impl Networking {
             let gone = self.reconcile();
             self.reset_flows(gone).await;
             let _ = self.sync_ipvs(None).await;
+            self.sync_ingress().await;
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return },
                 _ = self.changed.notified() => {}

@@ -251,6 +251,27 @@ async fn configure_task_side(
     Ok(())
 }
 
+/// Gives the link `ifindex` the address `addr/prefix_len` (there already is fine).
+pub async fn ensure_addr(
+    h: &Handle,
+    ifindex: u32,
+    addr: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<(), PlumbingError> {
+    match h
+        .address()
+        .add(ifindex, IpAddr::V4(addr), prefix_len)
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+        Err(e) => Err(nl(format!("adding {addr}/{prefix_len} to link {ifindex}"))(
+            e,
+        )),
+    }
+}
+
 /// Deletes the host side of an attachment (its peer goes with it). Missing is fine.
 pub async fn detach(h: &Handle, host_name: &str) -> Result<(), PlumbingError> {
     if let Some(l) = link_by_name(h, host_name).await? {

@@ -304,6 +304,7 @@ fn start_node(
                 resolv_conf: "/etc/resolv.conf".into(),
                 tc_attach,
                 lb: ServiceLb::Ebpf,
+                ingress_sbox_dir: None,
             },
             view,
         );

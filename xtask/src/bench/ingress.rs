@@ -456,6 +456,7 @@ fn setup(cpu: Cpu) -> anyhow::Result<Bed> {
                     resolv_conf: "/etc/resolv.conf".into(),
                     tc_attach,
                     lb: swarm_agent::network::ServiceLb::Ebpf,
+                    ingress_sbox_dir: None,
                 },
                 v,
             );

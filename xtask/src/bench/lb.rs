@@ -233,6 +233,7 @@ fn setup(variant: IptablesVariant, cpu: Cpu) -> anyhow::Result<Bed> {
         resolv_conf: "/etc/resolv.conf".into(),
         tc_attach: testbed::tc_attach()?,
         lb: swarm_agent::network::ServiceLb::Ebpf,
+        ingress_sbox_dir: None,
     };
     let v = view.clone();
     let net = testbed::in_ns(&topo.ns_path("n1"), move || async move {

@@ -9,6 +9,8 @@
 //! answer); [`message`] is the wire encoding. The `ip_vs` module is loaded when the family is
 //! missing ([`Ipvs::open`]); a kernel without it is named in the error.
 
+pub mod ingress;
+pub mod marks;
 pub mod message;
 pub mod sandbox;
 pub mod table;

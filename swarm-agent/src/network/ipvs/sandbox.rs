@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::table::{apply_marking_rules, sync, SyncReport, Table};
+use super::table::{apply_marking_rules, marked, sync, SyncReport, Table};
 use super::Ipvs;
 use crate::network::plumbing::{self, PlumbingError};
 
@@ -19,6 +19,22 @@ pub const SYSCTLS: &[(&str, &str)] = &[
     ("expire_nodest_conn", "1"),
     ("expire_quiescent_template", "1"),
 ];
+
+/// Writes [`SYSCTLS`] and `extra` (full paths) in the calling thread's namespace (`at`
+/// names it in errors).
+pub fn set_sysctls(at: &str, extra: &[(&str, &str)]) -> Result<(), PlumbingError> {
+    let vs = SYSCTLS
+        .iter()
+        .map(|(n, v)| (format!("/proc/sys/net/ipv4/vs/{n}"), *v));
+    let extra = extra.iter().map(|(p, v)| (p.to_string(), *v));
+    for (path, value) in vs.chain(extra) {
+        std::fs::write(&path, value).map_err(|source| PlumbingError::Io {
+            what: format!("setting {path} in the namespace {at}"),
+            source,
+        })?;
+    }
+    Ok(())
+}
 
 /// The resolver ports of a task (what 127.0.0.11:53 is sent to).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,16 +55,12 @@ pub async fn program(
     plumbing::in_netns(netns, move |_h| async move {
         let io = |what: String| move |source| PlumbingError::Io { what, source };
         if first {
-            for (name, value) in SYSCTLS {
-                let path = format!("/proc/sys/net/ipv4/vs/{name}");
-                std::fs::write(&path, value)
-                    .map_err(io(format!("setting {path} in the namespace {at}")))?;
-            }
+            set_sysctls(&at, &[])?;
         }
         apply_marking_rules(&table, dns)
             .map_err(io(format!("applying the IPVS marking rules in {at}")))?;
         let mut h = Ipvs::open().map_err(|e| PlumbingError::Other(format!("{at}: {e}")))?;
-        sync(&mut h, &table).map_err(|e| PlumbingError::Other(format!("{at}: {e}")))
+        sync(&mut h, &marked(&table)).map_err(|e| PlumbingError::Other(format!("{at}: {e}")))
     })
     .await
 }

@@ -5,20 +5,18 @@
 //! (its open connections go on, no new one comes). A task that is gone is no destination.
 //! VIPs of networks the task is not on have no mark: they are not reachable (network
 //! scoping). [`sync`] brings a namespace's IPVS there with the fewest changes; [`marking_rules`]
-//! is the nftables ruleset that marks packets to the VIPs (what IPVS cannot do alone).
+//! is the nftables ruleset that marks packets to the VIPs (what IPVS cannot do alone). Marks
+//! come from [`super::marks`] (stable across agent restarts).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use super::marks::VipMarks;
 use super::sandbox::DnsPorts;
 use super::{Destination, Ipvs, IpvsError, Service, ServiceKey};
+use crate::network::parse_cidr;
 use crate::network::view::NetworkView;
-use crate::network::{parse_cidr, LbIds};
-
-/// The first firewall mark (Docker's start too); a (service, network) pair's mark is this
-/// plus its node-wide load-balancer id.
-pub const FWMARK_BASE: u32 = 0x100;
 
 /// One VIP's service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,9 +30,13 @@ pub struct VipEntry {
 pub type Table = BTreeMap<u32, VipEntry>;
 
 /// The table of a task attached to `networks` (network ids).
-pub fn desired_table(view: &NetworkView, networks: &BTreeSet<String>, ids: &mut LbIds) -> Table {
+pub fn desired_table(
+    view: &NetworkView,
+    networks: &BTreeSet<String>,
+    marks: &mut VipMarks,
+) -> Table {
+    marks.assign(&live_vips(view));
     let mut out = Table::new();
-    let mut live = BTreeSet::new();
     for s in view.services.values() {
         if s.endpoint_mode != proto::EndpointMode::Vip as i32 {
             continue;
@@ -46,11 +48,9 @@ pub fn desired_table(view: &NetworkView, networks: &BTreeSet<String>, ids: &mut 
             if !view.networks.contains_key(&v.network_id) {
                 continue;
             }
-            let key = (s.id.clone(), v.network_id.clone());
-            live.insert(key.clone());
-            // The id is taken even for a network this task is not on: marks stay the same
-            // in every namespace of the node.
-            let Some(id) = ids.get(key) else {
+            // Every VIP the node sees has its mark, also on a network this task is not on:
+            // marks are the same in every namespace of the node.
+            let Some(mark) = marks.get(&(s.id.clone(), v.network_id.clone())) else {
                 continue;
             };
             if !networks.contains(&v.network_id) {
@@ -61,11 +61,46 @@ pub fn desired_table(view: &NetworkView, networks: &BTreeSet<String>, ids: &mut 
                 .filter(|e| e.service_id == s.id && !e.node_ingress)
                 .filter_map(|e| Some((e.address.parse().ok()?, u32::from(e.serving))))
                 .collect();
-            out.insert(FWMARK_BASE + id, VipEntry { vip, dests });
+            out.insert(mark, VipEntry { vip, dests });
         }
     }
-    ids.retain(&live);
     out
+}
+
+/// The (service, network) pairs of the VIPs the node sees (what has a mark).
+pub fn live_vips(view: &NetworkView) -> BTreeSet<(String, String)> {
+    let vip_mode = proto::EndpointMode::Vip as i32;
+    view.services
+        .values()
+        .filter(|s| s.endpoint_mode == vip_mode)
+        .flat_map(|s| {
+            s.virtual_ips
+                .iter()
+                .filter(|v| {
+                    parse_cidr(&v.addr).is_some() && view.networks.contains_key(&v.network_id)
+                })
+                .map(|v| (s.id.clone(), v.network_id.clone()))
+        })
+        .collect()
+}
+
+/// A namespace's IPVS as [`sync`] takes it: mark → destination (address and port; port 0:
+/// the port the client asked for) → weight.
+pub type Marked = BTreeMap<u32, BTreeMap<SocketAddrV4, u32>>;
+
+impl VipEntry {
+    /// The destinations as [`sync`] takes them (port 0).
+    pub fn dest_ports(&self) -> BTreeMap<SocketAddrV4, u32> {
+        self.dests
+            .iter()
+            .map(|(a, w)| (SocketAddrV4::new(*a, 0), *w))
+            .collect()
+    }
+}
+
+/// A task table as [`sync`] takes it.
+pub fn marked(table: &Table) -> Marked {
+    table.iter().map(|(m, e)| (*m, e.dest_ports())).collect()
 }
 
 /// What one [`sync`] changed.
@@ -81,7 +116,7 @@ pub struct SyncReport {
 /// Brings the IPVS of `h`'s namespace to `want`: services of marks no longer wanted removed
 /// (with their destinations), missing ones added, destinations added, reweighted, removed.
 /// Services that are not mark-based are left alone.
-pub fn sync(h: &mut Ipvs, want: &Table) -> Result<SyncReport, IpvsError> {
+pub fn sync(h: &mut Ipvs, want: &Marked) -> Result<SyncReport, IpvsError> {
     let mut r = SyncReport::default();
     let have: BTreeSet<u32> = h
         .services()?
@@ -95,20 +130,20 @@ pub fn sync(h: &mut Ipvs, want: &Table) -> Result<SyncReport, IpvsError> {
         h.del_service(ServiceKey::Fwmark(*m))?;
         r.services_removed += 1;
     }
-    for (mark, entry) in want {
+    for (mark, dests) in want {
         let key = ServiceKey::Fwmark(*mark);
-        let current: BTreeMap<Ipv4Addr, u32> = if have.contains(mark) {
+        let current: BTreeMap<SocketAddrV4, u32> = if have.contains(mark) {
             h.dests(key)?
                 .into_iter()
-                .map(|d| (*d.addr.ip(), d.weight))
+                .map(|d| (d.addr, d.weight))
                 .collect()
         } else {
             h.new_service(&Service::round_robin(key))?;
             r.services_added += 1;
             BTreeMap::new()
         };
-        for (addr, weight) in &entry.dests {
-            let d = Destination::masquerade(SocketAddrV4::new(*addr, 0), *weight);
+        for (addr, weight) in dests {
+            let d = Destination::masquerade(*addr, *weight);
             match current.get(addr) {
                 None => {
                     h.new_dest(key, &d)?;
@@ -121,8 +156,8 @@ pub fn sync(h: &mut Ipvs, want: &Table) -> Result<SyncReport, IpvsError> {
                 Some(_) => {}
             }
         }
-        for addr in current.keys().filter(|a| !entry.dests.contains_key(a)) {
-            h.del_dest(key, SocketAddrV4::new(*addr, 0))?;
+        for addr in current.keys().filter(|a| !dests.contains_key(a)) {
+            h.del_dest(key, *addr)?;
             r.dests_removed += 1;
         }
     }
@@ -173,6 +208,11 @@ pub fn marking_rules(table: &Table, dns: Option<DnsPorts>) -> String {
 
 /// Applies `marking_rules` in the calling thread's namespace through `nft -f -`.
 pub fn apply_marking_rules(table: &Table, dns: Option<DnsPorts>) -> std::io::Result<()> {
+    apply_nft(&marking_rules(table, dns))
+}
+
+/// Applies a ruleset in the calling thread's namespace through `nft -f -` (one transaction).
+pub fn apply_nft(rules: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut child = std::process::Command::new("nft")
         .args(["-f", "-"])
@@ -183,7 +223,7 @@ pub fn apply_marking_rules(table: &Table, dns: Option<DnsPorts>) -> std::io::Res
         .stdin
         .take()
         .ok_or_else(|| std::io::Error::other("nft: no stdin"))?
-        .write_all(marking_rules(table, dns).as_bytes())?;
+        .write_all(rules.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         return Err(std::io::Error::other(format!(
@@ -196,6 +236,7 @@ pub fn apply_marking_rules(table: &Table, dns: Option<DnsPorts>) -> std::io::Res
 
 #[cfg(test)]
 mod tests {
+    use super::super::marks::{FWMARK_BASE, PORT_MARK_BASE};
     use super::*;
     use crate::network::testbed::{endpoint_info, network_info, vip_service};
 
@@ -224,12 +265,12 @@ mod tests {
 
     #[test]
     fn a_task_gets_the_vips_of_its_networks_with_weight_0_for_tasks_that_do_not_serve() {
-        let mut ids = LbIds::default();
+        let mut ids = VipMarks::default();
         let nets = BTreeSet::from(["n1".to_string()]);
         let t = desired_table(&view(), &nets, &mut ids);
         assert_eq!(t.len(), 1, "{t:?}");
         let (mark, e) = t.iter().next().unwrap();
-        assert!(*mark > FWMARK_BASE, "{mark}");
+        assert!((FWMARK_BASE..PORT_MARK_BASE).contains(mark), "{mark}");
         assert_eq!(e.vip, Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(
             e.dests,

@@ -373,7 +373,8 @@ fn echo(c: &mut std::net::TcpStream) -> std::io::Result<String> {
 #[test]
 #[ignore = "needs the ip_vs module: run by `cargo xtask vm-test` (Debian 12's 6.1) with --ignored"]
 fn a_vip_balances_round_robin_through_ipvs_and_a_stopping_task_gets_no_new_connections() {
-    use super::table::{apply_marking_rules, desired_table, sync};
+    use super::marks::VipMarks;
+    use super::table::{apply_marking_rules, desired_table, marked, sync};
     use crate::network::testbed::{endpoint_info, network_info, vip_service};
     use crate::network::view::NetworkView;
     use std::collections::BTreeSet;
@@ -439,15 +440,15 @@ fn a_vip_balances_round_robin_through_ipvs_and_a_stopping_task_gets_no_new_conne
         e.service_id = svc.into();
         view.endpoints.insert((task.into(), net.into()), e);
     }
-    let mut ids = crate::network::LbIds::default();
+    let mut ids = VipMarks::default();
     let nets = BTreeSet::from(["n1".to_string()]);
     let cli = ns.path(1);
-    let apply = move |view: &NetworkView, ids: &mut crate::network::LbIds| {
+    let apply = move |view: &NetworkView, ids: &mut VipMarks| {
         let t = desired_table(view, &nets, ids);
         in_ns(cli.clone(), move || {
             apply_marking_rules(&t, None).unwrap_or_else(|e| panic!("{e}"));
             let mut h = Ipvs::open().unwrap_or_else(|e| panic!("{e}"));
-            let r = sync(&mut h, &t).unwrap_or_else(|e| panic!("{e}"));
+            let r = sync(&mut h, &marked(&t)).unwrap_or_else(|e| panic!("{e}"));
             (r, proc_view())
         })
         .join()
