@@ -13,7 +13,7 @@ use tonic::Status;
 use super::linearize;
 use super::lookup::{find_network, find_service};
 use super::secrets::resolve_references;
-use super::validate::{generated_name, validate_service_spec};
+use super::validate::{generated_name, protocol_name, validate_service_spec};
 use crate::api::{propose_status, store_status};
 use crate::orchestrator::task::{fresh_spec_version, restored_spec_version};
 use crate::store::{Kind, Object, Op, ProposeError, State, Store, StoreError};
@@ -181,6 +181,47 @@ fn check_manager_ports(st: &State, spec: &ServiceSpec) -> Result<(), Status> {
     Ok(())
 }
 
+/// `source-ip=preserve` on an ingress port needs every node's routing mesh to keep the
+/// client's address. A node whose agent runs the IPVS data plane cannot: its mesh masquerades
+/// in the ingress sandbox, as Docker's does. Refused while such a node is in the swarm, rather
+/// than accepted and not honoured there (an IPVS node that joins later logs a warning).
+fn check_source_ip_preserve(st: &State, spec: &ServiceSpec) -> Result<(), Status> {
+    let ports = spec.endpoint.as_ref().map(|e| e.ports.as_slice());
+    let Some(p) = ports
+        .unwrap_or_default()
+        .iter()
+        .find(|p| p.preserve_source_ip && p.publish_mode == PublishMode::Ingress as i32)
+    else {
+        return Ok(());
+    };
+    let ipvs: Vec<String> = st
+        .nodes()
+        .filter(|n| {
+            n.description
+                .as_ref()
+                .and_then(|d| d.data_plane.as_ref())
+                .is_some_and(|dp| dp.mode == "ipvs")
+        })
+        .map(|n| {
+            let host = n.description.as_ref().map(|d| d.hostname.as_str());
+            match host {
+                Some(h) if !h.is_empty() => format!("{h} ({})", n.id),
+                _ => n.id.clone(),
+            }
+        })
+        .collect();
+    if ipvs.is_empty() {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "EndpointSpec: port {}->{}/{}: source-ip=preserve cannot be kept on node(s) {}: their agents run the IPVS data plane, whose routing mesh masquerades (as Docker's does); publish the port in host mode (mode=host) to see client addresses, drop source-ip, or run those agents with --data-plane ebpf",
+        p.published_port,
+        p.target_port,
+        protocol_name(PortProtocol::try_from(p.protocol).unwrap_or_default()),
+        ipvs.join(", ")
+    )))
+}
+
 pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<Service, Status> {
     let mut spec = req.spec.ok_or_else(|| {
         Status::invalid_argument("CreateService needs a service spec (name, image, mode ...)")
@@ -203,6 +244,7 @@ pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<S
         check_data_path_port(&st, &spec)?;
         check_manager_ports(&st, &spec)?;
         check_port_conflicts(&st, &spec, None)?;
+        check_source_ip_preserve(&st, &spec)?;
         check_ingress_present(&st, &spec)?;
         let job_status = job_status(&spec, 0);
         Service {
@@ -335,6 +377,7 @@ fn updated_service(
     check_data_path_port(st, &spec)?;
     check_manager_ports(st, &spec)?;
     check_port_conflicts(st, &spec, Some(&current.id))?;
+    check_source_ip_preserve(st, &spec)?;
     check_ingress_present(st, &spec)?;
     if spec == old && !is_paused(current) {
         return Ok((current.clone(), None));

@@ -670,6 +670,84 @@ async fn updates_keep_preserve_source_ip() {
 }
 
 #[tokio::test]
+async fn source_ip_preserve_is_refused_while_a_node_runs_the_ipvs_data_plane() {
+    let (api, store) = api();
+    create_net(&api, "ingress", true).await.unwrap();
+    let with_mode = |id: &str, host: &str, mode: &str| {
+        let mut n = node(id, host, NodeRole::Worker, NodeState::Ready);
+        n.description.as_mut().unwrap().data_plane = Some(DataPlaneInfo {
+            mode: mode.into(),
+            ..Default::default()
+        });
+        n
+    };
+    put(
+        &store,
+        vec![Object::Node(with_mode("w1", "ebpf-1", "ebpf"))],
+    )
+    .await;
+    let kept = PortConfig {
+        preserve_source_ip: true,
+        ..port(8080, 80, PortProtocol::Tcp, PublishMode::Ingress)
+    };
+    // Every node keeps client addresses: accepted.
+    let s = create(&api, publishing("web", vec![kept.clone()]))
+        .await
+        .unwrap();
+
+    put(
+        &store,
+        vec![Object::Node(with_mode("w2", "ipvs-2", "ipvs"))],
+    )
+    .await;
+    let e = create(
+        &api,
+        publishing(
+            "api",
+            vec![PortConfig {
+                published_port: 8081,
+                ..kept.clone()
+            }],
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains(
+            "port 8081->80/tcp: source-ip=preserve cannot be kept on node(s) ipvs-2 (w2)"
+        ) && e.message().contains("--data-plane ebpf"),
+        "{}",
+        e.message()
+    );
+    // An update that keeps the option is refused too; one without it, or a port without
+    // it, is accepted.
+    let mut next = s.spec.clone().unwrap();
+    next.task
+        .as_mut()
+        .unwrap()
+        .container
+        .as_mut()
+        .unwrap()
+        .image = "nginx:2".into();
+    let e = update(&api, "web", version(&s), next.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    next.endpoint.as_mut().unwrap().ports[0].preserve_source_ip = false;
+    update(&api, "web", version(&s), next).await.unwrap();
+    create(
+        &api,
+        publishing(
+            "plain",
+            vec![port(8082, 80, PortProtocol::Tcp, PublishMode::Ingress)],
+        ),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn network_driver_options_are_those_the_data_plane_has() {
     let (api, _) = api();
     let mk = |name: &str, opts: &[(&str, &str)]| {
