@@ -29,6 +29,10 @@ const GUEST_TESTS: &[&str] = &["network::probe::", "network::tests::"];
 /// over generic netlink, and the IPVS data path's table and rules against real packets.
 const GUEST_IPVS_TESTS: &str = "network::ipvs::";
 
+/// The tests of the `tests` crate's library run in the guest (ignored on this host, whose
+/// kernel has no `sch_netem`): the fault suite's latency and loss against real packets.
+const GUEST_NETEM_TESTS: &str = "faults::net::";
+
 /// The lab test run in the guest (`tests/tests/kernel.rs`).
 const LAB_TEST: &str = "kernel";
 
@@ -37,9 +41,18 @@ const LAB_TEST: &str = "kernel";
 const LAB_IPVS_TEST: &str =
     "ipvs_serves_a_vip_a_name_and_a_published_port_and_drains_a_stopped_task";
 
-/// Set to `ipvs`: the guest runs only the IPVS tests and the IPVS lab test (for work on the
-/// IPVS path; CI runs everything).
+/// Set to `ipvs`: the guest runs only the IPVS tests and the IPVS lab test; `netem`: only
+/// the netem tests (for work on one part; CI runs everything).
 pub const ONLY_ENV: &str = "SWARM_VM_TEST_ONLY";
+
+/// The part of the guest's run [`ONLY_ENV`] asks for ("" for all of it).
+fn only() -> anyhow::Result<String> {
+    match std::env::var(ONLY_ENV) {
+        Err(_) => Ok(String::new()),
+        Ok(v) if v.is_empty() || v == "ipvs" || v == "netem" => Ok(v),
+        Ok(v) => bail!("{ONLY_ENV}={v:?}: expected ipvs or netem (or unset, for everything)"),
+    }
+}
 
 /// How long the whole VM run may take (boot, tests, power-off).
 const VM_TIMEOUT: Duration = Duration::from_secs(1500);
@@ -78,10 +91,11 @@ pub(crate) fn test_binary(package: &str, test: Option<&str>) -> anyhow::Result<P
 fn guest_script(
     agent: &Path,
     tests: &Path,
+    lib_tests: &Path,
     lab_test: &Path,
     out: &Path,
     ws: &Path,
-    only_ipvs: bool,
+    only: &str,
 ) -> String {
     format!(
         r#"#!/bin/sh
@@ -90,18 +104,22 @@ set -eu
 echo "guest: kernel $(uname -r)"
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 # Modules the data plane and the testbed use (autoloaded too; loaded here to fail early).
-modprobe -a sch_ingress cls_bpf veth vxlan bridge ip_vs ip_vs_rr nf_tables
+modprobe -a sch_ingress cls_bpf veth vxlan bridge ip_vs ip_vs_rr nf_tables sch_netem
 cd /tmp
 {agent} probe > {out}/probe.txt 2>&1 || {{ cat {out}/probe.txt; echo "guest: swarm-agent probe found no data plane"; exit 1; }}
 cat {out}/probe.txt
 grep -q '^data plane ebpf, tc attach legacy' {out}/probe.txt || {{ echo "guest: the probe did not pick the eBPF data plane with legacy tc"; exit 1; }}
-only_ipvs={only_ipvs}
+only={only}
 start=$(date +%s)
-[ "$only_ipvs" = 1 ] || {tests} --test-threads=1 {filters}
+[ -n "$only" ] || {tests} --test-threads=1 {filters}
 echo "guest: swarm-agent's tests took $(( $(date +%s) - start )) s"
 start=$(date +%s)
-{tests} --test-threads=1 --ignored {ipvs}
+[ "$only" = netem ] || {tests} --test-threads=1 --ignored {ipvs}
 echo "guest: the IPVS tests took $(( $(date +%s) - start )) s"
+start=$(date +%s)
+[ "$only" = ipvs ] || {lib_tests} --test-threads=1 --ignored {netem}
+echo "guest: the netem tests took $(( $(date +%s) - start )) s"
+[ "$only" != netem ] || exit 0
 # The guest's /tmp is an overlay, which containerd's overlay snapshots cannot sit on (the
 # lab keeps its files under /tmp): a tmpfs instead. A workspace under /tmp (a CI clone)
 # would vanish under it: it is bound again at its own path on the new /tmp.
@@ -113,7 +131,7 @@ case {ws} in
 esac
 cd /tmp
 start=$(date +%s)
-[ "$only_ipvs" = 1 ] || {lab_test} --test-threads=1 || {{ dmesg | tail -n 30; exit 1; }}
+[ -n "$only" ] || {lab_test} --test-threads=1 || {{ dmesg | tail -n 30; exit 1; }}
 echo "guest: the two-node lab test took $(( $(date +%s) - start )) s"
 start=$(date +%s)
 {data_plane_env}=ipvs {lab_test} --test-threads=1 --ignored {ipvs_lab} || {{ dmesg | tail -n 30; exit 1; }}
@@ -121,6 +139,8 @@ echo "guest: the two-node IPVS lab test took $(( $(date +%s) - start )) s"
 "#,
         agent = agent.display(),
         tests = tests.display(),
+        lib_tests = lib_tests.display(),
+        netem = GUEST_NETEM_TESTS,
         lab_test = lab_test.display(),
         out = out.display(),
         ws = ws.display(),
@@ -128,7 +148,7 @@ echo "guest: the two-node IPVS lab test took $(( $(date +%s) - start )) s"
         ipvs = GUEST_IPVS_TESTS,
         ipvs_lab = LAB_IPVS_TEST,
         data_plane_env = "SWARM_TEST_DATA_PLANE",
-        only_ipvs = u8::from(only_ipvs),
+        only = only,
     )
 }
 
@@ -148,6 +168,7 @@ pub fn run() -> anyhow::Result<()> {
     let vm = setup::ensure_vm()?;
     crate::test::build_for_tests()?;
     let tests = test_binary("swarm-agent", None)?;
+    let lib_tests = test_binary("tests", None)?;
     let lab_test = test_binary("tests", Some(LAB_TEST))?;
     let agent = workspace_root().join("target/debug/swarm-agent");
     // Shared read-write with the guest; not under /tmp, where the guest mounts a tmpfs.
@@ -161,10 +182,11 @@ pub fn run() -> anyhow::Result<()> {
         guest_script(
             &agent,
             &tests,
+            &lib_tests,
             &lab_test,
             &out,
             &workspace_root(),
-            std::env::var(ONLY_ENV).is_ok_and(|v| v == "ipvs"),
+            &only()?,
         ),
     )
     .with_context(|| format!("writing {}", script.display()))?;
