@@ -144,6 +144,53 @@ impl Service {
     pub fn job_iteration(&self) -> u64 {
         self.job_status.as_ref().map_or(0, |j| j.job_iteration)
     }
+
+    /// The counts of `service ls`'s REPLICAS column over `tasks` (tasks of other services are
+    /// skipped), as Docker counts them; `node_up` says whether a node is not DOWN.
+    /// - running: RUNNING and still desired running, on a node that is up;
+    /// - desired: a replicated service's replicas; a global service's tasks desired running;
+    ///   a replicated job's tasks that may run at once (at most its remaining completions); a
+    ///   global job's tasks desired running and not complete;
+    /// - completed (jobs only): COMPLETE on a node that is up.
+    ///
+    /// A job counts only the tasks of its current iteration.
+    pub fn task_status<'a>(
+        &self,
+        tasks: impl IntoIterator<Item = &'a Task>,
+        node_up: impl Fn(&str) -> bool,
+    ) -> ServiceStatus {
+        let job = self.is_job();
+        let iteration = self.job_iteration();
+        let (mut running, mut completed, mut wanted) = (0u64, 0u64, 0u64);
+        for t in tasks.into_iter().filter(|t| t.service_id == self.id) {
+            if job && t.job_iteration != iteration {
+                continue;
+            }
+            let (state, desired) = (t.state(), t.desired());
+            let up = node_up(&t.node_id);
+            if up && state == TaskState::Running && desired <= TaskState::Running {
+                running += 1;
+            }
+            if job && up && state == TaskState::Complete {
+                completed += 1;
+            }
+            if desired <= TaskState::Running && !(job && state == TaskState::Complete) {
+                wanted += 1;
+            }
+        }
+        let desired_tasks = match (self.replicated_job(), self.replicas()) {
+            (Some(j), _) => j
+                .max_concurrent
+                .min(j.total_completions.saturating_sub(completed)),
+            (None, Some(n)) if !job => n,
+            _ => wanted,
+        };
+        ServiceStatus {
+            running_tasks: running,
+            desired_tasks,
+            completed_tasks: completed,
+        }
+    }
 }
 
 /// Docker's restart delay when none is given.

@@ -1,6 +1,7 @@
 //! Connection to the agent's unix socket (gRPC without TLS) and the lookups several
 //! commands share.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -137,10 +138,27 @@ impl Client {
     pub async fn services(&self) -> Result<Vec<Service>> {
         self.control
             .clone()
-            .list_services(ListServicesRequest {})
+            .list_services(ListServicesRequest::default())
             .await
             .map(|r| r.into_inner().services)
             .map_err(|s| self.err(s))
+    }
+
+    /// Each service's task counts (`service ls`'s REPLICAS), by service id: counted by the
+    /// managers, so no list of every task crosses the wire.
+    pub async fn service_statuses(&self) -> Result<HashMap<String, ServiceStatus>> {
+        let r = self
+            .control
+            .clone()
+            .list_services(ListServicesRequest { status: true })
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        Ok(r.services
+            .into_iter()
+            .map(|s| s.id)
+            .zip(r.statuses)
+            .collect())
     }
 
     pub async fn tasks(&self, req: ListTasksRequest) -> Result<Vec<Task>> {

@@ -2,8 +2,6 @@
 //! command (docker/cli's formatter contexts) with the values of the default table, and
 //! the column titles a `table` template prints for them.
 
-use std::collections::HashSet;
-
 use proto::{Network, Node, Service, Task, TaskState};
 use serde_json::{json, Map, Value as Json};
 
@@ -76,8 +74,8 @@ pub const SERVICE_HEADERS: &[(&str, &str)] = &[
     ("Ports", "PORTS"),
 ];
 
-pub fn service(s: &Service, tasks: &[Task], active_nodes: &HashSet<String>) -> Map<String, Json> {
-    let (mode, replicas) = crate::service_cmd::replicas_column(s, tasks, active_nodes);
+pub fn service(s: &Service, status: &proto::ServiceStatus) -> Map<String, Json> {
+    let (mode, replicas) = crate::service_cmd::replicas_column(s, status);
     row([
         ("ID", json!(truncate_id(&s.id))),
         ("Name", json!(s.name())),
@@ -94,30 +92,22 @@ pub fn service(s: &Service, tasks: &[Task], active_nodes: &HashSet<String>) -> M
     ])
 }
 
-/// `service ls` / `stack services` through a template (the replicas need every task and
-/// the nodes that are up, looked up only when there is a service).
+/// `service ls` / `stack services` through a template (the replicas from the counts the
+/// managers make, asked only when there is a service).
 pub async fn print_services(
     c: &crate::client::Client,
     services: &[Service],
     table: bool,
     text: &str,
 ) -> crate::error::Result<()> {
-    let (tasks, active) = if services.is_empty() {
-        (Vec::new(), HashSet::new())
+    let statuses = if services.is_empty() {
+        Default::default()
     } else {
-        let tasks = c.tasks(proto::ListTasksRequest::default()).await?;
-        let active = c
-            .nodes()
-            .await?
-            .into_iter()
-            .filter(|n| n.state() != proto::NodeState::Down)
-            .map(|n| n.id)
-            .collect();
-        (tasks, active)
+        c.service_statuses().await?
     };
     let rows: Vec<_> = services
         .iter()
-        .map(|s| service(s, &tasks, &active))
+        .map(|s| service(s, &crate::service_cmd::status_of(s, &statuses)))
         .collect();
     print!(
         "{}",

@@ -1,6 +1,6 @@
 //! `swarm service create|inspect|ls|ps|rm|scale|update|rollback`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use clap::{Args, Subcommand};
 use proto::*;
@@ -115,89 +115,37 @@ fn bad(m: impl Into<String>) -> CliError {
 
 // ---------------------------------------------------------------- ls
 
-/// MODE and REPLICAS columns. Running tasks: observed and desired RUNNING on a node that is
-/// not down. Desired: the replica count, or for a global service its tasks meant to run.
-/// Jobs, as Docker shows them: `running/desired (completed/total completed)`, counting the
-/// tasks of the job's current iteration; a replicated job desires as many tasks as may run
-/// at once (at most its remaining completions), a global job its tasks not complete yet.
-pub fn replicas_column(
-    svc: &Service,
-    tasks: &[Task],
-    active_nodes: &HashSet<String>,
-) -> (String, String) {
+/// The MODE and REPLICAS columns of `service ls`, from the counts the managers return
+/// (`ListServicesRequest.status`; `Service::task_status` counts them). Jobs, as Docker shows
+/// them: `running/desired (completed/total completed)`.
+pub fn replicas_column(svc: &Service, status: &ServiceStatus) -> (String, String) {
     let mode = svc.spec.as_ref().map_or("replicated", |s| s.mode_name());
+    let (running, desired, completed) = (
+        status.running_tasks,
+        status.desired_tasks,
+        status.completed_tasks,
+    );
     if svc.is_job() {
-        return (mode.into(), job_replicas(svc, tasks, active_nodes));
+        let total = svc
+            .replicated_job()
+            .map_or(desired + completed, |j| j.total_completions);
+        return (
+            mode.into(),
+            format!("{running}/{desired} ({completed}/{total} completed)"),
+        );
     }
-    let mine = tasks.iter().filter(|t| t.service_id == svc.id);
-    let running = mine
-        .clone()
-        .filter(|t| {
-            t.state() == TaskState::Running
-                && t.desired() <= TaskState::Running
-                && active_nodes.contains(&t.node_id)
-        })
-        .count();
-    match svc.replicas() {
-        None => {
-            let desired = mine.filter(|t| t.desired() <= TaskState::Running).count();
-            ("global".into(), format!("{running}/{desired}"))
-        }
-        Some(n) => {
-            let max = svc
-                .spec
-                .as_ref()
-                .and_then(|s| s.task.as_ref())
-                .and_then(|t| t.placement.as_ref())
-                .map_or(0, |p| p.max_replicas);
-            let text = if max > 0 {
-                format!("{running}/{n} (max {max} per node)")
-            } else {
-                format!("{running}/{n}")
-            };
-            ("replicated".into(), text)
-        }
-    }
-}
-
-fn job_replicas(svc: &Service, tasks: &[Task], active_nodes: &HashSet<String>) -> String {
-    let iteration = svc.job_iteration();
-    let mine: Vec<&Task> = tasks
-        .iter()
-        .filter(|t| t.service_id == svc.id && t.job_iteration == iteration)
-        .collect();
-    let on_active = |t: &&&Task| active_nodes.contains(&t.node_id);
-    let running = mine
-        .iter()
-        .filter(on_active)
-        .filter(|t| t.state() == TaskState::Running && t.desired() <= TaskState::Running)
-        .count() as u64;
-    let completed = mine
-        .iter()
-        .filter(on_active)
-        .filter(|t| t.state() == TaskState::Complete)
-        .count() as u64;
-    match svc.replicated_job() {
-        Some(job) => {
-            let desired = job
-                .max_concurrent
-                .min(job.total_completions.saturating_sub(completed));
-            format!(
-                "{running}/{desired} ({completed}/{} completed)",
-                job.total_completions
-            )
-        }
-        None => {
-            let desired = mine
-                .iter()
-                .filter(|t| t.desired() <= TaskState::Running && t.state() != TaskState::Complete)
-                .count() as u64;
-            format!(
-                "{running}/{desired} ({completed}/{} completed)",
-                desired + completed
-            )
-        }
-    }
+    let max = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.task.as_ref())
+        .and_then(|t| t.placement.as_ref())
+        .map_or(0, |p| p.max_replicas);
+    let text = if svc.replicas().is_some() && max > 0 {
+        format!("{running}/{desired} (max {max} per node)")
+    } else {
+        format!("{running}/{desired}")
+    };
+    (mode.into(), text)
 }
 
 pub(crate) fn image_of(svc: &Service) -> &str {
@@ -223,10 +171,19 @@ pub fn sort_services(services: &mut [Service]) {
     services.sort_by(|a, b| natural_cmp(a.name(), b.name()).then(a.id.cmp(&b.id)));
 }
 
-pub fn ls_table(services: &[Service], tasks: &[Task], active_nodes: &HashSet<String>) -> String {
+/// The service's counts in `statuses`; a service the managers did not count (created since
+/// they answered) has no task yet, but still its desired count.
+pub(crate) fn status_of(svc: &Service, statuses: &HashMap<String, ServiceStatus>) -> ServiceStatus {
+    statuses
+        .get(&svc.id)
+        .copied()
+        .unwrap_or_else(|| svc.task_status(&[], |_| false))
+}
+
+pub fn ls_table(services: &[Service], statuses: &HashMap<String, ServiceStatus>) -> String {
     let mut t = Table::new(["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]);
     for s in services {
-        let (mode, replicas) = replicas_column(s, tasks, active_nodes);
+        let (mode, replicas) = replicas_column(s, &status_of(s, statuses));
         t.row([
             format::truncate_id(&s.id).to_string(),
             s.name().to_string(),
@@ -274,20 +231,12 @@ pub async fn print_services(
         }
         return Ok(());
     }
-    let (tasks, active) = if services.is_empty() {
-        (Vec::new(), HashSet::new())
+    let statuses = if services.is_empty() {
+        HashMap::new()
     } else {
-        let tasks = c.tasks(ListTasksRequest::default()).await?;
-        let active = c
-            .nodes()
-            .await?
-            .into_iter()
-            .filter(|n| n.state() != NodeState::Down)
-            .map(|n| n.id)
-            .collect();
-        (tasks, active)
+        c.service_statuses().await?
     };
-    print!("{}", ls_table(&services, &tasks, &active));
+    print!("{}", ls_table(&services, &statuses));
     Ok(())
 }
 
@@ -896,6 +845,11 @@ mod tests {
         }
     }
 
+    /// The column as `service ls` shows it, from the counts the managers make.
+    fn column(svc: &Service, tasks: &[Task], up: &HashSet<String>) -> (String, String) {
+        replicas_column(svc, &svc.task_status(tasks, |n| up.contains(n)))
+    }
+
     #[test]
     fn replicas_column_counts_running_tasks() {
         use TaskState::*;
@@ -914,7 +868,7 @@ mod tests {
             task("other", "n1", Running, Running),
         ];
         assert_eq!(
-            replicas_column(&web, &tasks, &active),
+            column(&web, &tasks, &active),
             ("replicated".into(), "2/3".into())
         );
         let mut capped = web.clone();
@@ -929,15 +883,9 @@ mod tests {
             max_replicas: 1,
             ..Default::default()
         });
-        assert_eq!(
-            replicas_column(&capped, &tasks, &active).1,
-            "2/3 (max 1 per node)"
-        );
+        assert_eq!(column(&capped, &tasks, &active).1, "2/3 (max 1 per node)");
         let g = svc("s1", "agent", service_spec::Mode::Global(GlobalService {}));
-        assert_eq!(
-            replicas_column(&g, &tasks, &active),
-            ("global".into(), "2/4".into())
-        );
+        assert_eq!(column(&g, &tasks, &active), ("global".into(), "2/4".into()));
     }
 
     #[test]
@@ -955,7 +903,7 @@ mod tests {
             ),
         ];
         sort_services(&mut services);
-        let out = ls_table(&services, &[], &HashSet::new());
+        let out = ls_table(&services, &HashMap::new());
         assert_eq!(
             out,
             "ID             NAME      MODE         REPLICAS   IMAGE          PORTS\n\
@@ -1100,7 +1048,7 @@ mod tests {
             it(task("j1", "n2", Complete, Shutdown), 1),
         ];
         assert_eq!(
-            replicas_column(&job, &tasks, &active),
+            column(&job, &tasks, &active),
             ("replicated job".into(), "1/2 (1/5 completed)".into())
         );
         // Near the end the job desires only the completions left.
@@ -1108,10 +1056,7 @@ mod tests {
             .map(|_| it(task("j1", "n1", Complete, Complete), 4))
             .chain([it(task("j1", "n2", Running, Running), 4)])
             .collect();
-        assert_eq!(
-            replicas_column(&job, &done, &active).1,
-            "1/1 (4/5 completed)"
-        );
+        assert_eq!(column(&job, &done, &active).1, "1/1 (4/5 completed)");
 
         let g = svc(
             "g1",
@@ -1124,7 +1069,7 @@ mod tests {
             task("g1", "n3", Complete, Complete),
         ];
         assert_eq!(
-            replicas_column(&g, &tasks, &active),
+            column(&g, &tasks, &active),
             ("global job".into(), "1/1 (2/3 completed)".into())
         );
 

@@ -351,10 +351,21 @@ impl Control for Fake {
     }
     async fn list_services(
         &self,
-        _r: Request<ListServicesRequest>,
+        r: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
+        let s = self.0.lock().unwrap();
+        // The counts as the managers make them (every node of the fake is up).
+        let statuses = if r.into_inner().status {
+            s.services
+                .iter()
+                .map(|svc| svc.task_status(&s.tasks, |_| true))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(ListServicesResponse {
-            services: self.0.lock().unwrap().services.clone(),
+            services: s.services.clone(),
+            statuses,
         }))
     }
     async fn update_service(

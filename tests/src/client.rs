@@ -125,7 +125,7 @@ pub trait AgentClient {
 
     fn services(&self) -> anyhow::Result<Vec<proto::Service>> {
         let r = control(self.socket(), async |mut c| {
-            c.list_services(ListServicesRequest {}).await
+            c.list_services(ListServicesRequest::default()).await
         })?;
         Ok(r.into_inner().services)
     }

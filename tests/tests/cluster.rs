@@ -473,7 +473,7 @@ fn tokens_certificates_and_roles_are_enforced() {
             .block_on(async move {
                 let ch = swarm_manager::tls::channel(&addr, cfg);
                 proto::control_client::ControlClient::new(ch)
-                    .list_services(proto::ListServicesRequest {})
+                    .list_services(proto::ListServicesRequest::default())
                     .await
                     .map(|_| ())
             })

@@ -73,7 +73,7 @@ fn denied<T: std::fmt::Debug>(what: &str, r: Result<T, Status>) -> Status {
 
 async fn list_services(ch: Channel) -> Result<(), Status> {
     ControlClient::new(ch)
-        .list_services(proto::ListServicesRequest {})
+        .list_services(proto::ListServicesRequest::default())
         .await
         .map(|_| ())
 }
@@ -169,7 +169,7 @@ fn removed_and_demoted_nodes_are_refused_everywhere_with_their_old_certificates(
         }
         // It cannot speak for others: forged forwarded identities of a current manager
         // (Control) and of the worker (Dispatcher) are refused.
-        let mut req = Request::new(proto::ListServicesRequest {});
+        let mut req = Request::new(proto::ListServicesRequest::default());
         swarm_manager::tls::with_forwarded_identity(&mut req, &current.identity());
         let e = denied(
             "Control forwarded by a demoted manager",

@@ -299,13 +299,26 @@ pub(super) async fn get(store: &Store, req: GetServiceRequest) -> Result<Service
 
 pub(super) async fn list(
     store: &Store,
-    _req: ListServicesRequest,
+    req: ListServicesRequest,
 ) -> Result<ListServicesResponse, Status> {
     linearize(store).await?;
     let st = store.read();
-    Ok(ListServicesResponse {
-        services: st.services().cloned().map(redacted).collect(),
-    })
+    let services: Vec<Service> = st.services().cloned().map(redacted).collect();
+    let statuses = if req.status {
+        // Counted from each service's own tasks (the store's index), not from every task.
+        let up: std::collections::HashSet<&str> = st
+            .nodes()
+            .filter(|n| n.state() != proto::NodeState::Down)
+            .map(|n| n.id.as_str())
+            .collect();
+        services
+            .iter()
+            .map(|s| s.task_status(st.tasks_of_service(&s.id), |n| up.contains(n)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(ListServicesResponse { services, statuses })
 }
 
 fn version_mismatch(kind: Kind, id: &str, expected: u64, actual: u64) -> Status {

@@ -66,7 +66,7 @@ pub(super) async fn update(
 }
 
 async fn services(api: &ControlApi) -> Vec<Service> {
-    api.list_services(local(ListServicesRequest {}))
+    api.list_services(local(ListServicesRequest::default()))
         .await
         .unwrap()
         .into_inner()
@@ -745,6 +745,55 @@ async fn source_ip_preserve_is_refused_while_a_node_runs_the_ipvs_data_plane() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn list_services_counts_each_services_tasks_when_asked() {
+    let (api, store) = api();
+    let web = create(&api, spec("web", "nginx")).await.unwrap();
+    let other = create(&api, spec("other", "nginx")).await.unwrap();
+    let mut stopping = task("t3", &web, "up", 3);
+    stopping.desired_state = TaskState::Shutdown as i32;
+    put(
+        &store,
+        vec![
+            Object::Node(node("up", "h1", NodeRole::Worker, NodeState::Ready)),
+            Object::Node(node("down", "h2", NodeRole::Worker, NodeState::Down)),
+            Object::Task(task("t1", &web, "up", 1)),
+            Object::Task(task("t2", &web, "down", 2)),
+            Object::Task(stopping),
+            Object::Task(task("t4", &other, "up", 1)),
+        ],
+    )
+    .await;
+    let r = api
+        .list_services(local(ListServicesRequest { status: true }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.statuses.len(), r.services.len());
+    let of = |id: &str| {
+        let i = r.services.iter().position(|s| s.id == id).unwrap();
+        r.statuses[i]
+    };
+    // Running: desired and observed RUNNING on a node that is up (t1 only).
+    let replicas = web.replicas().unwrap();
+    assert_eq!(
+        of(&web.id),
+        ServiceStatus {
+            running_tasks: 1,
+            desired_tasks: replicas,
+            completed_tasks: 0
+        }
+    );
+    assert_eq!(of(&other.id).running_tasks, 1);
+    // Without `status`, nothing is counted.
+    let r = api
+        .list_services(local(ListServicesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.statuses.is_empty());
 }
 
 #[tokio::test]
@@ -1485,7 +1534,7 @@ fn version_of(c: &Cluster) -> u64 {
 async fn callers_need_the_local_socket_or_a_certificate() {
     let (api, _) = api();
     let e = api
-        .list_services(Request::new(ListServicesRequest {}))
+        .list_services(Request::new(ListServicesRequest::default()))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
@@ -1623,7 +1672,7 @@ async fn certificates_decide_over_tls() {
     };
     let (wc, wk) = issue("worker1", NodeRole::Worker);
     let e = client(Some((wc, wk)))
-        .list_services(ListServicesRequest {})
+        .list_services(ListServicesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
@@ -1642,7 +1691,7 @@ async fn certificates_decide_over_tls() {
 
     // A current manager may forward a call for another node: the store decides about it.
     let forwarded_for = |who: &str, role: NodeRole| {
-        let mut req = Request::new(ListServicesRequest {});
+        let mut req = Request::new(ListServicesRequest::default());
         let (c, _) = issue(who, role);
         let id = crate::ca::parse_node_cert_pem(&c).unwrap();
         tls::with_forwarded_identity(&mut req, &id);
@@ -1664,7 +1713,7 @@ async fn certificates_decide_over_tls() {
     let (dc, dk) = issue("manager3", NodeRole::Manager);
     let mut demoted = client(Some((dc, dk)));
     let e = demoted
-        .list_services(ListServicesRequest {})
+        .list_services(ListServicesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
@@ -1677,20 +1726,20 @@ async fn certificates_decide_over_tls() {
     assert!(e.message().contains("on behalf of"), "{e:?}");
     let (rc, rk) = issue("removed4", NodeRole::Manager);
     let e = client(Some((rc, rk)))
-        .list_services(ListServicesRequest {})
+        .list_services(ListServicesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("was removed from the swarm"), "{e:?}");
     let (sc, sk) = issue("stranger5", NodeRole::Manager);
     let e = client(Some((sc, sk)))
-        .list_services(ListServicesRequest {})
+        .list_services(ListServicesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
 
     let e = client(None)
-        .list_services(ListServicesRequest {})
+        .list_services(ListServicesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
