@@ -22,9 +22,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
 use super::marks::port_mark;
-use super::table::{apply_nft, sync, Marked, SyncReport};
-use super::Ipvs;
-use crate::network::plumbing::{self, PlumbingError};
+use super::table::{apply_nft, Marked, SyncReport};
+use crate::network::plumbing::PlumbingError;
 use crate::network::view::NetworkView;
 use crate::network::{ingress_network, ingress_ports};
 
@@ -185,17 +184,15 @@ pub async fn program_sandbox(
     table: IngressTable,
     first: bool,
 ) -> Result<SyncReport, PlumbingError> {
-    let at = netns.display().to_string();
-    plumbing::in_netns(netns, move |_h| async move {
-        let io = |what: String| move |source| PlumbingError::Io { what, source };
-        if first {
-            super::sandbox::set_sysctls(&at, SBOX_SYSCTLS)?;
-        }
-        apply_nft(&sandbox_rules(&table))
-            .map_err(io(format!("applying the ingress rules in {at}")))?;
-        let mut h = Ipvs::open().map_err(|e| PlumbingError::Other(format!("{at}: {e}")))?;
-        sync(&mut h, &marked(&table)).map_err(|e| PlumbingError::Other(format!("{at}: {e}")))
-    })
+    let rules = sandbox_rules(&table);
+    super::sandbox::program_netns(
+        netns,
+        first,
+        SBOX_SYSCTLS,
+        rules,
+        "the ingress rules",
+        marked(&table),
+    )
     .await
 }
 

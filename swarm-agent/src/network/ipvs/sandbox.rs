@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::table::{apply_marking_rules, marked, sync, SyncReport, Table};
+use super::table::{apply_nft, marked, marking_rules, sync, Marked, SyncReport, Table};
 use super::Ipvs;
 use crate::network::plumbing::{self, PlumbingError};
 
@@ -51,16 +51,40 @@ pub async fn program(
     dns: Option<DnsPorts>,
     first: bool,
 ) -> Result<SyncReport, PlumbingError> {
+    let rules = marking_rules(&table, dns);
+    program_netns(
+        netns,
+        first,
+        &[],
+        rules,
+        "the IPVS marking rules",
+        marked(&table),
+    )
+    .await
+}
+
+/// What both an IPVS task namespace and the ingress sandbox get, in that namespace: the
+/// IPVS sysctls and `extra_sysctls` (when `first`), the nftables ruleset `rules` (`what`
+/// names it in errors), then the IPVS table synced to `want`.
+pub(super) async fn program_netns(
+    netns: &Path,
+    first: bool,
+    extra_sysctls: &'static [(&'static str, &'static str)],
+    rules: String,
+    what: &'static str,
+    want: Marked,
+) -> Result<SyncReport, PlumbingError> {
     let at = netns.display().to_string();
     plumbing::in_netns(netns, move |_h| async move {
-        let io = |what: String| move |source| PlumbingError::Io { what, source };
         if first {
-            set_sysctls(&at, &[])?;
+            set_sysctls(&at, extra_sysctls)?;
         }
-        apply_marking_rules(&table, dns)
-            .map_err(io(format!("applying the IPVS marking rules in {at}")))?;
+        apply_nft(&rules).map_err(|source| PlumbingError::Io {
+            what: format!("applying {what} in {at}"),
+            source,
+        })?;
         let mut h = Ipvs::open().map_err(|e| PlumbingError::Other(format!("{at}: {e}")))?;
-        sync(&mut h, &marked(&table)).map_err(|e| PlumbingError::Other(format!("{at}: {e}")))
+        sync(&mut h, &want).map_err(|e| PlumbingError::Other(format!("{at}: {e}")))
     })
     .await
 }
