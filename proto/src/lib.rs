@@ -10,6 +10,36 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// The API's answer to a write based on an object version that is no longer current, shared by
+/// the managers (which send it) and the CLI (which makes its change again on a fresh read).
+pub mod out_of_sequence {
+    /// How the message starts (Docker's and SwarmKit's wording).
+    pub const PREFIX: &str = "update out of sequence";
+
+    /// The status the managers answer with: FAILED_PRECONDITION, with `message` (which starts
+    /// with [`PREFIX`]).
+    pub fn status(message: impl Into<String>) -> tonic::Status {
+        tonic::Status::failed_precondition(message)
+    }
+
+    /// Whether `s` says the write lost a race with another writer, so that a change made as a
+    /// delta on a fresh read may be tried again.
+    pub fn is(s: &tonic::Status) -> bool {
+        s.code() == tonic::Code::FailedPrecondition && s.message().starts_with(PREFIX)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn what_the_managers_send_is_what_the_cli_retries() {
+            let s = super::status(format!("{} : node x is at version 3", super::PREFIX));
+            assert!(super::is(&s));
+            assert!(!super::is(&tonic::Status::aborted(super::PREFIX)));
+            assert!(!super::is(&tonic::Status::failed_precondition("in use")));
+        }
+    }
+}
+
 impl TaskState {
     /// Docker's lower-case state name, as `service ps` prints it.
     pub fn display_name(self) -> &'static str {

@@ -385,10 +385,7 @@ async fn change_spec(
             .await;
         match written {
             Ok(_) => return Ok(true),
-            Err(s)
-                if s.code() == tonic::Code::FailedPrecondition
-                    && s.message().starts_with("update out of sequence")
-                    && attempt < UPDATE_ATTEMPTS => {}
+            Err(s) if proto::out_of_sequence::is(&s) && attempt < UPDATE_ATTEMPTS => {}
             Err(s) => return Err(c.err(s)),
         }
     }

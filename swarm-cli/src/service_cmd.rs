@@ -660,7 +660,7 @@ async fn change_spec(
             .await;
         match written {
             Ok(_) => return Ok(svc),
-            Err(s) if s.code() == tonic::Code::Aborted && attempt < SPEC_WRITE_ATTEMPTS => {}
+            Err(s) if proto::out_of_sequence::is(&s) && attempt < SPEC_WRITE_ATTEMPTS => {}
             Err(s) => return Err(c.err(s)),
         }
     }

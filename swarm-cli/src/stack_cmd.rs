@@ -504,37 +504,59 @@ pub async fn deploy(c: &Client, a: DeployArgs) -> Result<()> {
                     .map_err(|e| c.err(e))?;
             }
             Some(svc) => {
-                let old = svc.spec.clone().unwrap_or_default();
-                carry_over(&mut spec, &old, &network_ids);
-                // The managers store a spec with Docker's defaults filled in: compare like with like.
-                spec.apply_docker_defaults();
-                // The managers never return the login they keep: compare without it, and
-                // send a login that may have changed (they keep an unchanged one as is).
-                let mut without_login = spec.clone();
-                if let Some(c) = without_login
-                    .task
-                    .as_mut()
-                    .and_then(|t| t.container.as_mut())
-                {
-                    c.pull_options = None;
+                // Another writer may move the service between the read and the write (the
+                // managers' allocator right after a create; another client): the compose
+                // spec is merged again with a fresh read, as `service update` does.
+                let mut svc = svc.clone();
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let mut spec = spec.clone();
+                    let old = svc.spec.clone().unwrap_or_default();
+                    carry_over(&mut spec, &old, &network_ids);
+                    // The managers store a spec with Docker's defaults filled in: compare like
+                    // with like.
+                    spec.apply_docker_defaults();
+                    // The managers never return the login they keep: compare without it, and
+                    // send a login that may have changed (they keep an unchanged one as is).
+                    let mut without_login = spec.clone();
+                    if let Some(c) = without_login
+                        .task
+                        .as_mut()
+                        .and_then(|t| t.container.as_mut())
+                    {
+                        c.pull_options = None;
+                    }
+                    if old == without_login && !a.with_registry_auth {
+                        break;
+                    }
+                    if attempt == 1 {
+                        println!("Updating service {} (id: {})", spec.name, svc.id);
+                    }
+                    let written = ctl
+                        .update_service(UpdateServiceRequest {
+                            service_id: svc.id.clone(),
+                            service_version: svc.meta.as_ref().map_or(0, |m| m.version),
+                            spec: Some(spec),
+                            rollback: false,
+                        })
+                        .await;
+                    match written {
+                        Ok(_) => break,
+                        Err(s) if proto::out_of_sequence::is(&s) && attempt < UPDATE_ATTEMPTS => {
+                            svc = c.service(&svc.id).await?;
+                        }
+                        Err(s) => return Err(c.err(s)),
+                    }
                 }
-                if old == without_login && !a.with_registry_auth {
-                    continue;
-                }
-                println!("Updating service {} (id: {})", spec.name, svc.id);
-                ctl.update_service(UpdateServiceRequest {
-                    service_id: svc.id.clone(),
-                    service_version: svc.meta.as_ref().map_or(0, |m| m.version),
-                    spec: Some(spec),
-                    rollback: false,
-                })
-                .await
-                .map_err(|e| c.err(e))?;
             }
         }
     }
     Ok(())
 }
+
+/// Attempts of a service update in `deploy` before a conflict is reported.
+const UPDATE_ATTEMPTS: usize = 5;
 
 async fn stack_services(c: &Client, stack: &str) -> Result<Vec<Service>> {
     Ok(c.services()

@@ -277,7 +277,9 @@ impl Control for Fake {
             .find(|n| n.id == r.node_id)
             .ok_or_else(|| Status::not_found("node not found"))?;
         if n.meta.as_ref().map_or(0, |m| m.version) != r.node_version {
-            return Err(Status::aborted("update out of sequence"));
+            return Err(proto::out_of_sequence::status(
+                proto::out_of_sequence::PREFIX,
+            ));
         }
         n.spec = r.spec;
         n.meta.as_mut().unwrap().version += 1;
@@ -381,7 +383,9 @@ impl Control for Fake {
         }
         let svc = &mut s.services[i];
         if svc.meta.as_ref().map_or(0, |m| m.version) != r.service_version {
-            return Err(Status::aborted("update out of sequence"));
+            return Err(proto::out_of_sequence::status(
+                proto::out_of_sequence::PREFIX,
+            ));
         }
         if r.rollback {
             // The managers roll back with the spec they kept.
@@ -533,7 +537,9 @@ impl Control for Fake {
         let r = r.into_inner();
         let mut s = self.0.lock().unwrap();
         if s.cluster.meta.as_ref().map_or(0, |m| m.version) != r.cluster_version {
-            return Err(Status::aborted("update out of sequence"));
+            return Err(proto::out_of_sequence::status(
+                proto::out_of_sequence::PREFIX,
+            ));
         }
         let tokens = s
             .cluster

@@ -136,7 +136,7 @@ pub(crate) fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::NotFound { .. } => Status::not_found(msg),
         StoreError::Exists { .. } | StoreError::NameConflict { .. } => Status::already_exists(msg),
-        StoreError::VersionMismatch { .. } => Status::failed_precondition(msg),
+        StoreError::VersionMismatch { .. } => proto::out_of_sequence::status(msg),
         StoreError::Invalid(_) => Status::invalid_argument(msg),
     }
 }
