@@ -14,13 +14,16 @@
 //!   name, or a virtual IP there), with their VIPs and network ids restricted to the
 //!   networks the node sees;
 //! - **the routing mesh**: every node sees the ingress network (tasks there or not), with the
-//!   services whose tasks are on it and every node's own ingress endpoint (`node_ingress`,
-//!   keyed by the node id, for nodes that hold an ingress address and are not DOWN).
+//!   services whose tasks are on it and its own ingress endpoint (`node_ingress`, keyed by the
+//!   node id, when it holds an ingress address and is not DOWN); a node that runs a task on
+//!   the ingress network sees every node's ingress endpoint, since its tasks reply to the
+//!   ingress address of whichever node took the connection.
 //!
 //! Cost of one view: O(T_node + Σ over the node's networks of (T_net + S_net)) index
 //! lookups, where T_node is the number of tasks on the node, T_net the number of tasks ever
 //! attached to a network that the store still holds (history included) and S_net the
-//! services attached to it; nothing is proportional to the cluster's total number of tasks,
+//! services attached to it, plus the number of nodes for a node that runs a task on the
+//! ingress network; nothing else is proportional to the cluster's total number of tasks,
 //! nodes or services. The indexes are the store's `tasks_by_node`, `tasks_by_network` and
 //! `services_by_network`. [`diff`] is linear in the size of the two views.
 
@@ -107,11 +110,25 @@ pub fn node_view(st: &State, node_id: &str) -> NodeNetworkView {
                 view.services.insert(s.id.clone(), info);
             }
         }
-        for node in st.nodes() {
-            if let Some(e) = node_ingress_endpoint(node, &n.id) {
-                view.endpoints
-                    .insert((e.task_id.clone(), e.network_id.clone()), e);
+        // Every node's own ingress address is needed only where a task on the ingress network
+        // runs (its replies go back to the node that took the connection); a node without one
+        // gets its own address alone, so the views of most nodes do not grow with the cluster.
+        let runs_ingress_task = st.tasks_on_node(node_id).any(|t| {
+            keeps_network(t) && t.networks.iter().any(|a| a.network_id == n.id)
+        });
+        if runs_ingress_task {
+            for node in st.nodes() {
+                if let Some(e) = node_ingress_endpoint(node, &n.id) {
+                    view.endpoints
+                        .insert((e.task_id.clone(), e.network_id.clone()), e);
+                }
             }
+        } else if let Some(e) = st
+            .node(node_id)
+            .and_then(|node| node_ingress_endpoint(node, &n.id))
+        {
+            view.endpoints
+                .insert((e.task_id.clone(), e.network_id.clone()), e);
         }
     }
     view
@@ -533,7 +550,8 @@ mod tests {
             ],
         )
         .await;
-        // n1 runs nothing, and still serves the mesh.
+        // n1 runs nothing, and still serves the mesh: it knows its own ingress address, and
+        // not the other nodes' (only a node whose tasks reply through the mesh needs them).
         let v = node_view(&store.read(), "n1");
         assert!(v.networks["ing"].ingress);
         assert!(v.services.contains_key("web"), "{:?}", v.services.keys());
@@ -544,11 +562,18 @@ mod tests {
             (mine.address.as_str(), mine.node_addr.as_str()),
             ("10.0.0.2", "192.168.0.1")
         );
-        assert!(v.endpoints.contains_key(&("n2".into(), "ing".into())));
+        assert!(!v.endpoints.contains_key(&("n2".into(), "ing".into())));
+        // n2 runs t1 on the ingress network: every node's ingress address that is not DOWN.
+        let v2 = node_view(&store.read(), "n2");
+        for (node, addr) in [("n1", "10.0.0.2"), ("n2", "10.0.0.3")] {
+            let e = &v2.endpoints[&(node.to_string(), "ing".to_string())];
+            assert!(e.node_ingress && e.address == addr, "{e:?}");
+        }
         assert!(
-            !v.endpoints.contains_key(&("n3".into(), "ing".into())),
+            !v2.endpoints.contains_key(&("n3".into(), "ing".into())),
             "a DOWN node's ingress endpoint is left out"
         );
+        assert!(v2.endpoints.contains_key(&("t1".into(), "ing".into())));
     }
 
     #[tokio::test]
