@@ -113,9 +113,9 @@ pub fn node_view(st: &State, node_id: &str) -> NodeNetworkView {
         // Every node's own ingress address is needed only where a task on the ingress network
         // runs (its replies go back to the node that took the connection); a node without one
         // gets its own address alone, so the views of most nodes do not grow with the cluster.
-        let runs_ingress_task = st.tasks_on_node(node_id).any(|t| {
-            keeps_network(t) && t.networks.iter().any(|a| a.network_id == n.id)
-        });
+        let runs_ingress_task = st
+            .tasks_on_node(node_id)
+            .any(|t| keeps_network(t) && t.networks.iter().any(|a| a.network_id == n.id));
         if runs_ingress_task {
             for node in st.nodes() {
                 if let Some(e) = node_ingress_endpoint(node, &n.id) {
