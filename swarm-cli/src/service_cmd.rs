@@ -640,11 +640,25 @@ async fn change_spec(
     pin: bool,
     make: impl Fn(&Service) -> Result<ServiceSpec>,
 ) -> Result<Service> {
+    let (svc, _) = change_spec_if(c, name, pin, |svc| make(svc).map(Some)).await?;
+    Ok(svc)
+}
+
+/// [`change_spec`] where `make` may find nothing to change (`Ok(None)`: nothing is written).
+/// Returns the service as it was last read and whether it was written.
+pub(crate) async fn change_spec_if(
+    c: &Client,
+    name: &str,
+    pin: bool,
+    mut make: impl FnMut(&Service) -> Result<Option<ServiceSpec>>,
+) -> Result<(Service, bool)> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let svc = c.service(name).await?;
-        let mut spec = make(&svc)?;
+        let Some(mut spec) = make(&svc)? else {
+            return Ok((svc, false));
+        };
         if pin {
             pin_image(&mut spec, false).await;
         }
@@ -659,7 +673,7 @@ async fn change_spec(
             })
             .await;
         match written {
-            Ok(_) => return Ok(svc),
+            Ok(_) => return Ok((svc, true)),
             Err(s) if proto::out_of_sequence::is(&s) && attempt < SPEC_WRITE_ATTEMPTS => {}
             Err(s) => return Err(c.err(s)),
         }

@@ -504,13 +504,10 @@ pub async fn deploy(c: &Client, a: DeployArgs) -> Result<()> {
                     .map_err(|e| c.err(e))?;
             }
             Some(svc) => {
-                // Another writer may move the service between the read and the write (the
-                // managers' allocator right after a create; another client): the compose
-                // spec is merged again with a fresh read, as `service update` does.
-                let mut svc = svc.clone();
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
+                // Made again on a fresh read when another writer moved the service meanwhile
+                // (the managers' allocator right after a create; another client).
+                let mut announced = false;
+                crate::service_cmd::change_spec_if(c, &svc.id, false, |svc| {
                     let mut spec = spec.clone();
                     let old = svc.spec.clone().unwrap_or_default();
                     carry_over(&mut spec, &old, &network_ids);
@@ -528,35 +525,20 @@ pub async fn deploy(c: &Client, a: DeployArgs) -> Result<()> {
                         c.pull_options = None;
                     }
                     if old == without_login && !a.with_registry_auth {
-                        break;
+                        return Ok(None);
                     }
-                    if attempt == 1 {
+                    if !announced {
                         println!("Updating service {} (id: {})", spec.name, svc.id);
+                        announced = true;
                     }
-                    let written = ctl
-                        .update_service(UpdateServiceRequest {
-                            service_id: svc.id.clone(),
-                            service_version: svc.meta.as_ref().map_or(0, |m| m.version),
-                            spec: Some(spec),
-                            rollback: false,
-                        })
-                        .await;
-                    match written {
-                        Ok(_) => break,
-                        Err(s) if proto::out_of_sequence::is(&s) && attempt < UPDATE_ATTEMPTS => {
-                            svc = c.service(&svc.id).await?;
-                        }
-                        Err(s) => return Err(c.err(s)),
-                    }
-                }
+                    Ok(Some(spec))
+                })
+                .await?;
             }
         }
     }
     Ok(())
 }
-
-/// Attempts of a service update in `deploy` before a conflict is reported.
-const UPDATE_ATTEMPTS: usize = 5;
 
 async fn stack_services(c: &Client, stack: &str) -> Result<Vec<Service>> {
     Ok(c.services()

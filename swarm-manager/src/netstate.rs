@@ -70,9 +70,8 @@ pub fn node_view(st: &State, node_id: &str) -> NodeNetworkView {
     let ingress = st
         .networks()
         .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress));
-    if let Some(n) = ingress {
-        ids.insert(n.id.as_str());
-    }
+    // Whether a task of this node is on the ingress network (see below).
+    let runs_ingress_task = ingress.is_some_and(|n| !ids.insert(n.id.as_str()));
     let mut nets: Vec<&Network> = Vec::new();
     for id in ids {
         let Some(n) = st.network(id) else { continue };
@@ -113,19 +112,14 @@ pub fn node_view(st: &State, node_id: &str) -> NodeNetworkView {
         // Every node's own ingress address is needed only where a task on the ingress network
         // runs (its replies go back to the node that took the connection); a node without one
         // gets its own address alone, so the views of most nodes do not grow with the cluster.
-        let runs_ingress_task = st
-            .tasks_on_node(node_id)
-            .any(|t| keeps_network(t) && t.networks.iter().any(|a| a.network_id == n.id));
-        if runs_ingress_task {
-            for node in st.nodes() {
-                if let Some(e) = node_ingress_endpoint(node, &n.id) {
-                    view.endpoints
-                        .insert((e.task_id.clone(), e.network_id.clone()), e);
-                }
-            }
-        } else if let Some(e) = st
-            .node(node_id)
-            .and_then(|node| node_ingress_endpoint(node, &n.id))
+        let holders: Vec<&Node> = if runs_ingress_task {
+            st.nodes().collect()
+        } else {
+            st.node(node_id).into_iter().collect()
+        };
+        for e in holders
+            .into_iter()
+            .filter_map(|node| node_ingress_endpoint(node, &n.id))
         {
             view.endpoints
                 .insert((e.task_id.clone(), e.network_id.clone()), e);
