@@ -21,6 +21,7 @@ use crate::membership::{Membership, RoleManager};
 use crate::metrics::METRICS;
 use crate::raft::encryption;
 use crate::raft::network::{Network, PeerHealth};
+use crate::raft::runtime::RaftRuntime;
 use crate::raft::Raft;
 use crate::router::Router;
 use crate::store::{Object, Op, Shared, Store};
@@ -101,6 +102,8 @@ pub struct Manager {
     client_cfg: Arc<RwLock<Arc<rustls::ClientConfig>>>,
     unlock_key: tokio::sync::watch::Receiver<Option<UnlockKey>>,
     tasks: JoinSet<()>,
+    /// Dropped last: the thread openraft's tasks run on.
+    _raft_rt: RaftRuntime,
 }
 
 fn connector(cfg: Arc<RwLock<Arc<rustls::ClientConfig>>>) -> Connector {
@@ -144,15 +147,23 @@ impl Manager {
         let log_bytes = log_store.log_bytes();
         let health = PeerHealth::default();
         let network = Network::new(connect.clone(), health.clone());
-        let raft = Raft::new(
-            cfg.raft_id,
-            crate::raft::config::raft_config(),
-            network,
-            log_store,
-            state_machine,
-        )
-        .await
-        .context("starting raft")?;
+        // Raft's own thread (`raft/runtime.rs`): its heartbeats must not wait behind the
+        // agents' streams on the main runtime.
+        let raft_rt = RaftRuntime::start().context("starting the raft thread")?;
+        let raft_id = cfg.raft_id;
+        let raft = raft_rt
+            .run(async move {
+                Raft::new(
+                    raft_id,
+                    crate::raft::config::raft_config(),
+                    network,
+                    log_store,
+                    state_machine,
+                )
+                .await
+            })
+            .await
+            .context("starting raft")?;
         let store = Store::new(shared, Arc::new(raft.clone()));
         let router = Router::raft(raft.clone(), cfg.raft_id, connect.clone());
         let control = ControlApi::new(store.clone(), router.clone());
@@ -335,6 +346,7 @@ impl Manager {
             client_cfg,
             unlock_key,
             tasks,
+            _raft_rt: raft_rt,
         })
     }
 
