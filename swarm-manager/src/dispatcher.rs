@@ -58,6 +58,8 @@ pub struct Dispatcher {
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     writes: writes::Writes,
     join_grace: Duration,
+    /// The network views' shared pieces (`netstate::Pieces`), one cache for every stream.
+    pieces: Arc<netstate::Pieces>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -70,6 +72,7 @@ impl Dispatcher {
             sessions: Arc::new(Mutex::new(HashMap::new())),
             writes: writes::Writes::default(),
             join_grace: unjoined::JOIN_GRACE,
+            pieces: Arc::default(),
         }
     }
 
@@ -746,7 +749,7 @@ impl DispatcherRpc for Dispatcher {
                         .map(|c| c.vxlan_udp_port)
                         .filter(|p| *p != 0)
                         .unwrap_or(crate::ipam::DEFAULT_VXLAN_PORT);
-                    (netstate::node_view(&st, &node_id), port)
+                    (netstate::node_view_with(&st, &node_id, &this.pieces), port)
                 };
                 let msg = match &sent {
                     None => Some(NetworkStateMessage {

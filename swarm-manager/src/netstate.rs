@@ -26,8 +26,20 @@
 //! ingress network; nothing else is proportional to the cluster's total number of tasks,
 //! nodes or services. The indexes are the store's `tasks_by_node`, `tasks_by_network` and
 //! `services_by_network`. [`diff`] is linear in the size of the two views.
+//!
+//! **Shared pieces.** A view's endpoints are kept in pieces ([`Endpoints`]): per network,
+//! the tasks' endpoints and, on the ingress network, every node's ingress endpoint or the
+//! node's own. The first two are the same for every node that sees the network, so the
+//! dispatcher's streams take them from one [`Pieces`] cache: built once per state
+//! generation, and the previous piece kept when it did not change. [`diff`] skips a piece
+//! that is the very one the node was last sent. A round in which a thousand nodes'
+//! streams wake then costs one build of each changed piece, plus per node its tasks, the
+//! services of its networks and the pieces that changed, instead of every endpoint of every
+//! network the node sees, copied and compared (`cargo xtask bench scale` spent most of the
+//! leader's CPU there).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use proto::{
     network_state_change::Change, EndpointInfo, EndpointKey, EndpointMode, Network,
@@ -48,8 +60,131 @@ pub type EndpointId = (String, String);
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeNetworkView {
     pub networks: BTreeMap<String, NetworkInfo>,
-    pub endpoints: BTreeMap<EndpointId, EndpointInfo>,
+    pub endpoints: Endpoints,
     pub services: BTreeMap<String, ServiceInfo>,
+}
+
+/// Which endpoints of one network a piece holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Piece {
+    /// The tasks' endpoints (shared by every node that sees the network).
+    Tasks,
+    /// Every node's ingress endpoint (shared by the nodes that run an ingress task).
+    Nodes,
+    /// The node's own ingress endpoint alone.
+    Own,
+}
+
+/// (network id, piece)
+pub type PieceKey = (String, Piece);
+
+/// Endpoints by (task id, network id), shared between views.
+pub type EndpointSet = Arc<BTreeMap<EndpointId, EndpointInfo>>;
+
+/// A view's endpoints, in pieces (see the module documentation). An endpoint id is in one
+/// piece at most; equality is that of the endpoints, whatever the pieces.
+#[derive(Clone, Debug, Default)]
+pub struct Endpoints {
+    pieces: BTreeMap<PieceKey, EndpointSet>,
+}
+
+impl Endpoints {
+    fn add(&mut self, network_id: &str, piece: Piece, set: EndpointSet) {
+        if !set.is_empty() {
+            self.pieces.insert((network_id.to_string(), piece), set);
+        }
+    }
+
+    /// The pieces of network `network_id`, in piece order.
+    fn of_network<'a>(&'a self, network_id: &str) -> impl Iterator<Item = &'a EndpointSet> {
+        let from = (network_id.to_string(), Piece::Tasks);
+        let to = (network_id.to_string(), Piece::Own);
+        self.pieces.range(from..=to).map(|(_, set)| set)
+    }
+
+    pub fn get(&self, key: &EndpointId) -> Option<&EndpointInfo> {
+        self.of_network(&key.1).find_map(|set| set.get(key))
+    }
+
+    pub fn contains_key(&self, key: &EndpointId) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Every endpoint, by network, then piece, then id.
+    pub fn iter(&self) -> impl Iterator<Item = (&EndpointId, &EndpointInfo)> {
+        self.pieces.values().flat_map(|set| set.iter())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &EndpointId> {
+        self.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &EndpointInfo> {
+        self.iter().map(|(_, e)| e)
+    }
+
+    pub fn len(&self) -> usize {
+        self.pieces.values().map(|set| set.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+}
+
+impl PartialEq for Endpoints {
+    fn eq(&self, other: &Endpoints) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, e)| other.get(k) == Some(e))
+    }
+}
+
+impl std::ops::Index<&EndpointId> for Endpoints {
+    type Output = EndpointInfo;
+
+    fn index(&self, key: &EndpointId) -> &EndpointInfo {
+        self.get(key)
+            .unwrap_or_else(|| panic!("no endpoint {key:?} in the view"))
+    }
+}
+
+/// The shared pieces of the views of one store ([`Piece::Tasks`], [`Piece::Nodes`]), each
+/// built once per state generation ([`State::generation`]).
+#[derive(Debug, Default)]
+pub struct Pieces {
+    cache: Mutex<HashMap<PieceKey, (u64, EndpointSet)>>,
+}
+
+impl Pieces {
+    /// Piece `key` of `st`: the cached one when it was built from this generation; else
+    /// built, and the cached one kept (same pointer) when its endpoints did not change. A
+    /// piece built from an older state than the cached one is not cached.
+    fn get(
+        &self,
+        st: &State,
+        key: PieceKey,
+        build: impl FnOnce() -> BTreeMap<EndpointId, EndpointInfo>,
+    ) -> EndpointSet {
+        let generation = st.generation();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = cache.get(&key);
+        if let Some((_, set)) = cached.filter(|(g, _)| *g == generation) {
+            return set.clone();
+        }
+        let fresh = build();
+        let set = match cached {
+            Some((_, set)) if **set == fresh => set.clone(),
+            _ => Arc::new(fresh),
+        };
+        if cached.is_none_or(|(g, _)| *g < generation) {
+            cache.insert(key, (generation, set.clone()));
+            // Forget the pieces of networks that are gone, once they are more than a few.
+            let networks = st.networks().count();
+            if cache.len() > 2 * networks + 8 {
+                cache.retain(|(id, _), _| st.network(id).is_some());
+            }
+        }
+        set
+    }
 }
 
 /// The network is still needed by the node for this task: it has not ended, or it is still
@@ -58,8 +193,14 @@ fn keeps_network(t: &Task) -> bool {
     t.state() <= TaskState::Running || t.desired() <= TaskState::Running
 }
 
-/// The view of node `node_id` (see the module documentation for the rules and the cost).
+/// The view of node `node_id` (see the module documentation for the rules and the cost),
+/// its pieces built for it alone.
 pub fn node_view(st: &State, node_id: &str) -> NodeNetworkView {
+    node_view_with(st, node_id, &Pieces::default())
+}
+
+/// The view of node `node_id`, its shared pieces taken from `pieces`.
+pub fn node_view_with(st: &State, node_id: &str, pieces: &Pieces) -> NodeNetworkView {
     let mut view = NodeNetworkView::default();
     let mut ids: BTreeSet<&str> = BTreeSet::new();
     for t in st.tasks_on_node(node_id).filter(|t| keeps_network(t)) {
@@ -80,12 +221,13 @@ pub fn node_view(st: &State, node_id: &str) -> NodeNetworkView {
         nets.push(n);
     }
     for n in &nets {
-        for t in st.tasks_on_network(&n.id) {
-            if let Some(e) = endpoint_info(st, t, &n.id) {
-                view.endpoints
-                    .insert((e.task_id.clone(), e.network_id.clone()), e);
-            }
-        }
+        let tasks = pieces.get(st, (n.id.clone(), Piece::Tasks), || {
+            st.tasks_on_network(&n.id)
+                .filter_map(|t| endpoint_info(st, t, &n.id))
+                .map(|e| ((e.task_id.clone(), e.network_id.clone()), e))
+                .collect()
+        });
+        view.endpoints.add(&n.id, Piece::Tasks, tasks.clone());
         for s in st.services_on_network(n) {
             if !view.services.contains_key(&s.id) {
                 let info = service_info(st, s, &view.networks);
@@ -97,12 +239,7 @@ pub fn node_view(st: &State, node_id: &str) -> NodeNetworkView {
         }
         // The ingress network: the services whose tasks are on it (host-mode publishers have
         // no VIP there), and every node's own endpoint.
-        let publishers: BTreeSet<&str> = view
-            .endpoints
-            .values()
-            .filter(|e| e.network_id == n.id)
-            .map(|e| e.service_id.as_str())
-            .collect();
+        let publishers: BTreeSet<&str> = tasks.values().map(|e| e.service_id.as_str()).collect();
         for id in publishers {
             if let (false, Some(s)) = (view.services.contains_key(id), st.service(id)) {
                 let info = service_info(st, s, &view.networks);
@@ -112,17 +249,22 @@ pub fn node_view(st: &State, node_id: &str) -> NodeNetworkView {
         // Every node's own ingress address is needed only where a task on the ingress network
         // runs (its replies go back to the node that took the connection); a node without one
         // gets its own address alone, so the views of most nodes do not grow with the cluster.
-        let holders: Vec<&Node> = if runs_ingress_task {
-            st.nodes().collect()
+        let keyed = |e: EndpointInfo| ((e.task_id.clone(), e.network_id.clone()), e);
+        if runs_ingress_task {
+            let all = pieces.get(st, (n.id.clone(), Piece::Nodes), || {
+                st.nodes()
+                    .filter_map(|node| node_ingress_endpoint(node, &n.id))
+                    .map(keyed)
+                    .collect()
+            });
+            view.endpoints.add(&n.id, Piece::Nodes, all);
         } else {
-            st.node(node_id).into_iter().collect()
-        };
-        for e in holders
-            .into_iter()
-            .filter_map(|node| node_ingress_endpoint(node, &n.id))
-        {
+            let own = st
+                .node(node_id)
+                .and_then(|node| node_ingress_endpoint(node, &n.id))
+                .map(keyed);
             view.endpoints
-                .insert((e.task_id.clone(), e.network_id.clone()), e);
+                .add(&n.id, Piece::Own, Arc::new(own.into_iter().collect()));
         }
     }
     view
@@ -283,17 +425,30 @@ pub fn full(view: &NodeNetworkView) -> Vec<NetworkStateChange> {
 /// upserts of what is new or changed (networks, services, endpoints). Applied in order,
 /// an address given up and taken again in the same step is never held twice, and an
 /// endpoint never arrives before its network.
+///
+/// A piece of `new` that is the very piece of `old` (the same shared [`Pieces`] entry) is
+/// skipped: nothing in it changed. Other pieces are compared endpoint by endpoint, against
+/// the whole other view, so an endpoint that moves between pieces is no change.
 pub fn diff(old: &NodeNetworkView, new: &NodeNetworkView) -> Vec<NetworkStateChange> {
     let mut out = Vec::new();
-    for (task_id, network_id) in old.endpoints.keys() {
-        if !new
-            .endpoints
-            .contains_key(&(task_id.clone(), network_id.clone()))
-        {
-            out.push(change(Change::EndpointRemoved(EndpointKey {
-                task_id: task_id.clone(),
-                network_id: network_id.clone(),
-            })));
+    let changed = |from: &Endpoints, to: &Endpoints| -> Vec<EndpointSet> {
+        from.pieces
+            .iter()
+            .filter(|(key, set)| !to.pieces.get(*key).is_some_and(|t| Arc::ptr_eq(t, set)))
+            .map(|(_, set)| set.clone())
+            .collect()
+    };
+    for set in changed(&old.endpoints, &new.endpoints) {
+        for (task_id, network_id) in set.keys() {
+            if !new
+                .endpoints
+                .contains_key(&(task_id.clone(), network_id.clone()))
+            {
+                out.push(change(Change::EndpointRemoved(EndpointKey {
+                    task_id: task_id.clone(),
+                    network_id: network_id.clone(),
+                })));
+            }
         }
     }
     for id in old
@@ -320,9 +475,11 @@ pub fn diff(old: &NodeNetworkView, new: &NodeNetworkView) -> Vec<NetworkStateCha
             out.push(change(Change::Service(s.clone())));
         }
     }
-    for (key, e) in &new.endpoints {
-        if old.endpoints.get(key) != Some(e) {
-            out.push(change(Change::Endpoint(e.clone())));
+    for set in changed(&new.endpoints, &old.endpoints) {
+        for (key, e) in set.iter() {
+            if old.endpoints.get(key) != Some(e) {
+                out.push(change(Change::Endpoint(e.clone())));
+            }
         }
     }
     out
@@ -685,6 +842,66 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn views_share_unchanged_pieces_and_diff_skips_them() {
+        let store = cluster().await;
+        let pieces = Pieces::default();
+        let key = ("a".to_string(), Piece::Tasks);
+        let v1 = node_view_with(&store.read(), "n1", &pieces);
+        let v2 = node_view_with(&store.read(), "n2", &pieces);
+        assert!(
+            Arc::ptr_eq(&v1.endpoints.pieces[&key], &v2.endpoints.pieces[&key]),
+            "both nodes see network a: one piece"
+        );
+        assert_eq!(v1, node_view(&store.read(), "n1"), "the same view uncached");
+
+        // A write that changes no endpoint on a: a new generation, the same piece.
+        let g = store.read().generation();
+        store
+            .write(vec![Op::Create(Object::Network(network(
+                "z",
+                "zeta",
+                "10.0.9.0/24",
+                4200,
+            )))])
+            .await
+            .unwrap();
+        assert!(store.read().generation() > g);
+        let again = node_view_with(&store.read(), "n1", &pieces);
+        assert!(Arc::ptr_eq(
+            &v1.endpoints.pieces[&key],
+            &again.endpoints.pieces[&key]
+        ));
+        assert!(diff(&v1, &again).is_empty());
+
+        // s2 starts running: a new piece, and the diff carries s2 alone, as the uncached
+        // views' diff does.
+        store
+            .write(vec![Op::SetTaskStatus {
+                task_id: "s2".into(),
+                status: proto::TaskStatus {
+                    state: TaskState::Running as i32,
+                    ..Default::default()
+                },
+            }])
+            .await
+            .unwrap();
+        let after = node_view_with(&store.read(), "n1", &pieces);
+        assert!(!Arc::ptr_eq(
+            &v1.endpoints.pieces[&key],
+            &after.endpoints.pieces[&key]
+        ));
+        let changes = diff(&v1, &after);
+        assert_eq!(changes, diff(&v1, &node_view(&store.read(), "n1")));
+        let Some(Change::Endpoint(e)) = changes.first().and_then(|c| c.change.clone()) else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(
+            (changes.len(), e.task_id.as_str(), e.serving),
+            (1, "s2", true)
+        );
+    }
+
+    #[tokio::test]
     async fn diff_carries_only_changes_and_replays_to_the_new_view() {
         let store = cluster().await;
         let old = node_view(&store.read(), "n1");
@@ -747,6 +964,7 @@ mod tests {
 
         // Replaying COMPLETE(old) + diff gives the new view, as the agent's NetworkView does.
         let mut replay = NodeNetworkView::default();
+        let mut replay_endpoints: BTreeMap<EndpointId, EndpointInfo> = BTreeMap::new();
         for c in full(&old).into_iter().chain(changes) {
             match c.change.unwrap() {
                 Change::Network(n) => {
@@ -756,12 +974,10 @@ mod tests {
                     replay.networks.remove(&id);
                 }
                 Change::Endpoint(e) => {
-                    replay
-                        .endpoints
-                        .insert((e.task_id.clone(), e.network_id.clone()), e);
+                    replay_endpoints.insert((e.task_id.clone(), e.network_id.clone()), e);
                 }
                 Change::EndpointRemoved(k) => {
-                    replay.endpoints.remove(&(k.task_id, k.network_id));
+                    replay_endpoints.remove(&(k.task_id, k.network_id));
                 }
                 Change::Service(s) => {
                     replay.services.insert(s.id.clone(), s);
@@ -770,6 +986,13 @@ mod tests {
                     replay.services.remove(&id);
                 }
             }
+        }
+        let mut by_network: BTreeMap<String, BTreeMap<EndpointId, EndpointInfo>> = BTreeMap::new();
+        for (k, e) in replay_endpoints {
+            by_network.entry(k.1.clone()).or_default().insert(k, e);
+        }
+        for (id, set) in by_network {
+            replay.endpoints.add(&id, Piece::Tasks, Arc::new(set));
         }
         assert_eq!(replay, new);
 

@@ -24,6 +24,16 @@ pub struct State {
     configs: BTreeMap<String, Config>,
     #[serde(skip)]
     index: Indexes,
+    /// Which contents these are, unique in the process (see [`State::generation`]).
+    #[serde(skip)]
+    generation: u64,
+}
+
+/// The last generation given out (0 is an empty, default state's).
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
 }
 
 /// Where a node stands ([`State::standing`]).
@@ -74,6 +84,14 @@ fn service_network_keys(s: &Service) -> BTreeSet<String> {
 }
 
 impl State {
+    /// Names these contents: every [`apply`](State::apply) and every
+    /// [`from_bytes`](State::from_bytes) gives a generation no other state of this process had,
+    /// and a clone keeps its source's until one of them changes; a larger one is newer. Values
+    /// derived from a state may be cached under it (`netstate::Pieces`).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     // ------------------------------------------------------------ reads
 
     pub fn cluster(&self) -> Option<&Cluster> {
@@ -278,6 +296,7 @@ impl State {
     pub fn from_bytes(bytes: &[u8]) -> Result<State, bincode::Error> {
         let mut s: State = bincode::deserialize(bytes)?;
         s.rebuild_indexes();
+        s.generation = next_generation();
         Ok(s)
     }
 
@@ -315,6 +334,7 @@ impl State {
     /// Applies a committed request at log index `index`. Deterministic: the same state and
     /// request give the same result on every manager.
     pub fn apply(&mut self, index: u64, req: &Request) -> Response {
+        self.generation = next_generation();
         if req.atomic {
             let mut undo: Undo = Vec::new();
             let mut out = Vec::with_capacity(req.ops.len());
