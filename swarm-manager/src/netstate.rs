@@ -411,6 +411,17 @@ pub fn service_info(
     }
 }
 
+/// The pieces of `from` that are not the very same piece in `to`.
+fn changed_pieces<'a>(
+    from: &'a Endpoints,
+    to: &'a Endpoints,
+) -> impl Iterator<Item = &'a EndpointSet> {
+    from.pieces
+        .iter()
+        .filter(|(key, set)| !to.pieces.get(*key).is_some_and(|t| Arc::ptr_eq(t, set)))
+        .map(|(_, set)| set)
+}
+
 fn change(c: Change) -> NetworkStateChange {
     NetworkStateChange { change: Some(c) }
 }
@@ -431,14 +442,7 @@ pub fn full(view: &NodeNetworkView) -> Vec<NetworkStateChange> {
 /// the whole other view, so an endpoint that moves between pieces is no change.
 pub fn diff(old: &NodeNetworkView, new: &NodeNetworkView) -> Vec<NetworkStateChange> {
     let mut out = Vec::new();
-    let changed = |from: &Endpoints, to: &Endpoints| -> Vec<EndpointSet> {
-        from.pieces
-            .iter()
-            .filter(|(key, set)| !to.pieces.get(*key).is_some_and(|t| Arc::ptr_eq(t, set)))
-            .map(|(_, set)| set.clone())
-            .collect()
-    };
-    for set in changed(&old.endpoints, &new.endpoints) {
+    for set in changed_pieces(&old.endpoints, &new.endpoints) {
         for (task_id, network_id) in set.keys() {
             if !new
                 .endpoints
@@ -475,7 +479,7 @@ pub fn diff(old: &NodeNetworkView, new: &NodeNetworkView) -> Vec<NetworkStateCha
             out.push(change(Change::Service(s.clone())));
         }
     }
-    for set in changed(&new.endpoints, &old.endpoints) {
+    for set in changed_pieces(&new.endpoints, &old.endpoints) {
         for (key, e) in set.iter() {
             if old.endpoints.get(key) != Some(e) {
                 out.push(change(Change::Endpoint(e.clone())));
@@ -488,7 +492,7 @@ pub fn diff(old: &NodeNetworkView, new: &NodeNetworkView) -> Vec<NetworkStateCha
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::orchestrator::testutil::{global, node, put, replicated, task};
+    use crate::orchestrator::testutil::{global, node, put, replicated, set_status, task};
     use crate::store::{Object, Op, Store};
     use proto::{
         EndpointSpec, NetworkAttachment, NetworkAttachmentConfig, NetworkSpec, NodeStatus,
@@ -876,13 +880,7 @@ mod tests {
         // s2 starts running: a new piece, and the diff carries s2 alone, as the uncached
         // views' diff does.
         store
-            .write(vec![Op::SetTaskStatus {
-                task_id: "s2".into(),
-                status: proto::TaskStatus {
-                    state: TaskState::Running as i32,
-                    ..Default::default()
-                },
-            }])
+            .write(vec![set_status("s2", TaskState::Running, 0)])
             .await
             .unwrap();
         let after = node_view_with(&store.read(), "n1", &pieces);
