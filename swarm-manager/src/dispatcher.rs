@@ -49,6 +49,10 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 struct Session {
     id: String,
     expires: Instant,
+    /// The data-path address the session was opened with: what a heartbeat writes back when
+    /// it brings a node marked DOWN back to READY. The node object's own address may be
+    /// empty or stale there (a DOWN written from an older read of the node).
+    addr: String,
 }
 
 #[derive(Clone)]
@@ -244,28 +248,10 @@ impl Dispatcher {
                 let st = self.store.read();
                 self.writes.retain(|id| st.node(id).is_some());
             }
-            let ops: Vec<Op> = {
+            let ops = {
                 let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-                let st = self.store.read();
-                st.nodes()
-                    .filter(|n| n.state() != NodeState::Down)
-                    .filter(|n| match sessions.get(&n.id) {
-                        Some(s) => s.expires <= now,
-                        None => now.duration_since(started) >= grace,
-                    })
-                    .map(|n| Op::SetNodeStatus {
-                        node_id: n.id.clone(),
-                        status: NodeStatus {
-                            state: NodeState::Down as i32,
-                            message: "heartbeat failure".into(),
-                            addr: n
-                                .status
-                                .as_ref()
-                                .map(|s| s.addr.clone())
-                                .unwrap_or_default(),
-                        },
-                    })
-                    .collect()
+                let open_grace = now.duration_since(started) >= grace;
+                mark_down(&self.store.read(), &sessions, now, open_grace)
             };
             self.remove_never_joined().await;
             if ops.is_empty() {
@@ -358,6 +344,35 @@ fn data_path_addr(reported: &str, seen: Option<std::net::IpAddr>) -> String {
         Ok(ip) if !ip.is_unspecified() => ip.to_string(),
         _ => seen.map(|ip| ip.to_string()).unwrap_or_default(),
     }
+}
+
+/// The writes that mark DOWN every node whose session expired, or that has none when
+/// `open_grace` (the time a node has to open one under a new leader) is over. Each is checked
+/// against the node's version read here: a node that became READY while the write was on its
+/// way keeps its status, and its tasks.
+fn mark_down(
+    st: &crate::store::State,
+    sessions: &HashMap<String, Session>,
+    now: Instant,
+    open_grace: bool,
+) -> Vec<Op> {
+    st.nodes()
+        .filter(|n| n.state() != NodeState::Down)
+        .filter(|n| sessions.get(&n.id).map_or(open_grace, |s| s.expires <= now))
+        .map(|n| {
+            let mut down = n.clone();
+            let addr = n.status.as_ref().map(|s| s.addr.clone());
+            down.status = Some(NodeStatus {
+                state: NodeState::Down as i32,
+                message: "heartbeat failure".into(),
+                addr: addr.unwrap_or_default(),
+            });
+            Op::Update {
+                object: down.into(),
+                check_version: true,
+            }
+        })
+        .collect()
 }
 
 fn managers(store: &Store) -> Vec<WeightedPeer> {
@@ -510,6 +525,7 @@ impl DispatcherRpc for Dispatcher {
                 Session {
                     id: session_id.clone(),
                     expires: Instant::now() + period * MISSED_HEARTBEATS,
+                    addr: addr.clone(),
                 },
             );
         let node = self.mark_ready(&node_id, desc, addr).await?;
@@ -610,11 +626,12 @@ impl DispatcherRpc for Dispatcher {
             port_conflicts,
         } = req.into_inner();
         let period = self.period();
-        {
+        let addr = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             match sessions.get_mut(&node_id) {
                 Some(s) if s.id == session_id => {
                     s.expires = Instant::now() + period * MISSED_HEARTBEATS;
+                    s.addr.clone()
                 }
                 _ => {
                     return Err(Status::not_found(
@@ -622,7 +639,7 @@ impl DispatcherRpc for Dispatcher {
                     ))
                 }
             }
-        }
+        };
         // The node may have been marked down while the leader changed: bring it back.
         let down = self
             .store
@@ -630,12 +647,6 @@ impl DispatcherRpc for Dispatcher {
             .node(&node_id)
             .is_some_and(|n| n.state() != NodeState::Ready);
         if down {
-            let addr = self
-                .store
-                .read()
-                .node(&node_id)
-                .and_then(|n| n.status.as_ref().map(|s| s.addr.clone()))
-                .unwrap_or_default();
             self.mark_ready(&node_id, None, addr).await?;
         }
         self.store_port_conflicts(&node_id, port_conflicts).await?;
@@ -885,6 +896,65 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_node_that_became_ready_after_the_monitor_read_it_is_not_marked_down() {
+        let store = Store::memory();
+        let node = |id: &str| Node {
+            id: id.into(),
+            status: Some(NodeStatus {
+                state: NodeState::Unknown as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        store
+            .write(vec![
+                Op::Create(crate::store::Object::Node(node("late"))),
+                Op::Create(crate::store::Object::Node(node("gone"))),
+            ])
+            .await
+            .unwrap();
+        let now = Instant::now();
+        let ops = mark_down(&store.read(), &HashMap::new(), now, false);
+        assert!(ops.is_empty(), "no node is late before the grace is over");
+        let sessions = HashMap::from([(
+            "late".to_string(),
+            Session {
+                id: "s".into(),
+                expires: now + Duration::from_secs(10),
+                addr: "127.1.0.7".into(),
+            },
+        )]);
+        let ops = mark_down(&store.read(), &HashMap::new(), now, true);
+        assert_eq!(ops.len(), 2, "neither node opened a session");
+        // Meanwhile "late" opens its session and becomes READY.
+        store
+            .update_node("late", |n| {
+                n.status = Some(NodeStatus {
+                    state: NodeState::Ready as i32,
+                    message: String::new(),
+                    addr: "127.1.0.7".into(),
+                })
+            })
+            .await
+            .unwrap();
+        store.propose(StoreRequest::best_effort(ops)).await.unwrap();
+        let st = store.read();
+        let late = st.node("late").unwrap().status.clone().unwrap();
+        assert_eq!(late.state, NodeState::Ready as i32, "{late:?}");
+        assert_eq!(late.addr, "127.1.0.7");
+        assert_eq!(st.node("gone").unwrap().state(), NodeState::Down);
+        // With its session the node is not late; its session expiring makes it so.
+        assert!(mark_down(&st, &sessions, now, true)
+            .iter()
+            .all(|op| matches!(op, Op::Update { object, .. } if object.id() == "gone")));
+        assert!(
+            mark_down(&st, &sessions, now + Duration::from_secs(11), true)
+                .iter()
+                .any(|op| matches!(op, Op::Update { object, .. } if object.id() == "late"))
+        );
     }
 
     #[tokio::test]
