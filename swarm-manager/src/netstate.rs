@@ -30,8 +30,9 @@
 //! **Shared pieces.** A view's endpoints are kept in pieces ([`Endpoints`]): per network,
 //! the tasks' endpoints and, on the ingress network, every node's ingress endpoint or the
 //! node's own. The first two are the same for every node that sees the network, so the
-//! dispatcher's streams take them from one [`Pieces`] cache: built once per state
-//! generation, and the previous piece kept when it did not change. [`diff`] skips a piece
+//! dispatcher's streams take them from one [`Pieces`] cache: built once per version of the
+//! network's tasks and of the nodes (the store keeps both), and the previous piece kept when
+//! it did not change. [`diff`] skips a piece
 //! that is the very one the node was last sent. A round in which a thousand nodes'
 //! streams wake then costs one build of each changed piece, plus per node its tasks, the
 //! services of its networks and the pieces that changed, instead of every endpoint of every
@@ -147,27 +148,42 @@ impl std::ops::Index<&EndpointId> for Endpoints {
     }
 }
 
+/// What a shared piece is built from, as versions of the state: the tasks attached to its
+/// network ([`State::network_tasks_version`]; 0 for [`Piece::Nodes`]) and the nodes
+/// ([`State::nodes_version`]). Equal sources give equal pieces.
+type Sources = (u64, u64);
+
+fn sources(st: &State, (network_id, piece): &PieceKey) -> Sources {
+    let tasks = match piece {
+        Piece::Tasks => st.network_tasks_version(network_id),
+        Piece::Nodes | Piece::Own => 0,
+    };
+    (tasks, st.nodes_version())
+}
+
 /// The shared pieces of the views of one store ([`Piece::Tasks`], [`Piece::Nodes`]), each
-/// built once per state generation ([`State::generation`]).
+/// built once per version of what it is built from ([`Sources`]): a write that touches
+/// neither the network's tasks nor the nodes (most task status reports touch one network, or
+/// none) leaves the piece as it is.
 #[derive(Debug, Default)]
 pub struct Pieces {
-    cache: Mutex<HashMap<PieceKey, (u64, EndpointSet)>>,
+    cache: Mutex<HashMap<PieceKey, (Sources, EndpointSet)>>,
 }
 
 impl Pieces {
-    /// Piece `key` of `st`: the cached one when it was built from this generation; else
+    /// Piece `key` of `st`: the cached one when it was built from the same sources; else
     /// built, and the cached one kept (same pointer) when its endpoints did not change. A
-    /// piece built from an older state than the cached one is not cached.
+    /// piece built from older sources than the cached one's is not cached.
     fn get(
         &self,
         st: &State,
         key: PieceKey,
         build: impl FnOnce() -> BTreeMap<EndpointId, EndpointInfo>,
     ) -> EndpointSet {
-        let generation = st.generation();
+        let src = sources(st, &key);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let cached = cache.get(&key);
-        if let Some((_, set)) = cached.filter(|(g, _)| *g == generation) {
+        if let Some((_, set)) = cached.filter(|(s, _)| *s == src) {
             return set.clone();
         }
         let fresh = build();
@@ -175,8 +191,8 @@ impl Pieces {
             Some((_, set)) if **set == fresh => set.clone(),
             _ => Arc::new(fresh),
         };
-        if cached.is_none_or(|(g, _)| *g < generation) {
-            cache.insert(key, (generation, set.clone()));
+        if cached.is_none_or(|(s, _)| s.0 <= src.0 && s.1 <= src.1) {
+            cache.insert(key, (src, set.clone()));
             // Forget the pieces of networks that are gone, once they are more than a few.
             let networks = st.networks().count();
             if cache.len() > 2 * networks + 8 {
@@ -870,6 +886,11 @@ mod tests {
             .await
             .unwrap();
         assert!(store.read().generation() > g);
+        assert_eq!(
+            sources(&store.read(), &key),
+            sources(&store.read(), &key),
+            "sources are a pure read"
+        );
         let again = node_view_with(&store.read(), "n1", &pieces);
         assert!(Arc::ptr_eq(
             &v1.endpoints.pieces[&key],
@@ -897,6 +918,27 @@ mod tests {
             (changes.len(), e.task_id.as_str(), e.serving),
             (1, "s2", true)
         );
+
+        // n2 goes DOWN (a change to the nodes, not to the tasks): the piece is built again
+        // and no longer holds n2's task.
+        let src = sources(&store.read(), &key);
+        store
+            .write(vec![Op::SetNodeStatus {
+                node_id: "n2".into(),
+                status: proto::NodeStatus {
+                    state: NodeState::Down as i32,
+                    ..Default::default()
+                },
+            }])
+            .await
+            .unwrap();
+        assert_eq!(sources(&store.read(), &key).0, src.0);
+        assert!(sources(&store.read(), &key).1 > src.1);
+        let down = node_view_with(&store.read(), "n1", &pieces);
+        assert_eq!(down, node_view(&store.read(), "n1"));
+        assert!(!down
+            .endpoints
+            .contains_key(&("s2".to_string(), "a".to_string())));
     }
 
     #[tokio::test]

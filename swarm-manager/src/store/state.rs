@@ -27,6 +27,10 @@ pub struct State {
     /// Which contents these are, unique in the process (see [`State::generation`]).
     #[serde(skip)]
     generation: u64,
+    /// The generation these contents were read at by [`from_bytes`](State::from_bytes): no
+    /// part of them is older ([`State::network_tasks_version`]).
+    #[serde(skip)]
+    base_generation: u64,
 }
 
 /// The last generation given out (0 is an empty, default state's).
@@ -65,6 +69,11 @@ struct Indexes {
     /// Services by the networks they name (`spec.task.networks` targets, ids or names as
     /// written) and the network ids of their virtual IPs.
     services_by_network: HashMap<String, BTreeSet<String>>,
+    /// Per network id: the generation that last changed, added or removed a task attached to
+    /// it ([`State::network_tasks_version`]).
+    network_tasks_changed: HashMap<String, u64>,
+    /// The generation that last changed, added or removed a node ([`State::nodes_version`]).
+    nodes_changed: u64,
 }
 
 /// The keys a service is indexed under in `services_by_network`.
@@ -90,6 +99,20 @@ impl State {
     /// derived from a state may be cached under it (`netstate::Pieces`).
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The generation that last changed the tasks attached to network `network_id` (added,
+    /// removed, or any field of one): two states of this process with the same value hold
+    /// the same such tasks. Values derived from those tasks alone may be cached under it.
+    pub fn network_tasks_version(&self, network_id: &str) -> u64 {
+        let changed = self.index.network_tasks_changed.get(network_id).copied();
+        changed.unwrap_or(0).max(self.base_generation)
+    }
+
+    /// The generation that last changed the nodes (added, removed, or any field of one), in
+    /// the sense of [`network_tasks_version`](State::network_tasks_version).
+    pub fn nodes_version(&self) -> u64 {
+        self.index.nodes_changed.max(self.base_generation)
     }
 
     // ------------------------------------------------------------ reads
@@ -297,6 +320,7 @@ impl State {
         let mut s: State = bincode::deserialize(bytes)?;
         s.rebuild_indexes();
         s.generation = next_generation();
+        s.base_generation = s.generation;
         Ok(s)
     }
 
@@ -589,6 +613,7 @@ impl State {
             ));
         }
         self.nodes.insert(node_id.to_string(), n.clone());
+        self.index.nodes_changed = self.generation;
         Ok(Some(Object::Node(n)))
     }
 
@@ -620,6 +645,14 @@ impl State {
         m.version = index;
         m.updated_at = now;
         let new_state = t.state() as i32;
+        // The ops that change a task in place never change its networks.
+        for a in &t.networks {
+            changed_at(
+                &mut self.index.network_tasks_changed,
+                &a.network_id,
+                self.generation,
+            );
+        }
         let node_moved = t.node_id != old_node;
         let new_node = if node_moved {
             t.node_id.clone()
@@ -688,6 +721,7 @@ impl State {
             }
             Object::Node(n) => {
                 self.nodes.insert(n.id.clone(), n);
+                self.index.nodes_changed = self.generation;
             }
             Object::Service(s) => {
                 if let Some(old) = self.services.remove(&s.id) {
@@ -736,6 +770,7 @@ impl State {
             }
             Kind::Node => {
                 self.nodes.remove(id);
+                self.index.nodes_changed = self.generation;
             }
             Kind::Service => {
                 if let Some(s) = self.services.remove(id) {
@@ -794,6 +829,11 @@ impl State {
             .insert(t.id.clone());
         for a in &t.networks {
             add_to(&mut ix.tasks_by_network, &a.network_id, &t.id);
+            changed_at(
+                &mut ix.network_tasks_changed,
+                &a.network_id,
+                self.generation,
+            );
         }
     }
 
@@ -805,9 +845,24 @@ impl State {
         }
         for a in &t.networks {
             drop_from(&mut ix.tasks_by_network, &a.network_id, &t.id);
+            changed_at(
+                &mut ix.network_tasks_changed,
+                &a.network_id,
+                self.generation,
+            );
         }
         if let Some(set) = ix.tasks_by_state.get_mut(&(t.state() as i32)) {
             set.remove(&t.id);
+        }
+    }
+}
+
+/// Records that what is under `key` changed at `generation`, copying the key only when new.
+fn changed_at(map: &mut HashMap<String, u64>, key: &str, generation: u64) {
+    match map.get_mut(key) {
+        Some(g) => *g = generation,
+        None => {
+            map.insert(key.to_string(), generation);
         }
     }
 }
@@ -1013,6 +1068,109 @@ mod tests {
             }]),
         );
         assert!(back.secret("s1").is_none() && back.secrets().next().is_none());
+    }
+
+    #[test]
+    fn versions_of_a_networks_tasks_and_of_the_nodes_move_with_their_changes_only() {
+        use proto::NetworkAttachment;
+        let on = |id: &str, nets: &[&str]| {
+            let Object::Task(mut t) = task(id, "s", TaskState::Pending) else {
+                unreachable!()
+            };
+            t.networks = nets
+                .iter()
+                .map(|n| NetworkAttachment {
+                    network_id: n.to_string(),
+                    ..Default::default()
+                })
+                .collect();
+            Object::Task(t)
+        };
+        let node = |id: &str| {
+            Object::Node(Node {
+                id: id.into(),
+                ..Default::default()
+            })
+        };
+        let mut s = State::default();
+        let versions = |s: &State| {
+            (
+                s.network_tasks_version("a"),
+                s.network_tasks_version("b"),
+                s.nodes_version(),
+            )
+        };
+        s.apply(
+            1,
+            &Request::atomic(vec![
+                Op::Create(node("n1")),
+                Op::Create(on("t1", &["a"])),
+                Op::Create(on("t2", &["b"])),
+                Op::Create(on("t3", &[])),
+            ]),
+        );
+        let v0 = versions(&s);
+        assert!(v0.0 > 0 && v0.1 > 0 && v0.2 > 0, "{v0:?}");
+        // A task off every network: nothing moves but the generation.
+        s.apply(
+            2,
+            &Request::atomic(vec![Op::AssignTask {
+                task_id: "t3".into(),
+                node_id: "n1".into(),
+            }]),
+        );
+        assert_eq!(versions(&s), v0);
+        // A task on a: a's version alone.
+        s.apply(
+            3,
+            &Request::atomic(vec![Op::AssignTask {
+                task_id: "t1".into(),
+                node_id: "n1".into(),
+            }]),
+        );
+        let v1 = versions(&s);
+        assert!(v1.0 > v0.0);
+        assert_eq!((v1.1, v1.2), (v0.1, v0.2));
+        // A report that changes nothing (older than the stored state) moves nothing.
+        s.apply(
+            4,
+            &Request::best_effort(vec![Op::SetTaskStatus {
+                task_id: "t1".into(),
+                status: TaskStatus {
+                    state: TaskState::New as i32,
+                    ..Default::default()
+                },
+            }]),
+        );
+        assert_eq!(versions(&s), v1);
+        // A node's change: the nodes' version alone.
+        s.apply(
+            5,
+            &Request::atomic(vec![Op::SetNodeStatus {
+                node_id: "n1".into(),
+                status: Default::default(),
+            }]),
+        );
+        let v2 = versions(&s);
+        assert!(v2.2 > v1.2);
+        assert_eq!((v2.0, v2.1), (v1.0, v1.1));
+        // A removed task moves its network's version; a rolled-back batch may move more,
+        // never less.
+        s.apply(
+            6,
+            &Request::atomic(vec![Op::Delete {
+                kind: Kind::Task,
+                id: "t2".into(),
+            }]),
+        );
+        let v3 = versions(&s);
+        assert!(v3.1 > v2.1);
+        assert_eq!((v3.0, v3.2), (v2.0, v2.2));
+        // A state read from bytes is newer than everything before it, in every part.
+        let r = State::from_bytes(&s.to_bytes()).unwrap();
+        let vr = versions(&r);
+        assert!(vr.0 > v3.0 && vr.1 > v3.1 && vr.2 > v3.2, "{vr:?}");
+        assert_eq!(vr.0, r.generation());
     }
 
     #[test]
