@@ -427,15 +427,70 @@ pub fn service_info(
     }
 }
 
-/// The pieces of `from` that are not the very same piece in `to`.
-fn changed_pieces<'a>(
-    from: &'a Endpoints,
-    to: &'a Endpoints,
-) -> impl Iterator<Item = &'a EndpointSet> {
-    from.pieces
-        .iter()
-        .filter(|(key, set)| !to.pieces.get(*key).is_some_and(|t| Arc::ptr_eq(t, set)))
-        .map(|(_, set)| set)
+/// The endpoints `new` no longer holds and those it holds new or changed, against `old`,
+/// piece by piece: a piece that is the very piece of `old` is skipped; two versions of one
+/// piece are walked side by side (both are sorted by key); a key found on one side alone is
+/// looked up in the other view's other pieces, so an endpoint that moves between pieces is
+/// no change.
+fn diff_endpoints<'a>(
+    old: &'a Endpoints,
+    new: &'a Endpoints,
+) -> (Vec<&'a EndpointId>, Vec<&'a EndpointInfo>) {
+    use std::cmp::Ordering;
+    let (mut removed, mut upserted) = (Vec::new(), Vec::new());
+    let mut gone = |k: &'a EndpointId| {
+        if !new.contains_key(k) {
+            removed.push(k);
+        }
+    };
+    let mut came = |k: &EndpointId, e: &'a EndpointInfo| {
+        if old.get(k) != Some(e) {
+            upserted.push(e);
+        }
+    };
+    let keys: BTreeSet<&PieceKey> = old.pieces.keys().chain(new.pieces.keys()).collect();
+    for key in keys {
+        match (old.pieces.get(key), new.pieces.get(key)) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => {}
+            (Some(a), Some(b)) => {
+                let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+                loop {
+                    match (a.peek(), b.peek()) {
+                        (None, None) => break,
+                        (Some((ka, _)), None) => {
+                            gone(ka);
+                            a.next();
+                        }
+                        (None, Some((kb, eb))) => {
+                            came(kb, eb);
+                            b.next();
+                        }
+                        (Some((ka, ea)), Some((kb, eb))) => match ka.cmp(kb) {
+                            Ordering::Less => {
+                                gone(ka);
+                                a.next();
+                            }
+                            Ordering::Greater => {
+                                came(kb, eb);
+                                b.next();
+                            }
+                            Ordering::Equal => {
+                                if ea != eb {
+                                    came(kb, eb);
+                                }
+                                a.next();
+                                b.next();
+                            }
+                        },
+                    }
+                }
+            }
+            (Some(a), None) => a.keys().for_each(&mut gone),
+            (None, Some(b)) => b.iter().for_each(|(k, e)| came(k, e)),
+            (None, None) => {}
+        }
+    }
+    (removed, upserted)
 }
 
 fn change(c: Change) -> NetworkStateChange {
@@ -454,22 +509,16 @@ pub fn full(view: &NodeNetworkView) -> Vec<NetworkStateChange> {
 /// endpoint never arrives before its network.
 ///
 /// A piece of `new` that is the very piece of `old` (the same shared [`Pieces`] entry) is
-/// skipped: nothing in it changed. Other pieces are compared endpoint by endpoint, against
-/// the whole other view, so an endpoint that moves between pieces is no change.
+/// skipped: nothing in it changed. Two versions of a piece are compared side by side, in
+/// one walk ([`diff_endpoints`]); an endpoint that moves between pieces is no change.
 pub fn diff(old: &NodeNetworkView, new: &NodeNetworkView) -> Vec<NetworkStateChange> {
     let mut out = Vec::new();
-    for set in changed_pieces(&old.endpoints, &new.endpoints) {
-        for (task_id, network_id) in set.keys() {
-            if !new
-                .endpoints
-                .contains_key(&(task_id.clone(), network_id.clone()))
-            {
-                out.push(change(Change::EndpointRemoved(EndpointKey {
-                    task_id: task_id.clone(),
-                    network_id: network_id.clone(),
-                })));
-            }
-        }
+    let (removed, upserted) = diff_endpoints(&old.endpoints, &new.endpoints);
+    for (task_id, network_id) in removed {
+        out.push(change(Change::EndpointRemoved(EndpointKey {
+            task_id: task_id.clone(),
+            network_id: network_id.clone(),
+        })));
     }
     for id in old
         .services
@@ -495,15 +544,16 @@ pub fn diff(old: &NodeNetworkView, new: &NodeNetworkView) -> Vec<NetworkStateCha
             out.push(change(Change::Service(s.clone())));
         }
     }
-    for set in changed_pieces(&new.endpoints, &old.endpoints) {
-        for (key, e) in set.iter() {
-            if old.endpoints.get(key) != Some(e) {
-                out.push(change(Change::Endpoint(e.clone())));
-            }
-        }
-    }
+    out.extend(
+        upserted
+            .into_iter()
+            .map(|e| change(Change::Endpoint(e.clone()))),
+    );
     out
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {
