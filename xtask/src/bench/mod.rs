@@ -242,6 +242,10 @@ pub struct ScaleOpts {
     /// The cluster's dispatcher heartbeat period (Docker's default: 5s).
     #[arg(long, default_value = "5s")]
     pub heartbeat: String,
+    /// Minutes from the first create until every task must run; past them the bench stops
+    /// with what it reached.
+    #[arg(long, default_value_t = 60)]
+    pub converge_minutes: u64,
 }
 
 #[cfg(not(feature = "lab"))]

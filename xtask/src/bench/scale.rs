@@ -284,6 +284,7 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
         )?;
     }
     let plan = plan(&o);
+    let (mut created, mut last) = (0, Instant::now());
     for (name, replicas, net) in &plan {
         let mut args = vec![
             "service".to_string(),
@@ -304,6 +305,17 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
         args.push("sim/app".into());
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         write(&c, 0, &a, &mut retries)?;
+        created += 1;
+        if last.elapsed() >= PROGRESS {
+            println!(
+                "[create] {created}/{} services, {}/{} tasks running, {:.0} s",
+                plan.len(),
+                sim.running().len(),
+                o.tasks,
+                t_create.elapsed().as_secs_f64()
+            );
+            last = Instant::now();
+        }
     }
     let created_in = t_create.elapsed();
     println!(
@@ -325,8 +337,21 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
             );
             last = Instant::now();
         }
-        if t_create.elapsed() > Duration::from_secs(1200) {
-            bail!("{running} of {} tasks running after 20 minutes", o.tasks);
+        if t_create.elapsed() > Duration::from_secs(60 * o.converge_minutes) {
+            let cpu = cpu_since(&pids, &cpu1);
+            let peak: Vec<String> = pids
+                .iter()
+                .map(|p| format!("{:.0}", status_mib(*p, "VmHWM:")))
+                .collect();
+            println!(
+                "stopped: CPU seconds since the first create (node1 / node2 / node3) {cpu}, peak RSS MiB {}",
+                peak.join(" / ")
+            );
+            bail!(
+                "{running} of {} tasks running {} minutes after the first create (--converge-minutes)",
+                o.tasks,
+                o.converge_minutes
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -496,6 +521,7 @@ mod tests {
             port: 0,
             parallel: 1,
             heartbeat: "5s".into(),
+            converge_minutes: 60,
         }
     }
 
