@@ -269,6 +269,45 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
+    /// Waits for a store change or a second, then checks that the session may go on (this
+    /// manager leads, the node is a member, the session is alive); tells the node why not and
+    /// returns false when it may not.
+    async fn wait_session_round(
+        &self,
+        watch: &mut tokio::sync::watch::Receiver<u64>,
+        tx: &mpsc::Sender<Result<SessionMessage, Status>>,
+        node_id: &str,
+        session_id: &str,
+    ) -> bool {
+        tokio::select! {
+            r = watch.changed() => if r.is_err() { return false },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tx.closed() => return false,
+        }
+        if !matches!(self.router.route(), Route::Local) {
+            let _ = tx
+                .send(Err(Status::unavailable("leadership changed; reconnect")))
+                .await;
+            return false;
+        }
+        // Removed (its other streams may have ended the session already): say so.
+        let standing = member_role(&self.store.read(), node_id);
+        if let Err(denied) = standing {
+            self.end_session(node_id, session_id);
+            let _ = tx.send(Err(denied)).await;
+            return false;
+        }
+        if !self.session_alive(node_id, session_id) {
+            let _ = tx
+                .send(Err(Status::not_found(
+                    "session expired; open a new session",
+                )))
+                .await;
+            return false;
+        }
+        true
+    }
+
     /// How long a node may stay without a first session before the leader removes it
     /// (default [`unjoined::JOIN_GRACE`]).
     pub fn with_join_grace(mut self, grace: Duration) -> Self {
@@ -544,7 +583,30 @@ impl DispatcherRpc for Dispatcher {
             let mut watch = this.store.watch();
             let mut last: Option<SessionMessage> = None;
             let mut node = Some(node);
+            // What the last message was built from: the nodes' version (the node itself and
+            // the managers) and the cluster's (the root CA). A store change that moved
+            // neither (task reports, most writes) builds nothing: with a thousand sessions,
+            // listing the managers from every node on every change was quadratic.
+            let mut built_from = None;
             loop {
+                let sources = {
+                    let st = this.store.read();
+                    let cluster = st
+                        .cluster()
+                        .and_then(|c| c.meta.as_ref())
+                        .map(|m| m.version);
+                    (st.nodes_version(), cluster)
+                };
+                if node.is_none() && built_from == Some(sources) {
+                    if !this
+                        .wait_session_round(&mut watch, &tx, &node_id, &session_id)
+                        .await
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                built_from = Some(sources);
                 let current = match node.take() {
                     Some(n) => Ok(n),
                     None => {
@@ -584,30 +646,10 @@ impl DispatcherRpc for Dispatcher {
                     }
                     last = Some(msg);
                 }
-                tokio::select! {
-                    r = watch.changed() => if r.is_err() { return },
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = tx.closed() => return,
-                }
-                if !matches!(this.router.route(), Route::Local) {
-                    let _ = tx
-                        .send(Err(Status::unavailable("leadership changed; reconnect")))
-                        .await;
-                    return;
-                }
-                // Removed (its other streams may have ended the session already): say so.
-                let standing = member_role(&this.store.read(), &node_id);
-                if let Err(denied) = standing {
-                    this.end_session(&node_id, &session_id);
-                    let _ = tx.send(Err(denied)).await;
-                    return;
-                }
-                if !this.session_alive(&node_id, &session_id) {
-                    let _ = tx
-                        .send(Err(Status::not_found(
-                            "session expired; open a new session",
-                        )))
-                        .await;
+                if !this
+                    .wait_session_round(&mut watch, &tx, &node_id, &session_id)
+                    .await
+                {
                     return;
                 }
             }
@@ -674,7 +716,24 @@ impl DispatcherRpc for Dispatcher {
             // The secrets and configs it holds: id -> version.
             let mut deps = SentDependencies::default();
             let mut first = true;
+            // What the last round was built from: the node's tasks and the secrets and
+            // configs. A round where neither moved has nothing to send.
+            let mut built_from = None;
             loop {
+                let sources = {
+                    let st = this.store.read();
+                    (st.node_tasks_version(&node_id), st.dependencies_version())
+                };
+                if built_from == Some(sources) {
+                    if !this
+                        .next_round(&mut watch, &tx, &node_id, &session_id)
+                        .await
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                built_from = Some(sources);
                 let tasks = node_tasks(&this.store, &node_id);
                 // What the node's tasks need goes first, so that a task never arrives before
                 // its secrets; what they no longer need is forgotten last.
@@ -751,16 +810,33 @@ impl DispatcherRpc for Dispatcher {
             let mut watch = this.store.watch();
             // What the node was last told.
             let mut sent: Option<NodeNetworkView> = None;
+            // What the last view was built from (`netstate::view_sources`): a round where
+            // none of it moved would build the same view, and is skipped.
+            let mut built_from = None;
             loop {
                 watch.borrow_and_update();
-                let (view, vxlan_port) = {
+                let unchanged = built_from.is_some_and(|b| {
+                    b == netstate::view_sources(&this.store.read(), &node_id, sent.as_ref())
+                });
+                if unchanged {
+                    if !this
+                        .next_round(&mut watch, &tx, &node_id, &session_id)
+                        .await
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                let (view, vxlan_port, sources) = {
                     let st = this.store.read();
                     let port = st
                         .cluster()
                         .map(|c| c.vxlan_udp_port)
                         .filter(|p| *p != 0)
                         .unwrap_or(crate::ipam::DEFAULT_VXLAN_PORT);
-                    (netstate::node_view_with(&st, &node_id, &this.pieces), port)
+                    let view = netstate::node_view_with(&st, &node_id, &this.pieces);
+                    let sources = netstate::view_sources(&st, &node_id, Some(&view));
+                    (view, port, sources)
                 };
                 let msg = match &sent {
                     None => Some(NetworkStateMessage {
@@ -783,6 +859,7 @@ impl DispatcherRpc for Dispatcher {
                     }
                     sent = Some(view);
                 }
+                built_from = Some(sources);
                 if !this
                     .next_round(&mut watch, &tx, &node_id, &session_id)
                     .await

@@ -286,6 +286,32 @@ pub fn node_view_with(st: &State, node_id: &str, pieces: &Pieces) -> NodeNetwork
     view
 }
 
+/// What node `node_id`'s view `view` (built from `st`) is built from, as versions of the
+/// state: the node's tasks (which networks it sees), the nodes, the services, networks and
+/// cluster, and the tasks of the view's networks (its shared pieces). A change sets a version
+/// to a generation newer than every version before it, so the largest of the last says
+/// whether any of them moved. For a later state with the same sources the view is the same:
+/// it need not be built again (the dispatcher's streams skip such rounds).
+pub fn view_sources(
+    st: &State,
+    node_id: &str,
+    view: Option<&NodeNetworkView>,
+) -> (u64, u64, u64, u64) {
+    let networks = view.map_or(0, |v| {
+        v.networks
+            .keys()
+            .map(|id| st.network_tasks_version(id))
+            .max()
+            .unwrap_or(0)
+    });
+    (
+        st.node_tasks_version(node_id),
+        st.nodes_version(),
+        st.services_networks_version(),
+        networks,
+    )
+}
+
 /// A node's own endpoint on the ingress network `network_id` (Docker's `ingress-sbox`), if
 /// it holds an address there and is not DOWN. Keyed by the node id in place of a task id.
 pub fn node_ingress_endpoint(node: &Node, network_id: &str) -> Option<EndpointInfo> {

@@ -4,7 +4,8 @@
 //! address and ingress address) on a fixed cluster of an overlay network, the ingress network
 //! and two services. After each entry every node's view is built with one `Pieces` cache
 //! kept across the log and compared with its view built alone; COMPLETE(last view) + diff is
-//! replayed and compared with the new view. Some entries restart the state from a snapshot
+//! replayed and compared with the new view; when the view's sources (`view_sources`) did
+//! not move, the view must not have changed. Some entries restart the state from a snapshot
 //! (versions start over from a new base), and a state from before the entry is read through
 //! the same cache again (a lagging reader must neither get nor leave newer pieces).
 
@@ -16,7 +17,7 @@ use proto::{
     NetworkAttachmentConfig, NetworkSpec, NodeState, NodeStatus, Service, TaskState,
 };
 
-use super::{diff, full, node_view, node_view_with, NodeNetworkView, Pieces};
+use super::{diff, full, node_view, node_view_with, view_sources, NodeNetworkView, Pieces};
 use crate::orchestrator::testutil::{node, replicated, task};
 use crate::store::{Kind, Object, Op, Request, State};
 
@@ -218,6 +219,10 @@ proptest! {
             .collect();
         for (i, (ops, restart, reread)) in steps.into_iter().enumerate() {
             let before = st.clone();
+            let sources: BTreeMap<&str, _> = NODES
+                .iter()
+                .map(|n| (*n, view_sources(&st, n, Some(&sent[n]))))
+                .collect();
             st.apply(i as u64 + 2, &Request::best_effort(ops));
             if restart {
                 st = State::from_bytes(&st.to_bytes()).expect("snapshot reads");
@@ -225,6 +230,9 @@ proptest! {
             for n in NODES {
                 let view = node_view_with(&st, n, &pieces);
                 prop_assert_eq!(&view, &node_view(&st, n), "node {} after step {}", n, i);
+                if view_sources(&st, n, Some(&sent[n])) == sources[n] {
+                    prop_assert_eq!(&view, &sent[n], "node {}: same sources, another view at step {}", n, i);
+                }
                 let last = &sent[n];
                 let replayed = replay(diff(last, &view), replay(full(last), Default::default()));
                 prop_assert_eq!(replayed, flat(&view), "node {} replayed at step {}", n, i);

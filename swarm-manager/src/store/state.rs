@@ -74,6 +74,14 @@ struct Indexes {
     network_tasks_changed: HashMap<String, u64>,
     /// The generation that last changed, added or removed a node ([`State::nodes_version`]).
     nodes_changed: u64,
+    /// Per node id: the generation that last changed, added or removed a task assigned to
+    /// it ([`State::node_tasks_version`]).
+    node_tasks_changed: HashMap<String, u64>,
+    /// The generation that last changed, added or removed a secret or a config.
+    dependencies_changed: u64,
+    /// The generation that last changed, added or removed a service, a network or the
+    /// cluster object.
+    services_networks_changed: u64,
 }
 
 /// The keys a service is indexed under in `services_by_network`.
@@ -113,6 +121,27 @@ impl State {
     /// the sense of [`network_tasks_version`](State::network_tasks_version).
     pub fn nodes_version(&self) -> u64 {
         self.index.nodes_changed.max(self.base_generation)
+    }
+
+    /// The generation that last changed the tasks assigned to node `node_id`, in the sense of
+    /// [`network_tasks_version`](State::network_tasks_version).
+    pub fn node_tasks_version(&self, node_id: &str) -> u64 {
+        let changed = self.index.node_tasks_changed.get(node_id).copied();
+        changed.unwrap_or(0).max(self.base_generation)
+    }
+
+    /// The generation that last changed the secrets or the configs, in the sense of
+    /// [`network_tasks_version`](State::network_tasks_version).
+    pub fn dependencies_version(&self) -> u64 {
+        self.index.dependencies_changed.max(self.base_generation)
+    }
+
+    /// The generation that last changed the services, the networks or the cluster object, in
+    /// the sense of [`network_tasks_version`](State::network_tasks_version).
+    pub fn services_networks_version(&self) -> u64 {
+        self.index
+            .services_networks_changed
+            .max(self.base_generation)
     }
 
     // ------------------------------------------------------------ reads
@@ -653,6 +682,11 @@ impl State {
                 self.generation,
             );
         }
+        for n in [&old_node, &t.node_id] {
+            if !n.is_empty() {
+                changed_at(&mut self.index.node_tasks_changed, n, self.generation);
+            }
+        }
         let node_moved = t.node_id != old_node;
         let new_node = if node_moved {
             t.node_id.clone()
@@ -715,6 +749,9 @@ impl State {
     }
 
     fn put(&mut self, obj: Object) {
+        if matches!(obj.kind(), Kind::Service | Kind::Network | Kind::Cluster) {
+            self.index.services_networks_changed = self.generation;
+        }
         match obj {
             Object::Cluster(c) => {
                 self.clusters.insert(c.id.clone(), c);
@@ -756,14 +793,19 @@ impl State {
             }
             Object::Secret(o) => {
                 self.secrets.insert(o.id.clone(), o);
+                self.index.dependencies_changed = self.generation;
             }
             Object::Config(o) => {
                 self.configs.insert(o.id.clone(), o);
+                self.index.dependencies_changed = self.generation;
             }
         }
     }
 
     fn remove(&mut self, kind: Kind, id: &str) {
+        if matches!(kind, Kind::Service | Kind::Network | Kind::Cluster) {
+            self.index.services_networks_changed = self.generation;
+        }
         match kind {
             Kind::Cluster => {
                 self.clusters.remove(id);
@@ -791,9 +833,11 @@ impl State {
             }
             Kind::Secret => {
                 self.secrets.remove(id);
+                self.index.dependencies_changed = self.generation;
             }
             Kind::Config => {
                 self.configs.remove(id);
+                self.index.dependencies_changed = self.generation;
             }
         }
     }
@@ -822,6 +866,7 @@ impl State {
         add_to(&mut ix.tasks_by_service, &t.service_id, &t.id);
         if !t.node_id.is_empty() {
             add_to(&mut ix.tasks_by_node, &t.node_id, &t.id);
+            changed_at(&mut ix.node_tasks_changed, &t.node_id, self.generation);
         }
         ix.tasks_by_state
             .entry(t.state() as i32)
@@ -842,6 +887,7 @@ impl State {
         drop_from(&mut ix.tasks_by_service, &t.service_id, &t.id);
         if !t.node_id.is_empty() {
             drop_from(&mut ix.tasks_by_node, &t.node_id, &t.id);
+            changed_at(&mut ix.node_tasks_changed, &t.node_id, self.generation);
         }
         for a in &t.networks {
             drop_from(&mut ix.tasks_by_network, &a.network_id, &t.id);
@@ -1111,7 +1157,13 @@ mod tests {
         );
         let v0 = versions(&s);
         assert!(v0.0 > 0 && v0.1 > 0 && v0.2 > 0, "{v0:?}");
-        // A task off every network: nothing moves but the generation.
+        // A task off every network: nothing moves but the generation, and the version of
+        // the tasks of the node it goes to.
+        let (n1_tasks, deps, specs) = (
+            s.node_tasks_version("n1"),
+            s.dependencies_version(),
+            s.services_networks_version(),
+        );
         s.apply(
             2,
             &Request::atomic(vec![Op::AssignTask {
@@ -1120,6 +1172,12 @@ mod tests {
             }]),
         );
         assert_eq!(versions(&s), v0);
+        assert!(s.node_tasks_version("n1") > n1_tasks);
+        assert_eq!(s.node_tasks_version("n2"), 0, "no task was ever on n2");
+        assert_eq!(
+            (s.dependencies_version(), s.services_networks_version()),
+            (deps, specs)
+        );
         // A task on a: a's version alone.
         s.apply(
             3,

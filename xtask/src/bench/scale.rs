@@ -395,6 +395,48 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
         .collect();
     let rss_before_kill: Vec<f64> = pids.iter().map(|p| status_mib(*p, "VmHWM:")).collect();
 
+    // What was measured before the kill, printed now: a failed settle must not lose it.
+    let mut before_kill: Vec<String> = Vec::new();
+    let mut sorted = ns_bytes.clone();
+    sorted.sort_unstable();
+    let total: u64 = sorted.iter().sum();
+    before_kill.push(format!(
+        "steady:    cores used (node1 / node2 / node3) {idle_cores} (heartbeats only, 10 s)"
+    ));
+    for (what, (p50, p99)) in [
+        ("service ls", service_ls),
+        ("node ls", node_ls),
+        ("service ps", service_ps),
+    ] {
+        before_kill.push(format!(
+            "{what:<11}p50 {p50:>8.1} ms   p99 {p99:>8.1} ms   ({SAMPLES} runs of the CLI)"
+        ));
+    }
+    before_kill.push(format!(
+        "raft (node1): snapshot {:.1} MiB, log since snapshot {:.1} MiB, commit index {}, term {} before the kill",
+        gauge(&metrics, "swarm_raft_snapshot_bytes") / (1024.0 * 1024.0),
+        gauge(&metrics, "swarm_raft_log_bytes") / (1024.0 * 1024.0),
+        gauge(&metrics, "swarm_raft_commit_index"),
+        gauge(&metrics, "swarm_raft_term")
+    ));
+    before_kill.push(format!(
+        "network state per node: mean {:.1} KiB, p50 {:.1} KiB, max {:.1} KiB (total {:.1} MiB)",
+        total as f64 / sorted.len() as f64 / 1024.0,
+        sorted[sorted.len() / 2] as f64 / 1024.0,
+        *sorted.last().unwrap_or(&0) as f64 / 1024.0,
+        mib(total),
+    ));
+    for (i, r) in rss_before_kill.iter().enumerate() {
+        before_kill.push(format!(
+            "manager node{}: peak RSS {r:.0} MiB before the kill",
+            i + 1
+        ));
+    }
+    println!("before the leader kill:");
+    for l in &before_kill {
+        println!("  {l}");
+    }
+
     // 4. SIGKILL the leader; time until the cluster settles.
     let mut alive = [true; 3];
     let old = leader(&c, &alive).context("no leader before the kill")?;
@@ -451,9 +493,6 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
             }
         })
         .collect();
-    let mut sorted = ns_bytes.clone();
-    sorted.sort_unstable();
-    let total: u64 = sorted.iter().sum();
     let ns_total_after: u64 = ns_after.iter().sum();
     println!("\n== bench scale: {} nodes, {} tasks, {} services (3 managers; debug builds; machine shared with other builds) ==", o.nodes, o.tasks, plan.len());
     println!(
@@ -468,13 +507,8 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
         converged_in.as_secs_f64(),
         cpu_converge
     );
-    println!("steady:    cores used (node1 / node2 / node3) {idle_cores} (heartbeats only, 10 s)");
-    for (what, (p50, p99)) in [
-        ("service ls", service_ls),
-        ("node ls", node_ls),
-        ("service ps", service_ps),
-    ] {
-        println!("{what:<11}p50 {p50:>8.1} ms   p99 {p99:>8.1} ms   ({SAMPLES} runs of the CLI)");
+    for l in &before_kill {
+        println!("{l}");
     }
     for (i, r) in rss.iter().enumerate() {
         println!(
@@ -485,26 +519,12 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
         );
     }
     println!(
-        "raft (node1): snapshot {:.1} MiB, log since snapshot {:.1} MiB, commit index {}, term {} before the kill",
-        gauge(&metrics, "swarm_raft_snapshot_bytes") / (1024.0 * 1024.0),
-        gauge(&metrics, "swarm_raft_log_bytes") / (1024.0 * 1024.0),
-        gauge(&metrics, "swarm_raft_commit_index"),
-        gauge(&metrics, "swarm_raft_term")
-    );
-    println!(
-        "network state per node: mean {:.1} KiB, p50 {:.1} KiB, max {:.1} KiB (total {:.1} MiB; {:.1} MiB after the failover's COMPLETE messages)",
-        total as f64 / sorted.len() as f64 / 1024.0,
-        sorted[sorted.len() / 2] as f64 / 1024.0,
-        *sorted.last().unwrap_or(&0) as f64 / 1024.0,
-        mib(total),
-        mib(ns_total_after)
-    );
-    println!(
-        "leader kill (node{}): new leader node{} in {:.1} s, settled in {:.1} s",
+        "leader kill (node{}): new leader node{} in {:.1} s, settled in {:.1} s; network state sent to all nodes since the first create {:.1} MiB (the failover's COMPLETE messages included)",
         old + 1,
         new_leader + 1,
         elected_in.as_secs_f64(),
-        settled_in.as_secs_f64()
+        settled_in.as_secs_f64(),
+        mib(ns_total_after)
     );
     Ok(())
 }
