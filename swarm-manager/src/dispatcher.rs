@@ -64,6 +64,8 @@ pub struct Dispatcher {
     join_grace: Duration,
     /// The network views' shared pieces (`netstate::Pieces`), one cache for every stream.
     pieces: Arc<netstate::Pieces>,
+    /// One stream round at a time builds what it sends (see [`Dispatcher::build_permit`]).
+    builds: Arc<tokio::sync::Semaphore>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -77,7 +79,19 @@ impl Dispatcher {
             writes: writes::Writes::default(),
             join_grace: unjoined::JOIN_GRACE,
             pieces: Arc::default(),
+            builds: Arc::new(tokio::sync::Semaphore::new(1)),
         }
+    }
+
+    /// Waits for the turn to build a stream round's message (a node's network view and its
+    /// diff, its assignments). The rounds are CPU work that never waits; after a leader change
+    /// a thousand nodes' streams all start with a COMPLETE view, and run at once on the
+    /// runtime's workers they queued the heartbeats behind them for longer than the grace
+    /// period, so that nodes were marked DOWN and their tasks replaced. Taking turns leaves
+    /// the other workers to heartbeats, sessions and the API; the permits are handed out in
+    /// order, so no stream waits for ever.
+    async fn build_permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.builds.acquire().await.ok()
     }
 
     fn period(&self) -> Duration {
@@ -734,6 +748,9 @@ impl DispatcherRpc for Dispatcher {
                     continue;
                 }
                 built_from = Some(sources);
+                let Some(permit) = this.build_permit().await else {
+                    return;
+                };
                 let tasks = node_tasks(&this.store, &node_id);
                 // What the node's tasks need goes first, so that a task never arrives before
                 // its secrets; what they no longer need is forgotten last.
@@ -766,6 +783,7 @@ impl DispatcherRpc for Dispatcher {
                     });
                 }
                 changes.extend(forget);
+                drop(permit);
                 if first || !changes.is_empty() {
                     let kind = if first {
                         assignments_message::Type::Complete
@@ -827,6 +845,9 @@ impl DispatcherRpc for Dispatcher {
                     }
                     continue;
                 }
+                let Some(permit) = this.build_permit().await else {
+                    return;
+                };
                 let (view, vxlan_port, sources) = {
                     let st = this.store.read();
                     let port = st
@@ -853,6 +874,7 @@ impl DispatcherRpc for Dispatcher {
                         })
                     }
                 };
+                drop(permit);
                 if let Some(msg) = msg {
                     if tx.send(Ok(msg)).await.is_err() {
                         return;

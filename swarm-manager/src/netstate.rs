@@ -464,18 +464,22 @@ fn diff_endpoints<'a>(
 ) -> (Vec<&'a EndpointId>, Vec<&'a EndpointInfo>) {
     use std::cmp::Ordering;
     let (mut removed, mut upserted) = (Vec::new(), Vec::new());
-    let mut gone = |k: &'a EndpointId| {
-        if !new.contains_key(k) {
+    // `look`: the other view has another piece of the key's network, where the endpoint may
+    // be; without one (most pieces, and every piece of a COMPLETE) nothing is looked up.
+    let mut gone = |k: &'a EndpointId, look: bool| {
+        if !(look && new.contains_key(k)) {
             removed.push(k);
         }
     };
-    let mut came = |k: &EndpointId, e: &'a EndpointInfo| {
-        if old.get(k) != Some(e) {
+    let mut came = |k: &EndpointId, e: &'a EndpointInfo, look: bool| {
+        if !(look && old.get(k) == Some(e)) {
             upserted.push(e);
         }
     };
     let keys: BTreeSet<&PieceKey> = old.pieces.keys().chain(new.pieces.keys()).collect();
     for key in keys {
+        let elsewhere = |v: &Endpoints| v.pieces.keys().any(|(n, p)| *n == key.0 && *p != key.1);
+        let (in_new, in_old) = (elsewhere(new), elsewhere(old));
         match (old.pieces.get(key), new.pieces.get(key)) {
             (Some(a), Some(b)) if Arc::ptr_eq(a, b) => {}
             (Some(a), Some(b)) => {
@@ -484,25 +488,26 @@ fn diff_endpoints<'a>(
                     match (a.peek(), b.peek()) {
                         (None, None) => break,
                         (Some((ka, _)), None) => {
-                            gone(ka);
+                            gone(ka, in_new);
                             a.next();
                         }
                         (None, Some((kb, eb))) => {
-                            came(kb, eb);
+                            came(kb, eb, in_old);
                             b.next();
                         }
                         (Some((ka, ea)), Some((kb, eb))) => match ka.cmp(kb) {
                             Ordering::Less => {
-                                gone(ka);
+                                gone(ka, in_new);
                                 a.next();
                             }
                             Ordering::Greater => {
-                                came(kb, eb);
+                                came(kb, eb, in_old);
                                 b.next();
                             }
                             Ordering::Equal => {
                                 if ea != eb {
-                                    came(kb, eb);
+                                    // In one piece at most: no other version of it in `old`.
+                                    came(kb, eb, false);
                                 }
                                 a.next();
                                 b.next();
@@ -511,8 +516,8 @@ fn diff_endpoints<'a>(
                     }
                 }
             }
-            (Some(a), None) => a.keys().for_each(&mut gone),
-            (None, Some(b)) => b.iter().for_each(|(k, e)| came(k, e)),
+            (Some(a), None) => a.keys().for_each(|k| gone(k, in_new)),
+            (None, Some(b)) => b.iter().for_each(|(k, e)| came(k, e, in_old)),
             (None, None) => {}
         }
     }
