@@ -55,13 +55,27 @@ pub async fn run_with_networking(
     if let Some(dir) = cfg.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let _ = std::fs::remove_file(&cfg.socket);
-    let listener = tokio::net::UnixListener::bind(&cfg.socket)
-        .with_context(|| format!("binding the control socket {}", cfg.socket.display()))?;
+    // Bound and listening under a temporary name, then renamed into place: whoever waits for
+    // the socket file (the lab, a unit's ExecStartPost, a script) never finds it before it
+    // accepts connections (between bind and listen a connect is refused) or with the
+    // default permissions.
+    let staging = cfg
+        .socket
+        .with_extension(format!("sock.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = tokio::net::UnixListener::bind(&staging)
+        .with_context(|| format!("binding the control socket {}", staging.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o660))?;
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o660))?;
     }
+    std::fs::rename(&staging, &cfg.socket).with_context(|| {
+        format!(
+            "moving the control socket {} into place at {}",
+            staging.display(),
+            cfg.socket.display()
+        )
+    })?;
     tracing::info!(socket = %cfg.socket.display(), "swarm-agent ready");
     let api = local::LocalApi::new(agent.clone());
     let server = tonic::transport::Server::builder()

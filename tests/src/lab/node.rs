@@ -450,7 +450,8 @@ impl LabNode {
 
     pub(super) fn wait_agent(&self) -> anyhow::Result<()> {
         let promise = format!("open {}", self.socket().display());
-        let ready = || self.socket().exists();
+        // Accepting, not only present: a connect proves the agent listens.
+        let ready = || std::os::unix::net::UnixStream::connect(self.socket()).is_ok();
         self.agent
             .wait_started(&promise, Duration::from_millis(50), ready)
     }
