@@ -440,9 +440,22 @@ fn published_ports_answer_on_every_node_from_outside_the_nodes_and_other_network
         }
     }
 
+    // The managers saw every task RUNNING; node3's data plane learns it a stream round later.
+    // The spread below is about the mesh once it has every replica: wait until node3 answers
+    // from each of them.
+    let n3 = lab.node(3);
+    converge(&lab, "node3 reaches every web replica", || {
+        let seen: BTreeSet<String> = (0..12)
+            .map(|_| http_from_underlay(&lab, &n3.ip(), 8080, &names).map(|a| a.hostname))
+            .collect::<anyhow::Result<_>>()?;
+        if seen != names {
+            bail!("12 requests through node3 reached {seen:?} of {names:?}");
+        }
+        Ok(())
+    });
+
     // 60 connections and 60 new UDP flows through node3 (no replica there) spread over every
     // replica (node3's counters are checked further down: the mesh first).
-    let n3 = lab.node(3);
     let tcp_labels = ["port=\"8080\"", "protocol=\"tcp\"", "service=\"web\""];
     let udp_labels = ["port=\"8081\"", "protocol=\"udp\"", "service=\"web\""];
     let conns_before = metric_sum(&lab, n3, "swarm_ingress_connections_total", &tcp_labels);
