@@ -103,8 +103,9 @@ fn service_network_keys(s: &Service) -> BTreeSet<String> {
 impl State {
     /// Names these contents: every [`apply`](State::apply) and every
     /// [`from_bytes`](State::from_bytes) gives a generation no other state of this process had,
-    /// and a clone keeps its source's until one of them changes; a larger one is newer. Values
-    /// derived from a state may be cached under it (`netstate::Pieces`).
+    /// and a clone keeps its source's until one of them changes; a larger one is newer. The
+    /// versions of parts of the state (`network_tasks_version` and the others) are such
+    /// generations; what is derived from a part is cached under its version, not this.
     pub fn generation(&self) -> u64 {
         self.generation
     }
