@@ -230,7 +230,14 @@ impl RoleManager {
 
     async fn reconcile(&self, became_leader: Instant) -> Result<(), Status> {
         let store = &self.membership.store;
-        let nodes: Vec<proto::Node> = store.read().nodes().cloned().collect();
+        // Only managers and nodes with a role change pending can need a write: the others
+        // are not copied (at thousands of workers this ran on every applied entry).
+        let nodes: Vec<proto::Node> = store
+            .read()
+            .nodes()
+            .filter(|n| n.manager_status.is_some() || n.desired_role() != n.role_enum())
+            .cloned()
+            .collect();
         let mut ops = Vec::new();
         for n in &nodes {
             let mut changed = n.clone();

@@ -24,7 +24,7 @@
 //! - `cargo xtask bench failover [--rounds 5]`: leader failover time.
 //! - `cargo xtask bench create [--replicas 20] [--rounds 3]`: `service create` to all tasks
 //!   running in a 3-node lab, and where the time goes.
-//! - `cargo xtask bench scale [--nodes 5000] [--tasks 150000] [--services 300]`: 3 real
+//! - `cargo xtask bench scale [--nodes 5000] [--tasks 150000] [--services 300] [--release]`: 3 real
 //!   managers and N simulated agents (real agent sessions in one process, tasks RUNNING at
 //!   once): join and convergence times, `service ls`/`node ls`/`service ps` p50/p99, leader
 //!   CPU, managers' peak RSS, Raft sizes, network state bytes per node, settling after a

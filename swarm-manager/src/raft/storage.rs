@@ -878,26 +878,49 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let start = Instant::now();
-        let mut out = Vec::new();
-        for entry in entries {
-            let index = entry.log_id.index;
-            self.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Normal(req) => out.push(self.shared.apply(index, &req)),
-                EntryPayload::Blank => {
-                    self.shared.mark_applied(index);
-                    out.push(Response::default());
-                }
-                EntryPayload::Membership(m) => {
-                    self.last_membership = Membership::new(Some(entry.log_id), m);
-                    self.shared.mark_applied(index);
-                    out.push(Response::default());
-                }
-            }
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            return Ok(Vec::new());
+        };
+        let membership = entries.iter().rev().find_map(|e| match &e.payload {
+            EntryPayload::Membership(m) => Some(Membership::new(Some(e.log_id), m.clone())),
+            _ => None,
+        });
+        // Applied off the Raft runtime: applying takes the store's write lock, which waits
+        // for every reader (a stream round building a view, an orchestrator's pass). On the
+        // Raft thread that wait stalled the heartbeats and AppendEntries of the leader (and a
+        // follower's answers) beyond their timeout (the heartbeat interval): at 5 000 nodes
+        // replication stopped and elections followed. Entries still apply one batch at a
+        // time, in order: openraft awaits each call before the next.
+        let shared = self.shared.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            entries
+                .into_iter()
+                .map(|entry| {
+                    let index = entry.log_id.index;
+                    match entry.payload {
+                        EntryPayload::Normal(req) => shared.apply(index, &req),
+                        EntryPayload::Blank | EntryPayload::Membership(_) => {
+                            shared.mark_applied(index);
+                            Response::default()
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| {
+            RaftStorageError::from_io_error(
+                ErrorSubject::StateMachine,
+                ErrorVerb::Write,
+                std::io::Error::other(format!("applying committed entries: {e}")),
+            )
+        })?;
+        self.last_applied = Some(last);
+        if let Some(m) = membership {
+            self.last_membership = m;
         }
-        if let Some(l) = self.last_applied {
-            METRICS.raft_applied_index.set(l.index as i64);
-        }
+        METRICS.raft_applied_index.set(last.index as i64);
         METRICS
             .raft_apply_seconds
             .observe(start.elapsed().as_secs_f64());
@@ -1137,6 +1160,45 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(bytes.get(), 0, "a snapshot resets the count");
+    }
+
+    /// Applying takes the store's write lock, so it waits for the store's readers. The
+    /// Raft runtime (one thread, like this test's) must go on meanwhile: the leader's
+    /// heartbeats and AppendEntries run there, with the heartbeat interval as their timeout.
+    #[tokio::test]
+    async fn an_apply_waiting_for_a_reader_leaves_the_raft_runtime_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) = open_new(dir.path());
+        let shared = sm.shared().clone();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        // A reader that holds the state until told, or 10 s if nobody can tell it.
+        let reader = std::thread::spawn(move || {
+            let _guard = shared.read();
+            held_tx.send(()).unwrap();
+            release_rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok()
+        });
+        held_rx.recv().unwrap();
+        let apply = tokio::spawn(async move {
+            let out = sm.apply([create(1, 1, "web")]).await.unwrap();
+            (out.len(), sm)
+        });
+        // Other work of this runtime still runs while the apply waits.
+        for _ in 0..5 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(!apply.is_finished(), "the apply waits for the reader");
+        release_tx.send(()).unwrap();
+        assert!(
+            reader.join().unwrap(),
+            "the runtime stood still while the apply waited: the reader was never released"
+        );
+        let (applied, sm) = apply.await.unwrap();
+        assert_eq!(applied, 1);
+        assert!(sm.shared().read().service_by_name("web").is_some());
+        assert_eq!(sm.shared().applied_index(), 1);
     }
 
     #[tokio::test]

@@ -213,13 +213,58 @@ pub fn create_bench(replicas: usize, rounds: usize) -> anyhow::Result<()> {
 
 #[cfg(feature = "lab")]
 pub fn scale_bench(o: ScaleOpts) -> anyhow::Result<()> {
+    if o.release && cfg!(debug_assertions) {
+        return rerun_scale_release();
+    }
     scale::run(o)
 }
 
 #[cfg(not(feature = "lab"))]
-pub fn scale_bench(_o: ScaleOpts) -> anyhow::Result<()> {
+pub fn scale_bench(o: ScaleOpts) -> anyhow::Result<()> {
+    if o.release {
+        return rerun_scale_release();
+    }
     rerun_with_lab()
 }
+
+/// `bench scale --release`: the same command line again as a release build of xtask with
+/// the lab, which then starts release managers and agents. xtask, the CLI and the agents
+/// are built in one cargo call ([`SCALE_RELEASE_BUILD`]), as the bench itself builds them,
+/// so that both see the same features and nothing is built twice.
+fn rerun_scale_release() -> anyhow::Result<()> {
+    crate::setup::ensure_for_bench()?;
+    cargo(SCALE_RELEASE_BUILD)?;
+    let xtask = crate::workspace::workspace_root().join("target/release/xtask");
+    let rest: Vec<String> = std::env::args().skip(1).collect();
+    eprintln!(
+        "re-running as a release build: {} {}",
+        xtask.display(),
+        rest.join(" ")
+    );
+    let status = std::process::Command::new(&xtask)
+        .args(&rest)
+        .status()
+        .map_err(|e| anyhow::anyhow!("starting {}: {e}", xtask.display()))?;
+    if !status.success() {
+        anyhow::bail!("{} {}: {status}", xtask.display(), rest.join(" "));
+    }
+    Ok(())
+}
+
+/// The one cargo call that builds what `bench scale --release` runs.
+pub(crate) const SCALE_RELEASE_BUILD: &[&str] = &[
+    "build",
+    "--release",
+    "-p",
+    "xtask",
+    "--features",
+    "lab",
+    "-p",
+    "swarm-cli",
+    "-p",
+    "tests",
+    "--bins",
+];
 
 #[cfg_attr(not(feature = "lab"), allow(dead_code))] // read by the `lab` build only
 /// What `bench scale` builds.
@@ -233,6 +278,15 @@ pub struct ScaleOpts {
     pub tasks: usize,
     #[arg(long, default_value_t = 300)]
     pub services: usize,
+    /// Overlay networks (the overlay services are spread over them, round robin). A node
+    /// holds the endpoints of every network it has a task on, and this process holds every
+    /// simulated node's: at thousands of nodes, more networks (Docker's stacks each have
+    /// their own) or fewer overlay services keep that within the machine's memory.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=150))]
+    pub networks: u16,
+    /// One replicated service in this many is on an overlay network with a VIP.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub overlay_every: u16,
     /// Manager port of the three local managers.
     #[arg(long, default_value_t = 29301)]
     pub port: u16,
@@ -246,6 +300,11 @@ pub struct ScaleOpts {
     /// with what it reached.
     #[arg(long, default_value_t = 60)]
     pub converge_minutes: u64,
+    /// Release builds of the managers, the simulated agents and the CLI (a deployment's
+    /// speed; the first build takes several minutes). Without it, the debug builds `cargo
+    /// xtask` makes, as `bench failover` uses.
+    #[arg(long)]
+    pub release: bool,
 }
 
 #[cfg(not(feature = "lab"))]

@@ -4,7 +4,7 @@
 //!
 //! Phases, each with a progress line every 2 s: the nodes join and become Ready; the
 //! services are created (one global service when the task count allows, the rest replicated,
-//! one in four on one of 8 overlay networks with a VIP) and run until every task is RUNNING
+//! one in four (`--overlay-every`) on one of 8 overlay networks (`--networks`) with a VIP) and run until every task is RUNNING
 //! (as the executors see it and as `service ls` shows it); then `service ls`, `node ls` and
 //! `service ps` are timed through the CLI under that load; then the leader is SIGKILLed and
 //! the cluster timed until it settles (a new leader, every simulated node Ready again, every
@@ -13,7 +13,8 @@
 //! each node received.
 //!
 //! The managers and the harness are the debug builds `cargo xtask` makes (as `bench
-//! failover`): the figures compare runs of this benchmark, not a release deployment.
+//! failover`), or with `--release` release builds (xtask re-runs itself as one, and the
+//! managers, agents and CLI it starts are built the same way): compare runs of one kind.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicUsize;
@@ -25,12 +26,19 @@ use anyhow::{bail, Context};
 
 use super::ScaleOpts;
 
-/// Overlay networks the services are spread over.
-const NETWORKS: usize = 8;
+/// The machine memory (MiB) below which the bench stops instead of letting the kernel's
+/// OOM killer pick a process of a shared machine.
+const MIN_AVAILABLE_MIB: f64 = 1024.0;
 /// How often a progress line is printed.
 const PROGRESS: Duration = Duration::from_secs(2);
 /// Samples per timed CLI command.
 const SAMPLES: usize = 30;
+/// The kind of build measured (this xtask's, and the one of what it starts).
+const PROFILE: &str = if cfg!(debug_assertions) {
+    "debug"
+} else {
+    "release"
+};
 
 /// CPU seconds (user + system) a process used so far.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -74,6 +82,41 @@ fn status_mib(pid: u32, field: &str) -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// `MemAvailable` of /proc/meminfo, in MiB (unknown: infinite).
+fn available_mib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(f64::INFINITY, |kb| kb / 1024.0)
+}
+
+/// Peak RSS (MiB) of the managers and of this process (the simulated agents).
+fn peaks(pids: &[u32]) -> String {
+    let mut v: Vec<String> = pids
+        .iter()
+        .map(|p| format!("{:.0}", status_mib(*p, "VmHWM:")))
+        .collect();
+    v.push(format!("{:.0}", status_mib(std::process::id(), "VmHWM:")));
+    v.join(" / ")
+}
+
+/// Stops the bench while the machine still has memory: which phase, and who holds it.
+fn memory_guard(phase: &str, pids: &[u32]) -> anyhow::Result<()> {
+    let avail = available_mib();
+    if avail < MIN_AVAILABLE_MIB {
+        bail!(
+            "stopped in the {phase} phase: the machine has {avail:.0} MiB of memory left (the bench stops under {MIN_AVAILABLE_MIB:.0} MiB); peak RSS MiB (node1 / node2 / node3 / simulated agents) {}; try fewer --nodes or more --networks (each simulated node holds the endpoints of every network it has a task on)",
+            peaks(pids)
+        );
+    }
+    Ok(())
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -175,7 +218,8 @@ fn plan(o: &ScaleOpts) -> Vec<(String, Option<usize>, Option<usize>)> {
     }
     for i in 0..replicated {
         let replicas = left / replicated + usize::from(i < left % replicated);
-        let net = (i % 4 == 0).then_some((i / 4) % NETWORKS);
+        let every = usize::from(o.overlay_every);
+        let net = (i % every == 0).then_some((i / every) % usize::from(o.networks));
         out.push((format!("scale-{i:04}"), Some(replicas), net));
     }
     out
@@ -192,9 +236,14 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
     if o.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
-    crate::workspace::cargo(&["build", "-p", "swarm-cli", "-p", "tests", "--bins"])?;
+    if cfg!(debug_assertions) {
+        crate::workspace::cargo(&["build", "-p", "swarm-cli", "-p", "tests", "--bins"])?;
+    } else {
+        // The same call as the one that built this xtask: nothing to build, nothing rebuilt.
+        crate::workspace::cargo(super::SCALE_RELEASE_BUILD)?;
+    }
     println!(
-        "bench scale: 3 managers, {} simulated nodes, {} tasks in {} services (debug builds; heartbeat {})",
+        "bench scale: 3 managers, {} simulated nodes, {} tasks in {} services ({PROFILE} builds; heartbeat {})",
         o.nodes, o.tasks, o.services, o.heartbeat
     );
     let mut c = Cluster::new(3, o.port)?;
@@ -266,7 +315,7 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
     let cpu1 = cpus(&pids);
     let t_create = Instant::now();
     let mut retries = 0;
-    for k in 0..NETWORKS {
+    for k in 0..usize::from(o.networks) {
         let subnet = format!("10.{}.0.0/16", 100 + k);
         write(
             &c,
@@ -308,12 +357,14 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
         created += 1;
         if last.elapsed() >= PROGRESS {
             println!(
-                "[create] {created}/{} services, {}/{} tasks running, {:.0} s",
+                "[create] {created}/{} services, {}/{} tasks running, {:.0} s, RSS MiB {}",
                 plan.len(),
                 sim.running().len(),
                 o.tasks,
-                t_create.elapsed().as_secs_f64()
+                t_create.elapsed().as_secs_f64(),
+                peaks(&pids)
             );
+            memory_guard("create", &pids)?;
             last = Instant::now();
         }
     }
@@ -331,21 +382,19 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
         }
         if last.elapsed() >= PROGRESS {
             println!(
-                "[converge] {running}/{} running, {:.0} s",
+                "[converge] {running}/{} running, {:.0} s, RSS MiB {}",
                 o.tasks,
-                t_create.elapsed().as_secs_f64()
+                t_create.elapsed().as_secs_f64(),
+                peaks(&pids)
             );
+            memory_guard("converge", &pids)?;
             last = Instant::now();
         }
         if t_create.elapsed() > Duration::from_secs(60 * o.converge_minutes) {
             let cpu = cpu_since(&pids, &cpu1);
-            let peak: Vec<String> = pids
-                .iter()
-                .map(|p| format!("{:.0}", status_mib(*p, "VmHWM:")))
-                .collect();
             println!(
-                "stopped: CPU seconds since the first create (node1 / node2 / node3) {cpu}, peak RSS MiB {}",
-                peak.join(" / ")
+                "stopped: CPU seconds since the first create (node1 / node2 / node3) {cpu}, peak RSS MiB (node1 / node2 / node3 / simulated agents) {}",
+                peaks(&pids)
             );
             bail!(
                 "{running} of {} tasks running {} minutes after the first create (--converge-minutes)",
@@ -432,6 +481,11 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
             i + 1
         ));
     }
+    before_kill.push(format!(
+        "simulated agents ({} nodes in this process): peak RSS {:.0} MiB",
+        o.nodes,
+        status_mib(std::process::id(), "VmHWM:")
+    ));
     println!("before the leader kill:");
     for l in &before_kill {
         println!("  {l}");
@@ -467,6 +521,7 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
                 o.tasks,
                 t_kill.elapsed().as_secs_f64()
             );
+            memory_guard("settle", &pids)?;
             last = Instant::now();
         }
         if t_kill.elapsed() > Duration::from_secs(600) {
@@ -494,7 +549,7 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
         })
         .collect();
     let ns_total_after: u64 = ns_after.iter().sum();
-    println!("\n== bench scale: {} nodes, {} tasks, {} services (3 managers; debug builds; machine shared with other builds) ==", o.nodes, o.tasks, plan.len());
+    println!("\n== bench scale: {} nodes, {} tasks, {} services (one in {} on one of {} overlay networks; 3 managers; {PROFILE} builds) ==", o.nodes, o.tasks, plan.len(), o.overlay_every, o.networks);
     println!(
         "join:      all joined {:>8.1} s   all Ready {:>8.1} s   CPU s (node1 / node2 / node3) {}",
         joined_in.as_secs_f64(),
@@ -538,10 +593,13 @@ mod tests {
             nodes,
             tasks,
             services,
+            networks: 8,
+            overlay_every: 4,
             port: 0,
             parallel: 1,
             heartbeat: "5s".into(),
             converge_minutes: 60,
+            release: false,
         }
     }
 
@@ -555,7 +613,18 @@ mod tests {
             assert_eq!(tasks, t, "{n} nodes {t} tasks {s} services");
             assert_eq!(global, usize::from(s >= 2 && t >= 2 * n));
             assert!(p.iter().any(|(_, _, net)| net.is_some()));
+            assert!(p.iter().all(|(_, _, net)| net.is_none_or(|k| k < 8)));
         }
+        let mut o = opts(5000, 150_000, 300);
+        (o.networks, o.overlay_every) = (30, 10);
+        let p = plan(&o);
+        let on: Vec<usize> = p.iter().filter_map(|(_, _, net)| *net).collect();
+        assert_eq!(on.len(), 30, "one in ten of the 299 replicated services");
+        assert_eq!(
+            on.iter().collect::<BTreeSet<_>>().len(),
+            30,
+            "each on its own"
+        );
     }
 
     #[test]
