@@ -45,6 +45,10 @@ use super::report::{self, human, ratio, show, verdict, Samples};
 use super::responder::Responder;
 use super::IptablesVariant;
 
+/// The project's target for connections through a VIP against straight to the task, at
+/// every service count.
+const VIP_TARGET: f64 = 0.97;
+
 const NET: &str = "lb";
 const VNI: u32 = 4200;
 const SUBNET: &str = "10.200.0.0/16";
@@ -474,9 +478,9 @@ fn report(results: &[Scale]) {
     {
         let r = ratio(s.samples.rate(Vip), s.samples.rate(Direct));
         println!(
-            "  {:>6} services: VIP ≥ 0.95 × direct: {r:.3}: {}",
+            "  {:>6} services: VIP ≥ {VIP_TARGET} × direct: {r:.3}: {}",
             human(s.n),
-            verdict(r >= 0.95)
+            verdict(r >= VIP_TARGET)
         );
     }
     let biggest = results.iter().max_by_key(|s| s.n);
