@@ -329,11 +329,17 @@ impl Lab {
     /// An HTTP GET from inside the task's container (whoami's client mode: a process of the
     /// container like any other, resolving names through the container's resolv.conf);
     /// the first line of the body.
+    ///
+    /// `whoami get` always prints a line (the body's first, or `error: …`), so an empty
+    /// answer is an error: `ctr task exec` can lose the output of a process that exits
+    /// before it attached (seen under load in CI), and a caller that retries should.
     pub fn task_get(&self, task: &proto::Task, url: &str) -> anyhow::Result<String> {
-        Ok(self
-            .task_exec(task, &["/whoami", "get", url])?
-            .trim()
-            .to_string())
+        let out = self.task_exec(task, &["/whoami", "get", url])?;
+        let line = out.trim();
+        if line.is_empty() {
+            anyhow::bail!("GET {url} in task {}: no output from the exec", task.id);
+        }
+        Ok(line.to_string())
     }
 
     /// The registry's `host:port` (reachable from every node; images are `<it>/whoami:latest`
