@@ -149,5 +149,9 @@ pub(crate) fn propose_status(e: ProposeError) -> Status {
         ProposeError::Raft(m) => Status::unavailable(format!(
             "the change could not be committed (raft: {m}); check the cluster state and retry"
         )),
+        ProposeError::Timeout(d) => Status::deadline_exceeded(format!(
+            "the managers did not commit the change within {} s (a leader change, or managers overloaded); it may still be applied: check the object (for example with `inspect` or `ls`) before retrying",
+            d.as_secs()
+        )),
     }
 }

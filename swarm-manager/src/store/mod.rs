@@ -17,6 +17,7 @@ mod proptests;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -83,7 +84,17 @@ pub enum ProposeError {
     /// The replicated log (Raft) could not commit the request.
     #[error("raft: {0}")]
     Raft(String),
+    /// No answer within the deadline ([`PROPOSE_DEADLINE`]): the request may still be
+    /// committed and applied later (a leader that lost its leadership, managers overloaded).
+    #[error("no answer from the replicated log within {0:?}; the change may still be applied")]
+    Timeout(Duration),
 }
+
+/// How long a proposal or a linearizable read waits for the replicated log before its
+/// caller is told the outcome is unknown ([`ProposeError::Timeout`]), instead of waiting
+/// for ever: a write taken by a leader that then lost its leadership could leave its
+/// client with no answer at all (seen with 5 000 nodes on 2 cores, over 3 minutes).
+pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The future of a proposal (boxed: a [`Proposer`] is used as a trait object).
 pub type Proposal<'a, T> = Pin<Box<dyn Future<Output = Result<T, ProposeError>> + Send + 'a>>;
@@ -124,6 +135,7 @@ impl Proposer for InProcess {
 pub struct Store {
     shared: Arc<Shared>,
     proposer: Arc<dyn Proposer>,
+    deadline: Duration,
 }
 
 impl Store {
@@ -136,13 +148,24 @@ impl Store {
                 index: tokio::sync::Mutex::new(0),
             }),
             shared,
+            deadline: PROPOSE_DEADLINE,
         }
     }
 
     /// The store of `shared`, written through `proposer` (which applies committed
     /// requests to `shared`).
     pub fn new(shared: Arc<Shared>, proposer: Arc<dyn Proposer>) -> Store {
-        Store { shared, proposer }
+        Store {
+            shared,
+            proposer,
+            deadline: PROPOSE_DEADLINE,
+        }
+    }
+
+    /// The same store with another deadline for proposals and linearizable reads.
+    pub fn with_deadline(mut self, deadline: Duration) -> Store {
+        self.deadline = deadline;
+        self
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -158,8 +181,11 @@ impl Store {
     }
 
     /// Proposes a request; returns once it is committed (fsynced on a quorum) and applied.
+    /// Past the store's deadline the caller gets [`ProposeError::Timeout`].
     pub async fn propose(&self, req: Request) -> Result<Response, ProposeError> {
-        self.proposer.propose(req).await
+        tokio::time::timeout(self.deadline, self.proposer.propose(req))
+            .await
+            .unwrap_or(Err(ProposeError::Timeout(self.deadline)))
     }
 
     /// Proposes an atomic batch and returns the stored objects, one per op.
@@ -208,6 +234,49 @@ impl Store {
     /// Waits until this manager's state reflects everything committed before the call
     /// (a linearizable read point). Only the leader can answer.
     pub async fn linearize(&self) -> Result<(), ProposeError> {
-        self.proposer.linearize().await
+        tokio::time::timeout(self.deadline, self.proposer.linearize())
+            .await
+            .unwrap_or(Err(ProposeError::Timeout(self.deadline)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replicated log that never answers: a leader that lost its leadership with the
+    /// write in flight, as a caller sees it.
+    struct Silent;
+
+    impl Proposer for Silent {
+        fn propose(&self, _: Request) -> Proposal<'_, Response> {
+            Box::pin(std::future::pending())
+        }
+        fn linearize(&self) -> Proposal<'_, ()> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_or_read_point_nobody_answers_ends_at_the_deadline() {
+        let store = Store::new(Arc::new(Shared::default()), Arc::new(Silent));
+        assert_eq!(store.deadline, PROPOSE_DEADLINE);
+        let store = store.with_deadline(Duration::from_millis(50));
+        let err = store.write(Vec::new()).await.unwrap_err();
+        assert!(
+            matches!(err, ProposeError::Timeout(d) if d == Duration::from_millis(50)),
+            "{err:?}"
+        );
+        let err = store.linearize().await.unwrap_err();
+        assert!(matches!(err, ProposeError::Timeout(_)), "{err:?}");
+        let status = crate::api::propose_status(err);
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(status.message().contains("may still be applied"));
+    }
+
+    #[tokio::test]
+    async fn an_answered_write_is_not_cut_by_the_deadline() {
+        let store = Store::memory().with_deadline(Duration::from_millis(50));
+        assert!(store.write(Vec::new()).await.is_ok());
     }
 }
