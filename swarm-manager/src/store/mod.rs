@@ -183,9 +183,7 @@ impl Store {
     /// Proposes a request; returns once it is committed (fsynced on a quorum) and applied.
     /// Past the store's deadline the caller gets [`ProposeError::Timeout`].
     pub async fn propose(&self, req: Request) -> Result<Response, ProposeError> {
-        tokio::time::timeout(self.deadline, self.proposer.propose(req))
-            .await
-            .unwrap_or(Err(ProposeError::Timeout(self.deadline)))
+        self.within_deadline(self.proposer.propose(req)).await
     }
 
     /// Proposes an atomic batch and returns the stored objects, one per op.
@@ -233,10 +231,15 @@ impl Store {
 
     /// Waits until this manager's state reflects everything committed before the call
     /// (a linearizable read point). Only the leader can answer.
-    pub async fn linearize(&self) -> Result<(), ProposeError> {
-        tokio::time::timeout(self.deadline, self.proposer.linearize())
+    /// `proposal`'s answer, or [`ProposeError::Timeout`] past the store's deadline.
+    async fn within_deadline<T>(&self, proposal: Proposal<'_, T>) -> Result<T, ProposeError> {
+        tokio::time::timeout(self.deadline, proposal)
             .await
             .unwrap_or(Err(ProposeError::Timeout(self.deadline)))
+    }
+
+    pub async fn linearize(&self) -> Result<(), ProposeError> {
+        self.within_deadline(self.proposer.linearize()).await
     }
 }
 

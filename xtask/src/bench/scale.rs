@@ -4,11 +4,11 @@
 //!
 //! Phases, each with a progress line every 2 s: the nodes join and become Ready; the
 //! services are created (one global service when the task count allows, the rest replicated,
-//! one in four (`--overlay-every`) on one of 8 overlay networks (`--networks`) with a VIP) and run until every task is RUNNING
-//! (as the executors see it and as `service ls` shows it); then `service ls`, `node ls` and
-//! `service ps` are timed through the CLI under that load; then the leader is SIGKILLed and
-//! the cluster timed until it settles (a new leader, every simulated node Ready again, every
-//! task running once). The report: those times, the leader's CPU per phase, the peak RSS of
+//! one in four (`--overlay-every`) on one of 8 overlay networks (`--networks`) with a VIP)
+//! and run until every task is RUNNING (as the executors see it and as `service ls` shows
+//! it); then `service ls`, `node ls` and `service ps` are timed through the CLI under that
+//! load; then the leader is SIGKILLed and the cluster timed until it settles (a new leader,
+//! every simulated node Ready again, every task running once). The report: those times, the leader's CPU per phase, the peak RSS of
 //! each manager, the Raft database, log and snapshot sizes, and the network state bytes
 //! each node received.
 //!
@@ -70,31 +70,22 @@ fn cpu_since(pids: &[u32], before: &[f64]) -> String {
         .join(" / ")
 }
 
-/// A `/proc/<pid>/status` field in kB, as MiB.
+/// A `Field: N kB` line of a /proc file (`status`, `meminfo`), as MiB.
+fn proc_kb_as_mib(path: &str, field: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// A `/proc/<pid>/status` field in kB, as MiB (0 when unknown).
 fn status_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+    proc_kb_as_mib(&format!("/proc/{pid}/status"), field).unwrap_or(0.0)
 }
 
 /// `MemAvailable` of /proc/meminfo, in MiB (unknown: infinite).
 fn available_mib() -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(f64::INFINITY, |kb| kb / 1024.0)
+    proc_kb_as_mib("/proc/meminfo", "MemAvailable:").unwrap_or(f64::INFINITY)
 }
 
 /// Peak RSS (MiB) of the managers and of this process (the simulated agents).
@@ -216,9 +207,9 @@ fn plan(o: &ScaleOpts) -> Vec<(String, Option<usize>, Option<usize>)> {
     if global {
         out.push(("scale-global".to_string(), None, None));
     }
+    let every = usize::from(o.overlay_every);
     for i in 0..replicated {
         let replicas = left / replicated + usize::from(i < left % replicated);
-        let every = usize::from(o.overlay_every);
         let net = (i % every == 0).then_some((i / every) % usize::from(o.networks));
         out.push((format!("scale-{i:04}"), Some(replicas), net));
     }
