@@ -49,6 +49,7 @@ use swarm_agent::containerd::testbed;
 
 pub use cleanup::Cleanup;
 pub use config::{validate_name, LabConfig, AGENT_MODE_ENV, NODE_NET, REGISTRY_PORT, UNDERLAY_IP};
+pub use daemon::START_TIMEOUT_ENV;
 pub use node::{
     http_get_in, LabNode, AGENT_NAMESPACE, CONTAINERD_NAMESPACE, LAB_AGENT_TAG, METRICS_ADDR,
 };
@@ -187,12 +188,20 @@ impl Lab {
             n.wait_containerd()?;
         }
         progress(name, "starting swarm-agent on every node");
+        let agents_started = std::time::Instant::now();
         for n in &self.nodes {
             n.spawn_agent()?;
         }
         for n in &self.nodes {
             n.wait_agent()?;
         }
+        progress(
+            name,
+            &format!(
+                "every swarm-agent answers ({:.1} s)",
+                agents_started.elapsed().as_secs_f64()
+            ),
+        );
         self.form()?;
         progress(
             name,

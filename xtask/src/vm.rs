@@ -41,6 +41,10 @@ const LAB_TEST: &str = "kernel";
 const LAB_IPVS_TEST: &str =
     "ipvs_serves_a_vip_a_name_and_a_published_port_and_drains_a_stopped_task";
 
+/// How long the lab in the guest waits for one of its daemons to answer (the lab's
+/// `SWARM_LAB_START_SECS`; 30 s on the host).
+const GUEST_LAB_START_SECS: u64 = 180;
+
 /// Set to `ipvs`: the guest runs only the IPVS tests and the IPVS lab test; `netem`: only
 /// the netem tests (for work on one part; CI runs everything).
 pub const ONLY_ENV: &str = "SWARM_VM_TEST_ONLY";
@@ -130,11 +134,14 @@ case {ws} in
 /tmp/*) mkdir -p {ws} && mount --rbind /run/vm-workspace {ws} ;;
 esac
 cd /tmp
+# Lab daemons start about ten times slower here: loading the eBPF data plane alone takes an
+# agent many seconds (the lab's default wait is 30 s).
+export {start_env}={start_secs}
 start=$(date +%s)
-[ -n "$only" ] || {lab_test} --test-threads=1 || {{ dmesg | tail -n 30; exit 1; }}
+[ -n "$only" ] || {lab_test} --test-threads=1 --nocapture || {{ dmesg | tail -n 30; exit 1; }}
 echo "guest: the two-node lab test took $(( $(date +%s) - start )) s"
 start=$(date +%s)
-{data_plane_env}=ipvs {lab_test} --test-threads=1 --ignored {ipvs_lab} || {{ dmesg | tail -n 30; exit 1; }}
+{data_plane_env}=ipvs {lab_test} --test-threads=1 --nocapture --ignored {ipvs_lab} || {{ dmesg | tail -n 30; exit 1; }}
 echo "guest: the two-node IPVS lab test took $(( $(date +%s) - start )) s"
 "#,
         agent = agent.display(),
@@ -148,6 +155,8 @@ echo "guest: the two-node IPVS lab test took $(( $(date +%s) - start )) s"
         ipvs = GUEST_IPVS_TESTS,
         ipvs_lab = LAB_IPVS_TEST,
         data_plane_env = "SWARM_TEST_DATA_PLANE",
+        start_env = "SWARM_LAB_START_SECS",
+        start_secs = GUEST_LAB_START_SECS,
         only = only,
     )
 }

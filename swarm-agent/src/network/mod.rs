@@ -723,11 +723,16 @@ impl Networking {
     /// Loads the data plane (a failure is kept and reported to every task that needs a
     /// network; tasks without networks still run).
     pub fn new(cfg: NetworkingConfig, view: ViewHandle) -> Arc<Networking> {
+        let loading = std::time::Instant::now();
         let dataplane = Dataplane::load(&cfg.bpf_dir, cfg.tc_attach)
             .map(Arc::new)
             .map_err(|e| e.to_string());
-        if let Err(e) = &dataplane {
-            tracing::error!("the eBPF data plane did not load: {e}");
+        match &dataplane {
+            Ok(_) => tracing::info!(
+                seconds = loading.elapsed().as_secs_f64(),
+                "the eBPF data plane's programs are loaded and verified"
+            ),
+            Err(e) => tracing::error!("the eBPF data plane did not load: {e}"),
         }
         // The resolver at 127.0.0.11 needs the socket hooks that lead tasks to it.
         let leads_to_dns = cfg.cgroup_dir.is_some() || cfg.lb == ServiceLb::Ipvs;

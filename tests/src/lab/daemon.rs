@@ -131,15 +131,17 @@ impl Daemon {
         self.spawn(cmd)
     }
 
-    /// Waits up to 30 s, every `period`, until `ready`; fails with the end of its log when
-    /// the process exits first, or when it does not `promise` (`open <socket>` …) in time.
+    /// Waits up to [`start_timeout`] (30 s unless [`START_TIMEOUT_ENV`] says otherwise), every
+    /// `period`, until `ready`; fails with the end of its log when the process exits first, or
+    /// when it does not `promise` (`open <socket>` …) in time.
     pub(super) fn wait_started(
         &self,
         promise: &str,
         period: Duration,
         mut ready: impl FnMut() -> bool,
     ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let timeout = start_timeout()?;
+        let deadline = Instant::now() + timeout;
         loop {
             if ready() {
                 return Ok(());
@@ -154,13 +156,29 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the {} did not {promise} within 30 s; log:\n{}",
+                    "the {} did not {promise} within {} s (it runs: a slower machine may need a longer {START_TIMEOUT_ENV}); log:\n{}",
                     self.what,
+                    timeout.as_secs(),
                     tail(&self.log, 40)
                 );
             }
             std::thread::sleep(period);
         }
+    }
+}
+
+/// Seconds a lab daemon may take from its start to answering (default 30). The older-kernel
+/// VM sets it higher: its programs run about ten times slower without KVM, and loading the
+/// eBPF data plane is most of an agent's start there.
+pub const START_TIMEOUT_ENV: &str = "SWARM_LAB_START_SECS";
+
+fn start_timeout() -> anyhow::Result<Duration> {
+    match std::env::var(START_TIMEOUT_ENV) {
+        Err(_) => Ok(Duration::from_secs(30)),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(s) if s > 0 => Ok(Duration::from_secs(s)),
+            _ => bail!("{START_TIMEOUT_ENV}={v:?}: give a whole number of seconds above 0"),
+        },
     }
 }
 
