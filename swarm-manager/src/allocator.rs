@@ -49,7 +49,7 @@ use proto::{
     PortProtocol, PublishMode, Service, Task, TaskState, TaskStatus, VirtualIp,
 };
 
-use crate::ipam::Ipam;
+use crate::ipam::{net_name, Ipam};
 use crate::orchestrator::reconciler::{run_reconciler, Plan};
 use crate::store::{Object, Op, State, Store};
 
@@ -71,12 +71,13 @@ impl Allocator {
     pub async fn run(self) {
         // Each problem is logged once per service version.
         let mut warned: HashSet<(String, u64)> = HashSet::new();
+        let mut memory = Memory::default();
         run_reconciler(
             self.store,
             "allocator",
             Duration::from_millis(10),
             move |state, now| {
-                let (plan, problems) = reconcile(state, now);
+                let (plan, problems) = reconcile_remembering(state, now, &mut memory);
                 for p in problems {
                     if warned.insert((p.object_id.clone(), p.version)) {
                         tracing::warn!("{} {} not allocated: {}", p.kind, p.name, p.message);
@@ -222,9 +223,67 @@ fn proto_name(p: i32) -> &'static str {
 /// (protocol, published port) → owning service id.
 type PortMap = HashMap<(i32, u32), String>;
 
+/// The addresses in use, rebuilt from the store (a pass over every task: counted in
+/// `swarm_allocator_ipam_rebuilds` and [`Memory::view_builds`]).
+fn address_view(state: &State, view_builds: &mut u64) -> Ipam {
+    crate::metrics::METRICS.allocator_ipam_rebuilds.inc();
+    *view_builds += 1;
+    Ipam::from_state(state)
+}
+
+/// What the allocator carries from one round to the next (only to skip work that cannot
+/// succeed; every round still derives what it writes from the store alone).
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// The ingress network had no address left for a node at these versions.
+    ingress_full: Option<IngressFull>,
+    /// Rounds that rebuilt the address view from the store.
+    pub view_builds: u64,
+}
+
+/// When a node could not get an address on the ingress network: what could free one (a
+/// task on the network ending or removed, a node holding an address removed, the network
+/// replaced) changes these. Until then, or [`INGRESS_RETRY_MS`], the nodes waiting for an
+/// address are not tried again: a try rebuilds the address view from every task in the
+/// store, and with more nodes than the ingress subnet holds (253 in Docker's default /24)
+/// that happened on every applied entry.
+#[derive(Debug, PartialEq, Eq)]
+struct IngressFull {
+    network_id: String,
+    network_version: u64,
+    tasks_version: u64,
+    /// Nodes holding an address on it once the round's writes are applied.
+    held: usize,
+    at_ms: i64,
+    /// The error the last try got.
+    error: String,
+}
+
+/// How long a full ingress network goes untried when nothing seems to have changed.
+const INGRESS_RETRY_MS: i64 = 30_000;
+
+impl IngressFull {
+    fn still(&self, state: &State, ingress: &Network, held: usize, now_ms: i64) -> bool {
+        self.network_id == ingress.id
+            && self.network_version == ingress.meta.as_ref().map_or(0, |m| m.version)
+            && self.tasks_version == state.network_tasks_version(&ingress.id)
+            && self.held == held
+            && (self.at_ms..self.at_ms.saturating_add(INGRESS_RETRY_MS)).contains(&now_ms)
+    }
+}
+
 /// What the allocator wants written for the current state, and the services it could not
-/// allocate.
+/// allocate (one round, remembering nothing).
 pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
+    reconcile_remembering(state, now_ms, &mut Memory::default())
+}
+
+/// [`reconcile`], skipping what `memory` says cannot succeed until the store changes.
+pub fn reconcile_remembering(
+    state: &State,
+    now_ms: i64,
+    memory: &mut Memory,
+) -> (Plan, Vec<Problem>) {
     let mut plan = Plan::default();
     let mut problems = Vec::new();
 
@@ -272,7 +331,7 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
             let vips = if nets.is_empty() {
                 Vec::new()
             } else {
-                let ipam = ipam.get_or_insert_with(|| Ipam::from_state(state));
+                let ipam = ipam.get_or_insert_with(|| address_view(state, &mut memory.view_builds));
                 allocate_vips(svc, &nets, ipam)?
             };
             Ok((ports, vips))
@@ -347,7 +406,7 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
     let needs_ipam =
         !unallocated.is_empty() || candidates.iter().any(|(_, _, nets)| !nets.is_empty());
     if needs_ipam && ipam.is_none() {
-        ipam = Some(Ipam::from_state(state));
+        ipam = Some(address_view(state, &mut memory.view_builds));
     }
     // Networks allocated (empty) or not allocatable (why) in this round, by id.
     let mut network_errors: HashMap<String, String> = HashMap::new();
@@ -391,30 +450,49 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
                 .then_some((n, held))
         })
         .collect();
-    if !nodes.is_empty() && ingress.is_some() && ipam.is_none() {
-        ipam = Some(Ipam::from_state(state));
+    // Nodes still waiting for an ingress address when the last try found none left, and
+    // nothing that could free one changed since: not tried this round.
+    // Nodes holding an ingress address: those left out of `nodes` hold one.
+    let held_before = nodes.iter().filter(|(_, held)| held.is_some()).count()
+        + state.nodes().count()
+        - nodes.len();
+    let still_full: Option<String> = ingress.and_then(|i| {
+        let f = memory.ingress_full.as_ref()?;
+        f.still(state, i, held_before, now_ms)
+            .then(|| f.error.clone())
+    });
+    let waiting = nodes.iter().filter(|(_, held)| held.is_none()).count();
+    let mut unaddressed = 0usize;
+    let mut added = 0usize;
+    let mut full_error: Option<String> = None;
+    if ingress.is_some() && still_full.is_none() && waiting > 0 && ipam.is_none() {
+        ipam = Some(address_view(state, &mut memory.view_builds));
     }
     for (n, held) in nodes {
         let attachments = match (ingress, held) {
             (None, _) => Vec::new(),
             (Some(_), Some(a)) => vec![a.clone()],
             (Some(i), None) => {
-                let Some(ipam) = ipam.as_mut() else { break };
-                match ipam.allocate_address(&i.id) {
-                    Ok(addr) => vec![NetworkAttachment {
-                        network_id: i.id.clone(),
-                        network_name: i.spec.as_ref().map_or("", |s| s.name.as_str()).into(),
-                        addresses: vec![addr],
-                        aliases: Vec::new(),
-                    }],
+                let addr = match (&full_error, ipam.as_mut()) {
+                    (None, Some(ipam)) => ipam.allocate_address(&i.id).map_err(|e| e.to_string()),
+                    // No address left: the other nodes would fail the same way.
+                    (Some(e), _) => Err(e.clone()),
+                    // Not tried: still full (the view is built for nodes only otherwise).
+                    (None, None) => Err(still_full.clone().unwrap_or_default()),
+                };
+                match addr {
+                    Ok(addr) => {
+                        added += 1;
+                        vec![NetworkAttachment {
+                            network_id: i.id.clone(),
+                            network_name: net_name(i).into(),
+                            addresses: vec![addr],
+                            aliases: Vec::new(),
+                        }]
+                    }
                     Err(e) => {
-                        problems.push(Problem {
-                            kind: "node",
-                            object_id: n.id.clone(),
-                            name: n.id.clone(),
-                            version: n.meta.as_ref().map_or(0, |m| m.version),
-                            message: format!("ingress address: {e}"),
-                        });
+                        full_error.get_or_insert(e);
+                        unaddressed += 1;
                         continue;
                     }
                 }
@@ -425,6 +503,32 @@ pub fn reconcile(state: &State, now_ms: i64) -> (Plan, Vec<Problem>) {
             attachments,
         });
     }
+    crate::metrics::METRICS
+        .allocator_nodes_without_ingress_address
+        .set(unaddressed as i64);
+    memory.ingress_full = match (ingress, full_error) {
+        (Some(i), Some(error)) => {
+            problems.push(Problem {
+                kind: "network",
+                object_id: i.id.clone(),
+                name: net_name(i).to_string(),
+                version: i.meta.as_ref().map_or(0, |m| m.version),
+                message: format!(
+                    "{unaddressed} node(s) have no address on the ingress network ({error}), so the routing mesh cannot carry connections from those nodes to tasks on other nodes; give it a larger subnet: with no service publishing ports in ingress mode, `swarm network rm {name}` and `swarm network create --driver overlay --ingress --subnet 10.0.0.0/16 {name}`, or start the swarm with `swarm init --default-addr-pool-mask-length 16`",
+                    name = net_name(i),
+                ),
+            });
+            Some(IngressFull {
+                network_id: i.id.clone(),
+                network_version: i.meta.as_ref().map_or(0, |m| m.version),
+                tasks_version: state.network_tasks_version(&i.id),
+                held: held_before + added,
+                at_ms: now_ms,
+                error,
+            })
+        }
+        _ => None,
+    };
 
     for (t, svc, nets) in candidates {
         let attachments = if nets.is_empty() {
@@ -960,6 +1064,93 @@ mod tests {
             .iter()
             .flat_map(|a| a.addresses.iter().cloned())
             .collect()
+    }
+
+    /// More nodes than the ingress subnet holds: one problem for the network (not one per
+    /// node), and no rebuild of the address view on later rounds until something that
+    /// could free an address changes; then a waiting node gets the freed address.
+    #[tokio::test]
+    async fn a_full_ingress_subnet_is_one_problem_retried_only_when_an_address_can_free() {
+        let store = Store::memory();
+        let mut objects: Vec<Object> = vec![network("ing", "ingress", "10.0.0.0/29").into()];
+        for i in 0..8 {
+            objects.push(node(&format!("n{i}"), NodeState::Ready).into());
+        }
+        put(&store, objects).await;
+        let mut memory = Memory::default();
+        async fn remembering(store: &Store, memory: &mut Memory) -> (usize, Vec<Problem>) {
+            at(store, memory, 1_000).await
+        }
+        async fn at(store: &Store, memory: &mut Memory, now_ms: i64) -> (usize, Vec<Problem>) {
+            let (plan, problems) = reconcile_remembering(&store.read(), now_ms, memory);
+            let ops = plan.ops.len();
+            apply(store, plan).await;
+            (ops, problems)
+        }
+        let addressed = |store: &Store| -> Vec<String> {
+            store
+                .read()
+                .nodes()
+                .filter(|n| node_ingress_attachment(n, "ing").is_some())
+                .map(|n| n.id.clone())
+                .collect()
+        };
+        remembering(&store, &mut memory).await; // the network
+        let (_, problems) = remembering(&store, &mut memory).await; // the nodes
+        let held = addressed(&store);
+        let k = held.len();
+        assert!(k > 0 && k < 8, "a /29 holds some of 8 nodes: {held:?}");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let p = &problems[0];
+        assert_eq!((p.kind, p.name.as_str()), ("network", "ingress"));
+        assert!(
+            p.message
+                .starts_with(&format!("{} node(s) have no address", 8 - k))
+                && p.message.contains("10.0.0.0/29")
+                && p.message.contains("--subnet"),
+            "{}",
+            p.message
+        );
+
+        // Nothing changed: not tried again, still reported.
+        let builds = memory.view_builds;
+        let (ops, problems) = remembering(&store, &mut memory).await;
+        assert_eq!(ops, 0);
+        assert_eq!(memory.view_builds, builds, "the address view was rebuilt");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(addressed(&store), held);
+        // Tried again after a while all the same.
+        at(&store, &mut memory, 1_000 + INGRESS_RETRY_MS).await;
+        assert_eq!(memory.view_builds, builds + 1);
+        let builds = memory.view_builds;
+
+        // A node with an address leaves: a waiting node gets its address.
+        let gone = held[0].clone();
+        let freed = store.read().node(&gone).unwrap().attachments[0]
+            .addresses
+            .clone();
+        store
+            .write(vec![Op::Delete {
+                kind: crate::store::Kind::Node,
+                id: gone.clone(),
+            }])
+            .await
+            .unwrap();
+        let (_, problems) = remembering(&store, &mut memory).await;
+        assert!(memory.view_builds > builds);
+        let now = addressed(&store);
+        assert_eq!(now.len(), k, "{now:?}");
+        let newcomer = now
+            .iter()
+            .find(|id| !held.contains(id))
+            .expect("a new node");
+        assert_eq!(
+            store.read().node(newcomer).unwrap().attachments[0].addresses,
+            freed
+        );
+        assert!(problems[0]
+            .message
+            .starts_with(&format!("{} node(s) have no address", 7 - k)));
     }
 
     #[tokio::test]

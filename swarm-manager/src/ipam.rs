@@ -244,7 +244,7 @@ pub struct Ipam {
     nets: BTreeMap<String, NetAddrs>,
 }
 
-fn net_name(n: &Network) -> &str {
+pub(crate) fn net_name(n: &Network) -> &str {
     n.spec.as_ref().map_or(n.id.as_str(), |s| s.name.as_str())
 }
 

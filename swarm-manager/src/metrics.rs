@@ -59,6 +59,8 @@ pub struct Metrics {
     pub scheduler_pass_seconds: Histogram,
     pub tasks: Family<StateLabel, Gauge>,
     pub nodes: Family<NodeLabels, Gauge>,
+    pub allocator_ipam_rebuilds: Counter,
+    pub allocator_nodes_without_ingress_address: Gauge,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -80,6 +82,8 @@ impl Metrics {
             scheduler_pass_seconds: latency(),
             tasks: Family::default(),
             nodes: Family::default(),
+            allocator_ipam_rebuilds: Counter::default(),
+            allocator_nodes_without_ingress_address: Gauge::default(),
         };
         register("raft_term", "Current Raft term", m.raft_term.clone());
         register(
@@ -146,6 +150,16 @@ impl Metrics {
             "nodes",
             "Nodes by status and availability (leader only)",
             m.nodes.clone(),
+        );
+        register(
+            "allocator_ipam_rebuilds",
+            "Times the allocator rebuilt its view of the network addresses from every task in the store (one pass over the state)",
+            m.allocator_ipam_rebuilds.clone(),
+        );
+        register(
+            "allocator_nodes_without_ingress_address",
+            "Nodes with no address on the ingress network in the allocator's last round (its subnet is full; leader only)",
+            m.allocator_nodes_without_ingress_address.clone(),
         );
         m
     }
