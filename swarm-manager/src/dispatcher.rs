@@ -399,7 +399,7 @@ fn data_path_addr(reported: &str, seen: Option<std::net::IpAddr>) -> String {
     }
 }
 
-/// The writes that mark DOWN every node whose session expired, or that has none when
+/// The writes that mark DOWN every node whose session expired or that has none, once
 /// `open_grace` (the time a node has to open one under a new leader) is over. Each is checked
 /// against the node's version read here: a node that became READY while the write was on its
 /// way keeps its status, and its tasks.
@@ -411,7 +411,10 @@ fn mark_down(
 ) -> Vec<Op> {
     st.nodes()
         .filter(|n| n.state() != NodeState::Down)
-        .filter(|n| sessions.get(&n.id).map_or(open_grace, |s| s.expires <= now))
+        // Before the grace is over no node is late, whatever its session says: sessions
+        // left from an earlier term of this manager as leader have expired meanwhile, and
+        // their nodes are reconnecting to it now.
+        .filter(|n| open_grace && sessions.get(&n.id).is_none_or(|s| s.expires <= now))
         .map(|n| {
             let mut down = n.clone();
             let addr = n.status.as_ref().map(|s| s.addr.clone());
@@ -1054,6 +1057,36 @@ mod tests {
                 .iter()
                 .any(|op| matches!(op, Op::Update { object, .. } if object.id() == "late"))
         );
+    }
+
+    /// A manager elected again still holds the sessions of its earlier term, expired
+    /// meanwhile: their nodes get the whole grace to reconnect (at 5 000 nodes a re-elected
+    /// leader marked 4 992 of them DOWN 3 s after its election).
+    #[tokio::test]
+    async fn sessions_of_an_earlier_term_leave_their_nodes_the_grace() {
+        let store = Store::memory();
+        store
+            .write(vec![Op::Create(crate::store::Object::Node(Node {
+                id: "n".into(),
+                status: Some(NodeStatus {
+                    state: NodeState::Ready as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))])
+            .await
+            .unwrap();
+        let now = Instant::now();
+        let stale = HashMap::from([(
+            "n".to_string(),
+            Session {
+                id: "from-the-earlier-term".into(),
+                expires: now - Duration::from_secs(60),
+                addr: "127.1.0.9".into(),
+            },
+        )]);
+        assert!(mark_down(&store.read(), &stale, now, false).is_empty());
+        assert_eq!(mark_down(&store.read(), &stale, now, true).len(), 1);
     }
 
     #[tokio::test]
