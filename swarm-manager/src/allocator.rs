@@ -39,7 +39,9 @@
 //! address left the task stays NEW with `status.err` "no available IP addresses on network
 //! NAME: …", shown by `service ps`. An address is free again as soon as the task holding it
 //! reaches a terminal state or is deleted: the IPAM state is derived from the store on every
-//! round that needs it (no hidden state, nothing to release explicitly).
+//! round that needs it (no hidden state, nothing to release explicitly). The only memory
+//! between rounds ([`Memory`]) skips work that cannot succeed: nodes waiting for an
+//! address on a full ingress network are tried again when one can have freed, or after 30 s.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
