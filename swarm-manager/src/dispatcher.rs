@@ -45,6 +45,10 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// A node is DOWN after this many heartbeat periods without a heartbeat.
 pub const MISSED_HEARTBEATS: u32 = 3;
+/// A new leader gives the nodes it has not heard from yet this many times the grace
+/// (SwarmKit doubles it too): every agent reconnects to it at once, and at 5 000 nodes on
+/// 2 cores half of them had not opened their session 15 s after an election.
+pub const ELECTION_GRACE_FACTOR: u32 = 2;
 
 struct Session {
     id: String,
@@ -264,7 +268,7 @@ impl Dispatcher {
             }
             let ops = {
                 let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-                let open_grace = now.duration_since(started) >= grace;
+                let open_grace = now.duration_since(started) >= grace * ELECTION_GRACE_FACTOR;
                 mark_down(&self.store.read(), &sessions, now, open_grace)
             };
             self.remove_never_joined().await;

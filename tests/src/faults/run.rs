@@ -33,9 +33,11 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// The manager port inside the namespaces (private to them, so any port).
 const PORT: u16 = 4242;
 
-/// The grace period: a node missing this long is DOWN.
+/// The grace period: a node missing this long is DOWN (three periods), under a leader
+/// elected meanwhile twice as long; the faults elect leaders, so the longer one.
 pub fn grace() -> Duration {
-    HEARTBEAT * 3
+    use swarm_manager::dispatcher::{ELECTION_GRACE_FACTOR, MISSED_HEARTBEATS};
+    HEARTBEAT * MISSED_HEARTBEATS * ELECTION_GRACE_FACTOR
 }
 
 /// How long a service may run more copies than asked: the grace period (a node that was
