@@ -265,12 +265,21 @@ struct IngressFull {
 const INGRESS_RETRY_MS: i64 = 30_000;
 
 impl IngressFull {
+    fn new(state: &State, ingress: &Network, held: usize, now_ms: i64, error: String) -> Self {
+        IngressFull {
+            network_id: ingress.id.clone(),
+            network_version: ingress.meta.as_ref().map_or(0, |m| m.version),
+            tasks_version: state.network_tasks_version(&ingress.id),
+            held,
+            at_ms: now_ms,
+            error,
+        }
+    }
+
+    /// Nothing that could free an address changed since, and the retry time is not up.
     fn still(&self, state: &State, ingress: &Network, held: usize, now_ms: i64) -> bool {
-        self.network_id == ingress.id
-            && self.network_version == ingress.meta.as_ref().map_or(0, |m| m.version)
-            && self.tasks_version == state.network_tasks_version(&ingress.id)
-            && self.held == held
-            && (self.at_ms..self.at_ms.saturating_add(INGRESS_RETRY_MS)).contains(&now_ms)
+        let now = IngressFull::new(state, ingress, held, self.at_ms, self.error.clone());
+        *self == now && (self.at_ms..self.at_ms.saturating_add(INGRESS_RETRY_MS)).contains(&now_ms)
     }
 }
 
@@ -443,10 +452,13 @@ pub fn reconcile_remembering(
     // of routing-mesh connections that do not keep their client's address.
     let ingress = ingress_network(state)
         .filter(|n| n.allocation.is_some() && !network_errors.contains_key(&n.id));
+    // Nodes holding an ingress address, counted in the same pass.
+    let mut held_before = 0usize;
     let nodes: Vec<(&Node, Option<&NetworkAttachment>)> = state
         .nodes()
         .filter_map(|n| {
             let held = ingress.and_then(|i| node_ingress_attachment(n, &i.id));
+            held_before += usize::from(held.is_some());
             let keep = usize::from(held.is_some());
             (n.attachments.len() != keep || (ingress.is_some() && held.is_none()))
                 .then_some((n, held))
@@ -454,10 +466,6 @@ pub fn reconcile_remembering(
         .collect();
     // Nodes still waiting for an ingress address when the last try found none left, and
     // nothing that could free one changed since: not tried this round.
-    // Nodes holding an ingress address: those left out of `nodes` hold one.
-    let held_before = nodes.iter().filter(|(_, held)| held.is_some()).count()
-        + state.nodes().count()
-        - nodes.len();
     let still_full: Option<String> = ingress.and_then(|i| {
         let f = memory.ingress_full.as_ref()?;
         f.still(state, i, held_before, now_ms)
@@ -520,14 +528,13 @@ pub fn reconcile_remembering(
                     name = net_name(i),
                 ),
             });
-            Some(IngressFull {
-                network_id: i.id.clone(),
-                network_version: i.meta.as_ref().map_or(0, |m| m.version),
-                tasks_version: state.network_tasks_version(&i.id),
-                held: held_before + added,
-                at_ms: now_ms,
+            Some(IngressFull::new(
+                state,
+                i,
+                held_before + added,
+                now_ms,
                 error,
-            })
+            ))
         }
         _ => None,
     };

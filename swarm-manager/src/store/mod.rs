@@ -229,8 +229,6 @@ impl Store {
         }
     }
 
-    /// Waits until this manager's state reflects everything committed before the call
-    /// (a linearizable read point). Only the leader can answer.
     /// `proposal`'s answer, or [`ProposeError::Timeout`] past the store's deadline.
     async fn within_deadline<T>(&self, proposal: Proposal<'_, T>) -> Result<T, ProposeError> {
         tokio::time::timeout(self.deadline, proposal)
@@ -238,6 +236,8 @@ impl Store {
             .unwrap_or(Err(ProposeError::Timeout(self.deadline)))
     }
 
+    /// Waits until this manager's state reflects everything committed before the call
+    /// (a linearizable read point). Only the leader can answer.
     pub async fn linearize(&self) -> Result<(), ProposeError> {
         self.within_deadline(self.proposer.linearize()).await
     }

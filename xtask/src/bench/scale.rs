@@ -8,9 +8,9 @@
 //! and run until every task is RUNNING (as the executors see it and as `service ls` shows
 //! it); then `service ls`, `node ls` and `service ps` are timed through the CLI under that
 //! load; then the leader is SIGKILLed and the cluster timed until it settles (a new leader,
-//! every simulated node Ready again, every task running once). The report: those times, the leader's CPU per phase, the peak RSS of
-//! each manager, the Raft database, log and snapshot sizes, and the network state bytes
-//! each node received.
+//! every simulated node Ready again, every task running once). The report: those times, the
+//! leader's CPU per phase, the peak RSS of each manager, the Raft database, log and snapshot
+//! sizes, and the network state bytes each node received.
 //!
 //! The managers and the harness are the debug builds `cargo xtask` makes (as `bench
 //! failover`), or with `--release` release builds (xtask re-runs itself as one, and the
