@@ -29,6 +29,19 @@ pub struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Component {
+    pub component: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentResult {
+    pub component: String,
+    /// `applied`, `skipped` (a version check lost a race, or the object was gone) or
+    /// `failed` (the proposal was not committed)
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -61,6 +74,8 @@ pub struct Metrics {
     pub nodes: Family<NodeLabels, Gauge>,
     pub allocator_ipam_rebuilds: Counter,
     pub allocator_nodes_without_ingress_address: Gauge,
+    pub reconciler_ops: Family<ComponentResult, Counter>,
+    pub reconciler_round_seconds: Family<Component, Histogram, fn() -> Histogram>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -84,6 +99,8 @@ impl Metrics {
             nodes: Family::default(),
             allocator_ipam_rebuilds: Counter::default(),
             allocator_nodes_without_ingress_address: Gauge::default(),
+            reconciler_ops: Family::default(),
+            reconciler_round_seconds: Family::new_with_constructor(latency),
         };
         register("raft_term", "Current Raft term", m.raft_term.clone());
         register(
@@ -160,6 +177,16 @@ impl Metrics {
             "allocator_nodes_without_ingress_address",
             "Nodes with no address on the ingress network in the allocator's last round (its subnet is full; leader only)",
             m.allocator_nodes_without_ingress_address.clone(),
+        );
+        register(
+            "reconciler_ops",
+            "Ops proposed by the leader's reconcilers (orchestrators, allocator, reaper) by component and result",
+            m.reconciler_ops.clone(),
+        );
+        register(
+            "reconciler_round_seconds",
+            "Time of one reconciler round, computing the plan and proposing it, by component",
+            m.reconciler_round_seconds.clone(),
         );
         m
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use swarm_common::clock::now_ms;
 
+use crate::metrics::{Component, ComponentResult};
 use crate::store::{Op, OpOutcome, ProposeError, Request, State, Store};
 
 /// Ops per best-effort request.
@@ -54,6 +55,56 @@ impl Plan {
 
 // ---------------------------------------------------------------- the loop
 
+/// What became of one round's ops.
+#[derive(Default)]
+struct Tally {
+    applied: u64,
+    skipped: u64,
+    failed: u64,
+    first_skip: Option<String>,
+}
+
+impl Tally {
+    fn skip(&mut self, n: u64, why: &dyn std::fmt::Display) {
+        self.skipped += n;
+        self.first_skip.get_or_insert_with(|| why.to_string());
+    }
+
+    /// Into the metrics; one log line for a round with ops not applied (they are tried
+    /// again in a later round).
+    fn record(&self, component: &'static str, took: Duration) {
+        let m = &crate::metrics::METRICS;
+        for (result, n) in [
+            ("applied", self.applied),
+            ("skipped", self.skipped),
+            ("failed", self.failed),
+        ] {
+            if n > 0 {
+                m.reconciler_ops
+                    .get_or_create(&ComponentResult {
+                        component: component.into(),
+                        result: result.into(),
+                    })
+                    .inc_by(n);
+            }
+        }
+        m.reconciler_round_seconds
+            .get_or_create(&Component {
+                component: component.into(),
+            })
+            .observe(took.as_secs_f64());
+        if self.skipped > 0 {
+            tracing::info!(
+                component,
+                applied = self.applied,
+                skipped = self.skipped,
+                first = self.first_skip.as_deref().unwrap_or(""),
+                "round ended with ops not applied; trying again"
+            );
+        }
+    }
+}
+
 /// Runs `round` every time the store changes (bursts coalesced by `debounce`) and when the
 /// plan's timer expires; proposes what it returns. Never returns.
 pub(crate) async fn run_reconciler<F>(
@@ -90,46 +141,54 @@ pub(crate) async fn run_reconciler<F>(
     let mut backoff = BACKOFF_MIN;
     loop {
         watch.borrow_and_update();
+        let started = std::time::Instant::now();
         let plan = {
             let st = store.read();
             round(&st, now_ms())
         };
         let wake_at = plan.wake_at_ms;
-        let mut trouble = false;
-        for req in plan.into_requests() {
+        let mut tally = Tally::default();
+        let mut requests = plan.into_requests().into_iter();
+        while let Some(req) = requests.next() {
+            let n = req.ops.len() as u64;
             match store.propose(req).await {
                 Ok(resp) => match resp.result {
                     Some(Err(e)) => {
                         // Usually a version check that lost a race: re-read and retry.
-                        tracing::debug!(component = name, error = %e, "batch not applied");
-                        trouble = true;
+                        tally.skip(n, &e);
                     }
                     Some(Ok(outcomes)) => {
                         for o in outcomes {
-                            if let OpOutcome::Skipped(e) = o {
-                                tracing::debug!(component = name, error = %e, "op skipped");
-                                trouble = true;
+                            match o {
+                                OpOutcome::Skipped(e) => tally.skip(1, &e),
+                                OpOutcome::Applied(_) => tally.applied += 1,
                             }
                         }
                     }
-                    None => {}
+                    None => tally.applied += n,
                 },
-                Err(ProposeError::NotLeader { .. }) => {
-                    // The manager aborts this task when it sees the leadership change.
-                    tracing::info!(component = name, "no longer leader; pausing");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    trouble = true;
-                    break;
-                }
                 Err(e) => {
-                    tracing::warn!(component = name, error = %e, "proposal failed; will retry");
-                    trouble = true;
+                    let rest: u64 = requests.by_ref().map(|r| r.ops.len() as u64).sum();
+                    tally.failed = n + rest;
+                    if matches!(e, ProposeError::NotLeader { .. }) {
+                        // The manager aborts this task when it sees the leadership change.
+                        tracing::info!(component = name, "no longer leader; pausing");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    } else {
+                        tracing::warn!(component = name, error = %e, unproposed_ops = tally.failed, "proposal failed; will retry");
+                    }
                     break;
                 }
             }
         }
-        if trouble {
-            // Never loop hot: a failed batch is itself an applied entry that wakes us.
+        tally.record(name, started.elapsed());
+        if tally.failed > 0 || tally.skipped > 0 {
+            // Never loop hot: a failed batch is itself an applied entry that wakes us. A
+            // round that applied ops besides the skipped ones made progress, and the next
+            // one comes soon; one that only lost races, or could not propose, backs off.
+            if tally.failed == 0 && tally.applied > 0 {
+                backoff = BACKOFF_MIN;
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;

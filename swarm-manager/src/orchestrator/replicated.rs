@@ -6,10 +6,13 @@
 //! 2. too many occupied slots: shut down the surplus, preferring slots whose task is not
 //!    running, then slots on the nodes with the most tasks of the service, then the highest
 //!    slot numbers;
-//! 3. too few: create tasks in the lowest free slot numbers, at most [`CREATE_PER_ROUND`]
-//!    per round over all services (a large scale-up takes several rounds);
+//! 3. too few: create tasks in the lowest free slot numbers;
 //! 4. a task on a node that is gone, DOWN or drained is replaced in its slot (the scheduler
-//!    places the replacement elsewhere);
+//!    places the replacement elsewhere).
+//!
+//! Steps 3 and 4 together create at most [`CREATE_PER_ROUND`] tasks per round over all
+//! services: a large scale-up, or the tasks of a thousand nodes that went DOWN, take several
+//! rounds, each short enough that a service created meanwhile is seen in the next one.
 //!
 //! Tasks of an old spec are the update orchestrator's (`update.rs`); a slot in the middle of
 //! a start-first replacement (old task running, new one starting) is not a duplicate.
@@ -47,8 +50,10 @@ impl ReplicatedOrchestrator {
     }
 }
 
-/// The most tasks one round creates (all services together): a large scale-up is built in
-/// rounds, each written before the next is computed, never as one huge plan.
+/// The most tasks one round creates, new slots and replacements together, all services
+/// together: a large scale-up is built in rounds, each written before the next is computed,
+/// never as one huge plan. (At 5 000 nodes, a round that replaced the tasks of every node
+/// marked DOWN at once proposed for minutes, and services created meanwhile got no task.)
 pub const CREATE_PER_ROUND: usize = 1000;
 
 /// What the replicated orchestrator wants written for the current state.
@@ -127,6 +132,11 @@ fn reconcile_service(
         }
         let wanted = t.desired_state <= TaskState::Running as i32;
         if wanted && !t.node_id.is_empty() && node_unusable(state, &t.node_id) {
+            if *budget == 0 {
+                // The rest in the next rounds.
+                return;
+            }
+            *budget -= 1;
             replace(svc, t, now_ms, plan);
         }
     }
@@ -382,6 +392,39 @@ mod tests {
             assert!(t.node_id.is_empty(), "the scheduler places replacements");
             assert_eq!(t.state(), New);
         }
+    }
+
+    #[tokio::test]
+    async fn replacing_the_tasks_of_a_down_node_shares_the_round_budget() {
+        let store = Store::memory();
+        use TaskState::*;
+        let mut objs: Vec<Object> = vec![
+            replicated("a", 1500).into(),
+            replicated("z", 3).into(),
+            node("down", NodeState::Down).into(),
+        ];
+        for slot in 1..=1500 {
+            objs.push(task(&format!("t{slot}"), "a", slot, "down", Running, Running).into());
+        }
+        put(&store, objs).await;
+        let mut rounds = 0;
+        loop {
+            let plan = reconcile(&store.read(), 1_000);
+            if plan.is_empty() {
+                break;
+            }
+            let creates = plan.ops.iter().chain(plan.groups.iter().flatten());
+            let creates = creates.filter(|op| matches!(op, Op::Create(_))).count();
+            assert!(creates <= CREATE_PER_ROUND, "{creates} tasks in one round");
+            apply(&store, plan).await;
+            rounds += 1;
+        }
+        assert_eq!(rounds, 2, "1 503 tasks in rounds of {CREATE_PER_ROUND}");
+        let st = store.read();
+        let a = active(&st, "a");
+        assert_eq!(a.len(), 1500);
+        assert!(a.iter().all(|t| t.node_id.is_empty()), "all replaced");
+        assert_eq!(slots(&store, "z"), vec![1, 2, 3]);
     }
 
     #[tokio::test]
