@@ -34,6 +34,7 @@ use crate::router::{Route, Router};
 use crate::store::{Op, ProposeError, Request as StoreRequest, Store};
 
 pub mod bounds;
+pub mod caught_up;
 pub mod unjoined;
 pub mod writes;
 
@@ -70,6 +71,8 @@ pub struct Dispatcher {
     pieces: Arc<netstate::Pieces>,
     /// One stream round at a time builds what it sends (see [`Dispatcher::build_permit`]).
     builds: Arc<tokio::sync::Semaphore>,
+    /// The leader term this manager's state is known current for ([`caught_up`]).
+    caught_up: Arc<caught_up::CaughtUp>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -84,7 +87,23 @@ impl Dispatcher {
             join_grace: unjoined::JOIN_GRACE,
             pieces: Arc::default(),
             builds: Arc::new(tokio::sync::Semaphore::new(1)),
+            caught_up: Arc::default(),
         }
+    }
+
+    /// Refuses the call unless this manager is the leader and its state holds everything
+    /// committed before its term began ([`caught_up`]): what an agent is told, and what its
+    /// reports are checked against, must not come from a state older than the agent's.
+    async fn leader_current(&self) -> Result<(), Status> {
+        leader_only(&self.router)?;
+        let term = self
+            .router
+            .leader_term()
+            .ok_or_else(crate::router::no_leader)?;
+        self.caught_up
+            .ensure(term, || self.store.linearize())
+            .await
+            .map_err(propose_status)
     }
 
     /// Waits for the turn to build a stream round's message (a node's network view and its
@@ -566,7 +585,7 @@ impl DispatcherRpc for Dispatcher {
         &self,
         req: Request<SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        leader_only(&self.router)?;
+        self.leader_current().await?;
         let node_id = node_of(&req, &self.store.read())?;
         let seen = req.remote_addr().map(|a| a.ip());
         let r = req.into_inner();
@@ -724,7 +743,7 @@ impl DispatcherRpc for Dispatcher {
         &self,
         req: Request<AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
-        leader_only(&self.router)?;
+        self.leader_current().await?;
         let node_id = node_of(&req, &self.store.read())?;
         let session_id = req.into_inner().session_id;
         self.check_session(&node_id, &session_id)?;
@@ -825,7 +844,7 @@ impl DispatcherRpc for Dispatcher {
         &self,
         req: Request<proto::NetworkStateRequest>,
     ) -> Result<Response<Self::NetworkStateStream>, Status> {
-        leader_only(&self.router)?;
+        self.leader_current().await?;
         let node_id = node_of(&req, &self.store.read())?;
         let session_id = req.into_inner().session_id;
         self.check_session(&node_id, &session_id)?;
@@ -907,7 +926,7 @@ impl DispatcherRpc for Dispatcher {
         &self,
         req: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
-        leader_only(&self.router)?;
+        self.leader_current().await?;
         let node_id = node_of(&req, &self.store.read())?;
         let r = req.into_inner();
         self.check_session(&node_id, &r.session_id)?;

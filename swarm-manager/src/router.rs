@@ -87,6 +87,20 @@ impl Router {
         }
     }
 
+    /// This manager's term as leader: `None` when it is not the leader (a single-process
+    /// router is always leader, of term 0).
+    pub fn leader_term(&self) -> Option<u64> {
+        match &*self.inner {
+            Inner::Local => Some(0),
+            Inner::Raft { raft, self_id, .. } => {
+                let m = raft.metrics();
+                let m = m.borrow();
+                (m.running_state.is_ok() && m.current_leader == Some(*self_id))
+                    .then_some(m.current_term)
+            }
+        }
+    }
+
     /// `Ok(None)` when this manager serves the call, the leader's channel when it must
     /// forward it, an `Unavailable` status while no leader is known.
     pub fn leader_channel(&self) -> Result<Option<Channel>, tonic::Status> {
