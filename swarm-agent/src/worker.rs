@@ -1,6 +1,11 @@
 //! The node's task runner: applies the dispatcher's assignments (start tasks whose desired
 //! state is RUNNING, stop those whose desired state moved past it) and hands the status each
 //! task reports to its `StatusReports`, which the session sends to the managers in batches.
+//!
+//! An assignment also carries the task's status as the managers have it. When that is
+//! behind the last status the task reported here, the report is sent again (SwarmKit's
+//! agent does the same): a report the managers acknowledged but did not record (a leader
+//! that answered from a state older than this agent's) is not lost for good.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -25,6 +30,8 @@ pub struct Worker {
     reports: StatusReports,
     /// Last state reported per task, so that assignments do not restart finished tasks.
     finished: Mutex<HashSet<String>>,
+    /// The last status each task reported here, until the managers remove the task.
+    last: Mutex<HashMap<String, TaskStatus>>,
     tx: mpsc::UnboundedSender<(String, TaskStatus)>,
     /// The secrets and configs of this node's tasks, in memory only.
     dependencies: Dependencies,
@@ -38,6 +45,7 @@ impl Worker {
             running: Arc::new(Mutex::new(HashMap::new())),
             reports: StatusReports::default(),
             finished: Mutex::new(HashSet::new()),
+            last: Mutex::new(HashMap::new()),
             tx,
             dependencies: Dependencies::default(),
         });
@@ -50,6 +58,7 @@ impl Worker {
                     lock(&w.running).remove(&id);
                     lock(&w.finished).insert(id.clone());
                 }
+                lock(&w.last).insert(id.clone(), status.clone());
                 w.reports.record(id, status);
             }
         });
@@ -81,6 +90,7 @@ impl Worker {
             if change.action == assignment_change::Action::Remove as i32 {
                 self.stop(&task.id);
                 lock(&self.finished).remove(&task.id);
+                lock(&self.last).remove(&task.id);
                 self.remove_later(task.id.clone());
                 continue;
             }
@@ -130,6 +140,9 @@ impl Worker {
         let observed = task.state();
         let known = lock(&self.running).contains_key(&task.id);
         let finished = lock(&self.finished).contains(&task.id);
+        if known || finished {
+            self.report_again_if_behind(&task);
+        }
         if desired > TaskState::Running {
             if known {
                 self.stop(&task.id);
@@ -165,6 +178,16 @@ impl Worker {
         tokio::spawn(fut);
     }
 
+    /// Sends this task's last status again if the managers' copy of the task has an
+    /// earlier state.
+    fn report_again_if_behind(&self, task: &Task) {
+        let last = lock(&self.last).get(&task.id).cloned();
+        if let Some(last) = last.filter(|l| l.state > task.state() as i32) {
+            tracing::debug!(task = %task.id, "the managers are behind this task's status; reporting it again");
+            self.reports.record(task.id.clone(), last);
+        }
+    }
+
     fn stop(&self, id: &str) {
         if let Some(r) = lock(&self.running).get(id) {
             tracing::info!(task = %id, "stopping task");
@@ -183,4 +206,84 @@ impl Worker {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::ExecutorDescription;
+    use futures::future::BoxFuture;
+    use proto::AssignmentChange;
+    use std::time::Duration;
+
+    /// RUNNING at once, SHUTDOWN when stopped.
+    struct Instant;
+
+    impl Executor for Instant {
+        fn describe(&self) -> ExecutorDescription {
+            ExecutorDescription {
+                resources: Default::default(),
+                engine_version: "test".into(),
+                engine_labels: Default::default(),
+            }
+        }
+
+        fn run(
+            &self,
+            _task: Task,
+            reporter: TaskReporter,
+            mut stop: watch::Receiver<bool>,
+        ) -> BoxFuture<'static, ()> {
+            Box::pin(async move {
+                reporter.report(TaskState::Running, "started");
+                let _ = stop.wait_for(|s| *s).await;
+                reporter.report(TaskState::Shutdown, "shutdown");
+            })
+        }
+    }
+
+    fn assignment(state: TaskState) -> AssignmentsMessage {
+        AssignmentsMessage {
+            r#type: assignments_message::Type::Incremental as i32,
+            changes: vec![AssignmentChange {
+                action: assignment_change::Action::Update as i32,
+                task: Some(Task {
+                    id: "t".into(),
+                    desired_state: TaskState::Running as i32,
+                    status: Some(TaskStatus {
+                        state: state as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// The reports waiting to be sent, as (task, state), after the worker caught up.
+    async fn pending(w: &Worker) -> Vec<(String, i32)> {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        w.reports()
+            .take_pending()
+            .into_iter()
+            .map(|u| (u.task_id, u.status.map_or(0, |s| s.state)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_status_the_managers_did_not_record_is_reported_again() {
+        let w = Worker::new(Arc::new(Instant));
+        let running = vec![("t".to_string(), TaskState::Running as i32)];
+        w.apply(assignment(TaskState::Assigned));
+        assert_eq!(pending(&w).await, running, "started and reported");
+        // The report was sent, but the managers still say ASSIGNED: send it again.
+        w.apply(assignment(TaskState::Assigned));
+        assert_eq!(pending(&w).await, running);
+        // Once they have it, nothing more is sent.
+        w.apply(assignment(TaskState::Running));
+        assert_eq!(pending(&w).await, vec![]);
+        assert_eq!(lock(&w.running).len(), 1, "started once");
+    }
 }
