@@ -135,12 +135,12 @@ fn ready(c: &Cluster, via: usize, ids: &BTreeSet<String>) -> usize {
         .map_or(0, |nodes| ready_count(&nodes, ids))
 }
 
-/// Whether `service ls` through `via` shows every service with all its tasks running
-/// (`n/n`, global ones included); the services not yet there.
-fn services_full(c: &Cluster, via: usize) -> anyhow::Result<usize> {
+/// The rows of `service ls` through `via` whose REPLICAS column is not `n/n` (every task
+/// running, global services included): empty once every service is full.
+fn services_short(c: &Cluster, via: usize) -> anyhow::Result<Vec<String>> {
     let out = c.node(via).try_swarm(&["service", "ls"])?;
     let short = ::tests::table(&out)
-        .iter()
+        .into_iter()
         .filter(|row| {
             !row.iter().any(|col| {
                 col.split_once('/').is_some_and(|(a, b)| {
@@ -149,8 +149,28 @@ fn services_full(c: &Cluster, via: usize) -> anyhow::Result<usize> {
                 })
             })
         })
-        .count();
+        .map(|row| row.join(" "))
+        .collect();
     Ok(short)
+}
+
+/// Whether every service is full through `via`; when not, a line saying which services are
+/// short (the first three) or why `service ls` failed, for the progress display.
+fn services_full(c: &Cluster, via: usize) -> Result<(), String> {
+    match services_short(c, via) {
+        Ok(short) if short.is_empty() => Ok(()),
+        Ok(short) => Err(format!(
+            "{} services short, e.g. {}",
+            short.len(),
+            short
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" | ")
+        )),
+        Err(e) => Err(format!("service ls failed: {e:#}")),
+    }
 }
 
 /// p50 and p99 of the time `args` takes through the CLI on manager `via`, in ms.
@@ -368,15 +388,24 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
     let mut last = Instant::now();
     loop {
         let running = sim.running().len();
-        if running >= o.tasks && services_full(&c, 0).is_ok_and(|n| n == 0) {
+        let full = if running >= o.tasks {
+            services_full(&c, 0)
+        } else {
+            Err(String::new())
+        };
+        if full.is_ok() {
             break;
         }
         if last.elapsed() >= PROGRESS {
             println!(
-                "[converge] {running}/{} running, {:.0} s, RSS MiB {}",
+                "[converge] {running}/{} running, {:.0} s, RSS MiB {}{}",
                 o.tasks,
                 t_create.elapsed().as_secs_f64(),
-                peaks(&pids)
+                peaks(&pids),
+                full.err()
+                    .filter(|e| !e.is_empty())
+                    .map(|e| format!("; {e}"))
+                    .unwrap_or_default()
             );
             memory_guard("converge", &pids)?;
             last = Instant::now();
@@ -387,8 +416,12 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
                 "stopped: CPU seconds since the first create (node1 / node2 / node3) {cpu}, peak RSS MiB (node1 / node2 / node3 / simulated agents) {}",
                 peaks(&pids)
             );
+            let services = match services_full(&c, 0) {
+                Ok(()) => String::new(),
+                Err(e) => format!("; {e}"),
+            };
             bail!(
-                "{running} of {} tasks running {} minutes after the first create (--converge-minutes)",
+                "{running} of {} tasks running {} minutes after the first create (--converge-minutes){services}",
                 o.tasks,
                 o.converge_minutes
             );
@@ -501,16 +534,24 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
     loop {
         let r = ready(&c, new_leader, &ids);
         let running = sim.running().len();
-        if r == o.nodes && running == o.tasks && services_full(&c, new_leader).is_ok_and(|n| n == 0)
-        {
+        let full = if r == o.nodes && running == o.tasks {
+            services_full(&c, new_leader)
+        } else {
+            Err(String::new())
+        };
+        if full.is_ok() {
             break;
         }
         if last.elapsed() >= PROGRESS {
             println!(
-                "[settle] {r}/{} Ready, {running}/{} running, {:.0} s",
+                "[settle] {r}/{} Ready, {running}/{} running, {:.0} s{}",
                 o.nodes,
                 o.tasks,
-                t_kill.elapsed().as_secs_f64()
+                t_kill.elapsed().as_secs_f64(),
+                full.err()
+                    .filter(|e| !e.is_empty())
+                    .map(|e| format!("; {e}"))
+                    .unwrap_or_default()
             );
             memory_guard("settle", &pids)?;
             last = Instant::now();
