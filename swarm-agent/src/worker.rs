@@ -258,7 +258,6 @@ mod tests {
                 }),
                 ..Default::default()
             }],
-            ..Default::default()
         }
     }
 
