@@ -25,8 +25,8 @@ fuzz_target!(|data: &[u8]| {
     if let EntryPayload::Normal(req) = &entry.payload {
         let mut a = State::default();
         let mut b = State::default();
-        let ra = a.apply(entry.log_id.index, req);
-        let rb = b.apply(entry.log_id.index, req);
+        let ra = a.apply(entry.log_id.index, req.clone());
+        let rb = b.apply(entry.log_id.index, req.clone());
         assert_eq!(
             format!("{ra:?}"),
             format!("{rb:?}"),

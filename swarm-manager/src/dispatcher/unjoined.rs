@@ -115,7 +115,7 @@ mod tests {
             let mut req = Request::atomic(vec![]);
             req.now_ms = o.meta().map_or(now, |m| m.created_at);
             req.ops.push(Op::Create(o));
-            st.apply(i as u64 + 1, &req);
+            st.apply(i as u64 + 1, req);
         }
         let ops = remove_never_joined(&st, now, grace);
         assert_eq!(ops.len(), 2, "{ops:?}");

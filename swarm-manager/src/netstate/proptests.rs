@@ -84,7 +84,7 @@ fn setup() -> State {
     );
     ops.extend(SERVICES.iter().map(|s| Op::Create(service(s).into())));
     let mut st = State::default();
-    st.apply(1, &Request::atomic(ops));
+    st.apply(1, Request::atomic(ops));
     st
 }
 
@@ -223,7 +223,7 @@ proptest! {
                 .iter()
                 .map(|n| (*n, view_sources(&st, n, Some(&sent[n]))))
                 .collect();
-            st.apply(i as u64 + 2, &Request::best_effort(ops));
+            st.apply(i as u64 + 2, Request::best_effort(ops));
             if restart {
                 st = State::from_bytes(&st.to_bytes()).expect("snapshot reads");
             }

@@ -487,7 +487,7 @@ pub fn force_new_cluster(
         let index = entry.log_id.index;
         match entry.payload {
             EntryPayload::Normal(req) => {
-                shared.apply(index, &req);
+                shared.apply(index, req);
             }
             EntryPayload::Blank => shared.mark_applied(index),
             EntryPayload::Membership(m) => {
@@ -899,7 +899,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map(|entry| {
                     let index = entry.log_id.index;
                     match entry.payload {
-                        EntryPayload::Normal(req) => shared.apply(index, &req),
+                        EntryPayload::Normal(req) => shared.apply(index, req),
                         EntryPayload::Blank | EntryPayload::Membership(_) => {
                             shared.mark_applied(index);
                             Response::default()
@@ -1464,7 +1464,7 @@ mod tests {
             let entries = [membership(1, 1), create(1, 2, name), create(1, 3, "later")];
             let state = Shared::default();
             if let EntryPayload::Normal(req) = &entries[1].payload {
-                state.apply(2, req);
+                state.apply(2, req.clone());
             }
             let meta = Meta {
                 last_log_id: Some(log_id(1, 1, 2)),

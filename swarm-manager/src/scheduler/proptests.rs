@@ -254,7 +254,7 @@ fn state_of(c: &Cluster) -> State {
     let mut state = State::default();
     let resp = state.apply(
         1,
-        &Request {
+        Request {
             ops,
             atomic: true,
             now_ms: 0,

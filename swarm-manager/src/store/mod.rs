@@ -46,7 +46,7 @@ impl Shared {
     }
 
     /// Applies one committed entry and wakes the watchers.
-    pub fn apply(&self, index: u64, req: &Request) -> Response {
+    pub fn apply(&self, index: u64, req: Request) -> Response {
         let resp = {
             let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
             st.apply(index, req)
@@ -121,7 +121,7 @@ impl Proposer for InProcess {
         Box::pin(async move {
             let mut ix = self.index.lock().await;
             *ix += 1;
-            Ok(self.shared.apply(*ix, &req))
+            Ok(self.shared.apply(*ix, req))
         })
     }
 

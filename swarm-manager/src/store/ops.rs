@@ -84,8 +84,9 @@ pub enum StoreError {
     Invalid(String),
 }
 
-/// What applying one op produced: the object as stored after the op (None for deletes
-/// and no-op changes), or why it was skipped (best-effort batches only).
+/// What applying one op produced: in an atomic batch, the object as stored after the op
+/// (None for deletes, no-op changes and the small in-place task ops); in a best-effort
+/// batch, only that it applied (`Applied(None)`) or why it was skipped.
 #[allow(clippy::large_enum_variant)] // see Object
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum OpOutcome {

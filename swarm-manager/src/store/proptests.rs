@@ -315,8 +315,8 @@ proptest! {
             if i == cut {
                 restarted = State::from_bytes(&restarted.to_bytes()).expect("snapshot reads");
             }
-            let a = whole.apply(index, req);
-            let b = restarted.apply(index, req);
+            let a = whole.apply(index, req.clone());
+            let b = restarted.apply(index, req.clone());
             prop_assert_eq!(format!("{a:?}"), format!("{b:?}"), "entry {} answered differently", index);
         }
         let restored = State::from_bytes(&whole.to_bytes()).expect("snapshot reads");

@@ -386,14 +386,18 @@ impl State {
     // ------------------------------------------------------------ writes
 
     /// Applies a committed request at log index `index`. Deterministic: the same state and
-    /// request give the same result on every manager.
-    pub fn apply(&mut self, index: u64, req: &Request) -> Response {
+    /// request give the same result on every manager. The request's objects move into the
+    /// state (no copy); an atomic batch answers with a copy of each object stored, a
+    /// best-effort batch only with whether each op applied (its callers read nothing more,
+    /// and a copy of every task of a large batch cost as much as storing it).
+    pub fn apply(&mut self, index: u64, req: Request) -> Response {
         self.generation = next_generation();
+        let now = req.now_ms;
         if req.atomic {
             let mut undo: Undo = Vec::new();
             let mut out = Vec::with_capacity(req.ops.len());
-            for op in &req.ops {
-                match self.apply_op(index, req.now_ms, op, Some(&mut undo)) {
+            for op in req.ops {
+                match self.apply_op(index, now, op, Some(&mut undo), true) {
                     Ok(o) => out.push(OpOutcome::Applied(o)),
                     Err(e) => {
                         for (kind, id, prev) in undo.into_iter().rev() {
@@ -412,9 +416,9 @@ impl State {
             // Each op stands alone: nothing to roll back, so nothing is copied for it.
             let out = req
                 .ops
-                .iter()
-                .map(|op| match self.apply_op(index, req.now_ms, op, None) {
-                    Ok(o) => OpOutcome::Applied(o),
+                .into_iter()
+                .map(|op| match self.apply_op(index, now, op, None, false) {
+                    Ok(_) => OpOutcome::Applied(None),
                     Err(e) => OpOutcome::Skipped(e),
                 })
                 .collect();
@@ -424,15 +428,17 @@ impl State {
         }
     }
 
+    /// Applies one op; `answer`: return a copy of the object stored (atomic batches).
     fn apply_op(
         &mut self,
         index: u64,
         now: i64,
-        op: &Op,
+        op: Op,
         mut undo: Option<&mut Undo>,
+        answer: bool,
     ) -> Result<Option<Object>, StoreError> {
         match op {
-            Op::Create(obj) => {
+            Op::Create(mut obj) => {
                 let kind = obj.kind();
                 let id = obj.id().to_string();
                 if id.is_empty() {
@@ -441,8 +447,7 @@ impl State {
                 if self.contains(kind, &id) {
                     return Err(StoreError::Exists { kind, id });
                 }
-                self.check_name(obj, None)?;
-                let mut obj = obj.clone();
+                self.check_name(&obj, None)?;
                 let meta = obj.meta_mut();
                 meta.version = index;
                 meta.created_at = now;
@@ -450,28 +455,28 @@ impl State {
                 if let Some(u) = undo.as_deref_mut() {
                     u.push((kind, id, None));
                 }
-                self.put(obj.clone());
-                Ok(Some(obj))
+                let out = answer.then(|| obj.clone());
+                self.put(obj);
+                Ok(out)
             }
             Op::Update {
-                object,
+                object: mut obj,
                 check_version,
             } => {
-                let kind = object.kind();
-                let id = object.id().to_string();
+                let kind = obj.kind();
+                let id = obj.id().to_string();
                 let Some(prev) = self.get(kind, &id) else {
                     return Err(StoreError::NotFound { kind, id });
                 };
-                if *check_version && prev.version() != object.version() {
+                if check_version && prev.version() != obj.version() {
                     return Err(StoreError::VersionMismatch {
                         kind,
                         id,
-                        expected: object.version(),
+                        expected: obj.version(),
                         actual: prev.version(),
                     });
                 }
-                self.check_name(object, Some(&id))?;
-                let mut obj = object.clone();
+                self.check_name(&obj, Some(&id))?;
                 // The removed-nodes list is the store's own: an update never changes it.
                 if let (Object::Cluster(c), Object::Cluster(stored)) = (&mut obj, &prev) {
                     c.removed_nodes.clone_from(&stored.removed_nodes);
@@ -485,10 +490,11 @@ impl State {
                 if let Some(u) = undo.as_deref_mut() {
                     u.push((kind, id, Some(Box::new(prev))));
                 }
-                self.put(obj.clone());
-                Ok(Some(obj))
+                let out = answer.then(|| obj.clone());
+                self.put(obj);
+                Ok(out)
             }
-            Op::Delete { kind, id } => {
+            Op::Delete { ref kind, ref id } => {
                 let Some(prev) = self.get(*kind, id) else {
                     return Err(StoreError::NotFound {
                         kind: *kind,
@@ -504,7 +510,10 @@ impl State {
                 }
                 Ok(None)
             }
-            Op::SetTaskStatus { task_id, status } => {
+            Op::SetTaskStatus {
+                ref task_id,
+                ref status,
+            } => {
                 self.change_task(index, now, task_id, undo, |t| {
                     if status.state < t.state() as i32 {
                         // Observed state never moves backwards: a late report is dropped.
@@ -521,7 +530,10 @@ impl State {
                     Ok(true)
                 })
             }
-            Op::AssignTask { task_id, node_id } => {
+            Op::AssignTask {
+                ref task_id,
+                ref node_id,
+            } => {
                 if !self.nodes.contains_key(node_id) {
                     return Err(StoreError::NotFound {
                         kind: Kind::Node,
@@ -547,36 +559,39 @@ impl State {
                     Ok(true)
                 })
             }
-            Op::SetTaskSchedulingError { task_id, err } => {
-                self.change_task(index, now, task_id, undo, |t| {
-                    if t.state() != TaskState::Pending {
-                        return Ok(false);
-                    }
-                    let st = t.status.get_or_insert_with(Default::default);
-                    if st.err == *err {
-                        return Ok(false);
-                    }
-                    st.err.clone_from(err);
-                    Ok(true)
-                })
-            }
-            Op::SetTaskDesiredState { task_id, desired } => {
-                self.change_task(index, now, task_id, undo, |t| {
-                    if (*desired as i32) <= t.desired_state {
-                        return Ok(false);
-                    }
-                    t.desired_state = *desired as i32;
-                    Ok(true)
-                })
-            }
-            Op::SetNodeStatus { node_id, status } => {
-                self.change_node(index, now, node_id, undo, |n| {
-                    n.status = Some(status.clone())
-                })
-            }
+            Op::SetTaskSchedulingError {
+                ref task_id,
+                ref err,
+            } => self.change_task(index, now, task_id, undo, |t| {
+                if t.state() != TaskState::Pending {
+                    return Ok(false);
+                }
+                let st = t.status.get_or_insert_with(Default::default);
+                if st.err == *err {
+                    return Ok(false);
+                }
+                st.err.clone_from(err);
+                Ok(true)
+            }),
+            Op::SetTaskDesiredState {
+                ref task_id,
+                ref desired,
+            } => self.change_task(index, now, task_id, undo, |t| {
+                if (*desired as i32) <= t.desired_state {
+                    return Ok(false);
+                }
+                t.desired_state = *desired as i32;
+                Ok(true)
+            }),
+            Op::SetNodeStatus {
+                ref node_id,
+                ref status,
+            } => self.change_node(index, now, node_id, undo, |n| {
+                n.status = Some(status.clone())
+            }),
             Op::SetNodeAttachments {
-                node_id,
-                attachments,
+                ref node_id,
+                ref attachments,
             } => self.change_node(index, now, node_id, undo, |n| {
                 n.attachments = attachments.clone()
             }),
@@ -966,10 +981,10 @@ mod tests {
     #[test]
     fn atomic_batch_rolls_back_on_conflict() {
         let mut s = State::default();
-        s.apply(1, &Request::atomic(vec![Op::Create(service("a", "web"))]));
+        s.apply(1, Request::atomic(vec![Op::Create(service("a", "web"))]));
         let r = s.apply(
             2,
-            &Request::atomic(vec![
+            Request::atomic(vec![
                 Op::Create(task("t1", "a", TaskState::New)),
                 Op::Create(service("b", "web")),
             ]),
@@ -986,15 +1001,15 @@ mod tests {
     #[test]
     fn versions_are_checked_and_state_never_goes_back() {
         let mut s = State::default();
-        s.apply(1, &Request::atomic(vec![Op::Create(service("a", "web"))]));
+        s.apply(1, Request::atomic(vec![Op::Create(service("a", "web"))]));
         s.apply(
             2,
-            &Request::atomic(vec![Op::Create(task("t1", "a", TaskState::Pending))]),
+            Request::atomic(vec![Op::Create(task("t1", "a", TaskState::Pending))]),
         );
         let stale = s.get(Kind::Service, "a").unwrap();
         let ok = s.apply(
             3,
-            &Request::atomic(vec![Op::Update {
+            Request::atomic(vec![Op::Update {
                 object: stale.clone(),
                 check_version: true,
             }]),
@@ -1002,7 +1017,7 @@ mod tests {
         assert!(matches!(ok.result, Some(Ok(_))));
         let again = s.apply(
             4,
-            &Request::atomic(vec![Op::Update {
+            Request::atomic(vec![Op::Update {
                 object: stale,
                 check_version: true,
             }]),
@@ -1014,7 +1029,7 @@ mod tests {
 
         s.apply(
             5,
-            &Request::atomic(vec![Op::AssignTask {
+            Request::atomic(vec![Op::AssignTask {
                 task_id: "t1".into(),
                 node_id: "n1".into(),
             }]),
@@ -1035,7 +1050,7 @@ mod tests {
         };
         s.apply(
             6,
-            &Request::best_effort(vec![
+            Request::best_effort(vec![
                 Op::SetTaskStatus {
                     task_id: "t1".into(),
                     status: running,
@@ -1054,10 +1069,10 @@ mod tests {
     #[test]
     fn snapshot_round_trip_rebuilds_indexes() {
         let mut s = State::default();
-        s.apply(1, &Request::atomic(vec![Op::Create(service("a", "web"))]));
+        s.apply(1, Request::atomic(vec![Op::Create(service("a", "web"))]));
         s.apply(
             2,
-            &Request::atomic(vec![Op::Create(task("t1", "a", TaskState::New))]),
+            Request::atomic(vec![Op::Create(task("t1", "a", TaskState::New))]),
         );
         let back = State::from_bytes(&s.to_bytes()).unwrap();
         assert_eq!(back.service_by_name("web").unwrap().id, "a");
@@ -1080,9 +1095,9 @@ mod tests {
             })
         };
         let mut s = State::default();
-        let r = s.apply(1, &Request::atomic(vec![Op::Create(secret("s1"))]));
+        let r = s.apply(1, Request::atomic(vec![Op::Create(secret("s1"))]));
         assert!(r.into_objects().is_ok());
-        let r = s.apply(2, &Request::atomic(vec![Op::Create(secret("s2"))]));
+        let r = s.apply(2, Request::atomic(vec![Op::Create(secret("s2"))]));
         assert!(matches!(
             r.into_objects(),
             Err(StoreError::NameConflict {
@@ -1100,7 +1115,7 @@ mod tests {
             }),
         });
         assert!(s
-            .apply(3, &Request::atomic(vec![Op::Create(config)]))
+            .apply(3, Request::atomic(vec![Op::Create(config)]))
             .into_objects()
             .is_ok());
         let back = State::from_bytes(&s.to_bytes()).unwrap();
@@ -1109,7 +1124,7 @@ mod tests {
         let mut back = back;
         back.apply(
             4,
-            &Request::atomic(vec![Op::Delete {
+            Request::atomic(vec![Op::Delete {
                 kind: Kind::Secret,
                 id: "s1".into(),
             }]),
@@ -1149,7 +1164,7 @@ mod tests {
         };
         s.apply(
             1,
-            &Request::atomic(vec![
+            Request::atomic(vec![
                 Op::Create(node("n1")),
                 Op::Create(on("t1", &["a"])),
                 Op::Create(on("t2", &["b"])),
@@ -1167,7 +1182,7 @@ mod tests {
         );
         s.apply(
             2,
-            &Request::atomic(vec![Op::AssignTask {
+            Request::atomic(vec![Op::AssignTask {
                 task_id: "t3".into(),
                 node_id: "n1".into(),
             }]),
@@ -1182,7 +1197,7 @@ mod tests {
         // A task on a: a's version alone.
         s.apply(
             3,
-            &Request::atomic(vec![Op::AssignTask {
+            Request::atomic(vec![Op::AssignTask {
                 task_id: "t1".into(),
                 node_id: "n1".into(),
             }]),
@@ -1193,7 +1208,7 @@ mod tests {
         // A report that changes nothing (older than the stored state) moves nothing.
         s.apply(
             4,
-            &Request::best_effort(vec![Op::SetTaskStatus {
+            Request::best_effort(vec![Op::SetTaskStatus {
                 task_id: "t1".into(),
                 status: TaskStatus {
                     state: TaskState::New as i32,
@@ -1205,7 +1220,7 @@ mod tests {
         // A node's change: the nodes' version alone.
         s.apply(
             5,
-            &Request::atomic(vec![Op::SetNodeStatus {
+            Request::atomic(vec![Op::SetNodeStatus {
                 node_id: "n1".into(),
                 status: Default::default(),
             }]),
@@ -1217,7 +1232,7 @@ mod tests {
         // never less.
         s.apply(
             6,
-            &Request::atomic(vec![Op::Delete {
+            Request::atomic(vec![Op::Delete {
                 kind: Kind::Task,
                 id: "t2".into(),
             }]),
@@ -1286,7 +1301,7 @@ mod tests {
         let mut s = State::default();
         s.apply(
             1,
-            &Request::atomic(vec![
+            Request::atomic(vec![
                 Op::Create(Object::Network(net.clone())),
                 Op::Create(by_name),
                 Op::Create(Object::Service(with_vip.clone())),
@@ -1309,7 +1324,7 @@ mod tests {
         with_vip.endpoint = None;
         s.apply(
             2,
-            &Request::atomic(vec![
+            Request::atomic(vec![
                 Op::Update {
                     object: Object::Service(with_vip),
                     check_version: false,
@@ -1324,7 +1339,7 @@ mod tests {
         assert_eq!(s.tasks_on_network("n1").count(), 0);
         s.apply(
             3,
-            &Request::atomic(vec![Op::Delete {
+            Request::atomic(vec![Op::Delete {
                 kind: Kind::Service,
                 id: "a".into(),
             }]),
@@ -1345,7 +1360,7 @@ mod tests {
         let mut s = State::default();
         s.apply(
             1,
-            &Request::atomic(vec![
+            Request::atomic(vec![
                 Op::Create(Object::Cluster(Cluster {
                     id: "c".into(),
                     ..Default::default()
@@ -1362,7 +1377,7 @@ mod tests {
         // A failed atomic batch leaves no trace on the list.
         let r = s.apply(
             2,
-            &Request::atomic(vec![
+            Request::atomic(vec![
                 Op::Delete {
                     kind: Kind::Node,
                     id: "w".into(),
@@ -1379,7 +1394,7 @@ mod tests {
 
         s.apply(
             3,
-            &Request::atomic(vec![Op::Delete {
+            Request::atomic(vec![Op::Delete {
                 kind: Kind::Node,
                 id: "w".into(),
             }]),
@@ -1392,7 +1407,7 @@ mod tests {
         // An update written from an older read keeps the list; so does a snapshot.
         s.apply(
             4,
-            &Request::atomic(vec![Op::Update {
+            Request::atomic(vec![Op::Update {
                 object: Object::Cluster(stale),
                 check_version: false,
             }]),
