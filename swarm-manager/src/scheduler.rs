@@ -21,8 +21,8 @@ use crate::store::{Op, OpOutcome, ProposeError, Request, Store};
 
 /// At most this many ops per proposal, as the other reconcilers (`OPS_PER_REQUEST`): a
 /// Raft entry stays small, and so does the vector of ops built for it. An `Op` is as large as
-/// a whole object, and vectors of 10 000 of them (15 MB) left the heap fragmented: the
-/// scheduler bench's peak RSS grew by 130 MB once the store kept the objects it was given.
+/// a whole object, and vectors of 10 000 of them left the heap fragmented: the scheduler
+/// bench's peak RSS grew by 130 MB once the store kept the objects it was given.
 pub const MAX_OPS_PER_PROPOSAL: usize = 1_000;
 
 /// How often unplaceable tasks are retried when nothing wakes the scheduler up.

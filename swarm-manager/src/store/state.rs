@@ -397,7 +397,7 @@ impl State {
             let mut undo: Undo = Vec::new();
             let mut out = Vec::with_capacity(req.ops.len());
             for op in req.ops {
-                match self.apply_op(index, now, op, Some(&mut undo), true) {
+                match self.apply_op(index, now, op, Some(&mut undo)) {
                     Ok(o) => out.push(OpOutcome::Applied(o)),
                     Err(e) => {
                         for (kind, id, prev) in undo.into_iter().rev() {
@@ -417,7 +417,7 @@ impl State {
             let out = req
                 .ops
                 .into_iter()
-                .map(|op| match self.apply_op(index, now, op, None, false) {
+                .map(|op| match self.apply_op(index, now, op, None) {
                     Ok(_) => OpOutcome::Applied(None),
                     Err(e) => OpOutcome::Skipped(e),
                 })
@@ -428,15 +428,16 @@ impl State {
         }
     }
 
-    /// Applies one op; `answer`: return a copy of the object stored (atomic batches).
+    /// Applies one op. In an atomic batch (`undo` given) a whole object stored is answered
+    /// with a copy of it.
     fn apply_op(
         &mut self,
         index: u64,
         now: i64,
         op: Op,
         mut undo: Option<&mut Undo>,
-        answer: bool,
     ) -> Result<Option<Object>, StoreError> {
+        let answer = undo.is_some();
         match op {
             Op::Create(mut obj) => {
                 let kind = obj.kind();

@@ -154,13 +154,18 @@ fn services_short(c: &Cluster, via: usize) -> anyhow::Result<Vec<String>> {
     Ok(short)
 }
 
-/// Whether every service is full through `via`; when not, a line saying which services are
-/// short (the first three) or why `service ls` failed, for the progress display.
-fn services_full(c: &Cluster, via: usize) -> Result<(), String> {
+/// What keeps the bench waiting on `service ls` through `via`, for the progress line: None
+/// once every service is full; `""` while `check` is false (the agents do not run every
+/// task yet, so `service ls` is not asked); else which services are short (the first
+/// three) or why `service ls` failed.
+fn not_full(c: &Cluster, via: usize, check: bool) -> Option<String> {
+    if !check {
+        return Some(String::new());
+    }
     match services_short(c, via) {
-        Ok(short) if short.is_empty() => Ok(()),
-        Ok(short) => Err(format!(
-            "{} services short, e.g. {}",
+        Ok(short) if short.is_empty() => None,
+        Ok(short) => Some(format!(
+            "; {} services short, e.g. {}",
             short.len(),
             short
                 .iter()
@@ -169,7 +174,7 @@ fn services_full(c: &Cluster, via: usize) -> Result<(), String> {
                 .collect::<Vec<_>>()
                 .join(" | ")
         )),
-        Err(e) => Err(format!("service ls failed: {e:#}")),
+        Err(e) => Some(format!("; service ls failed: {e:#}")),
     }
 }
 
@@ -388,24 +393,16 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
     let mut last = Instant::now();
     loop {
         let running = sim.running().len();
-        let full = if running >= o.tasks {
-            services_full(&c, 0)
-        } else {
-            Err(String::new())
-        };
-        if full.is_ok() {
+        let Some(waiting) = not_full(&c, 0, running >= o.tasks) else {
             break;
-        }
+        };
         if last.elapsed() >= PROGRESS {
             println!(
                 "[converge] {running}/{} running, {:.0} s, RSS MiB {}{}",
                 o.tasks,
                 t_create.elapsed().as_secs_f64(),
                 peaks(&pids),
-                full.err()
-                    .filter(|e| !e.is_empty())
-                    .map(|e| format!("; {e}"))
-                    .unwrap_or_default()
+                waiting
             );
             memory_guard("converge", &pids)?;
             last = Instant::now();
@@ -416,10 +413,7 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
                 "stopped: CPU seconds since the first create (node1 / node2 / node3) {cpu}, peak RSS MiB (node1 / node2 / node3 / simulated agents) {}",
                 peaks(&pids)
             );
-            let services = match services_full(&c, 0) {
-                Ok(()) => String::new(),
-                Err(e) => format!("; {e}"),
-            };
+            let services = not_full(&c, 0, true).unwrap_or_default();
             bail!(
                 "{running} of {} tasks running {} minutes after the first create (--converge-minutes){services}",
                 o.tasks,
@@ -534,24 +528,16 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
     loop {
         let r = ready(&c, new_leader, &ids);
         let running = sim.running().len();
-        let full = if r == o.nodes && running == o.tasks {
-            services_full(&c, new_leader)
-        } else {
-            Err(String::new())
-        };
-        if full.is_ok() {
+        let Some(waiting) = not_full(&c, new_leader, r == o.nodes && running == o.tasks) else {
             break;
-        }
+        };
         if last.elapsed() >= PROGRESS {
             println!(
                 "[settle] {r}/{} Ready, {running}/{} running, {:.0} s{}",
                 o.nodes,
                 o.tasks,
                 t_kill.elapsed().as_secs_f64(),
-                full.err()
-                    .filter(|e| !e.is_empty())
-                    .map(|e| format!("; {e}"))
-                    .unwrap_or_default()
+                waiting
             );
             memory_guard("settle", &pids)?;
             last = Instant::now();

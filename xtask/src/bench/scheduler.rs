@@ -281,10 +281,10 @@ async fn insert(store: &Store, ops: Vec<Op>) -> anyhow::Result<()> {
         Some(Err(e)) => bail!("inserting tasks: {e}"),
         None => bail!("inserting tasks: no answer"),
     };
-    if let Some(OpOutcome::Skipped(e)) =
-        outcomes.iter().find(|o| matches!(o, OpOutcome::Skipped(_)))
-    {
-        bail!("inserting tasks: {e}");
+    for o in outcomes {
+        if let OpOutcome::Skipped(e) = o {
+            bail!("inserting tasks: {e}");
+        }
     }
     Ok(())
 }
