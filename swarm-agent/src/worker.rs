@@ -101,9 +101,15 @@ impl Worker {
             self.update(task);
         }
         if complete {
+            // What the managers no longer assign and this node no longer runs is forgotten:
+            // a task reaped while this agent was away never got its removal here.
+            let running: HashSet<String> = lock(&self.running).keys().cloned().collect();
+            let keep = |id: &String| seen.contains(id) || running.contains(id);
+            lock(&self.finished).retain(|id| keep(id));
+            lock(&self.last).retain(|id, _| keep(id));
             // Tasks this node runs that the managers no longer assign to it.
-            let stale: Vec<String> = lock(&self.running)
-                .keys()
+            let stale: Vec<String> = running
+                .iter()
                 .filter(|id| !seen.contains(*id))
                 .cloned()
                 .collect();
@@ -284,5 +290,30 @@ mod tests {
         w.apply(assignment(TaskState::Running));
         assert_eq!(pending(&w).await, vec![]);
         assert_eq!(lock(&w.running).len(), 1, "started once");
+    }
+
+    #[tokio::test]
+    async fn tasks_a_complete_set_no_longer_names_are_forgotten() {
+        let w = Worker::new(Arc::new(Instant));
+        w.apply(assignment(TaskState::Assigned));
+        pending(&w).await;
+        // The managers reaped the task while this agent was away: the next complete set
+        // does not name it, and no removal ever comes.
+        let none = || AssignmentsMessage {
+            r#type: assignments_message::Type::Complete as i32,
+            changes: vec![],
+        };
+        w.apply(none());
+        assert_eq!(
+            pending(&w).await,
+            vec![("t".to_string(), TaskState::Shutdown as i32)],
+            "stopped"
+        );
+        // Its final status was kept when it ended; the next complete set lets it go.
+        assert!(lock(&w.last).contains_key("t"));
+        w.apply(none());
+        pending(&w).await;
+        assert!(lock(&w.finished).is_empty(), "finished kept");
+        assert!(lock(&w.last).is_empty(), "last status kept");
     }
 }
