@@ -16,7 +16,6 @@ pub mod maps {
     pub const SNAT_IN: &str = "SWARM_SNAT_IN";
     pub const SERVICES: &str = "SWARM_SERVICES";
     pub const BACKENDS: &str = "SWARM_BACKENDS";
-    pub const RR: &str = "SWARM_RR";
     pub const NETNS_NETS: &str = "SWARM_NETNS_NETS";
     pub const DNS_PORTS: &str = "SWARM_DNS_PORTS";
     pub const SOCK_LB: &str = "SWARM_SOCK_LB";
@@ -58,17 +57,14 @@ pub mod programs {
     /// cgroup_skb/egress and ingress: packet and byte counters of load-balanced sockets.
     pub const SKB_EGRESS: &str = "skb_egress";
     pub const SKB_INGRESS: &str = "skb_ingress";
-    /// cgroup/sock_release: drops a closed socket's SOCK_LB entry.
-    pub const SOCK_RELEASE: &str = "sock_release";
     /// The cgroup programs with their attach points, in attach order.
-    pub const CGROUP: [&str; 7] = [
+    pub const CGROUP: [&str; 6] = [
         CONNECT4,
         SENDMSG4,
         RECVMSG4,
         GETPEERNAME4,
         SKB_EGRESS,
         SKB_INGRESS,
-        SOCK_RELEASE,
     ];
 }
 
@@ -83,7 +79,6 @@ pub mod limits {
     pub const BACKENDS: u32 = 524_288;
     pub const NETNS_NETS: u32 = 16_384;
     pub const DNS_PORTS: u32 = 4096;
-    pub const SOCK_LB: u32 = 131_072;
     pub const CT: u32 = 131_072;
     pub const LB_STATS: u32 = 262_144;
     pub const PUBLISHED: u32 = 16_384;
@@ -276,19 +271,31 @@ pub struct SnatIn {
     pub ifindex: u32,
 }
 
+/// Backends a service's own `SERVICES` value holds: choosing one of them reads no other map
+/// (one hash lookup per connect, the VIP's). A service's further backends are in `BACKENDS`.
+pub const INLINE_BACKENDS: usize = 16;
+
 /// `SERVICES[vip]`: one service on one network (endpoint mode vip).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Service {
-    /// Index of this (service, network) in BACKENDS, RR and LB_STATS, chosen by the agent
-    /// (below `limits::SERVICES`).
+    /// Index of this (service, network) in BACKENDS, SVC_STATS and LB_STATS, chosen by the
+    /// agent (below `limits::SERVICES`).
     pub id: u32,
     /// The network the VIP is on: only its tasks may use it.
     pub vni: u32,
-    /// Backends to choose from: BACKENDS[(id, 0..count)]. Stopping tasks are not among them
+    /// Backends to choose from: slots `0..count`, the first [`INLINE_BACKENDS`] in
+    /// `backends`, the rest at `BACKENDS[(id, slot)]`. Stopping tasks are not among them
     /// (weight 0); 0 = none.
     pub count: u32,
-    pub _pad: u32,
+    /// The round robin's position: the programs add one per choice (a plain add, not an
+    /// atomic one: two CPUs choosing at the same instant may pick the same backend, as
+    /// they could in IPVS's rr between its lock and its update, which costs nothing but
+    /// evenness over those two). The agent starts it at a random slot on every write, so
+    /// the nodes of a routing mesh do not all start at the same backend.
+    pub rr: u32,
+    /// Slots `0..min(count, INLINE_BACKENDS)`.
+    pub backends: [u32; INLINE_BACKENDS],
 }
 
 #[repr(C)]
@@ -317,7 +324,8 @@ pub struct DnsPorts {
     pub tcp: u16,
 }
 
-/// `SOCK_LB[socket cookie]`: a TCP socket connect4 sent to a backend.
+/// `SOCK_LB`, socket storage: what connect4 did to a TCP socket it sent to a backend. The
+/// entry lives in the socket itself and goes with it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockLb {

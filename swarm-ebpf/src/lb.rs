@@ -6,10 +6,10 @@
 use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST};
 use aya_ebpf::programs::TcContext;
 use swarm_ebpf_common::{
-    BackendKey, CtEntry, CtRev, EndpointKey, FlowKey, LbStats, LbStatsKey, Service,
+    BackendKey, CtEntry, CtRev, EndpointKey, FlowKey, LbStats, LbStatsKey, Service, INLINE_BACKENDS,
 };
 
-use crate::maps::{BACKENDS, CT, CT_REV, ENDPOINTS, LB_STATS, RR, SERVICES, SVC_STATS};
+use crate::maps::{BACKENDS, CT, CT_REV, ENDPOINTS, LB_STATS, SERVICES, SVC_STATS};
 use crate::pkt::{
     flow, is_syn, l4_check_off, ports, tcp_flags, Ip4, IPPROTO_TCP, IPPROTO_UDP, IP_CHECK_OFF,
     IP_DADDR_OFF, IP_SADDR_OFF,
@@ -18,6 +18,19 @@ use crate::pkt::{
 #[inline(always)]
 pub fn service(vip: u32) -> Option<*mut Service> {
     SERVICES.get_ptr_mut(vip)
+}
+
+/// The backend in `slot` of `svc`: inline for the first [`INLINE_BACKENDS`], else in
+/// `BACKENDS`.
+#[inline(always)]
+fn backend(svc: *mut Service, id: u32, slot: u32) -> Option<u32> {
+    let i = slot as usize;
+    if i < INLINE_BACKENDS {
+        // SAFETY: value pointer from a map lookup; the index is checked above.
+        return Some(unsafe { (*svc).backends[i] });
+    }
+    // SAFETY: entries are replaced whole by the agent.
+    unsafe { BACKENDS.get(BackendKey { id, slot }) }.copied()
 }
 
 /// The next backend of `svc` in round-robin order, skipping `avoid` (the asking task itself,
@@ -29,23 +42,18 @@ pub fn pick(svc: *mut Service, avoid: u32) -> Option<u32> {
     if count == 0 {
         return None;
     }
-    // Round robin per CPU (no atomics, no lost updates): each CPU walks the backends in
-    // turn, which spreads connections evenly overall.
-    let rr = RR.get_ptr_mut(id)?;
-    // SAFETY: this CPU's value.
-    let slot = unsafe {
-        let n = *rr;
-        *rr = n.wrapping_add(1);
-        n % count
+    // SAFETY: as above. The position is advanced with a plain add (see `Service::rr`).
+    let n = unsafe {
+        let n = (*svc).rr;
+        (*svc).rr = n.wrapping_add(1);
+        n
     };
-    // SAFETY: entries are replaced whole by the agent.
-    let first = unsafe { BACKENDS.get(BackendKey { id, slot }) }.copied()?;
+    let slot = n % count;
+    let first = backend(svc, id, slot)?;
     if first != avoid || count == 1 {
         return Some(first);
     }
-    let next = (slot + 1) % count;
-    // SAFETY: as above.
-    unsafe { BACKENDS.get(BackendKey { id, slot: next }) }.copied()
+    backend(svc, id, (slot + 1) % count)
 }
 
 /// Adds to the counters of the service `id` and of its backend.

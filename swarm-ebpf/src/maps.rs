@@ -1,7 +1,9 @@
 //! The maps. All are pinned by name under the agent's bpffs directory: an agent restart
-//! reuses them, so forwarding never stops while the agent is away.
+//! reuses them, so forwarding never stops while the agent is away. (`SOCK_LB` is a BTF map,
+//! which aya-ebpf cannot mark pinned: the agent pins it by path when it loads.)
 
-use aya_ebpf::macros::map;
+use aya_ebpf::btf_maps::SkStorage;
+use aya_ebpf::macros::{btf_map, map};
 use aya_ebpf::maps::lpm_trie::LpmTrie;
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap};
 use swarm_ebpf_common::{
@@ -34,10 +36,7 @@ pub static SNAT_IN: LruHashMap<FlowKey, SnatIn> = LruHashMap::pinned(limits::SNA
 #[map(name = "SWARM_SERVICES")]
 pub static SERVICES: HashMap<u32, Service> = HashMap::pinned(limits::SERVICES, 0);
 
-/// Round-robin position of each service id, per CPU.
-#[map(name = "SWARM_RR")]
-pub static RR: PerCpuArray<u32> = PerCpuArray::pinned(limits::SERVICES, 0);
-
+/// A service's backends past its [`swarm_ebpf_common::INLINE_BACKENDS`] inline ones.
 #[map(name = "SWARM_BACKENDS")]
 pub static BACKENDS: HashMap<BackendKey, u32> = HashMap::pinned(limits::BACKENDS, 0);
 
@@ -47,8 +46,10 @@ pub static NETNS_NETS: HashMap<NetnsNet, u32> = HashMap::pinned(limits::NETNS_NE
 #[map(name = "SWARM_DNS_PORTS")]
 pub static DNS_PORTS: HashMap<u64, DnsPorts> = HashMap::pinned(limits::DNS_PORTS, 0);
 
-#[map(name = "SWARM_SOCK_LB")]
-pub static SOCK_LB: LruHashMap<u64, SockLb> = LruHashMap::pinned(limits::SOCK_LB, 0);
+/// Socket storage: the entry is part of its socket (found without hashing, freed with it),
+/// so there is nothing to clean up and nothing to evict.
+#[btf_map(name = "SWARM_SOCK_LB")]
+pub static SOCK_LB: SkStorage<SockLb> = SkStorage::new();
 
 #[map(name = "SWARM_CT")]
 pub static CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(limits::CT, 0);

@@ -8,16 +8,18 @@
 //! - recvmsg4 / getpeername4: the resolver answers from port 53; a load-balanced socket's
 //!   peer reads as the VIP.
 //! - cgroup_skb egress/ingress: packet and byte counters of load-balanced sockets.
-//! - sock_release: a closed socket's `SOCK_LB` entry goes with it, so the map holds only
-//!   sockets that are open (never evicting under connection churn).
+//!
+//! What connect4 did to a socket (`SOCK_LB`) is socket storage: it lives in the socket and
+//! goes with it, found from the socket without hashing, never evicted, never cleaned up.
 //!
 //! A task whose networks do not include the VIP's network is not translated, and its packets
 //! to the VIP are dropped by `from_container`.
 
 use aya_ebpf::bindings::bpf_sock_addr;
-use aya_ebpf::helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie};
-use aya_ebpf::macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr};
-use aya_ebpf::programs::{SkBuffContext, SockAddrContext, SockContext};
+use aya_ebpf::helpers::bpf_get_netns_cookie;
+use aya_ebpf::helpers::generated::{bpf_sk_fullsock, bpf_sk_storage_get};
+use aya_ebpf::macros::{cgroup_skb, cgroup_sock_addr};
+use aya_ebpf::programs::{SkBuffContext, SockAddrContext};
 use swarm_ebpf_common::{NetnsNet, SockLb, DNS_ADDR, DNS_PORT};
 
 use crate::lb;
@@ -32,12 +34,6 @@ const DENY: i32 = 0;
 fn netns_cookie(ctx: &SockAddrContext) -> u64 {
     // SAFETY: plain helper call on the program's context.
     unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut _) }
-}
-
-#[inline(always)]
-fn socket_cookie(ctx: &SockAddrContext) -> u64 {
-    // SAFETY: as above.
-    unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) }
 }
 
 /// Points a socket at the task's resolver when it aims at 127.0.0.11:53.
@@ -110,17 +106,20 @@ pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
         return DENY;
     };
     sa.user_ip4 = backend;
-    let _ = SOCK_LB.insert(
-        &socket_cookie(&ctx),
-        &SockLb {
-            vip,
-            backend,
-            id,
-            port: sa.user_port as u16,
-            _pad: 0,
-        },
-        0,
-    );
+    // SAFETY: the context's own socket; created zeroed when it has no entry yet.
+    let lb = unsafe { SOCK_LB.get_or_insert_ptr_mut(&ctx, None) };
+    if !lb.is_null() {
+        // SAFETY: a non-null pointer from bpf_sk_storage_get, to this socket's entry.
+        unsafe {
+            *lb = SockLb {
+                vip,
+                backend,
+                id,
+                port: sa.user_port as u16,
+                _pad: 0,
+            }
+        };
+    }
     lb::count(id, backend, 1, 0);
     ALLOW
 }
@@ -150,8 +149,10 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
     if from_resolver(sa, netns_cookie(&ctx)) {
         return ALLOW;
     }
-    if let Some(lb) = SOCK_LB.get_ptr(&socket_cookie(&ctx)) {
-        // SAFETY: value pointer from a lookup.
+    // SAFETY: the context's own socket.
+    let lb = unsafe { SOCK_LB.get_ptr_mut(&ctx) };
+    if !lb.is_null() {
+        // SAFETY: a non-null pointer from bpf_sk_storage_get.
         let lb = unsafe { *lb };
         if sa.user_ip4 == lb.backend {
             sa.user_ip4 = lb.vip;
@@ -162,16 +163,26 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn count_skb(ctx: &SkBuffContext) {
-    // SAFETY: plain helper call on the program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
-    if cookie == 0 {
+    // SAFETY: the context's skb; `sk` is checked for null and for being a full socket (what
+    // socket storage needs) before use.
+    let lb = unsafe {
+        let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return;
+        }
+        let sk = bpf_sk_fullsock(sk);
+        if sk.is_null() {
+            return;
+        }
+        let map = core::ptr::from_ref(&SOCK_LB).cast_mut().cast();
+        bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0).cast::<SockLb>()
+    };
+    if lb.is_null() {
         return;
     }
-    if let Some(lb) = SOCK_LB.get_ptr(&cookie) {
-        // SAFETY: value pointer from a lookup.
-        let lb = unsafe { *lb };
-        lb::count(lb.id, lb.backend, 0, ctx.len());
-    }
+    // SAFETY: a non-null pointer from bpf_sk_storage_get.
+    let lb = unsafe { *lb };
+    lb::count(lb.id, lb.backend, 0, ctx.len());
 }
 
 #[cgroup_skb(egress)]
@@ -183,14 +194,5 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb(ingress)]
 pub fn skb_ingress(ctx: SkBuffContext) -> i32 {
     count_skb(&ctx);
-    ALLOW
-}
-
-#[cgroup_sock(sock_release)]
-pub fn sock_release(ctx: SockContext) -> i32 {
-    // SAFETY: plain helper call on the program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut _) };
-    // Most sockets were never load-balanced: nothing to remove then.
-    let _ = SOCK_LB.remove(&cookie);
     ALLOW
 }

@@ -28,7 +28,7 @@ use aya::programs::{CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, 
 use aya::{Ebpf, EbpfLoader};
 use swarm_ebpf_common::{
     maps, programs, stat, BackendKey, DnsPorts, Endpoint, EndpointKey, Iface, LbStats, LbStatsKey,
-    NetStats, NetnsNet, NodeConfig, PortStats, Published, PublishedKey, Service,
+    NetStats, NetnsNet, NodeConfig, PortStats, Published, PublishedKey, Service, INLINE_BACKENDS,
 };
 
 /// Indexes of the per-published-port counters ([`Dataplane::port_stats`]).
@@ -118,9 +118,7 @@ struct Maps {
     netns_nets: BpfHashMap<MapData, NetnsNet, u32>,
     dns_ports: BpfHashMap<MapData, u64, DnsPorts>,
     lb_stats: PerCpuHashMap<MapData, LbStatsKey, LbStats>,
-    sock_lb: BpfHashMap<MapData, u64, swarm_ebpf_common::SockLb>,
     svc_stats: aya::maps::PerCpuArray<MapData, LbStats>,
-    rr: aya::maps::PerCpuArray<MapData, u32>,
     published: BpfHashMap<MapData, PublishedKey, Published>,
     port_stats: PerCpuHashMap<MapData, PublishedKey, PortStats>,
     host_addrs: BpfHashMap<MapData, u32, u32>,
@@ -230,6 +228,9 @@ impl Dataplane {
         std::fs::create_dir_all(&links_dir).map_err(io_err("creating", &links_dir))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            // A BTF map, which the object cannot mark pinned: pinned here like the others,
+            // so a restarted agent keeps the entries of the sockets already open.
+            .map_pin_path(maps::SOCK_LB, maps_dir.join(maps::SOCK_LB))
             .load(OBJECT)
             .map_err(|source| DataplaneError::Load {
                 dir: maps_dir.clone(),
@@ -273,9 +274,7 @@ impl Dataplane {
         let netns_nets = take(maps::NETNS_NETS)?;
         let dns_ports = take(maps::DNS_PORTS)?;
         let lb_stats = take(maps::LB_STATS)?;
-        let sock_lb = take(maps::SOCK_LB)?;
         let svc_stats = take(maps::SVC_STATS)?;
-        let rr = take(maps::RR)?;
         let published = take(maps::PUBLISHED)?;
         let port_stats = take(maps::PORT_STATS)?;
         let host_addrs = take(maps::HOST_ADDRS)?;
@@ -291,10 +290,8 @@ impl Dataplane {
             netns_nets: BpfHashMap::try_from(netns_nets).map_err(map_err(maps::NETNS_NETS))?,
             dns_ports: BpfHashMap::try_from(dns_ports).map_err(map_err(maps::DNS_PORTS))?,
             lb_stats: PerCpuHashMap::try_from(lb_stats).map_err(map_err(maps::LB_STATS))?,
-            sock_lb: BpfHashMap::try_from(sock_lb).map_err(map_err(maps::SOCK_LB))?,
             svc_stats: aya::maps::PerCpuArray::try_from(svc_stats)
                 .map_err(map_err(maps::SVC_STATS))?,
-            rr: aya::maps::PerCpuArray::try_from(rr).map_err(map_err(maps::RR))?,
             published: BpfHashMap::try_from(published).map_err(map_err(maps::PUBLISHED))?,
             port_stats: PerCpuHashMap::try_from(port_stats).map_err(map_err(maps::PORT_STATS))?,
             host_addrs: BpfHashMap::try_from(host_addrs).map_err(map_err(maps::HOST_ADDRS))?,
@@ -310,8 +307,9 @@ impl Dataplane {
                 .flatten()
                 .map(|(vip, svc)| {
                     let list = (0..svc.count)
-                        .filter_map(|slot| {
-                            backends_now.get(&BackendKey { id: svc.id, slot }).copied()
+                        .filter_map(|slot| match svc.backends.get(slot as usize) {
+                            Some(addr) => Some(*addr),
+                            None => backends_now.get(&BackendKey { id: svc.id, slot }).copied(),
                         })
                         .collect();
                     (vip, (svc, list))
@@ -588,24 +586,25 @@ impl Dataplane {
     }
 
     /// How many load-balanced VIPs the maps hold (as this agent wrote them).
-    /// Open load-balanced sockets the programs know of (`SOCK_LB`).
-    pub fn lb_socket_count(&self) -> usize {
-        self.lock().maps.sock_lb.keys().flatten().count()
-    }
-
     pub fn service_count(&self) -> usize {
         self.lock().shadow.services.len()
     }
 
-    /// Brings SERVICES and BACKENDS to `want`. For each VIP the new backends are written
-    /// before the count that makes them selectable, and slots past the new count are removed
-    /// only after it shrank, so a connect in between always finds a valid backend.
+    /// Brings SERVICES and BACKENDS to `want` (each entry's `id` and `vni`, and its
+    /// backends in slot order). A VIP's value, with its first [`INLINE_BACKENDS`] backends
+    /// and its count, is replaced whole; the backends past those (in BACKENDS) are written
+    /// before it and removed only after it, so a connect in between always finds a valid
+    /// backend.
     pub fn sync_services(&self, want: &BTreeMap<u32, ServiceEntry>) -> Result<(), DataplaneError> {
         let inner = &mut *self.lock();
         let cpus = aya::util::nr_cpus().unwrap_or(1);
         for (vip, (svc, list)) in want {
             let old = inner.shadow.services.get(vip).cloned();
-            if old.as_ref() == Some(&(*svc, list.clone())) {
+            let same_service = |o: &Service| o.id == svc.id && o.vni == svc.vni;
+            if old
+                .as_ref()
+                .is_some_and(|(o, l)| same_service(o) && l == list)
+            {
                 continue;
             }
             if old.as_ref().is_none_or(|(o, _)| o.id != svc.id) {
@@ -613,15 +612,8 @@ impl Dataplane {
                 if let Ok(zero) = PerCpuValues::try_from(vec![LbStats::default(); cpus]) {
                     let _ = inner.maps.svc_stats.set(svc.id, zero, 0);
                 }
-                // Each CPU of each node starts its round robin at a random backend: with
-                // every counter at 0, the first connection through every node (the routing
-                // mesh: one client's connections spread over the nodes) went to the same task.
-                let starts: Vec<u32> = (0..cpus).map(|_| rand::random::<u32>()).collect();
-                if let Ok(starts) = PerCpuValues::try_from(starts) {
-                    let _ = inner.maps.rr.set(svc.id, starts, 0);
-                }
             }
-            for (slot, addr) in list.iter().enumerate() {
+            for (slot, addr) in list.iter().enumerate().skip(INLINE_BACKENDS) {
                 let key = BackendKey {
                     id: svc.id,
                     slot: slot as u32,
@@ -637,8 +629,19 @@ impl Dataplane {
                         .map_err(map_err(maps::BACKENDS))?;
                 }
             }
-            let mut entry = *svc;
-            entry.count = list.len() as u32;
+            let mut entry = Service {
+                id: svc.id,
+                vni: svc.vni,
+                count: list.len() as u32,
+                // Each node starts its round robin at a random backend: with every position
+                // at 0, the first connection through every node (the routing mesh: one
+                // client's connections spread over the nodes) went to the same task.
+                rr: rand::random::<u32>(),
+                backends: [0; INLINE_BACKENDS],
+            };
+            for (b, addr) in entry.backends.iter_mut().zip(list) {
+                *b = *addr;
+            }
             inner
                 .maps
                 .services
@@ -646,7 +649,7 @@ impl Dataplane {
                 .map_err(map_err(maps::SERVICES))?;
             if let Some((o, l)) = &old {
                 let from = if o.id == svc.id { list.len() } else { 0 };
-                for slot in from..l.len() {
+                for slot in from.max(INLINE_BACKENDS)..l.len() {
                     let _ = inner.maps.backends.remove(&BackendKey {
                         id: o.id,
                         slot: slot as u32,
@@ -665,7 +668,7 @@ impl Dataplane {
         for vip in gone {
             let _ = inner.maps.services.remove(&vip);
             if let Some((o, l)) = inner.shadow.services.remove(&vip) {
-                for slot in 0..l.len() {
+                for slot in INLINE_BACKENDS..l.len() {
                     let _ = inner.maps.backends.remove(&BackendKey {
                         id: o.id,
                         slot: slot as u32,

@@ -659,7 +659,7 @@ pub fn desired_services(view: &NetworkView, ids: &mut LbIds) -> BTreeMap<u32, Se
                         id,
                         vni: net.vni,
                         count: list.len() as u32,
-                        _pad: 0,
+                        ..Service::default()
                     },
                     list.into_iter().map(|(_, a)| a).collect(),
                 ),

@@ -109,13 +109,13 @@ pub const FEATURES: &[Feature] = &[
         Kind::Program(ProgramType::CgroupSockAddr),
     ),
     need("prog_cgroup_skb", Kind::Program(ProgramType::CgroupSkb)),
-    need("prog_cgroup_sock", Kind::Program(ProgramType::CgroupSock)),
     need("map_hash", Kind::Map(MapType::Hash)),
     need("map_array", Kind::Map(MapType::Array)),
     need("map_percpu_hash", Kind::Map(MapType::PerCpuHash)),
     need("map_percpu_array", Kind::Map(MapType::PerCpuArray)),
     need("map_lru_hash", Kind::Map(MapType::LruHash)),
     need("map_lpm_trie", Kind::Map(MapType::LpmTrie)),
+    need("map_sk_storage", Kind::Map(MapType::SkStorage)),
     need(
         "helper_skb_set_tunnel_key",
         Kind::Helper(SCHED_CLS, BpfHelper::BPF_FUNC_skb_set_tunnel_key),
@@ -140,10 +140,10 @@ pub const FEATURES: &[Feature] = &[
         ),
     ),
     need(
-        "helper_get_socket_cookie",
+        "helper_sk_storage_get",
         Kind::Helper(
             ProgramType::CgroupSockAddr,
-            BpfHelper::BPF_FUNC_get_socket_cookie,
+            BpfHelper::BPF_FUNC_sk_storage_get,
         ),
     ),
     need("clsact", Kind::Clsact),
@@ -159,9 +159,9 @@ pub const FEATURES: &[Feature] = &[
 pub const SOCKET_HOOK_FEATURES: &[&str] = &[
     "prog_cgroup_sock_addr",
     "prog_cgroup_skb",
-    "prog_cgroup_sock",
+    "map_sk_storage",
     "helper_get_netns_cookie",
-    "helper_get_socket_cookie",
+    "helper_sk_storage_get",
 ];
 
 /// The result of probing one feature: there, not there, or the probe itself failed (which
@@ -662,7 +662,7 @@ mod tests {
         assert!(!msg.contains("tcx"), "tcx is optional: {msg}");
         assert!(msg.contains("IPVS fallback cannot stand in"), "{msg}");
         // Only the socket hooks missing, IPVS there: auto picks IPVS (the overlay on tc).
-        let mut p = probe(&["prog_cgroup_sock_addr", "helper_get_socket_cookie", "tcx"]);
+        let mut p = probe(&["prog_cgroup_sock_addr", "helper_sk_storage_get", "tcx"]);
         assert!(choose(DataPlaneRequest::Auto, TcAttachRequest::Auto, &p).is_err());
         p.ipvs = Some(Probed::Yes);
         let c = choose(DataPlaneRequest::Auto, TcAttachRequest::Auto, &p).unwrap();

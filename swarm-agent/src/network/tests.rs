@@ -139,7 +139,7 @@ fn lb_ids_are_the_lowest_free_ones_and_stay_with_their_pair() {
                 id: 2,
                 vni: 4096,
                 count: 0,
-                _pad: 0,
+                ..Service::default()
             },
             vec![],
         ),
@@ -743,21 +743,32 @@ fn vips_balance_tcp_round_robin_follow_udp_to_live_backends_scope_and_intercept_
         backend("w2", "10.0.1.12", "B", &b_ip),
         ep("x", "blue", "10.0.2.10", "A", &a_ip.to_string()),
     ];
-    let web = proto::ServiceInfo {
-        id: "svc-web".into(),
-        name: "web".into(),
-        endpoint_mode: proto::EndpointMode::Vip as i32,
-        virtual_ips: vec![proto::VirtualIp {
-            network_id: "red".into(),
-            addr: "10.0.1.100/24".into(),
-        }],
-        network_ids: vec!["red".into()],
-        ports: vec![],
-    };
+    // `many`: more backends than a service's value holds inline (the rest are read from
+    // BACKENDS). They are w1 and w2 nine times each (tasks of their own with the same
+    // addresses), so every slot answers; slots m00–m08 are w1 and m09–m17 w2.
+    let many_backends = 2 * 9;
+    assert!(many_backends > swarm_ebpf_common::INLINE_BACKENDS);
+    let mut eps = eps;
+    for i in 0..many_backends {
+        let (addr, node, node_ip) = if i < 9 {
+            ("10.0.1.11", "A", &a_ip)
+        } else {
+            ("10.0.1.12", "B", &b_ip)
+        };
+        eps.push(EndpointInfo {
+            service_id: "svc-many".into(),
+            service_name: "many".into(),
+            ..ep(&format!("m{i:02}"), "red", addr, node, &node_ip.to_string())
+        });
+    }
+    let many = super::testbed::vip_service("svc-many", "many", "red", "10.0.1.101/24");
+    let web = super::testbed::vip_service("svc-web", "web", "red", "10.0.1.100/24");
     let mut msg = complete(vec![red, blue], eps.clone());
-    msg.changes.push(NetworkStateChange {
-        change: Some(Change::Service(web)),
-    });
+    for svc in [web, many] {
+        msg.changes.push(NetworkStateChange {
+            change: Some(Change::Service(svc)),
+        });
+    }
     let a_view = ViewHandle::default();
     a_view.apply(msg.clone());
     let b_view = ViewHandle::default();
@@ -795,15 +806,14 @@ fn vips_balance_tcp_round_robin_follow_udp_to_live_backends_scope_and_intercept_
     hold_server(&task_ns["w2"], 7300);
 
     // TCP through the VIP: connect4 picks the backends in turn; the socket's peer reads as
-    // the VIP.
-    // The round robin counts per CPU (each CPU starts a service at a random backend): the
-    // client stays on one CPU so that its ten connections see one counter.
-    let tcp = r#"
-import os, socket
-os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    // the VIP. (The node starts each service's round robin at a random backend.)
+    let tcp_to = |vip: &str, n: usize| {
+        format!(
+            r#"
+import socket
 out = []
-for i in range(10):
-    s = socket.create_connection(("10.0.1.100", 7100), timeout=3)
+for i in range({n}):
+    s = socket.create_connection(("{vip}", 7100), timeout=3)
     peer = s.getpeername()[0]
     data = b""
     while True:
@@ -814,8 +824,14 @@ for i in range(10):
     out.append(data.decode() + "@" + peer)
     s.close()
 print(" ".join(out))
-"#;
-    let got = output_of(task_process(&task_ns["c"], &client_cg, tcp));
+"#
+        )
+    };
+    let got = output_of(task_process(
+        &task_ns["c"],
+        &client_cg,
+        &tcp_to("10.0.1.100", 10),
+    ));
     let answers: Vec<&str> = got.split(' ').collect();
     assert_eq!(answers.len(), 10, "{got}");
     assert_eq!(
@@ -829,8 +845,23 @@ print(" ".join(out))
         "{got}"
     );
     assert!(answers.iter().all(|a| a.ends_with("@10.0.1.100")), "{got}");
-    // Those sockets are closed: their per-socket entries went with them.
-    assert_eq!(a.dataplane().unwrap().lb_socket_count(), 0);
+    // Past the inline backends: one round visits every slot once, those in BACKENDS too (a
+    // slot that could not be read would refuse its connect).
+    let got = output_of(task_process(
+        &task_ns["c"],
+        &client_cg,
+        &tcp_to("10.0.1.101", many_backends),
+    ));
+    let answers: Vec<&str> = got.split(' ').collect();
+    assert_eq!(answers.len(), many_backends, "{got}");
+    for (w, n) in [("w1@", 9), ("w2@", 9)] {
+        assert_eq!(
+            answers.iter().filter(|a| a.starts_with(w)).count(),
+            n,
+            "{got}"
+        );
+    }
+    assert!(answers.iter().all(|a| a.ends_with("@10.0.1.101")), "{got}");
 
     // A task on another network: no translation, and its packets to the VIP are dropped.
     let denied = r#"
@@ -899,15 +930,19 @@ for i in range(10):
         ("w2", "w1")
     };
     // The managers say the backend's task ended: it leaves the view everywhere, and its
-    // node takes its interface away.
+    // node takes its interface away. (`many`'s tasks, which share its address, go too.)
+    let many_tasks = (0..many_backends).map(|i| format!("m{i:02}"));
     let remove = NetworkStateMessage {
         r#type: network_state_message::Type::Incremental as i32,
-        changes: vec![NetworkStateChange {
-            change: Some(Change::EndpointRemoved(proto::EndpointKey {
-                task_id: gone.into(),
-                network_id: "red".into(),
-            })),
-        }],
+        changes: std::iter::once(gone.to_string())
+            .chain(many_tasks)
+            .map(|task_id| NetworkStateChange {
+                change: Some(Change::EndpointRemoved(proto::EndpointKey {
+                    task_id,
+                    network_id: "red".into(),
+                })),
+            })
+            .collect(),
         ..Default::default()
     };
     a_view.apply(remove.clone());
@@ -1038,6 +1073,18 @@ print("bound")
             .any(|(k, s)| k.backend == w1 && s.connections >= 5 && s.bytes > 0),
         "{stats:?}"
     );
+    // `many` had TCP only: its packets were counted by the cgroup_skb programs, through
+    // the sockets' own SOCK_LB entries.
+    let many_id = a.dataplane().unwrap().services()[&be("10.0.1.101".parse().unwrap())]
+        .0
+        .id;
+    let many_w1 = stats
+        .iter()
+        .find(|(k, _)| k.id == many_id && k.backend == w1)
+        .map(|(_, s)| *s)
+        .unwrap_or_default();
+    assert_eq!(many_w1.connections, 9, "{stats:?}");
+    assert!(many_w1.packets >= 9 * 3 && many_w1.bytes > 0, "{stats:?}");
     drop(cg);
 }
 
