@@ -3,6 +3,7 @@
 //! the seeded schedule of faults applied and healed; then the history checked for
 //! linearizability and the copies the executors ran checked against their bounds.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ use super::workload::{Workload, COUNTER, OP_TIMEOUT};
 use crate::client::AgentClient;
 use crate::helpers::poll;
 use crate::loopback::Cluster;
+use crate::sim_executor::running_tasks;
 
 pub const MANAGERS: usize = 3;
 pub const WORKERS: usize = 2;
@@ -65,6 +67,9 @@ pub struct Report {
     pub verdict: Verdict,
     pub stretches: Stretches,
     pub samples: usize,
+    /// Once the faults healed: how long until the store and the executors agreed on the
+    /// service's tasks, or what still differed at [`agree_bound`].
+    pub agreement: Result<Duration, String>,
     pub logs: String,
 }
 
@@ -74,6 +79,7 @@ impl Report {
         self.verdict.passed()
             && self.stretches.longest_over <= over_bound()
             && self.stretches.longest_under <= under_bound()
+            && self.agreement.is_ok()
     }
 
     /// The summary line of the run.
@@ -85,7 +91,7 @@ impl Report {
         format!(
             "seed {}: {} faults, {} operations on {} services ({} completed, {} indeterminate), \
              linearizable: {}, not checked: {}; copies of the service (asked {REPLICAS}): longest over {:.1?} (bound {:?}), \
-             longest under {:.1?} (bound {:?}), {} samples{left_out}",
+             longest under {:.1?} (bound {:?}), {} samples; store and executors agreed {}{left_out}",
             self.seed,
             self.faults.len(),
             self.verdict.ops,
@@ -99,6 +105,10 @@ impl Report {
             self.stretches.longest_under,
             under_bound(),
             self.samples,
+            match &self.agreement {
+                Ok(after) => format!("{after:.1?} after healing (bound {:?})", agree_bound()),
+                Err(_) => format!("NOT within {:?}", agree_bound()),
+            },
         )
     }
 
@@ -109,6 +119,12 @@ impl Report {
         s.push_str("\nfaults:\n");
         for f in &self.faults {
             s.push_str(&format!("  {f}\n"));
+        }
+        if let Err(differ) = &self.agreement {
+            s.push_str(&format!(
+                "the store and the executors still disagreed {:?} after the faults healed: {differ}\n",
+                agree_bound()
+            ));
         }
         if self.verdict.too_much_unchecked() {
             s.push_str(&format!(
@@ -137,6 +153,68 @@ impl Report {
         }
         s.push_str(&self.logs);
         s
+    }
+}
+
+/// How long after the faults healed the store and the executors may still disagree on the
+/// service's tasks: the longer of the two bounds above (a node that comes back shuts its
+/// old copies down and reports it; a replacement starts and reports RUNNING).
+pub fn agree_bound() -> Duration {
+    over_bound().max(under_bound())
+}
+
+/// Once the faults healed, the store and the executors must come to agree on the service:
+/// every copy an executor runs is a task the store has RUNNING, every task the store has
+/// RUNNING runs on an executor, and there are as many as asked. A status report the
+/// managers acknowledged but never recorded (a task running for good while the store says
+/// ASSIGNED) fails here, though it leaves the copies' count right. Returns how long that
+/// took, or what still differed at [`agree_bound`].
+fn agreement(c: &Cluster, roots: &[PathBuf], svc: &str) -> Result<Duration, String> {
+    let start = Instant::now();
+    loop {
+        let on_nodes: BTreeSet<String> = roots
+            .iter()
+            .flat_map(|r| running_tasks(r))
+            .filter(|(_, s)| s == svc)
+            .map(|(t, _)| t)
+            .collect();
+        let differ = match c.node(0).tasks(svc) {
+            Ok(tasks) => {
+                let state = |t: &proto::Task| t.status.as_ref().map_or(0, |s| s.state);
+                let in_store: BTreeSet<String> = tasks
+                    .iter()
+                    .filter(|t| state(t) == proto::TaskState::Running as i32)
+                    .map(|t| t.id.clone())
+                    .collect();
+                if on_nodes == in_store && on_nodes.len() == REPLICAS {
+                    return Ok(start.elapsed());
+                }
+                let shown = |ids: Vec<&String>| -> Vec<String> {
+                    ids.into_iter()
+                        .map(|id| match tasks.iter().find(|t| &t.id == id) {
+                            Some(t) => format!(
+                                "{id} ({:?}, desired {:?}, node {})",
+                                proto::TaskState::try_from(state(t)).unwrap_or_default(),
+                                t.desired(),
+                                t.node_id
+                            ),
+                            None => format!("{id} (not in the store)"),
+                        })
+                        .collect()
+                };
+                format!(
+                    "asked {REPLICAS}; running on the executors but not RUNNING in the store: {:?}; \
+                     RUNNING in the store but on no executor: {:?}",
+                    shown(on_nodes.difference(&in_store).collect()),
+                    shown(in_store.difference(&on_nodes).collect()),
+                )
+            }
+            Err(e) => format!("listing the tasks through {}: {e:#}", c.node(0).name),
+        };
+        if start.elapsed() >= agree_bound() {
+            return Err(differ);
+        }
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
@@ -245,6 +323,7 @@ pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyho
     // Every key read through every manager once the cluster is whole: an acknowledged
     // write missing there is a violation of the same check.
     final_reads(&work, &c)?;
+    let agreement = agreement(&c, &roots, &svc);
     stop.store(true, Ordering::SeqCst);
     let samples = sampler
         .join()
@@ -257,6 +336,7 @@ pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyho
         verdict,
         stretches: stretches(&samples, REPLICAS),
         samples: samples.len(),
+        agreement,
         logs: c.logs(),
     })
 }
