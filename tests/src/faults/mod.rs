@@ -7,9 +7,11 @@
 //! - [`history`]: the recorded operations and their check (stateright's
 //!   `LinearizabilityTester`), indeterminate operations modelled as such;
 //! - [`replicas`]: the copies of a service the simulated executors actually run;
+//! - [`liveness`]: how soon after each heal the managers acknowledged a write again;
 //! - [`run`]: one run of a seed, and its report.
 
 pub mod history;
+pub mod liveness;
 pub mod net;
 pub mod replicas;
 pub mod run;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::history::{check, Op, Record, Ret, Verdict};
+use super::liveness;
 use super::net::FaultNet;
 use super::replicas::{count, stretches, Sample, Stretches};
 use super::schedule::{schedule, Abilities, Fault, Step};
@@ -67,6 +68,9 @@ pub struct Report {
     pub verdict: Verdict,
     pub stretches: Stretches,
     pub samples: usize,
+    /// After each heal, how long until a write was acknowledged again (`None`: not before the
+    /// next fault).
+    pub recoveries: Vec<Option<Duration>>,
     /// Once the faults healed: how long until the store and the executors agreed on the
     /// service's tasks, or what still differed at [`agree_bound`].
     pub agreement: Result<Duration, String>,
@@ -80,6 +84,7 @@ impl Report {
             && self.stretches.longest_over <= over_bound()
             && self.stretches.longest_under <= under_bound()
             && self.agreement.is_ok()
+            && liveness::within_bound(&self.recoveries)
     }
 
     /// The summary line of the run.
@@ -91,7 +96,8 @@ impl Report {
         format!(
             "seed {}: {} faults, {} operations on {} services ({} completed, {} indeterminate), \
              linearizable: {}, not checked: {}; copies of the service (asked {REPLICAS}): longest over {:.1?} (bound {:?}), \
-             longest under {:.1?} (bound {:?}), {} samples; store and executors agreed {}{left_out}",
+             longest under {:.1?} (bound {:?}), {} samples; store and executors agreed {}; \
+             writes acknowledged again after each heal within {} (bound {:?}){left_out}",
             self.seed,
             self.faults.len(),
             self.verdict.ops,
@@ -109,6 +115,11 @@ impl Report {
                 Ok(after) => format!("{after:.1?} after healing (bound {:?})", agree_bound()),
                 Err(_) => format!("NOT within {:?}", agree_bound()),
             },
+            match self.recoveries.iter().try_fold(Duration::ZERO, |m, r| r.map(|d| m.max(d))) {
+                Some(worst) => format!("{worst:.1?} at worst"),
+                None => "NOT after every heal".to_string(),
+            },
+            liveness::BOUND,
         )
     }
 
@@ -125,6 +136,18 @@ impl Report {
                 "the store and the executors still disagreed {:?} after the faults healed: {differ}\n",
                 agree_bound()
             ));
+        }
+        if !liveness::within_bound(&self.recoveries) {
+            s.push_str(
+                "writes acknowledged again after each heal (a dash: none before the next fault):",
+            );
+            for r in &self.recoveries {
+                match r {
+                    Some(d) => s.push_str(&format!(" {d:.1?}")),
+                    None => s.push_str(" -"),
+                }
+            }
+            s.push('\n');
         }
         if self.verdict.too_much_unchecked() {
             s.push_str(&format!(
@@ -296,6 +319,8 @@ pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyho
 
     let steps = schedule(seed, MANAGERS, WORKERS, budget, can);
     let mut faults = Vec::new();
+    // When each fault healed, and when the next one began (or the clients stopped).
+    let mut heals = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         let shown =
             apply(&net, &c, step, &cut).with_context(|| format!("applying {}", step.fault))?;
@@ -313,7 +338,9 @@ pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyho
             .expect("cut lock")
             .iter_mut()
             .for_each(|c| *c = false);
+        let healed = Instant::now();
         std::thread::sleep(step.rest);
+        heals.push((healed, Instant::now()));
     }
 
     work.stop();
@@ -328,7 +355,9 @@ pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyho
     let samples = sampler
         .join()
         .map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
-    let verdict = check(&work.history.records());
+    let records = work.history.records();
+    let recoveries = liveness::recoveries(&records, &heals);
+    let verdict = check(&records);
     Ok(Report {
         seed,
         faults,
@@ -336,6 +365,7 @@ pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyho
         verdict,
         stretches: stretches(&samples, REPLICAS),
         samples: samples.len(),
+        recoveries,
         agreement,
         logs: c.logs(),
     })
