@@ -1,12 +1,14 @@
-//! `cargo xtask powerloss`: acknowledged writes survive a real power cut. A manager (the
-//! loopback harness's `test-agent`, simulated executor) runs in a QEMU VM (Debian 12's 6.1
-//! kernel, virtme-ng, no KVM) with its data root on a virtual disk of its own (a raw image,
-//! ext4 with the default `data=ordered`); a client in the guest creates services and records
-//! each acknowledged one, with fsync, in the directory shared with the host (9p: it is on the
-//! host's file system before the next write starts). Once enough writes are acknowledged the
-//! host kills QEMU (SIGKILL of its process group: no shutdown, no sync, no flush) while the
-//! client keeps writing. A second boot over the same image replays the ext4 journal, starts
-//! the manager from its data root, and every acknowledged write must be there.
+//! `cargo xtask powerloss`: acknowledged writes survive a real power cut of every manager
+//! at once. Three managers (the loopback harness's `test-agent`, simulated executor) run in
+//! one QEMU VM (Debian 12's 6.1 kernel, virtme-ng, no KVM), each with its data root on the
+//! VM's own virtual disk (a raw image, ext4 with the default `data=ordered`); a client in
+//! the guest creates services through the first and records each acknowledged one (committed
+//! by a quorum of the three), with fsync, in the directory shared with the host (9p: it is on
+//! the host's file system before the next write starts). Once enough writes are acknowledged
+//! the host kills QEMU (SIGKILL of its process group: no shutdown, no sync, no flush) while
+//! the client keeps writing: the three managers lose their power together. A second boot
+//! over the same image replays the ext4 journal, starts the three managers from their data
+//! roots, and once they have elected a leader every acknowledged write must be there.
 //!
 //! What the cut loses: everything in the guest's memory (its page cache, dirty buffers, the
 //! running ext4 journal transaction). QEMU writes the image with `cache=writeback`: what the
@@ -37,7 +39,11 @@ const WRITES_BEFORE_CUT: usize = 12;
 /// How long one boot may take (boot, the manager's start, the writes).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 
-/// The manager's port in the guest (its metrics on the next one).
+/// The managers in the guest.
+const MANAGERS: usize = 3;
+
+/// The first manager's port in the guest (its metrics on the next one); manager k (from 1)
+/// listens on `PORT + 10 * (k - 1)`.
 const PORT: u16 = 2377;
 
 /// The disk tests run in the guest (`tests/tests/disks.rs`).
@@ -111,13 +117,13 @@ fn run_in(vm: &setup::Vm, out: &Path, without_fsync: bool) -> anyhow::Result<()>
         .collect();
     if present.is_empty() {
         bail!(
-            "powerloss: the manager lists no service after the reboot\n{}",
+            "powerloss: the managers list no service after the reboot\n{}",
             guest.logs()
         );
     }
     let lost: Vec<&String> = acked.iter().filter(|a| !present.contains(a)).collect();
     println!(
-        "powerloss: after the reboot {} services are present, {} of {} acknowledged writes lost; the un-fsynced canary was {}",
+        "powerloss: after the reboot of the {MANAGERS} managers {} services are present, {} of {} acknowledged writes lost; the un-fsynced canary was {}",
         present.len(),
         lost.len(),
         acked.len(),
@@ -215,8 +221,10 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The start of both scripts: the disk mounted, the manager started on it.
-fn preamble(phase: &str, agent: &Path, out: &Path) -> String {
+/// The start of both scripts: the disk mounted, and `start_managers`, which starts the
+/// managers on it (node1 … node3, each on its own data root, socket and port) and waits for
+/// their sockets; `cli` talks to node1.
+fn preamble(phase: &str, agent: &Path, swarm: &Path, out: &Path) -> String {
     format!(
         r#"#!/bin/sh
 # Runs inside the VM, started by `cargo xtask powerloss` ({phase}).
@@ -229,32 +237,55 @@ mkdir -p /run/disk
 mount -t ext4 /dev/vda /run/disk
 grep ' /run/disk ' /proc/mounts
 cd /tmp
-"#,
-        out = out.display(),
-    ) + &format!(
-        r#"start_manager() {{
-    {agent} --data-root /run/disk/node1 --socket /run/node1.sock --hostname node1 \
-        --metrics-addr 127.0.0.1:{mport} >"$OUT/agent-{phase}.log" 2>&1 &
-    MANAGER=$!
-    i=0
-    while [ ! -S /run/node1.sock ]; do
-        i=$((i + 1)); [ $i -lt 600 ] || {{ echo "guest: the manager opened no socket"; exit 1; }}
-        sleep 0.2
+cli() {{ {swarm} -H unix:///run/node1.sock "$@"; }}
+port() {{ echo $(({port} + 10 * ($1 - 1))); }}
+start_managers() {{
+    MANAGERS=""
+    for k in $(seq 1 {managers}); do
+        {agent} --data-root /run/disk/node$k --socket /run/node$k.sock --hostname node$k \
+            --metrics-addr 127.0.0.1:$(($(port $k) + 1)) >"$OUT/agent-{phase}-node$k.log" 2>&1 &
+        MANAGERS="$MANAGERS $!"
+    done
+    for k in $(seq 1 {managers}); do
+        i=0
+        while [ ! -S /run/node$k.sock ]; do
+            i=$((i + 1)); [ $i -lt 600 ] || {{ echo "guest: node$k opened no socket"; exit 1; }}
+            sleep 0.2
+        done
     done
 }}
 "#,
+        out = out.display(),
+        swarm = swarm.display(),
         agent = agent.display(),
-        mport = PORT + 1,
+        port = PORT,
+        managers = MANAGERS,
     )
 }
 
-/// Boot 1: `swarm init`, then service creates until the power is cut.
+/// Boot 1: `swarm init` on node1, the others joined as managers, then service creates until
+/// the power is cut.
 fn write_script(agent: &Path, swarm: &Path, out: &Path) -> String {
-    preamble("write", agent, out)
+    preamble("write", agent, swarm, out)
         + &format!(
-            r#"start_manager
-cli() {{ {swarm} -H unix:///run/node1.sock "$@"; }}
-cli init --advertise-addr 127.0.0.1:{port} --listen-addr 127.0.0.1:{port}
+            r#"start_managers
+cli init --advertise-addr 127.0.0.1:$(port 1) --listen-addr 127.0.0.1:$(port 1)
+for k in $(seq 2 {managers}); do
+    # A new manager's first commits need its answer: the token read may be refused a moment.
+    i=0
+    until token=$(cli join-token -q manager); do
+        i=$((i + 1)); [ $i -lt 60 ] || {{ echo "guest: no manager join token"; exit 1; }}
+        sleep 1
+    done
+    {swarm} -H unix:///run/node$k.sock join --token "$token" \
+        --advertise-addr 127.0.0.1:$(port $k) --listen-addr 127.0.0.1:$(port $k) 127.0.0.1:$(port 1)
+done
+i=0
+until [ "$(cli node ls -q | wc -l)" -eq {managers} ]; do
+    i=$((i + 1)); [ $i -lt 120 ] || {{ echo "guest: the managers did not all join"; exit 1; }}
+    sleep 1
+done
+cli node ls
 n=0
 while :; do
     n=$((n + 1))
@@ -274,8 +305,8 @@ while :; do
 done
 "#,
             swarm = swarm.display(),
-            port = PORT,
             k = WRITES_BEFORE_CUT,
+            managers = MANAGERS,
         )
 }
 
@@ -284,8 +315,8 @@ done
 fn check_script(agent: &Path, swarm: &Path, out: &Path, disks: Option<&Path>) -> String {
     let disks = match disks {
         Some(bin) => format!(
-            r#"kill $MANAGER
-wait $MANAGER || true
+            r#"kill $MANAGERS
+wait $MANAGERS || true
 modprobe -a loop dm_mod dm_flakey dm_delay
 start=$(date +%s)
 {bin} --ignored --test-threads=1 > "$OUT/disks.log" 2>&1 || {{ echo "guest: the disk tests failed"; exit 1; }}
@@ -295,22 +326,19 @@ echo "guest: the disk tests took $(( $(date +%s) - start )) s"
         ),
         None => String::new(),
     };
-    preamble("check", agent, out)
-        + &format!(
-            r#"if grep -q canary /run/disk/canary 2>/dev/null; then echo survived > "$OUT/canary"; else echo lost > "$OUT/canary"; fi
-start_manager
-cli() {{ {swarm} -H unix:///run/node1.sock "$@"; }}
+    preamble("check", agent, swarm, out)
+        + r#"if grep -q canary /run/disk/canary 2>/dev/null; then echo survived > "$OUT/canary"; else echo lost > "$OUT/canary"; fi
+start_managers
+# The list needs a leader: the three elect one from their logs.
 i=0
 until cli service ls > "$OUT/services.tmp"; do
-    i=$((i + 1)); [ $i -lt 120 ] || {{ echo "guest: the manager does not answer after the reboot"; exit 1; }}
+    i=$((i + 1)); [ $i -lt 120 ] || { echo "guest: the managers do not answer after the reboot"; exit 1; }
     sleep 1
 done
 mv "$OUT/services.tmp" "$OUT/services"
 cat "$OUT/services"
-"#,
-            swarm = swarm.display(),
-        )
-        + &disks
+cli node ls || true
+"# + &disks
 }
 
 /// The VM, its shared directory and its disk.
@@ -414,13 +442,12 @@ impl Guest<'_> {
     /// The tails of the guest's logs.
     fn logs(&self) -> String {
         let mut s = String::new();
-        for f in [
-            "write.log",
-            "agent-write.log",
-            "check.log",
-            "agent-check.log",
-            "disks.log",
-        ] {
+        let mut files = vec!["write.log".to_string()];
+        for phase in ["write", "check"] {
+            files.extend((1..=MANAGERS).map(|k| format!("agent-{phase}-node{k}.log")));
+        }
+        files.extend(["check.log".to_string(), "disks.log".to_string()]);
+        for f in &files {
             let text = std::fs::read_to_string(self.out.join(f)).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
             s += &format!("--- {f} (last lines)\n");
