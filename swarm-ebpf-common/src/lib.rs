@@ -332,9 +332,6 @@ pub struct SockLb {
     pub vip: u32,
     pub backend: u32,
     pub id: u32,
-    /// Network order.
-    pub port: u16,
-    pub _pad: u16,
 }
 
 /// `CT[task → VIP flow]`: the backend the tc program chose for it.
@@ -515,7 +512,6 @@ mod pod {
     unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for NetnsNet {}
     unsafe impl aya::Pod for DnsPorts {}
-    unsafe impl aya::Pod for SockLb {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for CtRev {}
     unsafe impl aya::Pod for LbStatsKey {}

@@ -110,15 +110,7 @@ pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
     let lb = unsafe { SOCK_LB.get_or_insert_ptr_mut(&ctx, None) };
     if !lb.is_null() {
         // SAFETY: a non-null pointer from bpf_sk_storage_get, to this socket's entry.
-        unsafe {
-            *lb = SockLb {
-                vip,
-                backend,
-                id,
-                port: sa.user_port as u16,
-                _pad: 0,
-            }
-        };
+        unsafe { *lb = SockLb { vip, backend, id } };
     }
     lb::count(id, backend, 1, 0);
     ALLOW
@@ -163,6 +155,8 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn count_skb(ctx: &SkBuffContext) {
+    // aya-ebpf's `SkStorage` reads its socket from a sock_addr context only, so the helper
+    // is called here on the skb's socket.
     // SAFETY: the context's skb; `sk` is checked for null and for being a full socket (what
     // socket storage needs) before use.
     let lb = unsafe {
