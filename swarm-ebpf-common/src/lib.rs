@@ -324,15 +324,36 @@ pub struct DnsPorts {
     pub tcp: u16,
 }
 
-/// `SOCK_LB`, socket storage: what connect4 did to a TCP socket it sent to a backend. The
-/// entry lives in the socket itself and goes with it.
+/// `SOCK_LB`, socket storage: what connect4 did to a TCP socket it sent to a backend, and
+/// the socket's counts not yet added to `LB_STATS` and `SVC_STATS`. The entry lives in the
+/// socket itself and goes with it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockLb {
     pub vip: u32,
     pub backend: u32,
     pub id: u32,
+    /// 1 until the connection itself was counted (with the socket's first flush: its SYN).
+    pub connection: u32,
+    /// What each direction carried since its last flush: `[egress, ingress]`.
+    pub pending: [SockPending; 2],
 }
+
+/// Packets and bytes one direction of a load-balanced socket carried since its last flush.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockPending {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A load-balanced socket's packets are added to the shared counters in batches while it is
+/// ESTABLISHED: at most this many packets wait in the socket (a flush is also forced by
+/// [`SOCK_FLUSH_BYTES`], by a FIN or RST, and by any other TCP state).
+pub const SOCK_FLUSH_PACKETS: u64 = 32;
+
+/// At most this many bytes wait in the socket before a flush.
+pub const SOCK_FLUSH_BYTES: u64 = 256 * 1024;
 
 /// `CT[task → VIP flow]`: the backend the tc program chose for it.
 #[repr(C)]

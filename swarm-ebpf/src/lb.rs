@@ -58,13 +58,13 @@ pub fn pick(svc: *mut Service, avoid: u32) -> Option<u32> {
 
 /// Adds to the counters of the service `id` and of its backend.
 #[inline(always)]
-pub fn count(id: u32, backend: u32, connections: u64, bytes: u32) {
+pub fn count(id: u32, backend: u32, connections: u64, packets: u64, bytes: u64) {
     let add = |s: *mut LbStats| {
         // SAFETY: this CPU's value.
         unsafe {
             (*s).connections += connections;
-            (*s).packets += 1;
-            (*s).bytes += bytes as u64;
+            (*s).packets += packets;
+            (*s).bytes += bytes;
         }
     };
     // The service's total: an array slot (never evicted, cheap to find).
@@ -163,7 +163,7 @@ pub fn dnat(ctx: &TcContext, ip: &Ip4, vni: u32) -> Dnat {
     if set_addr(ctx, ip, IP_DADDR_OFF, ip.daddr, backend).is_none() {
         return Dnat::Drop;
     }
-    count(id, backend, new_flow as u64, ctx.len());
+    count(id, backend, new_flow as u64, 1, ctx.len() as u64);
     Dnat::To(backend)
 }
 
@@ -184,6 +184,6 @@ pub fn reverse(ctx: &TcContext, ip: &Ip4) {
     // SAFETY: value pointer from a lookup; copied before any helper call.
     let r = unsafe { *r };
     if set_addr(ctx, ip, IP_SADDR_OFF, ip.saddr, r.vip).is_some() {
-        count(r.id, ip.saddr, 0, ctx.len());
+        count(r.id, ip.saddr, 0, 1, ctx.len() as u64);
     }
 }

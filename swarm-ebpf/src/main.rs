@@ -21,6 +21,10 @@
 //! does both): a host build (`cargo build --workspace`) makes no binary of this crate, and
 //! forcing one (`--features program` on the host) fails with the command that builds it.
 #![cfg_attr(target_arch = "bpf", no_std)]
+// `atomic_xadd`: the bpf target has no atomic read-modify-write types, but its instruction
+// set has an atomic add (see `sock::xadd`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 #![no_main]
 
 #[cfg(target_arch = "bpf")]

@@ -14,7 +14,7 @@ use proto::{
     network_state_change::Change, network_state_message, EndpointInfo, NetworkInfo,
     NetworkStateChange, NetworkStateMessage, Task,
 };
-use swarm_ebpf_common::stat;
+use swarm_ebpf_common::{stat, LbStats, LbStatsKey};
 
 use super::testbed::{
     complete as complete_with, endpoint_info as ep, network_info as net, task, Cgroup, Topology,
@@ -720,6 +720,14 @@ fn hold_server(ns: &Path, port: u16) {
     rx.recv_timeout(Duration::from_secs(5)).unwrap();
 }
 
+/// The service total (backend 0) of service `id` in `stats`.
+fn service_total(stats: &BTreeMap<LbStatsKey, LbStats>, id: u32) -> LbStats {
+    stats
+        .get(&LbStatsKey { id, backend: 0 })
+        .copied()
+        .unwrap_or_default()
+}
+
 #[test]
 fn vips_balance_tcp_round_robin_follow_udp_to_live_backends_scope_and_intercept_dns() {
     let mut topo = new_topology();
@@ -804,6 +812,10 @@ fn vips_balance_tcp_round_robin_follow_udp_to_live_backends_scope_and_intercept_
     name_server(&task_ns["w2"], 7100, "w2");
     hold_server(&task_ns["w1"], 7300);
     hold_server(&task_ns["w2"], 7300);
+    // One ping-pong connection below, to whichever backend the round robin gives.
+    for w in ["w1", "w2"] {
+        drop(echo_server(&task_ns[w], "0.0.0.0:7200".parse().unwrap(), 1));
+    }
 
     // TCP through the VIP: connect4 picks the backends in turn; the socket's peer reads as
     // the VIP. (The node starts each service's round robin at a random backend.)
@@ -862,6 +874,76 @@ print(" ".join(out))
         );
     }
     assert!(answers.iter().all(|a| a.ends_with("@10.0.1.101")), "{got}");
+
+    // A load-balanced socket's packets wait in the socket and reach the counters in batches:
+    // checked against the kernel's own count of the socket's segments (TCP_INFO's segs_out
+    // and segs_in; one packet per segment here: 100-byte writes with TCP_NODELAY, one at a
+    // time). While the connection is open, at most a batch per direction waits; once it
+    // closed, every packet is counted, the close's too.
+    let many_id = a.dataplane().unwrap().services()[&be("10.0.1.101".parse().unwrap())]
+        .0
+        .id;
+    let before_all = a.dataplane().unwrap().lb_stats();
+    let before = service_total(&before_all, many_id);
+    let ping_pong = r#"
+import socket, struct, sys
+s = socket.create_connection(("10.0.1.101", 7200), timeout=3)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for i in range(100):
+    s.sendall(b"x" * 100)
+    got = b""
+    while len(got) < 100:
+        got += s.recv(100 - len(got))
+info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+segs_out, segs_in = struct.unpack_from("II", info, 136)
+print(segs_out + segs_in)
+sys.stdin.readline()
+s.close()
+"#;
+    let mut pinger = task_process(&task_ns["c"], &client_cg, ping_pong);
+    let mut ping_out = std::io::BufReader::new(pinger.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut ping_out, &mut line).unwrap();
+    let segs: u64 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("TCP_INFO: {line:?}"));
+    let open = service_total(&a.dataplane().unwrap().lb_stats(), many_id);
+    writeln!(pinger.stdin.take().unwrap()).unwrap();
+    let status = pinger.wait().unwrap();
+    assert!(status.success(), "the ping-pong client failed");
+    // The close's packets (FIN out, the peer's ACK and FIN, the last ACK) are sent and
+    // counted by the time the client's close returns, give or take the peer's reply.
+    std::thread::sleep(Duration::from_millis(300));
+    let closed_all = a.dataplane().unwrap().lb_stats();
+    let closed = service_total(&closed_all, many_id);
+    // Which of `many`'s backends the ping-pong went to: 1 for w1 (checked below), or 0.
+    let on_w1 = |m: &BTreeMap<LbStatsKey, LbStats>| {
+        m.get(&LbStatsKey {
+            id: many_id,
+            backend: be("10.0.1.11".parse().unwrap()),
+        })
+        .map_or(0, |s| s.connections)
+    };
+    let ping_on_w1 = on_w1(&closed_all) - on_w1(&before_all);
+    let batch = 2 * (swarm_ebpf_common::SOCK_FLUSH_PACKETS - 1);
+    let counted_open = open.packets - before.packets;
+    let counted = closed.packets - before.packets;
+    assert!(segs >= 200, "the kernel counted {segs} segments for 200 writes");
+    // A delayed ACK of the last echo may leave after TCP_INFO was read: one more.
+    assert!(
+        counted_open <= segs + 1 && counted_open + batch >= segs,
+        "open: counted {counted_open} packets, the socket had {segs} segments"
+    );
+    assert!(
+        (segs + 2..=segs + 6).contains(&counted),
+        "closed: counted {counted} packets, the socket had {segs} segments before its close"
+    );
+    assert_eq!(closed.connections - before.connections, 1, "{closed:?}");
+    // Every packet is at least an IP and a TCP header with timestamps (52 bytes), and 200
+    // carried 100 bytes of payload.
+    let bytes = closed.bytes - before.bytes;
+    assert!(bytes >= counted * 52 + 200 * 100, "{bytes} bytes");
 
     // A task on another network: no translation, and its packets to the VIP are dropped.
     let denied = r#"
@@ -1075,15 +1157,12 @@ print("bound")
     );
     // `many` had TCP only: its packets were counted by the cgroup_skb programs, through
     // the sockets' own SOCK_LB entries.
-    let many_id = a.dataplane().unwrap().services()[&be("10.0.1.101".parse().unwrap())]
-        .0
-        .id;
     let many_w1 = stats
         .iter()
         .find(|(k, _)| k.id == many_id && k.backend == w1)
         .map(|(_, s)| *s)
         .unwrap_or_default();
-    assert_eq!(many_w1.connections, 9, "{stats:?}");
+    assert_eq!(many_w1.connections, 9 + ping_on_w1, "{stats:?}");
     assert!(many_w1.packets >= 9 * 3 && many_w1.bytes > 0, "{stats:?}");
     drop(cg);
 }
