@@ -155,6 +155,9 @@ enum Cmd {
         /// retries, about 2 minutes).
         #[arg(long)]
         connect_timeout_ms: Option<u64>,
+        /// Request/response exchanges per connection.
+        #[arg(long, default_value_t = 1)]
+        requests: u32,
     },
 }
 
@@ -307,6 +310,10 @@ enum BenchCmd {
         /// Which of vip, direct, iptables to measure, comma-separated.
         #[arg(long, default_value = "vip,direct,iptables", value_delimiter = ',')]
         modes: Vec<String>,
+        /// Request/response exchanges per connection (HTTP/1.1 keep-alive before the last):
+        /// above 1, the established connection's packets weigh more than its connect.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        requests: u32,
         /// The CPU the load generator and the servers are pinned to (default: the last one).
         #[arg(long, conflicts_with = "no_pin")]
         cpu: Option<usize>,
@@ -407,16 +414,20 @@ fn main() -> anyhow::Result<()> {
                     services,
                     iptables,
                     modes,
+                    requests,
                     cpu,
                     no_pin,
                     allow_debug,
                 },
         } => bench::lb_bench(
-            rounds,
-            secs,
-            &services,
-            iptables,
-            &modes,
+            bench::LbRun {
+                rounds,
+                secs,
+                services: &services,
+                iptables,
+                modes: &modes,
+                requests,
+            },
             Pin { cpu, no_pin },
             allow_debug,
         ),
@@ -444,7 +455,8 @@ fn main() -> anyhow::Result<()> {
             secs,
             seed,
             connect_timeout_ms,
-        } => bench::lb_client(secs, seed, connect_timeout_ms),
+            requests,
+        } => bench::lb_client(secs, seed, connect_timeout_ms, requests),
         Cmd::Images {
             what: ImagesCmd::Push { registry },
         } => images_push(&registry),

@@ -929,7 +929,10 @@ s.close()
     let batch = 2 * (swarm_ebpf_common::SOCK_FLUSH_PACKETS - 1);
     let counted_open = open.packets - before.packets;
     let counted = closed.packets - before.packets;
-    assert!(segs >= 200, "the kernel counted {segs} segments for 200 writes");
+    assert!(
+        segs >= 200,
+        "the kernel counted {segs} segments for 200 writes"
+    );
     // A delayed ACK of the last echo may leave after TCP_INFO was read: one more.
     assert!(
         counted_open <= segs + 1 && counted_open + batch >= segs,

@@ -26,6 +26,8 @@ pub struct ClientRun<'a> {
     pub seed: u64,
     /// Bounds each connect (none: a connect waits for the kernel's SYN retries).
     pub connect_timeout: Option<Duration>,
+    /// Request/response exchanges per connection.
+    pub requests: u32,
     pub cpu: Cpu,
 }
 
@@ -42,6 +44,8 @@ impl ClientRun<'_> {
             &self.secs.to_string(),
             "--seed",
             &self.seed.to_string(),
+            "--requests",
+            &self.requests.to_string(),
         ]);
         if let Some(t) = self.connect_timeout {
             cmd.args(["--connect-timeout-ms", &t.as_millis().to_string()]);

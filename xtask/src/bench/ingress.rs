@@ -737,6 +737,7 @@ fn measure(
         secs,
         seed,
         connect_timeout: Some(CONNECT_TIMEOUT),
+        requests: 1,
         cpu,
     }
     .run(&format!("mode {}, {n} ports", mode.name()))

@@ -345,6 +345,7 @@ fn measure(
     secs: f64,
     seed: u64,
     cpu: Cpu,
+    requests: u32,
 ) -> anyhow::Result<ClientResult> {
     let (ns, cgroup): (&Path, Option<&Path>) = match mode {
         Mode::Vip | Mode::Direct => (&bed.c_ns, Some(&bed.client_cg)),
@@ -357,6 +358,7 @@ fn measure(
         secs,
         seed,
         connect_timeout: None,
+        requests,
         cpu,
     }
     .run(&format!("mode {}, {n} services", mode.name()))
@@ -377,6 +379,7 @@ pub fn run(
     variant: IptablesVariant,
     cpu: Cpu,
     modes: &[String],
+    requests: u32,
 ) -> anyhow::Result<()> {
     super::process::require_root()?;
     super::cpu::check_cpu(cpu)?;
@@ -390,7 +393,7 @@ pub fn run(
         bail!("--services: counts between 1 and {MAX_SERVICES}");
     }
     println!(
-        "lb benchmark: {rounds} rounds × {secs} s per mode and scale; sequential connect → {} B request → {} B response → close; each connection to a service drawn uniformly among all N",
+        "lb benchmark: {rounds} rounds × {secs} s per mode and scale; sequential connect → {requests} × ({} B request → {} B response) → close; each connection to a service drawn uniformly among all N",
         super::responder::REQUEST.len(),
         super::responder::RESPONSE.len()
     );
@@ -420,7 +423,7 @@ pub fn run(
             &mut seed,
             &format!("{n} services"),
             |mode, seed| {
-                let res = measure(&bed, mode, n, secs, seed, cpu)?;
+                let res = measure(&bed, mode, n, secs, seed, cpu, requests)?;
                 let extra = if mode == Mode::Iptables {
                     format!(", conntrack entries {}", conntrack_count(&bed.k_ns))
                 } else {

@@ -2,7 +2,7 @@
 //! `bench-lb-client`), run by the bench inside a task's (or a client host's) namespace (and
 //! cgroup): sequential connections, one at a time, each
 //! connect → [`REQUEST`] → response until the server closes → close (a reset, see [`one`]),
-//! for a fixed time.
+//! for a fixed time; with `--requests N`, N − 1 keep-alive exchanges come first.
 //! The target of each connection is drawn uniformly from the `ip:port` lines on stdin.
 //! `--connect-timeout-ms` bounds each connect (see [`connect`]); without it a connect that
 //! gets no answer waits for the kernel's SYN retries.
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::responder::REQUEST;
+use super::responder::{REQUEST, REQUEST_KEEP_ALIVE, RESPONSE};
 
 /// Not measured: ARP, caches, the first connections.
 const WARMUP: Duration = Duration::from_millis(300);
@@ -113,9 +113,32 @@ fn connect(to: &SocketAddr, timeout: Option<Duration>) -> std::io::Result<TcpStr
 /// TIME_WAIT: at tens of thousands of connections per second from one address, TIME_WAIT
 /// sockets (and conntrack entries) of earlier connections would meet new ones with the same
 /// ports and the benchmark would measure that instead of the load balancing.
-fn one(to: &SocketAddr, timeout: Option<Duration>, buf: &mut [u8]) -> std::io::Result<usize> {
+///
+/// With `requests` above 1, the first `requests - 1` exchanges are keep-alive ones, each
+/// response read whole before the next request.
+fn one(
+    to: &SocketAddr,
+    timeout: Option<Duration>,
+    requests: u32,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
     let mut s = connect(to, timeout)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    for _ in 1..requests {
+        s.write_all(REQUEST_KEEP_ALIVE)?;
+        let mut got = 0;
+        while got < RESPONSE.len() {
+            match s.read(&mut buf[..RESPONSE.len() - got])? {
+                0 => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "closed during a keep-alive exchange",
+                    ))
+                }
+                n => got += n,
+            }
+        }
+    }
     s.write_all(REQUEST)?;
     let mut got = 0;
     loop {
@@ -156,7 +179,12 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-pub fn run(secs: f64, seed: u64, connect_timeout: Option<Duration>) -> anyhow::Result<()> {
+pub fn run(
+    secs: f64,
+    seed: u64,
+    connect_timeout: Option<Duration>,
+    requests: u32,
+) -> anyhow::Result<()> {
     let mut targets: Vec<SocketAddr> = Vec::new();
     for line in std::io::stdin().lock().lines() {
         let line = line.context("reading the targets from stdin")?;
@@ -175,12 +203,15 @@ pub fn run(secs: f64, seed: u64, connect_timeout: Option<Duration>) -> anyhow::R
     if !(secs > 0.0 && secs.is_finite()) {
         bail!("--secs must be positive");
     }
+    if requests == 0 {
+        bail!("--requests must be at least 1");
+    }
     let mut rng = Rng(seed | 1);
     let mut buf = [0u8; 512];
     let warm_until = Instant::now() + WARMUP;
     while Instant::now() < warm_until {
         let t = &targets[rng.below(targets.len())];
-        let _ = one(t, connect_timeout, &mut buf);
+        let _ = one(t, connect_timeout, requests, &mut buf);
     }
     let mut lat: Vec<u64> = Vec::with_capacity(1 << 20);
     let mut errors = 0u64;
@@ -193,7 +224,7 @@ pub fn run(secs: f64, seed: u64, connect_timeout: Option<Duration>) -> anyhow::R
         if t0 >= end {
             break;
         }
-        match one(t, connect_timeout, &mut buf) {
+        match one(t, connect_timeout, requests, &mut buf) {
             Ok(_) => lat.push(t0.elapsed().as_nanos() as u64),
             Err(e) => {
                 errors += 1;

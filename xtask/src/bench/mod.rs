@@ -347,22 +347,34 @@ pub fn overlay_bench(rounds: usize, secs: u64, pin: Pin, allow_debug: bool) -> a
     rerun_netbench_release()
 }
 
+/// What `bench lb` measures (its options but the CPU's).
+#[cfg_attr(not(feature = "netbench"), allow(dead_code))]
+pub struct LbRun<'a> {
+    pub rounds: usize,
+    pub secs: f64,
+    pub services: &'a [usize],
+    pub iptables: IptablesVariant,
+    pub modes: &'a [String],
+    /// Request/response exchanges per connection.
+    pub requests: u32,
+}
+
 /// `bench lb`, always measured as a release build with the `netbench` feature.
-pub fn lb_bench(
-    rounds: usize,
-    secs: f64,
-    services: &[usize],
-    iptables: IptablesVariant,
-    modes: &[String],
-    pin: Pin,
-    allow_debug: bool,
-) -> anyhow::Result<()> {
+pub fn lb_bench(run: LbRun<'_>, pin: Pin, allow_debug: bool) -> anyhow::Result<()> {
     #[cfg(feature = "netbench")]
     if !cfg!(debug_assertions) || allow_debug {
         warn_if_debug();
-        return lb::run(rounds, secs, services, iptables, pin.cpu(), modes);
+        return lb::run(
+            run.rounds,
+            run.secs,
+            run.services,
+            run.iptables,
+            pin.cpu(),
+            run.modes,
+            run.requests,
+        );
     }
-    let _ = (rounds, secs, services, iptables, modes, pin, allow_debug);
+    let _ = (run, pin, allow_debug);
     rerun_netbench_release()
 }
 
@@ -411,16 +423,27 @@ fn rerun_netbench_release() -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "netbench")]
-pub fn lb_client(secs: f64, seed: u64, connect_timeout_ms: Option<u64>) -> anyhow::Result<()> {
+pub fn lb_client(
+    secs: f64,
+    seed: u64,
+    connect_timeout_ms: Option<u64>,
+    requests: u32,
+) -> anyhow::Result<()> {
     load_generator::run(
         secs,
         seed,
         connect_timeout_ms.map(std::time::Duration::from_millis),
+        requests,
     )
 }
 
 #[cfg(not(feature = "netbench"))]
-pub fn lb_client(_secs: f64, _seed: u64, _connect_timeout_ms: Option<u64>) -> anyhow::Result<()> {
+pub fn lb_client(
+    _secs: f64,
+    _seed: u64,
+    _connect_timeout_ms: Option<u64>,
+    _requests: u32,
+) -> anyhow::Result<()> {
     anyhow::bail!(
         "bench-lb-client runs inside `cargo xtask bench lb` (built with --features netbench)"
     )

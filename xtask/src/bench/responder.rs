@@ -15,11 +15,14 @@ use super::cpu::{pin_current_thread, Cpu};
 
 /// The request the load generator sends and the servers expect (its end).
 pub const REQUEST: &[u8] = b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n";
+/// A request after which the connection stays open for the next (`bench lb --requests`): the
+/// server answers it and reads on.
+pub const REQUEST_KEEP_ALIVE: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
 pub const RESPONSE: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 /// A minimal HTTP/1.0 server on a thread inside a task's namespace: reads a request,
-/// answers, closes (the server closes first, so the client keeps no TIME_WAIT). Stopped on
-/// drop.
+/// answers, closes (the server closes first, so the client keeps no TIME_WAIT); after a
+/// [`REQUEST_KEEP_ALIVE`] it reads the next request instead of closing. Stopped on drop.
 pub struct Responder {
     stop: Arc<AtomicBool>,
     fd: i32,
@@ -55,19 +58,25 @@ impl Responder {
                 let Ok((mut s, _)) = l.accept() else {
                     continue;
                 };
-                let mut got = 0;
-                while got < buf.len() {
-                    match s.read(&mut buf[got..]) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            got += n;
-                            if buf[..got].ends_with(b"\r\n\r\n") {
-                                break;
+                // One request at a time (the client waits for each response); the server
+                // closes after a request that is not a keep-alive one.
+                loop {
+                    let mut got = 0;
+                    while got < buf.len() {
+                        match s.read(&mut buf[got..]) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                got += n;
+                                if buf[..got].ends_with(b"\r\n\r\n") {
+                                    break;
+                                }
                             }
                         }
                     }
+                    if s.write_all(RESPONSE).is_err() || &buf[..got] != REQUEST_KEEP_ALIVE {
+                        break;
+                    }
                 }
-                let _ = s.write_all(RESPONSE);
             }
         });
         let fd = match rx.recv_timeout(Duration::from_secs(5)) {
