@@ -13,7 +13,7 @@ use anyhow::Context;
 
 use super::history::{check, Op, Record, Ret, Verdict};
 use super::liveness;
-use super::net::FaultNet;
+use super::net::{FaultNet, Mechanism};
 use super::replicas::{count, stretches, Sample, Stretches};
 use super::schedule::{schedule, Abilities, Fault, Step};
 use super::workload::{Workload, COUNTER, OP_TIMEOUT};
@@ -63,8 +63,11 @@ pub fn under_bound() -> Duration {
 pub struct Report {
     pub seed: u64,
     pub faults: Vec<String>,
-    /// Why latency and loss were left out of the schedule, when this kernel cannot add them.
-    pub netem_missing: Option<String>,
+    /// How latency and loss were added (tc netem, or NFQUEUE where the kernel has no
+    /// `sch_netem`), or why they were left out of the schedule.
+    pub netem: Result<Mechanism, String>,
+    /// How many of the faults were latency and loss.
+    pub netem_steps: usize,
     pub verdict: Verdict,
     pub stretches: Stretches,
     pub samples: usize,
@@ -89,15 +92,18 @@ impl Report {
 
     /// The summary line of the run.
     pub fn summary(&self) -> String {
-        let left_out = match &self.netem_missing {
-            Some(why) => format!(" [latency and loss left out: {why}]"),
-            None => String::new(),
+        let latency = match &self.netem {
+            Ok(by) => format!(
+                "; latency and loss in {} of the faults, by {by}",
+                self.netem_steps
+            ),
+            Err(why) => format!(" [latency and loss left out: {why}]"),
         };
         format!(
             "seed {}: {} faults, {} operations on {} services ({} completed, {} indeterminate), \
              linearizable: {}, not checked: {}; copies of the service (asked {REPLICAS}): longest over {:.1?} (bound {:?}), \
              longest under {:.1?} (bound {:?}), {} samples; store and executors agreed {}; \
-             writes acknowledged again after each heal within {} (bound {:?}){left_out}",
+             writes acknowledged again after each heal within {} (bound {:?}){latency}",
             self.seed,
             self.faults.len(),
             self.verdict.ops,
@@ -243,15 +249,18 @@ fn agreement(c: &Cluster, roots: &[PathBuf], svc: &str) -> Result<Duration, Stri
 
 /// Runs the schedule of `seed` for about `budget` of faults; `progress` gets a line per step.
 pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
-    let net = FaultNet::new(MANAGERS + WORKERS)?;
-    let netem_missing = net.netem_works().err();
-    if let Some(why) = &netem_missing {
-        progress(&format!(
-            "latency and loss (tc netem) are left out of this run's schedule: {why}"
-        ));
-    }
+    let net = FaultNet::new(MANAGERS + WORKERS)?.with_seed(seed);
+    let netem = net.netem_works();
+    progress(&match &netem {
+        Ok(Mechanism::TcNetem) => "latency and loss by tc netem".to_string(),
+        Ok(Mechanism::Nfqueue { no_netem }) => format!(
+            "latency and loss by NFQUEUE (an iptables rule in the node's namespace, a handler \
+             thread in this process): tc netem cannot run here: {no_netem}"
+        ),
+        Err(why) => format!("latency and loss are left out of this run's schedule: {why}"),
+    });
     let can = Abilities {
-        netem: netem_missing.is_none(),
+        netem: netem.is_ok(),
     };
     let c = Cluster::on_net(&net, PORT)?;
     c.form(MANAGERS)
@@ -361,7 +370,11 @@ pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyho
     Ok(Report {
         seed,
         faults,
-        netem_missing,
+        netem,
+        netem_steps: steps
+            .iter()
+            .filter(|s| matches!(s.fault, Fault::Netem { .. }))
+            .count(),
         verdict,
         stretches: stretches(&samples, REPLICAS),
         samples: samples.len(),

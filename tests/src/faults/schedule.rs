@@ -93,8 +93,9 @@ pub struct Step {
     pub rest: Duration,
 }
 
-/// What the machine can inject besides cuts: a kernel without `sch_netem` cannot add
-/// latency and loss, so those faults are left out of its schedules (and the run says so).
+/// What the machine can inject besides cuts: latency and loss need tc netem (`sch_netem`) or,
+/// without it, the NFQUEUE way ([`super::nfqueue`]); a machine where neither works leaves
+/// those faults out of its schedules (and the run says so).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Abilities {
     pub netem: bool,
