@@ -102,6 +102,8 @@ impl ControlApi {
         LocFut: Future<Output = Result<Resp, Status>>,
     {
         let caller = authorize(&req, &self.store.read())?;
+        // Taken before routing: a leader change after it ends a forwarded call (below).
+        let leader = self.router.leader_watch();
         match self.router.route() {
             Route::Local => {
                 let msg = req.into_inner();
@@ -109,7 +111,15 @@ impl ControlApi {
             }
             Route::Leader(ch) => {
                 tracing::debug!(method, "forwarding Control call to the leader");
-                forward(ControlClient::new(ch), forwarded(req, caller.as_ref())).await
+                // A leader cut off from this manager and the others never answers; once they
+                // elect another, the call ends here instead of at its deadline.
+                tokio::select! {
+                    r = forward(ControlClient::new(ch), forwarded(req, caller.as_ref())) => r,
+                    () = leader.changed() => {
+                        tracing::debug!(method, "the leader changed while the call was forwarded");
+                        Err(crate::router::leader_changed())
+                    }
+                }
             }
             Route::NoLeader => Err(crate::router::no_leader()),
             Route::Stopped(reason) => Err(crate::router::raft_stopped(&reason)),

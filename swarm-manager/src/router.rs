@@ -87,6 +87,27 @@ impl Router {
         }
     }
 
+    /// A watch on this manager's view of who leads, taken now: [`LeaderWatch::changed`]
+    /// resolves once that view moves on (another leader or none, or its Raft stopped). A
+    /// forwarded call races it, so that a call forwarded to a leader that was cut off does
+    /// not wait for its deadline once the others elected a new one.
+    pub fn leader_watch(&self) -> LeaderWatch {
+        match &*self.inner {
+            Inner::Local => LeaderWatch {
+                rx: None,
+                leader: None,
+            },
+            Inner::Raft { raft, .. } => {
+                let mut rx = raft.metrics();
+                let leader = rx.borrow_and_update().current_leader;
+                LeaderWatch {
+                    rx: Some(rx),
+                    leader,
+                }
+            }
+        }
+    }
+
     /// This manager's term as leader: `None` when it is not the leader (a single-process
     /// router is always leader, of term 0).
     pub fn leader_term(&self) -> Option<u64> {
@@ -135,6 +156,38 @@ impl Router {
             }
         }
     }
+}
+
+/// See [`Router::leader_watch`].
+pub struct LeaderWatch {
+    rx: Option<tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>>,
+    leader: Option<u64>,
+}
+
+impl LeaderWatch {
+    /// Resolves when the leader differs from the one seen when the watch was taken, or this
+    /// manager's Raft stopped or shut down; never for a single-process router.
+    pub async fn changed(mut self) {
+        let Some(rx) = self.rx.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            if rx.changed().await.is_err() {
+                return;
+            }
+            let m = rx.borrow_and_update();
+            if m.current_leader != self.leader || m.running_state.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The gRPC status of a forwarded call whose leader lost its place while the call waited.
+pub fn leader_changed() -> tonic::Status {
+    tonic::Status::unavailable(
+        "the leader changed while this call was forwarded to it; a change it asked for may or may not have been applied: check the object (for example with `inspect` or `ls`) before retrying",
+    )
 }
 
 /// The gRPC status a forwarded or local call returns when no leader is known.

@@ -51,6 +51,7 @@ fn partitions_keep_the_history_linearizable_and_the_copies_within_bounds() {
         })
         .unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
         eprintln!("{}", report.summary());
+        eprint!("{}", report.faults_with_stalls());
         if !report.passed() {
             eprintln!("{}", report.details());
             failed.push(seed);

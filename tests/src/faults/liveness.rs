@@ -5,6 +5,11 @@
 //! goes on, and one that lost it is replaced within an election timeout. A run fails when,
 //! after some heal, no write (a create or a compare-and-set that took effect) was
 //! acknowledged within [`BOUND`].
+//!
+//! While a fault holds, a majority of the managers can still reach each other (every fault of
+//! the schedule cuts, slows or isolates one node, or splits 2|1), so writes through that
+//! majority should go on. [`stalls`] measures, for each fault, the longest stretch with no
+//! write acknowledged; the report gives the worst (a figure, not yet a bound).
 
 use std::time::{Duration, Instant};
 
@@ -15,9 +20,9 @@ use super::history::{Record, Ret};
 /// retry with room to spare.
 pub const BOUND: Duration = Duration::from_secs(3);
 
-/// For each heal (when it healed, when the next fault began): the time from the heal to the
-/// first write acknowledged at or after it, or `None` when none came before the next fault.
-pub fn recoveries(records: &[Record], heals: &[(Instant, Instant)]) -> Vec<Option<Duration>> {
+/// When the writes that took effect (creates and compare-and-sets) were acknowledged, in
+/// order.
+fn acknowledged(records: &[Record]) -> Vec<Instant> {
     let mut acked: Vec<Instant> = records
         .iter()
         .filter_map(|r| match &r.completed {
@@ -26,11 +31,38 @@ pub fn recoveries(records: &[Record], heals: &[(Instant, Instant)]) -> Vec<Optio
         })
         .collect();
     acked.sort();
+    acked
+}
+
+/// For each heal (when it healed, when the next fault began): the time from the heal to the
+/// first write acknowledged at or after it, or `None` when none came before the next fault.
+pub fn recoveries(records: &[Record], heals: &[(Instant, Instant)]) -> Vec<Option<Duration>> {
+    let acked = acknowledged(records);
     heals
         .iter()
         .map(|(healed, until)| {
             let i = acked.partition_point(|t| t < healed);
             acked.get(i).filter(|t| *t <= until).map(|t| *t - *healed)
+        })
+        .collect()
+}
+
+/// For each fault (when it began, when it was healed): the longest stretch inside it with no
+/// write acknowledged, from its start to the first acknowledgement, between two, or from the
+/// last to the heal.
+pub fn stalls(records: &[Record], faults: &[(Instant, Instant)]) -> Vec<Duration> {
+    let acked = acknowledged(records);
+    faults
+        .iter()
+        .map(|(began, healed)| {
+            let first = acked.partition_point(|t| t < began);
+            let mut last = *began;
+            let mut worst = Duration::ZERO;
+            for t in acked[first..].iter().take_while(|t| *t <= healed) {
+                worst = worst.max(*t - last);
+                last = *t;
+            }
+            worst.max(healed.saturating_duration_since(last))
         })
         .collect()
 }
@@ -83,5 +115,48 @@ mod tests {
         assert!(!within_bound(&got));
         assert!(within_bound(&[got[0], got[2]]));
         assert!(!within_bound(&[Some(BOUND + Duration::from_millis(1))]));
+    }
+
+    #[test]
+    fn a_stall_is_the_longest_stretch_inside_a_fault_without_an_acknowledged_write() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let rec = |done: u64, ret: Ret| Record {
+            key: "k".into(),
+            process: 0,
+            op: Op::Create,
+            invoked: at(0),
+            completed: Some((at(done), ret)),
+            via: "node1".into(),
+        };
+        let records = [
+            rec(500, Ret::Created),
+            rec(1_300, Ret::CasOk),
+            // A read and a refused compare-and-set do not end a stall.
+            rec(2_000, Ret::Value(1)),
+            rec(2_100, Ret::CasMismatch),
+            rec(3_800, Ret::Created),
+            rec(6_500, Ret::Created),
+        ];
+        let got = stalls(
+            &records,
+            &[
+                // From the start to the first write (300 ms), between writes (2 500 ms), to
+                // the heal (200 ms).
+                (at(1_000), at(4_000)),
+                // No write at all: the whole fault.
+                (at(4_000), at(6_000)),
+                // Writes before and after only: the stretch to the heal.
+                (at(6_600), at(7_000)),
+            ],
+        );
+        assert_eq!(
+            got,
+            vec![
+                Duration::from_millis(2_500),
+                Duration::from_millis(2_000),
+                Duration::from_millis(400)
+            ]
+        );
     }
 }

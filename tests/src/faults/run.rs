@@ -1,7 +1,11 @@
 //! One fault run: a cluster of three managers and two workers on a [`FaultNet`], a
 //! replicated service on the workers, clients writing and reading through every manager,
-//! the seeded schedule of faults applied and healed; then the history checked for
-//! linearizability and the copies the executors ran checked against their bounds.
+//! the seeded schedule of faults applied and healed; then the checks of [`Report::passed`]:
+//! the history linearizable (and every acknowledged write read back through every manager),
+//! the copies the executors ran within their bounds, the store and the executors agreeing on
+//! the service's tasks once the faults healed (`agreement`), and a write acknowledged soon
+//! after every heal ([`liveness`]). The report also gives, per fault, the longest stretch
+//! without an acknowledged write while it held.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -74,6 +78,8 @@ pub struct Report {
     /// After each heal, how long until a write was acknowledged again (`None`: not before the
     /// next fault).
     pub recoveries: Vec<Option<Duration>>,
+    /// During each fault, the longest stretch with no write acknowledged.
+    pub stalls: Vec<Duration>,
     /// Once the faults healed: how long until the store and the executors agreed on the
     /// service's tasks, or what still differed at [`agree_bound`].
     pub agreement: Result<Duration, String>,
@@ -103,7 +109,8 @@ impl Report {
             "seed {}: {} faults, {} operations on {} services ({} completed, {} indeterminate), \
              linearizable: {}, not checked: {}; copies of the service (asked {REPLICAS}): longest over {:.1?} (bound {:?}), \
              longest under {:.1?} (bound {:?}), {} samples; store and executors agreed {}; \
-             writes acknowledged again after each heal within {} (bound {:?}){latency}",
+             writes acknowledged again after each heal within {} (bound {:?}); \
+             longest stretch without an acknowledged write while a fault held: {}{latency}",
             self.seed,
             self.faults.len(),
             self.verdict.ops,
@@ -126,17 +133,38 @@ impl Report {
                 None => "NOT after every heal".to_string(),
             },
             liveness::BOUND,
+            match self
+                .stalls
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, d)| **d)
+            {
+                Some((i, d)) => format!("{d:.1?} (fault {})", i + 1),
+                None => "no fault".to_string(),
+            },
         )
+    }
+
+    /// The faults, each with the longest stretch without an acknowledged write while it held.
+    pub fn faults_with_stalls(&self) -> String {
+        let mut s = String::from(
+            "faults (and the longest stretch without an acknowledged write in each):\n",
+        );
+        for (i, f) in self.faults.iter().enumerate() {
+            match self.stalls.get(i) {
+                Some(d) => s.push_str(&format!("  {f}: {d:.1?}\n")),
+                None => s.push_str(&format!("  {f}\n")),
+            }
+        }
+        s
     }
 
     /// Everything a failing run needs to be understood: the summary, the violations with
     /// their histories, and the nodes' logs.
     pub fn details(&self) -> String {
         let mut s = self.summary();
-        s.push_str("\nfaults:\n");
-        for f in &self.faults {
-            s.push_str(&format!("  {f}\n"));
-        }
+        s.push('\n');
+        s.push_str(&self.faults_with_stalls());
         if let Err(differ) = &self.agreement {
             s.push_str(&format!(
                 "the store and the executors still disagreed {:?} after the faults healed: {differ}\n",
@@ -330,9 +358,13 @@ pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyho
     let mut faults = Vec::new();
     // When each fault healed, and when the next one began (or the clients stopped).
     let mut heals = Vec::new();
+    // When each fault began, and when it was healed.
+    let mut held = Vec::new();
     for (i, step) in steps.iter().enumerate() {
+        let began = Instant::now();
         let shown =
             apply(&net, &c, step, &cut).with_context(|| format!("applying {}", step.fault))?;
+        held.push((began, Instant::now()));
         progress(&format!(
             "seed {seed} fault {}/{}: {shown} for {:.1?}, then {:.1?} healed ({} operations so far)",
             i + 1,
@@ -366,6 +398,7 @@ pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyho
         .map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
     let records = work.history.records();
     let recoveries = liveness::recoveries(&records, &heals);
+    let stalls = liveness::stalls(&records, &held);
     let verdict = check(&records);
     Ok(Report {
         seed,
@@ -379,6 +412,7 @@ pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyho
         stretches: stretches(&samples, REPLICAS),
         samples: samples.len(),
         recoveries,
+        stalls,
         agreement,
         logs: c.logs(),
     })
@@ -547,5 +581,80 @@ async fn read_once(socket: &std::path::Path, key: &str) -> Option<Ret> {
         }
         Err(s) if s.code() == tonic::Code::NotFound => Some(Ret::NotFound),
         Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::control_client::ControlClient;
+    use proto::{service_spec, ContainerSpec, CreateServiceRequest, ServiceSpec, TaskSpec};
+    use tonic::Code;
+
+    use super::*;
+
+    /// A write a follower forwarded to a leader that was then cut off from the other managers
+    /// ends once they move on to another leader, long before the call's deadline: it used to
+    /// wait for the deadline (the fault suite's clients stalled a whole operation timeout, 5
+    /// s, at every isolated leader).
+    #[test]
+    fn a_call_forwarded_to_a_cut_off_leader_ends_when_the_others_move_on() {
+        let net = FaultNet::new(MANAGERS).unwrap();
+        let c = Cluster::on_net(&net, PORT).unwrap();
+        c.form(MANAGERS)
+            .unwrap_or_else(|e| panic!("forming the cluster: {e:#}\n{}", c.logs()));
+        let l = leader(&c).expect("no leader after forming the cluster");
+        let f = (0..MANAGERS).find(|i| *i != l).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let create = |name: &str, timeout: Duration| {
+            let socket = c.node(f).socket.clone();
+            let spec = ServiceSpec {
+                name: name.into(),
+                task: Some(TaskSpec {
+                    container: Some(ContainerSpec {
+                        image: "sim/idle".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                mode: Some(service_spec::Mode::Replicated(Default::default())),
+                ..Default::default()
+            };
+            rt.block_on(async move {
+                let ch = crate::client::socket_channel(socket).await.unwrap();
+                let mut req = tonic::Request::new(CreateServiceRequest { spec: Some(spec) });
+                req.set_timeout(timeout);
+                let start = Instant::now();
+                let res = ControlClient::new(ch).create_service(req).await;
+                (start.elapsed(), res)
+            })
+        };
+        // The follower forwards a first write while the leader is reachable: its connection
+        // to the leader is open when the cut comes, as in a busy cluster.
+        let (_, before) = create("before", Duration::from_secs(10));
+        before.unwrap_or_else(|s| panic!("a write through node{} failed: {s:?}", f + 1));
+        for o in (0..MANAGERS).filter(|i| *i != l) {
+            net.cut(l, o).unwrap();
+            net.cut(o, l).unwrap();
+        }
+        let deadline = Duration::from_secs(20);
+        let (took, res) = create("forwarded", deadline);
+        let status = res.expect_err("a cut-off leader acknowledged a write");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        // The others elect a leader within about 2 s (twice that after a split vote); the
+        // forwarding channel's keepalive would end the dead connection only after about 10 s
+        // (measured with the watch taken out: 9.96 s, "http2 error"), the deadline after 20.
+        assert!(
+            took < Duration::from_secs(6),
+            "the call through node{} ended after {took:?} (deadline {deadline:?}): {status:?}",
+            f + 1
+        );
+        eprintln!(
+            "the call through node{} ended after {took:?}: {}",
+            f + 1,
+            status.message()
+        );
     }
 }
