@@ -381,19 +381,29 @@ async fn containerd_executor_end_to_end() {
     );
 
     // (6) content writes are verified: a failing source or wrong bytes leave nothing behind.
+    // The writes hold a lease, as a pull's do: unreferenced content is containerd's garbage,
+    // which its collector may take between the write and the check (it did once in CI).
+    let lease = format!("swarm-test-content-{:016x}", rand::random::<u64>());
+    cd.leases()
+        .create(cd.req(containerd_client::services::v1::CreateRequest {
+            id: lease.clone(),
+            labels: Default::default(),
+        }))
+        .await
+        .expect("creating the content test's lease");
     let data = bytes::Bytes::from_static(b"some blob content");
     let desc = swarm_oci::Descriptor::of("application/octet-stream", &data);
     let failing = futures::stream::iter([
         Ok(data.slice(..4)),
         Err(super::ContainerdError::Invalid("source broke".into())),
     ]);
-    let e = image::write_content(&cd, "", &desc, Default::default(), failing)
+    let e = image::write_content(&cd, &lease, &desc, Default::default(), failing)
         .await
         .expect_err("a failing source must fail the write");
     assert!(e.to_string().contains("source broke"), "{e}");
     assert!(!image::content_exists(&cd, &desc.digest).await.unwrap());
     let wrong = futures::stream::iter([Ok(bytes::Bytes::from_static(b"other blob content"))]);
-    let e = image::write_content(&cd, "", &desc, Default::default(), wrong)
+    let e = image::write_content(&cd, &lease, &desc, Default::default(), wrong)
         .await
         .expect_err("wrong bytes must be refused at commit");
     assert!(
@@ -401,10 +411,17 @@ async fn containerd_executor_end_to_end() {
         "{e}"
     );
     let good = futures::stream::iter([Ok(data.clone())]);
-    image::write_content(&cd, "", &desc, Default::default(), good)
+    image::write_content(&cd, &lease, &desc, Default::default(), good)
         .await
         .expect("a correct write");
     assert!(image::content_exists(&cd, &desc.digest).await.unwrap());
+    cd.leases()
+        .delete(cd.req(containerd_client::services::v1::DeleteRequest {
+            id: lease,
+            sync: false,
+        }))
+        .await
+        .expect("deleting the content test's lease");
 
     // (7) a task that handles SIGTERM stops at once, long before its 10 s grace period.
     let task = env.task(

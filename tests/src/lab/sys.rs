@@ -40,12 +40,39 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
         .with_context(|| format!("starting {shown}"))?;
     if !out.status.success() {
         bail!(
-            "{shown} failed ({}): {}",
+            "{shown} failed ({}): {}{}",
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr).trim(),
+            stdout_tail(&String::from_utf8_lossy(&out.stdout))
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What a failed command printed that says why, for its error: the lines of its stdout that
+/// mention an error (some tools, `whoami get` among them, report failures there), else its
+/// last lines; at most 5.
+fn stdout_tail(stdout: &str) -> String {
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("error"))
+        .collect();
+    let shown = if errors.is_empty() {
+        &lines[lines.len().saturating_sub(5)..]
+    } else {
+        &errors[..errors.len().min(5)]
+    };
+    if shown.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n  its output ({} of {} lines): {}",
+        shown.len(),
+        lines.len(),
+        shown.join(" | ")
+    )
 }
 
 /// `ip ARGS…`.
@@ -460,5 +487,21 @@ mod tests {
         assert!(process_alive(me));
         assert!(process_exe(me).is_some());
         assert!(!process_alive(i32::MAX));
+    }
+
+    #[test]
+    fn a_failed_command_says_what_it_printed_about_the_error() {
+        let e =
+            run(Command::new("sh").args(["-c", "echo ok; echo 'error: refused'; echo ok; exit 1"]))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("error: refused") && e.contains("1 of 3 lines"),
+            "{e}"
+        );
+        let e = run(Command::new("sh").args(["-c", "echo one; echo two; exit 3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one | two"), "{e}");
     }
 }
