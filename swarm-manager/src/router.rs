@@ -98,7 +98,10 @@ impl Router {
                 leader: None,
             },
             Inner::Raft { raft, .. } => {
-                let mut rx = raft.metrics();
+                // The server metrics change with the vote, the role, the leader or the
+                // membership only, not with every entry as the full metrics do: a call in
+                // flight wakes once per election, not once per commit.
+                let mut rx = raft.server_metrics();
                 let leader = rx.borrow_and_update().current_leader;
                 LeaderWatch {
                     rx: Some(rx),
@@ -160,13 +163,18 @@ impl Router {
 
 /// See [`Router::leader_watch`].
 pub struct LeaderWatch {
-    rx: Option<tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>>,
+    rx: Option<
+        tokio::sync::watch::Receiver<
+            openraft::metrics::RaftServerMetrics<u64, openraft::BasicNode>,
+        >,
+    >,
     leader: Option<u64>,
 }
 
 impl LeaderWatch {
     /// Resolves when the leader differs from the one seen when the watch was taken, or this
-    /// manager's Raft stopped or shut down; never for a single-process router.
+    /// manager's Raft stopped or shut down (its core, which holds the sending side, is gone);
+    /// never for a single-process router.
     pub async fn changed(mut self) {
         let Some(rx) = self.rx.as_mut() else {
             return std::future::pending().await;
@@ -175,8 +183,7 @@ impl LeaderWatch {
             if rx.changed().await.is_err() {
                 return;
             }
-            let m = rx.borrow_and_update();
-            if m.current_leader != self.leader || m.running_state.is_err() {
+            if rx.borrow_and_update().current_leader != self.leader {
                 return;
             }
         }

@@ -361,6 +361,43 @@ mod tests {
         }
     }
 
+    /// `Router::leader_watch` (what ends a forwarded Control call): commits do not end it,
+    /// a new leader does, and so does this manager's Raft core stopping.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_leader_watch_ends_with_a_new_leader_or_a_stopped_core_not_with_commits() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut nodes = start_cluster(&dirs, raft_config()).await;
+        let l = wait_leader(&nodes, Duration::from_secs(10)).await;
+        let f = (0..nodes.len()).find(|i| *i != l).unwrap();
+        let router =
+            |n: &Node| crate::router::Router::raft(n.raft.clone(), n.id, plaintext_connector());
+        let watch = router(&nodes[f]).leader_watch();
+        let mut changed = Box::pin(watch.changed());
+        for i in 0..20 {
+            write(&nodes, &format!("svc-{i}")).await;
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut changed)
+                .await
+                .is_err(),
+            "20 commits under the same leader ended the watch"
+        );
+        nodes.remove(l).stop().await;
+        tokio::time::timeout(Duration::from_secs(10), &mut changed)
+            .await
+            .expect("the leader stopped and the watch of a follower did not end");
+
+        let f = nodes.iter().position(|n| !n.is_leader()).unwrap_or(0);
+        let watch = router(&nodes[f]).leader_watch();
+        nodes[f].raft.shutdown().await.expect("raft shutdown");
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("the core stopped and the watch did not end");
+        for n in nodes {
+            n.stop().await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn three_managers_replicate_and_fail_over() {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
