@@ -67,6 +67,9 @@ use daemon::{pid_text, tail, DAEMON_PATH};
 /// Set to keep a lab whose `up` failed (for a look at its logs; `lab down` removes it).
 pub const KEEP_ON_FAILURE_ENV: &str = "SWARM_LAB_KEEP_ON_FAILURE";
 
+/// How many times [`Lab::task_get`] runs an exec whose output came back empty.
+pub const EXEC_ATTEMPTS: usize = 3;
+
 // -------------------------------------------------------------------------------------- lab
 
 /// A running lab. Dropping it tears it down (unless [`detach`](Lab::detach)ed or attached).
@@ -340,15 +343,22 @@ impl Lab {
     /// the first line of the body.
     ///
     /// `whoami get` always prints a line (the body's first, or `error: …`), so an empty
-    /// answer is an error: `ctr task exec` can lose the output of a process that exits
-    /// before it attached (seen under load in CI), and a caller that retries should.
+    /// answer is not the GET's: `ctr task exec` can lose the output of a process that exits
+    /// before it attached (seen under load in CI, once in a test that did not retry). An
+    /// empty answer is therefore asked again, up to [`EXEC_ATTEMPTS`] times in all, and
+    /// only then an error; a GET that failed says so in its line and is not retried.
     pub fn task_get(&self, task: &proto::Task, url: &str) -> anyhow::Result<String> {
-        let out = self.task_exec(task, &["/whoami", "get", url])?;
-        let line = out.trim();
-        if line.is_empty() {
-            anyhow::bail!("GET {url} in task {}: no output from the exec", task.id);
+        for _ in 0..EXEC_ATTEMPTS {
+            let out = self.task_exec(task, &["/whoami", "get", url])?;
+            let line = out.trim();
+            if !line.is_empty() {
+                return Ok(line.to_string());
+            }
         }
-        Ok(line.to_string())
+        anyhow::bail!(
+            "GET {url} in task {}: no output from the exec, {EXEC_ATTEMPTS} times",
+            task.id
+        )
     }
 
     /// The registry's `host:port` (reachable from every node; images are `<it>/whoami:latest`
