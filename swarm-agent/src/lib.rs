@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-pub use agent::{Agent, AgentConfig};
+pub use agent::{parse_raft_heartbeat, Agent, AgentConfig, RaftTiming};
 pub use executor::{Executor, ExecutorDescription, TaskReporter, UnsupportedExecutor};
 
 /// Runs the daemon until SIGINT/SIGTERM.

@@ -131,6 +131,13 @@ struct Args {
     /// PEM file of registry CA certificates trusted besides the system's roots.
     #[arg(long, value_name = "FILE")]
     registry_ca: Option<PathBuf>,
+    /// The Raft heartbeat interval of this node's manager (50ms to 10s). It is also how long
+    /// the leader waits for one replication call: while the round trip between managers
+    /// stays above it, no write commits (the log then warns of late answers). A longer one
+    /// tolerates slower links between managers, and failover takes up to 11.5 heartbeats
+    /// (1.7 s at the default). Give every manager the same.
+    #[arg(long, value_name = "DURATION", default_value = "150ms", value_parser = swarm_agent::parse_raft_heartbeat)]
+    raft_heartbeat: swarm_agent::RaftTiming,
 }
 
 /// How the node reaches registries, from `--insecure-registry` and `--registry-ca`.
@@ -321,6 +328,7 @@ async fn daemon() -> anyhow::Result<()> {
             hostname: args.hostname.unwrap_or_else(host_name),
             metrics_addr,
             data_plane: Some(choice.to_proto()),
+            raft_timing: args.raft_heartbeat,
         },
         executor,
         networking,

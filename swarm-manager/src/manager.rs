@@ -69,6 +69,9 @@ pub struct ManagerConfig {
     /// The unlock key `swarm unlock` gave a locked manager (autolock), else None: the data
     /// key is then wrapped by the `raft.kek` beside it.
     pub unlock_key: Option<UnlockKey>,
+    /// The Raft heartbeat and the election timeouts that follow from it (the agent's
+    /// `--raft-heartbeat`).
+    pub raft_timing: crate::raft::config::RaftTiming,
 }
 
 pub enum Bootstrap {
@@ -151,11 +154,22 @@ impl Manager {
         // agents' streams on the main runtime.
         let raft_rt = RaftRuntime::start().context("starting the raft thread")?;
         let raft_id = cfg.raft_id;
+        let timing = cfg.raft_timing;
+        crate::metrics::METRICS
+            .raft_heartbeat_seconds
+            .set(timing.heartbeat().as_secs_f64());
+        tracing::info!(
+            "Raft heartbeat {:?}, elections after {:?} to {:?} without one: a failover takes up to {:?}; the round trip between managers must stay below the heartbeat",
+            timing.heartbeat(),
+            timing.election_timeout_min(),
+            timing.election_timeout_max(),
+            timing.worst_failover()
+        );
         let raft = raft_rt
             .run(async move {
                 Raft::new(
                     raft_id,
-                    crate::raft::config::raft_config(),
+                    crate::raft::config::raft_config_for(timing),
                     network,
                     log_store,
                     state_machine,

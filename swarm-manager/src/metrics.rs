@@ -2,6 +2,7 @@
 //! are registered in the process registry (`swarm_common::metrics`) on first use; the
 //! daemon serves that registry on `/metrics`.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,6 +21,19 @@ pub struct MethodCode {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Method {
     pub method: String,
+}
+
+/// A Raft call to another manager: `append_entries`, `vote` or `install_snapshot`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Rpc {
+    pub rpc: String,
+}
+
+/// A Raft call and the Raft id of the manager it went to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcPeer {
+    pub rpc: String,
+    pub peer: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,6 +80,10 @@ pub struct Metrics {
     pub raft_apply_seconds: Histogram,
     pub raft_log_bytes: Gauge,
     pub raft_snapshot_bytes: Gauge,
+    pub raft_heartbeat_seconds: Gauge<f64, AtomicU64>,
+    pub raft_rpc_seconds: Family<Rpc, Histogram, fn() -> Histogram>,
+    pub raft_rpc_timeouts: Family<RpcPeer, Counter>,
+    pub raft_rpc_late_answers: Family<RpcPeer, Counter>,
     pub api_requests: Family<MethodCode, Counter>,
     pub api_seconds: Family<Method, Histogram, fn() -> Histogram>,
     pub scheduler_decisions: Family<Outcome, Counter>,
@@ -91,6 +109,10 @@ impl Metrics {
             raft_apply_seconds: latency(),
             raft_log_bytes: Gauge::default(),
             raft_snapshot_bytes: Gauge::default(),
+            raft_heartbeat_seconds: Gauge::default(),
+            raft_rpc_seconds: Family::new_with_constructor(latency),
+            raft_rpc_timeouts: Family::default(),
+            raft_rpc_late_answers: Family::default(),
             api_requests: Family::default(),
             api_seconds: Family::new_with_constructor(latency),
             scheduler_decisions: Family::default(),
@@ -137,6 +159,26 @@ impl Metrics {
             "raft_snapshot_bytes",
             "Size of the latest Raft snapshot stored (sealed), in bytes",
             m.raft_snapshot_bytes.clone(),
+        );
+        register(
+            "raft_heartbeat_seconds",
+            "The Raft heartbeat interval of this manager (--raft-heartbeat), also the time openraft allows one AppendEntries call",
+            m.raft_heartbeat_seconds.clone(),
+        );
+        register(
+            "raft_rpc_seconds",
+            "Round trip of the Raft calls to the other managers that were answered, by call",
+            m.raft_rpc_seconds.clone(),
+        );
+        register(
+            "raft_rpc_timeouts",
+            "Raft calls to another manager that openraft gave up on (no answer within its timeout), by call and peer",
+            m.raft_rpc_timeouts.clone(),
+        );
+        register(
+            "raft_rpc_late_answers",
+            "Raft calls answered after openraft gave up on them (a link slower than the timeout, not a cut one), by call and peer",
+            m.raft_rpc_late_answers.clone(),
         );
         register(
             "api_requests",

@@ -228,6 +228,15 @@ impl Cluster {
     /// A cluster of `count` `test-agent` processes, node i in `net`'s namespace i on its
     /// address there (so that the links between nodes can be cut), in a temporary directory.
     pub fn on_net(net: &crate::faults::FaultNet, port: u16) -> anyhow::Result<Cluster> {
+        Self::on_net_with_args(net, port, &[])
+    }
+
+    /// Like [`Cluster::on_net`], every daemon started with `args` too.
+    pub fn on_net_with_args(
+        net: &crate::faults::FaultNet,
+        port: u16,
+        args: &[&str],
+    ) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("swarm-faults-").tempdir()?;
         let root = dir.path().to_path_buf();
         let hosts = (0..net.len())
@@ -238,7 +247,7 @@ impl Cluster {
             root,
             bin_dir().join("test-agent"),
             port,
-            Vec::new(),
+            args.iter().map(|s| s.to_string()).collect(),
             hosts,
         )
     }

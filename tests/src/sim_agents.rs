@@ -196,6 +196,7 @@ impl SimAgents {
                 hostname: hostname.clone(),
                 metrics_addr: None,
                 data_plane: None,
+                raft_timing: Default::default(),
             };
             swarm_agent::state::Paths::new(&data_root).secure()?;
             let agent = {

@@ -32,6 +32,7 @@ use crate::worker::Worker;
 pub use addresses::{with_default_port, DEFAULT_PORT};
 pub use membership::{InitOptions, JoinOptions, DEFAULT_CERT_EXPIRY};
 pub use role::role_name;
+pub use swarm_manager::raft::config::RaftTiming;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -42,6 +43,14 @@ pub struct AgentConfig {
     /// The data plane the agent chose at start, reported in the node's description
     /// (`node inspect`); None when the daemon has none to report (the test agent).
     pub data_plane: Option<proto::DataPlaneInfo>,
+    /// The Raft timing of the node's manager when it is one (`--raft-heartbeat`).
+    pub raft_timing: RaftTiming,
+}
+
+/// `--raft-heartbeat`: a Go duration within [`RaftTiming`]'s range.
+pub fn parse_raft_heartbeat(s: &str) -> Result<RaftTiming, String> {
+    let d = swarm_common::duration::parse_go_duration(s)?;
+    RaftTiming::new(d).map_err(|e| e.to_string())
 }
 
 /// What `swarm info` and the CLI's node marker need, readable without locks held long.
@@ -234,6 +243,7 @@ impl Agent {
                 advertise_addr: state.advertise_addr.clone(),
                 credentials: creds.clone(),
                 unlock_key: unlock,
+                raft_timing: self.cfg.raft_timing,
             },
             bootstrap,
         )
@@ -288,5 +298,26 @@ async fn seal_tls_key(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn raft_heartbeat_flag_defaults_to_the_managers_default_and_refuses_bad_values() {
+        // The flag's default_value in main.rs and test-agent.rs.
+        assert_eq!(parse_raft_heartbeat("150ms"), Ok(RaftTiming::default()));
+        assert_eq!(
+            parse_raft_heartbeat("1s").map(|t| t.heartbeat()),
+            Ok(Duration::from_secs(1))
+        );
+        let e = parse_raft_heartbeat("10ms").unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        let e = parse_raft_heartbeat("500").unwrap_err();
+        assert!(e.contains("missing unit"), "{e}");
     }
 }

@@ -9,6 +9,7 @@ pub mod deks;
 pub mod encryption;
 pub mod network;
 mod proposer;
+pub mod rpc_timing;
 pub mod runtime;
 pub mod service;
 pub mod snapshot;

@@ -16,6 +16,10 @@
 //!   batch after a [`Timeout`]); one entry not answered in time is a [`Timeout`];
 //! - any other transport failure: [`NetworkError`] (retried without backoff);
 //! - the peer answered with an openraft error: [`RemoteError`].
+//!
+//! Each call runs in a task of its own that keeps waiting for the answer
+//! [`LATE_ANSWER_WAIT`] after openraft gave up on it, so that [`RpcTiming`] can tell a link
+//! slower than the timeout from a cut one and say so (`rpc_timing.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +42,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use super::config::{MAX_APPEND_BYTES, MAX_MESSAGE_BYTES};
+use super::rpc_timing::{RpcTiming, LATE_ANSWER_WAIT};
 use super::TypeConfig;
 use crate::tls::Connector;
 
@@ -72,6 +77,7 @@ impl PeerHealth {
 pub struct Network {
     connect: Connector,
     health: PeerHealth,
+    timing: Arc<RpcTiming>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -82,6 +88,7 @@ impl Network {
         Network {
             connect,
             health,
+            timing: Arc::default(),
             channels: Arc::default(),
         }
     }
@@ -106,6 +113,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             node: node.clone(),
             client,
             health: self.health.clone(),
+            timing: self.timing.clone(),
         }
     }
 }
@@ -116,6 +124,7 @@ pub struct Connection {
     node: BasicNode,
     client: RaftClient<Channel>,
     health: PeerHealth,
+    timing: Arc<RpcTiming>,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -163,16 +172,20 @@ impl Connection {
         }
         let ttl = option.hard_ttl();
         let mut request = tonic::Request::new(RaftPayload { data });
-        request.set_timeout(ttl);
-        let client = &mut self.client;
-        let call = async move {
-            match kind {
+        request.set_timeout(ttl + LATE_ANSWER_WAIT);
+        let mut client = self.client.clone();
+        let (target, addr, timing) = (self.target, self.node.addr.clone(), self.timing.clone());
+        let started = Instant::now();
+        // Its own task: it outlives this future when openraft drops it at the timeout.
+        let call = tokio::spawn(async move {
+            let res = match kind {
                 RPCTypes::Vote => client.vote(request).await,
                 RPCTypes::AppendEntries => client.append_entries(request).await,
                 RPCTypes::InstallSnapshot => client.install_snapshot(request).await,
-            }
-        };
-        let target = self.target;
+            };
+            timing.finished(target, &addr, kind, started.elapsed(), ttl, res.is_ok());
+            res
+        });
         let timeout = || {
             if kind == RPCTypes::AppendEntries && entries > 1 {
                 return too_large(
@@ -189,9 +202,14 @@ impl Connection {
         };
         let resp = match tokio::time::timeout(ttl, call).await {
             Err(_) => return Err(timeout()),
-            Ok(Err(status)) if status.code() == Code::DeadlineExceeded => return Err(timeout()),
-            Ok(Err(status)) => return Err(self.status_error(kind, status, entries)),
-            Ok(Ok(resp)) => resp.into_inner(),
+            Ok(Err(ended)) => {
+                return Err(RPCError::Network(NetworkError::from(any_error(format!(
+                    "the {kind} call to manager {target} ended without an answer: {ended}"
+                )))))
+            }
+            Ok(Ok(Err(status))) if status.code() == Code::DeadlineExceeded => return Err(timeout()),
+            Ok(Ok(Err(status))) => return Err(self.status_error(kind, status, entries)),
+            Ok(Ok(Ok(resp))) => resp.into_inner(),
         };
         self.health.record(self.target);
         let res: Result<Resp, RaftError<u64, E>> =

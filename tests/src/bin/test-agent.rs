@@ -18,6 +18,8 @@ struct Args {
     hostname: String,
     #[arg(long, default_value = "")]
     metrics_addr: String,
+    #[arg(long, default_value = "150ms", value_parser = swarm_agent::parse_raft_heartbeat)]
+    raft_heartbeat: swarm_agent::RaftTiming,
 }
 
 #[tokio::main]
@@ -43,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
             hostname: a.hostname,
             metrics_addr,
             data_plane: None,
+            raft_timing: a.raft_heartbeat,
         },
         Arc::new(tests::sim_executor::SimExecutor),
     )

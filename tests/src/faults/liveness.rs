@@ -9,11 +9,59 @@
 //! While a fault holds, a majority of the managers can still reach each other (every fault of
 //! the schedule cuts, slows or isolates one node, or splits 2|1), so writes through that
 //! majority should go on. [`stalls`] measures, for each fault, the longest stretch with no
-//! write acknowledged; the report gives the worst (a figure, not yet a bound).
+//! write acknowledged, and a run fails when one is longer than the fault's [`stall_bound`]:
+//! [`STALL_BOUND`], but none for latency on a manager that brings its round trip near the
+//! Raft heartbeat (openraft 0.9 gives up on each replication call after one heartbeat, so a
+//! leader that slow commits nothing until the fault heals: the documented limit of
+//! `--raft-heartbeat`, which the managers report as late answers).
 
 use std::time::{Duration, Instant};
 
+use swarm_manager::raft::config::RaftTiming;
+
 use super::history::{Record, Ret};
+use super::schedule::Fault;
+
+/// The longest a fault may stop every write: twice the worst stall measured in the runs
+/// that set it (3.5 s, a leader isolated: the others elect one, and the calls in flight
+/// through them end and are retried). A leader elected within the 2 s target after a split
+/// vote takes about that.
+pub const STALL_BOUND: Duration = Duration::from_secs(7);
+
+/// A manager's added delay at or above this share of the heartbeat may bring the leader's
+/// round trip to it (the rest is the handling of the call).
+const NEAR_HEARTBEAT_PERCENT: u32 = 80;
+
+/// The bound of the longest stall while `fault` holds, on a cluster of `managers` managers
+/// (nodes `0..managers`) at the default Raft timing; `None` where no bound holds.
+pub fn stall_bound(fault: &Fault, managers: usize) -> Option<Duration> {
+    match fault {
+        Fault::Netem {
+            node,
+            delay_ms,
+            jitter_ms,
+            ..
+        } if *node < managers => {
+            let heartbeat_ms = RaftTiming::default().heartbeat().as_millis() as u32;
+            let near = heartbeat_ms * NEAR_HEARTBEAT_PERCENT / 100;
+            (delay_ms + jitter_ms < near).then_some(STALL_BOUND)
+        }
+        _ => Some(STALL_BOUND),
+    }
+}
+
+/// The faults whose stall was longer than their bound: (index, stall, bound).
+pub fn stalls_over_bound(
+    stalls: &[Duration],
+    bounds: &[Option<Duration>],
+) -> Vec<(usize, Duration, Duration)> {
+    stalls
+        .iter()
+        .zip(bounds)
+        .enumerate()
+        .filter_map(|(i, (s, b))| b.filter(|b| s > b).map(|b| (i, *s, b)))
+        .collect()
+}
 
 /// How long after a heal the first acknowledged write may come: the shortest rest of a
 /// schedule (3 s), which is two election timeouts (at most 750 ms each) plus a client's
@@ -115,6 +163,31 @@ mod tests {
         assert!(!within_bound(&got));
         assert!(within_bound(&[got[0], got[2]]));
         assert!(!within_bound(&[Some(BOUND + Duration::from_millis(1))]));
+    }
+
+    #[test]
+    fn latency_near_the_heartbeat_on_a_manager_is_the_one_fault_without_a_stall_bound() {
+        let netem = |node, delay_ms, jitter_ms| Fault::Netem {
+            node,
+            delay_ms,
+            jitter_ms,
+            loss_pct: 10,
+        };
+        // 80 % of the default 150 ms heartbeat is 120 ms.
+        assert_eq!(stall_bound(&netem(1, 100, 19), 3), Some(STALL_BOUND));
+        assert_eq!(stall_bound(&netem(1, 100, 20), 3), None);
+        assert_eq!(stall_bound(&netem(0, 171, 28), 3), None);
+        // A worker's latency slows no Raft call.
+        assert_eq!(stall_bound(&netem(3, 192, 15), 3), Some(STALL_BOUND));
+        assert_eq!(stall_bound(&Fault::IsolateLeader, 3), Some(STALL_BOUND));
+        let s = Duration::from_secs;
+        assert_eq!(
+            stalls_over_bound(
+                &[s(8), s(8), s(2)],
+                &[Some(STALL_BOUND), None, Some(STALL_BOUND)]
+            ),
+            vec![(0, s(8), STALL_BOUND)]
+        );
     }
 
     #[test]

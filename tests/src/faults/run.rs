@@ -4,8 +4,7 @@
 //! the history linearizable (and every acknowledged write read back through every manager),
 //! the copies the executors ran within their bounds, the store and the executors agreeing on
 //! the service's tasks once the faults healed (`agreement`), and a write acknowledged soon
-//! after every heal ([`liveness`]). The report also gives, per fault, the longest stretch
-//! without an acknowledged write while it held.
+//! after every heal and no fault stopping every write longer than its bound ([`liveness`]).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -80,6 +79,8 @@ pub struct Report {
     pub recoveries: Vec<Option<Duration>>,
     /// During each fault, the longest stretch with no write acknowledged.
     pub stalls: Vec<Duration>,
+    /// Each fault's bound of that stretch ([`liveness::stall_bound`]; None: no bound).
+    pub stall_bounds: Vec<Option<Duration>>,
     /// Once the faults healed: how long until the store and the executors agreed on the
     /// service's tasks, or what still differed at [`agree_bound`].
     pub agreement: Result<Duration, String>,
@@ -94,6 +95,7 @@ impl Report {
             && self.stretches.longest_under <= under_bound()
             && self.agreement.is_ok()
             && liveness::within_bound(&self.recoveries)
+            && liveness::stalls_over_bound(&self.stalls, &self.stall_bounds).is_empty()
     }
 
     /// The summary line of the run.
@@ -110,7 +112,8 @@ impl Report {
              linearizable: {}, not checked: {}; copies of the service (asked {REPLICAS}): longest over {:.1?} (bound {:?}), \
              longest under {:.1?} (bound {:?}), {} samples; store and executors agreed {}; \
              writes acknowledged again after each heal within {} (bound {:?}); \
-             longest stretch without an acknowledged write while a fault held: {}{latency}",
+             longest stretch without an acknowledged write while a fault held: {} (bound {:?}, \
+             none for latency near the heartbeat on a manager){latency}",
             self.seed,
             self.faults.len(),
             self.verdict.ops,
@@ -142,6 +145,7 @@ impl Report {
                 Some((i, d)) => format!("{d:.1?} (fault {})", i + 1),
                 None => "no fault".to_string(),
             },
+            liveness::STALL_BOUND,
         )
     }
 
@@ -151,8 +155,13 @@ impl Report {
             "faults (and the longest stretch without an acknowledged write in each):\n",
         );
         for (i, f) in self.faults.iter().enumerate() {
+            let bound = match self.stall_bounds.get(i) {
+                Some(Some(b)) => format!(" (bound {b:?})"),
+                Some(None) => " (no bound: latency near the heartbeat on a manager)".into(),
+                None => String::new(),
+            };
             match self.stalls.get(i) {
-                Some(d) => s.push_str(&format!("  {f}: {d:.1?}\n")),
+                Some(d) => s.push_str(&format!("  {f}: {d:.1?}{bound}\n")),
                 None => s.push_str(&format!("  {f}\n")),
             }
         }
@@ -182,6 +191,13 @@ impl Report {
                 }
             }
             s.push('\n');
+        }
+        for (i, stall, bound) in liveness::stalls_over_bound(&self.stalls, &self.stall_bounds) {
+            s.push_str(&format!(
+                "no write was acknowledged for {stall:.1?} while fault {} held ({}), above its bound {bound:?}\n",
+                i + 1,
+                self.faults.get(i).map_or("?", String::as_str)
+            ));
         }
         if self.verdict.too_much_unchecked() {
             s.push_str(&format!(
@@ -399,6 +415,10 @@ pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyho
     let records = work.history.records();
     let recoveries = liveness::recoveries(&records, &heals);
     let stalls = liveness::stalls(&records, &held);
+    let stall_bounds = steps
+        .iter()
+        .map(|s| liveness::stall_bound(&s.fault, MANAGERS))
+        .collect();
     let verdict = check(&records);
     Ok(Report {
         seed,
@@ -413,6 +433,7 @@ pub fn run(seed: u64, budget: Duration, progress: &mut dyn FnMut(&str)) -> anyho
         samples: samples.len(),
         recoveries,
         stalls,
+        stall_bounds,
         agreement,
         logs: c.logs(),
     })
@@ -587,10 +608,45 @@ async fn read_once(socket: &std::path::Path, key: &str) -> Option<Ret> {
 #[cfg(test)]
 mod tests {
     use proto::control_client::ControlClient;
-    use proto::{service_spec, ContainerSpec, CreateServiceRequest, ServiceSpec, TaskSpec};
+    use proto::CreateServiceRequest;
     use tonic::Code;
 
     use super::*;
+    use crate::faults::workload::idle_spec;
+
+    /// Creates an idle service `name` through the agent socket `socket` with a deadline of
+    /// `timeout`: how long the call took, and its result.
+    fn create_via(
+        rt: &tokio::runtime::Runtime,
+        socket: &std::path::Path,
+        name: &str,
+        timeout: Duration,
+    ) -> (Duration, Result<(), tonic::Status>) {
+        let (socket, spec) = (socket.to_path_buf(), idle_spec(name));
+        rt.block_on(async move {
+            let start = Instant::now();
+            let ch = match crate::client::socket_channel(socket).await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    return (
+                        start.elapsed(),
+                        Err(tonic::Status::unavailable(e.to_string())),
+                    )
+                }
+            };
+            let mut req = tonic::Request::new(CreateServiceRequest { spec: Some(spec) });
+            req.set_timeout(timeout);
+            let res = ControlClient::new(ch).create_service(req).await;
+            (start.elapsed(), res.map(|_| ()))
+        })
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
 
     /// A write a follower forwarded to a leader that was then cut off from the other managers
     /// ends once they move on to another leader, long before the call's deadline: it used to
@@ -604,43 +660,18 @@ mod tests {
             .unwrap_or_else(|e| panic!("forming the cluster: {e:#}\n{}", c.logs()));
         let l = leader(&c).expect("no leader after forming the cluster");
         let f = (0..MANAGERS).find(|i| *i != l).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let create = |name: &str, timeout: Duration| {
-            let socket = c.node(f).socket.clone();
-            let spec = ServiceSpec {
-                name: name.into(),
-                task: Some(TaskSpec {
-                    container: Some(ContainerSpec {
-                        image: "sim/idle".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                mode: Some(service_spec::Mode::Replicated(Default::default())),
-                ..Default::default()
-            };
-            rt.block_on(async move {
-                let ch = crate::client::socket_channel(socket).await.unwrap();
-                let mut req = tonic::Request::new(CreateServiceRequest { spec: Some(spec) });
-                req.set_timeout(timeout);
-                let start = Instant::now();
-                let res = ControlClient::new(ch).create_service(req).await;
-                (start.elapsed(), res)
-            })
-        };
+        let rt = runtime();
+        let socket = c.node(f).socket.clone();
         // The follower forwards a first write while the leader is reachable: its connection
         // to the leader is open when the cut comes, as in a busy cluster.
-        let (_, before) = create("before", Duration::from_secs(10));
+        let (_, before) = create_via(&rt, &socket, "before", Duration::from_secs(10));
         before.unwrap_or_else(|s| panic!("a write through node{} failed: {s:?}", f + 1));
         for o in (0..MANAGERS).filter(|i| *i != l) {
             net.cut(l, o).unwrap();
             net.cut(o, l).unwrap();
         }
         let deadline = Duration::from_secs(20);
-        let (took, res) = create("forwarded", deadline);
+        let (took, res) = create_via(&rt, &socket, "forwarded", deadline);
         let status = res.expect_err("a cut-off leader acknowledged a write");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         // The others elect a leader within about 2 s (twice that after a split vote); the
@@ -656,5 +687,88 @@ mod tests {
             f + 1,
             status.message()
         );
+    }
+
+    /// The delay added to everything the leader sends: its round trip to the others, above
+    /// the default heartbeat (150 ms) and below the longer one.
+    const SLOW_LINK_MS: u32 = 250;
+
+    /// A three-manager cluster on its own [`FaultNet`] (daemons started with `args`), formed,
+    /// with [`SLOW_LINK_MS`] added to everything its leader sends; the leader's index.
+    fn slow_leader(args: &[&str]) -> (FaultNet, Cluster, usize) {
+        let net = FaultNet::new(MANAGERS).unwrap();
+        let c = Cluster::on_net_with_args(&net, PORT, args).unwrap();
+        c.form(MANAGERS)
+            .unwrap_or_else(|e| panic!("forming the cluster: {e:#}\n{}", c.logs()));
+        let l = leader(&c).expect("no leader after forming the cluster");
+        net.netem(l, SLOW_LINK_MS, 0, 0)
+            .unwrap_or_else(|e| panic!("slowing node{}'s link: {e:#}", l + 1));
+        (net, c, l)
+    }
+
+    /// openraft 0.9 gives up on an AppendEntries call after one heartbeat, so a leader whose
+    /// round trip to the others is longer commits nothing. The leader says so, naming the
+    /// fix: a warning of the late answers with `--raft-heartbeat`, and
+    /// `swarm_raft_rpc_late_answers_total` on its /metrics. With that fix, a heartbeat
+    /// longer than the round trip, writes through the same slow leader commit.
+    #[test]
+    fn a_round_trip_above_the_heartbeat_is_reported_and_a_longer_heartbeat_commits_through_it() {
+        let rt = runtime();
+        let timeout = Duration::from_secs(5);
+
+        // The default heartbeat, 150 ms.
+        let (net, c, l) = slow_leader(&[]);
+        let n = c.node(l);
+        let (took, res) = create_via(&rt, &n.socket, "slow-default", timeout);
+        eprintln!(
+            "default heartbeat, {SLOW_LINK_MS} ms added to node{}'s link: a write took {took:?}: {res:?}",
+            l + 1
+        );
+        let metrics =
+            crate::lab::node::http_get_in(&net.netns_path(l), &n.metrics_addr(), "/metrics")
+                .unwrap();
+        let late: f64 = metrics
+            .lines()
+            .filter(|m| m.starts_with("swarm_raft_rpc_late_answers_total{"))
+            .filter(|m| m.contains("rpc=\"append_entries\""))
+            .filter_map(|m| m.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(
+            late > 0.0,
+            "node{} counted no late AppendEntries answer under {SLOW_LINK_MS} ms of delay:\n{}",
+            l + 1,
+            metrics
+                .lines()
+                .filter(|m| m.starts_with("swarm_raft_rpc"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let log = std::fs::read_to_string(&n.log).unwrap();
+        let warning = log
+            .lines()
+            .find(|line| line.contains("answered an AppendEntries call after"))
+            .unwrap_or_else(|| panic!("node{} warned of no late answer:\n{}", l + 1, n.log_tail()));
+        assert!(
+            warning.contains("--raft-heartbeat (at least"),
+            "the warning names no fix: {warning}"
+        );
+        eprintln!("{late} late answers; the warning: {warning}");
+        drop(c);
+        drop(net);
+
+        // 600 ms: the same delay commits.
+        let (_net, c, l) = slow_leader(&["--raft-heartbeat", "600ms"]);
+        let n = c.node(l);
+        for i in 0..5 {
+            let (took, res) = create_via(&rt, &n.socket, &format!("slow-600ms-{i}"), timeout);
+            res.unwrap_or_else(|s| {
+                panic!(
+                    "with a 600 ms heartbeat, write {i} through the leader node{} under {SLOW_LINK_MS} ms of delay failed after {took:?}: {s:?}\n{}",
+                    l + 1,
+                    c.logs()
+                )
+            });
+            eprintln!("600 ms heartbeat: write {i} took {took:?}");
+        }
     }
 }

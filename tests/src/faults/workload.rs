@@ -37,6 +37,25 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The counter label of a workload service.
 pub const COUNTER: &str = "faults.counter";
 
+/// A replicated service of no replicas of the simulated executor's idle image: what the
+/// workload's keys are, and a write that costs the cluster nothing but its Raft entry.
+pub fn idle_spec(name: &str) -> ServiceSpec {
+    ServiceSpec {
+        name: name.to_string(),
+        task: Some(TaskSpec {
+            container: Some(ContainerSpec {
+                image: "sim/idle".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        mode: Some(service_spec::Mode::Replicated(ReplicatedService {
+            replicas: 0,
+        })),
+        ..Default::default()
+    }
+}
+
 /// The keys shared by the clients of one run.
 struct Keys {
     prefix: String,
@@ -178,21 +197,8 @@ impl Workload {
 
     async fn create(&self, c: &mut Client, via: &str, process: u64, name: &str) -> bool {
         let r = self.start(name, process, Op::Create, via);
-        let spec = ServiceSpec {
-            name: name.to_string(),
-            labels: [(COUNTER.to_string(), "0".to_string())].into(),
-            task: Some(TaskSpec {
-                container: Some(ContainerSpec {
-                    image: "sim/idle".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            mode: Some(service_spec::Mode::Replicated(ReplicatedService {
-                replicas: 0,
-            })),
-            ..Default::default()
-        };
+        let mut spec = idle_spec(name);
+        spec.labels = [(COUNTER.to_string(), "0".to_string())].into();
         let res = tokio::time::timeout(
             OP_TIMEOUT,
             c.create_service(CreateServiceRequest { spec: Some(spec) }),
