@@ -112,8 +112,7 @@ impl Report {
              linearizable: {}, not checked: {}; copies of the service (asked {REPLICAS}): longest over {:.1?} (bound {:?}), \
              longest under {:.1?} (bound {:?}), {} samples; store and executors agreed {}; \
              writes acknowledged again after each heal within {} (bound {:?}); \
-             longest stretch without an acknowledged write while a fault held: {} (bound {:?}, \
-             none for latency near the heartbeat on a manager){latency}",
+             longest stretch without an acknowledged write while a fault held: {}{latency}",
             self.seed,
             self.faults.len(),
             self.verdict.ops,
@@ -142,10 +141,15 @@ impl Report {
                 .enumerate()
                 .max_by_key(|(_, d)| **d)
             {
-                Some((i, d)) => format!("{d:.1?} (fault {})", i + 1),
+                Some((i, d)) => match self.stall_bounds.get(i).copied().flatten() {
+                    Some(b) => format!("{d:.1?} (fault {}, bound {b:?})", i + 1),
+                    None => format!(
+                        "{d:.1?} (fault {}, no bound: latency near the heartbeat on a manager)",
+                        i + 1
+                    ),
+                },
                 None => "no fault".to_string(),
             },
-            liveness::STALL_BOUND,
         )
     }
 
