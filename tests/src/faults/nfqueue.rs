@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,9 +23,8 @@ use nfq::{Message, Queue, Verdict};
 use super::schedule::Rng;
 use crate::lab::sys;
 
-/// The queue's number inside a node's namespace (queues are per namespace, so every node
-/// uses the same one).
-pub const QUEUE_NUM: u16 = 7;
+/// The first queue number handed out; each [`Shaper`] takes the next one ([`next_queue_num`]).
+pub const FIRST_QUEUE_NUM: u16 = 7;
 /// Packets the kernel may hold for the queue (its default is 1024): far more than a node
 /// sends during the longest delay, so the queue never overflows (packets beyond it would be
 /// dropped, as netem drops beyond its limit).
@@ -57,11 +56,29 @@ pub fn lost(shape: Shape, rng: &mut Rng) -> bool {
     shape.loss_pct > 0 && rng.range(1, 100) <= u64::from(shape.loss_pct)
 }
 
-/// The NFQUEUE rule of a node's namespace: `-A` adds it, `-D` deletes it. `--queue-bypass`:
-/// should the handler be gone, the node's packets pass (instead of every one being dropped,
-/// a cut nobody asked for).
-fn rule(ns: &str, cable: &str, action: &str) -> anyhow::Result<()> {
-    let queue = QUEUE_NUM.to_string();
+/// A queue number no other [`Shaper`] of this process took (until the numbers wrap).
+///
+/// Queues are per namespace, so one number would do, but a queue stays bound for as long as
+/// any process holds its socket, and `nfq` opens that socket without `SOCK_CLOEXEC`: a
+/// process another test starts meanwhile inherits it and keeps the queue bound after the
+/// shaper closed it. Binding the same number again in that namespace (the probe's node,
+/// then a fault on it) then fails with EPERM, as it did once in CI's parallel tests.
+fn next_queue_num() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(FIRST_QUEUE_NUM);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    if n < FIRST_QUEUE_NUM {
+        // Wrapped past u16::MAX: start over (the old shapers are long gone).
+        NEXT.store(FIRST_QUEUE_NUM + 1, Ordering::Relaxed);
+        return FIRST_QUEUE_NUM;
+    }
+    n
+}
+
+/// The NFQUEUE rule of a node's namespace for queue `num`: `-A` adds it, `-D` deletes it.
+/// `--queue-bypass`: should the handler be gone, the node's packets pass (instead of every
+/// one being dropped, a cut nobody asked for).
+fn rule(ns: &str, cable: &str, num: u16, action: &str) -> anyhow::Result<()> {
+    let queue = num.to_string();
     sys::run(std::process::Command::new("ip").args([
         "netns",
         "exec",
@@ -88,6 +105,8 @@ fn rule(ns: &str, cable: &str, action: &str) -> anyhow::Result<()> {
 pub struct Shaper {
     ns: String,
     cable: String,
+    /// The queue number of its rule and socket.
+    num: u16,
     shape: Arc<Mutex<Shape>>,
     stop: Arc<AtomicBool>,
     seen: Arc<AtomicU64>,
@@ -108,13 +127,14 @@ impl Shaper {
         let mut shaper = Shaper {
             ns: ns.to_string(),
             cable: cable.to_string(),
+            num: next_queue_num(),
             shape: Arc::new(Mutex::new(shape)),
             stop: Arc::new(AtomicBool::new(false)),
             seen: Arc::new(AtomicU64::new(0)),
             thread: None,
         };
         shaper.thread = Some(shaper.spawn(netns.to_path_buf(), seed)?);
-        rule(ns, cable, "-A").with_context(|| {
+        rule(ns, cable, shaper.num, "-A").with_context(|| {
             format!(
                 "adding the NFQUEUE rule in {ns} (needs iptables with the nf_tables backend and \
                  a kernel with NETFILTER_XT_TARGET_NFQUEUE and NFT_COMPAT)"
@@ -127,11 +147,11 @@ impl Shaper {
     fn spawn(&self, netns: PathBuf, seed: u64) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let (shape, stop, seen) = (self.shape.clone(), self.stop.clone(), self.seen.clone());
-        let ns = self.ns.clone();
+        let (ns, num) = (self.ns.clone(), self.num);
         let thread = std::thread::Builder::new()
             .name(format!("nfqueue-{ns}"))
             .spawn(move || {
-                let queue = open_in(&netns, &ns);
+                let queue = open_in(&netns, &ns, num);
                 let failed = queue.as_ref().err().map(|e| anyhow::anyhow!("{e:#}"));
                 let _ = ready_tx.send(failed);
                 let mut queue = queue?;
@@ -167,7 +187,7 @@ impl Shaper {
     /// every packet it still holds. Fails if the rule could not be deleted or the thread had
     /// failed (its packets then passed unshaped, `--queue-bypass`).
     pub fn stop(mut self) -> anyhow::Result<()> {
-        let deleted = rule(&self.ns, &self.cable, "-D")
+        let deleted = rule(&self.ns, &self.cable, self.num, "-D")
             .with_context(|| format!("deleting the NFQUEUE rule in {}", self.ns));
         let ended = self.end();
         deleted.and(ended)
@@ -194,7 +214,7 @@ impl Drop for Shaper {
 
 /// Opens a queue socket inside the namespace at `netns` (this thread enters it for good) and
 /// binds the queue, metadata only, with room for [`QUEUE_MAX_LEN`] packets.
-fn open_in(netns: &Path, ns: &str) -> anyhow::Result<Queue> {
+fn open_in(netns: &Path, ns: &str, num: u16) -> anyhow::Result<Queue> {
     let file = File::open(netns)
         .with_context(|| format!("opening the network namespace {}", netns.display()))?;
     // SAFETY: setns on this thread only, with a descriptor we own.
@@ -204,16 +224,16 @@ fn open_in(netns: &Path, ns: &str) -> anyhow::Result<Queue> {
     }
     let bound = || -> std::io::Result<Queue> {
         let mut queue = Queue::open()?;
-        queue.bind(QUEUE_NUM)?;
-        queue.set_copy_range(QUEUE_NUM, 0)?;
-        queue.set_queue_max_len(QUEUE_NUM, QUEUE_MAX_LEN)?;
-        queue.set_fail_open(QUEUE_NUM, false)?;
+        queue.bind(num)?;
+        queue.set_copy_range(num, 0)?;
+        queue.set_queue_max_len(num, QUEUE_MAX_LEN)?;
+        queue.set_fail_open(num, false)?;
         queue.set_nonblocking(true);
         Ok(queue)
     };
     bound().with_context(|| {
         format!(
-            "binding netfilter queue {QUEUE_NUM} in {ns} (needs root and a kernel with \
+            "binding netfilter queue {num} in {ns} (needs root and a kernel with \
              NETFILTER_NETLINK_QUEUE)"
         )
     })
@@ -405,6 +425,35 @@ mod tests {
             shaper.seen()
         );
         shaper.stop().unwrap();
+    }
+
+    /// A process started while a shaper's queue socket is open inherits the socket (nfq opens
+    /// it without `SOCK_CLOEXEC`) and keeps its queue bound after the shaper stopped; a new
+    /// shaper in the same namespace still starts, and shapes (CI's parallel tests once failed
+    /// here with EPERM, when every shaper bound the same queue number).
+    #[test]
+    fn a_new_shaper_starts_where_a_stopped_ones_queue_is_still_held_by_a_child() {
+        let net = crate::faults::FaultNet::new(2).unwrap();
+        let s = shape(0, 0, 0);
+        let first = Shaper::start(&net.node_ns(0), &net.netns_path(0), "eth0", s, 1).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        first.stop().unwrap();
+        let second = Shaper::start(&net.node_ns(0), &net.netns_path(0), "eth0", s, 2);
+        let _ = child.kill();
+        let _ = child.wait();
+        let second = second.unwrap();
+        let rx = udp_in(&net.netns_path(1), format!("{}:5001", net.ip(1)));
+        rx.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let tx = udp_in(&net.netns_path(0), format!("{}:0", net.ip(0)));
+        tx.send_to(b"x", format!("{}:5001", net.ip(1))).unwrap();
+        let mut buf = [0u8; 4];
+        rx.recv(&mut buf)
+            .expect("the datagram did not pass the second shaper");
+        assert!(second.seen() >= 1, "the second shaper saw no packet");
+        second.stop().unwrap();
     }
 
     /// Against real packets: a heal accepts what the handler holds at once (a ping under 2 s
