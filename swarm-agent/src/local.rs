@@ -149,20 +149,28 @@ impl LocalNode for LocalApi {
                 error: snap.error,
                 ..Default::default()
             },
-            Some(s) => InfoResponse {
-                local_node_state: if snap.locked { "locked" } else { "active" }.into(),
-                node_id: s.node_id,
-                cluster_id: s.cluster_id,
-                role: if s.role == role_name(NodeRole::Manager) {
-                    NodeRole::Manager as i32
-                } else {
-                    NodeRole::Worker as i32
-                },
-                control_available: control,
-                managers: s.managers,
-                error: snap.error,
-                node_addr: s.advertise_addr,
-            },
+            Some(s) => {
+                let manager = s.role == role_name(NodeRole::Manager);
+                let timing = &self.agent.cfg.raft_timing;
+                let ms = |d: std::time::Duration| if manager { d.as_millis() as u64 } else { 0 };
+                InfoResponse {
+                    local_node_state: if snap.locked { "locked" } else { "active" }.into(),
+                    node_id: s.node_id,
+                    cluster_id: s.cluster_id,
+                    role: if manager {
+                        NodeRole::Manager as i32
+                    } else {
+                        NodeRole::Worker as i32
+                    },
+                    control_available: control,
+                    managers: s.managers,
+                    error: snap.error,
+                    node_addr: s.advertise_addr,
+                    raft_heartbeat_ms: ms(timing.heartbeat()),
+                    raft_election_timeout_min_ms: ms(timing.election_timeout_min()),
+                    raft_election_timeout_max_ms: ms(timing.election_timeout_max()),
+                }
+            }
         }))
     }
 

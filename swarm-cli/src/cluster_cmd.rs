@@ -300,7 +300,9 @@ async fn follow_rotation(c: &Client, quiet: bool) -> Result<()> {
 
 /// The cluster part of `swarm info` on a manager (Docker's Orchestration, Dispatcher and
 /// CA Configuration lines).
-pub fn cluster_info_text(cluster: &Cluster) -> String {
+/// The cluster settings of `swarm info` on a manager, as Docker orders them; the Raft section
+/// is this manager's own timing (`info`, from its agent), which Docker gives as ticks.
+pub fn cluster_info_text(cluster: &Cluster, info: &InfoResponse) -> String {
     let spec = cluster.spec.clone().unwrap_or_default();
     let history = spec
         .orchestration
@@ -312,8 +314,19 @@ pub fn cluster_info_text(cluster: &Cluster) -> String {
         .root_ca
         .as_ref()
         .is_some_and(|r| r.root_rotation.is_some());
+    let raft = if info.raft_heartbeat_ms > 0 {
+        let d = Duration::from_millis;
+        format!(
+            " Raft:\n  Heartbeat: {:?}\n  Election Timeout: {:?} to {:?}\n",
+            d(info.raft_heartbeat_ms),
+            d(info.raft_election_timeout_min_ms),
+            d(info.raft_election_timeout_max_ms)
+        )
+    } else {
+        String::new()
+    };
     format!(
-        " Orchestration:\n  Task History Retention Limit: {history}\n \
+        " Orchestration:\n  Task History Retention Limit: {history}\n{raft} \
          Dispatcher:\n  Heartbeat Period: {}\n \
          CA Configuration:\n  Expiry Duration: {}\n  Force Rotate: {}\n \
          Root Rotation In Progress: {rotating}\n",

@@ -302,7 +302,7 @@ pub async fn info(c: &Client, a: InfoArgs) -> Result<()> {
             // A manager also shows the cluster settings, as Docker does.
             if i.control_available {
                 if let Ok(cluster) = c.cluster().await {
-                    print!("{}", crate::cluster_cmd::cluster_info_text(&cluster));
+                    print!("{}", crate::cluster_cmd::cluster_info_text(&cluster, &i));
                 }
             }
         }
@@ -338,6 +338,7 @@ mod tests {
             managers: vec!["10.0.0.2:2377".into(), "10.0.0.1:2377".into()],
             error: String::new(),
             node_addr: "10.0.0.1:2377".into(),
+            ..Default::default()
         };
         assert_eq!(
             info_text(&i),

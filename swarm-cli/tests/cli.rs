@@ -235,6 +235,9 @@ impl LocalNode for Fake {
             managers: vec!["10.0.0.1:2377".into()],
             error: String::new(),
             node_addr: "10.0.0.1:2377".into(),
+            raft_heartbeat_ms: 150,
+            raft_election_timeout_min_ms: 500,
+            raft_election_timeout_max_ms: 750,
         }))
     }
     async fn network_view(

@@ -229,6 +229,8 @@ fn swarm_update_changes_the_cluster_settings_and_they_take_effect() {
     let info = c.node(0).swarm_ok(&["info"]);
     for line in [
         "Task History Retention Limit: 2",
+        // The manager's own Raft timing (the agent's default --raft-heartbeat).
+        " Raft:\n  Heartbeat: 150ms\n  Election Timeout: 500ms to 750ms\n",
         "Heartbeat Period: 3 seconds",
         "Expiry Duration: 2 hours",
     ] {

@@ -30,8 +30,19 @@ fn cluster_settings_in_info() {
         ..Default::default()
     };
     assert_eq!(
-        cluster_info_text(&c),
+        cluster_info_text(&c, &InfoResponse::default()),
         " Orchestration:\n  Task History Retention Limit: 7\n Dispatcher:\n  Heartbeat Period: 10 seconds\n CA Configuration:\n  Expiry Duration: 2 days\n  Force Rotate: 2\n Root Rotation In Progress: false\n"
+    );
+    // A manager's own Raft timing, between the orchestration and the dispatcher as in Docker.
+    let manager = InfoResponse {
+        raft_heartbeat_ms: 600,
+        raft_election_timeout_min_ms: 2000,
+        raft_election_timeout_max_ms: 3000,
+        ..Default::default()
+    };
+    assert_eq!(
+        cluster_info_text(&c, &manager),
+        " Orchestration:\n  Task History Retention Limit: 7\n Raft:\n  Heartbeat: 600ms\n  Election Timeout: 2s to 3s\n Dispatcher:\n  Heartbeat Period: 10 seconds\n CA Configuration:\n  Expiry Duration: 2 days\n  Force Rotate: 2\n Root Rotation In Progress: false\n"
     );
 }
 
