@@ -22,10 +22,6 @@ use openraft::{Config, SnapshotPolicy};
 
 /// The default leader heartbeat interval.
 pub const HEARTBEAT_MS: u64 = 150;
-/// The default randomized election timeout range (see the module docs for the failover
-/// budget): 10/3 and 5 heartbeats.
-pub const ELECTION_TIMEOUT_MIN_MS: u64 = 500;
-pub const ELECTION_TIMEOUT_MAX_MS: u64 = 750;
 
 /// The managers' Raft timing: the leader's heartbeat interval, from which the election
 /// timeouts follow in the default's proportions. Every manager of a cluster should be given
