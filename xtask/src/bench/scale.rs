@@ -4,11 +4,13 @@
 //!
 //! Phases, each with a progress line every 2 s: the nodes join and become Ready; the
 //! services are created (one global service when the task count allows, the rest replicated,
-//! one in four (`--overlay-every`) on one of 8 overlay networks (`--networks`) with a VIP)
+//! one in ten (`--overlay-every`) on one of 30 overlay networks (`--networks`) with a VIP)
 //! and run until every task is RUNNING (as the executors see it and as `service ls` shows
 //! it); then `service ls`, `node ls` and `service ps` are timed through the CLI under that
-//! load; then the leader is SIGKILLed and the cluster timed until it settles (a new leader,
-//! every simulated node Ready again, every task running once). The report: those times, the
+//! load; then the leader is SIGKILLed and the cluster timed until a write through the
+//! survivors is acknowledged (the failover goal, measured as `bench failover` does) and
+//! until it settles (a new leader, every simulated node Ready again, every task running
+//! once). The report: those times, the
 //! leader's CPU per phase, the peak RSS of each manager, the Raft database, log and snapshot
 //! sizes, and the network state bytes each node received.
 //!
@@ -103,7 +105,7 @@ fn memory_guard(phase: &str, pids: &[u32]) -> anyhow::Result<()> {
     let avail = available_mib();
     if avail < MIN_AVAILABLE_MIB {
         bail!(
-            "stopped in the {phase} phase: the machine has {avail:.0} MiB of memory left (the bench stops under {MIN_AVAILABLE_MIB:.0} MiB); peak RSS MiB (node1 / node2 / node3 / simulated agents) {}; try fewer --nodes or more --networks (each simulated node holds the endpoints of every network it has a task on)",
+            "stopped in the {phase} phase: the machine has {avail:.0} MiB of memory left (the bench stops under {MIN_AVAILABLE_MIB:.0} MiB); peak RSS MiB (node1 / node2 / node3 / simulated agents) {}; try fewer --nodes, more --networks or a larger --overlay-every (each simulated node holds the endpoints of every network it has a task on)",
             peaks(pids)
         );
     }
@@ -126,6 +128,45 @@ fn leader(c: &Cluster, alive: &[bool; 3]) -> Option<usize> {
             .to_string();
         (0..3).find(|k| alive[*k] && row.contains(&format!("node{} ", k + 1)))
     })
+}
+
+/// The failover figure of the goal ("the API accepts writes again"), measured as `bench
+/// failover` does: from `since` (the leader's SIGKILL), `service create` through the
+/// survivors in turn, every 20 ms, until one is acknowledged. The services have no
+/// replicas, so the task count the settle phase waits for is unchanged. Returns the time
+/// and the number of attempts.
+fn writes_again(
+    c: &Cluster,
+    alive: &[bool; 3],
+    since: Instant,
+) -> anyhow::Result<(Duration, usize)> {
+    let survivors: Vec<usize> = (0..3).filter(|j| alive[*j]).collect();
+    let mut attempt = 0usize;
+    loop {
+        let via = survivors[attempt % survivors.len()];
+        attempt += 1;
+        let name = format!("scale-failover-{attempt}");
+        let args = [
+            "service",
+            "create",
+            "-d",
+            "--replicas",
+            "0",
+            "--name",
+            &name,
+            "sim/app",
+        ];
+        if c.node(via).swarm(&args).ok() {
+            return Ok((since.elapsed(), attempt));
+        }
+        if since.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "no write acknowledged 60 s after the leader died\n{}",
+                c.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Simulated nodes Ready as manager `via` sees them.
@@ -515,6 +556,11 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
     let t_kill = Instant::now();
     c.nodes[old].kill();
     alive[old] = false;
+    let (writes_in, write_attempts) = writes_again(&c, &alive, t_kill)?;
+    println!(
+        "[kill] a write acknowledged {:.2} s after the leader died ({write_attempts} attempts)",
+        writes_in.as_secs_f64()
+    );
     let (new_leader, elected_in) = loop {
         if let Some(l) = leader(&c, &alive) {
             break (l, t_kill.elapsed());
@@ -592,8 +638,10 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
         );
     }
     println!(
-        "leader kill (node{}): new leader node{} in {:.1} s, settled in {:.1} s; network state sent to all nodes since the first create {:.1} MiB (the failover's COMPLETE messages included)",
+        "leader kill (node{}): writes acknowledged again in {:.2} s ({} attempts), new leader node{} in `node ls` {:.1} s, settled in {:.1} s; network state sent to all nodes since the first create {:.1} MiB (the failover's COMPLETE messages included)",
         old + 1,
+        writes_in.as_secs_f64(),
+        write_attempts,
         new_leader + 1,
         elected_in.as_secs_f64(),
         settled_in.as_secs_f64(),
