@@ -1,4 +1,5 @@
-//! Raft log and state machine storage on one redb database (`<dir>/raft.redb`).
+//! Raft log and state machine storage: one redb database (`<dir>/raft.redb`) and the latest
+//! snapshot's data in a file beside it (`<dir>/snapshot-<id>.sealed`).
 //!
 //! - The log (`raft_log`: index → bincode of `Entry`) and the vote are written with redb's
 //!   immediate durability: a commit returns after fsync, and only then is an append
@@ -8,11 +9,22 @@
 //!   a crash it may lag a little; it is an optimization that lets a restarted manager
 //!   re-apply the committed entries at once, so an older value is always safe.
 //! - The state machine is the in-memory [`Shared`] state. It is not persisted on apply; the
-//!   latest snapshot is (`raft_snapshot`), and on start the state is loaded from it, then
-//!   openraft re-applies the log from the snapshot's last log id up to the committed id.
+//!   latest snapshot is, and on start the state is loaded from it, then openraft re-applies
+//!   the log from the snapshot's last log id up to the committed id.
+//! - **A snapshot's data is a file of its own, not a value in the database.** redb has one
+//!   write transaction at a time, and openraft's core awaits every log append: a snapshot of
+//!   tens of MiB written inside the database held every append (and with them the core, its
+//!   heartbeats and its answers) for as long as it took to write and fsync, up to 2.5 s at
+//!   5 000 nodes, long enough for an election. Now the data is written to a temporary file,
+//!   fsynced and renamed ([`write_snapshot`]); only then does a small durable transaction
+//!   point `raft_snapshot` (its metadata and the file's name) at it. Other snapshot files
+//!   are removed after that commit and when the storage is opened, so a crash leaves at most
+//!   an orphan file, never a database pointing at a missing one. A database of an older
+//!   version, with the data inline (`raft_snapshot`'s `data`), is read as it is until the
+//!   next snapshot replaces it.
 //! - Encryption at rest (`encryption.rs`): every log entry and the snapshot's data are
-//!   sealed with the manager's data key (the entry's index, or "snapshot", authenticated
-//!   with them). The vote, the committed and purged log ids and the snapshot's metadata
+//!   sealed with the manager's data key (the entry's index, or the snapshot file's name,
+//!   authenticated with them). The vote, the committed and purged log ids and the snapshot's metadata
 //!   (its last log id and membership: ids and addresses of the managers) stay in the clear.
 //!   A database written before encryption (no `encryption` marker in `raft_meta`) is sealed
 //!   in place, in one transaction, when it is opened, then compacted.
@@ -51,7 +63,13 @@ const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 const KEY_SNAPSHOT_META: &str = "meta";
+/// The data of a snapshot written by an older version, inline in the database.
 const KEY_SNAPSHOT_DATA: &str = "data";
+/// The name of the file in the Raft directory that holds the snapshot's data.
+const KEY_SNAPSHOT_FILE: &str = "file";
+/// Snapshot data files: `snapshot-<snapshot id>.sealed` (and `.tmp` while written).
+const SNAPSHOT_FILE_PREFIX: &str = "snapshot-";
+const SNAPSHOT_FILE_SUFFIX: &str = ".sealed";
 /// Set (to [`ENCRYPTION_V1`]) once every entry and snapshot in the database is sealed.
 const KEY_ENCRYPTION: &str = "encryption";
 const ENCRYPTION_V1: &[u8] = b"chacha20poly1305-v1";
@@ -104,6 +122,13 @@ pub enum DbError {
     Task(String),
     #[error("an encrypted Raft record: {0}")]
     Cipher(#[from] CipherError),
+    #[error("the Raft snapshot file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the Raft database names the snapshot file {0:?}, which is not a snapshot file name")]
+    SnapshotName(String),
 }
 
 trait DbResult<T> {
@@ -200,13 +225,66 @@ fn write_meta<T: Serialize>(
     Ok(())
 }
 
-fn read_snapshot(db: &Database, dek: &DataKey) -> Result<Option<(Meta, Vec<u8>)>, DbError> {
+/// The file name of a snapshot's data: its id, with anything but ASCII letters, digits and
+/// `-` replaced by `_`.
+fn snapshot_file_name(meta: &Meta) -> String {
+    let id: String = meta
+        .snapshot_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{SNAPSHOT_FILE_PREFIX}{id}{SNAPSHOT_FILE_SUFFIX}")
+}
+
+/// Whether `name` is one this module gives a snapshot file (no path separators, no `..`).
+fn is_snapshot_file_name(name: &str) -> bool {
+    name.strip_prefix(SNAPSHOT_FILE_PREFIX)
+        .and_then(|r| r.strip_suffix(SNAPSHOT_FILE_SUFFIX))
+        .is_some_and(|id| {
+            !id.is_empty()
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+/// The authenticated data of a snapshot file: sealed data opens only under its own name, so
+/// another snapshot's file put in its place does not read.
+fn snapshot_file_aad(name: &str) -> Vec<u8> {
+    let mut aad = AAD_SNAPSHOT.to_vec();
+    aad.push(b' ');
+    aad.extend_from_slice(name.as_bytes());
+    aad
+}
+
+/// The latest snapshot: its metadata and its data (from its file, or inline as an older
+/// version wrote it).
+fn read_snapshot(
+    db: &Database,
+    dir: &Path,
+    dek: &DataKey,
+) -> Result<Option<(Meta, Vec<u8>)>, DbError> {
     let txn = db.begin_read().db()?;
     let table = txn.open_table(SNAPSHOT).db()?;
     let Some(meta) = table.get(KEY_SNAPSHOT_META).db()? else {
         return Ok(None);
     };
     let meta: Meta = decode(meta.value())?;
+    if let Some(name) = table.get(KEY_SNAPSHOT_FILE).db()? {
+        let name = String::from_utf8_lossy(name.value()).into_owned();
+        if !is_snapshot_file_name(&name) {
+            return Err(DbError::SnapshotName(name));
+        }
+        let path = dir.join(&name);
+        let sealed = std::fs::read(&path).map_err(|source| DbError::File { path, source })?;
+        return Ok(Some((meta, dek.open(&snapshot_file_aad(&name), &sealed)?)));
+    }
     let data = match table.get(KEY_SNAPSHOT_DATA).db()? {
         Some(d) => dek.open(AAD_SNAPSHOT, d.value())?,
         None => Vec::new(),
@@ -214,18 +292,100 @@ fn read_snapshot(db: &Database, dek: &DataKey) -> Result<Option<(Meta, Vec<u8>)>
     Ok(Some((meta, data)))
 }
 
-fn write_snapshot(db: &Database, dek: &DataKey, meta: &Meta, data: &[u8]) -> Result<(), DbError> {
+/// Writes `bytes` to `dir/name` durably: a temporary file, fsynced, renamed into place, and
+/// the directory fsynced. Readable by the owner only (the directory is too).
+fn write_file_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DbError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DbError::File { path, source }
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err(&tmp))?;
+    f.write_all(bytes).map_err(err(&tmp))?;
+    f.sync_all().map_err(err(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name)).map_err(err(&tmp))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err(dir))
+}
+
+/// Removes the snapshot files of `dir` other than `keep` (older snapshots, and files a
+/// crash left before their snapshot was committed), and puts `keep`'s mode right (0600).
+/// Best effort: a file that cannot be removed is logged and left.
+fn tidy_snapshot_files(dir: &Path, keep: Option<&str>) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(SNAPSHOT_FILE_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        if Some(name) == keep {
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        } else if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "removing an old Raft snapshot file");
+        }
+    }
+}
+
+/// The name of the snapshot file the database points at, if any.
+fn current_snapshot_file(db: &Database) -> Result<Option<String>, DbError> {
+    let txn = db.begin_read().db()?;
+    let table = txn.open_table(SNAPSHOT).db()?;
+    Ok(table
+        .get(KEY_SNAPSHOT_FILE)
+        .db()?
+        .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+}
+
+/// Saves a snapshot: its data sealed in a file of its own (written and fsynced with no
+/// database transaction open, so log appends go on meanwhile), then one small durable
+/// transaction that makes it the current snapshot, then the older files removed. Callers
+/// hold the store's snapshot lock (see [`StateMachine`]).
+fn write_snapshot(
+    db: &Database,
+    dir: &Path,
+    dek: &DataKey,
+    meta: &Meta,
+    data: &[u8],
+) -> Result<(), DbError> {
+    let name = snapshot_file_name(meta);
+    let sealed = dek.seal(&snapshot_file_aad(&name), data);
+    write_file_durably(dir, &name, &sealed)?;
     let meta = encode(meta)?;
-    let data = dek.seal(AAD_SNAPSHOT, data);
-    let data = data.as_slice();
     let txn = begin_durable(db)?;
     {
         let mut table = txn.open_table(SNAPSHOT).db()?;
-        table.insert(KEY_SNAPSHOT_META, meta.as_slice()).db()?;
-        table.insert(KEY_SNAPSHOT_DATA, data).db()?;
+        point_at_snapshot_file(&mut table, &meta, &name)?;
     }
     txn.commit().db()?;
-    METRICS.raft_snapshot_bytes.set(data.len() as i64);
+    tidy_snapshot_files(dir, Some(&name));
+    METRICS.raft_snapshot_bytes.set(sealed.len() as i64);
+    Ok(())
+}
+
+/// Inside a write transaction: the snapshot's metadata and file name, and no inline data.
+fn point_at_snapshot_file(
+    table: &mut redb::Table<&str, &[u8]>,
+    meta: &[u8],
+    name: &str,
+) -> Result<(), DbError> {
+    table.insert(KEY_SNAPSHOT_META, meta).db()?;
+    table.insert(KEY_SNAPSHOT_FILE, name.as_bytes()).db()?;
+    table.remove(KEY_SNAPSHOT_DATA).db()?;
     Ok(())
 }
 
@@ -350,16 +510,21 @@ pub fn open(
         }
     }
 
+    let current = current_snapshot_file(&db).map_err(corrupt)?;
+    tidy_snapshot_files(dir, current.as_deref());
+
     let log_bytes = LogBytes::default();
     let mut sm = StateMachine {
         db: Arc::new(db),
+        dir: dir.into(),
+        snapshot_lock: Arc::default(),
         dek: dek.clone(),
         log_bytes: log_bytes.clone(),
         shared,
         last_applied: None,
         last_membership: Membership::default(),
     };
-    if let Some((meta, data)) = read_snapshot(&sm.db, &dek).map_err(corrupt)? {
+    if let Some((meta, data)) = read_snapshot(&sm.db, dir, &dek).map_err(corrupt)? {
         let state = State::from_bytes(&data).map_err(|e| corrupt(e.into()))?;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         sm.shared.replace(state, index);
@@ -465,7 +630,7 @@ pub fn force_new_cluster(
     if seal_in_place(&db, dek).map_err(corrupt)? {
         tracing::info!(path = %path.display(), "encrypted the Raft data written before encryption at rest");
     }
-    if let Some((meta, data)) = read_snapshot(&db, dek).map_err(corrupt)? {
+    if let Some((meta, data)) = read_snapshot(&db, dir, dek).map_err(corrupt)? {
         let state = State::from_bytes(&data).map_err(|e| corrupt(e.into()))?;
         shared.replace(state, meta.last_log_id.map(|l| l.index).unwrap_or(0));
         last = meta.last_log_id;
@@ -526,15 +691,16 @@ pub fn force_new_cluster(
         &old_voters,
         raft_id,
     );
-    let data = dek.seal(AAD_SNAPSHOT, &state.to_bytes());
+    let name = snapshot_file_name(&meta);
+    let data = dek.seal(&snapshot_file_aad(&name), &state.to_bytes());
     (|| -> Result<(), DbError> {
+        write_file_durably(dir, &name, &data)?;
         let meta_bytes = encode(&meta)?;
         let purged = encode(&last)?;
         let txn = begin_durable(&db)?;
         {
             let mut snap = txn.open_table(SNAPSHOT).db()?;
-            snap.insert(KEY_SNAPSHOT_META, meta_bytes.as_slice()).db()?;
-            snap.insert(KEY_SNAPSHOT_DATA, data.as_slice()).db()?;
+            point_at_snapshot_file(&mut snap, &meta_bytes, &name)?;
             let mut m = txn.open_table(META).db()?;
             m.insert(KEY_LAST_PURGED, purged.as_slice()).db()?;
             m.insert(KEY_COMMITTED, purged.as_slice()).db()?;
@@ -542,6 +708,7 @@ pub fn force_new_cluster(
             log.retain(|_, _| false).db()?;
         }
         txn.commit().db()?;
+        tidy_snapshot_files(dir, Some(&name));
         Ok(())
     })()
     .map_err(corrupt)?;
@@ -792,6 +959,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// snapshots.
 pub struct StateMachine {
     db: Arc<Database>,
+    /// The Raft directory: the database and the snapshot file.
+    dir: Arc<Path>,
+    /// Held while a snapshot is written or read: a snapshot built and one installed at the
+    /// same time must not remove each other's file, nor a reader lose the file it is about
+    /// to read.
+    snapshot_lock: Arc<Mutex<()>>,
     dek: DataKey,
     log_bytes: LogBytes,
     shared: Arc<Shared>,
@@ -809,6 +982,8 @@ impl StateMachine {
 /// A consistent view of the state taken when openraft asks for a snapshot builder.
 pub struct SnapshotBuilder {
     db: Arc<Database>,
+    dir: Arc<Path>,
+    snapshot_lock: Arc<Mutex<()>>,
     dek: DataKey,
     log_bytes: LogBytes,
     last_applied: Option<LogId<u64>>,
@@ -842,20 +1017,28 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.last_membership.clone(),
             snapshot_id,
         };
-        let db = self.db.clone();
+        let (db, dir, lock) = (
+            self.db.clone(),
+            self.dir.clone(),
+            self.snapshot_lock.clone(),
+        );
         let dek = self.dek.clone();
         let (m, d) = (meta.clone(), data.clone());
-        blocking(move || write_snapshot(&db, &dek, &m, &d))
-            .await
-            .map_err(|e| {
-                raft_err(
-                    ErrorSubject::Snapshot(Some(meta.signature())),
-                    ErrorVerb::Write,
-                    e,
-                )
-            })?;
+        let started = Instant::now();
+        blocking(move || {
+            let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+            write_snapshot(&db, &dir, &dek, &m, &d)
+        })
+        .await
+        .map_err(|e| {
+            raft_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        })?;
         self.log_bytes.reset();
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built a Raft snapshot");
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), write_seconds = started.elapsed().as_secs_f64(), "built a Raft snapshot");
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -936,6 +1119,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| format!("serializing the state for a snapshot: {e}"));
         SnapshotBuilder {
             db: self.db.clone(),
+            dir: self.dir.clone(),
+            snapshot_lock: self.snapshot_lock.clone(),
             dek: self.dek.clone(),
             log_bytes: self.log_bytes.clone(),
             last_applied: self.last_applied,
@@ -954,13 +1139,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
         let data = snapshot.into_inner();
-        let db = self.db.clone();
+        let (db, dir, lock) = (
+            self.db.clone(),
+            self.dir.clone(),
+            self.snapshot_lock.clone(),
+        );
         let dek = self.dek.clone();
         let m = meta.clone();
         self.log_bytes.reset();
         let state = blocking(move || {
             let state = State::from_bytes(&data)?;
-            write_snapshot(&db, &dek, &m, &data)?;
+            let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+            write_snapshot(&db, &dir, &dek, &m, &data)?;
             Ok(state)
         })
         .await
@@ -983,11 +1173,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        let db = self.db.clone();
+        let (db, dir, lock) = (
+            self.db.clone(),
+            self.dir.clone(),
+            self.snapshot_lock.clone(),
+        );
         let dek = self.dek.clone();
-        let snap = blocking(move || read_snapshot(&db, &dek))
-            .await
-            .map_err(|e| raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        let snap = blocking(move || {
+            let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+            read_snapshot(&db, &dir, &dek)
+        })
+        .await
+        .map_err(|e| raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         Ok(snap.map(|(meta, data)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -1101,6 +1298,189 @@ mod tests {
     #[test]
     fn passes_openraft_storage_suite() {
         Suite::test_all(Builder).expect("openraft storage suite");
+    }
+
+    /// The snapshot files of `dir`, by name.
+    fn snapshot_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().into_string().ok())
+            .filter(|n| n.starts_with(SNAPSHOT_FILE_PREFIX))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn inline_snapshot_data(db: &Database) -> bool {
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(SNAPSHOT).unwrap();
+        t.get(KEY_SNAPSHOT_DATA).unwrap().is_some()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_commit_while_a_snapshot_file_is_being_written() {
+        // The snapshot's data is written with no database transaction open. A FIFO in place
+        // of the temporary file holds the writer inside its write for as long as the test
+        // reads nothing more, so the appends below run while it is stuck there.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, sm) = open_new(dir.path());
+        log.blocking_append([membership(1, 1)]).await.unwrap();
+        let meta = Meta {
+            last_log_id: Some(log_id(1, 1, 1)),
+            last_membership: Membership::default(),
+            snapshot_id: "held-1".into(),
+        };
+        let tmp = dir
+            .path()
+            .join(format!("{}.tmp", snapshot_file_name(&meta)));
+        let made = std::process::Command::new("mkfifo")
+            .arg(&tmp)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo {}", tmp.display());
+
+        let (writing_tx, writing_rx) = std::sync::mpsc::channel();
+        let (drain_tx, drain_rx) = std::sync::mpsc::channel::<()>();
+        let reader = std::thread::spawn({
+            let tmp = tmp.clone();
+            move || {
+                use std::io::Read;
+                let mut f = std::fs::File::open(&tmp).unwrap();
+                let mut first = [0u8; 4096];
+                f.read_exact(&mut first).unwrap();
+                writing_tx.send(()).unwrap();
+                drain_rx.recv().unwrap();
+                std::io::copy(&mut f, &mut std::io::sink()).unwrap();
+            }
+        });
+        let (db, d, key) = (sm.db.clone(), sm.dir.clone(), sm.dek.clone());
+        let data = vec![7u8; 1 << 20];
+        let writer = std::thread::spawn(move || write_snapshot(&db, &d, &key, &meta, &data));
+        writing_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the snapshot writer started writing its data");
+
+        // 1 MiB does not fit in the pipe: the writer is inside its write now.
+        let appended = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            log.blocking_append((2..=20).map(|i| create(1, i, &format!("during-{i}")))),
+        )
+        .await;
+        assert!(
+            matches!(appended, Ok(Ok(()))),
+            "an append waited for the snapshot's data to be written: {appended:?}"
+        );
+        assert!(
+            !writer.is_finished(),
+            "the snapshot writer must still be writing when the appends committed"
+        );
+        assert_eq!(indexes(&mut log, 0..).await, (1..=20).collect::<Vec<_>>());
+        drain_tx.send(()).unwrap();
+        reader.join().unwrap();
+        // fsync of a FIFO fails (EINVAL): this snapshot is not committed, and that is fine.
+        let _ = writer.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_snapshot_file_is_kept_and_a_crash_s_leftovers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let first_data;
+        let second = {
+            let (mut log, mut sm) = open_new(dir.path());
+            let entries = vec![membership(1, 1), create(1, 2, "a")];
+            log.blocking_append(entries.clone()).await.unwrap();
+            sm.apply(entries).await.unwrap();
+            let first = sm
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            first_data = first.snapshot.into_inner();
+            assert_eq!(
+                snapshot_files(dir.path()),
+                vec![snapshot_file_name(&first.meta)]
+            );
+            log.blocking_append([create(1, 3, "b")]).await.unwrap();
+            sm.apply([create(1, 3, "b")]).await.unwrap();
+            let second = sm
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            // The older file is gone; the database holds no snapshot data of its own.
+            assert_eq!(
+                snapshot_files(dir.path()),
+                vec![snapshot_file_name(&second.meta)]
+            );
+            assert!(!inline_snapshot_data(&sm.db));
+            second.meta
+        };
+        // What a crash between writing a file and committing it leaves.
+        let current = snapshot_file_name(&second);
+        std::fs::write(dir.path().join("snapshot-orphan.sealed"), b"x").unwrap();
+        std::fs::write(dir.path().join(format!("{current}.tmp")), b"x").unwrap();
+
+        let shared = Arc::new(Shared::default());
+        let (_log, mut sm) = open(dir.path(), shared.clone(), dek(dir.path())).unwrap();
+        assert_eq!(snapshot_files(dir.path()), vec![current.clone()]);
+        assert!(shared.read().service_by_name("a").is_some());
+        assert!(shared.read().service_by_name("b").is_some());
+        let cur = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert_eq!(cur.meta, second);
+        drop((_log, sm));
+
+        // Another snapshot's data put in the current file's place does not open.
+        let other = dek(dir.path()).seal(&snapshot_file_aad("snapshot-other.sealed"), &first_data);
+        std::fs::write(dir.path().join(&current), other).unwrap();
+        let err = match open(dir.path(), Arc::new(Shared::default()), dek(dir.path())) {
+            Err(e) => e,
+            Ok(_) => panic!("another snapshot's data must not open as the current one"),
+        };
+        assert!(err.to_string().contains("unreadable"), "{err}");
+
+        // A missing file is an error that names it.
+        std::fs::remove_file(dir.path().join(&current)).unwrap();
+        let err = match open(dir.path(), Arc::new(Shared::default()), dek(dir.path())) {
+            Err(e) => e,
+            Ok(_) => panic!("a missing snapshot file must not open"),
+        };
+        assert!(err.to_string().contains(&current), "{err}");
+    }
+
+    #[test]
+    fn snapshot_file_names_are_plain_names() {
+        let meta = |id: &str| Meta {
+            last_log_id: None,
+            last_membership: Membership::default(),
+            snapshot_id: id.into(),
+        };
+        assert_eq!(
+            snapshot_file_name(&meta("2-40310-179")),
+            "snapshot-2-40310-179.sealed"
+        );
+        assert_eq!(
+            snapshot_file_name(&meta("../x/y")),
+            "snapshot-___x_y.sealed"
+        );
+        for id in ["1-2-3", "force-new-cluster-9-1", "../../etc", "a/b", ""] {
+            let name = snapshot_file_name(&meta(id));
+            assert!(!name.contains('/'), "{name}");
+            assert_eq!(is_snapshot_file_name(&name), !id.is_empty(), "{name}");
+        }
+        for bad in [
+            "snapshot-../x.sealed",
+            "raft.redb",
+            "snapshot-.sealed",
+            "snapshot-a/b.sealed",
+        ] {
+            assert!(!is_snapshot_file_name(bad), "{bad}");
+        }
     }
 
     #[tokio::test]
@@ -1501,8 +1881,29 @@ mod tests {
 
         // A second open finds it encrypted and leaves it so.
         let shared = Arc::new(Shared::default());
-        let (mut log, _sm) = open(dir.path(), shared.clone(), dek(dir.path())).unwrap();
+        let (mut log, mut sm) = open(dir.path(), shared.clone(), dek(dir.path())).unwrap();
         assert_eq!(indexes(&mut log, 0..).await, vec![1, 2, 3]);
+        assert!(shared.read().service_by_name(name).is_some());
+        assert!(
+            inline_snapshot_data(&sm.db),
+            "the old inline snapshot, read as it is"
+        );
+
+        // The next snapshot moves the data to a file and drops the inline copy.
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert!(!inline_snapshot_data(&sm.db));
+        assert_eq!(
+            snapshot_files(dir.path()),
+            vec![snapshot_file_name(&snap.meta)]
+        );
+        drop((log, sm));
+        let shared = Arc::new(Shared::default());
+        let _reopened = open(dir.path(), shared.clone(), dek(dir.path())).unwrap();
         assert!(shared.read().service_by_name(name).is_some());
     }
 }

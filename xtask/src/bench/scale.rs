@@ -496,8 +496,15 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
         .nodes
         .iter()
         .map(|n| {
-            std::fs::metadata(n.data_root.join("raft").join("raft.redb"))
-                .map(|m| m.len())
+            // The database and the snapshot file beside it.
+            std::fs::read_dir(n.data_root.join("raft"))
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| e.metadata().ok())
+                        .filter(|m| m.is_file())
+                        .map(|m| m.len())
+                        .sum()
+                })
                 .unwrap_or(0)
         })
         .collect();
@@ -631,7 +638,7 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
     }
     for (i, r) in rss.iter().enumerate() {
         println!(
-            "manager node{}: peak RSS {r:.0} MiB, raft.redb {:.1} MiB{}",
+            "manager node{}: peak RSS {r:.0} MiB, Raft files (database and snapshot) {:.1} MiB{}",
             i + 1,
             mib(raft_files[i]),
             if i == old { " (the leader killed)" } else { "" }
