@@ -20,7 +20,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-pub use agent::{parse_raft_heartbeat, Agent, AgentConfig, RaftTiming};
+pub use agent::{
+    parse_raft_heartbeat, parse_snapshot_interval, Agent, AgentConfig, RaftTiming,
+    DEFAULT_SNAPSHOT_INTERVAL,
+};
 pub use executor::{Executor, ExecutorDescription, TaskReporter, UnsupportedExecutor};
 
 /// Runs the daemon until SIGINT/SIGTERM.

@@ -138,6 +138,10 @@ struct Args {
     /// (1.7 s at the default). Give every manager the same.
     #[arg(long, value_name = "DURATION", default_value = "150ms", value_parser = swarm_agent::parse_raft_heartbeat)]
     raft_heartbeat: swarm_agent::RaftTiming,
+    /// Raft log entries between the manager's snapshots (Docker's `--snapshot-interval`).
+    /// A snapshot is also taken once 64 MiB of entries were appended since the last one.
+    #[arg(long, value_name = "ENTRIES", default_value_t = swarm_agent::DEFAULT_SNAPSHOT_INTERVAL, value_parser = swarm_agent::parse_snapshot_interval)]
+    raft_snapshot_interval: u64,
 }
 
 /// How the node reaches registries, from `--insecure-registry` and `--registry-ca`.
@@ -329,6 +333,7 @@ async fn daemon() -> anyhow::Result<()> {
             metrics_addr,
             data_plane: Some(choice.to_proto()),
             raft_timing: args.raft_heartbeat,
+            raft_snapshot_interval: args.raft_snapshot_interval,
         },
         executor,
         networking,

@@ -72,6 +72,8 @@ pub struct ManagerConfig {
     /// The Raft heartbeat and the election timeouts that follow from it (the agent's
     /// `--raft-heartbeat`).
     pub raft_timing: crate::raft::config::RaftTiming,
+    /// Entries between Raft snapshots (the agent's `--raft-snapshot-interval`).
+    pub raft_snapshot_interval: u64,
 }
 
 pub enum Bootstrap {
@@ -169,7 +171,7 @@ impl Manager {
             .run(async move {
                 Raft::new(
                     raft_id,
-                    crate::raft::config::raft_config_for(timing),
+                    crate::raft::config::raft_config_for(timing, cfg.raft_snapshot_interval),
                     network,
                     log_store,
                     state_machine,

@@ -197,6 +197,7 @@ impl SimAgents {
                 metrics_addr: None,
                 data_plane: None,
                 raft_timing: Default::default(),
+                raft_snapshot_interval: swarm_agent::DEFAULT_SNAPSHOT_INTERVAL,
             };
             swarm_agent::state::Paths::new(&data_root).secure()?;
             let agent = {

@@ -8,7 +8,10 @@
 //! the host kills QEMU (SIGKILL of its process group: no shutdown, no sync, no flush) while
 //! the client keeps writing: the three managers lose their power together. A second boot
 //! over the same image replays the ext4 journal, starts the three managers from their data
-//! roots, and once they have elected a leader every acknowledged write must be there.
+//! roots, and once they have elected a leader every acknowledged write must be there. The
+//! managers take a Raft snapshot every 4 entries (`--raft-snapshot-interval`), so the cut
+//! also falls among snapshot writes, and each manager must start again from its snapshot
+//! file (its log says "loaded the Raft snapshot").
 //!
 //! What the cut loses: everything in the guest's memory (its page cache, dirty buffers, the
 //! running ext4 journal transaction). QEMU writes the image with `cache=writeback`: what the
@@ -35,6 +38,11 @@ use crate::workspace::{cargo, workspace_root};
 
 /// Acknowledged writes before the host cuts the power (the client keeps writing after).
 const WRITES_BEFORE_CUT: usize = 12;
+
+/// The managers' `--raft-snapshot-interval`: a snapshot every few entries, so that the
+/// cut falls among snapshot writes (the data in a file of its own beside the database,
+/// `raft/storage.rs`) and the reboot starts every manager from a snapshot file.
+const SNAPSHOT_INTERVAL: u64 = 4;
 
 /// How long one boot may take (boot, the manager's start, the writes).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
@@ -149,6 +157,23 @@ fn run_in(vm: &setup::Vm, out: &Path, without_fsync: bool) -> anyhow::Result<()>
     if without_fsync {
         bail!("powerloss: the build without Raft fsync lost no acknowledged write: the test did not catch it");
     }
+    // Each manager started again from a snapshot file, not only from its log.
+    let from_snapshot = (1..=MANAGERS)
+        .filter(|k| {
+            std::fs::read_to_string(out.join(format!("agent-check-node{k}.log")))
+                .unwrap_or_default()
+                .contains("loaded the Raft snapshot")
+        })
+        .count();
+    println!(
+        "powerloss: {from_snapshot} of {MANAGERS} managers started from a snapshot file (a snapshot every {SNAPSHOT_INTERVAL} entries)"
+    );
+    if from_snapshot < MANAGERS {
+        bail!(
+            "powerloss: only {from_snapshot} of {MANAGERS} managers loaded a Raft snapshot after the reboot: the cut did not reach the snapshot files\n{}",
+            guest.logs()
+        );
+    }
     // The power-loss verdict is in; now the disk tests' (same boot).
     booted?;
     println!("powerloss: the disk tests passed (failing and slow disks)");
@@ -243,7 +268,7 @@ start_managers() {{
     MANAGERS=""
     for k in $(seq 1 {managers}); do
         {agent} --data-root /run/disk/node$k --socket /run/node$k.sock --hostname node$k \
-            --metrics-addr 127.0.0.1:$(($(port $k) + 1)) >"$OUT/agent-{phase}-node$k.log" 2>&1 &
+            --raft-snapshot-interval {snapshot_interval} --metrics-addr 127.0.0.1:$(($(port $k) + 1)) >"$OUT/agent-{phase}-node$k.log" 2>&1 &
         MANAGERS="$MANAGERS $!"
     done
     for k in $(seq 1 {managers}); do
@@ -260,6 +285,7 @@ start_managers() {{
         agent = agent.display(),
         port = PORT,
         managers = MANAGERS,
+        snapshot_interval = SNAPSHOT_INTERVAL,
     )
 }
 

@@ -45,12 +45,31 @@ pub struct AgentConfig {
     pub data_plane: Option<proto::DataPlaneInfo>,
     /// The Raft timing of the node's manager when it is one (`--raft-heartbeat`).
     pub raft_timing: RaftTiming,
+    /// Entries between the manager's Raft snapshots (`--raft-snapshot-interval`).
+    pub raft_snapshot_interval: u64,
 }
 
 /// `--raft-heartbeat`: a Go duration within [`RaftTiming`]'s range.
 pub fn parse_raft_heartbeat(s: &str) -> Result<RaftTiming, String> {
     let d = swarm_common::duration::parse_go_duration(s)?;
     RaftTiming::new(d).map_err(|e| e.to_string())
+}
+
+/// The default of `--raft-snapshot-interval` (Docker's `--snapshot-interval`: 10 000).
+pub const DEFAULT_SNAPSHOT_INTERVAL: u64 = swarm_manager::raft::config::SNAPSHOT_EVERY_LOGS;
+
+/// `--raft-snapshot-interval`: a number of log entries, 1 to 1 000 000.
+pub fn parse_snapshot_interval(s: &str) -> Result<u64, String> {
+    let max = swarm_manager::raft::config::MAX_SNAPSHOT_INTERVAL;
+    match s.trim().parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        Ok(n) => Err(format!(
+            "a Raft snapshot interval of {n} entries is out of range: give 1 to {max} (default {DEFAULT_SNAPSHOT_INTERVAL})"
+        )),
+        Err(_) => Err(format!(
+            "{s:?} is not a number of Raft log entries: give 1 to {max} (default {DEFAULT_SNAPSHOT_INTERVAL})"
+        )),
+    }
 }
 
 /// What `swarm info` and the CLI's node marker need, readable without locks held long.
@@ -244,6 +263,7 @@ impl Agent {
                 credentials: creds.clone(),
                 unlock_key: unlock,
                 raft_timing: self.cfg.raft_timing,
+                raft_snapshot_interval: self.cfg.raft_snapshot_interval,
             },
             bootstrap,
         )
@@ -319,5 +339,21 @@ mod tests {
         assert!(e.contains("out of range"), "{e}");
         let e = parse_raft_heartbeat("500").unwrap_err();
         assert!(e.contains("missing unit"), "{e}");
+    }
+
+    #[test]
+    fn raft_snapshot_interval_flag_takes_1_to_a_million_entries() {
+        assert_eq!(DEFAULT_SNAPSHOT_INTERVAL, 10_000, "Docker's default");
+        assert_eq!(parse_snapshot_interval("10000"), Ok(10_000));
+        assert_eq!(parse_snapshot_interval("1"), Ok(1));
+        assert_eq!(parse_snapshot_interval("1000000"), Ok(1_000_000));
+        for bad in ["0", "1000001"] {
+            let e = parse_snapshot_interval(bad).unwrap_err();
+            assert!(e.contains("out of range") && e.contains(bad), "{e}");
+        }
+        for bad in ["-1", "10k", ""] {
+            let e = parse_snapshot_interval(bad).unwrap_err();
+            assert!(e.contains("not a number of Raft log entries"), "{e}");
+        }
     }
 }

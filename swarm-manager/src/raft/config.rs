@@ -95,8 +95,13 @@ impl Default for RaftTiming {
 }
 /// Time to send and install one snapshot chunk (the last chunk installs the whole state).
 pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 30_000;
-/// A snapshot is built after this many entries were applied since the previous one.
+/// A snapshot is built after this many entries were applied since the previous one: the
+/// default of the agent's `--raft-snapshot-interval` (Docker's `--snapshot-interval`).
 pub const SNAPSHOT_EVERY_LOGS: u64 = 10_000;
+/// The largest `--raft-snapshot-interval`: past it a restarted manager re-applies more
+/// than a million entries, and the log of a busy cluster grows by gigabytes between
+/// snapshots (the size trigger, [`SNAPSHOT_EVERY_BYTES`], still bounds that).
+pub const MAX_SNAPSHOT_INTERVAL: u64 = 1_000_000;
 /// A snapshot is also built once the entries appended since the previous one take this many
 /// bytes (`raft/snapshot.rs`), so a few large entries cannot grow the log without bound.
 pub const SNAPSHOT_EVERY_BYTES: u64 = 64 * 1024 * 1024;
@@ -113,11 +118,14 @@ pub const MAX_APPEND_BYTES: usize = 4 * 1024 * 1024;
 
 /// The validated openraft configuration of the default timing.
 pub fn raft_config() -> Arc<Config> {
-    raft_config_for(RaftTiming::default())
+    raft_config_for(RaftTiming::default(), SNAPSHOT_EVERY_LOGS)
 }
 
 /// The validated openraft configuration of a manager with `timing`.
-pub fn raft_config_for(timing: RaftTiming) -> Arc<Config> {
+/// `snapshot_interval`: entries between snapshots, 1 ..= [`MAX_SNAPSHOT_INTERVAL`] (the
+/// agent's flag checks it; a value out of range is clamped).
+pub fn raft_config_for(timing: RaftTiming, snapshot_interval: u64) -> Arc<Config> {
+    let snapshot_interval = snapshot_interval.clamp(1, MAX_SNAPSHOT_INTERVAL);
     let config = Config {
         cluster_name: "swarm".to_string(),
         heartbeat_interval: timing.heartbeat_ms(),
@@ -127,8 +135,8 @@ pub fn raft_config_for(timing: RaftTiming) -> Arc<Config> {
         max_payload_entries: 300,
         // A follower further behind than this is reported as lagging by `wait` helpers;
         // keep it above the snapshot interval, as openraft advises.
-        replication_lag_threshold: 2 * SNAPSHOT_EVERY_LOGS,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_LOGS),
+        replication_lag_threshold: 2 * snapshot_interval,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_interval),
         snapshot_max_chunk_size: 3 * 1024 * 1024,
         max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT,
         purge_batch_size: PURGE_BATCH,
@@ -168,14 +176,14 @@ mod tests {
     #[test]
     fn a_longer_heartbeat_stretches_the_election_timeouts_alike() {
         let t = RaftTiming::new(Duration::from_millis(600)).unwrap();
-        let c = raft_config_for(t);
+        let c = raft_config_for(t, SNAPSHOT_EVERY_LOGS);
         assert_eq!(c.heartbeat_interval, 600);
         assert_eq!(c.election_timeout_min, 2000);
         assert_eq!(c.election_timeout_max, 3000);
         assert_eq!(t.worst_failover(), Duration::from_millis(6900));
         // Both ends of the range give a configuration openraft accepts.
         for hb in [RaftTiming::MIN_HEARTBEAT, RaftTiming::MAX_HEARTBEAT] {
-            let c = raft_config_for(RaftTiming::new(hb).unwrap());
+            let c = raft_config_for(RaftTiming::new(hb).unwrap(), SNAPSHOT_EVERY_LOGS);
             assert!(c.heartbeat_interval < c.election_timeout_min);
         }
     }

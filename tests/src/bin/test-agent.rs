@@ -20,6 +20,8 @@ struct Args {
     metrics_addr: String,
     #[arg(long, default_value = "150ms", value_parser = swarm_agent::parse_raft_heartbeat)]
     raft_heartbeat: swarm_agent::RaftTiming,
+    #[arg(long, default_value_t = swarm_agent::DEFAULT_SNAPSHOT_INTERVAL, value_parser = swarm_agent::parse_snapshot_interval)]
+    raft_snapshot_interval: u64,
 }
 
 #[tokio::main]
@@ -46,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
             metrics_addr,
             data_plane: None,
             raft_timing: a.raft_heartbeat,
+            raft_snapshot_interval: a.raft_snapshot_interval,
         },
         Arc::new(tests::sim_executor::SimExecutor),
     )
