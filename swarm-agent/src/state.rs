@@ -151,34 +151,16 @@ impl Paths {
     }
 }
 
-/// Writes through a temporary file, fsyncs it, renames it over the target and fsyncs the
-/// directory.
+/// Creates the directory (0700) if needed, then writes durably
+/// ([`swarm_common::fs::write_durably`]).
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let dir = path.parent().context("path without parent")?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    // The rename is on disk once the directory is: without this fsync a power cut can bring
-    // back the old file (or none) after the caller was told it was written.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
+    swarm_common::fs::write_durably(path, data, mode)?;
     Ok(())
 }

@@ -204,25 +204,10 @@ fn read_dek_file(dir: &Path) -> Result<Option<DekFile>, KeyError> {
 /// Writes through a temporary file (0600), fsynced, renamed over the target, the
 /// directory fsynced: a crash leaves the old file or the new one.
 fn write_private(path: &Path, data: &[u8]) -> Result<(), KeyError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(data).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
-    }
-    Ok(())
+    swarm_common::fs::write_durably(path, data, 0o600).map_err(|e| KeyError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 fn read_kek(dir: &Path) -> Result<[u8; KEY_LEN], KeyError> {

@@ -292,30 +292,12 @@ fn read_snapshot(
     Ok(Some((meta, data)))
 }
 
-/// Writes `bytes` to `dir/name` durably: a temporary file, fsynced, renamed into place, and
-/// the directory fsynced. Readable by the owner only (the directory is too).
+/// Writes `bytes` to `dir/name` durably ([`swarm_common::fs::write_durably`], 0600).
 fn write_file_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DbError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DbError::File { path, source }
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err(&tmp))?;
-    f.write_all(bytes).map_err(err(&tmp))?;
-    f.sync_all().map_err(err(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(name)).map_err(err(&tmp))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err(dir))
+    swarm_common::fs::write_durably(&dir.join(name), bytes, 0o600).map_err(|e| DbError::File {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Removes the snapshot files of `dir` other than `keep` (older snapshots, and files a
@@ -375,6 +357,17 @@ fn write_snapshot(
     tidy_snapshot_files(dir, Some(&name));
     METRICS.raft_snapshot_bytes.set(sealed.len() as i64);
     Ok(())
+}
+
+/// The openraft error of a snapshot that could not be saved.
+fn snapshot_write_error(meta: &Meta) -> impl FnOnce(DbError) -> RaftStorageError + '_ {
+    move |e| {
+        raft_err(
+            ErrorSubject::Snapshot(Some(meta.signature())),
+            ErrorVerb::Write,
+            e,
+        )
+    }
 }
 
 /// Inside a write transaction: the snapshot's metadata and file name, and no inline data.
@@ -515,16 +508,18 @@ pub fn open(
 
     let log_bytes = LogBytes::default();
     let mut sm = StateMachine {
-        db: Arc::new(db),
-        dir: dir.into(),
-        snapshot_lock: Arc::default(),
-        dek: dek.clone(),
+        files: SnapshotFiles {
+            db: Arc::new(db),
+            dir: dir.into(),
+            lock: Arc::default(),
+            dek: dek.clone(),
+        },
         log_bytes: log_bytes.clone(),
         shared,
         last_applied: None,
         last_membership: Membership::default(),
     };
-    if let Some((meta, data)) = read_snapshot(&sm.db, dir, &dek).map_err(corrupt)? {
+    if let Some((meta, data)) = read_snapshot(&sm.files.db, dir, &dek).map_err(corrupt)? {
         let state = State::from_bytes(&data).map_err(|e| corrupt(e.into()))?;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         sm.shared.replace(state, index);
@@ -535,7 +530,7 @@ pub fn open(
     }
     let log = LogStore {
         inner: Arc::new(LogInner {
-            db: sm.db.clone(),
+            db: sm.files.db.clone(),
             unflushed_committed: Mutex::new(None),
             log_bytes,
             dek,
@@ -958,18 +953,47 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// The state machine: applies committed entries to [`Shared`], builds and installs
 /// snapshots.
 pub struct StateMachine {
+    files: SnapshotFiles,
+    log_bytes: LogBytes,
+    shared: Arc<Shared>,
+    last_applied: Option<LogId<u64>>,
+    last_membership: Membership,
+}
+
+/// Where the snapshots are kept (the database's `raft_snapshot` and the file beside it),
+/// shared by the state machine and its builders.
+#[derive(Clone)]
+struct SnapshotFiles {
     db: Arc<Database>,
     /// The Raft directory: the database and the snapshot file.
     dir: Arc<Path>,
     /// Held while a snapshot is written or read: a snapshot built and one installed at the
     /// same time must not remove each other's file, nor a reader lose the file it is about
     /// to read.
-    snapshot_lock: Arc<Mutex<()>>,
+    lock: Arc<Mutex<()>>,
     dek: DataKey,
-    log_bytes: LogBytes,
-    shared: Arc<Shared>,
-    last_applied: Option<LogId<u64>>,
-    last_membership: Membership,
+}
+
+impl SnapshotFiles {
+    /// Runs `f` on the blocking pool with the snapshot lock held.
+    async fn locked<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&SnapshotFiles) -> Result<T, DbError> + Send + 'static,
+    {
+        let files = self.clone();
+        blocking(move || {
+            let _held = files.lock.lock().unwrap_or_else(|e| e.into_inner());
+            f(&files)
+        })
+        .await
+    }
+
+    /// [`write_snapshot`], off the runtime and under the lock.
+    async fn save(&self, meta: Meta, data: Vec<u8>) -> Result<(), DbError> {
+        self.locked(move |f| write_snapshot(&f.db, &f.dir, &f.dek, &meta, &data))
+            .await
+    }
 }
 
 impl StateMachine {
@@ -981,10 +1005,7 @@ impl StateMachine {
 
 /// A consistent view of the state taken when openraft asks for a snapshot builder.
 pub struct SnapshotBuilder {
-    db: Arc<Database>,
-    dir: Arc<Path>,
-    snapshot_lock: Arc<Mutex<()>>,
-    dek: DataKey,
+    files: SnapshotFiles,
     log_bytes: LogBytes,
     last_applied: Option<LogId<u64>>,
     last_membership: Membership,
@@ -1017,26 +1038,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.last_membership.clone(),
             snapshot_id,
         };
-        let (db, dir, lock) = (
-            self.db.clone(),
-            self.dir.clone(),
-            self.snapshot_lock.clone(),
-        );
-        let dek = self.dek.clone();
-        let (m, d) = (meta.clone(), data.clone());
         let started = Instant::now();
-        blocking(move || {
-            let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
-            write_snapshot(&db, &dir, &dek, &m, &d)
-        })
-        .await
-        .map_err(|e| {
-            raft_err(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                e,
-            )
-        })?;
+        self.files
+            .save(meta.clone(), data.clone())
+            .await
+            .map_err(snapshot_write_error(&meta))?;
         self.log_bytes.reset();
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), write_seconds = started.elapsed().as_secs_f64(), "built a Raft snapshot");
         Ok(Snapshot {
@@ -1118,10 +1124,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(|e| format!("serializing the state for a snapshot: {e}"));
         SnapshotBuilder {
-            db: self.db.clone(),
-            dir: self.dir.clone(),
-            snapshot_lock: self.snapshot_lock.clone(),
-            dek: self.dek.clone(),
+            files: self.files.clone(),
             log_bytes: self.log_bytes.clone(),
             last_applied: self.last_applied,
             last_membership: self.last_membership.clone(),
@@ -1139,28 +1142,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
         let data = snapshot.into_inner();
-        let (db, dir, lock) = (
-            self.db.clone(),
-            self.dir.clone(),
-            self.snapshot_lock.clone(),
-        );
-        let dek = self.dek.clone();
         let m = meta.clone();
         self.log_bytes.reset();
-        let state = blocking(move || {
-            let state = State::from_bytes(&data)?;
-            let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
-            write_snapshot(&db, &dir, &dek, &m, &data)?;
-            Ok(state)
-        })
-        .await
-        .map_err(|e| {
-            raft_err(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                e,
-            )
-        })?;
+        let state = self
+            .files
+            .locked(move |f| {
+                let state = State::from_bytes(&data)?;
+                write_snapshot(&f.db, &f.dir, &f.dek, &m, &data)?;
+                Ok(state)
+            })
+            .await
+            .map_err(snapshot_write_error(meta))?;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         self.shared.replace(state, index);
         self.last_applied = meta.last_log_id;
@@ -1173,18 +1165,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        let (db, dir, lock) = (
-            self.db.clone(),
-            self.dir.clone(),
-            self.snapshot_lock.clone(),
-        );
-        let dek = self.dek.clone();
-        let snap = blocking(move || {
-            let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
-            read_snapshot(&db, &dir, &dek)
-        })
-        .await
-        .map_err(|e| raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        let snap = self
+            .files
+            .locked(|f| read_snapshot(&f.db, &f.dir, &f.dek))
+            .await
+            .map_err(|e| raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         Ok(snap.map(|(meta, data)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -1353,7 +1338,11 @@ mod tests {
                 std::io::copy(&mut f, &mut std::io::sink()).unwrap();
             }
         });
-        let (db, d, key) = (sm.db.clone(), sm.dir.clone(), sm.dek.clone());
+        let (db, d, key) = (
+            sm.files.db.clone(),
+            sm.files.dir.clone(),
+            sm.files.dek.clone(),
+        );
         let data = vec![7u8; 1 << 20];
         let writer = std::thread::spawn(move || write_snapshot(&db, &d, &key, &meta, &data));
         writing_rx
@@ -1414,7 +1403,7 @@ mod tests {
                 snapshot_files(dir.path()),
                 vec![snapshot_file_name(&second.meta)]
             );
-            assert!(!inline_snapshot_data(&sm.db));
+            assert!(!inline_snapshot_data(&sm.files.db));
             second.meta
         };
         // What a crash between writing a file and committing it leaves.
@@ -1885,7 +1874,7 @@ mod tests {
         assert_eq!(indexes(&mut log, 0..).await, vec![1, 2, 3]);
         assert!(shared.read().service_by_name(name).is_some());
         assert!(
-            inline_snapshot_data(&sm.db),
+            inline_snapshot_data(&sm.files.db),
             "the old inline snapshot, read as it is"
         );
 
@@ -1896,7 +1885,7 @@ mod tests {
             .build_snapshot()
             .await
             .unwrap();
-        assert!(!inline_snapshot_data(&sm.db));
+        assert!(!inline_snapshot_data(&sm.files.db));
         assert_eq!(
             snapshot_files(dir.path()),
             vec![snapshot_file_name(&snap.meta)]
