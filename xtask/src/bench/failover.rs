@@ -10,7 +10,9 @@ use tests::{wait_for, AgentClient, Cluster};
 
 const TARGET: Duration = Duration::from_secs(2);
 
-fn leader(c: &Cluster, alive: &[bool]) -> Option<usize> {
+/// The index of the manager shown as Leader by `node ls` through a live manager (also
+/// `bench scale`'s).
+pub(super) fn leader(c: &Cluster, alive: &[bool]) -> Option<usize> {
     (0..alive.len()).filter(|j| alive[*j]).find_map(|j| {
         let out = c.node(j).swarm(&["node", "ls"]);
         out.ok().then_some(())?;
@@ -21,6 +23,41 @@ fn leader(c: &Cluster, alive: &[bool]) -> Option<usize> {
             .to_string();
         (0..alive.len()).find(|k| alive[*k] && line.contains(&format!("node{} ", k + 1)))
     })
+}
+
+/// The failover figure of the goal ("the API accepts writes again"): from `since` (the
+/// leader's SIGKILL), `swarm service create -d <args>` through the live managers in turn,
+/// every 20 ms, until one is acknowledged; `args(attempt)` gives the service's flags, name
+/// and image. Returns the time and the number of attempts; an error past `limit`. Also
+/// `bench scale`'s.
+pub(super) fn until_a_write_is_acknowledged(
+    c: &Cluster,
+    alive: &[bool],
+    since: Instant,
+    limit: Duration,
+    args: impl Fn(usize) -> Vec<String>,
+) -> anyhow::Result<(Duration, usize)> {
+    let live: Vec<usize> = (0..alive.len()).filter(|j| alive[*j]).collect();
+    anyhow::ensure!(!live.is_empty(), "no live manager to write through");
+    let mut attempt = 0usize;
+    loop {
+        let via = live[attempt % live.len()];
+        attempt += 1;
+        let mut cmd = vec!["service".to_string(), "create".into(), "-d".into()];
+        cmd.extend(args(attempt));
+        let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        if c.node(via).swarm(&cmd).ok() {
+            return Ok((since.elapsed(), attempt));
+        }
+        if since.elapsed() > limit {
+            bail!(
+                "no write acknowledged {} s after the leader died\n{}",
+                limit.as_secs(),
+                c.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub fn run(rounds: usize, port: u16) -> anyhow::Result<()> {
@@ -35,28 +72,14 @@ pub fn run(rounds: usize, port: u16) -> anyhow::Result<()> {
         let started = Instant::now();
         c.nodes[l].kill();
         alive[l] = false;
-        let mut attempt = 0usize;
-        let took = loop {
-            let j = (0..3)
-                .filter(|j| alive[*j])
-                .nth(attempt % 2)
-                .expect("two survivors");
-            attempt += 1;
-            let name = format!("failover-{round}-{attempt}");
-            if c.node(j)
-                .swarm(&["service", "create", "-d", "--name", &name, "sim/app"])
-                .ok()
-            {
-                break started.elapsed();
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!(
-                    "no write acknowledged 30 s after the leader died\n{}",
-                    c.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (took, attempt) =
+            until_a_write_is_acknowledged(&c, &alive, started, Duration::from_secs(30), |a| {
+                vec![
+                    "--name".into(),
+                    format!("failover-{round}-{a}"),
+                    "sim/app".into(),
+                ]
+            })?;
         println!(
             "round {}: killed node{}, writes accepted again after {:.0} ms ({attempt} attempts)",
             round + 1,

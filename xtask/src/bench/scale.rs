@@ -26,6 +26,7 @@ use ::tests::sim_agents::{duplicates, ready_count, SimAgents};
 use ::tests::{http_get, AgentClient, Cluster};
 use anyhow::{bail, Context};
 
+use super::failover::{leader, until_a_write_is_acknowledged};
 use super::ScaleOpts;
 
 /// The machine memory (MiB) below which the bench stops instead of letting the kernel's
@@ -114,59 +115,6 @@ fn memory_guard(phase: &str, pids: &[u32]) -> anyhow::Result<()> {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
-}
-
-/// The index of the manager shown as Leader by `node ls` through a live manager.
-fn leader(c: &Cluster, alive: &[bool; 3]) -> Option<usize> {
-    (0..3).filter(|j| alive[*j]).find_map(|j| {
-        let out = c.node(j).swarm(&["node", "ls"]);
-        out.ok().then_some(())?;
-        let row = out
-            .stdout
-            .lines()
-            .find(|l| l.contains("Leader"))?
-            .to_string();
-        (0..3).find(|k| alive[*k] && row.contains(&format!("node{} ", k + 1)))
-    })
-}
-
-/// The failover figure of the goal ("the API accepts writes again"), measured as `bench
-/// failover` does: from `since` (the leader's SIGKILL), `service create` through the
-/// survivors in turn, every 20 ms, until one is acknowledged. The services have no
-/// replicas, so the task count the settle phase waits for is unchanged. Returns the time
-/// and the number of attempts.
-fn writes_again(
-    c: &Cluster,
-    alive: &[bool; 3],
-    since: Instant,
-) -> anyhow::Result<(Duration, usize)> {
-    let survivors: Vec<usize> = (0..3).filter(|j| alive[*j]).collect();
-    let mut attempt = 0usize;
-    loop {
-        let via = survivors[attempt % survivors.len()];
-        attempt += 1;
-        let name = format!("scale-failover-{attempt}");
-        let args = [
-            "service",
-            "create",
-            "-d",
-            "--replicas",
-            "0",
-            "--name",
-            &name,
-            "sim/app",
-        ];
-        if c.node(via).swarm(&args).ok() {
-            return Ok((since.elapsed(), attempt));
-        }
-        if since.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "no write acknowledged 60 s after the leader died\n{}",
-                c.logs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Simulated nodes Ready as manager `via` sees them.
@@ -563,7 +511,17 @@ pub fn run(o: ScaleOpts) -> anyhow::Result<()> {
     let t_kill = Instant::now();
     c.nodes[old].kill();
     alive[old] = false;
-    let (writes_in, write_attempts) = writes_again(&c, &alive, t_kill)?;
+    // The services have no replicas: the task count the settle phase waits for stays.
+    let (writes_in, write_attempts) =
+        until_a_write_is_acknowledged(&c, &alive, t_kill, Duration::from_secs(60), |a| {
+            vec![
+                "--replicas".into(),
+                "0".into(),
+                "--name".into(),
+                format!("scale-failover-{a}"),
+                "sim/app".into(),
+            ]
+        })?;
     println!(
         "[kill] a write acknowledged {:.2} s after the leader died ({write_attempts} attempts)",
         writes_in.as_secs_f64()
