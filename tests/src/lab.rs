@@ -361,6 +361,37 @@ impl Lab {
         )
     }
 
+    /// [`Lab::task_get`] asked again until it answers, within `timeout`; the last error
+    /// otherwise.
+    ///
+    /// For a first request to a service's VIP: the store says RUNNING before every node's
+    /// data path has the task as a backend. The network state reaches the nodes after the
+    /// dispatcher's batch window ([`swarm_manager::dispatcher::BATCH_WINDOW`]) and is then
+    /// programmed, and until then a VIP without a serving backend refuses a connection at
+    /// once (EPERM), as it must for a service that has none.
+    pub fn task_get_once_served(
+        &self,
+        task: &proto::Task,
+        url: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let mut last = None;
+        wait_for(timeout, || match self.task_get(task, url) {
+            Ok(body) => {
+                last = Some(Ok(body));
+                true
+            }
+            Err(e) => {
+                eprintln!("GET {url} in task {}: {e:#}; asking again", task.id);
+                last = Some(Err(e));
+                false
+            }
+        })
+        .ok();
+        last.unwrap_or_else(|| Err(anyhow::anyhow!("GET {url} was never asked")))
+            .with_context(|| format!("GET {url} in task {} within {timeout:?}", task.id))
+    }
+
     /// The registry's `host:port` (reachable from every node; images are `<it>/whoami:latest`
     /// and `<it>/busybox:latest`).
     pub fn registry(&self) -> String {

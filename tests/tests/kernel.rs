@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use swarm_agent::network::ipvs::marks;
 use swarm_agent::network::{probe, testbed};
 use tests::lab::node::DATA_PLANE_ENV;
-use tests::lab::testing::{create, test_lab as lab, wait_running};
+use tests::lab::testing::{create, test_lab as lab, wait_running, SERVED};
 use tests::lab::Lab;
 use tests::{hostname, wait_for, AgentClient};
 
@@ -329,15 +329,22 @@ fn serves_web(lab: &Lab) -> (proto::Task, Vec<proto::Task>, String) {
         .task_exec(&client, &["/whoami", "lookup", "web"])
         .unwrap_or_else(|e| panic!("lookup web: {e:#}\n{}", lab.logs()));
     assert_eq!(looked_up.trim(), vip, "web resolves to its VIP");
+    // The store says RUNNING before node1's data path has the other node's replica as a
+    // backend, so the 20 requests are asked again until both answered, within `SERVED`.
     for url in [
         "http://web/hostname".to_string(),
         format!("http://{vip}/hostname"),
     ] {
-        let out = lab
-            .task_exec(&client, &["/whoami", "get", &url, "--count", "20"])
-            .unwrap_or_else(|e| panic!("{url}: {e:#}\n{}", lab.logs()));
-        let seen: BTreeSet<String> = out.lines().map(|l| l.trim().to_string()).collect();
-        assert_eq!(seen, names, "{url} answered by {out}");
+        let mut out = String::new();
+        let mut seen = BTreeSet::new();
+        let _ = wait_for(SERVED, || {
+            out = lab
+                .task_exec(&client, &["/whoami", "get", &url, "--count", "20"])
+                .unwrap_or_else(|e| format!("{e:#}"));
+            seen = out.lines().map(|l| l.trim().to_string()).collect();
+            seen == names
+        });
+        assert_eq!(seen, names, "{url} answered by {out}\n{}", lab.logs());
     }
 
     // The published port answers on each node's address from the underlay (outside the nodes).

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use tests::lab::testing::{create, test_lab as lab, wait_running};
+use tests::lab::testing::{create, test_lab as lab, wait_running, SERVED};
 use tests::lab::Lab;
 use tests::{hostname, task_addr, wait_for, AgentClient};
 
@@ -392,7 +392,10 @@ fn scaling_down_and_up_under_load_fails_no_request_and_stopping_tasks_get_no_new
     create_client_on_node3(&lab, &whoami);
     wait_running(&lab, "web", 3);
     let client = wait_running(&lab, "client", 1).remove(0);
-    assert!(lab.task_get(&client, "http://web/hostname").is_ok());
+    // The first request waits for node3's data path to list web's tasks (see
+    // `task_get_once_served`).
+    lab.task_get_once_served(&client, "http://web/hostname", SERVED)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
 
     // A bounded loop of requests (~12 s) while the service goes 3 → 1 → 3.
     let lab_ref = &lab;
@@ -488,7 +491,8 @@ fn udp_through_a_vip_follows_a_live_backend_and_a_task_may_bind_port_53() {
     let client = wait_running(&lab, "client", 1).remove(0);
     let dns53 = wait_running(&lab, "dns53", 1).remove(0);
     assert_eq!(
-        lab.task_get(&client, "http://dns53:53/hostname").unwrap(),
+        lab.task_get_once_served(&client, "http://dns53:53/hostname", SERVED)
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs())),
         hostname(&dns53)
     );
     assert_eq!(lookup(&lab, &dns53, "echo"), vec![vip(&lab, "echo")]);

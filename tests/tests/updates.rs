@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use proto::{TaskState, UpdateState};
-use tests::lab::testing::{test_lab as lab, wait_running as running, LONG};
+use tests::lab::testing::{test_lab as lab, wait_running as running, LONG, SERVED};
 use tests::lab::{Lab, LabNode};
 use tests::{wait_for, AgentClient};
 
@@ -420,6 +420,8 @@ fn start_first_and_stop_first_updates_lose_no_request_through_the_vip() {
     ]);
     let before = running(&lab, "web", 3);
     let client = running(&lab, "client", 1).remove(0);
+    lab.task_get_once_served(&client, "http://web/hostname", SERVED)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
 
     let out = requests_during_update(
         &lab,

@@ -12,6 +12,11 @@ use crate::client::AgentClient;
 /// How long tasks may take to start (pulls included).
 pub const LONG: Duration = Duration::from_secs(90);
 
+/// How long a task RUNNING in the store may take to be a backend on every node's data path
+/// ([`Lab::task_get_once_served`]): a bound on liveness under CI's load, not a figure of
+/// speed.
+pub const SERVED: Duration = Duration::from_secs(10);
+
 impl LabConfig {
     /// A temporary lab with a random 4-letter name, rooted in `/tmp/swl-<name>`, using the
     /// binaries of this test build (target/debug); its agents are containers when
