@@ -18,5 +18,6 @@ pub mod orchestrator;
 pub mod raft;
 pub mod router;
 pub mod scheduler;
+pub mod stall;
 pub mod store;
 pub mod tls;

@@ -45,6 +45,14 @@ impl RaftRuntime {
         })
     }
 
+    /// Spawns `fut` on the Raft runtime, detached; it is cancelled when the runtime drops.
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.handle.spawn(fut));
+    }
+
     /// Runs `fut` on the Raft runtime and waits for it from the caller's runtime. Whatever
     /// `fut` spawns (openraft's tasks, the transport's connections) stays on the Raft thread.
     pub async fn run<F>(&self, fut: F) -> F::Output

@@ -7,6 +7,7 @@
 //! [`Store::memory`] applies proposals in process, so that the store can be used, tested
 //! and benchmarked alone.
 
+mod lock;
 mod object;
 mod ops;
 mod state;
@@ -16,39 +17,49 @@ mod proptests;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+pub use lock::{ReadGuard, TimedLock};
 pub use object::{task_name, Kind, Object};
 pub use ops::{Op, OpOutcome, Request, Response, StoreError};
 pub use state::{Standing, State};
 
 /// The state and its applied index, shared by the Raft state machine and the store handle.
 pub struct Shared {
-    state: RwLock<State>,
+    state: TimedLock<State>,
     applied: watch::Sender<u64>,
 }
 
 impl Default for Shared {
     fn default() -> Self {
         Shared {
-            state: RwLock::new(State::default()),
+            state: TimedLock::new(State::default()),
             applied: watch::channel(0).0,
         }
     }
 }
 
 impl Shared {
-    pub fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+    /// The state, read (timed against the caller's line: `store/lock.rs`).
+    #[track_caller]
+    pub fn read(&self) -> ReadGuard<'_, State> {
+        self.state.read()
+    }
+
+    /// The state if it can be read at once ([`TimedLock::try_read`]): for the Raft thread,
+    /// which must not wait behind a writer queued behind a long reader.
+    #[track_caller]
+    pub fn try_read(&self) -> Option<ReadGuard<'_, State>> {
+        self.state.try_read()
     }
 
     /// Applies one committed entry and wakes the watchers.
     pub fn apply(&self, index: u64, req: Request) -> Response {
         let resp = {
-            let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.state.write();
             st.apply(index, req)
         };
         self.applied.send_replace(index);
@@ -62,7 +73,7 @@ impl Shared {
 
     /// Replaces the whole state (snapshot install or load at start).
     pub fn replace(&self, state: State, index: u64) {
-        *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+        *self.state.write() = state;
         self.applied.send_replace(index);
     }
 
@@ -168,8 +179,16 @@ impl Store {
         self
     }
 
-    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+    /// The state, read; see [`Shared::read`].
+    #[track_caller]
+    pub fn read(&self) -> ReadGuard<'_, State> {
         self.shared.read()
+    }
+
+    /// See [`Shared::try_read`].
+    #[track_caller]
+    pub fn try_read(&self) -> Option<ReadGuard<'_, State>> {
+        self.shared.try_read()
     }
 
     pub fn watch(&self) -> watch::Receiver<u64> {
