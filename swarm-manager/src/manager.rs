@@ -118,6 +118,15 @@ fn connector(cfg: Arc<RwLock<Arc<rustls::ClientConfig>>>) -> Connector {
     })
 }
 
+/// [`connector`] for Raft's own calls: its connections offer [`crate::tls::ALPN_RAFT`], so
+/// that the other manager serves them on its Raft runtime.
+fn raft_connector(cfg: Arc<RwLock<Arc<rustls::ClientConfig>>>) -> Connector {
+    Arc::new(move |addr: &str| {
+        let c = cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
+        crate::tls::channel(addr, crate::tls::raft_client_config(&c))
+    })
+}
+
 impl Manager {
     pub async fn start(cfg: ManagerConfig, bootstrap: Bootstrap) -> anyhow::Result<Manager> {
         let creds = &cfg.credentials;
@@ -151,7 +160,7 @@ impl Manager {
                 .with_context(|| format!("opening the raft store in {}", cfg.raft_dir.display()))?;
         let log_bytes = log_store.log_bytes();
         let health = PeerHealth::default();
-        let network = Network::new(connect.clone(), health.clone());
+        let network = Network::new(raft_connector(client_cfg.clone()), health.clone());
         // Raft's own thread (`raft/runtime.rs`): its heartbeats must not wait behind the
         // agents' streams on the main runtime.
         let raft_rt = RaftRuntime::start().context("starting the raft thread")?;
@@ -196,9 +205,29 @@ impl Manager {
                     cfg.listen_addr
                 )
             })?;
-        let incoming = crate::tls::incoming(listener, server_cfg);
+        let split = crate::tls::incoming_split(listener, server_cfg.clone());
+        let incoming = split.main;
         let mut tasks = JoinSet::new();
         {
+            // Raft's calls from other managers, on the Raft runtime (`tls::incoming_split`):
+            // a stalled main runtime must not keep the leader's heartbeats from this
+            // manager's Raft core. Stops with the runtime, when the manager is dropped.
+            let raft_svc = crate::raft::service::RaftService::new(raft.clone(), store.clone());
+            let raft_sockets = split.raft;
+            raft_rt.spawn(async move {
+                let incoming = crate::tls::handshakes(raft_sockets, server_cfg);
+                let server = tonic::transport::Server::builder()
+                    .http2_keepalive_interval(Some(Duration::from_secs(5)))
+                    .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+                    .add_service(raft_svc.into_server());
+                if let Err(e) = server.serve_with_incoming(incoming).await {
+                    tracing::error!("the manager's Raft gRPC server stopped: {e}");
+                }
+            });
+        }
+        {
+            // Every service, Raft's too: managers of an earlier version do not mark their
+            // Raft connections, and are served here.
             let raft_svc = crate::raft::service::RaftService::new(raft.clone(), store.clone());
             let server = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(5)))
@@ -343,6 +372,10 @@ impl Manager {
             dek,
             unlock_tx,
         ));
+        // How late each runtime runs a tick (`stall.rs`): a stalled runtime is seen, and
+        // which one.
+        tasks.spawn(crate::stall::watch("main"));
+        raft_rt.spawn(crate::stall::watch("raft"));
         tasks.spawn(crate::raft::snapshot::snapshot_by_size(
             raft.clone(),
             log_bytes,

@@ -353,6 +353,126 @@ impl ServerCertVerifier for AcceptAnyServerCert {
     }
 }
 
+/// The ALPN protocol a manager's Raft client offers after h2 (the server still picks h2, and
+/// a server that does not know this one ignores it). It marks the connection as Raft's in
+/// the ClientHello, which the accept loop reads before any handshake: [`incoming_split`].
+pub const ALPN_RAFT: &[u8] = b"swarm-raft";
+
+/// `cfg` for the connections Raft opens to other managers: it also offers [`ALPN_RAFT`].
+pub fn raft_client_config(cfg: &ClientConfig) -> Arc<ClientConfig> {
+    let mut cfg = cfg.clone();
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_RAFT.to_vec()];
+    Arc::new(cfg)
+}
+
+/// What [`incoming_split`] accepts: the connections of every service, handshaken, and Raft's
+/// connections from other managers, still plain TCP and detached from the runtime that
+/// accepted them ([`handshakes`] takes them on the runtime that serves them).
+pub struct SplitIncoming {
+    pub main: tokio_stream::wrappers::ReceiverStream<Accepted>,
+    pub raft: tokio::sync::mpsc::Receiver<std::net::TcpStream>,
+}
+
+/// Like [`incoming`], but a connection whose ClientHello offers [`ALPN_RAFT`] goes to
+/// `raft` before its handshake, as a socket that belongs to no runtime yet. Raft's calls
+/// between managers are then read and answered on the Raft runtime, whatever keeps the
+/// main one busy: a follower whose main runtime stalls past the election timeout would
+/// otherwise not hear the leader's heartbeats and start an election.
+///
+/// The ClientHello is peeked, not read: the handshake that follows, on either side, reads
+/// it again. A client that sends no complete ClientHello within the handshake timeout is
+/// dropped, as in [`incoming`]. Must be called inside a Tokio runtime; the accept task
+/// stops when `main` is dropped.
+pub fn incoming_split(listener: TcpListener, cfg: Arc<ServerConfig>) -> SplitIncoming {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let (raft_tx, raft_rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(accept_loop(
+        listener,
+        TlsAcceptor::from(cfg),
+        tx,
+        Some(raft_tx),
+    ));
+    SplitIncoming {
+        main: tokio_stream::wrappers::ReceiverStream::new(rx),
+        raft: raft_rx,
+    }
+}
+
+/// The handshakes of the sockets [`incoming_split`] set aside for Raft, on the runtime this
+/// is called in (their I/O is registered there), as a stream for tonic's
+/// `Server::serve_with_incoming`. Ends when `sockets` does.
+pub fn handshakes(
+    mut sockets: tokio::sync::mpsc::Receiver<std::net::TcpStream>,
+    cfg: Arc<ServerConfig>,
+) -> impl futures::Stream<Item = Accepted> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let acceptor = TlsAcceptor::from(cfg);
+    tokio::spawn(async move {
+        while let Some(socket) = sockets.recv().await {
+            let tcp = match TcpStream::from_std(socket) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "taking a Raft connection onto the Raft runtime failed");
+                    continue;
+                }
+            };
+            tokio::spawn(handshake(acceptor.clone(), tcp, tx.clone()));
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Whether a ClientHello offers [`ALPN_RAFT`]; `None` while `hello` is not a whole one yet.
+/// Anything that does not parse is not Raft's (its handshake then fails where it goes).
+fn offers_raft(hello: &[u8]) -> Option<bool> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rest = hello;
+    while !rest.is_empty() {
+        match acceptor.read_tls(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => return Some(false),
+        }
+    }
+    match acceptor.accept() {
+        Ok(None) => None,
+        Ok(Some(accepted)) => Some(
+            accepted
+                .client_hello()
+                .alpn()
+                .is_some_and(|mut protocols| protocols.any(|p| p == ALPN_RAFT)),
+        ),
+        Err(_) => Some(false),
+    }
+}
+
+/// The largest ClientHello looked at: a TLS record's header and its largest plaintext.
+const MAX_HELLO: usize = 5 + 16 * 1024;
+
+/// Peeks at `tcp` until its ClientHello is whole (or [`MAX_HELLO`] bytes came without
+/// one); whether it offers [`ALPN_RAFT`].
+async fn peek_offers_raft(tcp: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; MAX_HELLO];
+    let mut seen = 0;
+    loop {
+        let n = tcp.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if let Some(raft) = offers_raft(&buf[..n]) {
+            return Ok(raft);
+        }
+        if n == buf.len() {
+            return Ok(false);
+        }
+        if n == seen {
+            // Readable with nothing new: the rest of the ClientHello is on its way.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        seen = n;
+    }
+}
+
 /// Stream of accepted TLS connections for tonic's `Server::serve_with_incoming`. Handshakes run concurrently (a slow or failing client never blocks others); failed handshakes are logged with tracing at debug and skipped, never ending the stream.
 ///
 /// Must be called inside a Tokio runtime. The accept task stops when the stream is dropped.
@@ -363,16 +483,21 @@ pub fn incoming(
        + Send
        + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, TlsAcceptor::from(cfg), tx));
+    tokio::spawn(accept_loop(listener, TlsAcceptor::from(cfg), tx, None));
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-type Accepted = Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>;
+/// A connection that finished its TLS handshake (or the error of one that could not be
+/// accepted).
+pub type Accepted = Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>;
 
+/// Accepts until `tx` is closed. With `raft`, connections that offer [`ALPN_RAFT`] go there
+/// unhandshaken ([`incoming_split`]).
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     tx: tokio::sync::mpsc::Sender<Accepted>,
+    raft: Option<tokio::sync::mpsc::Sender<std::net::TcpStream>>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -391,15 +516,37 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let tx = tx.clone();
+        let raft = raft.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let _ = tx.send(Ok(tls)).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            let Some(raft) = raft else {
+                return handshake(acceptor, tcp, tx).await;
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, peek_offers_raft(&tcp)).await {
+                Ok(Ok(true)) => match tcp.into_std() {
+                    Ok(socket) => {
+                        let _ = raft.send(socket).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "detaching a Raft connection failed")
+                    }
+                },
+                Ok(Ok(false)) => handshake(acceptor, tcp, tx).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "reading a ClientHello failed"),
+                Err(_) => tracing::debug!(%peer, "no ClientHello before the handshake timeout"),
             }
         });
+    }
+}
+
+/// Runs the server side of the TLS handshake on `tcp` and sends the connection to `tx`.
+async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, tx: tokio::sync::mpsc::Sender<Accepted>) {
+    let peer = tcp.peer_addr().ok();
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => {
+            let _ = tx.send(Ok(tls)).await;
+        }
+        Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
     }
 }
 

@@ -2,6 +2,9 @@
 //! answers are bincode of openraft's types; an openraft error travels inside the answer
 //! (`Result<Response, RaftError>`), gRPC errors are for undecodable or unauthorized calls.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use proto::raft_server::RaftServer;
 use proto::RaftPayload;
@@ -20,6 +23,9 @@ pub struct RaftService {
     raft: Raft,
     /// The store callers are checked against; None: every caller is served (tests only).
     check_caller: Option<Store>,
+    /// The last standing read for each caller, for when the store cannot be read at once
+    /// (see [`RaftService::standing`]).
+    standings: Arc<Mutex<HashMap<String, Standing>>>,
 }
 
 impl RaftService {
@@ -30,6 +36,7 @@ impl RaftService {
         RaftService {
             raft,
             check_caller: Some(store),
+            standings: Arc::default(),
         }
     }
 
@@ -39,6 +46,7 @@ impl RaftService {
         RaftService {
             raft,
             check_caller: None,
+            standings: Arc::default(),
         }
     }
 
@@ -66,8 +74,7 @@ impl RaftService {
             return Ok(());
         };
         let id = peer_check(req)?;
-        let standing = store.read().standing(&id.node_id);
-        match standing {
+        match self.standing(store, &id.node_id) {
             Standing::Removed => Err(Status::permission_denied(format!(
                 "node {} was removed from the swarm: it takes no part in Raft",
                 id.node_id
@@ -80,6 +87,45 @@ impl RaftService {
             }
             _ => Ok(()),
         }
+    }
+}
+
+impl RaftService {
+    /// Where `node_id` stands in `store`. This runs on the Raft runtime (`manager.rs`),
+    /// whose one thread also sends the heartbeats: when a writer holds the store's lock or
+    /// waits for it (behind a long reader, such as a snapshot being serialized), the last
+    /// standing read for this caller answers instead of a wait. A removal or demotion is
+    /// then seen at the caller's next call that finds the lock free. A caller never read
+    /// before waits for the lock once.
+    fn standing(&self, store: &Store, node_id: &str) -> Standing {
+        standing_now_or_last(store, &self.standings, node_id)
+    }
+}
+
+/// [`RaftService::standing`]: from the store if it can be read at once, else the last one
+/// read into `last`, else from the store after a wait.
+fn standing_now_or_last(
+    store: &Store,
+    last: &Mutex<HashMap<String, Standing>>,
+    node_id: &str,
+) -> Standing {
+    let remember = |standing: Standing| {
+        last.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_id.to_string(), standing);
+        standing
+    };
+    if let Some(st) = store.try_read() {
+        return remember(st.standing(node_id));
+    }
+    let known = last
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(node_id)
+        .copied();
+    match known {
+        Some(standing) => standing,
+        None => remember(store.read().standing(node_id)),
     }
 }
 
@@ -363,6 +409,50 @@ mod tests {
 
     /// `Router::leader_watch` (what ends a forwarded Control call): commits do not end it,
     /// a new leader does, and so does this manager's Raft core stopping.
+    #[test]
+    fn a_caller_is_checked_without_waiting_behind_a_queued_writer() {
+        let store = Store::memory();
+        let last = Mutex::new(HashMap::new());
+        // Read once while the lock is free: remembered.
+        assert_eq!(
+            standing_now_or_last(&store, &last, "mgr2"),
+            Standing::Unknown
+        );
+        // A reader holds the lock and a writer waits for it: later readers would wait too.
+        let held = store.read();
+        let writer = {
+            let shared = store.shared().clone();
+            std::thread::spawn(move || {
+                shared.apply(
+                    1,
+                    crate::store::Request::atomic(vec![Op::Create(service("w"))]),
+                )
+            })
+        };
+        let queued = std::time::Instant::now();
+        while store.try_read().is_some() {
+            assert!(
+                queued.elapsed() < Duration::from_secs(10),
+                "the writer never queued"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The check answers from what it read before instead of waiting (waiting here would
+        // never end: this thread holds the reader the writer waits for).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tx.send(standing_now_or_last(&store, &last, "mgr2"))
+                    .unwrap()
+            });
+            let answer = rx.recv_timeout(Duration::from_secs(10));
+            drop(held);
+            assert_eq!(answer, Ok(Standing::Unknown));
+        });
+        writer.join().unwrap();
+        assert_eq!(store.read().services().count(), 1);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_leader_watch_ends_with_a_new_leader_or_a_stopped_core_not_with_commits() {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();

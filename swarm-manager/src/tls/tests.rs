@@ -234,3 +234,134 @@ fn config_errors_are_reported() {
         Err(TlsError::Key(_))
     ));
 }
+
+/// Answers Health with the name of the thread that ran the handler.
+#[derive(Clone, Default)]
+struct ThreadRecorder {
+    threads: Arc<Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl Health for ThreadRecorder {
+    async fn check(
+        &self,
+        req: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        assert!(
+            caller_identity(&req).is_some(),
+            "the client certificate reaches a handler on either side"
+        );
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        self.threads.lock().unwrap().push(name);
+        Ok(tonic::Response::new(HealthCheckResponse { status: 1 }))
+    }
+}
+
+/// A runtime of one worker on its own thread named `name`; dropped, it stops.
+fn runtime_named(name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn raft_connections_are_served_on_their_own_runtime_while_the_main_one_is_blocked() {
+    let root = RootCa::generate().unwrap();
+    let (cert, key) = node_cert(&root, "mgr1", proto::NodeRole::Manager, "c1");
+    let server_cfg =
+        server_config(&root.cert_pem, ReloadableCert::new(&cert, &key).unwrap()).unwrap();
+    let main_rt = runtime_named("main-rt");
+    let raft_rt = runtime_named("raft-rt");
+    let (main_rec, raft_rec) = (ThreadRecorder::default(), ThreadRecorder::default());
+
+    // The server: accepts on the main runtime; Raft's connections are served on raft_rt.
+    let (addr, raft_sockets) = main_rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let split = incoming_split(listener, server_cfg.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(HealthServer::new(main_rec.clone()))
+                .serve_with_incoming(split.main),
+        );
+        (addr, split.raft)
+    });
+    let raft_svc = HealthServer::new(raft_rec.clone());
+    raft_rt.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(raft_svc)
+            .serve_with_incoming(handshakes(raft_sockets, server_cfg))
+            .await
+    });
+
+    // Clients on a runtime of their own: one plain, one marked as Raft's.
+    let client_rt = runtime_named("client-rt");
+    let (mcert, mkey) = node_cert(&root, "mgr2", proto::NodeRole::Manager, "c1");
+    let cfg = client_config(&root.cert_pem, Some((&mcert, &mkey))).unwrap();
+    let addr = addr.to_string();
+    let (plain, raft) = client_rt.block_on(async {
+        let plain = channel(&addr, cfg.clone());
+        let raft = channel(&addr, raft_client_config(&cfg));
+        assert_eq!(check(plain.clone(), hc()).await.unwrap(), 1);
+        assert_eq!(check(raft.clone(), hc()).await.unwrap(), 1);
+        (plain, raft)
+    });
+    assert_eq!(
+        *main_rec.threads.lock().unwrap(),
+        vec!["main-rt".to_string()]
+    );
+    assert_eq!(
+        *raft_rec.threads.lock().unwrap(),
+        vec!["raft-rt".to_string()]
+    );
+
+    // Block the main runtime's only worker; the Raft connection is still answered meanwhile.
+    let blocked = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let b = blocked.clone();
+    main_rt.spawn(async move {
+        started_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        b.store(false, std::sync::atomic::Ordering::SeqCst);
+    });
+    started_rx.recv().unwrap();
+    client_rt.block_on(async {
+        assert_eq!(check(raft.clone(), hc()).await.unwrap(), 1);
+    });
+    assert!(
+        blocked.load(std::sync::atomic::Ordering::SeqCst),
+        "the Raft call was answered only once the main runtime ran again"
+    );
+    assert_eq!(raft_rec.threads.lock().unwrap().len(), 2);
+    // The plain connection waits for the main runtime, and is answered once it runs.
+    client_rt.block_on(async {
+        assert_eq!(check(plain, hc()).await.unwrap(), 1);
+    });
+    assert!(!blocked.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(main_rec.threads.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn a_client_hello_offering_raft_is_told_from_others_and_from_fragments() {
+    let root = RootCa::generate().unwrap();
+    let cfg = client_config(&root.cert_pem, None).unwrap();
+    let hello = |cfg: Arc<ClientConfig>| {
+        let name = ServerName::try_from(SERVER_NAME).unwrap();
+        let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    };
+    let plain = hello(cfg.clone());
+    let raft = hello(raft_client_config(&cfg));
+    assert_eq!(offers_raft(&plain), Some(false));
+    assert_eq!(offers_raft(&raft), Some(true));
+    // A ClientHello cut short: not known yet.
+    assert_eq!(offers_raft(&raft[..raft.len() / 2]), None);
+    assert_eq!(offers_raft(&raft[..3]), None);
+    // Not TLS at all: not Raft's (its handshake fails where it goes).
+    assert_eq!(offers_raft(b"GET / HTTP/1.1\r\n\r\n"), Some(false));
+}
