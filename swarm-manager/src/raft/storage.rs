@@ -989,10 +989,13 @@ impl SnapshotFiles {
         .await
     }
 
-    /// [`write_snapshot`], off the runtime and under the lock.
-    async fn save(&self, meta: Meta, data: Vec<u8>) -> Result<(), DbError> {
-        self.locked(move |f| write_snapshot(&f.db, &f.dir, &f.dek, &meta, &data))
-            .await
+    /// [`write_snapshot`], off the runtime and under the lock; gives `data` back.
+    async fn save(&self, meta: Meta, data: Vec<u8>) -> Result<Vec<u8>, DbError> {
+        self.locked(move |f| {
+            write_snapshot(&f.db, &f.dir, &f.dek, &meta, &data)?;
+            Ok(data)
+        })
+        .await
     }
 }
 
@@ -1014,13 +1017,20 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        let data = match &self.data {
-            Ok(d) => d.clone(),
+        // Moved, never copied: this runs on the Raft thread, and two copies of a 70 MiB
+        // state there (one to save, one to return) kept it from its heartbeats. openraft
+        // builds once per builder.
+        let taken = std::mem::replace(
+            &mut self.data,
+            Err("this snapshot builder's data was already used".to_string()),
+        );
+        let data = match taken {
+            Ok(d) => d,
             Err(e) => {
                 return Err(raft_err(
                     ErrorSubject::StateMachine,
                     ErrorVerb::Read,
-                    DbError::Task(e.clone()),
+                    DbError::Task(e),
                 ))
             }
         };
@@ -1039,8 +1049,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id,
         };
         let started = Instant::now();
-        self.files
-            .save(meta.clone(), data.clone())
+        let data = self
+            .files
+            .save(meta.clone(), data)
             .await
             .map_err(snapshot_write_error(&meta))?;
         self.log_bytes.reset();
