@@ -66,12 +66,6 @@ pub struct NodeLabels {
     pub availability: String,
 }
 
-/// How the store's lock was taken: `read` or `write`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LockMode {
-    pub mode: String,
-}
-
 /// A tokio runtime of the manager: `main` or `raft`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuntimeLabel {
@@ -106,8 +100,6 @@ pub struct Metrics {
     pub allocator_nodes_without_ingress_address: Gauge,
     pub reconciler_ops: Family<ComponentResult, Counter>,
     pub reconciler_round_seconds: Family<Component, Histogram, fn() -> Histogram>,
-    pub store_lock_wait_seconds: Family<LockMode, Histogram, fn() -> Histogram>,
-    pub store_lock_hold_seconds: Family<LockMode, Histogram, fn() -> Histogram>,
     pub runtime_tick_lateness_seconds: Family<RuntimeLabel, Histogram, fn() -> Histogram>,
 }
 
@@ -138,8 +130,6 @@ impl Metrics {
             allocator_nodes_without_ingress_address: Gauge::default(),
             reconciler_ops: Family::default(),
             reconciler_round_seconds: Family::new_with_constructor(latency),
-            store_lock_wait_seconds: Family::new_with_constructor(latency),
-            store_lock_hold_seconds: Family::new_with_constructor(latency),
             runtime_tick_lateness_seconds: Family::new_with_constructor(latency),
         };
         register("raft_term", "Current Raft term", m.raft_term.clone());
@@ -247,16 +237,6 @@ impl Metrics {
             "reconciler_round_seconds",
             "Time of one reconciler round, computing the plan and proposing it, by component",
             m.reconciler_round_seconds.clone(),
-        );
-        register(
-            "store_lock_wait_seconds",
-            "Waits of 1 ms or more for the store's lock, by mode (read, or write: applying committed entries)",
-            m.store_lock_wait_seconds.clone(),
-        );
-        register(
-            "store_lock_hold_seconds",
-            "Holds of 1 ms or more of the store's lock, by mode",
-            m.store_lock_hold_seconds.clone(),
         );
         register(
             "runtime_tick_lateness_seconds",

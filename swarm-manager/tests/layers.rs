@@ -22,8 +22,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["metrics", "store", "ca"],
     ),
     (
-        "pure address management on the state; mTLS and caller identity",
-        &["ipam", "tls"],
+        "pure address management on the state; mTLS and caller identity; runtime stalls",
+        &["ipam", "tls", "stall"],
     ),
     (
         "pure network views; the scheduler; Raft replication of the store",
