@@ -6,6 +6,7 @@
 use std::sync::{LazyLock, Mutex};
 
 use prometheus_client::collector::Collector;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Metric, Registry};
 
 static REGISTRY: LazyLock<Mutex<Registry>> =
@@ -14,6 +15,11 @@ static REGISTRY: LazyLock<Mutex<Registry>> =
 /// Registers a metric of a component in the process registry.
 pub fn register<M: Metric>(name: &str, help: &str, metric: M) {
     REGISTRY.lock().unwrap().register(name, help, metric);
+}
+
+/// A histogram for the manager's latencies: 50 µs … ~26 s, doubling.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
 }
 
 /// Registers a collector (metrics read at scrape time, e.g. from eBPF maps) in the

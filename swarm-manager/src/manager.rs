@@ -127,6 +127,14 @@ fn raft_connector(cfg: Arc<RwLock<Arc<rustls::ClientConfig>>>) -> Connector {
     })
 }
 
+/// The settings both of the manager's gRPC servers (every service, and Raft's on the Raft
+/// runtime) share: HTTP/2 keepalive every 5 s, 5 s to answer.
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+}
+
 impl Manager {
     pub async fn start(cfg: ManagerConfig, bootstrap: Bootstrap) -> anyhow::Result<Manager> {
         let creds = &cfg.credentials;
@@ -216,10 +224,7 @@ impl Manager {
             let raft_sockets = split.raft;
             raft_rt.spawn(async move {
                 let incoming = crate::tls::handshakes(raft_sockets, server_cfg);
-                let server = tonic::transport::Server::builder()
-                    .http2_keepalive_interval(Some(Duration::from_secs(5)))
-                    .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-                    .add_service(raft_svc.into_server());
+                let server = grpc_server().add_service(raft_svc.into_server());
                 if let Err(e) = server.serve_with_incoming(incoming).await {
                     tracing::error!("the manager's Raft gRPC server stopped: {e}");
                 }
@@ -229,9 +234,7 @@ impl Manager {
             // Every service, Raft's too: managers of an earlier version do not mark their
             // Raft connections, and are served here.
             let raft_svc = crate::raft::service::RaftService::new(raft.clone(), store.clone());
-            let server = tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(5)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            let server = grpc_server()
                 .add_service(raft_svc.into_server())
                 .add_service(
                     proto::raft_membership_server::RaftMembershipServer::new(membership.clone())

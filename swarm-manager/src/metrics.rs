@@ -9,7 +9,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use swarm_common::metrics::register;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,8 +73,7 @@ pub struct RuntimeLabel {
 }
 
 fn latency() -> Histogram {
-    // 50 µs … ~26 s
-    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+    swarm_common::metrics::latency_histogram()
 }
 
 pub struct Metrics {

@@ -24,7 +24,7 @@ pub struct RaftService {
     /// The store callers are checked against; None: every caller is served (tests only).
     check_caller: Option<Store>,
     /// The last standing read for each caller, for when the store cannot be read at once
-    /// (see [`RaftService::standing`]).
+    /// (see [`standing_now_or_last`]).
     standings: Arc<Mutex<HashMap<String, Standing>>>,
 }
 
@@ -74,7 +74,7 @@ impl RaftService {
             return Ok(());
         };
         let id = peer_check(req)?;
-        match self.standing(store, &id.node_id) {
+        match standing_now_or_last(store, &self.standings, &id.node_id) {
             Standing::Removed => Err(Status::permission_denied(format!(
                 "node {} was removed from the swarm: it takes no part in Raft",
                 id.node_id
@@ -90,20 +90,12 @@ impl RaftService {
     }
 }
 
-impl RaftService {
-    /// Where `node_id` stands in `store`. This runs on the Raft runtime (`manager.rs`),
-    /// whose one thread also sends the heartbeats: when a writer holds the store's lock or
-    /// waits for it (behind a long reader, such as a snapshot being serialized), the last
-    /// standing read for this caller answers instead of a wait. A removal or demotion is
-    /// then seen at the caller's next call that finds the lock free. A caller never read
-    /// before waits for the lock once.
-    fn standing(&self, store: &Store, node_id: &str) -> Standing {
-        standing_now_or_last(store, &self.standings, node_id)
-    }
-}
-
-/// [`RaftService::standing`]: from the store if it can be read at once, else the last one
-/// read into `last`, else from the store after a wait.
+/// Where `node_id` stands in `store`: from the store if it can be read at once, else the
+/// last standing read into `last`, else from the store after a wait. The Raft service runs
+/// on the Raft runtime (`manager.rs`), whose one thread also sends the heartbeats, so it
+/// must not wait while a writer holds the store's lock or waits for it (behind a long
+/// reader, such as a snapshot being serialized). A removal or demotion is then seen at the
+/// caller's next call that finds the lock free; a caller never read before waits once.
 fn standing_now_or_last(
     store: &Store,
     last: &Mutex<HashMap<String, Standing>>,

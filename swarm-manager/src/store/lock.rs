@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 
 /// How the store's lock was taken: `read` or `write`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,15 +36,10 @@ struct LockMetrics {
     hold: ByMode,
 }
 
-fn latency() -> Histogram {
-    // 50 µs … ~26 s, as the crate's other latencies.
-    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
-}
-
 static METRICS: LazyLock<LockMetrics> = LazyLock::new(|| {
     let m = LockMetrics {
-        wait: Family::new_with_constructor(latency),
-        hold: Family::new_with_constructor(latency),
+        wait: Family::new_with_constructor(swarm_common::metrics::latency_histogram),
+        hold: Family::new_with_constructor(swarm_common::metrics::latency_histogram),
     };
     swarm_common::metrics::register(
         "store_lock_wait_seconds",
@@ -73,13 +68,16 @@ enum Mode {
 }
 
 impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Read => "read",
+            Mode::Write => "write",
+        }
+    }
+
     fn label(self) -> LockMode {
         LockMode {
-            mode: match self {
-                Mode::Read => "read",
-                Mode::Write => "write",
-            }
-            .to_string(),
+            mode: self.name().to_string(),
         }
     }
 }
@@ -104,7 +102,7 @@ impl Held {
         }
         if waited >= SLOW {
             tracing::warn!(
-                mode = mode.label().mode,
+                mode = mode.name(),
                 caller = %at,
                 "waited {waited:?} for the store's lock (a long holder, or a writer queued behind one, blocks every later reader: see swarm_store_lock_hold_seconds)"
             );
@@ -124,7 +122,7 @@ impl Drop for Held {
         }
         if held >= SLOW {
             tracing::warn!(
-                mode = self.mode.label().mode,
+                mode = self.mode.name(),
                 caller = %self.at,
                 "held the store's lock for {held:?}: readers and the Raft apply wait meanwhile"
             );
